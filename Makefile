@@ -1,0 +1,90 @@
+# Chirp: `make up` starts the whole stack, `make test` runs every test suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PY_VERSION := python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+SITE := $(VENV)/lib/$(PY_VERSION)/site-packages
+BUF := .deps/npm/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+PROTOS := $(shell find protos -name '*.proto' | sort)
+PROTO_INCLUDES := -I protos -I $(SITE)
+OUR_CODE := common graph_svc tweet_svc feed_svc rank_svc infra envoy tests
+
+.PHONY: help up down status clean proto check lint test test-unit test-integration test-e2e deps
+
+help:
+	@echo "make up      start the whole stack (installs what it needs)"
+	@echo "make test    start the stack if needed, run unit, integration and e2e tests"
+	@echo "make check   lint (ruff, mypy, buf) and generated-code freshness"
+	@echo "make down    stop everything make up started (data is kept)"
+	@echo "make clean   stop and wipe all state (data, logs, keys)"
+	@echo "make proto   regenerate generated/ from protos/"
+
+# ---- installation ------------------------------------------------------------
+
+$(VENV)/.stamp: requirements.lock
+	test -x $(PY) || $(PY_VERSION) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/generated" > $(SITE)/chirp.pth
+	touch $@
+
+.deps/apt.stamp:
+	@mkdir -p .deps
+	@if ! command -v redis-server >/dev/null || ! command -v prometheus >/dev/null; then \
+		apt-get install -y -q redis-server prometheus >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q redis-server prometheus >/dev/null); \
+	fi
+	touch $@
+
+$(BUF):
+	mkdir -p .deps/npm
+	npm install --silent --no-audit --no-fund --prefix .deps/npm @bufbuild/buf@$(BUF_VERSION)
+
+deps: $(VENV)/.stamp .deps/apt.stamp
+
+# ---- the stack ---------------------------------------------------------------
+
+up: deps
+	$(PY) -m infra.stack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m infra.stack down; fi
+
+status: deps
+	$(PY) -m infra.stack status
+
+clean: down
+	rm -rf .state
+
+# ---- code generation and checks --------------------------------------------
+
+proto: $(VENV)/.stamp
+	rm -rf generated && mkdir -p generated
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc $(PROTO_INCLUDES) \
+		--python_out=generated --grpc_python_out=generated \
+		--mypy_out=generated --mypy_grpc_out=generated $(PROTOS)
+	$(PY) -m grpc_tools.protoc $(PROTO_INCLUDES) --include_imports --include_source_info \
+		--descriptor_set_out=generated/chirp.binpb $(PROTOS) google/rpc/status.proto google/rpc/error_details.proto
+
+lint: $(VENV)/.stamp $(BUF)
+	$(VENV)/bin/ruff check $(OUR_CODE)
+	$(VENV)/bin/ruff format --check $(OUR_CODE)
+	$(VENV)/bin/mypy $(OUR_CODE)
+	$(BUF) lint generated/chirp.binpb --path chirp --config protos/buf.yaml
+
+check: $(VENV)/.stamp
+	$(MAKE) --no-print-directory proto
+	@if [ -n "$$(git status --porcelain -- generated)" ]; then \
+		echo "generated/ is stale: run 'make proto' and commit the result"; git status --short -- generated; exit 1; fi
+	$(MAKE) --no-print-directory lint
+	@echo "check: OK"
+
+# ---- tests -------------------------------------------------------------------
+
+test: up
+	$(PY) -m pytest tests
+
+test-unit: $(VENV)/.stamp
+	$(PY) -m pytest tests/unit

@@ -1,0 +1,1 @@
+"""Code every Chirp service shares: bootstrap, interceptors, errors, CQL, logs."""

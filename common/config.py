@@ -1,0 +1,83 @@
+"""Settings every service shares, read from the environment once at start."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the service refuses to start."""
+
+
+def env_str(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, default).strip()
+    if not value:
+        raise ConfigError(f"{name} must not be empty")
+    return value
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    """What every service process needs: where it listens and where its stores are."""
+
+    service: str
+    grpc_host: str
+    grpc_port: int
+    metrics_port: int
+    instance_id: int
+    cql_hosts: tuple[str, ...]
+    cql_port: int
+    cql_keyspace: str
+    cql_timeout_seconds: float
+    kafka_bootstrap: str
+    redis_url: str
+    log_level: str
+    drain_seconds: float
+    shutdown_grace_seconds: float
+
+
+def load_common(env: Mapping[str, str], service: str, default_port: int) -> CommonConfig:
+    grpc_port = env_int(env, "CHIRP_GRPC_PORT", default_port, minimum=0)
+    return CommonConfig(
+        service=service,
+        grpc_host=env_str(env, "CHIRP_GRPC_HOST", "127.0.0.1"),
+        grpc_port=grpc_port,
+        metrics_port=env_int(env, "CHIRP_METRICS_PORT", grpc_port + 1000 if grpc_port else 0),
+        instance_id=env_int(env, "CHIRP_INSTANCE_ID", 0),
+        cql_hosts=tuple(h.strip() for h in env_str(env, "CHIRP_CQL_HOSTS", "127.0.0.1").split(",")),
+        cql_port=env_int(env, "CHIRP_CQL_PORT", 9042, minimum=1),
+        cql_keyspace=env_str(env, "CHIRP_CQL_KEYSPACE", "chirp"),
+        cql_timeout_seconds=env_float(env, "CHIRP_CQL_TIMEOUT_SECONDS", 2.0, minimum=0.01),
+        kafka_bootstrap=env_str(env, "CHIRP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        redis_url=env_str(env, "CHIRP_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        log_level=env_str(env, "CHIRP_LOG_LEVEL", "INFO").upper(),
+        drain_seconds=env_float(env, "CHIRP_DRAIN_SECONDS", 1.0),
+        shutdown_grace_seconds=env_float(env, "CHIRP_SHUTDOWN_GRACE_SECONDS", 10.0),
+    )

@@ -1,0 +1,20 @@
+"""The incoming call's deadline, so every outgoing call can derive its own."""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+
+_deadline_var: ContextVar[float | None] = ContextVar("deadline", default=None)
+
+
+def set_deadline(seconds_remaining: float | None) -> None:
+    _deadline_var.set(None if seconds_remaining is None else time.monotonic() + seconds_remaining)
+
+
+def timeout(default: float) -> float:
+    """Seconds an outgoing call may take: the default, cut to what the caller has left."""
+    deadline = _deadline_var.get()
+    if deadline is None:
+        return default
+    return max(0.001, min(default, deadline - time.monotonic()))

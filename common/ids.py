@@ -1,0 +1,67 @@
+"""Time-ordered 64-bit ids, unique across instances (Snowflake layout).
+
+41 bits of milliseconds since CHIRP_EPOCH_MS, 10 bits of instance id, 12 bits
+of sequence. Ids sort by creation time, so "newest first" is "largest id first".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+CHIRP_EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z
+INSTANCE_BITS = 10
+SEQUENCE_BITS = 12
+MAX_INSTANCE = (1 << INSTANCE_BITS) - 1
+MAX_SEQUENCE = (1 << SEQUENCE_BITS) - 1
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class IdGenerator:
+    def __init__(self, instance_id: int, clock_ms: Callable[[], int] = _now_ms) -> None:
+        if not 0 <= instance_id <= MAX_INSTANCE:
+            raise ValueError(f"instance id must be in 0..{MAX_INSTANCE}, got {instance_id}")
+        self._instance = instance_id
+        self._clock = clock_ms
+        self._last_ms = -1
+        self._sequence = 0
+        self._lock = threading.Lock()
+
+    def next_id(self) -> int:
+        with self._lock:
+            now = self._clock()
+            # A clock that steps back must not reuse ids: stay on the last millisecond.
+            now = max(now, self._last_ms)
+            if now == self._last_ms:
+                self._sequence = (self._sequence + 1) & MAX_SEQUENCE
+                if self._sequence == 0:
+                    now = self._wait_next_ms(now)
+            else:
+                self._sequence = 0
+            self._last_ms = now
+            return (
+                ((now - CHIRP_EPOCH_MS) << (INSTANCE_BITS + SEQUENCE_BITS))
+                | (self._instance << SEQUENCE_BITS)
+                | self._sequence
+            )
+
+    def _wait_next_ms(self, current: int) -> int:
+        now = self._clock()
+        while now <= current:
+            time.sleep(0.0001)
+            now = self._clock()
+        return now
+
+
+def id_time_ms(snowflake: int) -> int:
+    """Milliseconds since the Unix epoch at which the id was made."""
+    return (snowflake >> (INSTANCE_BITS + SEQUENCE_BITS)) + CHIRP_EPOCH_MS
+
+
+def min_id_at_ms(unix_ms: int) -> int:
+    """The smallest id that can be made at `unix_ms`; handy as a range bound."""
+    return (unix_ms - CHIRP_EPOCH_MS) << (INSTANCE_BITS + SEQUENCE_BITS)

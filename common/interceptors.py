@@ -1,0 +1,85 @@
+"""One server interceptor for metrics, request ids, deadlines and error mapping."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+
+from common import deadlines
+from common.errors import ChirpError, to_status
+from common.logs import request_id_var
+from common.metrics import GRPC_HANDLED, GRPC_LATENCY
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _split(method: str) -> tuple[str, str]:
+    _, service, name = method.split("/", 2) if method.count("/") >= 2 else ("", "unknown", method)
+    return service, name
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, dependency_errors: tuple[type[BaseException], ...]) -> None:
+        self._dependency_errors = dependency_errors
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # streaming RPCs (health Watch, reflection) pass through
+        service, method = _split(handler_call_details.method)
+        if service.startswith("grpc."):
+            return handler
+        wrapped = self._wrap(cast(Handler, handler.unary_unary), service, method)
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(self, inner: Handler, service: str, method: str) -> Handler:
+        dependency_errors = self._dependency_errors
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            request_id = _metadata(context, REQUEST_ID_HEADER) or uuid.uuid4().hex
+            request_id_var.set(request_id)
+            deadlines.set_deadline(context.time_remaining())
+            code = grpc.StatusCode.OK
+            try:
+                return await inner(request, context)
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                code, message, details = to_status(exc, dependency_errors)
+                if isinstance(exc, ChirpError):
+                    log.info("rejected", extra={"grpc_method": method, "grpc_code": code.name})
+                elif code == grpc.StatusCode.UNAVAILABLE:
+                    log.warning("dependency unavailable: %r", exc, extra={"grpc_method": method})
+                else:
+                    log.exception("unhandled error", extra={"grpc_method": method})
+                await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", details),))
+            finally:
+                GRPC_HANDLED.labels(service, method, code.name).inc()
+                GRPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+
+        return handle
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v.decode() if isinstance(v, bytes) else v
+    return None

@@ -1,0 +1,140 @@
+"""Kafka for asyncio: an idempotent producer whose sends can be awaited, and a
+consumer whose blocking polls run off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+KAFKA_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (KafkaException, BufferError)
+
+TOPIC_TWEETS = "chirp.tweets.v1"  # tweet created / deleted, keyed by author
+TOPIC_FOLLOWS = "chirp.follows.v1"  # follow / unfollow, keyed by follower
+TOPIC_LIKES = "chirp.likes.v1"  # like / unlike, keyed by tweet
+TOPICS: dict[str, int] = {TOPIC_TWEETS: 6, TOPIC_FOLLOWS: 6, TOPIC_LIKES: 6}
+
+
+class AsyncProducer:
+    """Idempotent producer (acks=all); `send` resolves once the broker has the record."""
+
+    def __init__(self, bootstrap: str, client_id: str, delivery_timeout_ms: int = 10000) -> None:
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "client.id": client_id,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 2,
+                "compression.type": "lz4",
+                "message.timeout.ms": delivery_timeout_ms,
+                "socket.connection.setup.timeout.ms": 3000,
+            }
+        )
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            loop.call_soon_threadsafe(_settle, done, err)
+
+        self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        await done
+
+    def send_nowait(self, topic: str, key: bytes, value: bytes, on_done: Any) -> None:
+        """Queue a record; `on_done(err)` runs on the poll thread once it is settled."""
+        self._producer.produce(topic, value=value, key=key, on_delivery=lambda err, _msg: on_done(err))
+
+    def reachable(self, timeout: float = 1.0) -> bool:
+        try:
+            self._producer.list_topics(timeout=timeout)
+        except KafkaException:
+            return False
+        return True
+
+    async def ping(self) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(None, self.reachable)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._producer.flush(timeout)
+        self._stop.set()
+        self._poller.join(1.0)
+
+
+def _settle(done: asyncio.Future[None], err: KafkaError | None) -> None:
+    if done.done():
+        return
+    if err is not None:
+        done.set_exception(KafkaException(err))
+    else:
+        done.set_result(None)
+
+
+class BatchConsumer:
+    """A consumer group member that hands out batches and commits only on request."""
+
+    def __init__(self, bootstrap: str, group: str, topics: Sequence[str], client_id: str) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "client.id": client_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "session.timeout.ms": 10000,
+                "max.poll.interval.ms": 60000,
+            }
+        )
+        self._consumer.subscribe(list(topics))
+
+    async def poll_batch(self, max_messages: int, wait_seconds: float) -> list[Message]:
+        loop = asyncio.get_running_loop()
+        messages = await loop.run_in_executor(None, self._consumer.consume, max_messages, wait_seconds)
+        good = []
+        for msg in messages:
+            error = msg.error()
+            if error is None:
+                good.append(msg)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consume error: %s", error)
+        return good
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        """Commit the offsets after `messages`, synchronously (the writes are done)."""
+        if not messages:
+            return
+        latest: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            key = (str(msg.topic()), int(msg.partition() or 0))
+            latest[key] = max(latest.get(key, -1), msg.offset() or 0)
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: self._consumer.commit(offsets=offsets, asynchronous=False))
+
+    def lag(self) -> int:
+        """Messages not yet consumed on the assigned partitions."""
+        total = 0
+        for tp in self._consumer.assignment():
+            _low, high = self._consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+            position = self._consumer.position([tp])[0].offset
+            if position >= 0:
+                total += max(0, high - position)
+        return total
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,112 @@
+"""Server bootstrap: gRPC server, health, reflection, metrics and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from common.config import CommonConfig
+from common.interceptors import ServerInterceptor
+from common.metrics import serve_metrics
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[], Awaitable[bool]]
+HEALTH_INTERVAL_SECONDS = 2.0
+PROBE_TIMEOUT_SECONDS = 1.5
+
+
+@dataclass
+class Wiring:
+    """What a service plugs into the shared server."""
+
+    register: Callable[[grpc.aio.Server], None]
+    service_names: Sequence[str]
+    probes: Sequence[Probe]
+    close: Callable[[], Awaitable[None]]
+    dependency_errors: tuple[type[BaseException], ...] = ()
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=tuple)
+
+
+def create_server(address: str, wiring: Wiring) -> tuple[grpc.aio.Server, int, HealthServicer]:
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(wiring.dependency_errors)],
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+    )
+    wiring.register(server)
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (*wiring.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"could not bind gRPC server to {address}")
+    return server, port, health_servicer
+
+
+async def check_probes(probes: Sequence[Probe]) -> bool:
+    async def one(probe: Probe) -> bool:
+        try:
+            return await asyncio.wait_for(probe(), PROBE_TIMEOUT_SECONDS)
+        except Exception:  # noqa: BLE001 - a failing probe is "not healthy"
+            return False
+
+    results = await asyncio.gather(*(one(p) for p in probes))
+    return all(results)
+
+
+async def _watch_health(health_servicer: HealthServicer, wiring: Wiring, service: str) -> None:
+    last: bool | None = None
+    while True:
+        ok = await check_probes(wiring.probes)
+        if ok != last:
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", *wiring.service_names):
+                await health_servicer.set(name, status)
+            log.info("health changed", extra={"serving": ok, "component": service})
+            last = ok
+        await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+
+
+async def serve(config: CommonConfig, wiring: Wiring) -> None:
+    """Run until SIGTERM/SIGINT, then drain: NOT_SERVING, finish in-flight, close clients."""
+    serve_metrics(config.grpc_host, config.metrics_port)
+    server, port, health_servicer = create_server(f"{config.grpc_host}:{config.grpc_port}", wiring)
+    await server.start()
+    log.info("listening", extra={"grpc_port": port, "metrics_port": config.metrics_port})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    tasks = [asyncio.create_task(_watch_health(health_servicer, wiring, config.service))]
+    tasks += [asyncio.create_task(job()) for job in wiring.background]
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        if task.done() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    log.info("shutting down")
+    await health_servicer.enter_graceful_shutdown()
+    # Give the edge's health checks time to see NOT_SERVING before we refuse calls.
+    await asyncio.sleep(config.drain_seconds)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    await server.stop(config.shutdown_grace_seconds)
+    await wiring.close()
+    log.info("stopped")

@@ -1,0 +1,1 @@
+"""feed_svc: home timelines (hybrid fan-out)."""

@@ -1,0 +1,1 @@
+"""graph_svc: accounts, sessions and the follow graph."""

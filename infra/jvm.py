@@ -1,0 +1,418 @@
+"""Run the local Apache Cassandra 5.0 and Apache Kafka 4.1 from Maven Central jars.
+
+No Docker, no tarballs: ``fetch_jars`` has Maven copy the runtime dependencies
+of ``infra/cassandra/pom.xml`` and ``infra/kafka/pom.xml`` into
+``<deps>/cassandra`` and ``<deps>/kafka`` (kept apart: their netty, jackson and
+slf4j versions clash). The ``*_command`` functions render the configuration
+templates under ``<state>/conf`` and return the ``java`` argv of each server,
+which runs in the foreground until SIGTERM (both shut down cleanly on it).
+The ``*_ready`` probes speak just enough of each wire protocol to tell that the
+server answers clients. Standard library only.
+
+Layout (all absolute once resolved)::
+
+    <state>/conf/cassandra.yaml      rendered from infra/cassandra/cassandra.yaml.in
+    <state>/conf/kafka.properties    rendered from infra/kafka/server.properties.in
+    <state>/data/cassandra/...       Cassandra data, commitlog, hints, caches
+    <state>/data/kafka/...           Kafka log dirs (KRaft metadata included)
+    <state>/logs/cassandra/system.log
+    <state>/logs/kafka/server.log
+
+Everything binds to 127.0.0.1: CQL 9042, Cassandra storage 7000, Kafka 9092
+(PLAINTEXT) and 9093 (KRaft controller).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+from pathlib import Path
+from string import Template
+
+LOOPBACK = "127.0.0.1"
+CQL_PORT = 9042
+CASSANDRA_STORAGE_PORT = 7000
+KAFKA_PORT = 9092
+KAFKA_CONTROLLER_PORT = 9093
+
+# Fixed KRaft cluster id (base64url of b"ChirpLocalKafka1", 16 bytes) so that a
+# re-format or a re-run always yields the same cluster.
+KAFKA_CLUSTER_ID = "Q2hpcnBMb2NhbEthZmthMQ"
+
+JAVA = "java"  # OpenJDK 17 on PATH; override with the environment variable below
+JAVA_ENV = "CHIRP_JAVA"
+MVN = "mvn"
+MVN_TIMEOUT_S = 1200
+
+COMPONENTS = ("cassandra", "kafka")
+STAMP_FILE = ".pom.sha256"
+# Bump to force a re-fetch when the way jars are fetched changes.
+FETCH_FORMAT = "1"
+
+CASSANDRA_MAIN = "org.apache.cassandra.service.CassandraDaemon"
+KAFKA_MAIN = "kafka.Kafka"
+KAFKA_STORAGE_TOOL = "kafka.tools.StorageTool"
+
+CASSANDRA_HEAP = ("-Xms512m", "-Xmx1g")
+KAFKA_HEAP = ("-Xms256m", "-Xmx512m")
+KAFKA_TOOL_HEAP = ("-Xmx256m",)
+
+# From Cassandra 5.0's conf/jvm17-server.options (JPMS and Netty sections),
+# plus java.nio and java.util.concurrent(.atomic), which Cassandra also reflects on.
+CASSANDRA_JVM17_OPTS = (
+    "-Djdk.attach.allowAttachSelf=true",
+    "-Dio.netty.tryReflectionSetAccessible=true",
+    "-Dio.netty.allocator.useCacheForAllThreads=true",
+    "-Dio.netty.allocator.maxOrder=11",
+    "--add-exports=java.base/jdk.internal.misc=ALL-UNNAMED",
+    "--add-exports=java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.registry=ALL-UNNAMED",
+    "--add-exports=java.rmi/sun.rmi.server=ALL-UNNAMED",
+    "--add-exports=java.sql/java.sql=ALL-UNNAMED",
+    "--add-exports=java.base/java.lang.ref=ALL-UNNAMED",
+    "--add-exports=jdk.unsupported/sun.misc=ALL-UNNAMED",
+    "--add-exports=jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED",
+    "--add-exports=jdk.attach/sun.tools.attach=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.loader=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.ref=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.reflect=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.math=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.module=ALL-UNNAMED",
+    "--add-opens=java.base/jdk.internal.util.jar=ALL-UNNAMED",
+    "--add-opens=jdk.management/com.sun.management.internal=ALL-UNNAMED",
+    "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED",
+    "--add-opens=java.base/java.io=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED",
+    "--add-opens=jdk.compiler/com.sun.tools.javac=ALL-UNNAMED",
+    "--add-opens=java.base/java.lang=ALL-UNNAMED",
+    "--add-opens=java.base/java.util=ALL-UNNAMED",
+    "--add-opens=java.base/java.nio=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent=ALL-UNNAMED",
+    "--add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED",
+)
+
+# Single node, fixed token: skip the waits meant for joining a real ring.
+CASSANDRA_FAST_START_OPTS = (
+    "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+    "-Dcassandra.initial_token=0",
+    "-Dcassandra.ring_delay_ms=1000",
+    "-Dcassandra.load_ring_state=false",
+)
+
+COMMON_JVM_OPTS = (
+    "-XX:+UseG1GC",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.net.preferIPv4Stack=true",
+    "-Djava.awt.headless=true",
+)
+
+KAFKA_JVM_OPTS = (
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+)
+
+PROBE_TIMEOUT_S = 2.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_MAX_RESPONSE = 1 << 24
+
+
+# --------------------------------------------------------------------------
+# jars
+
+
+def _pom(root: Path, component: str) -> Path:
+    return root / "infra" / component / "pom.xml"
+
+
+def _pom_digest(pom: Path) -> str:
+    digest = hashlib.sha256(pom.read_bytes())
+    digest.update(b"\0fetch-format=" + FETCH_FORMAT.encode())
+    return digest.hexdigest()
+
+
+def _has_jars(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.glob("*.jar"))
+
+
+def _jars_current(out: Path, digest: str) -> bool:
+    stamp = out / STAMP_FILE
+    return _has_jars(out) and stamp.is_file() and stamp.read_text().strip() == digest
+
+
+def _fetch_one(root: Path, deps: Path, component: str) -> None:
+    pom = _pom(root, component)
+    if not pom.is_file():
+        raise RuntimeError(f"{component}: pom not found at {pom}")
+    out = deps / component
+    digest = _pom_digest(pom)
+    if _jars_current(out, digest):
+        return
+    mvn = shutil.which(MVN)
+    if mvn is None:
+        raise RuntimeError(f"{component}: '{MVN}' not found on PATH (Maven is needed to fetch jars)")
+    # Resolve into a scratch directory, then swap it in: no stale jars from an
+    # older pom, and an interrupted fetch never looks complete.
+    scratch = deps / f"{component}.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-Dstyle.color=never",
+        "-f",
+        str(pom),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={scratch}",
+    ]
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=pom.parent,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=MVN_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise RuntimeError(f"{component}: Maven timed out after {MVN_TIMEOUT_S}s: {' '.join(cmd)}") from exc
+    # Maven may log an ERROR about system-scoped JMC/VisualVM paths of a parent
+    # pom and still resolve everything: judge by exit code and jars present.
+    if proc.returncode != 0 or not _has_jars(scratch):
+        shutil.rmtree(scratch, ignore_errors=True)
+        output = _ANSI.sub("", proc.stdout + proc.stderr).strip()
+        tail = "\n".join(output.splitlines()[-30:])
+        raise RuntimeError(f"{component}: fetching jars failed (mvn exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    (scratch / STAMP_FILE).write_text(digest + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    scratch.rename(out)
+
+
+def fetch_jars(root: Path, deps: Path) -> None:
+    """Resolve the runtime jars of Cassandra and Kafka into <deps>/cassandra and <deps>/kafka.
+
+    Maven runs only for a component whose directory is missing or whose pom
+    changed since the last fetch (a SHA-256 of the pom is kept in a stamp file).
+    Raises RuntimeError with Maven's output tail on failure.
+    """
+    root = root.resolve()
+    deps = deps.resolve()
+    deps.mkdir(parents=True, exist_ok=True)
+    # One fetch at a time (e.g. `make up` and a test run started together).
+    with open(deps / ".fetch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for component in COMPONENTS:
+            _fetch_one(root, deps, component)
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def _java() -> str:
+    return os.environ.get(JAVA_ENV) or shutil.which(JAVA) or JAVA
+
+
+def _jar_dir(deps: Path, component: str) -> Path:
+    directory = deps.resolve() / component
+    if not _has_jars(directory):
+        raise RuntimeError(f"no jars in {directory}: run fetch_jars() first")
+    return directory
+
+
+def _classpath(jar_dir: Path) -> str:
+    # The JVM expands "dir/*" to every jar of dir.
+    return f"{jar_dir}{os.sep}*"
+
+
+def _render(template: Path, dest: Path, values: dict[str, str]) -> None:
+    """Fill ${name} placeholders of template into dest, rewriting only on change."""
+    text = Template(template.read_text()).substitute(values)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file() and dest.read_text() == text:
+        return
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(dest)
+
+
+# --------------------------------------------------------------------------
+# Cassandra
+
+
+def cassandra_command(root: Path, deps: Path, state: Path) -> list[str]:
+    """Render <state>/conf/cassandra.yaml and return the argv running CassandraDaemon in the foreground."""
+    root = root.resolve()
+    state = state.resolve()
+    jars = _jar_dir(deps, "cassandra")
+    jamm = sorted(jars.glob("jamm-*.jar"))
+    if not jamm:
+        raise RuntimeError(f"jamm jar missing from {jars}: run fetch_jars() again")
+
+    data = state / "data" / "cassandra"
+    logs = state / "logs" / "cassandra"
+    conf = state / "conf"
+    triggers = conf / "cassandra-triggers"
+    for directory in (data, logs, conf, triggers):
+        directory.mkdir(parents=True, exist_ok=True)
+
+    config = conf / "cassandra.yaml"
+    _render(root / "infra" / "cassandra" / "cassandra.yaml.in", config, {"data_dir": str(data)})
+
+    return [
+        _java(),
+        *CASSANDRA_HEAP,
+        "-Xss256k",
+        *COMMON_JVM_OPTS,
+        f"-XX:ErrorFile={logs / 'hs_err_%p.log'}",
+        *CASSANDRA_JVM17_OPTS,
+        f"-javaagent:{jamm[-1]}",
+        "-Dcassandra-foreground=yes",
+        f"-Dcassandra.config={config.as_uri()}",
+        f"-Dcassandra.storagedir={data}",
+        f"-Dcassandra.logdir={logs}",
+        f"-Dcassandra.triggers_dir={triggers}",
+        f"-Dlogback.configurationFile={root / 'infra' / 'cassandra' / 'logback.xml'}",
+        *CASSANDRA_FAST_START_OPTS,
+        "-cp",
+        _classpath(jars),
+        CASSANDRA_MAIN,
+    ]
+
+
+# --------------------------------------------------------------------------
+# Kafka
+
+
+def _kafka_paths(root: Path, deps: Path, state: Path) -> tuple[Path, Path, Path, list[str]]:
+    """Render <state>/conf/kafka.properties; return (config, log dir, jar dir, common JVM args)."""
+    root = root.resolve()
+    state = state.resolve()
+    jars = _jar_dir(deps, "kafka")
+    data = state / "data" / "kafka"
+    logs = state / "logs" / "kafka"
+    for directory in (data, logs):
+        directory.mkdir(parents=True, exist_ok=True)
+    config = state / "conf" / "kafka.properties"
+    _render(root / "infra" / "kafka" / "server.properties.in", config, {"log_dirs": str(data)})
+    jvm = [
+        *COMMON_JVM_OPTS,
+        f"-XX:ErrorFile={logs / 'hs_err_%p.log'}",
+        f"-Dkafka.logs.dir={logs}",
+        f"-Dlog4j2.configurationFile={root / 'infra' / 'kafka' / 'log4j2.properties'}",
+    ]
+    return config, data, jars, jvm
+
+
+def kafka_format_command(root: Path, deps: Path, state: Path) -> list[str] | None:
+    """Render the Kafka config; return the KRaft storage format argv, or None if already formatted."""
+    config, data, jars, jvm = _kafka_paths(root, deps, state)
+    if (data / "meta.properties").is_file():
+        return None
+    return [
+        _java(),
+        *KAFKA_TOOL_HEAP,
+        *jvm,
+        "-cp",
+        _classpath(jars),
+        KAFKA_STORAGE_TOOL,
+        "format",
+        "--cluster-id",
+        KAFKA_CLUSTER_ID,
+        "--config",
+        str(config),
+        "--ignore-formatted",
+    ]
+
+
+def kafka_command(root: Path, deps: Path, state: Path) -> list[str]:
+    """Render the Kafka config and return the argv running kafka.Kafka (broker+controller) in the foreground."""
+    config, _data, jars, jvm = _kafka_paths(root, deps, state)
+    return [
+        _java(),
+        *KAFKA_HEAP,
+        *jvm,
+        *KAFKA_JVM_OPTS,
+        "-cp",
+        _classpath(jars),
+        KAFKA_MAIN,
+        str(config),
+    ]
+
+
+# --------------------------------------------------------------------------
+# readiness probes
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            raise ConnectionError("connection closed")
+        buf += chunk
+    return bytes(buf)
+
+
+def cassandra_ready(host: str = LOOPBACK, port: int = CQL_PORT, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """True when a CQL native-protocol v4 OPTIONS request gets a SUPPORTED reply. Never raises."""
+    # frame header: version 0x04 (request), flags 0, stream 1, opcode 0x05 OPTIONS, body length 0
+    options = struct.pack(">BBhBi", 0x04, 0, 1, 0x05, 0)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(options)
+            version, _flags, stream, opcode, length = struct.unpack(">BBhBi", _recv_exact(sock, 9))
+            if version != 0x84 or stream != 1 or opcode != 0x06 or not 0 <= length < _MAX_RESPONSE:
+                return False
+            return b"CQL_VERSION" in _recv_exact(sock, length)
+    except (OSError, ValueError, struct.error):
+        return False
+
+
+def _kafka_request(sock: socket.socket, api_key: int, version: int, correlation_id: int, body: bytes) -> bytes:
+    """Send one request with a v1 (non-flexible) header; return the response body after its v0 header."""
+    client_id = b"chirp-probe"
+    header = struct.pack(">hhih", api_key, version, correlation_id, len(client_id)) + client_id
+    payload = header + body
+    sock.sendall(struct.pack(">i", len(payload)) + payload)
+    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+    if not 4 <= size < _MAX_RESPONSE:
+        raise ValueError(f"bad response size {size}")
+    response = _recv_exact(sock, size)
+    (got,) = struct.unpack_from(">i", response)
+    if got != correlation_id:
+        raise ValueError("correlation id mismatch")
+    return response[4:]
+
+
+def kafka_ready(host: str = LOOPBACK, port: int = KAFKA_PORT, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """True when the broker answers ApiVersions and its Metadata lists at least one live broker. Never raises.
+
+    A KRaft broker may answer ApiVersions while still fenced; Metadata lists only
+    unfenced brokers, so a non-empty broker list means topics can be created and used.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            # ApiVersions (key 18) v0, empty body -> error_code int16 first
+            (error,) = struct.unpack_from(">h", _kafka_request(sock, 18, 0, 1, b""))
+            if error != 0:
+                return False
+            # Metadata (key 3) v4: no topics, allow_auto_topic_creation=false
+            body = _kafka_request(sock, 3, 4, 2, struct.pack(">i?", 0, False))
+            brokers: int = struct.unpack_from(">ii", body)[1]
+            return brokers > 0
+    except (OSError, ValueError, struct.error):
+        return False

@@ -1,0 +1,378 @@
+"""Start, check and stop the local Chirp stack, all on 127.0.0.1.
+
+    python -m infra.stack up | down | status
+
+Every process started here has its pid (and start time, so a reused pid is
+never signalled) in .state/run/, its log in .state/logs/, its data in
+.state/data/. `up` is idempotent: running components are kept, except service
+processes whose CHIRP_* settings changed, which are restarted.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra import jvm, topology
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".state"
+DEPS = ROOT / ".deps"
+RUN, LOGS, CONF = STATE / "run", STATE / "logs", STATE / "conf"
+PYTHON = sys.executable
+VENV_BIN = Path(sys.executable).parent
+
+INFRA = ("redis", "cassandra", "kafka")
+
+
+@dataclass
+class Component:
+    name: str
+    argv: Callable[[], list[str]]
+    ready: Callable[[], bool]
+    timeout: float
+    env: dict[str, str] = field(default_factory=dict)
+    stop_timeout: float = 20.0
+    fingerprint: str = ""  # a change of it restarts a running component
+    where: str = ""
+
+
+def _tcp_open(port: int) -> bool:
+    try:
+        with socket.create_connection((topology.HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _redis_ready() -> bool:
+    try:
+        with socket.create_connection((topology.HOST, topology.REDIS_PORT), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _grpc_serving(port: int, service: str) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(f"{topology.HOST}:{port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=1.0
+            )
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def _envoy_ready() -> bool:
+    """Envoy is live and sees at least one healthy instance of every service."""
+    try:
+        base = f"http://{topology.HOST}:{topology.ENVOY_ADMIN_PORT}"
+        with urllib.request.urlopen(f"{base}/ready", timeout=1) as reply:
+            if reply.status != 200:
+                return False
+        with urllib.request.urlopen(f"{base}/clusters?format=json", timeout=1) as reply:
+            clusters = json.load(reply)["cluster_statuses"]
+    except (OSError, ValueError, KeyError):
+        return False
+    healthy = {
+        c["name"]
+        for c in clusters
+        for h in c.get("host_statuses", [])
+        if not h.get("health_status", {}).get("failed_active_health_check")
+        and h.get("health_status", {}).get("eds_health_status") == "HEALTHY"
+    }
+    return all(svc.name in healthy for svc in topology.SERVICES)
+
+
+def _settings_fingerprint() -> str:
+    chirp = sorted((k, v) for k, v in os.environ.items() if k.startswith("CHIRP_"))
+    return hashlib.sha256(json.dumps(chirp).encode()).hexdigest()[:16]
+
+
+def _service_components() -> list[Component]:
+    fingerprint = _settings_fingerprint()
+    components = []
+    for inst in topology.all_instances():
+        components.append(
+            Component(
+                name=inst.name,
+                argv=functools.partial(list, [PYTHON, "-m", f"{inst.service.name}.main"]),
+                ready=functools.partial(_grpc_serving, inst.port, inst.service.grpc_service),
+                timeout=60,
+                env={
+                    "CHIRP_GRPC_PORT": str(inst.port),
+                    "CHIRP_METRICS_PORT": str(inst.metrics_port),
+                    "CHIRP_INSTANCE_ID": str(inst.instance_id),
+                    "PYTHONUNBUFFERED": "1",
+                },
+                stop_timeout=15,
+                fingerprint=fingerprint,
+                where=f"gRPC {topology.HOST}:{inst.port}, metrics :{inst.metrics_port}",
+            )
+        )
+    return components
+
+
+def _envoy_component() -> Component:
+    """Envoy restarts when its rendered config or the API descriptor changes."""
+    out = CONF / "envoy.json"
+    CONF.mkdir(parents=True, exist_ok=True)
+    subprocess.run([PYTHON, str(ROOT / "envoy" / "render.py"), str(out)], check=True)
+    digest = hashlib.sha256(out.read_bytes() + (ROOT / "generated" / "chirp.binpb").read_bytes())
+    argv = [
+        PYTHON, "-m", "infra.supervise", "--",
+        str(VENV_BIN / "envoy"),
+        "-c", str(out),
+        "--base-id", "8080",
+        "--concurrency", "2",
+        "--log-level", "warn",
+        "--drain-time-s", "2",
+    ]  # fmt: skip
+    return Component(
+        name="envoy",
+        argv=functools.partial(list, argv),
+        ready=_envoy_ready,
+        timeout=60,
+        fingerprint=digest.hexdigest()[:16],
+        where=f"REST+gRPC http://{topology.HOST}:{topology.EDGE_PORT}, admin :{topology.ENVOY_ADMIN_PORT}",
+    )
+
+
+def components() -> list[Component]:
+    return [
+        Component(
+            name="redis",
+            argv=lambda: [
+                "redis-server",
+                str(ROOT / "infra" / "redis" / "redis.conf"),
+                "--dir",
+                str(_data("redis")),
+                "--port",
+                str(topology.REDIS_PORT),
+            ],
+            ready=_redis_ready,
+            timeout=20,
+            where=f"{topology.HOST}:{topology.REDIS_PORT}",
+        ),
+        Component(
+            name="cassandra",
+            argv=lambda: jvm.cassandra_command(ROOT, DEPS, STATE),
+            ready=jvm.cassandra_ready,
+            timeout=180,
+            stop_timeout=60,
+            where=f"CQL {topology.HOST}:{topology.CQL_PORT}",
+        ),
+        Component(
+            name="kafka",
+            argv=_kafka_argv,
+            ready=jvm.kafka_ready,
+            timeout=120,
+            stop_timeout=60,
+            where=f"{topology.HOST}:{topology.KAFKA_PORT}",
+        ),
+        *_service_components(),
+        _envoy_component(),
+    ]
+
+
+def _data(name: str) -> Path:
+    path = STATE / "data" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _kafka_argv() -> list[str]:
+    fmt = jvm.kafka_format_command(ROOT, DEPS, STATE)
+    if fmt is not None:
+        _run_step("kafka-format", fmt)
+    return jvm.kafka_command(ROOT, DEPS, STATE)
+
+
+# ---- pid bookkeeping -------------------------------------------------------
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _read_pid(name: str) -> dict[str, str] | None:
+    path = RUN / f"{name}.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if _start_time(int(record["pid"])) != record.get("start"):
+        path.unlink(missing_ok=True)  # the process is gone (or the pid was reused)
+        return None
+    return dict(record)
+
+
+def _start(comp: Component) -> int:
+    log_path = LOGS / f"{comp.name}.log"
+    env = {**os.environ, **comp.env}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            comp.argv(),
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    record = {"pid": str(proc.pid), "start": _start_time(proc.pid) or "", "fingerprint": comp.fingerprint}
+    (RUN / f"{comp.name}.json").write_text(json.dumps(record))
+    return proc.pid
+
+
+def _stop(name: str, timeout: float) -> bool:
+    record = _read_pid(name)
+    if record is None:
+        return False
+    pid = int(record["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _start_time(pid) == record["start"]:
+        time.sleep(0.2)
+    if _start_time(pid) == record["start"]:
+        os.kill(pid, signal.SIGKILL)
+    (RUN / f"{name}.json").unlink(missing_ok=True)
+    return True
+
+
+def _run_step(name: str, argv: list[str]) -> None:
+    log_path = LOGS / f"{name}.log"
+    with open(log_path, "ab") as log:
+        result = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise StartError(name, log_path)
+
+
+class StartError(Exception):
+    def __init__(self, component: str, log_path: Path) -> None:
+        super().__init__(f"{component} failed to start; see its log: {log_path}")
+
+
+def _wait_ready(comp: Component, pid: int | None) -> None:
+    deadline = time.monotonic() + comp.timeout
+    while time.monotonic() < deadline:
+        if comp.ready():
+            return
+        if pid is not None and _start_time(pid) is None:
+            break  # it exited
+        time.sleep(0.25)
+    raise StartError(comp.name, LOGS / f"{comp.name}.log")
+
+
+# ---- commands --------------------------------------------------------------
+
+
+def up() -> int:
+    for path in (RUN, LOGS, CONF):
+        path.mkdir(parents=True, exist_ok=True)
+    started_at = time.monotonic()
+    try:
+        jvm.fetch_jars(ROOT, DEPS)
+    except RuntimeError as exc:
+        print(f"fetching the Cassandra/Kafka jars failed: {exc}", file=sys.stderr)
+        return 1
+    comps = components()
+    infra = [c for c in comps if c.name in INFRA]
+    try:
+        _start_all(infra)
+        _prepare_stores()
+        _start_all([c for c in comps if c.name not in INFRA])
+    except StartError as exc:
+        print(f"\nERROR: {exc}", file=sys.stderr)
+        return 1
+    print(f"\nChirp is up in {time.monotonic() - started_at:.0f}s:")
+    _print_table(comps)
+    return 0
+
+
+def _start_all(comps: list[Component]) -> None:
+    """Start what is not running (or whose settings changed), then wait for all."""
+    pending: list[tuple[Component, int]] = []
+    for comp in comps:
+        record = _read_pid(comp.name)
+        if record is not None and record.get("fingerprint", "") != comp.fingerprint:
+            print(f"  {comp.name}: settings changed, restarting")
+            _stop(comp.name, comp.stop_timeout)
+            record = None
+        if record is None:
+            print(f"  starting {comp.name}")
+            pending.append((comp, _start(comp)))
+        else:
+            pending.append((comp, int(record["pid"])))
+    for comp, pid in pending:
+        _wait_ready(comp, pid)
+
+
+def _prepare_stores() -> None:
+    _run_step("migrate", [PYTHON, "-m", "infra.migrate"])
+    _run_step("topics", [PYTHON, "-m", "infra.topics"])
+
+
+def _print_table(comps: list[Component]) -> None:
+    for comp in comps:
+        record = _read_pid(comp.name)
+        pid = record["pid"] if record else "-"
+        print(f"  {comp.name:<12} pid {pid:<8} {comp.where:<58} log .state/logs/{comp.name}.log")
+
+
+def down() -> int:
+    """Stop everything with a pid file: edge first, then services, then stores."""
+    comps = components()
+    timeouts = {c.name: c.stop_timeout for c in comps}
+    running = {p.stem for p in RUN.glob("*.json")} if RUN.exists() else set()
+    order = [c.name for c in comps]
+    # Instances beyond today's CHIRP_INSTANCES still get stopped, with the services.
+    extra = sorted(running - set(order))
+    services_end = order.index("envoy")
+    order = order[:services_end] + extra + order[services_end:]
+    for name in reversed(order):
+        if name in running and _stop(name, timeouts.get(name, 20.0)):
+            print(f"  stopped {name}")
+    return 0
+
+
+def status() -> int:
+    bad = 0
+    for comp in components():
+        record = _read_pid(comp.name)
+        ok = record is not None and comp.ready()
+        bad += not ok
+        print(f"  {comp.name:<12} {'healthy' if ok else 'DOWN':<8} {comp.where}")
+    return 1 if bad else 0
+
+
+def main() -> int:
+    commands = {"up": up, "down": down, "status": status}
+    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return commands[sys.argv[1]]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Run a command as our child and stay its parent until it exits.
+
+Envoy arms PR_SET_PDEATHSIG (SIGTERM when its parent dies), so it cannot be
+started by a process that exits right away, as `make up` does. This stays in
+between, forwards SIGTERM/SIGINT/SIGHUP, and exits with the child's status.
+
+    python -m infra.supervise -- CMD [ARGS...]
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from types import FrameType
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    child = subprocess.Popen(argv)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    return child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

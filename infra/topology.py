@@ -1,0 +1,68 @@
+"""Where everything listens: the one place instance counts and ports come from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+HOST = "127.0.0.1"
+EDGE_PORT = 8080
+ENVOY_ADMIN_PORT = 9901
+CQL_PORT = 9042
+KAFKA_PORT = 9092
+REDIS_PORT = 6379
+METRICS_OFFSET = 1000  # an instance's /metrics port is its gRPC port + 1000
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # package name, e.g. graph_svc
+    grpc_service: str  # fully-qualified gRPC service name
+    base_port: int
+    index: int  # spreads instance ids so every process gets its own
+
+
+@dataclass(frozen=True)
+class Instance:
+    service: Service
+    ordinal: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.service.name}-{self.ordinal}"
+
+    @property
+    def port(self) -> int:
+        return self.service.base_port + self.ordinal
+
+    @property
+    def metrics_port(self) -> int:
+        return self.port + METRICS_OFFSET
+
+    @property
+    def instance_id(self) -> int:
+        # 10-bit Snowflake instance id: 32 slots per service.
+        return self.service.index * 32 + self.ordinal
+
+
+SERVICES = (
+    Service("graph_svc", "chirp.graph.v1.GraphService", 50051, 1),
+    Service("tweet_svc", "chirp.tweet.v1.TweetService", 50061, 2),
+    Service("feed_svc", "chirp.feed.v1.FeedService", 50071, 3),
+    Service("rank_svc", "chirp.rank.v1.RankService", 50081, 4),
+)
+
+
+def instance_count() -> int:
+    count = int(os.environ.get("CHIRP_INSTANCES", "2"))
+    if not 1 <= count <= 9:
+        raise ValueError("CHIRP_INSTANCES must be between 1 and 9")
+    return count
+
+
+def instances(service: Service) -> list[Instance]:
+    return [Instance(service, i) for i in range(instance_count())]
+
+
+def all_instances() -> list[Instance]:
+    return [inst for svc in SERVICES for inst in instances(svc)]

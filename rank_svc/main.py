@@ -1,0 +1,46 @@
+"""rank_svc entry point: config, logging, wiring, run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
+
+from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_redis, redis_ping
+from common.logs import setup_logging
+from common.server import Wiring, serve
+from rank_svc import config as rank_config
+from rank_svc.service import RankService
+
+
+async def run(cfg: rank_config.RankConfig) -> None:
+    common = cfg.common
+    redis = connect_redis(common.redis_url)
+
+    def register(server: grpc.aio.Server) -> None:
+        rank_pb2_grpc.add_RankServiceServicer_to_server(RankService(), server)  # type: ignore[abstract]
+
+    async def close() -> None:
+        await redis.aclose()
+
+    await serve(
+        common,
+        Wiring(
+            register=register,
+            service_names=[rank_pb2.DESCRIPTOR.services_by_name["RankService"].full_name],
+            probes=[lambda: redis_ping(redis)],
+            close=close,
+            dependency_errors=REDIS_UNAVAILABLE_ERRORS,
+        ),
+    )
+
+
+def main() -> None:
+    cfg = rank_config.load()
+    setup_logging(cfg.common.service, cfg.common.log_level)
+    asyncio.run(run(cfg))
+
+
+if __name__ == "__main__":
+    main()

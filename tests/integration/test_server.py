@@ -1,0 +1,102 @@
+"""The shared server bootstrap against the real CQL store: health, reflection,
+error mapping and graceful shutdown, over a real channel on a free port."""
+
+from __future__ import annotations
+
+import grpc
+from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
+from common.ids import IdGenerator
+from common.server import Wiring, check_probes, create_server
+from graph_svc.accounts import Passwords
+from graph_svc.domain import Graph
+from graph_svc.service import GraphService
+from graph_svc.store import GraphStore
+from tests.conftest import unique_name
+
+SERVICE = "chirp.graph.v1.GraphService"
+
+
+async def _graph_server(cql: CqlSession) -> tuple[grpc.aio.Server, int, object]:
+    store = GraphStore(cql)
+    await store.prepare()
+    graph = Graph(store, Passwords(19456, 2, 1), IdGenerator(900))
+
+    async def close() -> None:
+        return None
+
+    wiring = Wiring(
+        register=lambda server: graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphService(graph), server),  # type: ignore[abstract]
+        service_names=[SERVICE],
+        probes=[cql.ping],
+        close=close,
+        dependency_errors=CQL_UNAVAILABLE_ERRORS,
+    )
+    server, port, health = create_server("127.0.0.1:0", wiring)
+    await server.start()
+    assert await check_probes(wiring.probes)
+    await health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health
+
+
+async def test_graph_service_serves_health_reflection_and_errors(cql: CqlSession) -> None:
+    server, port, health = await _graph_server(cql)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            status = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE), timeout=2
+            )
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+            stub = graph_pb2_grpc.GraphServiceStub(channel)
+            name = unique_name()
+            created = await stub.CreateUser(
+                graph_pb2.CreateUserRequest(username=name, password="correct horse"), timeout=5
+            )
+            fetched = await stub.GetUser(graph_pb2.GetUserRequest(user_id=created.user.user_id), timeout=5)
+            assert fetched.user == created.user
+
+            try:
+                await stub.GetUser(graph_pb2.GetUserRequest(user_id=1), timeout=5)
+                raise AssertionError("expected NOT_FOUND")
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.NOT_FOUND
+                assert "grpc-status-details-bin" in [m[0] for m in (err.trailing_metadata() or ())]  # type: ignore[index]
+
+            refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+            replies = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            async for reply in replies:
+                names = {s.name for s in reply.list_services_response.service}
+                assert SERVICE in names and "grpc.health.v1.Health" in names
+                break
+
+            await health.enter_graceful_shutdown()  # type: ignore[attr-defined]
+            status = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE), timeout=2
+            )
+            assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        await server.stop(1)
+
+
+async def test_sign_up_is_unique_ignoring_case_under_a_race(cql: CqlSession) -> None:
+    import asyncio
+
+    from common.errors import AlreadyExists
+
+    store = GraphStore(cql)
+    await store.prepare()
+    graph = Graph(store, Passwords(19456, 2, 1), IdGenerator(901))
+    name = unique_name("Race")
+    results = await asyncio.gather(
+        graph.sign_up(name, "correct horse"),
+        graph.sign_up(name.upper(), "correct horse"),
+        graph.sign_up(name.lower(), "correct horse"),
+        return_exceptions=True,
+    )
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    assert len(winners) == 1
+    assert all(isinstance(r, AlreadyExists) for r in results if isinstance(r, BaseException))

@@ -1,0 +1,32 @@
+from common.ids import CHIRP_EPOCH_MS, IdGenerator, id_time_ms, min_id_at_ms
+
+
+def test_ids_are_unique_and_increasing_within_one_millisecond() -> None:
+    gen = IdGenerator(5, clock_ms=lambda: CHIRP_EPOCH_MS + 1000)
+    ids = [gen.next_id() for _ in range(4096)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 4096
+
+
+def test_sequence_overflow_waits_for_next_millisecond() -> None:
+    ticks = iter([CHIRP_EPOCH_MS + 7] * 4097 + [CHIRP_EPOCH_MS + 8] * 10)
+    gen = IdGenerator(1, clock_ms=lambda: next(ticks))
+    ids = [gen.next_id() for _ in range(4097)]
+    assert len(set(ids)) == 4097
+    assert id_time_ms(ids[-1]) == CHIRP_EPOCH_MS + 8
+
+
+def test_instances_never_collide_and_time_is_recoverable() -> None:
+    now = CHIRP_EPOCH_MS + 123_456
+    a = IdGenerator(1, clock_ms=lambda: now).next_id()
+    b = IdGenerator(2, clock_ms=lambda: now).next_id()
+    assert a != b
+    assert id_time_ms(a) == id_time_ms(b) == now
+    assert min_id_at_ms(now) <= a < min_id_at_ms(now + 1)
+
+
+def test_clock_going_backwards_does_not_reuse_ids() -> None:
+    ticks = iter([CHIRP_EPOCH_MS + 50, CHIRP_EPOCH_MS + 40, CHIRP_EPOCH_MS + 40])
+    gen = IdGenerator(3, clock_ms=lambda: next(ticks))
+    first, second, third = gen.next_id(), gen.next_id(), gen.next_id()
+    assert first < second < third

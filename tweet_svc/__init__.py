@@ -1,0 +1,1 @@
+"""tweet_svc: tweets and likes."""
