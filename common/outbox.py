@@ -54,7 +54,8 @@ class Event:
 
 
 class Outbox:
-    def __init__(self, cql: CqlSession, producer: AsyncProducer) -> None:
+    def __init__(self, cql: CqlSession, producer: AsyncProducer | None) -> None:
+        """`producer` may be None for a process that only reads (it publishes nothing)."""
         self._cql = cql
         self._producer = producer
         self._q: dict[str, PreparedStatement] = {}
@@ -73,6 +74,7 @@ class Outbox:
 
     def publish_soon(self, event: Event) -> None:
         """Fast path after the batch is written; the relay covers any failure."""
+        assert self._producer is not None, "this outbox has no producer"
         loop = asyncio.get_running_loop()
 
         def on_done(err: KafkaError | None) -> None:
@@ -91,6 +93,7 @@ class Outbox:
 
     async def relay_once(self, min_age_ms: int = RELAY_MIN_AGE_MS) -> int:
         """Publish every due row of every shard; returns how many were published."""
+        assert self._producer is not None, "this outbox has no producer"
         before = min_id_at_ms(int(time.time() * 1000) - min_age_ms)
         published = 0
         for shard in range(SHARDS):

@@ -1,6 +1,6 @@
 """Render the Envoy edge config from infra/topology.py (instance counts and ports).
 
-Usage: python envoy/render.py OUT.json [--jwks FILE]
+Usage: python envoy/render.py OUT.json --jwks FILE
 """
 
 from __future__ import annotations
@@ -72,6 +72,49 @@ def _transcoder() -> dict[str, Any]:
     }
 
 
+# Calls that need no token. Public reads verify a token when one is sent.
+NO_TOKEN = ("chirp.graph.v1.GraphService/CreateUser", "chirp.graph.v1.GraphService/CreateSession")
+TOKEN_OPTIONAL = (
+    "chirp.graph.v1.GraphService/GetUser",
+    "chirp.graph.v1.GraphService/ListFollowers",
+    "chirp.graph.v1.GraphService/ListFollowing",
+    "chirp.tweet.v1.TweetService/GetTweet",
+    "chirp.tweet.v1.TweetService/ListUserTweets",
+    "chirp.rank.v1.RankService/ListTrending",
+)
+
+
+def _jwt_authn(jwks: str) -> dict[str, Any]:
+    """Runs after the transcoder, so rules match gRPC paths for REST and gRPC alike."""
+    provider = "chirp"
+    rules: list[dict[str, Any]] = [{"match": {"path": f"/{method}"}} for method in NO_TOKEN]
+    rules += [
+        {
+            "match": {"path": f"/{method}"},
+            "requires": {"requires_any": {"requirements": [{"provider_name": provider}, {"allow_missing": {}}]}},
+        }
+        for method in TOKEN_OPTIONAL
+    ]
+    rules.append({"match": {"prefix": "/"}, "requires": {"provider_name": provider}})
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": _any(
+            "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            providers={
+                provider: {
+                    "issuer": "chirp",
+                    "audiences": ["chirp-api"],
+                    "local_jwks": {"inline_string": jwks},
+                    "forward": False,
+                    "clock_skew_seconds": 30,
+                    "claim_to_headers": [{"header_name": USER_ID_HEADER, "claim_name": "sub"}],
+                }
+            },
+            rules=rules,
+        ),
+    }
+
+
 def _routes() -> list[dict[str, Any]]:
     return [
         {
@@ -122,7 +165,7 @@ def _cluster(svc: topology.Service) -> dict[str, Any]:
     }
 
 
-def build() -> dict[str, Any]:
+def build(jwks: str) -> dict[str, Any]:
     hcm = _any(
         "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         stat_prefix="edge",
@@ -166,6 +209,7 @@ def build() -> dict[str, Any]:
         },
         http_filters=[
             _transcoder(),
+            _jwt_authn(jwks),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": _any("type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"),
@@ -192,9 +236,10 @@ def build() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--jwks", type=Path, required=True, help="public key set that verifies access tokens")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(build(), indent=2))
+    args.out.write_text(json.dumps(build(args.jwks.read_text()), indent=2))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from common.config import CommonConfig, env_int, load_common
+from common.config import CommonConfig, env_int, env_str, load_common
 
 DEFAULT_PORT = 50051
 
@@ -18,6 +19,9 @@ class GraphConfig:
     argon2_memory_kib: int
     argon2_time_cost: int
     argon2_parallelism: int
+    # Ed25519 private key (PEM) that signs access tokens.
+    token_key_file: Path
+    token_ttl_seconds: int
 
 
 def load(env: Mapping[str, str] = os.environ) -> GraphConfig:
@@ -26,4 +30,6 @@ def load(env: Mapping[str, str] = os.environ) -> GraphConfig:
         argon2_memory_kib=env_int(env, "CHIRP_ARGON2_MEMORY_KIB", 19456, minimum=19456),
         argon2_time_cost=env_int(env, "CHIRP_ARGON2_TIME_COST", 2, minimum=2),
         argon2_parallelism=env_int(env, "CHIRP_ARGON2_PARALLELISM", 1, minimum=1),
+        token_key_file=Path(env_str(env, "CHIRP_TOKEN_KEY_FILE", ".state/keys/token_ed25519.pem")),
+        token_ttl_seconds=env_int(env, "CHIRP_TOKEN_TTL_SECONDS", 3600, minimum=60),
     )

@@ -3,47 +3,57 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+from datetime import timedelta
 
 import grpc
 from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
 
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
+from common.kafka import AsyncProducer
 from common.logs import setup_logging
+from common.outbox import Outbox
 from common.server import Wiring, serve
 from graph_svc import config as graph_config
 from graph_svc.accounts import Passwords
 from graph_svc.domain import Graph
 from graph_svc.service import GraphService
 from graph_svc.store import GraphStore
-
-log = logging.getLogger(__name__)
+from graph_svc.tokens import TokenSigner
 
 
 async def run(cfg: graph_config.GraphConfig) -> None:
     common = cfg.common
+    signer = TokenSigner.from_file(cfg.token_key_file, timedelta(seconds=cfg.token_ttl_seconds))
     cql = await CqlSession.connect(common.cql_hosts, common.cql_port, common.cql_keyspace, common.cql_timeout_seconds)
-    store = GraphStore(cql)
+    producer = AsyncProducer(common.kafka_bootstrap, f"graph_svc-{common.instance_id}")
+    outbox = Outbox(cql, producer)
+    await outbox.prepare()
+    store = GraphStore(cql, outbox)
     await store.prepare()
     graph = Graph(
         store,
+        outbox,
         Passwords(cfg.argon2_memory_kib, cfg.argon2_time_cost, cfg.argon2_parallelism),
+        signer,
         IdGenerator(common.instance_id),
     )
 
     def register(server: grpc.aio.Server) -> None:
-        graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphService(graph), server)  # type: ignore[abstract]
+        graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphService(graph), server)
 
     async def close() -> None:
+        producer.close()
         cql.close()
 
     wiring = Wiring(
         register=register,
         service_names=[graph_pb2.DESCRIPTOR.services_by_name["GraphService"].full_name],
+        # Kafka is not a probe: follows are durable in the outbox while it is down.
         probes=[cql.ping],
         close=close,
         dependency_errors=CQL_UNAVAILABLE_ERRORS,
+        background=[outbox.relay_forever],
     )
     await serve(common, wiring)
 

@@ -2,29 +2,67 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cassandra.query import PreparedStatement
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
+from common.buckets import bucket_of
 from common.cql import CqlSession
+from common.outbox import Event, Outbox
 from graph_svc.accounts import Account
 
 
+@dataclass(frozen=True)
+class FollowEdge:
+    """One row of a follow list: the other user and when the follow happened."""
+
+    user_id: int
+    followed_at_ms: int
+
+
+STATEMENTS = {
+    "insert_user": "INSERT INTO users (user_id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
+    "delete_user": "DELETE FROM users WHERE user_id = ?",
+    "claim_name": "INSERT INTO users_by_name (username_key, user_id) VALUES (?, ?) IF NOT EXISTS",
+    "get_user": "SELECT user_id, username, password_hash, created_at FROM users WHERE user_id = ?",
+    "get_stats": "SELECT follower_count, following_count FROM user_stats WHERE user_id = ?",
+    "get_by_name": "SELECT user_id FROM users_by_name WHERE username_key = ?",
+    "follow_edge": "INSERT INTO follows (follower_id, followee_id, followed_at) VALUES (?, ?, ?) IF NOT EXISTS",
+    "get_edge": "SELECT followed_at FROM follows WHERE follower_id = ? AND followee_id = ?",
+    "unfollow_edge": "DELETE FROM follows WHERE follower_id = ? AND followee_id = ? IF EXISTS",
+    "add_following": "INSERT INTO following_by_time (user_id, followed_at, followee_id) VALUES (?, ?, ?)",
+    "del_following": "DELETE FROM following_by_time WHERE user_id = ? AND followed_at = ? AND followee_id = ?",
+    "add_follower": "INSERT INTO followers_by_time (user_id, bucket, followed_at, follower_id) VALUES (?, ?, ?, ?)",
+    "del_follower": "DELETE FROM followers_by_time WHERE user_id = ? AND bucket = ? AND followed_at = ? AND follower_id = ?",
+    "add_bucket": "INSERT INTO follower_buckets (user_id, bucket) VALUES (?, ?)",
+    "count_follow": "UPDATE user_stats SET follower_count = follower_count + ? WHERE user_id = ?",
+    "count_following": "UPDATE user_stats SET following_count = following_count + ? WHERE user_id = ?",
+    "buckets_from": "SELECT bucket FROM follower_buckets WHERE user_id = ? AND bucket <= ? LIMIT ?",
+    "followers_first": "SELECT followed_at, follower_id FROM followers_by_time WHERE user_id = ? AND bucket = ? LIMIT ?",
+    "followers_after": "SELECT followed_at, follower_id FROM followers_by_time WHERE user_id = ? AND bucket = ? "
+    "AND (followed_at, follower_id) < (?, ?) LIMIT ?",
+    "following_first": "SELECT followed_at, followee_id FROM following_by_time WHERE user_id = ? LIMIT ?",
+    "following_after": "SELECT followed_at, followee_id FROM following_by_time WHERE user_id = ? "
+    "AND (followed_at, followee_id) < (?, ?) LIMIT ?",
+    "following_ids": "SELECT followee_id FROM follows WHERE follower_id = ? LIMIT ?",
+}
+MAX_BUCKETS_PER_PAGE = 64
+
+
 class GraphStore:
-    def __init__(self, cql: CqlSession) -> None:
+    def __init__(self, cql: CqlSession, outbox: Outbox) -> None:
         self._cql = cql
+        self._outbox = outbox
         self._q: dict[str, PreparedStatement] = {}
 
     async def prepare(self) -> None:
-        statements = {
-            "insert_user": "INSERT INTO users (user_id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
-            "delete_user": "DELETE FROM users WHERE user_id = ?",
-            "claim_name": "INSERT INTO users_by_name (username_key, user_id) VALUES (?, ?) IF NOT EXISTS",
-            "get_user": "SELECT user_id, username, password_hash, created_at FROM users WHERE user_id = ?",
-            "get_by_name": "SELECT user_id FROM users_by_name WHERE username_key = ?",
-        }
-        for name, query in statements.items():
+        for name, query in STATEMENTS.items():
             self._q[name] = await self._cql.prepare(query)
+
+    # ---- accounts -------------------------------------------------------------
 
     async def insert_user(self, account: Account) -> None:
         await self._cql.execute(
@@ -41,21 +79,111 @@ class GraphStore:
         return bool(rows and rows[0][0])
 
     async def get_user(self, user_id: int) -> Account | None:
-        rows = await self._cql.execute(self._q["get_user"], (user_id,))
-        if not rows:
+        user_rows, stat_rows = await asyncio.gather(
+            self._cql.execute(self._q["get_user"], (user_id,)),
+            self._cql.execute(self._q["get_stats"], (user_id,)),
+        )
+        if not user_rows:
             return None
-        row = rows[0]
+        row = user_rows[0]
+        stats = stat_rows[0] if stat_rows else None
         return Account(
             user_id=row.user_id,
             username=row.username,
             password_hash=row.password_hash,
             created_at=_utc(row.created_at),
+            follower_count=(stats.follower_count or 0) if stats else 0,
+            following_count=(stats.following_count or 0) if stats else 0,
         )
+
+    async def get_users(self, user_ids: Sequence[int]) -> list[Account]:
+        """Users in the order asked; unknown ids are left out."""
+        found = await asyncio.gather(*(self.get_user(uid) for uid in user_ids))
+        return [account for account in found if account is not None]
 
     async def user_id_by_name(self, key: str) -> int | None:
         rows = await self._cql.execute(self._q["get_by_name"], (key,))
         return rows[0].user_id if rows else None
 
+    # ---- follows --------------------------------------------------------------
+
+    async def add_edge(self, follower: int, followee: int, at: datetime) -> tuple[bool, datetime]:
+        """Claim the edge; returns (created now, when the follow happened)."""
+        rows = await self._cql.execute(self._q["follow_edge"], (follower, followee, at))
+        applied = bool(rows[0][0])
+        return applied, at if applied else _utc(rows[0].followed_at)
+
+    async def edge_time(self, follower: int, followee: int) -> datetime | None:
+        rows = await self._cql.execute(self._q["get_edge"], (follower, followee))
+        return _utc(rows[0].followed_at) if rows else None
+
+    async def remove_edge(self, follower: int, followee: int) -> bool:
+        rows = await self._cql.execute(self._q["unfollow_edge"], (follower, followee))
+        return bool(rows[0][0])
+
+    async def write_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
+        """Both list rows and the event, atomically (logged batch); idempotent."""
+        bucket = bucket_of(_ms(at))
+        batch = BatchStatement(batch_type=BatchType.LOGGED)
+        batch.add(self._q["add_following"], (follower, at, followee))
+        batch.add(self._q["add_follower"], (followee, bucket, at, follower))
+        batch.add(self._q["add_bucket"], (followee, bucket))
+        batch.add(*self._outbox.insert(event))
+        await self._cql.execute(batch)
+
+    async def delete_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
+        batch = BatchStatement(batch_type=BatchType.LOGGED)
+        batch.add(self._q["del_following"], (follower, at, followee))
+        batch.add(self._q["del_follower"], (followee, bucket_of(_ms(at)), at, follower))
+        batch.add(*self._outbox.insert(event))
+        await self._cql.execute(batch)
+
+    async def count_follow(self, follower: int, followee: int, delta: int) -> None:
+        batch = BatchStatement(batch_type=BatchType.COUNTER)
+        batch.add(self._q["count_follow"], (delta, followee))
+        batch.add(self._q["count_following"], (delta, follower))
+        await self._cql.execute(batch)
+
+    async def followers(self, user_id: int, limit: int, after: FollowEdge | None) -> list[FollowEdge]:
+        """Followers newest first, strictly after the `after` cursor, walking month buckets."""
+        start_bucket = bucket_of(after.followed_at_ms) if after else 2**31 - 1
+        buckets = await self._cql.execute(self._q["buckets_from"], (user_id, start_bucket, MAX_BUCKETS_PER_PAGE))
+        found: list[FollowEdge] = []
+        for row in buckets:
+            want = limit - len(found)
+            if want <= 0:
+                break
+            if after is not None and row.bucket == start_bucket:
+                rows = await self._cql.execute(
+                    self._q["followers_after"],
+                    (user_id, row.bucket, _dt(after.followed_at_ms), after.user_id, want),
+                )
+            else:
+                rows = await self._cql.execute(self._q["followers_first"], (user_id, row.bucket, want))
+            found += [FollowEdge(r.follower_id, _ms(r.followed_at)) for r in rows]
+        return found
+
+    async def following(self, user_id: int, limit: int, after: FollowEdge | None) -> list[FollowEdge]:
+        if after is None:
+            rows = await self._cql.execute(self._q["following_first"], (user_id, limit))
+        else:
+            rows = await self._cql.execute(
+                self._q["following_after"], (user_id, _dt(after.followed_at_ms), after.user_id, limit)
+            )
+        return [FollowEdge(r.followee_id, _ms(r.followed_at)) for r in rows]
+
+    async def following_ids(self, user_id: int, limit: int) -> list[int]:
+        rows = await self._cql.execute(self._q["following_ids"], (user_id, limit))
+        return [r.followee_id for r in rows]
+
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _ms(value: datetime) -> int:
+    return int(_utc(value).timestamp() * 1000)
+
+
+def _dt(unix_ms: int) -> datetime:
+    return datetime.fromtimestamp(unix_ms // 1000, UTC).replace(microsecond=unix_ms % 1000 * 1000)

@@ -24,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra import jvm, topology
+from infra import jvm, keys, topology
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".state"
 DEPS = ROOT / ".deps"
-RUN, LOGS, CONF = STATE / "run", STATE / "logs", STATE / "conf"
+RUN, LOGS, CONF, KEYS = STATE / "run", STATE / "logs", STATE / "conf", STATE / "keys"
 PYTHON = sys.executable
 VENV_BIN = Path(sys.executable).parent
 
@@ -105,21 +105,32 @@ def _settings_fingerprint() -> str:
     return hashlib.sha256(json.dumps(chirp).encode()).hexdigest()[:16]
 
 
+def _service_env() -> dict[str, str]:
+    """Settings every service process gets: where its peers and its keys are."""
+    private_key, _ = keys.ensure_keys(KEYS)
+    env = {"CHIRP_TOKEN_KEY_FILE": str(private_key), "PYTHONUNBUFFERED": "1"}
+    for svc in topology.SERVICES:
+        targets = ",".join(f"{topology.HOST}:{inst.port}" for inst in topology.instances(svc))
+        env[f"CHIRP_{svc.name.split('_')[0].upper()}_TARGET"] = f"ipv4:{targets}"
+    return env
+
+
 def _service_components() -> list[Component]:
     fingerprint = _settings_fingerprint()
+    shared = _service_env()
     components = []
     for inst in topology.all_instances():
         components.append(
             Component(
                 name=inst.name,
-                argv=functools.partial(list, [PYTHON, "-m", f"{inst.service.name}.main"]),
+                argv=functools.partial(list, [PYTHON, "-m", inst.service.module]),
                 ready=functools.partial(_grpc_serving, inst.port, inst.service.grpc_service),
                 timeout=60,
                 env={
+                    **shared,
                     "CHIRP_GRPC_PORT": str(inst.port),
                     "CHIRP_METRICS_PORT": str(inst.metrics_port),
                     "CHIRP_INSTANCE_ID": str(inst.instance_id),
-                    "PYTHONUNBUFFERED": "1",
                 },
                 stop_timeout=15,
                 fingerprint=fingerprint,
@@ -133,7 +144,8 @@ def _envoy_component() -> Component:
     """Envoy restarts when its rendered config or the API descriptor changes."""
     out = CONF / "envoy.json"
     CONF.mkdir(parents=True, exist_ok=True)
-    subprocess.run([PYTHON, str(ROOT / "envoy" / "render.py"), str(out)], check=True)
+    _, jwks = keys.ensure_keys(KEYS)
+    subprocess.run([PYTHON, str(ROOT / "envoy" / "render.py"), str(out), "--jwks", str(jwks)], check=True)
     digest = hashlib.sha256(out.read_bytes() + (ROOT / "generated" / "chirp.binpb").read_bytes())
     argv = [
         PYTHON, "-m", "infra.supervise", "--",

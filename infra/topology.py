@@ -16,10 +16,18 @@ METRICS_OFFSET = 1000  # an instance's /metrics port is its gRPC port + 1000
 
 @dataclass(frozen=True)
 class Service:
-    name: str  # package name, e.g. graph_svc
-    grpc_service: str  # fully-qualified gRPC service name
-    base_port: int
+    """A kind of process: an API service behind Envoy, or a worker."""
+
+    name: str  # e.g. graph_svc, like_worker
+    module: str  # what `python -m` runs
+    grpc_service: str  # fully-qualified gRPC service name; "" for a worker (health only)
+    base_port: int  # gRPC port (health, reflection) of instance 0
     index: int  # spreads instance ids so every process gets its own
+
+    @property
+    def routed(self) -> bool:
+        """Served to clients through Envoy."""
+        return bool(self.grpc_service)
 
 
 @dataclass(frozen=True)
@@ -46,11 +54,12 @@ class Instance:
 
 
 SERVICES = (
-    Service("graph_svc", "chirp.graph.v1.GraphService", 50051, 1),
-    Service("tweet_svc", "chirp.tweet.v1.TweetService", 50061, 2),
-    Service("feed_svc", "chirp.feed.v1.FeedService", 50071, 3),
-    Service("rank_svc", "chirp.rank.v1.RankService", 50081, 4),
+    Service("graph_svc", "graph_svc.main", "chirp.graph.v1.GraphService", 50051, 1),
+    Service("tweet_svc", "tweet_svc.main", "chirp.tweet.v1.TweetService", 50061, 2),
+    Service("feed_svc", "feed_svc.main", "chirp.feed.v1.FeedService", 50071, 3),
+    Service("rank_svc", "rank_svc.main", "chirp.rank.v1.RankService", 50081, 4),
 )
+WORKERS = (Service("like_worker", "tweet_svc.like_worker", "", 50091, 5),)
 
 
 def instance_count() -> int:
@@ -65,4 +74,4 @@ def instances(service: Service) -> list[Instance]:
 
 
 def all_instances() -> list[Instance]:
-    return [inst for svc in SERVICES for inst in instances(svc)]
+    return [inst for svc in (*SERVICES, *WORKERS) for inst in instances(svc)]

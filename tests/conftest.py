@@ -5,12 +5,24 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 
 from common.cql import CqlSession
-from infra import topology
+from common.ids import IdGenerator
+from common.kafka import AsyncProducer
+from common.outbox import Outbox
+from graph_svc.accounts import Passwords
+from graph_svc.domain import Graph
+from graph_svc.store import GraphStore
+from graph_svc.tokens import TokenSigner
+from infra import keys, topology
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA = f"{topology.HOST}:{topology.KAFKA_PORT}"
 
 EDGE_URL = f"http://{topology.HOST}:{topology.EDGE_PORT}"
 
@@ -32,3 +44,14 @@ async def cql() -> AsyncIterator[CqlSession]:
     session = await CqlSession.connect([topology.HOST], topology.CQL_PORT, "chirp", 5.0)
     yield session
     session.close()
+
+
+async def build_graph(cql: CqlSession, ids: IdGenerator) -> Graph:
+    """graph_svc's domain wired to the real stores, as its main.py does."""
+    private_key, _ = keys.ensure_keys(ROOT / ".state" / "keys")
+    outbox = Outbox(cql, AsyncProducer(KAFKA, "tests"))
+    await outbox.prepare()
+    store = GraphStore(cql, outbox)
+    await store.prepare()
+    signer = TokenSigner.from_file(private_key, timedelta(hours=1))
+    return Graph(store, outbox, Passwords(19456, 2, 1), signer, ids)

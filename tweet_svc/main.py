@@ -5,23 +5,47 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
 from chirp.tweet.v1 import tweet_pb2, tweet_pb2_grpc
 
+from common.clients import call_options, channel
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
+from common.ids import IdGenerator
+from common.kafka import KAFKA_UNAVAILABLE_ERRORS, AsyncProducer
 from common.logs import setup_logging
+from common.outbox import Outbox
 from common.server import Wiring, serve
 from tweet_svc import config as tweet_config
+from tweet_svc.domain import Tweets, Usernames
 from tweet_svc.service import TweetService
+from tweet_svc.store import TweetStore
 
 
 async def run(cfg: tweet_config.TweetConfig) -> None:
     common = cfg.common
     cql = await CqlSession.connect(common.cql_hosts, common.cql_port, common.cql_keyspace, common.cql_timeout_seconds)
+    producer = AsyncProducer(
+        common.kafka_bootstrap, f"tweet_svc-{common.instance_id}", delivery_timeout_ms=cfg.like_ack_timeout_ms
+    )
+    outbox = Outbox(cql, producer)
+    await outbox.prepare()
+    store = TweetStore(cql, outbox)
+    await store.prepare()
+    graph_channel = channel(cfg.graph_target)
+    graph = graph_pb2_grpc.GraphServiceStub(graph_channel)
+
+    async def username(user_id: int) -> str:
+        reply = await graph.GetUser(graph_pb2.GetUserRequest(user_id=user_id), **call_options(1.0))  # type: ignore[arg-type]
+        return reply.user.username
+
+    tweets = Tweets(store, outbox, producer, Usernames(username), IdGenerator(common.instance_id))
 
     def register(server: grpc.aio.Server) -> None:
-        tweet_pb2_grpc.add_TweetServiceServicer_to_server(TweetService(), server)  # type: ignore[abstract]
+        tweet_pb2_grpc.add_TweetServiceServicer_to_server(TweetService(tweets), server)
 
     async def close() -> None:
+        await graph_channel.close(None)
+        producer.close()
         cql.close()
 
     await serve(
@@ -29,9 +53,12 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
         Wiring(
             register=register,
             service_names=[tweet_pb2.DESCRIPTOR.services_by_name["TweetService"].full_name],
+            # Kafka is not a probe: posts stay durable in the outbox while it is
+            # down; only likes (acknowledged on Kafka) fail fast with 503.
             probes=[cql.ping],
             close=close,
-            dependency_errors=CQL_UNAVAILABLE_ERRORS,
+            dependency_errors=CQL_UNAVAILABLE_ERRORS + KAFKA_UNAVAILABLE_ERRORS + (grpc.aio.AioRpcError,),
+            background=[outbox.relay_forever],
         ),
     )
 

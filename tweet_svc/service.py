@@ -1,9 +1,77 @@
-"""TweetService RPC handlers."""
+"""TweetService RPC handlers: validate, call the domain, map to protos."""
 
 from __future__ import annotations
 
-from chirp.tweet.v1 import tweet_pb2_grpc
+import grpc
+from chirp.tweet.v1 import tweet_pb2, tweet_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from common.identity import acting_user, metadata_value
+from common.pagination import page_size
+from tweet_svc.domain import Tweets
+from tweet_svc.store import TweetRecord
+
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+def tweet_proto(tweet: TweetRecord) -> tweet_pb2.Tweet:
+    created = Timestamp()
+    created.FromDatetime(tweet.created_at)
+    return tweet_pb2.Tweet(
+        tweet_id=tweet.tweet_id,
+        author_id=tweet.author_id,
+        author_username=tweet.author_username,
+        text=tweet.text,
+        created_at=created,
+        like_count=tweet.like_count,
+    )
 
 
 class TweetService(tweet_pb2_grpc.TweetServiceServicer):
-    pass
+    def __init__(self, tweets: Tweets) -> None:
+        self._tweets = tweets
+
+    async def CreateTweet(
+        self, request: tweet_pb2.CreateTweetRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_pb2.CreateTweetResponse:
+        user_id = acting_user(context)
+        key = metadata_value(context, IDEMPOTENCY_HEADER) or request.idempotency_key
+        tweet = await self._tweets.create(user_id, request.text, key)
+        return tweet_pb2.CreateTweetResponse(tweet=tweet_proto(tweet))
+
+    async def GetTweet(
+        self, request: tweet_pb2.GetTweetRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_pb2.GetTweetResponse:
+        return tweet_pb2.GetTweetResponse(tweet=tweet_proto(await self._tweets.get(request.tweet_id)))
+
+    async def DeleteTweet(
+        self, request: tweet_pb2.DeleteTweetRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_pb2.DeleteTweetResponse:
+        await self._tweets.delete(acting_user(context), request.tweet_id)
+        return tweet_pb2.DeleteTweetResponse()
+
+    async def ListUserTweets(
+        self, request: tweet_pb2.ListUserTweetsRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_pb2.ListUserTweetsResponse:
+        page = await self._tweets.by_author(request.user_id, page_size(request.page_size), request.page_token)
+        return tweet_pb2.ListUserTweetsResponse(
+            tweets=[tweet_proto(t) for t in page.tweets], next_page_token=page.next_page_token
+        )
+
+    async def LikeTweet(
+        self, request: tweet_pb2.LikeTweetRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_pb2.LikeTweetResponse:
+        count = await self._tweets.set_like(acting_user(context), request.tweet_id, liked=True)
+        return tweet_pb2.LikeTweetResponse(like_count=count)
+
+    async def UnlikeTweet(
+        self, request: tweet_pb2.UnlikeTweetRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_pb2.UnlikeTweetResponse:
+        count = await self._tweets.set_like(acting_user(context), request.tweet_id, liked=False)
+        return tweet_pb2.UnlikeTweetResponse(like_count=count)
+
+    async def BatchGetTweets(
+        self, request: tweet_pb2.BatchGetTweetsRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_pb2.BatchGetTweetsResponse:
+        tweets = await self._tweets.get_many(list(request.tweet_ids))
+        return tweet_pb2.BatchGetTweetsResponse(tweets=[tweet_proto(t) for t in tweets])

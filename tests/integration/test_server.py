@@ -11,25 +11,20 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
 from common.server import Wiring, check_probes, create_server
-from graph_svc.accounts import Passwords
-from graph_svc.domain import Graph
 from graph_svc.service import GraphService
-from graph_svc.store import GraphStore
-from tests.conftest import unique_name
+from tests.conftest import build_graph, unique_name
 
 SERVICE = "chirp.graph.v1.GraphService"
 
 
 async def _graph_server(cql: CqlSession) -> tuple[grpc.aio.Server, int, object]:
-    store = GraphStore(cql)
-    await store.prepare()
-    graph = Graph(store, Passwords(19456, 2, 1), IdGenerator(900))
+    graph = await build_graph(cql, IdGenerator(900))
 
     async def close() -> None:
         return None
 
     wiring = Wiring(
-        register=lambda server: graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphService(graph), server),  # type: ignore[abstract]
+        register=lambda server: graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphService(graph), server),
         service_names=[SERVICE],
         probes=[cql.ping],
         close=close,
@@ -87,9 +82,7 @@ async def test_sign_up_is_unique_ignoring_case_under_a_race(cql: CqlSession) -> 
 
     from common.errors import AlreadyExists
 
-    store = GraphStore(cql)
-    await store.prepare()
-    graph = Graph(store, Passwords(19456, 2, 1), IdGenerator(901))
+    graph = await build_graph(cql, IdGenerator(901))
     name = unique_name("Race")
     results = await asyncio.gather(
         graph.sign_up(name, "correct horse"),

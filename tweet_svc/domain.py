@@ -1,0 +1,158 @@
+"""tweet_svc business rules: posting, reading and deleting tweets, and likes."""
+
+from __future__ import annotations
+
+import string
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from common.errors import InvalidArgument, NotFound, PermissionDenied
+from common.ids import IdGenerator, id_time_ms
+from common.kafka import TOPIC_LIKES, TOPIC_TWEETS, AsyncProducer
+from common.outbox import Event, Outbox
+from common.pagination import decode_token, encode_token
+from tweet_svc.likes import LikeEvent, count_after
+from tweet_svc.store import TweetRecord, TweetStore
+from tweet_svc.text import normalize_text
+
+IDEMPOTENCY_KEY_MAX = 128
+_KEY_CHARS = frozenset(string.printable) - frozenset("\t\n\r\x0b\x0c")
+USERNAME_CACHE_SIZE = 100_000
+
+UsernameLookup = Callable[[int], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class TweetPage:
+    tweets: list[TweetRecord]
+    next_page_token: str
+
+
+class Usernames:
+    """Usernames never change, so a bounded in-process cache in front of graph_svc is exact."""
+
+    def __init__(self, fetch: UsernameLookup, size: int = USERNAME_CACHE_SIZE) -> None:
+        self._fetch = fetch
+        self._size = size
+        self._cache: OrderedDict[int, str] = OrderedDict()
+
+    async def get(self, user_id: int) -> str:
+        name = self._cache.get(user_id)
+        if name is None:
+            name = await self._fetch(user_id)
+            self._cache[user_id] = name
+            if len(self._cache) > self._size:
+                self._cache.popitem(last=False)
+        return name
+
+
+class Tweets:
+    def __init__(
+        self,
+        store: TweetStore,
+        outbox: Outbox,
+        producer: AsyncProducer,
+        usernames: Usernames,
+        ids: IdGenerator,
+    ) -> None:
+        self._store = store
+        self._outbox = outbox
+        self._producer = producer
+        self._usernames = usernames
+        self._ids = ids
+
+    async def create(self, author_id: int, text: str, idempotency_key: str) -> TweetRecord:
+        text = normalize_text(text)
+        tweet_id = self._ids.next_id()
+        if idempotency_key:
+            _check_key(idempotency_key)
+            tweet_id = await self._store.claim_idempotency_key(author_id, idempotency_key, tweet_id)
+            existing = await self._store.get_tweet(tweet_id)
+            if existing is not None:
+                return existing
+            # A new key, or one whose first attempt died before writing: write
+            # under the claimed id, so every retry yields the same tweet.
+        created_ms = id_time_ms(tweet_id)
+        tweet = TweetRecord(
+            tweet_id=tweet_id,
+            author_id=author_id,
+            author_username=await self._usernames.get(author_id),
+            text=text,
+            created_at=datetime.fromtimestamp(created_ms // 1000, UTC).replace(microsecond=created_ms % 1000 * 1000),
+        )
+        event = self._tweet_event("tweet_created", tweet)
+        await self._store.insert_tweet(tweet, event)
+        self._outbox.publish_soon(event)
+        return tweet
+
+    async def get(self, tweet_id: int) -> TweetRecord:
+        _check_id(tweet_id)
+        tweet = await self._store.get_tweet(tweet_id)
+        if tweet is None:
+            raise NotFound(f"tweet {tweet_id} does not exist")
+        return tweet
+
+    async def get_many(self, tweet_ids: list[int]) -> list[TweetRecord]:
+        if len(tweet_ids) > 500:
+            raise InvalidArgument("at most 500 tweet ids per call", field="tweet_ids")
+        return await self._store.get_tweets(list(dict.fromkeys(tweet_ids)))
+
+    async def delete(self, user_id: int, tweet_id: int) -> None:
+        tweet = await self.get(tweet_id)
+        if tweet.author_id != user_id:
+            raise PermissionDenied("only the author can delete a tweet")
+        event = self._tweet_event("tweet_deleted", tweet)
+        await self._store.delete_tweet(tweet, event)
+        self._outbox.publish_soon(event)
+
+    async def by_author(self, author_id: int, page_size: int, page_token: str) -> TweetPage:
+        _check_id(author_id)
+        cursor = decode_token(page_token, "tweets")
+        before = _int_field(cursor, "before") if cursor else None
+        ids = await self._store.author_tweet_ids(author_id, page_size + 1, before)
+        tweets = await self._store.get_tweets(ids[:page_size])
+        token = encode_token({"k": "tweets", "before": ids[page_size - 1]}) if len(ids) > page_size else ""
+        return TweetPage(tweets, token)
+
+    async def set_like(self, user_id: int, tweet_id: int, liked: bool) -> int:
+        """Acknowledged once the event is on Kafka (acks=all); returns the new count."""
+        await self.get(tweet_id)
+        event = LikeEvent(tweet_id=tweet_id, user_id=user_id, liked=liked, version=self._ids.next_id())
+        await self._producer.send(TOPIC_LIKES, str(tweet_id).encode(), event.encode())
+        applied_count, applied_liked = await self._store.applied_like(tweet_id, user_id)
+        return max(0, count_after(applied_count, applied_liked, liked))
+
+    def _tweet_event(self, kind: str, tweet: TweetRecord) -> Event:
+        return Event(
+            event_id=self._ids.next_id(),
+            topic=TOPIC_TWEETS,
+            key=tweet.author_id,
+            payload={
+                "type": kind,
+                "tweet_id": tweet.tweet_id,
+                "author_id": tweet.author_id,
+                "created_at_ms": id_time_ms(tweet.tweet_id),
+            },
+        )
+
+
+def _check_id(value: int, field: str = "tweet_id") -> None:
+    if value <= 0:
+        raise InvalidArgument(f"{field} must be a positive integer", field=field)
+
+
+def _check_key(key: str) -> None:
+    if len(key) > IDEMPOTENCY_KEY_MAX or not set(key) <= _KEY_CHARS:
+        raise InvalidArgument(
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters",
+            field="idempotency_key",
+        )
+
+
+def _int_field(cursor: dict[str, object], name: str) -> int:
+    value = cursor.get(name)
+    if not isinstance(value, int) or value <= 0:
+        raise InvalidArgument("page_token is not valid", field="page_token")
+    return value

@@ -1,0 +1,165 @@
+"""All CQL of tweet_svc."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
+
+from common.buckets import bucket_of
+from common.cql import CqlSession
+from common.ids import id_time_ms
+from common.outbox import Event, Outbox
+from tweet_svc.likes import LikeState
+
+
+@dataclass(frozen=True)
+class TweetRecord:
+    tweet_id: int
+    author_id: int
+    author_username: str
+    text: str
+    created_at: datetime
+    like_count: int = 0
+
+
+STATEMENTS = {
+    "insert_tweet": "INSERT INTO tweets (tweet_id, author_id, author_username, text, created_at) VALUES (?, ?, ?, ?, ?)",
+    "insert_user_tweet": "INSERT INTO user_tweets (author_id, bucket, tweet_id) VALUES (?, ?, ?)",
+    "insert_bucket": "INSERT INTO user_tweet_buckets (author_id, bucket) VALUES (?, ?)",
+    "delete_tweet": "DELETE FROM tweets WHERE tweet_id = ?",
+    "delete_user_tweet": "DELETE FROM user_tweets WHERE author_id = ? AND bucket = ? AND tweet_id = ?",
+    "delete_likes": "DELETE FROM tweet_likes WHERE tweet_id = ?",
+    "get_tweet": "SELECT tweet_id, author_id, author_username, text, created_at FROM tweets WHERE tweet_id = ?",
+    "get_tweets": "SELECT tweet_id, author_id, author_username, text, created_at FROM tweets WHERE tweet_id IN ?",
+    "like_counts": "SELECT tweet_id, like_count FROM tweet_likes WHERE tweet_id IN ? PER PARTITION LIMIT 1",
+    "like_count": "SELECT like_count FROM tweet_likes WHERE tweet_id = ? LIMIT 1",
+    "like_row": "SELECT liked FROM tweet_likes WHERE tweet_id = ? AND user_id = ?",
+    "like_rows": "SELECT user_id, liked, version FROM tweet_likes WHERE tweet_id = ? AND user_id IN ?",
+    "set_count": "UPDATE tweet_likes SET like_count = ? WHERE tweet_id = ? IF like_count = ?",
+    "set_like": "UPDATE tweet_likes SET liked = ?, version = ? WHERE tweet_id = ? AND user_id = ?",
+    "claim_key": "INSERT INTO idempotency_keys (user_id, key, tweet_id) VALUES (?, ?, ?) IF NOT EXISTS",
+    "buckets_from": "SELECT bucket FROM user_tweet_buckets WHERE author_id = ? AND bucket <= ? LIMIT ?",
+    "tweets_first": "SELECT tweet_id FROM user_tweets WHERE author_id = ? AND bucket = ? LIMIT ?",
+    "tweets_before": "SELECT tweet_id FROM user_tweets WHERE author_id = ? AND bucket = ? AND tweet_id < ? LIMIT ?",
+}
+MAX_BUCKETS_PER_PAGE = 64
+
+
+class TweetStore:
+    def __init__(self, cql: CqlSession, outbox: Outbox) -> None:
+        self._cql = cql
+        self._outbox = outbox
+        self._q: dict[str, PreparedStatement] = {}
+
+    async def prepare(self) -> None:
+        for name, query in STATEMENTS.items():
+            self._q[name] = await self._cql.prepare(query)
+
+    async def claim_idempotency_key(self, user_id: int, key: str, tweet_id: int) -> int:
+        """The tweet id this key stands for: ours if the key is new, else the first one."""
+        rows = await self._cql.execute(self._q["claim_key"], (user_id, key, tweet_id))
+        return tweet_id if rows[0][0] else int(rows[0].tweet_id)
+
+    async def insert_tweet(self, tweet: TweetRecord, event: Event) -> None:
+        """The tweet, its place in the author's list and its event, atomically."""
+        bucket = bucket_of(id_time_ms(tweet.tweet_id))
+        batch = BatchStatement(batch_type=BatchType.LOGGED)
+        batch.add(
+            self._q["insert_tweet"],
+            (tweet.tweet_id, tweet.author_id, tweet.author_username, tweet.text, tweet.created_at),
+        )
+        batch.add(self._q["insert_user_tweet"], (tweet.author_id, bucket, tweet.tweet_id))
+        batch.add(self._q["insert_bucket"], (tweet.author_id, bucket))
+        batch.add(*self._outbox.insert(event))
+        await self._cql.execute(batch)
+
+    async def delete_tweet(self, tweet: TweetRecord, event: Event) -> None:
+        bucket = bucket_of(id_time_ms(tweet.tweet_id))
+        batch = BatchStatement(batch_type=BatchType.LOGGED)
+        batch.add(self._q["delete_tweet"], (tweet.tweet_id,))
+        batch.add(self._q["delete_user_tweet"], (tweet.author_id, bucket, tweet.tweet_id))
+        batch.add(self._q["delete_likes"], (tweet.tweet_id,))
+        batch.add(*self._outbox.insert(event))
+        await self._cql.execute(batch)
+
+    async def get_tweet(self, tweet_id: int) -> TweetRecord | None:
+        rows, count = await asyncio.gather(
+            self._cql.execute(self._q["get_tweet"], (tweet_id,)), self.like_count(tweet_id)
+        )
+        return _record(rows[0], count) if rows else None
+
+    async def get_tweets(self, tweet_ids: Sequence[int]) -> list[TweetRecord]:
+        """Tweets in the order asked; missing (deleted) ids are left out."""
+        if not tweet_ids:
+            return []
+        ids = list(tweet_ids)
+        rows, counts = await asyncio.gather(
+            self._cql.execute(self._q["get_tweets"], (ids,)),
+            self._cql.execute(self._q["like_counts"], (ids,)),
+        )
+        like_counts = {r.tweet_id: r.like_count or 0 for r in counts}
+        by_id = {r.tweet_id: _record(r, like_counts.get(r.tweet_id, 0)) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    async def like_count(self, tweet_id: int) -> int:
+        rows = await self._cql.execute(self._q["like_count"], (tweet_id,))
+        return (rows[0].like_count or 0) if rows else 0
+
+    async def applied_like(self, tweet_id: int, user_id: int) -> tuple[int, bool]:
+        """(applied like count, whether the user's like is applied) for a reply."""
+        count, rows = await asyncio.gather(
+            self.like_count(tweet_id), self._cql.execute(self._q["like_row"], (tweet_id, user_id))
+        )
+        return count, bool(rows and rows[0].liked)
+
+    async def like_states(self, tweet_id: int, user_ids: Sequence[int]) -> tuple[int | None, dict[int, LikeState]]:
+        """The stored count (None when never set) and the rows of these users."""
+        rows, count_rows = await asyncio.gather(
+            self._cql.execute(self._q["like_rows"], (tweet_id, list(user_ids))),
+            self._cql.execute(self._q["like_count"], (tweet_id,)),
+        )
+        count = count_rows[0].like_count if count_rows else None
+        return count, {r.user_id: LikeState(bool(r.liked), r.version if r.version is not None else -1) for r in rows}
+
+    async def write_likes(self, tweet_id: int, expected: int | None, count: int, changed: dict[int, LikeState]) -> bool:
+        """Rows and count in one conditional single-partition batch; False if the
+        count moved under us (another worker), so the caller re-reads and retries."""
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        batch.add(self._q["set_count"], (count, tweet_id, expected))
+        for user_id, state in changed.items():
+            batch.add(self._q["set_like"], (state.liked, state.version, tweet_id, user_id))
+        rows = await self._cql.execute(batch)
+        return bool(rows[0][0])
+
+    async def author_tweet_ids(self, author_id: int, limit: int, before: int | None) -> list[int]:
+        """A user's tweet ids, newest first, strictly older than `before`."""
+        start_bucket = bucket_of(id_time_ms(before)) if before else 2**31 - 1
+        buckets = await self._cql.execute(self._q["buckets_from"], (author_id, start_bucket, MAX_BUCKETS_PER_PAGE))
+        found: list[int] = []
+        for row in buckets:
+            want = limit - len(found)
+            if want <= 0:
+                break
+            if before is not None and row.bucket == start_bucket:
+                rows = await self._cql.execute(self._q["tweets_before"], (author_id, row.bucket, before, want))
+            else:
+                rows = await self._cql.execute(self._q["tweets_first"], (author_id, row.bucket, want))
+            found += [r.tweet_id for r in rows]
+        return found
+
+
+def _record(row: Any, like_count: int) -> TweetRecord:
+    created = row.created_at
+    return TweetRecord(
+        tweet_id=row.tweet_id,
+        author_id=row.author_id,
+        author_username=row.author_username,
+        text=row.text,
+        created_at=created.replace(tzinfo=UTC) if created.tzinfo is None else created,
+        like_count=like_count,
+    )
