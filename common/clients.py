@@ -4,7 +4,11 @@ incoming call, the request id passed along."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
+from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
+from chirp.tweet.v1 import tweet_pb2, tweet_pb2_grpc
 
 from common import deadlines
 from common.identity import USER_ID_HEADER
@@ -31,3 +35,67 @@ def call_options(default_timeout: float, acting_user: int | None = None) -> dict
     if acting_user is not None:
         metadata.append((USER_ID_HEADER, str(acting_user)))
     return {"timeout": deadlines.timeout(default_timeout), "metadata": tuple(metadata)}
+
+
+TIMEOUT = 2.0
+
+
+class Peers:
+    """The internal RPCs services make of graph_svc and tweet_svc."""
+
+    def __init__(self, graph_target: str, tweet_target: str) -> None:
+        self._graph_channel = channel(graph_target)
+        self._tweet_channel = channel(tweet_target)
+        self._graph = graph_pb2_grpc.GraphServiceStub(self._graph_channel)
+        self._tweet = tweet_pb2_grpc.TweetServiceStub(self._tweet_channel)
+
+    async def following_ids(self, user_id: int) -> list[tuple[int, int]]:
+        reply = await self._graph.ListFollowingIds(
+            graph_pb2.ListFollowingIdsRequest(user_id=user_id),
+            **call_options(TIMEOUT),  # type: ignore[arg-type]
+        )
+        return [(a.user_id, a.follower_count) for a in reply.accounts]
+
+    async def user(self, user_id: int) -> graph_pb2.User:
+        reply = await self._graph.GetUser(graph_pb2.GetUserRequest(user_id=user_id), **call_options(TIMEOUT))  # type: ignore[arg-type]
+        return reply.user
+
+    async def username(self, user_id: int) -> str:
+        return (await self.user(user_id)).username
+
+    async def follower_count(self, user_id: int) -> int:
+        return (await self.user(user_id)).follower_count
+
+    async def users(self, user_ids: Sequence[int]) -> list[graph_pb2.User]:
+        reply = await self._graph.BatchGetUsers(
+            graph_pb2.BatchGetUsersRequest(user_ids=list(user_ids)),
+            **call_options(TIMEOUT),  # type: ignore[arg-type]
+        )
+        return list(reply.users)
+
+    async def follower_page(self, user_id: int, page_token: str) -> tuple[list[int], str]:
+        reply = await self._graph.ListFollowerIds(
+            graph_pb2.ListFollowerIdsRequest(user_id=user_id, page_size=5000, page_token=page_token),
+            **call_options(TIMEOUT),  # type: ignore[arg-type]
+        )
+        return list(reply.user_ids), reply.next_page_token
+
+    async def recent_ids(self, author_ids: Sequence[int], before: int, limit: int) -> list[tuple[int, int]]:
+        reply = await self._tweet.ListRecentTweetIds(
+            tweet_pb2.ListRecentTweetIdsRequest(
+                author_ids=list(author_ids), before_tweet_id=before, limit_per_author=min(limit, 200)
+            ),
+            **call_options(TIMEOUT),  # type: ignore[arg-type]
+        )
+        return [(t.tweet_id, t.author_id) for t in reply.tweets]
+
+    async def batch_tweets(self, tweet_ids: Sequence[int]) -> list[tweet_pb2.Tweet]:
+        reply = await self._tweet.BatchGetTweets(
+            tweet_pb2.BatchGetTweetsRequest(tweet_ids=list(tweet_ids)),
+            **call_options(TIMEOUT),  # type: ignore[arg-type]
+        )
+        return list(reply.tweets)
+
+    async def close(self) -> None:
+        await self._graph_channel.close(None)
+        await self._tweet_channel.close(None)

@@ -126,6 +126,10 @@ class BatchConsumer:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: self._consumer.commit(offsets=offsets, asynchronous=False))
 
+    def assignment_ready(self) -> bool:
+        """True once the group has given this consumer its partitions."""
+        return bool(self._consumer.assignment())
+
     def lag(self) -> int:
         """Messages not yet consumed on the assigned partitions."""
         total = 0

@@ -33,7 +33,22 @@ def _local_reply_config() -> dict[str, Any]:
             "content_type": "application/json",
         },
     }
-    mappers = [no_route]
+    # jwt_authn answers 403 for a token it does not accept (wrong audience):
+    # to a client that is a bad token, 401. A service's own 403 is a gRPC
+    # status, not a local reply, so it is not touched.
+    bad_token = {
+        "filter": {
+            "status_code_filter": {
+                "comparison": {"op": "EQ", "value": {"default_value": 403, "runtime_key": "chirp.local_reply.jwt403"}}
+            }
+        },
+        "status_code": 401,
+        "body_format_override": {
+            "json_format": {"code": 16, "message": "%LOCAL_REPLY_BODY%", "details": []},
+            "content_type": "application/json",
+        },
+    }
+    mappers = [no_route, bad_token]
     for status, code in LOCAL_REPLY_CODES.items():
         mappers.append(
             {

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import CommonConfig, env_int, load_common
+from common.config import CommonConfig, env_float, env_int, env_str, load_common
 
 DEFAULT_PORT = 50071
 
@@ -16,10 +16,30 @@ class FeedConfig:
     common: CommonConfig
     # Authors with at least this many followers are pulled at read time, not pushed.
     celebrity_threshold: int
+    # Newest entries kept per pushed timeline in Redis.
+    timeline_size: int
+    # How long a celebrity's recent tweet ids, a user's follow list and a
+    # hydrated tweet are cached in Redis.
+    celebrity_cache_seconds: float
+    following_cache_seconds: float
+    tweet_cache_seconds: float
+    graph_target: str
+    tweet_target: str
+    # Fan-out worker: events per batch, and CQL writes in flight at once.
+    fanout_batch_size: int
+    fanout_concurrency: int
 
 
 def load(env: Mapping[str, str] = os.environ) -> FeedConfig:
     return FeedConfig(
         common=load_common(env, "feed_svc", DEFAULT_PORT),
         celebrity_threshold=env_int(env, "CHIRP_CELEBRITY_THRESHOLD", 10000, minimum=1),
+        timeline_size=env_int(env, "CHIRP_TIMELINE_SIZE", 800, minimum=20),
+        celebrity_cache_seconds=env_float(env, "CHIRP_CELEBRITY_CACHE_SECONDS", 5.0),
+        following_cache_seconds=env_float(env, "CHIRP_FOLLOWING_CACHE_SECONDS", 30.0),
+        tweet_cache_seconds=env_float(env, "CHIRP_TWEET_CACHE_SECONDS", 10.0),
+        graph_target=env_str(env, "CHIRP_GRAPH_TARGET", "ipv4:127.0.0.1:50051,127.0.0.1:50052"),
+        tweet_target=env_str(env, "CHIRP_TWEET_TARGET", "ipv4:127.0.0.1:50061,127.0.0.1:50062"),
+        fanout_batch_size=env_int(env, "CHIRP_FANOUT_BATCH_SIZE", 200, minimum=1),
+        fanout_concurrency=env_int(env, "CHIRP_FANOUT_CONCURRENCY", 64, minimum=1),
     )

@@ -7,34 +7,39 @@ import asyncio
 import grpc
 from chirp.feed.v1 import feed_pb2, feed_pb2_grpc
 
-from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_redis, redis_ping
-from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
+from common.cache import REDIS_UNAVAILABLE_ERRORS, redis_ping
+from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.logs import setup_logging
 from common.server import Wiring, serve
 from feed_svc import config as feed_config
+from feed_svc.domain import HomeFeed
 from feed_svc.service import FeedService
+from feed_svc.wiring import build
 
 
 async def run(cfg: feed_config.FeedConfig) -> None:
-    common = cfg.common
-    cql = await CqlSession.connect(common.cql_hosts, common.cql_port, common.cql_keyspace, common.cql_timeout_seconds)
-    redis = connect_redis(common.redis_url)
+    parts = await build(cfg)
+    feed = HomeFeed(
+        parts.cache,
+        parts.store,
+        parts.peers.following_ids,
+        parts.peers.recent_ids,
+        parts.peers.batch_tweets,
+        cfg.celebrity_threshold,
+        cfg.timeline_size,
+    )
 
     def register(server: grpc.aio.Server) -> None:
-        feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedService(), server)  # type: ignore[abstract]
-
-    async def close() -> None:
-        await redis.aclose()
-        cql.close()
+        feed_pb2_grpc.add_FeedServiceServicer_to_server(FeedService(feed), server)
 
     await serve(
-        common,
+        cfg.common,
         Wiring(
             register=register,
             service_names=[feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name],
-            probes=[cql.ping, lambda: redis_ping(redis)],
-            close=close,
-            dependency_errors=CQL_UNAVAILABLE_ERRORS + REDIS_UNAVAILABLE_ERRORS,
+            probes=[parts.cql.ping, lambda: redis_ping(parts.redis)],
+            close=parts.close,
+            dependency_errors=CQL_UNAVAILABLE_ERRORS + REDIS_UNAVAILABLE_ERRORS + (grpc.aio.AioRpcError,),
         ),
     )
 

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
-from chirp.feed.v1 import feed_pb2_grpc
+import grpc
+from chirp.feed.v1 import feed_pb2, feed_pb2_grpc
+
+from common.identity import acting_user
+from common.pagination import page_size
+from feed_svc.domain import HomeFeed
 
 
 class FeedService(feed_pb2_grpc.FeedServiceServicer):
-    pass
+    def __init__(self, feed: HomeFeed) -> None:
+        self._feed = feed
+
+    async def GetHomeFeed(
+        self, request: feed_pb2.GetHomeFeedRequest, context: grpc.aio.ServicerContext
+    ) -> feed_pb2.GetHomeFeedResponse:
+        user_id = acting_user(context)
+        tweets, token = await self._feed.page(user_id, page_size(request.page_size), request.page_token)
+        return feed_pb2.GetHomeFeedResponse(tweets=tweets, next_page_token=token)

@@ -100,9 +100,17 @@ def _envoy_ready() -> bool:
     return all(svc.name in healthy for svc in topology.SERVICES)
 
 
+CODE_DIRS = ("common", "generated", "graph_svc", "tweet_svc", "feed_svc", "rank_svc")
+
+
 def _settings_fingerprint() -> str:
-    chirp = sorted((k, v) for k, v in os.environ.items() if k.startswith("CHIRP_"))
-    return hashlib.sha256(json.dumps(chirp).encode()).hexdigest()[:16]
+    """CHIRP_* settings and the code: a change of either restarts the services."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(sorted((k, v) for k, v in os.environ.items() if k.startswith("CHIRP_"))).encode())
+    for directory in CODE_DIRS:
+        for path in sorted((ROOT / directory).rglob("*.py")):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _service_env() -> dict[str, str]:

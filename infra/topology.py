@@ -59,7 +59,11 @@ SERVICES = (
     Service("feed_svc", "feed_svc.main", "chirp.feed.v1.FeedService", 50071, 3),
     Service("rank_svc", "rank_svc.main", "chirp.rank.v1.RankService", 50081, 4),
 )
-WORKERS = (Service("like_worker", "tweet_svc.like_worker", "", 50091, 5),)
+WORKERS = (
+    Service("like_worker", "tweet_svc.like_worker", "", 50091, 5),
+    Service("fanout_worker", "feed_svc.fanout_worker", "", 50101, 6),
+    Service("rank_worker", "rank_svc.worker", "", 50111, 7),
+)
 
 
 def instance_count() -> int:

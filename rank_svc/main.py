@@ -12,20 +12,21 @@ from common.logs import setup_logging
 from common.server import Wiring, serve
 from rank_svc import config as rank_config
 from rank_svc.service import RankService
+from rank_svc.trending import TrendingStore
 
 
 async def run(cfg: rank_config.RankConfig) -> None:
-    common = cfg.common
-    redis = connect_redis(common.redis_url)
+    redis = connect_redis(cfg.common.redis_url)
+    trending = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours)
 
     def register(server: grpc.aio.Server) -> None:
-        rank_pb2_grpc.add_RankServiceServicer_to_server(RankService(), server)  # type: ignore[abstract]
+        rank_pb2_grpc.add_RankServiceServicer_to_server(RankService(trending), server)
 
     async def close() -> None:
         await redis.aclose()
 
     await serve(
-        common,
+        cfg.common,
         Wiring(
             register=register,
             service_names=[rank_pb2.DESCRIPTOR.services_by_name["RankService"].full_name],

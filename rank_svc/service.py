@@ -1,9 +1,25 @@
-"""RankService RPC handlers."""
+"""RankService RPC handlers: serve the list the rank job stored; no computing here."""
 
 from __future__ import annotations
 
-from chirp.rank.v1 import rank_pb2_grpc
+import grpc
+from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
+
+from common.errors import InvalidArgument
+from rank_svc.trending import MAX_TRENDING, TrendingStore
+
+DEFAULT_LIMIT = 10
 
 
 class RankService(rank_pb2_grpc.RankServiceServicer):
-    pass
+    def __init__(self, trending: TrendingStore) -> None:
+        self._trending = trending
+
+    async def ListTrending(
+        self, request: rank_pb2.ListTrendingRequest, context: grpc.aio.ServicerContext
+    ) -> rank_pb2.ListTrendingResponse:
+        if request.limit < 0:
+            raise InvalidArgument("limit must not be negative", field="limit")
+        limit = min(request.limit or DEFAULT_LIMIT, MAX_TRENDING)
+        tweets = await self._trending.load()
+        return rank_pb2.ListTrendingResponse(tweets=tweets[:limit])

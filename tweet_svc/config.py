@@ -16,6 +16,7 @@ class TweetConfig:
     common: CommonConfig
     # graph_svc, for author usernames (gRPC target; round robin over instances).
     graph_target: str
+    tweet_target: str
     # How long a like may wait for Kafka's acknowledgement before failing with 503.
     like_ack_timeout_ms: int
     # Like worker: most events applied per batch, and how long to wait to fill one.
@@ -27,6 +28,7 @@ def load(env: Mapping[str, str] = os.environ) -> TweetConfig:
     return TweetConfig(
         common=load_common(env, "tweet_svc", DEFAULT_PORT),
         graph_target=env_str(env, "CHIRP_GRAPH_TARGET", "ipv4:127.0.0.1:50051,127.0.0.1:50052"),
+        tweet_target=env_str(env, "CHIRP_TWEET_TARGET", "ipv4:127.0.0.1:50061,127.0.0.1:50062"),
         like_ack_timeout_ms=env_int(env, "CHIRP_LIKE_ACK_TIMEOUT_MS", 3000, minimum=100),
         like_batch_size=env_int(env, "CHIRP_LIKE_BATCH_SIZE", 500, minimum=1),
         like_batch_wait_ms=env_int(env, "CHIRP_LIKE_BATCH_WAIT_MS", 200, minimum=1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import string
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -9,11 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from common.errors import InvalidArgument, NotFound, PermissionDenied
+from common.events import LikeEvent
 from common.ids import IdGenerator, id_time_ms
 from common.kafka import TOPIC_LIKES, TOPIC_TWEETS, AsyncProducer
 from common.outbox import Event, Outbox
 from common.pagination import decode_token, encode_token
-from tweet_svc.likes import LikeEvent, count_after
+from tweet_svc.likes import count_after
 from tweet_svc.store import TweetRecord, TweetStore
 from tweet_svc.text import normalize_text
 
@@ -115,6 +117,14 @@ class Tweets:
         tweets = await self._store.get_tweets(ids[:page_size])
         token = encode_token({"k": "tweets", "before": ids[page_size - 1]}) if len(ids) > page_size else ""
         return TweetPage(tweets, token)
+
+    async def recent_ids(self, author_ids: list[int], before: int, limit: int) -> list[tuple[int, int]]:
+        """(tweet id, author id) of each author's newest tweets below `before` (0: no bound)."""
+        if len(author_ids) > 500:
+            raise InvalidArgument("at most 500 authors per call", field="author_ids")
+        authors = list(dict.fromkeys(author_ids))
+        lists = await asyncio.gather(*(self._store.author_tweet_ids(a, limit, before or None) for a in authors))
+        return [(tweet_id, author) for author, ids in zip(authors, lists, strict=True) for tweet_id in ids]
 
     async def set_like(self, user_id: int, tweet_id: int, liked: bool) -> int:
         """Acknowledged once the event is on Kafka (acks=all); returns the new count."""

@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from prometheus_client import Counter, Gauge, Histogram
+from confluent_kafka import Message
+from prometheus_client import Counter
 
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
+from common.events import LikeEvent
 from common.kafka import TOPIC_LIKES, BatchConsumer
 from common.logs import setup_logging
 from common.outbox import Outbox
 from common.server import Wiring, serve
+from common.worker import ConsumerLoop
 from tweet_svc import config as tweet_config
-from tweet_svc.likes import LikeEvent, fold
+from tweet_svc.likes import fold
 from tweet_svc.store import TweetStore
 
 log = logging.getLogger(__name__)
@@ -29,27 +32,15 @@ GROUP = "chirp-like-worker"
 MAX_CONFLICT_RETRIES = 20
 
 APPLIED = Counter("chirp_likes_applied_total", "Like/unlike events that changed a stored like.")
-BATCH = Histogram("chirp_like_batch_events", "Events per like-worker batch.", buckets=(1, 10, 50, 100, 250, 500, 1000))
-LAG = Gauge("chirp_consumer_lag_messages", "Messages not yet consumed by this worker.", ["group"])
 
 
-class LikeWorker:
-    def __init__(
-        self,
-        store: TweetStore,
-        consumer_factory: Callable[[], BatchConsumer],
-        batch_size: int,
-        batch_wait_seconds: float,
-    ) -> None:
+class LikeApplier:
+    """Applies one batch of like events: per tweet, fold by version, write conditionally."""
+
+    def __init__(self, store: TweetStore) -> None:
         self._store = store
-        self._factory = consumer_factory
-        self._consumer = consumer_factory()
-        self._batch_size = batch_size
-        self._wait = batch_wait_seconds
 
-    async def run_once(self) -> int:
-        """Apply one batch and commit it; returns the number of events consumed."""
-        messages = await self._consumer.poll_batch(self._batch_size, self._wait)
+    async def __call__(self, messages: Sequence[Message]) -> None:
         by_tweet: dict[int, list[LikeEvent]] = defaultdict(list)
         for msg in messages:
             try:
@@ -59,10 +50,6 @@ class LikeWorker:
                 continue
             by_tweet[event.tweet_id].append(event)
         await asyncio.gather(*(self.apply(tweet_id, events) for tweet_id, events in by_tweet.items()))
-        await self._consumer.commit(messages)
-        if messages:
-            BATCH.observe(len(messages))
-        return len(messages)
 
     async def apply(self, tweet_id: int, events: list[LikeEvent]) -> None:
         users = sorted({e.user_id for e in events})
@@ -76,21 +63,11 @@ class LikeWorker:
                 return
         raise RuntimeError(f"could not apply likes of tweet {tweet_id}: too much contention")
 
-    async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-                LAG.labels(GROUP).set(await asyncio.get_running_loop().run_in_executor(None, self._consumer.lag))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - restart from the last committed offsets
-                log.warning("like batch failed, re-reading from the last commit: %r", exc)
-                self._consumer.close()
-                await asyncio.sleep(1.0)
-                self._consumer = self._factory()
 
-    def close(self) -> None:
-        self._consumer.close()
+def like_loop(
+    store: TweetStore, consumer_factory: Callable[[], BatchConsumer], batch_size: int, wait_seconds: float
+) -> ConsumerLoop:
+    return ConsumerLoop(GROUP, consumer_factory, LikeApplier(store), batch_size, wait_seconds)
 
 
 async def run(cfg: tweet_config.TweetConfig) -> None:
@@ -98,7 +75,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     cql = await CqlSession.connect(common.cql_hosts, common.cql_port, common.cql_keyspace, common.cql_timeout_seconds)
     store = TweetStore(cql, Outbox(cql, None))  # the worker writes no events
     await store.prepare()
-    worker = LikeWorker(
+    loop = like_loop(
         store,
         lambda: BatchConsumer(common.kafka_bootstrap, GROUP, [TOPIC_LIKES], f"like-worker-{common.instance_id}"),
         cfg.like_batch_size,
@@ -106,7 +83,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     )
 
     async def close() -> None:
-        worker.close()
+        loop.close()
         cql.close()
 
     await serve(
@@ -117,7 +94,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
             probes=[cql.ping],
             close=close,
             dependency_errors=CQL_UNAVAILABLE_ERRORS,
-            background=[worker.run_forever],
+            background=[loop.run_forever],
         ),
     )
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
 from chirp.tweet.v1 import tweet_pb2, tweet_pb2_grpc
 
-from common.clients import call_options, channel
+from common.clients import Peers
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
 from common.kafka import KAFKA_UNAVAILABLE_ERRORS, AsyncProducer
@@ -31,20 +30,14 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     await outbox.prepare()
     store = TweetStore(cql, outbox)
     await store.prepare()
-    graph_channel = channel(cfg.graph_target)
-    graph = graph_pb2_grpc.GraphServiceStub(graph_channel)
-
-    async def username(user_id: int) -> str:
-        reply = await graph.GetUser(graph_pb2.GetUserRequest(user_id=user_id), **call_options(1.0))  # type: ignore[arg-type]
-        return reply.user.username
-
-    tweets = Tweets(store, outbox, producer, Usernames(username), IdGenerator(common.instance_id))
+    peers = Peers(cfg.graph_target, cfg.tweet_target)
+    tweets = Tweets(store, outbox, producer, Usernames(peers.username), IdGenerator(common.instance_id))
 
     def register(server: grpc.aio.Server) -> None:
         tweet_pb2_grpc.add_TweetServiceServicer_to_server(TweetService(tweets), server)
 
     async def close() -> None:
-        await graph_channel.close(None)
+        await peers.close()
         producer.close()
         cql.close()
 

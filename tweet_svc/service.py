@@ -12,6 +12,7 @@ from tweet_svc.domain import Tweets
 from tweet_svc.store import TweetRecord
 
 IDEMPOTENCY_HEADER = "idempotency-key"
+RECENT_DEFAULT, RECENT_MAX = 20, 200
 
 
 def tweet_proto(tweet: TweetRecord) -> tweet_pb2.Tweet:
@@ -75,3 +76,12 @@ class TweetService(tweet_pb2_grpc.TweetServiceServicer):
     ) -> tweet_pb2.BatchGetTweetsResponse:
         tweets = await self._tweets.get_many(list(request.tweet_ids))
         return tweet_pb2.BatchGetTweetsResponse(tweets=[tweet_proto(t) for t in tweets])
+
+    async def ListRecentTweetIds(
+        self, request: tweet_pb2.ListRecentTweetIdsRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_pb2.ListRecentTweetIdsResponse:
+        limit = page_size(request.limit_per_author, RECENT_DEFAULT, RECENT_MAX)
+        pairs = await self._tweets.recent_ids(list(request.author_ids), request.before_tweet_id, limit)
+        return tweet_pb2.ListRecentTweetIdsResponse(
+            tweets=[tweet_pb2.AuthoredTweetId(tweet_id=t, author_id=a) for t, a in pairs]
+        )

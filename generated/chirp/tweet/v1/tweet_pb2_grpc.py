@@ -73,6 +73,11 @@ class TweetServiceStub:
                 request_serializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsRequest.SerializeToString,
                 response_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsResponse.FromString,
                 _registered_method=True)
+        self.ListRecentTweetIds = channel.unary_unary(
+                '/chirp.tweet.v1.TweetService/ListRecentTweetIds',
+                request_serializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsRequest.SerializeToString,
+                response_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsResponse.FromString,
+                _registered_method=True)
 
 
 class TweetServiceServicer:
@@ -131,6 +136,14 @@ class TweetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRecentTweetIds(self, request, context):
+        """Internal: the newest tweet ids of several authors, for pulling celebrity
+        (and the reader's own) tweets into a home timeline at read time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TweetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +181,11 @@ def add_TweetServiceServicer_to_server(servicer, server):
                     servicer.BatchGetTweets,
                     request_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsRequest.FromString,
                     response_serializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsResponse.SerializeToString,
+            ),
+            'ListRecentTweetIds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecentTweetIds,
+                    request_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsRequest.FromString,
+                    response_serializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -363,6 +381,33 @@ class TweetService:
             '/chirp.tweet.v1.TweetService/BatchGetTweets',
             chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsRequest.SerializeToString,
             chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecentTweetIds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chirp.tweet.v1.TweetService/ListRecentTweetIds',
+            chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsRequest.SerializeToString,
+            chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,10 @@ class TweetServiceStub:
     UnlikeTweet: _grpc.UnaryUnaryMultiCallable[_tweet_pb2.UnlikeTweetRequest, _tweet_pb2.UnlikeTweetResponse]
     BatchGetTweets: _grpc.UnaryUnaryMultiCallable[_tweet_pb2.BatchGetTweetsRequest, _tweet_pb2.BatchGetTweetsResponse]
     """Internal: tweets by id in one call. Unknown or deleted ids are left out."""
+    ListRecentTweetIds: _grpc.UnaryUnaryMultiCallable[_tweet_pb2.ListRecentTweetIdsRequest, _tweet_pb2.ListRecentTweetIdsResponse]
+    """Internal: the newest tweet ids of several authors, for pulling celebrity
+    (and the reader's own) tweets into a home timeline at read time.
+    """
 
 @_typing.type_check_only
 class TweetServiceAsyncStub(TweetServiceStub):
@@ -77,6 +81,10 @@ class TweetServiceAsyncStub(TweetServiceStub):
     UnlikeTweet: _aio.UnaryUnaryMultiCallable[_tweet_pb2.UnlikeTweetRequest, _tweet_pb2.UnlikeTweetResponse]  # type: ignore[assignment]
     BatchGetTweets: _aio.UnaryUnaryMultiCallable[_tweet_pb2.BatchGetTweetsRequest, _tweet_pb2.BatchGetTweetsResponse]  # type: ignore[assignment]
     """Internal: tweets by id in one call. Unknown or deleted ids are left out."""
+    ListRecentTweetIds: _aio.UnaryUnaryMultiCallable[_tweet_pb2.ListRecentTweetIdsRequest, _tweet_pb2.ListRecentTweetIdsResponse]  # type: ignore[assignment]
+    """Internal: the newest tweet ids of several authors, for pulling celebrity
+    (and the reader's own) tweets into a home timeline at read time.
+    """
 
 class TweetServiceServicer(metaclass=_abc_1.ABCMeta):
     """TweetService owns tweets and likes.
@@ -141,5 +149,15 @@ class TweetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tweet_pb2.BatchGetTweetsResponse, _abc.Awaitable[_tweet_pb2.BatchGetTweetsResponse]]:
         """Internal: tweets by id in one call. Unknown or deleted ids are left out."""
+
+    @_abc_1.abstractmethod
+    def ListRecentTweetIds(
+        self,
+        request: _tweet_pb2.ListRecentTweetIdsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tweet_pb2.ListRecentTweetIdsResponse, _abc.Awaitable[_tweet_pb2.ListRecentTweetIdsResponse]]:
+        """Internal: the newest tweet ids of several authors, for pulling celebrity
+        (and the reader's own) tweets into a home timeline at read time.
+        """
 
 def add_TweetServiceServicer_to_server(servicer: TweetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

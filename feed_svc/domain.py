@@ -1,0 +1,150 @@
+"""Home timeline reads: hybrid fan-out merged at read time.
+
+A page merges (a) the reader's pushed timeline (Redis, rebuilt from the CQL
+store on a miss), (b) recent tweets of the celebrities they follow, pulled at
+read time (cached per celebrity for a few seconds), and (c) the reader's own
+recent tweets, so they see a new tweet at once. Entries are deduplicated,
+tweets that are gone or whose author is no longer followed are dropped, and
+the rest are hydrated in one batch, newest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from chirp.tweet.v1 import tweet_pb2
+from prometheus_client import Counter, Histogram
+
+from feed_svc.cache import FeedCache
+from feed_svc.store import TimelineStore
+from feed_svc.timeline import decode_cursor, encode_cursor, merge
+
+CELEBRITY_CACHE_DEPTH = 50  # recent ids cached per celebrity
+MAX_CELEBRITIES_PER_READ = 500
+MAX_ROUNDS = 4  # refills when filtering leaves a page short
+
+TIMELINE_READS = Counter("chirp_timeline_cache_total", "Home timeline reads by Redis outcome.", ["result"])
+CELEBRITY_PULLS = Histogram(
+    "chirp_celebrity_pulls_per_read",
+    "Celebrities pulled per home-feed read.",
+    buckets=(0, 1, 2, 5, 10, 25, 50, 100, 500),
+)
+TWEET_CACHE = Counter("chirp_tweet_cache_total", "Hydrated tweets by cache outcome.", ["result"])
+
+# (author ids, before tweet id or 0, limit per author) -> [(tweet id, author id)]
+RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]]
+# user id -> [(followed user id, their follower count)]
+FollowingIds = Callable[[int], Awaitable[list[tuple[int, int]]]]
+# tweet ids -> tweets (missing ones left out)
+BatchTweets = Callable[[Sequence[int]], Awaitable[list[tweet_pb2.Tweet]]]
+
+
+@dataclass(frozen=True)
+class Pulled:
+    ids: list[int]
+    # The newest id below which some author may have tweets not fetched yet
+    # (0: every author's list is complete). Merged entries are only final down to it.
+    horizon: int
+
+
+class HomeFeed:
+    def __init__(
+        self,
+        cache: FeedCache,
+        store: TimelineStore,
+        following_ids: FollowingIds,
+        recent_ids: RecentIds,
+        batch_tweets: BatchTweets,
+        celebrity_threshold: int,
+        timeline_size: int,
+    ) -> None:
+        self._cache = cache
+        self._store = store
+        self._following_ids = following_ids
+        self._recent_ids = recent_ids
+        self._batch_tweets = batch_tweets
+        self._threshold = celebrity_threshold
+        self._timeline_size = timeline_size
+
+    async def page(self, user_id: int, page_size: int, page_token: str) -> tuple[list[tweet_pb2.Tweet], str]:
+        before = decode_cursor(page_token)
+        following = await self.following(user_id)
+        allowed = {a for a, _ in following} | {user_id}
+        celebrities = [a for a, count in following if count >= self._threshold][:MAX_CELEBRITIES_PER_READ]
+        CELEBRITY_PULLS.observe(len(celebrities))
+
+        results: list[tweet_pb2.Tweet] = []
+        cursor = before
+        for _ in range(MAX_ROUNDS):
+            want = page_size + 1 - len(results)
+            ask = want + 10  # slack for entries that filtering drops
+            pushed = await self._pushed(user_id, cursor, ask)
+            pulled = await self._pulled(user_id, celebrities, cursor, want)
+            horizon = max(pulled.horizon, pushed[-1] if len(pushed) >= ask else 0)
+            merged = [t for t in merge(pushed, pulled.ids, before=cursor) if t >= horizon]
+            candidates = merged[:ask]
+            if not candidates:
+                break
+            hydrated = await self.hydrate(candidates)
+            for tweet_id in candidates:
+                tweet = hydrated.get(tweet_id)
+                if tweet is not None and tweet.author_id in allowed:
+                    results.append(tweet)
+            if len(results) > page_size or (horizon == 0 and len(merged) <= ask):
+                break
+            cursor = candidates[-1]
+        page = results[:page_size]
+        token = encode_cursor(page[-1].tweet_id) if len(results) > page_size else ""
+        return page, token
+
+    async def following(self, user_id: int) -> list[tuple[int, int]]:
+        cached = await self._cache.following(user_id)
+        if cached is not None:
+            return cached
+        accounts = await self._following_ids(user_id)
+        await self._cache.set_following(user_id, accounts)
+        return accounts
+
+    async def _pushed(self, user_id: int, before: int | None, limit: int) -> list[int]:
+        ids = await self._cache.timeline(user_id, before, limit)
+        if ids is not None:
+            TIMELINE_READS.labels("hit").inc()
+            return ids
+        TIMELINE_READS.labels("miss").inc()
+        await self._cache.rebuild(user_id, await self._store.read(user_id, self._timeline_size))
+        return await self._cache.timeline(user_id, before, limit) or []
+
+    async def _pulled(self, user_id: int, celebrities: list[int], before: int | None, want: int) -> Pulled:
+        """Own and celebrities' tweets below `before`; first pages of celebrities come from cache."""
+        cached = await self._cache.recent(celebrities) if before is None else {}
+        uncached = [a for a in celebrities if a not in cached]
+        limit = max(want, CELEBRITY_CACHE_DEPTH) if before is None else want
+        pairs = await self._recent_ids([user_id, *uncached], before or 0, limit)
+        fetched: dict[int, list[int]] = {a: [] for a in (user_id, *uncached)}
+        for tweet_id, author in pairs:
+            fetched[author].append(tweet_id)
+        if before is None and uncached:
+            await self._cache.set_recent({a: fetched[a] for a in uncached})
+
+        ids: list[int] = []
+        horizon = 0
+        for author_ids, depth in [(v, CELEBRITY_CACHE_DEPTH) for v in cached.values()] + [
+            (v, limit) for v in fetched.values()
+        ]:
+            taken = author_ids[:want]
+            ids += taken
+            if taken and (len(author_ids) > want or len(author_ids) >= depth):
+                horizon = max(horizon, taken[-1])  # this author may have older tweets not fetched
+        return Pulled(ids, horizon)
+
+    async def hydrate(self, tweet_ids: Sequence[int]) -> dict[int, tweet_pb2.Tweet]:
+        found = await self._cache.tweets(tweet_ids)
+        missing = [t for t in tweet_ids if t not in found]
+        TWEET_CACHE.labels("hit").inc(len(found))
+        if missing:
+            TWEET_CACHE.labels("miss").inc(len(missing))
+            fetched = await self._batch_tweets(missing)
+            await self._cache.set_tweets(fetched)
+            found.update({t.tweet_id: t for t in fetched})
+        return found

@@ -1,0 +1,144 @@
+"""Fan-out on write: what the fan-out worker does with each event.
+
+tweet_created: an author below the celebrity threshold has the tweet pushed
+into every follower's timeline (CQL first, then Redis). At or above the
+threshold nothing is pushed; readers pull it. tweet_deleted: removed from
+followers' timelines and from the tweet cache. follow: the followee's recent
+tweets join the follower's timeline. unfollow: they leave it; and when the
+followee drops below the threshold, its recent tweets are pushed to its
+followers, so crossing the threshold never loses a tweet. Every step is
+idempotent, so a re-delivered event changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from confluent_kafka import Message
+from prometheus_client import Counter, Histogram
+
+from feed_svc.cache import FeedCache
+from feed_svc.store import TimelineStore
+
+log = logging.getLogger(__name__)
+
+FOLLOW_BACKFILL = 20  # recent tweets of a newly followed account
+UNFOLLOW_SWEEP = 200  # recent tweets removed on unfollow
+CROSSING_BACKFILL = 50  # recent tweets pushed when an account stops being a celebrity
+
+LAG = Histogram(
+    "chirp_fanout_lag_seconds",
+    "Time from a tweet being created to it being pushed to its followers' timelines.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+PUSHED = Histogram(
+    "chirp_fanout_pushed_per_tweet",
+    "Timelines a tweet was pushed into (0 for celebrities).",
+    buckets=(0, 1, 10, 100, 1000, 10000, 100000),
+)
+EVENTS = Counter("chirp_fanout_events_total", "Events handled by the fan-out worker.", ["type"])
+
+# user id -> follower count
+FollowerCount = Callable[[int], Awaitable[int]]
+# (user id, page token) -> (follower ids, next page token)
+FollowerPage = Callable[[int, str], Awaitable[tuple[list[int], str]]]
+# (author ids, before or 0, limit per author) -> [(tweet id, author id)]
+RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]]
+
+
+class Fanout:
+    def __init__(
+        self,
+        cache: FeedCache,
+        store: TimelineStore,
+        follower_count: FollowerCount,
+        follower_page: FollowerPage,
+        recent_ids: RecentIds,
+        celebrity_threshold: int,
+    ) -> None:
+        self._cache = cache
+        self._store = store
+        self._follower_count = follower_count
+        self._follower_page = follower_page
+        self._recent_ids = recent_ids
+        self._threshold = celebrity_threshold
+
+    async def __call__(self, messages: Sequence[Message]) -> None:
+        """Apply a batch in order (events about one author or follower arrive in order)."""
+        for msg in messages:
+            try:
+                event = json.loads(msg.value() or b"")
+                kind = event["type"]
+            except (ValueError, KeyError, TypeError):
+                log.error("skipping malformed event", extra={"topic": msg.topic(), "offset": msg.offset()})
+                continue
+            await self.handle(kind, event)
+            EVENTS.labels(kind).inc()
+
+    async def handle(self, kind: str, event: dict[str, Any]) -> None:
+        if kind == "tweet_created":
+            await self.tweet_created(int(event["tweet_id"]), int(event["author_id"]), int(event["created_at_ms"]))
+        elif kind == "tweet_deleted":
+            await self.tweet_deleted(int(event["tweet_id"]), int(event["author_id"]))
+        elif kind == "follow":
+            await self.follow(int(event["follower_id"]), int(event["followee_id"]))
+        elif kind == "unfollow":
+            await self.unfollow(int(event["follower_id"]), int(event["followee_id"]))
+
+    async def tweet_created(self, tweet_id: int, author_id: int, created_at_ms: int) -> None:
+        if await self._follower_count(author_id) >= self._threshold:
+            await self._store.set_celebrity(author_id, True)
+            PUSHED.observe(0)
+            return
+        pushed = 0
+        async for followers in self._followers(author_id):
+            await self._store.push(followers, tweet_id, author_id)
+            await self._cache.push(followers, [tweet_id])
+            pushed += len(followers)
+        PUSHED.observe(pushed)
+        LAG.observe(max(0.0, time.time() - created_at_ms / 1000))
+
+    async def tweet_deleted(self, tweet_id: int, author_id: int) -> None:
+        await self._cache.drop_tweet(tweet_id)
+        async for followers in self._followers(author_id):
+            await self._store.remove(followers, [tweet_id])
+            await self._cache.remove(followers, [tweet_id])
+
+    async def follow(self, follower_id: int, followee_id: int) -> None:
+        await self._cache.drop_following(follower_id)
+        if await self._follower_count(followee_id) >= self._threshold:
+            return  # pulled at read time
+        recent = await self._recent_ids([followee_id], 0, FOLLOW_BACKFILL)
+        await self._store.push_many(follower_id, recent)
+        await self._cache.push([follower_id], [t for t, _ in recent])
+
+    async def unfollow(self, follower_id: int, followee_id: int) -> None:
+        await self._cache.drop_following(follower_id)
+        recent = [t for t, _ in await self._recent_ids([followee_id], 0, UNFOLLOW_SWEEP)]
+        await self._store.remove([follower_id], recent)
+        await self._cache.remove([follower_id], recent)
+        if await self._follower_count(followee_id) < self._threshold and await self._store.was_celebrity(followee_id):
+            await self._backfill(followee_id)
+
+    async def _backfill(self, author_id: int) -> None:
+        """The author just stopped being pulled: push its recent tweets to its followers."""
+        recent = await self._recent_ids([author_id], 0, CROSSING_BACKFILL)
+        async for followers in self._followers(author_id):
+            for tweet_id, _ in recent:
+                await self._store.push(followers, tweet_id, author_id)
+            await self._cache.push(followers, [t for t, _ in recent])
+        await self._store.set_celebrity(author_id, False)
+        log.info("author dropped below the celebrity threshold; backfilled", extra={"author_id": author_id})
+
+    async def _followers(self, author_id: int) -> AsyncIterator[list[int]]:
+        token = ""
+        while True:
+            ids, token = await self._follower_page(author_id, token)
+            if ids:
+                yield ids
+            if not token:
+                return

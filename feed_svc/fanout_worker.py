@@ -1,0 +1,68 @@
+"""Fan-out worker: consumes tweet and follow events and updates home timelines.
+
+python -m feed_svc.fanout_worker
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from common.cache import redis_ping
+from common.cql import CQL_UNAVAILABLE_ERRORS
+from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, BatchConsumer
+from common.logs import setup_logging
+from common.server import Wiring, serve
+from common.worker import ConsumerLoop
+from feed_svc import config as feed_config
+from feed_svc.fanout import Fanout
+from feed_svc.wiring import build
+
+GROUP = "chirp-fanout"
+
+
+async def run(cfg: feed_config.FeedConfig) -> None:
+    common = cfg.common
+    parts = await build(cfg)
+    fanout = Fanout(
+        parts.cache,
+        parts.store,
+        parts.peers.follower_count,
+        parts.peers.follower_page,
+        parts.peers.recent_ids,
+        cfg.celebrity_threshold,
+    )
+    loop = ConsumerLoop(
+        GROUP,
+        lambda: BatchConsumer(
+            common.kafka_bootstrap, GROUP, [TOPIC_TWEETS, TOPIC_FOLLOWS], f"fanout-{common.instance_id}"
+        ),
+        fanout,
+        cfg.fanout_batch_size,
+        0.05,
+    )
+
+    async def close() -> None:
+        loop.close()
+        await parts.close()
+
+    await serve(
+        common,
+        Wiring(
+            register=lambda server: None,
+            service_names=[],
+            probes=[parts.cql.ping, lambda: redis_ping(parts.redis)],
+            close=close,
+            dependency_errors=CQL_UNAVAILABLE_ERRORS,
+            background=[loop.run_forever],
+        ),
+    )
+
+
+def main() -> None:
+    cfg = feed_config.load()
+    setup_logging("fanout_worker", cfg.common.log_level)
+    asyncio.run(run(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""What the feed service and the fan-out worker both build from their config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from common.cache import connect_redis
+from common.clients import Peers
+from common.cql import CqlSession
+from feed_svc.cache import FeedCache
+from feed_svc.config import FeedConfig
+from feed_svc.store import TimelineStore
+
+
+@dataclass
+class FeedParts:
+    cql: CqlSession
+    redis: aioredis.Redis
+    cache: FeedCache
+    store: TimelineStore
+    peers: Peers
+
+    async def close(self) -> None:
+        await self.peers.close()
+        await self.redis.aclose()
+        self.cql.close()
+
+
+async def build(cfg: FeedConfig) -> FeedParts:
+    common = cfg.common
+    cql = await CqlSession.connect(common.cql_hosts, common.cql_port, common.cql_keyspace, common.cql_timeout_seconds)
+    redis = connect_redis(common.redis_url)
+    store = TimelineStore(cql, cfg.fanout_concurrency)
+    await store.prepare()
+    cache = FeedCache(
+        redis, cfg.timeline_size, cfg.following_cache_seconds, cfg.celebrity_cache_seconds, cfg.tweet_cache_seconds
+    )
+    return FeedParts(cql, redis, cache, store, Peers(cfg.graph_target, cfg.tweet_target))
