@@ -75,7 +75,7 @@ class ConsumerLoop:
                 FAILURES.labels(self.group).set(0)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - resume from the last committed offsets
+            except Exception as exc:  # resume from the last committed offsets (logged with its traceback)
                 FAILURES.labels(self.group).set(1)
                 log.warning("batch failed, re-reading from the last commit: %r", exc, exc_info=True)
                 self.consumer.close()
