@@ -3,6 +3,7 @@ started and fail (never skip) when it is not there."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -25,6 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 KAFKA = f"{topology.HOST}:{topology.KAFKA_PORT}"
 
 EDGE_URL = f"http://{topology.HOST}:{topology.EDGE_PORT}"
+REDIS_URL = f"redis://{topology.HOST}:{topology.REDIS_PORT}/0"
+# `make test` starts the stack with these (see TEST_ENV in the Makefile).
+CELEBRITY_THRESHOLD = int(os.environ.get("CHIRP_CELEBRITY_THRESHOLD", "10000"))
+RANK_INTERVAL_SECONDS = int(os.environ.get("CHIRP_RANK_INTERVAL_SECONDS", "60"))
 
 
 def unique_name(prefix: str = "u") -> str:
