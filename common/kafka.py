@@ -25,6 +25,9 @@ class AsyncProducer:
     """Idempotent producer (acks=all); `send` resolves once the broker has the record."""
 
     def __init__(self, bootstrap: str, client_id: str, delivery_timeout_ms: int = 10000) -> None:
+        # Set while librdkafka reports every broker down, so callers that need
+        # an acknowledgement fail at once instead of waiting out the timeout.
+        self._all_down = threading.Event()
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -35,17 +38,26 @@ class AsyncProducer:
                 "compression.type": "lz4",
                 "message.timeout.ms": delivery_timeout_ms,
                 "socket.connection.setup.timeout.ms": 3000,
+                "error_cb": self._on_error,
             }
         )
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()
 
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._all_down.set()
+            log.warning("all Kafka brokers are down")
+
     def _poll(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(0.1)
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        if self._all_down.is_set() and not await self.ping():
+            raise KafkaException(KafkaError(KafkaError._ALL_BROKERS_DOWN, "all brokers are down"))
+        self._all_down.clear()
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
@@ -59,7 +71,7 @@ class AsyncProducer:
         """Queue a record; `on_done(err)` runs on the poll thread once it is settled."""
         self._producer.produce(topic, value=value, key=key, on_delivery=lambda err, _msg: on_done(err))
 
-    def reachable(self, timeout: float = 1.0) -> bool:
+    def reachable(self, timeout: float = 0.5) -> bool:
         try:
             self._producer.list_topics(timeout=timeout)
         except KafkaException:

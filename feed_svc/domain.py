@@ -112,8 +112,9 @@ class HomeFeed:
             TIMELINE_READS.labels("hit").inc()
             return ids
         TIMELINE_READS.labels("miss").inc()
-        await self._cache.rebuild(user_id, await self._store.read(user_id, self._timeline_size))
-        return await self._cache.timeline(user_id, before, limit) or []
+        stored = await self._store.read(user_id, self._timeline_size)
+        await self._cache.rebuild(user_id, stored)
+        return [t for t in stored if before is None or t < before][:limit]
 
     async def _pulled(self, user_id: int, celebrities: list[int], before: int | None, want: int) -> Pulled:
         """Own and celebrities' tweets below `before`; first pages of celebrities come from cache."""

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 from chirp.feed.v1 import feed_pb2, feed_pb2_grpc
 
-from common.cache import REDIS_UNAVAILABLE_ERRORS, redis_ping
+from common.cache import REDIS_UNAVAILABLE_ERRORS
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.logs import setup_logging
 from common.server import Wiring, serve
@@ -37,7 +37,8 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         Wiring(
             register=register,
             service_names=[feed_pb2.DESCRIPTOR.services_by_name["FeedService"].full_name],
-            probes=[parts.cql.ping, lambda: redis_ping(parts.redis)],
+            # Redis is not a probe: without it reads are served from the CQL store.
+            probes=[parts.cql.ping],
             close=parts.close,
             dependency_errors=CQL_UNAVAILABLE_ERRORS + REDIS_UNAVAILABLE_ERRORS + (grpc.aio.AioRpcError,),
         ),

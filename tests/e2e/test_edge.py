@@ -1,0 +1,110 @@
+"""The edge as a production front door: limits, compression, safe retries.
+
+Limits are exercised on a private Envoy rendered by the same template with
+tiny limits, so the shared edge's limits never disturb other tests."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import unique_name
+from tests.e2e.test_users import assert_error
+from tests.edge import private_edge, render
+
+LIMITED = replace(
+    render.EdgeSettings(), listen_port=18080, admin_port=19901, login_rps=1, post_rps=2, max_request_bytes=2048
+)
+
+
+@pytest.fixture(scope="module")
+def limited_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with private_edge(tmp_path_factory.mktemp("edge"), LIMITED) as base:
+        yield base
+
+
+def test_login_is_rate_limited_with_429_and_json_body(limited_edge: str, edge: httpx.Client) -> None:
+    name = unique_name()
+    edge.post("/v1/users", json={"username": name, "password": "correct horse"}).raise_for_status()
+
+    def login(_: int) -> httpx.Response:
+        return httpx.post(
+            f"{limited_edge}/v1/sessions", json={"username": name, "password": "correct horse"}, timeout=10
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(login, range(8)))
+    statuses = sorted(r.status_code for r in replies)
+    assert statuses.count(200) >= 1
+    assert statuses.count(429) >= 4, statuses  # bucket of 2 with 1/s refill
+    body = assert_error(next(r for r in replies if r.status_code == 429), 429, 8)
+    assert "rate limit" in str(body["message"])
+    # Reads on the same edge are not throttled by the login bucket.
+    assert httpx.get(f"{limited_edge}/v1/feed/trending", timeout=10).status_code == 200
+
+
+def test_oversized_body_is_413_with_json_body(limited_edge: str) -> None:
+    big = {"username": "x" * 5000, "password": "correct horse"}
+    assert_error(httpx.post(f"{limited_edge}/v1/users", json=big, timeout=10), 413, 3)
+
+
+def test_json_responses_are_gzipped_when_asked(edge: httpx.Client, limited_edge: str) -> None:
+    author = unique_name()
+    created = edge.post("/v1/users", json={"username": author, "password": "correct horse"}).json()["user"]
+    token = edge.post("/v1/sessions", json={"username": author, "password": "correct horse"}).json()["access_token"]
+    for i in range(12):
+        edge.post("/v1/tweets", json={"text": f"a tweet long enough to be worth compressing, number {i}"},
+                  headers={"authorization": f"Bearer {token}"}).raise_for_status()  # fmt: skip
+    url = f"{limited_edge}/v1/users/{created['user_id']}/tweets"
+    with httpx.Client() as raw:
+        reply = raw.get(url, headers={"accept-encoding": "gzip"})
+        plain = raw.get(url, headers={"accept-encoding": "identity"})
+    assert reply.headers.get("content-encoding") == "gzip"
+    assert "content-encoding" not in plain.headers
+    assert len(reply.content) > 0 and reply.json() == plain.json()  # httpx decodes gzip transparently
+    assert gzip.compress(plain.content)  # sanity: the plain body is real JSON text
+
+
+def _routes() -> dict[str, list[dict[str, Any]]]:
+    config = render.build('{"keys": []}', render.EdgeSettings())
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        by_path.setdefault(route["match"]["path"], []).append(route)
+    return by_path
+
+
+def test_only_safe_calls_are_retried_and_every_route_has_a_timeout() -> None:
+    routes = _routes()
+    for path, entries in routes.items():
+        assert all("timeout" in r["route"] for r in entries), path
+    assert "retry_policy" in routes["/chirp.feed.v1.FeedService/GetHomeFeed"][0]["route"]
+    assert "retry_policy" in routes["/chirp.tweet.v1.TweetService/GetTweet"][0]["route"]
+    for unsafe in ("DeleteTweet",):
+        assert "retry_policy" not in routes[f"/chirp.tweet.v1.TweetService/{unsafe}"][0]["route"]
+    for unsafe in ("CreateUser", "CreateSession"):
+        assert "retry_policy" not in routes[f"/chirp.graph.v1.GraphService/{unsafe}"][0]["route"]
+    keyed, plain = routes["/chirp.tweet.v1.TweetService/CreateTweet"]
+    assert keyed["match"]["headers"][0]["name"] == "idempotency-key" and "retry_policy" in keyed["route"]
+    assert "retry_policy" not in plain["route"]
+
+
+def test_clusters_have_health_checks_outlier_detection_and_a_retry_budget() -> None:
+    config = render.build('{"keys": []}', render.EdgeSettings())
+    for cluster in config["static_resources"]["clusters"]:
+        assert cluster["lb_policy"] == "LEAST_REQUEST"
+        assert cluster["health_checks"][0]["grpc_health_check"]["service_name"]
+        assert cluster["outlier_detection"]["consecutive_gateway_failure"] > 0
+        assert cluster["circuit_breakers"]["thresholds"][0]["retry_budget"]["budget_percent"]["value"] > 0
+
+
+def test_private_edge_serves_the_same_api(limited_edge: str, tmp_path: Path) -> None:
+    reply = httpx.get(f"{limited_edge}/v1/users/1", timeout=10)
+    assert_error(reply, 404, 5)

@@ -1,0 +1,141 @@
+"""Behaviour under faults, against the real stack: an instance killed under
+load, Redis stopped, Kafka stopped. Every fault is undone at the end of its test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from infra import stack, topology
+from tests import faults
+from tests.conftest import unique_name
+from tests.e2e.test_users import assert_error
+
+
+def account(edge: httpx.Client) -> tuple[int, dict[str, str]]:
+    name = unique_name()
+    user = edge.post("/v1/users", json={"username": name, "password": "correct horse"}).json()["user"]
+    token = edge.post("/v1/sessions", json={"username": name, "password": "correct horse"}).json()["access_token"]
+    return int(user["user_id"]), {"authorization": f"Bearer {token}"}
+
+
+def steady_load(call: Callable[[httpx.Client], int], rate: float, seconds: float, workers: int = 8) -> list[int]:
+    """Open-loop-ish load: each worker fires at its share of `rate`; returns every status."""
+    statuses: list[int] = []
+    lock = threading.Lock()
+    interval = workers / rate
+    start = time.monotonic()
+
+    def worker(offset: float) -> None:
+        with httpx.Client(base_url=f"http://{topology.HOST}:{topology.EDGE_PORT}", timeout=5) as client:
+            due = start + offset
+            while due < start + seconds:
+                time.sleep(max(0.0, due - time.monotonic()))
+                try:
+                    status = call(client)
+                except httpx.HTTPError:
+                    status = 0
+                with lock:
+                    statuses.append(status)
+                due += interval
+
+    threads = [threading.Thread(target=worker, args=(i * interval / workers,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return statuses
+
+
+def host_flags(cluster: str, port: int) -> str:
+    text = httpx.get(f"http://{topology.HOST}:{topology.ENVOY_ADMIN_PORT}/clusters", timeout=5).text
+    prefix = f"{cluster}::{topology.HOST}:{port}::health_flags::"
+    return next(line[len(prefix) :] for line in text.splitlines() if line.startswith(prefix))
+
+
+@pytest.fixture
+def restore_after() -> Iterator[None]:
+    yield
+    faults.restore()
+
+
+@pytest.mark.slow
+def test_killing_an_instance_under_load_keeps_99_percent_success(edge: httpx.Client, restore_after: None) -> None:
+    user_id, _ = account(edge)
+    victim = topology.instances(topology.SERVICES[0])[1]  # graph_svc-1
+    record = json.loads((stack.RUN / f"{victim.name}.json").read_text())
+
+    def killer() -> None:
+        time.sleep(2.0)
+        os.kill(int(record["pid"]), signal.SIGKILL)
+
+    threading.Thread(target=killer).start()
+    statuses = steady_load(lambda c: c.get(f"/v1/users/{user_id}").status_code, rate=60, seconds=7)
+    ok = statuses.count(200) / len(statuses)
+    assert len(statuses) > 300
+    assert ok >= 0.99, f"success {ok:.3%}: {sorted(set(statuses))}"
+    flags = host_flags(victim.service.name, victim.port)
+    assert "failed_active_hc" in flags or "failed_outlier_check" in flags, flags
+
+
+@pytest.mark.slow
+def test_redis_down_feed_served_from_cql_trending_503_fast_then_recovers(
+    edge: httpx.Client, restore_after: None
+) -> None:
+    author_id, author = account(edge)
+    _, reader = account(edge)
+    assert edge.post(f"/v1/users/{author_id}/follow", headers=reader).status_code == 200
+    time.sleep(0.5)  # the follow event before the tweet (separate topics)
+    tweet = edge.post("/v1/tweets", json={"text": "survives a Redis outage"}, headers=author).json()["tweet"]
+
+    def in_feed() -> bool:
+        return any(t["tweet_id"] == tweet["tweet_id"] for t in edge.get("/v1/feed", headers=reader).json()["tweets"])
+
+    faults.wait_for(in_feed, 15, "the tweet to be fanned out")
+
+    faults.stop("redis")
+    feed = edge.get("/v1/feed", headers=reader)
+    assert feed.status_code == 200, feed.text
+    assert tweet["tweet_id"] in [t["tweet_id"] for t in feed.json()["tweets"]]
+
+    def trending_is_503() -> bool:
+        started = time.monotonic()
+        reply = edge.get("/v1/feed/trending")
+        assert time.monotonic() - started < 2.0, "a request hung while Redis was down"
+        return reply.status_code == 503
+
+    faults.wait_for(trending_is_503, 10, "trending to fail fast without Redis")
+    assert_error(edge.get("/v1/feed/trending"), 503, 14)
+
+    faults.restore()
+    faults.wait_for(lambda: edge.get("/v1/feed/trending").status_code == 200, 20, "trending to recover")
+    assert in_feed()
+
+
+@pytest.mark.slow
+def test_kafka_down_likes_fail_fast_posts_still_work_then_recover(edge: httpx.Client, restore_after: None) -> None:
+    _, user = account(edge)
+    tweet = edge.post("/v1/tweets", json={"text": "liked across a Kafka outage"}, headers=user).json()["tweet"]
+    faults.stop("kafka")
+
+    started = time.monotonic()
+    like = edge.post(f"/v1/tweets/{tweet['tweet_id']}/like", headers=user)
+    assert time.monotonic() - started < 5.0, "a like hung while Kafka was down"
+    assert_error(like, 503, 14)
+    posted = edge.post("/v1/tweets", json={"text": "posted while Kafka is down"}, headers=user)
+    assert posted.status_code == 200, posted.text
+    assert edge.get(f"/v1/tweets/{tweet['tweet_id']}").status_code == 200
+
+    faults.restore()
+    faults.wait_for(
+        lambda: edge.post(f"/v1/tweets/{tweet['tweet_id']}/like", headers=user).status_code == 200,
+        30,
+        "likes to work again",
+    )

@@ -1,0 +1,61 @@
+"""A private Envoy edge for tests: the real config renderer and binary, its own
+ports and limits, in front of the running service instances."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+
+from infra import stack
+from tests import faults
+
+
+def load_renderer() -> ModuleType:
+    """envoy/render.py by path: the name `envoy` belongs to the Envoy wheel's package."""
+    spec = importlib.util.spec_from_file_location("chirp_envoy_render", stack.ROOT / "envoy" / "render.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+render = load_renderer()
+
+
+@contextmanager
+def private_edge(tmp: Path, settings: Any) -> Iterator[str]:
+    """Yields the base URL of an edge built from `settings` (a render.EdgeSettings)."""
+    config = tmp / "envoy.json"
+    jwks = (stack.KEYS / "jwks.json").read_text()
+    config.write_text(json.dumps(render.build(jwks, settings)))
+    log = (tmp / "envoy.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.supervise", "--", str(stack.VENV_BIN / "envoy"), "-c", str(config),
+         "--base-id", str(settings.listen_port), "--log-level", "warn", "--concurrency", "1"],
+        cwd=stack.ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{settings.listen_port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{settings.admin_port}/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        faults.wait_for(ready, 20, "the private Envoy to start")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
