@@ -10,6 +10,10 @@ BUF := .deps/npm/node_modules/.bin/buf
 BUF_VERSION := 1.75.0
 PROTOS := $(shell find protos -name '*.proto' | sort)
 PROTO_INCLUDES := -I protos -I $(SITE)
+PROTOC_GEN_OPENAPI_VERSION := v2.32.0
+PROTOC_GEN_OPENAPI := .deps/go/bin/protoc-gen-openapiv2
+OPENAPI_CONFIG := protos/openapi.yaml
+OPENAPI_OPTS := allow_merge=true,merge_file_name=chirp,json_names_for_fields=false,ignore_go_package_option=true,openapi_configuration=$(OPENAPI_CONFIG)
 OUR_CODE := common graph_svc tweet_svc feed_svc rank_svc infra envoy tests
 
 .PHONY: help up down status clean proto check lint test test-unit test-integration test-e2e deps
@@ -20,7 +24,7 @@ help:
 	@echo "make check   lint (ruff, mypy, buf) and generated-code freshness"
 	@echo "make down    stop everything make up started (data is kept)"
 	@echo "make clean   stop and wipe all state (data, logs, keys)"
-	@echo "make proto   regenerate generated/ from protos/"
+	@echo "make proto   regenerate generated/ (Python stubs, descriptor set, OpenAPI) from protos/"
 
 # ---- installation ------------------------------------------------------------
 
@@ -37,6 +41,9 @@ $(VENV)/.stamp: requirements.lock
 		|| (apt-get update -q >/dev/null && apt-get install -y -q redis-server prometheus >/dev/null); \
 	fi
 	touch $@
+
+$(PROTOC_GEN_OPENAPI):
+	GOBIN=$(CURDIR)/$(@D) go install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@$(PROTOC_GEN_OPENAPI_VERSION)
 
 $(BUF):
 	mkdir -p .deps/npm
@@ -60,13 +67,16 @@ clean: down
 
 # ---- code generation and checks --------------------------------------------
 
-proto: $(VENV)/.stamp
+proto: $(VENV)/.stamp $(PROTOC_GEN_OPENAPI)
 	rm -rf generated && mkdir -p generated
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc $(PROTO_INCLUDES) \
 		--python_out=generated --grpc_python_out=generated \
 		--mypy_out=generated --mypy_grpc_out=generated $(PROTOS)
 	$(PY) -m grpc_tools.protoc $(PROTO_INCLUDES) --include_imports --include_source_info \
 		--descriptor_set_out=generated/chirp.binpb $(PROTOS) google/rpc/status.proto google/rpc/error_details.proto
+	mkdir -p generated/openapi
+	$(PY) -m grpc_tools.protoc $(PROTO_INCLUDES) --plugin=protoc-gen-openapiv2=$(PROTOC_GEN_OPENAPI) \
+		--openapiv2_out=generated/openapi --openapiv2_opt=$(OPENAPI_OPTS) $(PROTOS)
 
 lint: $(VENV)/.stamp $(BUF)
 	$(VENV)/bin/ruff check $(OUR_CODE)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from cassandra import DriverException, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
+from cassandra import ConsistencyLevel, DriverException, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement
@@ -42,6 +42,10 @@ class CqlSession:
         profile = ExecutionProfile(
             load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=LOCAL_DC)),
             request_timeout=default_timeout,
+            # Quorum reads and writes in the local DC: with RF 3 a read sees
+            # every acknowledged write even with one replica down.
+            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+            serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
         )
         cluster = Cluster(
             contact_points=list(hosts),

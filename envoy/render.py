@@ -128,6 +128,38 @@ def _local_reply_config() -> dict[str, Any]:
     return {"mappers": mappers}
 
 
+# Headers HTTP allows but gRPC metadata does not (odd characters in a name, a
+# "-bin" value that is not base64, a malformed grpc-timeout) would make the
+# services' gRPC layer fail the call with INTERNAL before any of our code
+# runs. They are dropped at the edge.
+SANITIZE_LUA = """
+local function refused(name, value)
+  if name:sub(1, 1) == ":" then return false end
+  if name:find("[^0-9a-z_.%-]") then return true end
+  if name:sub(-4) == "-bin" then return value:gsub("=+$", ""):find("[^A-Za-z0-9+/]") ~= nil end
+  if name == "grpc-timeout" then return not value:match("^%d+[HMSmun]$") or #value > 9 end
+  return false
+end
+function envoy_on_request(handle)
+  local headers, drop = handle:headers(), {}
+  for name, value in pairs(headers) do
+    if refused(name, value) then drop[#drop + 1] = name end
+  end
+  for _, name in ipairs(drop) do headers:remove(name) end
+end
+"""
+
+
+def _sanitizer() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": _any(
+            "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            default_source_code={"inline_string": SANITIZE_LUA},
+        ),
+    }
+
+
 def _transcoder() -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.grpc_json_transcoder",
@@ -379,6 +411,7 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
         # Order matters: size limit first; the compressor sees the JSON the
         # transcoder makes; rate limits and auth run on the gRPC route.
         http_filters=[
+            _sanitizer(),
             {
                 "name": "envoy.filters.http.buffer",
                 "typed_config": _any(

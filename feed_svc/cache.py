@@ -4,45 +4,12 @@ be rebuilt from the CQL store or the other services."""
 
 from __future__ import annotations
 
-import functools
-import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
-from chirp.tweet.v1 import tweet_pb2
 
-from common.cache import REDIS_UNAVAILABLE_ERRORS
+from common.cache import Tolerant, tolerant
 from common.ids import id_time_ms
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-RETRY_AFTER_SECONDS = 1.0
-
-
-def tolerant(default: Any) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
-    """For read-path calls: while Redis is unreachable, act as a cache miss so
-    reads are served from the CQL store and the other services instead."""
-
-    def wrap(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-        @functools.wraps(method)
-        async def guarded(self: FeedCache, *args: Any, **kwargs: Any) -> T:
-            if time.monotonic() < self.down_until:
-                return default
-            try:
-                return await method(self, *args, **kwargs)
-            except REDIS_UNAVAILABLE_ERRORS as exc:
-                if time.monotonic() >= self.down_until + RETRY_AFTER_SECONDS:
-                    log.warning("Redis unavailable; serving reads without it: %r", exc)
-                self.down_until = time.monotonic() + RETRY_AFTER_SECONDS
-                return default
-
-        return guarded
-
-    return wrap
-
 
 # A member with score +inf marks a timeline as complete (rebuilt from CQL);
 # trimming removes the lowest scores, so it always survives. Fan-out may add
@@ -50,25 +17,26 @@ def tolerant(default: Any) -> Callable[[Callable[..., Awaitable[T]]], Callable[.
 BUILT = "built"
 
 
+CELEBRITIES = "celebrities"
+
+
 def _timeline(user_id: int) -> str:
     return f"tl:{user_id}"
 
 
-class FeedCache:
+class FeedCache(Tolerant):
     def __init__(
         self,
         redis: aioredis.Redis,
         timeline_size: int,
         following_ttl: float,
         celebrity_ttl: float,
-        tweet_ttl: float,
     ) -> None:
+        super().__init__()
         self._redis = redis
         self._size = timeline_size
         self._following_ttl = max(1, int(following_ttl * 1000))
         self._celebrity_ttl = max(1, int(celebrity_ttl * 1000))
-        self._tweet_ttl = max(1, int(tweet_ttl * 1000))
-        self.down_until = 0.0  # read-path calls skip Redis until then
 
     # ---- pushed timelines ---------------------------------------------------------
 
@@ -114,6 +82,29 @@ class FeedCache:
             pipe.zremrangebyrank(_timeline(user_id), 0, -(self._size + 2))
             await pipe.execute()
 
+    # ---- the celebrity registry (authors pulled at read time) -------------------
+
+    @tolerant(None)
+    async def celebrities_among(self, author_ids: Sequence[int]) -> set[int] | None:
+        """Which of these authors are marked celebrities; None if the set is not loaded."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sismember(CELEBRITIES, BUILT)
+            pipe.smismember(CELEBRITIES, [str(a) for a in author_ids] or ["0"])
+            loaded, flags = await pipe.execute()
+        if not loaded:
+            return None
+        return {a for a, flag in zip(author_ids, flags, strict=False) if flag}
+
+    @tolerant(None)
+    async def load_celebrities(self, author_ids: set[int]) -> None:
+        await self._redis.sadd(CELEBRITIES, BUILT, *[str(a) for a in author_ids])
+
+    async def mark_celebrity(self, author_id: int, celebrity: bool) -> None:
+        if celebrity:
+            await self._redis.sadd(CELEBRITIES, str(author_id))
+        else:
+            await self._redis.srem(CELEBRITIES, str(author_id))
+
     # ---- follow lists ----------------------------------------------------------------
 
     @tolerant(None)
@@ -149,29 +140,6 @@ class FeedCache:
             for author, ids in recent.items():
                 pipe.set(f"cel:{author}", ",".join(map(str, ids)), px=self._celebrity_ttl)
             await pipe.execute()
-
-    # ---- hydrated tweets (cache-aside) ------------------------------------------------
-
-    @tolerant({})
-    async def tweets(self, tweet_ids: Sequence[int]) -> dict[int, tweet_pb2.Tweet]:
-        if not tweet_ids:
-            return {}
-        values = await self._redis.mget([f"tw:{t}" for t in tweet_ids])
-        return {
-            t: tweet_pb2.Tweet.FromString(_bytes(v)) for t, v in zip(tweet_ids, values, strict=True) if v is not None
-        }
-
-    @tolerant(None)
-    async def set_tweets(self, tweets: Sequence[tweet_pb2.Tweet]) -> None:
-        if not tweets:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for tweet in tweets:
-                pipe.set(f"tw:{tweet.tweet_id}", tweet.SerializeToString(), px=self._tweet_ttl)
-            await pipe.execute()
-
-    async def drop_tweet(self, tweet_id: int) -> None:
-        await self._redis.delete(f"tw:{tweet_id}")
 
 
 def _text(value: bytes | str) -> str:

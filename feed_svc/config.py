@@ -18,11 +18,9 @@ class FeedConfig:
     celebrity_threshold: int
     # Newest entries kept per pushed timeline in Redis.
     timeline_size: int
-    # How long a celebrity's recent tweet ids, a user's follow list and a
-    # hydrated tweet are cached in Redis.
+    # How long a celebrity's recent tweet ids and a user's follow list are cached in Redis.
     celebrity_cache_seconds: float
     following_cache_seconds: float
-    tweet_cache_seconds: float
     graph_target: str
     tweet_target: str
     # Fan-out worker: events per batch, and CQL writes in flight at once.
@@ -37,7 +35,6 @@ def load(env: Mapping[str, str] = os.environ) -> FeedConfig:
         timeline_size=env_int(env, "CHIRP_TIMELINE_SIZE", 800, minimum=20),
         celebrity_cache_seconds=env_float(env, "CHIRP_CELEBRITY_CACHE_SECONDS", 5.0),
         following_cache_seconds=env_float(env, "CHIRP_FOLLOWING_CACHE_SECONDS", 30.0),
-        tweet_cache_seconds=env_float(env, "CHIRP_TWEET_CACHE_SECONDS", 10.0),
         graph_target=env_str(env, "CHIRP_GRAPH_TARGET", "ipv4:127.0.0.1:50051,127.0.0.1:50052"),
         tweet_target=env_str(env, "CHIRP_TWEET_TARGET", "ipv4:127.0.0.1:50061,127.0.0.1:50062"),
         fanout_batch_size=env_int(env, "CHIRP_FANOUT_BATCH_SIZE", 200, minimum=1),

@@ -5,7 +5,8 @@ store on a miss), (b) recent tweets of the celebrities they follow, pulled at
 read time (cached per celebrity for a few seconds), and (c) the reader's own
 recent tweets, so they see a new tweet at once. Entries are deduplicated,
 tweets that are gone or whose author is no longer followed are dropped, and
-the rest are hydrated in one batch, newest first.
+the rest are hydrated in one batch (tweet_svc, which caches tweet bodies),
+newest first.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ CELEBRITY_PULLS = Histogram(
     "Celebrities pulled per home-feed read.",
     buckets=(0, 1, 2, 5, 10, 25, 50, 100, 500),
 )
-TWEET_CACHE = Counter("chirp_tweet_cache_total", "Hydrated tweets by cache outcome.", ["result"])
 
 # (author ids, before tweet id or 0, limit per author) -> [(tweet id, author id)]
 RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]]
@@ -71,7 +71,12 @@ class HomeFeed:
         before = decode_cursor(page_token)
         following = await self.following(user_id)
         allowed = {a for a, _ in following} | {user_id}
-        celebrities = [a for a, count in following if count >= self._threshold][:MAX_CELEBRITIES_PER_READ]
+        # Cached follower counts can be up to CHIRP_FOLLOWING_CACHE_SECONDS old; the
+        # registry the fan-out worker keeps is current. Pulling a non-celebrity
+        # too costs a little work, never a missing tweet.
+        marked = await self._celebrities_among([a for a, _ in following])
+        celebrities = [a for a, count in following if count >= self._threshold or a in marked]
+        celebrities = celebrities[:MAX_CELEBRITIES_PER_READ]
         CELEBRITY_PULLS.observe(len(celebrities))
 
         results: list[tweet_pb2.Tweet] = []
@@ -105,6 +110,16 @@ class HomeFeed:
         accounts = await self._following_ids(user_id)
         await self._cache.set_following(user_id, accounts)
         return accounts
+
+    async def _celebrities_among(self, author_ids: list[int]) -> set[int]:
+        if not author_ids:
+            return set()
+        marked = await self._cache.celebrities_among(author_ids)
+        if marked is None:
+            everyone = await self._store.celebrities()
+            await self._cache.load_celebrities(everyone)
+            marked = everyone & set(author_ids)
+        return marked
 
     async def _pushed(self, user_id: int, before: int | None, limit: int) -> list[int]:
         ids = await self._cache.timeline(user_id, before, limit)
@@ -140,12 +155,5 @@ class HomeFeed:
         return Pulled(ids, horizon)
 
     async def hydrate(self, tweet_ids: Sequence[int]) -> dict[int, tweet_pb2.Tweet]:
-        found = await self._cache.tweets(tweet_ids)
-        missing = [t for t in tweet_ids if t not in found]
-        TWEET_CACHE.labels("hit").inc(len(found))
-        if missing:
-            TWEET_CACHE.labels("miss").inc(len(missing))
-            fetched = await self._batch_tweets(missing)
-            await self._cache.set_tweets(fetched)
-            found.update({t.tweet_id: t for t in fetched})
-        return found
+        """One batch call; tweet_svc serves bodies from its cache and drops deleted tweets at once."""
+        return {t.tweet_id: t for t in await self._batch_tweets(tweet_ids)}

@@ -3,7 +3,7 @@
 tweet_created: an author below the celebrity threshold has the tweet pushed
 into every follower's timeline (CQL first, then Redis). At or above the
 threshold nothing is pushed; readers pull it. tweet_deleted: removed from
-followers' timelines and from the tweet cache. follow: the followee's recent
+followers' timelines. follow: the followee's recent
 tweets join the follower's timeline. unfollow: they leave it; and when the
 followee drops below the threshold, its recent tweets are pushed to its
 followers, so crossing the threshold never loses a tweet. Every step is
@@ -91,7 +91,7 @@ class Fanout:
 
     async def tweet_created(self, tweet_id: int, author_id: int, created_at_ms: int) -> None:
         if await self._follower_count(author_id) >= self._threshold:
-            await self._store.set_celebrity(author_id, True)
+            await self._mark(author_id, celebrity=True)
             PUSHED.observe(0)
             return
         pushed = 0
@@ -103,7 +103,6 @@ class Fanout:
         LAG.observe(max(0.0, time.time() - created_at_ms / 1000))
 
     async def tweet_deleted(self, tweet_id: int, author_id: int) -> None:
-        await self._cache.drop_tweet(tweet_id)
         async for followers in self._followers(author_id):
             await self._store.remove(followers, [tweet_id])
             await self._cache.remove(followers, [tweet_id])
@@ -111,7 +110,8 @@ class Fanout:
     async def follow(self, follower_id: int, followee_id: int) -> None:
         await self._cache.drop_following(follower_id)
         if await self._follower_count(followee_id) >= self._threshold:
-            return  # pulled at read time
+            await self._mark(followee_id, celebrity=True)  # readers pull it from now on
+            return
         recent = await self._recent_ids([followee_id], 0, FOLLOW_BACKFILL)
         await self._store.push_many(follower_id, recent)
         await self._cache.push([follower_id], [t for t, _ in recent])
@@ -121,7 +121,7 @@ class Fanout:
         recent = [t for t, _ in await self._recent_ids([followee_id], 0, UNFOLLOW_SWEEP)]
         await self._store.remove([follower_id], recent)
         await self._cache.remove([follower_id], recent)
-        if await self._follower_count(followee_id) < self._threshold and await self._store.was_celebrity(followee_id):
+        if await self._follower_count(followee_id) < self._threshold and await self._store.is_celebrity(followee_id):
             await self._backfill(followee_id)
 
     async def _backfill(self, author_id: int) -> None:
@@ -131,8 +131,13 @@ class Fanout:
             for tweet_id, _ in recent:
                 await self._store.push(followers, tweet_id, author_id)
             await self._cache.push(followers, [t for t, _ in recent])
-        await self._store.set_celebrity(author_id, False)
+        await self._mark(author_id, celebrity=False)
         log.info("author dropped below the celebrity threshold; backfilled", extra={"author_id": author_id})
+
+    async def _mark(self, author_id: int, celebrity: bool) -> None:
+        """The registry readers consult: durable in CQL, served from Redis."""
+        await self._store.set_celebrity(author_id, celebrity)
+        await self._cache.mark_celebrity(author_id, celebrity)
 
     async def _followers(self, author_id: int) -> AsyncIterator[list[int]]:
         token = ""

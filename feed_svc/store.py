@@ -13,8 +13,10 @@ STATEMENTS = {
     "push": "INSERT INTO home_timeline (user_id, tweet_id, author_id) VALUES (?, ?, ?)",
     "remove": "DELETE FROM home_timeline WHERE user_id = ? AND tweet_id = ?",
     "read": "SELECT tweet_id FROM home_timeline WHERE user_id = ? LIMIT ?",
-    "get_mode": "SELECT celebrity FROM fanout_modes WHERE author_id = ?",
-    "set_mode": "INSERT INTO fanout_modes (author_id, celebrity) VALUES (?, ?)",
+    "is_celebrity": "SELECT author_id FROM celebrities WHERE shard = 0 AND author_id = ?",
+    "celebrities": "SELECT author_id FROM celebrities WHERE shard = 0",
+    "add_celebrity": "INSERT INTO celebrities (shard, author_id) VALUES (0, ?)",
+    "remove_celebrity": "DELETE FROM celebrities WHERE shard = 0 AND author_id = ?",
 }
 
 
@@ -46,9 +48,11 @@ class TimelineStore:
         rows = await self._cql.execute(self._q["read"], (user_id, limit))
         return [r.tweet_id for r in rows]
 
-    async def was_celebrity(self, author_id: int) -> bool:
-        rows = await self._cql.execute(self._q["get_mode"], (author_id,))
-        return bool(rows and rows[0].celebrity)
+    async def is_celebrity(self, author_id: int) -> bool:
+        return bool(await self._cql.execute(self._q["is_celebrity"], (author_id,)))
+
+    async def celebrities(self) -> set[int]:
+        return {r.author_id for r in await self._cql.execute(self._q["celebrities"])}
 
     async def set_celebrity(self, author_id: int, celebrity: bool) -> None:
-        await self._cql.execute(self._q["set_mode"], (author_id, celebrity))
+        await self._cql.execute(self._q["add_celebrity" if celebrity else "remove_celebrity"], (author_id,))

@@ -34,7 +34,5 @@ async def build(cfg: FeedConfig) -> FeedParts:
     redis = connect_redis(common.redis_url)
     store = TimelineStore(cql, cfg.fanout_concurrency)
     await store.prepare()
-    cache = FeedCache(
-        redis, cfg.timeline_size, cfg.following_cache_seconds, cfg.celebrity_cache_seconds, cfg.tweet_cache_seconds
-    )
+    cache = FeedCache(redis, cfg.timeline_size, cfg.following_cache_seconds, cfg.celebrity_cache_seconds)
     return FeedParts(cql, redis, cache, store, Peers(cfg.graph_target, cfg.tweet_target))

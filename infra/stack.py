@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra import jvm, keys, topology
+from infra import jvm, keys, prometheus, topology
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".state"
@@ -174,6 +174,18 @@ def _envoy_component() -> Component:
     )
 
 
+def _prometheus_component() -> Component:
+    """Scrapes every instance, Envoy and itself; restarts when its config or rules change."""
+    return Component(
+        name="prometheus",
+        argv=lambda: prometheus.prometheus_command(ROOT, STATE),
+        ready=prometheus.prometheus_ready,
+        timeout=30,
+        fingerprint=prometheus.fingerprint(ROOT),
+        where=f"http://{topology.HOST}:{prometheus.PROMETHEUS_PORT} (alerts: /alerts)",
+    )
+
+
 def components() -> list[Component]:
     return [
         Component(
@@ -208,6 +220,7 @@ def components() -> list[Component]:
         ),
         *_service_components(),
         _envoy_component(),
+        _prometheus_component(),
     ]
 
 

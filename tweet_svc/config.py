@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import CommonConfig, env_int, env_str, load_common
+from common.config import CommonConfig, env_float, env_int, env_str, load_common
 
 DEFAULT_PORT = 50061
 
@@ -19,6 +19,8 @@ class TweetConfig:
     tweet_target: str
     # How long a like may wait for Kafka's acknowledgement before failing with 503.
     like_ack_timeout_ms: int
+    # How long a tweet body stays cached in Redis (bodies never change).
+    tweet_cache_seconds: float
     # Like worker: most events applied per batch, and how long to wait to fill one.
     like_batch_size: int
     like_batch_wait_ms: int
@@ -30,6 +32,7 @@ def load(env: Mapping[str, str] = os.environ) -> TweetConfig:
         graph_target=env_str(env, "CHIRP_GRAPH_TARGET", "ipv4:127.0.0.1:50051,127.0.0.1:50052"),
         tweet_target=env_str(env, "CHIRP_TWEET_TARGET", "ipv4:127.0.0.1:50061,127.0.0.1:50062"),
         like_ack_timeout_ms=env_int(env, "CHIRP_LIKE_ACK_TIMEOUT_MS", 3000, minimum=100),
+        tweet_cache_seconds=env_float(env, "CHIRP_TWEET_CACHE_SECONDS", 300.0),
         like_batch_size=env_int(env, "CHIRP_LIKE_BATCH_SIZE", 500, minimum=1),
         like_batch_wait_ms=env_int(env, "CHIRP_LIKE_BATCH_WAIT_MS", 200, minimum=1),
     )

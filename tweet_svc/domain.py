@@ -6,7 +6,7 @@ import asyncio
 import string
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from common.errors import InvalidArgument, NotFound, PermissionDenied
@@ -15,6 +15,7 @@ from common.ids import IdGenerator, id_time_ms
 from common.kafka import TOPIC_LIKES, TOPIC_TWEETS, AsyncProducer
 from common.outbox import Event, Outbox
 from common.pagination import decode_token, encode_token
+from tweet_svc.cache import TweetCache
 from tweet_svc.likes import count_after
 from tweet_svc.store import TweetRecord, TweetStore
 from tweet_svc.text import normalize_text
@@ -54,12 +55,14 @@ class Tweets:
     def __init__(
         self,
         store: TweetStore,
+        cache: TweetCache,
         outbox: Outbox,
         producer: AsyncProducer,
         usernames: Usernames,
         ids: IdGenerator,
     ) -> None:
         self._store = store
+        self._cache = cache
         self._outbox = outbox
         self._producer = producer
         self._usernames = usernames
@@ -71,9 +74,9 @@ class Tweets:
         if idempotency_key:
             _check_key(idempotency_key)
             tweet_id = await self._store.claim_idempotency_key(author_id, idempotency_key, tweet_id)
-            existing = await self._store.get_tweet(tweet_id)
-            if existing is not None:
-                return existing
+            existing = await self.hydrate([tweet_id])
+            if existing:
+                return existing[0]
             # A new key, or one whose first attempt died before writing: write
             # under the claimed id, so every retry yields the same tweet.
         created_ms = id_time_ms(tweet_id)
@@ -91,15 +94,15 @@ class Tweets:
 
     async def get(self, tweet_id: int) -> TweetRecord:
         _check_id(tweet_id)
-        tweet = await self._store.get_tweet(tweet_id)
-        if tweet is None:
+        found = await self.hydrate([tweet_id])
+        if not found:
             raise NotFound(f"tweet {tweet_id} does not exist")
-        return tweet
+        return found[0]
 
     async def get_many(self, tweet_ids: list[int]) -> list[TweetRecord]:
         if len(tweet_ids) > 500:
             raise InvalidArgument("at most 500 tweet ids per call", field="tweet_ids")
-        return await self._store.get_tweets(list(dict.fromkeys(tweet_ids)))
+        return await self.hydrate(list(dict.fromkeys(tweet_ids)))
 
     async def delete(self, user_id: int, tweet_id: int) -> None:
         tweet = await self.get(tweet_id)
@@ -107,6 +110,7 @@ class Tweets:
             raise PermissionDenied("only the author can delete a tweet")
         event = self._tweet_event("tweet_deleted", tweet)
         await self._store.delete_tweet(tweet, event)
+        await self._cache.mark_deleted(tweet_id)
         self._outbox.publish_soon(event)
 
     async def by_author(self, author_id: int, page_size: int, page_token: str) -> TweetPage:
@@ -114,7 +118,7 @@ class Tweets:
         cursor = decode_token(page_token, "tweets")
         before = _int_field(cursor, "before") if cursor else None
         ids = await self._store.author_tweet_ids(author_id, page_size + 1, before)
-        tweets = await self._store.get_tweets(ids[:page_size])
+        tweets = await self.hydrate(ids[:page_size])
         token = encode_token({"k": "tweets", "before": ids[page_size - 1]}) if len(ids) > page_size else ""
         return TweetPage(tweets, token)
 
@@ -133,6 +137,18 @@ class Tweets:
         await self._producer.send(TOPIC_LIKES, str(tweet_id).encode(), event.encode())
         applied_count, applied_liked = await self._store.applied_like(tweet_id, user_id)
         return max(0, count_after(applied_count, applied_liked, liked))
+
+    async def hydrate(self, tweet_ids: list[int]) -> list[TweetRecord]:
+        """Tweets in the order asked, with current like counts; deleted ones left out."""
+        cached, deleted = await self._cache.get(tweet_ids)
+        missing = [t for t in tweet_ids if t not in cached and t not in deleted]
+        if missing:
+            loaded = await self._store.bodies(missing)
+            await self._cache.put(list(loaded.values()))
+            cached.update(loaded)
+        present = [t for t in tweet_ids if t in cached]
+        counts = await self._store.like_counts(present)
+        return [replace(cached[t], like_count=counts.get(t, 0)) for t in present]
 
     def _tweet_event(self, kind: str, tweet: TweetRecord) -> Event:
         return Event(

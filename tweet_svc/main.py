@@ -7,6 +7,7 @@ import asyncio
 import grpc
 from chirp.tweet.v1 import tweet_pb2, tweet_pb2_grpc
 
+from common.cache import connect_redis
 from common.clients import Peers
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
@@ -15,6 +16,7 @@ from common.logs import setup_logging
 from common.outbox import Outbox
 from common.server import Wiring, serve
 from tweet_svc import config as tweet_config
+from tweet_svc.cache import TweetCache
 from tweet_svc.domain import Tweets, Usernames
 from tweet_svc.service import TweetService
 from tweet_svc.store import TweetStore
@@ -31,13 +33,16 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     store = TweetStore(cql, outbox)
     await store.prepare()
     peers = Peers(cfg.graph_target, cfg.tweet_target)
-    tweets = Tweets(store, outbox, producer, Usernames(peers.username), IdGenerator(common.instance_id))
+    redis = connect_redis(common.redis_url)
+    cache = TweetCache(redis, cfg.tweet_cache_seconds)
+    tweets = Tweets(store, cache, outbox, producer, Usernames(peers.username), IdGenerator(common.instance_id))
 
     def register(server: grpc.aio.Server) -> None:
         tweet_pb2_grpc.add_TweetServiceServicer_to_server(TweetService(tweets), server)
 
     async def close() -> None:
         await peers.close()
+        await redis.aclose()
         producer.close()
         cql.close()
 

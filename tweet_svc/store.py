@@ -34,7 +34,6 @@ STATEMENTS = {
     "delete_tweet": "DELETE FROM tweets WHERE tweet_id = ?",
     "delete_user_tweet": "DELETE FROM user_tweets WHERE author_id = ? AND bucket = ? AND tweet_id = ?",
     "delete_likes": "DELETE FROM tweet_likes WHERE tweet_id = ?",
-    "get_tweet": "SELECT tweet_id, author_id, author_username, text, created_at FROM tweets WHERE tweet_id = ?",
     "get_tweets": "SELECT tweet_id, author_id, author_username, text, created_at FROM tweets WHERE tweet_id IN ?",
     "like_counts": "SELECT tweet_id, like_count FROM tweet_likes WHERE tweet_id IN ? PER PARTITION LIMIT 1",
     "like_count": "SELECT like_count FROM tweet_likes WHERE tweet_id = ? LIMIT 1",
@@ -87,24 +86,18 @@ class TweetStore:
         batch.add(*self._outbox.insert(event))
         await self._cql.execute(batch)
 
-    async def get_tweet(self, tweet_id: int) -> TweetRecord | None:
-        rows, count = await asyncio.gather(
-            self._cql.execute(self._q["get_tweet"], (tweet_id,)), self.like_count(tweet_id)
-        )
-        return _record(rows[0], count) if rows else None
-
-    async def get_tweets(self, tweet_ids: Sequence[int]) -> list[TweetRecord]:
-        """Tweets in the order asked; missing (deleted) ids are left out."""
+    async def bodies(self, tweet_ids: Sequence[int]) -> dict[int, TweetRecord]:
+        """Tweets without their like counts; missing (deleted) ids are left out."""
         if not tweet_ids:
-            return []
-        ids = list(tweet_ids)
-        rows, counts = await asyncio.gather(
-            self._cql.execute(self._q["get_tweets"], (ids,)),
-            self._cql.execute(self._q["like_counts"], (ids,)),
-        )
-        like_counts = {r.tweet_id: r.like_count or 0 for r in counts}
-        by_id = {r.tweet_id: _record(r, like_counts.get(r.tweet_id, 0)) for r in rows}
-        return [by_id[i] for i in ids if i in by_id]
+            return {}
+        rows = await self._cql.execute(self._q["get_tweets"], (list(tweet_ids),))
+        return {r.tweet_id: _record(r, 0) for r in rows}
+
+    async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
+        if not tweet_ids:
+            return {}
+        rows = await self._cql.execute(self._q["like_counts"], (list(tweet_ids),))
+        return {r.tweet_id: r.like_count or 0 for r in rows}
 
     async def like_count(self, tweet_id: int) -> int:
         rows = await self._cql.execute(self._q["like_count"], (tweet_id,))

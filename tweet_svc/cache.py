@@ -1,0 +1,72 @@
+"""Tweet bodies cached in Redis (cache-aside). A body never changes, so it can
+be cached for minutes; like counts are not cached (they come from the CQL
+store on every read). A delete leaves a short-lived marker, so no reader can
+be served a deleted tweet from the cache."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+
+from common.cache import Tolerant, tolerant
+from tweet_svc.store import TweetRecord
+
+DELETED = b"-"
+LOOKUPS = Counter("chirp_tweet_cache_total", "Tweet body lookups by cache outcome.", ["result"])
+
+
+def _key(tweet_id: int) -> str:
+    return f"tw:{tweet_id}"
+
+
+def _encode(tweet: TweetRecord) -> bytes:
+    created_ms = int(tweet.created_at.timestamp() * 1000)
+    return json.dumps([tweet.author_id, tweet.author_username, tweet.text, created_ms], ensure_ascii=False).encode()
+
+
+def _decode(tweet_id: int, raw: bytes) -> TweetRecord:
+    author_id, username, text, created_ms = json.loads(raw)
+    created = datetime.fromtimestamp(created_ms // 1000, UTC).replace(microsecond=created_ms % 1000 * 1000)
+    return TweetRecord(tweet_id, author_id, username, text, created)
+
+
+class TweetCache(Tolerant):
+    def __init__(self, redis: aioredis.Redis, ttl_seconds: float) -> None:
+        super().__init__()
+        self._redis = redis
+        self._ttl_ms = max(1, int(ttl_seconds * 1000))
+
+    @tolerant(({}, set()))
+    async def get(self, tweet_ids: Sequence[int]) -> tuple[dict[int, TweetRecord], set[int]]:
+        """(cached bodies, ids known to be deleted); other ids are misses."""
+        if not tweet_ids:
+            return {}, set()
+        values = await self._redis.mget([_key(t) for t in tweet_ids])
+        found: dict[int, TweetRecord] = {}
+        deleted: set[int] = set()
+        for tweet_id, raw in zip(tweet_ids, values, strict=True):
+            if raw == DELETED:
+                deleted.add(tweet_id)
+            elif raw is not None:
+                found[tweet_id] = _decode(tweet_id, raw if isinstance(raw, bytes) else raw.encode())
+        LOOKUPS.labels("hit").inc(len(found) + len(deleted))
+        LOOKUPS.labels("miss").inc(len(tweet_ids) - len(found) - len(deleted))
+        return found, deleted
+
+    @tolerant(None)
+    async def put(self, tweets: Sequence[TweetRecord]) -> None:
+        if not tweets:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tweet in tweets:
+                # NX: never overwrite a deletion marker with a body read just before the delete.
+                pipe.set(_key(tweet.tweet_id), _encode(tweet), px=self._ttl_ms, nx=True)
+            await pipe.execute()
+
+    @tolerant(None)
+    async def mark_deleted(self, tweet_id: int) -> None:
+        await self._redis.set(_key(tweet_id), DELETED, px=self._ttl_ms)
