@@ -14,9 +14,9 @@ PROTOC_GEN_OPENAPI_VERSION := v2.32.0
 PROTOC_GEN_OPENAPI := .deps/go/bin/protoc-gen-openapiv2
 OPENAPI_CONFIG := protos/openapi.yaml
 OPENAPI_OPTS := allow_merge=true,merge_file_name=chirp,json_names_for_fields=false,ignore_go_package_option=true,openapi_configuration=$(OPENAPI_CONFIG)
-OUR_CODE := common graph_svc tweet_svc feed_svc rank_svc infra envoy tests
+OUR_CODE := common graph_svc tweet_svc feed_svc rank_svc infra envoy tests bench
 
-.PHONY: help up down status clean proto check lint test test-unit test-integration test-e2e deps
+.PHONY: help up down status clean proto check lint test test-unit deps seed bench bench-full bench-tools
 
 help:
 	@echo "make up      start the whole stack (installs what it needs)"
@@ -24,6 +24,8 @@ help:
 	@echo "make check   lint (ruff, mypy, buf) and generated-code freshness"
 	@echo "make down    stop everything make up started (data is kept)"
 	@echo "make clean   stop and wipe all state (data, logs, keys)"
+	@echo "make seed    load a synthetic social graph (SEED_ARGS='--users 10000 --edges 200000' for a small one)"
+	@echo "make bench   quick benchmark run (under 2 minutes); make bench-full for all rates and fan-out strategies"
 	@echo "make proto   regenerate generated/ (Python stubs, descriptor set, OpenAPI) from protos/"
 
 # ---- installation ------------------------------------------------------------
@@ -103,3 +105,34 @@ test: deps
 
 test-unit: $(VENV)/.stamp
 	$(PY) -m pytest tests/unit
+
+# ---- benchmarks --------------------------------------------------------------
+
+# The edge's rate limits are raised so they do not cap what is measured.
+BENCH_ENV := CHIRP_EDGE_DEFAULT_RPS=100000 CHIRP_EDGE_POST_RPS=20000 CHIRP_EDGE_LOGIN_RPS=2000
+GO_BIN := .deps/go/bin
+LOADGEN := $(GO_BIN)/loadgen
+GHZ := $(GO_BIN)/ghz
+GHZ_VERSION := v0.120.0
+SEED_ARGS ?=
+BENCH_ARGS ?=
+
+$(LOADGEN): bench/loadgen/main.go bench/loadgen/go.mod
+	cd bench/loadgen && go build -o $(CURDIR)/$@ .
+
+$(GHZ):
+	GOBIN=$(CURDIR)/$(GO_BIN) go install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+
+bench-tools: $(LOADGEN) $(GHZ)
+
+seed: deps bench-tools
+	$(BENCH_ENV) $(PY) -m infra.stack up
+	$(PY) -m bench.seed $(SEED_ARGS)
+
+bench: deps bench-tools
+	$(BENCH_ENV) $(PY) -m infra.stack up
+	$(BENCH_ENV) $(PY) -m bench.run --quick $(BENCH_ARGS)
+
+bench-full: deps bench-tools
+	$(BENCH_ENV) $(PY) -m infra.stack up
+	$(BENCH_ENV) $(PY) -m bench.run --strategies $(BENCH_ARGS)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import CommonConfig, env_float, env_int, env_str, load_common
+from common.config import CommonConfig, ConfigError, env_float, env_int, env_str, load_common
 
 DEFAULT_PORT = 50071
 
@@ -14,7 +14,9 @@ DEFAULT_PORT = 50071
 @dataclass(frozen=True)
 class FeedConfig:
     common: CommonConfig
-    # Authors with at least this many followers are pulled at read time, not pushed.
+    # Authors with at least this many followers are pulled at read time, not
+    # pushed. CHIRP_FANOUT_STRATEGY=push|pull turns this into push-to-everyone
+    # or pull-everything (for comparing strategies); hybrid is the default.
     celebrity_threshold: int
     # Newest entries kept per pushed timeline in Redis.
     timeline_size: int
@@ -28,10 +30,22 @@ class FeedConfig:
     fanout_concurrency: int
 
 
+STRATEGIES = {"hybrid", "push", "pull"}
+NEVER = 2**31 - 1
+
+
+def _threshold(env: Mapping[str, str]) -> int:
+    strategy = env_str(env, "CHIRP_FANOUT_STRATEGY", "hybrid").lower()
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"CHIRP_FANOUT_STRATEGY must be one of {sorted(STRATEGIES)}, got {strategy!r}")
+    threshold = env_int(env, "CHIRP_CELEBRITY_THRESHOLD", 10000, minimum=1)
+    return {"hybrid": threshold, "push": NEVER, "pull": 0}[strategy]
+
+
 def load(env: Mapping[str, str] = os.environ) -> FeedConfig:
     return FeedConfig(
         common=load_common(env, "feed_svc", DEFAULT_PORT),
-        celebrity_threshold=env_int(env, "CHIRP_CELEBRITY_THRESHOLD", 10000, minimum=1),
+        celebrity_threshold=_threshold(env),
         timeline_size=env_int(env, "CHIRP_TIMELINE_SIZE", 800, minimum=20),
         celebrity_cache_seconds=env_float(env, "CHIRP_CELEBRITY_CACHE_SECONDS", 5.0),
         following_cache_seconds=env_float(env, "CHIRP_FOLLOWING_CACHE_SECONDS", 30.0),

@@ -1,0 +1,1 @@
+"""Benchmarks: a seeded social graph and load scenarios against the running stack."""

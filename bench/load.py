@@ -1,0 +1,109 @@
+"""Drivers for the load tools, and latency statistics.
+
+HTTP: bench/loadgen (Go, open loop, latency measured from each request's
+scheduled start). gRPC: ghz with a fixed request rate and enough workers
+that the rate, not the workers, sets the pace.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+GO_BIN = ROOT / ".deps" / "go" / "bin"
+LOADGEN = GO_BIN / "loadgen"
+GHZ = GO_BIN / "ghz"
+DESCRIPTOR = ROOT / "generated" / "chirp.binpb"
+
+
+@dataclass
+class Stats:
+    offered_rps: float
+    achieved_rps: float
+    requests: int
+    errors: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def stats(offered: float, elapsed: float, latencies_ms: list[float], ok: list[bool]) -> Stats:
+    values = sorted(latencies_ms)
+    good = sum(ok)
+    return Stats(
+        offered_rps=offered,
+        achieved_rps=round(good / elapsed, 1) if elapsed else 0.0,
+        requests=len(ok),
+        errors=len(ok) - good,
+        p50_ms=round(percentile(values, 0.50), 2),
+        p90_ms=round(percentile(values, 0.90), 2),
+        p99_ms=round(percentile(values, 0.99), 2),
+        p999_ms=round(percentile(values, 0.999), 2),
+        max_ms=round(values[-1], 2) if values else float("nan"),
+    )
+
+
+def http_load(targets: list[dict[str, Any]], rate: float, seconds: float) -> Stats:
+    with tempfile.TemporaryDirectory() as tmp:
+        targets_path, out = Path(tmp) / "targets.json", Path(tmp) / "out.json"
+        targets_path.write_text(json.dumps(targets))
+        subprocess.run(
+            [
+                str(LOADGEN),
+                "-targets",
+                str(targets_path),
+                "-rate",
+                str(rate),
+                "-duration",
+                f"{seconds}s",
+                "-out",
+                str(out),
+            ],
+            check=True,
+        )
+        result = json.loads(out.read_text())
+    statuses = result["statuses"]
+    ok = [200 <= s < 300 for s in statuses]
+    latencies = [us / 1000 for us, s in zip(result["latencies_us"], statuses, strict=True) if s != -1]
+    return stats(rate, result["duration_s"], latencies, ok)
+
+
+def grpc_load(
+    call: str, data: dict[str, Any], metadata: list[dict[str, str]], target: str, rate: float, seconds: float
+) -> Stats:
+    with tempfile.TemporaryDirectory() as tmp:
+        meta_path, out = Path(tmp) / "metadata.json", Path(tmp) / "out.csv"
+        meta_path.write_text(json.dumps(metadata if len(metadata) > 1 else metadata[0]))
+        subprocess.run(
+            [
+                str(GHZ), "--insecure", "--protoset", str(DESCRIPTOR), "--call", call,
+                "-d", json.dumps(data), "-M", str(meta_path),
+                "--rps", str(int(rate)), "-z", f"{seconds}s", "-c", str(max(50, int(rate / 10))),
+                "--connections", "4", "-O", "csv", "-o", str(out), target,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        with out.open() as handle:
+            rows = list(csv.DictReader(handle))
+    latencies = [float(r["duration (ms)"]) for r in rows]
+    ok = [r["status"] == "OK" for r in rows]
+    return stats(rate, seconds, latencies, ok)

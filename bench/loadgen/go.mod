@@ -1,0 +1,3 @@
+module chirp/bench/loadgen
+
+go 1.22
