@@ -87,11 +87,12 @@ def http_load(targets: list[dict[str, Any]], rate: float, seconds: float) -> Sta
 
 
 def grpc_load(
-    call: str, data: dict[str, Any], metadata: list[dict[str, str]], target: str, rate: float, seconds: float
+    call: str, data: dict[str, Any], metadata: dict[str, str], target: str, rate: float, seconds: float
 ) -> Stats:
+    """ghz takes one metadata set per run, so the gRPC load acts as one user."""
     with tempfile.TemporaryDirectory() as tmp:
         meta_path, out = Path(tmp) / "metadata.json", Path(tmp) / "out.csv"
-        meta_path.write_text(json.dumps(metadata if len(metadata) > 1 else metadata[0]))
+        meta_path.write_text(json.dumps(metadata))
         subprocess.run(
             [
                 str(GHZ), "--insecure", "--protoset", str(DESCRIPTOR), "--call", call,
@@ -102,8 +103,8 @@ def grpc_load(
             check=True,
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        with out.open() as handle:
-            rows = list(csv.DictReader(handle))
+        lines = [line for line in out.read_text().splitlines() if line.strip()]  # ghz starts with a blank line
+        rows = list(csv.DictReader(lines))
     latencies = [float(r["duration (ms)"]) for r in rows]
     ok = [r["status"] == "OK" for r in rows]
     return stats(rate, seconds, latencies, ok)

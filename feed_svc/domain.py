@@ -11,6 +11,7 @@ newest first.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -84,8 +85,9 @@ class HomeFeed:
         for _ in range(MAX_ROUNDS):
             want = page_size + 1 - len(results)
             ask = want + 10  # slack for entries that filtering drops
-            pushed = await self._pushed(user_id, cursor, ask)
-            pulled = await self._pulled(user_id, celebrities, cursor, want)
+            pushed, pulled = await asyncio.gather(
+                self._pushed(user_id, cursor, ask), self._pulled(user_id, celebrities, cursor, want)
+            )
             horizon = max(pulled.horizon, pushed[-1] if len(pushed) >= ask else 0)
             merged = [t for t in merge(pushed, pulled.ids, before=cursor) if t >= horizon]
             candidates = merged[:ask]

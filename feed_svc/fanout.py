@@ -125,13 +125,17 @@ class Fanout:
             await self._backfill(followee_id)
 
     async def _backfill(self, author_id: int) -> None:
-        """The author just stopped being pulled: push its recent tweets to its followers."""
+        """The author just stopped being pulled: push its recent tweets to its followers.
+
+        Unmarked first: a tweet handled after that is pushed as usual, and one handled
+        before it was written before the recent ids are read, so the backfill has it.
+        """
+        await self._mark(author_id, celebrity=False)
         recent = await self._recent_ids([author_id], 0, CROSSING_BACKFILL)
         async for followers in self._followers(author_id):
             for tweet_id, _ in recent:
                 await self._store.push(followers, tweet_id, author_id)
             await self._cache.push(followers, [t for t, _ in recent])
-        await self._mark(author_id, celebrity=False)
         log.info("author dropped below the celebrity threshold; backfilled", extra={"author_id": author_id})
 
     async def _mark(self, author_id: int, celebrity: bool) -> None:

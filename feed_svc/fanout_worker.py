@@ -5,8 +5,7 @@ python -m feed_svc.fanout_worker
 
 from __future__ import annotations
 
-import asyncio
-
+from common import server
 from common.cache import redis_ping
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, BatchConsumer
@@ -61,7 +60,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
 def main() -> None:
     cfg = feed_config.load()
     setup_logging("fanout_worker", cfg.common.log_level)
-    asyncio.run(run(cfg))
+    server.run(run(cfg))
 
 
 if __name__ == "__main__":

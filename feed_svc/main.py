@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 from chirp.feed.v1 import feed_pb2, feed_pb2_grpc
 
+from common import server
 from common.cache import REDIS_UNAVAILABLE_ERRORS
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.logs import setup_logging
@@ -48,7 +47,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
 def main() -> None:
     cfg = feed_config.load()
     setup_logging(cfg.common.service, cfg.common.log_level)
-    asyncio.run(run(cfg))
+    server.run(run(cfg))
 
 
 if __name__ == "__main__":

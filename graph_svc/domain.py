@@ -174,9 +174,12 @@ class Graph:
         edges = await self._store.followers(user_id, page_size + 1, _cursor(page_token, "follower_ids"))
         return [e.user_id for e in edges[:page_size]], _next_token(edges, page_size, "follower_ids")
 
-    async def following_ids(self, user_id: int) -> list[Account]:
+    async def following_ids(self, user_id: int) -> list[tuple[int, int]]:
+        """(followed user id, their follower count) for everyone `user_id` follows."""
         _check_id(user_id)
-        return await self._store.get_users(await self._store.following_ids(user_id, 10000))
+        ids = await self._store.following_ids(user_id, 10000)
+        counts = await self._store.follower_counts(ids)
+        return [(i, counts.get(i, 0)) for i in ids]
 
     async def _page(self, edges: list[FollowEdge], page_size: int, kind: str) -> Page:
         accounts = await self._store.get_users([e.user_id for e in edges[:page_size]])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import grpc
 from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
 
+from common import server
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
 from common.kafka import AsyncProducer
@@ -61,7 +61,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
 def main() -> None:
     cfg = graph_config.load()
     setup_logging(cfg.common.service, cfg.common.log_level)
-    asyncio.run(run(cfg))
+    server.run(run(cfg))
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ class GraphService(graph_pb2_grpc.GraphServiceServicer):
     async def ListFollowingIds(
         self, request: graph_pb2.ListFollowingIdsRequest, context: grpc.aio.ServicerContext
     ) -> graph_pb2.ListFollowingIdsResponse:
-        accounts = await self._graph.following_ids(request.user_id)
+        followed = await self._graph.following_ids(request.user_id)
         return graph_pb2.ListFollowingIdsResponse(
-            accounts=[graph_pb2.FollowedAccount(user_id=a.user_id, follower_count=a.follower_count) for a in accounts]
+            accounts=[graph_pb2.FollowedAccount(user_id=u, follower_count=c) for u, c in followed]
         )

@@ -48,6 +48,7 @@ STATEMENTS = {
     "following_after": "SELECT followed_at, followee_id FROM following_by_time WHERE user_id = ? "
     "AND (followed_at, followee_id) < (?, ?) LIMIT ?",
     "following_ids": "SELECT followee_id FROM follows WHERE follower_id = ? LIMIT ?",
+    "follower_counts": "SELECT user_id, follower_count FROM user_stats WHERE user_id IN ?",
 }
 MAX_BUCKETS_PER_PAGE = 64
 
@@ -175,6 +176,14 @@ class GraphStore:
     async def following_ids(self, user_id: int, limit: int) -> list[int]:
         rows = await self._cql.execute(self._q["following_ids"], (user_id, limit))
         return [r.followee_id for r in rows]
+
+    async def follower_counts(self, user_ids: Sequence[int]) -> dict[int, int]:
+        """Follower counts in one query per 100 ids (the read path needs nothing else)."""
+        ids = list(user_ids)
+        chunks = await asyncio.gather(
+            *(self._cql.execute(self._q["follower_counts"], (ids[i : i + 100],)) for i in range(0, len(ids), 100))
+        )
+        return {r.user_id: r.follower_count or 0 for rows in chunks for r in rows}
 
 
 def _utc(value: datetime) -> datetime:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
 
+from common import server
 from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_redis, redis_ping
 from common.logs import setup_logging
 from common.server import Wiring, serve
@@ -40,7 +39,7 @@ async def run(cfg: rank_config.RankConfig) -> None:
 def main() -> None:
     cfg = rank_config.load()
     setup_logging(cfg.common.service, cfg.common.log_level)
-    asyncio.run(run(cfg))
+    server.run(run(cfg))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from confluent_kafka import Message
 from prometheus_client import Gauge, Histogram
 
+from common import server
 from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_redis, redis_ping
 from common.clients import Peers
 from common.events import LikeEvent
@@ -118,7 +119,7 @@ async def run(cfg: rank_config.RankConfig) -> None:
 def main() -> None:
     cfg = rank_config.load()
     setup_logging("rank_worker", cfg.common.log_level)
-    asyncio.run(run(cfg))
+    server.run(run(cfg))
 
 
 if __name__ == "__main__":

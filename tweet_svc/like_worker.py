@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from confluent_kafka import Message
 from prometheus_client import Counter
 
+from common import server
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.events import LikeEvent
 from common.kafka import TOPIC_LIKES, BatchConsumer
@@ -102,7 +103,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
 def main() -> None:
     cfg = tweet_config.load()
     setup_logging("like_worker", cfg.common.log_level)
-    asyncio.run(run(cfg))
+    server.run(run(cfg))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 from chirp.tweet.v1 import tweet_pb2, tweet_pb2_grpc
 
+from common import server
 from common.cache import connect_redis
 from common.clients import Peers
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
@@ -64,7 +63,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
 def main() -> None:
     cfg = tweet_config.load()
     setup_logging(cfg.common.service, cfg.common.log_level)
-    asyncio.run(run(cfg))
+    server.run(run(cfg))
 
 
 if __name__ == "__main__":

@@ -424,13 +424,15 @@ def test_crossing_the_celebrity_threshold_loses_nothing(edge: httpx.Client, rds:
     for fan in early:
         wait_feed(edge, fan, equals([t1["tweet_id"]]), f"{fan.username} never saw T1")
 
-    # One more follower: now a celebrity, so the next tweet is pulled.
+    # One more follower: now a celebrity, so the next tweet is pulled. The fan-out
+    # worker registers the crossing when it handles the follow or the tweet, so T2
+    # shows up within the fan-out lag (not necessarily at once), and is not pushed.
     follow(edge, last, author.user_id)
     assert follower_count(edge, author.user_id) == CELEBRITY_THRESHOLD
     t2 = post_tweet(edge, author, "pulled: at the threshold")
     both = [t2["tweet_id"], t1["tweet_id"]]
     for fan in fans:
-        assert feed_ids(edge, fan) == both, f"{fan.username} does not see T2 at once after the threshold was crossed"
+        wait_feed(edge, fan, equals(both), f"{fan.username} never saw T2 after the threshold was crossed")
     wait_fanout_caught_up()
     for fan in fans:
         assert t2["tweet_id"] not in pushed(rds, fan.user_id), f"T2 was pushed to tl:{fan.user_id}"
