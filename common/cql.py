@@ -63,15 +63,24 @@ class CqlSession:
         return await loop.run_in_executor(None, self._session.prepare, query)
 
     async def execute(self, statement: Any, params: Sequence[Any] | None = None) -> list[Any]:
-        """Run one statement; returns the rows (callers bound results with LIMIT)."""
+        """Run one statement; returns all its rows (callers bound results with LIMIT).
+
+        The driver hands rows over in pages of `fetch_size` (5000); every page is
+        fetched, so a LIMIT above that is honoured rather than silently cut short.
+        """
         future: ResponseFuture = self._session.execute_async(
             statement, params, timeout=deadlines.timeout(self._default_timeout)
         )
         loop = asyncio.get_running_loop()
         result: asyncio.Future[list[Any]] = loop.create_future()
+        collected: list[Any] = []
 
         def on_rows(rows: list[Any]) -> None:
-            loop.call_soon_threadsafe(_settle, result, rows, None)
+            collected.extend(rows or [])
+            if future.has_more_pages:
+                future.start_fetching_next_page()  # calls on_rows again with the next page
+            else:
+                loop.call_soon_threadsafe(_settle, result, collected, None)
 
         def on_error(exc: BaseException) -> None:
             loop.call_soon_threadsafe(_settle, result, None, exc)
