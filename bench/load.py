@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -33,6 +34,10 @@ class Stats:
     p99_ms: float
     p999_ms: float
     max_ms: float
+    # CPU time the whole local stack (services, workers, Envoy, Cassandra, Kafka,
+    # Redis) spent per successful request during the run; steadier than latency
+    # on a shared machine, so it is what before/after comparisons quote.
+    stack_cpu_ms_per_req: float | None = None
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +66,28 @@ def stats(offered: float, elapsed: float, latencies_ms: list[float], ok: list[bo
     )
 
 
+def stack_cpu_seconds() -> float:
+    """utime + stime of every process `make up` started (from its pid files)."""
+    total_ticks = 0
+    for pid_file in (ROOT / ".state" / "run").glob("*.json"):
+        pid = json.loads(pid_file.read_text())["pid"]
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # not running
+        total_ticks += int(fields[11]) + int(fields[12])
+    return total_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def with_cpu(run: Stats, cpu_before: float) -> Stats:
+    good = run.requests - run.errors
+    if good > 0:
+        run.stack_cpu_ms_per_req = round((stack_cpu_seconds() - cpu_before) * 1000 / good, 2)
+    return run
+
+
 def http_load(targets: list[dict[str, Any]], rate: float, seconds: float) -> Stats:
+    cpu_before = stack_cpu_seconds()
     with tempfile.TemporaryDirectory() as tmp:
         targets_path, out = Path(tmp) / "targets.json", Path(tmp) / "out.json"
         targets_path.write_text(json.dumps(targets))
@@ -83,13 +109,14 @@ def http_load(targets: list[dict[str, Any]], rate: float, seconds: float) -> Sta
     statuses = result["statuses"]
     ok = [200 <= s < 300 for s in statuses]
     latencies = [us / 1000 for us, s in zip(result["latencies_us"], statuses, strict=True) if s != -1]
-    return stats(rate, result["duration_s"], latencies, ok)
+    return with_cpu(stats(rate, result["duration_s"], latencies, ok), cpu_before)
 
 
 def grpc_load(
     call: str, data: dict[str, Any], metadata: dict[str, str], target: str, rate: float, seconds: float
 ) -> Stats:
     """ghz takes one metadata set per run, so the gRPC load acts as one user."""
+    cpu_before = stack_cpu_seconds()
     with tempfile.TemporaryDirectory() as tmp:
         meta_path, out = Path(tmp) / "metadata.json", Path(tmp) / "out.csv"
         meta_path.write_text(json.dumps(metadata))
@@ -107,4 +134,4 @@ def grpc_load(
         rows = list(csv.DictReader(lines))
     latencies = [float(r["duration (ms)"]) for r in rows]
     ok = [r["status"] == "OK" for r in rows]
-    return stats(rate, seconds, latencies, ok)
+    return with_cpu(stats(rate, seconds, latencies, ok), cpu_before)

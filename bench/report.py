@@ -30,14 +30,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['machine']['instances']} instances per service; graph: {results['seed']['users']} users, "
         f"{results['seed']['edges']} follows, {results['seed']['tweets']} seeded tweets.",
         "",
-        "| scenario | offered req/s | achieved req/s | errors | p50 ms | p90 ms | p99 ms | p99.9 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | offered req/s | achieved req/s | errors | p50 ms | p90 ms | p99 ms | p99.9 ms "
+        "| stack CPU ms/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, title in LOAD_SCENARIOS.items():
         for row in scenarios.get(key, []):
             lines.append(
                 f"| {title} | {row['offered_rps']:.0f} | {row['achieved_rps']:.0f} | {row['errors']} | "
-                f"{row['p50_ms']} | {row['p90_ms']} | {row['p99_ms']} | {row['p999_ms']} |"
+                f"{row['p50_ms']} | {row['p90_ms']} | {row['p99_ms']} | {row['p999_ms']} | "
+                f"{row.get('stack_cpu_ms_per_req') or '-'} |"
             )
     if "c_fanout_lag" in scenarios:
         c = scenarios["c_fanout_lag"]

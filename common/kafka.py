@@ -161,3 +161,24 @@ class BatchConsumer:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def group_offsets(
+    bootstrap: str, group: str, topics: Sequence[str], timeout: float = 5.0
+) -> dict[str, tuple[int, int]]:
+    """For each "topic[partition]": (where consumer group `group` has committed to,
+    the partition's end). Read from the outside, without joining the group."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+        ]
+        offsets: dict[str, tuple[int, int]] = {}
+        for tp in consumer.committed(partitions, timeout=timeout):
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            offsets[f"{tp.topic}[{tp.partition}]"] = (max(tp.offset, low), high)
+        return offsets
+    finally:
+        consumer.close()

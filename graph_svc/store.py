@@ -129,14 +129,14 @@ class GraphStore:
         batch.add(self._q["add_following"], (follower, at, followee))
         batch.add(self._q["add_follower"], (followee, bucket, at, follower))
         batch.add(self._q["add_bucket"], (followee, bucket))
-        batch.add(*self._outbox.insert(event))
+        self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
 
     async def delete_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
         batch = BatchStatement(batch_type=BatchType.LOGGED)
         batch.add(self._q["del_following"], (follower, at, followee))
         batch.add(self._q["del_follower"], (followee, bucket_of(_ms(at)), at, follower))
-        batch.add(*self._outbox.insert(event))
+        self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
 
     async def count_follow(self, follower: int, followee: int, delta: int) -> None:

@@ -74,7 +74,7 @@ class TweetStore:
         )
         batch.add(self._q["insert_user_tweet"], (tweet.author_id, bucket, tweet.tweet_id))
         batch.add(self._q["insert_bucket"], (tweet.author_id, bucket))
-        batch.add(*self._outbox.insert(event))
+        self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
 
     async def delete_tweet(self, tweet: TweetRecord, event: Event) -> None:
@@ -83,7 +83,7 @@ class TweetStore:
         batch.add(self._q["delete_tweet"], (tweet.tweet_id,))
         batch.add(self._q["delete_user_tweet"], (tweet.author_id, bucket, tweet.tweet_id))
         batch.add(self._q["delete_likes"], (tweet.tweet_id,))
-        batch.add(*self._outbox.insert(event))
+        self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
 
     async def bodies(self, tweet_ids: Sequence[int]) -> dict[int, TweetRecord]:

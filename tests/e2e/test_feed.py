@@ -23,9 +23,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from confluent_kafka import Consumer, TopicPartition
 
-from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS
+from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, group_offsets
 from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
 from tests.conftest import CELEBRITY_THRESHOLD, KAFKA, RANK_INTERVAL_SECONDS, REDIS_URL
 from tests.e2e.test_users import assert_error
@@ -159,27 +158,14 @@ def wait_pushed(rds: redis.Redis, user_ids: Sequence[str], tweet_ids: Sequence[s
 def wait_fanout_caught_up(deadline: float = FANOUT_DEADLINE) -> None:
     """Wait until the fan-out worker group has committed (i.e. applied) every tweet
     and follow event that is on Kafka now, on every partition."""
-    consumer = Consumer({"bootstrap.servers": KAFKA, "group.id": FANOUT_GROUP, "enable.auto.commit": False})
-    try:
-        partitions: list[TopicPartition] = []
-        for topic in (TOPIC_TWEETS, TOPIC_FOLLOWS):
-            meta = consumer.list_topics(topic, timeout=5)
-            partitions += [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
-        ends: dict[tuple[str, int], tuple[int, int]] = {
-            (tp.topic, tp.partition): consumer.get_watermark_offsets(tp, timeout=5, cached=False) for tp in partitions
-        }
+    topics = [TOPIC_TWEETS, TOPIC_FOLLOWS]
+    ends = {p: end for p, (_, end) in group_offsets(KAFKA, FANOUT_GROUP, topics).items()}
 
-        def behind() -> list[str]:
-            lagging = []
-            for tp in consumer.committed(partitions, timeout=5):
-                low, high = ends[(tp.topic, tp.partition)]
-                if high > low and tp.offset < high:
-                    lagging.append(f"{tp.topic}[{tp.partition}] committed {tp.offset} < {high}")
-            return lagging
+    def behind() -> list[str]:
+        now = group_offsets(KAFKA, FANOUT_GROUP, topics)
+        return [f"{p} committed {now[p][0]} < {end}" for p, end in ends.items() if now[p][0] < end]
 
-        eventually(behind, lambda lag: not lag, "fan-out worker has not applied every event", deadline=deadline)
-    finally:
-        consumer.close()
+    eventually(behind, lambda lag: not lag, "fan-out worker has not applied every event", deadline=deadline)
 
 
 def trending(edge: httpx.Client, **params: int) -> list[Tweet]:
