@@ -66,16 +66,25 @@ def stats(offered: float, elapsed: float, latencies_ms: list[float], ok: list[bo
     )
 
 
+def _with_children(pid: str) -> list[str]:
+    """The process and its children (Envoy runs under a small supervisor)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *children]
+
+
 def stack_cpu_seconds() -> float:
     """utime + stime of every process `make up` started (from its pid files)."""
     total_ticks = 0
     for pid_file in (ROOT / ".state" / "run").glob("*.json"):
-        pid = json.loads(pid_file.read_text())["pid"]
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # not running
-        total_ticks += int(fields[11]) + int(fields[12])
+        for pid in _with_children(json.loads(pid_file.read_text())["pid"]):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # not running
+            total_ticks += int(fields[11]) + int(fields[12])
     return total_ticks / os.sysconf("SC_CLK_TCK")
 
 

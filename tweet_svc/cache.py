@@ -1,7 +1,15 @@
-"""Tweet bodies cached in Redis (cache-aside). A body never changes, so it can
-be cached for minutes; like counts are not cached (they come from the CQL
-store on every read). A delete leaves a short-lived marker, so no reader can
-be served a deleted tweet from the cache."""
+"""Tweet bodies and like counts cached in Redis.
+
+A body never changes, so it is cached for minutes (cache-aside). A delete
+leaves a short-lived marker, so no reader can be served a deleted tweet from
+the cache.
+
+Like counts are written through by the like worker right after each CQL
+write, and filled by readers only where absent (SET NX): a reader that read
+the store just before a like was applied can never overwrite the newer count
+the worker put there. A short TTL bounds staleness should the worker's write
+to Redis fail while Redis keeps its data.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +31,10 @@ def _key(tweet_id: int) -> str:
     return f"tw:{tweet_id}"
 
 
+def _count_key(tweet_id: int) -> str:
+    return f"lc:{tweet_id}"
+
+
 def _encode(tweet: TweetRecord) -> bytes:
     created_ms = int(tweet.created_at.timestamp() * 1000)
     return json.dumps([tweet.author_id, tweet.author_username, tweet.text, created_ms], ensure_ascii=False).encode()
@@ -35,10 +47,11 @@ def _decode(tweet_id: int, raw: bytes) -> TweetRecord:
 
 
 class TweetCache(Tolerant):
-    def __init__(self, redis: aioredis.Redis, ttl_seconds: float) -> None:
+    def __init__(self, redis: aioredis.Redis, ttl_seconds: float, count_ttl_seconds: float = 30.0) -> None:
         super().__init__()
         self._redis = redis
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
+        self._count_ttl_ms = max(1, int(count_ttl_seconds * 1000))
 
     @tolerant(({}, set()))
     async def get(self, tweet_ids: Sequence[int]) -> tuple[dict[int, TweetRecord], set[int]]:
@@ -70,3 +83,33 @@ class TweetCache(Tolerant):
     @tolerant(None)
     async def mark_deleted(self, tweet_id: int) -> None:
         await self._redis.set(_key(tweet_id), DELETED, px=self._ttl_ms)
+
+    # ---- like counts ------------------------------------------------------------------
+
+    @tolerant({})
+    async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
+        """Cached counts; absent ids are misses."""
+        if not tweet_ids:
+            return {}
+        values = await self._redis.mget([_count_key(t) for t in tweet_ids])
+        return {t: int(v) for t, v in zip(tweet_ids, values, strict=True) if v is not None}
+
+    @tolerant(None)
+    async def fill_like_counts(self, counts: dict[int, int]) -> None:
+        """A reader's fill: only where no count is cached (never over a newer one)."""
+        if not counts:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tweet_id, count in counts.items():
+                pipe.set(_count_key(tweet_id), count, px=self._count_ttl_ms, nx=True)
+            await pipe.execute()
+
+    @tolerant(None)
+    async def set_like_counts(self, counts: dict[int, int]) -> None:
+        """The like worker's write-through, right after the store has these counts."""
+        if not counts:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tweet_id, count in counts.items():
+                pipe.set(_count_key(tweet_id), count, px=self._count_ttl_ms)
+            await pipe.execute()

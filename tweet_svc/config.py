@@ -21,6 +21,7 @@ class TweetConfig:
     like_ack_timeout_ms: int
     # How long a tweet body stays cached in Redis (bodies never change).
     tweet_cache_seconds: float
+    like_count_cache_seconds: float
     # Like worker: most events applied per batch, and how long to wait to fill one.
     like_batch_size: int
     like_batch_wait_ms: int
@@ -33,6 +34,7 @@ def load(env: Mapping[str, str] = os.environ) -> TweetConfig:
         tweet_target=env_str(env, "CHIRP_TWEET_TARGET", "ipv4:127.0.0.1:50061,127.0.0.1:50062"),
         like_ack_timeout_ms=env_int(env, "CHIRP_LIKE_ACK_TIMEOUT_MS", 3000, minimum=100),
         tweet_cache_seconds=env_float(env, "CHIRP_TWEET_CACHE_SECONDS", 300.0),
+        like_count_cache_seconds=env_float(env, "CHIRP_LIKE_COUNT_CACHE_SECONDS", 30.0),
         like_batch_size=env_int(env, "CHIRP_LIKE_BATCH_SIZE", 500, minimum=1),
         like_batch_wait_ms=env_int(env, "CHIRP_LIKE_BATCH_WAIT_MS", 200, minimum=1),
     )

@@ -147,7 +147,13 @@ class Tweets:
             await self._cache.put(list(loaded.values()))
             cached.update(loaded)
         present = [t for t in tweet_ids if t in cached]
-        counts = await self._store.like_counts(present)
+        counts = await self._cache.like_counts(present)
+        uncounted = [t for t in present if t not in counts]
+        if uncounted:
+            stored = await self._store.like_counts(uncounted)
+            stored = {t: stored.get(t, 0) for t in uncounted}
+            await self._cache.fill_like_counts(stored)
+            counts.update(stored)
         return [replace(cached[t], like_count=counts.get(t, 0)) for t in present]
 
     def _tweet_event(self, kind: str, tweet: TweetRecord) -> Event:

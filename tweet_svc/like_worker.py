@@ -16,6 +16,7 @@ from confluent_kafka import Message
 from prometheus_client import Counter
 
 from common import server
+from common.cache import connect_redis
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.events import LikeEvent
 from common.kafka import TOPIC_LIKES, BatchConsumer
@@ -24,6 +25,7 @@ from common.outbox import Outbox
 from common.server import Wiring, serve
 from common.worker import ConsumerLoop
 from tweet_svc import config as tweet_config
+from tweet_svc.cache import TweetCache
 from tweet_svc.likes import fold
 from tweet_svc.store import TweetStore
 
@@ -36,10 +38,12 @@ APPLIED = Counter("chirp_likes_applied_total", "Like/unlike events that changed 
 
 
 class LikeApplier:
-    """Applies one batch of like events: per tweet, fold by version, write conditionally."""
+    """Applies one batch of like events: per tweet, fold by version, write
+    conditionally, then write the new count through to the cache readers use."""
 
-    def __init__(self, store: TweetStore) -> None:
+    def __init__(self, store: TweetStore, cache: TweetCache | None) -> None:
         self._store = store
+        self._cache = cache
 
     async def __call__(self, messages: Sequence[Message]) -> None:
         by_tweet: dict[int, list[LikeEvent]] = defaultdict(list)
@@ -61,14 +65,20 @@ class LikeApplier:
                 return
             if await self._store.write_likes(tweet_id, stored_count, max(0, count), changed):
                 APPLIED.inc(len(changed))
+                if self._cache is not None:
+                    await self._cache.set_like_counts({tweet_id: max(0, count)})
                 return
         raise RuntimeError(f"could not apply likes of tweet {tweet_id}: too much contention")
 
 
 def like_loop(
-    store: TweetStore, consumer_factory: Callable[[], BatchConsumer], batch_size: int, wait_seconds: float
+    store: TweetStore,
+    consumer_factory: Callable[[], BatchConsumer],
+    batch_size: int,
+    wait_seconds: float,
+    cache: TweetCache | None = None,
 ) -> ConsumerLoop:
-    return ConsumerLoop(GROUP, consumer_factory, LikeApplier(store), batch_size, wait_seconds)
+    return ConsumerLoop(GROUP, consumer_factory, LikeApplier(store, cache), batch_size, wait_seconds)
 
 
 async def run(cfg: tweet_config.TweetConfig) -> None:
@@ -76,16 +86,19 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     cql = await CqlSession.connect(common.cql_hosts, common.cql_port, common.cql_keyspace, common.cql_timeout_seconds)
     store = TweetStore(cql, Outbox(cql, None))  # the worker writes no events
     await store.prepare()
+    redis = connect_redis(common.redis_url)
     loop = like_loop(
         store,
         lambda: BatchConsumer(common.kafka_bootstrap, GROUP, [TOPIC_LIKES], f"like-worker-{common.instance_id}"),
         cfg.like_batch_size,
         cfg.like_batch_wait_ms / 1000,
+        TweetCache(redis, cfg.tweet_cache_seconds, cfg.like_count_cache_seconds),
     )
 
     async def close() -> None:
         loop.close()
         cql.close()
+        await redis.aclose()
 
     await serve(
         common,
