@@ -12,9 +12,11 @@ idempotent, so a re-delivered event changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 FOLLOW_BACKFILL = 20  # recent tweets of a newly followed account
 UNFOLLOW_SWEEP = 200  # recent tweets removed on unfollow
 CROSSING_BACKFILL = 50  # recent tweets pushed when an account stops being a celebrity
+KEYS_AT_ONCE = 32  # authors (or followers) whose events one worker applies concurrently
 
 LAG = Histogram(
     "chirp_fanout_lag_seconds",
@@ -68,7 +71,11 @@ class Fanout:
         self._threshold = celebrity_threshold
 
     async def __call__(self, messages: Sequence[Message]) -> None:
-        """Apply a batch in order (events about one author or follower arrive in order)."""
+        """Apply a batch. Events with the same key (one author's tweets, one user's
+        follows) are applied in their order on the partition; different keys run
+        concurrently, up to KEYS_AT_ONCE, so one author's large fan-out does not
+        hold up everybody else's tweets behind it."""
+        by_key: dict[tuple[str, bytes], list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         for msg in messages:
             try:
                 event = json.loads(msg.value() or b"")
@@ -76,8 +83,18 @@ class Fanout:
             except (ValueError, KeyError, TypeError):
                 log.error("skipping malformed event", extra={"topic": msg.topic(), "offset": msg.offset()})
                 continue
-            await self.handle(kind, event)
-            EVENTS.labels(kind).inc()
+            by_key[(str(msg.topic()), bytes(msg.key() or b""))].append((kind, event))
+        limit = asyncio.Semaphore(KEYS_AT_ONCE)
+
+        async def in_order(events: list[tuple[str, dict[str, Any]]]) -> None:
+            async with limit:
+                for kind, event in events:
+                    await self.handle(kind, event)
+                    EVENTS.labels(kind).inc()
+
+        async with asyncio.TaskGroup() as group:  # one failure cancels the rest; the batch is re-applied
+            for events in by_key.values():
+                group.create_task(in_order(events))
 
     async def handle(self, kind: str, event: dict[str, Any]) -> None:
         if kind == "tweet_created":
