@@ -320,7 +320,8 @@ def test_flushall_loses_no_timeline_entry(edge: httpx.Client, rds: redis.Redis) 
     full_before = feed(edge, me)
 
     assert rds.flushall() is True
-    assert rds.dbsize() == 0
+    # (Other keys may reappear at once: workers keep writing trending and like counts.)
+    assert not rds.exists(f"tl:{me.user_id}", f"fo:{me.user_id}", "celebrities")
     assert feed(edge, me) == full_before
     # Rebuilt from the CQL store: the pushed entries are back in Redis.
     assert pushed(rds, me.user_id) >= set(pushed_ids)
