@@ -51,8 +51,8 @@ def markdown(results: dict[str, Any]) -> str:
         r = d["follower_reads"]
         lines += ["", f"(d) celebrity with {d['celebrity_followers']} followers posts ({d['post_ms']} ms, nothing "
                   f"pushed); a follower sees it after {d['visible_to_a_follower_ms']} ms (pulled; celebrity cache "
-                  f"{'≤'}5 s), {d['sampled_followers_seeing_it_after']} sampled followers see it then; follower "
-                  f"reads at {r['offered_rps']:.0f}/s: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['errors']} errors."]  # fmt: skip
+                  f"{'≤'}5 s), {d['sampled_followers_seeing_it_after']} of a random sample of seeded readers "
+                  f"see it then (not all of them follow it); reads by 300 readers at {r['offered_rps']:.0f}/s: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['errors']} errors."]  # fmt: skip
     if "f_baseline" in scenarios:
         f = scenarios["f_baseline"]
         lines += ["", f"(f) raw Redis + CQL calls of one cached home-feed read from Python: p50 {f['p50_ms']} ms, "

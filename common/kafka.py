@@ -109,7 +109,9 @@ class BatchConsumer:
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
                 "session.timeout.ms": 10000,
-                "max.poll.interval.ms": 60000,
+                # A batch may hold a large fan-out (minutes in push-everything
+                # mode); past this the member is dropped and its batch re-applied.
+                "max.poll.interval.ms": 300000,
             }
         )
         self._consumer.subscribe(list(topics))
@@ -151,9 +153,12 @@ class BatchConsumer:
         """
         total = 0
         for tp in self._consumer.assignment():
-            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0:  # nothing fetched from this partition yet
-                _low, high = self._consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+            try:
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:  # nothing fetched from this partition yet
+                    _low, high = self._consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+            except KafkaException:  # e.g. just assigned in a rebalance: count it next time
+                continue
             position = self._consumer.position([tp])[0].offset
             if position >= 0:
                 total += max(0, high - position)

@@ -75,9 +75,9 @@ class ConsumerLoop:
                 await self.run_once()
                 FAILURES.labels(self.group).set(0)
                 now = asyncio.get_running_loop().time()
-                if now >= lag_due:  # a broker round trip per partition: not on every batch
-                    LAG.labels(self.group).set(await self.lag())
+                if now >= lag_due:  # not on every batch
                     lag_due = now + LAG_INTERVAL_SECONDS
+                    LAG.labels(self.group).set(await self.lag())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # resume from the last committed offsets (logged with its traceback)
