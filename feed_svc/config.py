@@ -25,9 +25,11 @@ class FeedConfig:
     following_cache_seconds: float
     graph_target: str
     tweet_target: str
-    # Fan-out worker: events per batch, and CQL writes in flight at once.
+    # Fan-out worker: events per batch, CQL writes in flight at once, and
+    # authors (or followers) whose events are applied at the same time.
     fanout_batch_size: int
     fanout_concurrency: int
+    fanout_keys_at_once: int
 
 
 STRATEGIES = {"hybrid", "push", "pull"}
@@ -53,4 +55,5 @@ def load(env: Mapping[str, str] = os.environ) -> FeedConfig:
         tweet_target=env_str(env, "CHIRP_TWEET_TARGET", "ipv4:127.0.0.1:50061,127.0.0.1:50062"),
         fanout_batch_size=env_int(env, "CHIRP_FANOUT_BATCH_SIZE", 200, minimum=1),
         fanout_concurrency=env_int(env, "CHIRP_FANOUT_CONCURRENCY", 64, minimum=1),
+        fanout_keys_at_once=env_int(env, "CHIRP_FANOUT_KEYS_AT_ONCE", 4, minimum=1),
     )

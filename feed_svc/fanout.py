@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 FOLLOW_BACKFILL = 20  # recent tweets of a newly followed account
 UNFOLLOW_SWEEP = 200  # recent tweets removed on unfollow
 CROSSING_BACKFILL = 50  # recent tweets pushed when an account stops being a celebrity
-KEYS_AT_ONCE = 32  # authors (or followers) whose events one worker applies concurrently
 
 LAG = Histogram(
     "chirp_fanout_lag_seconds",
@@ -62,6 +61,7 @@ class Fanout:
         follower_page: FollowerPage,
         recent_ids: RecentIds,
         celebrity_threshold: int,
+        keys_at_once: int = 4,
     ) -> None:
         self._cache = cache
         self._store = store
@@ -69,12 +69,14 @@ class Fanout:
         self._follower_page = follower_page
         self._recent_ids = recent_ids
         self._threshold = celebrity_threshold
+        self._keys_at_once = keys_at_once
 
     async def __call__(self, messages: Sequence[Message]) -> None:
         """Apply a batch. Events with the same key (one author's tweets, one user's
         follows) are applied in their order on the partition; different keys run
-        concurrently, up to KEYS_AT_ONCE, so one author's large fan-out does not
-        hold up everybody else's tweets behind it."""
+        concurrently, up to CHIRP_FANOUT_KEYS_AT_ONCE, so one author's large fan-out
+        does not hold up everybody else's tweets; the bound keeps this background
+        work from starving the request path where they share machines."""
         by_key: dict[tuple[str, bytes], list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         for msg in messages:
             try:
@@ -84,7 +86,7 @@ class Fanout:
                 log.error("skipping malformed event", extra={"topic": msg.topic(), "offset": msg.offset()})
                 continue
             by_key[(str(msg.topic()), bytes(msg.key() or b""))].append((kind, event))
-        limit = asyncio.Semaphore(KEYS_AT_ONCE)
+        limit = asyncio.Semaphore(self._keys_at_once)
 
         async def in_order(events: list[tuple[str, dict[str, Any]]]) -> None:
             async with limit:

@@ -29,6 +29,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         parts.peers.follower_page,
         parts.peers.recent_ids,
         cfg.celebrity_threshold,
+        cfg.fanout_keys_at_once,
     )
     loop = ConsumerLoop(
         GROUP,
