@@ -97,7 +97,7 @@ check: $(VENV)/.stamp
 
 # Tests run against a stack started with quick settings: a low celebrity
 # threshold and a fast trending job, so both behaviours show within seconds.
-TEST_ENV := CHIRP_CELEBRITY_THRESHOLD=3 CHIRP_RANK_INTERVAL_SECONDS=2 CHIRP_CELEBRITY_CACHE_SECONDS=1
+TEST_ENV := CHIRP_CELEBRITY_THRESHOLD=3 CHIRP_FOLLOWING_LIST_LIMIT=25 CHIRP_RANK_INTERVAL_SECONDS=2 CHIRP_CELEBRITY_CACHE_SECONDS=1
 
 test: deps
 	$(TEST_ENV) $(PY) -m infra.stack up

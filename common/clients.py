@@ -49,12 +49,14 @@ class Peers:
         self._graph = graph_pb2_grpc.GraphServiceStub(self._graph_channel)
         self._tweet = tweet_pb2_grpc.TweetServiceStub(self._tweet_channel)
 
-    async def following_ids(self, user_id: int) -> list[tuple[int, int]]:
+    async def following_ids(self, user_id: int, among: Sequence[int] = ()) -> tuple[list[tuple[int, int]], bool]:
+        """(followed id, follower count) pairs and whether the listing stopped at graph_svc's limit;
+        with `among`, only which of those ids the user follows."""
         reply = await self._graph.ListFollowingIds(
-            graph_pb2.ListFollowingIdsRequest(user_id=user_id),
+            graph_pb2.ListFollowingIdsRequest(user_id=user_id, among_user_ids=list(among)),
             **call_options(TIMEOUT),  # type: ignore[arg-type]
         )
-        return [(a.user_id, a.follower_count) for a in reply.accounts]
+        return [(a.user_id, a.follower_count) for a in reply.accounts], reply.truncated
 
     async def user(self, user_id: int) -> graph_pb2.User:
         reply = await self._graph.GetUser(graph_pb2.GetUserRequest(user_id=user_id), **call_options(TIMEOUT))  # type: ignore[arg-type]

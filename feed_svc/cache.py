@@ -18,6 +18,8 @@ BUILT = "built"
 
 
 CELEBRITIES = "celebrities"
+# Suffix of a cached follow list that graph_svc cut at its listing limit.
+TRUNCATED = "more"
 
 
 def _timeline(user_id: int) -> str:
@@ -96,6 +98,14 @@ class FeedCache(Tolerant):
         return {a for a, flag in zip(author_ids, flags, strict=False) if flag}
 
     @tolerant(None)
+    async def celebrities(self) -> set[int] | None:
+        """Every marked celebrity; None if the set is not loaded."""
+        members = {_text(m) for m in await self._redis.smembers(CELEBRITIES)}
+        if BUILT not in members:
+            return None
+        return {int(m) for m in members if m != BUILT}
+
+    @tolerant(None)
     async def load_celebrities(self, author_ids: set[int]) -> None:
         await self._redis.sadd(CELEBRITIES, BUILT, *[str(a) for a in author_ids])
 
@@ -108,16 +118,18 @@ class FeedCache(Tolerant):
     # ---- follow lists ----------------------------------------------------------------
 
     @tolerant(None)
-    async def following(self, user_id: int) -> list[tuple[int, int]] | None:
+    async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool] | None:
+        """A cached follow list and whether it is complete; None on a miss."""
         raw = await self._redis.get(f"fo:{user_id}")
         if raw is None:
             return None
-        text = _text(raw)
-        return [(int(a), int(c)) for a, c in (p.split(":") for p in text.split(",") if p)]
+        text, _, more = _text(raw).partition(";")
+        accounts = [(int(a), int(c)) for a, c in (p.split(":") for p in text.split(",") if p)]
+        return accounts, more != TRUNCATED
 
     @tolerant(None)
-    async def set_following(self, user_id: int, accounts: Sequence[tuple[int, int]]) -> None:
-        value = ",".join(f"{a}:{c}" for a, c in accounts)
+    async def set_following(self, user_id: int, accounts: Sequence[tuple[int, int]], complete: bool) -> None:
+        value = ",".join(f"{a}:{c}" for a, c in accounts) + ("" if complete else f";{TRUNCATED}")
         await self._redis.set(f"fo:{user_id}", value, px=self._following_ttl)
 
     async def drop_following(self, user_id: int) -> None:

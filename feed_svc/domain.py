@@ -25,6 +25,7 @@ from feed_svc.timeline import decode_cursor, encode_cursor, merge
 CELEBRITY_CACHE_DEPTH = 50  # recent ids cached per celebrity
 MAX_CELEBRITIES_PER_READ = 500
 MAX_ROUNDS = 4  # refills when filtering leaves a page short
+AMONG_PER_CALL = 1000  # ids per "which of these does the user follow" call to graph_svc
 
 TIMELINE_READS = Counter("chirp_timeline_cache_total", "Home timeline reads by Redis outcome.", ["result"])
 CELEBRITY_PULLS = Histogram(
@@ -35,8 +36,9 @@ CELEBRITY_PULLS = Histogram(
 
 # (author ids, before tweet id or 0, limit per author) -> [(tweet id, author id)]
 RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]]
-# user id -> [(followed user id, their follower count)]
-FollowingIds = Callable[[int], Awaitable[list[tuple[int, int]]]]
+# (user id, only these accounts or () for all) -> ([(followed user id, their follower count)],
+# whether the listing stopped at graph_svc's limit)
+FollowingIds = Callable[[int, Sequence[int]], Awaitable[tuple[list[tuple[int, int]], bool]]]
 # tweet ids -> tweets (missing ones left out)
 BatchTweets = Callable[[Sequence[int]], Awaitable[list[tweet_pb2.Tweet]]]
 
@@ -70,13 +72,19 @@ class HomeFeed:
 
     async def page(self, user_id: int, page_size: int, page_token: str) -> tuple[list[tweet_pb2.Tweet], str]:
         before = decode_cursor(page_token)
-        following = await self.following(user_id)
+        following, complete = await self.following(user_id)
         allowed = {a for a, _ in following} | {user_id}
         # Cached follower counts can be up to CHIRP_FOLLOWING_CACHE_SECONDS old; the
         # registry the fan-out worker keeps is current. Pulling a non-celebrity
         # too costs a little work, never a missing tweet.
         marked = await self._celebrities_among([a for a, _ in following])
         celebrities = [a for a, count in following if count >= self._threshold or a in marked]
+        if not complete:
+            # The user follows more accounts than graph_svc lists at once: ask which of
+            # the other celebrities they follow, and below, which unknown authors.
+            others = await self._followed_among(user_id, await self._all_celebrities() - allowed)
+            allowed |= others
+            celebrities += sorted(others)
         celebrities = celebrities[:MAX_CELEBRITIES_PER_READ]
         CELEBRITY_PULLS.observe(len(celebrities))
 
@@ -94,6 +102,8 @@ class HomeFeed:
             if not candidates:
                 break
             hydrated = await self.hydrate(candidates)
+            if not complete:
+                allowed |= await self._followed_among(user_id, {t.author_id for t in hydrated.values()} - allowed)
             for tweet_id in candidates:
                 tweet = hydrated.get(tweet_id)
                 if tweet is not None and tweet.author_id in allowed:
@@ -105,13 +115,28 @@ class HomeFeed:
         token = encode_cursor(page[-1].tweet_id) if len(results) > page_size else ""
         return page, token
 
-    async def following(self, user_id: int) -> list[tuple[int, int]]:
+    async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool]:
+        """Accounts the user follows with their follower counts, and whether that is all of them."""
         cached = await self._cache.following(user_id)
         if cached is not None:
             return cached
-        accounts = await self._following_ids(user_id)
-        await self._cache.set_following(user_id, accounts)
-        return accounts
+        accounts, truncated = await self._following_ids(user_id, ())
+        await self._cache.set_following(user_id, accounts, not truncated)
+        return accounts, not truncated
+
+    async def _followed_among(self, user_id: int, candidates: set[int]) -> set[int]:
+        ids = sorted(candidates)
+        replies = await asyncio.gather(
+            *(self._following_ids(user_id, ids[i : i + AMONG_PER_CALL]) for i in range(0, len(ids), AMONG_PER_CALL))
+        )
+        return {a for accounts, _ in replies for a, _ in accounts}
+
+    async def _all_celebrities(self) -> set[int]:
+        everyone = await self._cache.celebrities()
+        if everyone is None:
+            everyone = await self._store.celebrities()
+            await self._cache.load_celebrities(everyone)
+        return everyone
 
     async def _celebrities_among(self, author_ids: list[int]) -> set[int]:
         if not author_ids:

@@ -22,6 +22,9 @@ class GraphConfig:
     # Ed25519 private key (PEM) that signs access tokens.
     token_key_file: Path
     token_ttl_seconds: int
+    # Accounts one ListFollowingIds call lists before it says "truncated" (the
+    # read path then asks about specific accounts).
+    following_list_limit: int
 
 
 def load(env: Mapping[str, str] = os.environ) -> GraphConfig:
@@ -32,4 +35,5 @@ def load(env: Mapping[str, str] = os.environ) -> GraphConfig:
         argon2_parallelism=env_int(env, "CHIRP_ARGON2_PARALLELISM", 1, minimum=1),
         token_key_file=Path(env_str(env, "CHIRP_TOKEN_KEY_FILE", ".state/keys/token_ed25519.pem")),
         token_ttl_seconds=env_int(env, "CHIRP_TOKEN_TTL_SECONDS", 3600, minimum=60),
+        following_list_limit=env_int(env, "CHIRP_FOLLOWING_LIST_LIMIT", 10_000, minimum=1),
     )

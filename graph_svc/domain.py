@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,6 +16,10 @@ from graph_svc.store import FollowEdge, GraphStore
 from graph_svc.tokens import TokenSigner
 
 BAD_LOGIN = "username or password is wrong"
+# Accounts one ListFollowingIds call lists by default (CHIRP_FOLLOWING_LIST_LIMIT);
+# beyond it callers ask about specific ids, at most FOLLOWING_AMONG_MAX per call.
+FOLLOWING_IDS_LIMIT = 10_000
+FOLLOWING_AMONG_MAX = 1000
 # A real hash to verify against when the username is unknown, so both failures
 # take the same time.
 _DUMMY_PASSWORD = "not-a-real-password"
@@ -52,7 +56,9 @@ class Graph:
         signer: TokenSigner,
         ids: IdGenerator,
         clock: Callable[[], datetime] = _utcnow,
+        following_ids_limit: int = FOLLOWING_IDS_LIMIT,
     ) -> None:
+        self._following_ids_limit = following_ids_limit
         self._store = store
         self._outbox = outbox
         self._passwords = passwords
@@ -174,12 +180,20 @@ class Graph:
         edges = await self._store.followers(user_id, page_size + 1, _cursor(page_token, "follower_ids"))
         return [e.user_id for e in edges[:page_size]], _next_token(edges, page_size, "follower_ids")
 
-    async def following_ids(self, user_id: int) -> list[tuple[int, int]]:
-        """(followed user id, their follower count) for everyone `user_id` follows."""
+    async def following_ids(self, user_id: int, among: Sequence[int] = ()) -> tuple[list[tuple[int, int]], bool]:
+        """(followed user id, their follower count) for the accounts `user_id` follows, and
+        whether the list stopped at the limit. With `among`, only those accounts are looked up."""
         _check_id(user_id)
-        ids = await self._store.following_ids(user_id, 10000)
+        if among:
+            if len(among) > FOLLOWING_AMONG_MAX:
+                raise InvalidArgument(f"among_user_ids takes at most {FOLLOWING_AMONG_MAX} ids", field="among_user_ids")
+            ids, truncated = await self._store.follows_among(user_id, among), False
+        else:
+            ids = await self._store.following_ids(user_id, self._following_ids_limit + 1)
+            truncated = len(ids) > self._following_ids_limit
+            ids = ids[: self._following_ids_limit]
         counts = await self._store.follower_counts(ids)
-        return [(i, counts.get(i, 0)) for i in ids]
+        return [(i, counts.get(i, 0)) for i in ids], truncated
 
     async def _page(self, edges: list[FollowEdge], page_size: int, kind: str) -> Page:
         accounts = await self._store.get_users([e.user_id for e in edges[:page_size]])

@@ -37,6 +37,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
         Passwords(cfg.argon2_memory_kib, cfg.argon2_time_cost, cfg.argon2_parallelism),
         signer,
         IdGenerator(common.instance_id),
+        following_ids_limit=cfg.following_list_limit,
     )
 
     def register(server: grpc.aio.Server) -> None:

@@ -99,7 +99,8 @@ class GraphService(graph_pb2_grpc.GraphServiceServicer):
     async def ListFollowingIds(
         self, request: graph_pb2.ListFollowingIdsRequest, context: grpc.aio.ServicerContext
     ) -> graph_pb2.ListFollowingIdsResponse:
-        followed = await self._graph.following_ids(request.user_id)
+        followed, truncated = await self._graph.following_ids(request.user_id, request.among_user_ids)
         return graph_pb2.ListFollowingIdsResponse(
-            accounts=[graph_pb2.FollowedAccount(user_id=u, follower_count=c) for u, c in followed]
+            accounts=[graph_pb2.FollowedAccount(user_id=u, follower_count=c) for u, c in followed],
+            truncated=truncated,
         )

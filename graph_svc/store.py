@@ -48,6 +48,7 @@ STATEMENTS = {
     "following_after": "SELECT followed_at, followee_id FROM following_by_time WHERE user_id = ? "
     "AND (followed_at, followee_id) < (?, ?) LIMIT ?",
     "following_ids": "SELECT followee_id FROM follows WHERE follower_id = ? LIMIT ?",
+    "follows_among": "SELECT followee_id FROM follows WHERE follower_id = ? AND followee_id IN ?",
     "follower_counts": "SELECT user_id, follower_count FROM user_stats WHERE user_id IN ?",
 }
 MAX_BUCKETS_PER_PAGE = 64
@@ -176,6 +177,14 @@ class GraphStore:
     async def following_ids(self, user_id: int, limit: int) -> list[int]:
         rows = await self._cql.execute(self._q["following_ids"], (user_id, limit))
         return [r.followee_id for r in rows]
+
+    async def follows_among(self, user_id: int, candidates: Sequence[int]) -> list[int]:
+        """Which of `candidates` the user follows: point reads in their one partition, 100 ids per query."""
+        ids = sorted(set(candidates))
+        chunks = await asyncio.gather(
+            *(self._cql.execute(self._q["follows_among"], (user_id, ids[i : i + 100])) for i in range(0, len(ids), 100))
+        )
+        return [r.followee_id for rows in chunks for r in rows]
 
     async def follower_counts(self, user_ids: Sequence[int]) -> dict[int, int]:
         """Follower counts in one query per 100 ids (the read path needs nothing else)."""

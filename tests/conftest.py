@@ -30,6 +30,7 @@ REDIS_URL = f"redis://{topology.HOST}:{topology.REDIS_PORT}/0"
 # `make test` starts the stack with these (see TEST_ENV in the Makefile).
 CELEBRITY_THRESHOLD = int(os.environ.get("CHIRP_CELEBRITY_THRESHOLD", "10000"))
 RANK_INTERVAL_SECONDS = int(os.environ.get("CHIRP_RANK_INTERVAL_SECONDS", "60"))
+FOLLOWING_LIST_LIMIT = int(os.environ.get("CHIRP_FOLLOWING_LIST_LIMIT", "10000"))
 
 
 def unique_name(prefix: str = "u") -> str:
@@ -51,7 +52,7 @@ async def cql() -> AsyncIterator[CqlSession]:
     session.close()
 
 
-async def build_graph(cql: CqlSession, ids: IdGenerator) -> Graph:
+async def build_graph(cql: CqlSession, ids: IdGenerator, following_ids_limit: int = 10_000) -> Graph:
     """graph_svc's domain wired to the real stores, as its main.py does."""
     private_key, _ = keys.ensure_keys(ROOT / ".state" / "keys")
     outbox = Outbox(cql, AsyncProducer(KAFKA, "tests"))
@@ -59,4 +60,4 @@ async def build_graph(cql: CqlSession, ids: IdGenerator) -> Graph:
     store = GraphStore(cql, outbox)
     await store.prepare()
     signer = TokenSigner.from_file(private_key, timedelta(hours=1))
-    return Graph(store, outbox, Passwords(19456, 2, 1), signer, ids)
+    return Graph(store, outbox, Passwords(19456, 2, 1), signer, ids, following_ids_limit=following_ids_limit)

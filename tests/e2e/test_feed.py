@@ -11,7 +11,7 @@ Asynchronous effects are awaited by polling with deadlines, never by a fixed
 sleep.
 
 Run with the settings `make test` starts the stack with
-(CHIRP_CELEBRITY_THRESHOLD=3, CHIRP_RANK_INTERVAL_SECONDS=2)."""
+(CHIRP_CELEBRITY_THRESHOLD=3, CHIRP_RANK_INTERVAL_SECONDS=2, CHIRP_FOLLOWING_LIST_LIMIT=25)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import redis
 
 from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, group_offsets
 from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
-from tests.conftest import CELEBRITY_THRESHOLD, KAFKA, RANK_INTERVAL_SECONDS, REDIS_URL
+from tests.conftest import CELEBRITY_THRESHOLD, FOLLOWING_LIST_LIMIT, KAFKA, RANK_INTERVAL_SECONDS, REDIS_URL
 from tests.e2e.test_users import assert_error
 from tests.e2e.test_write_path import (
     Account,
@@ -62,6 +62,7 @@ def test_run_with_the_quick_test_settings() -> None:
     """These tests depend on the quick settings; fail loudly if pytest lacks them."""
     assert CELEBRITY_THRESHOLD == 3, "run with CHIRP_CELEBRITY_THRESHOLD=3 (as `make test` does)"
     assert RANK_INTERVAL_SECONDS <= 5, "run with CHIRP_RANK_INTERVAL_SECONDS=2 (as `make test` does)"
+    assert FOLLOWING_LIST_LIMIT <= 50, "run with CHIRP_FOLLOWING_LIST_LIMIT=25 (as `make test` does)"
 
 
 def follow(edge: httpx.Client, who: Account, user_id: str) -> None:
@@ -303,6 +304,30 @@ def test_follow_brings_recent_tweets_and_unfollow_takes_them_away(edge: httpx.Cl
     wait_feed(edge, me, equals([mine["tweet_id"]]), "the unfollowed account's tweets stayed")
     wait_pushed(rds, [me.user_id], older, present=False)
     assert feed_ids(edge, me) == [mine["tweet_id"]]
+
+
+def test_following_more_accounts_than_graph_svc_lists_loses_nothing(edge: httpx.Client, rds: redis.Redis) -> None:
+    """graph_svc lists at most FOLLOWING_LIST_LIMIT followees (lowest ids first). The
+    accounts created last sort past it; their tweets must reach the reader anyway,
+    pushed (normal author) and pulled (celebrity), and leave at once on unfollow."""
+    me = new_account(edge, "big")
+    fillers = new_accounts(edge, FOLLOWING_LIST_LIMIT, "fill")
+    author, star = new_account(edge, "late"), new_account(edge, "late")
+    assert min(int(author.user_id), int(star.user_id)) > max(int(f.user_id) for f in fillers)
+    make_celebrity(edge, star, fillers[:CELEBRITY_THRESHOLD])
+    for account in [*fillers, author, star]:
+        follow(edge, me, account.user_id)
+
+    normal = post_tweet(edge, author, "from past the follow-list limit")["tweet_id"]
+    famous = post_tweet(edge, star, "a celebrity past the follow-list limit")["tweet_id"]
+    wait_feed(edge, me, has_all([normal, famous]), "tweets of accounts past the follow-list limit are missing")
+    wait_fanout_caught_up()
+    assert normal in pushed(rds, me.user_id)
+    assert famous not in pushed(rds, me.user_id)  # it came through the pull
+
+    unfollow(edge, me, author.user_id)
+    assert normal not in feed_ids(edge, me)  # filtered at once, before the worker sweeps it
+    assert famous in feed_ids(edge, me)
 
 
 # ---- Redis is a cache --------------------------------------------------------------------

@@ -1,22 +1,22 @@
-"""The CQL access layer against the real store: results bigger than one driver page."""
+"""The CQL access layer against the real store: results bigger than one driver page,
+and follow lists longer than graph_svc lists at once."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
+
 from common.cql import CqlSession
+from common.errors import InvalidArgument
 from common.ids import IdGenerator
 from tests.conftest import build_graph
 
 DRIVER_PAGE = 5000  # the driver's default fetch size
 
 
-async def test_a_user_following_more_than_one_driver_page_gets_every_followee(cql: CqlSession) -> None:
-    ids = IdGenerator(902)
-    graph = await build_graph(cql, ids)
-    follower = ids.next_id()
-    followees = sorted(ids.next_id() for _ in range(DRIVER_PAGE + 150))
+async def write_follows(cql: CqlSession, follower: int, followees: list[int]) -> None:
     insert = await cql.prepare("INSERT INTO follows (follower_id, followee_id, followed_at) VALUES (?, ?, ?)")
     now = datetime.now(UTC)
     limit = asyncio.Semaphore(64)
@@ -25,10 +25,42 @@ async def test_a_user_following_more_than_one_driver_page_gets_every_followee(cq
         async with limit:
             await cql.execute(insert, (follower, followee, now))
 
+    await asyncio.gather(*(one(f) for f in followees))
+
+
+async def test_a_user_following_more_than_one_driver_page_gets_every_followee(cql: CqlSession) -> None:
+    ids = IdGenerator(902)
+    graph = await build_graph(cql, ids)
+    follower = ids.next_id()
+    followees = sorted(ids.next_id() for _ in range(DRIVER_PAGE + 150))
+    await write_follows(cql, follower, followees)
     try:
-        await asyncio.gather(*(one(f) for f in followees))
-        listed = await graph.following_ids(follower)
+        listed, truncated = await graph.following_ids(follower)
+        assert not truncated
         assert sorted(f for f, _ in listed) == followees
         assert {count for _, count in listed} == {0}  # none of them has a user_stats row
+    finally:
+        await cql.execute("DELETE FROM follows WHERE follower_id = %s", (follower,))
+
+
+async def test_a_follow_list_past_the_limit_says_so_and_answers_about_any_account(cql: CqlSession) -> None:
+    ids = IdGenerator(903)
+    graph = await build_graph(cql, ids, following_ids_limit=100)
+    follower = ids.next_id()
+    followees = sorted(ids.next_id() for _ in range(130))
+    strangers = [ids.next_id() for _ in range(5)]
+    await write_follows(cql, follower, followees)
+    try:
+        listed, truncated = await graph.following_ids(follower)
+        assert truncated
+        assert [f for f, _ in listed] == followees[:100]
+
+        asked = followees[95:130] + strangers
+        found, truncated = await graph.following_ids(follower, asked)
+        assert not truncated
+        assert sorted(f for f, _ in found) == followees[95:130]
+
+        with pytest.raises(InvalidArgument):
+            await graph.following_ids(follower, list(range(1, 1002)))
     finally:
         await cql.execute("DELETE FROM follows WHERE follower_id = %s", (follower,))
