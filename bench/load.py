@@ -38,6 +38,8 @@ class Stats:
     # Redis) spent per successful request during the run; steadier than latency
     # on a shared machine, so it is what before/after comparisons quote.
     stack_cpu_ms_per_req: float | None = None
+    # The same split by component (feed_svc, tweet_svc, envoy, cassandra, ...), largest first.
+    cpu_ms_per_req_by_component: dict[str, float] | None = None
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,23 +77,31 @@ def _with_children(pid: str) -> list[str]:
     return [pid, *children]
 
 
-def stack_cpu_seconds() -> float:
-    """utime + stime of every process `make up` started (from its pid files)."""
-    total_ticks = 0
+def stack_cpu_seconds() -> dict[str, float]:
+    """utime + stime of every process `make up` started (from its pid files), by
+    component (instances of one service summed)."""
+    ticks: dict[str, int] = {}
     for pid_file in (ROOT / ".state" / "run").glob("*.json"):
+        component = pid_file.stem.rsplit("-", 1)[0]
         for pid in _with_children(json.loads(pid_file.read_text())["pid"]):
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue  # not running
-            total_ticks += int(fields[11]) + int(fields[12])
-    return total_ticks / os.sysconf("SC_CLK_TCK")
+            ticks[component] = ticks.get(component, 0) + int(fields[11]) + int(fields[12])
+    hz = os.sysconf("SC_CLK_TCK")
+    return {name: t / hz for name, t in ticks.items()}
 
 
-def with_cpu(run: Stats, cpu_before: float) -> Stats:
+def with_cpu(run: Stats, cpu_before: dict[str, float]) -> Stats:
     good = run.requests - run.errors
     if good > 0:
-        run.stack_cpu_ms_per_req = round((stack_cpu_seconds() - cpu_before) * 1000 / good, 2)
+        after = stack_cpu_seconds()
+        spent = {name: after[name] - cpu_before.get(name, 0.0) for name in after}
+        run.stack_cpu_ms_per_req = round(sum(spent.values()) * 1000 / good, 2)
+        run.cpu_ms_per_req_by_component = {
+            name: round(seconds * 1000 / good, 2) for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1])
+        }
     return run
 
 

@@ -41,6 +41,11 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{row['p50_ms']} | {row['p90_ms']} | {row['p99_ms']} | {row['p999_ms']} | "
                 f"{row.get('stack_cpu_ms_per_req') or '-'} |"
             )
+    split = [r for r in scenarios.get("a_feed_rest", []) if r.get("cpu_ms_per_req_by_component") and not r["errors"]]
+    if split:
+        row = split[-1]  # the highest load served without errors
+        parts = ", ".join(f"{name} {ms}" for name, ms in row["cpu_ms_per_req_by_component"].items() if ms >= 0.05)
+        lines += ["", f"Stack CPU per REST home-feed read at {row['offered_rps']:.0f} req/s, ms by component: {parts}."]
     if "c_fanout_lag" in scenarios:
         c = scenarios["c_fanout_lag"]
         lines += ["", f"(c) fan-out delivery, post to visible in a follower's feed, {c['probes']} probes under "
@@ -110,7 +115,7 @@ def plots(results: dict[str, Any], directory: Path, label: str) -> list[Path]:
     return made
 
 
-def write(results: dict[str, Any], directory: Path) -> Path:
+def write(results: dict[str, Any], directory: Path, update_doc: bool = True) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     label = results["label"]
     path = directory / f"{label}.json"
@@ -118,7 +123,7 @@ def write(results: dict[str, Any], directory: Path) -> Path:
     table = markdown(results)
     (directory / f"{label}.md").write_text(table)
     images = plots(results, directory, label)
-    if DOC.exists():
+    if update_doc and DOC.exists():
         doc = DOC.read_text()
         if START in doc and END in doc:
             links = "".join(f"\n![{p.stem}](../bench/results/{p.name})\n" for p in images)

@@ -9,6 +9,16 @@ write, and filled by readers only where absent (SET NX): a reader that read
 the store just before a like was applied can never overwrite the newer count
 the worker put there. A short TTL bounds staleness should the worker's write
 to Redis fail while Redis keeps its data.
+
+Each author's newest tweet ids (`ar:{author}`, a sorted set) serve the read
+path's "recent tweets of these authors" without the CQL store: posts add to
+the set and deletes remove from it before they are acknowledged; readers fill
+a missing or short set from the store by merging (ZADD), never replacing, so
+a fill that read the store just before a post cannot hide that post. A marker
+member says how much the set covers: ALL (every tweet of the author) or TOP
+(at least the newest RECENT_DEPTH at fill time). Sets expire after a TTL
+counted from their creation, which bounds staleness should a post's write to
+Redis fail while Redis keeps its data.
 """
 
 from __future__ import annotations
@@ -21,10 +31,16 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter
 
 from common.cache import Tolerant, tolerant
+from common.ids import id_time_ms
 from tweet_svc.store import TweetRecord
 
 DELETED = b"-"
+RECENT_DEPTH = 50  # ids a reader's fill loads per author
+ALL, TOP = "all", "top"  # coverage markers, scored +inf so they sort first
 LOOKUPS = Counter("chirp_tweet_cache_total", "Tweet body lookups by cache outcome.", ["result"])
+RECENT_LOOKUPS = Counter(
+    "chirp_author_recent_cache_total", "Authors' recent tweet id lookups by cache outcome.", ["result"]
+)
 
 
 def _key(tweet_id: int) -> str:
@@ -33,6 +49,10 @@ def _key(tweet_id: int) -> str:
 
 def _count_key(tweet_id: int) -> str:
     return f"lc:{tweet_id}"
+
+
+def _recent_key(author_id: int) -> str:
+    return f"ar:{author_id}"
 
 
 def _encode(tweet: TweetRecord) -> bytes:
@@ -47,11 +67,18 @@ def _decode(tweet_id: int, raw: bytes) -> TweetRecord:
 
 
 class TweetCache(Tolerant):
-    def __init__(self, redis: aioredis.Redis, ttl_seconds: float, count_ttl_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        ttl_seconds: float,
+        count_ttl_seconds: float = 30.0,
+        recent_ttl_seconds: float = 30.0,
+    ) -> None:
         super().__init__()
         self._redis = redis
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
         self._count_ttl_ms = max(1, int(count_ttl_seconds * 1000))
+        self._recent_ttl_ms = max(1, int(recent_ttl_seconds * 1000))
 
     @tolerant(({}, set()))
     async def get(self, tweet_ids: Sequence[int]) -> tuple[dict[int, TweetRecord], set[int]]:
@@ -113,3 +140,53 @@ class TweetCache(Tolerant):
             for tweet_id, count in counts.items():
                 pipe.set(_count_key(tweet_id), count, px=self._count_ttl_ms)
             await pipe.execute()
+
+    # ---- authors' recent tweet ids ---------------------------------------------------
+
+    @tolerant({})
+    async def recent(self, authors: Sequence[int], limit: int) -> dict[int, list[int]]:
+        """Newest-first ids of the authors whose cached set answers `limit` (at most
+        RECENT_DEPTH); the others are misses."""
+        if not authors:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for author in authors:
+                pipe.zrevrange(_recent_key(author), 0, limit + 1)  # both markers, then ids
+            replies = await pipe.execute()
+        found: dict[int, list[int]] = {}
+        for author, members in zip(authors, replies, strict=True):
+            names = [_text(m) for m in members]
+            ids = [int(m) for m in names if m not in (ALL, TOP)][:limit]
+            if ALL in names or (TOP in names and len(ids) >= limit):
+                found[author] = ids
+        RECENT_LOOKUPS.labels("hit").inc(len(found))
+        RECENT_LOOKUPS.labels("miss").inc(len(authors) - len(found))
+        return found
+
+    @tolerant(None)
+    async def fill_recent(self, recent: dict[int, list[int]]) -> None:
+        """A reader's fill with the newest RECENT_DEPTH ids it read from the store (merged in)."""
+        if not recent:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for author, ids in recent.items():
+                entries: dict[str, float] = {str(t): id_time_ms(t) for t in ids}
+                entries[ALL if len(ids) < RECENT_DEPTH else TOP] = float("inf")
+                pipe.zadd(_recent_key(author), entries)
+                pipe.pexpire(_recent_key(author), self._recent_ttl_ms, nx=True)
+            await pipe.execute()
+
+    @tolerant(None)
+    async def add_recent(self, author_id: int, tweet_id: int) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(_recent_key(author_id), {str(tweet_id): id_time_ms(tweet_id)})
+            pipe.pexpire(_recent_key(author_id), self._recent_ttl_ms, nx=True)
+            await pipe.execute()
+
+    @tolerant(None)
+    async def remove_recent(self, author_id: int, tweet_id: int) -> None:
+        await self._redis.zrem(_recent_key(author_id), str(tweet_id))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

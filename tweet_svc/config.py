@@ -22,6 +22,8 @@ class TweetConfig:
     # How long a tweet body stays cached in Redis (bodies never change).
     tweet_cache_seconds: float
     like_count_cache_seconds: float
+    # How long an author's cached recent tweet ids live (counted from creation).
+    author_recent_cache_seconds: float
     # Like worker: most events applied per batch, and how long to wait to fill one.
     like_batch_size: int
     like_batch_wait_ms: int
@@ -35,6 +37,7 @@ def load(env: Mapping[str, str] = os.environ) -> TweetConfig:
         like_ack_timeout_ms=env_int(env, "CHIRP_LIKE_ACK_TIMEOUT_MS", 3000, minimum=100),
         tweet_cache_seconds=env_float(env, "CHIRP_TWEET_CACHE_SECONDS", 300.0),
         like_count_cache_seconds=env_float(env, "CHIRP_LIKE_COUNT_CACHE_SECONDS", 30.0),
+        author_recent_cache_seconds=env_float(env, "CHIRP_AUTHOR_RECENT_CACHE_SECONDS", 30.0),
         like_batch_size=env_int(env, "CHIRP_LIKE_BATCH_SIZE", 500, minimum=1),
         like_batch_wait_ms=env_int(env, "CHIRP_LIKE_BATCH_WAIT_MS", 200, minimum=1),
     )

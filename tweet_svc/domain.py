@@ -15,7 +15,7 @@ from common.ids import IdGenerator, id_time_ms
 from common.kafka import TOPIC_LIKES, TOPIC_TWEETS, AsyncProducer
 from common.outbox import Event, Outbox
 from common.pagination import decode_token, encode_token
-from tweet_svc.cache import TweetCache
+from tweet_svc.cache import RECENT_DEPTH, TweetCache
 from tweet_svc.likes import count_after
 from tweet_svc.store import TweetRecord, TweetStore
 from tweet_svc.text import normalize_text
@@ -76,6 +76,7 @@ class Tweets:
             tweet_id = await self._store.claim_idempotency_key(author_id, idempotency_key, tweet_id)
             existing = await self.hydrate([tweet_id])
             if existing:
+                await self._cache.add_recent(author_id, tweet_id)  # should the first attempt have died before it
                 return existing[0]
             # A new key, or one whose first attempt died before writing: write
             # under the claimed id, so every retry yields the same tweet.
@@ -89,6 +90,7 @@ class Tweets:
         )
         event = self._tweet_event("tweet_created", tweet)
         await self._store.insert_tweet(tweet, event)
+        await self._cache.add_recent(author_id, tweet_id)
         self._outbox.publish_soon(event)
         return tweet
 
@@ -111,13 +113,17 @@ class Tweets:
         event = self._tweet_event("tweet_deleted", tweet)
         await self._store.delete_tweet(tweet, event)
         await self._cache.mark_deleted(tweet_id)
+        await self._cache.remove_recent(tweet.author_id, tweet_id)
         self._outbox.publish_soon(event)
 
     async def by_author(self, author_id: int, page_size: int, page_token: str) -> TweetPage:
         _check_id(author_id)
         cursor = decode_token(page_token, "tweets")
         before = _int_field(cursor, "before") if cursor else None
-        ids = await self._store.author_tweet_ids(author_id, page_size + 1, before)
+        if before is None:  # the first page, from the cached recent ids where they reach
+            ids = [t for t, _ in await self.recent_ids([author_id], 0, page_size + 1)]
+        else:
+            ids = await self._store.author_tweet_ids(author_id, page_size + 1, before)
         tweets = await self.hydrate(ids[:page_size])
         token = encode_token({"k": "tweets", "before": ids[page_size - 1]}) if len(ids) > page_size else ""
         return TweetPage(tweets, token)
@@ -127,8 +133,16 @@ class Tweets:
         if len(author_ids) > 500:
             raise InvalidArgument("at most 500 authors per call", field="author_ids")
         authors = list(dict.fromkeys(author_ids))
-        lists = await asyncio.gather(*(self._store.author_tweet_ids(a, limit, before or None) for a in authors))
-        return [(tweet_id, author) for author, ids in zip(authors, lists, strict=True) for tweet_id in ids]
+        # The newest tweets (no `before`) come from Redis where the cache answers.
+        newest = not before and limit <= RECENT_DEPTH
+        found = await self._cache.recent(authors, limit) if newest else {}
+        missing = [a for a in authors if a not in found]
+        depth = RECENT_DEPTH if newest else limit
+        lists = await asyncio.gather(*(self._store.author_tweet_ids(a, depth, before or None) for a in missing))
+        if newest:
+            await self._cache.fill_recent(dict(zip(missing, lists, strict=True)))
+        found.update((a, ids[:limit]) for a, ids in zip(missing, lists, strict=True))
+        return [(tweet_id, author) for author in authors for tweet_id in found[author]]
 
     async def set_like(self, user_id: int, tweet_id: int, liked: bool) -> int:
         """Acknowledged once the event is on Kafka (acks=all); returns the new count."""

@@ -219,6 +219,10 @@ def test_author_sees_own_tweet_at_once_following_nobody(edge: httpx.Client) -> N
     assert feed(edge, me) == [first]
     second = post_tweet(edge, me, "and another")
     assert feed(edge, me) == [second, first]
+    # A first page of 20 takes the author's recent ids from tweet_svc's cache,
+    # which the post must have updated before it was acknowledged.
+    third = post_tweet(edge, me, "and a third")
+    assert feed_page(edge, me, page_size=20)["tweets"] == [third, second, first]
 
 
 def test_mixed_timeline_is_newest_first_with_full_tweets(edge: httpx.Client) -> None:
