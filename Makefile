@@ -16,11 +16,13 @@ OPENAPI_CONFIG := protos/openapi.yaml
 OPENAPI_OPTS := allow_merge=true,merge_file_name=chirp,json_names_for_fields=false,ignore_go_package_option=true,openapi_configuration=$(OPENAPI_CONFIG)
 OUR_CODE := common graph_svc tweet_svc feed_svc rank_svc infra envoy tests bench
 
-.PHONY: help up down status clean proto check lint test test-unit deps seed bench bench-full bench-tools
+.PHONY: help up down status clean proto check lint test test-unit test-cluster chaos deps seed bench bench-full bench-tools
 
 help:
-	@echo "make up      start the whole stack (installs what it needs)"
-	@echo "make test    start the stack if needed, run unit, integration and e2e tests"
+	@echo "make up      start the whole stack (installs what it needs); CHIRP_TOPOLOGY=cluster make up for 3+3+6 store nodes"
+	@echo "make test    start the (single-node) stack if needed, run unit, integration and e2e tests"
+	@echo "make test-cluster  the tests that need the cluster topology (starts it if needed)"
+	@echo "make chaos   fault suite on the cluster topology under load; report in docs/RELIABILITY.md"
 	@echo "make check   lint (ruff, mypy, buf) and generated-code freshness"
 	@echo "make down    stop everything make up started (data is kept)"
 	@echo "make clean   stop and wipe all state (data, logs, keys)"
@@ -100,8 +102,20 @@ check: $(VENV)/.stamp
 TEST_ENV := CHIRP_CELEBRITY_THRESHOLD=3 CHIRP_FOLLOWING_LIST_LIMIT=25 CHIRP_RANK_INTERVAL_SECONDS=2 CHIRP_CELEBRITY_CACHE_SECONDS=1
 
 test: deps
-	$(TEST_ENV) $(PY) -m infra.stack up
-	$(TEST_ENV) $(PY) -m pytest tests
+	CHIRP_TOPOLOGY=single $(TEST_ENV) $(PY) -m infra.stack up
+	CHIRP_TOPOLOGY=single $(TEST_ENV) $(PY) -m pytest tests -m "not cluster"
+
+# The cluster topology: its own tests, then the fault suite (make chaos).
+CLUSTER_ENV := CHIRP_TOPOLOGY=cluster $(TEST_ENV)
+CHAOS_ARGS ?=
+
+test-cluster: deps
+	$(CLUSTER_ENV) $(PY) -m infra.stack up
+	$(CLUSTER_ENV) $(PY) -m pytest tests -m cluster
+
+chaos: deps
+	$(CLUSTER_ENV) $(PY) -m infra.stack up
+	$(CLUSTER_ENV) $(PY) -m infra.chaos $(CHAOS_ARGS)
 
 test-unit: $(VENV)/.stamp
 	$(PY) -m pytest tests/unit

@@ -56,6 +56,8 @@ class CommonConfig:
     cql_port: int
     cql_keyspace: str
     cql_timeout_seconds: float
+    cql_local_dc: str
+    cql_consistency: str
     kafka_bootstrap: str
     redis_url: str
     log_level: str
@@ -75,9 +77,23 @@ def load_common(env: Mapping[str, str], service: str, default_port: int) -> Comm
         cql_port=env_int(env, "CHIRP_CQL_PORT", 9042, minimum=1),
         cql_keyspace=env_str(env, "CHIRP_CQL_KEYSPACE", "chirp"),
         cql_timeout_seconds=env_float(env, "CHIRP_CQL_TIMEOUT_SECONDS", 2.0, minimum=0.01),
+        cql_local_dc=env_str(env, "CHIRP_CQL_LOCAL_DC", "datacenter1"),
+        cql_consistency=_consistency(env),
         kafka_bootstrap=env_str(env, "CHIRP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
         redis_url=env_str(env, "CHIRP_REDIS_URL", "redis://127.0.0.1:6379/0"),
         log_level=env_str(env, "CHIRP_LOG_LEVEL", "INFO").upper(),
         drain_seconds=env_float(env, "CHIRP_DRAIN_SECONDS", 1.0),
         shutdown_grace_seconds=env_float(env, "CHIRP_SHUTDOWN_GRACE_SECONDS", 10.0),
     )
+
+
+CONSISTENCY_LEVELS = ("LOCAL_QUORUM", "QUORUM", "LOCAL_ONE", "ONE", "EACH_QUORUM", "ALL")
+
+
+def _consistency(env: Mapping[str, str]) -> str:
+    # LOCAL_QUORUM: with RF 3 one replica down changes nothing for clients, and a
+    # quorum read sees every acknowledged quorum write.
+    value = env_str(env, "CHIRP_CQL_CONSISTENCY", "LOCAL_QUORUM").upper()
+    if value not in CONSISTENCY_LEVELS:
+        raise ConfigError(f"CHIRP_CQL_CONSISTENCY must be one of {', '.join(CONSISTENCY_LEVELS)}, got {value!r}")
+    return value

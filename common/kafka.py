@@ -18,7 +18,7 @@ KAFKA_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (KafkaException, Buf
 TOPIC_TWEETS = "chirp.tweets.v1"  # tweet created / deleted, keyed by author
 TOPIC_FOLLOWS = "chirp.follows.v1"  # follow / unfollow, keyed by follower
 TOPIC_LIKES = "chirp.likes.v1"  # like / unlike, keyed by tweet
-TOPICS: dict[str, int] = {TOPIC_TWEETS: 6, TOPIC_FOLLOWS: 6, TOPIC_LIKES: 6}
+TOPICS = (TOPIC_TWEETS, TOPIC_FOLLOWS, TOPIC_LIKES)
 
 
 class AsyncProducer:
@@ -100,11 +100,17 @@ class BatchConsumer:
     """A consumer group member that hands out batches and commits only on request."""
 
     def __init__(self, bootstrap: str, group: str, topics: Sequence[str], client_id: str) -> None:
+        """`client_id` names this member for good (static membership): a restarted
+        worker takes its partitions back without a rebalance of the group."""
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
                 "group.id": group,
                 "client.id": client_id,
+                "group.instance.id": client_id,
+                # Incremental rebalancing: members keep the partitions they have
+                # while others join or leave, so their batches are not re-applied.
+                "partition.assignment.strategy": "cooperative-sticky",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",

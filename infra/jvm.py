@@ -35,11 +35,12 @@ import subprocess
 from pathlib import Path
 from string import Template
 
+from infra.topology import CLUSTER_TOKENS, KAFKA_CONTROLLER_PORT, StoreNode
+
 LOOPBACK = "127.0.0.1"
 CQL_PORT = 9042
 CASSANDRA_STORAGE_PORT = 7000
 KAFKA_PORT = 9092
-KAFKA_CONTROLLER_PORT = 9093
 
 # Fixed KRaft cluster id (base64url of b"ChirpLocalKafka1", 16 bytes) so that a
 # re-format or a re-run always yields the same cluster.
@@ -98,10 +99,9 @@ CASSANDRA_JVM17_OPTS = (
     "--add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED",
 )
 
-# Single node, fixed token: skip the waits meant for joining a real ring.
+# Preset tokens on an empty ring: skip the waits meant for joining a real ring.
 CASSANDRA_FAST_START_OPTS = (
     "-Dcassandra.skip_wait_for_gossip_to_settle=0",
-    "-Dcassandra.initial_token=0",
     "-Dcassandra.ring_delay_ms=1000",
     "-Dcassandra.load_ring_state=false",
 )
@@ -118,6 +118,10 @@ KAFKA_JVM_OPTS = (
     "-XX:InitiatingHeapOccupancyPercent=35",
     "-XX:+ExplicitGCInvokesConcurrent",
 )
+
+# Writes arriving within this window share one commit-log fsync (group commit).
+COMMITLOG_GROUP_WINDOW = "10ms"
+COMMITLOG_ENV = "CHIRP_CQL_COMMITLOG_SYNC"  # group (default) or periodic, for measuring the difference
 
 PROBE_TIMEOUT_S = 2.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -236,6 +240,15 @@ def _classpath(jar_dir: Path) -> str:
     return f"{jar_dir}{os.sep}*"
 
 
+def _commitlog_sync() -> str:
+    mode = os.environ.get(COMMITLOG_ENV, "group").strip() or "group"
+    if mode == "group":
+        return f"commitlog_sync: group\ncommitlog_sync_group_window: {COMMITLOG_GROUP_WINDOW}"
+    if mode == "periodic":
+        return "commitlog_sync: periodic\ncommitlog_sync_period: 10000ms"
+    raise RuntimeError(f"{COMMITLOG_ENV} must be group or periodic, got {mode!r}")
+
+
 def _render(template: Path, dest: Path, values: dict[str, str]) -> None:
     """Fill ${name} placeholders of template into dest, rewriting only on change."""
     text = Template(template.read_text()).substitute(values)
@@ -251,8 +264,12 @@ def _render(template: Path, dest: Path, values: dict[str, str]) -> None:
 # Cassandra
 
 
-def cassandra_command(root: Path, deps: Path, state: Path) -> list[str]:
-    """Render <state>/conf/cassandra.yaml and return the argv running CassandraDaemon in the foreground."""
+def cassandra_command(root: Path, deps: Path, state: Path, node: StoreNode, cluster: list[StoreNode]) -> list[str]:
+    """Render <state>/conf/<node>.yaml and return the argv running CassandraDaemon in the foreground.
+
+    A single node takes token 0; the nodes of a cluster take evenly spaced
+    preset tokens and the first node as their seed.
+    """
     root = root.resolve()
     state = state.resolve()
     jars = _jar_dir(deps, "cassandra")
@@ -260,16 +277,27 @@ def cassandra_command(root: Path, deps: Path, state: Path) -> list[str]:
     if not jamm:
         raise RuntimeError(f"jamm jar missing from {jars}: run fetch_jars() again")
 
-    data = state / "data" / "cassandra"
-    logs = state / "logs" / "cassandra"
+    data = state / "data" / node.name
+    logs = state / "logs" / node.name
     conf = state / "conf"
     triggers = conf / "cassandra-triggers"
     for directory in (data, logs, conf, triggers):
         directory.mkdir(parents=True, exist_ok=True)
 
-    config = conf / "cassandra.yaml"
-    _render(root / "infra" / "cassandra" / "cassandra.yaml.in", config, {"data_dir": str(data)})
-
+    clustered = len(cluster) > 1
+    config = conf / f"{node.name}.yaml"
+    _render(
+        root / "infra" / "cassandra" / "cassandra.yaml.in",
+        config,
+        {
+            "data_dir": str(data),
+            "address": node.host,
+            "seeds": cluster[0].host,
+            "hinted_handoff": "true" if clustered else "false",
+            "commitlog_sync": _commitlog_sync(),
+        },
+    )
+    token = CLUSTER_TOKENS[node.ordinal - 1] if clustered else "0"
     return [
         _java(),
         *CASSANDRA_HEAP,
@@ -284,6 +312,7 @@ def cassandra_command(root: Path, deps: Path, state: Path) -> list[str]:
         f"-Dcassandra.logdir={logs}",
         f"-Dcassandra.triggers_dir={triggers}",
         f"-Dlogback.configurationFile={root / 'infra' / 'cassandra' / 'logback.xml'}",
+        f"-Dcassandra.initial_token={token}",
         *CASSANDRA_FAST_START_OPTS,
         "-cp",
         _classpath(jars),
@@ -295,17 +324,28 @@ def cassandra_command(root: Path, deps: Path, state: Path) -> list[str]:
 # Kafka
 
 
-def _kafka_paths(root: Path, deps: Path, state: Path) -> tuple[Path, Path, Path, list[str]]:
-    """Render <state>/conf/kafka.properties; return (config, log dir, jar dir, common JVM args)."""
+def _kafka_paths(
+    root: Path, deps: Path, state: Path, node: StoreNode, cluster: list[StoreNode], replication: int, min_isr: int
+) -> tuple[Path, Path, Path, list[str]]:
+    """Render <state>/conf/<node>.properties; return (config, log dir, jar dir, common JVM args)."""
     root = root.resolve()
     state = state.resolve()
     jars = _jar_dir(deps, "kafka")
-    data = state / "data" / "kafka"
-    logs = state / "logs" / "kafka"
+    data = state / "data" / node.name
+    logs = state / "logs" / node.name
     for directory in (data, logs):
         directory.mkdir(parents=True, exist_ok=True)
-    config = state / "conf" / "kafka.properties"
-    _render(root / "infra" / "kafka" / "server.properties.in", config, {"log_dirs": str(data)})
+    config = state / "conf" / f"{node.name}.properties"
+    voters = ",".join(f"{n.ordinal}@{n.host}:{KAFKA_CONTROLLER_PORT}" for n in cluster)
+    values = {
+        "log_dirs": str(data),
+        "node_id": str(node.ordinal),
+        "host": node.host,
+        "voters": voters,
+        "replication": str(replication),
+        "min_isr": str(min_isr),
+    }
+    _render(root / "infra" / "kafka" / "server.properties.in", config, values)
     jvm = [
         *COMMON_JVM_OPTS,
         f"-XX:ErrorFile={logs / 'hs_err_%p.log'}",
@@ -315,9 +355,11 @@ def _kafka_paths(root: Path, deps: Path, state: Path) -> tuple[Path, Path, Path,
     return config, data, jars, jvm
 
 
-def kafka_format_command(root: Path, deps: Path, state: Path) -> list[str] | None:
-    """Render the Kafka config; return the KRaft storage format argv, or None if already formatted."""
-    config, data, jars, jvm = _kafka_paths(root, deps, state)
+def kafka_format_command(
+    root: Path, deps: Path, state: Path, node: StoreNode, cluster: list[StoreNode], replication: int, min_isr: int
+) -> list[str] | None:
+    """Render the node's Kafka config; return the KRaft storage format argv, or None if already formatted."""
+    config, data, jars, jvm = _kafka_paths(root, deps, state, node, cluster, replication, min_isr)
     if (data / "meta.properties").is_file():
         return None
     return [
@@ -336,9 +378,11 @@ def kafka_format_command(root: Path, deps: Path, state: Path) -> list[str] | Non
     ]
 
 
-def kafka_command(root: Path, deps: Path, state: Path) -> list[str]:
-    """Render the Kafka config and return the argv running kafka.Kafka (broker+controller) in the foreground."""
-    config, _data, jars, jvm = _kafka_paths(root, deps, state)
+def kafka_command(
+    root: Path, deps: Path, state: Path, node: StoreNode, cluster: list[StoreNode], replication: int, min_isr: int
+) -> list[str]:
+    """Render the node's Kafka config and return the argv running kafka.Kafka (broker+controller) in the foreground."""
+    config, _data, jars, jvm = _kafka_paths(root, deps, state, node, cluster, replication, min_isr)
     return [
         _java(),
         *KAFKA_HEAP,

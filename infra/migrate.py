@@ -37,13 +37,13 @@ def migrations() -> list[tuple[int, Path]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--hosts", default="127.0.0.1", help="comma-separated contact points")
     parser.add_argument("--port", type=int, default=9042)
     parser.add_argument("--keyspace", default="chirp")
     parser.add_argument("--replication", default="{'class': 'SimpleStrategy', 'replication_factor': 1}")
     args = parser.parse_args()
 
-    cluster = Cluster([args.host], port=args.port, protocol_version=4)
+    cluster = Cluster(args.hosts.split(","), port=args.port, protocol_version=4)
     session = cluster.connect()
     session.default_timeout = 60
     session.execute(f"CREATE KEYSPACE IF NOT EXISTS {args.keyspace} WITH replication = {args.replication}")

@@ -33,7 +33,7 @@ RUN, LOGS, CONF, KEYS = STATE / "run", STATE / "logs", STATE / "conf", STATE / "
 PYTHON = sys.executable
 VENV_BIN = Path(sys.executable).parent
 
-INFRA = ("redis", "cassandra", "kafka")
+INFRA_KINDS = ("redis", "cassandra", "kafka")
 
 
 @dataclass
@@ -56,9 +56,9 @@ def _tcp_open(port: int) -> bool:
         return False
 
 
-def _redis_ready() -> bool:
+def _redis_ready(port: int) -> bool:
     try:
-        with socket.create_connection((topology.HOST, topology.REDIS_PORT), timeout=0.5) as sock:
+        with socket.create_connection((topology.HOST, port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
@@ -116,7 +116,13 @@ def _settings_fingerprint() -> str:
 def _service_env() -> dict[str, str]:
     """Settings every service process gets: where its peers and its keys are."""
     private_key, _ = keys.ensure_keys(KEYS)
-    env = {"CHIRP_TOKEN_KEY_FILE": str(private_key), "PYTHONUNBUFFERED": "1"}
+    env = {
+        "CHIRP_TOKEN_KEY_FILE": str(private_key),
+        "PYTHONUNBUFFERED": "1",
+        "CHIRP_CQL_HOSTS": ",".join(topology.cql_hosts()),
+        "CHIRP_KAFKA_BOOTSTRAP": topology.kafka_bootstrap(),
+        "CHIRP_REDIS_URL": topology.redis_url(),
+    }
     for svc in topology.SERVICES:
         targets = ",".join(f"{topology.HOST}:{inst.port}" for inst in topology.instances(svc))
         env[f"CHIRP_{svc.name.split('_')[0].upper()}_TARGET"] = f"ipv4:{targets}"
@@ -186,41 +192,65 @@ def _prometheus_component() -> Component:
     )
 
 
+def _store_components() -> list[Component]:
+    nodes = topology.store_nodes()
+    kafka = topology.kafka_nodes()
+    cassandra = topology.cassandra_nodes()
+    comps = []
+    for node in nodes:
+        if node.kind == "redis":
+            comps.append(
+                Component(
+                    name=node.name,
+                    argv=functools.partial(_redis_argv, node, len(topology.redis_nodes()) > 1),
+                    ready=functools.partial(_redis_ready, node.port),
+                    timeout=20,
+                    where=node.address,
+                )
+            )
+        elif node.kind == "cassandra":
+            comps.append(
+                Component(
+                    name=node.name,
+                    argv=functools.partial(jvm.cassandra_command, ROOT, DEPS, STATE, node, cassandra),
+                    ready=functools.partial(jvm.cassandra_ready, node.host, node.port),
+                    timeout=180,
+                    stop_timeout=60,
+                    where=f"CQL {node.address}",
+                )
+            )
+        else:
+            comps.append(
+                Component(
+                    name=node.name,
+                    argv=functools.partial(_kafka_argv, node, kafka),
+                    ready=functools.partial(jvm.kafka_ready, node.host, node.port),
+                    timeout=120,
+                    stop_timeout=60,
+                    where=node.address,
+                )
+            )
+    return comps
+
+
 def components() -> list[Component]:
     return [
-        Component(
-            name="redis",
-            argv=lambda: [
-                "redis-server",
-                str(ROOT / "infra" / "redis" / "redis.conf"),
-                "--dir",
-                str(_data("redis")),
-                "--port",
-                str(topology.REDIS_PORT),
-            ],
-            ready=_redis_ready,
-            timeout=20,
-            where=f"{topology.HOST}:{topology.REDIS_PORT}",
-        ),
-        Component(
-            name="cassandra",
-            argv=lambda: jvm.cassandra_command(ROOT, DEPS, STATE),
-            ready=jvm.cassandra_ready,
-            timeout=180,
-            stop_timeout=60,
-            where=f"CQL {topology.HOST}:{topology.CQL_PORT}",
-        ),
-        Component(
-            name="kafka",
-            argv=_kafka_argv,
-            ready=jvm.kafka_ready,
-            timeout=120,
-            stop_timeout=60,
-            where=f"{topology.HOST}:{topology.KAFKA_PORT}",
-        ),
+        *_store_components(),
         *_service_components(),
         _envoy_component(),
         _prometheus_component(),
+    ]
+
+
+def _redis_argv(node: topology.StoreNode, clustered: bool) -> list[str]:
+    conf = "redis-cluster.conf" if clustered else "redis.conf"
+    return [
+        "redis-server",
+        str(ROOT / "infra" / "redis" / conf),
+        "--dir",
+        str(_data(node.name)),
+        "--port",
+        str(node.port),
     ]
 
 
@@ -230,11 +260,12 @@ def _data(name: str) -> Path:
     return path
 
 
-def _kafka_argv() -> list[str]:
-    fmt = jvm.kafka_format_command(ROOT, DEPS, STATE)
+def _kafka_argv(node: topology.StoreNode, cluster: list[topology.StoreNode]) -> list[str]:
+    settings = (topology.kafka_replication(), topology.kafka_min_insync())
+    fmt = jvm.kafka_format_command(ROOT, DEPS, STATE, node, cluster, *settings)
     if fmt is not None:
-        _run_step("kafka-format", fmt)
-    return jvm.kafka_command(ROOT, DEPS, STATE)
+        _run_step(f"{node.name}-format", fmt)
+    return jvm.kafka_command(ROOT, DEPS, STATE, node, cluster, *settings)
 
 
 # ---- pid bookkeeping -------------------------------------------------------
@@ -323,6 +354,12 @@ def _wait_ready(comp: Component, pid: int | None) -> None:
 def up() -> int:
     for path in (RUN, LOGS, CONF):
         path.mkdir(parents=True, exist_ok=True)
+    chosen = topology.current()
+    previous = topology.recorded()
+    if previous not in (None, chosen) and any(RUN.glob("*.json")):
+        print(f"the {previous} stack is running: `make down` first, then bring up the {chosen} one", file=sys.stderr)
+        return 1
+    topology.record(chosen)
     started_at = time.monotonic()
     try:
         jvm.fetch_jars(ROOT, DEPS)
@@ -330,15 +367,19 @@ def up() -> int:
         print(f"fetching the Cassandra/Kafka jars failed: {exc}", file=sys.stderr)
         return 1
     comps = components()
-    infra = [c for c in comps if c.name in INFRA]
+    stores = {c.name: c for c in _store_components()}
+    cassandra = [n.name for n in topology.cassandra_nodes()]
     try:
-        _start_all(infra)
+        # A joining Cassandra node needs its seed up; the Kafka nodes need each
+        # other (controller quorum), so they start together.
+        _start_all([c for name, c in stores.items() if name not in cassandra[1:]])
+        _start_all([stores[name] for name in cassandra[1:]])
         _prepare_stores()
-        _start_all([c for c in comps if c.name not in INFRA])
+        _start_all([c for c in comps if c.name not in stores])
     except StartError as exc:
         print(f"\nERROR: {exc}", file=sys.stderr)
         return 1
-    print(f"\nChirp is up in {time.monotonic() - started_at:.0f}s:")
+    print(f"\nChirp ({chosen}) is up in {time.monotonic() - started_at:.0f}s:")
     _print_table(comps)
     return 0
 
@@ -362,7 +403,10 @@ def _start_all(comps: list[Component]) -> None:
 
 
 def _prepare_stores() -> None:
-    _run_step("migrate", [PYTHON, "-m", "infra.migrate"])
+    if len(topology.redis_nodes()) > 1:
+        _run_step("redis-cluster", [PYTHON, "-m", "infra.redis_cluster", "create"])
+    hosts = ",".join(topology.cql_hosts())
+    _run_step("migrate", [PYTHON, "-m", "infra.migrate", "--hosts", hosts, "--replication", topology.cql_replication()])
     _run_step("topics", [PYTHON, "-m", "infra.topics"])
 
 

@@ -23,10 +23,11 @@ from graph_svc.tokens import TokenSigner
 from infra import keys, topology
 
 ROOT = Path(__file__).resolve().parent.parent
-KAFKA = f"{topology.HOST}:{topology.KAFKA_PORT}"
+# The stores of the topology the stack runs (single node unless CHIRP_TOPOLOGY=cluster).
+KAFKA = topology.kafka_bootstrap()
 
 EDGE_URL = f"http://{topology.HOST}:{topology.EDGE_PORT}"
-REDIS_URL = f"redis://{topology.HOST}:{topology.REDIS_PORT}/0"
+REDIS_URL = topology.redis_url()
 # `make test` starts the stack with these (see TEST_ENV in the Makefile).
 CELEBRITY_THRESHOLD = int(os.environ.get("CHIRP_CELEBRITY_THRESHOLD", "10000"))
 RANK_INTERVAL_SECONDS = int(os.environ.get("CHIRP_RANK_INTERVAL_SECONDS", "60"))
@@ -47,7 +48,7 @@ def edge() -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 async def cql() -> AsyncIterator[CqlSession]:
-    session = await CqlSession.connect([topology.HOST], topology.CQL_PORT, "chirp", 5.0)
+    session = await CqlSession.connect(topology.cql_hosts(), topology.CQL_PORT, "chirp", 5.0)
     yield session
     session.close()
 
