@@ -1,35 +1,44 @@
 """Redis side of feed_svc: pushed timelines, and short-lived caches of follow
-lists, celebrities' recent tweet ids and hydrated tweets. Everything here can
-be rebuilt from the CQL store or the other services."""
+lists, celebrities' recent tweet ids, and the celebrity registry. Everything
+here can be rebuilt from the CQL store or the other services.
+
+Keys come from common/keys.py; work on many keys is a pipeline of single-key
+commands (a Redis Cluster client splits it by node), never MGET across slots.
+Calls the fan-out worker makes (push, remove, marks) raise when Redis is
+unavailable, so its batch fails and is re-applied from Kafka; read-path calls
+act as misses instead.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
-
-from common.cache import Tolerant, tolerant
+from common.cache import RedisClient, Tolerant, mark_tweet_deleted, tolerant
 from common.ids import id_time_ms
+from common.keys import CELEBRITIES_KEY, feed_key
 
 # A member with score +inf marks a timeline as complete (rebuilt from CQL);
 # trimming removes the lowest scores, so it always survives. Fan-out may add
 # to a timeline that is not built yet; readers rebuild (merge) when it is missing.
+# The celebrity set carries the same member once loaded from CQL.
 BUILT = "built"
 
-
-CELEBRITIES = "celebrities"
 # Suffix of a cached follow list that graph_svc cut at its listing limit.
 TRUNCATED = "more"
+# The registry's copy in Redis is reloaded from the CQL store this often, so a
+# mark lost with a failed-over primary, or an unmark that raced a load, lasts
+# at most this long.
+CELEBRITIES_RELOAD_SECONDS = 60
 
 
 def _timeline(user_id: int) -> str:
-    return f"tl:{user_id}"
+    return feed_key("timeline", user_id)
 
 
 class FeedCache(Tolerant):
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         timeline_size: int,
         following_ttl: float,
         celebrity_ttl: float,
@@ -39,6 +48,8 @@ class FeedCache(Tolerant):
         self._size = timeline_size
         self._following_ttl = max(1, int(following_ttl * 1000))
         self._celebrity_ttl = max(1, int(celebrity_ttl * 1000))
+        # CHIRP_CELEBRITY_CACHE_SECONDS also paces feed_svc's in-memory celebrity registry.
+        self.celebrity_ttl_seconds = celebrity_ttl
 
     # ---- pushed timelines ---------------------------------------------------------
 
@@ -62,7 +73,7 @@ class FeedCache(Tolerant):
                 pipe.zrem(_timeline(user_id), *members)
             await pipe.execute()
 
-    @tolerant(None)
+    @tolerant()
     async def timeline(self, user_id: int, before: int | None, limit: int) -> list[int] | None:
         """Pushed tweet ids below `before`, newest first; None if the timeline is not built."""
         top = "+inf" if before is None else id_time_ms(before)
@@ -75,7 +86,7 @@ class FeedCache(Tolerant):
         ids = [int(m) for m in members if _text(m) != BUILT]
         return [t for t in ids if before is None or t < before][:limit]
 
-    @tolerant(None)
+    @tolerant()
     async def rebuild(self, user_id: int, tweets: Sequence[int]) -> None:
         entries: dict[str, float] = {str(t): id_time_ms(t) for t in tweets}
         entries[BUILT] = float("inf")
@@ -86,77 +97,76 @@ class FeedCache(Tolerant):
 
     # ---- the celebrity registry (authors pulled at read time) -------------------
 
-    @tolerant(None)
-    async def celebrities_among(self, author_ids: Sequence[int]) -> set[int] | None:
-        """Which of these authors are marked celebrities; None if the set is not loaded."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.sismember(CELEBRITIES, BUILT)
-            pipe.smismember(CELEBRITIES, [str(a) for a in author_ids] or ["0"])
-            loaded, flags = await pipe.execute()
-        if not loaded:
-            return None
-        return {a for a, flag in zip(author_ids, flags, strict=False) if flag}
-
-    @tolerant(None)
+    @tolerant()
     async def celebrities(self) -> set[int] | None:
-        """Every marked celebrity; None if the set is not loaded."""
-        members = {_text(m) for m in await self._redis.smembers(CELEBRITIES)}
+        """Every marked celebrity; None if the set is not loaded. Read once per
+        refresh of each process's in-memory copy, not once per feed read."""
+        members = {_text(m) for m in await self._redis.smembers(CELEBRITIES_KEY)}
         if BUILT not in members:
             return None
         return {int(m) for m in members if m != BUILT}
 
-    @tolerant(None)
+    @tolerant()
     async def load_celebrities(self, author_ids: set[int]) -> None:
-        await self._redis.sadd(CELEBRITIES, BUILT, *[str(a) for a in author_ids])
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(CELEBRITIES_KEY, BUILT, *[str(a) for a in author_ids])
+            pipe.expire(CELEBRITIES_KEY, CELEBRITIES_RELOAD_SECONDS, nx=True)
+            await pipe.execute()
 
     async def mark_celebrity(self, author_id: int, celebrity: bool) -> None:
         if celebrity:
-            await self._redis.sadd(CELEBRITIES, str(author_id))
+            await self._redis.sadd(CELEBRITIES_KEY, str(author_id))
         else:
-            await self._redis.srem(CELEBRITIES, str(author_id))
+            await self._redis.srem(CELEBRITIES_KEY, str(author_id))
 
     # ---- follow lists ----------------------------------------------------------------
 
-    @tolerant(None)
+    @tolerant()
     async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool] | None:
         """A cached follow list and whether it is complete; None on a miss."""
-        raw = await self._redis.get(f"fo:{user_id}")
+        raw = await self._redis.get(feed_key("following", user_id))
         if raw is None:
             return None
         text, _, more = _text(raw).partition(";")
         accounts = [(int(a), int(c)) for a, c in (p.split(":") for p in text.split(",") if p)]
         return accounts, more != TRUNCATED
 
-    @tolerant(None)
+    @tolerant()
     async def set_following(self, user_id: int, accounts: Sequence[tuple[int, int]], complete: bool) -> None:
         value = ",".join(f"{a}:{c}" for a, c in accounts) + ("" if complete else f";{TRUNCATED}")
-        await self._redis.set(f"fo:{user_id}", value, px=self._following_ttl)
+        await self._redis.set(feed_key("following", user_id), value, px=self._following_ttl)
 
     async def drop_following(self, user_id: int) -> None:
-        await self._redis.delete(f"fo:{user_id}")
+        await self._redis.delete(feed_key("following", user_id))
 
     # ---- celebrities' recent tweets -------------------------------------------------
 
-    @tolerant({})
+    @tolerant(dict)
     async def recent(self, authors: Sequence[int]) -> dict[int, list[int]]:
         if not authors:
             return {}
-        values = await self._redis.mget([f"cel:{a}" for a in authors])
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for author in authors:
+                pipe.get(feed_key("celebrity_recent", author))
+            values = await pipe.execute()
         return {
             a: [int(t) for t in _text(v).split(",") if t] for a, v in zip(authors, values, strict=True) if v is not None
         }
 
-    @tolerant(None)
+    @tolerant()
     async def set_recent(self, recent: dict[int, list[int]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for author, ids in recent.items():
-                pipe.set(f"cel:{author}", ",".join(map(str, ids)), px=self._celebrity_ttl)
+                pipe.set(feed_key("celebrity_recent", author), ",".join(map(str, ids)), px=self._celebrity_ttl)
             await pipe.execute()
+
+    # ---- tweet_svc's deletion marker ---------------------------------------------------
+
+    async def mark_tweet_deleted(self, tweet_id: int) -> None:
+        """The fan-out worker's copy of tweet_svc's deletion marker (the durable path:
+        it raises while Redis is unavailable, so the event is applied again)."""
+        await mark_tweet_deleted(self._redis, tweet_id)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()

@@ -6,26 +6,33 @@ read time (cached per celebrity for a few seconds), and (c) the reader's own
 recent tweets, so they see a new tweet at once. Entries are deduplicated,
 tweets that are gone or whose author is no longer followed are dropped, and
 the rest are hydrated in one batch (tweet_svc, which caches tweet bodies),
-newest first.
+newest first. Which authors are celebrities comes from the registry the
+fan-out worker keeps, held in each process's memory (CelebrityRegistry).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from chirp.tweet.v1 import tweet_pb2
 from prometheus_client import Counter, Histogram
 
+from common.cql import CQL_UNAVAILABLE_ERRORS
 from feed_svc.cache import FeedCache
 from feed_svc.store import TimelineStore
 from feed_svc.timeline import decode_cursor, encode_cursor, merge
+
+log = logging.getLogger(__name__)
 
 CELEBRITY_CACHE_DEPTH = 50  # recent ids cached per celebrity
 MAX_CELEBRITIES_PER_READ = 500
 MAX_ROUNDS = 4  # refills when filtering leaves a page short
 AMONG_PER_CALL = 1000  # ids per "which of these does the user follow" call to graph_svc
+RELOAD_RETRY_SECONDS = 1.0  # after a failed registry reload
 
 TIMELINE_READS = Counter("chirp_timeline_cache_total", "Home timeline reads by Redis outcome.", ["result"])
 CELEBRITY_PULLS = Histogram(
@@ -51,6 +58,58 @@ class Pulled:
     horizon: int
 
 
+class CelebrityRegistry:
+    """Authors pulled at read time, held in this process's memory and reloaded every
+    `refresh_seconds` (CHIRP_CELEBRITY_CACHE_SECONDS) from Redis, or from the CQL
+    store when Redis has no copy. Every feed read consults it: reading it from Redis
+    on each read made one key, so one cluster slot, take every read.
+
+    A reader learns of a crossing of the threshold within `refresh_seconds`. Until
+    then a newly marked author is still pulled by readers whose cached follower
+    count shows it, and an author no longer marked is pulled a little longer, which
+    costs some work, never a tweet (its tweets are backfilled when it is unmarked)."""
+
+    def __init__(
+        self,
+        cache: FeedCache,
+        store: TimelineStore,
+        refresh_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cache = cache
+        self._store = store
+        self._refresh = refresh_seconds
+        self._clock = clock
+        self._members: frozenset[int] | None = None
+        self._loaded_at = 0.0
+        self._loading = asyncio.Lock()
+
+    async def members(self) -> frozenset[int]:
+        members = self._members
+        if members is not None and (self._clock() < self._loaded_at + self._refresh or self._loading.locked()):
+            return members  # fresh, or being reloaded by another read: no reader waits for a reload
+        async with self._loading:
+            if self._members is None or self._clock() >= self._loaded_at + self._refresh:
+                started = self._clock()
+                try:
+                    self._members = frozenset(await self._load())
+                except CQL_UNAVAILABLE_ERRORS as exc:
+                    if self._members is None:
+                        raise
+                    # Reads that need no CQL go on with the last registry; try again soon.
+                    log.warning("celebrity registry not reloaded, keeping the last one: %r", exc)
+                    started -= self._refresh - min(self._refresh, RELOAD_RETRY_SECONDS)
+                self._loaded_at = started
+            return self._members
+
+    async def _load(self) -> set[int]:
+        everyone = await self._cache.celebrities()
+        if everyone is None:
+            everyone = await self._store.celebrities()
+            await self._cache.load_celebrities(everyone)
+        return everyone
+
+
 class HomeFeed:
     def __init__(
         self,
@@ -61,9 +120,11 @@ class HomeFeed:
         batch_tweets: BatchTweets,
         celebrity_threshold: int,
         timeline_size: int,
+        registry: CelebrityRegistry | None = None,
     ) -> None:
         self._cache = cache
         self._store = store
+        self._registry = registry or CelebrityRegistry(cache, store, cache.celebrity_ttl_seconds)
         self._following_ids = following_ids
         self._recent_ids = recent_ids
         self._batch_tweets = batch_tweets
@@ -132,21 +193,12 @@ class HomeFeed:
         return {a for accounts, _ in replies for a, _ in accounts}
 
     async def _all_celebrities(self) -> set[int]:
-        everyone = await self._cache.celebrities()
-        if everyone is None:
-            everyone = await self._store.celebrities()
-            await self._cache.load_celebrities(everyone)
-        return everyone
+        return set(await self._registry.members())
 
     async def _celebrities_among(self, author_ids: list[int]) -> set[int]:
         if not author_ids:
             return set()
-        marked = await self._cache.celebrities_among(author_ids)
-        if marked is None:
-            everyone = await self._store.celebrities()
-            await self._cache.load_celebrities(everyone)
-            marked = everyone & set(author_ids)
-        return marked
+        return set(await self._registry.members() & set(author_ids))
 
     async def _pushed(self, user_id: int, before: int | None, limit: int) -> list[int]:
         ids = await self._cache.timeline(user_id, before, limit)

@@ -2,8 +2,9 @@
 
 tweet_created: an author below the celebrity threshold has the tweet pushed
 into every follower's timeline (CQL first, then Redis). At or above the
-threshold nothing is pushed; readers pull it. tweet_deleted: removed from
-followers' timelines. follow: the followee's recent
+threshold nothing is pushed; readers pull it. tweet_deleted: tweet_svc's
+deletion marker is written (again) and the tweet removed from followers'
+timelines. follow: the followee's recent
 tweets join the follower's timeline. unfollow: they leave it; and when the
 followee drops below the threshold, its recent tweets are pushed to its
 followers, so crossing the threshold never loses a tweet. Every step is
@@ -122,6 +123,11 @@ class Fanout:
         LAG.observe(max(0.0, time.time() - created_at_ms / 1000))
 
     async def tweet_deleted(self, tweet_id: int, author_id: int) -> None:
+        # tweet_svc writes this marker at the delete but drops it when Redis is
+        # unreachable, and Redis may come back still holding the body. Here it is
+        # durable: while Redis is unavailable this raises, the batch fails and is
+        # re-applied from Kafka, so the cached body stops being served once Redis is back.
+        await self._cache.mark_tweet_deleted(tweet_id)
         async for followers in self._followers(author_id):
             await self._store.remove(followers, [tweet_id])
             await self._cache.remove(followers, [tweet_id])

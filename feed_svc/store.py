@@ -1,4 +1,16 @@
-"""All CQL of feed_svc: the durable copy of pushed home timelines."""
+"""All CQL of feed_svc: the durable copy of pushed home timelines, and the
+celebrity registry (authors pulled at read time).
+
+The registry is spread over CELEBRITY_SHARDS partitions of
+`celebrities_by_shard` (migration 007), read concurrently, so no partition
+takes every load. It replaced `celebrities`, one partition (`shard = 0`);
+CQL cannot copy rows in a migration, so until every old row has been
+rewritten the store reads both: a mark writes the new table and deletes the
+old row (the fan-out worker marks a celebrity again at each of its tweets, so
+the old table drains by itself), an unmark deletes both. Once
+`SELECT * FROM celebrities LIMIT 1` is empty everywhere, a later release can
+drop the old table and the `_old` statements here.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +21,31 @@ from cassandra.query import PreparedStatement
 
 from common.cql import CqlSession
 
+CELEBRITY_SHARDS = 16
+_GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: Fibonacci hashing
+_MASK64 = (1 << 64) - 1
+
+
+def celebrity_shard(author_id: int) -> int:
+    """The registry partition of an author. Not `author_id % 16`: the low bits of a
+    Snowflake id are the per-millisecond sequence, almost always 0, so that would
+    put nearly every author in shard 0. The top bits of the id times a 64-bit odd
+    constant depend on all of its bits."""
+    return ((author_id * _GOLDEN) & _MASK64) * CELEBRITY_SHARDS >> 64
+
+
 STATEMENTS = {
     "push": "INSERT INTO home_timeline (user_id, tweet_id, author_id) VALUES (?, ?, ?)",
     "remove": "DELETE FROM home_timeline WHERE user_id = ? AND tweet_id = ?",
     "read": "SELECT tweet_id FROM home_timeline WHERE user_id = ? LIMIT ?",
-    "is_celebrity": "SELECT author_id FROM celebrities WHERE shard = 0 AND author_id = ?",
-    "celebrities": "SELECT author_id FROM celebrities WHERE shard = 0",
-    "add_celebrity": "INSERT INTO celebrities (shard, author_id) VALUES (0, ?)",
-    "remove_celebrity": "DELETE FROM celebrities WHERE shard = 0 AND author_id = ?",
+    "is_celebrity": "SELECT author_id FROM celebrities_by_shard WHERE shard = ? AND author_id = ?",
+    "celebrities": "SELECT author_id FROM celebrities_by_shard WHERE shard = ?",
+    "add_celebrity": "INSERT INTO celebrities_by_shard (shard, author_id) VALUES (?, ?)",
+    "remove_celebrity": "DELETE FROM celebrities_by_shard WHERE shard = ? AND author_id = ?",
+    # The single-partition table 007 replaced: read and emptied, never written.
+    "is_celebrity_old": "SELECT author_id FROM celebrities WHERE shard = 0 AND author_id = ?",
+    "celebrities_old": "SELECT author_id FROM celebrities WHERE shard = 0",
+    "remove_celebrity_old": "DELETE FROM celebrities WHERE shard = 0 AND author_id = ?",
 }
 
 
@@ -49,10 +78,27 @@ class TimelineStore:
         return [r.tweet_id for r in rows]
 
     async def is_celebrity(self, author_id: int) -> bool:
-        return bool(await self._cql.execute(self._q["is_celebrity"], (author_id,)))
+        new, old = await asyncio.gather(
+            self._cql.execute(self._q["is_celebrity"], (celebrity_shard(author_id), author_id)),
+            self._cql.execute(self._q["is_celebrity_old"], (author_id,)),
+        )
+        return bool(new) or bool(old)
 
     async def celebrities(self) -> set[int]:
-        return {r.author_id for r in await self._cql.execute(self._q["celebrities"])}
+        """The whole registry: every shard and the old table, read concurrently."""
+        reads = [self._cql.execute(self._q["celebrities"], (shard,)) for shard in range(CELEBRITY_SHARDS)]
+        pages = await asyncio.gather(*reads, self._cql.execute(self._q["celebrities_old"]))
+        return {r.author_id for rows in pages for r in rows}
 
     async def set_celebrity(self, author_id: int, celebrity: bool) -> None:
-        await self._cql.execute(self._q["add_celebrity" if celebrity else "remove_celebrity"], (author_id,))
+        shard = celebrity_shard(author_id)
+        if not celebrity:
+            await self._cql.execute(self._q["remove_celebrity"], (shard, author_id))
+            await self._cql.execute(self._q["remove_celebrity_old"], (author_id,))
+            return
+        # Written before the old row goes, so a concurrent load never misses the author.
+        await self._cql.execute(self._q["add_celebrity"], (shard, author_id))
+        # Marks repeat at every celebrity tweet: delete only a row that is there, or
+        # each would leave a tombstone in the partition every registry load reads.
+        if await self._cql.execute(self._q["is_celebrity_old"], (author_id,)):
+            await self._cql.execute(self._q["remove_celebrity_old"], (author_id,))

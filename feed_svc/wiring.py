@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
-from common.cache import connect_redis
+from common.cache import RedisClient, connect_redis
 from common.clients import Peers
 from common.cql import CqlSession
 from feed_svc.cache import FeedCache
@@ -17,7 +15,7 @@ from feed_svc.store import TimelineStore
 @dataclass
 class FeedParts:
     cql: CqlSession
-    redis: aioredis.Redis
+    redis: RedisClient
     cache: FeedCache
     store: TimelineStore
     peers: Peers

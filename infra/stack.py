@@ -1,6 +1,7 @@
 """Start, check and stop the local Chirp stack, all on 127.0.0.1.
 
     python -m infra.stack up | down | status
+    python -m infra.stack kill | stop | start NAME    (one component, e.g. cassandra-2)
 
 Every process started here has its pid (and start time, so a reused pid is
 never signalled) in .state/run/, its log in .state/logs/, its data in
@@ -443,8 +444,46 @@ def status() -> int:
     return 1 if bad else 0
 
 
+# ---- one component at a time (fault injection, rolling restarts) ------------
+
+
+def component(name: str) -> Component:
+    found = {c.name: c for c in components()}
+    if name not in found:
+        raise KeyError(f"no component {name!r} in the {topology.current()} topology")
+    return found[name]
+
+
+def kill(name: str) -> int:
+    """SIGKILL one running component (a crash: no shutdown hooks); returns its pid."""
+    record = _read_pid(name)
+    if record is None:
+        raise RuntimeError(f"{name} is not running")
+    pid = int(record["pid"])
+    os.killpg(pid, signal.SIGKILL)  # its own session: a supervised child dies with it
+    while _start_time(pid) == record["start"]:
+        time.sleep(0.05)
+    (RUN / f"{name}.json").unlink(missing_ok=True)
+    return pid
+
+
+def stop(name: str) -> bool:
+    """Stop one component gracefully (SIGTERM, as `make down` does)."""
+    return _stop(name, component(name).stop_timeout)
+
+
+def start(name: str) -> None:
+    """Start one component if it is not running, and wait until it is ready."""
+    comp = component(name)
+    _start_all([comp])
+
+
 def main() -> int:
     commands = {"up": up, "down": down, "status": status}
+    one = {"kill": kill, "stop": stop, "start": start}
+    if len(sys.argv) == 3 and sys.argv[1] in one:
+        one[sys.argv[1]](sys.argv[2])
+        return 0
     if len(sys.argv) != 2 or sys.argv[1] not in commands:
         print(__doc__, file=sys.stderr)
         return 2

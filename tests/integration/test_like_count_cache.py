@@ -7,6 +7,7 @@ import httpx
 
 from common.cache import connect_redis
 from common.ids import IdGenerator
+from common.keys import tweet_key
 from tests import faults
 from tests.conftest import REDIS_URL
 from tests.integration.test_durability import sign_in
@@ -24,9 +25,9 @@ async def test_a_reader_fill_never_overwrites_the_count_the_worker_wrote() -> No
         assert await cache.like_counts([tweet_id]) == {tweet_id: 3}
         await cache.set_like_counts({tweet_id: 2})  # an unlike, applied later
         assert await cache.like_counts([tweet_id]) == {tweet_id: 2}
-        assert 0 < await redis.pttl(f"lc:{tweet_id}") <= 60_000
+        assert 0 < await redis.pttl(tweet_key("like_count", tweet_id)) <= 60_000
     finally:
-        await redis.delete(f"lc:{tweet_id}")
+        await redis.delete(tweet_key("like_count", tweet_id))
         await redis.aclose()
 
 

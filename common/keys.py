@@ -1,0 +1,52 @@
+"""Every Redis key Chirp's services use, one builder per cache (as Mastodon's
+FeedManager#key), so a rename or a cluster move is one edit here.
+
+Cluster rule: a command touches one key. Work on many keys is a pipeline of
+single-key commands, which a Redis Cluster client splits by node (never MGET
+or another multi-key command over keys of different hash slots). No command
+needs two keys together today, so no key carries a hash tag; should one ever
+need to, the tag goes in its builder here (e.g. `tw:{123}` and `lc:{123}`
+would share a slot).
+
+rank_svc builds its own keys (trending tallies and its lock) in rank_svc/.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# ---- tweet_svc's cache ------------------------------------------------------------
+# body: a tweet's body, or TWEET_DELETED; like_count: its like count;
+# author_recent: a sorted set of an author's newest tweet ids.
+TweetKey = Literal["body", "like_count", "author_recent"]
+_TWEET_PREFIXES: dict[TweetKey, str] = {"body": "tw", "like_count": "lc", "author_recent": "ar"}
+
+# What a deleted tweet's body key holds instead of the body. tweet_svc writes it
+# when the delete is acknowledged; the fan-out worker writes it again from the
+# tweet_deleted event, so it lands even if Redis was unreachable at the delete.
+TWEET_DELETED = b"-"
+# Longer than any read that loaded a body just before the delete can take to
+# put it back (SET NX never overwrites the marker).
+TWEET_DELETED_SECONDS = 300.0
+
+
+def tweet_key(family: TweetKey, entity_id: int) -> str:
+    """Tweet ids for body and like_count, author ids for author_recent."""
+    return f"{_TWEET_PREFIXES[family]}:{entity_id}"
+
+
+# ---- feed_svc's cache -------------------------------------------------------------
+# timeline: a user's pushed home timeline; following: a user's cached follow
+# list; celebrity_recent: a celebrity's cached newest tweet ids.
+FeedKey = Literal["timeline", "following", "celebrity_recent"]
+_FEED_PREFIXES: dict[FeedKey, str] = {"timeline": "tl", "following": "fo", "celebrity_recent": "cel"}
+
+# The celebrity registry's copy in Redis. Each feed_svc process reads it once per
+# CHIRP_CELEBRITY_CACHE_SECONDS into memory, never once per feed read, so its one
+# slot is not a hot key.
+CELEBRITIES_KEY = "celebrities"
+
+
+def feed_key(family: FeedKey, entity_id: int) -> str:
+    """User ids for timeline and following, author ids for celebrity_recent."""
+    return f"{_FEED_PREFIXES[family]}:{entity_id}"

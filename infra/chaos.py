@@ -1,0 +1,446 @@
+"""The fault suite (`make chaos`): on the cluster topology, under an open-loop
+mixed load through the edge, kill one node of each store, then one instance
+of every service and worker, then restart every component one at a time;
+afterwards check every acknowledged write.
+
+    CHIRP_TOPOLOGY=cluster make up && make chaos
+    python -m infra.chaos [--rate 25] [--users 30] [--down 20] [--only cassandra,redis] [--no-rolling]
+
+Per fault it reports the requests sent while the fault lasted (from the kill
+until the cluster was whole again, plus a few seconds), their success rate,
+p99 and worst latency, and how long after the component's restart the
+cluster was whole again. The acknowledged-write check (bench/chaos_check.py)
+decides the exit status: 1 if anything acknowledged was lost. The report goes
+to docs/RELIABILITY.md and bench/results/chaos.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from cassandra import ConsistencyLevel
+from cassandra.cluster import Cluster
+from cassandra.policies import ConstantReconnectionPolicy
+from cassandra.query import SimpleStatement
+from confluent_kafka.admin import AdminClient
+
+from bench import chaos_check, chaos_load
+from common.kafka import TOPICS
+from infra import redis_cluster, stack, topology
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+REPORT = ROOT / "docs" / "RELIABILITY.md"
+EDGE = f"http://{topology.HOST}:{topology.EDGE_PORT}"
+SETTLE_SECONDS = 5.0  # load keeps running this long after the cluster is whole
+WHOLE_TIMEOUT = 300.0
+SEGMENT_SECONDS = 5.0  # the load runs in back-to-back segments until the suite is done
+CHECK_DEADLINE_S = 120.0
+
+# The aims the issue sets for every single-node fault.
+AIM_SUCCESS = 0.99
+AIM_P99_MS = 1000.0
+AIM_WHOLE_S = 60.0
+
+
+@dataclass
+class FaultResult:
+    fault: str
+    requests: int
+    success: float
+    p99_ms: float | None
+    worst_ms: float | None
+    down_s: float  # from the kill to the restart (a rolling restart: its whole length)
+    start_s: float  # from the restart until the component answered again
+    whole_after_s: float  # from then until the whole cluster was whole again
+    failed_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+# ---- is the cluster whole? ---------------------------------------------------------
+
+
+def cassandra_whole() -> bool:
+    """Every node answers, and a read at consistency ALL (every replica of RF 3) succeeds."""
+    cluster = Cluster(
+        topology.cql_hosts(),
+        port=topology.CQL_PORT,
+        protocol_version=4,
+        connect_timeout=2,
+        reconnection_policy=ConstantReconnectionPolicy(1.0),
+    )
+    try:
+        session = cluster.connect("chirp")
+        if not all(host.is_up for host in cluster.metadata.all_hosts()) or len(cluster.metadata.all_hosts()) < 3:
+            return False
+        statement = SimpleStatement("SELECT user_id FROM users LIMIT 1", consistency_level=ConsistencyLevel.ALL)
+        session.execute(statement, timeout=3)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not whole yet"
+        return False
+    finally:
+        cluster.shutdown()
+
+
+def kafka_whole() -> bool:
+    """Every broker is back and every partition of Chirp's topics has all its replicas in sync."""
+    try:
+        metadata = AdminClient({"bootstrap.servers": topology.kafka_bootstrap()}).list_topics(timeout=3)
+    except Exception:  # noqa: BLE001
+        return False
+    if len(metadata.brokers) < len(topology.kafka_nodes()):
+        return False
+    for name in TOPICS:
+        topic = metadata.topics.get(name)
+        if topic is None or topic.error is not None:
+            return False
+        if any(len(p.isrs) < len(p.replicas) or p.leader < 0 for p in topic.partitions.values()):
+            return False
+    return True
+
+
+def redis_roles() -> dict[str, str]:
+    """Component name -> "master" or "slave", as node 1 sees the cluster (failed nodes left out)."""
+    reply = subprocess.run(
+        ["redis-cli", "-h", topology.HOST, "-p", str(_live_redis_port()), "cluster", "nodes"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    )
+    roles = {}
+    for line in reply.stdout.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or "fail" in parts[2]:
+            continue
+        port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
+        role = "master" if "master" in parts[2] else "slave"
+        roles[f"redis-{port - topology.REDIS_PORT + 1}"] = role
+    return roles
+
+
+def _live_redis_port() -> int:
+    for node in topology.redis_nodes():
+        if stack._redis_ready(node.port):
+            return node.port
+    return topology.REDIS_PORT
+
+
+def redis_whole() -> bool:
+    """Every slot served, all six nodes healthy: three primaries, each with a replica."""
+    try:
+        roles = redis_roles()
+        return redis_cluster.whole() and len(roles) == 6 and list(roles.values()).count("master") == 3
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return False
+
+
+def services_whole() -> bool:
+    """Envoy sees every instance of every service healthy, and every worker is SERVING."""
+    try:
+        clusters = httpx.get(f"http://{topology.HOST}:{topology.ENVOY_ADMIN_PORT}/clusters?format=json", timeout=2)
+        statuses = clusters.json()["cluster_statuses"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
+    healthy: dict[str, int] = {}
+    for cluster in statuses:
+        for host in cluster.get("host_statuses", []):
+            status = host.get("health_status", {})
+            if not status.get("failed_active_health_check") and status.get("eds_health_status") == "HEALTHY":
+                healthy[cluster["name"]] = healthy.get(cluster["name"], 0) + 1
+    if any(healthy.get(svc.name, 0) < topology.instance_count() for svc in topology.SERVICES):
+        return False
+    return all(stack._grpc_serving(inst.port, "") for svc in topology.WORKERS for inst in topology.instances(svc))
+
+
+def whole() -> bool:
+    return services_whole() and redis_whole() and kafka_whole() and cassandra_whole()
+
+
+async def wait_whole(check: Callable[[], bool] = whole) -> float:
+    """Seconds until `check` holds (polled off the event loop, so the load keeps its schedule)."""
+    started = time.monotonic()
+    while time.monotonic() - started < WHOLE_TIMEOUT:
+        if await asyncio.to_thread(check):
+            return time.monotonic() - started
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"the cluster was not whole {WHOLE_TIMEOUT:.0f}s after the restart")
+
+
+# ---- faults --------------------------------------------------------------------------
+
+
+def redis_primary() -> str:
+    return sorted(name for name, role in redis_roles().items() if role == "master")[0]
+
+
+async def kill_and_restart(names: list[str], down_s: float) -> tuple[float, float, float]:
+    """SIGKILL the components, leave them dead `down_s`, start them again.
+    Returns seconds (down, restart until answering, then until the cluster is whole)."""
+    killed_at = time.monotonic()
+    for name in names:
+        await asyncio.to_thread(stack.kill, name)
+        print(f"    killed {name}", flush=True)
+    await asyncio.sleep(down_s)
+    restarted_at = time.monotonic()
+    for name in names:
+        await asyncio.to_thread(stack.start, name)
+    answering_at = time.monotonic()
+    print(f"    restarted {', '.join(names)} in {answering_at - restarted_at:.1f}s", flush=True)
+    return restarted_at - killed_at, answering_at - restarted_at, await wait_whole()
+
+
+def _redis_cli(port: int, *args: str) -> str:
+    reply = subprocess.run(
+        ["redis-cli", "-h", topology.HOST, "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=True,
+    )
+    return reply.stdout
+
+
+def _failover_to_replica(name: str) -> None:
+    port = topology.REDIS_PORT + int(name.rsplit("-", 1)[1]) - 1
+    nodes = [line.split() for line in _redis_cli(port, "cluster", "nodes").splitlines() if line.strip()]
+    me = next(fields[0] for fields in nodes if "myself" in fields[2])
+    replica = next(int(f[1].split("@")[0].rsplit(":", 1)[1]) for f in nodes if f[3] == me and "fail" not in f[2])
+    _redis_cli(replica, "cluster", "failover")
+
+
+async def redis_handover(name: str) -> None:
+    """Before a primary restarts gracefully, its replica takes over (CLUSTER FAILOVER), as an SRE would."""
+    if (await asyncio.to_thread(redis_roles)).get(name) != "master":
+        return
+    await asyncio.to_thread(_failover_to_replica, name)
+    deadline = time.monotonic() + 30
+    while (await asyncio.to_thread(redis_roles)).get(name) != "slave":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name}'s replica did not take over")
+        await asyncio.sleep(0.2)
+
+
+async def rolling_restart(names: list[str]) -> tuple[float, float, float]:
+    """Restart each component gracefully, one at a time, waiting for the cluster to be whole in between.
+    Returns (whole length, the slowest component's restart, the longest wait for wholeness after one)."""
+    started = time.monotonic()
+    slowest_start = slowest_whole = 0.0
+    for name in names:
+        if name.startswith("redis-"):
+            await redis_handover(name)
+        await asyncio.to_thread(stack.stop, name)
+        restarted_at = time.monotonic()
+        await asyncio.to_thread(stack.start, name)
+        start_s = time.monotonic() - restarted_at
+        whole_s = await wait_whole()
+        slowest_start, slowest_whole = max(slowest_start, start_s), max(slowest_whole, whole_s)
+        print(f"    restarted {name} in {start_s:.1f}s, whole after {whole_s:.1f}s", flush=True)
+    return time.monotonic() - started, slowest_start, slowest_whole
+
+
+def rolling_order() -> list[str]:
+    """Stores first (a Cassandra node, a Kafka broker, a Redis node at a time), then every instance.
+    Envoy is left out: the local stack has one edge (production runs several behind a load balancer)."""
+    stores = [n.name for n in topology.store_nodes()]
+    return stores + [inst.name for inst in topology.all_instances()]
+
+
+# ---- the suite -----------------------------------------------------------------------
+
+
+class Suite:
+    def __init__(self, load: chaos_load.Load, population: chaos_load.Population, rate: float) -> None:
+        self.load = load
+        self.population = population
+        self.rate = rate
+        self.results: list[FaultResult] = []
+        self._stop = asyncio.Event()
+
+    async def drive(self) -> None:
+        """Back-to-back load segments until the faults are over."""
+        while not self._stop.is_set():
+            await self.load.run(self.population, self.rate, SEGMENT_SECONDS)
+
+    async def fault(self, label: str, action: Callable[[], Awaitable[tuple[float, float, float]]]) -> None:
+        print(f"  {label}", flush=True)
+        start = time.monotonic()
+        down_s, start_s, whole_s = await action()
+        await asyncio.sleep(SETTLE_SECONDS)
+        end = time.monotonic()
+        result = _result(label, self.load.stats(start, end), down_s, start_s, whole_s)
+        self.results.append(result)
+        print(f"    {_row(result)}", flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _result(label: str, stats: chaos_load.WindowStats, down_s: float, start_s: float, whole_s: float) -> FaultResult:
+    return FaultResult(
+        label,
+        stats.requests,
+        stats.success_rate or 0.0,
+        stats.p99_ms,
+        stats.max_ms,
+        round(down_s, 1),
+        round(start_s, 1),
+        round(whole_s, 1),
+        stats.failed_by_kind,
+    )
+
+
+def _row(r: FaultResult) -> str:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f}"
+
+    failed = ", ".join(f"{k} {v}" for k, v in sorted(r.failed_by_kind.items())) or "none"
+    return (
+        f"| {r.fault} | {r.requests} | {r.success * 100:.2f}% | {ms(r.p99_ms)} | {ms(r.worst_ms)} "
+        f"| {r.down_s:.0f} | {r.start_s:.0f} | {r.whole_after_s:.1f} | {failed} |"
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    if not topology.is_cluster():
+        print("make chaos needs the cluster topology: CHIRP_TOPOLOGY=cluster make up", file=sys.stderr)
+        return 2
+    started_wall = datetime.now(UTC)
+    print("waiting for the cluster to be whole", flush=True)
+    await wait_whole()
+    print(f"setting up {args.users} users", flush=True)
+    population = await chaos_load.setup(EDGE, users=args.users)
+    load = chaos_load.Load(seed=args.seed)
+    suite = Suite(load, population, args.rate)
+    driver = asyncio.create_task(suite.drive())
+    wanted = set(args.only.split(",")) if args.only else None
+
+    def chosen(kind: str) -> bool:
+        return wanted is None or kind in wanted
+
+    try:
+        await asyncio.sleep(SETTLE_SECONDS)
+        baseline_start = time.monotonic()
+        await asyncio.sleep(args.down)
+        suite.results.append(_result("no fault (baseline)", load.stats(baseline_start, time.monotonic()), 0, 0, 0))
+        print(f"    {_row(suite.results[-1])}", flush=True)
+        if chosen("cassandra"):
+            await suite.fault("SIGKILL Cassandra node 127.0.0.2", lambda: kill_and_restart(["cassandra-2"], args.down))
+        if chosen("kafka"):
+            await suite.fault("SIGKILL Kafka broker 2", lambda: kill_and_restart(["kafka-2"], args.down))
+        if chosen("redis"):
+            primary = redis_primary()
+            await suite.fault(f"SIGKILL Redis primary ({primary})", lambda: kill_and_restart([primary], args.down))
+        if chosen("services"):
+            victims = [topology.instances(svc)[-1].name for svc in (*topology.SERVICES, *topology.WORKERS)]
+            await suite.fault(
+                "SIGKILL one instance of every service and worker", lambda: kill_and_restart(victims, args.down)
+            )
+        if args.rolling:
+            order = rolling_order()
+            await suite.fault(f"rolling restart of {len(order)} components", lambda: rolling_restart(order))
+    finally:
+        suite.stop()
+        await driver
+    ledger_dir = RESULTS / "chaos"
+    ledger_dir.mkdir(parents=True, exist_ok=True)
+    population.ledger.write(ledger_dir / "ledger.json")
+    load.write(ledger_dir / "requests.json")
+    print("checking every acknowledged write", flush=True)
+    report = await chaos_check.check(EDGE, population.ledger, CHECK_DEADLINE_S)
+    print(report.table(), flush=True)
+    whole = load.stats(load.origin or 0.0, time.monotonic())
+    write_report(args, suite.results, report, whole, started_wall)
+    return 0 if report.passed else 1
+
+
+def write_report(
+    args: argparse.Namespace,
+    results: list[FaultResult],
+    check: chaos_check.Report,
+    overall: chaos_load.WindowStats,
+    started: datetime,
+) -> None:
+    (RESULTS / "chaos.json").write_text(
+        json.dumps(
+            {
+                "started": started.isoformat(),
+                "rate_per_s": args.rate,
+                "users": args.users,
+                "down_s": args.down,
+                "faults": [asdict(r) for r in results],
+                "overall": asdict(overall),
+                "check": check.to_json(),
+            },
+            indent=1,
+        )
+    )
+    lines = [
+        "| fault | requests | success | p99 ms | worst ms | down s | restart until answering, s "
+        "| then whole again after, s | failed requests by kind |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(_row(r) for r in results),
+    ]
+    checks = [
+        "| acknowledged writes | checked | passed | lost | unverified | not owed (ambiguous) |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {c.checked} | {c.passed} | {c.lost} | {c.unverified} | {c.skipped} |"
+            for name, c in check.categories.items()
+        ),
+    ]
+    details = [f"- {name}: {d}" for name, c in check.categories.items() for d in c.details]
+    table = "\n".join(lines)
+    verdict = "every acknowledged write accounted for" if check.passed else f"{check.lost} acknowledged writes LOST"
+    section = "\n".join(
+        [
+            RESULTS_START,
+            f"Run of {started:%Y-%m-%d %H:%M} UTC: {args.rate:g} requests/s open loop, {args.users} users, "
+            f"each node down {args.down:g} s; {overall.requests} requests in all, "
+            f"{(overall.success_rate or 0) * 100:.2f}% succeeded. Result: **{verdict}**.",
+            "",
+            table,
+            "",
+            "\n".join(checks),
+            "",
+            *(details or ["No acknowledged write was lost or left unverified."]),
+            RESULTS_END,
+        ]
+    )
+    text = REPORT.read_text() if REPORT.is_file() else ""
+    if RESULTS_START in text and RESULTS_END in text:
+        head, _, rest = text.partition(RESULTS_START)
+        _, _, tail = rest.partition(RESULTS_END)
+        text = head + section + tail
+    else:
+        text = text + "\n" + section + "\n"
+    REPORT.write_text(text)
+
+
+RESULTS_START = "<!-- chaos results: written by `make chaos` -->"
+RESULTS_END = "<!-- end of chaos results -->"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=float(os.environ.get("CHAOS_RATE", "25")))
+    parser.add_argument("--users", type=int, default=30)
+    parser.add_argument("--down", type=float, default=20.0, help="seconds each killed component stays down")
+    parser.add_argument("--only", default="", help="comma-separated subset of cassandra,kafka,redis,services")
+    parser.add_argument("--no-rolling", dest="rolling", action="store_false")
+    parser.add_argument("--seed", type=int, default=7)
+    return asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The caches against a real Redis Cluster (3 primaries, 3 replicas): work on
+keys spread over every primary succeeds with the cluster client connect_redis
+builds (where MGET over those keys fails), and a node that stops answering
+makes the read path act as cache misses, promptly, while the fan-out worker's
+writes fail (so its batch is re-applied) and the health probe says so.
+
+The cluster is the one the stack starts with CHIRP_TOPOLOGY=cluster, or the
+nodes listed in CHIRP_TEST_REDIS_CLUSTER (`redis://host:port,...`). A failing
+node is simulated by a proxy in front of one primary that the test cuts or
+stalls, so the shared cluster itself is never disturbed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+
+import pytest
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
+
+from common.cache import REDIS_UNAVAILABLE_ERRORS, RETRY_AFTER_SECONDS, connect_redis, redis_ping
+from common.ids import IdGenerator
+from common.keys import TWEET_DELETED, feed_key, tweet_key
+from feed_svc.cache import FeedCache
+from infra import topology
+from tweet_svc.cache import TweetCache
+from tweet_svc.store import TweetRecord
+
+pytestmark = pytest.mark.cluster
+
+KEYS_PER_TEST = 300  # spread over all 16384 slots, so over every primary
+
+
+def cluster_url() -> str:
+    url = os.environ.get("CHIRP_TEST_REDIS_CLUSTER", "").strip()
+    if url:
+        return url
+    if topology.is_cluster():
+        return topology.redis_url()
+    pytest.fail("no Redis Cluster: bring the stack up with CHIRP_TOPOLOGY=cluster or set CHIRP_TEST_REDIS_CLUSTER")
+
+
+@pytest.fixture
+async def rc() -> AsyncIterator[RedisCluster]:
+    client = connect_redis(cluster_url())
+    assert isinstance(client, RedisCluster), "a list of nodes must give the cluster client"
+    await client.initialize()
+    yield client
+    await client.aclose()
+
+
+def ids(instance: int, count: int) -> list[int]:
+    generator = IdGenerator(instance)
+    return [generator.next_id() for _ in range(count)]
+
+
+def record(tweet_id: int) -> TweetRecord:
+    return TweetRecord(tweet_id, 7, "ada", f"tweet {tweet_id}", datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC))
+
+
+def primaries_of(client: RedisCluster, keys: Sequence[str]) -> set[str]:
+    return {client.nodes_manager.get_node_from_slot(key_slot(k.encode())).name for k in keys}
+
+
+async def delete(client: RedisCluster, keys: Sequence[str]) -> None:
+    await client.delete(*keys)  # the cluster client splits DEL by slot
+
+
+async def test_the_probe_sees_every_primary(rc: RedisCluster) -> None:
+    assert len(rc.get_primaries()) >= 3
+    assert await redis_ping(rc)
+
+
+async def test_tweet_cache_works_on_keys_spread_over_every_primary(rc: RedisCluster) -> None:
+    cache = TweetCache(rc, ttl_seconds=60, count_ttl_seconds=60, recent_ttl_seconds=60)
+    tweet_ids = ids(911, KEYS_PER_TEST)
+    authors = ids(912, 50)
+    bodies = [tweet_key("body", t) for t in tweet_ids]
+    counts = [tweet_key("like_count", t) for t in tweet_ids]
+    recents = [tweet_key("author_recent", a) for a in authors]
+    assert primaries_of(rc, bodies) == {n.name for n in rc.get_primaries()}
+    with pytest.raises(RedisClusterException):
+        await rc.mget(bodies)  # what the caches used to send
+    try:
+        await cache.put([record(t) for t in tweet_ids])
+        await cache.mark_deleted(tweet_ids[0])
+        found, deleted = await cache.get(tweet_ids)
+        assert deleted == {tweet_ids[0]}
+        assert found == {t: record(t) for t in tweet_ids[1:]}
+
+        await cache.set_like_counts({t: 4 for t in tweet_ids[:100]})
+        await cache.fill_like_counts({t: 1 for t in tweet_ids})
+        assert await cache.like_counts(tweet_ids) == {t: 4 if i < 100 else 1 for i, t in enumerate(tweet_ids)}
+
+        await cache.fill_recent({a: [tweet_ids[i]] for i, a in enumerate(authors)})
+        await cache.add_recent(authors[0], tweet_ids[-1])
+        await cache.remove_recent(authors[1], tweet_ids[1])
+        recent = await cache.recent(authors, 10)
+        assert recent[authors[0]] == [tweet_ids[-1], tweet_ids[0]]
+        assert recent[authors[1]] == []
+        assert all(recent[a] == [tweet_ids[i]] for i, a in enumerate(authors) if i > 1)
+    finally:
+        await delete(rc, bodies + counts + recents)
+
+
+async def test_feed_cache_works_on_keys_spread_over_every_primary(rc: RedisCluster) -> None:
+    cache = FeedCache(rc, timeline_size=20, following_ttl=60, celebrity_ttl=60)
+    users = ids(913, KEYS_PER_TEST)
+    tweets = ids(914, 3)
+    timelines = [feed_key("timeline", u) for u in users]
+    recents = [feed_key("celebrity_recent", u) for u in users]
+    follows = [feed_key("following", u) for u in users[:50]]
+    assert primaries_of(rc, timelines) == {n.name for n in rc.get_primaries()}
+    try:
+        for user in users[:100]:
+            await cache.rebuild(user, tweets[:1])
+        await cache.push(users, tweets[1:])
+        await cache.remove(users, tweets[2:])
+        for user in users[:100]:
+            assert await cache.timeline(user, None, 10) == [tweets[1], tweets[0]]
+        assert await cache.timeline(users[-1], None, 10) is None  # pushed to, never built
+
+        await cache.set_recent({u: [tweets[0], u] for u in users})
+        assert await cache.recent(users) == {u: [tweets[0], u] for u in users}
+        for user in users[:50]:
+            await cache.set_following(user, [(user + 1, 3)], complete=True)
+        assert [await cache.following(u) for u in users[:50]] == [([(u + 1, 3)], True) for u in users[:50]]
+
+        await cache.mark_tweet_deleted(tweets[2])
+        assert await rc.get(tweet_key("body", tweets[2])) == TWEET_DELETED
+    finally:
+        await delete(rc, [*timelines, *recents, *follows, tweet_key("body", tweets[2])])
+
+
+# ---- a failing node --------------------------------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy in front of one node: cut() refuses and drops connections, as a
+    dead node does; stall() swallows traffic, as a node that stopped answering does."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+        self.stalled = False
+
+    async def start(self) -> None:
+        self.stalled = False
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        await self._server.wait_closed()
+
+    def stall(self) -> None:
+        self.stalled = True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                if not self.stalled:
+                    sink.write(data)
+                    await sink.drain()
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+
+@pytest.fixture
+async def proxied() -> AsyncIterator[tuple[RedisCluster, Proxy, ClusterNode]]:
+    """A client built by connect_redis whose way to one primary goes through a Proxy."""
+    client = connect_redis(cluster_url())
+    assert isinstance(client, RedisCluster)
+    await client.initialize()
+    victim = client.get_primaries()[0]
+    proxy = Proxy(victim.host, int(victim.port))
+    await proxy.start()
+
+    def remap(address: tuple[str, int]) -> tuple[str, int]:
+        return ("127.0.0.1", proxy.port) if address == (victim.host, int(victim.port)) else address
+
+    client.nodes_manager.address_remap = remap
+    await client.aclose()  # rediscovered through the remap on first use
+    yield client, proxy, victim
+    await client.aclose()
+    await proxy.cut()
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "the caches did not use Redis again after the node came back"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("failure", ["cut", "stall"])
+async def test_a_failing_node_makes_the_caches_miss_instead_of_raising(
+    rc: RedisCluster, proxied: tuple[RedisCluster, Proxy, ClusterNode], failure: str
+) -> None:
+    client, proxy, victim = proxied
+    tweet_ids = ids(915, KEYS_PER_TEST)
+    bodies = [tweet_key("body", t) for t in tweet_ids]
+    on_victim = [t for t, k in zip(tweet_ids, bodies, strict=True) if primaries_of(rc, [k]) == {victim.name}]
+    assert on_victim, "some keys must live on the node that fails"
+    tweets = TweetCache(client, ttl_seconds=60, count_ttl_seconds=60)
+    feed = FeedCache(client, timeline_size=20, following_ttl=60, celebrity_ttl=60)
+    try:
+        await tweets.put([record(t) for t in tweet_ids])
+        await tweets.set_like_counts({t: 2 for t in tweet_ids})
+        assert (await tweets.get(tweet_ids))[0].keys() == set(tweet_ids)  # through the proxy too
+        assert await redis_ping(client)
+
+        if failure == "cut":
+            await proxy.cut()
+        else:
+            proxy.stall()
+        started = time.monotonic()
+        assert await tweets.get(tweet_ids) == ({}, set())
+        assert time.monotonic() - started < 2.0, "a read waited too long on the failing node"
+        assert await tweets.like_counts(tweet_ids) == {}
+        assert await feed.recent(on_victim) == {}
+        assert await feed.timeline(on_victim[0], None, 10) is None
+        with pytest.raises(REDIS_UNAVAILABLE_ERRORS):
+            await feed.mark_tweet_deleted(on_victim[0])  # the fan-out worker's batch fails and is re-applied
+        assert not await redis_ping(client)
+
+        if failure == "cut":
+            await proxy.start()
+        else:
+            proxy.stalled = False
+        await asyncio.sleep(RETRY_AFTER_SECONDS)
+
+        async def served() -> bool:
+            return (await tweets.get(tweet_ids))[0].keys() == set(tweet_ids)
+
+        await wait_until(served, 10.0)
+        assert await tweets.like_counts(on_victim) == {t: 2 for t in on_victim}
+        assert await redis_ping(client)
+    finally:
+        counts = [tweet_key("like_count", t) for t in tweet_ids]
+        await delete(rc, bodies + counts)
