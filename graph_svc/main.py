@@ -45,6 +45,10 @@ async def run(cfg: graph_config.GraphConfig) -> None:
 
     async def close() -> None:
         producer.close()
+        # Mark what the fast path delivered while closing, and hand the relay's
+        # shards over now rather than when their leases expire.
+        await outbox.wait_marked()
+        await outbox.release_shards()
         cql.close()
 
     wiring = Wiring(

@@ -43,6 +43,10 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
         await peers.close()
         await redis.aclose()
         producer.close()
+        # Mark what the fast path delivered while closing, and hand the relay's
+        # shards over now rather than when their leases expire.
+        await outbox.wait_marked()
+        await outbox.release_shards()
         cql.close()
 
     await serve(

@@ -12,20 +12,18 @@ from typing import Any
 
 import httpx
 import pytest
-from cassandra.query import BatchStatement, BatchType
 from confluent_kafka import Consumer
 
 from common.cql import CqlSession
 from common.events import LikeEvent
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS, TOPIC_LIKES, TOPIC_TWEETS, AsyncProducer, BatchConsumer
-from common.outbox import SHARDS, Event, Outbox, minute_of
+from common.outbox import Outbox
+from common.outbox_store import OutboxStore
 from tests import faults
 from tests.conftest import KAFKA, unique_name
 from tweet_svc.like_worker import like_loop
 from tweet_svc.store import TweetStore
-
-ALL_SHARDS = ", ".join(str(s) for s in range(SHARDS))
 
 
 def sign_in(edge: httpx.Client) -> tuple[int, dict[str, str]]:
@@ -99,45 +97,11 @@ async def test_tweet_posted_while_kafka_is_down_reaches_kafka_after_it_returns(
 
 
 async def pending_outbox_events(cql: CqlSession) -> list[dict[str, Any]]:
-    """Every event still in the outbox, from the minutes its index lists."""
-    minutes = await cql.execute(f"SELECT shard, minute FROM outbox_minutes WHERE shard IN ({ALL_SHARDS})")
-    pending = []
-    for m in minutes:
-        rows = await cql.execute(
-            "SELECT payload FROM outbox_events WHERE shard = %s AND minute = %s", (m.shard, m.minute)
-        )
-        pending += [json.loads(bytes(r.payload)) for r in rows]
-    return pending
-
-
-async def test_relay_publishes_an_old_event_and_then_forgets_its_minute(cql: CqlSession) -> None:
-    """An event left from minutes ago (its fast path never ran) goes out on the
-    next relay pass, after which its minute leaves the index, so later passes
-    do not read that partition (and its tombstones) again."""
-    three_minutes_ago = int(time.time() * 1000) - 180_000
-    event_id = IdGenerator(903, clock_ms=lambda: three_minutes_ago).next_id()
-    probe = {"type": "outbox_probe", "probe_id": event_id}
-    event = Event(event_id=event_id, topic=TOPIC_TWEETS, key=event_id, payload=probe)
-    producer = AsyncProducer(KAFKA, "tests-outbox")
-    outbox = Outbox(cql, producer)
-    await outbox.prepare()
-    try:
-        batch = BatchStatement(batch_type=BatchType.LOGGED)
-        outbox.add_to(batch, event)
-        await cql.execute(batch)
-        listed = f"SELECT minute FROM outbox_minutes WHERE shard = {event.shard} AND minute = {minute_of(event_id)}"
-        assert await cql.execute(listed), "the event's minute is not listed"
-
-        # The services' own relays run every second too; whichever gets it first
-        # publishes it, and after that pass the minute is gone.
-        await outbox.relay_once()
-        await outbox.relay_once()
-        assert not any(e.get("probe_id") == event_id for e in await pending_outbox_events(cql))
-        assert not await cql.execute(listed), "an old, empty minute stayed in the index"
-    finally:
-        producer.close()
-    found = events_where(TOPIC_TWEETS, lambda e: e.get("probe_id") == event_id, 1, timeout=30)
-    assert found and all(e == probe for e in found)
+    """Every event of the last two minutes not yet marked published."""
+    store = OutboxStore(cql)
+    await store.prepare()
+    now = int(time.time() * 1000)
+    return [json.loads(e.payload) for e in await store.unpublished(now - 120_000, now)]
 
 
 async def _like_count(store: TweetStore, tweet_id: int) -> int:
