@@ -33,6 +33,8 @@ from cassandra.query import BatchStatement, BatchType
 from common.buckets import bucket_of
 from common.cql import CqlSession
 from common.ids import CHIRP_EPOCH_MS, INSTANCE_BITS, SEQUENCE_BITS, id_time_ms
+from common.outbox import Outbox
+from graph_svc.store import GraphStore
 from infra import topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +163,6 @@ async def seed(args: argparse.Namespace) -> dict[str, Any]:
         "following": "INSERT INTO following_by_time (user_id, followed_at, followee_id) VALUES (?, ?, ?)",
         "followers": "INSERT INTO followers_by_time (user_id, bucket, followed_at, follower_id) VALUES (?, ?, ?, ?)",
         "fbucket": "INSERT INTO follower_buckets (user_id, bucket) VALUES (?, ?)",
-        "stats": "UPDATE user_stats SET follower_count = follower_count + ?, following_count = following_count + ? WHERE user_id = ?",
         "tweet": "INSERT INTO tweets (tweet_id, author_id, author_username, text, created_at) VALUES (?, ?, ?, ?, ?)",
         "user_tweet": "INSERT INTO user_tweets (author_id, bucket, tweet_id) VALUES (?, ?, ?)",
         "tbucket": "INSERT INTO user_tweet_buckets (author_id, bucket) VALUES (?, ?)",
@@ -194,9 +195,10 @@ async def seed(args: argparse.Namespace) -> dict[str, Any]:
     in_degree: dict[int, int] = defaultdict(int)
     for _, e in edges:
         in_degree[e] += 1
-    await writer.each(
-        "counts", q["stats"], [(in_degree.get(i, 0), len(follows.get(i, ())), user_ids[i]) for i in range(args.users)]
-    )
+    # Follow counts are derived from the lists (graph_svc/store.py): recount them all once.
+    graph_store = GraphStore(cql, Outbox(cql, None))
+    await graph_store.prepare()
+    await graph_store.recount_everyone()
     threshold = args.celebrity_threshold
     celebrities = [i for i in range(args.users) if in_degree.get(i, 0) >= threshold]
     await writer.each("celebrities", q["celebrity"], [(user_ids[i],) for i in celebrities])

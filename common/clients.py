@@ -1,6 +1,11 @@
 """gRPC channels to other Chirp services: client-side round robin over every
 instance (a headless Service in Kubernetes), deadlines derived from the
-incoming call, the request id passed along."""
+incoming call, the request id passed along.
+
+A failed call raises grpc.aio.AioRpcError; callers let it propagate, and
+common/errors.py maps it by its status code (a peer that is down or slow stays
+retryable, a peer's refusal of the request passes through, anything else is
+INTERNAL)."""
 
 from __future__ import annotations
 

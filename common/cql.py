@@ -1,4 +1,30 @@
-"""asyncio wrapper around the (thread-based) ScyllaDB/Cassandra driver."""
+"""asyncio wrapper around the (thread-based) ScyllaDB/Cassandra driver, and
+the policies every Chirp process uses against the CQL store.
+
+- Requests go token-aware to replicas in the local DC (a setting), at a
+  consistency level that is a setting (LOCAL_QUORUM by default: with RF 3 one
+  replica down changes nothing for clients, and a quorum read sees every
+  acknowledged quorum write).
+- A prepared statement is marked idempotent when running it twice is
+  harmless: reads, and plain upserts and deletes with bound values. Counter
+  updates, collection appends, lightweight transactions (IF ...) and
+  statements calling now()/uuid() are not: running one twice may apply it
+  twice (`is_idempotent`; pass `idempotent=` to `prepare` to decide by hand).
+  A `Batch` is idempotent when every statement in it is.
+- `RetryPolicy` retries idempotent statements on another replica after a
+  timeout or a lost connection, and anything the coordinator refused before
+  running it (unavailable, overloaded, bootstrapping). A non-idempotent
+  statement whose fate is unknown (a timeout, a lost connection) is never
+  sent again: the caller sees the error and decides (an LWT can be re-read).
+- Reads that are slow on one replica are sent to the next one as well
+  (speculative execution); the driver only does this for idempotent
+  statements, and we keep it to point and slice reads: writes are never
+  doubled, nor are aggregates and scans (COUNT, DISTINCT, no WHERE), which
+  are slow because they are big, not because a replica stalls.
+- `CQL_UNAVAILABLE_ERRORS` lists the errors that mean "the store is
+  unreachable or overloaded" (503, retried by the edge). Every other driver
+  error, a bad query above all, is a bug and maps to INTERNAL.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +36,179 @@ from collections import namedtuple
 from collections.abc import Sequence
 from typing import Any
 
-from cassandra import ConsistencyLevel, DriverException, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
+from cassandra import (
+    ConsistencyLevel,
+    OperationTimedOut,
+    RateLimitReached,
+    ReadTimeout,
+    Unavailable,
+    WriteTimeout,
+    WriteType,
+)
+from cassandra import policies as driver_policies
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture, Session
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import PreparedStatement
+from cassandra.connection import ConnectionBusy, ConnectionException
+from cassandra.policies import ConstantSpeculativeExecutionPolicy, DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.pool import NoConnectionsAvailable
+from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from common import deadlines
+from common.config import CommonConfig
 
 log = logging.getLogger(__name__)
 
-# Errors meaning the store is unreachable or overloaded, not that the query is wrong.
+# The store is unreachable or overloaded: the same request may succeed shortly.
 CQL_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     NoHostAvailable,
     OperationTimedOut,
     Unavailable,
     ReadTimeout,
     WriteTimeout,
-    DriverException,
+    ConnectionException,
+    ConnectionBusy,
+    NoConnectionsAvailable,
+    OverloadedErrorMessage,
+    IsBootstrappingErrorMessage,
+    RateLimitReached,
 )
 
-LOCAL_DC = "datacenter1"
+LOCAL_DC = "datacenter1"  # default of CHIRP_CQL_LOCAL_DC (common/config.py), the DC the k8s manifests name
+DEFAULT_CONSISTENCY = "LOCAL_QUORUM"
+READ_PROFILE = "reads"
+# At RF 3 a statement can be tried on each of the other two replicas.
+MAX_RETRIES = 2
+# A read still unanswered after this long is also sent to the next replica,
+# at most twice: well above a healthy read (a few ms) so a loaded cluster is
+# not doubled, well below the 2 s request timeout so a stalled replica costs
+# a fraction of it.
+SPECULATIVE_DELAY_SECONDS = 0.15
+SPECULATIVE_ATTEMPTS = 2
+
+_LWT = re.compile(r"\bIF\b", re.IGNORECASE)
+# `c = c + ?`, `c = c - ?` (counters, collection appends), `l = ? + l` (prepends).
+_SELF_UPDATE = re.compile(r"\b(\w+)\s*=\s*(\1\s*[-+]|[^,=]*[-+]\s*\1\b)", re.IGNORECASE)
+_NON_DETERMINISTIC = re.compile(r"\b(now|uuid|currenttimestamp|currenttimeuuid|currentdate|currenttime)\s*\(", re.I)
+# Never sent to replicas, so never applied: safe to send anywhere again.
+_REFUSED_BEFORE_RUNNING = (OverloadedErrorMessage, IsBootstrappingErrorMessage)
+
+
+def is_read(query: str) -> bool:
+    return query.lstrip().upper().startswith("SELECT")
+
+
+_BIG_READ = re.compile(r"\b(COUNT|SUM|AVG|MIN|MAX)\s*\(|\bDISTINCT\b", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=4096)
+def profile_for(query: str) -> object:
+    """The execution profile of a statement: READ_PROFILE (speculative) for point and slice reads."""
+    if is_read(query) and not _BIG_READ.search(query) and re.search(r"\bWHERE\b", query, re.IGNORECASE):
+        return READ_PROFILE
+    return EXEC_PROFILE_DEFAULT
+
+
+def is_idempotent(query: str) -> bool:
+    """Whether running `query` twice leaves the same state as running it once."""
+    if is_read(query):
+        return True
+    return not (_LWT.search(query) or _SELF_UPDATE.search(query) or _NON_DETERMINISTIC.search(query))
+
+
+class Batch(BatchStatement):
+    """A batch that is idempotent exactly when every statement added to it is,
+    so retries and the callers' batches (the outbox's included) agree."""
+
+    def __init__(self, batch_type: Any = BatchType.LOGGED) -> None:
+        super().__init__(batch_type=batch_type)
+        self.is_idempotent = batch_type != BatchType.COUNTER
+
+    def add(self, statement: Any, parameters: Any = None) -> Any:
+        if not getattr(statement, "is_idempotent", False):
+            self.is_idempotent = False
+        return super().add(statement, parameters)
+
+
+class RetryPolicy(driver_policies.RetryPolicy):
+    """Retry on the next replica what is safe to repeat, never more than MAX_RETRIES times."""
+
+    def on_read_timeout(
+        self,
+        query: Any,
+        consistency: Any,
+        required_responses: int,
+        received_responses: int,
+        data_retrieved: bool,
+        retry_num: int,
+    ) -> tuple[int, Any]:
+        # A read changes nothing, so another replica may simply be asked.
+        return (self.RETRY_NEXT_HOST, None) if retry_num < MAX_RETRIES else (self.RETHROW, None)
+
+    def on_write_timeout(
+        self,
+        query: Any,
+        consistency: Any,
+        write_type: Any,
+        required_responses: int,
+        received_responses: int,
+        retry_num: int,
+    ) -> tuple[int, Any]:
+        # The write may or may not have been applied: only repeat one whose repetition is harmless.
+        # CAS and COUNTER are never idempotent, whatever the statement claims.
+        if retry_num >= MAX_RETRIES or write_type in (WriteType.CAS, WriteType.COUNTER) or not _idempotent(query):
+            return self.RETHROW, None
+        return self.RETRY_NEXT_HOST, None
+
+    def on_unavailable(
+        self, query: Any, consistency: Any, required_replicas: int, alive_replicas: int, retry_num: int
+    ) -> tuple[int, Any]:
+        # Refused before any replica ran it; another coordinator may see the replicas alive
+        # (one just came back, or this one has not yet seen them).
+        return (self.RETRY_NEXT_HOST, None) if retry_num == 0 else (self.RETHROW, None)
+
+    def on_request_error(self, query: Any, consistency: Any, error: Exception, retry_num: int) -> tuple[int, Any]:
+        if retry_num >= MAX_RETRIES:
+            return self.RETHROW, None
+        if isinstance(error, _REFUSED_BEFORE_RUNNING) or _idempotent(query):
+            return self.RETRY_NEXT_HOST, None
+        # A lost connection or a server error: the statement may have run.
+        return self.RETHROW, None
+
+
+def _idempotent(query: Any) -> bool:
+    return bool(getattr(query, "is_idempotent", False))
+
+
+def consistency_level(name: str) -> int:
+    try:
+        return int(ConsistencyLevel.name_to_value[name.upper()])
+    except KeyError:
+        raise ValueError(f"unknown CQL consistency level {name!r}") from None
+
+
+def execution_profiles(local_dc: str, consistency: str, default_timeout: float) -> dict[object, ExecutionProfile]:
+    """The default profile (writes and anything not a read) and the read profile (speculative)."""
+
+    def profile(**extra: Any) -> ExecutionProfile:
+        return ExecutionProfile(
+            # One policy object per profile: the driver tells each profile's policy about every host.
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc)),
+            retry_policy=RetryPolicy(),
+            request_timeout=default_timeout,
+            consistency_level=consistency_level(consistency),
+            serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
+            row_factory=named_rows,
+            **extra,
+        )
+
+    return {
+        EXEC_PROFILE_DEFAULT: profile(),
+        READ_PROFILE: profile(
+            speculative_execution_policy=ConstantSpeculativeExecutionPolicy(
+                SPECULATIVE_DELAY_SECONDS, SPECULATIVE_ATTEMPTS
+            )
+        ),
+    }
 
 
 @functools.lru_cache(maxsize=1024)
@@ -45,6 +224,13 @@ def named_rows(columns: list[str], rows: list[tuple[Any, ...]]) -> list[Any]:
     return [row(*r) for r in rows]
 
 
+def _query_text(statement: Any) -> str:
+    if isinstance(statement, str):
+        return statement
+    prepared = getattr(statement, "prepared_statement", statement)
+    return str(getattr(prepared, "query_string", "") or "")
+
+
 class CqlSession:
     """One driver session per process; statements are prepared once at start."""
 
@@ -54,30 +240,48 @@ class CqlSession:
         self._default_timeout = default_timeout
 
     @classmethod
-    async def connect(cls, hosts: Sequence[str], port: int, keyspace: str, default_timeout: float) -> CqlSession:
-        profile = ExecutionProfile(
-            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=LOCAL_DC)),
-            request_timeout=default_timeout,
-            # Quorum reads and writes in the local DC: with RF 3 a read sees
-            # every acknowledged write even with one replica down.
-            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
-            serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL,
-            row_factory=named_rows,
+    async def from_config(cls, common: CommonConfig) -> CqlSession:
+        """The session every service and worker opens, from its settings."""
+        return await cls.connect(
+            common.cql_hosts,
+            common.cql_port,
+            common.cql_keyspace,
+            common.cql_timeout_seconds,
+            local_dc=common.cql_local_dc,
+            consistency=common.cql_consistency,
         )
+
+    @classmethod
+    async def connect(
+        cls,
+        hosts: Sequence[str],
+        port: int,
+        keyspace: str,
+        default_timeout: float,
+        local_dc: str = LOCAL_DC,
+        consistency: str = DEFAULT_CONSISTENCY,
+    ) -> CqlSession:
         cluster = Cluster(
             contact_points=list(hosts),
             port=port,
             protocol_version=4,
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            execution_profiles=execution_profiles(local_dc, consistency, default_timeout),
             connect_timeout=5,
         )
         loop = asyncio.get_running_loop()
-        session = await loop.run_in_executor(None, cluster.connect, keyspace)
+        try:
+            session = await loop.run_in_executor(None, cluster.connect, keyspace)
+        except BaseException:
+            cluster.shutdown()  # its threads and connections, or the process never exits
+            raise
         return cls(cluster, session, default_timeout)
 
-    async def prepare(self, query: str) -> PreparedStatement:
+    async def prepare(self, query: str, idempotent: bool | None = None) -> PreparedStatement:
+        """Prepare `query`, marked idempotent as `is_idempotent` judges it unless told."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self._session.prepare, query)
+        prepared = await loop.run_in_executor(None, self._session.prepare, query)
+        prepared.is_idempotent = is_idempotent(query) if idempotent is None else idempotent
+        return prepared
 
     async def execute(self, statement: Any, params: Sequence[Any] | None = None) -> list[Any]:
         """Run one statement; returns all its rows (callers bound results with LIMIT).
@@ -86,7 +290,10 @@ class CqlSession:
         fetched, so a LIMIT above that is honoured rather than silently cut short.
         """
         future: ResponseFuture = self._session.execute_async(
-            statement, params, timeout=deadlines.timeout(self._default_timeout)
+            statement,
+            params,
+            timeout=deadlines.timeout(self._default_timeout),
+            execution_profile=profile_for(_query_text(statement)),
         )
         loop = asyncio.get_running_loop()
         result: asyncio.Future[list[Any]] = loop.create_future()

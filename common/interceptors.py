@@ -11,7 +11,7 @@ from typing import Any, cast
 import grpc
 
 from common import deadlines
-from common.errors import ChirpError, to_status
+from common.errors import ChirpError, classify
 from common.logs import request_id_var
 from common.metrics import GRPC_HANDLED, GRPC_LATENCY
 
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -63,14 +64,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 if isinstance(exc, grpc.aio.AbortError):
                     code = context.code() or grpc.StatusCode.UNKNOWN
                     raise
-                code, message, details = to_status(exc, dependency_errors)
+                error = classify(exc, dependency_errors)
+                code = error.code
                 if isinstance(exc, ChirpError):
                     log.info("rejected", extra={"grpc_method": method, "grpc_code": code.name})
-                elif code == grpc.StatusCode.UNAVAILABLE:
+                elif code in _RETRYABLE:
                     log.warning("dependency unavailable: %r", exc, extra={"grpc_method": method})
+                elif code != grpc.StatusCode.INTERNAL:  # a peer's refusal of the client's request
+                    log.info("rejected by a peer", extra={"grpc_method": method, "grpc_code": code.name})
                 else:
                     log.exception("unhandled error", extra={"grpc_method": method})
-                await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", details),))
+                status = error.grpc_status()
+                await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
             finally:
                 GRPC_HANDLED.labels(service, method, code.name).inc()
                 GRPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)

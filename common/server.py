@@ -35,6 +35,9 @@ class Wiring:
     service_names: Sequence[str]
     probes: Sequence[Probe]
     close: Callable[[], Awaitable[None]]
+    # Store errors that mean "unreachable or overloaded" (503, retried by the edge), e.g.
+    # common.cql.CQL_UNAVAILABLE_ERRORS. Any other error is INTERNAL; a peer service's
+    # error (grpc.aio.AioRpcError) is mapped by its status code and need not be listed.
     dependency_errors: tuple[type[BaseException], ...] = ()
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=tuple)
 

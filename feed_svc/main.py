@@ -39,7 +39,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
             # Redis is not a probe: without it reads are served from the CQL store.
             probes=[parts.cql.ping],
             close=parts.close,
-            dependency_errors=CQL_UNAVAILABLE_ERRORS + REDIS_UNAVAILABLE_ERRORS + (grpc.aio.AioRpcError,),
+            dependency_errors=CQL_UNAVAILABLE_ERRORS + REDIS_UNAVAILABLE_ERRORS,
         ),
     )
 

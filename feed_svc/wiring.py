@@ -28,7 +28,7 @@ class FeedParts:
 
 async def build(cfg: FeedConfig) -> FeedParts:
     common = cfg.common
-    cql = await CqlSession.connect(common.cql_hosts, common.cql_port, common.cql_keyspace, common.cql_timeout_seconds)
+    cql = await CqlSession.from_config(common)
     redis = connect_redis(common.redis_url)
     store = TimelineStore(cql, cfg.fanout_concurrency)
     await store.prepare()

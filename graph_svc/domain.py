@@ -1,10 +1,44 @@
-"""graph_svc business rules: accounts, sessions and the follow graph."""
+"""graph_svc business rules: accounts, sessions and the follow graph.
+
+Follower and following counts (which decide celebrity status) are derived
+from the follow lists, not counted alongside them. A follow writes, in this
+order: the edge (lightweight transaction on `follows`), both list rows with
+the follow event (one logged batch: the event is durable exactly when the
+rows are), then a recount of the two users' counts (graph_svc/store.py,
+"Counts"), then publishes the event. Counters made that last step a separate
+non-idempotent write, so a crash before it, or a timeout that may or may not
+have applied it, left the count wrong for good. A recount is idempotent and
+reads the rows as they are, so whatever was lost is repaired by the next
+recount of the same user, which comes from any of:
+
+- the client retrying the call (a repeated follow or unfollow recounts too);
+- the follow event: `repair_counts` recounts both users of every follow event
+  it is given, and every event whose rows were written is published by the
+  outbox relay even if the process died, so a consumer of the follows topic
+  calling it (graph_svc's count-repair loop) closes the gap within seconds;
+- any later follow or unfollow of the same users.
+
+An unfollow deletes the list rows (with its event) and recounts before it
+removes the edge: the edge is how a repeated unfollow finds when the follow
+happened, so a crash at any earlier step leaves it for the retry to finish
+with. Removing the edge first left list rows, counted as followers, that
+nothing could find again.
+
+Recounts of the same user in one process share runs (`SharedRuns`): a
+celebrity gaining followers quickly costs one recount at a time, not one per
+follow, and each caller still waits for a recount that started after its
+own write.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, Generic, Protocol, TypeVar
 
 from common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from common.ids import IdGenerator
@@ -12,8 +46,10 @@ from common.kafka import TOPIC_FOLLOWS
 from common.outbox import Event, Outbox
 from common.pagination import decode_token, encode_token
 from graph_svc.accounts import Account, Passwords, username_key, validate_password, validate_username
-from graph_svc.store import FollowEdge, GraphStore
+from graph_svc.store import FollowEdge, GraphStore, follow_bucket
 from graph_svc.tokens import TokenSigner
+
+log = logging.getLogger(__name__)
 
 BAD_LOGIN = "username or password is wrong"
 # Accounts one ListFollowingIds call lists by default (CHIRP_FOLLOWING_LIST_LIMIT);
@@ -23,6 +59,55 @@ FOLLOWING_AMONG_MAX = 1000
 # A real hash to verify against when the username is unknown, so both failures
 # take the same time.
 _DUMMY_PASSWORD = "not-a-real-password"
+# Users recounted at once when repairing from a batch of follow events.
+REPAIR_CONCURRENCY = 16
+
+K = TypeVar("K", bound=Hashable)
+
+
+class SharedRuns(Generic[K]):
+    """Runs `run(key)` for callers that each need a run started after they asked,
+    sharing runs between callers of the same key: while one runs, later callers
+    all wait for the single next one. So a key has one run going and at most one
+    waiting however many callers pile up, and no caller is answered by a run
+    that started before its call."""
+
+    def __init__(self, run: Callable[[K], Awaitable[Any]]) -> None:
+        self._run = run
+        self._running: dict[K, asyncio.Future[None]] = {}
+        self._next: dict[K, asyncio.Future[None]] = {}
+
+    async def __call__(self, key: K) -> None:
+        upcoming = self._next.get(key)
+        if upcoming is None:
+            upcoming = asyncio.ensure_future(self._after(key, self._running.get(key)))
+            upcoming.add_done_callback(_retrieve)
+            self._next[key] = upcoming
+        # Shielded: a caller giving up (its deadline) does not cancel the others' run.
+        await asyncio.shield(upcoming)
+
+    async def _after(self, key: K, previous: asyncio.Future[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # its outcome is its own callers'
+        this = self._next.pop(key)  # from now on a caller needs the run after this one
+        self._running[key] = this
+        try:
+            await self._run(key)
+        finally:
+            if self._running.get(key) is this:
+                del self._running[key]
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    # Every waiter may have given up; the failure still must not be logged as never retrieved.
+    if not future.cancelled():
+        future.exception()
+
+
+class HasValue(Protocol):
+    """A consumed message (confluent_kafka.Message): only its value is read."""
+
+    def value(self) -> bytes | None: ...
 
 
 def _utcnow() -> datetime:
@@ -66,6 +151,10 @@ class Graph:
         self._ids = ids
         self._clock = clock
         self._dummy_hash: str | None = None
+        self._follower_recounts: SharedRuns[tuple[int, int]] = SharedRuns(
+            lambda key: store.recount_followers(key[0], [key[1]])
+        )
+        self._following_recounts: SharedRuns[int] = SharedRuns(lambda user: store.recount_following(user))
 
     # ---- accounts -------------------------------------------------------------
 
@@ -126,12 +215,13 @@ class Graph:
         if follower == followee:
             raise InvalidArgument("you cannot follow yourself", field="user_id")
         await self.get_user(followee)
-        created, at = await self._store.add_edge(follower, followee, _ms_precision(self._clock()))
+        _, at = await self._store.add_edge(follower, followee, _ms_precision(self._clock()))
         event = self._event("follow", follower, followee, at)
-        # Written again on a repeated follow too: that repairs lists a crash cut short.
+        # Written again on a repeated follow too: that repairs lists (and, by the recount,
+        # counts) a crash cut short.
         await self._store.write_follow_lists(follower, followee, at, event)
-        if created:
-            await self._store.count_follow(follower, followee, +1)
+        # Before the event goes out: the fan-out reads the followee's count when it gets it.
+        await self._recount(follower, followee, at)
         self._outbox.publish_soon(event)
 
     async def unfollow(self, follower: int, followee: int) -> None:
@@ -142,12 +232,49 @@ class Graph:
         at = await self._store.edge_time(follower, followee)
         if at is None:
             return
-        if not await self._store.remove_edge(follower, followee):
-            return  # a concurrent unfollow won
         event = self._event("unfollow", follower, followee, at)
+        # The edge goes last: see the module docstring.
         await self._store.delete_follow_lists(follower, followee, at, event)
-        await self._store.count_follow(follower, followee, -1)
+        await self._recount(follower, followee, at)
+        await self._store.remove_edge(follower, followee)
         self._outbox.publish_soon(event)
+
+    async def _recount(self, follower: int, followee: int, at: datetime) -> None:
+        await asyncio.gather(self._following_recounts(follower), self._follower_recounts((followee, follow_bucket(at))))
+
+    async def repair_counts(self, events: Iterable[Mapping[str, Any]]) -> int:
+        """Recount both users of every follow and unfollow event (payloads as `_event` writes
+        them; others are ignored). Idempotent, so events may come any number of times, in
+        any order. Returns how many recounts it ran."""
+        followers: set[tuple[int, int]] = set()
+        following: set[int] = set()
+        for event in events:
+            if event.get("type") not in ("follow", "unfollow"):
+                continue
+            at = datetime.fromtimestamp(int(event["followed_at_ms"]) / 1000, UTC)
+            followers.add((int(event["followee_id"]), follow_bucket(at)))
+            following.add(int(event["follower_id"]))
+        limit = asyncio.Semaphore(REPAIR_CONCURRENCY)
+
+        async def bounded(job: Awaitable[None]) -> None:
+            async with limit:
+                await job
+
+        await asyncio.gather(
+            *(bounded(self._follower_recounts(key)) for key in followers),
+            *(bounded(self._following_recounts(user)) for user in following),
+        )
+        return len(followers) + len(following)
+
+    async def repair_counts_from(self, messages: Sequence[HasValue]) -> None:
+        """`repair_counts` for a batch of the follows topic (a `common.worker.ConsumerLoop` apply)."""
+        events = []
+        for message in messages:
+            try:
+                events.append(json.loads(message.value() or b""))
+            except ValueError:
+                log.error("skipping a malformed follow event")
+        await self.repair_counts(e for e in events if isinstance(e, dict))
 
     def _event(self, kind: str, follower: int, followee: int, at: datetime) -> Event:
         return Event(

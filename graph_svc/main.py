@@ -10,10 +10,11 @@ from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
 from common import server
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
-from common.kafka import AsyncProducer
+from common.kafka import TOPIC_FOLLOWS, AsyncProducer, BatchConsumer
 from common.logs import setup_logging
 from common.outbox import Outbox
 from common.server import Wiring, serve
+from common.worker import ConsumerLoop
 from graph_svc import config as graph_config
 from graph_svc.accounts import Passwords
 from graph_svc.domain import Graph
@@ -21,11 +22,13 @@ from graph_svc.service import GraphService
 from graph_svc.store import GraphStore
 from graph_svc.tokens import TokenSigner
 
+COUNTS_GROUP = "chirp-follow-counts"
+
 
 async def run(cfg: graph_config.GraphConfig) -> None:
     common = cfg.common
     signer = TokenSigner.from_file(cfg.token_key_file, timedelta(seconds=cfg.token_ttl_seconds))
-    cql = await CqlSession.connect(common.cql_hosts, common.cql_port, common.cql_keyspace, common.cql_timeout_seconds)
+    cql = await CqlSession.from_config(common)
     producer = AsyncProducer(common.kafka_bootstrap, f"graph_svc-{common.instance_id}")
     outbox = Outbox(cql, producer)
     await outbox.prepare()
@@ -40,10 +43,23 @@ async def run(cfg: graph_config.GraphConfig) -> None:
         following_ids_limit=cfg.following_list_limit,
     )
 
+    # Follow events are written with the edge's list rows: recounting from them
+    # repairs a count that a crash between the edge and its recount left wrong.
+    counts = ConsumerLoop(
+        COUNTS_GROUP,
+        lambda: BatchConsumer(
+            common.kafka_bootstrap, COUNTS_GROUP, [TOPIC_FOLLOWS], f"follow-counts-{common.instance_id}"
+        ),
+        graph.repair_counts_from,
+        500,
+        0.2,
+    )
+
     def register(server: grpc.aio.Server) -> None:
         graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphService(graph), server)
 
     async def close() -> None:
+        counts.close()
         producer.close()
         # Mark what the fast path delivered while closing, and hand the relay's
         # shards over now rather than when their leases expire.
@@ -58,7 +74,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
         probes=[cql.ping],
         close=close,
         dependency_errors=CQL_UNAVAILABLE_ERRORS,
-        background=[outbox.relay_forever],
+        background=[outbox.relay_forever, counts.run_forever],
     )
     await serve(common, wiring)
 

@@ -1,16 +1,32 @@
-"""All CQL of graph_svc."""
+"""All CQL of graph_svc.
+
+Counts
+------
+Follower and following counts are derived from the follow lists, never
+accumulated: `follower_bucket_counts` holds how many rows each (user, month)
+partition of `followers_by_time` has, `follow_counts` the sum of a user's
+buckets and the size of their `following_by_time` partition. A recount reads
+the rows and writes the result `USING TIMESTAMP` of when it started reading,
+so of two racing recounts the one that saw more recent rows wins, and a
+recount that starts after the last change to the rows writes the right
+number whatever happened before (a crash, a lost write, a timeout). That is
+what makes the counts self-healing: graph_svc/domain.py recounts after every
+change and again when the change's durable event comes back. Reads are
+unchanged: one row per user in `follow_counts`, one query per 100 users.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.query import BatchType, PreparedStatement
 
 from common.buckets import bucket_of
-from common.cql import CqlSession
+from common.cql import Batch, CqlSession
 from common.outbox import Event, Outbox
 from graph_svc.accounts import Account
 
@@ -28,7 +44,7 @@ STATEMENTS = {
     "delete_user": "DELETE FROM users WHERE user_id = ?",
     "claim_name": "INSERT INTO users_by_name (username_key, user_id) VALUES (?, ?) IF NOT EXISTS",
     "get_user": "SELECT user_id, username, password_hash, created_at FROM users WHERE user_id = ?",
-    "get_stats": "SELECT follower_count, following_count FROM user_stats WHERE user_id = ?",
+    "get_counts": "SELECT follower_count, following_count FROM follow_counts WHERE user_id = ?",
     "get_by_name": "SELECT user_id FROM users_by_name WHERE username_key = ?",
     "follow_edge": "INSERT INTO follows (follower_id, followee_id, followed_at) VALUES (?, ?, ?) IF NOT EXISTS",
     "get_edge": "SELECT followed_at FROM follows WHERE follower_id = ? AND followee_id = ?",
@@ -38,8 +54,15 @@ STATEMENTS = {
     "add_follower": "INSERT INTO followers_by_time (user_id, bucket, followed_at, follower_id) VALUES (?, ?, ?, ?)",
     "del_follower": "DELETE FROM followers_by_time WHERE user_id = ? AND bucket = ? AND followed_at = ? AND follower_id = ?",
     "add_bucket": "INSERT INTO follower_buckets (user_id, bucket) VALUES (?, ?)",
-    "count_follow": "UPDATE user_stats SET follower_count = follower_count + ? WHERE user_id = ?",
-    "count_following": "UPDATE user_stats SET following_count = following_count + ? WHERE user_id = ?",
+    "count_bucket": "SELECT COUNT(*) FROM followers_by_time WHERE user_id = ? AND bucket = ?",
+    "set_bucket_count": "UPDATE follower_bucket_counts USING TIMESTAMP ? SET followers = ? "
+    "WHERE user_id = ? AND bucket = ?",
+    "bucket_counts": "SELECT followers FROM follower_bucket_counts WHERE user_id = ?",
+    "set_follower_count": "UPDATE follow_counts USING TIMESTAMP ? SET follower_count = ? WHERE user_id = ?",
+    "count_following": "SELECT COUNT(*) FROM following_by_time WHERE user_id = ?",
+    "set_following_count": "UPDATE follow_counts USING TIMESTAMP ? SET following_count = ? WHERE user_id = ?",
+    "all_follower_buckets": "SELECT DISTINCT user_id, bucket FROM followers_by_time",
+    "all_following": "SELECT DISTINCT user_id FROM following_by_time",
     "buckets_from": "SELECT bucket FROM follower_buckets WHERE user_id = ? AND bucket <= ? LIMIT ?",
     "followers_first": "SELECT followed_at, follower_id FROM followers_by_time WHERE user_id = ? AND bucket = ? LIMIT ?",
     "followers_after": "SELECT followed_at, follower_id FROM followers_by_time WHERE user_id = ? AND bucket = ? "
@@ -49,7 +72,7 @@ STATEMENTS = {
     "AND (followed_at, followee_id) < (?, ?) LIMIT ?",
     "following_ids": "SELECT followee_id FROM follows WHERE follower_id = ? LIMIT ?",
     "follows_among": "SELECT followee_id FROM follows WHERE follower_id = ? AND followee_id IN ?",
-    "follower_counts": "SELECT user_id, follower_count FROM user_stats WHERE user_id IN ?",
+    "follower_counts": "SELECT user_id, follower_count FROM follow_counts WHERE user_id IN ?",
 }
 MAX_BUCKETS_PER_PAGE = 64
 
@@ -83,7 +106,7 @@ class GraphStore:
     async def get_user(self, user_id: int) -> Account | None:
         user_rows, stat_rows = await asyncio.gather(
             self._cql.execute(self._q["get_user"], (user_id,)),
-            self._cql.execute(self._q["get_stats"], (user_id,)),
+            self._cql.execute(self._q["get_counts"], (user_id,)),
         )
         if not user_rows:
             return None
@@ -125,8 +148,8 @@ class GraphStore:
 
     async def write_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
         """Both list rows and the event, atomically (logged batch); idempotent."""
-        bucket = bucket_of(_ms(at))
-        batch = BatchStatement(batch_type=BatchType.LOGGED)
+        bucket = follow_bucket(at)
+        batch = Batch(BatchType.LOGGED)
         batch.add(self._q["add_following"], (follower, at, followee))
         batch.add(self._q["add_follower"], (followee, bucket, at, follower))
         batch.add(self._q["add_bucket"], (followee, bucket))
@@ -134,17 +157,51 @@ class GraphStore:
         await self._cql.execute(batch)
 
     async def delete_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
-        batch = BatchStatement(batch_type=BatchType.LOGGED)
+        batch = Batch(BatchType.LOGGED)
         batch.add(self._q["del_following"], (follower, at, followee))
-        batch.add(self._q["del_follower"], (followee, bucket_of(_ms(at)), at, follower))
+        batch.add(self._q["del_follower"], (followee, follow_bucket(at), at, follower))
         self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
 
-    async def count_follow(self, follower: int, followee: int, delta: int) -> None:
-        batch = BatchStatement(batch_type=BatchType.COUNTER)
-        batch.add(self._q["count_follow"], (delta, followee))
-        batch.add(self._q["count_following"], (delta, follower))
-        await self._cql.execute(batch)
+    # ---- counts (see the module docstring) --------------------------------------
+
+    async def recount_followers(self, user_id: int, buckets: Sequence[int]) -> int:
+        """Recount these follower buckets of `user_id`, then their follower count; returns it."""
+        for bucket in buckets:
+            started = _now_us()
+            rows = await self._cql.execute(self._q["count_bucket"], (user_id, bucket))
+            await self._cql.execute(self._q["set_bucket_count"], (started, int(rows[0][0]), user_id, bucket))
+        started = _now_us()
+        counted = await self._cql.execute(self._q["bucket_counts"], (user_id,))
+        total = sum(r.followers or 0 for r in counted)
+        await self._cql.execute(self._q["set_follower_count"], (started, total, user_id))
+        return total
+
+    async def recount_following(self, user_id: int) -> int:
+        """Recount whom `user_id` follows; returns the count."""
+        started = _now_us()
+        rows = await self._cql.execute(self._q["count_following"], (user_id,))
+        count = int(rows[0][0])
+        await self._cql.execute(self._q["set_following_count"], (started, count, user_id))
+        return count
+
+    async def recount_everyone(self, concurrency: int = 32) -> tuple[int, int]:
+        """Recount every follower bucket and following list: a one-off full scan of both
+        tables (infra/migrate.py, when the counts moved off counters). Returns how many
+        users have followers and how many follow someone."""
+        limit = asyncio.Semaphore(concurrency)
+
+        async def bounded(job: Awaitable[int]) -> int:
+            async with limit:
+                return await job
+
+        by_user: dict[int, list[int]] = {}
+        for row in await self._cql.execute(self._q["all_follower_buckets"]):
+            by_user.setdefault(row.user_id, []).append(row.bucket)
+        await asyncio.gather(*(bounded(self.recount_followers(u, b)) for u, b in by_user.items()))
+        following = await self._cql.execute(self._q["all_following"])
+        await asyncio.gather(*(bounded(self.recount_following(r.user_id)) for r in following))
+        return len(by_user), len(following)
 
     async def followers(self, user_id: int, limit: int, after: FollowEdge | None) -> list[FollowEdge]:
         """Followers newest first, strictly after the `after` cursor, walking month buckets."""
@@ -193,6 +250,16 @@ class GraphStore:
             *(self._cql.execute(self._q["follower_counts"], (ids[i : i + 100],)) for i in range(0, len(ids), 100))
         )
         return {r.user_id: r.follower_count or 0 for rows in chunks for r in rows}
+
+
+def follow_bucket(at: datetime) -> int:
+    """The followers_by_time partition (month) a follow made at `at` is listed in."""
+    return bucket_of(_ms(at))
+
+
+def _now_us() -> int:
+    # Microseconds since the epoch: the unit of CQL write timestamps.
+    return time.time_ns() // 1000
 
 
 def _utc(value: datetime) -> datetime:

@@ -95,7 +95,7 @@ class Tweets:
         return tweet
 
     async def get(self, tweet_id: int) -> TweetRecord:
-        _check_id(tweet_id)
+        _check_id(tweet_id, "tweet_id")
         found = await self.hydrate([tweet_id])
         if not found:
             raise NotFound(f"tweet {tweet_id} does not exist")
@@ -117,7 +117,7 @@ class Tweets:
         self._outbox.publish_soon(event)
 
     async def by_author(self, author_id: int, page_size: int, page_token: str) -> TweetPage:
-        _check_id(author_id)
+        _check_id(author_id, "user_id")  # ListUserTweetsRequest.user_id
         cursor = decode_token(page_token, "tweets")
         before = _int_field(cursor, "before") if cursor else None
         if before is None:  # the first page, from the cached recent ids where they reach
@@ -131,7 +131,7 @@ class Tweets:
     async def recent_ids(self, author_ids: list[int], before: int, limit: int) -> list[tuple[int, int]]:
         """(tweet id, author id) of each author's newest tweets below `before` (0: no bound)."""
         if len(author_ids) > 500:
-            raise InvalidArgument("at most 500 authors per call", field="author_ids")
+            raise InvalidArgument("at most 500 author ids per call", field="author_ids")
         authors = list(dict.fromkeys(author_ids))
         # The newest tweets (no `before`) come from Redis where the cache answers.
         newest = not before and limit <= RECENT_DEPTH
@@ -184,7 +184,8 @@ class Tweets:
         )
 
 
-def _check_id(value: int, field: str = "tweet_id") -> None:
+def _check_id(value: int, field: str) -> None:
+    """`field` is the request field the value came from: the client is told which one is wrong."""
     if value <= 0:
         raise InvalidArgument(f"{field} must be a positive integer", field=field)
 

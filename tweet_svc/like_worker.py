@@ -83,7 +83,7 @@ def like_loop(
 
 async def run(cfg: tweet_config.TweetConfig) -> None:
     common = cfg.common
-    cql = await CqlSession.connect(common.cql_hosts, common.cql_port, common.cql_keyspace, common.cql_timeout_seconds)
+    cql = await CqlSession.from_config(common)
     store = TweetStore(cql, Outbox(cql, None))  # the worker writes no events
     await store.prepare()
     redis = connect_redis(common.redis_url)

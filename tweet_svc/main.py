@@ -23,7 +23,7 @@ from tweet_svc.store import TweetStore
 
 async def run(cfg: tweet_config.TweetConfig) -> None:
     common = cfg.common
-    cql = await CqlSession.connect(common.cql_hosts, common.cql_port, common.cql_keyspace, common.cql_timeout_seconds)
+    cql = await CqlSession.from_config(common)
     producer = AsyncProducer(
         common.kafka_bootstrap, f"tweet_svc-{common.instance_id}", delivery_timeout_ms=cfg.like_ack_timeout_ms
     )
@@ -58,7 +58,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
             # down; only likes (acknowledged on Kafka) fail fast with 503.
             probes=[cql.ping],
             close=close,
-            dependency_errors=CQL_UNAVAILABLE_ERRORS + KAFKA_UNAVAILABLE_ERRORS + (grpc.aio.AioRpcError,),
+            dependency_errors=CQL_UNAVAILABLE_ERRORS + KAFKA_UNAVAILABLE_ERRORS,
             background=[outbox.relay_forever],
         ),
     )

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.query import BatchType, PreparedStatement
 
 from common.buckets import bucket_of
-from common.cql import CqlSession
+from common.cql import Batch, CqlSession
 from common.ids import id_time_ms
 from common.outbox import Event, Outbox
 from tweet_svc.likes import LikeState
@@ -67,7 +67,7 @@ class TweetStore:
     async def insert_tweet(self, tweet: TweetRecord, event: Event) -> None:
         """The tweet, its place in the author's list and its event, atomically."""
         bucket = bucket_of(id_time_ms(tweet.tweet_id))
-        batch = BatchStatement(batch_type=BatchType.LOGGED)
+        batch = Batch(BatchType.LOGGED)
         batch.add(
             self._q["insert_tweet"],
             (tweet.tweet_id, tweet.author_id, tweet.author_username, tweet.text, tweet.created_at),
@@ -79,7 +79,7 @@ class TweetStore:
 
     async def delete_tweet(self, tweet: TweetRecord, event: Event) -> None:
         bucket = bucket_of(id_time_ms(tweet.tweet_id))
-        batch = BatchStatement(batch_type=BatchType.LOGGED)
+        batch = Batch(BatchType.LOGGED)
         batch.add(self._q["delete_tweet"], (tweet.tweet_id,))
         batch.add(self._q["delete_user_tweet"], (tweet.author_id, bucket, tweet.tweet_id))
         batch.add(self._q["delete_likes"], (tweet.tweet_id,))
@@ -122,7 +122,7 @@ class TweetStore:
     async def write_likes(self, tweet_id: int, expected: int | None, count: int, changed: dict[int, LikeState]) -> bool:
         """Rows and count in one conditional single-partition batch; False if the
         count moved under us (another worker), so the caller re-reads and retries."""
-        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        batch = Batch(BatchType.UNLOGGED)
         batch.add(self._q["set_count"], (count, tweet_id, expected))
         for user_id, state in changed.items():
             batch.add(self._q["set_like"], (state.liked, state.version, tweet_id, user_id))

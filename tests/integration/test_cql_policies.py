@@ -1,0 +1,249 @@
+"""The CQL policies against the real store: the local DC and consistency the
+sessions use, which statements are idempotent and speculative, how real driver
+errors are classified, the migration's replication handling, and (on the
+cluster topology, `pytest -m cluster`) that one node down at RF 3 changes
+nothing for clients.
+
+Nothing here changes the shared schema; the cluster tests kill and restart
+cassandra-2 through infra.stack."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import pytest
+from cassandra import InvalidRequest
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, NoHostAvailable
+from cassandra.protocol import SyntaxException
+
+from common import cql as cql_policies
+from common.cql import CQL_UNAVAILABLE_ERRORS, LOCAL_DC, Batch, CqlSession
+from common.errors import INTERNAL_MESSAGE, classify
+from infra import migrate, stack, topology
+from tests.conftest import unique_name
+
+KEYSPACE = "chirp"
+
+
+async def _connect(**kwargs: Any) -> CqlSession:
+    return await CqlSession.connect(topology.cql_hosts(), topology.CQL_PORT, KEYSPACE, 5.0, **kwargs)
+
+
+# ---- local DC and consistency -----------------------------------------------------------
+
+
+async def test_every_node_is_in_the_default_local_dc(cql: CqlSession) -> None:
+    """A DC name that matched no node would leave the driver no host to use."""
+    hosts = cql._cluster.metadata.all_hosts()
+    assert hosts and {h.datacenter for h in hosts} == {LOCAL_DC}
+    assert await cql.ping()
+
+
+async def test_a_session_for_another_dc_has_no_host_and_that_means_unavailable() -> None:
+    with pytest.raises(NoHostAvailable) as caught:
+        session = await _connect(local_dc="no-such-dc")
+        try:
+            await session.execute("SELECT user_id FROM users LIMIT 1")
+        finally:
+            session.close()
+    assert classify(caught.value, CQL_UNAVAILABLE_ERRORS).code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_consistency_setting_reaches_every_statement() -> None:
+    session = await _connect(consistency="LOCAL_ONE")
+    try:
+        profiles = session._cluster.profile_manager.profiles
+        ours = (EXEC_PROFILE_DEFAULT, cql_policies.READ_PROFILE)
+        levels = [profiles[name].consistency_level for name in ours]
+        assert levels == [cql_policies.ConsistencyLevel.LOCAL_ONE] * 2
+        assert await session.execute("SELECT user_id FROM users LIMIT 1") is not None
+    finally:
+        session.close()
+
+
+# ---- idempotence and speculation on real prepared statements -------------------------------
+
+READ = "SELECT user_id, username FROM users WHERE user_id = ?"
+UPSERT = "INSERT INTO users (user_id, username, password_hash, created_at) VALUES (?, ?, ?, ?)"
+CLAIM = "INSERT INTO users_by_name (username_key, user_id) VALUES (?, ?) IF NOT EXISTS"
+COUNT = "UPDATE tweet_likes SET like_count = ? WHERE tweet_id = ? IF like_count = ?"
+
+
+async def test_prepared_statements_are_marked_idempotent_by_meaning(cql: CqlSession) -> None:
+    read, upsert, claim, conditional = [await cql.prepare(q) for q in (READ, UPSERT, CLAIM, COUNT)]
+    assert (read.is_idempotent, upsert.is_idempotent) == (True, True)
+    assert (claim.is_idempotent, conditional.is_idempotent) == (False, False)
+    assert (await cql.prepare(CLAIM, idempotent=True)).is_idempotent  # the caller may decide
+    batch = Batch()
+    batch.add(upsert, (1, "x", "", datetime.now(UTC)))
+    assert batch.is_idempotent
+    batch.add(claim, ("x", 1))
+    assert not batch.is_idempotent
+
+
+async def test_reads_run_in_the_speculative_profile_and_writes_do_not(
+    cql: CqlSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver_session = cql._session
+    used: list[tuple[str, object]] = []
+    real = driver_session.execute_async
+
+    def spy(statement: Any, params: Any = None, **kwargs: Any) -> Any:
+        used.append((getattr(statement, "query_string", str(statement)), kwargs["execution_profile"]))
+        return real(statement, params, **kwargs)
+
+    monkeypatch.setattr(driver_session, "execute_async", spy)
+    user_id = secrets.randbits(62)
+    name = unique_name("cq")
+    upsert, read = await cql.prepare(UPSERT), await cql.prepare(READ)
+    await cql.execute(upsert, (user_id, name, "", datetime.now(UTC)))
+    rows = await cql.execute(read, (user_id,))
+    assert [(r.user_id, r.username) for r in rows] == [(user_id, name)]
+    assert used == [(UPSERT, EXEC_PROFILE_DEFAULT), (READ, cql_policies.READ_PROFILE)]
+    await cql.execute("DELETE FROM users WHERE user_id = %s", (user_id,))
+
+
+# ---- real driver errors by meaning ------------------------------------------------------------
+
+
+async def test_a_bad_query_from_the_real_store_is_internal(cql: CqlSession) -> None:
+    for query, error_type in (
+        ("SELECT no_such_column FROM users WHERE user_id = 1", InvalidRequest),
+        ("SELECT user_id FROM no_such_table WHERE user_id = 1", InvalidRequest),
+        ("SELEKT user_id FROM users", SyntaxException),
+    ):
+        with pytest.raises(error_type) as caught:
+            await cql.execute(query)
+        status = classify(caught.value, CQL_UNAVAILABLE_ERRORS)
+        assert (status.code, status.message) == (grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE), query
+
+
+async def test_an_unreachable_store_is_unavailable() -> None:
+    with pytest.raises(NoHostAvailable) as caught:
+        await CqlSession.connect(["127.0.0.1"], 1, KEYSPACE, 1.0)  # nothing listens on port 1
+    assert classify(caught.value, CQL_UNAVAILABLE_ERRORS).code == grpc.StatusCode.UNAVAILABLE
+
+
+# ---- the migration's replication -----------------------------------------------------------
+
+
+def test_migration_replication_maps() -> None:
+    nts = migrate.parse_replication("{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}")
+    assert nts == {"class": "NetworkTopologyStrategy", "datacenter1": "3"}
+    stored = {"class": "org.apache.cassandra.locator.NetworkTopologyStrategy", "datacenter1": "3"}
+    assert migrate.same_replication(stored, nts)
+    assert not migrate.same_replication({**stored, "datacenter1": "1"}, nts)
+    assert not migrate.same_replication(
+        {"class": "org.apache.cassandra.locator.SimpleStrategy", "replication_factor": "3"}, nts
+    )
+    assert migrate.cql_map(nts) == "{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}"
+    for bad in ("SimpleStrategy", "{'replication_factor': 1}", "{'class': "):
+        with pytest.raises(ValueError, match="replication"):
+            migrate.parse_replication(bad)
+
+
+class _RecordingSession:
+    def __init__(self, replication: dict[str, str] | None) -> None:
+        self.replication = replication
+        self.executed: list[str] = []
+
+    def execute(self, query: str, params: Any = None) -> list[Any]:
+        if query.startswith("SELECT replication"):
+            return [] if self.replication is None else [type("Row", (), {"replication": self.replication})()]
+        self.executed.append(query)
+        return []
+
+
+def test_migration_creates_alters_or_leaves_the_keyspace() -> None:
+    rf3 = migrate.parse_replication("{'class': 'NetworkTopologyStrategy', 'datacenter1': 3}")
+    fresh = _RecordingSession(None)
+    assert "created" in migrate.ensure_keyspace(fresh, "chirp", rf3)
+    assert fresh.executed == [
+        "CREATE KEYSPACE IF NOT EXISTS chirp WITH replication = {'class': 'NetworkTopologyStrategy', 'datacenter1': 3}"
+    ]
+    single = _RecordingSession({"class": "org.apache.cassandra.locator.SimpleStrategy", "replication_factor": "1"})
+    said = migrate.ensure_keyspace(single, "chirp", rf3)
+    assert single.executed == [
+        "ALTER KEYSPACE chirp WITH replication = {'class': 'NetworkTopologyStrategy', 'datacenter1': 3}"
+    ]
+    assert "nodetool repair -full chirp" in said
+    same = _RecordingSession({"class": "org.apache.cassandra.locator.NetworkTopologyStrategy", "datacenter1": "3"})
+    assert migrate.ensure_keyspace(same, "chirp", rf3) == ""
+    assert same.executed == []
+
+
+def test_migration_leaves_the_running_keyspace_as_it_is() -> None:
+    """Asked for the replication the store already has, it changes nothing (read-only here)."""
+    cluster = Cluster(topology.cql_hosts(), port=topology.CQL_PORT, protocol_version=4)
+    try:
+        session = cluster.connect()
+        rows = list(
+            session.execute("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (KEYSPACE,))
+        )
+        current = {str(k): str(v) for k, v in dict(rows[0].replication).items()}
+        assert migrate.ensure_keyspace(session, KEYSPACE, current) == ""
+    finally:
+        cluster.shutdown()
+
+
+# ---- the cluster topology: one node down at RF 3 --------------------------------------------
+
+DOWN_NODE = "cassandra-2"
+
+
+@pytest.fixture(scope="module")
+async def cluster_cql() -> AsyncIterator[CqlSession]:
+    session = await _connect()
+    yield session
+    session.close()
+
+
+@pytest.mark.cluster
+async def test_keyspace_is_rf3_across_three_nodes(cluster_cql: CqlSession) -> None:
+    rows = await cluster_cql.execute(
+        "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (KEYSPACE,)
+    )
+    replication = {str(k): str(v) for k, v in dict(rows[0].replication).items()}
+    assert replication == {"class": "org.apache.cassandra.locator.NetworkTopologyStrategy", LOCAL_DC: "3"}
+    assert len(cluster_cql._cluster.metadata.all_hosts()) == 3
+
+
+@pytest.mark.cluster
+async def test_rf3_reads_and_writes_succeed_with_one_node_down(cluster_cql: CqlSession) -> None:
+    upsert, read = await cluster_cql.prepare(UPSERT), await cluster_cql.prepare(READ)
+    before = {secrets.randbits(62): unique_name("rf") for _ in range(30)}
+    for user_id, name in before.items():
+        await cluster_cql.execute(upsert, (user_id, name, "", datetime.now(UTC)))
+
+    stack.kill(DOWN_NODE)
+    try:
+        # Every key has a replica on the dead node; LOCAL_QUORUM needs the other two.
+        for user_id, name in before.items():
+            rows = await cluster_cql.execute(read, (user_id,))
+            assert [r.username for r in rows] == [name]
+        during = {secrets.randbits(62): unique_name("rf") for _ in range(30)}
+        for user_id, name in during.items():
+            await cluster_cql.execute(upsert, (user_id, name, "", datetime.now(UTC)))
+        for user_id, name in during.items():
+            rows = await cluster_cql.execute(read, (user_id,))
+            assert [r.username for r in rows] == [name]
+        # Lightweight transactions need a quorum of the Paxos replicas: two of three.
+        claim = await cluster_cql.prepare(CLAIM)
+        key, owner = unique_name("lwt"), secrets.randbits(62)
+        first = await cluster_cql.execute(claim, (key, owner))
+        second = await cluster_cql.execute(claim, (key, owner + 1))
+        assert (bool(first[0][0]), bool(second[0][0]), second[0].user_id) == (True, False, owner)
+    finally:
+        stack.start(DOWN_NODE)
+
+    # Back with all three: what was written while it was down reads the same.
+    for user_id, name in {**before, **during}.items():
+        rows = await cluster_cql.execute(read, (user_id,))
+        assert [r.username for r in rows] == [name]
+    delete = await cluster_cql.prepare("DELETE FROM users WHERE user_id = ?")
+    for user_id in {**before, **during}:
+        await cluster_cql.execute(delete, (user_id,))

@@ -1,0 +1,347 @@
+"""Follower and following counts are derived from the follow lists and heal after
+a crash at any step of a follow or unfollow (graph_svc/domain.py docstring).
+
+The fake store keeps the same rows as the real one (edge, lists, the outbox
+event written with the lists) and recounts the way graph_svc/store.py does:
+a recount reads the rows when it starts and writes what it read.
+
+An end-to-end test of the same would: through the edge, create A and B; write
+for "A follows B" exactly what a follow that died after its list batch leaves
+(the edge, both list rows and the outbox event, by CQL, no count); read B's
+follower_count (still the old number); wait for the outbox relay and the count
+repair consumer (a few seconds); read it again through the edge: one more. And
+a repeated POST /v1/users/B/follow by A right after the crash gives the same
+count, not one more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+
+from common.ids import IdGenerator
+from common.outbox import Event
+from graph_svc.accounts import Account
+from graph_svc.domain import Graph, SharedRuns
+from graph_svc.store import follow_bucket
+
+
+class Crash(Exception):
+    """The process died right after the named step's write reached the store."""
+
+
+class FakeGraphStore:
+    def __init__(self, users: Sequence[int]) -> None:
+        created = datetime(2026, 1, 1, tzinfo=UTC)
+        self.accounts = {u: Account(u, f"user{u}", created) for u in users}
+        self.edges: dict[tuple[int, int], datetime] = {}
+        self.following_rows: dict[int, set[tuple[datetime, int]]] = {}
+        self.follower_rows: dict[tuple[int, int], set[tuple[datetime, int]]] = {}
+        self.outbox: list[Event] = []  # events written with the lists: durable, relayed even after a crash
+        self.bucket_counts: dict[tuple[int, int], int] = {}
+        self.follower_count: dict[int, int] = {}
+        self.following_count: dict[int, int] = {}
+        self.calls: Counter[str] = Counter()
+        self.crash_after: str | None = None
+        self.recount_gate: asyncio.Event | None = None  # holds recounts between reading and writing
+        self.recounts_waiting = 0
+
+    def _done(self, step: str) -> None:
+        self.calls[step] += 1
+        if self.crash_after == step:
+            self.crash_after = None
+            raise Crash(step)
+
+    # ---- what the domain calls ----------------------------------------------------------
+
+    async def get_user(self, user_id: int) -> Account | None:
+        account = self.accounts.get(user_id)
+        if account is None:
+            return None
+        return replace(
+            account,
+            follower_count=self.follower_count.get(user_id, 0),
+            following_count=self.following_count.get(user_id, 0),
+        )
+
+    async def add_edge(self, follower: int, followee: int, at: datetime) -> tuple[bool, datetime]:
+        created = (follower, followee) not in self.edges
+        self.edges.setdefault((follower, followee), at)
+        self._done("add_edge")
+        return created, self.edges[(follower, followee)]
+
+    async def edge_time(self, follower: int, followee: int) -> datetime | None:
+        return self.edges.get((follower, followee))
+
+    async def remove_edge(self, follower: int, followee: int) -> bool:
+        existed = self.edges.pop((follower, followee), None) is not None
+        self._done("remove_edge")
+        return existed
+
+    async def write_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
+        self.following_rows.setdefault(follower, set()).add((at, followee))
+        self.follower_rows.setdefault((followee, follow_bucket(at)), set()).add((at, follower))
+        self.outbox.append(event)
+        self._done("write_follow_lists")
+
+    async def delete_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
+        self.following_rows.get(follower, set()).discard((at, followee))
+        self.follower_rows.get((followee, follow_bucket(at)), set()).discard((at, follower))
+        self.outbox.append(event)
+        self._done("delete_follow_lists")
+
+    async def recount_followers(self, user_id: int, buckets: Sequence[int]) -> int:
+        read = {b: len(self.follower_rows.get((user_id, b), set())) for b in buckets}
+        if self.recount_gate is not None:
+            self.recounts_waiting += 1
+            await self.recount_gate.wait()
+        self.bucket_counts.update({(user_id, b): n for b, n in read.items()})
+        total = sum(n for (u, _), n in self.bucket_counts.items() if u == user_id)
+        self.follower_count[user_id] = total
+        self._done("recount_followers")
+        return total
+
+    async def recount_following(self, user_id: int) -> int:
+        count = len(self.following_rows.get(user_id, set()))
+        self.following_count[user_id] = count
+        self._done("recount_following")
+        return count
+
+    async def following_ids(self, user_id: int, limit: int) -> list[int]:
+        return sorted(followee for follower, followee in self.edges if follower == user_id)[:limit]
+
+    async def follower_counts(self, user_ids: Sequence[int]) -> dict[int, int]:
+        self.calls["follower_counts"] += 1
+        return {u: self.follower_count[u] for u in user_ids if u in self.follower_count}
+
+    # ---- what the test checks -------------------------------------------------------------
+
+    def listed_followers(self, user_id: int) -> int:
+        return sum(len(rows) for (u, _), rows in self.follower_rows.items() if u == user_id)
+
+    def listed_following(self, user_id: int) -> int:
+        return len(self.following_rows.get(user_id, set()))
+
+
+class FakeOutbox:
+    def __init__(self) -> None:
+        self.published: list[Event] = []
+
+    def publish_soon(self, event: Event) -> None:
+        self.published.append(event)
+
+
+class Clock:
+    """Every follow at its own millisecond, some in another month (bucket)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(days=3, milliseconds=1)
+        return self.now
+
+
+def build(users: Sequence[int]) -> tuple[Graph, FakeGraphStore]:
+    store = FakeGraphStore(users)
+    unused = cast(Any, None)
+    graph = Graph(cast(Any, store), cast(Any, FakeOutbox()), unused, unused, IdGenerator(3), clock=Clock())
+    return graph, store
+
+
+async def counts(graph: Graph, user_id: int) -> tuple[int, int]:
+    account = await graph.get_user(user_id)
+    return account.follower_count, account.following_count
+
+
+async def repair_from_outbox(graph: Graph, store: FakeGraphStore) -> None:
+    await graph.repair_counts(e.payload for e in store.outbox)
+
+
+async def test_a_follow_that_dies_before_its_recount_is_repaired_by_its_event() -> None:
+    graph, store = build([1, 2])
+    store.crash_after = "write_follow_lists"
+    with pytest.raises(Crash):
+        await graph.follow(1, 2)
+    assert store.listed_followers(2) == 1  # the follow happened ...
+    assert await counts(graph, 2) == (0, 0)  # ... and the count missed it
+    assert await counts(graph, 1) == (0, 0)
+
+    await repair_from_outbox(graph, store)
+    assert await counts(graph, 2) == (1, 0)
+    assert await counts(graph, 1) == (0, 1)
+
+
+async def test_a_follow_retried_after_a_crash_counts_once() -> None:
+    graph, store = build([1, 2])
+    store.crash_after = "write_follow_lists"
+    with pytest.raises(Crash):
+        await graph.follow(1, 2)
+    await graph.follow(1, 2)
+    await graph.follow(1, 2)
+    assert await counts(graph, 2) == (1, 0)
+    await repair_from_outbox(graph, store)  # and a repair on top changes nothing
+    assert await counts(graph, 2) == (1, 0)
+
+
+async def test_an_unfollow_that_dies_between_lists_and_edge_is_finished_by_a_retry() -> None:
+    graph, store = build([1, 2])
+    await graph.follow(1, 2)
+    store.crash_after = "delete_follow_lists"
+    with pytest.raises(Crash):
+        await graph.unfollow(1, 2)
+    assert (1, 2) in store.edges  # the edge is left, so a retry can find the list rows again
+    await graph.unfollow(1, 2)
+    assert (1, 2) not in store.edges
+    assert store.listed_followers(2) == 0
+    assert await counts(graph, 2) == (0, 0) and await counts(graph, 1) == (0, 0)
+
+
+async def test_an_unfollow_that_dies_before_its_recount_is_repaired_by_its_event() -> None:
+    graph, store = build([1, 2, 3])
+    await graph.follow(1, 2)
+    await graph.follow(3, 2)
+    store.crash_after = "delete_follow_lists"
+    with pytest.raises(Crash):
+        await graph.unfollow(1, 2)
+    assert await counts(graph, 2) == (2, 0)  # stale
+    await repair_from_outbox(graph, store)
+    assert await counts(graph, 2) == (1, 0)
+    assert await counts(graph, 1) == (0, 0)
+
+
+STEPS = ("add_edge", "write_follow_lists", "delete_follow_lists", "remove_edge", "recount_followers", None)
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_counts_converge_to_the_lists_whatever_step_crashes(seed: int) -> None:
+    rng = random.Random(seed)
+    users = [1, 2, 3, 4, 5, 6]
+    graph, store = build(users)
+    for _ in range(300):
+        follower, followee = rng.sample(users, 2)
+        store.crash_after = rng.choice(STEPS)
+        try:
+            if rng.random() < 0.6:
+                await graph.follow(follower, followee)
+            else:
+                await graph.unfollow(follower, followee)
+        except Crash:
+            pass  # the client gave up: nobody retries
+    store.crash_after = None
+    events = [e.payload for e in store.outbox]
+    rng.shuffle(events)  # redelivered out of order and twice
+    await graph.repair_counts(events + events[: len(events) // 2])
+    for user in users:
+        assert await counts(graph, user) == (store.listed_followers(user), store.listed_following(user)), user
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_with_client_retries_counts_equal_the_follow_graph(seed: int) -> None:
+    """Each call retried until it succeeds (as a client getting 503 does): counts match the
+    intended follow graph with no repair pass at all."""
+    rng = random.Random(seed)
+    users = [1, 2, 3, 4, 5]
+    graph, store = build(users)
+    intended: set[tuple[int, int]] = set()
+    for _ in range(200):
+        follower, followee = rng.sample(users, 2)
+        follow = rng.random() < 0.6
+        store.crash_after = rng.choice(STEPS)
+        while True:
+            try:
+                await (graph.follow if follow else graph.unfollow)(follower, followee)
+                break
+            except Crash:
+                continue
+        (intended.add if follow else intended.discard)((follower, followee))
+    assert set(store.edges) == intended
+    for user in users:
+        followers = sum(1 for _, e in intended if e == user)
+        following = sum(1 for f, _ in intended if f == user)
+        assert await counts(graph, user) == (followers, following), user
+
+
+async def test_a_burst_of_follows_of_one_user_shares_recounts_and_counts_each() -> None:
+    fans = list(range(2, 22))
+    graph, store = build([1, *fans])
+    gate = store.recount_gate = asyncio.Event()
+    # Every fan follows in the same month bucket, so all share one recount key.
+    start = datetime(2026, 5, 1, tzinfo=UTC)
+    graph._clock = lambda: start
+
+    first = asyncio.create_task(graph.follow(fans[0], 1))
+    while store.recounts_waiting == 0:  # the first recount has read one follower and is stuck
+        await asyncio.sleep(0)
+    rest = asyncio.gather(*(graph.follow(fan, 1) for fan in fans[1:]))
+    while store.listed_followers(1) < len(fans):
+        await asyncio.sleep(0)
+    gate.set()
+    await first
+    await rest
+    assert await counts(graph, 1) == (len(fans), 0)
+    # The 19 follows that came while the first recount ran all waited for the single next one.
+    assert store.calls["recount_followers"] == 2
+
+
+async def test_shared_runs_start_after_the_call_and_survive_a_caller_giving_up() -> None:
+    started: list[int] = []
+    release = asyncio.Event()
+    runs = 0
+
+    async def run(key: str) -> None:
+        nonlocal runs
+        runs += 1
+        started.append(runs)
+        await release.wait()
+
+    shared: SharedRuns[str] = SharedRuns(run)
+    first = asyncio.create_task(shared("k"))
+    await asyncio.sleep(0.01)
+    assert started == [1]
+    later = [asyncio.create_task(shared("k")) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    later[0].cancel()  # one caller's deadline passes: the run it shared goes on for the others
+    release.set()
+    await first
+    await asyncio.gather(*later[1:])
+    assert started == [1, 2]  # the five later callers shared one run, begun after the first ended
+    other = asyncio.create_task(shared("other key"))
+    await other
+    assert started == [1, 2, 3]
+
+
+async def test_a_failed_shared_run_fails_its_callers_and_the_next_run_still_happens() -> None:
+    attempts = 0
+
+    async def run(key: str) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise ConnectionError("store down")
+
+    shared: SharedRuns[str] = SharedRuns(run)
+    with pytest.raises(ConnectionError):
+        await shared("k")
+    await shared("k")
+    assert attempts == 2
+
+
+async def test_reading_counts_never_recounts() -> None:
+    graph, store = build([1, 2, 3])
+    await graph.follow(1, 2)
+    await graph.follow(1, 3)
+    await graph.follow(3, 2)
+    before = Counter(store.calls)
+    followed, truncated = await graph.following_ids(1)
+    assert (followed, truncated) == ([(2, 2), (3, 1)], False)
+    assert await counts(graph, 2) == (2, 0)
+    delta = store.calls - before
+    assert delta == Counter({"follower_counts": 1})
