@@ -59,6 +59,7 @@ class CommonConfig:
     cql_local_dc: str
     cql_consistency: str
     kafka_bootstrap: str
+    kafka_client_rack: str  # the zone a consumer prefers to fetch from ("" = the leader)
     redis_url: str
     log_level: str
     drain_seconds: float
@@ -80,6 +81,8 @@ def load_common(env: Mapping[str, str], service: str, default_port: int) -> Comm
         cql_local_dc=env_str(env, "CHIRP_CQL_LOCAL_DC", "datacenter1"),
         cql_consistency=_consistency(env),
         kafka_bootstrap=env_str(env, "CHIRP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+        # May be empty: pods get it from their zone label, which older clusters do not set.
+        kafka_client_rack=env.get("CHIRP_KAFKA_CLIENT_RACK", "").strip(),
         redis_url=env_str(env, "CHIRP_REDIS_URL", "redis://127.0.0.1:6379/0"),
         log_level=env_str(env, "CHIRP_LOG_LEVEL", "INFO").upper(),
         drain_seconds=env_float(env, "CHIRP_DRAIN_SECONDS", 1.0),

@@ -99,11 +99,14 @@ def _settle(done: asyncio.Future[None], err: KafkaError | None) -> None:
 class BatchConsumer:
     """A consumer group member that hands out batches and commits only on request."""
 
-    def __init__(self, bootstrap: str, group: str, topics: Sequence[str], client_id: str) -> None:
+    def __init__(self, bootstrap: str, group: str, topics: Sequence[str], client_id: str, rack: str = "") -> None:
         """`client_id` names this member for good (static membership): a restarted
-        worker takes its partitions back without a rebalance of the group."""
+        worker takes its partitions back without a rebalance of the group. With a
+        `rack` (its zone), it fetches from the in-sync replica in that zone."""
+        rack_config = {"client.rack": rack} if rack else {}
         self._consumer = Consumer(
             {
+                **rack_config,
                 "bootstrap.servers": bootstrap,
                 "group.id": group,
                 "client.id": client_id,

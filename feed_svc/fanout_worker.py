@@ -34,7 +34,11 @@ async def run(cfg: feed_config.FeedConfig) -> None:
     loop = ConsumerLoop(
         GROUP,
         lambda: BatchConsumer(
-            common.kafka_bootstrap, GROUP, [TOPIC_TWEETS, TOPIC_FOLLOWS], f"fanout-{common.instance_id}"
+            common.kafka_bootstrap,
+            GROUP,
+            [TOPIC_TWEETS, TOPIC_FOLLOWS],
+            f"fanout-{common.instance_id}",
+            common.kafka_client_rack,
         ),
         fanout,
         cfg.fanout_batch_size,

@@ -48,7 +48,11 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     counts = ConsumerLoop(
         COUNTS_GROUP,
         lambda: BatchConsumer(
-            common.kafka_bootstrap, COUNTS_GROUP, [TOPIC_FOLLOWS], f"follow-counts-{common.instance_id}"
+            common.kafka_bootstrap,
+            COUNTS_GROUP,
+            [TOPIC_FOLLOWS],
+            f"follow-counts-{common.instance_id}",
+            common.kafka_client_rack,
         ),
         graph.repair_counts_from,
         500,

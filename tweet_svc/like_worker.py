@@ -89,7 +89,9 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     redis = connect_redis(common.redis_url)
     loop = like_loop(
         store,
-        lambda: BatchConsumer(common.kafka_bootstrap, GROUP, [TOPIC_LIKES], f"like-worker-{common.instance_id}"),
+        lambda: BatchConsumer(
+            common.kafka_bootstrap, GROUP, [TOPIC_LIKES], f"like-worker-{common.instance_id}", common.kafka_client_rack
+        ),
         cfg.like_batch_size,
         cfg.like_batch_wait_ms / 1000,
         TweetCache(redis, cfg.tweet_cache_seconds, cfg.like_count_cache_seconds),

@@ -7,13 +7,17 @@ here. Then the properties the cluster relies on: gRPC probes, non-root and
 read-only pods, resources, a drain that fits the grace period, an HPA and a
 PDB per workload, headless Services for per-request balancing, settings that
 the services' own config loaders accept, Envoy's config generated from
-envoy/render.py (and accepted by `envoy --mode validate`), RF 3 stores.
+envoy/render.py (and accepted by `envoy --mode validate`), and stores laid out
+across three zones: Scylla racks (RF 3, LOCAL_QUORUM), Kafka rack awareness
+(RF 3, min ISR 2), a Redis Cluster of 3 primaries and 3 replicas (its
+membership script run against a fake redis-cli).
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -25,8 +29,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML is pinned in requirements.lock; no stubs installed
+from redis.asyncio.cluster import RedisCluster
 
-from common import cql, kafka
+from common import cache, kafka
 from feed_svc import config as feed_config
 from graph_svc import config as graph_config
 from infra import keys, topology
@@ -46,6 +51,8 @@ CUSTOM_KINDS = {"ScyllaCluster", "Kafka", "KafkaNodePool", "KafkaTopic"}
 EXTERNAL_SECRETS = {"chirp-token-key", "chirp-jwks"}
 # Services that mint Snowflake ids: each live pod needs its own instance id.
 ID_MINTING = {"graph_svc", "tweet_svc"}
+ZONE = "topology.kubernetes.io/zone"
+HOSTNAME = "kubernetes.io/hostname"
 ID_SLOTS = 32  # instance ids per service in infra/topology.py (index * 32 + ordinal)
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
 # The Kafka topics each worker's consumer group reads.
@@ -128,7 +135,11 @@ def _one(kind: str, name: str) -> Obj:
 
 BUILTIN = [o for o in OBJECTS if _group(o) not in CUSTOM_GROUPS]
 CUSTOM = [o for o in OBJECTS if _group(o) in CUSTOM_GROUPS]
-WORKLOADS = [o for o in OBJECTS if o["kind"] in WORKLOAD_KINDS and o["metadata"]["name"] != "redis"]
+WORKLOADS = [
+    o
+    for o in OBJECTS
+    if o["kind"] in WORKLOAD_KINDS and o["metadata"]["labels"]["app.kubernetes.io/component"] != "store"
+]
 CONFIG: dict[str, str] = _one("ConfigMap", "chirp-config")["data"]
 
 
@@ -185,14 +196,44 @@ def _instance_id_script(container: Obj) -> str:
     return str(script).replace("$$", "$")
 
 
+def _container_env(container: Obj, pod_labels: Mapping[str, str]) -> dict[str, str]:
+    """What the process sees on Kubernetes 1.30: chirp-config, the container's own values, and
+    its pod's labels; a label the template does not set (the node's zone, copied onto pods
+    only from 1.35 on) reads as ""."""
+    env: dict[str, str] = {}
+    if {"configMapRef": {"name": "chirp-config"}} in container.get("envFrom", []):
+        env |= CONFIG
+    for entry in container.get("env", []):
+        field = entry.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "")
+        label = re.fullmatch(r"metadata\.labels\['([^']+)'\]", field)
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        elif label:
+            env[entry["name"]] = pod_labels.get(label.group(1), "")
+    return env
+
+
+def _expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' $(NAME) references in command and args ($$ is a literal $)."""
+    return re.sub(r"\$\$|\$\((\w+)\)", lambda m: env[m.group(1)] if m.group(1) else "$", text)
+
+
 def _pod_env(workload: Obj) -> dict[str, str]:
-    """What the process sees: chirp-config, the container's own values, the computed instance id."""
+    """What the process sees: _container_env plus the instance id its script computes."""
     container = _main_container(workload)
-    env = dict(CONFIG)
-    env |= {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    env = _container_env(container, workload["spec"]["template"]["metadata"]["labels"])
     if container.get("command") == ["/bin/sh", "-c"]:
         env["CHIRP_INSTANCE_ID"] = _run_instance_id_script(container, f"{workload['metadata']['name']}-0")
     return env
+
+
+def _zone_of(affinity: Obj) -> str:
+    """The one zone a required node affinity pins pods to."""
+    (term,) = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    (expression,) = [e for e in term["matchExpressions"] if e["key"] == ZONE]
+    assert expression["operator"] == "In"
+    (zone,) = expression["values"]
+    return str(zone)
 
 
 def _run_instance_id_script(container: Obj, pod_name: str) -> str:
@@ -273,76 +314,448 @@ def test_every_referenced_configmap_exists() -> None:
 
 # ---- stores -----------------------------------------------------------------
 
+SCYLLA: Obj = _one("ScyllaCluster", "scylla")
+SCYLLA_DC: Obj = SCYLLA["spec"]["datacenter"]
+SCYLLA_ZONES = [_zone_of(rack["placement"]) for rack in SCYLLA_DC["racks"]]
 
-def test_scylla_has_three_members_in_the_datacenter_the_driver_uses() -> None:
-    (scylla,) = _find("ScyllaCluster")
-    datacenter = scylla["spec"]["datacenter"]
-    # The driver's DCAwareRoundRobinPolicy only talks to LOCAL_DC.
-    assert datacenter["name"] == cql.LOCAL_DC
-    (rack,) = datacenter["racks"]
-    assert rack["members"] == 3
-    assert rack["storage"]["capacity"]
-    assert CONFIG["CHIRP_CQL_HOSTS"] == _fqdn(f"{scylla['metadata']['name']}-client")
+
+def test_scylla_has_one_rack_per_zone_in_the_datacenter_the_services_use() -> None:
+    racks = SCYLLA_DC["racks"]
+    assert len(racks) == 3
+    assert len(set(SCYLLA_ZONES)) == 3, "each rack in its own zone"
+    assert len({rack["members"] for rack in racks}) == 1, "racks grow together: a third of the data per zone"
+    for rack in racks:
+        assert rack["members"] >= 1
+        assert rack["storage"]["capacity"]
+        (spread,) = rack["placement"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert spread["topologyKey"] == HOSTNAME
+        assert spread["labelSelector"]["matchLabels"] == {"scylla/cluster": SCYLLA["metadata"]["name"]}
+    # The driver's DC-aware policy only talks to the local datacenter.
+    assert CONFIG["CHIRP_CQL_LOCAL_DC"] == SCYLLA_DC["name"]
+    assert graph_config.load(CONFIG).common.cql_local_dc == SCYLLA_DC["name"]
+    # Contact points: a member Service (<cluster>-<dc>-<rack>-<ordinal>) of every rack.
+    members = {
+        _fqdn(f"{SCYLLA['metadata']['name']}-{SCYLLA_DC['name']}-{rack['name']}-{i}"): rack["name"]
+        for rack in racks
+        for i in range(rack["members"])
+    }
+    hosts = CONFIG["CHIRP_CQL_HOSTS"].split(",")
+    assert set(hosts) <= set(members)
+    assert {members[h] for h in hosts} == {rack["name"] for rack in racks}
+
+
+def test_keyspace_has_three_replicas_in_the_local_dc_read_and_written_at_local_quorum() -> None:
+    replication = ast.literal_eval(CONFIG["CHIRP_CQL_REPLICATION"])
+    assert replication == {"class": "NetworkTopologyStrategy", SCYLLA_DC["name"]: 3}
+    # NetworkTopologyStrategy puts replicas on distinct racks: one per zone.
+    assert len(SCYLLA_DC["racks"]) >= replication[SCYLLA_DC["name"]]
+    # A quorum of 3 is 2: a node or a zone down changes nothing for clients.
+    assert CONFIG["CHIRP_CQL_CONSISTENCY"] == "LOCAL_QUORUM"
+    assert graph_config.load(CONFIG).common.cql_consistency == "LOCAL_QUORUM"
+
+
+def test_migration_job_creates_the_keyspace_with_the_configured_replication() -> None:
+    job = _one("Job", "chirp-migrate")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].startswith(APP_IMAGE)
+    env = _container_env(container, job["spec"]["template"]["metadata"]["labels"])
+    command = [_expand(word, env) for word in container["command"]]
+    assert command[:3] == ["python", "-m", "infra.migrate"]
+    flags = dict(zip(command[3::2], command[4::2], strict=True))
+    known = set(re.findall(r'add_argument\(\s*"(--[a-z-]+)"', (ROOT / "infra" / "migrate.py").read_text()))
+    assert set(flags) <= known
+    assert flags["--hosts"] == CONFIG["CHIRP_CQL_HOSTS"]
+    assert flags["--keyspace"] == CONFIG["CHIRP_CQL_KEYSPACE"]
+    assert int(flags["--port"]) == int(CONFIG["CHIRP_CQL_PORT"])
+    assert ast.literal_eval(flags["--replication"]) == {"class": "NetworkTopologyStrategy", SCYLLA_DC["name"]: 3}
+    assert flags["--replication"] == CONFIG["CHIRP_CQL_REPLICATION"]
+    _assert_hardened(job["spec"]["template"]["spec"], container)
+
+
+KAFKA: Obj = _one("Kafka", "chirp-kafka")
+KAFKA_CONFIG: Obj = KAFKA["spec"]["kafka"]["config"]
 
 
 def test_kafka_runs_kraft_on_three_nodes_with_rf3_and_min_isr_2() -> None:
-    (cluster,) = _find("Kafka")
-    name = cluster["metadata"]["name"]
-    assert "zookeeper" not in cluster["spec"]  # KRaft: the controllers are Kafka nodes of a pool
-    config = cluster["spec"]["kafka"]["config"]
-    assert config["default.replication.factor"] == 3
-    assert config["min.insync.replicas"] == 2
-    assert config["offsets.topic.replication.factor"] == 3
-    assert config["transaction.state.log.replication.factor"] == 3
-    assert config["transaction.state.log.min.isr"] == 2
-    assert config["unclean.leader.election.enable"] is False
+    name = KAFKA["metadata"]["name"]
+    assert "zookeeper" not in KAFKA["spec"]  # KRaft: the controllers are Kafka nodes of a pool
+    assert KAFKA_CONFIG["default.replication.factor"] == int(CONFIG["CHIRP_KAFKA_REPLICATION"]) == 3
+    assert KAFKA_CONFIG["min.insync.replicas"] == int(CONFIG["CHIRP_KAFKA_MIN_ISR"]) == 2
+    assert KAFKA_CONFIG["offsets.topic.replication.factor"] == 3
+    assert KAFKA_CONFIG["transaction.state.log.replication.factor"] == 3
+    assert KAFKA_CONFIG["transaction.state.log.min.isr"] == 2
+    assert KAFKA_CONFIG["unclean.leader.election.enable"] is False
     pools = [p for p in _find("KafkaNodePool") if p["metadata"]["labels"]["strimzi.io/cluster"] == name]
     brokers = sum(p["spec"]["replicas"] for p in pools if "broker" in p["spec"]["roles"])
     controllers = sum(p["spec"]["replicas"] for p in pools if "controller" in p["spec"]["roles"])
     assert brokers == 3
     assert controllers == 3
-    (plain,) = [lst for lst in cluster["spec"]["kafka"]["listeners"] if lst["tls"] is False]
+    (plain,) = [lst for lst in KAFKA["spec"]["kafka"]["listeners"] if lst["tls"] is False]
     assert CONFIG["CHIRP_KAFKA_BOOTSTRAP"] == f"{_fqdn(f'{name}-kafka-bootstrap')}:{plain['port']}"
-    assert "topicOperator" in cluster["spec"]["entityOperator"]
+    assert "topicOperator" in KAFKA["spec"]["entityOperator"]
 
 
-def test_every_topic_the_code_uses_is_declared_with_three_replicas() -> None:
-    topics = {t["spec"]["topicName"]: t["spec"] for t in _find("KafkaTopic")}
-    assert set(topics) == set(kafka.TOPICS)
-    for spec in topics.values():
-        assert spec["replicas"] == 3
-        assert spec["config"]["min.insync.replicas"] == 2
+def test_kafka_spreads_nodes_and_replicas_across_zones() -> None:
+    # broker.rack from the node's zone: the replicas of a partition land in distinct zones.
+    assert KAFKA["spec"]["kafka"]["rack"]["topologyKey"] == ZONE
+    assert KAFKA["spec"]["kafka"]["rack"].get("type", "topology-label") == "topology-label"
+    for pool in _find("KafkaNodePool"):
+        pod = pool["spec"]["template"]["pod"]
+        pool_pods = {"strimzi.io/cluster": KAFKA["metadata"]["name"], "strimzi.io/pool-name": pool["metadata"]["name"]}
+        (zones,) = [c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == ZONE]
+        assert (zones["maxSkew"], zones["whenUnsatisfiable"]) == (1, "DoNotSchedule")
+        assert zones["labelSelector"]["matchLabels"] == pool_pods
+        (hosts,) = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert hosts["topologyKey"] == HOSTNAME
+        assert hosts["labelSelector"]["matchLabels"] == pool_pods
+
+
+@pytest.mark.parametrize("worker", [w for w in CHIRP_WORKLOADS if _service_of(w).name in WORKER_TOPICS], ids=_id)
+def test_consumer_fetches_from_the_replica_in_its_own_zone_where_it_knows_it(worker: Obj) -> None:
+    assert KAFKA_CONFIG["replica.selector.class"] == "org.apache.kafka.common.replica.RackAwareReplicaSelector"
+    (rack,) = [e for e in _main_container(worker)["env"] if e["name"] == "CHIRP_KAFKA_CLIENT_RACK"]
+    assert rack["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.labels['{ZONE}']"
+    # Before Kubernetes 1.35 the pod has no zone label: empty, so no client.rack (leader reads).
+    assert _pod_env(worker)["CHIRP_KAFKA_CLIENT_RACK"] == ""
+
+
+TOPICS: dict[str, Obj] = {t["spec"]["topicName"]: t["spec"] for t in _find("KafkaTopic")}
+
+
+def test_every_topic_the_code_uses_is_declared_with_the_configured_replication() -> None:
+    assert set(TOPICS) == set(kafka.TOPICS)
+    for spec in TOPICS.values():
+        assert spec["replicas"] == int(CONFIG["CHIRP_KAFKA_REPLICATION"]) == 3
+        assert spec["config"]["min.insync.replicas"] == int(CONFIG["CHIRP_KAFKA_MIN_ISR"]) == 2
+        assert spec["partitions"] == int(CONFIG["CHIRP_KAFKA_PARTITIONS"])
     # More consumers than partitions would sit idle.
     for workload in CHIRP_WORKLOADS:
         svc = _service_of(workload)
         if svc.name in WORKER_TOPICS:
             hpa = _hpa_for(workload)
-            assert hpa["spec"]["maxReplicas"] <= min(topics[t]["partitions"] for t in WORKER_TOPICS[svc.name])
+            assert hpa["spec"]["maxReplicas"] <= min(TOPICS[t]["partitions"] for t in WORKER_TOPICS[svc.name])
 
 
-def test_redis_url_names_a_service_of_the_redis_statefulset() -> None:
-    match = re.fullmatch(r"redis://([a-z0-9-]+)\.chirp\.svc\.cluster\.local:(\d+)/\d+", CONFIG["CHIRP_REDIS_URL"])
-    assert match, CONFIG["CHIRP_REDIS_URL"]
-    service = _one("Service", match.group(1))
-    redis = _one("StatefulSet", "redis")
-    assert _selects({"matchLabels": service["spec"]["selector"]}, redis["spec"]["template"]["metadata"]["labels"])
-    assert service["spec"]["ports"][0]["port"] == int(match.group(2))
+def test_likes_outlive_the_trending_window_the_rank_worker_replays() -> None:
+    # The rank worker rebuilds its tallies by replaying the likes of its window from Kafka.
+    window_hours = rank_config.load(CONFIG).window_hours
+    likes = TOPICS[kafka.TOPIC_LIKES]["config"]
+    assert int(likes["retention.ms"]) >= (window_hours + 1) * 3_600_000
+    assert likes.get("cleanup.policy", "delete") == "delete", "compaction would keep one like per tweet"
+    assert int(likes.get("retention.bytes", -1)) == -1, "a size cap could cut the window short"
+    assert "log.retention.bytes" not in KAFKA_CONFIG
 
 
-def test_migration_job_creates_the_keyspace_with_rf3_in_the_scylla_datacenter() -> None:
-    job = _one("Job", "chirp-migrate")
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"].startswith(APP_IMAGE)
-    command: list[str] = container["command"]
-    assert command[:3] == ["python", "-m", "infra.migrate"]
-    flags = dict(zip(command[3::2], command[4::2], strict=True))
-    known = set(re.findall(r'add_argument\("(--[a-z-]+)"', (ROOT / "infra" / "migrate.py").read_text()))
-    assert set(flags) <= known
-    assert flags["--host"] == CONFIG["CHIRP_CQL_HOSTS"]
-    assert flags["--keyspace"] == CONFIG["CHIRP_CQL_KEYSPACE"]
-    assert int(flags["--port"]) == int(CONFIG["CHIRP_CQL_PORT"])
-    assert ast.literal_eval(flags["--replication"]) == {"class": "NetworkTopologyStrategy", cql.LOCAL_DC: 3}
-    _assert_hardened(job["spec"]["template"]["spec"], container)
+REDIS_CONFIG: dict[str, str] = _one("ConfigMap", "redis-cluster")["data"]
+REDIS_SETS = [
+    o
+    for o in OBJECTS
+    if o["kind"] == "StatefulSet" and o["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "redis"
+]
+REDIS_PODS: dict[str, Obj] = {
+    f"{s['metadata']['name']}-{i}": s for s in REDIS_SETS for i in range(s["spec"]["replicas"])
+}
+
+
+def _redis_conf() -> dict[str, str]:
+    lines = (line.split(None, 1) for line in REDIS_CONFIG["redis.conf"].splitlines())
+    return {words[0]: words[1] for words in lines if len(words) == 2 and not words[0].startswith("#")}
+
+
+def _redis_shards() -> list[tuple[str, str]]:
+    """cluster.sh's shards: (first primary, its replica), as host:port."""
+    lines = [line.split() for line in REDIS_CONFIG["shards"].splitlines() if line.strip() and line[0] != "#"]
+    assert all(len(words) == 2 for words in lines)
+    return [(words[0], words[1]) for words in lines]
+
+
+def _redis_pod_at(address: str) -> str:
+    """The pod a host:port of the shards file or CHIRP_REDIS_URL names."""
+    (headless,) = {s["spec"]["serviceName"] for s in REDIS_SETS}
+    match = re.fullmatch(rf"([a-z0-9-]+)\.{re.escape(_fqdn(headless))}:(\d+)", address)
+    assert match, address
+    pod = match.group(1)
+    assert int(match.group(2)) == _ports(_main_container(REDIS_PODS[pod]))["redis"]
+    return pod
+
+
+def _redis_zone(pod: str) -> str:
+    return _zone_of(REDIS_PODS[pod]["spec"]["template"]["spec"]["affinity"])
+
+
+def test_redis_cluster_has_three_primaries_and_three_replicas_in_three_zones() -> None:
+    assert len(REDIS_PODS) == 6
+    conf = _redis_conf()
+    assert conf["cluster-enabled"] == "yes"
+    # nodes.conf (the node's identity in the cluster) on the pod's volume.
+    assert not conf["cluster-config-file"].startswith("/")
+    for redis in REDIS_SETS:
+        template = redis["spec"]["template"]
+        (data,) = [m for m in _main_container(redis)["volumeMounts"] if m["mountPath"] == conf["dir"]]
+        assert data["name"] in {c["metadata"]["name"] for c in redis["spec"]["volumeClaimTemplates"]}
+        assert redis["spec"]["serviceName"] == "redis-headless"
+        assert _selects(redis["spec"]["selector"], template["metadata"]["labels"])
+    # The same three zones as the Scylla racks, two nodes in each.
+    zones = [_redis_zone(pod) for pod in REDIS_PODS]
+    assert sorted(zones) == sorted(SCYLLA_ZONES * 2)
+    shards = _redis_shards()
+    assert len(shards) == 3
+    members = [_redis_pod_at(node) for shard in shards for node in shard]
+    assert sorted(members) == sorted(REDIS_PODS), "every node in exactly one shard"
+    for primary, replica in shards:
+        assert _redis_zone(_redis_pod_at(primary)) != _redis_zone(_redis_pod_at(replica))
+    # One first primary per zone: losing a zone leaves 2 of 3 primaries, the majority a failover needs.
+    assert len({_redis_zone(_redis_pod_at(primary)) for primary, _ in shards}) == 3
+
+
+def test_redis_nodes_are_reachable_by_name_from_chirp_and_each_other() -> None:
+    service = _one("Service", "redis-headless")
+    assert service["spec"]["clusterIP"] == "None"
+    # Nodes look each other up before they are ready.
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    for redis in REDIS_SETS:
+        labels = redis["spec"]["template"]["metadata"]["labels"]
+        assert _selects({"matchLabels": service["spec"]["selector"]}, labels)
+        container = _main_container(redis)
+        assert set(_ports(container)) == {"redis", "cluster-bus"}
+        assert _ports(container)["cluster-bus"] == _ports(container)["redis"] + 10000
+        # Redirects name the pod's stable DNS name, not its IP.
+        env = _container_env(container, labels) | {"POD_NAME": f"{redis['metadata']['name']}-0"}
+        command = [_expand(word, env) for word in container["command"]]
+        announced = command[command.index("--cluster-announce-hostname") + 1]
+        assert _redis_pod_at(f"{announced}:{_ports(container)['redis']}") == env["POD_NAME"]
+    assert _redis_conf()["cluster-preferred-endpoint-type"] == "hostname"
+    policy = _one("NetworkPolicy", "redis")
+    rules = {(p["port"], json.dumps(r["from"], sort_keys=True)) for r in policy["spec"]["ingress"] for p in r["ports"]}
+    from_chirp = json.dumps([{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "chirp"}}}], sort_keys=True)
+    from_redis = json.dumps([{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis"}}}], sort_keys=True)
+    assert rules == {("redis", from_chirp), ("cluster-bus", from_redis)}
+
+
+def test_redis_url_lists_every_node_so_clients_speak_cluster() -> None:
+    url = CONFIG["CHIRP_REDIS_URL"]
+    # Several nodes make connect_redis build the cluster client (it connects on first use).
+    assert isinstance(cache.connect_redis(url), RedisCluster)
+    nodes = [_redis_pod_at(f"{host}:{port}") for host, port in cache.cluster_nodes(url)]
+    assert sorted(nodes) == sorted(REDIS_PODS)
+    assert graph_config.load(CONFIG).common.redis_url == url
+
+
+def test_redis_disruption_budget_takes_one_node_at_a_time() -> None:
+    for redis in REDIS_SETS:
+        labels = redis["spec"]["template"]["metadata"]["labels"]
+        budgets = [p for p in _find("PodDisruptionBudget") if _selects(p["spec"]["selector"], labels)]
+        assert [b["spec"] for b in budgets] == [
+            {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "redis"}}}
+        ]
+
+
+def test_redis_membership_runs_from_a_job_and_the_pods_lifecycle_hooks() -> None:
+    config_mount = "/etc/redis"
+
+    def assert_mounts_scripts(pod: Obj, container: Obj) -> None:
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == config_mount]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["configMap"]["name"] == "redis-cluster"
+
+    job = _one("Job", "redis-cluster-create")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["/bin/sh", f"{config_mount}/cluster.sh", "create"]
+    assert_mounts_scripts(pod, container)
+    _assert_hardened(pod, container, writable_tmp=False, uid=999)
+    assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"] == "chirp"  # NetworkPolicy
+    for redis in REDIS_SETS:
+        pod = redis["spec"]["template"]["spec"]
+        container = _main_container(redis)
+        assert container["image"] == _main_container(_one("Job", "redis-cluster-create"))["image"]
+        assert container["command"][:2] == ["redis-server", f"{config_mount}/redis.conf"]
+        assert_mounts_scripts(pod, container)
+        hooks = container["lifecycle"]
+        assert hooks["postStart"]["exec"]["command"] == ["/bin/sh", f"{config_mount}/cluster.sh", "rejoin"]
+        assert hooks["preStop"]["exec"]["command"] == ["/bin/sh", f"{config_mount}/cluster.sh", "handover"]
+        _assert_hardened(pod, container, writable_tmp=False, uid=999)
+
+
+# cluster.sh against a fake redis-cli: nodes live in a JSON file, every change is logged.
+FAKE_REDIS_CLI = r"""
+import json, os, sys
+
+path = os.environ["FAKE_REDIS_STATE"]
+with open(path) as f:
+    state = json.load(f)
+nodes, hosts = state["nodes"], state["hosts"]
+at = {n["id"]: a for a, n in nodes.items()}
+
+
+def log(*words):
+    state["log"].append(list(words))
+
+
+def shards():
+    return [n for n in nodes.values() if n["joined"] and n["master"] is None]
+
+
+args = sys.argv[1:]
+out = ""
+if args[0] == "--cluster":
+    if args[1] == "create":
+        primaries = args[2 : args.index("--cluster-replicas")]
+        for a in primaries:
+            nodes[a].update(joined=True, master=None)
+        log("create", *primaries)
+    elif args[1] == "add-node":
+        new, existing, master = args[2], args[3], args[args.index("--cluster-master-id") + 1]
+        assert "--cluster-slave" in args and nodes[existing]["joined"] and nodes[at[master]]["master"] is None
+        nodes[new].update(joined=True, master=master)
+        log("add-node", new, at[master])
+else:
+    me_at = f"{hosts.get(args[1], args[1])}:{args[3]}"
+    me, command = nodes[me_at], args[4:]
+    if command == ["ping"]:
+        out = "PONG"
+    elif command == ["cluster", "info"]:
+        joined = [n for n in nodes.values() if n["joined"]]
+        known = len(joined) + len(state["stale"]) if me["joined"] else 1
+        size = len(shards()) if me["joined"] else 0
+        ok = 16384 if size == 3 else 5461 * size
+        info = {"cluster_state": "ok" if ok == 16384 else "fail", "cluster_slots_ok": ok}
+        info |= {"cluster_known_nodes": known, "cluster_size": size}
+        out = "".join(f"{k}:{v}\r\n" for k, v in info.items())
+    elif command == ["cluster", "nodes"]:
+        rows = []
+        for a, n in nodes.items():
+            if n["joined"] and me["joined"] or n is me:
+                flags = ("myself," if n is me else "") + ("slave" if n["master"] else "master")
+                port = int(a.split(":")[1]) + 10000
+                rows.append(f"{n['id']} {a}@{port},x {flags} {n['master'] or '-'} 0 0 1 connected")
+        if me["joined"]:
+            rows += [f"{i} :0@0,x master,fail,noaddr - 0 0 1 disconnected" for i in state["stale"]]
+        out = "\n".join(rows)
+    elif command == ["cluster", "myid"]:
+        out = me["id"]
+    elif command == ["role"]:
+        out = "slave" if me["master"] else "master"
+    elif command[:2] == ["cluster", "meet"]:
+        log("meet", me_at, f"{command[2]}:{command[3]}")
+    elif command == ["cluster", "failover"]:
+        old = nodes[at[me["master"]]]
+        old["master"], me["master"] = me["id"], None
+        log("failover", me_at)
+    elif command[:2] == ["cluster", "forget"]:
+        state["stale"] = [i for i in state["stale"] if i != command[2]]
+        log("forget", me_at, command[2])
+    else:
+        sys.exit(f"fake redis-cli: unexpected {args}")
+print(out)
+with open(path, "w") as f:
+    json.dump(state, f)
+"""
+FAKE_GETENT = r"""
+import json, os, sys
+
+hosts = json.load(open(os.environ["FAKE_REDIS_STATE"]))["hosts"]
+if sys.argv[1:2] != ["hosts"] or sys.argv[2] not in hosts:
+    sys.exit(2)
+print(f"{hosts[sys.argv[2]]}    {sys.argv[2]}")
+"""
+
+
+class FakeRedisNodes:
+    """The six Redis pods as a fake redis-cli sees them, each at its own IP, port 6379."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        for name, source in {"redis-cli": FAKE_REDIS_CLI, "getent": FAKE_GETENT}.items():
+            (bin_dir / name).write_text(f"#!{sys.executable} -S\n{source}")
+            (bin_dir / name).chmod(0o755)
+        (tmp_path / "shards").write_text(REDIS_CONFIG["shards"])
+        (tmp_path / "cluster.sh").write_text(REDIS_CONFIG["cluster.sh"])
+        self.shards = _redis_shards()
+        names = [node for shard in self.shards for node in shard]
+        self.hosts = {name.rsplit(":", 1)[0]: f"10.0.0.{i}" for i, name in enumerate(names, 1)}
+        self.ip_port = {name: f"{self.hosts[name.rsplit(':', 1)[0]]}:{name.rsplit(':', 1)[1]}" for name in names}
+        self.state: Obj = {"nodes": {}, "hosts": self.hosts, "stale": [], "log": []}
+        for i, name in enumerate(names):
+            self.state["nodes"][self.ip_port[name]] = {"id": f"{i:040x}", "joined": False, "master": None}
+
+    def node(self, name: str) -> Obj:
+        node: Obj = self.state["nodes"][self.ip_port[name]]
+        return node
+
+    def run(self, mode: str, self_node: str | None = None) -> list[list[str]]:
+        """Runs cluster.sh `mode`; returns the changes it made."""
+        path = self.tmp / "state.json"
+        self.state["log"] = []
+        path.write_text(json.dumps(self.state))
+        env = {
+            "PATH": f"{self.tmp / 'bin'}:/usr/bin:/bin",
+            "FAKE_REDIS_STATE": str(path),
+            "REDIS_SHARDS": str(self.tmp / "shards"),
+            "REDIS_SELF": self.ip_port[self_node] if self_node else "",
+        }
+        done = subprocess.run(
+            ["/bin/sh", str(self.tmp / "cluster.sh"), mode], env=env, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        self.state = json.loads(path.read_text())
+        log: list[list[str]] = self.state["log"]
+        return log
+
+    def whole_cluster(self) -> None:
+        """As `create` leaves it: the first of each shard its primary, the second its replica."""
+        for primary, replica in self.shards:
+            self.node(primary).update(joined=True, master=None)
+            self.node(replica).update(joined=True, master=self.node(primary)["id"])
+
+
+def test_cluster_script_creates_three_shards_with_the_replica_each_shard_names(tmp_path: Path) -> None:
+    fake = FakeRedisNodes(tmp_path)
+    changes = fake.run("create")
+    primaries = [fake.ip_port[p] for p, _ in fake.shards]
+    assert changes[0] == ["create", *primaries]
+    assert sorted(changes[1:]) == sorted(["add-node", fake.ip_port[r], fake.ip_port[p]] for p, r in fake.shards)
+    for primary, replica in fake.shards:
+        assert fake.node(primary)["master"] is None
+        assert fake.node(replica)["master"] == fake.node(primary)["id"]
+    assert fake.run("create") == [], "a whole cluster is left as it is"
+
+
+def test_cluster_script_adds_a_node_that_lost_its_volume_under_its_shards_new_primary(tmp_path: Path) -> None:
+    fake = FakeRedisNodes(tmp_path)
+    fake.whole_cluster()
+    primary, replica = fake.shards[0]
+    # The primary's pod came back with an empty volume: its replica took over, its old id lingers.
+    fake.node(replica)["master"] = None
+    fake.node(primary).update(joined=False, id="f" * 40)
+    fake.state["stale"] = ["0" * 40]
+    changes = fake.run("create")
+    assert ["add-node", fake.ip_port[primary], fake.ip_port[replica]] in changes
+    assert not [c for c in changes if c[0] == "create"]
+    assert fake.node(primary)["master"] == fake.node(replica)["id"]
+    forgotten = sorted(c[1] for c in changes if c == ["forget", c[1], "0" * 40])
+    assert forgotten == sorted(fake.ip_port.values()), "every node forgets the old id"
+
+
+def test_cluster_script_rejoin_meets_every_peer_only_once_in_a_cluster(tmp_path: Path) -> None:
+    fake = FakeRedisNodes(tmp_path)
+    first, _ = fake.shards[0]
+    assert fake.run("rejoin", first) == [], "a node that knows no cluster stays empty for create"
+    fake.whole_cluster()
+    met = [c[2] for c in fake.run("rejoin", first) if c[:2] == ["meet", fake.ip_port[first]]]
+    assert sorted(met) == sorted(fake.ip_port.values())
+
+
+def test_cluster_script_handover_makes_the_replica_primary_before_the_primary_stops(tmp_path: Path) -> None:
+    fake = FakeRedisNodes(tmp_path)
+    fake.whole_cluster()
+    primary, replica = fake.shards[1]
+    assert fake.run("handover", replica) == [], "a replica has nothing to hand over"
+    assert fake.run("handover", primary) == [["failover", fake.ip_port[replica]]]
+    assert fake.node(replica)["master"] is None
+    assert fake.node(primary)["master"] == fake.node(replica)["id"]
 
 
 # ---- workloads ----------------------------------------------------------------
@@ -358,14 +771,14 @@ def _hpa_for(workload: Obj) -> Obj:
     return hpa
 
 
-def _assert_hardened(pod: Obj, container: Obj, writable_tmp: bool = True) -> None:
+def _assert_hardened(pod: Obj, container: Obj, writable_tmp: bool = True, uid: int = 10001) -> None:
     pod_security = pod["securityContext"]
     assert pod_security["runAsNonRoot"] is True
     assert pod_security["seccompProfile"]["type"] == "RuntimeDefault"
     assert pod.get("automountServiceAccountToken") is False
     security = container["securityContext"]
     assert security["runAsNonRoot"] is True
-    assert security.get("runAsUser", pod_security.get("runAsUser")) == 10001
+    assert security.get("runAsUser", pod_security.get("runAsUser")) == uid
     assert security["allowPrivilegeEscalation"] is False
     assert security["readOnlyRootFilesystem"] is True
     assert security["capabilities"]["drop"] == ["ALL"]
@@ -468,8 +881,13 @@ def _assert_token_key_is_mounted(workload: Obj, key_file: Path) -> None:
     assert volume["secret"]["items"][0]["key"] == keys.PRIVATE_KEY
 
 
-@pytest.mark.parametrize("workload", [w for w in CHIRP_WORKLOADS if _service_of(w).name in ID_MINTING], ids=_id)
-def test_id_minting_service_gets_a_unique_instance_id_per_live_pod(workload: Obj) -> None:
+# Id-minting services need it for Snowflake ids, Kafka consumers as their static group
+# membership (group.instance.id): the broker fences one of two members sharing an id.
+NEEDS_INSTANCE_ID = ID_MINTING | set(WORKER_TOPICS)
+
+
+@pytest.mark.parametrize("workload", [w for w in CHIRP_WORKLOADS if _service_of(w).name in NEEDS_INSTANCE_ID], ids=_id)
+def test_service_gets_a_stable_unique_instance_id_per_live_pod(workload: Obj) -> None:
     # A StatefulSet never runs two pods with the same ordinal, a Deployment may.
     svc = _service_of(workload)
     assert workload["kind"] == "StatefulSet"
