@@ -10,16 +10,22 @@ from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_redis, redis_ping
 from common.logs import setup_logging
 from common.server import Wiring, serve
 from rank_svc import config as rank_config
+from rank_svc.reads import READ_REFRESH_SECONDS, TrendingCopy
 from rank_svc.service import RankService
-from rank_svc.trending import TrendingStore
+from rank_svc.store import TrendingStore
 
 
 async def run(cfg: rank_config.RankConfig) -> None:
     redis = connect_redis(cfg.common.redis_url)
-    trending = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours)
+    store = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours)
+    trending = TrendingCopy(store.load, min(READ_REFRESH_SECONDS, cfg.interval_seconds))
 
     def register(server: grpc.aio.Server) -> None:
         rank_pb2_grpc.add_RankServiceServicer_to_server(RankService(trending), server)
+
+    async def serving() -> bool:
+        # With a copy to serve, a Redis outage does not stop this instance.
+        return trending.has_copy() or await redis_ping(redis)
 
     async def close() -> None:
         await redis.aclose()
@@ -29,7 +35,7 @@ async def run(cfg: rank_config.RankConfig) -> None:
         Wiring(
             register=register,
             service_names=[rank_pb2.DESCRIPTOR.services_by_name["RankService"].full_name],
-            probes=[lambda: redis_ping(redis)],
+            probes=[serving],
             close=close,
             dependency_errors=REDIS_UNAVAILABLE_ERRORS,
         ),

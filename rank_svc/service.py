@@ -1,4 +1,5 @@
-"""RankService RPC handlers: serve the list the rank job stored; no computing here."""
+"""RankService RPC handlers: serve the list the rank worker computed, from this
+process's copy of it; no computing here."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import grpc
 from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
 
 from common.errors import InvalidArgument
-from rank_svc.trending import MAX_TRENDING, TrendingStore
+from rank_svc.reads import TrendingCopy
+from rank_svc.store import MAX_TRENDING
 
 DEFAULT_LIMIT = 10
 
 
 class RankService(rank_pb2_grpc.RankServiceServicer):
-    def __init__(self, trending: TrendingStore) -> None:
+    def __init__(self, trending: TrendingCopy) -> None:
         self._trending = trending
 
     async def ListTrending(
@@ -21,5 +23,5 @@ class RankService(rank_pb2_grpc.RankServiceServicer):
         if request.limit < 0:
             raise InvalidArgument("limit must not be negative", field="limit")
         limit = min(request.limit or DEFAULT_LIMIT, MAX_TRENDING)
-        tweets = await self._trending.load()
+        tweets = await self._trending.tweets()
         return rank_pb2.ListTrendingResponse(tweets=tweets[:limit])

@@ -1,0 +1,84 @@
+"""Serving the trending list: each rank_svc process keeps a copy of the list
+the rank worker computed, so no request reads Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from chirp.tweet.v1 import tweet_pb2
+
+from common.errors import DEPENDENCY_DOWN_MESSAGE, Unavailable
+
+log = logging.getLogger(__name__)
+
+# A rank_svc instance reads the computed list at most this often.
+READ_REFRESH_SECONDS = 1.0
+
+
+class TrendingCopy:
+    """The computed list as this process last read it.
+
+    Requests are served from the copy, so the list's one Redis key is read once
+    per `refresh_seconds` per instance however many requests come, and a stale
+    copy is refreshed in the background, so no request waits on Redis. While
+    Redis is down the last copy keeps being served; only an instance that never
+    read the list answers UNAVAILABLE (fast: one attempt per `refresh_seconds`).
+    """
+
+    def __init__(
+        self,
+        load: Callable[[], Awaitable[list[tweet_pb2.Tweet]]],
+        refresh_seconds: float = READ_REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load = load
+        self._refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._copy: list[tweet_pb2.Tweet] | None = None
+        self._tried_at = float("-inf")
+        self._failing = False
+        self._first = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
+
+    def has_copy(self) -> bool:
+        return self._copy is not None
+
+    async def tweets(self) -> list[tweet_pb2.Tweet]:
+        if self._copy is None:
+            return await self._first_read()
+        if self._clock() - self._tried_at >= self._refresh_seconds and (
+            self._refreshing is None or self._refreshing.done()
+        ):
+            self._tried_at = self._clock()
+            self._refreshing = asyncio.create_task(self._refresh())
+        return self._copy
+
+    async def _first_read(self) -> list[tweet_pb2.Tweet]:
+        async with self._first:
+            if self._copy is not None:
+                return self._copy
+            if self._failing and self._clock() - self._tried_at < self._refresh_seconds:
+                raise Unavailable(DEPENDENCY_DOWN_MESSAGE)
+            self._tried_at = self._clock()
+            try:
+                self._copy = await self._load()
+            except Exception:
+                self._failing = True
+                raise
+            self._failing = False
+            return self._copy
+
+    async def _refresh(self) -> None:
+        try:
+            self._copy = await self._load()
+        except Exception as exc:  # noqa: BLE001 - keep serving the copy we have
+            if not self._failing:
+                log.warning("cannot read the trending list; serving the last copy: %r", exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("trending list readable again")
+        self._failing = False

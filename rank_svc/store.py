@@ -1,0 +1,324 @@
+"""All of rank_svc's Redis: the hourly like tallies the rank worker folds like
+events into, one fold marker per likes-topic partition, the recompute lease
+and the computed list.
+
+Every key is built by `TrendingKeys`, under one hash tag (`{rk}`), so on a
+Redis Cluster they all live in one hash slot: the fold script and the
+ZUNIONSTORE over the window's hours touch many keys in one command, which a
+cluster allows only within a slot. One slot (one shard) for all of trending is
+acceptable: only the rank workers write it, a batch at a time, and requests
+never read the tallies: each rank_svc instance reads the computed list about
+once a second into a process-local copy and serves every request from that.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from chirp.rank.v1 import rank_pb2
+from chirp.tweet.v1 import tweet_pb2
+from redis.asyncio.cluster import RedisCluster
+
+from common.cache import RedisClient
+from rank_svc.score import hour_weight
+
+MAX_TRENDING = 100
+HOUR_MS = 3_600_000
+# WAIT for one replica at most this long before a batch counts as not durable.
+REPLICA_ACK_MS = 1000
+# How long the primary's count of online replicas is trusted before asking again.
+REPLICAS_CHECK_SECONDS = 5.0
+
+
+def hour_of(unix_ms: int) -> int:
+    return unix_ms // HOUR_MS
+
+
+class TrendingKeys:
+    """Every trending key, all under one hash tag (see the module docstring)."""
+
+    def __init__(self, namespace: str = "rk") -> None:
+        self.slot = "{" + namespace + "}"
+
+    def likes(self, hour: int) -> str:
+        """Net likes per tweet for likes made in that hour (a sorted set)."""
+        return f"{self.slot}:likes:{hour}"
+
+    def likers(self, tweet_id: int) -> str:
+        """user id -> "liked:version:hour" of the newest event folded (a hash)."""
+        return f"{self.slot}:likers:{tweet_id}"
+
+    def folded(self, topic: str, partition: int) -> str:
+        """The partition's next offset to fold: every like before it is in the tallies."""
+        return f"{self.slot}:folded:{topic}:{partition}"
+
+    @property
+    def decayed(self) -> str:
+        return f"{self.slot}:decayed"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.slot}:lock"
+
+    @property
+    def trending(self) -> str:
+        return f"{self.slot}:trending"
+
+
+Mode = Literal["check", "start"]
+
+
+@dataclass(frozen=True)
+class PartitionFold:
+    """One partition's part of a fold: its offsets first..next-1, and its marker.
+
+    check: the marker must hold an offset >= first, else the partition's
+    tallies were lost (nothing of it is folded); it then moves up to next.
+    start: the first batch after a rewind to the window's start: folded
+    without looking at the marker, which then moves up to next.
+    """
+
+    topic: str
+    partition: int
+    first: int
+    next: int
+    mode: Mode = "check"
+
+
+@dataclass(frozen=True)
+class Like:
+    """A like event ready to fold: `part` indexes the fold's partitions; `hour` is the version's."""
+
+    part: int
+    tweet_id: int
+    user_id: int
+    version: int
+    liked: bool
+    hour: int
+
+
+class NotReplicated(Exception):
+    """No replica acknowledged a fold in time: do not commit its offsets."""
+
+
+# One batch in one atomic step. Each (tweet, user) keeps the newest event
+# folded; an older or equal version (a replay, a stale delivery) changes
+# nothing. An hour's tally holds the users whose newest event is a like made in
+# that hour, so the tallies depend only on the newest event per (tweet, user):
+# any delivery order and any number of replays give the same tallies.
+# Versions are compared as decimal strings: Lua numbers are doubles and
+# Snowflake ids need 63 bits; so each likers entry also keeps its hour.
+# KEYS: the window's hourly tallies (oldest first), one marker per partition,
+# one likers hash per tweet. ARGV: first_hour, hours, partitions, tweets,
+# window, likers_ttl; (first, next, mode) per partition; the tweet ids; then
+# (partition no, tweet no, user, version, liked, hour) per like.
+# Returns the numbers of the partitions found lost (their likes not folded).
+FOLD_SCRIPT = """
+local first_hour = tonumber(ARGV[1])
+local hours = tonumber(ARGV[2])
+local nparts = tonumber(ARGV[3])
+local ntweets = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+local likers_ttl = tonumber(ARGV[6])
+
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+
+local function tally(hour, tweet, delta)
+  local key = KEYS[hour - first_hour + 1]
+  if tonumber(redis.call('ZINCRBY', key, delta, tweet)) <= 0 then
+    redis.call('ZREM', key, tweet)
+  end
+  if delta > 0 then
+    redis.call('EXPIREAT', key, (hour + window + 1) * 3600)
+  end
+end
+
+local open = {}
+local lost = {}
+local at = 7
+for p = 1, nparts do
+  local key = KEYS[hours + p]
+  local first, nxt, mode = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), ARGV[at + 2]
+  at = at + 3
+  local marker = redis.call('GET', key)
+  local offset = nil
+  if marker then offset = tonumber(marker) end
+  if mode == 'start' or (offset ~= nil and offset >= first) then
+    open[p] = true
+    if offset == nil or offset < nxt then
+      redis.call('SET', key, nxt)
+    end
+  else
+    lost[#lost + 1] = p
+  end
+end
+
+local tweets = {}
+for t = 1, ntweets do
+  tweets[t] = ARGV[at]
+  at = at + 1
+end
+
+local last_hour = first_hour + hours - 1
+while at <= #ARGV do
+  if open[tonumber(ARGV[at])] then
+    local t = tonumber(ARGV[at + 1])
+    local likers = KEYS[hours + nparts + t]
+    local user, version, liked, hour = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], tonumber(ARGV[at + 5])
+    local newest = redis.call('HGET', likers, user)
+    local apply = true
+    if newest then
+      local was_liked, was_version, was_hour = string.match(newest, '^(%d):(%d+):(%d+)$')
+      was_hour = tonumber(was_hour)
+      if not newer(version, was_version) then
+        apply = false
+      elseif was_liked == '1' and was_hour >= first_hour and was_hour <= last_hour then
+        tally(was_hour, tweets[t], -1)
+      end
+    end
+    if apply then
+      if liked == '1' then
+        tally(hour, tweets[t], 1)
+      end
+      redis.call('HSET', likers, user, liked .. ':' .. version .. ':' .. hour)
+      redis.call('EXPIRE', likers, likers_ttl)
+    end
+  end
+  at = at + 6
+end
+return lost
+"""
+
+
+class TrendingStore:
+    def __init__(
+        self,
+        redis: RedisClient,
+        window_hours: int,
+        half_life_hours: float,
+        keys: TrendingKeys | None = None,
+        replica_ack_ms: int = REPLICA_ACK_MS,
+    ) -> None:
+        self._redis = redis
+        self._window = window_hours
+        self._half_life = half_life_hours
+        self.keys = keys or TrendingKeys()
+        self._replica_ack_ms = replica_ack_ms
+        self._replicas = 0
+        self._replicas_checked = -REPLICAS_CHECK_SECONDS
+
+    async def fold(self, parts: Sequence[PartitionFold], likes: Sequence[Like], first_hour: int) -> set[int]:
+        """Fold `likes` into the tallies of hours first_hour..first_hour+window (each
+        like's hour must be among them); returns the indexes of `parts` whose
+        tallies were lost (their likes were not folded: rebuild them).
+
+        When the slot's primary has replicas, returns only once one of them has
+        the fold (WAIT), so a failover right after cannot lose what the caller
+        commits next; raises NotReplicated otherwise."""
+        if not parts:
+            return set()
+        hours = self._window + 1
+        tweets = sorted({like.tweet_id for like in likes})
+        tweet_no = {tweet_id: n for n, tweet_id in enumerate(tweets, 1)}
+        keys = [
+            *(self.keys.likes(first_hour + h) for h in range(hours)),
+            *(self.keys.folded(p.topic, p.partition) for p in parts),
+            *(self.keys.likers(t) for t in tweets),
+        ]
+        args: list[str | int] = [first_hour, hours, len(parts), len(tweets), self._window, (self._window + 2) * 3600]
+        for p in parts:
+            args += [p.first, p.next, p.mode]
+        args += tweets
+        for like in likes:
+            if not first_hour <= like.hour < first_hour + hours:
+                raise ValueError(f"like of hour {like.hour} is outside {first_hour}..{first_hour + hours - 1}")
+            args += [like.part + 1, tweet_no[like.tweet_id], like.user_id, like.version, int(like.liked), like.hour]
+        lost = await self._eval_durably(keys, args)
+        return {int(p) - 1 for p in lost}
+
+    async def _eval_durably(self, keys: list[str], args: list[str | int]) -> list[Any]:
+        # WAIT counts only the writes of the connection it is sent on, so the
+        # script and the WAIT go out in one pipeline (one connection).
+        replicas = await self.replicas()
+        wait = ("WAIT", 1, self._replica_ack_ms)
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.initialize()  # after a failover the client may have dropped its slot map
+            node = self._redis.get_node_from_key(self.keys.slot)
+            cluster_pipe = self._redis.pipeline()
+            cluster_pipe.eval(FOLD_SCRIPT, len(keys), *keys, *args)
+            if replicas:
+                cluster_pipe.execute_command(*wait, target_nodes=node)
+            results = await cluster_pipe.execute()
+            if replicas and self._redis.get_node_from_key(self.keys.slot) != node:
+                # The slot moved mid-call: the script was redirected, so the WAIT
+                # answered for another node's connection.
+                raise NotReplicated("the trending slot moved during the fold")
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.eval(FOLD_SCRIPT, len(keys), *keys, *args)
+                if replicas:
+                    pipe.execute_command(*wait)
+                results = await pipe.execute()
+        if replicas and int(results[1]) < 1:
+            self._replicas_checked = -REPLICAS_CHECK_SECONDS  # ask again: the replica may be gone
+            raise NotReplicated(f"no replica acknowledged the fold within {self._replica_ack_ms} ms")
+        return list(results[0])
+
+    async def replicas(self) -> int:
+        """Replicas of the primary holding the trending slot (0 on a standalone Redis)."""
+        now = time.monotonic()
+        if now - self._replicas_checked < REPLICAS_CHECK_SECONDS:
+            return self._replicas
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.initialize()
+            node = self._redis.get_node_from_key(self.keys.slot)
+            info = await self._redis.info("replication", target_nodes=node)
+        else:
+            info = await self._redis.info("replication")
+        # A replica still syncing acknowledges nothing: count the online ones.
+        self._replicas = sum(
+            1
+            for name, value in info.items()
+            if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+        )
+        self._replicas_checked = now
+        return self._replicas
+
+    async def tallies(self, first_hour: int) -> dict[int, dict[int, int]]:
+        """hour -> tweet -> net likes, over the window from `first_hour` (for checks and tests)."""
+        found: dict[int, dict[int, int]] = {}
+        for hour in range(first_hour, first_hour + self._window + 1):
+            rows = await self._redis.zrange(self.keys.likes(hour), 0, -1, withscores=True)
+            if rows:
+                found[hour] = {int(row[0]): int(row[1]) for row in rows}
+        return found
+
+    async def decayed_top(self, limit: int, now_ms: int | None = None) -> list[tuple[int, float]]:
+        """Top tweets by time-decayed likes, summed by Redis over the window's hours."""
+        now_hour = hour_of(now_ms if now_ms is not None else int(time.time() * 1000))
+        weights = {self.keys.likes(now_hour - age): hour_weight(age, self._half_life) for age in range(self._window)}
+        # Likes stamped by a clock a little ahead of this one count as current.
+        weights[self.keys.likes(now_hour + 1)] = 1.0
+        await self._redis.zunionstore(self.keys.decayed, weights)
+        rows = await self._redis.zrevrange(self.keys.decayed, 0, limit - 1, withscores=True)
+        return [(int(row[0]), float(row[1])) for row in rows]
+
+    async def acquire_turn(self, holder: str, seconds: float) -> bool:
+        """One recompute per interval across all instances."""
+        return bool(await self._redis.set(self.keys.lock, holder, nx=True, px=max(1, int(seconds * 1000))))
+
+    async def save(self, tweets: Sequence[tweet_pb2.Tweet]) -> None:
+        reply = rank_pb2.ListTrendingResponse(tweets=list(tweets)[:MAX_TRENDING])
+        await self._redis.set(self.keys.trending, reply.SerializeToString())
+
+    async def load(self) -> list[tweet_pb2.Tweet]:
+        raw = await self._redis.get(self.keys.trending)
+        if raw is None:
+            return []
+        return list(rank_pb2.ListTrendingResponse.FromString(raw if isinstance(raw, bytes) else raw.encode()).tweets)
