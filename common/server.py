@@ -45,7 +45,16 @@ class Wiring:
 def create_server(address: str, wiring: Wiring) -> tuple[grpc.aio.Server, int, HealthServicer]:
     server = grpc.aio.server(
         interceptors=[ServerInterceptor(wiring.dependency_errors)],
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            # Envoy pings idle upstream connections every 10 s and peers every 30 s;
+            # gRPC's default (a ping at most every 5 min without data, two strikes)
+            # answered that with GOAWAY "too many pings", failing calls in flight.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ],
     )
     wiring.register(server)
     health_servicer = HealthServicer()

@@ -53,14 +53,27 @@ async def test_a_session_for_another_dc_has_no_host_and_that_means_unavailable()
     assert classify(caught.value, CQL_UNAVAILABLE_ERRORS).code == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_the_consistency_setting_reaches_every_statement() -> None:
+async def test_the_consistency_setting_reaches_every_statement(monkeypatch: pytest.MonkeyPatch) -> None:
     session = await _connect(consistency="LOCAL_ONE")
     try:
         profiles = session._cluster.profile_manager.profiles
         ours = (EXEC_PROFILE_DEFAULT, cql_policies.READ_PROFILE)
         levels = [profiles[name].consistency_level for name in ours]
         assert levels == [cql_policies.ConsistencyLevel.LOCAL_ONE] * 2
-        assert await session.execute("SELECT user_id FROM users LIMIT 1") is not None
+
+        sent: list[Any] = []  # the driver's ResponseFuture of each statement
+        real = session._session.execute_async
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            sent.append(real(*args, **kwargs))
+            return sent[-1]
+
+        monkeypatch.setattr(session._session, "execute_async", spy)
+        user_id = secrets.randbits(62)  # no such user: the delete only leaves a tombstone
+        assert await session.execute(await session.prepare(READ), (user_id,)) == []
+        await session.execute("DELETE FROM users WHERE user_id = %s", (user_id,))
+        # The level on the wire, one read (speculative profile) and one write (default profile).
+        assert [f.message.consistency_level for f in sent] == [cql_policies.ConsistencyLevel.LOCAL_ONE] * 2
     finally:
         session.close()
 

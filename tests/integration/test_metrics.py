@@ -27,27 +27,53 @@ def total(service: str, name: str) -> float:
     return sum(scrape(inst.metrics_port).get(name, 0.0) for inst in topology.instances(svc))
 
 
+# The RPC of each service that the traffic below calls through the edge.
+CALLED = {"graph_svc": "CreateUser", "tweet_svc": "CreateTweet", "feed_svc": "GetHomeFeed", "rank_svc": "ListTrending"}
+DOMAIN = (
+    ("feed_svc", "chirp_timeline_cache_total"),
+    ("feed_svc", "chirp_celebrity_pulls_per_read_count"),
+)
+FANOUT = ("chirp_fanout_pushed_per_tweet_count", "chirp_fanout_lag_seconds_count")
+
+
+def rpc_counts() -> dict[str, float]:
+    """Completed-OK count and latency-sample count of each called RPC, summed over instances.
+
+    Counters only grow and earlier tests already moved them, so a test reads them
+    before and after its own traffic: a value alone would pass with the metric broken.
+    """
+    counts: dict[str, float] = {}
+    for svc in topology.SERVICES:
+        method = CALLED[svc.name]
+        handled = f"grpc_server_handled_total{{grpc_code=OK,grpc_method={method},grpc_service={svc.grpc_service}}}"
+        timed = f"grpc_server_handling_seconds_count{{grpc_method={method},grpc_service={svc.grpc_service}}}"
+        counts[handled] = total(svc.name, handled)
+        counts[timed] = total(svc.name, timed)
+    for service, name in DOMAIN:
+        counts[name] = total(service, name)
+    return counts
+
+
 def test_services_and_workers_export_domain_metrics_after_traffic(edge: httpx.Client) -> None:
+    before = rpc_counts()
+    fan_before = {name: total("fanout_worker", name) for name in FANOUT}
     name = unique_name()
     edge.post("/v1/users", json={"username": name, "password": "correct horse"}).raise_for_status()
     token = edge.post("/v1/sessions", json={"username": name, "password": "correct horse"}).json()["access_token"]
     auth = {"authorization": f"Bearer {token}"}
-    fan_before = total("fanout_worker", "chirp_fanout_pushed_per_tweet_count")
     edge.post("/v1/tweets", json={"text": "metrics"}, headers=auth).raise_for_status()
     edge.get("/v1/feed", headers=auth).raise_for_status()
     edge.get("/v1/feed/trending").raise_for_status()
 
-    for svc in topology.SERVICES:
-        assert total(svc.name, "grpc_server_handled_total") > 0, svc.name
-        assert total(svc.name, "grpc_server_handling_seconds_count") > 0, svc.name
-    assert total("feed_svc", "chirp_timeline_cache_total") > 0
-    assert total("feed_svc", "chirp_celebrity_pulls_per_read_count") > 0
+    after = rpc_counts()
+    # Other traffic on the shared stack can only add to these, never hide a missing increment.
+    grown = {key: after[key] - before[key] for key in before}
+    assert all(delta >= 1 for delta in grown.values()), grown
     faults.wait_for(
-        lambda: total("fanout_worker", "chirp_fanout_pushed_per_tweet_count") > fan_before,
+        lambda: all(total("fanout_worker", name) > fan_before[name] for name in FANOUT),
         15,
-        "the fan-out of the tweet",
+        "the fan-out of the tweet to be counted and its lag observed",
     )
-    assert total("fanout_worker", "chirp_fanout_lag_seconds_count") > 0
     lag_samples = [scrape(inst.metrics_port) for w in topology.WORKERS for inst in topology.instances(w)]
     groups = {k for s in lag_samples for k in s if k.startswith("chirp_consumer_lag_messages{")}
     assert {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import urllib.request
 from functools import cache
@@ -151,7 +152,17 @@ def test_prometheus_command(tmp_path: Path) -> None:
     assert f"--storage.tsdb.path={tmp_path / 'data' / 'prometheus'}" in argv
     assert "--storage.tsdb.retention.time=2d" in argv
     assert "--web.enable-lifecycle" in argv
-    assert isinstance(prometheus.prometheus_ready(), bool)  # never raises, up or not
+
+
+def test_prometheus_ready_is_true_when_it_answers_and_false_when_nothing_listens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert prometheus.prometheus_ready() is True, "the stack's Prometheus should answer /-/ready"
+    with socket.socket() as probe:  # a port nobody listens on once this socket closes
+        probe.bind((topology.HOST, 0))
+        unused = probe.getsockname()[1]
+    monkeypatch.setattr(prometheus, "PROMETHEUS_PORT", unused)
+    assert prometheus.prometheus_ready() is False  # refused, not raised
 
 
 def test_rule_files_pass_promtool_check() -> None:

@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from common.errors import InvalidArgument
 from feed_svc.timeline import decode_cursor, encode_cursor, merge
 from rank_svc.score import Candidate, hour_weight, score, top_k
 
@@ -19,7 +20,7 @@ def test_merge_keeps_only_entries_strictly_below_the_cursor() -> None:
 def test_cursor_round_trips_and_rejects_other_tokens() -> None:
     assert decode_cursor(encode_cursor(912_195_040_917_585_920)) == 912_195_040_917_585_920
     assert decode_cursor("") is None
-    with pytest.raises(Exception, match="page_token"):
+    with pytest.raises(InvalidArgument, match=r"^page_token is not valid$"):
         decode_cursor("eyJrIjoidHdlZXRzIiwiYmVmb3JlIjozfQ")  # a token of another list
 
 
