@@ -75,16 +75,29 @@ class FeedCache(Tolerant):
 
     @tolerant()
     async def timeline(self, user_id: int, before: int | None, limit: int) -> list[int] | None:
-        """Pushed tweet ids below `before`, newest first; None if the timeline is not built."""
-        top = "+inf" if before is None else id_time_ms(before)
+        """Pushed tweet ids below `before`, newest first; None if the timeline is not built.
+
+        Scores are milliseconds: the cursor's own millisecond is read whole and
+        filtered apart from the older ones, so however many tweets share it, the
+        entries at or above the cursor never take the places of older ones.
+        """
+        key = _timeline(user_id)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zscore(_timeline(user_id), BUILT)
-            pipe.zrevrangebyscore(_timeline(user_id), top, "-inf", start=0, num=limit + 1)
-            built, members = await pipe.execute()
+            pipe.zscore(key, BUILT)
+            if before is None:
+                pipe.zrevrangebyscore(key, "+inf", "-inf", start=0, num=limit + 1)
+            else:
+                ms = id_time_ms(before)
+                pipe.zrangebyscore(key, ms, ms)
+                pipe.zrevrangebyscore(key, f"({ms}", "-inf", start=0, num=limit)
+            built, *replies = await pipe.execute()
         if built is None:
             return None
-        ids = [int(m) for m in members if _text(m) != BUILT]
-        return [t for t in ids if before is None or t < before][:limit]
+        if before is None:
+            return [int(m) for m in replies[0] if _text(m) != BUILT][:limit]
+        same_ms = sorted((int(m) for m in replies[0] if int(m) < before), reverse=True)
+        older = [int(m) for m in replies[1]]
+        return (same_ms + older)[:limit]
 
     @tolerant()
     async def rebuild(self, user_id: int, tweets: Sequence[int]) -> None:

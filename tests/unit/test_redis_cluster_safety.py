@@ -54,8 +54,15 @@ def _b(value: Any) -> bytes:
     return str(value).encode()
 
 
-def _score(value: Any) -> float:
-    return float(value)  # also "+inf" and "-inf"
+def _within(score: float, low: Any, high: Any) -> bool:
+    """Redis score bounds: inclusive, or exclusive when written "(n"."""
+
+    def bound(value: Any) -> tuple[float, bool]:
+        text = str(value)
+        return (float(text[1:]), True) if text.startswith("(") else (float(text), False)
+
+    (lo, lo_open), (hi, hi_open) = bound(low), bound(high)
+    return (lo < score if lo_open else lo <= score) and (score < hi if hi_open else score <= hi)
 
 
 class FakeRedis:
@@ -156,9 +163,12 @@ class FakeRedis:
 
     async def zrevrangebyscore(self, key: str, top: Any, bottom: Any, start: int, num: int) -> list[bytes]:
         self._use("zrevrangebyscore", key)
-        hi, lo = _score(top), _score(bottom)
-        members = [m for m, s in reversed(self._ordered(key)) if lo <= s <= hi]
+        members = [m for m, s in reversed(self._ordered(key)) if _within(s, bottom, top)]
         return members[start : start + num]
+
+    async def zrangebyscore(self, key: str, bottom: Any, top: Any) -> list[bytes]:
+        self._use("zrangebyscore", key)
+        return [m for m, s in self._ordered(key) if _within(s, bottom, top)]
 
     async def zremrangebyrank(self, key: str, start: int, end: int) -> int:
         self._use("zremrangebyrank", key)

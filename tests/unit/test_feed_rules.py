@@ -1,0 +1,642 @@
+"""The home feed's rules, with feed_svc's real HomeFeed, Fanout, CelebrityRegistry
+and FeedCache over in-memory fakes of everything they talk to: Redis (the strict
+fake of test_redis_cluster_safety), the CQL timeline store, graph_svc and tweet_svc.
+
+Events are applied by calling the Fanout as the worker would, so each test reads
+as a story: who follows whom, who posts, what a reader's pages then hold."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from typing import Any, cast
+
+from chirp.tweet.v1 import tweet_pb2
+from confluent_kafka import Message
+
+from common.ids import IdGenerator
+from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS
+from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
+from feed_svc.cache import FeedCache
+from feed_svc.domain import CELEBRITY_CACHE_DEPTH, CelebrityRegistry, HomeFeed
+from feed_svc.fanout import CROSSING_BACKFILL, FOLLOW_BACKFILL, UNFOLLOW_SWEEP, Fanout
+from feed_svc.store import TimelineStore
+from tests.unit.test_redis_cluster_safety import FakeRedis, client
+
+THRESHOLD = 4  # followers that make an author a celebrity
+REFRESH_SECONDS = 5.0  # CHIRP_CELEBRITY_CACHE_SECONDS
+TIMELINE_SIZE = 800
+FOLLOWING_TTL_SECONDS = 30.0
+
+# ---- in-memory stand-ins for the CQL store, graph_svc and tweet_svc ------------------------
+
+
+class MemoryTimelineStore:
+    """home_timeline rows keyed by (user, tweet), as CQL's upsert keys them, and the registry."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[int, int]] = {}
+        self.registry: set[int] = set()
+        self.before_set_celebrity: list[Any] = []  # hooks run as a mark or unmark starts
+
+    async def push(self, user_ids: Sequence[int], tweet_id: int, author_id: int) -> None:
+        for user_id in user_ids:
+            self.rows.setdefault(user_id, {})[tweet_id] = author_id
+
+    async def push_many(self, user_id: int, tweets: Sequence[tuple[int, int]]) -> None:
+        for tweet_id, author_id in tweets:
+            self.rows.setdefault(user_id, {})[tweet_id] = author_id
+
+    async def remove(self, user_ids: Sequence[int], tweet_ids: Sequence[int]) -> None:
+        for user_id in user_ids:
+            for tweet_id in tweet_ids:
+                self.rows.get(user_id, {}).pop(tweet_id, None)
+
+    async def read(self, user_id: int, limit: int) -> list[int]:
+        return sorted(self.rows.get(user_id, {}), reverse=True)[:limit]
+
+    async def is_celebrity(self, author_id: int) -> bool:
+        return author_id in self.registry
+
+    async def celebrities(self) -> set[int]:
+        return set(self.registry)
+
+    async def set_celebrity(self, author_id: int, celebrity: bool) -> None:
+        for hook in list(self.before_set_celebrity):
+            await hook(author_id, celebrity)
+        if celebrity:
+            self.registry.add(author_id)
+        else:
+            self.registry.discard(author_id)
+
+
+class Graph:
+    """graph_svc as the feed sees it: follow lists (cut at `list_limit`), counts, follower pages."""
+
+    PAGE = 2  # followers per page, so fan-out walks several pages
+
+    def __init__(self, list_limit: int = 10_000) -> None:
+        self.follows: dict[int, set[int]] = {}
+        self.list_limit = list_limit
+
+    def followers(self, user_id: int) -> list[int]:
+        return sorted(f for f, followees in self.follows.items() if user_id in followees)
+
+    async def follower_count(self, user_id: int) -> int:
+        return len(self.followers(user_id))
+
+    async def follower_page(self, user_id: int, token: str) -> tuple[list[int], str]:
+        start = int(token or 0)
+        everyone = self.followers(user_id)
+        end = start + self.PAGE
+        return everyone[start:end], str(end) if end < len(everyone) else ""
+
+    async def following_ids(self, user_id: int, among: Sequence[int]) -> tuple[list[tuple[int, int]], bool]:
+        followed = sorted(self.follows.get(user_id, set()))
+        if among:
+            return [(a, len(self.followers(a))) for a in followed if a in set(among)], False
+        listed = followed[: self.list_limit]
+        return [(a, len(self.followers(a))) for a in listed], len(followed) > self.list_limit
+
+
+class Tweets:
+    """tweet_svc: Snowflake ids one millisecond apart, recent ids per author, batch reads."""
+
+    def __init__(self) -> None:
+        clock = iter(range(1_750_000_000_000, 1_760_000_000_000))
+        self._ids = IdGenerator(77, lambda: next(clock))
+        self.author_of: dict[int, int] = {}
+        self.deleted: set[int] = set()
+
+    def burst(self, per_millisecond: int) -> None:
+        """From now on `per_millisecond` ids share each millisecond, as under a burst of posts."""
+        clock = iter(range(1_770_000_000_000 * per_millisecond, 1_780_000_000_000 * per_millisecond))
+        self._ids = IdGenerator(77, lambda: next(clock) // per_millisecond)
+
+    def create(self, author_id: int) -> int:
+        tweet_id = self._ids.next_id()
+        self.author_of[tweet_id] = author_id
+        return tweet_id
+
+    def by(self, author_id: int) -> list[int]:
+        """An author's live tweets, newest first."""
+        return sorted((t for t, a in self.author_of.items() if a == author_id and t not in self.deleted), reverse=True)
+
+    async def recent_ids(self, authors: Sequence[int], before: int, limit: int) -> list[tuple[int, int]]:
+        return [(t, a) for a in authors for t in [t for t in self.by(a) if not before or t < before][:limit]]
+
+    async def batch_tweets(self, tweet_ids: Sequence[int]) -> list[tweet_pb2.Tweet]:
+        return [
+            tweet_pb2.Tweet(tweet_id=t, author_id=self.author_of[t])
+            for t in tweet_ids
+            if t in self.author_of and t not in self.deleted
+        ]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Event:
+    """A Kafka message as the fan-out worker receives it."""
+
+    def __init__(self, topic: str, key: int, event: dict[str, Any]) -> None:
+        self._topic, self._key, self._value = topic, str(key).encode(), json.dumps(event).encode()
+
+    def topic(self) -> str:
+        return self._topic
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+    def offset(self) -> int:
+        return 0
+
+
+class World:
+    """One feed_svc process and one fan-out worker over shared in-memory stores."""
+
+    def __init__(self, list_limit: int = 10_000) -> None:
+        self.redis = FakeRedis()
+        self.cache = FeedCache(client(self.redis), TIMELINE_SIZE, FOLLOWING_TTL_SECONDS, REFRESH_SECONDS)
+        self.store = MemoryTimelineStore()
+        self.graph = Graph(list_limit)
+        self.tweets = Tweets()
+        self.clock = Clock()
+        store = cast(TimelineStore, self.store)
+        self.fanout = self.worker(self.graph.follower_count)
+        self.registry = CelebrityRegistry(self.cache, store, REFRESH_SECONDS, self.clock)
+        self.feed = HomeFeed(
+            self.cache,
+            store,
+            self.graph.following_ids,
+            self.tweets.recent_ids,
+            self.tweets.batch_tweets,
+            THRESHOLD,
+            TIMELINE_SIZE,
+            self.registry,
+        )
+
+    def worker(self, follower_count: Any) -> Fanout:
+        store = cast(TimelineStore, self.store)
+        return Fanout(self.cache, store, follower_count, self.graph.follower_page, self.tweets.recent_ids, THRESHOLD)
+
+    # events: written where their service writes them, then applied as the worker would
+
+    async def post(self, author_id: int) -> int:
+        tweet_id = self.tweets.create(author_id)
+        await self.fanout.handle("tweet_created", created_event(tweet_id, author_id))
+        return tweet_id
+
+    async def delete(self, tweet_id: int) -> None:
+        self.tweets.deleted.add(tweet_id)
+        await self.fanout.handle("tweet_deleted", {"tweet_id": tweet_id, "author_id": self.tweets.author_of[tweet_id]})
+
+    async def follow(self, follower_id: int, followee_id: int) -> None:
+        self.graph.follows.setdefault(follower_id, set()).add(followee_id)
+        await self.fanout.handle("follow", {"follower_id": follower_id, "followee_id": followee_id})
+
+    async def unfollow(self, follower_id: int, followee_id: int) -> None:
+        self.graph.follows[follower_id].discard(followee_id)
+        await self.fanout.handle("unfollow", {"follower_id": follower_id, "followee_id": followee_id})
+
+    # time and reads
+
+    def pass_time(self, seconds: float) -> None:
+        """Advance the registry's clock and expire what Redis would have expired by then."""
+        self.clock.now += seconds
+        for key, ttl in list(self.redis.ttl_ms.items()):
+            if ttl <= seconds * 1000:
+                self.redis.data.pop(key, None)
+                del self.redis.ttl_ms[key]
+
+    async def page(self, user_id: int, size: int = 100, token: str = "") -> tuple[list[int], str]:
+        tweets, next_token = await self.feed.page(user_id, size, token)
+        return [t.tweet_id for t in tweets], next_token
+
+    async def every_page(self, user_id: int, size: int) -> list[list[int]]:
+        pages, token = [], ""
+        while True:
+            ids, token = await self.page(user_id, size, token)
+            pages.append(ids)
+            if not token:
+                return pages
+
+    async def read_through(self, user_id: int, size: int) -> list[int]:
+        return [t for ids in await self.every_page(user_id, size) for t in ids]
+
+    def state(self) -> Any:
+        """What the worker writes, but the follow lists it drops so readers list them afresh."""
+        redis = {k: v for k, v in self.redis.data.items() if not k.startswith(feed_key("following", 0)[:-1])}
+        return copy.deepcopy((self.store.rows, self.store.registry, redis))
+
+    def stored(self, user_id: int) -> set[int]:
+        """The durable pushed timeline (CQL)."""
+        return set(self.store.rows.get(user_id, {}))
+
+    def cached(self, user_id: int) -> set[int]:
+        """The pushed timeline in Redis, built or not."""
+        members = cast(dict[bytes, float], self.redis.data.get(feed_key("timeline", user_id), {}))
+        return {int(m) for m in members if m != b"built"}
+
+
+def created_event(tweet_id: int, author_id: int) -> dict[str, Any]:
+    return {"tweet_id": tweet_id, "author_id": author_id, "created_at_ms": 0}
+
+
+def newest_first(ids: set[int] | list[int]) -> list[int]:
+    return sorted(ids, reverse=True)
+
+
+async def with_followers(world: World, author_id: int, count: int, first: int = 900) -> list[int]:
+    followers = list(range(first, first + count))
+    for follower in followers:
+        await world.follow(follower, author_id)
+    return followers
+
+
+READER, OTHER, NORMAL, STAR, GONE = 1, 2, 10, 20, 30
+
+# ---- reading: what one page holds -------------------------------------------------------------
+
+
+async def test_a_page_merges_pushed_pulled_and_own_tweets_newest_first() -> None:
+    world = World()
+    await world.follow(READER, NORMAL)
+    await world.follow(READER, STAR)
+    await with_followers(world, STAR, THRESHOLD - 1)
+    assert STAR in world.store.registry
+    posted = []
+    for author in [NORMAL, STAR, READER, STAR, NORMAL, READER, OTHER]:
+        posted.append(await world.post(author))
+    not_followed = posted.pop()
+
+    ids, token = await world.page(READER)
+
+    assert ids == newest_first(posted)
+    assert token == ""
+    assert await world.page(READER, size=len(posted)) == (ids, "")  # nothing more: no token
+    pushed = set(world.tweets.by(NORMAL))
+    assert world.stored(READER) == pushed  # the star's and the reader's own came from the pull
+    assert not_followed not in ids
+
+
+async def test_deleted_tweets_are_left_out_and_the_page_is_still_full() -> None:
+    world = World()
+    await world.follow(READER, NORMAL)
+    await world.follow(READER, STAR)
+    await with_followers(world, STAR, THRESHOLD)
+    posted = [await world.post(a) for a in [NORMAL, STAR] * 20]
+    # Deleted in tweet_svc; the tweet_deleted event is not applied yet, so the pushed
+    # ones are still in the timeline. More are dropped than one round fetches.
+    gone = posted[-30:]
+    world.tweets.deleted.update(gone)
+
+    ids, token = await world.page(READER, size=5)
+
+    assert ids == newest_first(posted[:-30])[:5]
+    assert token != ""
+    assert set(gone) & world.stored(READER)  # only the read filtered them
+
+
+async def test_authors_no_longer_followed_are_dropped_before_the_unfollow_is_applied() -> None:
+    world = World()
+    for author in (NORMAL, GONE):
+        await world.follow(READER, author)
+    kept = [await world.post(a) for a in [GONE, NORMAL] * 10][1::2]
+    for _ in range(30):  # the newest entries, more than one round fetches, all dropped
+        await world.post(GONE)
+    world.graph.follows[READER].discard(GONE)  # graph_svc has it; the fan-out worker not yet
+
+    assert await world.every_page(READER, size=4) == [kept[::-1][i : i + 4] for i in range(0, 10, 4)]
+    assert world.stored(READER) > set(kept)  # the gone author's tweets are still pushed
+
+
+async def test_authors_no_longer_followed_are_dropped_when_the_follow_list_is_cut() -> None:
+    """Past graph_svc's listing limit the feed asks which authors on the page the reader follows."""
+    world = World(list_limit=1)
+    for author in (NORMAL, OTHER, GONE, STAR):
+        await world.follow(READER, author)
+    await with_followers(world, STAR, THRESHOLD)
+    posted = [await world.post(a) for a in [GONE, NORMAL, OTHER, STAR] * 6]
+    world.graph.follows[READER].discard(GONE)
+
+    ids, _ = await world.page(READER)
+
+    assert ids == newest_first([t for t in posted if world.tweets.author_of[t] != GONE])
+
+
+# ---- reading: one page after another ----------------------------------------------------------
+
+
+async def test_pages_continue_without_repeats_or_gaps_while_new_tweets_arrive() -> None:
+    world = World()
+    for author in (NORMAL, OTHER, STAR, GONE):
+        await world.follow(READER, author)
+    await with_followers(world, STAR, THRESHOLD)
+    pattern = [GONE, NORMAL, GONE, STAR, GONE, READER, GONE, OTHER, GONE, STAR, GONE]
+    for _ in range(CELEBRITY_CACHE_DEPTH // 2 + 3):  # the star beyond what its first page caches
+        for author in pattern:
+            await world.post(author)
+    # Unfollowed but not yet swept: a third of the pushed entries are dropped at read time,
+    # so a page takes several rounds and must not pass the star's older, unfetched tweets.
+    world.graph.follows[READER].discard(GONE)
+    expected = newest_first([t for t, a in world.tweets.author_of.items() if a != GONE])
+
+    seen: list[int] = []
+    token, sizes = "", []
+    while True:
+        ids, token = await world.page(READER, 7, token)
+        seen += ids
+        sizes.append(len(ids))
+        for author in (NORMAL, STAR, READER):  # newer than the cursor: not on later pages
+            await world.post(author)
+        if not token:
+            break
+
+    assert seen == expected
+    assert sizes[:-1] == [7] * (len(sizes) - 1)
+
+
+async def test_pages_continue_when_many_tweets_share_a_millisecond() -> None:
+    world = World()
+    for author in (NORMAL, OTHER):
+        await world.follow(READER, author)
+    world.tweets.burst(per_millisecond=40)
+    posted = [await world.post(a) for a in [NORMAL, OTHER, NORMAL] * 10]
+
+    assert await world.read_through(READER, 4) == newest_first(posted)
+
+
+async def test_a_page_token_resumes_below_its_last_tweet_even_after_a_cache_loss() -> None:
+    world = World()
+    await world.follow(READER, NORMAL)
+    posted = [await world.post(NORMAL) for _ in range(9)]
+    first, token = await world.page(READER, 4)
+    world.redis.data.pop(feed_key("timeline", READER))  # Redis lost it: rebuilt from CQL
+    second, token = await world.page(READER, 4, token)
+    third, token = await world.page(READER, 4, token)
+
+    assert [first, second, third] == [posted[:4:-1], posted[4:0:-1], posted[:1]]
+    assert token == ""
+    # Each layer keeps to "strictly below the cursor" on its own (merge's is tested with merge).
+    assert await world.cache.timeline(READER, posted[4], 10) == posted[3::-1]
+
+
+async def test_pages_do_not_pass_a_celebritys_tweets_not_fetched_yet() -> None:
+    """A celebrity deletes its newest tweets while the feed's short-lived copy of its
+    recent ids still lists them: the page must go on below them, not past the rest."""
+    world = World()
+    for author in (NORMAL, STAR):
+        await world.follow(READER, author)
+    await with_followers(world, STAR, THRESHOLD)
+    old = await world.post(NORMAL)
+    stars = [await world.post(STAR) for _ in range(10)]
+    await world.page(READER)  # the star's recent ids are cached for a few seconds
+    for tweet_id in stars[-4:]:
+        await world.delete(tweet_id)
+
+    assert await world.read_through(READER, 3) == [*stars[5::-1], old]
+
+
+# ---- fan-out: follow, unfollow, delete -------------------------------------------------------
+
+
+async def test_following_backfills_the_followees_recent_tweets_into_the_timeline() -> None:
+    world = World()
+    posted = [await world.post(NORMAL) for _ in range(FOLLOW_BACKFILL + 5)]
+    await world.page(READER)  # the reader's cached timeline is built, and its follow list cached
+
+    await world.follow(READER, NORMAL)
+
+    recent = set(posted[-FOLLOW_BACKFILL:])
+    assert world.stored(READER) == recent
+    assert world.cached(READER) == recent
+    ids, _ = await world.page(READER)
+    assert ids == newest_first(recent)
+
+
+async def test_following_a_celebrity_pushes_nothing_and_it_is_pulled() -> None:
+    world = World()
+    await with_followers(world, STAR, THRESHOLD)
+    posted = [await world.post(STAR) for _ in range(5)]
+
+    await world.follow(READER, STAR)
+
+    assert world.stored(READER) == set()
+    assert (await world.page(READER))[0] == newest_first(posted)
+
+
+async def test_unfollowing_sweeps_the_followees_tweets_out_of_the_timeline() -> None:
+    world = World()
+    for author in (NORMAL, OTHER):
+        await world.follow(READER, author)
+    posted = [await world.post(a) for a in [NORMAL, OTHER] * (UNFOLLOW_SWEEP // 2)]
+    await world.page(READER)
+
+    await world.unfollow(READER, NORMAL)
+
+    others = set(world.tweets.by(OTHER))
+    assert world.stored(READER) == others
+    assert world.cached(READER) == others
+    assert (await world.page(READER, size=500))[0] == newest_first(others)
+    assert set(posted) - others == set(world.tweets.by(NORMAL))  # still tweets, no longer in this timeline
+
+
+async def test_unfollowing_a_celebrity_stops_pulling_it_at_once() -> None:
+    world = World()
+    for author in (NORMAL, STAR):
+        await world.follow(READER, author)
+    await with_followers(world, STAR, THRESHOLD)
+    kept, pulled = await world.post(NORMAL), await world.post(STAR)
+    assert (await world.page(READER))[0] == [pulled, kept]  # the follow list is cached now
+
+    await world.unfollow(READER, STAR)
+
+    assert (await world.page(READER))[0] == [kept]
+
+
+async def test_a_deleted_tweet_leaves_every_followers_timeline_and_is_marked_deleted() -> None:
+    world = World()
+    followers = await with_followers(world, NORMAL, THRESHOLD - 2)
+    assert len(followers) + 1 > Graph.PAGE  # the worker walks more than one page of followers
+    await world.follow(READER, NORMAL)
+    kept, doomed = await world.post(NORMAL), await world.post(NORMAL)
+    await world.page(READER)
+
+    await world.delete(doomed)
+
+    for user in [*followers, READER]:
+        assert world.stored(user) == {kept}
+        assert world.cached(user) == {kept}
+    body = tweet_key("body", doomed)
+    assert world.redis.data[body] == TWEET_DELETED
+    assert world.redis.ttl_ms[body] == TWEET_DELETED_SECONDS * 1000
+    assert tweet_key("body", kept) not in world.redis.data
+
+
+async def test_a_deleted_celebrity_tweet_is_marked_deleted_and_not_pulled() -> None:
+    world = World()
+    await world.follow(READER, STAR)
+    await with_followers(world, STAR, THRESHOLD)
+    kept, doomed = await world.post(STAR), await world.post(STAR)
+
+    await world.delete(doomed)
+
+    assert world.redis.data[tweet_key("body", doomed)] == TWEET_DELETED
+    assert (await world.page(READER))[0] == [kept]
+
+
+# ---- crossing the celebrity threshold ------------------------------------------------------------
+
+
+async def test_an_author_reaching_the_threshold_is_marked_and_no_longer_pushed() -> None:
+    world = World()
+    await world.follow(READER, NORMAL)
+    pushed = await world.post(NORMAL)
+    await world.page(READER)  # the follow list is cached with NORMAL's old count
+    await with_followers(world, NORMAL, THRESHOLD - 1)  # the last follow crosses the threshold
+
+    assert NORMAL in world.store.registry
+    assert str(NORMAL).encode() in world.redis.data[CELEBRITIES_KEY]
+    pulled = await world.post(NORMAL)
+    assert world.stored(READER) == {pushed}
+    assert world.cached(READER) == {pushed}
+
+    world.pass_time(REFRESH_SECONDS)  # readers learn of the crossing from the registry
+    assert (await world.page(READER))[0] == [pulled, pushed]
+
+
+async def test_an_author_dropping_below_the_threshold_is_unmarked_and_backfilled() -> None:
+    world = World()
+    await world.follow(READER, STAR)
+    fans = await with_followers(world, STAR, THRESHOLD - 1)
+    posted = [await world.post(STAR) for _ in range(CROSSING_BACKFILL + 5)]
+    assert world.stored(READER) == set()
+    await world.page(READER)
+
+    await world.unfollow(fans[0], STAR)
+
+    assert STAR not in world.store.registry
+    assert str(STAR).encode() not in world.redis.data[CELEBRITIES_KEY]
+    recent = set(posted[-CROSSING_BACKFILL:])
+    for user in (READER, fans[1]):
+        assert world.stored(user) == recent
+        assert world.cached(user) == recent
+    assert world.stored(fans[0]) == set()
+    world.pass_time(REFRESH_SECONDS)  # the registry no longer lists it: readers get it pushed
+    ids, _ = await world.page(READER, size=CROSSING_BACKFILL)
+    assert ids == newest_first(recent)
+    newer = await world.post(STAR)
+    assert newer in world.stored(READER)
+
+
+async def test_an_unmark_comes_before_the_backfill_reads_recent_tweets() -> None:
+    """A tweet handled by a worker that read the old follower count re-marks the author
+    and is not pushed. If that happens after the backfill read the author's recent tweets
+    and before the unmark, the tweet is neither pushed nor pulled; unmarking first means
+    such a tweet either keeps the author marked (pulled) or is in the backfill."""
+    world = World()
+    await world.follow(READER, STAR)
+    fans = await with_followers(world, STAR, THRESHOLD - 1)
+    early = await world.post(STAR)
+    stale = world.worker(lambda _author: _count(THRESHOLD))  # read the count before the unfollow
+    racing: list[int] = []
+
+    async def tweet_races_the_unmark(author_id: int, celebrity: bool) -> None:
+        if author_id == STAR and not celebrity and not racing:
+            racing.append(world.tweets.create(STAR))
+            await stale.handle("tweet_created", created_event(racing[0], STAR))
+
+    world.store.before_set_celebrity.append(tweet_races_the_unmark)
+    await world.unfollow(fans[0], STAR)
+    world.pass_time(REFRESH_SECONDS)
+
+    assert (await world.page(READER))[0] == [racing[0], early]
+
+
+async def _count(value: int) -> int:
+    return value
+
+
+# ---- re-delivery and the registry ---------------------------------------------------------------
+
+
+async def test_redelivered_events_change_nothing_and_duplicate_no_tweet() -> None:
+    world = World()
+    await world.follow(READER, STAR)
+    await with_followers(world, STAR, THRESHOLD - 1)
+    old = await world.post(STAR)
+    world.graph.follows[READER] |= {NORMAL, OTHER}
+    tweets = [world.tweets.create(a) for a in (NORMAL, STAR, OTHER, NORMAL)]
+    world.tweets.deleted.add(tweets[3])
+    world.graph.follows[READER].discard(OTHER)
+    batch = [
+        Event(TOPIC_TWEETS, NORMAL, {"type": "tweet_created", **created_event(tweets[0], NORMAL)}),
+        Event(TOPIC_TWEETS, STAR, {"type": "tweet_created", **created_event(tweets[1], STAR)}),
+        Event(TOPIC_TWEETS, OTHER, {"type": "tweet_created", **created_event(tweets[2], OTHER)}),
+        Event(TOPIC_TWEETS, NORMAL, {"type": "tweet_created", **created_event(tweets[3], NORMAL)}),
+        Event(TOPIC_TWEETS, NORMAL, {"type": "tweet_deleted", "tweet_id": tweets[3], "author_id": NORMAL}),
+        Event(TOPIC_FOLLOWS, READER, {"type": "follow", "follower_id": READER, "followee_id": NORMAL}),
+        Event(TOPIC_FOLLOWS, READER, {"type": "follow", "follower_id": READER, "followee_id": OTHER}),
+        Event(TOPIC_FOLLOWS, READER, {"type": "unfollow", "follower_id": READER, "followee_id": OTHER}),
+    ]
+    messages = cast(list[Message], batch)
+
+    await world.fanout(messages)
+    once = await world.page(READER)
+    state = world.state()
+    await world.fanout(messages)  # the worker failed before committing: Kafka hands the batch over again
+    await world.fanout(messages[4:])
+
+    assert world.state() == state
+    assert once == ([tweets[1], tweets[0], old], "")
+    assert await world.page(READER) == once
+
+
+async def test_a_tweet_both_pushed_and_pulled_shows_once() -> None:
+    """Right after an author drops below the threshold, a reader's registry still pulls
+    it while its backfill is already pushed."""
+    world = World()
+    await world.follow(READER, STAR)
+    fans = await with_followers(world, STAR, THRESHOLD - 1)
+    posted = [await world.post(STAR) for _ in range(3)]
+    await world.page(READER)  # registry loaded with STAR in it
+    await world.unfollow(fans[0], STAR)
+    world.pass_time(REFRESH_SECONDS - 1)
+
+    assert world.stored(READER) == set(posted)
+    assert STAR in await world.registry.members()
+    assert await world.page(READER) == (newest_first(posted), "")
+
+
+async def test_the_registry_is_held_in_memory_and_refreshed_every_interval() -> None:
+    world = World()
+    await world.follow(READER, NORMAL)
+    await world.page(READER)  # the registry is loaded; NORMAL is not in it
+    loads = [c for c in world.redis.calls if c == ("smembers", (CELEBRITIES_KEY,))]
+    await with_followers(world, NORMAL, THRESHOLD - 1)
+    assert await world.cache.celebrities() == {NORMAL}
+    assert await world.registry.members() == frozenset()
+
+    world.pass_time(REFRESH_SECONDS - 0.5)
+    for _ in range(5):
+        await world.page(READER)
+    assert await world.registry.members() == frozenset()  # not reloaded before the interval
+    world.pass_time(0.5)
+    assert await world.registry.members() == {NORMAL}
+    reads = [c for c in world.redis.calls if c == ("smembers", (CELEBRITIES_KEY,))]
+    assert len(reads) - len(loads) == 2  # the check above, then one reload: not one per feed read
+
+    await world.unfollow(900, NORMAL)  # below the threshold again
+    assert await world.registry.members() == {NORMAL}
+    world.pass_time(REFRESH_SECONDS)
+    assert await world.registry.members() == frozenset()
