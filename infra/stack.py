@@ -130,9 +130,10 @@ def _service_env() -> dict[str, str]:
     return env
 
 
-def _service_components() -> list[Component]:
-    fingerprint = _settings_fingerprint()
-    shared = _service_env()
+def _service_components(prepare: bool) -> list[Component]:
+    """`prepare`: work out settings and keys, as starting needs (stopping and status do not)."""
+    fingerprint = _settings_fingerprint() if prepare else ""
+    shared = _service_env() if prepare else {}
     components = []
     for inst in topology.all_instances():
         components.append(
@@ -155,13 +156,17 @@ def _service_components() -> list[Component]:
     return components
 
 
-def _envoy_component() -> Component:
-    """Envoy restarts when its rendered config or the API descriptor changes."""
+def _envoy_component(prepare: bool) -> Component:
+    """Envoy restarts when its rendered config or the API descriptor changes.
+    `prepare`: render that config (and make the keys), as starting needs."""
     out = CONF / "envoy.json"
-    CONF.mkdir(parents=True, exist_ok=True)
-    _, jwks = keys.ensure_keys(KEYS)
-    subprocess.run([PYTHON, str(ROOT / "envoy" / "render.py"), str(out), "--jwks", str(jwks)], check=True)
-    digest = hashlib.sha256(out.read_bytes() + (ROOT / "generated" / "chirp.binpb").read_bytes())
+    fingerprint = ""
+    if prepare:
+        CONF.mkdir(parents=True, exist_ok=True)
+        _, jwks = keys.ensure_keys(KEYS)
+        subprocess.run([PYTHON, str(ROOT / "envoy" / "render.py"), str(out), "--jwks", str(jwks)], check=True)
+        digest = hashlib.sha256(out.read_bytes() + (ROOT / "generated" / "chirp.binpb").read_bytes())
+        fingerprint = digest.hexdigest()[:16]
     argv = [
         PYTHON, "-m", "infra.supervise", "--",
         str(VENV_BIN / "envoy"),
@@ -176,7 +181,7 @@ def _envoy_component() -> Component:
         argv=functools.partial(list, argv),
         ready=_envoy_ready,
         timeout=60,
-        fingerprint=digest.hexdigest()[:16],
+        fingerprint=fingerprint,
         where=f"REST+gRPC http://{topology.HOST}:{topology.EDGE_PORT}, admin :{topology.ENVOY_ADMIN_PORT}",
     )
 
@@ -234,11 +239,13 @@ def _store_components() -> list[Component]:
     return comps
 
 
-def components() -> list[Component]:
+def components(prepare: bool = True) -> list[Component]:
+    """Everything `up` starts, in order. `prepare=False` (down, status, stop) renders
+    no config and makes no keys: those are for starting."""
     return [
         *_store_components(),
-        *_service_components(),
-        _envoy_component(),
+        *_service_components(prepare),
+        _envoy_component(prepare),
         _prometheus_component(),
     ]
 
@@ -420,7 +427,7 @@ def _print_table(comps: list[Component]) -> None:
 
 def down() -> int:
     """Stop everything with a pid file: edge first, then services, then stores."""
-    comps = components()
+    comps = components(prepare=False)
     timeouts = {c.name: c.stop_timeout for c in comps}
     running = {p.stem for p in RUN.glob("*.json")} if RUN.exists() else set()
     order = [c.name for c in comps]
@@ -436,7 +443,7 @@ def down() -> int:
 
 def status() -> int:
     bad = 0
-    for comp in components():
+    for comp in components(prepare=False):
         record = _read_pid(comp.name)
         ok = record is not None and comp.ready()
         bad += not ok
@@ -447,8 +454,8 @@ def status() -> int:
 # ---- one component at a time (fault injection, rolling restarts) ------------
 
 
-def component(name: str) -> Component:
-    found = {c.name: c for c in components()}
+def component(name: str, prepare: bool = True) -> Component:
+    found = {c.name: c for c in components(prepare)}
     if name not in found:
         raise KeyError(f"no component {name!r} in the {topology.current()} topology")
     return found[name]
@@ -469,7 +476,7 @@ def kill(name: str) -> int:
 
 def stop(name: str) -> bool:
     """Stop one component gracefully (SIGTERM, as `make down` does)."""
-    return _stop(name, component(name).stop_timeout)
+    return _stop(name, component(name, prepare=False).stop_timeout)
 
 
 def start(name: str) -> None:

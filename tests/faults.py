@@ -13,7 +13,7 @@ from infra import stack
 
 def stop(name: str) -> None:
     """Stop one component of the stack (SIGTERM by pid, as `make down` does)."""
-    timeouts = {c.name: c.stop_timeout for c in stack.components()}
+    timeouts = {c.name: c.stop_timeout for c in stack.components(prepare=False)}
     assert stack._stop(name, timeouts.get(name, 30.0)), f"{name} was not running"
 
 
