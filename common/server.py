@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 Probe = Callable[[], Awaitable[bool]]
 HEALTH_INTERVAL_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 1.5
+FAILED_PROBES_BEFORE_NOT_SERVING = 3
 
 
 @dataclass
@@ -80,8 +81,12 @@ async def check_probes(probes: Sequence[Probe]) -> bool:
 
 async def _watch_health(health_servicer: HealthServicer, wiring: Wiring, service: str) -> None:
     last: bool | None = None
+    failures = 0
     while True:
-        ok = await check_probes(wiring.probes)
+        failures = 0 if await check_probes(wiring.probes) else failures + 1
+        # One slow probe on a busy machine is not an outage: every instance would
+        # leave the edge at once. A store that is really gone fails every probe.
+        ok = failures < FAILED_PROBES_BEFORE_NOT_SERVING if last is not None else failures == 0
         if ok != last:
             status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", *wiring.service_names):

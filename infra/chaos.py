@@ -4,7 +4,7 @@ of every service and worker, then restart every component one at a time;
 afterwards check every acknowledged write.
 
     CHIRP_TOPOLOGY=cluster make up && make chaos
-    python -m infra.chaos [--rate 25] [--users 30] [--down 20] [--only cassandra,redis] [--no-rolling]
+    python -m infra.chaos [--rate 12] [--users 24] [--down 10] [--only cassandra,redis] [--no-rolling]
 
 Per fault it reports the requests sent while the fault lasted (from the kill
 until the cluster was whole again, plus a few seconds), their success rate,
@@ -433,9 +433,9 @@ RESULTS_END = "<!-- end of chaos results -->"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=float(os.environ.get("CHAOS_RATE", "25")))
-    parser.add_argument("--users", type=int, default=30)
-    parser.add_argument("--down", type=float, default=20.0, help="seconds each killed component stays down")
+    parser.add_argument("--rate", type=float, default=float(os.environ.get("CHAOS_RATE", "12")))
+    parser.add_argument("--users", type=int, default=24)
+    parser.add_argument("--down", type=float, default=10.0, help="seconds each killed component stays down")
     parser.add_argument("--only", default="", help="comma-separated subset of cassandra,kafka,redis,services")
     parser.add_argument("--no-rolling", dest="rolling", action="store_false")
     parser.add_argument("--seed", type=int, default=7)
