@@ -11,7 +11,7 @@ from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.logs import setup_logging
 from common.server import Wiring, serve
 from feed_svc import config as feed_config
-from feed_svc.domain import HomeFeed
+from feed_svc.home_feed import HomeFeed
 from feed_svc.service import FeedService
 from feed_svc.wiring import build
 

@@ -7,7 +7,7 @@ from chirp.feed.v1 import feed_pb2, feed_pb2_grpc
 
 from common.identity import acting_user
 from common.pagination import page_size
-from feed_svc.domain import HomeFeed
+from feed_svc.home_feed import HomeFeed
 
 
 class FeedService(feed_pb2_grpc.FeedServiceServicer):

@@ -103,7 +103,7 @@ SERVICES = (
 WORKERS = (
     Service("like_worker", "tweet_svc.like_worker", "", 50091, 5),
     Service("fanout_worker", "feed_svc.fanout_worker", "", 50101, 6),
-    Service("rank_worker", "rank_svc.worker", "", 50111, 7),
+    Service("rank_worker", "rank_svc.rank_worker", "", 50111, 7),
 )
 
 

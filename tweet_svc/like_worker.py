@@ -1,24 +1,18 @@
-"""Like worker: consumes like/unlike events in batches and applies them to the
-CQL store. Offsets are committed only after the writes succeed; a crash in
-between re-delivers the batch, which the versioned fold turns into no-ops.
+"""Like worker entry point: consumes like/unlike events in batches and applies
+them to the CQL store. Offsets are committed only after the writes succeed; a
+crash in between re-delivers the batch, which the versioned fold turns into
+no-ops. The rules live in tweet_svc/like_applier.py and tweet_svc/likes.py.
 
     python -m tweet_svc.like_worker
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-
-from confluent_kafka import Message
-from prometheus_client import Counter
+from collections.abc import Callable
 
 from common import server
 from common.cache import connect_redis
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
-from common.events import LikeEvent
 from common.kafka import TOPIC_LIKES, BatchConsumer
 from common.logs import setup_logging
 from common.outbox import Outbox
@@ -26,49 +20,10 @@ from common.server import Wiring, serve
 from common.worker import ConsumerLoop
 from tweet_svc import config as tweet_config
 from tweet_svc.cache import TweetCache
-from tweet_svc.likes import fold
+from tweet_svc.like_applier import LikeApplier
 from tweet_svc.store import TweetStore
 
-log = logging.getLogger(__name__)
-
 GROUP = "chirp-like-worker"
-MAX_CONFLICT_RETRIES = 20
-
-APPLIED = Counter("chirp_likes_applied_total", "Like/unlike events that changed a stored like.")
-
-
-class LikeApplier:
-    """Applies one batch of like events: per tweet, fold by version, write
-    conditionally, then write the new count through to the cache readers use."""
-
-    def __init__(self, store: TweetStore, cache: TweetCache | None) -> None:
-        self._store = store
-        self._cache = cache
-
-    async def __call__(self, messages: Sequence[Message]) -> None:
-        by_tweet: dict[int, list[LikeEvent]] = defaultdict(list)
-        for msg in messages:
-            try:
-                event = LikeEvent.decode(msg.value() or b"")
-            except (ValueError, KeyError, TypeError):
-                log.error("skipping malformed like event", extra={"offset": msg.offset()})
-                continue
-            by_tweet[event.tweet_id].append(event)
-        await asyncio.gather(*(self.apply(tweet_id, events) for tweet_id, events in by_tweet.items()))
-
-    async def apply(self, tweet_id: int, events: list[LikeEvent]) -> None:
-        users = sorted({e.user_id for e in events})
-        for _ in range(MAX_CONFLICT_RETRIES):
-            stored_count, stored = await self._store.like_states(tweet_id, users)
-            count, changed = fold(stored_count or 0, stored, events)
-            if not changed:
-                return
-            if await self._store.write_likes(tweet_id, stored_count, max(0, count), changed):
-                APPLIED.inc(len(changed))
-                if self._cache is not None:
-                    await self._cache.set_like_counts({tweet_id: max(0, count)})
-                return
-        raise RuntimeError(f"could not apply likes of tweet {tweet_id}: too much contention")
 
 
 def like_loop(

@@ -19,8 +19,8 @@ from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS
 from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
 from feed_svc.cache import FeedCache
-from feed_svc.domain import CELEBRITY_CACHE_DEPTH, CelebrityRegistry, HomeFeed
 from feed_svc.fanout import CROSSING_BACKFILL, FOLLOW_BACKFILL, UNFOLLOW_SWEEP, Fanout
+from feed_svc.home_feed import CELEBRITY_CACHE_DEPTH, CelebrityRegistry, HomeFeed
 from feed_svc.store import TimelineStore
 from tests.unit.test_redis_cluster_safety import FakeRedis, client
 

@@ -37,8 +37,8 @@ from common.cql import CqlSession
 from common.ids import IdGenerator
 from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, tweet_key
 from feed_svc.cache import FeedCache
-from feed_svc.domain import CelebrityRegistry, HomeFeed
 from feed_svc.fanout import Fanout
+from feed_svc.home_feed import CelebrityRegistry, HomeFeed
 from feed_svc.store import CELEBRITY_SHARDS, TimelineStore, celebrity_shard
 from tweet_svc.cache import TweetCache
 from tweet_svc.store import TweetRecord

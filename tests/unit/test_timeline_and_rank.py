@@ -3,7 +3,7 @@ import math
 import pytest
 
 from common.errors import InvalidArgument
-from feed_svc.timeline import decode_cursor, encode_cursor, merge
+from feed_svc.merge import decode_cursor, encode_cursor, merge
 from rank_svc.score import Candidate, hour_weight, score, top_k
 
 

@@ -8,6 +8,7 @@ tweets that are gone or whose author is no longer followed are dropped, and
 the rest are hydrated in one batch (tweet_svc, which caches tweet bodies),
 newest first. Which authors are celebrities comes from the registry the
 fan-out worker keeps, held in each process's memory (CelebrityRegistry).
+The merge itself is feed_svc/merge.py; what is pushed, feed_svc/fanout.py.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from prometheus_client import Counter, Histogram
 
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from feed_svc.cache import FeedCache
+from feed_svc.merge import decode_cursor, encode_cursor, merge
 from feed_svc.store import TimelineStore
-from feed_svc.timeline import decode_cursor, encode_cursor, merge
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 CHIRP_RANK_INTERVAL_SECONDS (one instance at a time), recomputes the trending
 list into Redis. The rules live in rank_svc/tallies.py and rank_svc/domain.py.
 
-    python -m rank_svc.worker
+    python -m rank_svc.rank_worker
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Pure timeline logic: merging pushed and pulled entries, and page cursors."""
+"""The merge of a home-feed page, pure: pushed, pulled and own tweet ids into one
+newest-first list, and the page cursor that continues it. The read rules that
+fetch and filter what is merged are in feed_svc/home_feed.py; the push rules of
+the fan-out worker in feed_svc/fanout.py.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,60 @@
+"""What the like worker does with a batch of like/unlike events (the fold by
+version is in tweet_svc/likes.py; the process is tweet_svc/like_worker.py).
+Re-delivery and replay change nothing, because the fold skips versions
+already applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+from confluent_kafka import Message
+from prometheus_client import Counter
+
+from common.events import LikeEvent
+from tweet_svc.cache import TweetCache
+from tweet_svc.likes import fold
+from tweet_svc.store import TweetStore
+
+log = logging.getLogger(__name__)
+
+MAX_CONFLICT_RETRIES = 20
+
+APPLIED = Counter("chirp_likes_applied_total", "Like/unlike events that changed a stored like.")
+
+
+class LikeApplier:
+    """Applies one batch of like events: per tweet, fold by version, write
+    conditionally, then write the new count through to the cache readers use."""
+
+    def __init__(self, store: TweetStore, cache: TweetCache | None) -> None:
+        self._store = store
+        self._cache = cache
+
+    async def __call__(self, messages: Sequence[Message]) -> None:
+        by_tweet: dict[int, list[LikeEvent]] = defaultdict(list)
+        for msg in messages:
+            try:
+                event = LikeEvent.decode(msg.value() or b"")
+            except (ValueError, KeyError, TypeError):
+                log.error("skipping malformed like event", extra={"offset": msg.offset()})
+                continue
+            by_tweet[event.tweet_id].append(event)
+        await asyncio.gather(*(self.apply(tweet_id, events) for tweet_id, events in by_tweet.items()))
+
+    async def apply(self, tweet_id: int, events: list[LikeEvent]) -> None:
+        users = sorted({e.user_id for e in events})
+        for _ in range(MAX_CONFLICT_RETRIES):
+            stored_count, stored = await self._store.like_states(tweet_id, users)
+            count, changed = fold(stored_count or 0, stored, events)
+            if not changed:
+                return
+            if await self._store.write_likes(tweet_id, stored_count, max(0, count), changed):
+                APPLIED.inc(len(changed))
+                if self._cache is not None:
+                    await self._cache.set_like_counts({tweet_id: max(0, count)})
+                return
+        raise RuntimeError(f"could not apply likes of tweet {tweet_id}: too much contention")
