@@ -33,7 +33,7 @@ import functools
 import logging
 import re
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cassandra import (
@@ -282,6 +282,10 @@ class CqlSession:
         prepared = await loop.run_in_executor(None, self._session.prepare, query)
         prepared.is_idempotent = is_idempotent(query) if idempotent is None else idempotent
         return prepared
+
+    async def prepare_all(self, statements: Mapping[str, str]) -> dict[str, PreparedStatement]:
+        """A store's statements by name, prepared one after the other as `prepare` does."""
+        return {name: await self.prepare(query) for name, query in statements.items()}
 
     async def execute(self, statement: Any, params: Sequence[Any] | None = None) -> list[Any]:
         """Run one statement; returns all its rows (callers bound results with LIMIT).

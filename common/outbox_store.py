@@ -117,8 +117,7 @@ class OutboxStore:
     async def prepare(self) -> None:
         # CqlSession.prepare marks what is safe to retry (everything here but
         # the lightweight transactions).
-        for name, query in STATEMENTS.items():
-            self._q[name] = await self._cql.prepare(query)
+        self._q = await self._cql.prepare_all(STATEMENTS)
 
     # ---- write path ---------------------------------------------------------
 

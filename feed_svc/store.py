@@ -56,8 +56,7 @@ class TimelineStore:
         self._limit = asyncio.Semaphore(concurrency)
 
     async def prepare(self) -> None:
-        for name, query in STATEMENTS.items():
-            self._q[name] = await self._cql.prepare(query)
+        self._q = await self._cql.prepare_all(STATEMENTS)
 
     async def _run(self, name: str, params: tuple[object, ...]) -> None:
         async with self._limit:

@@ -83,8 +83,7 @@ class GraphStore:
         self._q: dict[str, PreparedStatement] = {}
 
     async def prepare(self) -> None:
-        for name, query in STATEMENTS.items():
-            self._q[name] = await self._cql.prepare(query)
+        self._q = await self._cql.prepare_all(STATEMENTS)
 
     # ---- accounts -------------------------------------------------------------
 

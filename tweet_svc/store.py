@@ -55,8 +55,7 @@ class TweetStore:
         self._q: dict[str, PreparedStatement] = {}
 
     async def prepare(self) -> None:
-        for name, query in STATEMENTS.items():
-            self._q[name] = await self._cql.prepare(query)
+        self._q = await self._cql.prepare_all(STATEMENTS)
 
     async def claim_idempotency_key(self, user_id: int, key: str, tweet_id: int) -> int:
         """The tweet id this key stands for: ours if the key is new, else the first one."""
