@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import CommonConfig, env_float, env_int, env_str, load_common
+from common.config import CommonConfig, env_float, env_int, graph_target, load_common
 
 DEFAULT_PORT = 50061
 
@@ -31,7 +31,7 @@ class TweetConfig:
 def load(env: Mapping[str, str] = os.environ) -> TweetConfig:
     return TweetConfig(
         common=load_common(env, "tweet_svc", DEFAULT_PORT),
-        graph_target=env_str(env, "CHIRP_GRAPH_TARGET", "ipv4:127.0.0.1:50051,127.0.0.1:50052"),
+        graph_target=graph_target(env),
         like_ack_timeout_ms=env_int(env, "CHIRP_LIKE_ACK_TIMEOUT_MS", 3000, minimum=100),
         tweet_cache_seconds=env_float(env, "CHIRP_TWEET_CACHE_SECONDS", 300.0),
         like_count_cache_seconds=env_float(env, "CHIRP_LIKE_COUNT_CACHE_SECONDS", 30.0),
