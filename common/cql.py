@@ -283,10 +283,6 @@ class CqlSession:
         prepared.is_idempotent = is_idempotent(query) if idempotent is None else idempotent
         return prepared
 
-    async def prepare_all(self, statements: Mapping[str, str]) -> dict[str, PreparedStatement]:
-        """A store's statements by name, prepared one after the other as `prepare` does."""
-        return {name: await self.prepare(query) for name, query in statements.items()}
-
     async def execute(self, statement: Any, params: Sequence[Any] | None = None) -> list[Any]:
         """Run one statement; returns all its rows (callers bound results with LIMIT).
 
@@ -334,3 +330,8 @@ def _settle(result: asyncio.Future[list[Any]], rows: list[Any] | None, exc: Base
         result.set_exception(exc)
     else:
         result.set_result(list(rows or []))
+
+
+async def prepare_all(cql: CqlSession, statements: Mapping[str, str]) -> dict[str, PreparedStatement]:
+    """A store's statements by name, prepared one after the other with `cql.prepare`."""
+    return {name: await cql.prepare(query) for name, query in statements.items()}

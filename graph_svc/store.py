@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from cassandra.query import BatchType, PreparedStatement
 
 from common.buckets import bucket_of, walk_newest_first
-from common.cql import Batch, CqlSession
+from common.cql import Batch, CqlSession, prepare_all
 from common.outbox import Event, Outbox
 from graph_svc.accounts import Account
 
@@ -83,7 +83,7 @@ class GraphStore:
         self._q: dict[str, PreparedStatement] = {}
 
     async def prepare(self) -> None:
-        self._q = await self._cql.prepare_all(STATEMENTS)
+        self._q = await prepare_all(self._cql, STATEMENTS)
 
     # ---- accounts -------------------------------------------------------------
 

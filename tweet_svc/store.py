@@ -11,7 +11,7 @@ from typing import Any
 from cassandra.query import BatchType, PreparedStatement
 
 from common.buckets import bucket_of, walk_newest_first
-from common.cql import Batch, CqlSession
+from common.cql import Batch, CqlSession, prepare_all
 from common.ids import id_time_ms
 from common.outbox import Event, Outbox
 from tweet_svc.likes import LikeState
@@ -55,7 +55,7 @@ class TweetStore:
         self._q: dict[str, PreparedStatement] = {}
 
     async def prepare(self) -> None:
-        self._q = await self._cql.prepare_all(STATEMENTS)
+        self._q = await prepare_all(self._cql, STATEMENTS)
 
     async def claim_idempotency_key(self, user_id: int, key: str, tweet_id: int) -> int:
         """The tweet id this key stands for: ours if the key is new, else the first one."""
