@@ -3,8 +3,39 @@ bounded partitions, walked newest first."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
 BUCKET_MS = 30 * 24 * 3600 * 1000  # about a month
+NEWEST = 2**31 - 1  # above every bucket: a walk without a cursor starts here
+MAX_BUCKETS_PER_PAGE = 64
+
+T = TypeVar("T")
 
 
 def bucket_of(unix_ms: int) -> int:
     return unix_ms // BUCKET_MS
+
+
+async def walk_newest_first(
+    buckets_from: Callable[[int, int], Awaitable[Iterable[int]]],
+    read: Callable[[int, bool, int], Awaitable[Iterable[T]]],
+    limit: int,
+    cursor_bucket: int | None,
+) -> list[T]:
+    """Up to `limit` items of a bucketed list, newest first.
+
+    `buckets_from(start, most)` lists the list's buckets at or below `start`,
+    newest first (one query); `read(bucket, from_cursor, want)` reads up to
+    `want` items of one bucket, only those past the cursor when `from_cursor`.
+    Buckets are read one after the other until `limit` items are found; the
+    cursor's bucket is the only one read from the cursor on.
+    """
+    start = NEWEST if cursor_bucket is None else cursor_bucket
+    found: list[T] = []
+    for bucket in await buckets_from(start, MAX_BUCKETS_PER_PAGE):
+        want = limit - len(found)
+        if want <= 0:
+            break
+        found += await read(bucket, cursor_bucket is not None and bucket == start, want)
+    return found

@@ -17,6 +17,7 @@ from chirp.tweet.v1 import tweet_pb2, tweet_pb2_grpc
 
 from common import deadlines
 from common.identity import USER_ID_HEADER
+from common.interceptors import REQUEST_ID_HEADER
 from common.logs import request_id_var
 
 
@@ -36,7 +37,7 @@ def call_options(default_timeout: float, acting_user: int | None = None) -> dict
     metadata: list[tuple[str, str]] = []
     request_id = request_id_var.get()
     if request_id:
-        metadata.append(("x-request-id", request_id))
+        metadata.append((REQUEST_ID_HEADER, request_id))
     if acting_user is not None:
         metadata.append((USER_ID_HEADER, str(acting_user)))
     return {"timeout": deadlines.timeout(default_timeout), "metadata": tuple(metadata)}
@@ -46,13 +47,30 @@ TIMEOUT = 2.0
 
 
 class Peers:
-    """The internal RPCs services make of graph_svc and tweet_svc."""
+    """The internal RPCs services make of graph_svc and tweet_svc. A service
+    passes only the targets it calls, so it opens no channel it never uses
+    (tweet_svc, above all, never dials itself)."""
 
-    def __init__(self, graph_target: str, tweet_target: str) -> None:
-        self._graph_channel = channel(graph_target)
-        self._tweet_channel = channel(tweet_target)
-        self._graph = graph_pb2_grpc.GraphServiceStub(self._graph_channel)
-        self._tweet = tweet_pb2_grpc.TweetServiceStub(self._tweet_channel)
+    def __init__(self, *, graph_target: str | None = None, tweet_target: str | None = None) -> None:
+        self._channels: list[grpc.aio.Channel] = []
+        self._graph_stub = graph_pb2_grpc.GraphServiceStub(self._open(graph_target)) if graph_target else None
+        self._tweet_stub = tweet_pb2_grpc.TweetServiceStub(self._open(tweet_target)) if tweet_target else None
+
+    def _open(self, target: str) -> grpc.aio.Channel:
+        self._channels.append(channel(target))
+        return self._channels[-1]
+
+    @property
+    def _graph(self) -> graph_pb2_grpc.GraphServiceAsyncStub:
+        if self._graph_stub is None:
+            raise RuntimeError("Peers was built without a graph_svc target")
+        return self._graph_stub
+
+    @property
+    def _tweet(self) -> tweet_pb2_grpc.TweetServiceAsyncStub:
+        if self._tweet_stub is None:
+            raise RuntimeError("Peers was built without a tweet_svc target")
+        return self._tweet_stub
 
     async def following_ids(self, user_id: int, among: Sequence[int] = ()) -> tuple[list[tuple[int, int]], bool]:
         """(followed id, follower count) pairs and whether the listing stopped at graph_svc's limit;
@@ -104,5 +122,5 @@ class Peers:
         return list(reply.tweets)
 
     async def close(self) -> None:
-        await self._graph_channel.close(None)
-        await self._tweet_channel.close(None)
+        for opened in self._channels:
+            await opened.close(None)

@@ -43,6 +43,16 @@ def env_float(env: Mapping[str, str], name: str, default: float, minimum: float 
     return value
 
 
+def graph_target(env: Mapping[str, str]) -> str:
+    """graph_svc as a gRPC target (client-side round robin over its instances)."""
+    return env_str(env, "CHIRP_GRAPH_TARGET", "ipv4:127.0.0.1:50051,127.0.0.1:50052")
+
+
+def tweet_target(env: Mapping[str, str]) -> str:
+    """tweet_svc as a gRPC target (client-side round robin over its instances)."""
+    return env_str(env, "CHIRP_TWEET_TARGET", "ipv4:127.0.0.1:50061,127.0.0.1:50062")
+
+
 @dataclass(frozen=True)
 class CommonConfig:
     """What every service process needs: where it listens and where its stores are."""

@@ -33,7 +33,7 @@ import functools
 import logging
 import re
 from collections import namedtuple
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cassandra import (
@@ -330,3 +330,8 @@ def _settle(result: asyncio.Future[list[Any]], rows: list[Any] | None, exc: Base
         result.set_exception(exc)
     else:
         result.set_result(list(rows or []))
+
+
+async def prepare_all(cql: CqlSession, statements: Mapping[str, str]) -> dict[str, PreparedStatement]:
+    """A store's statements by name, prepared one after the other with `cql.prepare`."""
+    return {name: await cql.prepare(query) for name, query in statements.items()}

@@ -32,6 +32,7 @@ def acting_user(context: grpc.aio.ServicerContext) -> int:
 
 
 def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    """The first value of a metadata entry (request id, idempotency key), as text."""
     for k, v in context.invocation_metadata() or ():
         if k == key:
             return v.decode() if isinstance(v, bytes) else v

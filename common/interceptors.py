@@ -12,6 +12,7 @@ import grpc
 
 from common import deadlines
 from common.errors import ChirpError, classify
+from common.identity import metadata_value
 from common.logs import request_id_var
 from common.metrics import GRPC_HANDLED, GRPC_LATENCY
 
@@ -54,7 +55,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            request_id = _metadata(context, REQUEST_ID_HEADER) or uuid.uuid4().hex
+            request_id = metadata_value(context, REQUEST_ID_HEADER) or uuid.uuid4().hex
             request_id_var.set(request_id)
             deadlines.set_deadline(context.time_remaining())
             code = grpc.StatusCode.OK
@@ -81,10 +82,3 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 GRPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
 
         return handle
-
-
-def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
-    for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return v.decode() if isinstance(v, bytes) else v
-    return None

@@ -20,7 +20,7 @@ from typing import Any
 
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
-from common.cql import CqlSession
+from common.cql import CqlSession, prepare_all
 from common.ids import id_time_ms, min_id_at_ms
 
 SHARD_BITS = 5
@@ -117,8 +117,7 @@ class OutboxStore:
     async def prepare(self) -> None:
         # CqlSession.prepare marks what is safe to retry (everything here but
         # the lightweight transactions).
-        for name, query in STATEMENTS.items():
-            self._q[name] = await self._cql.prepare(query)
+        self._q = await prepare_all(self._cql, STATEMENTS)
 
     # ---- write path ---------------------------------------------------------
 

@@ -6,7 +6,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import CommonConfig, ConfigError, env_float, env_int, env_str, load_common
+from common.config import (
+    CommonConfig,
+    ConfigError,
+    env_float,
+    env_int,
+    env_str,
+    graph_target,
+    load_common,
+    tweet_target,
+)
 
 DEFAULT_PORT = 50071
 
@@ -51,8 +60,8 @@ def load(env: Mapping[str, str] = os.environ) -> FeedConfig:
         timeline_size=env_int(env, "CHIRP_TIMELINE_SIZE", 800, minimum=20),
         celebrity_cache_seconds=env_float(env, "CHIRP_CELEBRITY_CACHE_SECONDS", 5.0),
         following_cache_seconds=env_float(env, "CHIRP_FOLLOWING_CACHE_SECONDS", 30.0),
-        graph_target=env_str(env, "CHIRP_GRAPH_TARGET", "ipv4:127.0.0.1:50051,127.0.0.1:50052"),
-        tweet_target=env_str(env, "CHIRP_TWEET_TARGET", "ipv4:127.0.0.1:50061,127.0.0.1:50062"),
+        graph_target=graph_target(env),
+        tweet_target=tweet_target(env),
         fanout_batch_size=env_int(env, "CHIRP_FANOUT_BATCH_SIZE", 200, minimum=1),
         fanout_concurrency=env_int(env, "CHIRP_FANOUT_CONCURRENCY", 64, minimum=1),
         fanout_keys_at_once=env_int(env, "CHIRP_FANOUT_KEYS_AT_ONCE", 4, minimum=1),

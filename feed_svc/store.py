@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from cassandra.query import PreparedStatement
 
-from common.cql import CqlSession
+from common.cql import CqlSession, prepare_all
 
 CELEBRITY_SHARDS = 16
 _GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: Fibonacci hashing
@@ -56,8 +56,7 @@ class TimelineStore:
         self._limit = asyncio.Semaphore(concurrency)
 
     async def prepare(self) -> None:
-        for name, query in STATEMENTS.items():
-            self._q[name] = await self._cql.prepare(query)
+        self._q = await prepare_all(self._cql, STATEMENTS)
 
     async def _run(self, name: str, params: tuple[object, ...]) -> None:
         async with self._limit:

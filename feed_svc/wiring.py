@@ -33,4 +33,4 @@ async def build(cfg: FeedConfig) -> FeedParts:
     store = TimelineStore(cql, cfg.fanout_concurrency)
     await store.prepare()
     cache = FeedCache(redis, cfg.timeline_size, cfg.following_cache_seconds, cfg.celebrity_cache_seconds)
-    return FeedParts(cql, redis, cache, store, Peers(cfg.graph_target, cfg.tweet_target))
+    return FeedParts(cql, redis, cache, store, Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target))

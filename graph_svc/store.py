@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 
 from cassandra.query import BatchType, PreparedStatement
 
-from common.buckets import bucket_of
-from common.cql import Batch, CqlSession
+from common.buckets import bucket_of, walk_newest_first
+from common.cql import Batch, CqlSession, prepare_all
 from common.outbox import Event, Outbox
 from graph_svc.accounts import Account
 
@@ -74,7 +74,6 @@ STATEMENTS = {
     "follows_among": "SELECT followee_id FROM follows WHERE follower_id = ? AND followee_id IN ?",
     "follower_counts": "SELECT user_id, follower_count FROM follow_counts WHERE user_id IN ?",
 }
-MAX_BUCKETS_PER_PAGE = 64
 
 
 class GraphStore:
@@ -84,8 +83,7 @@ class GraphStore:
         self._q: dict[str, PreparedStatement] = {}
 
     async def prepare(self) -> None:
-        for name, query in STATEMENTS.items():
-            self._q[name] = await self._cql.prepare(query)
+        self._q = await prepare_all(self._cql, STATEMENTS)
 
     # ---- accounts -------------------------------------------------------------
 
@@ -205,22 +203,20 @@ class GraphStore:
 
     async def followers(self, user_id: int, limit: int, after: FollowEdge | None) -> list[FollowEdge]:
         """Followers newest first, strictly after the `after` cursor, walking month buckets."""
-        start_bucket = bucket_of(after.followed_at_ms) if after else 2**31 - 1
-        buckets = await self._cql.execute(self._q["buckets_from"], (user_id, start_bucket, MAX_BUCKETS_PER_PAGE))
-        found: list[FollowEdge] = []
-        for row in buckets:
-            want = limit - len(found)
-            if want <= 0:
-                break
-            if after is not None and row.bucket == start_bucket:
+
+        async def buckets_from(start: int, most: int) -> list[int]:
+            return [r.bucket for r in await self._cql.execute(self._q["buckets_from"], (user_id, start, most))]
+
+        async def read(bucket: int, from_cursor: bool, want: int) -> list[FollowEdge]:
+            if from_cursor and after is not None:
                 rows = await self._cql.execute(
-                    self._q["followers_after"],
-                    (user_id, row.bucket, _dt(after.followed_at_ms), after.user_id, want),
+                    self._q["followers_after"], (user_id, bucket, _dt(after.followed_at_ms), after.user_id, want)
                 )
             else:
-                rows = await self._cql.execute(self._q["followers_first"], (user_id, row.bucket, want))
-            found += [FollowEdge(r.follower_id, _ms(r.followed_at)) for r in rows]
-        return found
+                rows = await self._cql.execute(self._q["followers_first"], (user_id, bucket, want))
+            return [FollowEdge(r.follower_id, _ms(r.followed_at)) for r in rows]
+
+        return await walk_newest_first(buckets_from, read, limit, bucket_of(after.followed_at_ms) if after else None)
 
     async def following(self, user_id: int, limit: int, after: FollowEdge | None) -> list[FollowEdge]:
         if after is None:

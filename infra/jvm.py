@@ -6,8 +6,8 @@ of ``infra/cassandra/pom.xml`` and ``infra/kafka/pom.xml`` into
 slf4j versions clash). The ``*_command`` functions render the configuration
 templates under ``<state>/conf`` and return the ``java`` argv of each server,
 which runs in the foreground until SIGTERM (both shut down cleanly on it).
-The ``*_ready`` probes speak just enough of each wire protocol to tell that the
-server answers clients. Standard library only.
+The ``*_ready`` probes connect with the clients' own drivers (cassandra-driver,
+confluent-kafka) to tell that the server answers clients.
 
 Layout (all absolute once resolved)::
 
@@ -24,13 +24,13 @@ Everything binds to 127.0.0.1: CQL 9042, Cassandra storage 7000, Kafka 9092
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import re
 import shutil
 import socket
-import struct
 import subprocess
 from pathlib import Path
 from string import Template
@@ -125,7 +125,6 @@ COMMITLOG_ENV = "CHIRP_CQL_COMMITLOG_SYNC"  # group (default) or periodic, for m
 
 PROBE_TIMEOUT_S = 2.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_MAX_RESPONSE = 1 << 24
 
 
 # --------------------------------------------------------------------------
@@ -399,64 +398,60 @@ def kafka_command(
 # readiness probes
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = sock.recv(size - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed")
-        buf += chunk
-    return bytes(buf)
-
-
 def cassandra_ready(host: str = LOOPBACK, port: int = CQL_PORT, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True when a CQL native-protocol v4 OPTIONS request gets a SUPPORTED reply. Never raises."""
-    # frame header: version 0x04 (request), flags 0, stream 1, opcode 0x05 OPTIONS, body length 0
-    options = struct.pack(">BBhBi", 0x04, 0, 1, 0x05, 0)
+    """True when the node at host:port opens a CQL (protocol v4) session. Never raises.
+
+    Only that node is connected to, and no schema or token metadata is read:
+    this runs every 0.25 s while the node starts.
+    """
+    # Imported here, as infra/stack.py imports grpc: commands that probe nothing stay light.
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import WhiteListRoundRobinPolicy
+
+    cluster = None
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(options)
-            version, _flags, stream, opcode, length = struct.unpack(">BBhBi", _recv_exact(sock, 9))
-            if version != 0x84 or stream != 1 or opcode != 0x06 or not 0 <= length < _MAX_RESPONSE:
-                return False
-            return b"CQL_VERSION" in _recv_exact(sock, length)
-    except (OSError, ValueError, struct.error):
+        cluster = Cluster(
+            contact_points=[host],
+            port=port,
+            protocol_version=4,
+            connect_timeout=timeout,
+            control_connection_timeout=timeout,
+            execution_profiles={
+                EXEC_PROFILE_DEFAULT: ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([host]))
+            },
+            schema_metadata_enabled=False,
+            token_metadata_enabled=False,
+        )
+        cluster.connect()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not ready"
         return False
-
-
-def _kafka_request(sock: socket.socket, api_key: int, version: int, correlation_id: int, body: bytes) -> bytes:
-    """Send one request with a v1 (non-flexible) header; return the response body after its v0 header."""
-    client_id = b"chirp-probe"
-    header = struct.pack(">hhih", api_key, version, correlation_id, len(client_id)) + client_id
-    payload = header + body
-    sock.sendall(struct.pack(">i", len(payload)) + payload)
-    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-    if not 4 <= size < _MAX_RESPONSE:
-        raise ValueError(f"bad response size {size}")
-    response = _recv_exact(sock, size)
-    (got,) = struct.unpack_from(">i", response)
-    if got != correlation_id:
-        raise ValueError("correlation id mismatch")
-    return response[4:]
+    finally:
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.shutdown()  # its threads and connections
 
 
 def kafka_ready(host: str = LOOPBACK, port: int = KAFKA_PORT, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True when the broker answers ApiVersions and its Metadata lists at least one live broker. Never raises.
+    """True when the broker's metadata lists at least one live broker. Never raises.
 
-    A KRaft broker may answer ApiVersions while still fenced; Metadata lists only
+    A KRaft broker may answer clients while still fenced; metadata lists only
     unfenced brokers, so a non-empty broker list means topics can be created and used.
     """
+    from confluent_kafka.admin import AdminClient
+
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            # ApiVersions (key 18) v0, empty body -> error_code int16 first
-            (error,) = struct.unpack_from(">h", _kafka_request(sock, 18, 0, 1, b""))
-            if error != 0:
-                return False
-            # Metadata (key 3) v4: no topics, allow_auto_topic_creation=false
-            body = _kafka_request(sock, 3, 4, 2, struct.pack(">i?", 0, False))
-            brokers: int = struct.unpack_from(">ii", body)[1]
-            return brokers > 0
-    except (OSError, ValueError, struct.error):
+        # The client waits out the whole timeout for a broker that refuses connections;
+        # a port nobody listens on yet (most of a start) fails at once here instead.
+        socket.create_connection((host, port), timeout=timeout).close()
+        admin = AdminClient(
+            {
+                "bootstrap.servers": f"{host}:{port}",
+                "socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000)),
+                # A broker still starting is what this probe is for: not worth a log line each time.
+                "log_level": 0,
+            }
+        )
+        return len(admin.list_topics(timeout=timeout).brokers) > 0
+    except Exception:  # noqa: BLE001 - any failure means "not ready"
         return False

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import CommonConfig, env_float, env_int, env_str, load_common
+from common.config import CommonConfig, env_float, env_int, graph_target, load_common, tweet_target
 
 DEFAULT_PORT = 50081
 
@@ -31,6 +31,6 @@ def load(env: Mapping[str, str] = os.environ) -> RankConfig:
         half_life_hours=env_float(env, "CHIRP_RANK_HALF_LIFE_HOURS", 6.0, minimum=0.1),
         window_hours=env_int(env, "CHIRP_RANK_WINDOW_HOURS", 48, minimum=1),
         follower_weight=env_float(env, "CHIRP_RANK_FOLLOWER_WEIGHT", 0.25),
-        graph_target=env_str(env, "CHIRP_GRAPH_TARGET", "ipv4:127.0.0.1:50051,127.0.0.1:50052"),
-        tweet_target=env_str(env, "CHIRP_TWEET_TARGET", "ipv4:127.0.0.1:50061,127.0.0.1:50062"),
+        graph_target=graph_target(env),
+        tweet_target=tweet_target(env),
     )

@@ -119,21 +119,19 @@ class TweetCache(Tolerant):
     @tolerant()
     async def fill_like_counts(self, counts: dict[int, int]) -> None:
         """A reader's fill: only where no count is cached (never over a newer one)."""
-        if not counts:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for tweet_id, count in counts.items():
-                pipe.set(tweet_key("like_count", tweet_id), count, px=self._count_ttl_ms, nx=True)
-            await pipe.execute()
+        await self._set_counts(counts, only_if_absent=True)
 
     @tolerant()
     async def set_like_counts(self, counts: dict[int, int]) -> None:
         """The like worker's write-through, right after the store has these counts."""
+        await self._set_counts(counts, only_if_absent=False)
+
+    async def _set_counts(self, counts: dict[int, int], only_if_absent: bool) -> None:
         if not counts:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for tweet_id, count in counts.items():
-                pipe.set(tweet_key("like_count", tweet_id), count, px=self._count_ttl_ms)
+                pipe.set(tweet_key("like_count", tweet_id), count, px=self._count_ttl_ms, nx=only_if_absent)
             await pipe.execute()
 
     # ---- authors' recent tweet ids ---------------------------------------------------

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import CommonConfig, env_float, env_int, env_str, load_common
+from common.config import CommonConfig, env_float, env_int, graph_target, load_common
 
 DEFAULT_PORT = 50061
 
@@ -16,7 +16,6 @@ class TweetConfig:
     common: CommonConfig
     # graph_svc, for author usernames (gRPC target; round robin over instances).
     graph_target: str
-    tweet_target: str
     # How long a like may wait for Kafka's acknowledgement before failing with 503.
     like_ack_timeout_ms: int
     # How long a tweet body stays cached in Redis (bodies never change).
@@ -32,8 +31,7 @@ class TweetConfig:
 def load(env: Mapping[str, str] = os.environ) -> TweetConfig:
     return TweetConfig(
         common=load_common(env, "tweet_svc", DEFAULT_PORT),
-        graph_target=env_str(env, "CHIRP_GRAPH_TARGET", "ipv4:127.0.0.1:50051,127.0.0.1:50052"),
-        tweet_target=env_str(env, "CHIRP_TWEET_TARGET", "ipv4:127.0.0.1:50061,127.0.0.1:50062"),
+        graph_target=graph_target(env),
         like_ack_timeout_ms=env_int(env, "CHIRP_LIKE_ACK_TIMEOUT_MS", 3000, minimum=100),
         tweet_cache_seconds=env_float(env, "CHIRP_TWEET_CACHE_SECONDS", 300.0),
         like_count_cache_seconds=env_float(env, "CHIRP_LIKE_COUNT_CACHE_SECONDS", 30.0),

@@ -31,7 +31,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     await outbox.prepare()
     store = TweetStore(cql, outbox)
     await store.prepare()
-    peers = Peers(cfg.graph_target, cfg.tweet_target)
+    peers = Peers(graph_target=cfg.graph_target)
     redis = connect_redis(common.redis_url)
     cache = TweetCache(redis, cfg.tweet_cache_seconds, cfg.like_count_cache_seconds, cfg.author_recent_cache_seconds)
     tweets = Tweets(store, cache, outbox, producer, Usernames(peers.username), IdGenerator(common.instance_id))

@@ -10,8 +10,8 @@ from typing import Any
 
 from cassandra.query import BatchType, PreparedStatement
 
-from common.buckets import bucket_of
-from common.cql import Batch, CqlSession
+from common.buckets import bucket_of, walk_newest_first
+from common.cql import Batch, CqlSession, prepare_all
 from common.ids import id_time_ms
 from common.outbox import Event, Outbox
 from tweet_svc.likes import LikeState
@@ -46,7 +46,6 @@ STATEMENTS = {
     "tweets_first": "SELECT tweet_id FROM user_tweets WHERE author_id = ? AND bucket = ? LIMIT ?",
     "tweets_before": "SELECT tweet_id FROM user_tweets WHERE author_id = ? AND bucket = ? AND tweet_id < ? LIMIT ?",
 }
-MAX_BUCKETS_PER_PAGE = 64
 
 
 class TweetStore:
@@ -56,8 +55,7 @@ class TweetStore:
         self._q: dict[str, PreparedStatement] = {}
 
     async def prepare(self) -> None:
-        for name, query in STATEMENTS.items():
-            self._q[name] = await self._cql.prepare(query)
+        self._q = await prepare_all(self._cql, STATEMENTS)
 
     async def claim_idempotency_key(self, user_id: int, key: str, tweet_id: int) -> int:
         """The tweet id this key stands for: ours if the key is new, else the first one."""
@@ -131,19 +129,18 @@ class TweetStore:
 
     async def author_tweet_ids(self, author_id: int, limit: int, before: int | None) -> list[int]:
         """A user's tweet ids, newest first, strictly older than `before`."""
-        start_bucket = bucket_of(id_time_ms(before)) if before else 2**31 - 1
-        buckets = await self._cql.execute(self._q["buckets_from"], (author_id, start_bucket, MAX_BUCKETS_PER_PAGE))
-        found: list[int] = []
-        for row in buckets:
-            want = limit - len(found)
-            if want <= 0:
-                break
-            if before is not None and row.bucket == start_bucket:
-                rows = await self._cql.execute(self._q["tweets_before"], (author_id, row.bucket, before, want))
+
+        async def buckets_from(start: int, most: int) -> list[int]:
+            return [r.bucket for r in await self._cql.execute(self._q["buckets_from"], (author_id, start, most))]
+
+        async def read(bucket: int, from_cursor: bool, want: int) -> list[int]:
+            if from_cursor:
+                rows = await self._cql.execute(self._q["tweets_before"], (author_id, bucket, before, want))
             else:
-                rows = await self._cql.execute(self._q["tweets_first"], (author_id, row.bucket, want))
-            found += [r.tweet_id for r in rows]
-        return found
+                rows = await self._cql.execute(self._q["tweets_first"], (author_id, bucket, want))
+            return [r.tweet_id for r in rows]
+
+        return await walk_newest_first(buckets_from, read, limit, bucket_of(id_time_ms(before)) if before else None)
 
 
 def _record(row: Any, like_count: int) -> TweetRecord:
