@@ -52,7 +52,7 @@ class LikeApplier:
             count, changed = fold(stored_count or 0, stored, events)
             if not changed:
                 return
-            if await self._store.write_likes(tweet_id, stored_count, max(0, count), changed):
+            if await self._store.write_likes(tweet_id, stored_count, max(0, count), changed, stored):
                 APPLIED.inc(len(changed))
                 if self._cache is not None:
                     await self._cache.set_like_counts({tweet_id: max(0, count)})

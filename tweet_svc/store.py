@@ -40,7 +40,7 @@ STATEMENTS = {
     "like_row": "SELECT liked FROM tweet_likes WHERE tweet_id = ? AND user_id = ?",
     "like_rows": "SELECT user_id, liked, version FROM tweet_likes WHERE tweet_id = ? AND user_id IN ?",
     "set_count": "UPDATE tweet_likes SET like_count = ? WHERE tweet_id = ? IF like_count = ?",
-    "set_like": "UPDATE tweet_likes SET liked = ?, version = ? WHERE tweet_id = ? AND user_id = ?",
+    "set_like": "UPDATE tweet_likes SET liked = ?, version = ? WHERE tweet_id = ? AND user_id = ? IF version = ?",
     "claim_key": "INSERT INTO idempotency_keys (user_id, key, tweet_id) VALUES (?, ?, ?) IF NOT EXISTS",
     "buckets_from": "SELECT bucket FROM user_tweet_buckets WHERE author_id = ? AND bucket <= ? LIMIT ?",
     "tweets_first": "SELECT tweet_id FROM user_tweets WHERE author_id = ? AND bucket = ? LIMIT ?",
@@ -117,13 +117,29 @@ class TweetStore:
         count = count_rows[0].like_count if count_rows else None
         return count, {r.user_id: LikeState(bool(r.liked), r.version if r.version is not None else -1) for r in rows}
 
-    async def write_likes(self, tweet_id: int, expected: int | None, count: int, changed: dict[int, LikeState]) -> bool:
+    async def write_likes(
+        self,
+        tweet_id: int,
+        expected: int | None,
+        count: int,
+        changed: dict[int, LikeState],
+        stored: dict[int, LikeState],
+    ) -> bool:
         """Rows and count in one conditional single-partition batch; False if the
-        count moved under us (another worker), so the caller re-reads and retries."""
+        count or any of these users' rows moved under us (another worker, or an
+        earlier attempt of ours that timed out yet was applied), so the caller
+        re-reads and retries.
+
+        The rows are conditioned too, not only the count: rows and count are read
+        by two queries, so the count can already include a like whose row the
+        other read missed, and folding that like again would count it twice.
+        """
         batch = Batch(BatchType.UNLOGGED)
         batch.add(self._q["set_count"], (count, tweet_id, expected))
         for user_id, state in changed.items():
-            batch.add(self._q["set_like"], (state.liked, state.version, tweet_id, user_id))
+            before = stored.get(user_id)
+            was = before.version if before is not None and before.version >= 0 else None  # None: no row yet
+            batch.add(self._q["set_like"], (state.liked, state.version, tweet_id, user_id, was))
         rows = await self._cql.execute(batch)
         return bool(rows[0][0])
 

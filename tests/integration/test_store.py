@@ -11,7 +11,10 @@ import pytest
 from common.cql import CqlSession
 from common.errors import InvalidArgument
 from common.ids import IdGenerator
+from common.outbox import Outbox
 from tests.conftest import build_graph
+from tweet_svc.likes import LikeState
+from tweet_svc.store import TweetStore
 
 DRIVER_PAGE = 5000  # the driver's default fetch size
 
@@ -64,3 +67,24 @@ async def test_a_follow_list_past_the_limit_says_so_and_answers_about_any_accoun
             await graph.following_ids(follower, list(range(1, 1002)))
     finally:
         await cql.execute("DELETE FROM follows WHERE follower_id = %s", (follower,))
+
+
+async def test_a_like_whose_row_a_stale_read_missed_is_not_counted_again(cql: CqlSession) -> None:
+    """The like worker reads a tweet's count and its users' rows with two queries.
+    If the count already includes a like that the rows read missed (another worker
+    applied it in between, or our own timed-out attempt landed late), folding that
+    like again must not count it twice: the write is conditioned on the rows too."""
+    store = TweetStore(cql, Outbox(cql, None))
+    await store.prepare()
+    ids = IdGenerator(905)
+    tweet_id, liker = ids.next_id(), ids.next_id()
+    like = LikeState(liked=True, version=ids.next_id())
+    assert await store.write_likes(tweet_id, None, 1, {liker: like}, {})  # applied once
+    # A second attempt that saw the new count but not the row.
+    assert not await store.write_likes(tweet_id, 1, 2, {liker: like}, {})
+    count, rows = await store.like_states(tweet_id, [liker])
+    assert (count, rows) == (1, {liker: like})
+    # With what is really stored, an unlike applies.
+    unlike = LikeState(liked=False, version=ids.next_id())
+    assert await store.write_likes(tweet_id, 1, 0, {liker: unlike}, rows)
+    assert await store.like_states(tweet_id, [liker]) == (0, {liker: unlike})
