@@ -23,10 +23,11 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from cassandra import ConsistencyLevel, OperationTimedOut, WriteTimeout
 from cassandra.query import BatchType, PreparedStatement
 
 from common.buckets import bucket_of, walk_newest_first
-from common.cql import Batch, CqlSession, prepare_all
+from common.cql import CQL_UNAVAILABLE_ERRORS, Batch, CqlSession, prepare_all
 from common.outbox import Event, Outbox
 from graph_svc.accounts import Account
 
@@ -46,6 +47,7 @@ STATEMENTS = {
     "get_user": "SELECT user_id, username, password_hash, created_at FROM users WHERE user_id = ?",
     "get_counts": "SELECT follower_count, following_count FROM follow_counts WHERE user_id = ?",
     "get_by_name": "SELECT user_id FROM users_by_name WHERE username_key = ?",
+    "name_owner": "SELECT user_id FROM users_by_name WHERE username_key = ?",  # read at LOCAL_SERIAL
     "follow_edge": "INSERT INTO follows (follower_id, followee_id, followed_at) VALUES (?, ?, ?) IF NOT EXISTS",
     "get_edge": "SELECT followed_at FROM follows WHERE follower_id = ? AND followee_id = ?",
     "unfollow_edge": "DELETE FROM follows WHERE follower_id = ? AND followee_id = ? IF EXISTS",
@@ -84,6 +86,8 @@ class GraphStore:
 
     async def prepare(self) -> None:
         self._q = await prepare_all(self._cql, STATEMENTS)
+        # A serial read finishes any claim still in flight before answering.
+        self._q["name_owner"].consistency_level = ConsistencyLevel.LOCAL_SERIAL
 
     # ---- accounts -------------------------------------------------------------
 
@@ -97,8 +101,22 @@ class GraphStore:
         await self._cql.execute(self._q["delete_user"], (user_id,))
 
     async def claim_username(self, key: str, user_id: int) -> bool:
-        """Lightweight transaction: True when `key` was free and is now ours."""
-        rows = await self._cql.execute(self._q["claim_name"], (key, user_id))
+        """Lightweight transaction: True when `key` was free and is now ours.
+
+        A claim that timed out may still have been applied (or lost to a racing
+        claim): a serial read of the name says which, rather than failing a
+        sign-up whose name is in fact ours, or calling a lost race an outage.
+        """
+        try:
+            rows = await self._cql.execute(self._q["claim_name"], (key, user_id))
+        except (WriteTimeout, OperationTimedOut) as unsure:
+            try:
+                owners = await self._cql.execute(self._q["name_owner"], (key,))
+            except CQL_UNAVAILABLE_ERRORS:
+                raise unsure from None
+            if not owners:
+                raise
+            return bool(owners[0].user_id == user_id)
         return bool(rows and rows[0][0])
 
     async def get_user(self, user_id: int) -> Account | None:

@@ -91,5 +91,5 @@ async def test_sign_up_is_unique_ignoring_case_under_a_race(cql: CqlSession) -> 
         return_exceptions=True,
     )
     winners = [r for r in results if not isinstance(r, BaseException)]
-    assert len(winners) == 1
-    assert all(isinstance(r, AlreadyExists) for r in results if isinstance(r, BaseException))
+    assert len(winners) == 1, results
+    assert all(isinstance(r, AlreadyExists) for r in results if isinstance(r, BaseException)), results
