@@ -359,9 +359,27 @@ def _wait_ready(comp: Component, pid: int | None) -> None:
 # ---- commands --------------------------------------------------------------
 
 
+RESERVED_PORTS = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+
+
+def _reserve_ports() -> None:
+    """Keep the services' gRPC and metrics ports out of the kernel's ephemeral range:
+    with three stores of three nodes, the many client connections made a service's
+    fixed port (say 51052) the local port of some connection, and its bind failed."""
+    ports = sorted(p for inst in topology.all_instances() for p in (inst.port, inst.metrics_port))
+    wanted = f"{ports[0]}-{ports[len(ports) // 2 - 1]},{ports[len(ports) // 2]}-{ports[-1]}"
+    try:
+        current = RESERVED_PORTS.read_text().strip()
+        if wanted not in current:
+            RESERVED_PORTS.write_text(",".join(filter(None, [current, wanted])))
+    except OSError as exc:  # not root, or no such setting: ports may collide now and then
+        print(f"  could not reserve ports {wanted}: {exc}", file=sys.stderr)
+
+
 def up() -> int:
     for path in (RUN, LOGS, CONF):
         path.mkdir(parents=True, exist_ok=True)
+    _reserve_ports()
     chosen = topology.current()
     previous = topology.recorded()
     if previous not in (None, chosen) and any(RUN.glob("*.json")):
