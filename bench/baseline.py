@@ -4,7 +4,7 @@ made from Python with the same drivers, without any service in between.
 A cached read is: the follow list (Redis GET), the celebrity registry
 (Redis pipeline), the pushed timeline (Redis pipeline), the celebrities'
 recent ids (Redis MGET), the reader's own recent tweets (two CQL queries),
-tweet bodies (Redis MGET) and like counts (Redis MGET)."""
+tweet bodies (Redis MGET) and like counts (pipelined HGET)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,10 @@ async def one_read(redis: Any, cql: CqlSession, q: dict[str, Any], user_id: int)
         await cql.execute(q["recent"], (user_id, buckets[0].bucket, 50))
     tweet_ids = [int(m) for m in members if m != b"built"][:21]
     await redis.mget([f"tw:{t}" for t in tweet_ids] or ["tw:0"])
-    await redis.mget([f"lc:{t}" for t in tweet_ids] or ["lc:0"])
+    async with redis.pipeline(transaction=False) as pipe:
+        for t in tweet_ids or [0]:
+            pipe.hget(f"lc:{t}", "n")  # like state hash (tweet_svc/cache.py)
+        await pipe.execute()
 
 
 async def measure(user_ids: list[int], reads: int) -> dict[str, Any]:

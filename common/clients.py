@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import grpc
-from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
-from chirp.tweet.v1 import tweet_pb2, tweet_pb2_grpc
+from chirp.graph.v1 import graph_internal_pb2, graph_internal_pb2_grpc, graph_pb2, graph_pb2_grpc
+from chirp.tweet.v1 import tweet_internal_pb2, tweet_internal_pb2_grpc, tweet_pb2
 
 from common import deadlines
 from common.identity import USER_ID_HEADER
@@ -53,8 +53,12 @@ class Peers:
 
     def __init__(self, *, graph_target: str | None = None, tweet_target: str | None = None) -> None:
         self._channels: list[grpc.aio.Channel] = []
-        self._graph_stub = graph_pb2_grpc.GraphServiceStub(self._open(graph_target)) if graph_target else None
-        self._tweet_stub = tweet_pb2_grpc.TweetServiceStub(self._open(tweet_target)) if tweet_target else None
+        graph = self._open(graph_target) if graph_target else None
+        self._graph_stub = graph_pb2_grpc.GraphServiceStub(graph) if graph else None
+        self._graph_internal_stub = graph_internal_pb2_grpc.GraphInternalServiceStub(graph) if graph else None
+        self._tweet_stub = (
+            tweet_internal_pb2_grpc.TweetInternalServiceStub(self._open(tweet_target)) if tweet_target else None
+        )
 
     def _open(self, target: str) -> grpc.aio.Channel:
         self._channels.append(channel(target))
@@ -67,7 +71,13 @@ class Peers:
         return self._graph_stub
 
     @property
-    def _tweet(self) -> tweet_pb2_grpc.TweetServiceAsyncStub:
+    def _graph_internal(self) -> graph_internal_pb2_grpc.GraphInternalServiceAsyncStub:
+        if self._graph_internal_stub is None:
+            raise RuntimeError("Peers was built without a graph_svc target")
+        return self._graph_internal_stub
+
+    @property
+    def _tweet(self) -> tweet_internal_pb2_grpc.TweetInternalServiceAsyncStub:
         if self._tweet_stub is None:
             raise RuntimeError("Peers was built without a tweet_svc target")
         return self._tweet_stub
@@ -75,8 +85,8 @@ class Peers:
     async def following_ids(self, user_id: int, among: Sequence[int] = ()) -> tuple[list[tuple[int, int]], bool]:
         """(followed id, follower count) pairs and whether the listing stopped at graph_svc's limit;
         with `among`, only which of those ids the user follows."""
-        reply = await self._graph.ListFollowingIds(
-            graph_pb2.ListFollowingIdsRequest(user_id=user_id, among_user_ids=list(among)),
+        reply = await self._graph_internal.ListFollowingIds(
+            graph_internal_pb2.ListFollowingIdsRequest(user_id=user_id, among_user_ids=list(among)),
             **call_options(TIMEOUT),  # type: ignore[arg-type]
         )
         return [(a.user_id, a.follower_count) for a in reply.accounts], reply.truncated
@@ -92,22 +102,40 @@ class Peers:
         return (await self.user(user_id)).follower_count
 
     async def users(self, user_ids: Sequence[int]) -> list[graph_pb2.User]:
-        reply = await self._graph.BatchGetUsers(
-            graph_pb2.BatchGetUsersRequest(user_ids=list(user_ids)),
+        reply = await self._graph_internal.BatchGetUsers(
+            graph_internal_pb2.BatchGetUsersRequest(user_ids=list(user_ids)),
             **call_options(TIMEOUT),  # type: ignore[arg-type]
         )
         return list(reply.users)
 
+    async def hidden_author_ids(self, user_id: int) -> frozenset[int]:
+        """Authors whose tweets `user_id` must not see in the home feed or trending: the
+        ones they mute or block and the ones blocking them. Read afresh on every request
+        (never cached) so a mute or block applies to the very next read."""
+        reply = await self._graph_internal.ListHiddenAuthorIds(
+            graph_internal_pb2.ListHiddenAuthorIdsRequest(user_id=user_id),
+            **call_options(TIMEOUT),  # type: ignore[arg-type]
+        )
+        return frozenset((*reply.muted_ids, *reply.blocked_ids, *reply.blocked_by_ids))
+
+    async def relations(self, viewer_id: int, user_ids: Sequence[int]) -> list[graph_internal_pb2.Relation]:
+        """How `viewer_id` relates to each of `user_ids` (blocks either way, mutes), in the order asked."""
+        reply = await self._graph_internal.GetRelations(
+            graph_internal_pb2.GetRelationsRequest(viewer_id=viewer_id, user_ids=list(user_ids)),
+            **call_options(TIMEOUT),  # type: ignore[arg-type]
+        )
+        return list(reply.relations)
+
     async def follower_page(self, user_id: int, page_token: str) -> tuple[list[int], str]:
-        reply = await self._graph.ListFollowerIds(
-            graph_pb2.ListFollowerIdsRequest(user_id=user_id, page_size=5000, page_token=page_token),
+        reply = await self._graph_internal.ListFollowerIds(
+            graph_internal_pb2.ListFollowerIdsRequest(user_id=user_id, page_size=5000, page_token=page_token),
             **call_options(TIMEOUT),  # type: ignore[arg-type]
         )
         return list(reply.user_ids), reply.next_page_token
 
     async def recent_ids(self, author_ids: Sequence[int], before: int, limit: int) -> list[tuple[int, int]]:
         reply = await self._tweet.ListRecentTweetIds(
-            tweet_pb2.ListRecentTweetIdsRequest(
+            tweet_internal_pb2.ListRecentTweetIdsRequest(
                 author_ids=list(author_ids), before_tweet_id=before, limit_per_author=min(limit, 200)
             ),
             **call_options(TIMEOUT),  # type: ignore[arg-type]
@@ -116,10 +144,20 @@ class Peers:
 
     async def batch_tweets(self, tweet_ids: Sequence[int]) -> list[tweet_pb2.Tweet]:
         reply = await self._tweet.BatchGetTweets(
-            tweet_pb2.BatchGetTweetsRequest(tweet_ids=list(tweet_ids)),
+            tweet_internal_pb2.BatchGetTweetsRequest(tweet_ids=list(tweet_ids)),
             **call_options(TIMEOUT),  # type: ignore[arg-type]
         )
         return list(reply.tweets)
+
+    async def liked_tweet_ids(self, user_id: int, tweet_ids: Sequence[int]) -> set[int]:
+        """Which of `tweet_ids` (at most 500) the user likes, likes just acknowledged included."""
+        if not tweet_ids:
+            return set()
+        reply = await self._tweet.ListLikedTweetIds(
+            tweet_internal_pb2.ListLikedTweetIdsRequest(user_id=user_id, tweet_ids=list(tweet_ids)),
+            **call_options(TIMEOUT),  # type: ignore[arg-type]
+        )
+        return set(reply.tweet_ids)
 
     async def close(self) -> None:
         for opened in self._channels:

@@ -16,16 +16,20 @@ The status travels as a `google.rpc.Status` with one `ErrorInfo`, built by grpci
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 from typing import cast
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "chirp.dev"
 DETAILS_KEY = "grpc-status-details-bin"  # where grpcio-status puts the google.rpc.Status
+# Whole seconds to wait, on a RESOURCE_EXHAUSTED status: the edge passes it on as the
+# REST Retry-After header; gRPC clients read it from the trailing metadata.
+RETRY_AFTER_KEY = "retry-after"
 
 
 class ChirpError(Exception):
@@ -72,6 +76,17 @@ class Unavailable(ChirpError):
     reason = "DEPENDENCY_UNAVAILABLE"
 
 
+class ResourceExhausted(ChirpError):
+    """A rate limit: the client may try again after `retry_after_seconds` (429 with Retry-After)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after_seconds: int, reason: str | None = None, **metadata: str) -> None:
+        super().__init__(message, reason, **metadata)
+        self.retry_after_seconds = max(1, retry_after_seconds)
+
+
 DEPENDENCY_DOWN_MESSAGE = "a service Chirp depends on is unavailable; try again shortly"
 DEPENDENCY_SLOW_MESSAGE = "a service Chirp depends on did not answer in time; try again shortly"
 INTERNAL_MESSAGE = "internal error"
@@ -110,21 +125,37 @@ class ErrorStatus:
     message: str
     reason: str
     metadata: dict[str, str] = field(default_factory=dict)
+    retry_after_seconds: int | None = None
 
     def grpc_status(self) -> grpc.Status:
-        """The status with google.rpc.Status in grpc-status-details-bin (grpcio-status)."""
+        """The status with google.rpc.Status in grpc-status-details-bin (grpcio-status);
+        with a retry delay, also a RetryInfo detail and `retry-after` metadata."""
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata))
+        details = [detail]
+        if self.retry_after_seconds is not None:
+            retry = any_pb2.Any()
+            retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=self.retry_after_seconds)))
+            details.append(retry)
         status: grpc.Status = rpc_status.to_status(
-            status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+            status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
         )
-        return status
+        if self.retry_after_seconds is None:
+            return status
+        trailing = (*status.trailing_metadata, (RETRY_AFTER_KEY, str(self.retry_after_seconds)))
+        return _Status(status.code, status.details, trailing)
+
+
+class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status):
+    """A grpc.Status with metadata besides grpcio-status's own (which builds the same shape)."""
 
 
 def classify(error: BaseException, dependency_errors: tuple[type[BaseException], ...]) -> ErrorStatus:
     """Map any exception to what the client is told."""
     if isinstance(error, ChirpError):
-        return ErrorStatus(error.code, error.message, error.reason, dict(error.metadata))
+        return ErrorStatus(
+            error.code, error.message, error.reason, dict(error.metadata), getattr(error, "retry_after_seconds", None)
+        )
     if isinstance(error, grpc.aio.AioRpcError):
         return peer_error(error)
     if isinstance(error, dependency_errors):

@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from common import deadlines
-from common.errors import ChirpError, classify
+from common.errors import ChirpError, InvalidArgument, classify
 from common.identity import metadata_value
 from common.logs import request_id_var
 from common.metrics import GRPC_HANDLED, GRPC_LATENCY
@@ -21,6 +22,23 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# A request the message parser refused (a string field that is not UTF-8, which the
+# edge's transcoder passes on from a query string): answered INVALID_ARGUMENT by the
+# handler below, not UNKNOWN with the parser's text by the gRPC core.
+_UNPARSABLE = object()
+
+
+def _tolerant(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if parse is None:
+        return None
+
+    def tolerant(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except DecodeError:
+            return _UNPARSABLE
+
+    return tolerant
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -46,7 +64,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         wrapped = self._wrap(cast(Handler, handler.unary_unary), service, method)
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -60,6 +78,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             deadlines.set_deadline(context.time_remaining())
             code = grpc.StatusCode.OK
             try:
+                if request is _UNPARSABLE:
+                    raise InvalidArgument("the request is not valid: every text field must be UTF-8")
                 return await inner(request, context)
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):

@@ -12,9 +12,11 @@ from typing import Any
 
 import grpc
 import uvloop
+from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from common.config import CommonConfig
 from common.interceptors import ServerInterceptor
@@ -23,6 +25,9 @@ from common.metrics import serve_metrics
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[bool]]
+# grpcio-reflection serves only v1alpha; current tools (grpcurl, Postman) ask v1
+# first. The two protocols' messages are the same on the wire.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 HEALTH_INTERVAL_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 1.5
 FAILED_PROBES_BEFORE_NOT_SERVING = 3
@@ -55,17 +60,35 @@ def create_server(address: str, wiring: Wiring) -> tuple[grpc.aio.Server, int, H
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.http2.max_ping_strikes", 0),
+            # The edge forwards up to 16 KiB of client headers plus its own (the
+            # original path again, identity, request id); gRPC's defaults (8 KiB
+            # soft, 16 KiB hard) would refuse some of those calls at random.
+            ("grpc.max_metadata_size", 64 * 1024),
+            ("grpc.absolute_max_metadata_size", 64 * 1024),
         ],
     )
     wiring.register(server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (*wiring.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
+    add_reflection(server, (*wiring.service_names, health.SERVICE_NAME))
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind gRPC server to {address}")
     return server, port, health_servicer
+
+
+def add_reflection(server: grpc.aio.Server, service_names: Sequence[str], pool: DescriptorPool | None = None) -> None:
+    """Server reflection, v1 and v1alpha, describing `service_names` from `pool` (default: all linked protos)."""
+    servicer = reflection_aio.ReflectionServicer((*service_names, reflection.SERVICE_NAME, REFLECTION_V1), pool=pool)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )
 
 
 async def check_probes(probes: Sequence[Probe]) -> bool:

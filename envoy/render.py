@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,21 +19,42 @@ from chirp.feed.v1 import feed_pb2
 from chirp.graph.v1 import graph_pb2
 from chirp.rank.v1 import rank_pb2
 from chirp.tweet.v1 import tweet_pb2
+from google.api import annotations_pb2
 
+from common.identity import SESSION_ID_HEADER
 from infra import topology
 
 ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTOR = ROOT / "generated" / "chirp.binpb"
 USER_ID_HEADER = "x-chirp-user-id"
+CLIENT_IP_HEADER = "x-chirp-client-ip"
 IDEMPOTENCY_HEADER = "idempotency-key"
+# envoy/sidecar.py: server reflection (public services only) and health for the edge.
+SIDECAR_CLUSTER = "edge_sidecar"
+SIDECAR_PORT = topology.EDGE_SIDECAR_PORT
+SIDECAR_PREFIXES = (
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.health.v1.Health/",
+)
 
 # gRPC codes used in the JSON body of replies Envoy makes itself.
-LOCAL_REPLY_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 3, 429: 8, 503: 14, 504: 4}
+LOCAL_REPLY_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 3, 414: 3, 429: 8, 431: 3, 503: 14, 504: 4}
+# The gRPC services' own limit is 16 KiB of metadata (8 KiB soft). A URL counts
+# once in the request line and, transcoded, again in x-envoy-original-path.
+MAX_URL_BYTES = 8 * 1024
+MAX_HEADERS_KB = 16
 
 # Calls that need no token. Public reads verify a token when one is sent.
-NO_TOKEN = ("chirp.graph.v1.GraphService/CreateUser", "chirp.graph.v1.GraphService/CreateSession")
+NO_TOKEN = (
+    "chirp.graph.v1.GraphService/CreateUser",
+    "chirp.graph.v1.GraphService/CreateSession",
+    # The refresh token in the body is the credential: the access token has usually expired.
+    "chirp.graph.v1.GraphService/RefreshSession",
+)
 TOKEN_OPTIONAL = (
     "chirp.graph.v1.GraphService/GetUser",
+    "chirp.graph.v1.GraphService/LookupUser",
     "chirp.graph.v1.GraphService/ListFollowers",
     "chirp.graph.v1.GraphService/ListFollowing",
     "chirp.tweet.v1.TweetService/GetTweet",
@@ -40,17 +62,22 @@ TOKEN_OPTIONAL = (
     "chirp.rank.v1.RankService/ListTrending",
 )
 # Safe to retry on another instance: reads, and writes whose repeat changes
-# nothing (follow and like state are idempotent). CreateTweet only with an
-# Idempotency-Key (a route of its own below). Sign-up, login and delete are not.
-RETRYABLE = {
-    "GetUser", "ListFollowers", "ListFollowing", "BatchGetUsers", "ListFollowerIds", "ListFollowingIds",
-    "FollowUser", "UnfollowUser",
-    "GetTweet", "ListUserTweets", "BatchGetTweets", "ListRecentTweetIds", "LikeTweet", "UnlikeTweet",
-    "GetHomeFeed", "ListTrending",
+# nothing (follow, like, block and mute state are idempotent, and so is logging
+# out). CreateTweet only with an Idempotency-Key (a route of its own below).
+# Sign-up, login, delete, refresh (a repeat of a rotation that went through is
+# a reuse, which revokes the session) and password changes are not.
+IDEMPOTENT_WRITES = {
+    "FollowUser", "UnfollowUser", "LikeTweet", "UnlikeTweet",
+    "BlockUser", "UnblockUser", "MuteUser", "UnmuteUser", "DeleteSession",
 }  # fmt: skip
-LOGIN_METHODS = {"CreateSession", "CreateUser"}
+RETRYABLE = {
+    "GetUser", "LookupUser", "GetMe", "ListFollowers", "ListFollowing", "ListBlocks", "ListMutes",
+    "GetTweet", "ListUserTweets", "GetHomeFeed", "ListTrending",
+} | IDEMPOTENT_WRITES  # fmt: skip
+# Calls that check a password or a refresh token share the login bucket.
+LOGIN_METHODS = {"CreateSession", "CreateUser", "RefreshSession", "ChangePassword"}
 POST_METHODS = {"CreateTweet"}
-SLOW_METHODS = {"CreateUser", "CreateSession"}  # argon2id on purpose
+SLOW_METHODS = {"CreateUser", "CreateSession", "ChangePassword"}  # argon2id on purpose
 SERVICE_DESCRIPTORS = {
     "chirp.graph.v1.GraphService": graph_pb2.DESCRIPTOR.services_by_name["GraphService"],
     "chirp.tweet.v1.TweetService": tweet_pb2.DESCRIPTOR.services_by_name["TweetService"],
@@ -66,10 +93,15 @@ class EdgeSettings:
     # Token buckets per Envoy instance (requests per second, burst = 2 seconds' worth).
     default_rps: int = 5000
     post_rps: int = 1000
-    login_rps: int = 50
+    # A safety valve only: per-account and per-address login throttling lives in graph_svc.
+    login_rps: int = 500
     max_request_bytes: int = 64 * 1024
     read_timeout_s: float = 2.0
     write_timeout_s: float = 5.0
+    # Proxies in front of the edge whose X-Forwarded-For entries are believed
+    # when working out the client address passed to services.
+    trusted_hops: int = 0
+    sidecar_port: int = SIDECAR_PORT
 
     @classmethod
     def from_env(cls) -> EdgeSettings:
@@ -83,6 +115,7 @@ class EdgeSettings:
             post_rps=num("CHIRP_EDGE_POST_RPS", base.post_rps),
             login_rps=num("CHIRP_EDGE_LOGIN_RPS", base.login_rps),
             max_request_bytes=num("CHIRP_EDGE_MAX_REQUEST_BYTES", base.max_request_bytes),
+            trusted_hops=num("CHIRP_EDGE_TRUSTED_HOPS", base.trusted_hops),
         )
 
 
@@ -90,17 +123,12 @@ def _any(type_name: str, **fields: Any) -> dict[str, Any]:
     return {"@type": type_name, **fields}
 
 
-def _json_reply(code: int, message: str, status: int | None = None, **match: Any) -> dict[str, Any]:
-    mapper: dict[str, Any] = {
-        "filter": match,
-        "body_format_override": {
-            "json_format": {"code": code, "message": message, "details": []},
-            "content_type": "application/json",
-        },
-    }
-    if status is not None:
-        mapper["status_code"] = status
-    return mapper
+def _header(matcher: dict[str, Any]) -> dict[str, Any]:
+    return {"header_filter": {"header": matcher}}
+
+
+def _all(*filters: dict[str, Any]) -> dict[str, Any]:
+    return {"and_filter": {"filters": list(filters)}}
 
 
 def _status_is(status: int) -> dict[str, Any]:
@@ -111,21 +139,194 @@ def _status_is(status: int) -> dict[str, Any]:
     }
 
 
-def _local_reply_config() -> dict[str, Any]:
-    """Every reply Envoy makes itself gets the JSON error body of API.md."""
-    mappers = [
-        _json_reply(5, "no such endpoint", 404, response_flag_filter={"flags": ["NR"]}),
-        _json_reply(8, "rate limit exceeded, slow down", 429, **_status_is(429)),
+def _flag(flag: str) -> dict[str, Any]:
+    return {"response_flag_filter": {"flags": [flag]}}
+
+
+def _cel(expression: str) -> dict[str, Any]:
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": _any(
+                "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                expression=expression,
+            ),
+        }
+    }
+
+
+# A gRPC client's call, not a REST call the transcoder turned into gRPC (that
+# one keeps its original path in x-envoy-original-path).
+GRPC_CLIENT = _all(
+    _header({"name": "content-type", "string_match": {"prefix": "application/grpc"}}),
+    _header({"name": "x-envoy-original-path", "present_match": True, "invert_match": True}),
+)
+# Edge refusals (the RBAC filter below, which answers 403): the same tests
+# pick the reply that says why.
+TOKEN_IN_QUERY: dict[str, Any] = {
+    "name": ":path",
+    "string_match": {"safe_regex": {"regex": r"[^?]*\?(.*&)?access_token=.*"}},
+}
+GRPC_ENCODING_ON_REST: tuple[dict[str, Any], ...] = (
+    {"name": "grpc-encoding", "present_match": True},
+    {
+        "name": "content-type",
+        "string_match": {"prefix": "application/grpc"},
+        "invert_match": True,
+        "treat_missing_header_as_empty": True,
+    },
+)
+
+
+def _http_rules() -> list[tuple[str, str]]:
+    """(verb, URL template) of every REST route of the public services."""
+    rules = []
+    for service in SERVICE_DESCRIPTORS.values():
+        for method in service.methods:
+            top = method.GetOptions().Extensions[annotations_pb2.http]
+            for rule in (top, *top.additional_bindings):
+                verb = rule.WhichOneof("pattern")
+                if verb is not None and verb != "custom":
+                    rules.append((verb, getattr(rule, verb)))
+    return rules
+
+
+def path_field_in_query() -> list[dict[str, Any]]:
+    """:path regexes of REST calls whose query names a field their URL path binds:
+    the transcoder lets the query win (DELETE /v1/tweets/1?tweet_id=2 deleted 2)."""
+    patterns = set()
+    for _, template in _http_rules():
+        fields = re.findall(r"\{([A-Za-z0-9_.]+)(?:=[^}]*)?\}", template)
+        if not fields:
+            continue
+        path = "".join(
+            "[^/?]+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^}]*\})", template)
+        )
+        # A name may also be written percent-encoded or as a sub-field (user_id.x).
+        names = "|".join(re.escape(f) for f in fields)
+        patterns.add(rf"{path}\?(.*&)?({names}|[^=&]*%[^=&]*)([.=&\[].*)?")
+    return [{"name": ":path", "string_match": {"safe_regex": {"regex": p}}} for p in sorted(patterns)]
+
+
+@dataclass(frozen=True)
+class LocalReply:
+    """One kind of reply Envoy makes itself: REST clients get the JSON error
+    body of API.md, gRPC clients a grpc-status and the plain message."""
+
+    match: dict[str, Any]
+    status: int | None  # None: keep Envoy's
+    code: int  # gRPC code, in the JSON body and as grpc-status
+    message: str
+    grpc_code: int | None = None  # when a gRPC client is told otherwise
+
+    @property
+    def grpc_status(self) -> int:
+        return self.code if self.grpc_code is None else self.grpc_code
+
+
+def local_replies() -> list[LocalReply]:
+    """First match wins."""
+    body = "%LOCAL_REPLY_BODY%"
+    return [
+        LocalReply(_all(_status_is(403), _header(TOKEN_IN_QUERY)), 401, 16,
+                   "send the access token in the Authorization header, never in the URL"),
+        LocalReply(_all(_status_is(403), *(_header(h) for h in GRPC_ENCODING_ON_REST)), 400, 3,
+                   "grpc-encoding is for gRPC calls only"),
+        LocalReply(_all(_status_is(403), {"or_filter": {"filters": [_header(h) for h in path_field_in_query()]}}),
+                   400, 3, "a query parameter may not name a field of the URL path"),
+        LocalReply(_all(_status_is(403), _cel(f"size(request.path) > {MAX_URL_BYTES}")), 414, 3,
+                   f"the URL is longer than {MAX_URL_BYTES} bytes"),
+        # A gRPC client asked for a method the edge does not serve: UNIMPLEMENTED, as a server would say.
+        LocalReply(_flag("NR"), 404, 5, "no such endpoint", grpc_code=12),
+        LocalReply(_status_is(429), 429, 8, "rate limit exceeded, slow down"),
         # jwt_authn answers 403 for a token it does not accept (wrong audience):
         # to a client that is a bad token, 401. A service's own 403 is a gRPC
         # status, not a local reply, so it is not touched.
-        _json_reply(16, "%LOCAL_REPLY_BODY%", 401, **_status_is(403)),
-        _json_reply(3, "request body is larger than the limit", 413, **_status_is(413)),
-    ]
-    mappers += [
-        _json_reply(code, "%LOCAL_REPLY_BODY%", **_status_is(status)) for status, code in LOCAL_REPLY_CODES.items()
-    ]
-    return {"mappers": mappers}
+        LocalReply(_status_is(403), 401, 16, body),
+        LocalReply(_status_is(413), 413, 3, "request body is larger than the limit"),
+        LocalReply(_status_is(414), 414, 3, "the URL is too long"),
+        LocalReply(_status_is(431), 431, 3, f"request headers are larger than {MAX_HEADERS_KB} KiB"),
+        LocalReply(_status_is(503), 503, 14, "the service is unavailable, try again shortly"),
+        LocalReply(_status_is(504), 504, 4, "the service did not answer in time"),
+        *(LocalReply(_status_is(status), None, code, body) for status, code in LOCAL_REPLY_CODES.items()),
+    ]  # fmt: skip
+
+
+def _rest_mapper(reply: LocalReply) -> dict[str, Any]:
+    mapper: dict[str, Any] = {
+        "filter": reply.match,
+        "body_format_override": {
+            "json_format": {"code": reply.code, "message": reply.message, "details": []},
+            "content_type": "application/json",
+        },
+    }
+    if reply.status is not None:
+        mapper["status_code"] = reply.status
+    return mapper
+
+
+def _grpc_mapper(reply: LocalReply) -> dict[str, Any]:
+    # Envoy would derive grpc-status from the HTTP status (429 -> UNAVAILABLE,
+    # 413 -> UNKNOWN): it keeps one that is already set.
+    mapper: dict[str, Any] = {
+        "filter": _all(GRPC_CLIENT, reply.match),
+        "body_format_override": {"text_format_source": {"inline_string": reply.message}},
+        "headers_to_add": [
+            {
+                "header": {"key": "grpc-status", "value": str(reply.grpc_status)},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+    }
+    if reply.status is not None:
+        mapper["status_code"] = reply.status
+    return mapper
+
+
+def _local_reply_config() -> dict[str, Any]:
+    """Every reply Envoy makes itself, in the form its client reads."""
+    replies = local_replies()
+    return {"mappers": [*map(_grpc_mapper, replies), *map(_rest_mapper, replies)]}
+
+
+def _size(field: str) -> dict[str, Any]:
+    return {
+        "call_expr": {
+            "function": "size",
+            "args": [{"select_expr": {"operand": {"ident_expr": {"name": "request"}}, "field": field}}],
+        }
+    }
+
+
+def _refusals() -> dict[str, Any]:
+    """Requests refused before anything else looks at them (see local_replies for the answers)."""
+    long_url = {
+        "call_expr": {"function": "_>_", "args": [_size("path"), {"const_expr": {"int64_value": MAX_URL_BYTES}}]}
+    }
+    any_permission = [{"any": True}]
+    anyone = [{"any": True}]
+    policies = {
+        # A token in a URL ends up in logs and browser history; jwt_authn reads
+        # only the Authorization header, this says so instead of ignoring it.
+        "token_in_query": {"permissions": [{"header": TOKEN_IN_QUERY}], "principals": anyone},
+        # The transcoder sends uncompressed messages: a client's grpc-encoding would mislabel them.
+        "grpc_encoding_on_rest": {
+            "permissions": [{"and_rules": {"rules": [{"header": h} for h in GRPC_ENCODING_ON_REST]}}],
+            "principals": anyone,
+        },
+        "path_field_in_query": {
+            "permissions": [{"or_rules": {"rules": [{"header": h} for h in path_field_in_query()]}}],
+            "principals": anyone,
+        },
+        "url_too_long": {"permissions": any_permission, "principals": anyone, "condition": long_url},
+    }
+    return {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": _any(
+            "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            rules={"action": "DENY", "policies": policies},
+        ),
+    }
 
 
 # Headers HTTP allows but gRPC metadata does not (odd characters in a name, a
@@ -173,7 +374,15 @@ def _transcoder() -> dict[str, Any]:
                 "always_print_enums_as_ints": False,
             },
             convert_grpc_status=True,
-            request_validation_options={"reject_unknown_query_parameters": True},
+            # Strict: a query parameter may not override a path field (DELETE
+            # /v1/tweets/1?tweet_id=2), nor a body field collide with one; an
+            # unknown parameter or a non-gRPC call to no REST route (a gRPC path
+            # sent as JSON) is refused here instead of reaching a service.
+            request_validation_options={
+                "reject_unknown_method": True,
+                "reject_unknown_query_parameters": True,
+                "reject_binding_body_field_collisions": True,
+            },
         ),
     }
 
@@ -182,6 +391,7 @@ def _jwt_authn(jwks: str) -> dict[str, Any]:
     """Runs after the transcoder, so rules match gRPC paths for REST and gRPC alike."""
     provider = "chirp"
     rules: list[dict[str, Any]] = [{"match": {"path": f"/{method}"}} for method in NO_TOKEN]
+    rules += [{"match": {"prefix": prefix}} for prefix in SIDECAR_PREFIXES]
     rules += [
         {
             "match": {"path": f"/{method}"},
@@ -200,8 +410,14 @@ def _jwt_authn(jwks: str) -> dict[str, Any]:
                     "audiences": ["chirp-api"],
                     "local_jwks": {"inline_string": jwks},
                     "forward": False,
+                    "require_expiration": True,
+                    # Only the header: the default also reads ?access_token=.
+                    "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
                     "clock_skew_seconds": 30,
-                    "claim_to_headers": [{"header_name": USER_ID_HEADER, "claim_name": "sub"}],
+                    "claim_to_headers": [
+                        {"header_name": USER_ID_HEADER, "claim_name": "sub"},
+                        {"header_name": SESSION_ID_HEADER, "claim_name": "sid"},
+                    ],
                 }
             },
             rules=rules,
@@ -221,6 +437,10 @@ def _rate_limit(rps: int) -> dict[str, Any]:
         token_bucket=_bucket(rps),
         filter_enabled=percent,
         filter_enforced=percent,
+        rate_limited_as_resource_exhausted=True,
+        response_headers_to_add=[
+            {"header": {"key": "retry-after", "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
     )
 
 
@@ -243,7 +463,7 @@ def _retry_policy(per_try_timeout_s: float) -> dict[str, Any]:
 
 def _route(svc: topology.Service, method: str, settings: EdgeSettings) -> list[dict[str, Any]]:
     path = f"/{svc.grpc_service}/{method}"
-    write = method not in RETRYABLE or method in {"FollowUser", "UnfollowUser", "LikeTweet", "UnlikeTweet"}
+    write = method not in RETRYABLE or method in IDEMPOTENT_WRITES
     timeout = settings.write_timeout_s if write or method in SLOW_METHODS else settings.read_timeout_s
     action: dict[str, Any] = {"cluster": svc.name, "timeout": f"{timeout}s"}
     route: dict[str, Any] = {"match": {"path": path}, "route": action}
@@ -268,7 +488,58 @@ def _routes(settings: EdgeSettings) -> list[dict[str, Any]]:
     for svc in topology.SERVICES:
         for method in SERVICE_DESCRIPTORS[svc.grpc_service].methods_by_name:
             routes += _route(svc, method, settings)
+    # A reflection stream lasts as long as a tool's session (the idle timeout
+    # bounds it) and never ends its request body: the buffer filter would hold
+    # it forever. The sidecar's own gRPC message limit bounds it instead.
+    unbuffered = {
+        "envoy.filters.http.buffer": _any(
+            "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute", disabled=True
+        )
+    }
+    routes += [
+        {
+            "match": {"prefix": prefix},
+            "route": {"cluster": SIDECAR_CLUSTER, "timeout": "0s"},
+            "typed_per_filter_config": unbuffered,
+        }
+        for prefix in SIDECAR_PREFIXES
+    ]
     return routes
+
+
+def _h2_options() -> dict[str, Any]:
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(
+            "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            explicit_http_config={
+                "http2_protocol_options": {"connection_keepalive": {"interval": "10s", "timeout": "2s"}}
+            },
+        )
+    }
+
+
+def _static_endpoints(name: str, ports: list[int]) -> dict[str, Any]:
+    return {
+        "cluster_name": name,
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": topology.HOST, "port_value": port}}}}
+                    for port in ports
+                ]
+            }
+        ],
+    }
+
+
+def _sidecar_cluster(settings: EdgeSettings) -> dict[str, Any]:
+    return {
+        "name": SIDECAR_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": _h2_options(),
+        "load_assignment": _static_endpoints(SIDECAR_CLUSTER, [settings.sidecar_port]),
+    }
 
 
 def _cluster(svc: topology.Service) -> dict[str, Any]:
@@ -277,29 +548,8 @@ def _cluster(svc: topology.Service) -> dict[str, Any]:
         "type": "STATIC",
         "connect_timeout": "1s",
         "lb_policy": "LEAST_REQUEST",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(
-                "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                explicit_http_config={
-                    "http2_protocol_options": {"connection_keepalive": {"interval": "10s", "timeout": "2s"}}
-                },
-            )
-        },
-        "load_assignment": {
-            "cluster_name": svc.name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {
-                            "endpoint": {
-                                "address": {"socket_address": {"address": topology.HOST, "port_value": inst.port}}
-                            }
-                        }
-                        for inst in topology.instances(svc)
-                    ]
-                }
-            ],
-        },
+        "typed_extension_protocol_options": _h2_options(),
+        "load_assignment": _static_endpoints(svc.name, [inst.port for inst in topology.instances(svc)]),
         # Active health: NOT_SERVING (dependency down, or draining on SIGTERM)
         # takes an instance out within about two seconds.
         "health_checks": [
@@ -362,8 +612,9 @@ def _access_log() -> dict[str, Any]:
                 "json_format": {
                     "ts": "%START_TIME%",
                     "method": "%REQ(:METHOD)%",
-                    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-                    "route": "%REQ(:PATH)%",
+                    # Never the query string: it may carry secrets.
+                    "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                    "route": "%REQ_WITHOUT_QUERY(:PATH)%",
                     "status": "%RESPONSE_CODE%",
                     "grpc_status": "%GRPC_STATUS(NUMBER)%",
                     "flags": "%RESPONSE_FLAGS%",
@@ -373,7 +624,16 @@ def _access_log() -> dict[str, Any]:
                     "bytes_in": "%BYTES_RECEIVED%",
                     "bytes_out": "%BYTES_SENT%",
                     "request_id": "%REQ(X-REQUEST-ID)%",
-                }
+                    "client": f"%REQ({CLIENT_IP_HEADER.upper()})%",
+                },
+                "formatters": [
+                    {
+                        "name": "envoy.formatter.req_without_query",
+                        "typed_config": _any(
+                            "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
+                        ),
+                    }
+                ],
             },
         ),
     }
@@ -391,14 +651,19 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
         codec_type="AUTO",
         request_timeout="30s",
         stream_idle_timeout="30s",
-        # Identity comes only from the verified token: drop any client-sent copy
-        # before any filter runs.
+        max_request_headers_kb=MAX_HEADERS_KB,
+        # The client address is the peer's, or the one `trusted_hops` proxies
+        # in front of the edge saw; services throttle logins per address by it.
+        use_remote_address=True,
+        xff_num_trusted_hops=settings.trusted_hops,
+        # Identity and client address come only from the edge: drop any
+        # client-sent copy before any filter runs.
         early_header_mutation_extensions=[
             {
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": _any(
                     "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    mutations=[{"remove": USER_ID_HEADER}],
+                    mutations=[{"remove": USER_ID_HEADER}, {"remove": SESSION_ID_HEADER}, {"remove": CLIENT_IP_HEADER}],
                 ),
             }
         ],
@@ -407,10 +672,17 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
         route_config={
             "name": "edge",
             "virtual_hosts": [{"name": "chirp", "domains": ["*"], "routes": _routes(settings)}],
+            "request_headers_to_add": [
+                {
+                    "header": {"key": CLIENT_IP_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                }
+            ],
         },
-        # Order matters: size limit first; the compressor sees the JSON the
-        # transcoder makes; rate limits and auth run on the gRPC route.
+        # Order matters: refusals and the size limit first; the compressor sees
+        # the JSON the transcoder makes; rate limits and auth run on the gRPC route.
         http_filters=[
+            _refusals(),
             _sanitizer(),
             {
                 "name": "envoy.filters.http.buffer",
@@ -449,7 +721,7 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
                     ],
                 }
             ],
-            "clusters": [_cluster(svc) for svc in topology.SERVICES],
+            "clusters": [*(_cluster(svc) for svc in topology.SERVICES), _sidecar_cluster(settings)],
         },
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from common.config import (
     CommonConfig,
@@ -16,6 +17,7 @@ from common.config import (
     load_common,
     tweet_target,
 )
+from common.pagination import DEFAULT_TOKEN_KEY_FILE, DEFAULT_TOKEN_TTL_SECONDS
 
 DEFAULT_PORT = 50071
 
@@ -39,6 +41,10 @@ class FeedConfig:
     fanout_batch_size: int
     fanout_concurrency: int
     fanout_keys_at_once: int
+    # Secret (its file's bytes, at least 32) that seals page tokens, shared by every
+    # instance of every service; and how long a page token is honoured.
+    page_token_key_file: Path
+    page_token_ttl_seconds: int
 
 
 STRATEGIES = {"hybrid", "push", "pull"}
@@ -65,4 +71,6 @@ def load(env: Mapping[str, str] = os.environ) -> FeedConfig:
         fanout_batch_size=env_int(env, "CHIRP_FANOUT_BATCH_SIZE", 200, minimum=1),
         fanout_concurrency=env_int(env, "CHIRP_FANOUT_CONCURRENCY", 64, minimum=1),
         fanout_keys_at_once=env_int(env, "CHIRP_FANOUT_KEYS_AT_ONCE", 4, minimum=1),
+        page_token_key_file=Path(env_str(env, "CHIRP_PAGE_TOKEN_KEY_FILE", DEFAULT_TOKEN_KEY_FILE)),
+        page_token_ttl_seconds=env_int(env, "CHIRP_PAGE_TOKEN_TTL_SECONDS", DEFAULT_TOKEN_TTL_SECONDS, minimum=1),
     )

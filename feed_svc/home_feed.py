@@ -23,8 +23,9 @@ from chirp.tweet.v1 import tweet_pb2
 from prometheus_client import Counter, Histogram
 
 from common.cql import CQL_UNAVAILABLE_ERRORS
+from common.pagination import PageTokens, unshared_tokens
 from feed_svc.cache import FeedCache
-from feed_svc.merge import decode_cursor, encode_cursor, merge
+from feed_svc.merge import decode_cursor, encode_cursor, merge, next_ask, visible
 from feed_svc.store import TimelineStore
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]
 FollowingIds = Callable[[int, Sequence[int]], Awaitable[tuple[list[tuple[int, int]], bool]]]
 # tweet ids -> tweets (missing ones left out)
 BatchTweets = Callable[[Sequence[int]], Awaitable[list[tweet_pb2.Tweet]]]
+# reader id -> authors whose tweets the reader must not see (muted, blocked, blocking them)
+HiddenAuthors = Callable[[int], Awaitable[frozenset[int]]]
+# (reader id, tweet ids) -> the ones the reader likes (tweet_svc ListLikedTweetIds)
+LikedTweetIds = Callable[[int, Sequence[int]], Awaitable[set[int]]]
 
 
 @dataclass(frozen=True)
@@ -122,8 +127,14 @@ class HomeFeed:
         celebrity_threshold: int,
         timeline_size: int,
         registry: CelebrityRegistry | None = None,
+        page_tokens: PageTokens | None = None,
+        hidden_authors: HiddenAuthors | None = None,
+        liked_tweet_ids: LikedTweetIds | None = None,
     ) -> None:
         self._cache = cache
+        self._liked_tweet_ids = liked_tweet_ids
+        self._hidden_authors = hidden_authors or _nobody_hidden
+        self._page_tokens = page_tokens or unshared_tokens()
         self._store = store
         self._registry = registry or CelebrityRegistry(cache, store, cache.celebrity_ttl_seconds)
         self._following_ids = following_ids
@@ -133,18 +144,21 @@ class HomeFeed:
         self._timeline_size = timeline_size
 
     async def page(self, user_id: int, page_size: int, page_token: str) -> tuple[list[tweet_pb2.Tweet], str]:
-        before = decode_cursor(page_token)
-        following, complete = await self.following(user_id)
+        before = decode_cursor(page_token, user_id, self._page_tokens)
+        # Asked on every page, never cached: a mute or block hides at once, also on
+        # the next page of a walk in progress.
+        (following, complete), hidden = await asyncio.gather(self.following(user_id), self._hidden_authors(user_id))
+        hidden = hidden - {user_id}
         allowed = {a for a, _ in following} | {user_id}
         # Cached follower counts can be up to CHIRP_FOLLOWING_CACHE_SECONDS old; the
         # registry the fan-out worker keeps is current. Pulling a non-celebrity
         # too costs a little work, never a missing tweet.
         marked = await self._celebrities_among([a for a, _ in following])
-        celebrities = [a for a, count in following if count >= self._threshold or a in marked]
+        celebrities = [a for a, count in following if (count >= self._threshold or a in marked) and a not in hidden]
         if not complete:
             # The user follows more accounts than graph_svc lists at once: ask which of
             # the other celebrities they follow, and below, which unknown authors.
-            others = await self._followed_among(user_id, await self._all_celebrities() - allowed)
+            others = await self._followed_among(user_id, await self._all_celebrities() - allowed - hidden)
             allowed |= others
             celebrities += sorted(others)
         celebrities = celebrities[:MAX_CELEBRITIES_PER_READ]
@@ -152,9 +166,10 @@ class HomeFeed:
 
         results: list[tweet_pb2.Tweet] = []
         cursor = before
+        ask = 0
         for _ in range(MAX_ROUNDS):
             want = page_size + 1 - len(results)
-            ask = want + 10  # slack for entries that filtering drops
+            ask = next_ask(ask, want)
             pushed, pulled = await asyncio.gather(
                 self._pushed(user_id, cursor, ask), self._pulled(user_id, celebrities, cursor, want)
             )
@@ -165,17 +180,31 @@ class HomeFeed:
                 break
             hydrated = await self.hydrate(candidates)
             if not complete:
-                allowed |= await self._followed_among(user_id, {t.author_id for t in hydrated.values()} - allowed)
-            for tweet_id in candidates:
-                tweet = hydrated.get(tweet_id)
-                if tweet is not None and tweet.author_id in allowed:
-                    results.append(tweet)
+                unknown = {t.author_id for t in hydrated.values()} - allowed - hidden
+                allowed |= await self._followed_among(user_id, unknown)
+            authors = {t: tweet.author_id for t, tweet in hydrated.items()}
+            results += [hydrated[t] for t in visible(candidates, authors, allowed, hidden)]
             if len(results) > page_size or (horizon == 0 and len(merged) <= ask):
                 break
             cursor = candidates[-1]
+        else:
+            # Still short after every round (filtering dropped nearly everything): a
+            # shorter page that continues below the last entry examined, never a gap.
+            token = encode_cursor(cursor, user_id, self._page_tokens) if cursor is not None else ""
+            return await self._with_likes(user_id, results), token
         page = results[:page_size]
-        token = encode_cursor(page[-1].tweet_id) if len(results) > page_size else ""
-        return page, token
+        token = encode_cursor(page[-1].tweet_id, user_id, self._page_tokens) if len(results) > page_size else ""
+        return await self._with_likes(user_id, page), token
+
+    async def _with_likes(self, user_id: int, tweets: list[tweet_pb2.Tweet]) -> list[tweet_pb2.Tweet]:
+        """liked_by_me for the whole page in one call, once the page is known (not per round);
+        the tweets are this request's own copies."""
+        if self._liked_tweet_ids is None or not tweets:
+            return tweets
+        liked = await self._liked_tweet_ids(user_id, [t.tweet_id for t in tweets])
+        for tweet in tweets:
+            tweet.liked_by_me = tweet.tweet_id in liked
+        return tweets
 
     async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool]:
         """Accounts the user follows with their follower counts, and whether that is all of them."""
@@ -237,3 +266,7 @@ class HomeFeed:
     async def hydrate(self, tweet_ids: Sequence[int]) -> dict[int, tweet_pb2.Tweet]:
         """One batch call; tweet_svc serves bodies from its cache and drops deleted tweets at once."""
         return {t.tweet_id: t for t in await self._batch_tweets(tweet_ids)}
+
+
+async def _nobody_hidden(user_id: int) -> frozenset[int]:
+    return frozenset()

@@ -9,6 +9,7 @@ from common import server
 from common.cache import REDIS_UNAVAILABLE_ERRORS
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.logs import setup_logging
+from common.pagination import PageTokens
 from common.server import Wiring, serve
 from feed_svc import config as feed_config
 from feed_svc.home_feed import HomeFeed
@@ -17,6 +18,7 @@ from feed_svc.wiring import build
 
 
 async def run(cfg: feed_config.FeedConfig) -> None:
+    page_tokens = PageTokens.from_file(cfg.page_token_key_file, cfg.page_token_ttl_seconds)
     parts = await build(cfg)
     feed = HomeFeed(
         parts.cache,
@@ -26,6 +28,9 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         parts.peers.batch_tweets,
         cfg.celebrity_threshold,
         cfg.timeline_size,
+        page_tokens=page_tokens,
+        hidden_authors=parts.peers.hidden_author_ids,
+        liked_tweet_ids=parts.peers.liked_tweet_ids,
     )
 
     def register(server: grpc.aio.Server) -> None:

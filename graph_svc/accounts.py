@@ -36,8 +36,17 @@ def validate_username(username: str) -> str:
 
 
 def username_key(username: str) -> str:
-    """Usernames are unique ignoring case; this is the key that enforces it."""
-    return username.lower()
+    """Usernames are unique ignoring case; this is the key that enforces it. Only ASCII is
+    folded: str.lower() maps look-alikes such as the Kelvin sign (U+212A) to ASCII letters,
+    so a folded non-ASCII name could stand for an account's key. Any other name keeps its
+    own key, which no account has."""
+    return username.lower() if username.isascii() else username
+
+
+def login_key(username: str) -> str | None:
+    """The key a login looks up, or None for a name no account can have (a login answers
+    that like a wrong password)."""
+    return username_key(username) if USERNAME_RE.fullmatch(username) else None
 
 
 def validate_password(password: str) -> str:

@@ -40,18 +40,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
-from common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS
+from common.limits import UNKNOWN_ADDRESS, LoginGuard, UserLimits
 from common.outbox import Event, Outbox
-from common.pagination import decode_token, encode_token
-from graph_svc.accounts import Account, Passwords, username_key, validate_password, validate_username
+from common.pagination import PageTokens, scope, unshared_tokens
+from graph_svc.accounts import Account, Passwords, login_key, username_key, validate_password, validate_username
+from graph_svc.relations import RelationStore, refuse_follow_across_block
+from graph_svc.sessions import Sessions, Tokens
 from graph_svc.store import FollowEdge, GraphStore, follow_bucket
 from graph_svc.tokens import TokenSigner
 
 log = logging.getLogger(__name__)
 
 BAD_LOGIN = "username or password is wrong"
+WRONG_PASSWORD = "wrong password"
 # Accounts one ListFollowingIds call lists by default (CHIRP_FOLLOWING_LIST_LIMIT);
 # beyond it callers ask about specific ids, at most FOLLOWING_AMONG_MAX per call.
 FOLLOWING_IDS_LIMIT = 10_000
@@ -124,6 +128,12 @@ class Session:
     access_token: str
     expires_at: datetime
     account: Account
+    refresh_token: str
+    refresh_expires_at: datetime
+
+    @classmethod
+    def of(cls, tokens: Tokens, account: Account) -> Session:
+        return cls(tokens.access_token, tokens.expires_at, account, tokens.refresh_token, tokens.refresh_expires_at)
 
 
 @dataclass(frozen=True)
@@ -142,8 +152,18 @@ class Graph:
         ids: IdGenerator,
         clock: Callable[[], datetime] = _utcnow,
         following_ids_limit: int = FOLLOWING_IDS_LIMIT,
+        page_tokens: PageTokens | None = None,
+        limits: UserLimits | None = None,
+        logins: LoginGuard | None = None,
+        blocks: RelationStore | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
+        self._sessions = sessions or Sessions.unshared(signer, ids, clock)
+        self._blocks = blocks
         self._following_ids_limit = following_ids_limit
+        self._limits = limits or UserLimits.unlimited()
+        self._logins = logins or LoginGuard.unlimited()
+        self._page_tokens = page_tokens or unshared_tokens()
         self._store = store
         self._outbox = outbox
         self._passwords = passwords
@@ -178,18 +198,33 @@ class Graph:
             raise AlreadyExists(f"username {username!r} is taken", field="username")
         return account
 
-    async def sign_in(self, username: str, password: str) -> Session:
+    async def sign_in(self, username: str, password: str, client_address: str = UNKNOWN_ADDRESS) -> Session:
+        """Failed logins are throttled (common/limits.py) before anything else, by the name
+        as typed: an unknown name is throttled like a real one, and a locked account
+        answers 429 without checking the password."""
+        attempt = await self._logins.begin(username_key(username), client_address)
+        try:
+            session = await self._check_password(username, password)
+        except Unauthenticated:
+            raise
+        except Exception:
+            await self._logins.give_back(attempt)  # an outage is not a wrong password
+            raise
+        await self._logins.give_back(attempt)
+        return session
+
+    async def _check_password(self, username: str, password: str) -> Session:
         if not username or not password or len(password) > 1024:
             raise Unauthenticated(BAD_LOGIN)
-        user_id = await self._store.user_id_by_name(username_key(username))
+        key = login_key(username)
+        user_id = await self._store.user_id_by_name(key) if key is not None else None
         account = await self._store.get_user(user_id) if user_id is not None else None
         if account is None:
             await self._passwords.verify(await self._dummy(), password)
             raise Unauthenticated(BAD_LOGIN)
         if not await self._passwords.verify(account.password_hash, password):
             raise Unauthenticated(BAD_LOGIN)
-        token, expires_at = self._signer.issue(account.user_id, self._clock())
-        return Session(token, expires_at, account)
+        return Session.of(await self._sessions.start(account.user_id, account.password_hash), account)
 
     async def _dummy(self) -> str:
         if self._dummy_hash is None:
@@ -208,13 +243,69 @@ class Graph:
             raise InvalidArgument("at most 500 user ids per call", field="user_ids")
         return await self._store.get_users(list(dict.fromkeys(user_ids)))
 
+    # ---- sessions (graph_svc/sessions.py) ---------------------------------------
+
+    async def refresh_session(self, refresh_token: str) -> Session:
+        user_id, tokens = await self._sessions.refresh(refresh_token)
+        account = await self._store.get_user(user_id)
+        if account is None:
+            await self._sessions.end(user_id, tokens.session_id)
+            raise Unauthenticated("this account no longer exists")
+        return Session.of(tokens, account)
+
+    async def sign_out(self, user_id: int, session_id: int | None) -> None:
+        """Ends the session of the calling access token; a token from before sessions had
+        ids has no refresh token to revoke."""
+        if session_id is not None:
+            await self._sessions.end(user_id, session_id)
+
+    async def change_password(
+        self, user_id: int, old_password: str, new_password: str, client_address: str = UNKNOWN_ADDRESS
+    ) -> None:
+        """Ends every session of the user. A wrong old password counts as a failed login (a
+        stolen access token must not allow unthrottled guessing)."""
+        validate_password(new_password)
+        account = await self._store.get_user(user_id)
+        if account is None:
+            raise Unauthenticated("this account no longer exists")
+        attempt = await self._logins.begin(username_key(account.username), client_address)
+        try:
+            right = 0 < len(old_password) <= 1024 and await self._passwords.verify(account.password_hash, old_password)
+        except Exception:
+            await self._logins.give_back(attempt)
+            raise
+        if not right:
+            raise Unauthenticated(WRONG_PASSWORD)
+        await self._logins.give_back(attempt)
+        await self._sessions.replace_password(user_id, await self._passwords.hash(new_password))
+
+    async def lookup(self, username: str) -> Account:
+        """The user with this name, ignoring case. A name no account can have is invalid
+        (the sign-up rules), not unknown."""
+        user_id = await self._store.user_id_by_name(username_key(validate_username(username)))
+        account = await self._store.get_user(user_id) if user_id is not None else None
+        if account is None:
+            raise NotFound(f"no user is called {username!r}")
+        return account
+
+    async def followed_by(self, viewer: int | None, user_ids: Sequence[int]) -> set[int]:
+        """Which of `user_ids` `viewer` follows, in one read of their follows (up to 100
+        ids); nobody without a viewer, and never the viewer themselves."""
+        others = [u for u in dict.fromkeys(user_ids) if u != viewer]
+        if viewer is None or not others:
+            return set()
+        return set(await self._store.follows_among(viewer, others))
+
     # ---- follows --------------------------------------------------------------
 
     async def follow(self, follower: int, followee: int) -> None:
         _check_id(followee)
         if follower == followee:
             raise InvalidArgument("you cannot follow yourself", field="user_id")
+        await self._limits.take("follow", follower)
         await self.get_user(followee)
+        if self._blocks is not None:
+            await refuse_follow_across_block(self._blocks, follower, followee)
         _, at = await self._store.add_edge(follower, followee, _ms_precision(self._clock()))
         event = self._event("follow", follower, followee, at)
         # Written again on a repeated follow too: that repairs lists (and, by the recount,
@@ -223,12 +314,25 @@ class Graph:
         # Before the event goes out: the fan-out reads the followee's count when it gets it.
         await self._recount(follower, followee, at)
         self._outbox.publish_soon(event)
+        if self._blocks is not None:
+            # A block that landed since the first look removed follows before this edge
+            # existed (graph_svc/relations.py): undo this one.
+            try:
+                await refuse_follow_across_block(self._blocks, follower, followee)
+            except PermissionDenied:
+                await self.remove_follow(follower, followee)
+                raise
 
     async def unfollow(self, follower: int, followee: int) -> None:
         _check_id(followee)
         if follower == followee:
-            raise InvalidArgument("you cannot unfollow yourself", field="user_id")
+            return  # nobody follows themselves, and unfollowing a non-followed user is fine (API.md)
+        await self._limits.take("follow", follower)
         await self.get_user(followee)
+        await self.remove_follow(follower, followee)
+
+    async def remove_follow(self, follower: int, followee: int) -> None:
+        """Unfollow without the caller's rate limit: a block removes both directions with it."""
         at = await self._store.edge_time(follower, followee)
         if at is None:
             return
@@ -292,20 +396,20 @@ class Graph:
 
     async def followers(self, user_id: int, page_size: int, page_token: str) -> Page:
         await self.get_user(user_id)
-        after = _cursor(page_token, "followers")
+        after = self._cursor(page_token, "followers", user_id)
         edges = await self._store.followers(user_id, page_size + 1, after)
-        return await self._page(edges, page_size, "followers")
+        return await self._page(edges, page_size, "followers", user_id)
 
     async def following(self, user_id: int, page_size: int, page_token: str) -> Page:
         await self.get_user(user_id)
-        after = _cursor(page_token, "following")
+        after = self._cursor(page_token, "following", user_id)
         edges = await self._store.following(user_id, page_size + 1, after)
-        return await self._page(edges, page_size, "following")
+        return await self._page(edges, page_size, "following", user_id)
 
     async def follower_ids(self, user_id: int, page_size: int, page_token: str) -> tuple[list[int], str]:
         _check_id(user_id)
-        edges = await self._store.followers(user_id, page_size + 1, _cursor(page_token, "follower_ids"))
-        return [e.user_id for e in edges[:page_size]], _next_token(edges, page_size, "follower_ids")
+        edges = await self._store.followers(user_id, page_size + 1, self._cursor(page_token, "follower_ids", user_id))
+        return [e.user_id for e in edges[:page_size]], self._next_token(edges, page_size, "follower_ids", user_id)
 
     async def following_ids(self, user_id: int, among: Sequence[int] = ()) -> tuple[list[tuple[int, int]], bool]:
         """(followed user id, their follower count) for the accounts `user_id` follows, and
@@ -322,28 +426,22 @@ class Graph:
         counts = await self._store.follower_counts(ids)
         return [(i, counts.get(i, 0)) for i in ids], truncated
 
-    async def _page(self, edges: list[FollowEdge], page_size: int, kind: str) -> Page:
+    async def _page(self, edges: list[FollowEdge], page_size: int, kind: str, user_id: int) -> Page:
         accounts = await self._store.get_users([e.user_id for e in edges[:page_size]])
-        return Page(accounts, _next_token(edges, page_size, kind))
+        return Page(accounts, self._next_token(edges, page_size, kind, user_id))
+
+    def _cursor(self, token: str, kind: str, user_id: int) -> FollowEdge | None:
+        """Where a page of `user_id`'s `kind` list continues; only a token made for that list is taken."""
+        cursor = self._page_tokens.decode(token, scope(kind, user_id), 2)
+        return FollowEdge(cursor[0], cursor[1]) if cursor else None
+
+    def _next_token(self, edges: list[FollowEdge], page_size: int, kind: str, user_id: int) -> str:
+        if len(edges) <= page_size:
+            return ""
+        last = edges[page_size - 1]
+        return self._page_tokens.encode(scope(kind, user_id), (last.user_id, last.followed_at_ms))
 
 
 def _check_id(user_id: int) -> None:
     if user_id <= 0:
         raise InvalidArgument("user_id must be a positive integer", field="user_id")
-
-
-def _cursor(token: str, kind: str) -> FollowEdge | None:
-    cursor = decode_token(token, kind)
-    if cursor is None:
-        return None
-    try:
-        return FollowEdge(int(cursor["id"]), int(cursor["t"]))
-    except (KeyError, TypeError, ValueError):
-        raise InvalidArgument("page_token is not valid", field="page_token") from None
-
-
-def _next_token(edges: list[FollowEdge], page_size: int, kind: str) -> str:
-    if len(edges) <= page_size:
-        return ""
-    last = edges[page_size - 1]
-    return encode_token({"k": kind, "id": last.user_id, "t": last.followed_at_ms})

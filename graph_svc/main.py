@@ -5,20 +5,25 @@ from __future__ import annotations
 from datetime import timedelta
 
 import grpc
-from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
+from chirp.graph.v1 import graph_internal_pb2, graph_internal_pb2_grpc, graph_pb2, graph_pb2_grpc
 
 from common import server
+from common.cache import connect_redis
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS, AsyncProducer, BatchConsumer
+from common.limits import LoginGuard, RedisCounters, UserLimits
 from common.logs import setup_logging
 from common.outbox import Outbox
+from common.pagination import PageTokens
 from common.server import Wiring, serve
 from common.worker import ConsumerLoop
 from graph_svc import config as graph_config
 from graph_svc.accounts import Passwords
 from graph_svc.domain import Graph
-from graph_svc.service import GraphService
+from graph_svc.relations import Relations, RelationStore
+from graph_svc.service import GraphInternalService, GraphService
+from graph_svc.sessions import CqlSessionStore, Sessions
 from graph_svc.store import GraphStore
 from graph_svc.tokens import TokenSigner
 
@@ -28,20 +33,36 @@ COUNTS_GROUP = "chirp-follow-counts"
 async def run(cfg: graph_config.GraphConfig) -> None:
     common = cfg.common
     signer = TokenSigner.from_file(cfg.token_key_file, timedelta(seconds=cfg.token_ttl_seconds))
+    page_tokens = PageTokens.from_file(cfg.page_token_key_file, cfg.page_token_ttl_seconds)
     cql = await CqlSession.from_config(common)
     producer = AsyncProducer(common.kafka_bootstrap, f"graph_svc-{common.instance_id}")
     outbox = Outbox(cql, producer)
     await outbox.prepare()
     store = GraphStore(cql, outbox)
     await store.prepare()
+    relation_store = RelationStore(cql)
+    await relation_store.prepare()
+    session_store = CqlSessionStore(cql)
+    await session_store.prepare()
+    # One generator for every id this process makes: two with the same instance id could repeat an id.
+    ids = IdGenerator(common.instance_id)
+    # Rate limits only: not a probe, nothing is lost while Redis is down (common/limits.py).
+    redis = connect_redis(common.redis_url)
+    counters = RedisCounters(redis)
     graph = Graph(
         store,
         outbox,
         Passwords(cfg.argon2_memory_kib, cfg.argon2_time_cost, cfg.argon2_parallelism),
         signer,
-        IdGenerator(common.instance_id),
+        ids,
         following_ids_limit=cfg.following_list_limit,
+        page_tokens=page_tokens,
+        limits=UserLimits(counters, {"follow": cfg.follow_limit}),
+        logins=LoginGuard(counters, cfg.login_limits),
+        blocks=relation_store,
+        sessions=Sessions(session_store, signer, ids, timedelta(seconds=cfg.refresh_ttl_seconds)),
     )
+    relations = Relations(relation_store, graph, page_tokens)
 
     # Follow events are written with the edge's list rows: recounting from them
     # repairs a count that a crash between the edge and its recount left wrong.
@@ -60,10 +81,14 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     )
 
     def register(server: grpc.aio.Server) -> None:
-        graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphService(graph), server)
+        graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphService(graph, relations), server)
+        graph_internal_pb2_grpc.add_GraphInternalServiceServicer_to_server(
+            GraphInternalService(graph, relations), server
+        )
 
     async def close() -> None:
         counts.close()
+        await redis.aclose()
         producer.close()
         # Mark what the fast path delivered while closing, and hand the relay's
         # shards over now rather than when their leases expire.
@@ -73,7 +98,10 @@ async def run(cfg: graph_config.GraphConfig) -> None:
 
     wiring = Wiring(
         register=register,
-        service_names=[graph_pb2.DESCRIPTOR.services_by_name["GraphService"].full_name],
+        service_names=[
+            graph_pb2.DESCRIPTOR.services_by_name["GraphService"].full_name,
+            graph_internal_pb2.DESCRIPTOR.services_by_name["GraphInternalService"].full_name,
+        ],
         # Kafka is not a probe: follows are durable in the outbox while it is down.
         probes=[cql.ping],
         close=close,

@@ -1,4 +1,11 @@
-"""Signed, expiring access tokens (EdDSA JWTs) that Envoy verifies at the edge."""
+"""Signed, expiring access tokens (EdDSA JWTs) that Envoy verifies at the edge.
+
+Claims: iss, aud, sub (the user id), iat, exp, and sid: the session (refresh
+chain, graph_svc/sessions.py) the token was issued in. The edge passes `sub`
+and `sid` on as metadata (common/identity.py), so logging out knows which
+session to end. Both are strings: ids are 64-bit, beyond what every JSON
+reader keeps exact as a number.
+"""
 
 from __future__ import annotations
 
@@ -29,12 +36,13 @@ class TokenSigner:
     def from_file(cls, path: Path, ttl: timedelta) -> TokenSigner:
         return cls(path.read_bytes(), ttl)
 
-    def issue(self, user_id: int, now: datetime) -> tuple[str, datetime]:
+    def issue(self, user_id: int, session_id: int, now: datetime) -> tuple[str, datetime]:
         expires = now + self._ttl
         claims = {
             "iss": ISSUER,
             "aud": AUDIENCE,
             "sub": str(user_id),
+            "sid": str(session_id),
             "iat": int(now.timestamp()),
             "exp": int(expires.timestamp()),
         }

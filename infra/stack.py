@@ -119,6 +119,7 @@ def _service_env() -> dict[str, str]:
     private_key, _ = keys.ensure_keys(KEYS)
     env = {
         "CHIRP_TOKEN_KEY_FILE": str(private_key),
+        "CHIRP_PAGE_TOKEN_KEY_FILE": str(keys.ensure_page_token_key(KEYS)),
         "PYTHONUNBUFFERED": "1",
         "CHIRP_CQL_HOSTS": ",".join(topology.cql_hosts()),
         "CHIRP_KAFKA_BOOTSTRAP": topology.kafka_bootstrap(),
@@ -186,6 +187,25 @@ def _envoy_component(prepare: bool) -> Component:
     )
 
 
+EDGE_SIDECAR_PORT = topology.EDGE_SIDECAR_PORT  # where Envoy routes reflection and health
+
+
+def _edge_sidecar_component() -> Component:
+    """Reflection of the public API and health for the edge; restarts when its code or the API changes."""
+    digest = hashlib.sha256()
+    for path in ("envoy/sidecar.py", "envoy/render.py", "common/server.py", "generated/chirp.binpb"):
+        digest.update((ROOT / path).read_bytes())
+    return Component(
+        name="edge_sidecar",
+        argv=functools.partial(list, [PYTHON, str(ROOT / "envoy" / "sidecar.py"), "--port", str(EDGE_SIDECAR_PORT)]),
+        ready=functools.partial(_tcp_open, EDGE_SIDECAR_PORT),
+        timeout=30,
+        stop_timeout=5,
+        fingerprint=digest.hexdigest()[:16],
+        where=f"gRPC {topology.HOST}:{EDGE_SIDECAR_PORT} (reflection, health; behind Envoy)",
+    )
+
+
 def _prometheus_component() -> Component:
     """Scrapes every instance, Envoy and itself; restarts when its config or rules change."""
     return Component(
@@ -245,6 +265,7 @@ def components(prepare: bool = True) -> list[Component]:
     return [
         *_store_components(),
         *_service_components(prepare),
+        _edge_sidecar_component(),
         _envoy_component(prepare),
         _prometheus_component(),
     ]

@@ -23,6 +23,9 @@ from pathlib import Path
 HOST = "127.0.0.1"
 EDGE_PORT = 8080
 ENVOY_ADMIN_PORT = 9901
+# The edge's reflection and health endpoint (envoy/sidecar.py), routed by Envoy.
+# Not 9902: the production Envoy pod serves its ops listener there.
+EDGE_SIDECAR_PORT = 9903
 CQL_PORT = 9042
 CASSANDRA_STORAGE_PORT = 7000
 KAFKA_PORT = 9092

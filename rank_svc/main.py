@@ -7,6 +7,7 @@ from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
 
 from common import server
 from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_redis, redis_ping
+from common.clients import Peers
 from common.logs import setup_logging
 from common.server import Wiring, serve
 from rank_svc import config as rank_config
@@ -19,15 +20,20 @@ async def run(cfg: rank_config.RankConfig) -> None:
     redis = connect_redis(cfg.common.redis_url)
     store = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours)
     trending = TrendingCopy(store.load, min(READ_REFRESH_SECONDS, cfg.interval_seconds))
+    # graph_svc says whose tweets a signed-in viewer hides; anonymous reads never call it.
+    peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
 
     def register(server: grpc.aio.Server) -> None:
-        rank_pb2_grpc.add_RankServiceServicer_to_server(RankService(trending), server)
+        rank_pb2_grpc.add_RankServiceServicer_to_server(
+            RankService(trending, peers.hidden_author_ids, peers.liked_tweet_ids), server
+        )
 
     async def serving() -> bool:
         # With a copy to serve, a Redis outage does not stop this instance.
         return trending.has_copy() or await redis_ping(redis)
 
     async def close() -> None:
+        await peers.close()
         await redis.aclose()
 
     await serve(

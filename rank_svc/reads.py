@@ -1,12 +1,13 @@
 """Serving the trending list: each rank_svc process keeps a copy of the list
-the rank worker computed, so no request reads Redis."""
+the rank worker computed, so no request reads Redis, and filters it per viewer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container, Sequence
+from itertools import islice
 
 from chirp.tweet.v1 import tweet_pb2
 
@@ -82,3 +83,22 @@ class TrendingCopy:
         if self._failing:
             log.info("trending list readable again")
         self._failing = False
+
+
+def visible_trending(tweets: Sequence[tweet_pb2.Tweet], hidden: Container[int], limit: int) -> list[tweet_pb2.Tweet]:
+    """The first `limit` tweets of the list not by an author the viewer hides. The
+    whole copy is searched, so filtering shortens the answer only when fewer than
+    `limit` visible tweets are trending at all."""
+    return list(islice((t for t in tweets if t.author_id not in hidden), limit))
+
+
+def with_liked(tweets: Sequence[tweet_pb2.Tweet], liked: Container[int]) -> list[tweet_pb2.Tweet]:
+    """The tweets with the viewer's liked_by_me, as copies: the originals are this
+    process's shared copy of the list, served to every viewer."""
+    flagged = []
+    for tweet in tweets:
+        copy = tweet_pb2.Tweet()
+        copy.CopyFrom(tweet)
+        copy.liked_by_me = tweet.tweet_id in liked
+        flagged.append(copy)
+    return flagged

@@ -25,7 +25,9 @@ from redis.asyncio.cluster import RedisCluster
 from common.cache import RedisClient
 from rank_svc.score import hour_weight
 
-MAX_TRENDING = 100
+# Kept beyond the API cap of 100 (rank_svc/service.py MAX_LIMIT) so a viewer who
+# hides some authors still gets a full list.
+MAX_TRENDING = 200
 HOUR_MS = 3_600_000
 # WAIT for one replica at most this long before a batch counts as not durable.
 REPLICA_ACK_MS = 1000

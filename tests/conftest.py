@@ -12,12 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.cache import RedisClient, connect_redis
 from common.cql import CqlSession
 from common.ids import IdGenerator
 from common.kafka import AsyncProducer
 from common.outbox import Outbox
 from graph_svc.accounts import Passwords
 from graph_svc.domain import Graph
+from graph_svc.sessions import CqlSessionStore, Sessions
 from graph_svc.store import GraphStore
 from graph_svc.tokens import TokenSigner
 from infra import keys, topology
@@ -46,6 +48,14 @@ def edge() -> Iterator[httpx.Client]:
         yield client
 
 
+@pytest.fixture
+async def redis() -> AsyncIterator[RedisClient]:
+    """A client of the stack's Redis (a cluster client on the cluster topology)."""
+    client = connect_redis(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
 @pytest.fixture(scope="session")
 async def cql() -> AsyncIterator[CqlSession]:
     session = await CqlSession.connect(topology.cql_hosts(), topology.CQL_PORT, "chirp", 5.0)
@@ -61,4 +71,9 @@ async def build_graph(cql: CqlSession, ids: IdGenerator, following_ids_limit: in
     store = GraphStore(cql, outbox)
     await store.prepare()
     signer = TokenSigner.from_file(private_key, timedelta(hours=1))
-    return Graph(store, outbox, Passwords(19456, 2, 1), signer, ids, following_ids_limit=following_ids_limit)
+    session_store = CqlSessionStore(cql)
+    await session_store.prepare()
+    sessions = Sessions(session_store, signer, ids)
+    return Graph(
+        store, outbox, Passwords(19456, 2, 1), signer, ids, following_ids_limit=following_ids_limit, sessions=sessions
+    )

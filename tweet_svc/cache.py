@@ -10,11 +10,29 @@ when it comes back is not served for the rest of its lifetime.
 Keys come from common/keys.py; work on many keys is a pipeline of single-key
 commands (a Redis Cluster client splits it by node), never MGET across slots.
 
-Like counts are written through by the like worker right after each CQL
-write, and filled by readers only where absent (SET NX): a reader that read
-the store just before a like was applied can never overwrite the newer count
-the worker put there. A short TTL bounds staleness should the worker's write
-to Redis fail while Redis keeps its data.
+A tweet's like state (`lc:{tweet}`, a hash) answers "how many likes, counting
+every like acknowledged so far": a like is acknowledged once it is on Kafka,
+and the like worker folds it into the store a moment later, so the stored
+count alone lags behind the likes already answered. The hash holds
+- `c`, the stored count as of the newest fold the worker reported;
+- per user seen in its lifetime, `<newest version>:<liked>:<folded version>:<liked>`:
+  the newest event acknowledged or folded, and the newest one folded into `c`;
+- `p`, the sum over users of (newest liked - folded liked), the likes
+  acknowledged but not folded yet; and `n` = max(0, c + p), what readers get.
+A like or unlike is one script on the one key (LIKE_SCRIPT, mode `ack`), run
+after the event is acknowledged; the worker's write-through is the same
+script (mode `fold`), which moves `c` and the folded half of each user it
+folded, so what it folded stops counting as pending. Versions decide, as in
+the store (tweet_svc/likes.py), so a repeated like counts once and a
+re-delivered fold changes nothing. A user the hash has not seen starts from
+their stored row, read before the event was sent.
+Readers fill a missing hash from the store (FILL_SCRIPT, never over an
+existing one). The hash lives CHIRP_LIKE_COUNT_CACHE_SECONDS from its creation,
+not from its last write, so it is rebuilt from the store that often: that
+bounds how long a lost write-through (Redis unreachable for the worker) or a
+restored older copy can skew the count, and it caps the hash to the users who
+acted in that time. When the hash is gone, counts fall back to the store's
+plus what is acknowledged after.
 
 Each author's newest tweet ids (`ar:{author}`, a sorted set) serve the read
 path's "recent tweets of these authors" without the CQL store: posts add to
@@ -34,10 +52,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from prometheus_client import Counter
+from redis.commands.core import AsyncScript
 
 from common.cache import RedisClient, Tolerant, mark_tweet_deleted, tolerant
 from common.ids import id_time_ms
 from common.keys import TWEET_DELETED, tweet_key
+from tweet_svc.likes import LikeState
 from tweet_svc.store import TweetRecord
 
 RECENT_DEPTH = 50  # ids a reader's fill loads per author
@@ -46,6 +66,69 @@ LOOKUPS = Counter("chirp_tweet_cache_total", "Tweet body lookups by cache outcom
 RECENT_LOOKUPS = Counter(
     "chirp_author_recent_cache_total", "Authors' recent tweet id lookups by cache outcome.", ["result"]
 )
+
+
+# Versions are Snowflake ids, compared as decimal strings (Lua numbers are doubles,
+# too narrow for 63 bits); "0" is "no event". A key of another type is a count
+# written before the hash (a string): it is replaced.
+# KEYS: the tweet's like state. ARGV: mode, ttl_ms, stored count, then for `ack`
+# (user, version, liked, stored row's version, stored row's liked) and for `fold`
+# (user, version, liked) per user folded. Returns n.
+LIKE_SCRIPT = """
+local key, mode, count = KEYS[1], ARGV[1], ARGV[3]
+if redis.call('TYPE', key).ok ~= 'hash' then
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'c', count, 'p', 0)
+  redis.call('PEXPIRE', key, ARGV[2])
+end
+local p = tonumber(redis.call('HGET', key, 'p') or 0)
+
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+
+local function update(user, unseen, change)
+  local raw = redis.call('HGET', key, user)
+  local old = unseen
+  if raw then
+    local av, al, fv, fl = string.match(raw, '^(%d+):(%d):(%d+):(%d)$')
+    old = {av, tonumber(al), fv, tonumber(fl)}
+  end
+  local new = {old[1], old[2], old[3], old[4]}
+  change(new)
+  if newer(new[3], new[1]) then new[1], new[2] = new[3], new[4] end
+  p = p + (new[2] - new[4]) - (old[2] - old[4])
+  redis.call('HSET', key, user, table.concat(new, ':'))
+end
+
+if mode == 'ack' then
+  local version, liked = ARGV[5], tonumber(ARGV[6])
+  local sv, sl = ARGV[7], tonumber(ARGV[8])
+  update(ARGV[4], {sv, sl, sv, sl}, function(e)
+    if newer(version, e[1]) then e[1], e[2] = version, liked end
+  end)
+else
+  for i = 4, #ARGV, 3 do
+    local version, liked = ARGV[i + 1], tonumber(ARGV[i + 2])
+    update(ARGV[i], {'0', 0, '0', 0}, function(e)
+      if newer(version, e[3]) then e[3], e[4] = version, liked end
+    end)
+  end
+  redis.call('HSET', key, 'c', count)
+end
+local n = math.max(0, tonumber(redis.call('HGET', key, 'c')) + p)
+redis.call('HSET', key, 'p', p, 'n', n)
+return n
+"""
+
+# A reader's fill of a missing like state (KEYS: it; ARGV: stored count, ttl_ms).
+FILL_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'c', ARGV[1], 'p', 0, 'n', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
 
 
 def _encode(tweet: TweetRecord) -> bytes:
@@ -72,6 +155,7 @@ class TweetCache(Tolerant):
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
         self._count_ttl_ms = max(1, int(count_ttl_seconds * 1000))
         self._recent_ttl_ms = max(1, int(recent_ttl_seconds * 1000))
+        self._like_script: AsyncScript | None = None
 
     @tolerant(lambda: ({}, set()))
     async def get(self, tweet_ids: Sequence[int]) -> tuple[dict[int, TweetRecord], set[int]]:
@@ -110,29 +194,60 @@ class TweetCache(Tolerant):
 
     @tolerant(dict)
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
-        """Cached counts; absent ids are misses."""
+        """Counts with the likes acknowledged so far; absent ids are misses."""
         if not tweet_ids:
             return {}
-        values = await self._get_each([tweet_key("like_count", t) for t in tweet_ids])
-        return {t: int(v) for t, v in zip(tweet_ids, values, strict=True) if v is not None}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tweet_id in tweet_ids:
+                pipe.hget(tweet_key("like_count", tweet_id), "n")
+            # A count stored before the hash answers WRONGTYPE: a miss, replaced by the next write.
+            values = await pipe.execute(raise_on_error=False)
+        return {
+            t: int(v) for t, v in zip(tweet_ids, values, strict=True) if v is not None and not isinstance(v, Exception)
+        }
 
     @tolerant()
     async def fill_like_counts(self, counts: dict[int, int]) -> None:
-        """A reader's fill: only where no count is cached (never over a newer one)."""
-        await self._set_counts(counts, only_if_absent=True)
-
-    @tolerant()
-    async def set_like_counts(self, counts: dict[int, int]) -> None:
-        """The like worker's write-through, right after the store has these counts."""
-        await self._set_counts(counts, only_if_absent=False)
-
-    async def _set_counts(self, counts: dict[int, int], only_if_absent: bool) -> None:
+        """A reader's fill: only where no like state is cached (never over a newer one)."""
         if not counts:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for tweet_id, count in counts.items():
-                pipe.set(tweet_key("like_count", tweet_id), count, px=self._count_ttl_ms, nx=only_if_absent)
+                pipe.eval(FILL_SCRIPT, 1, tweet_key("like_count", tweet_id), count, self._count_ttl_ms)
             await pipe.execute()
+
+    @tolerant()
+    async def set_like_counts(self, counts: dict[int, int]) -> None:
+        """The worker's write-through of stored counts alone (no user's state)."""
+        for tweet_id, count in counts.items():
+            await self.folded_likes(tweet_id, count, {})
+
+    @tolerant()
+    async def folded_likes(self, tweet_id: int, count: int, states: dict[int, LikeState]) -> None:
+        """The like worker's write-through: the stored count and the stored rows of the users
+        it just folded (each of them, changed or not, so a re-delivered batch repairs a
+        write-through that was lost). Dropped while Redis is unreachable: the like state's
+        lifetime bounds how long that skews the count."""
+        args: list[int | str] = ["fold", self._count_ttl_ms, count]
+        for user_id, state in states.items():
+            args += [user_id, _version(state.version), int(state.liked)]
+        await self._run_like_script(tweet_id, args)
+
+    @tolerant(lambda: None)
+    async def acknowledged_like(
+        self, tweet_id: int, user_id: int, version: int, liked: bool, stored_count: int, stored: LikeState
+    ) -> int | None:
+        """Records a like or unlike just acknowledged on Kafka; returns the count with every
+        like acknowledged so far, or None while Redis is unreachable. `stored_count` and
+        `stored` (the user's row) were read from the store before the event was sent."""
+        args: list[int | str] = ["ack", self._count_ttl_ms, stored_count, user_id, _version(version), int(liked)]
+        args += [_version(stored.version), int(stored.liked)]
+        return await self._run_like_script(tweet_id, args)
+
+    async def _run_like_script(self, tweet_id: int, args: list[int | str]) -> int:
+        if self._like_script is None:  # EVALSHA: the script text goes to Redis once, not per like
+            self._like_script = self._redis.register_script(LIKE_SCRIPT)
+        return int(await self._like_script(keys=[tweet_key("like_count", tweet_id)], args=args))
 
     # ---- authors' recent tweet ids ---------------------------------------------------
 
@@ -188,6 +303,11 @@ class TweetCache(Tolerant):
                 pipe.get(key)
             values: list[bytes | None] = await pipe.execute()
         return values
+
+
+def _version(version: int) -> str:
+    """A version as LIKE_SCRIPT compares them: decimal, "0" for none (a stored row's -1)."""
+    return str(max(0, version))
 
 
 def _text(value: bytes | str) -> str:

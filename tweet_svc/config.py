@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from common.config import CommonConfig, env_float, env_int, graph_target, load_common
+from common.config import CommonConfig, env_float, env_int, env_str, graph_target, load_common
+from common.limits import Limit
+from common.pagination import DEFAULT_TOKEN_KEY_FILE, DEFAULT_TOKEN_TTL_SECONDS
 
 DEFAULT_PORT = 50061
 
@@ -26,6 +29,13 @@ class TweetConfig:
     # Like worker: most events applied per batch, and how long to wait to fill one.
     like_batch_size: int
     like_batch_wait_ms: int
+    # Per user per window (one counter each in shared Redis); likes and unlikes count together.
+    post_limit: Limit
+    like_limit: Limit
+    # Secret (its file's bytes, at least 32) that seals page tokens, shared by every
+    # instance of every service; and how long a page token is honoured.
+    page_token_key_file: Path
+    page_token_ttl_seconds: int
 
 
 def load(env: Mapping[str, str] = os.environ) -> TweetConfig:
@@ -38,4 +48,12 @@ def load(env: Mapping[str, str] = os.environ) -> TweetConfig:
         author_recent_cache_seconds=env_float(env, "CHIRP_AUTHOR_RECENT_CACHE_SECONDS", 30.0),
         like_batch_size=env_int(env, "CHIRP_LIKE_BATCH_SIZE", 500, minimum=1),
         like_batch_wait_ms=env_int(env, "CHIRP_LIKE_BATCH_WAIT_MS", 200, minimum=1),
+        post_limit=Limit(env_int(env, "CHIRP_LIMIT_POSTS", 300), _limit_window(env)),
+        like_limit=Limit(env_int(env, "CHIRP_LIMIT_LIKES", 1000), _limit_window(env)),
+        page_token_key_file=Path(env_str(env, "CHIRP_PAGE_TOKEN_KEY_FILE", DEFAULT_TOKEN_KEY_FILE)),
+        page_token_ttl_seconds=env_int(env, "CHIRP_PAGE_TOKEN_TTL_SECONDS", DEFAULT_TOKEN_TTL_SECONDS, minimum=1),
     )
+
+
+def _limit_window(env: Mapping[str, str]) -> float:
+    return env_float(env, "CHIRP_LIMIT_WINDOW_SECONDS", 300.0, minimum=1.0)

@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import string
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Protocol
 
 from common.errors import InvalidArgument, NotFound, PermissionDenied
 from common.events import LikeEvent
 from common.ids import IdGenerator, id_time_ms
 from common.kafka import TOPIC_LIKES, TOPIC_TWEETS, AsyncProducer
+from common.limits import UserLimits
 from common.outbox import Event, Outbox
-from common.pagination import decode_token, encode_token
+from common.pagination import PageTokens, scope, unshared_tokens
 from tweet_svc.cache import RECENT_DEPTH, TweetCache
-from tweet_svc.likes import count_after
+from tweet_svc.likes import NEVER, count_after
 from tweet_svc.store import TweetRecord, TweetStore
 from tweet_svc.text import normalize_text
 
@@ -25,6 +27,18 @@ _KEY_CHARS = frozenset(string.printable) - frozenset("\t\n\r\x0b\x0c")
 USERNAME_CACHE_SIZE = 100_000
 
 UsernameLookup = Callable[[int], Awaitable[str]]
+BLOCKED = "this user has blocked you"
+
+
+class ViewerRelation(Protocol):
+    """What graph_svc's GetRelations says of a viewer and one user (chirp.graph.v1.Relation)."""
+
+    @property
+    def blocked_by(self) -> bool: ...
+
+
+# (viewer, user ids) -> one relation per id, in order (common.clients.Peers.relations).
+RelationLookup = Callable[[int, Sequence[int]], Awaitable[Sequence[ViewerRelation]]]
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,13 @@ class Tweets:
         producer: AsyncProducer,
         usernames: Usernames,
         ids: IdGenerator,
+        page_tokens: PageTokens | None = None,
+        limits: UserLimits | None = None,
+        relations: RelationLookup | None = None,
     ) -> None:
+        self._relations = relations
+        self._page_tokens = page_tokens or unshared_tokens()
+        self._limits = limits or UserLimits.unlimited()
         self._store = store
         self._cache = cache
         self._outbox = outbox
@@ -70,6 +90,8 @@ class Tweets:
 
     async def create(self, author_id: int, text: str, idempotency_key: str) -> TweetRecord:
         text = normalize_text(text)
+        # Counted before the idempotency claim: a retry is one more request to answer.
+        await self._limits.take("post", author_id)
         tweet_id = self._ids.next_id()
         if idempotency_key:
             _check_key(idempotency_key)
@@ -94,12 +116,23 @@ class Tweets:
         self._outbox.publish_soon(event)
         return tweet
 
-    async def get(self, tweet_id: int) -> TweetRecord:
+    async def get(self, tweet_id: int, viewer: int | None = None) -> TweetRecord:
+        """`viewer`: who asks, when the request has a token; refused if the author blocks them."""
         _check_id(tweet_id, "tweet_id")
         found = await self.hydrate([tweet_id])
         if not found:
             raise NotFound(f"tweet {tweet_id} does not exist")
+        await self._refuse_if_blocked(viewer, found[0].author_id)
         return found[0]
+
+    async def _refuse_if_blocked(self, viewer: int | None, author_id: int) -> None:
+        """PermissionDenied when `author_id` blocks `viewer`. One graph_svc call, and only for a
+        viewer with a token: anonymous reads cannot be told apart, so they stay allowed."""
+        if viewer is None or viewer == author_id or self._relations is None:
+            return
+        (relation,) = await self._relations(viewer, [author_id])
+        if relation.blocked_by:
+            raise PermissionDenied(BLOCKED, reason="BLOCKED")
 
     async def get_many(self, tweet_ids: list[int]) -> list[TweetRecord]:
         if len(tweet_ids) > 500:
@@ -116,16 +149,18 @@ class Tweets:
         await self._cache.remove_recent(tweet.author_id, tweet_id)
         self._outbox.publish_soon(event)
 
-    async def by_author(self, author_id: int, page_size: int, page_token: str) -> TweetPage:
+    async def by_author(self, author_id: int, page_size: int, page_token: str, viewer: int | None = None) -> TweetPage:
         _check_id(author_id, "user_id")  # ListUserTweetsRequest.user_id
-        cursor = decode_token(page_token, "tweets")
-        before = _int_field(cursor, "before") if cursor else None
+        await self._refuse_if_blocked(viewer, author_id)
+        list_scope = scope("tweets", author_id)
+        cursor = self._page_tokens.decode(page_token, list_scope, 1)
+        before = cursor[0] if cursor else None
         if before is None:  # the first page, from the cached recent ids where they reach
             ids = [t for t, _ in await self.recent_ids([author_id], 0, page_size + 1)]
         else:
             ids = await self._store.author_tweet_ids(author_id, page_size + 1, before)
         tweets = await self.hydrate(ids[:page_size])
-        token = encode_token({"k": "tweets", "before": ids[page_size - 1]}) if len(ids) > page_size else ""
+        token = self._page_tokens.encode(list_scope, (ids[page_size - 1],)) if len(ids) > page_size else ""
         return TweetPage(tweets, token)
 
     async def recent_ids(self, author_ids: list[int], before: int, limit: int) -> list[tuple[int, int]]:
@@ -145,12 +180,33 @@ class Tweets:
         return [(tweet_id, author) for author in authors for tweet_id in found[author]]
 
     async def set_like(self, user_id: int, tweet_id: int, liked: bool) -> int:
-        """Acknowledged once the event is on Kafka (acks=all); returns the new count."""
-        await self.get(tweet_id)
+        """Acknowledged once the event is on Kafka (acks=all); returns the count with every
+        like acknowledged so far (tweet_svc/cache.py), or while Redis is unreachable the
+        stored count with this change."""
+        await self._limits.take("like", user_id)  # before any read: a refused like costs one Redis call
+        await self.get(tweet_id, viewer=user_id)
+        # Read before the event is sent, so the worker cannot have folded it into what is read.
+        stored_count, rows = await self._store.like_states(tweet_id, [user_id])
+        stored = rows.get(user_id, NEVER)
         event = LikeEvent(tweet_id=tweet_id, user_id=user_id, liked=liked, version=self._ids.next_id())
         await self._producer.send(TOPIC_LIKES, str(tweet_id).encode(), event.encode())
-        applied_count, applied_liked = await self._store.applied_like(tweet_id, user_id)
-        return max(0, count_after(applied_count, applied_liked, liked))
+        # After the acknowledgement (a like Kafka refused must not show), for read-your-writes:
+        # the worker writes the same cell again when it folds the event (tweet_svc/viewer.py).
+        await self._store.record_user_like(user_id, tweet_id, liked, event.version)
+        count = await self._cache.acknowledged_like(tweet_id, user_id, event.version, liked, stored_count or 0, stored)
+        if count is None:
+            count = count_after(stored_count or 0, stored.liked, liked)
+        return max(0, count)
+
+    async def liked_by(self, user_id: int | None, tweet_ids: Sequence[int]) -> set[int]:
+        """Which of `tweet_ids` `user_id` likes, acknowledged likes included (one read in
+        their partition); none without a user."""
+        if len(tweet_ids) > 500:
+            raise InvalidArgument("at most 500 tweet ids per call", field="tweet_ids")
+        if user_id is None or not tweet_ids:
+            return set()
+        _check_id(user_id, "user_id")
+        return await self._store.liked_among(user_id, tweet_ids)
 
     async def hydrate(self, tweet_ids: list[int]) -> list[TweetRecord]:
         """Tweets in the order asked, with current like counts; deleted ones left out."""
@@ -196,10 +252,3 @@ def _check_key(key: str) -> None:
             f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters",
             field="idempotency_key",
         )
-
-
-def _int_field(cursor: dict[str, object], name: str) -> int:
-    value = cursor.get(name)
-    if not isinstance(value, int) or value <= 0:
-        raise InvalidArgument("page_token is not valid", field="page_token")
-    return value

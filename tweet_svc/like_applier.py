@@ -28,7 +28,8 @@ APPLIED = Counter("chirp_likes_applied_total", "Like/unlike events that changed 
 
 class LikeApplier:
     """Applies one batch of like events: per tweet, fold by version, write
-    conditionally, then write the new count through to the cache readers use."""
+    conditionally, then write the new count and the folded users' rows through
+    to the like state in Redis (tweet_svc/cache.py)."""
 
     def __init__(self, store: TweetStore, cache: TweetCache | None) -> None:
         self._store = store
@@ -50,11 +51,14 @@ class LikeApplier:
         for _ in range(MAX_CONFLICT_RETRIES):
             stored_count, stored = await self._store.like_states(tweet_id, users)
             count, changed = fold(stored_count or 0, stored, events)
-            if not changed:
-                return
-            if await self._store.write_likes(tweet_id, stored_count, max(0, count), changed, stored):
+            if not changed or await self._store.write_likes(tweet_id, stored_count, max(0, count), changed, stored):
                 APPLIED.inc(len(changed))
+                # Every folded user's newest state, changed or not: repairs the acknowledgement's
+                # write of user_likes should it have been lost (tweet_svc/viewer.py).
+                await self._store.record_user_likes(tweet_id, {**stored, **changed})
                 if self._cache is not None:
-                    await self._cache.set_like_counts({tweet_id: max(0, count)})
+                    # Also when nothing changed (a re-delivered batch): that repeats a write-through
+                    # an earlier attempt may have lost, so these likes stop counting as pending.
+                    await self._cache.folded_likes(tweet_id, max(0, count), {**stored, **changed})
                 return
         raise RuntimeError(f"could not apply likes of tweet {tweet_id}: too much contention")

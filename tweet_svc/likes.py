@@ -37,5 +37,6 @@ def fold(count: int, stored: dict[int, LikeState], events: list[LikeEvent]) -> t
 
 
 def count_after(applied_count: int, applied_liked: bool, liked: bool) -> int:
-    """The count a like/unlike request reports at once, before the worker applies it."""
+    """The count a like/unlike request reports while Redis is unreachable: the stored count
+    with the caller's change (others' likes the worker has not applied yet are missing)."""
     return applied_count - (1 if applied_liked else 0) + (1 if liked else 0)

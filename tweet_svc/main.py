@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from chirp.tweet.v1 import tweet_pb2, tweet_pb2_grpc
+from chirp.tweet.v1 import tweet_internal_pb2, tweet_internal_pb2_grpc, tweet_pb2, tweet_pb2_grpc
 
 from common import server
 from common.cache import connect_redis
@@ -11,18 +11,21 @@ from common.clients import Peers
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
 from common.kafka import KAFKA_UNAVAILABLE_ERRORS, AsyncProducer
+from common.limits import RedisCounters, UserLimits
 from common.logs import setup_logging
 from common.outbox import Outbox
+from common.pagination import PageTokens
 from common.server import Wiring, serve
 from tweet_svc import config as tweet_config
 from tweet_svc.cache import TweetCache
 from tweet_svc.domain import Tweets, Usernames
-from tweet_svc.service import TweetService
+from tweet_svc.service import TweetInternalService, TweetService
 from tweet_svc.store import TweetStore
 
 
 async def run(cfg: tweet_config.TweetConfig) -> None:
     common = cfg.common
+    page_tokens = PageTokens.from_file(cfg.page_token_key_file, cfg.page_token_ttl_seconds)
     cql = await CqlSession.from_config(common)
     producer = AsyncProducer(
         common.kafka_bootstrap, f"tweet_svc-{common.instance_id}", delivery_timeout_ms=cfg.like_ack_timeout_ms
@@ -34,10 +37,21 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     peers = Peers(graph_target=cfg.graph_target)
     redis = connect_redis(common.redis_url)
     cache = TweetCache(redis, cfg.tweet_cache_seconds, cfg.like_count_cache_seconds, cfg.author_recent_cache_seconds)
-    tweets = Tweets(store, cache, outbox, producer, Usernames(peers.username), IdGenerator(common.instance_id))
+    tweets = Tweets(
+        store,
+        cache,
+        outbox,
+        producer,
+        Usernames(peers.username),
+        IdGenerator(common.instance_id),
+        page_tokens=page_tokens,
+        limits=UserLimits(RedisCounters(redis), {"post": cfg.post_limit, "like": cfg.like_limit}),
+        relations=peers.relations,
+    )
 
     def register(server: grpc.aio.Server) -> None:
         tweet_pb2_grpc.add_TweetServiceServicer_to_server(TweetService(tweets), server)
+        tweet_internal_pb2_grpc.add_TweetInternalServiceServicer_to_server(TweetInternalService(tweets), server)
 
     async def close() -> None:
         await peers.close()
@@ -53,7 +67,10 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
         common,
         Wiring(
             register=register,
-            service_names=[tweet_pb2.DESCRIPTOR.services_by_name["TweetService"].full_name],
+            service_names=[
+                tweet_pb2.DESCRIPTOR.services_by_name["TweetService"].full_name,
+                tweet_internal_pb2.DESCRIPTOR.services_by_name["TweetInternalService"].full_name,
+            ],
             # Kafka is not a probe: posts stay durable in the outbox while it is
             # down; only likes (acknowledged on Kafka) fail fast with 503.
             probes=[cql.ping],

@@ -1,12 +1,15 @@
-"""TweetService RPC handlers: validate, call the domain, map to protos."""
+"""TweetService (public) and TweetInternalService (peers only) RPC handlers:
+validate, call the domain, map to protos."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
-from chirp.tweet.v1 import tweet_pb2, tweet_pb2_grpc
+from chirp.tweet.v1 import tweet_internal_pb2, tweet_internal_pb2_grpc, tweet_pb2, tweet_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from common.identity import acting_user, metadata_value
+from common.identity import acting_user, metadata_value, optional_user
 from common.pagination import page_size
 from tweet_svc.domain import Tweets
 from tweet_svc.store import TweetRecord
@@ -15,7 +18,7 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 RECENT_DEFAULT, RECENT_MAX = 20, 200
 
 
-def tweet_proto(tweet: TweetRecord) -> tweet_pb2.Tweet:
+def tweet_proto(tweet: TweetRecord, liked_by_me: bool = False) -> tweet_pb2.Tweet:
     created = Timestamp()
     created.FromDatetime(tweet.created_at)
     return tweet_pb2.Tweet(
@@ -25,7 +28,13 @@ def tweet_proto(tweet: TweetRecord) -> tweet_pb2.Tweet:
         text=tweet.text,
         created_at=created,
         like_count=tweet.like_count,
+        liked_by_me=liked_by_me,
     )
+
+
+def tweet_protos(tweets: Sequence[TweetRecord], liked: set[int]) -> list[tweet_pb2.Tweet]:
+    """`liked`: which of them the caller likes (Tweets.liked_by, one read per response)."""
+    return [tweet_proto(t, t.tweet_id in liked) for t in tweets]
 
 
 class TweetService(tweet_pb2_grpc.TweetServiceServicer):
@@ -43,7 +52,10 @@ class TweetService(tweet_pb2_grpc.TweetServiceServicer):
     async def GetTweet(
         self, request: tweet_pb2.GetTweetRequest, context: grpc.aio.ServicerContext
     ) -> tweet_pb2.GetTweetResponse:
-        return tweet_pb2.GetTweetResponse(tweet=tweet_proto(await self._tweets.get(request.tweet_id)))
+        viewer = optional_user(context)
+        tweet = await self._tweets.get(request.tweet_id, viewer=viewer)
+        liked = await self._tweets.liked_by(viewer, [tweet.tweet_id])
+        return tweet_pb2.GetTweetResponse(tweet=tweet_proto(tweet, tweet.tweet_id in liked))
 
     async def DeleteTweet(
         self, request: tweet_pb2.DeleteTweetRequest, context: grpc.aio.ServicerContext
@@ -54,9 +66,13 @@ class TweetService(tweet_pb2_grpc.TweetServiceServicer):
     async def ListUserTweets(
         self, request: tweet_pb2.ListUserTweetsRequest, context: grpc.aio.ServicerContext
     ) -> tweet_pb2.ListUserTweetsResponse:
-        page = await self._tweets.by_author(request.user_id, page_size(request.page_size), request.page_token)
+        viewer = optional_user(context)
+        page = await self._tweets.by_author(
+            request.user_id, page_size(request.page_size), request.page_token, viewer=viewer
+        )
+        liked = await self._tweets.liked_by(viewer, [t.tweet_id for t in page.tweets])
         return tweet_pb2.ListUserTweetsResponse(
-            tweets=[tweet_proto(t) for t in page.tweets], next_page_token=page.next_page_token
+            tweets=tweet_protos(page.tweets, liked), next_page_token=page.next_page_token
         )
 
     async def LikeTweet(
@@ -71,17 +87,29 @@ class TweetService(tweet_pb2_grpc.TweetServiceServicer):
         count = await self._tweets.set_like(acting_user(context), request.tweet_id, liked=False)
         return tweet_pb2.UnlikeTweetResponse(like_count=count)
 
+
+class TweetInternalService(tweet_internal_pb2_grpc.TweetInternalServiceServicer):
+    def __init__(self, tweets: Tweets) -> None:
+        self._tweets = tweets
+
     async def BatchGetTweets(
-        self, request: tweet_pb2.BatchGetTweetsRequest, context: grpc.aio.ServicerContext
-    ) -> tweet_pb2.BatchGetTweetsResponse:
+        self, request: tweet_internal_pb2.BatchGetTweetsRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_internal_pb2.BatchGetTweetsResponse:
         tweets = await self._tweets.get_many(list(request.tweet_ids))
-        return tweet_pb2.BatchGetTweetsResponse(tweets=[tweet_proto(t) for t in tweets])
+        return tweet_internal_pb2.BatchGetTweetsResponse(tweets=[tweet_proto(t) for t in tweets])
 
     async def ListRecentTweetIds(
-        self, request: tweet_pb2.ListRecentTweetIdsRequest, context: grpc.aio.ServicerContext
-    ) -> tweet_pb2.ListRecentTweetIdsResponse:
+        self, request: tweet_internal_pb2.ListRecentTweetIdsRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_internal_pb2.ListRecentTweetIdsResponse:
         limit = page_size(request.limit_per_author, RECENT_DEFAULT, RECENT_MAX)
         pairs = await self._tweets.recent_ids(list(request.author_ids), request.before_tweet_id, limit)
-        return tweet_pb2.ListRecentTweetIdsResponse(
-            tweets=[tweet_pb2.AuthoredTweetId(tweet_id=t, author_id=a) for t, a in pairs]
+        return tweet_internal_pb2.ListRecentTweetIdsResponse(
+            tweets=[tweet_internal_pb2.AuthoredTweetId(tweet_id=t, author_id=a) for t, a in pairs]
         )
+
+    async def ListLikedTweetIds(
+        self, request: tweet_internal_pb2.ListLikedTweetIdsRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_internal_pb2.ListLikedTweetIdsResponse:
+        ids = list(dict.fromkeys(request.tweet_ids))
+        liked = await self._tweets.liked_by(request.user_id, ids)
+        return tweet_internal_pb2.ListLikedTweetIdsResponse(tweet_ids=[t for t in ids if t in liked])

@@ -15,6 +15,7 @@ from common.cql import Batch, CqlSession, prepare_all
 from common.ids import id_time_ms
 from common.outbox import Event, Outbox
 from tweet_svc.likes import LikeState
+from tweet_svc.viewer import decode_liked, encode_state, write_time_us
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ STATEMENTS = {
     "get_tweets": "SELECT tweet_id, author_id, author_username, text, created_at FROM tweets WHERE tweet_id IN ?",
     "like_counts": "SELECT tweet_id, like_count FROM tweet_likes WHERE tweet_id IN ? PER PARTITION LIMIT 1",
     "like_count": "SELECT like_count FROM tweet_likes WHERE tweet_id = ? LIMIT 1",
-    "like_row": "SELECT liked FROM tweet_likes WHERE tweet_id = ? AND user_id = ?",
     "like_rows": "SELECT user_id, liked, version FROM tweet_likes WHERE tweet_id = ? AND user_id IN ?",
+    # The viewer's likes (tweet_svc/viewer.py): plain upserts at the version's write time.
+    "set_user_like": "UPDATE user_likes USING TIMESTAMP ? SET state = ? WHERE user_id = ? AND tweet_id = ?",
+    "user_likes_among": "SELECT tweet_id, state FROM user_likes WHERE user_id = ? AND tweet_id IN ?",
     "set_count": "UPDATE tweet_likes SET like_count = ? WHERE tweet_id = ? IF like_count = ?",
     "set_like": "UPDATE tweet_likes SET liked = ?, version = ? WHERE tweet_id = ? AND user_id = ? IF version = ?",
     "claim_key": "INSERT INTO idempotency_keys (user_id, key, tweet_id) VALUES (?, ?, ?) IF NOT EXISTS",
@@ -101,13 +104,6 @@ class TweetStore:
         rows = await self._cql.execute(self._q["like_count"], (tweet_id,))
         return (rows[0].like_count or 0) if rows else 0
 
-    async def applied_like(self, tweet_id: int, user_id: int) -> tuple[int, bool]:
-        """(applied like count, whether the user's like is applied) for a reply."""
-        count, rows = await asyncio.gather(
-            self.like_count(tweet_id), self._cql.execute(self._q["like_row"], (tweet_id, user_id))
-        )
-        return count, bool(rows and rows[0].liked)
-
     async def like_states(self, tweet_id: int, user_ids: Sequence[int]) -> tuple[int | None, dict[int, LikeState]]:
         """The stored count (None when never set) and the rows of these users."""
         rows, count_rows = await asyncio.gather(
@@ -142,6 +138,30 @@ class TweetStore:
             batch.add(self._q["set_like"], (state.liked, state.version, tweet_id, user_id, was))
         rows = await self._cql.execute(batch)
         return bool(rows[0][0])
+
+    async def record_user_like(self, user_id: int, tweet_id: int, liked: bool, version: int) -> None:
+        """The user's like state of this tweet as of `version`, in their `user_likes`
+        partition; an older version written later changes nothing (tweet_svc/viewer.py)."""
+        await self._cql.execute(
+            self._q["set_user_like"], (write_time_us(version), encode_state(liked, version), user_id, tweet_id)
+        )
+
+    async def record_user_likes(self, tweet_id: int, states: dict[int, LikeState]) -> None:
+        """`record_user_like` for several users (partitions differ: one write each, no batch)."""
+        await asyncio.gather(
+            *(self.record_user_like(u, tweet_id, s.liked, s.version) for u, s in states.items() if s.version > 0)
+        )
+
+    async def liked_among(self, user_id: int, tweet_ids: Sequence[int]) -> set[int]:
+        """Which of `tweet_ids` the user likes: reads in their one partition, 100 ids per query."""
+        ids = sorted(set(tweet_ids))
+        chunks = await asyncio.gather(
+            *(
+                self._cql.execute(self._q["user_likes_among"], (user_id, ids[i : i + 100]))
+                for i in range(0, len(ids), 100)
+            )
+        )
+        return {r.tweet_id for rows in chunks for r in rows if decode_liked(r.state)}
 
     async def author_tweet_ids(self, author_id: int, limit: int, before: int | None) -> list[int]:
         """A user's tweet ids, newest first, strictly older than `before`."""

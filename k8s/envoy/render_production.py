@@ -8,6 +8,9 @@ is rewritten here:
 - every API cluster is STRICT_DNS on its headless Service, so Envoy resolves
   and balances over every ready pod (least request, HTTP/2, gRPC health checks
   as locally);
+- the edge_sidecar cluster (reflection and health, envoy/sidecar.py) stays
+  STATIC on 127.0.0.1: the sidecar is a second container of the Envoy pod;
+  nothing else may point at a loopback address (build() refuses it);
 - the edge listens on 0.0.0.0:8080; the admin interface stays on 127.0.0.1;
   an "ops" listener on 0.0.0.0:9902 exposes only /ready (kubelet probes) and
   /stats/prometheus (scrapes) from the admin interface;
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import ipaddress
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,6 +45,7 @@ SERVICE_GRPC_PORT = 50051  # every Chirp pod serves gRPC here (CHIRP_GRPC_PORT i
 EDGE_PORT = 8080
 ADMIN_PORT = 9901
 OPS_PORT = 9902
+LOOPBACK = "127.0.0.1"
 DESCRIPTOR_PATH = "/etc/envoy/descriptors/chirp.binpb"  # copied from the app image by an init container
 JWKS_PATH = "/etc/envoy/jwks/jwks.json"  # Secret chirp-jwks
 
@@ -109,15 +115,50 @@ def _ops_listener() -> dict[str, Any]:
     }
 
 
+def _static_loopback(name: str, port: int) -> dict[str, Any]:
+    return {
+        "cluster_name": name,
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(LOOPBACK, port)}}]}],
+    }
+
+
+def _socket_addresses(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if "socket_address" in node:
+            yield node["socket_address"]
+        for value in node.values():
+            yield from _socket_addresses(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _socket_addresses(value)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _check_loopback(config: dict[str, Any], allowed: set[int]) -> None:
+    """In a pod 127.0.0.1 is the pod itself: a local service port left in the
+    config (a cluster render.py added and this script does not rewrite) would
+    send traffic nowhere, and envoy --mode validate cannot tell."""
+    stray = sorted(
+        a["port_value"]
+        for a in _socket_addresses(config)
+        if _is_loopback(a["address"]) and a["port_value"] not in allowed
+    )
+    if stray:
+        raise RuntimeError(f"the production config still points at loopback ports {stray}: rewrite them in build()")
+
+
 def _admin_cluster() -> dict[str, Any]:
     return {
         "name": "envoy_admin",
         "type": "STATIC",
         "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": "envoy_admin",
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address("127.0.0.1", ADMIN_PORT)}}]}],
-        },
+        "load_assignment": _static_loopback("envoy_admin", ADMIN_PORT),
     }
 
 
@@ -126,7 +167,7 @@ def build() -> dict[str, Any]:
     config: dict[str, Any] = copy.deepcopy(render.build(""))
     api_services = {svc.name for svc in render.topology.SERVICES}
 
-    config["admin"] = {"address": _address("127.0.0.1", ADMIN_PORT)}
+    config["admin"] = {"address": _address(LOOPBACK, ADMIN_PORT)}
     static = config["static_resources"]
     (edge,) = static["listeners"]
     edge["address"] = _address("0.0.0.0", EDGE_PORT)
@@ -139,6 +180,10 @@ def build() -> dict[str, Any]:
                 provider["local_jwks"] = {"filename": JWKS_PATH}
 
     for cluster in static["clusters"]:
+        if cluster["name"] == render.SIDECAR_CLUSTER:
+            cluster["type"] = "STATIC"
+            cluster["load_assignment"] = _static_loopback(cluster["name"], render.SIDECAR_PORT)
+            continue
         if cluster["name"] not in api_services:
             continue
         # Re-resolved every 5 s (Envoy's default; the Cluster field is deprecated):
@@ -158,11 +203,16 @@ def build() -> dict[str, Any]:
         }
     static["listeners"].append(_ops_listener())
     static["clusters"].append(_admin_cluster())
+    _check_loopback(config, {ADMIN_PORT, render.SIDECAR_PORT})
     return config
 
 
 class _Dumper(yaml.SafeDumper):
     """Multi-line strings (inline Lua, ...) as readable literal blocks."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        # render.py reuses filter dicts (GRPC_CLIENT, ...): written out each time, not as &id001 anchors.
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

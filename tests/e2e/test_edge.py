@@ -43,8 +43,10 @@ def test_login_is_rate_limited_with_429_and_json_body(limited_edge: str, edge: h
     statuses = sorted(r.status_code for r in replies)
     assert statuses.count(200) >= 1
     assert statuses.count(429) >= 4, statuses  # bucket of 2 with 1/s refill
-    body = assert_error(next(r for r in replies if r.status_code == 429), 429, 8)
+    limited = next(r for r in replies if r.status_code == 429)
+    body = assert_error(limited, 429, 8)
     assert "rate limit" in str(body["message"])
+    assert limited.headers["retry-after"] == "1"
     # Reads on the same edge are not throttled by the login bucket.
     assert httpx.get(f"{limited_edge}/v1/feed/trending", timeout=10).status_code == 200
 

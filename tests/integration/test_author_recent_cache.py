@@ -5,30 +5,19 @@ for as many ids as it is known to cover."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
-import pytest
 
-from common.cache import RedisClient, connect_redis
+from common.cache import RedisClient
 from common.ids import IdGenerator
 from common.keys import tweet_key
-from tests.conftest import REDIS_URL
 from tests.integration.test_durability import sign_in
 from tweet_svc.cache import RECENT_DEPTH, TweetCache
 
 TTL_SECONDS = 30
 
 
-@pytest.fixture
-async def rds() -> AsyncIterator[RedisClient]:
-    client = connect_redis(REDIS_URL)
-    yield client
-    await client.aclose()
-
-
-async def test_a_fill_from_an_older_read_never_hides_a_newer_post(rds: RedisClient) -> None:
-    cache = TweetCache(rds, ttl_seconds=60, recent_ttl_seconds=TTL_SECONDS)
+async def test_a_fill_from_an_older_read_never_hides_a_newer_post(redis: RedisClient) -> None:
+    cache = TweetCache(redis, ttl_seconds=60, recent_ttl_seconds=TTL_SECONDS)
     ids = IdGenerator(905)
     author, old1, old2, new = (ids.next_id() for _ in range(4))
     try:
@@ -38,13 +27,13 @@ async def test_a_fill_from_an_older_read_never_hides_a_newer_post(rds: RedisClie
         assert await cache.recent([author], 20) == {author: [new, old2, old1]}
         await cache.remove_recent(author, old2)  # a delete
         assert await cache.recent([author], 20) == {author: [new, old1]}
-        assert 0 < await rds.pttl(tweet_key("author_recent", author)) <= TTL_SECONDS * 1000
+        assert 0 < await redis.pttl(tweet_key("author_recent", author)) <= TTL_SECONDS * 1000
     finally:
-        await rds.delete(tweet_key("author_recent", author))
+        await redis.delete(tweet_key("author_recent", author))
 
 
-async def test_a_set_answers_only_as_deep_as_it_covers(rds: RedisClient) -> None:
-    cache = TweetCache(rds, ttl_seconds=60, recent_ttl_seconds=TTL_SECONDS)
+async def test_a_set_answers_only_as_deep_as_it_covers(redis: RedisClient) -> None:
+    cache = TweetCache(redis, ttl_seconds=60, recent_ttl_seconds=TTL_SECONDS)
     ids = IdGenerator(906)
     prolific, quiet = ids.next_id(), ids.next_id()
     newest_first = sorted((ids.next_id() for _ in range(RECENT_DEPTH)), reverse=True)
@@ -59,20 +48,20 @@ async def test_a_set_answers_only_as_deep_as_it_covers(rds: RedisClient) -> None
         short = [t for t in newest_first if t != newest_first[3]][:20]
         assert await cache.recent([prolific], 20) == {prolific: short}
     finally:
-        await rds.delete(tweet_key("author_recent", prolific), tweet_key("author_recent", quiet))
+        await redis.delete(tweet_key("author_recent", prolific), tweet_key("author_recent", quiet))
 
 
-async def test_a_post_does_not_extend_the_sets_lifetime(rds: RedisClient) -> None:
-    cache = TweetCache(rds, ttl_seconds=60, recent_ttl_seconds=TTL_SECONDS)
+async def test_a_post_does_not_extend_the_sets_lifetime(redis: RedisClient) -> None:
+    cache = TweetCache(redis, ttl_seconds=60, recent_ttl_seconds=TTL_SECONDS)
     ids = IdGenerator(907)
     author = ids.next_id()
     try:
         await cache.fill_recent({author: [ids.next_id()]})
-        await rds.pexpire(tweet_key("author_recent", author), 5000)  # as if filled 25 s ago
+        await redis.pexpire(tweet_key("author_recent", author), 5000)  # as if filled 25 s ago
         await cache.add_recent(author, ids.next_id())
-        assert 0 < await rds.pttl(tweet_key("author_recent", author)) <= 5000
+        assert 0 < await redis.pttl(tweet_key("author_recent", author)) <= 5000
     finally:
-        await rds.delete(tweet_key("author_recent", author))
+        await redis.delete(tweet_key("author_recent", author))
 
 
 def test_a_users_first_page_follows_posts_and_deletes_at_once(edge: httpx.Client) -> None:

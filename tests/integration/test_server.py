@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
 from common.server import Wiring, check_probes, create_server
+from graph_svc.relations import Relations, RelationStore
 from graph_svc.service import GraphService
 from tests.conftest import build_graph, unique_name
 
@@ -19,12 +20,17 @@ SERVICE = "chirp.graph.v1.GraphService"
 
 async def _graph_server(cql: CqlSession) -> tuple[grpc.aio.Server, int, object]:
     graph = await build_graph(cql, IdGenerator(900))
+    relation_store = RelationStore(cql)
+    await relation_store.prepare()
+    relations = Relations(relation_store, graph)
 
     async def close() -> None:
         return None
 
     wiring = Wiring(
-        register=lambda server: graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphService(graph), server),
+        register=lambda server: graph_pb2_grpc.add_GraphServiceServicer_to_server(
+            GraphService(graph, relations), server
+        ),
         service_names=[SERVICE],
         probes=[cql.ping],
         close=close,

@@ -19,26 +19,19 @@ from confluent_kafka import Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from redis.crc import key_slot
 
-from common.cache import RedisClient, connect_redis
+from common.cache import RedisClient
 from common.events import LikeEvent
 from common.ids import id_time_ms, min_id_at_ms
 from infra import topology
 from rank_svc.events import FoldingLoop, LikesConsumer
 from rank_svc.store import HOUR_MS, Like, PartitionFold, TrendingKeys, TrendingStore, hour_of
 from rank_svc.tallies import REWINDS, LikeFolder, Partition
-from tests.conftest import KAFKA, REDIS_URL
+from tests.conftest import KAFKA
 
 WINDOW = 48
 PARTITIONS = 2
 NOW_MS = time.time_ns() // 1_000_000
 FIRST_HOUR = hour_of(NOW_MS) - WINDOW + 1
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[RedisClient]:
-    client = connect_redis(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -4,9 +4,11 @@ itself; tests/e2e/test_edge.py shows a private edge built from it serving."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from typing import Any
 
-from infra import topology
+from infra import stack, topology
 from tests.edge import render
 
 SETTINGS = render.EdgeSettings()
@@ -17,11 +19,17 @@ def _config() -> dict[str, Any]:
     return config
 
 
+def _hcm(settings: Any = SETTINGS) -> dict[str, Any]:
+    config = render.build('{"keys": []}', settings)
+    hcm: dict[str, Any] = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return hcm
+
+
 def _routes() -> dict[str, list[dict[str, Any]]]:
-    hcm = _config()["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     by_path: dict[str, list[dict[str, Any]]] = {}
-    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
-        by_path.setdefault(route["match"]["path"], []).append(route)
+    for route in _hcm()["route_config"]["virtual_hosts"][0]["routes"]:
+        if "path" in route["match"]:
+            by_path.setdefault(route["match"]["path"], []).append(route)
     return by_path
 
 
@@ -32,7 +40,8 @@ def test_only_safe_calls_are_retried_and_every_route_has_a_timeout() -> None:
         for svc in topology.SERVICES
         for method in render.SERVICE_DESCRIPTORS[svc.grpc_service].methods_by_name
     }
-    assert set(routes) == every_rpc  # else the checks below would skip the missing ones
+    assert set(routes) - every_rpc == set()  # no internal RPC is routed
+    assert every_rpc <= set(routes)  # else the checks below would skip the missing ones
     timeouts = {f"{SETTINGS.read_timeout_s}s", f"{SETTINGS.write_timeout_s}s"}
     for path, entries in routes.items():
         assert all(r["route"]["timeout"] in timeouts for r in entries), path
@@ -51,7 +60,7 @@ def test_only_safe_calls_are_retried_and_every_route_has_a_timeout() -> None:
 
 def test_clusters_have_health_checks_outlier_detection_and_a_retry_budget() -> None:
     clusters = {cluster["name"]: cluster for cluster in _config()["static_resources"]["clusters"]}
-    assert set(clusters) == {svc.name for svc in topology.SERVICES}
+    assert set(clusters) == {svc.name for svc in topology.SERVICES} | {render.SIDECAR_CLUSTER}
     for svc in topology.SERVICES:
         cluster = clusters[svc.name]
         assert cluster["lb_policy"] == "LEAST_REQUEST"
@@ -69,3 +78,56 @@ def test_clusters_have_health_checks_outlier_detection_and_a_retry_budget() -> N
         assert outliers["enforcing_consecutive_gateway_failure"] == 100
         budget = cluster["circuit_breakers"]["thresholds"][0]["retry_budget"]["budget_percent"]["value"]
         assert 0 < budget <= 100
+
+
+def test_path_field_regexes_catch_every_override_and_only_those() -> None:
+    patterns = [re.compile(m["string_match"]["safe_regex"]["regex"]) for m in render.path_field_in_query()]
+
+    def refused(path: str) -> bool:
+        return any(p.fullmatch(path) for p in patterns)  # Envoy's safe_regex matches the whole value
+
+    for path in (
+        "/v1/tweets/1?tweet_id=2",
+        "/v1/tweets/1/like?page_size=1&tweet_id=2",
+        "/v1/users/1/followers?user%5Fid=2",
+        "/v1/users/1?user_id.x=2",
+        "/v1/users/1/tweets?user_id",
+    ):
+        assert refused(path), path
+    for path in (
+        "/v1/tweets/1",
+        "/v1/users/1/tweets?page_size=2&page_token=abc",
+        "/v1/feed?page_size=1",
+        "/v1/users/1",
+    ):
+        assert not refused(path), path
+
+
+def test_local_replies_never_put_json_in_grpc_message_and_pick_a_grpc_status() -> None:
+    mappers = _hcm()["local_reply_config"]["mappers"]
+    grpc_mappers = [m for m in mappers if "text_format_source" in m["body_format_override"]]
+    rest_mappers = [m for m in mappers if "json_format" in m["body_format_override"]]
+    assert len(grpc_mappers) == len(rest_mappers) == len(render.local_replies())
+    assert mappers[: len(grpc_mappers)] == grpc_mappers  # a gRPC client's reply is chosen first
+    for mapper in grpc_mappers:
+        assert not mapper["body_format_override"]["text_format_source"]["inline_string"].startswith("{")
+        assert mapper["headers_to_add"][0]["header"]["key"] == "grpc-status"
+    statuses = {r.status: r.code for r in render.local_replies() if r.status is not None}
+    assert statuses[414] == statuses[431] == statuses[413] == 3 and statuses[429] == 8
+
+
+def test_token_and_identity_settings() -> None:
+    hcm = _hcm(replace(SETTINGS, trusted_hops=2))
+    assert hcm["use_remote_address"] is True and hcm["xff_num_trusted_hops"] == 2
+    removed = [m["remove"] for m in hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]]
+    assert {render.USER_ID_HEADER, render.CLIENT_IP_HEADER} <= set(removed)
+    filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
+    provider = filters["envoy.filters.http.jwt_authn"]["providers"]["chirp"]
+    assert provider["require_expiration"] is True
+    assert "from_params" not in provider and provider["from_headers"][0]["name"] == "authorization"
+    log_format = hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]
+    assert log_format["path"].startswith("%REQ_WITHOUT_QUERY(") and log_format["route"].startswith(
+        "%REQ_WITHOUT_QUERY("
+    )
+    assert render.EdgeSettings().login_rps >= 500  # a safety valve; throttling per account lives in graph_svc
+    assert stack.EDGE_SIDECAR_PORT == render.SIDECAR_PORT

@@ -34,8 +34,8 @@ from cassandra.protocol import (
     SyntaxException,
 )
 from cassandra.query import BatchType, SimpleStatement
-from chirp.graph.v1 import graph_pb2
-from chirp.tweet.v1 import tweet_pb2
+from chirp.graph.v1 import graph_internal_pb2, graph_pb2
+from chirp.tweet.v1 import tweet_internal_pb2, tweet_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -54,7 +54,6 @@ from common.errors import (
 )
 from common.ids import IdGenerator
 from common.interceptors import ServerInterceptor
-from common.pagination import encode_token
 from graph_svc.domain import Graph
 from tweet_svc.domain import Tweets
 
@@ -363,7 +362,8 @@ def _graph() -> Graph:
     return Graph(unused, unused, unused, unused, IdGenerator(1))
 
 
-_bad_before = encode_token({"k": "tweets", "before": -1})
+# An unsigned token of the old format, {"before":-1,"k":"tweets"}: refused, naming the field.
+_bad_before = "eyJiZWZvcmUiOi0xLCJrIjoidHdlZXRzIn0"
 VALIDATION_CASES: list[tuple[str, Any, type[Message], str]] = [
     ("GetTweet 0", lambda: _tweets().get(0), tweet_pb2.GetTweetRequest, "tweet_id"),
     ("DeleteTweet -1", lambda: _tweets().delete(5, -1), tweet_pb2.DeleteTweetRequest, "tweet_id"),
@@ -377,11 +377,16 @@ VALIDATION_CASES: list[tuple[str, Any, type[Message], str]] = [
         tweet_pb2.ListUserTweetsRequest,
         "page_token",
     ),
-    ("BatchGetTweets 501", lambda: _tweets().get_many([1] * 501), tweet_pb2.BatchGetTweetsRequest, "tweet_ids"),
+    (
+        "BatchGetTweets 501",
+        lambda: _tweets().get_many([1] * 501),
+        tweet_internal_pb2.BatchGetTweetsRequest,
+        "tweet_ids",
+    ),
     (
         "ListRecentTweetIds 501",
         lambda: _tweets().recent_ids([1] * 501, 0, 20),
-        tweet_pb2.ListRecentTweetIdsRequest,
+        tweet_internal_pb2.ListRecentTweetIdsRequest,
         "author_ids",
     ),
     ("CreateTweet text", lambda: _tweets().create(5, "   ", ""), tweet_pb2.CreateTweetRequest, "text"),
@@ -396,15 +401,20 @@ VALIDATION_CASES: list[tuple[str, Any, type[Message], str]] = [
     ("UnfollowUser -1", lambda: _graph().unfollow(5, -1), graph_pb2.UnfollowUserRequest, "user_id"),
     ("ListFollowers 0", lambda: _graph().followers(0, 20, ""), graph_pb2.ListFollowersRequest, "user_id"),
     ("ListFollowing 0", lambda: _graph().following(0, 20, ""), graph_pb2.ListFollowingRequest, "user_id"),
-    ("ListFollowerIds 0", lambda: _graph().follower_ids(0, 20, ""), graph_pb2.ListFollowerIdsRequest, "user_id"),
-    ("ListFollowingIds 0", lambda: _graph().following_ids(0), graph_pb2.ListFollowingIdsRequest, "user_id"),
+    (
+        "ListFollowerIds 0",
+        lambda: _graph().follower_ids(0, 20, ""),
+        graph_internal_pb2.ListFollowerIdsRequest,
+        "user_id",
+    ),
+    ("ListFollowingIds 0", lambda: _graph().following_ids(0), graph_internal_pb2.ListFollowingIdsRequest, "user_id"),
     (
         "ListFollowingIds among",
         lambda: _graph().following_ids(5, [1] * 1001),
-        graph_pb2.ListFollowingIdsRequest,
+        graph_internal_pb2.ListFollowingIdsRequest,
         "among_user_ids",
     ),
-    ("BatchGetUsers 501", lambda: _graph().get_users([1] * 501), graph_pb2.BatchGetUsersRequest, "user_ids"),
+    ("BatchGetUsers 501", lambda: _graph().get_users([1] * 501), graph_internal_pb2.BatchGetUsersRequest, "user_ids"),
     (
         "CreateUser name",
         lambda: _graph().sign_up("no spaces allowed", "correct horse"),

@@ -48,7 +48,7 @@ METRICS_PORT = GRPC_PORT + topology.METRICS_OFFSET
 CUSTOM_GROUPS = {"scylla.scylladb.com", "kafka.strimzi.io"}
 CUSTOM_KINDS = {"ScyllaCluster", "Kafka", "KafkaNodePool", "KafkaTopic"}
 # Made from the key pair out of band (k8s/README.md); key material is never committed.
-EXTERNAL_SECRETS = {"chirp-token-key", "chirp-jwks"}
+EXTERNAL_SECRETS = {"chirp-token-key", "chirp-jwks", "chirp-page-token-key"}
 # Services that mint Snowflake ids: each live pod needs its own instance id.
 ID_MINTING = {"graph_svc", "tweet_svc"}
 ZONE = "topology.kubernetes.io/zone"
@@ -1011,7 +1011,10 @@ def test_envoy_drops_client_identity_and_verifies_tokens_from_mounted_files() ->
     (provider,) = _http_filter("envoy.filters.http.jwt_authn")["providers"].values()
     jwks_file = provider["local_jwks"]["filename"]
     assert _envoy_mount_of(jwks_file)["secret"]["secretName"] == "chirp-jwks"
-    assert provider["claim_to_headers"] == [{"header_name": "x-chirp-user-id", "claim_name": "sub"}]
+    assert provider["claim_to_headers"] == [
+        {"header_name": "x-chirp-user-id", "claim_name": "sub"},
+        {"header_name": "x-chirp-session-id", "claim_name": "sid"},
+    ]
     # The descriptor: copied from the app image into an emptyDir before Envoy starts.
     transcoder_config = _http_filter("envoy.filters.http.grpc_json_transcoder")
     assert set(transcoder_config["services"]) == {svc.grpc_service for svc in topology.SERVICES}
@@ -1041,6 +1044,80 @@ def test_envoy_pods_and_service_expose_the_listeners_of_its_config() -> None:
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
 
 
+def _envoy_cluster(name: str) -> Obj:
+    (cluster,) = [c for c in ENVOY_CONFIG["static_resources"]["clusters"] if c["name"] == name]
+    return cluster
+
+
+def _load_sidecar() -> ModuleType:
+    return _load_by_path("chirp_edge_sidecar", ROOT / "envoy" / "sidecar.py")
+
+
+def test_envoy_pod_runs_the_edge_sidecar_on_its_cluster_port_asking_each_public_services_headless_service() -> None:
+    sidecar = _load_sidecar()
+    envoy = _one("Deployment", "envoy")
+    pod_labels = envoy["spec"]["template"]["metadata"]["labels"]
+    (container,) = [c for c in envoy["spec"]["template"]["spec"]["containers"] if c is not _main_container(envoy)]
+    assert {container["image"]} == {_main_container(w)["image"] for w in CHIRP_WORKLOADS}
+    # The script from the app image, with the arguments its own parser accepts.
+    assert container["command"] == ["python", "/app/envoy/sidecar.py"]
+    options = sidecar.parse_args(container["args"])
+    # Envoy reaches it inside the pod, on the port the rendered config names.
+    cluster = _envoy_cluster(sidecar.render.SIDECAR_CLUSTER)
+    assert cluster["type"] == "STATIC"
+    (locality,) = cluster["load_assignment"]["endpoints"]
+    (endpoint,) = locality["lb_endpoints"]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": options.port}
+    assert _ports(container) == {"sidecar": options.port}
+    # The kubelet probes the pod IP; no one else reaches the port (Envoy is in the pod).
+    assert options.host == "0.0.0.0"
+    assert container["readinessProbe"]["tcpSocket"]["port"] == "sidecar"
+    pods = _pod_labels()
+    assert not any(_reaches(labels, pod_labels, "sidecar") for labels in pods.values())
+    assert not _reaches(None, pod_labels, "sidecar")
+    assert _reaches(None, pod_labels, "http") and _reaches(pods["graph-svc"], pod_labels, "http")
+    # One target per public service: its headless Service, every pod, reachable from the edge.
+    expected = {}
+    for svc in topology.SERVICES:
+        (workload,) = [w for w in CHIRP_WORKLOADS if _service_of(w) is svc]
+        headless = f"{workload['metadata']['name']}-headless"
+        assert _one("Service", headless)["spec"]["clusterIP"] == "None"
+        assert _reaches(pod_labels, workload["spec"]["template"]["metadata"]["labels"], "grpc")
+        expected[svc.grpc_service] = [f"dns:///{_fqdn(headless)}:{GRPC_PORT}"]
+    assert options.targets == expected
+    assert set(options.targets) == set(sidecar.render.SERVICE_DESCRIPTORS)
+
+
+def test_edge_sidecar_refuses_targets_for_only_some_services_and_defaults_to_local_instances() -> None:
+    sidecar = _load_sidecar()
+    (container,) = [c for c in _one("Deployment", "envoy")["spec"]["template"]["spec"]["containers"][1:]]
+    args = container["args"]
+    # A forgotten target would leave that service asking 127.0.0.1, where nothing listens in the pod.
+    with pytest.raises(SystemExit):
+        sidecar.parse_args(args[:-2])
+    with pytest.raises(SystemExit):
+        sidecar.parse_args([*args, "--target", "like_worker=dns:///like-worker-headless:50051"])
+    local = sidecar.parse_args([])
+    assert local.host == topology.HOST
+    graph = next(svc for svc in topology.SERVICES if svc.name == "graph_svc")
+    assert local.targets[graph.grpc_service] == [f"{topology.HOST}:{i.port}" for i in topology.instances(graph)]
+
+
+def test_envoy_config_points_at_loopback_only_for_its_admin_interface_and_the_sidecar() -> None:
+    production = _load_by_path("chirp_k8s_render_production", K8S / "envoy" / "render_production.py")
+    loopback = sorted(
+        a["port_value"] for a in production._socket_addresses(ENVOY_CONFIG) if a["address"] == "127.0.0.1"
+    )
+    assert loopback == sorted([production.ADMIN_PORT, production.ADMIN_PORT, _load_sidecar().render.SIDECAR_PORT])
+    # A local cluster render.py might add is refused instead of written out.
+    config = production.build()
+    config["static_resources"]["clusters"].append(
+        {"name": "new_svc", "load_assignment": production._static_loopback("new_svc", GRPC_PORT)}
+    )
+    with pytest.raises(RuntimeError, match=str(GRPC_PORT)):
+        production._check_loopback(config, {production.ADMIN_PORT, _load_sidecar().render.SIDECAR_PORT})
+
+
 # ---- monitoring ---------------------------------------------------------------
 
 
@@ -1064,3 +1141,73 @@ def test_prometheus_keeps_annotated_pods_and_takes_port_path_and_job_from_them()
     match = re.fullmatch(address["regex"], "10.1.2.3:50051;51051")
     assert match is not None
     assert match.expand(address["replacement"].replace("$", "\\")) == "10.1.2.3:51051"
+
+
+# Who may call whose gRPC port: the edge and the peers that hold a target for it
+# (common/clients.py Peers: tweet_svc dials graph_svc; feed_svc, rank_svc, the
+# fan-out worker (feed_svc/wiring.py) and the rank worker dial both).
+GRPC_CALLERS = {
+    "graph-svc": {"envoy", "tweet-svc", "feed-svc", "rank-svc", "fanout-worker", "rank-worker"},
+    "tweet-svc": {"envoy", "feed-svc", "rank-svc", "fanout-worker", "rank-worker"},
+    "feed-svc": {"envoy"},
+    "rank-svc": {"envoy"},
+    "like-worker": set(),
+    "fanout-worker": set(),
+    "rank-worker": set(),
+}
+
+
+def _matches(selector: Obj, labels: Mapping[str, str]) -> bool:
+    """A label selector with matchLabels and `In` expressions (all the policies use)."""
+    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def _pod_labels() -> dict[str, Mapping[str, str]]:
+    return {
+        w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]: w["spec"]["template"]["metadata"][
+            "labels"
+        ]
+        for w in OBJECTS
+        if w["kind"] in WORKLOAD_KINDS
+    }
+
+
+def _reaches(source: Mapping[str, str] | None, target: Mapping[str, str], port: str) -> bool:
+    """Whether a pod (labels; None: a pod in namespace `monitoring`) may open `port` on `target`.
+    Kubernetes semantics: a pod selected by no Ingress policy accepts anything; otherwise
+    the union of the selecting policies' rules."""
+    policies = [p for p in _find("NetworkPolicy") if _matches(p["spec"]["podSelector"], target)]
+    if not policies:
+        return True
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            if port not in {p["port"] for p in rule.get("ports", [])}:
+                continue
+            if "from" not in rule:  # every source, inside the cluster or not
+                return True
+            for peer in rule["from"]:
+                if "namespaceSelector" in peer:
+                    names = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    if source is None and names == "monitoring":
+                        return True
+                elif source is not None and _matches(peer["podSelector"], source):
+                    return True
+    return False
+
+
+def test_grpc_ports_are_reachable_only_from_the_edge_and_the_peers_that_call_them() -> None:
+    pods = _pod_labels()
+    assert set(GRPC_CALLERS) <= set(pods)
+    for target, callers in GRPC_CALLERS.items():
+        reachable = {name for name, labels in pods.items() if _reaches(labels, pods[target], "grpc")}
+        assert reachable == callers, target
+        assert not _reaches(None, pods[target], "grpc"), target
+        # Prometheus scrapes every Chirp pod; no Chirp pod can reach a metrics port.
+        assert _reaches(None, pods[target], "metrics"), target
+        assert not any(_reaches(labels, pods[target], "metrics") for labels in pods.values()), target

@@ -10,7 +10,7 @@ import builtins
 import collections
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -40,7 +40,7 @@ from feed_svc.cache import FeedCache
 from feed_svc.fanout import Fanout
 from feed_svc.home_feed import CelebrityRegistry, HomeFeed
 from feed_svc.store import CELEBRITY_SHARDS, TimelineStore, celebrity_shard
-from tweet_svc.cache import TweetCache
+from tweet_svc.cache import FILL_SCRIPT, LIKE_SCRIPT, TweetCache
 from tweet_svc.store import TweetRecord
 
 # ---- an in-memory Redis, strict about slots ---------------------------------------------
@@ -198,6 +198,40 @@ class FakeRedis:
         members_set -= gone
         return len(gone)
 
+    # hashes, and the like state's scripts (tweet_svc/cache.py), each on its one key. Only
+    # what these tests use is modelled: the scripts run on a real Redis in
+    # tests/integration/test_like_state.py.
+    async def hget(self, key: str, field: str) -> bytes | None:
+        self._use("hget", key)
+        value = self.data.get(key)
+        return cast(dict[bytes, bytes], value).get(_b(field)) if isinstance(value, dict) else None
+
+    async def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> int:
+        keys, args = keys_and_args[:numkeys], keys_and_args[numkeys:]
+        self._use("eval", *keys)
+        key = keys[0]
+        if script == FILL_SCRIPT:
+            if key in self.data:
+                return 0
+            self.data[key] = {b"c": _b(args[0]), b"p": b"0", b"n": _b(args[0])}
+            self.ttl_ms[key] = int(args[1])
+            return 1
+        if script == LIKE_SCRIPT and args[0] == "fold" and len(args) == 3:  # a stored count, no user
+            if not isinstance(self.data.get(key), dict):
+                self.data[key] = {b"p": b"0"}
+                self.ttl_ms[key] = int(args[1])
+            state = cast(dict[bytes, bytes], self.data[key])
+            count = max(0, int(args[2]) + int(state[b"p"]))
+            state.update({b"c": _b(args[2]), b"n": _b(count)})
+            return count
+        raise NotImplementedError("the fake models the like state's fill and a fold without users only")
+
+    def register_script(self, script: str) -> Callable[..., Awaitable[int]]:
+        async def run(keys: Sequence[str], args: Sequence[Any]) -> int:
+            return await self.eval(script, len(keys), *keys, *args)
+
+        return run
+
 
 class FakePipeline:
     """Queues commands and runs them in order on execute(), each checked on its own
@@ -222,7 +256,7 @@ class FakePipeline:
 
         return queue
 
-    async def execute(self) -> list[Any]:
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
         return [await getattr(self._redis, name)(*args, **kwargs) for name, args, kwargs in self._queue]
 
 

@@ -74,20 +74,60 @@ class GraphServiceStub:
                 request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowingRequest.SerializeToString,
                 response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowingResponse.FromString,
                 _registered_method=True)
-        self.BatchGetUsers = channel.unary_unary(
-                '/chirp.graph.v1.GraphService/BatchGetUsers',
-                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.BatchGetUsersRequest.SerializeToString,
-                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.BatchGetUsersResponse.FromString,
+        self.LookupUser = channel.unary_unary(
+                '/chirp.graph.v1.GraphService/LookupUser',
+                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.LookupUserRequest.SerializeToString,
+                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.LookupUserResponse.FromString,
                 _registered_method=True)
-        self.ListFollowerIds = channel.unary_unary(
-                '/chirp.graph.v1.GraphService/ListFollowerIds',
-                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowerIdsRequest.SerializeToString,
-                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowerIdsResponse.FromString,
+        self.GetMe = channel.unary_unary(
+                '/chirp.graph.v1.GraphService/GetMe',
+                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.GetMeRequest.SerializeToString,
+                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.GetMeResponse.FromString,
                 _registered_method=True)
-        self.ListFollowingIds = channel.unary_unary(
-                '/chirp.graph.v1.GraphService/ListFollowingIds',
-                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowingIdsRequest.SerializeToString,
-                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowingIdsResponse.FromString,
+        self.RefreshSession = channel.unary_unary(
+                '/chirp.graph.v1.GraphService/RefreshSession',
+                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.RefreshSessionRequest.SerializeToString,
+                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.RefreshSessionResponse.FromString,
+                _registered_method=True)
+        self.DeleteSession = channel.unary_unary(
+                '/chirp.graph.v1.GraphService/DeleteSession',
+                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.DeleteSessionRequest.SerializeToString,
+                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.DeleteSessionResponse.FromString,
+                _registered_method=True)
+        self.ChangePassword = channel.unary_unary(
+                '/chirp.graph.v1.GraphService/ChangePassword',
+                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ChangePasswordRequest.SerializeToString,
+                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ChangePasswordResponse.FromString,
+                _registered_method=True)
+        self.BlockUser = channel.unary_unary(
+                '/chirp.graph.v1.GraphService/BlockUser',
+                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.BlockUserRequest.SerializeToString,
+                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.BlockUserResponse.FromString,
+                _registered_method=True)
+        self.UnblockUser = channel.unary_unary(
+                '/chirp.graph.v1.GraphService/UnblockUser',
+                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.UnblockUserRequest.SerializeToString,
+                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.UnblockUserResponse.FromString,
+                _registered_method=True)
+        self.MuteUser = channel.unary_unary(
+                '/chirp.graph.v1.GraphService/MuteUser',
+                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.MuteUserRequest.SerializeToString,
+                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.MuteUserResponse.FromString,
+                _registered_method=True)
+        self.UnmuteUser = channel.unary_unary(
+                '/chirp.graph.v1.GraphService/UnmuteUser',
+                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.UnmuteUserRequest.SerializeToString,
+                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.UnmuteUserResponse.FromString,
+                _registered_method=True)
+        self.ListBlocks = channel.unary_unary(
+                '/chirp.graph.v1.GraphService/ListBlocks',
+                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListBlocksRequest.SerializeToString,
+                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListBlocksResponse.FromString,
+                _registered_method=True)
+        self.ListMutes = channel.unary_unary(
+                '/chirp.graph.v1.GraphService/ListMutes',
+                request_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListMutesRequest.SerializeToString,
+                response_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListMutesResponse.FromString,
                 _registered_method=True)
 
 
@@ -148,23 +188,85 @@ class GraphServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def BatchGetUsers(self, request, context):
-        """Internal: users by id in one call (for hydrating timelines). Unknown ids
-        are left out of the response.
+    def LookupUser(self, request, context):
+        """Finds a user by username, ignoring case. Token optional.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListFollowerIds(self, request, context):
-        """Internal: follower ids of a user, page by page, for fan-out on write.
+    def GetMe(self, request, context):
+        """The acting user.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListFollowingIds(self, request, context):
-        """Internal: ids a user follows, for merging celebrity tweets at read time.
+    def RefreshSession(self, request, context):
+        """Exchanges a refresh token for a new access and refresh token pair and
+        retires it. Reusing a retired refresh token revokes its whole chain (every
+        token descended from the same login) and is UNAUTHENTICATED. Needs no
+        access token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSession(self, request, context):
+        """Logs out: revokes the refresh-token chain of the calling access token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangePassword(self, request, context):
+        """Changes the acting user's password (the old one is required) and revokes
+        every session of the user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BlockUser(self, request, context):
+        """Blocks `user_id`: removes the follows in both directions; the blocked user
+        can no longer follow the blocker or like their tweets, and neither sees
+        the other's tweets in their home feed or trending. Blocking twice is fine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnblockUser(self, request, context):
+        """Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MuteUser(self, request, context):
+        """Mutes `user_id`: their tweets leave the muter's home feed and trending,
+        without unfollowing. Muting twice is fine.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnmuteUser(self, request, context):
+        """Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBlocks(self, request, context):
+        """The accounts the acting user blocks, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMutes(self, request, context):
+        """The accounts the acting user mutes, newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,20 +310,60 @@ def add_GraphServiceServicer_to_server(servicer, server):
                     request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowingRequest.FromString,
                     response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowingResponse.SerializeToString,
             ),
-            'BatchGetUsers': grpc.unary_unary_rpc_method_handler(
-                    servicer.BatchGetUsers,
-                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.BatchGetUsersRequest.FromString,
-                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.BatchGetUsersResponse.SerializeToString,
+            'LookupUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.LookupUser,
+                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.LookupUserRequest.FromString,
+                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.LookupUserResponse.SerializeToString,
             ),
-            'ListFollowerIds': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListFollowerIds,
-                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowerIdsRequest.FromString,
-                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowerIdsResponse.SerializeToString,
+            'GetMe': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMe,
+                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.GetMeRequest.FromString,
+                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.GetMeResponse.SerializeToString,
             ),
-            'ListFollowingIds': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListFollowingIds,
-                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowingIdsRequest.FromString,
-                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowingIdsResponse.SerializeToString,
+            'RefreshSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshSession,
+                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.RefreshSessionRequest.FromString,
+                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.RefreshSessionResponse.SerializeToString,
+            ),
+            'DeleteSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSession,
+                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.DeleteSessionRequest.FromString,
+                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.DeleteSessionResponse.SerializeToString,
+            ),
+            'ChangePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangePassword,
+                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ChangePasswordRequest.FromString,
+                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ChangePasswordResponse.SerializeToString,
+            ),
+            'BlockUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.BlockUser,
+                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.BlockUserRequest.FromString,
+                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.BlockUserResponse.SerializeToString,
+            ),
+            'UnblockUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnblockUser,
+                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.UnblockUserRequest.FromString,
+                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.UnblockUserResponse.SerializeToString,
+            ),
+            'MuteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.MuteUser,
+                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.MuteUserRequest.FromString,
+                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.MuteUserResponse.SerializeToString,
+            ),
+            'UnmuteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnmuteUser,
+                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.UnmuteUserRequest.FromString,
+                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.UnmuteUserResponse.SerializeToString,
+            ),
+            'ListBlocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBlocks,
+                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListBlocksRequest.FromString,
+                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListBlocksResponse.SerializeToString,
+            ),
+            'ListMutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMutes,
+                    request_deserializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListMutesRequest.FromString,
+                    response_serializer=chirp_dot_graph_dot_v1_dot_graph__pb2.ListMutesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -429,7 +571,7 @@ class GraphService:
             _registered_method=True)
 
     @staticmethod
-    def BatchGetUsers(request,
+    def LookupUser(request,
             target,
             options=(),
             channel_credentials=None,
@@ -442,9 +584,9 @@ class GraphService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chirp.graph.v1.GraphService/BatchGetUsers',
-            chirp_dot_graph_dot_v1_dot_graph__pb2.BatchGetUsersRequest.SerializeToString,
-            chirp_dot_graph_dot_v1_dot_graph__pb2.BatchGetUsersResponse.FromString,
+            '/chirp.graph.v1.GraphService/LookupUser',
+            chirp_dot_graph_dot_v1_dot_graph__pb2.LookupUserRequest.SerializeToString,
+            chirp_dot_graph_dot_v1_dot_graph__pb2.LookupUserResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -456,7 +598,7 @@ class GraphService:
             _registered_method=True)
 
     @staticmethod
-    def ListFollowerIds(request,
+    def GetMe(request,
             target,
             options=(),
             channel_credentials=None,
@@ -469,9 +611,9 @@ class GraphService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chirp.graph.v1.GraphService/ListFollowerIds',
-            chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowerIdsRequest.SerializeToString,
-            chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowerIdsResponse.FromString,
+            '/chirp.graph.v1.GraphService/GetMe',
+            chirp_dot_graph_dot_v1_dot_graph__pb2.GetMeRequest.SerializeToString,
+            chirp_dot_graph_dot_v1_dot_graph__pb2.GetMeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -483,7 +625,7 @@ class GraphService:
             _registered_method=True)
 
     @staticmethod
-    def ListFollowingIds(request,
+    def RefreshSession(request,
             target,
             options=(),
             channel_credentials=None,
@@ -496,9 +638,225 @@ class GraphService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chirp.graph.v1.GraphService/ListFollowingIds',
-            chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowingIdsRequest.SerializeToString,
-            chirp_dot_graph_dot_v1_dot_graph__pb2.ListFollowingIdsResponse.FromString,
+            '/chirp.graph.v1.GraphService/RefreshSession',
+            chirp_dot_graph_dot_v1_dot_graph__pb2.RefreshSessionRequest.SerializeToString,
+            chirp_dot_graph_dot_v1_dot_graph__pb2.RefreshSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chirp.graph.v1.GraphService/DeleteSession',
+            chirp_dot_graph_dot_v1_dot_graph__pb2.DeleteSessionRequest.SerializeToString,
+            chirp_dot_graph_dot_v1_dot_graph__pb2.DeleteSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chirp.graph.v1.GraphService/ChangePassword',
+            chirp_dot_graph_dot_v1_dot_graph__pb2.ChangePasswordRequest.SerializeToString,
+            chirp_dot_graph_dot_v1_dot_graph__pb2.ChangePasswordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BlockUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chirp.graph.v1.GraphService/BlockUser',
+            chirp_dot_graph_dot_v1_dot_graph__pb2.BlockUserRequest.SerializeToString,
+            chirp_dot_graph_dot_v1_dot_graph__pb2.BlockUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnblockUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chirp.graph.v1.GraphService/UnblockUser',
+            chirp_dot_graph_dot_v1_dot_graph__pb2.UnblockUserRequest.SerializeToString,
+            chirp_dot_graph_dot_v1_dot_graph__pb2.UnblockUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MuteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chirp.graph.v1.GraphService/MuteUser',
+            chirp_dot_graph_dot_v1_dot_graph__pb2.MuteUserRequest.SerializeToString,
+            chirp_dot_graph_dot_v1_dot_graph__pb2.MuteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnmuteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chirp.graph.v1.GraphService/UnmuteUser',
+            chirp_dot_graph_dot_v1_dot_graph__pb2.UnmuteUserRequest.SerializeToString,
+            chirp_dot_graph_dot_v1_dot_graph__pb2.UnmuteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chirp.graph.v1.GraphService/ListBlocks',
+            chirp_dot_graph_dot_v1_dot_graph__pb2.ListBlocksRequest.SerializeToString,
+            chirp_dot_graph_dot_v1_dot_graph__pb2.ListBlocksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chirp.graph.v1.GraphService/ListMutes',
+            chirp_dot_graph_dot_v1_dot_graph__pb2.ListMutesRequest.SerializeToString,
+            chirp_dot_graph_dot_v1_dot_graph__pb2.ListMutesResponse.FromString,
             options,
             channel_credentials,
             insecure,

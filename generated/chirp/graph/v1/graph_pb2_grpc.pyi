@@ -52,14 +52,39 @@ class GraphServiceStub:
     """Lists who follows `user_id`, newest follow first."""
     ListFollowing: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ListFollowingRequest, _graph_pb2.ListFollowingResponse]
     """Lists whom `user_id` follows, newest follow first."""
-    BatchGetUsers: _grpc.UnaryUnaryMultiCallable[_graph_pb2.BatchGetUsersRequest, _graph_pb2.BatchGetUsersResponse]
-    """Internal: users by id in one call (for hydrating timelines). Unknown ids
-    are left out of the response.
+    LookupUser: _grpc.UnaryUnaryMultiCallable[_graph_pb2.LookupUserRequest, _graph_pb2.LookupUserResponse]
+    """Finds a user by username, ignoring case. Token optional."""
+    GetMe: _grpc.UnaryUnaryMultiCallable[_graph_pb2.GetMeRequest, _graph_pb2.GetMeResponse]
+    """The acting user."""
+    RefreshSession: _grpc.UnaryUnaryMultiCallable[_graph_pb2.RefreshSessionRequest, _graph_pb2.RefreshSessionResponse]
+    """Exchanges a refresh token for a new access and refresh token pair and
+    retires it. Reusing a retired refresh token revokes its whole chain (every
+    token descended from the same login) and is UNAUTHENTICATED. Needs no
+    access token.
     """
-    ListFollowerIds: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ListFollowerIdsRequest, _graph_pb2.ListFollowerIdsResponse]
-    """Internal: follower ids of a user, page by page, for fan-out on write."""
-    ListFollowingIds: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ListFollowingIdsRequest, _graph_pb2.ListFollowingIdsResponse]
-    """Internal: ids a user follows, for merging celebrity tweets at read time."""
+    DeleteSession: _grpc.UnaryUnaryMultiCallable[_graph_pb2.DeleteSessionRequest, _graph_pb2.DeleteSessionResponse]
+    """Logs out: revokes the refresh-token chain of the calling access token."""
+    ChangePassword: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ChangePasswordRequest, _graph_pb2.ChangePasswordResponse]
+    """Changes the acting user's password (the old one is required) and revokes
+    every session of the user.
+    """
+    BlockUser: _grpc.UnaryUnaryMultiCallable[_graph_pb2.BlockUserRequest, _graph_pb2.BlockUserResponse]
+    """Blocks `user_id`: removes the follows in both directions; the blocked user
+    can no longer follow the blocker or like their tweets, and neither sees
+    the other's tweets in their home feed or trending. Blocking twice is fine.
+    """
+    UnblockUser: _grpc.UnaryUnaryMultiCallable[_graph_pb2.UnblockUserRequest, _graph_pb2.UnblockUserResponse]
+    """Idempotent."""
+    MuteUser: _grpc.UnaryUnaryMultiCallable[_graph_pb2.MuteUserRequest, _graph_pb2.MuteUserResponse]
+    """Mutes `user_id`: their tweets leave the muter's home feed and trending,
+    without unfollowing. Muting twice is fine.
+    """
+    UnmuteUser: _grpc.UnaryUnaryMultiCallable[_graph_pb2.UnmuteUserRequest, _graph_pb2.UnmuteUserResponse]
+    """Idempotent."""
+    ListBlocks: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ListBlocksRequest, _graph_pb2.ListBlocksResponse]
+    """The accounts the acting user blocks, newest first."""
+    ListMutes: _grpc.UnaryUnaryMultiCallable[_graph_pb2.ListMutesRequest, _graph_pb2.ListMutesResponse]
+    """The accounts the acting user mutes, newest first."""
 
 @_typing.type_check_only
 class GraphServiceAsyncStub(GraphServiceStub):
@@ -85,14 +110,39 @@ class GraphServiceAsyncStub(GraphServiceStub):
     """Lists who follows `user_id`, newest follow first."""
     ListFollowing: _aio.UnaryUnaryMultiCallable[_graph_pb2.ListFollowingRequest, _graph_pb2.ListFollowingResponse]  # type: ignore[assignment]
     """Lists whom `user_id` follows, newest follow first."""
-    BatchGetUsers: _aio.UnaryUnaryMultiCallable[_graph_pb2.BatchGetUsersRequest, _graph_pb2.BatchGetUsersResponse]  # type: ignore[assignment]
-    """Internal: users by id in one call (for hydrating timelines). Unknown ids
-    are left out of the response.
+    LookupUser: _aio.UnaryUnaryMultiCallable[_graph_pb2.LookupUserRequest, _graph_pb2.LookupUserResponse]  # type: ignore[assignment]
+    """Finds a user by username, ignoring case. Token optional."""
+    GetMe: _aio.UnaryUnaryMultiCallable[_graph_pb2.GetMeRequest, _graph_pb2.GetMeResponse]  # type: ignore[assignment]
+    """The acting user."""
+    RefreshSession: _aio.UnaryUnaryMultiCallable[_graph_pb2.RefreshSessionRequest, _graph_pb2.RefreshSessionResponse]  # type: ignore[assignment]
+    """Exchanges a refresh token for a new access and refresh token pair and
+    retires it. Reusing a retired refresh token revokes its whole chain (every
+    token descended from the same login) and is UNAUTHENTICATED. Needs no
+    access token.
     """
-    ListFollowerIds: _aio.UnaryUnaryMultiCallable[_graph_pb2.ListFollowerIdsRequest, _graph_pb2.ListFollowerIdsResponse]  # type: ignore[assignment]
-    """Internal: follower ids of a user, page by page, for fan-out on write."""
-    ListFollowingIds: _aio.UnaryUnaryMultiCallable[_graph_pb2.ListFollowingIdsRequest, _graph_pb2.ListFollowingIdsResponse]  # type: ignore[assignment]
-    """Internal: ids a user follows, for merging celebrity tweets at read time."""
+    DeleteSession: _aio.UnaryUnaryMultiCallable[_graph_pb2.DeleteSessionRequest, _graph_pb2.DeleteSessionResponse]  # type: ignore[assignment]
+    """Logs out: revokes the refresh-token chain of the calling access token."""
+    ChangePassword: _aio.UnaryUnaryMultiCallable[_graph_pb2.ChangePasswordRequest, _graph_pb2.ChangePasswordResponse]  # type: ignore[assignment]
+    """Changes the acting user's password (the old one is required) and revokes
+    every session of the user.
+    """
+    BlockUser: _aio.UnaryUnaryMultiCallable[_graph_pb2.BlockUserRequest, _graph_pb2.BlockUserResponse]  # type: ignore[assignment]
+    """Blocks `user_id`: removes the follows in both directions; the blocked user
+    can no longer follow the blocker or like their tweets, and neither sees
+    the other's tweets in their home feed or trending. Blocking twice is fine.
+    """
+    UnblockUser: _aio.UnaryUnaryMultiCallable[_graph_pb2.UnblockUserRequest, _graph_pb2.UnblockUserResponse]  # type: ignore[assignment]
+    """Idempotent."""
+    MuteUser: _aio.UnaryUnaryMultiCallable[_graph_pb2.MuteUserRequest, _graph_pb2.MuteUserResponse]  # type: ignore[assignment]
+    """Mutes `user_id`: their tweets leave the muter's home feed and trending,
+    without unfollowing. Muting twice is fine.
+    """
+    UnmuteUser: _aio.UnaryUnaryMultiCallable[_graph_pb2.UnmuteUserRequest, _graph_pb2.UnmuteUserResponse]  # type: ignore[assignment]
+    """Idempotent."""
+    ListBlocks: _aio.UnaryUnaryMultiCallable[_graph_pb2.ListBlocksRequest, _graph_pb2.ListBlocksResponse]  # type: ignore[assignment]
+    """The accounts the acting user blocks, newest first."""
+    ListMutes: _aio.UnaryUnaryMultiCallable[_graph_pb2.ListMutesRequest, _graph_pb2.ListMutesResponse]  # type: ignore[assignment]
+    """The accounts the acting user mutes, newest first."""
 
 class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
     """GraphService owns accounts, sessions and the follow graph.
@@ -159,29 +209,102 @@ class GraphServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists whom `user_id` follows, newest follow first."""
 
     @_abc_1.abstractmethod
-    def BatchGetUsers(
+    def LookupUser(
         self,
-        request: _graph_pb2.BatchGetUsersRequest,
+        request: _graph_pb2.LookupUserRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.BatchGetUsersResponse, _abc.Awaitable[_graph_pb2.BatchGetUsersResponse]]:
-        """Internal: users by id in one call (for hydrating timelines). Unknown ids
-        are left out of the response.
+    ) -> _typing.Union[_graph_pb2.LookupUserResponse, _abc.Awaitable[_graph_pb2.LookupUserResponse]]:
+        """Finds a user by username, ignoring case. Token optional."""
+
+    @_abc_1.abstractmethod
+    def GetMe(
+        self,
+        request: _graph_pb2.GetMeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_graph_pb2.GetMeResponse, _abc.Awaitable[_graph_pb2.GetMeResponse]]:
+        """The acting user."""
+
+    @_abc_1.abstractmethod
+    def RefreshSession(
+        self,
+        request: _graph_pb2.RefreshSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_graph_pb2.RefreshSessionResponse, _abc.Awaitable[_graph_pb2.RefreshSessionResponse]]:
+        """Exchanges a refresh token for a new access and refresh token pair and
+        retires it. Reusing a retired refresh token revokes its whole chain (every
+        token descended from the same login) and is UNAUTHENTICATED. Needs no
+        access token.
         """
 
     @_abc_1.abstractmethod
-    def ListFollowerIds(
+    def DeleteSession(
         self,
-        request: _graph_pb2.ListFollowerIdsRequest,
+        request: _graph_pb2.DeleteSessionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.ListFollowerIdsResponse, _abc.Awaitable[_graph_pb2.ListFollowerIdsResponse]]:
-        """Internal: follower ids of a user, page by page, for fan-out on write."""
+    ) -> _typing.Union[_graph_pb2.DeleteSessionResponse, _abc.Awaitable[_graph_pb2.DeleteSessionResponse]]:
+        """Logs out: revokes the refresh-token chain of the calling access token."""
 
     @_abc_1.abstractmethod
-    def ListFollowingIds(
+    def ChangePassword(
         self,
-        request: _graph_pb2.ListFollowingIdsRequest,
+        request: _graph_pb2.ChangePasswordRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_graph_pb2.ListFollowingIdsResponse, _abc.Awaitable[_graph_pb2.ListFollowingIdsResponse]]:
-        """Internal: ids a user follows, for merging celebrity tweets at read time."""
+    ) -> _typing.Union[_graph_pb2.ChangePasswordResponse, _abc.Awaitable[_graph_pb2.ChangePasswordResponse]]:
+        """Changes the acting user's password (the old one is required) and revokes
+        every session of the user.
+        """
+
+    @_abc_1.abstractmethod
+    def BlockUser(
+        self,
+        request: _graph_pb2.BlockUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_graph_pb2.BlockUserResponse, _abc.Awaitable[_graph_pb2.BlockUserResponse]]:
+        """Blocks `user_id`: removes the follows in both directions; the blocked user
+        can no longer follow the blocker or like their tweets, and neither sees
+        the other's tweets in their home feed or trending. Blocking twice is fine.
+        """
+
+    @_abc_1.abstractmethod
+    def UnblockUser(
+        self,
+        request: _graph_pb2.UnblockUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_graph_pb2.UnblockUserResponse, _abc.Awaitable[_graph_pb2.UnblockUserResponse]]:
+        """Idempotent."""
+
+    @_abc_1.abstractmethod
+    def MuteUser(
+        self,
+        request: _graph_pb2.MuteUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_graph_pb2.MuteUserResponse, _abc.Awaitable[_graph_pb2.MuteUserResponse]]:
+        """Mutes `user_id`: their tweets leave the muter's home feed and trending,
+        without unfollowing. Muting twice is fine.
+        """
+
+    @_abc_1.abstractmethod
+    def UnmuteUser(
+        self,
+        request: _graph_pb2.UnmuteUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_graph_pb2.UnmuteUserResponse, _abc.Awaitable[_graph_pb2.UnmuteUserResponse]]:
+        """Idempotent."""
+
+    @_abc_1.abstractmethod
+    def ListBlocks(
+        self,
+        request: _graph_pb2.ListBlocksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_graph_pb2.ListBlocksResponse, _abc.Awaitable[_graph_pb2.ListBlocksResponse]]:
+        """The accounts the acting user blocks, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListMutes(
+        self,
+        request: _graph_pb2.ListMutesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_graph_pb2.ListMutesResponse, _abc.Awaitable[_graph_pb2.ListMutesResponse]]:
+        """The accounts the acting user mutes, newest first."""
 
 def add_GraphServiceServicer_to_server(servicer: GraphServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hirp/tweet/v1/tweet.proto\x12\x0e\x63hirp.tweet.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x01\n\x05Tweet\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\x12\x11\n\tauthor_id\x18\x02 \x01(\x03\x12\x17\n\x0f\x61uthor_username\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlike_count\x18\x06 \x01(\x05\";\n\x12\x43reateTweetRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\";\n\x13\x43reateTweetResponse\x12$\n\x05tweet\x18\x01 \x01(\x0b\x32\x15.chirp.tweet.v1.Tweet\"#\n\x0fGetTweetRequest\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\"8\n\x10GetTweetResponse\x12$\n\x05tweet\x18\x01 \x01(\x0b\x32\x15.chirp.tweet.v1.Tweet\"&\n\x12\x44\x65leteTweetRequest\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\"\x15\n\x13\x44\x65leteTweetResponse\"O\n\x15ListUserTweetsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x16ListUserTweetsResponse\x12%\n\x06tweets\x18\x01 \x03(\x0b\x32\x15.chirp.tweet.v1.Tweet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x10LikeTweetRequest\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\"\'\n\x11LikeTweetResponse\x12\x12\n\nlike_count\x18\x01 \x01(\x05\"&\n\x12UnlikeTweetRequest\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\")\n\x13UnlikeTweetResponse\x12\x12\n\nlike_count\x18\x01 \x01(\x05\"*\n\x15\x42\x61tchGetTweetsRequest\x12\x11\n\ttweet_ids\x18\x01 \x03(\x03\"?\n\x16\x42\x61tchGetTweetsResponse\x12%\n\x06tweets\x18\x01 \x03(\x0b\x32\x15.chirp.tweet.v1.Tweet\"b\n\x19ListRecentTweetIdsRequest\x12\x12\n\nauthor_ids\x18\x01 \x03(\x03\x12\x17\n\x0f\x62\x65\x66ore_tweet_id\x18\x02 \x01(\x03\x12\x18\n\x10limit_per_author\x18\x03 \x01(\x05\"M\n\x1aListRecentTweetIdsResponse\x12/\n\x06tweets\x18\x01 \x03(\x0b\x32\x1f.chirp.tweet.v1.AuthoredTweetId\"6\n\x0f\x41uthoredTweetId\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\x12\x11\n\tauthor_id\x18\x02 \x01(\x03\x32\xa8\x07\n\x0cTweetService\x12m\n\x0b\x43reateTweet\x12\".chirp.tweet.v1.CreateTweetRequest\x1a#.chirp.tweet.v1.CreateTweetResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/tweets:\x01*\x12l\n\x08GetTweet\x12\x1f.chirp.tweet.v1.GetTweetRequest\x1a .chirp.tweet.v1.GetTweetResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/tweets/{tweet_id}\x12u\n\x0b\x44\x65leteTweet\x12\".chirp.tweet.v1.DeleteTweetRequest\x1a#.chirp.tweet.v1.DeleteTweetResponse\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/tweets/{tweet_id}\x12\x83\x01\n\x0eListUserTweets\x12%.chirp.tweet.v1.ListUserTweetsRequest\x1a&.chirp.tweet.v1.ListUserTweetsResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/users/{user_id}/tweets\x12t\n\tLikeTweet\x12 .chirp.tweet.v1.LikeTweetRequest\x1a!.chirp.tweet.v1.LikeTweetResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x1a/v1/tweets/{tweet_id}/like\x12z\n\x0bUnlikeTweet\x12\".chirp.tweet.v1.UnlikeTweetRequest\x1a#.chirp.tweet.v1.UnlikeTweetResponse\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/tweets/{tweet_id}/like\x12_\n\x0e\x42\x61tchGetTweets\x12%.chirp.tweet.v1.BatchGetTweetsRequest\x1a&.chirp.tweet.v1.BatchGetTweetsResponse\x12k\n\x12ListRecentTweetIds\x12).chirp.tweet.v1.ListRecentTweetIdsRequest\x1a*.chirp.tweet.v1.ListRecentTweetIdsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63hirp/tweet/v1/tweet.proto\x12\x0e\x63hirp.tweet.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x01\n\x05Tweet\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\x12\x11\n\tauthor_id\x18\x02 \x01(\x03\x12\x17\n\x0f\x61uthor_username\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlike_count\x18\x06 \x01(\x05\x12\x13\n\x0bliked_by_me\x18\x07 \x01(\x08\";\n\x12\x43reateTweetRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\";\n\x13\x43reateTweetResponse\x12$\n\x05tweet\x18\x01 \x01(\x0b\x32\x15.chirp.tweet.v1.Tweet\"#\n\x0fGetTweetRequest\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\"8\n\x10GetTweetResponse\x12$\n\x05tweet\x18\x01 \x01(\x0b\x32\x15.chirp.tweet.v1.Tweet\"&\n\x12\x44\x65leteTweetRequest\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\"\x15\n\x13\x44\x65leteTweetResponse\"O\n\x15ListUserTweetsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"X\n\x16ListUserTweetsResponse\x12%\n\x06tweets\x18\x01 \x03(\x0b\x32\x15.chirp.tweet.v1.Tweet\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x10LikeTweetRequest\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\"\'\n\x11LikeTweetResponse\x12\x12\n\nlike_count\x18\x01 \x01(\x05\"&\n\x12UnlikeTweetRequest\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\")\n\x13UnlikeTweetResponse\x12\x12\n\nlike_count\x18\x01 \x01(\x05\x32\xda\x05\n\x0cTweetService\x12m\n\x0b\x43reateTweet\x12\".chirp.tweet.v1.CreateTweetRequest\x1a#.chirp.tweet.v1.CreateTweetResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\"\n/v1/tweets:\x01*\x12l\n\x08GetTweet\x12\x1f.chirp.tweet.v1.GetTweetRequest\x1a .chirp.tweet.v1.GetTweetResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/tweets/{tweet_id}\x12u\n\x0b\x44\x65leteTweet\x12\".chirp.tweet.v1.DeleteTweetRequest\x1a#.chirp.tweet.v1.DeleteTweetResponse\"\x1d\x82\xd3\xe4\x93\x02\x17*\x15/v1/tweets/{tweet_id}\x12\x83\x01\n\x0eListUserTweets\x12%.chirp.tweet.v1.ListUserTweetsRequest\x1a&.chirp.tweet.v1.ListUserTweetsResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/users/{user_id}/tweets\x12t\n\tLikeTweet\x12 .chirp.tweet.v1.LikeTweetRequest\x1a!.chirp.tweet.v1.LikeTweetResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x1a/v1/tweets/{tweet_id}/like\x12z\n\x0bUnlikeTweet\x12\".chirp.tweet.v1.UnlikeTweetRequest\x1a#.chirp.tweet.v1.UnlikeTweetResponse\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/tweets/{tweet_id}/likeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,41 +46,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TWEETSERVICE'].methods_by_name['UnlikeTweet']._loaded_options = None
   _globals['_TWEETSERVICE'].methods_by_name['UnlikeTweet']._serialized_options = b'\202\323\344\223\002\034*\032/v1/tweets/{tweet_id}/like'
   _globals['_TWEET']._serialized_start=110
-  _globals['_TWEET']._serialized_end=261
-  _globals['_CREATETWEETREQUEST']._serialized_start=263
-  _globals['_CREATETWEETREQUEST']._serialized_end=322
-  _globals['_CREATETWEETRESPONSE']._serialized_start=324
-  _globals['_CREATETWEETRESPONSE']._serialized_end=383
-  _globals['_GETTWEETREQUEST']._serialized_start=385
-  _globals['_GETTWEETREQUEST']._serialized_end=420
-  _globals['_GETTWEETRESPONSE']._serialized_start=422
-  _globals['_GETTWEETRESPONSE']._serialized_end=478
-  _globals['_DELETETWEETREQUEST']._serialized_start=480
-  _globals['_DELETETWEETREQUEST']._serialized_end=518
-  _globals['_DELETETWEETRESPONSE']._serialized_start=520
-  _globals['_DELETETWEETRESPONSE']._serialized_end=541
-  _globals['_LISTUSERTWEETSREQUEST']._serialized_start=543
-  _globals['_LISTUSERTWEETSREQUEST']._serialized_end=622
-  _globals['_LISTUSERTWEETSRESPONSE']._serialized_start=624
-  _globals['_LISTUSERTWEETSRESPONSE']._serialized_end=712
-  _globals['_LIKETWEETREQUEST']._serialized_start=714
-  _globals['_LIKETWEETREQUEST']._serialized_end=750
-  _globals['_LIKETWEETRESPONSE']._serialized_start=752
-  _globals['_LIKETWEETRESPONSE']._serialized_end=791
-  _globals['_UNLIKETWEETREQUEST']._serialized_start=793
-  _globals['_UNLIKETWEETREQUEST']._serialized_end=831
-  _globals['_UNLIKETWEETRESPONSE']._serialized_start=833
-  _globals['_UNLIKETWEETRESPONSE']._serialized_end=874
-  _globals['_BATCHGETTWEETSREQUEST']._serialized_start=876
-  _globals['_BATCHGETTWEETSREQUEST']._serialized_end=918
-  _globals['_BATCHGETTWEETSRESPONSE']._serialized_start=920
-  _globals['_BATCHGETTWEETSRESPONSE']._serialized_end=983
-  _globals['_LISTRECENTTWEETIDSREQUEST']._serialized_start=985
-  _globals['_LISTRECENTTWEETIDSREQUEST']._serialized_end=1083
-  _globals['_LISTRECENTTWEETIDSRESPONSE']._serialized_start=1085
-  _globals['_LISTRECENTTWEETIDSRESPONSE']._serialized_end=1162
-  _globals['_AUTHOREDTWEETID']._serialized_start=1164
-  _globals['_AUTHOREDTWEETID']._serialized_end=1218
-  _globals['_TWEETSERVICE']._serialized_start=1221
-  _globals['_TWEETSERVICE']._serialized_end=2157
+  _globals['_TWEET']._serialized_end=282
+  _globals['_CREATETWEETREQUEST']._serialized_start=284
+  _globals['_CREATETWEETREQUEST']._serialized_end=343
+  _globals['_CREATETWEETRESPONSE']._serialized_start=345
+  _globals['_CREATETWEETRESPONSE']._serialized_end=404
+  _globals['_GETTWEETREQUEST']._serialized_start=406
+  _globals['_GETTWEETREQUEST']._serialized_end=441
+  _globals['_GETTWEETRESPONSE']._serialized_start=443
+  _globals['_GETTWEETRESPONSE']._serialized_end=499
+  _globals['_DELETETWEETREQUEST']._serialized_start=501
+  _globals['_DELETETWEETREQUEST']._serialized_end=539
+  _globals['_DELETETWEETRESPONSE']._serialized_start=541
+  _globals['_DELETETWEETRESPONSE']._serialized_end=562
+  _globals['_LISTUSERTWEETSREQUEST']._serialized_start=564
+  _globals['_LISTUSERTWEETSREQUEST']._serialized_end=643
+  _globals['_LISTUSERTWEETSRESPONSE']._serialized_start=645
+  _globals['_LISTUSERTWEETSRESPONSE']._serialized_end=733
+  _globals['_LIKETWEETREQUEST']._serialized_start=735
+  _globals['_LIKETWEETREQUEST']._serialized_end=771
+  _globals['_LIKETWEETRESPONSE']._serialized_start=773
+  _globals['_LIKETWEETRESPONSE']._serialized_end=812
+  _globals['_UNLIKETWEETREQUEST']._serialized_start=814
+  _globals['_UNLIKETWEETREQUEST']._serialized_end=852
+  _globals['_UNLIKETWEETRESPONSE']._serialized_start=854
+  _globals['_UNLIKETWEETRESPONSE']._serialized_end=895
+  _globals['_TWEETSERVICE']._serialized_start=898
+  _globals['_TWEETSERVICE']._serialized_end=1628
 # @@protoc_insertion_point(module_scope)

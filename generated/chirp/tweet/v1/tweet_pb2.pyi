@@ -29,11 +29,14 @@ class Tweet(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     LIKE_COUNT_FIELD_NUMBER: _builtins.int
+    LIKED_BY_ME_FIELD_NUMBER: _builtins.int
     tweet_id: _builtins.int
     author_id: _builtins.int
     author_username: _builtins.str
     text: _builtins.str
     like_count: _builtins.int
+    liked_by_me: _builtins.bool
+    """Whether the caller likes this tweet; false without a token."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -45,10 +48,11 @@ class Tweet(_message.Message):
         text: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         like_count: _builtins.int = ...,
+        liked_by_me: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "author_username", b"author_username", "created_at", b"created_at", "like_count", b"like_count", "text", b"text", "tweet_id", b"tweet_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "author_username", b"author_username", "created_at", b"created_at", "like_count", b"like_count", "liked_by_me", b"liked_by_me", "text", b"text", "tweet_id", b"tweet_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -294,119 +298,3 @@ class UnlikeTweetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnlikeTweetResponse: _TypeAlias = UnlikeTweetResponse  # noqa: Y015
-
-@_typing.final
-class BatchGetTweetsRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TWEET_IDS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def tweet_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    def __init__(
-        self,
-        *,
-        tweet_ids: _abc.Iterable[_builtins.int] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tweet_ids", b"tweet_ids"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___BatchGetTweetsRequest: _TypeAlias = BatchGetTweetsRequest  # noqa: Y015
-
-@_typing.final
-class BatchGetTweetsResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TWEETS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def tweets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tweet]: ...
-    def __init__(
-        self,
-        *,
-        tweets: _abc.Iterable[Global___Tweet] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tweets", b"tweets"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___BatchGetTweetsResponse: _TypeAlias = BatchGetTweetsResponse  # noqa: Y015
-
-@_typing.final
-class ListRecentTweetIdsRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    AUTHOR_IDS_FIELD_NUMBER: _builtins.int
-    BEFORE_TWEET_ID_FIELD_NUMBER: _builtins.int
-    LIMIT_PER_AUTHOR_FIELD_NUMBER: _builtins.int
-    before_tweet_id: _builtins.int
-    """Only ids strictly below this one; 0 means no bound."""
-    limit_per_author: _builtins.int
-    """Per author; 0 means 20; at most 200."""
-    @_builtins.property
-    def author_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """At most 500 authors."""
-
-    def __init__(
-        self,
-        *,
-        author_ids: _abc.Iterable[_builtins.int] | None = ...,
-        before_tweet_id: _builtins.int = ...,
-        limit_per_author: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_ids", b"author_ids", "before_tweet_id", b"before_tweet_id", "limit_per_author", b"limit_per_author"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListRecentTweetIdsRequest: _TypeAlias = ListRecentTweetIdsRequest  # noqa: Y015
-
-@_typing.final
-class ListRecentTweetIdsResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TWEETS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def tweets(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuthoredTweetId]:
-        """Newest first per author."""
-
-    def __init__(
-        self,
-        *,
-        tweets: _abc.Iterable[Global___AuthoredTweetId] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tweets", b"tweets"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListRecentTweetIdsResponse: _TypeAlias = ListRecentTweetIdsResponse  # noqa: Y015
-
-@_typing.final
-class AuthoredTweetId(_message.Message):
-    """A tweet id with its author."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TWEET_ID_FIELD_NUMBER: _builtins.int
-    AUTHOR_ID_FIELD_NUMBER: _builtins.int
-    tweet_id: _builtins.int
-    author_id: _builtins.int
-    def __init__(
-        self,
-        *,
-        tweet_id: _builtins.int = ...,
-        author_id: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "tweet_id", b"tweet_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___AuthoredTweetId: _TypeAlias = AuthoredTweetId  # noqa: Y015

@@ -68,16 +68,6 @@ class TweetServiceStub:
                 request_serializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.UnlikeTweetRequest.SerializeToString,
                 response_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.UnlikeTweetResponse.FromString,
                 _registered_method=True)
-        self.BatchGetTweets = channel.unary_unary(
-                '/chirp.tweet.v1.TweetService/BatchGetTweets',
-                request_serializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsRequest.SerializeToString,
-                response_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsResponse.FromString,
-                _registered_method=True)
-        self.ListRecentTweetIds = channel.unary_unary(
-                '/chirp.tweet.v1.TweetService/ListRecentTweetIds',
-                request_serializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsRequest.SerializeToString,
-                response_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsResponse.FromString,
-                _registered_method=True)
 
 
 class TweetServiceServicer:
@@ -129,21 +119,6 @@ class TweetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def BatchGetTweets(self, request, context):
-        """Internal: tweets by id in one call. Unknown or deleted ids are left out.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListRecentTweetIds(self, request, context):
-        """Internal: the newest tweet ids of several authors, for pulling celebrity
-        (and the reader's own) tweets into a home timeline at read time.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_TweetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,16 +151,6 @@ def add_TweetServiceServicer_to_server(servicer, server):
                     servicer.UnlikeTweet,
                     request_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.UnlikeTweetRequest.FromString,
                     response_serializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.UnlikeTweetResponse.SerializeToString,
-            ),
-            'BatchGetTweets': grpc.unary_unary_rpc_method_handler(
-                    servicer.BatchGetTweets,
-                    request_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsRequest.FromString,
-                    response_serializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsResponse.SerializeToString,
-            ),
-            'ListRecentTweetIds': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListRecentTweetIds,
-                    request_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsRequest.FromString,
-                    response_serializer=chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,60 +319,6 @@ class TweetService:
             '/chirp.tweet.v1.TweetService/UnlikeTweet',
             chirp_dot_tweet_dot_v1_dot_tweet__pb2.UnlikeTweetRequest.SerializeToString,
             chirp_dot_tweet_dot_v1_dot_tweet__pb2.UnlikeTweetResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def BatchGetTweets(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/chirp.tweet.v1.TweetService/BatchGetTweets',
-            chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsRequest.SerializeToString,
-            chirp_dot_tweet_dot_v1_dot_tweet__pb2.BatchGetTweetsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListRecentTweetIds(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/chirp.tweet.v1.TweetService/ListRecentTweetIds',
-            chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsRequest.SerializeToString,
-            chirp_dot_tweet_dot_v1_dot_tweet__pb2.ListRecentTweetIdsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,12 +50,6 @@ class TweetServiceStub:
     LikeTweet: _grpc.UnaryUnaryMultiCallable[_tweet_pb2.LikeTweetRequest, _tweet_pb2.LikeTweetResponse]
     """Likes a tweet as the acting user; liking twice counts once."""
     UnlikeTweet: _grpc.UnaryUnaryMultiCallable[_tweet_pb2.UnlikeTweetRequest, _tweet_pb2.UnlikeTweetResponse]
-    BatchGetTweets: _grpc.UnaryUnaryMultiCallable[_tweet_pb2.BatchGetTweetsRequest, _tweet_pb2.BatchGetTweetsResponse]
-    """Internal: tweets by id in one call. Unknown or deleted ids are left out."""
-    ListRecentTweetIds: _grpc.UnaryUnaryMultiCallable[_tweet_pb2.ListRecentTweetIdsRequest, _tweet_pb2.ListRecentTweetIdsResponse]
-    """Internal: the newest tweet ids of several authors, for pulling celebrity
-    (and the reader's own) tweets into a home timeline at read time.
-    """
 
 @_typing.type_check_only
 class TweetServiceAsyncStub(TweetServiceStub):
@@ -79,12 +73,6 @@ class TweetServiceAsyncStub(TweetServiceStub):
     LikeTweet: _aio.UnaryUnaryMultiCallable[_tweet_pb2.LikeTweetRequest, _tweet_pb2.LikeTweetResponse]  # type: ignore[assignment]
     """Likes a tweet as the acting user; liking twice counts once."""
     UnlikeTweet: _aio.UnaryUnaryMultiCallable[_tweet_pb2.UnlikeTweetRequest, _tweet_pb2.UnlikeTweetResponse]  # type: ignore[assignment]
-    BatchGetTweets: _aio.UnaryUnaryMultiCallable[_tweet_pb2.BatchGetTweetsRequest, _tweet_pb2.BatchGetTweetsResponse]  # type: ignore[assignment]
-    """Internal: tweets by id in one call. Unknown or deleted ids are left out."""
-    ListRecentTweetIds: _aio.UnaryUnaryMultiCallable[_tweet_pb2.ListRecentTweetIdsRequest, _tweet_pb2.ListRecentTweetIdsResponse]  # type: ignore[assignment]
-    """Internal: the newest tweet ids of several authors, for pulling celebrity
-    (and the reader's own) tweets into a home timeline at read time.
-    """
 
 class TweetServiceServicer(metaclass=_abc_1.ABCMeta):
     """TweetService owns tweets and likes.
@@ -141,23 +129,5 @@ class TweetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tweet_pb2.UnlikeTweetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_tweet_pb2.UnlikeTweetResponse, _abc.Awaitable[_tweet_pb2.UnlikeTweetResponse]]: ...
-
-    @_abc_1.abstractmethod
-    def BatchGetTweets(
-        self,
-        request: _tweet_pb2.BatchGetTweetsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_tweet_pb2.BatchGetTweetsResponse, _abc.Awaitable[_tweet_pb2.BatchGetTweetsResponse]]:
-        """Internal: tweets by id in one call. Unknown or deleted ids are left out."""
-
-    @_abc_1.abstractmethod
-    def ListRecentTweetIds(
-        self,
-        request: _tweet_pb2.ListRecentTweetIdsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_tweet_pb2.ListRecentTweetIdsResponse, _abc.Awaitable[_tweet_pb2.ListRecentTweetIdsResponse]]:
-        """Internal: the newest tweet ids of several authors, for pulling celebrity
-        (and the reader's own) tweets into a home timeline at read time.
-        """
 
 def add_TweetServiceServicer_to_server(servicer: TweetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

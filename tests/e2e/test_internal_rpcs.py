@@ -1,0 +1,83 @@
+"""Internal RPCs (GraphInternalService, TweetInternalService) are for peer
+services only: the edge routes none of them, over REST or gRPC, whatever the
+token, while the services themselves still answer their peers."""
+
+from __future__ import annotations
+
+import grpc
+import httpx
+import pytest
+from chirp.graph.v1 import graph_internal_pb2, graph_internal_pb2_grpc
+from chirp.tweet.v1 import tweet_internal_pb2, tweet_internal_pb2_grpc
+
+from infra import topology
+from tests.conftest import EDGE_URL, unique_name
+from tests.e2e.test_users import assert_error
+
+PASSWORD = "correct horse"
+# Every internal method under its current service and the public service that
+# used to carry it (a client that kept the old path must not reach it either).
+INTERNAL_PATHS = [
+    f"/chirp.{pkg}.v1.{service}/{method}"
+    for pkg, methods in (
+        ("graph", ("BatchGetUsers", "ListFollowerIds", "ListFollowingIds")),
+        ("tweet", ("BatchGetTweets", "ListRecentTweetIds")),
+    )
+    for service in (f"{pkg.capitalize()}InternalService", f"{pkg.capitalize()}Service")
+    for method in methods
+]
+
+
+@pytest.fixture(scope="module")
+def session(edge: httpx.Client) -> tuple[int, str]:
+    name = unique_name()
+    user = edge.post("/v1/users", json={"username": name, "password": PASSWORD}).json()["user"]
+    token = edge.post("/v1/sessions", json={"username": name, "password": PASSWORD}).json()["access_token"]
+    return int(user["user_id"]), token
+
+
+@pytest.mark.parametrize("path", INTERNAL_PATHS)
+def test_internal_rpc_over_rest_is_404_with_json_body(edge: httpx.Client, session: tuple[int, str], path: str) -> None:
+    user_id, token = session
+    body = {"user_ids": [str(user_id)], "tweet_ids": ["1"], "author_ids": [str(user_id)], "user_id": str(user_id)}
+    reply = edge.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
+    assert_error(reply, 404, 5)
+
+
+def test_internal_rpcs_over_grpc_at_the_edge_are_unimplemented(session: tuple[int, str]) -> None:
+    user_id, token = session
+    md = (("authorization", f"Bearer {token}"),)
+    with grpc.insecure_channel(EDGE_URL.removeprefix("http://")) as channel:
+        graph = graph_internal_pb2_grpc.GraphInternalServiceStub(channel)
+        tweet = tweet_internal_pb2_grpc.TweetInternalServiceStub(channel)
+        calls = [
+            lambda: graph.BatchGetUsers(
+                graph_internal_pb2.BatchGetUsersRequest(user_ids=[user_id]), metadata=md, timeout=5
+            ),
+            lambda: graph.ListFollowerIds(
+                graph_internal_pb2.ListFollowerIdsRequest(user_id=user_id), metadata=md, timeout=5
+            ),
+            lambda: graph.ListFollowingIds(
+                graph_internal_pb2.ListFollowingIdsRequest(user_id=user_id), metadata=md, timeout=5
+            ),
+            lambda: tweet.BatchGetTweets(
+                tweet_internal_pb2.BatchGetTweetsRequest(tweet_ids=[1]), metadata=md, timeout=5
+            ),
+            lambda: tweet.ListRecentTweetIds(
+                tweet_internal_pb2.ListRecentTweetIdsRequest(author_ids=[user_id]), metadata=md, timeout=5
+            ),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as raised:
+                call()
+            assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED, raised.value
+
+
+def test_peers_still_reach_the_internal_services_on_the_service_ports(session: tuple[int, str]) -> None:
+    user_id, _ = session
+    graph_port = topology.instances(next(s for s in topology.SERVICES if s.name == "graph_svc"))[0].port
+    with grpc.insecure_channel(f"{topology.HOST}:{graph_port}") as channel:
+        reply = graph_internal_pb2_grpc.GraphInternalServiceStub(channel).BatchGetUsers(
+            graph_internal_pb2.BatchGetUsersRequest(user_ids=[user_id]), timeout=5
+        )
+    assert [u.user_id for u in reply.users] == [user_id]
