@@ -110,8 +110,8 @@ class Peers:
 
     async def hidden_author_ids(self, user_id: int) -> frozenset[int]:
         """Authors whose tweets `user_id` must not see in the home feed or trending: the
-        ones they mute or block and the ones blocking them. Read afresh on every request
-        (never cached) so a mute or block applies to the very next read."""
+        ones they mute or block and the ones blocking them, read from graph_svc's rows.
+        Readers go through common/hidden.py's cache, which calls this on a miss."""
         reply = await self._graph_internal.ListHiddenAuthorIds(
             graph_internal_pb2.ListHiddenAuthorIdsRequest(user_id=user_id),
             **call_options(TIMEOUT),  # type: ignore[arg-type]
@@ -142,9 +142,11 @@ class Peers:
         )
         return [(t.tweet_id, t.author_id) for t in reply.tweets]
 
-    async def batch_tweets(self, tweet_ids: Sequence[int]) -> list[tweet_pb2.Tweet]:
+    async def batch_tweets(self, tweet_ids: Sequence[int], viewer_id: int = 0) -> list[tweet_pb2.Tweet]:
+        """With a viewer, each tweet's liked_by_me is theirs: the result is that viewer's, never
+        to be shared with other readers (trending and other shared copies hydrate without one)."""
         reply = await self._tweet.BatchGetTweets(
-            tweet_internal_pb2.BatchGetTweetsRequest(tweet_ids=list(tweet_ids)),
+            tweet_internal_pb2.BatchGetTweetsRequest(tweet_ids=list(tweet_ids), viewer_id=viewer_id),
             **call_options(TIMEOUT),  # type: ignore[arg-type]
         )
         return list(reply.tweets)

@@ -5,9 +5,10 @@ store on a miss), (b) recent tweets of the celebrities they follow, pulled at
 read time (cached per celebrity for a few seconds), and (c) the reader's own
 recent tweets, so they see a new tweet at once. Entries are deduplicated,
 tweets that are gone or whose author is no longer followed are dropped, and
-the rest are hydrated in one batch (tweet_svc, which caches tweet bodies),
-newest first. Which authors are celebrities comes from the registry the
-fan-out worker keeps, held in each process's memory (CelebrityRegistry).
+the rest are hydrated in one batch (tweet_svc, which caches tweet bodies and
+fills the reader's liked_by_me in the same call), newest first. Which authors
+are celebrities comes from the registry the fan-out worker keeps, held in each
+process's memory (CelebrityRegistry).
 The merge itself is feed_svc/merge.py; what is pushed, feed_svc/fanout.py.
 """
 
@@ -48,12 +49,11 @@ RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]
 # (user id, only these accounts or () for all) -> ([(followed user id, their follower count)],
 # whether the listing stopped at graph_svc's limit)
 FollowingIds = Callable[[int, Sequence[int]], Awaitable[tuple[list[tuple[int, int]], bool]]]
-# tweet ids -> tweets (missing ones left out)
-BatchTweets = Callable[[Sequence[int]], Awaitable[list[tweet_pb2.Tweet]]]
+# (tweet ids, reader id) -> tweets (missing ones left out), each with liked_by_me for
+# the reader (tweet_svc BatchGetTweets with viewer_id: flags come with the bodies)
+BatchTweets = Callable[[Sequence[int], int], Awaitable[list[tweet_pb2.Tweet]]]
 # reader id -> authors whose tweets the reader must not see (muted, blocked, blocking them)
 HiddenAuthors = Callable[[int], Awaitable[frozenset[int]]]
-# (reader id, tweet ids) -> the ones the reader likes (tweet_svc ListLikedTweetIds)
-LikedTweetIds = Callable[[int, Sequence[int]], Awaitable[set[int]]]
 
 
 @dataclass(frozen=True)
@@ -129,10 +129,8 @@ class HomeFeed:
         registry: CelebrityRegistry | None = None,
         page_tokens: PageTokens | None = None,
         hidden_authors: HiddenAuthors | None = None,
-        liked_tweet_ids: LikedTweetIds | None = None,
     ) -> None:
         self._cache = cache
-        self._liked_tweet_ids = liked_tweet_ids
         self._hidden_authors = hidden_authors or _nobody_hidden
         self._page_tokens = page_tokens or unshared_tokens()
         self._store = store
@@ -178,7 +176,7 @@ class HomeFeed:
             candidates = merged[:ask]
             if not candidates:
                 break
-            hydrated = await self.hydrate(candidates)
+            hydrated = await self.hydrate(candidates, user_id)
             if not complete:
                 unknown = {t.author_id for t in hydrated.values()} - allowed - hidden
                 allowed |= await self._followed_among(user_id, unknown)
@@ -191,20 +189,10 @@ class HomeFeed:
             # Still short after every round (filtering dropped nearly everything): a
             # shorter page that continues below the last entry examined, never a gap.
             token = encode_cursor(cursor, user_id, self._page_tokens) if cursor is not None else ""
-            return await self._with_likes(user_id, results), token
+            return results, token
         page = results[:page_size]
         token = encode_cursor(page[-1].tweet_id, user_id, self._page_tokens) if len(results) > page_size else ""
-        return await self._with_likes(user_id, page), token
-
-    async def _with_likes(self, user_id: int, tweets: list[tweet_pb2.Tweet]) -> list[tweet_pb2.Tweet]:
-        """liked_by_me for the whole page in one call, once the page is known (not per round);
-        the tweets are this request's own copies."""
-        if self._liked_tweet_ids is None or not tweets:
-            return tweets
-        liked = await self._liked_tweet_ids(user_id, [t.tweet_id for t in tweets])
-        for tweet in tweets:
-            tweet.liked_by_me = tweet.tweet_id in liked
-        return tweets
+        return page, token
 
     async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool]:
         """Accounts the user follows with their follower counts, and whether that is all of them."""
@@ -263,9 +251,11 @@ class HomeFeed:
                 horizon = max(horizon, taken[-1])  # this author may have older tweets not fetched
         return Pulled(ids, horizon)
 
-    async def hydrate(self, tweet_ids: Sequence[int]) -> dict[int, tweet_pb2.Tweet]:
-        """One batch call; tweet_svc serves bodies from its cache and drops deleted tweets at once."""
-        return {t.tweet_id: t for t in await self._batch_tweets(tweet_ids)}
+    async def hydrate(self, tweet_ids: Sequence[int], reader_id: int) -> dict[int, tweet_pb2.Tweet]:
+        """One batch call; tweet_svc serves bodies from its cache and drops deleted tweets at once.
+        The tweets carry the reader's liked_by_me, so they are this reader's alone: nothing
+        here caches them (feed_svc's Redis holds ids only)."""
+        return {t.tweet_id: t for t in await self._batch_tweets(tweet_ids, reader_id)}
 
 
 async def _nobody_hidden(user_id: int) -> frozenset[int]:

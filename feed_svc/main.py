@@ -29,8 +29,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         cfg.celebrity_threshold,
         cfg.timeline_size,
         page_tokens=page_tokens,
-        hidden_authors=parts.peers.hidden_author_ids,
-        liked_tweet_ids=parts.peers.liked_tweet_ids,
+        hidden_authors=parts.hidden.hidden,
     )
 
     def register(server: grpc.aio.Server) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from common.cache import RedisClient, connect_redis
 from common.clients import Peers
 from common.cql import CqlSession
+from common.hidden import HiddenAuthorsCache, RedisHiddenStore
 from feed_svc.cache import FeedCache
 from feed_svc.config import FeedConfig
 from feed_svc.store import TimelineStore
@@ -19,6 +20,7 @@ class FeedParts:
     cache: FeedCache
     store: TimelineStore
     peers: Peers
+    hidden: HiddenAuthorsCache
 
     async def close(self) -> None:
         await self.peers.close()
@@ -33,4 +35,6 @@ async def build(cfg: FeedConfig) -> FeedParts:
     store = TimelineStore(cql, cfg.fanout_concurrency)
     await store.prepare()
     cache = FeedCache(redis, cfg.timeline_size, cfg.following_cache_seconds, cfg.celebrity_cache_seconds)
-    return FeedParts(cql, redis, cache, store, Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target))
+    peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
+    hidden = HiddenAuthorsCache(RedisHiddenStore(redis), peers.hidden_author_ids)
+    return FeedParts(cql, redis, cache, store, peers, hidden)

@@ -10,6 +10,7 @@ from chirp.graph.v1 import graph_internal_pb2, graph_internal_pb2_grpc, graph_pb
 from common import server
 from common.cache import connect_redis
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
+from common.hidden import HiddenInvalidator, RedisHiddenStore
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS, AsyncProducer, BatchConsumer
 from common.limits import LoginGuard, RedisCounters, UserLimits
@@ -46,7 +47,9 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     await session_store.prepare()
     # One generator for every id this process makes: two with the same instance id could repeat an id.
     ids = IdGenerator(common.instance_id)
-    # Rate limits only: not a probe, nothing is lost while Redis is down (common/limits.py).
+    # Not a probe: rate limits lose nothing while Redis is down (common/limits.py); blocks and
+    # mutes answer 503 then (they must invalidate the hidden-author cache, common/hidden.py),
+    # and every other call keeps working.
     redis = connect_redis(common.redis_url)
     counters = RedisCounters(redis)
     graph = Graph(
@@ -62,7 +65,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
         blocks=relation_store,
         sessions=Sessions(session_store, signer, ids, timedelta(seconds=cfg.refresh_ttl_seconds)),
     )
-    relations = Relations(relation_store, graph, page_tokens)
+    relations = Relations(relation_store, graph, page_tokens, hidden_cache=HiddenInvalidator(RedisHiddenStore(redis)))
 
     # Follow events are written with the edge's list rows: recounting from them
     # repairs a count that a crash between the edge and its recount left wrong.

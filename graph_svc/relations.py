@@ -16,6 +16,14 @@ block too, which also finishes a block that died before its unfollows.
 Graph.follow refuses a follow across a block (`refuse_follow_across_block`)
 both before and after it writes the edge: a block landing in between ran its
 unfollows before the edge existed, so the follow's second look undoes it.
+
+feed_svc and rank_svc read each user's hidden authors from Redis
+(common/hidden.py). Every change invalidates the cached set of each user whose
+set it touches (the actor; for a block also the blocked user, whose
+`blocked_by` changes) before its rows are written and again after, before the
+call returns, so the next read sees the change. A repeat that changes no row
+invalidates too: it may be the retry of a call whose second invalidation
+failed (503).
 """
 
 from __future__ import annotations
@@ -148,6 +156,17 @@ class RelationStore:
         return {r[0] for rows in chunks for r in rows}
 
 
+class HiddenCache(Protocol):
+    """The writer's side of common/hidden.py (HiddenInvalidator)."""
+
+    async def invalidate(self, user_ids: Sequence[int]) -> None: ...
+
+
+class _NoCache:
+    async def invalidate(self, user_ids: Sequence[int]) -> None:
+        return None
+
+
 class Follows(Protocol):
     """What the rules need of graph_svc's accounts and follows (graph_svc.domain.Graph)."""
 
@@ -194,11 +213,13 @@ class Relations:
         follows: Follows,
         page_tokens: PageTokens | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        hidden_cache: HiddenCache | None = None,
     ) -> None:
         self._store = store
         self._follows = follows
         self._page_tokens = page_tokens or unshared_tokens()
         self._clock = clock
+        self._hidden_cache = hidden_cache or _NoCache()
 
     async def block(self, blocker: int, blocked: int) -> None:
         await self._add("block", blocker, blocked)
@@ -218,16 +239,23 @@ class Relations:
     async def _add(self, kind: Kind, actor: int, target: int) -> None:
         _check_target(kind, actor, target)
         await self._follows.get_user(target)
+        touched = _touched(kind, actor, target)
+        await self._hidden_cache.invalidate(touched)
         # Through milliseconds: what CQL keeps, so a repeat finds the same list row.
         at = await self._store.claim(kind, actor, target, _dt(_ms(self._clock())))
         await self._store.write_listing(kind, actor, target, at)
+        # Again after the rows: a reader's fill from the rows before them lands before this or not at all.
+        await self._hidden_cache.invalidate(touched)
 
     async def _remove(self, kind: Kind, actor: int, target: int) -> None:
         _check_target(kind, actor, target)
         await self._follows.get_user(target)
+        touched = _touched(kind, actor, target)
+        await self._hidden_cache.invalidate(touched)
         at = await self._store.since(kind, actor, target)
         if at is not None:
             await self._store.remove(kind, actor, target, at)
+        await self._hidden_cache.invalidate(touched)
 
     async def blocks(self, user_id: int, page_size: int, page_token: str) -> UserPage:
         return await self._list("block", user_id, page_size, page_token)
@@ -280,6 +308,11 @@ async def refuse_follow_across_block(store: RelationStore, follower: int, follow
         raise PermissionDenied(CANNOT_FOLLOW, reason="BLOCKED")
     if follower_blocks is not None:
         raise PermissionDenied(UNBLOCK_TO_FOLLOW, reason="BLOCKING")
+
+
+def _touched(kind: Kind, actor: int, target: int) -> list[int]:
+    """Whose hidden-author sets the relation is part of: for a block, the blocked user's `blocked_by` too."""
+    return [actor, target] if kind == "block" else [actor]
 
 
 def _check_target(kind: Kind, actor: int, target: int) -> None:

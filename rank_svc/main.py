@@ -8,6 +8,7 @@ from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
 from common import server
 from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_redis, redis_ping
 from common.clients import Peers
+from common.hidden import HiddenAuthorsCache, RedisHiddenStore
 from common.logs import setup_logging
 from common.server import Wiring, serve
 from rank_svc import config as rank_config
@@ -20,12 +21,13 @@ async def run(cfg: rank_config.RankConfig) -> None:
     redis = connect_redis(cfg.common.redis_url)
     store = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours)
     trending = TrendingCopy(store.load, min(READ_REFRESH_SECONDS, cfg.interval_seconds))
-    # graph_svc says whose tweets a signed-in viewer hides; anonymous reads never call it.
+    # graph_svc says whose tweets a signed-in viewer hides (cached, common/hidden.py); anonymous reads never ask.
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
+    hidden = HiddenAuthorsCache(RedisHiddenStore(redis), peers.hidden_author_ids)
 
     def register(server: grpc.aio.Server) -> None:
         rank_pb2_grpc.add_RankServiceServicer_to_server(
-            RankService(trending, peers.hidden_author_ids, peers.liked_tweet_ids), server
+            RankService(trending, hidden.hidden, peers.liked_tweet_ids), server
         )
 
     async def serving() -> bool:

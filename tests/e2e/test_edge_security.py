@@ -173,8 +173,9 @@ def test_local_replies_give_grpc_clients_a_status_and_a_plain_message(
         f"/chirp.graph.v1.GraphService/GetUser?x={'a' * (render.MAX_URL_BYTES + 100)}", None, None
     )
     expect(grpc.StatusCode.INVALID_ARGUMENT, fail(long_path, b"", timeout=5))
-    # 429 with Retry-After: the login bucket (1/s, burst 2).
-    login = graph_pb2.CreateSessionRequest(username="nobody_here", password="wrong password")
+    # 429 with Retry-After: the login bucket (1/s, burst 2). A fresh name each run, so the
+    # few attempts that pass the bucket stay under graph_svc's own failed-login limit.
+    login = graph_pb2.CreateSessionRequest(username=unique_name("nb"), password="wrong password")
     replies = [fail(graph.CreateSession, login, timeout=5) for _ in range(6)]
     limited = [
         r for r in replies if isinstance(r, grpc.RpcError) and _grpc_error(r)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -186,8 +187,9 @@ def test_local_replies_give_grpc_clients_a_status_and_a_plain_message(
 
 
 def test_rest_429_carries_retry_after(strict_edge: Edge) -> None:
+    name = unique_name("nb")  # fresh: only the edge's bucket may answer 429 here
     replies = [
-        httpx.post(f"{strict_edge.base}/v1/sessions", json={"username": "nobody_here", "password": "wrong password"})
+        httpx.post(f"{strict_edge.base}/v1/sessions", json={"username": name, "password": "wrong password"})
         for _ in range(6)
     ]
     limited = [r for r in replies if r.status_code == 429]

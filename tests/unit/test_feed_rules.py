@@ -126,7 +126,7 @@ class Tweets:
     async def recent_ids(self, authors: Sequence[int], before: int, limit: int) -> list[tuple[int, int]]:
         return [(t, a) for a in authors for t in [t for t in self.by(a) if not before or t < before][:limit]]
 
-    async def batch_tweets(self, tweet_ids: Sequence[int]) -> list[tweet_pb2.Tweet]:
+    async def batch_tweets(self, tweet_ids: Sequence[int], viewer_id: int = 0) -> list[tweet_pb2.Tweet]:
         return [
             tweet_pb2.Tweet(tweet_id=t, author_id=self.author_of[t])
             for t in tweet_ids

@@ -551,7 +551,7 @@ def home_feed(
     async def recent_ids(authors: Sequence[int], before: int, limit: int) -> list[tuple[int, int]]:
         return [(t, a) for a in authors for t in tweets_by_author[a] if not before or t < before][:limit]
 
-    async def batch_tweets(ids: Sequence[int]) -> list[tweet_pb2.Tweet]:
+    async def batch_tweets(ids: Sequence[int], viewer_id: int = 0) -> list[tweet_pb2.Tweet]:
         author_of = {t: a for a, ts in tweets_by_author.items() for t in ts}
         return [tweet_pb2.Tweet(tweet_id=t, author_id=author_of[t]) for t in ids]
 

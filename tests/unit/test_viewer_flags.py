@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import cast
 
 from chirp.rank.v1 import rank_pb2
-from chirp.tweet.v1 import tweet_pb2
+from chirp.tweet.v1 import tweet_internal_pb2, tweet_pb2
 
 from common.ids import CHIRP_EPOCH_MS, INSTANCE_BITS, SEQUENCE_BITS, IdGenerator, id_time_ms
 from feed_svc.home_feed import HomeFeed
@@ -19,6 +20,9 @@ from graph_svc.store import GraphStore
 from rank_svc.reads import TrendingCopy
 from rank_svc.service import RankService
 from tests.unit.test_feed_rules import THRESHOLD, TIMELINE_SIZE, World
+from tweet_svc.domain import Tweets
+from tweet_svc.service import TweetInternalService
+from tweet_svc.store import TweetRecord
 from tweet_svc.viewer import decode_liked, encode_state, write_time_us
 
 
@@ -117,6 +121,8 @@ async def test_followed_by_without_a_viewer_reads_nothing() -> None:
 
 
 class Likes:
+    """tweet_svc's ListLikedTweetIds (trending still asks it: its tweets are a shared copy)."""
+
     def __init__(self, liked: dict[int, set[int]]) -> None:
         self.liked = liked
         self.calls: list[tuple[int, list[int]]] = []
@@ -126,28 +132,49 @@ class Likes:
         return self.liked.get(user_id, set()) & set(tweet_ids)
 
 
-async def test_a_feed_page_gets_its_flags_in_one_call() -> None:
+class ReaderBatch:
+    """tweet_svc's BatchGetTweets with viewer_id: bodies and the viewer's flags in one call."""
+
+    def __init__(self, world: World, likes: Likes) -> None:
+        self._world = world
+        self._likes = likes
+        self.calls: list[tuple[list[int], int]] = []
+
+    async def __call__(self, tweet_ids: Sequence[int], viewer_id: int) -> list[tweet_pb2.Tweet]:
+        self.calls.append((list(tweet_ids), viewer_id))
+        liked = self._likes.liked.get(viewer_id, set())
+        tweets = await self._world.tweets.batch_tweets(tweet_ids)
+        for tweet in tweets:
+            tweet.liked_by_me = tweet.tweet_id in liked
+        return tweets
+
+
+async def test_a_feed_page_gets_its_flags_with_its_bodies_and_asks_for_them_nowhere_else() -> None:
     world = World()
     await world.follow(1, 2)
     posted = [await world.post(2) for _ in range(5)]
     likes = Likes({1: {posted[1], posted[3]}})
+    batch = ReaderBatch(world, likes)
     feed = HomeFeed(
         world.cache,
         cast(TimelineStore, world.store),
         world.graph.following_ids,
         world.tweets.recent_ids,
-        world.tweets.batch_tweets,
+        batch,
         THRESHOLD,
         TIMELINE_SIZE,
         world.registry,
-        liked_tweet_ids=likes,
     )
     tweets, token = await feed.page(1, 3, "")
     assert [t.tweet_id for t in tweets] == posted[::-1][:3]
     assert {t.tweet_id for t in tweets if t.liked_by_me} == {posted[3]}
-    assert likes.calls == [(1, [t.tweet_id for t in tweets])]
+    # One hydrating call for the page, made as the reader; no separate likes call.
+    assert len(batch.calls) == 1 and batch.calls[0][1] == 1
+    assert {t.tweet_id for t in tweets} <= set(batch.calls[0][0])
+    assert likes.calls == []
     rest, _ = await feed.page(1, 3, token)
     assert {t.tweet_id for t in rest if t.liked_by_me} == {posted[1]}
+    assert [viewer for _, viewer in batch.calls] == [1, 1]
 
 
 class Metadata:
@@ -177,3 +204,39 @@ async def test_trending_flags_are_per_viewer_and_leave_the_shared_copy_alone() -
     assert [t.liked_by_me for t in anonymous.tweets] == [False, False]
     assert len(likes.calls) == 1
     assert not any(t.liked_by_me for t in shared)
+
+
+class TweetsDomain:
+    """tweet_svc's Tweets: cached bodies shared by every reader, and user_likes reads."""
+
+    def __init__(self, liked: dict[int, set[int]]) -> None:
+        at = datetime(2026, 1, 1, tzinfo=UTC)
+        self.bodies = {t: TweetRecord(t, 9, "nine", "hi", at, like_count=t) for t in (10, 20, 30)}
+        self.liked = liked
+        self.liked_reads: list[tuple[int, list[int]]] = []
+
+    async def get_many(self, tweet_ids: list[int]) -> list[TweetRecord]:
+        return [self.bodies[t] for t in tweet_ids if t in self.bodies]
+
+    async def liked_by(self, user_id: int | None, tweet_ids: Sequence[int]) -> set[int]:
+        if user_id is None:
+            return set()
+        self.liked_reads.append((user_id, list(tweet_ids)))
+        return self.liked.get(user_id, set()) & set(tweet_ids)
+
+
+async def test_batch_get_tweets_fills_the_viewers_flags_in_one_read_and_none_without_a_viewer() -> None:
+    domain = TweetsDomain({5: {20, 99}, 6: {10}})
+    service = TweetInternalService(cast(Tweets, domain))
+
+    async def flags(viewer_id: int) -> list[tuple[int, bool]]:
+        request = tweet_internal_pb2.BatchGetTweetsRequest(tweet_ids=[30, 20, 99, 10], viewer_id=viewer_id)
+        reply = await service.BatchGetTweets(request, None)  # type: ignore[arg-type]
+        return [(t.tweet_id, t.liked_by_me) for t in reply.tweets]
+
+    assert await flags(5) == [(30, False), (20, True), (10, False)]
+    assert domain.liked_reads == [(5, [30, 20, 99, 10])]
+    # Another reader of the same cached bodies sees their own flags, not the first one's.
+    assert await flags(6) == [(30, False), (20, False), (10, True)]
+    assert await flags(0) == [(30, False), (20, False), (10, False)]
+    assert len(domain.liked_reads) == 2

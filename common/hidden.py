@@ -1,0 +1,200 @@
+"""The cache of each user's hidden authors (the ones they mute or block and the
+ones blocking them), written once here: graph_svc invalidates it, feed_svc and
+rank_svc read it. It must never be stale: a mute, unmute, block or unblock
+applies to the very next read.
+
+Two keys per user, sharing the user's hash tag so one script touches both on a
+Redis Cluster: `hid:{<user>}`, the set (ids comma-separated, empty for nobody),
+and `hidv:{<user>}`, a random version token.
+
+- A reader GETs the set; on a miss it takes the token (creating one when there
+  is none) in the same script, asks graph_svc, and fills only if the token is
+  still the one it took. Tokens are random, never counters: a token that was
+  evicted or expired and re-created can never equal the one a reader holds.
+- A writer, for each user whose set it changes, deletes the set and sets a new
+  token before its CQL write and again after it, before acknowledging. A fill
+  computed from the rows before the write either lands before the second
+  invalidation (which deletes it) or finds a new token (and is dropped).
+- Reads treat Redis errors as misses (the answer comes from graph_svc and
+  nothing is filled). Writes raise Unavailable (503) instead: acknowledging a
+  change Redis did not see would serve the old set for up to HIDDEN_SECONDS.
+  The writes are idempotent and Envoy retries them, and every call
+  invalidates, even a repeat that changes no row, so a retry repairs it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prometheus_client import Counter
+from redis.commands.core import AsyncScript
+
+from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolerant
+from common.errors import DEPENDENCY_DOWN_MESSAGE, Unavailable
+
+# How long a filled set lives; writers delete it, so this only bounds what an
+# old copy (an RDB restore, a write lost in a failover) can serve.
+HIDDEN_SECONDS = 600.0
+# A token only needs to outlive one read-then-fill; expiring drops that fill.
+VERSION_SECONDS = 3600.0
+
+LOOKUPS = Counter("chirp_hidden_authors_cache_total", "Hidden-author set lookups by cache outcome.", ["result"])
+
+# KEYS: set, token. ARGV: a fresh token, token ttl_ms. Returns {set or nil, token}.
+READ_SCRIPT = """
+local hidden = redis.call('GET', KEYS[1])
+if hidden then return {hidden, false} end
+local version = redis.call('GET', KEYS[2])
+if not version then
+  version = ARGV[1]
+  redis.call('SET', KEYS[2], version, 'PX', ARGV[2])
+end
+return {false, version}
+"""
+
+# KEYS: set, token. ARGV: the token read before graph_svc was asked, the set, ttl_ms.
+FILL_SCRIPT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
+# KEYS: set, token. ARGV: a fresh token, token ttl_ms.
+INVALIDATE_SCRIPT = """
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+def hidden_key(user_id: int) -> str:
+    return f"hid:{{{user_id}}}"
+
+
+def hidden_version_key(user_id: int) -> str:
+    return f"hidv:{{{user_id}}}"
+
+
+def _keys(user_id: int) -> list[str]:
+    return [hidden_key(user_id), hidden_version_key(user_id)]
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
+
+
+def encode(hidden: frozenset[int]) -> str:
+    return ",".join(str(u) for u in sorted(hidden))
+
+
+def decode(raw: bytes | str) -> frozenset[int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return frozenset(int(u) for u in text.split(",")) if text else frozenset()
+
+
+@dataclass(frozen=True)
+class Read:
+    """One read of a user's keys: the set when cached, else the token to fill under."""
+
+    hidden: frozenset[int] | None
+    version: str
+
+
+class HiddenStore(Protocol):
+    """One user's two keys, each call atomic on them."""
+
+    async def read(self, user_id: int) -> Read:
+        """The cached set, or none and the token (created when absent)."""
+        ...
+
+    async def fill(self, user_id: int, version: str, hidden: frozenset[int], ttl_seconds: float) -> bool:
+        """Sets the set only while the token is `version`."""
+        ...
+
+    async def invalidate(self, user_id: int) -> None:
+        """Deletes the set and replaces the token."""
+        ...
+
+
+class RedisHiddenStore:
+    """HiddenStore as three scripts; each touches one user's two keys (one slot)."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        # EVALSHA: the script text goes to each node once, not per read.
+        self._read = redis.register_script(READ_SCRIPT)
+        self._fill = redis.register_script(FILL_SCRIPT)
+        self._invalidate = redis.register_script(INVALIDATE_SCRIPT)
+
+    async def read(self, user_id: int) -> Read:
+        hidden, version = await _run(self._read, user_id, [new_token(), _ms(VERSION_SECONDS)])
+        if hidden is not None:
+            return Read(decode(hidden), "")
+        return Read(None, _text(version))
+
+    async def fill(self, user_id: int, version: str, hidden: frozenset[int], ttl_seconds: float) -> bool:
+        return bool(await _run(self._fill, user_id, [version, encode(hidden), _ms(ttl_seconds)]))
+
+    async def invalidate(self, user_id: int) -> None:
+        await _run(self._invalidate, user_id, [new_token(), _ms(VERSION_SECONDS)])
+
+
+FetchHidden = Callable[[int], Awaitable[frozenset[int]]]
+
+
+class HiddenAuthorsCache(Tolerant):
+    """The read side: `hidden(user)` from Redis, else from `fetch` (graph_svc's RPC)."""
+
+    def __init__(self, store: HiddenStore, fetch: FetchHidden, ttl_seconds: float = HIDDEN_SECONDS) -> None:
+        super().__init__()
+        self._store = store
+        self._fetch = fetch
+        self._ttl_seconds = ttl_seconds
+
+    async def hidden(self, user_id: int) -> frozenset[int]:
+        read = await self._read(user_id)
+        if read is not None and read.hidden is not None:
+            LOOKUPS.labels("hit").inc()
+            return read.hidden
+        LOOKUPS.labels("miss").inc()
+        hidden = await self._fetch(user_id)
+        if read is not None:  # without a token read before the fetch, a fill could be stale
+            await self._fill(user_id, read.version, hidden)
+        return hidden
+
+    @tolerant()
+    async def _read(self, user_id: int) -> Read | None:
+        return await self._store.read(user_id)
+
+    @tolerant()
+    async def _fill(self, user_id: int, version: str, hidden: frozenset[int]) -> None:
+        await self._store.fill(user_id, version, hidden, self._ttl_seconds)
+
+
+class HiddenInvalidator:
+    """The write side: graph_svc runs `invalidate` on every user whose set a change
+    touches, before its CQL write and again after it."""
+
+    def __init__(self, store: HiddenStore) -> None:
+        self._store = store
+
+    async def invalidate(self, user_ids: Sequence[int]) -> None:
+        try:
+            for user_id in user_ids:
+                await self._store.invalidate(user_id)
+        except REDIS_UNAVAILABLE_ERRORS as exc:
+            raise Unavailable(DEPENDENCY_DOWN_MESSAGE) from exc
+
+
+async def _run(script: AsyncScript, user_id: int, args: list[str | int]) -> Any:
+    return await script(keys=_keys(user_id), args=args)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
