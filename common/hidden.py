@@ -36,8 +36,11 @@ from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolera
 from common.errors import DEPENDENCY_DOWN_MESSAGE, Unavailable
 
 # How long a filled set lives; writers delete it, so this only bounds what an
-# old copy (an RDB restore, a write lost in a failover) can serve.
-HIDDEN_SECONDS = 600.0
+# old copy can serve: a Redis failover that lost the invalidation (replication
+# is asynchronous and the writer does not WAIT for a replica), or an RDB
+# restore. Short, because a mute that comes back for a while is what users
+# notice; an active reader still hits the cache on nearly every read.
+HIDDEN_SECONDS = 60.0
 # A token only needs to outlive one read-then-fill; expiring drops that fill.
 VERSION_SECONDS = 3600.0
 

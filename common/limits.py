@@ -303,26 +303,31 @@ class LoginGuard:
         limits = self._limits
         window_ms = Limit(0, limits.window_seconds).window_ms
         acct, addr = account_subject(account), address_subject(address)
-        wanted = [
-            (limit_key("login_pair", f"{acct}:{addr}"), limits.per_account_address),
+        pair = [(limit_key("login_pair", f"{acct}:{addr}"), limits.per_account_address)]
+        wider = [
             (limit_key("login_account", acct), limits.per_account),
             (limit_key("login_address", addr), limits.per_address),
         ]
-        wanted = [(key, cap) for key, cap in wanted if cap > 0]
-        if not wanted:
-            return LoginAttempt((), self._counters)
+        # Two steps: the (account, address) counter first, alone. An address already past
+        # it is refused before it touches the account's and the address's counters, so no
+        # burst of refused attempts from one address can push the account over its limit
+        # and lock the owner out from elsewhere, even for the moment before a give-back.
+        steps = [[(key, cap) for key, cap in step if cap > 0] for step in (pair, wider)]
         counters = self._counters
-        hits = await counters.hit([(key, window_ms) for key, _ in wanted])
-        if hits is None:
-            counters = self._fallback
-            hits = await counters.hit([(key, window_ms) for key, _ in wanted]) or []
-        over = [hit for hit, (_, cap) in zip(hits, wanted, strict=True) if hit.count > cap]
-        if over:
-            # A refused attempt is no failure: from one address it must not count toward
-            # the account's or the address's limits, or that address could lock others out.
-            await counters.give_back([key for hit, (key, cap) in zip(hits, wanted, strict=True) if hit.count <= cap])
-            raise ResourceExhausted(LOGIN_REFUSED, retry_after_seconds(max(h.remaining_ms for h in over)))
-        return LoginAttempt(tuple(key for key, _ in wanted), counters)
+        counted: list[tuple[str, int]] = []
+        for step in (step for step in steps if step):
+            hits = await counters.hit([(key, window_ms) for key, _ in step])
+            if hits is None:  # Redis unreachable: this instance's own counts from here on
+                counters = self._fallback
+                hits = await counters.hit([(key, window_ms) for key, _ in step]) or []
+            over = [hit for hit, (_, cap) in zip(hits, step, strict=True) if hit.count > cap]
+            if over:
+                # A refused attempt is no failure: give back what it added under the limits.
+                under = [key for hit, (key, cap) in zip(hits, step, strict=True) if hit.count <= cap]
+                await counters.give_back([key for key, _ in counted] + under)
+                raise ResourceExhausted(LOGIN_REFUSED, retry_after_seconds(max(h.remaining_ms for h in over)))
+            counted += step
+        return LoginAttempt(tuple(key for key, _ in counted), counters)
 
     async def give_back(self, attempt: LoginAttempt) -> None:
         """The attempt was not a wrong password (it succeeded, or something else failed)."""

@@ -143,8 +143,9 @@ class HomeFeed:
 
     async def page(self, user_id: int, page_size: int, page_token: str) -> tuple[list[tweet_pb2.Tweet], str]:
         before = decode_cursor(page_token, user_id, self._page_tokens)
-        # Asked on every page, never cached: a mute or block hides at once, also on
-        # the next page of a walk in progress.
+        # Asked on every page (from the versioned cache of common/hidden.py, which every
+        # block and mute invalidates before it is acknowledged): a mute or block hides at
+        # once, also on the next page of a walk in progress.
         (following, complete), hidden = await asyncio.gather(self.following(user_id), self._hidden_authors(user_id))
         hidden = hidden - {user_id}
         allowed = {a for a, _ in following} | {user_id}

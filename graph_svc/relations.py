@@ -222,21 +222,26 @@ class Relations:
         self._hidden_cache = hidden_cache or _NoCache()
 
     async def block(self, blocker: int, blocked: int) -> None:
-        await self._add("block", blocker, blocked)
+        touched = await self._add("block", blocker, blocked)
         # After the block row: a follow racing this block sees it on its second look (module docstring).
         await self._follows.remove_follow(blocker, blocked)
         await self._follows.remove_follow(blocked, blocker)
+        # Last, after every write: a 503 from Redis here leaves nothing half done.
+        await self._hidden_cache.invalidate(touched)
 
     async def unblock(self, blocker: int, blocked: int) -> None:
         await self._remove("block", blocker, blocked)
 
     async def mute(self, muter: int, muted: int) -> None:
-        await self._add("mute", muter, muted)
+        await self._hidden_cache.invalidate(await self._add("mute", muter, muted))
 
     async def unmute(self, muter: int, muted: int) -> None:
         await self._remove("mute", muter, muted)
 
-    async def _add(self, kind: Kind, actor: int, target: int) -> None:
+    async def _add(self, kind: Kind, actor: int, target: int) -> list[int]:
+        """Write the rows; the caller invalidates the returned users' sets again after
+        its last write (a reader's fill from the rows before them lands before that or
+        not at all)."""
         _check_target(kind, actor, target)
         await self._follows.get_user(target)
         touched = _touched(kind, actor, target)
@@ -244,8 +249,7 @@ class Relations:
         # Through milliseconds: what CQL keeps, so a repeat finds the same list row.
         at = await self._store.claim(kind, actor, target, _dt(_ms(self._clock())))
         await self._store.write_listing(kind, actor, target, at)
-        # Again after the rows: a reader's fill from the rows before them lands before this or not at all.
-        await self._hidden_cache.invalidate(touched)
+        return touched
 
     async def _remove(self, kind: Kind, actor: int, target: int) -> None:
         _check_target(kind, actor, target)

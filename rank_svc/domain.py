@@ -38,6 +38,7 @@ class Ranker:
 
     async def recompute(self) -> int:
         with RECOMPUTE.time():
+            epoch = await self._store.begin_recompute()
             decayed = await self._store.decayed_top(CANDIDATES)
             tweets = {t.tweet_id: t for t in await self._batch_tweets([t for t, s in decayed if s > 0])}
             authors = {
@@ -49,7 +50,8 @@ class Ranker:
                 if tweet_id in tweets
             ]
             ranked = top_k(candidates, MAX_TRENDING, self._follower_weight)
-            await self._store.save([tweets[t] for t in ranked])
+            if not await self._store.save([tweets[t] for t in ranked], epoch):
+                log.info("a later recompute saved first; this list is dropped", extra={"epoch": epoch})
         TRENDING_SIZE.set(len(ranked))
         return len(ranked)
 

@@ -17,16 +17,22 @@ log = logging.getLogger(__name__)
 
 # A rank_svc instance reads the computed list at most this often.
 READ_REFRESH_SECONDS = 1.0
+# A copy older than this (an instance nobody asked for a while) is not served
+# while Redis answers: the request waits for the fresh one (one GET).
+MAX_STALE_SECONDS = 3.0
 
 
 class TrendingCopy:
     """The computed list as this process last read it.
 
     Requests are served from the copy, so the list's one Redis key is read once
-    per `refresh_seconds` per instance however many requests come, and a stale
-    copy is refreshed in the background, so no request waits on Redis. While
-    Redis is down the last copy keeps being served; only an instance that never
-    read the list answers UNAVAILABLE (fast: one attempt per `refresh_seconds`).
+    per `refresh_seconds` per instance however many requests come, and a copy
+    older than that is refreshed in the background, so a busy instance's
+    requests never wait on Redis. A copy older than `max_stale_seconds` (the
+    instance was idle) is refreshed before answering, so a request never gets a
+    list from minutes ago, say one with a tweet deleted since. While Redis is
+    down the last copy keeps being served; only an instance that never read the
+    list answers UNAVAILABLE (fast: one attempt per `refresh_seconds`).
     """
 
     def __init__(
@@ -34,12 +40,15 @@ class TrendingCopy:
         load: Callable[[], Awaitable[list[tweet_pb2.Tweet]]],
         refresh_seconds: float = READ_REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        max_stale_seconds: float = MAX_STALE_SECONDS,
     ) -> None:
         self._load = load
         self._refresh_seconds = refresh_seconds
+        self._max_stale_seconds = max_stale_seconds
         self._clock = clock
         self._copy: list[tweet_pb2.Tweet] | None = None
         self._tried_at = float("-inf")
+        self._loaded_at = float("-inf")
         self._failing = False
         self._first = asyncio.Lock()
         self._refreshing: asyncio.Task[None] | None = None
@@ -50,11 +59,12 @@ class TrendingCopy:
     async def tweets(self) -> list[tweet_pb2.Tweet]:
         if self._copy is None:
             return await self._first_read()
-        if self._clock() - self._tried_at >= self._refresh_seconds and (
-            self._refreshing is None or self._refreshing.done()
-        ):
-            self._tried_at = self._clock()
+        now = self._clock()
+        if now - self._tried_at >= self._refresh_seconds and (self._refreshing is None or self._refreshing.done()):
+            self._tried_at = now
             self._refreshing = asyncio.create_task(self._refresh())
+            if now - self._loaded_at >= self._max_stale_seconds and not self._failing:
+                await asyncio.shield(self._refreshing)  # _refresh never raises
         return self._copy
 
     async def _first_read(self) -> list[tweet_pb2.Tweet]:
@@ -70,11 +80,13 @@ class TrendingCopy:
                 self._failing = True
                 raise
             self._failing = False
+            self._loaded_at = self._clock()
             return self._copy
 
     async def _refresh(self) -> None:
         try:
             self._copy = await self._load()
+            self._loaded_at = self._clock()
         except Exception as exc:  # noqa: BLE001 - keep serving the copy we have
             if not self._failing:
                 log.warning("cannot read the trending list; serving the last copy: %r", exc)

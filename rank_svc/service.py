@@ -42,7 +42,8 @@ class RankService(rank_pb2_grpc.RankServiceServicer):
         viewer = optional_user(context)
         if viewer is None:
             return rank_pb2.ListTrendingResponse(tweets=(await self._trending.tweets())[:limit])
-        # One call per request, never cached: a mute or block applies to the next read.
+        # Once per request, from the versioned cache (common/hidden.py) that every block and
+        # mute invalidates before it is acknowledged: a change applies to the next read.
         tweets, hidden = await asyncio.gather(self._trending.tweets(), self._hidden_authors(viewer))
         shown = visible_trending(tweets, hidden - {viewer}, limit)
         if self._liked_tweet_ids is not None and shown:

@@ -39,6 +39,16 @@ def hour_of(unix_ms: int) -> int:
     return unix_ms // HOUR_MS
 
 
+# KEYS: the list, its epoch. ARGV: the new list, its epoch. Saves unless a later epoch did.
+SAVE_SCRIPT = """
+local saved = tonumber(redis.call('GET', KEYS[2]) or '0')
+if saved > tonumber(ARGV[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
+
 class TrendingKeys:
     """Every trending key, all under one hash tag (see the module docstring)."""
 
@@ -68,6 +78,16 @@ class TrendingKeys:
     @property
     def trending(self) -> str:
         return f"{self.slot}:trending"
+
+    @property
+    def epoch(self) -> str:
+        """A counter taken at the start of each recompute: the newer one's list wins."""
+        return f"{self.slot}:epoch"
+
+    @property
+    def trending_epoch(self) -> str:
+        """The epoch of the recompute that saved the current list."""
+        return f"{self.slot}:trending:epoch"
 
 
 Mode = Literal["check", "start"]
@@ -315,9 +335,17 @@ class TrendingStore:
         """One recompute per interval across all instances."""
         return bool(await self._redis.set(self.keys.lock, holder, nx=True, px=max(1, int(seconds * 1000))))
 
-    async def save(self, tweets: Sequence[tweet_pb2.Tweet]) -> None:
+    async def begin_recompute(self) -> int:
+        """The epoch of a recompute about to read the tallies."""
+        return int(await self._redis.incr(self.keys.epoch))
+
+    async def save(self, tweets: Sequence[tweet_pb2.Tweet], epoch: int) -> bool:
+        """Save the list computed in `epoch`, unless a recompute that started later saved
+        first: the turn lease keeps recomputes an interval apart, but one that ran long
+        (a slow batch read under load) must not put back a list from before a delete."""
         reply = rank_pb2.ListTrendingResponse(tweets=list(tweets)[:MAX_TRENDING])
-        await self._redis.set(self.keys.trending, reply.SerializeToString())
+        keys = [self.keys.trending, self.keys.trending_epoch]
+        return bool(await self._redis.eval(SAVE_SCRIPT, len(keys), *keys, reply.SerializeToString(), epoch))
 
     async def load(self) -> list[tweet_pb2.Tweet]:
         raw = await self._redis.get(self.keys.trending)

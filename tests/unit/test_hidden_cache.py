@@ -218,6 +218,17 @@ async def test_a_set_cached_before_a_change_is_gone_even_when_the_second_invalid
     assert await setup.cache.hidden(1) == frozenset({2})
 
 
+async def test_a_block_whose_last_invalidation_fails_has_removed_both_follows() -> None:
+    setup = Setup()
+    await setup.world.graph.follow(1, 2)
+    await setup.world.graph.follow(2, 1)
+    setup.store.fail_invalidation = setup.store.invalidations + 3  # the block's second round (users 1, 2)
+    with pytest.raises(Unavailable):
+        await setup.relations.block(1, 2)
+    assert await setup.world.counts(1) == (0, 0)
+    assert await setup.world.counts(2) == (0, 0)
+
+
 async def test_a_change_is_refused_before_any_row_is_written_while_redis_is_down() -> None:
     setup = Setup()
     setup.store.down = True

@@ -4,6 +4,8 @@ how a limit becomes a 429 with Retry-After."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -143,6 +145,32 @@ async def test_refused_attempts_from_one_address_never_reach_the_account_cap() -
         with pytest.raises(ResourceExhausted):
             await guard.begin("alice", "10.0.0.1")
     await guard.begin("alice", "10.0.0.2")  # the account cap (12) was not reached
+
+
+class SlowCounters(LocalCounters):
+    """Redis-like: every call takes a round trip, so concurrent attempts interleave."""
+
+    async def hit(self, keys: Sequence[tuple[str, int]]) -> list[Hit] | None:
+        await asyncio.sleep(0.01)
+        return await super().hit(keys)
+
+    async def give_back(self, keys: Sequence[str]) -> None:
+        await asyncio.sleep(0.01)
+        await super().give_back(keys)
+
+
+async def test_a_burst_from_one_address_never_locks_the_owner_out_elsewhere() -> None:
+    guard = LoginGuard(SlowCounters(Clock()), LOGINS)
+
+    async def guess() -> None:
+        with contextlib.suppress(ResourceExhausted):
+            await guard.begin("alice", "10.0.0.66")
+
+    async def owner() -> None:
+        await asyncio.sleep(0.015)  # while the burst's refused attempts are in flight
+        await guard.give_back(await guard.begin("alice", "10.0.0.2"))
+
+    await asyncio.gather(*(guess() for _ in range(60)), owner())
 
 
 async def test_guessing_spread_over_addresses_hits_the_account_cap() -> None:

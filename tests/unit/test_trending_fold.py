@@ -526,6 +526,17 @@ async def test_recompute_ranks_decayed_likes_lifted_by_followers_and_drops_delet
     assert [t.tweet_id for t in await store.load()] == [1, 3, 2]
 
 
+async def test_a_recompute_that_started_earlier_never_overwrites_a_later_ones_list(store: TrendingStore) -> None:
+    slow, fast = await store.begin_recompute(), await store.begin_recompute()
+    after_delete = [tweet_pb2.Tweet(tweet_id=2)]
+    assert await store.save(after_delete, fast)
+    # The slow one read the tallies and tweets before a delete and saves last.
+    assert not await store.save([tweet_pb2.Tweet(tweet_id=1), tweet_pb2.Tweet(tweet_id=2)], slow)
+    assert [t.tweet_id for t in await store.load()] == [2]
+    assert await store.save([], await store.begin_recompute())  # the next one saves again
+    assert await store.load() == []
+
+
 # ---- reads: a process-local copy -------------------------------------------------------------
 
 
@@ -567,6 +578,20 @@ async def test_reads_share_one_load_per_refresh_and_pick_up_a_new_list() -> None
     assert await copy.tweets() == tweets(1, 2)  # served at once; refreshed behind it
     await settle()
     assert await copy.tweets() == tweets(3) and loads == 2
+
+
+async def test_an_idle_instance_answers_with_a_fresh_list_not_its_old_copy() -> None:
+    stored = tweets(1, 2)
+
+    async def load() -> list[tweet_pb2.Tweet]:
+        return list(stored)
+
+    clock = Clock()
+    copy = TrendingCopy(load, 1.0, clock)
+    assert await copy.tweets() == tweets(1, 2)
+    stored = tweets(2)  # tweet 1 deleted meanwhile
+    clock.now += 60  # nobody asked this instance for a minute
+    assert await copy.tweets() == tweets(2)
 
 
 async def test_a_redis_outage_keeps_serving_the_last_copy() -> None:
