@@ -10,14 +10,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-import grpc
 import httpx
 import pytest
-from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
 
 from infra import stack, topology
 from tests import faults
 from tests.conftest import unique_name
+from tests.e2e.test_feed import every_rank_copy_has
 from tests.e2e.test_users import assert_error
 
 
@@ -110,19 +109,7 @@ def test_redis_down_feed_from_cql_trending_from_last_copy_writes_show_then_recov
         reply = edge.get("/v1/feed/trending", params={"limit": 100})
         return reply.status_code == 200 and tweet["tweet_id"] in [t["tweet_id"] for t in reply.json()["tweets"]]
 
-    def every_copy_has_it() -> bool:
-        """Asked of each rank_svc instance directly: each serves its own copy."""
-        for inst in topology.instances(rank_service):
-            with grpc.insecure_channel(f"{topology.HOST}:{inst.port}") as channel:
-                reply = rank_pb2_grpc.RankServiceStub(channel).ListTrending(
-                    rank_pb2.ListTrendingRequest(limit=100), timeout=2
-                )
-            if int(tweet["tweet_id"]) not in [t.tweet_id for t in reply.tweets]:
-                return False
-        return True
-
-    rank_service = next(svc for svc in topology.SERVICES if svc.name == "rank_svc")
-    faults.wait_for(every_copy_has_it, 30, "every rank_svc copy to hold the liked tweet")
+    faults.wait_for(lambda: every_rank_copy_has(tweet["tweet_id"]), 30, "every rank_svc copy to hold the liked tweet")
 
     faults.stop("redis")
     feed = edge.get("/v1/feed", headers=reader)

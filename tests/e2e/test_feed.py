@@ -20,12 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import redis
+from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
 
 from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, group_offsets
 from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
+from infra import topology
 from tests.conftest import CELEBRITY_THRESHOLD, FOLLOWING_LIST_LIMIT, KAFKA, RANK_INTERVAL_SECONDS, REDIS_URL
 from tests.e2e.test_users import assert_error
 from tests.e2e.test_write_path import (
@@ -173,6 +176,20 @@ def trending(edge: httpx.Client, **params: int) -> list[Tweet]:
     reply = edge.get("/v1/feed/trending", params=params)
     assert reply.status_code == 200, reply.text
     return list(reply.json()["tweets"])
+
+
+def every_rank_copy_has(tweet_id: int | str) -> bool:
+    """Whether each rank_svc instance, asked directly, holds the tweet in its copy of the
+    list: each serves its own copy, so reads through the edge may see either."""
+    rank = next(svc for svc in topology.SERVICES if svc.name == "rank_svc")
+    for inst in topology.instances(rank):
+        with grpc.insecure_channel(f"{topology.HOST}:{inst.port}") as channel:
+            reply = rank_pb2_grpc.RankServiceStub(channel).ListTrending(
+                rank_pb2.ListTrendingRequest(limit=100), timeout=2
+            )
+        if int(tweet_id) not in [t.tweet_id for t in reply.tweets]:
+            return False
+    return True
 
 
 # ---- pushed, pulled and own tweets -------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.test_feed import TRENDING_DEADLINE, feed, follow, trending, unfollow, wait_feed
+from tests.e2e.test_feed import TRENDING_DEADLINE, every_rank_copy_has, feed, follow, unfollow, wait_feed
 from tests.e2e.test_users import assert_error
 from tests.e2e.test_write_path import (
     Account,
@@ -189,13 +189,8 @@ def test_trending_carries_the_viewers_likes(edge: httpx.Client) -> None:
         assert reply.status_code == 200, reply.text
         return [t for t in reply.json()["tweets"] if t["tweet_id"] == tweet_id]
 
-    eventually(
-        lambda: trending(edge, limit=100),
-        lambda tweets: any(t["tweet_id"] == tweet_id for t in tweets),
-        "the liked tweet never trended",
-        TRENDING_DEADLINE,
-    )
-    # Each rank_svc instance serves its own copy: ask several times.
+    # Each rank_svc instance serves its own copy: wait until both hold it, then ask several times.
+    eventually(lambda: every_rank_copy_has(tweet_id), bool, "the liked tweet never trended", TRENDING_DEADLINE)
     for _ in range(4):
         assert [t["liked_by_me"] for t in seen_by(liker)] == [True]
         assert [t["liked_by_me"] for t in seen_by(bystander)] == [False]
