@@ -178,18 +178,30 @@ def trending(edge: httpx.Client, **params: int) -> list[Tweet]:
     return list(reply.json()["tweets"])
 
 
-def every_rank_copy_has(tweet_id: int | str) -> bool:
-    """Whether each rank_svc instance, asked directly, holds the tweet in its copy of the
-    list: each serves its own copy, so reads through the edge may see either."""
+def rank_copies() -> list[list[int]]:
+    """The trending list (first 100) as each rank_svc instance, asked directly, holds it:
+    each serves its own copy, so reads through the edge may see either, and a run of
+    reads through the edge may all land on one instance."""
     rank = next(svc for svc in topology.SERVICES if svc.name == "rank_svc")
+    copies = []
     for inst in topology.instances(rank):
         with grpc.insecure_channel(f"{topology.HOST}:{inst.port}") as channel:
             reply = rank_pb2_grpc.RankServiceStub(channel).ListTrending(
                 rank_pb2.ListTrendingRequest(limit=100), timeout=2
             )
-        if int(tweet_id) not in [t.tweet_id for t in reply.tweets]:
-            return False
-    return True
+        copies.append([t.tweet_id for t in reply.tweets])
+    return copies
+
+
+def every_rank_copy_has(*tweet_ids: int | str) -> bool:
+    """Whether every rank_svc instance's copy holds all of these tweets."""
+    wanted = {int(t) for t in tweet_ids}
+    return all(wanted <= set(ids) for ids in rank_copies())
+
+
+def no_rank_copy_has(tweet_id: int | str) -> bool:
+    """Whether no rank_svc instance's copy holds the tweet (copies only move to newer lists)."""
+    return all(int(tweet_id) not in ids for ids in rank_copies())
 
 
 # ---- pushed, pulled and own tweets -------------------------------------------------------
@@ -503,14 +515,10 @@ def test_trending_ranks_by_likes_and_drops_deleted_tweets(edge: httpx.Client) ->
     assert "limit" in str(negative["message"])
 
     delete_tweet(edge, hot_author, hot["tweet_id"])
-    # Each rank_svc instance serves its own copy of the list: ask several times, so both have it.
-    eventually(
-        lambda: [t["tweet_id"] for _ in range(4) for t in trending(edge, limit=100)],
-        lambda ids: hot["tweet_id"] not in ids,
-        "a deleted tweet stayed in trending",
-        TRENDING_DEADLINE,
-    )
-    assert hot["tweet_id"] not in [t["tweet_id"] for t in trending(edge, limit=100)]
+    # Each rank_svc instance serves its own copy of the list: wait until none holds it.
+    eventually(lambda: no_rank_copy_has(hot["tweet_id"]), bool, "a deleted tweet stayed in trending", TRENDING_DEADLINE)
+    for _ in range(4):
+        assert hot["tweet_id"] not in [t["tweet_id"] for t in trending(edge, limit=100)]
 
 
 def test_trending_limits(edge: httpx.Client) -> None:
@@ -529,14 +537,11 @@ def test_trending_limits(edge: httpx.Client) -> None:
         ours = [t for t in tweets if t["tweet_id"] in liked]
         return len(tweets) == 100 and bool(ours) and all(t["like_count"] == 1 for t in ours)
 
-    def every_copy() -> list[Tweet]:
-        # Each rank_svc instance serves its own copy: read until several reads agree.
-        reads = [trending(edge, limit=1000) for _ in range(4)]
-        same = all([t["tweet_id"] for t in r] == [t["tweet_id"] for t in reads[0]] for r in reads)
-        return reads[0] if same else []
-
-    # More than 100 liked tweets now: the list fills up to its cap.
-    full = eventually(every_copy, settled, "trending never held 100", TRENDING_DEADLINE)
+    # More than 100 liked tweets now: the list fills up to its cap, in every rank_svc copy.
+    eventually(
+        rank_copies, lambda copies: all(len(ids) == 100 for ids in copies), "trending never held 100", TRENDING_DEADLINE
+    )
+    full = eventually(lambda: trending(edge, limit=1000), settled, "trending never held ours", TRENDING_DEADLINE)
     assert len({t["tweet_id"] for t in full}) == 100
     for tweet in full:
         assert set(tweet) >= {"tweet_id", "author_id", "author_username", "text", "created_at", "like_count"}
