@@ -8,7 +8,8 @@ needs two keys together today, so no key carries a hash tag; should one ever
 need to, the tag goes in its builder here (e.g. `tw:{123}` and `lc:{123}`
 would share a slot).
 
-rank_svc builds its own keys (trending tallies and its lock) in rank_svc/.
+rank_svc builds its own keys (trending tallies and its lock) in rank_svc/;
+common/hidden.py its per-viewer hidden-author sets.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from typing import Literal
 
 # ---- tweet_svc's cache ------------------------------------------------------------
 # body: a tweet's body, or TWEET_DELETED; like_count: its like count;
-# author_recent: a sorted set of an author's newest tweet ids.
+# author_recent: a sorted set of an author's newest tweet ids. Their layout is
+# the contract in common/tweet_cache.py (bodies are encoded protobuf under `tw2:`;
+# the JSON bodies `tw:` held are never read).
 TweetKey = Literal["body", "like_count", "author_recent"]
-_TWEET_PREFIXES: dict[TweetKey, str] = {"body": "tw", "like_count": "lc", "author_recent": "ar"}
+_TWEET_PREFIXES: dict[TweetKey, str] = {"body": "tw2", "like_count": "lc", "author_recent": "ar"}
 
 # What a deleted tweet's body key holds instead of the body. tweet_svc writes it
 # when the delete is acknowledged; the fan-out worker writes it again from the
@@ -50,3 +53,23 @@ CELEBRITIES_KEY = "celebrities"
 def feed_key(family: FeedKey, entity_id: int) -> str:
     """User ids for timeline and following, author ids for celebrity_recent."""
     return f"{_FEED_PREFIXES[family]}:{entity_id}"
+
+
+# ---- rate limits and login counters (common/limits.py) ------------------------------
+# Fixed-window counters, one key each. Names never contain "{": a hash tag would
+# pile every counter onto one slot.
+LimitFamily = Literal["post", "like", "follow", "login_pair", "login_account", "login_address"]
+_LIMIT_PREFIXES: dict[LimitFamily, str] = {
+    "post": "rl:post",
+    "like": "rl:like",
+    "follow": "rl:follow",
+    "login_pair": "lf:pair",
+    "login_account": "lf:acct",
+    "login_address": "lf:addr",
+}
+
+
+def limit_key(family: LimitFamily, subject: str | int) -> str:
+    """One counter's key. Subjects are user ids, account or address subjects, or an
+    account subject and an address subject joined by ":" (common/limits.py)."""
+    return f"{_LIMIT_PREFIXES[family]}:{subject}"

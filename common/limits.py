@@ -48,33 +48,18 @@ import grpc
 from common.cache import RedisClient, Tolerant, tolerant
 from common.errors import ResourceExhausted
 from common.identity import metadata_value
+from common.keys import limit_key
 
 CLIENT_ADDRESS_HEADER = "x-chirp-client-ip"  # set by the edge from the connection, client copies removed
 UNKNOWN_ADDRESS = "unknown"
 LOGIN_REFUSED = "too many failed logins; try again later"
 
-# ---- keys ----------------------------------------------------------------------------
-# Key names never contain "{": a hash tag would pile every counter onto one slot.
-Family = Literal["post", "like", "follow", "login_pair", "login_account", "login_address"]
+# ---- key subjects ----------------------------------------------------------------------
+# The keys are built in common/keys.py (limit_key); subjects are normalized here.
 Action = Literal["post", "like", "follow"]
-_PREFIXES: dict[Family, str] = {
-    "post": "rl:post",
-    "like": "rl:like",
-    "follow": "rl:follow",
-    "login_pair": "lf:pair",
-    "login_account": "lf:acct",
-    "login_address": "lf:addr",
-}
 _ACCOUNT_SUBJECT = re.compile(r"[a-z0-9_]{1,64}")
 _ADDRESS_SUBJECT = re.compile(r"[0-9a-f.:/]{1,64}|" + UNKNOWN_ADDRESS)
 _ACTION_NOUNS: dict[Action, str] = {"post": "posts", "like": "likes", "follow": "follows"}
-
-
-def limit_key(family: Family, subject: str | int) -> str:
-    """One counter's key. Subjects are user ids, `account_subject`s, `address_subject`s,
-    or an account subject and an address subject joined by ":" (an account subject
-    has no ":", so that is unambiguous)."""
-    return f"{_PREFIXES[family]}:{subject}"
 
 
 def account_subject(username_key: str) -> str:

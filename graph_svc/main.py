@@ -43,7 +43,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     await store.prepare()
     relation_store = RelationStore(cql)
     await relation_store.prepare()
-    session_store = CqlSessionStore(cql)
+    session_store = CqlSessionStore(cql, store)
     await session_store.prepare()
     # One generator for every id this process makes: two with the same instance id could repeat an id.
     ids = IdGenerator(common.instance_id)

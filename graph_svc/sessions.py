@@ -227,17 +227,24 @@ STATEMENTS = {
     "token": "SELECT chain_id, user_id, expires_at, retired FROM refresh_tokens WHERE token_hash = ?",
     # TTL again: an update without one would keep the row forever.
     "retire": "UPDATE refresh_tokens USING TTL ? SET retired = true WHERE token_hash = ? IF retired = false",
-    "password_hash": "SELECT password_hash FROM users WHERE user_id = ?",
-    "set_password_hash": "UPDATE users SET password_hash = ? WHERE user_id = ?",
 }
+
+
+class PasswordHashes(Protocol):
+    """The `users` table's password column (graph_svc/store.py GraphStore)."""
+
+    async def password_hash(self, user_id: int) -> str | None: ...
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None: ...
 
 
 class CqlSessionStore:
     """All CQL of sessions. A retire whose outcome is unknown (a timeout) is not retried
     (common/cql.py): the caller gets a 503, and presenting the token again ends the session."""
 
-    def __init__(self, cql: CqlSession) -> None:
+    def __init__(self, cql: CqlSession, passwords: PasswordHashes) -> None:
         self._cql = cql
+        self._passwords = passwords
         self._q: dict[str, PreparedStatement] = {}
 
     async def prepare(self) -> None:
@@ -277,11 +284,10 @@ class CqlSessionStore:
         return bool(rows and rows[0][0])
 
     async def password_hash(self, user_id: int) -> str | None:
-        rows = await self._cql.execute(self._q["password_hash"], (user_id,))
-        return rows[0].password_hash if rows else None
+        return await self._passwords.password_hash(user_id)
 
     async def set_password_hash(self, user_id: int, password_hash: str) -> None:
-        await self._cql.execute(self._q["set_password_hash"], (password_hash, user_id))
+        await self._passwords.set_password_hash(user_id, password_hash)
 
 
 class MemorySessionStore:

@@ -45,6 +45,8 @@ STATEMENTS = {
     "delete_user": "DELETE FROM users WHERE user_id = ?",
     "claim_name": "INSERT INTO users_by_name (username_key, user_id) VALUES (?, ?) IF NOT EXISTS",
     "get_user": "SELECT user_id, username, password_hash, created_at FROM users WHERE user_id = ?",
+    "password_hash": "SELECT password_hash FROM users WHERE user_id = ?",
+    "set_password_hash": "UPDATE users SET password_hash = ? WHERE user_id = ?",
     "get_counts": "SELECT follower_count, following_count FROM follow_counts WHERE user_id = ?",
     "get_by_name": "SELECT user_id FROM users_by_name WHERE username_key = ?",
     "name_owner": "SELECT user_id FROM users_by_name WHERE username_key = ?",  # read at LOCAL_SERIAL
@@ -118,6 +120,13 @@ class GraphStore:
                 raise
             return bool(owners[0].user_id == user_id)
         return bool(rows and rows[0][0])
+
+    async def password_hash(self, user_id: int) -> str | None:
+        rows = await self._cql.execute(self._q["password_hash"], (user_id,))
+        return rows[0].password_hash if rows else None
+
+    async def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        await self._cql.execute(self._q["set_password_hash"], (password_hash, user_id))
 
     async def get_user(self, user_id: int) -> Account | None:
         user_rows, stat_rows = await asyncio.gather(

@@ -19,7 +19,8 @@ from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
 
 from common.cache import connect_redis
 from common.errors import ResourceExhausted
-from common.limits import CLIENT_ADDRESS_HEADER, Action, Limit, RedisCounters, UserLimits, limit_key
+from common.keys import limit_key
+from common.limits import CLIENT_ADDRESS_HEADER, Action, Limit, RedisCounters, UserLimits
 from infra import topology
 from tests.conftest import REDIS_URL, unique_name
 from tests.e2e.test_limits import fresh_address
