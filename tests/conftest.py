@@ -71,7 +71,7 @@ async def build_graph(cql: CqlSession, ids: IdGenerator, following_ids_limit: in
     store = GraphStore(cql, outbox)
     await store.prepare()
     signer = TokenSigner.from_file(private_key, timedelta(hours=1))
-    session_store = CqlSessionStore(cql)
+    session_store = CqlSessionStore(cql, store)
     await session_store.prepare()
     sessions = Sessions(session_store, signer, ids)
     return Graph(
