@@ -44,6 +44,28 @@ LOCAL_REPLY_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 3, 414: 3, 429: 8, 43
 # once in the request line and, transcoded, again in x-envoy-original-path.
 MAX_URL_BYTES = 8 * 1024
 MAX_HEADERS_KB = 16
+# Verified tokens kept per worker thread, so a token seen again skips the
+# signature check (about 0.27 ms). Access tokens are never revoked (only
+# refresh tokens are, graph_svc/sessions.py) and a cached token is still
+# checked for expiry on every use, so the cache changes no answer. 8192 covers
+# the users active within a few minutes on one edge at a few hundred reads/s;
+# an entry is about 2 KB.
+JWT_CACHE_SIZE = 8192
+# Smaller JSON bodies go out uncompressed: with the response headers they fit
+# in one TCP segment (MSS 1460) either way, so gzip would save no packet and
+# still cost its per-response setup. Bigger ones pay: a 20-item feed page of
+# 4.1 KB goes out as 0.8 KB (3 segments fewer, a phone's radio on for less).
+COMPRESS_MIN_BYTES = 1100
+# Names gRPC metadata cannot carry (anything but 0-9 a-z _ . -: "x-a*b"), and
+# binary metadata, which no service reads and whose malformed base64 the
+# services' gRPC layer would refuse: either would fail the call with INTERNAL
+# before any of our code runs, so the edge drops them. Pseudo-headers (:path)
+# use only allowed characters; RE2 matches the whole name.
+GRPC_UNSAFE_HEADER_NAME = r".*[^0-9a-z_.:-].*|.*-bin"
+# What gRPC accepts as a deadline: 1 to 8 digits and a unit.
+GRPC_TIMEOUT = r"[0-9]{1,8}[HMSmun]"
+# Seconds a client is told to wait after the edge shed its request.
+RETRY_AFTER_S = 1
 
 # Calls that need no token. Public reads verify a token when one is sent.
 NO_TOKEN = (
@@ -102,6 +124,17 @@ class EdgeSettings:
     # when working out the client address passed to services.
     trusted_hops: int = 0
     sidecar_port: int = SIDECAR_PORT
+    # Requests in flight to one service (all its instances) from this Envoy;
+    # past it the edge answers 503 with Retry-After at once instead of queueing
+    # work that would time out. At 500 reads/s and 20 ms that is 10 in flight:
+    # 32 leaves room for bursts, and an admitted request waits at most
+    # 32 / throughput, well under the 1 s per-try timeout while a service
+    # still does 100 reads/s (64 let queues grow past it on a busy machine,
+    # and a timed-out try is retried: more load exactly when there is too much).
+    max_requests: int = 32
+    # Every access log line of a non-2xx reply (or a gRPC error) is written;
+    # successful ones only this percentage (runtime key chirp.access_log.success_percent).
+    access_log_success_percent: int = 10
 
     @classmethod
     def from_env(cls) -> EdgeSettings:
@@ -116,6 +149,8 @@ class EdgeSettings:
             login_rps=num("CHIRP_EDGE_LOGIN_RPS", base.login_rps),
             max_request_bytes=num("CHIRP_EDGE_MAX_REQUEST_BYTES", base.max_request_bytes),
             trusted_hops=num("CHIRP_EDGE_TRUSTED_HOPS", base.trusted_hops),
+            max_requests=num("CHIRP_EDGE_MAX_REQUESTS", base.max_requests),
+            access_log_success_percent=num("CHIRP_EDGE_ACCESS_LOG_SUCCESS_PERCENT", base.access_log_success_percent),
         )
 
 
@@ -176,6 +211,12 @@ GRPC_ENCODING_ON_REST: tuple[dict[str, Any], ...] = (
         "treat_missing_header_as_empty": True,
     },
 )
+# A gRPC library never sends one, so a client that does gets a 400 instead
+# of the INTERNAL the services' gRPC layer would answer.
+GRPC_TIMEOUT_MALFORMED: tuple[dict[str, Any], ...] = (
+    {"name": "grpc-timeout", "present_match": True},
+    {"name": "grpc-timeout", "string_match": {"safe_regex": {"regex": GRPC_TIMEOUT}}, "invert_match": True},
+)
 
 
 def _http_rules() -> list[tuple[str, str]]:
@@ -218,6 +259,7 @@ class LocalReply:
     code: int  # gRPC code, in the JSON body and as grpc-status
     message: str
     grpc_code: int | None = None  # when a gRPC client is told otherwise
+    retry_after: bool = False  # tell the client when to try again (RETRY_AFTER_S)
 
     @property
     def grpc_status(self) -> int:
@@ -232,6 +274,8 @@ def local_replies() -> list[LocalReply]:
                    "send the access token in the Authorization header, never in the URL"),
         LocalReply(_all(_status_is(403), *(_header(h) for h in GRPC_ENCODING_ON_REST)), 400, 3,
                    "grpc-encoding is for gRPC calls only"),
+        LocalReply(_all(_status_is(403), *(_header(h) for h in GRPC_TIMEOUT_MALFORMED)), 400, 3,
+                   "grpc-timeout must be 1 to 8 digits and a unit (H, M, S, m, u or n)"),
         LocalReply(_all(_status_is(403), {"or_filter": {"filters": [_header(h) for h in path_field_in_query()]}}),
                    400, 3, "a query parameter may not name a field of the URL path"),
         LocalReply(_all(_status_is(403), _cel(f"size(request.path) > {MAX_URL_BYTES}")), 414, 3,
@@ -246,10 +290,16 @@ def local_replies() -> list[LocalReply]:
         LocalReply(_status_is(413), 413, 3, "request body is larger than the limit"),
         LocalReply(_status_is(414), 414, 3, "the URL is too long"),
         LocalReply(_status_is(431), 431, 3, f"request headers are larger than {MAX_HEADERS_KB} KiB"),
-        LocalReply(_status_is(503), 503, 14, "the service is unavailable, try again shortly"),
+        # The circuit breaker's limit (EdgeSettings.max_requests): shed at once, never retried.
+        LocalReply(_flag("UO"), 503, 14, "the service is over capacity, try again in a second", retry_after=True),
+        LocalReply(_status_is(503), 503, 14, "the service is unavailable, try again shortly", retry_after=True),
         LocalReply(_status_is(504), 504, 4, "the service did not answer in time"),
         *(LocalReply(_status_is(status), None, code, body) for status, code in LOCAL_REPLY_CODES.items()),
     ]  # fmt: skip
+
+
+def _set_header(key: str, value: str) -> dict[str, Any]:
+    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
 def _rest_mapper(reply: LocalReply) -> dict[str, Any]:
@@ -262,6 +312,8 @@ def _rest_mapper(reply: LocalReply) -> dict[str, Any]:
     }
     if reply.status is not None:
         mapper["status_code"] = reply.status
+    if reply.retry_after:
+        mapper["headers_to_add"] = [_set_header("retry-after", str(RETRY_AFTER_S))]
     return mapper
 
 
@@ -271,13 +323,10 @@ def _grpc_mapper(reply: LocalReply) -> dict[str, Any]:
     mapper: dict[str, Any] = {
         "filter": _all(GRPC_CLIENT, reply.match),
         "body_format_override": {"text_format_source": {"inline_string": reply.message}},
-        "headers_to_add": [
-            {
-                "header": {"key": "grpc-status", "value": str(reply.grpc_status)},
-                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
-            }
-        ],
+        "headers_to_add": [_set_header("grpc-status", str(reply.grpc_status))],
     }
+    if reply.retry_after:
+        mapper["headers_to_add"].append(_set_header("retry-after", str(RETRY_AFTER_S)))
     if reply.status is not None:
         mapper["status_code"] = reply.status
     return mapper
@@ -318,6 +367,10 @@ def _refusals() -> dict[str, Any]:
             "permissions": [{"or_rules": {"rules": [{"header": h} for h in path_field_in_query()]}}],
             "principals": anyone,
         },
+        "grpc_timeout_malformed": {
+            "permissions": [{"and_rules": {"rules": [{"header": h} for h in GRPC_TIMEOUT_MALFORMED]}}],
+            "principals": anyone,
+        },
         "url_too_long": {"permissions": any_permission, "principals": anyone, "condition": long_url},
     }
     return {
@@ -325,38 +378,6 @@ def _refusals() -> dict[str, Any]:
         "typed_config": _any(
             "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
             rules={"action": "DENY", "policies": policies},
-        ),
-    }
-
-
-# Headers HTTP allows but gRPC metadata does not (odd characters in a name, a
-# "-bin" value that is not base64, a malformed grpc-timeout) would make the
-# services' gRPC layer fail the call with INTERNAL before any of our code
-# runs. They are dropped at the edge.
-SANITIZE_LUA = """
-local function refused(name, value)
-  if name:sub(1, 1) == ":" then return false end
-  if name:find("[^0-9a-z_.%-]") then return true end
-  if name:sub(-4) == "-bin" then return value:gsub("=+$", ""):find("[^A-Za-z0-9+/]") ~= nil end
-  if name == "grpc-timeout" then return not value:match("^%d+[HMSmun]$") or #value > 9 end
-  return false
-end
-function envoy_on_request(handle)
-  local headers, drop = handle:headers(), {}
-  for name, value in pairs(headers) do
-    if refused(name, value) then drop[#drop + 1] = name end
-  end
-  for _, name in ipairs(drop) do headers:remove(name) end
-end
-"""
-
-
-def _sanitizer() -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.http.lua",
-        "typed_config": _any(
-            "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-            default_source_code={"inline_string": SANITIZE_LUA},
         ),
     }
 
@@ -414,6 +435,7 @@ def _jwt_authn(jwks: str) -> dict[str, Any]:
                     # Only the header: the default also reads ?access_token=.
                     "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}],
                     "clock_skew_seconds": 30,
+                    "jwt_cache_config": {"jwt_cache_size": JWT_CACHE_SIZE},
                     "claim_to_headers": [
                         {"header_name": USER_ID_HEADER, "claim_name": "sub"},
                         {"header_name": SESSION_ID_HEADER, "claim_name": "sid"},
@@ -447,7 +469,9 @@ def _rate_limit(rps: int) -> dict[str, Any]:
 def _retry_policy(per_try_timeout_s: float) -> dict[str, Any]:
     return {
         "retry_on": "unavailable,reset,connect-failure,refused-stream",
-        "num_retries": 2,
+        # One retry, on another instance: a second would add load when every
+        # instance is failing, which is when retries amplify an overload.
+        "num_retries": 1,
         "per_try_timeout": f"{per_try_timeout_s}s",
         "retry_host_predicate": [
             {
@@ -542,7 +566,7 @@ def _sidecar_cluster(settings: EdgeSettings) -> dict[str, Any]:
     }
 
 
-def _cluster(svc: topology.Service) -> dict[str, Any]:
+def _cluster(svc: topology.Service, settings: EdgeSettings) -> dict[str, Any]:
     return {
         "name": svc.name,
         "type": "STATIC",
@@ -578,9 +602,14 @@ def _cluster(svc: topology.Service) -> dict[str, Any]:
                 {
                     "priority": "DEFAULT",
                     "max_connections": 1024,
-                    "max_pending_requests": 1024,
-                    "max_requests": 4096,
-                    "retry_budget": {"budget_percent": {"value": 20.0}, "min_retry_concurrency": 5},
+                    # Over max_requests (or waiting for a connection) the edge sheds
+                    # at once: a 503 with Retry-After (local_replies, flag UO).
+                    "max_pending_requests": settings.max_requests,
+                    "max_requests": settings.max_requests,
+                    # Retries in flight at most a tenth of the requests in flight
+                    # (3 when nearly idle): an overload cannot be amplified by
+                    # more than that, and an overflow is never retried.
+                    "retry_budget": {"budget_percent": {"value": 10.0}, "min_retry_concurrency": 3},
                 }
             ]
         },
@@ -594,7 +623,7 @@ def _compressor() -> dict[str, Any]:
         "typed_config": _any(
             "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor",
             # The default content types include application/json; gRPC is never compressed here.
-            response_direction_config={"common_config": {"min_content_length": 512}},
+            response_direction_config={"common_config": {"min_content_length": COMPRESS_MIN_BYTES}},
             compressor_library={
                 "name": "gzip",
                 "typed_config": _any("type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"),
@@ -603,9 +632,36 @@ def _compressor() -> dict[str, Any]:
     }
 
 
-def _access_log() -> dict[str, Any]:
+def _access_log_filter(success_percent: int) -> dict[str, Any]:
+    """Every failure (HTTP status outside 2xx, no response, a gRPC client's
+    non-OK status, which comes with HTTP 200) and `success_percent` of the rest,
+    picked by request id; the runtime key changes it without a restart."""
+
+    def status(op: str, value: int) -> dict[str, Any]:
+        compare = {"op": op, "value": {"default_value": value, "runtime_key": f"chirp.access_log.status_{op.lower()}"}}
+        return {"status_code_filter": {"comparison": compare}}
+
+    return {
+        "or_filter": {
+            "filters": [
+                status("GE", 300),
+                status("LE", 199),
+                _all(GRPC_CLIENT, {"grpc_status_filter": {"statuses": ["OK"], "exclude": True}}),
+                {
+                    "runtime_filter": {
+                        "runtime_key": "chirp.access_log.success_percent",
+                        "percent_sampled": {"numerator": success_percent, "denominator": "HUNDRED"},
+                    }
+                },
+            ]
+        }
+    }
+
+
+def _access_log(settings: EdgeSettings) -> dict[str, Any]:
     return {
         "name": "envoy.access_loggers.stdout",
+        "filter": _access_log_filter(settings.access_log_success_percent),
         "typed_config": _any(
             "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
             log_format={
@@ -657,17 +713,23 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
         use_remote_address=True,
         xff_num_trusted_hops=settings.trusted_hops,
         # Identity and client address come only from the edge: drop any
-        # client-sent copy before any filter runs.
+        # client-sent copy before any filter runs; and what gRPC metadata
+        # cannot carry (GRPC_UNSAFE_HEADER_NAME).
         early_header_mutation_extensions=[
             {
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": _any(
                     "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation",
-                    mutations=[{"remove": USER_ID_HEADER}, {"remove": SESSION_ID_HEADER}, {"remove": CLIENT_IP_HEADER}],
+                    mutations=[
+                        {"remove": USER_ID_HEADER},
+                        {"remove": SESSION_ID_HEADER},
+                        {"remove": CLIENT_IP_HEADER},
+                        {"remove_on_match": {"key_matcher": {"safe_regex": {"regex": GRPC_UNSAFE_HEADER_NAME}}}},
+                    ],
                 ),
             }
         ],
-        access_log=[_access_log()],
+        access_log=[_access_log(settings)],
         local_reply_config=_local_reply_config(),
         route_config={
             "name": "edge",
@@ -683,7 +745,6 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
         # the JSON the transcoder makes; rate limits and auth run on the gRPC route.
         http_filters=[
             _refusals(),
-            _sanitizer(),
             {
                 "name": "envoy.filters.http.buffer",
                 "typed_config": _any(
@@ -721,7 +782,7 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
                     ],
                 }
             ],
-            "clusters": [*(_cluster(svc) for svc in topology.SERVICES), _sidecar_cluster(settings)],
+            "clusters": [*(_cluster(svc, settings) for svc in topology.SERVICES), _sidecar_cluster(settings)],
         },
     }
 

@@ -34,7 +34,15 @@ from tests.e2e.test_users import assert_error
 from tests.edge import private_edge, render
 
 PORT, ADMIN = 18180, 19911
-STRICT = replace(render.EdgeSettings(), listen_port=PORT, admin_port=ADMIN, login_rps=1, trusted_hops=1)
+# Every request logged: the access log tests read the line of a successful call.
+STRICT = replace(
+    render.EdgeSettings(),
+    listen_port=PORT,
+    admin_port=ADMIN,
+    login_rps=1,
+    trusted_hops=1,
+    access_log_success_percent=100,
+)
 PUBLIC = {
     "chirp.graph.v1.GraphService",
     "chirp.tweet.v1.TweetService",
@@ -118,6 +126,18 @@ def test_a_query_parameter_cannot_override_a_path_field(strict_edge: Edge, accou
 def test_grpc_encoding_on_a_rest_call_is_400(strict_edge: Edge, account: Account) -> None:
     reply = httpx.get(f"{strict_edge.base}/v1/users/{account.user_id}", headers={"grpc-encoding": "bogus"})
     assert "grpc-encoding" in str(assert_error(reply, 400, 3)["message"])
+
+
+def test_metadata_grpc_cannot_carry_is_dropped_or_refused_at_the_edge(strict_edge: Edge, account: Account) -> None:
+    """Else the services' gRPC layer would fail the call with INTERNAL (a 500) before any of our code runs."""
+    url = f"{strict_edge.base}/v1/users/{account.user_id}"
+    for name, value in (("x-odd*name", "1"), ("x-odd-bin", "!!!"), ("x-fine-bin", "AAEC")):
+        reply = httpx.get(url, headers={name: value})
+        assert reply.status_code == 200, (name, reply.text)
+    for value in ("soon", "123456789S", "1s", "-1S"):
+        reply = httpx.get(url, headers={"grpc-timeout": value})
+        assert "grpc-timeout" in str(assert_error(reply, 400, 3)["message"]), value
+    assert httpx.get(url, headers={"grpc-timeout": "12345678m"}).status_code == 200
 
 
 def test_a_grpc_path_sent_as_json_is_404_without_envoy_internals(strict_edge: Edge, account: Account) -> None:

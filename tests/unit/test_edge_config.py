@@ -119,7 +119,8 @@ def test_local_replies_never_put_json_in_grpc_message_and_pick_a_grpc_status() -
 def test_token_and_identity_settings() -> None:
     hcm = _hcm(replace(SETTINGS, trusted_hops=2))
     assert hcm["use_remote_address"] is True and hcm["xff_num_trusted_hops"] == 2
-    removed = [m["remove"] for m in hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]]
+    mutations = hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
+    removed = [m["remove"] for m in mutations if "remove" in m]
     assert {render.USER_ID_HEADER, render.CLIENT_IP_HEADER} <= set(removed)
     filters = {f["name"]: f["typed_config"] for f in hcm["http_filters"]}
     provider = filters["envoy.filters.http.jwt_authn"]["providers"]["chirp"]
