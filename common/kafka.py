@@ -19,6 +19,7 @@ TOPIC_TWEETS = "chirp.tweets.v1"  # tweet created / deleted, keyed by author
 TOPIC_FOLLOWS = "chirp.follows.v1"  # follow / unfollow, keyed by follower
 TOPIC_LIKES = "chirp.likes.v1"  # like / unlike, keyed by tweet
 TOPICS = (TOPIC_TWEETS, TOPIC_FOLLOWS, TOPIC_LIKES)
+POLL_IDLE_SECONDS = 1.0
 
 
 class AsyncProducer:
@@ -51,8 +52,10 @@ class AsyncProducer:
             log.warning("all Kafka brokers are down")
 
     def _poll(self) -> None:
+        # poll() returns as soon as a delivery report is served: the timeout only
+        # sets how often an idle producer's thread wakes up (and how long close waits).
         while not self._stop.is_set():
-            self._producer.poll(0.1)
+            self._producer.poll(POLL_IDLE_SECONDS)
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
         if self._all_down.is_set() and not await self.ping():
@@ -84,7 +87,7 @@ class AsyncProducer:
     def close(self, timeout: float = 5.0) -> None:
         self._producer.flush(timeout)
         self._stop.set()
-        self._poller.join(1.0)
+        self._poller.join(POLL_IDLE_SECONDS + 1.0)
 
 
 def _settle(done: asyncio.Future[None], err: KafkaError | None) -> None:
@@ -124,10 +127,17 @@ class BatchConsumer:
             }
         )
         self._consumer.subscribe(list(topics))
+        # Held by the thread blocked in consume(): close() waits for it, since a
+        # cancelled poll goes on in its thread and the client must not be closed under it.
+        self._consuming = threading.Lock()
+
+    def _consume(self, max_messages: int, wait_seconds: float) -> list[Message]:
+        with self._consuming:
+            return self._consumer.consume(max_messages, wait_seconds)
 
     async def poll_batch(self, max_messages: int, wait_seconds: float) -> list[Message]:
         loop = asyncio.get_running_loop()
-        messages = await loop.run_in_executor(None, self._consumer.consume, max_messages, wait_seconds)
+        messages = await loop.run_in_executor(None, self._consume, max_messages, wait_seconds)
         good = []
         for msg in messages:
             error = msg.error()
@@ -174,7 +184,8 @@ class BatchConsumer:
         return total
 
     def close(self) -> None:
-        self._consumer.close()
+        with self._consuming:
+            self._consumer.close()
 
 
 def group_offsets(

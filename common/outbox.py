@@ -4,16 +4,20 @@ idempotent). The CQL is in common/outbox_store.py; this module holds the rules.
 
 Fast path: once the batch is written, the request queues the record, and when
 the broker has it the row is marked published (an UPDATE of one column: no
-tombstone). Rows are never deleted; they expire by the table's TTL (2 days,
-TimeWindowCompactionStrategy, so whole SSTables are dropped).
+tombstone). A send that fails is kept by the writing process, which sends it
+again itself at once (its relay loop is woken) and then every interval while
+Kafka refuses it. Rows are never deleted; they expire by the table's TTL (2
+days, TimeWindowCompactionStrategy, so whole SSTables are dropped).
 
 Relay: events live in partitions of (shard, minute of the id), 32 shards. Each
 shard is relayed by one process at a time, holding a lease (a lightweight
-transaction with a TTL of 15 s, renewed every ~5 s; a process that dies loses
+transaction with a TTL of 15 s, renewed every ~6 s; a process that dies loses
 its leases within 15 s and the others share them out, each taking at most its
 fair share of the shards). Per shard the holder keeps
-- a cursor in memory: every event up to it is published. Each pass (every 2 s)
-  it reads the shard's ids and flags from the cursor up to now - min_age (5 s,
+- a cursor in memory: every event up to it is published. Each pass (every 2 s
+  while passes find unpublished events, backing off to every 6 s while they
+  find none, which is nearly always: only a crashed writer leaves any) it
+  reads the shard's ids and flags from the cursor up to now - min_age (5 s,
   the fast path's chance), only when the shard's head (highest id written) is
   past the cursor; sends the unpublished ones together, awaits every delivery,
   marks them, and moves the cursor to just before the first failure;
@@ -33,16 +37,26 @@ deletes, follows; likes do not use the outbox), so 2,500 events/s:
   sequence 0, so `id % 8` put every event in shard 0). A partition reaches
   100,000 rows at 53,000 events/s: raise SHARDS (and move the relay state) first.
 - writes: per event one row and one head cell in the caller's batch (006 had a
-  row and a minute-index row), one published mark (006 had a delete).
+  row and a minute-index row), one published mark (006 had a delete). Sending a
+  second's marks together, one statement per partition, was measured: it
+  cut the client's CPU in a burst, but not at 100 events/s per process, where
+  the marks of a second fall in ~30 of the 32 shards anyway.
 - relay reads: each event's id and flag are read twice (fresh pass, sweep) and
   payloads only of events to send: at 2,500 events/s the simulation in
   tests/unit/test_outbox_relay.py counts 23 relay statements/s in all (18.5
   range reads, 2 head reads, 2.7 for leases) besides the 2,500 marks/s.
-- idle: per relay process one head read per pass when it holds shards, and per
-  lease cycle (every third pass) one read of the lease rows, one of the relay
-  list, one heartbeat and one conditional batch: 0.5 + 0.67 = 1.17 statements/s;
-  4.7/s for the 4 relaying processes of the default stack (was 31/s), 0.67/s of
-  them lightweight transactions, as the same tests count.
+- idle: per relay process, every 6-6.5 s, one pass: one head read and the
+  lease cycle (one read of the lease rows, one of the relay list, one heartbeat
+  and one conditional batch): about 0.8 statements/s, 3.3/s for the 4 relaying
+  processes of the default stack (was 4.7/s with a pass every 2 s, 31/s before
+  that), 0.67/s of them lightweight transactions, as the same tests count.
+
+Orphans (acknowledged, never delivered, and the writer gone) are published
+within about 12.5 s when another live relay holds their shard (min_age 5 s
+plus one idle pass gap of up to 7.2 s), and within about 28 s when the dead
+writer held the lease itself (the lease runs out 15 s after its last renewal,
+a survivor takes the shard at its next lease cycle, 6-6.5 s, one more cycle if
+two survivors reached for the same shard, and relays it in that pass).
 
 What the pre-006 `outbox` and the 006 `outbox_events` tables still hold is
 published by whoever leases the LEGACY pseudo-shard, until they have been empty
@@ -92,12 +106,18 @@ SHARDS_HELD = Gauge("chirp_outbox_relay_shards", "Outbox shards this process rel
 
 @dataclass(frozen=True)
 class RelaySettings:
-    interval_seconds: float = 2.0  # between passes
+    interval_seconds: float = 2.0  # between passes while they find work (or a fast-path send failed)
+    # The longest gap between passes while they find nothing. A pass also renews
+    # the leases, so passes come at least every lease_renew_seconds anyway.
+    idle_interval_seconds: float = 6.0
     min_age_ms: int = 5_000  # the fast path's chance before the relay sends an event
     settle_ms: int = 60_000  # a write landing later than this after its id was made is the fast path's alone
     sweep_seconds: float = 30.0
     lease_ttl_seconds: int = 15
-    lease_renew_seconds: float = 5.0
+    # A third of the lease and a little more: one renewal may fail and the next
+    # still comes before lease_margin_ms. Passes used to come every 2 s, so the
+    # renewal rode on every third: every 6 s in fact.
+    lease_renew_seconds: float = 6.0
     lease_margin_ms: int = 3_000  # stop relaying this long before the store lets the lease go
     batch: int = 500  # ids read, and events sent together, per step
     # Per shard and pass, so one shard's backlog does not hold up the others and
@@ -108,6 +128,24 @@ class RelaySettings:
     retention_ms: int = 172_800_000  # the table's default_time_to_live: older rows are gone
     legacy_interval_seconds: float = 30.0
     legacy_quiet_ms: int = 600_000
+    redo_limit: int = 10_000  # fast-path failures this process retries itself; past it the relay finds them
+
+
+@dataclass
+class IdleBackoff:
+    """Seconds until the next relay pass: `busy` after a pass that found work,
+    doubling with each pass that found none, up to `idle`."""
+
+    busy: float
+    idle: float
+    current: float = 0.0
+
+    def after(self, found_work: bool) -> float:
+        if found_work or self.current <= 0:
+            self.current = self.busy
+        else:
+            self.current = min(max(self.idle, self.busy), self.current * 2)
+        return self.current
 
 
 class OutboxStorage(Protocol):
@@ -180,6 +218,11 @@ class Outbox:
             _Relay(self._store, producer, self._settings, clock_ms, relay_id or _relay_name()) if producer else None
         )
         self._marking: set[asyncio.Task[None]] = set()
+        # Fast-path sends that failed: this process still has them, so it sends
+        # them again itself, at once, rather than leaving them to whichever
+        # relay holds their shard.
+        self._redo: dict[int, Event] = {}
+        self._wake = asyncio.Event()
 
     async def prepare(self) -> None:
         await self._store.prepare()
@@ -189,23 +232,35 @@ class Outbox:
         self._store.add_to(batch, event.event_id, event.topic, event.key_bytes(), event.value())
 
     def publish_soon(self, event: Event) -> None:
-        """Fast path after the batch is written; the relay covers any failure."""
+        """Fast path after the batch is written. A failed send is retried by this
+        process's relay loop (woken at once); the relay covers a crash."""
         assert self._producer is not None, "this outbox has no producer"
         loop = asyncio.get_running_loop()
 
         def on_done(err: KafkaError | None) -> None:  # on the producer's poll thread
-            if err is None:
-                with contextlib.suppress(RuntimeError):  # the loop closed at shutdown: the relay marks it
+            with contextlib.suppress(RuntimeError):  # the loop closed at shutdown: the relay marks it
+                if err is None:
                     loop.call_soon_threadsafe(self._delivered, event.event_id)
+                else:
+                    loop.call_soon_threadsafe(self._failed, event)
 
         try:
             self._producer.send_nowait(event.topic, event.key_bytes(), event.value(), on_done)
-        except Exception as exc:  # noqa: BLE001 - the relay will publish it
-            log.warning("outbox fast path failed; the relay will publish: %r", exc)
+        except Exception as exc:  # noqa: BLE001 - sent again by the relay loop
+            log.warning("outbox fast path failed; sending again shortly: %r", exc)
+            self._failed(event)
 
     def _delivered(self, event_id: int) -> None:
         PUBLISHED.labels("fast").inc()
-        task = asyncio.create_task(self._store.mark_published([event_id]))
+        self._mark_soon([event_id])
+
+    def _failed(self, event: Event) -> None:
+        if len(self._redo) < self._settings.redo_limit:
+            self._redo[event.event_id] = event
+        self._wake.set()
+
+    def _mark_soon(self, event_ids: list[int]) -> None:
+        task = asyncio.create_task(self._store.mark_published(event_ids))
         self._marking.add(task)
         task.add_done_callback(self._marked)
 
@@ -233,18 +288,45 @@ class Outbox:
         """Shards (LEGACY included) whose lease this process holds and may still use."""
         return self._relay.usable_shards() if self._relay else []
 
-    async def relay_forever(self) -> None:
+    async def send_failed(self) -> int:
+        """Send again what the fast path failed to deliver; returns how many the broker took."""
         assert self._relay is not None, "this outbox has no producer"
+        events = list(self._redo.values())[: self._settings.batch]
+        if not events:
+            return 0
+        sent = await self._relay.send_all([_stored(e) for e in events])
+        delivered = [e.event_id for e, ok in zip(events, sent, strict=True) if ok]
+        for event_id in delivered:
+            del self._redo[event_id]
+        if delivered:
+            PUBLISHED.labels("fast").inc(len(delivered))
+            self._mark_soon(delivered)
+        return len(delivered)
+
+    async def relay_forever(self) -> None:
+        """Relay passes, quick while they find work, backing off to
+        idle_interval_seconds while they find none; a fast-path failure wakes it at once."""
+        relay = self._relay
+        assert relay is not None, "this outbox has no producer"
+        backoff = IdleBackoff(self._settings.interval_seconds, self._settings.idle_interval_seconds)
         try:
             while True:
+                self._wake.clear()
+                found = True  # a failing pass is tried again at the busy pace
                 try:
-                    count = await self.relay_once()
+                    count = await self.send_failed()
+                    count += await self.relay_once()
+                    found = count > 0 or relay.found > 0 or bool(self._redo)
                     if count:
                         log.info("outbox relayed events", extra={"count": count})
                 except Exception as exc:  # noqa: BLE001 - keep relaying once the dependency is back
                     log.warning("outbox relay failed, will retry: %r", exc)
-                # Jitter keeps the processes' lease cycles from meeting on the one partition.
-                await asyncio.sleep(self._settings.interval_seconds * random.uniform(0.8, 1.2))
+                # Jitter keeps the processes' lease cycles from meeting on the one partition;
+                # the leases are renewed on time however long the passes are apart.
+                due = relay.seconds_to_lease_cycle() + random.uniform(0.0, 0.5)
+                delay = min(backoff.after(found) * random.uniform(0.8, 1.2), due)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
         finally:
             # Hand the shards over now rather than when the leases expire.
             with contextlib.suppress(Exception):
@@ -281,13 +363,19 @@ class _Relay:
         self._legacy_finished = False  # drained and quiet: the next renewal saves the marker
         self._rng = random.Random(relay_id)
         self._send_error: Exception | None = None  # logged once per pass, not once per shard
+        self.found = 0  # unpublished events the last pass came upon (sent or not)
 
     def usable_shards(self) -> list[int]:
         now = self._clock()
         return sorted(s for s, lease in self._leases.items() if lease.until_ms > now)
 
+    def seconds_to_lease_cycle(self) -> float:
+        """Until the pass that renews the leases is due (a little after, so it is)."""
+        return max(0.0, (self._next_cycle_ms - self._clock()) / 1000) + 0.01
+
     async def run_pass(self, min_age_ms: int) -> int:
         now = self._clock()
+        self.found = 0
         if now >= self._next_cycle_ms:
             self._next_cycle_ms = now + int(self._s.lease_renew_seconds * 1000)
             await self._lease_cycle(now)
@@ -351,9 +439,10 @@ class _Relay:
         for _ in range(self._s.steps_per_pass):
             scan = await self._store.scan(shard, after, through, self._s.batch)
             pending = [event_id for event_id, published in scan.rows if not published]
+            self.found += len(pending)
             if pending:
                 events = await self._store.load(shard, pending)
-                sent = await self._send_all(events)
+                sent = await self.send_all(events)
                 delivered = [e.event_id for e, ok in zip(events, sent, strict=True) if ok]
                 if delivered:
                     await self._store.mark_published(delivered)
@@ -367,7 +456,7 @@ class _Relay:
                 return after, count, None
         return after, count, after + 1
 
-    async def _send_all(self, events: Sequence[StoredEvent]) -> list[bool]:
+    async def send_all(self, events: Sequence[StoredEvent]) -> list[bool]:
         """Produce all, then await every delivery; which ones the broker has.
 
         The first is sent alone: when Kafka is down that one failure stands for
@@ -391,7 +480,8 @@ class _Relay:
         found = False
         while rows := await self._store.legacy_events(self._s.batch):
             found = True
-            sent = await self._send_all([r.event for r in rows])
+            self.found += len(rows)
+            sent = await self.send_all([r.event for r in rows])
             delivered = [r for r, ok in zip(rows, sent, strict=True) if ok]
             await self._store.forget_legacy(delivered)
             PUBLISHED.labels("relay").inc(len(delivered))
@@ -478,6 +568,10 @@ class _Relay:
             await self._renew([], list(self._leases), self._clock())
         # Gone from the relay list in a second, so the others' fair share counts without us.
         await self._store.heartbeat(self.relay_id, 1)
+
+
+def _stored(event: Event) -> StoredEvent:
+    return StoredEvent(event.event_id, event.topic, event.key_bytes(), event.value())
 
 
 def _relay_name() -> str:

@@ -28,7 +28,13 @@ Probe = Callable[[], Awaitable[bool]]
 # grpcio-reflection serves only v1alpha; current tools (grpcurl, Postman) ask v1
 # first. The two protocols' messages are the same on the wire.
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
-HEALTH_INTERVAL_SECONDS = 2.0
+# Probes run every HEALTH_INTERVAL_SECONDS while they pass (each is a store
+# round trip in every process: at 2 s they were a visible part of an idle
+# stack's CPU), and every HEALTH_RECHECK_SECONDS from the first failure until
+# one passes: a store outage turns an instance NOT_SERVING within 5 + 1 + 1 s
+# (three failures in a row), and it serves again within 1 s of the store.
+HEALTH_INTERVAL_SECONDS = 5.0
+HEALTH_RECHECK_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 1.5
 FAILED_PROBES_BEFORE_NOT_SERVING = 3
 
@@ -102,21 +108,37 @@ async def check_probes(probes: Sequence[Probe]) -> bool:
     return all(results)
 
 
-async def _watch_health(health_servicer: HealthServicer, wiring: Wiring, service: str) -> None:
-    last: bool | None = None
-    failures = 0
-    while True:
-        failures = 0 if await check_probes(wiring.probes) else failures + 1
+@dataclass
+class ProbeRecord:
+    """What the probes said so far: whether to serve, and when to probe next."""
+
+    failures: int = 0
+    serving: bool | None = None  # None until the first probe
+
+    def record(self, passed: bool) -> tuple[bool, float]:
+        """Take one probe's result; returns (serve?, seconds until the next probe)."""
+        self.failures = 0 if passed else self.failures + 1
         # One slow probe on a busy machine is not an outage: every instance would
         # leave the edge at once. A store that is really gone fails every probe.
-        ok = failures < FAILED_PROBES_BEFORE_NOT_SERVING if last is not None else failures == 0
+        if self.serving is None:
+            self.serving = self.failures == 0
+        else:
+            self.serving = self.failures < FAILED_PROBES_BEFORE_NOT_SERVING
+        return self.serving, HEALTH_INTERVAL_SECONDS if self.failures == 0 else HEALTH_RECHECK_SECONDS
+
+
+async def _watch_health(health_servicer: HealthServicer, wiring: Wiring, service: str) -> None:
+    record = ProbeRecord()
+    last: bool | None = None
+    while True:
+        ok, delay = record.record(await check_probes(wiring.probes))
         if ok != last:
             status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
             for name in ("", *wiring.service_names):
                 await health_servicer.set(name, status)
             log.info("health changed", extra={"serving": ok, "component": service})
             last = ok
-        await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+        await asyncio.sleep(delay)
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:

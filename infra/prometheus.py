@@ -3,8 +3,9 @@
 ``render_config`` writes ``<state>/conf/prometheus.yml``: one scrape job per
 service or worker of ``infra.topology`` (job = service name, one target per
 instance with ``instance`` = the instance name, e.g. ``feed_svc-1``), Envoy's
-admin ``/stats/prometheus`` (job ``envoy``) and Prometheus itself, every 5 s,
-with the recording and alerting rules of ``infra/prometheus/`` by absolute
+admin ``/stats/prometheus`` (job ``envoy``) and Prometheus itself, every
+``CHIRP_SCRAPE_INTERVAL_SECONDS`` (default 15, as in k8s/monitoring; rules are
+evaluated as often), with the recording and alerting rules of ``infra/prometheus/`` by absolute
 path. ``prometheus_command`` renders it and returns the argv of a Prometheus
 that runs in the foreground until SIGTERM (TSDB under
 ``<state>/data/prometheus``, two days kept, ``POST /-/reload`` enabled).
@@ -19,16 +20,22 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import shutil
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from infra import topology
 
 PROMETHEUS_PORT = 9090
 PROMETHEUS_BINARY = "/usr/bin/prometheus"  # Debian's package; else `prometheus` on PATH
-SCRAPE_INTERVAL = "5s"
-SCRAPE_TIMEOUT = "4s"
+# Every scrape costs each of the ~20 targets a full render of its metrics: at
+# 5 s that was a steady share of an idle stack's CPU. The rules' rate windows
+# (5m) and alerts' `for:` (1m and up) hold many samples at 15 s too.
+SCRAPE_INTERVAL_ENV = "CHIRP_SCRAPE_INTERVAL_SECONDS"
+DEFAULT_SCRAPE_INTERVAL_S = 15
+MAX_SCRAPE_TIMEOUT_S = 10
 RETENTION = "2d"
 RULE_FILES = ("recording_rules.yml", "alerts.yml")
 PROBE_TIMEOUT_S = 1.0
@@ -56,15 +63,29 @@ def _job(name: str, targets: list[tuple[str, str]], metrics_path: str = "/metric
     return lines
 
 
-def config_text(root: Path) -> str:
-    """The Prometheus configuration (YAML) for the current topology."""
+def scrape_interval_seconds(env: Mapping[str, str] = os.environ) -> int:
+    """CHIRP_SCRAPE_INTERVAL_SECONDS: whole seconds, at least 1."""
+    raw = env.get(SCRAPE_INTERVAL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_SCRAPE_INTERVAL_S
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{SCRAPE_INTERVAL_ENV} must be a whole number of seconds, at least 1, got {raw!r}")
+    return int(raw)
+
+
+def config_text(root: Path, interval_s: int | None = None) -> str:
+    """The Prometheus configuration (YAML) for the current topology, scraping
+    every `interval_s` (default: scrape_interval_seconds())."""
     host = topology.HOST
+    interval = scrape_interval_seconds() if interval_s is None else interval_s
+    # A scrape must end before the next starts; Prometheus refuses a longer timeout.
+    timeout = max(1, min(MAX_SCRAPE_TIMEOUT_S, interval - 1))
     lines = [
         "# Rendered by infra/prometheus.py from infra/topology.py; edits are overwritten.",
         "global:",
-        f"  scrape_interval: {SCRAPE_INTERVAL}",
-        f"  scrape_timeout: {SCRAPE_TIMEOUT}",
-        f"  evaluation_interval: {SCRAPE_INTERVAL}",
+        f"  scrape_interval: {interval}s",
+        f"  scrape_timeout: {timeout}s",
+        f"  evaluation_interval: {interval}s",
         "rule_files:",
         *(f"  - {_q(str(path))}" for path in rule_files(root)),
         "scrape_configs:",

@@ -128,7 +128,7 @@ def test_rendered_config_passes_promtool_and_scrapes_every_instance(tmp_path: Pa
     promtool("check", "config", str(path))  # also loads the rule files it names
 
     config = load_yaml(path)
-    assert config["global"]["scrape_interval"] == "5s"
+    assert config["global"]["scrape_interval"] == f"{prometheus.scrape_interval_seconds()}s"  # 15s unless set
     assert config["rule_files"] == [str(RECORDING_RULES), str(ALERTS)]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     targets = {

@@ -9,6 +9,7 @@ measured here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,7 +20,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from common.ids import IdGenerator, id_time_ms
-from common.outbox import LEGACY, LEGACY_DONE, OLDEST_UNPUBLISHED, SHARDS, Event, Outbox, RelaySettings
+from common.outbox import LEGACY, LEGACY_DONE, OLDEST_UNPUBLISHED, SHARDS, Event, IdleBackoff, Outbox, RelaySettings
 from common.outbox_store import (
     MINUTE_MS,
     LegacyEvent,
@@ -539,3 +540,77 @@ async def test_marks_are_one_statement_per_partition(count: int) -> None:
     await world.store.mark_published(e.event_id for e in events)
     assert world.store.statements["mark"] == len({minute_of(e.event_id) for e in events})
     assert all(world.store.published(e.event_id) for e in events)
+
+
+async def test_a_failed_fast_path_send_is_sent_again_by_the_writer_not_left_to_the_relay() -> None:
+    world = make_world()
+    outbox = world.outboxes[0]
+    event = world.write()[0]
+    world.producer.down = True
+    outbox.publish_soon(event)
+    await asyncio.sleep(0)
+    assert await outbox.send_failed() == 0, "Kafka is still down"
+    world.producer.down = False
+    assert await outbox.send_failed() == 1
+    assert await outbox.send_failed() == 0, "sent twice"
+    await outbox.wait_marked()
+    assert world.store.published(event.event_id)
+    assert world.producer.ids() == [event.event_id]
+    assert world.store.statements["scan"] == 0, "the relay did not need to read it"
+
+
+async def test_a_fast_path_failure_wakes_the_idle_relay_loop_at_once() -> None:
+    """The loop would sleep a minute between passes; the failure must not wait for it."""
+    slow = RelaySettings(interval_seconds=60.0, idle_interval_seconds=60.0, lease_renew_seconds=60.0)
+    world = make_world(settings=slow)
+    outbox = world.outboxes[0]
+    relaying = asyncio.create_task(outbox.relay_forever())
+    try:
+        for _ in range(500):  # the first pass takes the leases, then the loop sleeps
+            if outbox.relayed_shards():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        event = world.write()[0]
+        world.producer.down = True
+        outbox.publish_soon(event)  # fails, and queues it for the loop
+        world.producer.down = False
+        for _ in range(500):
+            if event.event_id in world.producer.ids():
+                break
+            await asyncio.sleep(0.01)
+        assert world.producer.ids() == [event.event_id]
+    finally:
+        relaying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relaying
+
+
+async def test_idle_relays_paced_as_relay_forever_paces_them_cost_fewer_statements() -> None:
+    """The same four idle relays, each pass scheduled as relay_forever does it
+    (backing off while idle, woken for the lease cycle), without the jitter."""
+    world = make_world(relays=4)
+    world.write(100)
+    await world.run(180)
+    assert sorted(len(o.relayed_shards()) for o in world.outboxes) == [8, 8, 8, 8]
+    backoffs = [IdleBackoff(SETTINGS.interval_seconds, SETTINGS.idle_interval_seconds) for _ in world.outboxes]
+    due_ms = [world.clock()] * 4
+    before = Counter(world.store.statements)
+    seconds = 600
+    end = world.clock() + seconds * 1000
+    while world.clock() < end:
+        i = min(range(4), key=lambda n: due_ms[n])
+        world.clock.advance(max(0, due_ms[i] - world.clock()))
+        published = await world.outboxes[i].relay_once()
+        relay = world.outboxes[i]._relay
+        assert relay is not None
+        delay = min(backoffs[i].after(published > 0 or relay.found > 0), relay.seconds_to_lease_cycle() + 0.25)
+        due_ms[i] = world.clock() + int(delay * 1000)
+    spent = world.store.statements - before
+    per_second = sum(spent.values()) / seconds
+    lwt_per_second = sum(n for name, n in spent.items() if name in LWT) / seconds
+    print(f"idle, paced: {per_second:.2f} statements/s ({lwt_per_second:.2f} LWT/s): {dict(spent)}")
+    assert per_second <= 3.5, spent  # 4.7/s with a pass every 2 s
+    assert lwt_per_second <= 0.7
+    assert spent["scan"] == 0 and spent["load"] == 0
+    assert sorted(len(o.relayed_shards()) for o in world.outboxes) == [8, 8, 8, 8], "a lease lapsed"

@@ -1,0 +1,269 @@
+"""What the stack costs doing nothing: CPU of every process `make up` started,
+read from /proc over a window, summed by component and printed in cores.
+
+    python -m bench.idle [--seconds 60] [--runs 3] [--quiet-only [--tries 20]] [--per-process]
+                         [--threads COMPONENTS] [--json FILE]
+
+A component is a process name without its instance number (feed_svc-0 and
+feed_svc-1 are feed_svc); Envoy's supervisor counts with Envoy. With several
+runs it prints each run, then per component the minimum and the median over
+the runs: the machine is shared, and other engineers' test traffic lands in
+some windows, so the minimum is the idle figure and the median says how steady
+it is. Requests through the edge during each window (Envoy's downstream
+counter) and processes that restarted in it are printed next to each run, so a
+busy window can be told from an idle one; with --quiet-only such windows are
+left out of the summary and more are measured, up to --tries in all. `--threads cassandra,kafka` also
+splits those components' CPU by thread name (numbers folded: Native-Transport-Requests-#),
+which tells a JVM's or a Python process's idle work apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra import topology
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / ".state" / "run"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ENVOY_STATS = f"http://{topology.HOST}:{topology.ENVOY_ADMIN_PORT}/stats?filter=downstream_rq_total$"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """CPU seconds (user + system, every thread) of one process, and its start time (to spot a new pid)."""
+
+    name: str  # instance name, e.g. feed_svc-1, or envoy
+    pid: int
+    start: str
+    cpu_seconds: float
+
+
+def component_of(name: str) -> str:
+    """feed_svc-1 -> feed_svc; a name without an instance number is its own component."""
+    base, _, ordinal = name.rpartition("-")
+    return base if base and ordinal.isdigit() else name
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def sample() -> list[Sample]:
+    """Every running stack process and its direct children (Envoy runs under a supervisor)."""
+    found: list[Sample] = []
+    for pid_file in sorted(RUN.glob("*.json")):
+        try:
+            pid = int(json.loads(pid_file.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            continue
+        for p in [pid, *_children(pid)]:
+            fields = _stat_fields(p)
+            if fields is None:
+                continue
+            # After the ")": state is field 0, utime 11, stime 12, starttime 19.
+            cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            found.append(Sample(pid_file.stem, p, fields[19], cpu))
+    return found
+
+
+def _thread_times(pid: int) -> dict[tuple[int, str], tuple[str, float]]:
+    """CPU seconds of each thread of one process, by (pid, tid): (name with numbers folded into #, seconds)."""
+    out: dict[tuple[int, str], tuple[str, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        name = re.sub(r"\d+", "#", text[text.index("(") + 1 : text.rindex(")")])
+        fields = text.rsplit(")", 1)[1].split()
+        out[(pid, tid)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return out
+
+
+def thread_sample(components: Sequence[str]) -> dict[tuple[int, str], tuple[str, float]]:
+    """Every thread of every process of these components, named "component: thread"."""
+    out: dict[tuple[int, str], tuple[str, float]] = {}
+    for s in sample():
+        component = component_of(s.name)
+        if component in components:
+            out.update({key: (f"{component}: {name}", cpu) for key, (name, cpu) in _thread_times(s.pid).items()})
+    return out
+
+
+def cores_by_thread(
+    before: Mapping[tuple[int, str], tuple[str, float]],
+    after: Mapping[tuple[int, str], tuple[str, float]],
+    seconds: float,
+) -> dict[str, float]:
+    """Cores per thread name; a thread started within the window counts whole
+    (a thread that ended in it is missed: its time is gone from /proc)."""
+    out: dict[str, float] = {}
+    for key, (name, cpu) in after.items():
+        spent = cpu - before[key][1] if key in before else cpu
+        if spent > 0:
+            out[name] = out.get(name, 0.0) + spent / seconds
+    return out
+
+
+def cores_by_process(before: Sequence[Sample], after: Sequence[Sample], seconds: float) -> dict[str, float]:
+    """Cores used per instance name over the window. A process that is not in
+    both samples with the same start time (started, stopped or restarted in
+    between) is left out: its share of the window is unknown."""
+    start = {(s.pid, s.start): s.cpu_seconds for s in before}
+    used: dict[str, float] = {}
+    for s in after:
+        was = start.get((s.pid, s.start))
+        if was is not None:
+            used[s.name] = used.get(s.name, 0.0) + (s.cpu_seconds - was) / seconds
+    return used
+
+
+def changed(before: Sequence[Sample], after: Sequence[Sample]) -> list[str]:
+    """Instance names whose processes are not the same at both ends of the window."""
+    a = {(s.name, s.pid, s.start) for s in before}
+    b = {(s.name, s.pid, s.start) for s in after}
+    return sorted({name for name, _pid, _start in a ^ b})
+
+
+def by_component(per_process: Mapping[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, cores in per_process.items():
+        out[component_of(name)] = out.get(component_of(name), 0.0) + cores
+    return out
+
+
+def summarize(runs: Sequence[Mapping[str, float]]) -> dict[str, tuple[float, float]]:
+    """Per component (and "total"): (minimum, median) over the runs; a component
+    missing from a run counts as absent there, not as zero."""
+    names = sorted({n for run in runs for n in run})
+    out = {n: (min(v), statistics.median(v)) for n in names if (v := [run[n] for run in runs if n in run])}
+    totals = [sum(run.values()) for run in runs]
+    if totals:
+        out["total"] = (min(totals), statistics.median(totals))
+    return out
+
+
+def edge_requests() -> int | None:
+    """Requests Envoy has taken on its listeners so far (admin excluded); None if it does not answer."""
+    try:
+        with urllib.request.urlopen(ENVOY_STATS, timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return None
+    total = 0
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.startswith("http.") and not name.startswith("http.admin.") and value.strip().isdigit():
+            total += int(value)
+    return total
+
+
+@dataclass
+class Window:
+    seconds: float
+    per_process: dict[str, float]
+    requests: int | None  # through the edge during the window
+    restarted: list[str]
+    threads: dict[str, float]  # cores per thread name of the --threads components
+
+
+def measure(seconds: float, threads_of: Sequence[str] = ()) -> Window:
+    threads_before = thread_sample(threads_of) if threads_of else {}
+    rq_before, before, t0 = edge_requests(), sample(), time.monotonic()
+    time.sleep(seconds)
+    after, elapsed, rq_after = sample(), time.monotonic() - t0, edge_requests()
+    threads_after = thread_sample(threads_of) if threads_of else {}
+    requests = rq_after - rq_before if rq_before is not None and rq_after is not None else None
+    threads = cores_by_thread(threads_before, threads_after, elapsed)
+    return Window(elapsed, cores_by_process(before, after, elapsed), requests, changed(before, after), threads)
+
+
+def _table(values: Mapping[str, float]) -> str:
+    rows = sorted(values.items(), key=lambda kv: -kv[1])
+    return "\n".join(f"  {name:<32} {cores:8.4f}" for name, cores in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each window")
+    parser.add_argument("--runs", type=int, default=1, help="windows to summarize")
+    parser.add_argument(
+        "--quiet-only", action="store_true", help="summarize only windows with no edge request and no restart"
+    )
+    parser.add_argument("--tries", type=int, default=20, help="with --quiet-only: windows to measure at most")
+    parser.add_argument("--per-process", action="store_true", help="also print every instance")
+    parser.add_argument(
+        "--threads", default="", metavar="COMPONENTS", help="also split these components (comma-separated) by thread"
+    )
+    parser.add_argument("--json", type=Path, help="write every window and the summary here")
+    args = parser.parse_args(argv)
+    if not any(RUN.glob("*.json")):
+        print(f"no stack processes found under {RUN}: is the stack up?")
+        return 1
+    windows: list[Window] = []
+    tries = args.tries if args.quiet_only else args.runs
+    for n in range(tries):
+        w = measure(args.seconds, [c for c in args.threads.split(",") if c])
+        comps = by_component(w.per_process)
+        traffic = "unknown" if w.requests is None else str(w.requests)
+        quiet = w.requests == 0 and not w.restarted
+        kept = quiet or not args.quiet_only
+        print(f"window {n + 1}: {w.seconds:.0f} s, {sum(comps.values()):.4f} cores in all", end="")
+        print(f" (edge requests in the window: {traffic}; restarted: {', '.join(w.restarted) or 'none'})", end="")
+        print("" if kept else ": not quiet, left out")
+        if not kept:
+            continue
+        windows.append(w)
+        print(_table(w.per_process if args.per_process else comps), flush=True)
+        if args.threads:
+            print(f"{args.threads} by thread (top 25):")
+            print(_table(dict(sorted(w.threads.items(), key=lambda kv: -kv[1])[:25])), flush=True)
+        if len(windows) == args.runs:
+            break
+    if not windows:
+        print("no quiet window: the stack was busy the whole time")
+        return 1
+    summary = summarize([by_component(w.per_process) for w in windows])
+    if len(windows) > 1:
+        print(f"over {len(windows)} windows, cores (min / median):")
+        for name, (low, mid) in sorted(summary.items(), key=lambda kv: (kv[0] == "total", -kv[1][1])):
+            print(f"  {name:<32} {low:8.4f} {mid:8.4f}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "windows": [w.__dict__ for w in windows],
+                    "summary": {k: {"min": v[0], "median": v[1]} for k, v in summary.items()},
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""How idle processes wait: the health probes' pace, the Kafka workers' polls,
+the relay's backoff, Prometheus' scrape interval, and the idle-CPU tool's sums."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import idle
+from common.outbox import IdleBackoff
+from common.server import (
+    FAILED_PROBES_BEFORE_NOT_SERVING,
+    HEALTH_INTERVAL_SECONDS,
+    HEALTH_RECHECK_SECONDS,
+    ProbeRecord,
+)
+from common.worker import ConsumerLoop
+from infra import prometheus
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---- health probes ------------------------------------------------------------
+
+
+def test_passing_probes_are_slow_and_a_failure_is_checked_again_quickly() -> None:
+    record = ProbeRecord()
+    assert record.record(True) == (True, HEALTH_INTERVAL_SECONDS)
+    assert HEALTH_RECHECK_SECONDS < HEALTH_INTERVAL_SECONDS
+    # Serving through the first failures, rechecked at the quick pace...
+    for _ in range(FAILED_PROBES_BEFORE_NOT_SERVING - 1):
+        assert record.record(False) == (True, HEALTH_RECHECK_SECONDS)
+    # ...out after FAILED_PROBES_BEFORE_NOT_SERVING in a row, still rechecked quickly...
+    assert record.record(False) == (False, HEALTH_RECHECK_SECONDS)
+    assert record.record(False) == (False, HEALTH_RECHECK_SECONDS)
+    # ...and back, at the slow pace, on the first probe that passes.
+    assert record.record(True) == (True, HEALTH_INTERVAL_SECONDS)
+
+
+def test_a_process_whose_first_probe_fails_does_not_serve_until_one_passes() -> None:
+    record = ProbeRecord()
+    assert record.record(False) == (False, HEALTH_RECHECK_SECONDS)
+    assert record.record(True) == (True, HEALTH_INTERVAL_SECONDS)
+
+
+def test_one_failure_between_passes_never_takes_an_instance_out() -> None:
+    record = ProbeRecord()
+    record.record(True)
+    for _ in range(10):
+        assert record.record(False)[0] is True
+        assert record.record(True)[0] is True
+
+
+# ---- relay backoff --------------------------------------------------------------
+
+
+def test_relay_passes_back_off_while_idle_and_speed_up_on_work() -> None:
+    backoff = IdleBackoff(busy=2.0, idle=5.0)
+    assert [backoff.after(False) for _ in range(4)] == [2.0, 4.0, 5.0, 5.0]
+    assert backoff.after(True) == 2.0
+    assert backoff.after(False) == 4.0
+
+
+def test_relay_backoff_never_goes_below_the_busy_pace() -> None:
+    backoff = IdleBackoff(busy=2.0, idle=1.0)
+    assert [backoff.after(False) for _ in range(3)] == [2.0, 2.0, 2.0]
+
+
+# ---- Kafka worker polls ---------------------------------------------------------
+
+
+class ScriptedConsumer:
+    """poll_batch hands out the scripted batches in turn and records each call's (max_messages, wait)."""
+
+    def __init__(self, batches: Sequence[list[str]]) -> None:
+        self.batches = list(batches)
+        self.calls: list[tuple[int, float]] = []
+        self.committed: list[list[str]] = []
+
+    async def poll_batch(self, max_messages: int, wait_seconds: float) -> list[str]:
+        self.calls.append((max_messages, wait_seconds))
+        return self.batches.pop(0) if self.batches else []
+
+    async def commit(self, messages: Sequence[Any]) -> None:
+        self.committed.append(list(messages))
+
+
+async def test_an_idle_worker_waits_long_for_one_message_then_gathers_a_batch() -> None:
+    consumer = ScriptedConsumer([["a", "b"], [], [], ["c"], ["d", "e"], ["f"]])
+    applied: list[list[str]] = []
+
+    async def apply(messages: Sequence[Any]) -> None:
+        applied.append(list(messages))
+
+    loop = ConsumerLoop("g", lambda: consumer, apply, 100, 0.05, idle_wait_seconds=1.0)  # type: ignore[arg-type,return-value]
+    for _ in range(5):
+        await loop.run_once()
+    assert consumer.calls == [
+        (100, 0.05),  # busy: a whole batch
+        (100, 0.05),  # empty: from now on idle
+        (1, 1.0),  # idle: one long wait for the first message, which nothing answers
+        (1, 1.0),  # the first message comes...
+        (99, 0.05),  # ...and the rest of its batch is gathered as before
+        (100, 0.05),  # busy again
+    ]
+    assert applied == [["a", "b"], ["c", "d", "e"], ["f"]]
+    assert consumer.committed == applied
+
+
+async def test_a_worker_of_batches_of_one_applies_the_first_message_alone() -> None:
+    consumer = ScriptedConsumer([[], ["a"], ["b"]])
+
+    async def apply(messages: Sequence[Any]) -> None:
+        pass
+
+    loop = ConsumerLoop("g", lambda: consumer, apply, 1, 0.2, idle_wait_seconds=2.0)  # type: ignore[arg-type,return-value]
+    for _ in range(3):
+        await loop.run_once()
+    assert consumer.calls == [(1, 0.2), (1, 2.0), (1, 0.2)]
+
+
+# ---- Prometheus -------------------------------------------------------------------
+
+
+def test_scrape_interval_defaults_to_15_s_and_is_configurable() -> None:
+    assert prometheus.scrape_interval_seconds({}) == 15
+    assert prometheus.scrape_interval_seconds({prometheus.SCRAPE_INTERVAL_ENV: " 30 "}) == 30
+    for bad in ("0", "-5", "1.5", "soon"):
+        with pytest.raises(ValueError, match=prometheus.SCRAPE_INTERVAL_ENV):
+            prometheus.scrape_interval_seconds({prometheus.SCRAPE_INTERVAL_ENV: bad})
+
+
+@pytest.mark.parametrize(("interval", "timeout"), [(15, 10), (60, 10), (5, 4), (1, 1)])
+def test_rendered_config_scrapes_and_evaluates_at_the_interval(interval: int, timeout: int) -> None:
+    text = prometheus.config_text(ROOT, interval)
+    assert f"  scrape_interval: {interval}s\n" in text
+    assert f"  evaluation_interval: {interval}s\n" in text
+    assert f"  scrape_timeout: {timeout}s\n" in text
+
+
+# ---- bench/idle.py ----------------------------------------------------------------
+
+
+def test_idle_cores_by_process_skip_restarted_processes_and_sum_by_component() -> None:
+    before = [
+        idle.Sample("feed_svc-0", 10, "100", 5.0),
+        idle.Sample("feed_svc-1", 11, "100", 7.0),
+        idle.Sample("envoy", 12, "100", 1.0),
+        idle.Sample("envoy", 13, "101", 30.0),  # the supervised Envoy
+        idle.Sample("tweet_svc-0", 14, "100", 9.0),
+    ]
+    after = [
+        idle.Sample("feed_svc-0", 10, "100", 5.6),
+        idle.Sample("feed_svc-1", 11, "100", 7.3),
+        idle.Sample("envoy", 12, "100", 1.0),
+        idle.Sample("envoy", 13, "101", 31.5),
+        idle.Sample("tweet_svc-0", 20, "900", 0.4),  # restarted: a new pid
+    ]
+    per_process = idle.cores_by_process(before, after, 60.0)
+    assert per_process == pytest.approx({"feed_svc-0": 0.01, "feed_svc-1": 0.005, "envoy": 0.025})
+    assert idle.changed(before, after) == ["tweet_svc-0"]
+    assert idle.by_component(per_process) == pytest.approx({"feed_svc": 0.015, "envoy": 0.025})
+    assert idle.component_of("cassandra") == "cassandra"
+    assert idle.component_of("cassandra-2") == "cassandra"
+    assert idle.component_of("edge_sidecar") == "edge_sidecar"
+
+
+def test_idle_summary_is_min_and_median_over_runs() -> None:
+    runs = [{"a": 0.03, "b": 0.01}, {"a": 0.01, "b": 0.02}, {"a": 0.02}]
+    summary = idle.summarize(runs)
+    assert summary["a"] == pytest.approx((0.01, 0.02))
+    assert summary["b"] == pytest.approx((0.01, 0.015))  # absent from run 3: not a zero
+    assert summary["total"] == pytest.approx((0.02, 0.03))
+
+
+def test_idle_threads_count_a_new_thread_whole_and_fold_numbers() -> None:
+    before = {(1, "10"): ("ReadStage-#", 2.0), (1, "11"): ("ReadStage-#", 1.0), (1, "12"): ("GC", 5.0)}
+    after = {
+        (1, "10"): ("ReadStage-#", 2.5),
+        (1, "11"): ("ReadStage-#", 1.0),
+        (1, "12"): ("GC", 5.2),
+        (1, "13"): ("ReadStage-#", 0.3),  # started within the window
+    }
+    assert idle.cores_by_thread(before, after, 10.0) == pytest.approx({"ReadStage-#": 0.08, "GC": 0.02})
