@@ -5,19 +5,29 @@ CHIRP_REDIS_URL is one URL (a standalone Redis) or a comma-separated list of
 client, which follows MOVED/ASK redirections and re-discovers the topology
 after a failover). Callers use one type, `RedisClient`, and only single-key
 commands or pipelines of them (see common/keys.py), which both clients run.
+
+Each process holds at most MAX_CONNECTIONS commands in flight (per node on a
+cluster); a command beyond that waits up to POOL_WAIT_SECONDS for one to end.
+Running out of connections is this process queueing, never Redis being down:
+when the wait ends without a connection, `PoolExhausted` fails that one call,
+and `tolerant` turns it into a miss without skipping Redis for the others.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from prometheus_client import Counter
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS
@@ -56,7 +66,18 @@ REDIS_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 TIMEOUT_SECONDS = 0.5
-MAX_CONNECTIONS = 64  # per node on a cluster
+# Commands in flight per process. Measured (one asyncio process, pipelines of 24 GETs
+# against a local Redis): throughput stops growing at 4 connections, as redis-py's CPU
+# per command, not Redis, bounds a process; 16 leaves room for a slower Redis (a
+# round trip 4 times longer) before anything queues. More connections only cost fds.
+MAX_CONNECTIONS = 16
+# How long a command waits for a connection before it fails as PoolExhausted: as
+# long as one command may take, so a queue that long means this process is
+# saturated, which its callers see as a miss rather than a longer wait.
+POOL_WAIT_SECONDS = TIMEOUT_SECONDS
+# Per cluster node beyond MAX_CONNECTIONS: the topology refresh (one at a time per
+# client) asks a node outside the in-flight bound and must never find it full.
+CLUSTER_SPARE_CONNECTIONS = 2
 # One retry, after the cluster client has re-read the topology: that is what
 # finds a replica promoted in a failover. More would only hold a request while a
 # node is away (the cluster pipeline sleeps 0.25 s per retry); the read path
@@ -79,24 +100,123 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
     return nodes
 
 
-def connect_redis(url: str, timeout_seconds: float = TIMEOUT_SECONDS) -> RedisClient:
-    """A standalone client for one URL, a cluster client for a list of nodes.
-    Neither connects before its first command, so a service starts while Redis is down."""
+POOL_EXHAUSTED = Counter(
+    "chirp_redis_pool_exhausted_total",
+    "Redis commands that found no connection free within the pool wait (this process saturated, not Redis down).",
+)
+
+
+class PoolExhausted(MaxConnectionsError):
+    """No connection came free within POOL_WAIT_SECONDS: this process has as many
+    commands in flight as it may, while Redis itself may answer well."""
+
+
+def _exhausted(wait_seconds: float | None) -> PoolExhausted:
+    POOL_EXHAUSTED.inc()
+    return PoolExhausted(f"no Redis connection free within {wait_seconds} s")
+
+
+class QueueingConnectionPool(BlockingConnectionPool):
+    """A blocking pool whose wait ending without a connection raises PoolExhausted;
+    redis-py raises a bare ConnectionError there, which reads as Redis being down."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        try:
+            return await super().get_connection()
+        except RedisConnectionError as exc:
+            # Only the pool's own wait raises with a timeout as its cause; connecting
+            # raises redis TimeoutError or ConnectionError without one.
+            if isinstance(exc.__cause__, asyncio.TimeoutError) and not isinstance(exc, MaxConnectionsError):
+                raise _exhausted(self.timeout) from exc
+            raise
+
+
+# Set while a task runs a command under QueueingRedisCluster's bound: the cluster
+# pipeline re-sends a redirected command through the client, which must not wait
+# for a second slot (with every slot so held, nothing would ever free one).
+_IN_FLIGHT: ContextVar[bool] = ContextVar("chirp_redis_in_flight", default=False)
+
+T = TypeVar("T")
+
+
+class QueueingRedisCluster(RedisCluster):
+    """The cluster client's nodes raise MaxConnectionsError at once when full, and
+    redis-py 8.1 offers no blocking pool for them; so commands and pipelines wait
+    here for one of MAX_CONNECTIONS slots. Each holds at most one connection per
+    node, so no node's pool (MAX_CONNECTIONS + CLUSTER_SPARE_CONNECTIONS) runs out:
+    inside a cluster pipeline a full node reads as a connection error, on which
+    redis-py closes every connection of the client and retries 0.25 s later."""
+
+    def __init__(self, *args: Any, in_flight: int, wait_seconds: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = asyncio.Semaphore(in_flight)
+        self._wait_seconds = wait_seconds
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.bounded(lambda: RedisCluster.execute_command(self, *args, **kwargs))
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused there
+        # redis/typing.py declares an attribute ClusterPipeline never sets; redis-py's own
+        # pipeline() builds its ClusterPipeline the same way.
+        return _QueueingClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+    async def bounded(self, call: Callable[[], Awaitable[T]]) -> T:
+        if _IN_FLIGHT.get():
+            return await call()
+        if self._slots.locked():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self._wait_seconds)
+            except TimeoutError:
+                raise _exhausted(self._wait_seconds) from None
+        else:
+            await self._slots.acquire()  # free: returns without suspending
+        token = _IN_FLIGHT.set(True)
+        try:
+            return await call()
+        finally:
+            _IN_FLIGHT.reset(token)
+            self._slots.release()
+
+
+class _QueueingClusterPipeline(ClusterPipeline):
+    __slots__ = ()
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = cast(QueueingRedisCluster, self.cluster_client)
+        return await client.bounded(lambda: ClusterPipeline.execute(self, raise_on_error, allow_redirections))
+
+
+def connect_redis(
+    url: str,
+    timeout_seconds: float = TIMEOUT_SECONDS,
+    max_connections: int = MAX_CONNECTIONS,
+    pool_wait_seconds: float = POOL_WAIT_SECONDS,
+) -> RedisClient:
+    """A standalone client for one URL, a cluster client for a list of nodes, each
+    keeping at most `max_connections` commands in flight (the others wait up to
+    `pool_wait_seconds`). Neither connects before its first command, so a service
+    starts while Redis is down."""
     if "," not in url:
-        return aioredis.Redis.from_url(
+        pool = QueueingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=pool_wait_seconds,
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
             health_check_interval=10,
-            max_connections=MAX_CONNECTIONS,
             retry=_retry(),
         )
-    return RedisCluster(
+        return aioredis.Redis.from_pool(pool)
+    return QueueingRedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in cluster_nodes(url)],
+        in_flight=max_connections,
+        wait_seconds=pool_wait_seconds,
         socket_timeout=timeout_seconds,
         socket_connect_timeout=timeout_seconds,
         health_check_interval=10,
-        max_connections=MAX_CONNECTIONS,
+        max_connections=max_connections + CLUSTER_SPARE_CONNECTIONS,
         retry=_retry(),
         # The servers decide whether a shard without a primary stops the others
         # (cluster-require-full-coverage); the client keeps serving the slots it can.
@@ -110,6 +230,10 @@ async def redis_ping(client: RedisClient) -> bool:
         if isinstance(client, RedisCluster):
             return await cluster_ping(client)
         return bool(await client.ping())
+    except MaxConnectionsError:
+        # Every connection busy with commands: a probe that said "down" would take a
+        # busy instance out of service, the opposite of what it needs.
+        return True
     except Exception:  # noqa: BLE001 - any failure means "not reachable"
         return False
 
@@ -145,13 +269,14 @@ def _nothing() -> None:
     return None
 
 
-def tolerant(miss: Callable[[], Any] = _nothing) -> Callable[[F], F]:
+def tolerant(miss: Callable[[], Any] = _nothing, unavailable: str = "serving reads without it") -> Callable[[F], F]:
     """For read-path calls: while Redis is unreachable, act as a cache miss so
     reads are served from the CQL store and the other services instead.
 
     `miss` makes the miss value, afresh for every call: callers add what they
     load from the store to it, and a shared object would keep that for the next
-    caller (deleted tweets served, like counts frozen while Redis is down)."""
+    caller (deleted tweets served, like counts frozen while Redis is down).
+    `unavailable` says in the log what the caller does without Redis."""
     if not callable(miss):
         raise TypeError("tolerant() takes a factory of the miss value, e.g. tolerant(dict)")
 
@@ -163,11 +288,12 @@ def tolerant(miss: Callable[[], Any] = _nothing) -> Callable[[F], F]:
             try:
                 return await method(self, *args, **kwargs)
             except MaxConnectionsError:
-                # This process's pool is exhausted: Redis itself is fine, so only this call misses.
+                # This process waited for a connection in vain (PoolExhausted) or a
+                # node's pool was full: Redis itself answers, so only this call misses.
                 return miss()
             except REDIS_UNAVAILABLE_ERRORS as exc:
                 if time.monotonic() >= self.down_until + RETRY_AFTER_SECONDS:
-                    log.warning("Redis unavailable; serving reads without it: %r", exc)
+                    log.warning("Redis unavailable; %s: %r", unavailable, exc)
                 self.down_until = time.monotonic() + RETRY_AFTER_SECONDS
                 return miss()
 

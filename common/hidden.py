@@ -15,6 +15,10 @@ and `hidv:{<user>}`, a random version token.
   token before its CQL write and again after it, before acknowledging. A fill
   computed from the rows before the write either lands before the second
   invalidation (which deletes it) or finds a new token (and is dropped).
+- Concurrent readers of one user that took the same token share one fetch
+  (common/singleflight.py): a write replaces the token before it is
+  acknowledged, so a reader after it takes another token and never joins a
+  fetch that began before the write.
 - Reads treat Redis errors as misses (the answer comes from graph_svc and
   nothing is filled). Writes raise Unavailable (503) instead: acknowledging a
   change Redis did not see would serve the old set for up to HIDDEN_SECONDS.
@@ -34,6 +38,7 @@ from redis.commands.core import AsyncScript
 
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolerant
 from common.errors import DEPENDENCY_DOWN_MESSAGE, Unavailable
+from common.singleflight import Rebuilds, SingleFlight
 
 # How long a filled set lives; writers delete it, so this only bounds what an
 # old copy can serve: a Redis failover that lost the invalidation (replication
@@ -150,11 +155,21 @@ FetchHidden = Callable[[int], Awaitable[frozenset[int]]]
 class HiddenAuthorsCache(Tolerant):
     """The read side: `hidden(user)` from Redis, else from `fetch` (graph_svc's RPC)."""
 
-    def __init__(self, store: HiddenStore, fetch: FetchHidden, ttl_seconds: float = HIDDEN_SECONDS) -> None:
+    def __init__(
+        self,
+        store: HiddenStore,
+        fetch: FetchHidden,
+        ttl_seconds: float = HIDDEN_SECONDS,
+        rebuilds: Rebuilds | None = None,
+    ) -> None:
         super().__init__()
         self._store = store
         self._fetch = fetch
         self._ttl_seconds = ttl_seconds
+        # Keyed by (user, token); `rebuilds` is best the one the process's other fills share.
+        self._fetches: SingleFlight[tuple[int, str], frozenset[int]] = SingleFlight(
+            "hidden_authors", rebuilds or Rebuilds()
+        )
 
     async def hidden(self, user_id: int) -> frozenset[int]:
         read = await self._read(user_id)
@@ -162,10 +177,16 @@ class HiddenAuthorsCache(Tolerant):
             LOOKUPS.labels("hit").inc()
             return read.hidden
         LOOKUPS.labels("miss").inc()
-        hidden = await self._fetch(user_id)
-        if read is not None:  # without a token read before the fetch, a fill could be stale
-            await self._fill(user_id, read.version, hidden)
-        return hidden
+        if read is None:  # Redis unreachable: without a token, a fill could be stale
+            return await self._fetch(user_id)
+        version = read.version
+
+        async def fetch_and_fill() -> frozenset[int]:
+            hidden = await self._fetch(user_id)
+            await self._fill(user_id, version, hidden)
+            return hidden
+
+        return await self._fetches.load((user_id, version), fetch_and_fill)
 
     @tolerant()
     async def _read(self, user_id: int) -> Read | None:

@@ -20,9 +20,10 @@ from typing import Literal
 # body: a tweet's body, or TWEET_DELETED; like_count: its like count;
 # author_recent: a sorted set of an author's newest tweet ids. Their layout is
 # the contract in common/tweet_cache.py (bodies are encoded protobuf under `tw2:`;
-# the JSON bodies `tw:` held are never read).
-TweetKey = Literal["body", "like_count", "author_recent"]
-_TWEET_PREFIXES: dict[TweetKey, str] = {"body": "tw2", "like_count": "lc", "author_recent": "ar"}
+# the JSON bodies `tw:` held are never read). liked: a hash of a user's like
+# state of the tweets asked about lately (their liked_by_me flags).
+TweetKey = Literal["body", "like_count", "author_recent", "liked"]
+_TWEET_PREFIXES: dict[TweetKey, str] = {"body": "tw2", "like_count": "lc", "author_recent": "ar", "liked": "ul"}
 
 # What a deleted tweet's body key holds instead of the body. tweet_svc writes it
 # when the delete is acknowledged; the fan-out worker writes it again from the
@@ -34,15 +35,21 @@ TWEET_DELETED_SECONDS = 300.0
 
 
 def tweet_key(family: TweetKey, entity_id: int) -> str:
-    """Tweet ids for body and like_count, author ids for author_recent."""
+    """Tweet ids for body and like_count, author ids for author_recent, user ids for liked."""
     return f"{_TWEET_PREFIXES[family]}:{entity_id}"
 
 
 # ---- feed_svc's cache -------------------------------------------------------------
 # timeline: a user's pushed home timeline; following: a user's cached follow
-# list; celebrity_recent: a celebrity's cached newest tweet ids.
-FeedKey = Literal["timeline", "following", "celebrity_recent"]
-_FEED_PREFIXES: dict[FeedKey, str] = {"timeline": "tl", "following": "fo", "celebrity_recent": "cel"}
+# list; celebrity_recent: a celebrity's cached newest tweet ids; read_at: when a
+# user last read their home feed (feed_svc/activity.py: only readers are pushed to).
+FeedKey = Literal["timeline", "following", "celebrity_recent", "read_at"]
+_FEED_PREFIXES: dict[FeedKey, str] = {
+    "timeline": "tl",
+    "following": "fo",
+    "celebrity_recent": "cel",
+    "read_at": "ra",
+}
 
 # The celebrity registry's copy in Redis. Each feed_svc process reads it once per
 # CHIRP_CELEBRITY_CACHE_SECONDS into memory, never once per feed read, so its one
@@ -51,7 +58,7 @@ CELEBRITIES_KEY = "celebrities"
 
 
 def feed_key(family: FeedKey, entity_id: int) -> str:
-    """User ids for timeline and following, author ids for celebrity_recent."""
+    """User ids for timeline, following and read_at, author ids for celebrity_recent."""
     return f"{_FEED_PREFIXES[family]}:{entity_id}"
 
 

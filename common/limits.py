@@ -141,6 +141,10 @@ class Counters(Protocol):
     async def give_back(self, keys: Sequence[str]) -> None: ...
 
 
+# What the limits do while Redis cannot answer, for the log line `tolerant` writes then.
+WITHOUT_REDIS = "per-user limits fail open and failed logins are counted in each instance"
+
+
 class RedisCounters(Tolerant):
     """Counters in shared Redis; answer None while Redis is unreachable (and for a second after)."""
 
@@ -148,7 +152,7 @@ class RedisCounters(Tolerant):
         super().__init__()
         self._redis = redis
 
-    @tolerant()
+    @tolerant(unavailable=WITHOUT_REDIS)
     async def hit(self, keys: Sequence[tuple[str, int]]) -> list[Hit] | None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, window_ms in keys:
@@ -161,7 +165,7 @@ class RedisCounters(Tolerant):
             for i, (_, window_ms) in zip(range(0, len(replies), 3), keys, strict=True)
         ]
 
-    @tolerant()
+    @tolerant(unavailable=WITHOUT_REDIS)
     async def give_back(self, keys: Sequence[str]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:

@@ -11,11 +11,15 @@ act as misses instead.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 
-from common.cache import RedisClient, Tolerant, mark_tweet_deleted, tolerant
+from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, mark_tweet_deleted, tolerant
 from common.ids import id_time_ms
-from common.keys import CELEBRITIES_KEY, feed_key
+from common.keys import CELEBRITIES_KEY, feed_key, tweet_key
+from common.tweet_cache import CachedTweets, parse_reads, parse_recent, queue_reads, recent_range
+from feed_svc.activity import RECORD_TTL_SECONDS, ReadMarks, read_record_key
 
 # A member with score +inf marks a timeline as complete (rebuilt from CQL);
 # trimming removes the lowest scores, so it always survives. Fan-out may add
@@ -171,6 +175,90 @@ class FeedCache(Tolerant):
         async with self._redis.pipeline(transaction=False) as pipe:
             for author, ids in recent.items():
                 pipe.set(feed_key("celebrity_recent", author), ",".join(map(str, ids)), px=self._celebrity_ttl)
+            await pipe.execute()
+
+    # ---- tweet_svc's cache, read as common/tweet_cache.py writes it down ------------------
+
+    @tolerant(dict)
+    async def recent_ids(self, authors: Sequence[int], limit: int) -> dict[int, tuple[list[int], bool]]:
+        """Each author's newest ids (at most `limit`, at most RECENT_DEPTH) from tweet_svc's
+        recent-ids sets in one pipeline, and whether the author has no older ones; authors
+        whose set does not answer are left out (misses)."""
+        if not authors:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for author in authors:
+                pipe.zrevrange(tweet_key("author_recent", author), *recent_range(limit))
+            replies = await pipe.execute()
+        found = {a: parse_recent(members, limit) for a, members in zip(authors, replies, strict=True)}
+        return {a: ids for a, ids in found.items() if ids is not None}
+
+    @tolerant(CachedTweets)
+    async def tweets(self, tweet_ids: Sequence[int], viewer_id: int = 0) -> CachedTweets:
+        """Bodies, deletion markers, like counts and the viewer's like flags, in one pipeline."""
+        if not tweet_ids:
+            return CachedTweets()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            queue_reads(pipe, tweet_ids, viewer_id)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, REDIS_UNAVAILABLE_ERRORS):
+                raise reply  # tolerant: Redis is down, all of it is a miss
+        return parse_reads(tweet_ids, replies)
+
+    # ---- readers' last reads (feed_svc/activity.py) ---------------------------------------
+
+    # This process's memory of readers it recorded lately, and the writes in flight.
+    _read_marks: ReadMarks | None = None
+    _recording: set[asyncio.Task[bool | None]] | None = None
+
+    def note_read(self, user_id: int) -> None:
+        """The reader read: their record is written in the background, at most once
+        per RECORD_EVERY_SECONDS per reader and process, so a read waits for nothing."""
+        if self._read_marks is None or self._recording is None:
+            self._read_marks, self._recording = ReadMarks(), set()
+        if not self._read_marks.due(user_id):
+            return
+        task = asyncio.get_running_loop().create_task(self.mark_read(user_id))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    @tolerant()
+    async def mark_read(self, user_id: int) -> bool:
+        """Writes the reader's record now (a rebuild awaits it: pushes resume before
+        its pull). None while Redis is unreachable, and the record is written again."""
+        if self._read_marks is None:
+            self._read_marks, self._recording = ReadMarks(), set()
+        self._read_marks.forget(user_id)  # until written
+        now_ms = int(time.time() * 1000)
+        await self._redis.set(read_record_key(user_id), str(now_ms), px=int(RECORD_TTL_SECONDS * 1000))
+        self._read_marks.written(user_id)
+        return True
+
+    async def last_reads(self, user_ids: Sequence[int]) -> list[int | None]:
+        """Each reader's last read (ms), None without a record; one pipeline (the fan-out worker)."""
+        if not user_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.get(read_record_key(user_id))
+            values = await pipe.execute()
+        return [None if v is None else int(v) for v in values]
+
+    async def start_read_clocks(self, user_ids: Sequence[int], now_ms: int, ttl_ms: int) -> None:
+        """Records for readers who have none, as if they read now (never overwrites a read)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.set(read_record_key(user_id), str(now_ms), px=ttl_ms, nx=True)
+            await pipe.execute()
+
+    async def drop_timelines(self, user_ids: Sequence[int]) -> None:
+        """Timelines no longer pushed to: their memory back, and a rebuild at the next read."""
+        if not user_ids:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.delete(_timeline(user_id))
             await pipe.execute()
 
     # ---- tweet_svc's deletion marker ---------------------------------------------------

@@ -41,6 +41,10 @@ class FeedConfig:
     fanout_batch_size: int
     fanout_concurrency: int
     fanout_keys_at_once: int
+    # A follower who has not read their home feed for this long (days; a fraction is
+    # allowed, for tests and benchmarks) is not pushed to; their timeline is rebuilt
+    # on their next read (feed_svc/activity.py).
+    active_days: float
     # Secret (its file's bytes, at least 32) that seals page tokens, shared by every
     # instance of every service; and how long a page token is honoured.
     page_token_key_file: Path
@@ -59,6 +63,13 @@ def _threshold(env: Mapping[str, str]) -> int:
     return {"hybrid": threshold, "push": NEVER, "pull": 0}[strategy]
 
 
+def _active_days(env: Mapping[str, str]) -> float:
+    days = env_float(env, "CHIRP_ACTIVE_DAYS", 30.0)
+    if days <= 0:
+        raise ConfigError(f"CHIRP_ACTIVE_DAYS must be above 0, got {days}")
+    return days
+
+
 def load(env: Mapping[str, str] = os.environ) -> FeedConfig:
     return FeedConfig(
         common=load_common(env, "feed_svc", DEFAULT_PORT),
@@ -71,6 +82,7 @@ def load(env: Mapping[str, str] = os.environ) -> FeedConfig:
         fanout_batch_size=env_int(env, "CHIRP_FANOUT_BATCH_SIZE", 200, minimum=1),
         fanout_concurrency=env_int(env, "CHIRP_FANOUT_CONCURRENCY", 64, minimum=1),
         fanout_keys_at_once=env_int(env, "CHIRP_FANOUT_KEYS_AT_ONCE", 4, minimum=1),
+        active_days=_active_days(env),
         page_token_key_file=Path(env_str(env, "CHIRP_PAGE_TOKEN_KEY_FILE", DEFAULT_TOKEN_KEY_FILE)),
         page_token_ttl_seconds=env_int(env, "CHIRP_PAGE_TOKEN_TTL_SECONDS", DEFAULT_TOKEN_TTL_SECONDS, minimum=1),
     )

@@ -9,6 +9,10 @@ tweets join the follower's timeline. unfollow: they leave it; and when the
 followee drops below the threshold, its recent tweets are pushed to its
 followers, so crossing the threshold never loses a tweet. Every step is
 idempotent, so a re-delivered event changes nothing.
+
+Only followers who read their home feed within CHIRP_ACTIVE_DAYS are pushed to
+(feed_svc/activity.py); the others' Redis timelines are dropped, and rebuilt
+when they read again.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from confluent_kafka import Message
 from prometheus_client import Counter, Histogram
 
+from feed_svc.activity import ActiveReaders
 from feed_svc.cache import FeedCache
 from feed_svc.store import TimelineStore
 
@@ -43,6 +48,7 @@ PUSHED = Histogram(
     "Timelines a tweet was pushed into (0 for celebrities).",
     buckets=(0, 1, 10, 100, 1000, 10000, 100000),
 )
+SKIPPED = Counter("chirp_fanout_skipped_total", "Timeline entries not pushed: the follower stopped reading.")
 EVENTS = Counter("chirp_fanout_events_total", "Events handled by the fan-out worker.", ["type"])
 
 # user id -> follower count
@@ -63,6 +69,7 @@ class Fanout:
         recent_ids: RecentIds,
         celebrity_threshold: int,
         keys_at_once: int = 4,
+        activity: ActiveReaders | None = None,
     ) -> None:
         self._cache = cache
         self._store = store
@@ -71,6 +78,7 @@ class Fanout:
         self._recent_ids = recent_ids
         self._threshold = celebrity_threshold
         self._keys_at_once = keys_at_once
+        self._activity = activity
 
     async def __call__(self, messages: Sequence[Message]) -> None:
         """Apply a batch. Events with the same key (one author's tweets, one user's
@@ -116,9 +124,7 @@ class Fanout:
             return
         pushed = 0
         async for followers in self._followers(author_id):
-            await self._store.push(followers, tweet_id, author_id)
-            await self._cache.push(followers, [tweet_id])
-            pushed += len(followers)
+            pushed += await self._deliver(followers, [(tweet_id, author_id)])
         PUSHED.observe(pushed)
         LAG.observe(max(0.0, time.time() - created_at_ms / 1000))
 
@@ -158,10 +164,21 @@ class Fanout:
         await self._mark(author_id, celebrity=False)
         recent = await self._recent_ids([author_id], 0, CROSSING_BACKFILL)
         async for followers in self._followers(author_id):
-            for tweet_id, _ in recent:
-                await self._store.push(followers, tweet_id, author_id)
-            await self._cache.push(followers, [t for t, _ in recent])
+            await self._deliver(followers, recent)
         log.info("author dropped below the celebrity threshold; backfilled", extra={"author_id": author_id})
+
+    async def _deliver(self, followers: list[int], tweets: Sequence[tuple[int, int]]) -> int:
+        """Tweets into the timelines of the followers who read; returns how many timelines."""
+        readers, gone = await self._activity.split(followers) if self._activity else (followers, [])
+        if gone:
+            # Dropped, not left stale: a missing timeline is rebuilt at the next read.
+            await self._cache.drop_timelines(gone)
+            SKIPPED.inc(len(gone) * len(tweets))
+        if readers:
+            for tweet_id, author_id in tweets:
+                await self._store.push(readers, tweet_id, author_id)
+            await self._cache.push(readers, [t for t, _ in tweets])
+        return len(readers)
 
     async def _mark(self, author_id: int, celebrity: bool) -> None:
         """The registry readers consult: durable in CQL, served from Redis."""

@@ -13,6 +13,7 @@ from common.logs import setup_logging
 from common.server import Wiring, serve
 from common.worker import ConsumerLoop
 from feed_svc import config as feed_config
+from feed_svc.activity import ActiveReaders
 from feed_svc.fanout import Fanout
 from feed_svc.wiring import build
 
@@ -30,6 +31,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         parts.peers.recent_ids,
         cfg.celebrity_threshold,
         cfg.fanout_keys_at_once,
+        ActiveReaders(parts.cache, cfg.active_days),
     )
     loop = ConsumerLoop(
         GROUP,

@@ -2,11 +2,16 @@
 
 A page merges (a) the reader's pushed timeline (Redis, rebuilt from the CQL
 store on a miss), (b) recent tweets of the celebrities they follow, pulled at
-read time (cached per celebrity for a few seconds), and (c) the reader's own
-recent tweets, so they see a new tweet at once. Entries are deduplicated,
+read time, and (c) the reader's own recent tweets, so they see a new tweet at
+once; (b) and (c) come from tweet_svc's recent-ids sets in Redis, which a post
+or delete updates before it is acknowledged. Entries are deduplicated,
 tweets that are gone or whose author is no longer followed are dropped, and
-the rest are hydrated in one batch (tweet_svc, which caches tweet bodies and
-fills the reader's liked_by_me in the same call), newest first. Which authors
+the rest are hydrated, newest first, from tweet_svc's cache as common/tweet_cache.py
+writes it down: encoded bodies and like counts in one Redis pipeline, the page
+assembled from their bytes (no per-tweet message is built), the reader's
+liked_by_me flags from the same pipeline. Only what the cache misses is asked
+of tweet_svc (BatchGetTweets, ListLikedTweetIds, ListRecentTweetIds), which
+fills it. Which authors
 are celebrities comes from the registry the fan-out worker keeps, held in each
 process's memory (CelebrityRegistry).
 The merge itself is feed_svc/merge.py; what is pushed, feed_svc/fanout.py.
@@ -19,19 +24,23 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple, TypeVar
 
 from chirp.tweet.v1 import tweet_pb2
 from prometheus_client import Counter, Histogram
 
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.pagination import PageTokens, unshared_tokens
+from common.singleflight import Rebuilds, SingleFlight
+from common.tweet_cache import RECENT_DEPTH, author_of, with_viewer_fields
+from feed_svc.activity import pull_recent, rebuilt_timeline
 from feed_svc.cache import FeedCache
 from feed_svc.merge import decode_cursor, encode_cursor, merge, next_ask, visible
 from feed_svc.store import TimelineStore
 
 log = logging.getLogger(__name__)
 
-CELEBRITY_CACHE_DEPTH = 50  # recent ids cached per celebrity
+CELEBRITY_CACHE_DEPTH = RECENT_DEPTH  # ids a first page asks tweet_svc for per author it misses
 MAX_CELEBRITIES_PER_READ = 500
 MAX_ROUNDS = 4  # refills when filtering leaves a page short
 AMONG_PER_CALL = 1000  # ids per "which of these does the user follow" call to graph_svc
@@ -54,6 +63,26 @@ FollowingIds = Callable[[int, Sequence[int]], Awaitable[tuple[list[tuple[int, in
 BatchTweets = Callable[[Sequence[int], int], Awaitable[list[tweet_pb2.Tweet]]]
 # reader id -> authors whose tweets the reader must not see (muted, blocked, blocking them)
 HiddenAuthors = Callable[[int], Awaitable[frozenset[int]]]
+# (reader id, tweet ids) -> which of them the reader likes (tweet_svc ListLikedTweetIds)
+LikedIds = Callable[[int, Sequence[int]], Awaitable[set[int]]]
+
+
+class FeedTweet(NamedTuple):
+    tweet_id: int
+    author_id: int
+    encoded: bytes  # a chirp.tweet.v1.Tweet for this reader, like_count and liked_by_me included
+
+    def message(self) -> tweet_pb2.Tweet:
+        """Decoded on demand (tests, tools); the serving path copies `encoded` instead."""
+        return tweet_pb2.Tweet.FromString(self.encoded)
+
+    @property
+    def like_count(self) -> int:
+        return self.message().like_count
+
+    @property
+    def liked_by_me(self) -> bool:
+        return self.message().liked_by_me
 
 
 @dataclass(frozen=True)
@@ -129,8 +158,20 @@ class HomeFeed:
         registry: CelebrityRegistry | None = None,
         page_tokens: PageTokens | None = None,
         hidden_authors: HiddenAuthors | None = None,
+        liked_ids: LikedIds | None = None,
+        rebuilds: Rebuilds | None = None,
     ) -> None:
         self._cache = cache
+        # Concurrent misses of one reader's follow list or timeline share one load, and
+        # loads are bounded per process, so a cold cache cannot starve warm reads.
+        rebuilds = rebuilds or Rebuilds()
+        self._following_loads: SingleFlight[int, tuple[list[tuple[int, int]], bool]] = SingleFlight(
+            "following", rebuilds
+        )
+        self._timeline_loads: SingleFlight[int, list[int]] = SingleFlight("timeline", rebuilds)
+        # tweet_svc's ListLikedTweetIds, for the flags the cache misses. Without it, every
+        # tweet comes from BatchGetTweets, flags included (no cached body is used).
+        self._liked_ids = liked_ids
         self._hidden_authors = hidden_authors or _nobody_hidden
         self._page_tokens = page_tokens or unshared_tokens()
         self._store = store
@@ -141,8 +182,9 @@ class HomeFeed:
         self._threshold = celebrity_threshold
         self._timeline_size = timeline_size
 
-    async def page(self, user_id: int, page_size: int, page_token: str) -> tuple[list[tweet_pb2.Tweet], str]:
+    async def page(self, user_id: int, page_size: int, page_token: str) -> tuple[list[FeedTweet], str]:
         before = decode_cursor(page_token, user_id, self._page_tokens)
+        self._cache.note_read(user_id)  # the fan-out worker pushes to readers only (feed_svc/activity.py)
         # Asked on every page (from the versioned cache of common/hidden.py, which every
         # block and mute invalidates before it is acknowledged): a mute or block hides at
         # once, also on the next page of a walk in progress.
@@ -163,7 +205,7 @@ class HomeFeed:
         celebrities = celebrities[:MAX_CELEBRITIES_PER_READ]
         CELEBRITY_PULLS.observe(len(celebrities))
 
-        results: list[tweet_pb2.Tweet] = []
+        results: list[FeedTweet] = []
         cursor = before
         ask = 0
         for _ in range(MAX_ROUNDS):
@@ -200,9 +242,13 @@ class HomeFeed:
         cached = await self._cache.following(user_id)
         if cached is not None:
             return cached
-        accounts, truncated = await self._following_ids(user_id, ())
-        await self._cache.set_following(user_id, accounts, not truncated)
-        return accounts, not truncated
+
+        async def load() -> tuple[list[tuple[int, int]], bool]:
+            accounts, truncated = await self._following_ids(user_id, ())
+            await self._cache.set_following(user_id, accounts, not truncated)
+            return accounts, not truncated
+
+        return await self._following_loads.load(user_id, load)
 
     async def _followed_among(self, user_id: int, candidates: set[int]) -> set[int]:
         ids = sorted(candidates)
@@ -225,39 +271,87 @@ class HomeFeed:
             TIMELINE_READS.labels("hit").inc()
             return ids
         TIMELINE_READS.labels("miss").inc()
-        stored = await self._store.read(user_id, self._timeline_size)
-        await self._cache.rebuild(user_id, stored)
-        return [t for t in stored if before is None or t < before][:limit]
+        rebuilt = await self._timeline_loads.load(user_id, lambda: self._rebuild_timeline(user_id))
+        return [t for t in rebuilt if before is None or t < before][:limit]
+
+    async def _rebuild_timeline(self, user_id: int) -> list[int]:
+        # Redis lost it, or the reader was away and not pushed to (feed_svc/activity.py):
+        # recorded as read first, so every tweet handled after the pull is pushed.
+        await self._cache.mark_read(user_id)
+        following, _ = await self.following(user_id)
+        pushed_authors = [a for a, count in following if count < self._threshold]
+        stored, pulled = await asyncio.gather(
+            self._store.read(user_id, self._timeline_size), pull_recent(self._recent_ids, pushed_authors)
+        )
+        rebuilt = rebuilt_timeline(stored, pulled, self._timeline_size)
+        await self._cache.rebuild(user_id, rebuilt)
+        return rebuilt
 
     async def _pulled(self, user_id: int, celebrities: list[int], before: int | None, want: int) -> Pulled:
-        """Own and celebrities' tweets below `before`; first pages of celebrities come from cache."""
-        cached = await self._cache.recent(celebrities) if before is None else {}
-        uncached = [a for a in celebrities if a not in cached]
+        """Own and celebrities' tweets below `before`. A first page reads every author's newest
+        ids from tweet_svc's recent-ids sets in one pipeline (a post adds to its author's set
+        and a delete removes from it before they are acknowledged) and asks tweet_svc only
+        for the authors it misses, which fills their sets."""
+        authors = [user_id, *celebrities]
+        found = await self._cache.recent_ids(authors, want) if before is None and want <= RECENT_DEPTH else {}
+        asked = [a for a in authors if a not in found]
         limit = max(want, CELEBRITY_CACHE_DEPTH) if before is None else want
-        pairs = await self._recent_ids([user_id, *uncached], before or 0, limit)
-        fetched: dict[int, list[int]] = {a: [] for a in (user_id, *uncached)}
-        for tweet_id, author in pairs:
-            fetched[author].append(tweet_id)
-        if before is None and uncached:
-            await self._cache.set_recent({a: fetched[a] for a in uncached})
-
+        fetched: dict[int, list[int]] = {a: [] for a in asked}
+        if asked:
+            for tweet_id, author in await self._recent_ids(asked, before or 0, limit):
+                fetched[author].append(tweet_id)
+        # (ids newest first, whether the author has no older tweet than the last of them)
+        lists = list(found.values()) + [(v, len(v) < limit) for v in fetched.values()]
         ids: list[int] = []
         horizon = 0
-        for author_ids, depth in [(v, CELEBRITY_CACHE_DEPTH) for v in cached.values()] + [
-            (v, limit) for v in fetched.values()
-        ]:
+        for author_ids, complete in lists:
             taken = author_ids[:want]
             ids += taken
-            if taken and (len(author_ids) > want or len(author_ids) >= depth):
+            if taken and (len(author_ids) > want or not complete):
                 horizon = max(horizon, taken[-1])  # this author may have older tweets not fetched
         return Pulled(ids, horizon)
 
-    async def hydrate(self, tweet_ids: Sequence[int], reader_id: int) -> dict[int, tweet_pb2.Tweet]:
-        """One batch call; tweet_svc serves bodies from its cache and drops deleted tweets at once.
-        The tweets carry the reader's liked_by_me, so they are this reader's alone: nothing
-        here caches them (feed_svc's Redis holds ids only)."""
-        return {t.tweet_id: t for t in await self._batch_tweets(tweet_ids, reader_id)}
+    async def hydrate(self, tweet_ids: Sequence[int], reader_id: int) -> dict[int, FeedTweet]:
+        """The tweets still there, encoded for this reader. Bodies, deletion markers, like
+        counts and the reader's like flags come from tweet_svc's cache in one pipeline (a
+        delete writes its marker there before it is acknowledged, so a deleted tweet is gone
+        at once; a like writes the reader's flag before it is acknowledged); tweet_svc is
+        asked only for what that misses, and fills it. The result carries the reader's
+        liked_by_me, so it is this reader's alone: nothing here caches it."""
+        if self._liked_ids is None:
+            return {t.tweet_id: _encoded(t) for t in await self._batch_tweets(tweet_ids, reader_id)}
+        cached = await self._cache.tweets(tweet_ids, reader_id)
+        ready: dict[int, tuple[int, bytes, int]] = {}
+        for tweet_id, body in cached.bodies.items():
+            author = author_of(body)
+            count = cached.counts.get(tweet_id)
+            if author is not None and count is not None:
+                ready[tweet_id] = (author, body, count)
+        missing = [t for t in tweet_ids if t not in ready and t not in cached.deleted]
+        unflagged = [t for t in ready if t not in cached.liked and t not in cached.not_liked]
+        fetched, liked = await asyncio.gather(
+            self._batch_tweets(missing, reader_id) if missing else _nothing(list[tweet_pb2.Tweet]),
+            self._liked_ids(reader_id, unflagged) if unflagged else _nothing(set[int]),
+        )
+        liked |= cached.liked
+        found = {
+            t: FeedTweet(t, author, with_viewer_fields(body, count, t in liked))
+            for t, (author, body, count) in ready.items()
+        }
+        found.update((t.tweet_id, _encoded(t)) for t in fetched)
+        return found
 
 
 async def _nobody_hidden(user_id: int) -> frozenset[int]:
     return frozenset()
+
+
+T = TypeVar("T")
+
+
+async def _nothing(kind: type[T]) -> T:
+    return kind()
+
+
+def _encoded(tweet: tweet_pb2.Tweet) -> FeedTweet:
+    return FeedTweet(tweet.tweet_id, tweet.author_id, tweet.SerializeToString())

@@ -30,6 +30,8 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         cfg.timeline_size,
         page_tokens=page_tokens,
         hidden_authors=parts.hidden.hidden,
+        liked_ids=parts.peers.liked_tweet_ids,
+        rebuilds=parts.rebuilds,
     )
 
     def register(server: grpc.aio.Server) -> None:

@@ -8,6 +8,7 @@ from common.cache import RedisClient, connect_redis
 from common.clients import Peers
 from common.cql import CqlSession
 from common.hidden import HiddenAuthorsCache, RedisHiddenStore
+from common.singleflight import Rebuilds
 from feed_svc.cache import FeedCache
 from feed_svc.config import FeedConfig
 from feed_svc.store import TimelineStore
@@ -21,6 +22,7 @@ class FeedParts:
     store: TimelineStore
     peers: Peers
     hidden: HiddenAuthorsCache
+    rebuilds: Rebuilds  # the process's one bound on cache rebuilds, shared by every fill
 
     async def close(self) -> None:
         await self.peers.close()
@@ -36,5 +38,6 @@ async def build(cfg: FeedConfig) -> FeedParts:
     await store.prepare()
     cache = FeedCache(redis, cfg.timeline_size, cfg.following_cache_seconds, cfg.celebrity_cache_seconds)
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
-    hidden = HiddenAuthorsCache(RedisHiddenStore(redis), peers.hidden_author_ids)
-    return FeedParts(cql, redis, cache, store, peers, hidden)
+    rebuilds = Rebuilds()
+    hidden = HiddenAuthorsCache(RedisHiddenStore(redis), peers.hidden_author_ids, rebuilds=rebuilds)
+    return FeedParts(cql, redis, cache, store, peers, hidden, rebuilds)

@@ -9,6 +9,9 @@ when it comes back is not served for the rest of its lifetime.
 
 Keys come from common/keys.py; work on many keys is a pipeline of single-key
 commands (a Redis Cluster client splits it by node), never MGET across slots.
+What feed_svc reads of this cache without asking tweet_svc (encoded bodies,
+the counts' `n`, the recent-ids sets, users' like states) is the contract of
+common/tweet_cache.py, which this module writes through.
 
 A tweet's like state (`lc:{tweet}`, a hash) answers "how many likes, counting
 every like acknowledged so far": a like is acknowledged once it is on Kafka,
@@ -47,7 +50,6 @@ Redis fail while Redis keeps its data.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -57,11 +59,10 @@ from redis.commands.core import AsyncScript
 from common.cache import RedisClient, Tolerant, mark_tweet_deleted, tolerant
 from common.ids import id_time_ms
 from common.keys import TWEET_DELETED, tweet_key
+from common.tweet_cache import ALL, RECENT_DEPTH, TOP, LikedStates, decode_body, encode_body
 from tweet_svc.likes import LikeState
 from tweet_svc.store import TweetRecord
 
-RECENT_DEPTH = 50  # ids a reader's fill loads per author
-ALL, TOP = "all", "top"  # coverage markers, scored +inf so they sort first
 LOOKUPS = Counter("chirp_tweet_cache_total", "Tweet body lookups by cache outcome.", ["result"])
 RECENT_LOOKUPS = Counter(
     "chirp_author_recent_cache_total", "Authors' recent tweet id lookups by cache outcome.", ["result"]
@@ -133,13 +134,16 @@ return 1
 
 def _encode(tweet: TweetRecord) -> bytes:
     created_ms = int(tweet.created_at.timestamp() * 1000)
-    return json.dumps([tweet.author_id, tweet.author_username, tweet.text, created_ms], ensure_ascii=False).encode()
+    return encode_body(tweet.tweet_id, tweet.author_id, tweet.author_username, tweet.text, created_ms)
 
 
-def _decode(tweet_id: int, raw: bytes) -> TweetRecord:
-    author_id, username, text, created_ms = json.loads(raw)
+def _decode(tweet_id: int, raw: bytes) -> TweetRecord | None:
+    body = decode_body(raw)
+    if body is None or body.tweet_id != tweet_id:
+        return None
+    created_ms = body.created_at.seconds * 1000 + body.created_at.nanos // 1_000_000
     created = datetime.fromtimestamp(created_ms // 1000, UTC).replace(microsecond=created_ms % 1000 * 1000)
-    return TweetRecord(tweet_id, author_id, username, text, created)
+    return TweetRecord(tweet_id, body.author_id, body.author_username, body.text, created)
 
 
 class TweetCache(Tolerant):
@@ -156,6 +160,7 @@ class TweetCache(Tolerant):
         self._count_ttl_ms = max(1, int(count_ttl_seconds * 1000))
         self._recent_ttl_ms = max(1, int(recent_ttl_seconds * 1000))
         self._like_script: AsyncScript | None = None
+        self._liked = LikedStates(redis)
 
     @tolerant(lambda: ({}, set()))
     async def get(self, tweet_ids: Sequence[int]) -> tuple[dict[int, TweetRecord], set[int]]:
@@ -169,7 +174,10 @@ class TweetCache(Tolerant):
             if raw == TWEET_DELETED:
                 deleted.add(tweet_id)
             elif raw is not None:
-                found[tweet_id] = _decode(tweet_id, raw if isinstance(raw, bytes) else raw.encode())
+                # A value of another layout is a miss: the fill (SET NX) leaves it, the store answers.
+                record = _decode(tweet_id, raw if isinstance(raw, bytes) else raw.encode())
+                if record is not None:
+                    found[tweet_id] = record
         LOOKUPS.labels("hit").inc(len(found) + len(deleted))
         LOOKUPS.labels("miss").inc(len(tweet_ids) - len(found) - len(deleted))
         return found, deleted
@@ -243,6 +251,21 @@ class TweetCache(Tolerant):
         args: list[int | str] = ["ack", self._count_ttl_ms, stored_count, user_id, _version(version), int(liked)]
         args += [_version(stored.version), int(stored.liked)]
         return await self._run_like_script(tweet_id, args)
+
+    # ---- users' like states (liked_by_me), common/tweet_cache.py's `ul:` -----------------
+
+    @tolerant()
+    async def record_liked(self, user_id: int, tweet_id: int, version: int, liked: bool) -> None:
+        """Dropped while Redis is unreachable: the hash's lifetime bounds how long that skews the flag."""
+        await self._liked.record(user_id, tweet_id, version, liked)
+
+    @tolerant()
+    async def liked_fill_token(self, user_id: int) -> str | None:
+        return await self._liked.fill_token(user_id)
+
+    @tolerant()
+    async def fill_liked(self, user_id: int, token: str, tweet_ids: Sequence[int], liked: set[int]) -> None:
+        await self._liked.fill(user_id, token, tweet_ids, liked)
 
     async def _run_like_script(self, tweet_id: int, args: list[int | str]) -> int:
         if self._like_script is None:  # EVALSHA: the script text goes to Redis once, not per like

@@ -17,6 +17,7 @@ from common.kafka import TOPIC_LIKES, TOPIC_TWEETS, AsyncProducer
 from common.limits import UserLimits
 from common.outbox import Event, Outbox
 from common.pagination import PageTokens, scope, unshared_tokens
+from common.singleflight import Rebuilds, SingleFlight
 from tweet_svc.cache import RECENT_DEPTH, TweetCache
 from tweet_svc.likes import NEVER, count_after
 from tweet_svc.store import TweetRecord, TweetStore
@@ -77,7 +78,13 @@ class Tweets:
         page_tokens: PageTokens | None = None,
         limits: UserLimits | None = None,
         relations: RelationLookup | None = None,
+        rebuilds: Rebuilds | None = None,
     ) -> None:
+        # Cache fills: concurrent misses of a key wait on one load, and at most
+        # `rebuilds.limit` loads run at once (common/singleflight.py).
+        rebuilds = rebuilds or Rebuilds()
+        self._body_loads: SingleFlight[int, TweetRecord] = SingleFlight("tweet_body", rebuilds)
+        self._recent_loads: SingleFlight[int, list[int]] = SingleFlight("author_recent", rebuilds)
         self._relations = relations
         self._page_tokens = page_tokens or unshared_tokens()
         self._limits = limits or UserLimits.unlimited()
@@ -95,13 +102,17 @@ class Tweets:
         tweet_id = self._ids.next_id()
         if idempotency_key:
             _check_key(idempotency_key)
-            tweet_id = await self._store.claim_idempotency_key(author_id, idempotency_key, tweet_id)
-            existing = await self.hydrate([tweet_id])
-            if existing:
-                await self._cache.add_recent(author_id, tweet_id)  # should the first attempt have died before it
-                return existing[0]
-            # A new key, or one whose first attempt died before writing: write
-            # under the claimed id, so every retry yields the same tweet.
+            claimed = await self._store.claim_idempotency_key(author_id, idempotency_key, tweet_id)
+            # Our own fresh id was claimed: the key is new and no tweet can have it yet,
+            # so only a key seen before costs a read.
+            if claimed != tweet_id:
+                existing = await self.hydrate([claimed])
+                if existing:
+                    await self._cache.add_recent(author_id, claimed)  # should the first attempt have died before it
+                    return existing[0]
+                # The first attempt died before writing, or is still writing: write
+                # under the claimed id, so every retry yields the same tweet.
+                tweet_id = claimed
         created_ms = id_time_ms(tweet_id)
         tweet = TweetRecord(
             tweet_id=tweet_id,
@@ -111,8 +122,10 @@ class Tweets:
             created_at=datetime.fromtimestamp(created_ms // 1000, UTC).replace(microsecond=created_ms % 1000 * 1000),
         )
         event = self._tweet_event("tweet_created", tweet)
-        await self._store.insert_tweet(tweet, event)
-        await self._cache.add_recent(author_id, tweet_id)
+        # The author's recent ids get the id while the batch is written rather than
+        # after it (both before the acknowledgement): an id whose write failed is
+        # harmless there, every read drops an id without a body.
+        await asyncio.gather(self._store.insert_tweet(tweet, event), self._cache.add_recent(author_id, tweet_id))
         self._outbox.publish_soon(event)
         return tweet
 
@@ -172,12 +185,30 @@ class Tweets:
         newest = not before and limit <= RECENT_DEPTH
         found = await self._cache.recent(authors, limit) if newest else {}
         missing = [a for a in authors if a not in found]
-        depth = RECENT_DEPTH if newest else limit
-        lists = await asyncio.gather(*(self._store.author_tweet_ids(a, depth, before or None) for a in missing))
         if newest:
-            await self._cache.fill_recent(dict(zip(missing, lists, strict=True)))
-        found.update((a, ids[:limit]) for a, ids in zip(missing, lists, strict=True))
+            found.update(await self._filled_recent(missing, limit))
+        else:
+            lists = await asyncio.gather(*(self._store.author_tweet_ids(a, limit, before or None) for a in missing))
+            found.update(zip(missing, lists, strict=True))
         return [(tweet_id, author) for author in authors for tweet_id in found[author]]
+
+    async def _filled_recent(self, authors: list[int], limit: int) -> dict[int, list[int]]:
+        """The newest `limit` ids of authors the cache missed, each author loaded and
+        filled once however many reads miss it at once."""
+        if not authors:
+            return {}
+
+        async def load(keys: list[int]) -> dict[int, list[int]]:
+            lists = await asyncio.gather(*(self._store.author_tweet_ids(a, RECENT_DEPTH, None) for a in keys))
+            loaded = dict(zip(keys, lists, strict=True))
+            await self._cache.fill_recent(loaded)
+            return loaded
+
+        loaded = await self._recent_loads.load_many(authors, load)
+        # A load begun before this read may predate a post acknowledged since; the post
+        # (added before its acknowledgement) and the load's fill are both cached by now.
+        again = await self._cache.recent(sorted(loaded.joined), limit) if loaded.joined else {}
+        return {a: again.get(a, loaded.values[a])[:limit] for a in authors}
 
     async def set_like(self, user_id: int, tweet_id: int, liked: bool) -> int:
         """Acknowledged once the event is on Kafka (acks=all); returns the count with every
@@ -193,6 +224,7 @@ class Tweets:
         # After the acknowledgement (a like Kafka refused must not show), for read-your-writes:
         # the worker writes the same cell again when it folds the event (tweet_svc/viewer.py).
         await self._store.record_user_like(user_id, tweet_id, liked, event.version)
+        await self._cache.record_liked(user_id, tweet_id, event.version, liked)  # feed_svc reads flags there
         count = await self._cache.acknowledged_like(tweet_id, user_id, event.version, liked, stored_count or 0, stored)
         if count is None:
             count = count_after(stored_count or 0, stored.liked, liked)
@@ -206,16 +238,22 @@ class Tweets:
         if user_id is None or not tweet_ids:
             return set()
         _check_id(user_id, "user_id")
-        return await self._store.liked_among(user_id, tweet_ids)
+        # Taken before the read, so the fill of the cached flags feed_svc reads
+        # (common/tweet_cache.py) cannot land over a like acknowledged meanwhile.
+        token = await self._cache.liked_fill_token(user_id)
+        liked = await self._store.liked_among(user_id, tweet_ids)
+        if token is not None:
+            await self._cache.fill_liked(user_id, token, tweet_ids, liked)
+        return liked
 
     async def hydrate(self, tweet_ids: list[int]) -> list[TweetRecord]:
         """Tweets in the order asked, with current like counts; deleted ones left out."""
         cached, deleted = await self._cache.get(tweet_ids)
         missing = [t for t in tweet_ids if t not in cached and t not in deleted]
         if missing:
-            loaded = await self._store.bodies(missing)
-            await self._cache.put(list(loaded.values()))
-            cached.update(loaded)
+            # Joining a load begun before a delete is safe: the delete's marker was cached
+            # before it was acknowledged, so a later read finds it and does not get here.
+            cached.update((await self._body_loads.load_many(missing, self._load_bodies)).values)
         present = [t for t in tweet_ids if t in cached]
         counts = await self._cache.like_counts(present)
         uncounted = [t for t in present if t not in counts]
@@ -225,6 +263,11 @@ class Tweets:
             await self._cache.fill_like_counts(stored)
             counts.update(stored)
         return [replace(cached[t], like_count=counts.get(t, 0)) for t in present]
+
+    async def _load_bodies(self, tweet_ids: list[int]) -> dict[int, TweetRecord]:
+        loaded = await self._store.bodies(tweet_ids)
+        await self._cache.put(list(loaded.values()))
+        return loaded
 
     def _tweet_event(self, kind: str, tweet: TweetRecord) -> Event:
         return Event(

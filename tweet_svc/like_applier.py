@@ -59,6 +59,15 @@ class LikeApplier:
                 if self._cache is not None:
                     # Also when nothing changed (a re-delivered batch): that repeats a write-through
                     # an earlier attempt may have lost, so these likes stop counting as pending.
-                    await self._cache.folded_likes(tweet_id, max(0, count), {**stored, **changed})
+                    folded = {**stored, **changed}
+                    await self._cache.folded_likes(tweet_id, max(0, count), folded)
+                    # The same repair for the readers' like flags (`ul:<user>`, common/tweet_cache.py).
+                    await asyncio.gather(
+                        *(
+                            self._cache.record_liked(user_id, tweet_id, state.version, state.liked)
+                            for user_id, state in folded.items()
+                            if state.version > 0
+                        )
+                    )
                 return
         raise RuntimeError(f"could not apply likes of tweet {tweet_id}: too much contention")

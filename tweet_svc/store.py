@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,9 @@ class TweetRecord:
     created_at: datetime
     like_count: int = 0
 
+
+# (author, bucket) pairs a store remembers having written to user_tweet_buckets.
+KNOWN_BUCKETS = 100_000
 
 STATEMENTS = {
     "insert_tweet": "INSERT INTO tweets (tweet_id, author_id, author_username, text, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -56,6 +60,7 @@ class TweetStore:
         self._cql = cql
         self._outbox = outbox
         self._q: dict[str, PreparedStatement] = {}
+        self._known_buckets: OrderedDict[tuple[int, int], None] = OrderedDict()
 
     async def prepare(self) -> None:
         self._q = await prepare_all(self._cql, STATEMENTS)
@@ -74,9 +79,18 @@ class TweetStore:
             (tweet.tweet_id, tweet.author_id, tweet.author_username, tweet.text, tweet.created_at),
         )
         batch.add(self._q["insert_user_tweet"], (tweet.author_id, bucket, tweet.tweet_id))
-        batch.add(self._q["insert_bucket"], (tweet.author_id, bucket))
+        # A bucket row is never deleted and has no TTL: once a batch that wrote it is
+        # acknowledged, later posts of the month need not write it again (one
+        # partition fewer per batch).
+        known = (tweet.author_id, bucket)
+        if known not in self._known_buckets:
+            batch.add(self._q["insert_bucket"], known)
         self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
+        self._known_buckets[known] = None
+        self._known_buckets.move_to_end(known)
+        if len(self._known_buckets) > KNOWN_BUCKETS:
+            self._known_buckets.popitem(last=False)
 
     async def delete_tweet(self, tweet: TweetRecord, event: Event) -> None:
         bucket = bucket_of(id_time_ms(tweet.tweet_id))

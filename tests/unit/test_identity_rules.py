@@ -128,9 +128,13 @@ class FakeStore:
 class FakeCache:
     def __init__(self) -> None:
         self.folds: list[tuple[int, int, dict[int, LikeState]]] = []
+        self.flags: list[tuple[int, int, int, bool]] = []
 
     async def folded_likes(self, tweet_id: int, count: int, states: dict[int, LikeState]) -> None:
         self.folds.append((tweet_id, count, states))
+
+    async def record_liked(self, user_id: int, tweet_id: int, version: int, liked: bool) -> None:
+        self.flags.append((user_id, tweet_id, version, liked))
 
 
 async def test_the_worker_reports_each_folded_users_row_even_when_a_batch_is_redelivered() -> None:
@@ -142,3 +146,6 @@ async def test_the_worker_reports_each_folded_users_row_even_when_a_batch_is_red
     assert store.writes == 1
     expected = {7: LikeState(True, 12), 8: LikeState(True, 10), 9: LikeState(True, 11)}
     assert cache.folds == [(1, 3, expected), (1, 3, expected)]
+    # The readers' like flags get the same repair, each time (a lost write at ack heals).
+    flags = sorted((user, tweet, state.version, state.liked) for user, state in expected.items() for tweet in [1])
+    assert sorted(cache.flags) == sorted(flags * 2)

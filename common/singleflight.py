@@ -1,0 +1,188 @@
+"""One load per missing key at a time, and a bound on concurrent cache rebuilds.
+
+When a cached key is missing, every request asking for it loads it from the store
+and fills the cache; after a restart or a lost Redis node that is the same load
+made by every request at once, and the requests time out in the store's queue.
+A SingleFlight makes the first caller's load answer every caller asking for the
+same key while it runs: later callers wait on it and get its values or its
+exception. Nothing is kept once it ends: the cache is the cache, this is only
+the queue in front of it.
+
+A value is as fresh as its load's start, which may precede a caller's own start:
+callers whose keys can change meanwhile (a post adding to an author's recent ids)
+read the cache again for the keys they joined (`Loaded.joined`), which the load
+filled before it ended.
+
+Loads run under a Rebuilds bound shared by the process's flights: a cold cache
+queues its rebuilds instead of taking every store connection and the event loop
+from the reads the cache still answers (those never come here). A load runs in a
+task of its own, so a caller that stops waiting (its deadline ended) cancels
+nothing another caller waits on; a load that no one waits for any more before it
+got a slot is dropped. A load may itself load through a flight (a timeline rebuild
+reading the followed accounts): that inner load runs within the outer one's slot,
+as waiting for a second slot while holding one could leave every slot so held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from prometheus_client import Counter, Gauge
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+# Rebuilds at once per process. A rebuild is one or a few CQL reads of a few ms, so
+# 8 at once still refill thousands of keys a second, while the store and the event
+# loop keep room for everything else.
+DEFAULT_REBUILDS = 8
+
+FILLS = Counter(
+    "chirp_cache_fill_keys_total",
+    "Cache keys a miss asked to load, by whether this call loaded them or joined a load in flight.",
+    ["cache", "role"],
+)
+QUEUED = Gauge("chirp_cache_rebuilds_waiting", "Cache rebuilds waiting for a slot (Rebuilds) in this process.")
+
+# Set in a load's task (and so in the tasks it starts): an inner load needs no slot.
+_IN_REBUILD: ContextVar[bool] = ContextVar("chirp_in_rebuild", default=False)
+
+
+class Rebuilds:
+    """At most `limit` loads at once in this process; the others wait for a slot."""
+
+    def __init__(self, limit: int = DEFAULT_REBUILDS) -> None:
+        if limit < 1:
+            raise ValueError(f"rebuilds must be at least 1, got {limit}")
+        self.limit = limit
+        self.running = 0
+        self._slots = asyncio.Semaphore(limit)
+
+    async def run(self, load: Callable[[], Awaitable[V]]) -> V:
+        if _IN_REBUILD.get():
+            return await load()
+        QUEUED.inc()
+        try:
+            await self._slots.acquire()
+        finally:
+            QUEUED.dec()
+        self.running += 1
+        token = _IN_REBUILD.set(True)
+        try:
+            return await load()
+        finally:
+            _IN_REBUILD.reset(token)
+            self.running -= 1
+            self._slots.release()
+
+
+@dataclass(frozen=True)
+class Loaded(Generic[K, V]):
+    values: dict[K, V]  # the keys the loads found (a key a load left out was not found)
+    joined: frozenset[K]  # keys a load started before this call answered
+
+
+class _Flight(Generic[K, V]):
+    __slots__ = ("keys", "started", "task", "waiters")
+
+    def __init__(self, keys: list[K], task: asyncio.Task[dict[K, V]]) -> None:
+        self.keys = keys
+        self.task = task
+        self.started = False  # holds a Rebuilds slot: it runs to its end
+        self.waiters = 0
+
+
+class SingleFlight(Generic[K, V]):
+    """Loads of one cache family (`name` labels its metrics), keyed by cache key."""
+
+    def __init__(self, name: str, rebuilds: Rebuilds) -> None:
+        self._name = name
+        self._rebuilds = rebuilds
+        self._flights: dict[K, _Flight[K, V]] = {}
+
+    def in_flight(self) -> int:
+        """Keys being loaded now."""
+        return len(self._flights)
+
+    async def load(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
+        """The value `load` returns for `key`, loaded once for every concurrent caller."""
+
+        async def one(keys: list[K]) -> dict[K, V]:
+            return {key: await load()}
+
+        return (await self.load_many([key], one)).values[key]
+
+    async def load_many(self, keys: Iterable[K], load: Callable[[list[K]], Awaitable[Mapping[K, V]]]) -> Loaded[K, V]:
+        """`load` is called with the keys no load in flight covers yet, and returns the
+        values it found; the other keys wait on the loads already covering them."""
+        wanted = list(dict.fromkeys(keys))
+        flights: dict[int, _Flight[K, V]] = {}
+        mine: list[K] = []
+        for key in wanted:
+            flight = self._flights.get(key)
+            if flight is None:
+                mine.append(key)
+            else:
+                flights[id(flight)] = flight
+        joined = frozenset(wanted) - frozenset(mine)
+        if mine:
+            flight = self._start(mine, load)
+            flights[id(flight)] = flight
+        FILLS.labels(self._name, "load").inc(len(mine))
+        FILLS.labels(self._name, "join").inc(len(joined))
+        found: dict[K, V] = {}
+        for values in await self._wait(list(flights.values())):
+            found.update(values)
+        return Loaded({k: found[k] for k in wanted if k in found}, joined)
+
+    def _start(self, keys: list[K], load: Callable[[list[K]], Awaitable[Mapping[K, V]]]) -> _Flight[K, V]:
+        # The task first runs at the loop's next turn, when `flight` below is set.
+        async def run() -> dict[K, V]:
+            flight.started = True
+            values = await load(list(keys))
+            return {k: values[k] for k in keys if k in values}
+
+        async def guarded() -> dict[K, V]:
+            try:
+                return await self._rebuilds.run(run)
+            finally:
+                self._forget(flight)
+
+        # The task copies this caller's context (request id, deadline): the load's store
+        # calls get what the first caller has left, no more than anyone waiting has.
+        flight: _Flight[K, V] = _Flight(keys, asyncio.create_task(guarded()))
+        flight.task.add_done_callback(_retrieve)
+        for key in keys:
+            self._flights[key] = flight
+        return flight
+
+    async def _wait(self, flights: list[_Flight[K, V]]) -> list[dict[K, V]]:
+        for flight in flights:
+            flight.waiters += 1
+        try:
+            # shield: a caller leaving (cancelled at its deadline) leaves the load running
+            # for the others.
+            return await asyncio.gather(*(asyncio.shield(f.task) for f in flights))
+        finally:
+            for flight in flights:
+                flight.waiters -= 1
+                if not flight.waiters and not flight.started:
+                    # No one wants it any more and it has not begun: drop it, and first
+                    # stop new callers from joining a load about to be cancelled.
+                    self._forget(flight)
+                    flight.task.cancel()
+
+    def _forget(self, flight: _Flight[K, V]) -> None:
+        for key in flight.keys:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+
+
+def _retrieve(task: asyncio.Task[object]) -> None:
+    """A load's error reaches its waiters; with none left, it is not logged as never retrieved."""
+    if not task.cancelled():
+        task.exception()

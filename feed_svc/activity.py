@@ -1,0 +1,150 @@
+"""Push only to those who read: which followers the fan-out worker skips, and how
+a skipped reader's timeline comes back.
+
+Each reader has a record of their last home-feed read in Redis (a string per
+user, so a batch of followers is one pipeline of single-key GETs, Redis-Cluster
+safe). feed_svc writes it at most once per RECORD_EVERY_SECONDS per reader and
+process (ReadMarks), fire and forget, so a read costs no extra round trip.
+
+The fan-out worker (ActiveReaders) pushes to a follower whose record is at most
+CHIRP_ACTIVE_DAYS old, and to one with no record at all: an account that never
+read, or whose record Redis lost. Unknown means active, and the worker starts
+the record's clock then (SET NX), so a new account is pushed to for a whole
+window after its first delivery and a lost record costs pushes, never tweets.
+A follower whose record is older than the window is skipped (no Redis, no CQL
+write) and their Redis timeline deleted: that frees its memory and makes their
+next read a miss, which rebuilds it (`rebuild`): record the read first, so the
+worker pushes every tweet it handles from then on, then pull the newest tweets
+of the accounts they follow and merge them with what CQL holds. A tweet the
+worker skipped was stored before it was skipped, so before the pull. The same
+rebuild serves a timeline Redis lost.
+
+Correctness never rests on the record being right: the worker deletes the
+timeline of everyone it skips, and a missing timeline is always rebuilt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from common.keys import feed_key
+from feed_svc.merge import merge
+
+DAY_SECONDS = 86400.0
+# A reader's record is written at most this often per feed_svc process; a window
+# much shorter than this (CHIRP_ACTIVE_DAYS below about 0.1) makes readers who
+# read continuously look inactive now and then, which costs rebuilds, not tweets.
+RECORD_EVERY_SECONDS = 3600.0
+# Readers whose last record this process remembers (LRU); one forgotten is written again.
+REMEMBERED_READERS = 100_000
+# A record outlives any sensible window; once it expires the account is unknown
+# again, so pushed to for one more window before it is skipped.
+RECORD_TTL_SECONDS = 400 * DAY_SECONDS
+# Newest tweets pulled per followed account when a timeline is rebuilt: what
+# tweet_svc serves from its cache (its RECENT_DEPTH).
+REBUILD_DEPTH = 50
+AUTHORS_PER_PULL = 500  # tweet_svc's ListRecentTweetIds limit
+
+
+class ReadMarks:
+    """Which readers this process recorded recently, so most reads write nothing."""
+
+    def __init__(
+        self,
+        every_seconds: float = RECORD_EVERY_SECONDS,
+        capacity: int = REMEMBERED_READERS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._every = every_seconds
+        self._capacity = capacity
+        self._clock = clock
+        self._written: OrderedDict[int, float] = OrderedDict()
+
+    def due(self, user_id: int) -> bool:
+        """Whether this read should write the record; if so it counts as written
+        (call `forget` when the write fails)."""
+        now = self._clock()
+        last = self._written.get(user_id)
+        if last is not None and now < last + self._every:
+            return False
+        self._written[user_id] = now
+        self._written.move_to_end(user_id)
+        while len(self._written) > self._capacity:
+            self._written.popitem(last=False)
+        return True
+
+    def written(self, user_id: int) -> None:
+        self._written[user_id] = self._clock()
+        self._written.move_to_end(user_id)
+
+    def forget(self, user_id: int) -> None:
+        self._written.pop(user_id, None)
+
+
+def split_by_activity(
+    user_ids: Sequence[int], last_reads: Sequence[int | None], now_ms: int, window_ms: int
+) -> tuple[list[int], list[int], list[int]]:
+    """(recently read, no record, inactive): the first two are pushed to."""
+    active: list[int] = []
+    unknown: list[int] = []
+    inactive: list[int] = []
+    for user_id, last in zip(user_ids, last_reads, strict=True):
+        if last is None:
+            unknown.append(user_id)
+        elif last >= now_ms - window_ms:
+            active.append(user_id)
+        else:
+            inactive.append(user_id)
+    return active, unknown, inactive
+
+
+class ActivityCache(Protocol):
+    """What ActiveReaders needs of feed_svc/cache.py's FeedCache."""
+
+    async def last_reads(self, user_ids: Sequence[int]) -> list[int | None]: ...
+
+    async def start_read_clocks(self, user_ids: Sequence[int], now_ms: int, ttl_ms: int) -> None: ...
+
+
+class ActiveReaders:
+    """The fan-out worker's view: which of a batch of followers to push to."""
+
+    def __init__(self, cache: ActivityCache, window_days: float, clock: Callable[[], float] = time.time) -> None:
+        self._cache = cache
+        self._window_ms = int(window_days * DAY_SECONDS * 1000)
+        self._clock = clock
+
+    async def split(self, user_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """(push to these, skip these)."""
+        now_ms = int(self._clock() * 1000)
+        last = await self._cache.last_reads(user_ids)
+        active, unknown, inactive = split_by_activity(user_ids, last, now_ms, self._window_ms)
+        if unknown:
+            await self._cache.start_read_clocks(unknown, now_ms, int(RECORD_TTL_SECONDS * 1000))
+        return active + unknown, inactive
+
+
+# (author ids, before or 0, limit per author) -> [(tweet id, author id)]
+RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]]
+
+
+async def pull_recent(recent_ids: RecentIds, authors: Sequence[int], depth: int = REBUILD_DEPTH) -> list[int]:
+    """The newest `depth` tweet ids of each author, in calls tweet_svc accepts."""
+    pulled: list[int] = []
+    for start in range(0, len(authors), AUTHORS_PER_PULL):
+        pulled += [t for t, _ in await recent_ids(authors[start : start + AUTHORS_PER_PULL], 0, depth)]
+    return pulled
+
+
+def rebuilt_timeline(stored: Sequence[int], pulled: Sequence[int], size: int) -> list[int]:
+    """A timeline as pushing would have made it: what CQL kept, and the accounts'
+    newest tweets pulled now, deduplicated, newest first, at most `size`."""
+    return merge(stored, pulled, before=None)[:size]
+
+
+def read_record_key(user_id: int) -> str:
+    """A reader's record: when they last read their home feed, in ms."""
+    return feed_key("read_at", user_id)

@@ -1,0 +1,278 @@
+"""feed_svc's home-feed read against the stack's Redis, with tweet_svc's cache filled
+by tweet_svc's own TweetCache (the contract of common/tweet_cache.py) and fakes for
+the peers: a cached read asks no peer for anything but the reader's like flags and
+takes three Redis round trips; a tweet deleted while its body is cached is gone from
+the very next read."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+from chirp.tweet.v1 import tweet_pb2
+from redis.commands.core import AsyncScript
+
+from common.cache import RedisClient, mark_tweet_deleted
+from common.hidden import HiddenAuthorsCache, RedisHiddenStore, hidden_key, hidden_version_key
+from common.ids import IdGenerator
+from common.keys import feed_key, tweet_key
+from feed_svc.activity import read_record_key
+from feed_svc.cache import FeedCache
+from feed_svc.home_feed import CelebrityRegistry, HomeFeed
+from feed_svc.store import TimelineStore
+from tests.unit.test_redis_cluster_safety import FakeRedis, client
+from tweet_svc.cache import TweetCache
+from tweet_svc.store import TweetRecord
+
+IDS = IdGenerator(907)
+THRESHOLD = 10
+
+
+class CountingPipeline:
+    def __init__(self, inner: Any, counter: Counting) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    async def __aenter__(self) -> CountingPipeline:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._inner.__aexit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def execute(self, **kwargs: Any) -> Any:
+        return await self._counter.timed(self._inner.execute(**kwargs))
+
+
+class Counting:
+    """A Redis client that records each round trip (one command, or one pipeline's
+    execute) with when it started and ended."""
+
+    def __init__(self, inner: RedisClient) -> None:
+        self._inner = inner
+        self.trips: list[tuple[float, float]] = []
+
+    async def timed(self, call: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.trips.append((started, time.perf_counter()))
+
+    def pipeline(self, transaction: bool = True) -> CountingPipeline:
+        return CountingPipeline(self._inner.pipeline(transaction=transaction), self)
+
+    def register_script(self, script: str) -> Any:
+        return AsyncScript(cast(RedisClient, self), script)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name in ("connection_pool", "get_encoder") or not callable(attr):
+            return attr
+
+        async def command(*args: Any, **kwargs: Any) -> Any:
+            return await self.timed(attr(*args, **kwargs))
+
+        return command
+
+    def stages(self) -> int:
+        """Round trips that had to wait for one another: a trip starting after every trip
+        of the current stage has ended begins the next stage."""
+        stages, end = 0, -1.0
+        for started, ended in sorted(self.trips):
+            if started >= end:
+                stages += 1
+                end = ended
+            else:
+                end = max(end, ended)
+        return stages
+
+
+@dataclass
+class Peers:
+    """graph_svc and tweet_svc as feed_svc calls them; every call is recorded. The flags
+    are answered as tweet_svc's Tweets.liked_by does: from its store, filling the cache."""
+
+    tweets: TweetCache
+    liked: set[int] = field(default_factory=set)
+    calls: list[str] = field(default_factory=list)
+    bodies: dict[int, tweet_pb2.Tweet] = field(default_factory=dict)
+
+    async def following_ids(self, user_id: int, among: Sequence[int]) -> tuple[list[tuple[int, int]], bool]:
+        self.calls.append("ListFollowingIds")
+        raise AssertionError("the follow list is cached")
+
+    async def recent_ids(self, authors: Sequence[int], before: int, limit: int) -> list[tuple[int, int]]:
+        self.calls.append("ListRecentTweetIds")
+        raise AssertionError("recent ids are cached")
+
+    async def batch_tweets(self, tweet_ids: Sequence[int], viewer_id: int) -> list[tweet_pb2.Tweet]:
+        self.calls.append(f"BatchGetTweets {sorted(tweet_ids)}")
+        return [self.bodies[t] for t in tweet_ids if t in self.bodies]
+
+    async def liked_ids(self, user_id: int, tweet_ids: Sequence[int]) -> set[int]:
+        self.calls.append("ListLikedTweetIds")
+        token = await self.tweets.liked_fill_token(user_id)
+        liked = self.liked & set(tweet_ids)
+        assert token is not None
+        await self.tweets.fill_liked(user_id, token, tweet_ids, liked)
+        return liked
+
+    async def nobody_hidden(self, user_id: int) -> frozenset[int]:
+        self.calls.append("ListHiddenAuthorIds")
+        return frozenset()
+
+
+class NoStore:
+    async def celebrities(self) -> set[int]:
+        return set()
+
+
+@dataclass
+class Scene:
+    counting: Counting
+    peers: Peers
+    feed: HomeFeed
+    reader: int
+    star: int
+    pushed: list[int]  # by a followed account, fanned out to the reader
+    starred: list[int]  # by a celebrity the reader follows, pulled at read time
+    own: list[int]  # the reader's own
+
+
+def record(tweet_id: int, author_id: int) -> TweetRecord:
+    return TweetRecord(tweet_id, author_id, f"u{author_id % 1000}", f"tweet {tweet_id}", datetime.now(UTC))
+
+
+@pytest.fixture
+async def scene(redis: RedisClient) -> AsyncIterator[Scene]:
+    reader, friend, star = IDS.next_id(), IDS.next_id(), IDS.next_id()
+    pushed = [IDS.next_id() for _ in range(3)]
+    starred = [IDS.next_id() for _ in range(2)]
+    own = [IDS.next_id()]
+    tweets = TweetCache(redis, ttl_seconds=60, count_ttl_seconds=60, recent_ttl_seconds=60)
+    records = [record(t, friend) for t in pushed] + [record(t, star) for t in starred] + [record(own[0], reader)]
+    await tweets.put(records)
+    await tweets.fill_like_counts({t.tweet_id: 3 for t in records})
+    await tweets.fill_recent({reader: own, star: starred})
+
+    setup = FeedCache(redis, timeline_size=20, following_ttl=60, celebrity_ttl=60)
+    await setup.rebuild(reader, pushed)
+    await setup.set_following(reader, [(friend, 1), (star, THRESHOLD)], True)
+
+    counting = Counting(redis)
+    cache = FeedCache(cast(RedisClient, counting), timeline_size=20, following_ttl=60, celebrity_ttl=60)
+    peers = Peers(tweets, liked={pushed[1]})
+    hidden = HiddenAuthorsCache(RedisHiddenStore(cast(RedisClient, counting)), peers.nobody_hidden)
+    # A registry of its own (an in-memory Redis): the stack's copy is never written from here.
+    own_registry = FeedCache(client(FakeRedis()), timeline_size=20, following_ttl=60, celebrity_ttl=60)
+    registry = CelebrityRegistry(own_registry, cast(TimelineStore, NoStore()), 60)
+    feed = HomeFeed(
+        cache,
+        cast(TimelineStore, NoStore()),
+        peers.following_ids,
+        peers.recent_ids,
+        peers.batch_tweets,
+        THRESHOLD,
+        20,
+        registry,
+        hidden_authors=hidden.hidden,
+        liked_ids=peers.liked_ids,
+    )
+    await feed.page(reader, 20, "")  # warms what a steady reader has: the hidden set, flags, registry
+    await asyncio.sleep(0.1)  # the reader's activity record, written in the background
+    counting.trips.clear()
+    peers.calls.clear()
+    yield Scene(counting, peers, feed, reader, star, pushed, starred, own)
+    keys = [tweet_key("body", t.tweet_id) for t in records] + [tweet_key("like_count", t.tweet_id) for t in records]
+    keys += [tweet_key("author_recent", reader), feed_key("timeline", reader), feed_key("following", reader)]
+    keys += [tweet_key("author_recent", star), hidden_key(reader), hidden_version_key(reader)]
+    keys += [tweet_key("liked", reader), read_record_key(reader)]
+    for key in keys:
+        await redis.delete(key)
+
+
+async def test_a_cached_read_takes_three_redis_round_trips_and_calls_no_peer(scene: Scene) -> None:
+    tweets, token = await scene.feed.page(scene.reader, 20, "")
+
+    everything = sorted(scene.pushed + scene.starred + scene.own, reverse=True)
+    assert [t.tweet_id for t in tweets] == everything and token == ""
+    assert [t.like_count for t in tweets] == [3] * len(everything)
+    assert {t.tweet_id for t in tweets if t.liked_by_me} == {scene.pushed[1]}
+    assert scene.peers.calls == []
+    assert len(scene.counting.trips) == 5  # following, hidden; timeline, recent ids; tweets
+    assert scene.counting.stages() == 3
+
+
+async def test_a_deleted_tweet_is_gone_at_once_though_its_body_was_cached(scene: Scene, redis: RedisClient) -> None:
+    doomed = scene.pushed[1]
+    assert doomed in [t.tweet_id for t in (await scene.feed.page(scene.reader, 20, ""))[0]]
+
+    await mark_tweet_deleted(redis, doomed)  # what tweet_svc writes before it acknowledges a delete
+
+    tweets, _ = await scene.feed.page(scene.reader, 20, "")
+    assert doomed not in [t.tweet_id for t in tweets]
+    assert len(tweets) == len(scene.pushed + scene.starred + scene.own) - 1
+    assert not any(c.startswith("BatchGetTweets") for c in scene.peers.calls)  # served from the cache
+
+
+async def test_a_body_the_cache_cannot_read_is_asked_of_tweet_svc_alone(scene: Scene, redis: RedisClient) -> None:
+    stale = scene.starred[0]
+    await redis.set(tweet_key("body", stale), b'[1, "ada", "an old JSON body", 1764000000000]')
+    scene.peers.bodies[stale] = tweet_pb2.Tweet(
+        tweet_id=stale, author_id=scene.star, text="from tweet_svc", like_count=9
+    )
+
+    tweets, _ = await scene.feed.page(scene.reader, 20, "")
+
+    assert f"BatchGetTweets {[stale]}" in scene.peers.calls
+    assert [t.message().text for t in tweets if t.tweet_id == stale] == ["from tweet_svc"]
+
+
+async def test_a_like_or_unlike_shows_at_once_though_the_flags_are_cached(scene: Scene, redis: RedisClient) -> None:
+    tweets = TweetCache(redis, ttl_seconds=60)
+    liked, other = scene.pushed[1], scene.pushed[2]
+
+    await tweets.record_liked(scene.reader, other, IDS.next_id(), True)  # what a like writes before its ack
+    await tweets.record_liked(scene.reader, liked, IDS.next_id(), False)
+
+    page, _ = await scene.feed.page(scene.reader, 20, "")
+    assert {t.tweet_id for t in page if t.liked_by_me} == {other}
+    assert scene.peers.calls == []
+
+
+async def state(redis: RedisClient, key: str, tweet: int) -> str:
+    """The liked half of a cached like state, "" when there is none."""
+    raw = await redis.hget(key, str(tweet))
+    return "" if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw)).rsplit(":", 1)[1]
+
+
+async def test_a_fill_never_hides_a_like_and_lands_nowhere_once_the_hash_is_gone(redis: RedisClient) -> None:
+    tweets = TweetCache(redis, ttl_seconds=60)
+    user, tweet = IDS.next_id(), IDS.next_id()
+    key = tweet_key("liked", user)
+    try:
+        token = await tweets.liked_fill_token(user)
+        assert token is not None
+        await tweets.record_liked(user, tweet, IDS.next_id(), True)  # acknowledged while the store was read
+        await tweets.fill_liked(user, token, [tweet], set())  # the store read before the like
+        assert await state(redis, key, tweet) == "1"
+        older = IDS.next_id()
+        await tweets.record_liked(user, tweet, IDS.next_id(), False)
+        await tweets.record_liked(user, tweet, older, True)  # an older event arriving late changes nothing
+        assert await state(redis, key, tweet) == "0"
+        assert 0 < await redis.pttl(key) <= 60_000
+
+        await redis.delete(key)  # expired or evicted between the token and the fill
+        await tweets.fill_liked(user, token, [tweet], {tweet})
+        assert await redis.exists(key) == 0
+    finally:
+        await redis.delete(key)

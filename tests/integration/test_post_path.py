@@ -1,0 +1,108 @@
+"""tweet_svc's post path against the real stores: the batch a post writes, and
+one Idempotency-Key posted at once through two processes' worth of tweet_svc."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from common.cache import RedisClient
+from common.cql import CqlSession
+from common.ids import IdGenerator, id_time_ms
+from common.kafka import TOPIC_TWEETS, AsyncProducer
+from common.outbox import Event, Outbox
+from tests.conftest import KAFKA, unique_name
+from tweet_svc.cache import TweetCache
+from tweet_svc.domain import Tweets, Usernames
+from tweet_svc.store import TweetRecord, TweetStore
+
+
+class RecordingCql:
+    """The real session, keeping the statements of every batch it runs."""
+
+    def __init__(self, cql: CqlSession) -> None:
+        self._cql = cql
+        self.batches: list[list[bytes]] = []
+
+    async def prepare(self, query: str, idempotent: bool | None = None) -> Any:
+        return await self._cql.prepare(query, idempotent)
+
+    async def execute(self, statement: Any, params: Any = None) -> list[Any]:
+        if hasattr(statement, "_statements_and_parameters"):
+            self.batches.append([query_id for _, query_id, _ in statement._statements_and_parameters])
+        return await self._cql.execute(statement, params)
+
+
+def new_author(edge: httpx.Client) -> int:
+    reply = edge.post("/v1/users", json={"username": unique_name("pp"), "password": "post path pw"})
+    assert reply.status_code == 200, reply.text
+    return int(reply.json()["user"]["user_id"])
+
+
+async def tweets_of(cql: CqlSession, producer: AsyncProducer, redis: RedisClient, instance: int) -> Tweets:
+    """tweet_svc's domain wired to the real stores as its main.py does (one per "process")."""
+    outbox = Outbox(cql, producer)
+    await outbox.prepare()
+    store = TweetStore(cql, outbox)
+    await store.prepare()
+
+    async def username(user_id: int) -> str:
+        return f"author{user_id}"
+
+    return Tweets(store, TweetCache(redis, 60, 30, 30), outbox, producer, Usernames(username), IdGenerator(instance))
+
+
+async def test_the_bucket_row_is_written_once_per_store_and_every_tweet_is_listed(
+    cql: CqlSession, edge: httpx.Client
+) -> None:
+    author = new_author(edge)
+    recording = RecordingCql(cql)
+    outbox = Outbox(cql, None)
+    await outbox.prepare()
+    store = TweetStore(recording, outbox)  # type: ignore[arg-type]
+    await store.prepare()
+    other = TweetStore(cql, outbox)  # another process, which has not written the row yet
+    await other.prepare()
+    ids = IdGenerator(915)
+    bucket_row = store._q["insert_bucket"].query_id
+
+    async def post(into: TweetStore) -> int:
+        tweet_id = ids.next_id()
+        created = datetime.fromtimestamp(id_time_ms(tweet_id) / 1000, UTC)
+        record = TweetRecord(tweet_id, author, f"author{author}", "bucket", created)
+        payload = {
+            "type": "tweet_created",
+            "tweet_id": tweet_id,
+            "author_id": author,
+            "created_at_ms": id_time_ms(tweet_id),
+        }
+        await into.insert_tweet(record, Event(ids.next_id(), TOPIC_TWEETS, author, payload))
+        return tweet_id
+
+    posted = [await post(store), await post(store), await post(other), await post(store)]
+    with_row = [bucket_row in b for b in recording.batches]
+    assert with_row == [True, False, False], with_row
+    assert await store.author_tweet_ids(author, 10, None) == sorted(posted, reverse=True)
+
+
+async def test_one_key_posted_at_once_through_two_instances_makes_one_tweet(
+    cql: CqlSession, redis: RedisClient, edge: httpx.Client
+) -> None:
+    author = new_author(edge)
+    producer = AsyncProducer(KAFKA, "tests-post-path")
+    try:
+        first, second = await tweets_of(cql, producer, redis, 916), await tweets_of(cql, producer, redis, 917)
+        key = f"race-{secrets.token_hex(6)}"
+        posts = await asyncio.gather(*(t.create(author, "once", key) for t in [first, second] * 5))
+        assert len({p.tweet_id for p in posts}) == 1, posts
+        assert await first.recent_ids([author], 0, 10) == [(posts[0].tweet_id, author)]
+        again = await second.create(author, "once", key)
+        assert again.tweet_id == posts[0].tweet_id
+        fresh = await first.create(author, "twice", key + "-2")
+        assert fresh.tweet_id != posts[0].tweet_id
+    finally:
+        producer.close()

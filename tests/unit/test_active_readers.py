@@ -1,0 +1,178 @@
+"""Push only to those who read (feed_svc/activity.py): the fan-out worker skips
+followers who have not read for the window, drops their Redis timeline, and
+their next read rebuilds it with the same tweets an active follower has; a
+missing or lost record means "push". Real Fanout, HomeFeed and FeedCache over
+the in-memory fakes of test_feed_rules."""
+
+from __future__ import annotations
+
+import time
+from typing import cast
+
+from common.keys import feed_key
+from feed_svc.activity import (
+    DAY_SECONDS,
+    RECORD_EVERY_SECONDS,
+    RECORD_TTL_SECONDS,
+    ActiveReaders,
+    ReadMarks,
+    read_record_key,
+    rebuilt_timeline,
+    split_by_activity,
+)
+from feed_svc.fanout import Fanout
+from feed_svc.store import TimelineStore
+from tests.unit.test_feed_rules import THRESHOLD, World, newest_first
+
+WINDOW_DAYS = 30.0
+AUTHOR, ACTIVE, AWAY, NEWCOMER = 101, 201, 202, 203
+
+
+class WallClock:
+    """The worker's clock; it starts at the wall clock feed_svc's reads record with."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reading_world() -> tuple[World, WallClock]:
+    """A World whose fan-out worker pushes only to readers."""
+    world = World()
+    clock = WallClock()
+    world.fanout = Fanout(
+        world.cache,
+        cast(TimelineStore, world.store),
+        world.graph.follower_count,
+        world.graph.follower_page,
+        world.tweets.recent_ids,
+        THRESHOLD,
+        activity=ActiveReaders(world.cache, WINDOW_DAYS, clock),
+    )
+    return world, clock
+
+
+def age(world: World, user_id: int, clock: WallClock, days: float) -> None:
+    """The reader's last read was `days` ago (what time passing does to the record)."""
+    world.redis.data[read_record_key(user_id)] = str(int((clock.now - days * DAY_SECONDS) * 1000)).encode()
+
+
+def last_read_ms(world: World, user_id: int) -> int | None:
+    raw = world.redis.data.get(read_record_key(user_id))
+    return None if raw is None else int(raw)
+
+
+# ---- pure rules --------------------------------------------------------------------------
+
+
+def test_followers_are_split_by_their_last_read() -> None:
+    now, window = 10_000_000, 1_000
+    split = split_by_activity([1, 2, 3, 4], [now - 10, None, now - 1_001, now - 1_000], now, window)
+    assert split == ([1, 4], [2], [3])
+
+
+def test_a_reader_is_recorded_at_most_once_per_interval_unless_the_write_failed() -> None:
+    clock = WallClock()
+    marks = ReadMarks(clock=clock)
+    assert marks.due(7) and not marks.due(7)
+    clock.now += RECORD_EVERY_SECONDS - 1
+    assert not marks.due(7)
+    clock.now += 1
+    assert marks.due(7)
+    marks.forget(7)
+    assert marks.due(7)
+
+
+def test_the_memory_of_recorded_readers_is_bounded() -> None:
+    marks = ReadMarks(capacity=2)
+    assert marks.due(1) and marks.due(2) and marks.due(3)
+    assert marks.due(1)  # forgotten, so written again: never skipped by mistake
+
+
+def test_a_rebuilt_timeline_merges_what_was_kept_with_what_was_pulled() -> None:
+    assert rebuilt_timeline([9, 5, 3], [8, 5, 1], size=4) == [9, 8, 5, 3]
+
+
+# ---- the worker ----------------------------------------------------------------------------
+
+
+async def test_a_follower_away_longer_than_the_window_is_not_pushed_to_and_loses_their_cached_timeline() -> None:
+    world, clock = reading_world()
+    for follower in (ACTIVE, AWAY):
+        await world.follow(follower, AUTHOR)
+        await world.page(follower)  # both read once: recorded, timelines built
+    await world.post(AUTHOR)
+    assert feed_key("timeline", AWAY) in world.redis.data
+    age(world, ACTIVE, clock, WINDOW_DAYS - 1)
+    age(world, AWAY, clock, WINDOW_DAYS + 1)
+    stored_before = world.stored(AWAY)
+
+    tweet = await world.post(AUTHOR)
+
+    assert tweet in world.stored(ACTIVE) and tweet in world.cached(ACTIVE)
+    assert world.stored(AWAY) == stored_before  # no CQL write
+    assert feed_key("timeline", AWAY) not in world.redis.data  # dropped: rebuilt at the next read
+
+
+async def test_an_account_without_a_record_is_pushed_to_and_its_clock_starts() -> None:
+    world, clock = reading_world()
+    await world.follow(NEWCOMER, AUTHOR)
+    tweet = await world.post(AUTHOR)
+    assert tweet in world.stored(NEWCOMER)
+    assert last_read_ms(world, NEWCOMER) == int(clock.now * 1000)
+    assert world.redis.ttl_ms[read_record_key(NEWCOMER)] == RECORD_TTL_SECONDS * 1000
+
+    clock.now += 1000
+    await world.post(AUTHOR)  # the clock is not restarted by later pushes
+    assert last_read_ms(world, NEWCOMER) == int((clock.now - 1000) * 1000)
+
+    clock.now += WINDOW_DAYS * DAY_SECONDS  # never read in a whole window: no longer pushed to
+    later = await world.post(AUTHOR)
+    assert later not in world.stored(NEWCOMER)
+
+
+async def test_a_lost_record_means_push() -> None:
+    world, clock = reading_world()
+    await world.follow(AWAY, AUTHOR)
+    age(world, AWAY, clock, WINDOW_DAYS + 1)
+    del world.redis.data[read_record_key(AWAY)]  # Redis lost it
+    tweet = await world.post(AUTHOR)
+    assert tweet in world.stored(AWAY)
+
+
+# ---- the returning reader ------------------------------------------------------------------
+
+
+async def test_a_returning_reader_sees_what_an_active_follower_sees_and_is_pushed_to_again() -> None:
+    world, clock = reading_world()
+    for follower in (ACTIVE, AWAY):
+        await world.follow(follower, AUTHOR)
+        await world.page(follower)
+    before_away = [await world.post(AUTHOR) for _ in range(3)]
+    age(world, AWAY, clock, WINDOW_DAYS + 5)
+    while_away = [await world.post(AUTHOR) for _ in range(4)]
+    assert not set(while_away) & world.stored(AWAY)
+
+    returned = await world.read_through(AWAY, 2)
+
+    assert returned == await world.read_through(ACTIVE, 2)
+    assert returned == newest_first(before_away + while_away)
+    recorded = last_read_ms(world, AWAY)
+    assert recorded is not None and recorded >= int(clock.now * 1000)  # recorded again, so pushed to again
+    assert set(while_away) <= world.cached(AWAY)  # written back to Redis
+
+    after = await world.post(AUTHOR)
+    assert after in world.stored(AWAY) and after in world.cached(AWAY)
+    assert (await world.page(AWAY))[0][0] == after
+
+
+async def test_a_timeline_redis_lost_is_rebuilt_with_the_tweets_pushed() -> None:
+    world, _ = reading_world()
+    await world.follow(ACTIVE, AUTHOR)
+    pushed = [await world.post(AUTHOR) for _ in range(5)]
+    first = (await world.page(ACTIVE))[0]
+    world.redis.data.pop(feed_key("timeline", ACTIVE))
+    world.store.rows.pop(ACTIVE)  # nor does the CQL copy hold it: the pull alone rebuilds it
+    assert (await world.page(ACTIVE))[0] == first == newest_first(pushed)
