@@ -18,7 +18,7 @@ OPENAPI_CONFIG := protos/openapi.yaml
 OPENAPI_OPTS := allow_merge=true,merge_file_name=chirp,json_names_for_fields=false,ignore_go_package_option=true,openapi_configuration=$(OPENAPI_CONFIG)
 OUR_CODE := common graph_svc tweet_svc feed_svc rank_svc infra envoy tests bench
 
-.PHONY: help up down status clean proto check lint test test-unit test-cluster chaos deps seed bench bench-full bench-tools
+.PHONY: help up down status clean proto check lint test test-unit test-cluster chaos deps seed bench bench-full bench-tools capacity
 
 help:
 	@echo "make up      start the whole stack (installs what it needs); CHIRP_TOPOLOGY=cluster make up for 3+3+6 store nodes"
@@ -29,7 +29,8 @@ help:
 	@echo "make down    stop everything make up started (data is kept)"
 	@echo "make clean   stop and wipe all state (data, logs, keys)"
 	@echo "make seed    load a synthetic social graph (SEED_ARGS='--users 10000 --edges 200000' for a small one)"
-	@echo "make bench   quick benchmark run (under 2 minutes); make bench-full for all rates and fan-out strategies"
+	@echo "make bench   quick benchmark run (a few minutes; seeds a small graph when there is none); make bench-full for all rates and fan-out strategies"
+	@echo "make capacity  docs/CAPACITY.md: the seeds' load priced from the latest bench results (no stack needed)"
 	@echo "make proto   regenerate generated/ (Python stubs, descriptor set, OpenAPI) from protos/"
 
 # ---- installation ------------------------------------------------------------
@@ -146,10 +147,20 @@ seed: deps bench-tools
 	$(BENCH_ENV) $(PY) -m infra.stack up
 	$(PY) -m bench.seed $(SEED_ARGS)
 
+# Without a seeded graph the bench seeds one: SEED_ARGS if given, else a small one (bench/run.py).
+BENCH_SEED = $(if $(SEED_ARGS),--seed-args "$(SEED_ARGS)")
+
 bench: deps bench-tools
 	$(BENCH_ENV) $(PY) -m infra.stack up
-	$(BENCH_ENV) $(PY) -m bench.run --quick $(BENCH_ARGS)
+	$(BENCH_ENV) $(PY) -m bench.run --quick $(BENCH_SEED) $(BENCH_ARGS)
 
 bench-full: deps bench-tools
 	$(BENCH_ENV) $(PY) -m infra.stack up
-	$(BENCH_ENV) $(PY) -m bench.run --strategies $(BENCH_ARGS)
+	$(BENCH_ENV) $(PY) -m bench.run --strategies $(BENCH_SEED) $(BENCH_ARGS)
+
+# Report only: measures bytes per timeline entry on the stack when it is up, else
+# reuses the last measurement or a named assumption (CAPACITY_ARGS=--no-gather skips it).
+CAPACITY_ARGS ?=
+
+capacity: $(VENV)/.stamp
+	$(PY) -m bench.capacity $(CAPACITY_ARGS)

@@ -6,10 +6,18 @@ Scenarios: (a) cached home-feed read through Envoy REST and gRPC; (b) tweet
 post; (c) fan-out delivery lag (post to visible in a follower's feed) under a
 background post load; (d) a celebrity post read by its followers; (e) mixed
 60% home feed / 30% user timeline / 10% post; (f) the raw Redis and CQL calls
-one cached home-feed read needs, from Python, as the baseline. With
---strategies, hybrid, push-all and pull-all fan-out are compared on the same
-graph. Results go to bench/results/ (JSON, Markdown, PNG) and the table into
+one cached home-feed read needs, from Python, as the baseline; (j) cold
+start: Redis emptied, then a minute of mixed reads. With --strategies,
+hybrid, push-all and pull-all fan-out are compared on the same graph.
+Results go to bench/results/ (JSON, Markdown, PNG) and the table into
 docs/BENCHMARKS.md.
+
+The feed reads (a) climb a ladder of rates until a step fails the saturation
+rule (bench/load.py, SATURATION_RULE), then run one overload step at twice the
+saturation rate. CPU per read is given gross and net of the idle stack's CPU,
+measured once for IDLE_SECONDS before the first load step. Without a seeded
+graph (no manifest, or its users gone from the store) a small one is seeded
+first (--seed-args).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,25 +39,43 @@ from typing import Any
 
 import httpx
 
-from bench import baseline, report
-from bench.load import Stats, grpc_load, http_load
+from bench import baseline, coldstart, report, seed, threshold
+from bench import idle as idle_probe
+from bench.load import (
+    SATURATION_RULE,
+    Outcome,
+    Stats,
+    grpc_run,
+    http_load,
+    http_run,
+    overload_stats,
+    saturation,
+    summarize,
+    windows,
+    within_capacity,
+)
 from infra import topology
 
 ROOT = Path(__file__).resolve().parent.parent
-MANIFEST = ROOT / ".state" / "bench" / "seed.json"
 RESULTS = ROOT / "bench" / "results"
 EDGE = f"http://{topology.HOST}:{topology.EDGE_PORT}"
 GRPC_EDGE = f"{topology.HOST}:{topology.EDGE_PORT}"
+SMALL_GRAPH = "--users 10000 --edges 200000"
+IDLE_SECONDS = 10.0
+# Between a step past saturation and the next one, so its queues drain first.
+SETTLE_SECONDS = 3.0
 
 
 class Bench:
-    def __init__(self, quick: bool) -> None:
+    def __init__(self, quick: bool, manifest: dict[str, Any]) -> None:
         self.quick = quick
-        self.manifest = json.loads(MANIFEST.read_text())
+        self.manifest = manifest
         self.client = httpx.Client(base_url=EDGE, timeout=10)
         self.rng = random.Random(11)
         self.seconds = 5.0 if quick else 12.0
+        self.overload_seconds = 10.0 if quick else 20.0
         self.tokens: dict[int, str] = {}
+        self.idle: dict[str, Any] | None = None
 
     # ---- accounts -----------------------------------------------------------------
 
@@ -76,26 +103,75 @@ class Bench:
         for _, token in readers:
             self.client.get("/v1/feed", headers=_auth(token))
 
+    def idle_cores(self) -> dict[str, float]:
+        """The idle stack's CPU by component, measured once, before the first load step."""
+        if self.idle is None:
+            time.sleep(1)  # let the warm-up's last requests finish
+            window = idle_probe.measure(IDLE_SECONDS)
+            by_component = sorted(idle_probe.by_component(window.per_process).items(), key=lambda kv: -kv[1])
+            self.idle = {
+                "seconds": round(window.seconds, 1),
+                "cores": round(sum(c for _, c in by_component), 4),
+                "cores_by_component": {name: round(c, 4) for name, c in by_component},
+                # Anything here means the window was not quite idle (other traffic, a restart).
+                # Envoy's counter starts again when it restarts: unknown then.
+                "edge_requests": window.requests if window.requests is None or window.requests >= 0 else None,
+                "restarted": window.restarted,
+            }
+            parts = ", ".join(f"{n} {c * 100:.1f}%" for n, c in by_component if c >= 0.001)
+            print(
+                f"   idle stack over {self.idle['seconds']} s: {self.idle['cores'] * 100:.1f}% of a core ({parts}); "
+                f"edge requests meanwhile: {self.idle['edge_requests']}, "
+                f"restarted: {', '.join(window.restarted) or 'none'}",
+                flush=True,
+            )
+        cores: dict[str, float] = self.idle["cores_by_component"]
+        return cores
+
+    def ladder(self, run: Callable[[float, float], Outcome], rates: list[int]) -> list[Stats]:
+        """Steps up the rates until one fails the saturation rule, then one overload
+        step at twice the saturation rate (twice the lowest rate when even that failed)."""
+        idle = self.idle_cores()
+        steps: list[Stats] = []
+        for rate in rates:
+            steps.append(summarize(run(rate, self.seconds), idle))
+            print("   " + _describe(steps[-1]), flush=True)
+            if not within_capacity(steps[-1]):
+                break
+        at_saturation = saturation(steps)
+        base = at_saturation or steps[0]
+        time.sleep(SETTLE_SECONDS)
+        outcome = run(2 * base.offered_rps, self.overload_seconds)
+        over = summarize(outcome, idle, step="overload")
+        over.overload = {
+            "saturation_rps": at_saturation.offered_rps if at_saturation else None,
+            # The ladder ended before any step failed: the stack saturates higher still.
+            "saturation_is_lower_bound": at_saturation is steps[-1] and len(steps) == len(rates),
+            "rule": SATURATION_RULE,
+            **overload_stats(outcome, at_saturation.achieved_rps if at_saturation else None),
+        }
+        print("   " + _describe(over), flush=True)
+        time.sleep(SETTLE_SECONDS)
+        return [*steps, over]
+
     # ---- scenarios ---------------------------------------------------------------
 
     def feed_rest(self) -> list[Stats]:
         readers = self.readers(100 if self.quick else 400)
         self.warm(readers)
         targets = [_get("/v1/feed?page_size=20", token) for _, token in readers]
-        rates = [100, 200] if self.quick else [50, 100, 150, 200, 250]
-        return [http_load(targets, rate, self.seconds) for rate in rates]
+        rates = [100, 200, 400] if self.quick else [50, 100, 200, 300, 400, 500, 600]
+        return self.ladder(lambda rate, seconds: http_run(targets, rate, seconds), rates)
 
     def feed_grpc(self) -> list[Stats]:
         readers = self.readers(1)
         self.warm(readers)
         metadata = {"authorization": f"Bearer {readers[0][1]}"}
-        rates = [100, 200] if self.quick else [100, 200, 300, 400]
-        return [
-            grpc_load(
-                "chirp.feed.v1.FeedService.GetHomeFeed", {"page_size": 20}, metadata, GRPC_EDGE, rate, self.seconds
-            )
-            for rate in rates
-        ]
+        rates = [100, 200, 400, 600] if self.quick else [100, 200, 300, 400, 500, 600, 800]
+        call = "chirp.feed.v1.FeedService.GetHomeFeed"
+        return self.ladder(
+            lambda rate, seconds: grpc_run(call, {"page_size": 20}, metadata, GRPC_EDGE, rate, seconds), rates
+        )
 
     def post(self) -> list[Stats]:
         authors = self.authors(50 if self.quick else 200)
@@ -130,6 +206,9 @@ class Bench:
 
     def celebrity(self) -> dict[str, Any]:
         """The top celebrity posts; how soon its followers see it (pulled), and their read latency."""
+        if not self.manifest["celebrities"]:
+            threshold = self.manifest["celebrity_threshold"]
+            return {"skipped": f"no user of the seeded graph has {threshold} followers (the celebrity threshold)"}
         celeb = self.manifest["celebrities"][0]
         ((_, celeb_token),) = self.login([celeb])
         followers = self.readers(100 if self.quick else 300)
@@ -174,6 +253,77 @@ class Bench:
         readers = self.readers(100 if self.quick else 400)
         self.warm(readers)
         return asyncio.run(baseline.measure([uid for uid, _ in readers], 500 if self.quick else 3000))
+
+    def cold_start(self) -> dict[str, Any]:
+        """Redis emptied, then a minute of mixed reads, as after a restart or a lost
+        Redis node: errors and latency per 10 s window."""
+        readers = self.readers(400 if self.quick else 1000)
+        feeds = [_get("/v1/feed?page_size=20", token) for _, token in readers]
+        # 80% home feeds: one user timeline (of a distinct author) for every four feeds.
+        authors = self.manifest["authors"][: max(1, len(feeds) // 4)]
+        timelines = [_get(f"/v1/users/{a['user_id']}/tweets?page_size=20", None) for a in authors]
+        targets = feeds + timelines
+        self.rng.shuffle(targets)
+        flushed = coldstart.flush_redis()
+        print(f"   emptied Redis ({', '.join(flushed)})", flush=True)
+        outcome = http_run(targets, coldstart.RATE, coldstart.SECONDS)
+        total = summarize(outcome, self.idle["cores_by_component"] if self.idle else None, step="cold start")
+        per_window = windows(outcome, coldstart.WINDOW_SECONDS)
+        for w in per_window:
+            print(
+                f"   {w['from_s']:>4.0f}-{w['to_s']:.0f} s: {w['requests']} requests, {w['errors']} errors"
+                f"{_statuses(w['statuses'])}, p50 {w['p50_ms']} ms, p99 {w['p99_ms']} ms",
+                flush=True,
+            )
+        return {
+            "rate_rps": coldstart.RATE,
+            "seconds": coldstart.SECONDS,
+            "mix": f"{len(feeds)} home feeds, {len(timelines)} user timelines (round robin, shuffled)",
+            "flushed": flushed,
+            "windows": per_window,
+            "total": total.row(),
+        }
+
+    def threshold_curve(self) -> dict[str, Any]:
+        """What one post's push costs against its author's follower count (bench/threshold.py)."""
+        authors = threshold.pick_authors(
+            [a for a in self.manifest["authors"] if int(a["followers"]) < self.manifest["celebrity_threshold"]]
+        )
+
+        def post(author: Mapping[str, Any]) -> None:
+            ((_, token),) = self.login([dict(author)])
+            reply = self.client.post("/v1/tweets", json={"text": "threshold curve"}, headers=_auth(token))
+            reply.raise_for_status()
+
+        points = threshold.measure_push(post, authors)
+        following = [int(r["following"]) for r in self.manifest["readers"]]
+        result = threshold.curve(points, threshold.latest_strategies(RESULTS), statistics.fmean(following))
+        for p in points:
+            print(f"   {p.followers} followers: {p.pushed} pushed in {p.fanout_ms} ms, {p.cpu_ms} ms CPU", flush=True)
+        return result
+
+    def returning_reader(self) -> dict[str, Any]:
+        """Readers away longer than CHIRP_ACTIVE_DAYS: their first read rebuilds the timeline
+        (pulled and merged); the second is an ordinary cached read."""
+        readers = self.readers(40 if self.quick else 200)
+        self.warm(readers)
+        threshold.send_away([uid for uid, _ in readers], days=400)
+        first: list[float] = []
+        second: list[float] = []
+        for _, token in readers:
+            for into in (first, second):
+                started = time.monotonic()
+                self.client.get("/v1/feed?page_size=20", headers=_auth(token)).raise_for_status()
+                into.append((time.monotonic() - started) * 1000)
+        first.sort()
+        second.sort()
+        return {
+            "readers": len(readers),
+            "first_read_p50_ms": round(statistics.median(first), 1),
+            "first_read_p99_ms": round(first[min(len(first) - 1, int(0.99 * len(first)))], 1),
+            "next_read_p50_ms": round(statistics.median(second), 1),
+            "next_read_p99_ms": round(second[min(len(second) - 1, int(0.99 * len(second)))], 1),
+        }
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -220,6 +370,31 @@ class Bench:
         return False
 
 
+def _statuses(counts: dict[str, int] | None) -> str:
+    return f" ({', '.join(f'{code}: {n}' for code, n in counts.items())})" if counts else ""
+
+
+def _describe(step: Stats) -> str:
+    """One line for the console."""
+    line = (
+        f"{step.offered_rps:.0f} req/s{' (overload)' if step.step == 'overload' else ''}: "
+        f"{step.achieved_rps:.0f} ok/s, {step.errors} errors{_statuses(step.statuses)}, "
+        f"p50 {step.p50_ms} ms, p99 {step.p99_ms} ms; CPU per read {step.stack_cpu_ms_per_req} ms gross, "
+        f"{step.net_stack_cpu_ms_per_req} net"
+    )
+    if step.restarted:
+        line += f" (restarted meanwhile, CPU left out: {', '.join(step.restarted)})"
+    if step.overload:
+        o = step.overload
+        line += (
+            f"; saturation {o['saturation_rps']} req/s, goodput {o['goodput_rps']}/s "
+            f"({o['goodput_vs_peak']} of peak), shed {o['shed_per_s']}/s (p50 {o['shed_p50_ms']} ms, "
+            f"p99 {o['shed_p99_ms']} ms; every non-2xx p99 {o['non_2xx_p99_ms']} ms), "
+            f"excess shed within 50 ms: {o['excess_shed_within_50ms']}"
+        )
+    return line
+
+
 def _auth(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
@@ -241,7 +416,12 @@ SCENARIOS = {
     "d_celebrity": Bench.celebrity,
     "e_mixed": Bench.mixed,
     "f_baseline": Bench.baseline,
+    "k_threshold_curve": Bench.threshold_curve,
+    "l_returning_reader": Bench.returning_reader,
 }
+# Empties Redis, so it runs after everything else (the fan-out strategies too).
+LAST = {"j_cold_start": Bench.cold_start}
+LADDERS = ("a_feed_rest", "a_feed_grpc")
 
 
 def run_strategies(bench: Bench) -> dict[str, Any]:
@@ -252,15 +432,15 @@ def run_strategies(bench: Bench) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short runs, fewer rates (under 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short runs, fewer rates (a few minutes)")
     parser.add_argument("--only", default="", help="comma-separated scenario prefixes, e.g. a,f")
     parser.add_argument("--strategies", action="store_true", help="also compare hybrid, push-all and pull-all")
     parser.add_argument("--label", default="", help="a name for this run (e.g. before-uvloop)")
+    parser.add_argument(
+        "--seed-args", default=SMALL_GRAPH, help=f"bench.seed arguments when there is no seeded graph ({SMALL_GRAPH})"
+    )
     args = parser.parse_args()
-    if not MANIFEST.exists():
-        print("no seeded graph: run `make seed` first", file=sys.stderr)
-        return 1
-    bench = Bench(args.quick)
+    bench = Bench(args.quick, seed.ensure_seeded(args.seed_args.split()))
     wanted = [p for p in args.only.split(",") if p]
     results: dict[str, Any] = {
         "label": args.label or ("quick" if args.quick else "full"),
@@ -273,18 +453,29 @@ def main() -> int:
         "seed": {k: bench.manifest[k] for k in ("users", "edges", "tweets")},
         "scenarios": {},
     }
-    for name, scenario in SCENARIOS.items():
-        if wanted and not any(name.startswith(p) for p in wanted):
-            continue
-        print(f"== {name}", flush=True)
-        started = time.monotonic()
-        outcome = scenario(bench)
-        value = [s.row() for s in outcome] if isinstance(outcome, list) else outcome
-        results["scenarios"][name] = value
-        print(json.dumps(value, default=str)[:600], flush=True)
-        print(f"   ({time.monotonic() - started:.0f}s)", flush=True)
+
+    def run(scenarios: Mapping[str, Callable[[Bench], Any]]) -> None:
+        for name, scenario in scenarios.items():
+            if wanted and not any(name.startswith(p) for p in wanted):
+                continue
+            print(f"== {name}", flush=True)
+            started = time.monotonic()
+            outcome = scenario(bench)
+            value = [s.row() for s in outcome] if isinstance(outcome, list) else outcome
+            results["scenarios"][name] = value
+            if name not in LADDERS and name not in LAST:  # those print a line per step as they go
+                print(json.dumps(value, default=str)[:600], flush=True)
+            print(f"   ({time.monotonic() - started:.0f}s)", flush=True)
+
+    run(SCENARIOS)
     if args.strategies:
         results["strategies"] = run_strategies(bench)
+    run(LAST)
+    if bench.idle is not None:
+        results["idle"] = bench.idle
+    curve = results["scenarios"].get("k_threshold_curve")
+    if curve and curve.get("points"):
+        print(f"plot: {threshold.plot(curve, RESULTS / (results['label'] + '-threshold.png')).relative_to(ROOT)}")
     # Only a run of every scenario replaces the table in docs/BENCHMARKS.md.
     path = report.write(results, RESULTS, update_doc=not wanted)
     print(f"results: {path.relative_to(ROOT)}")

@@ -264,6 +264,38 @@ async def seed(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def _usernames_taken(usernames: list[str]) -> list[bool]:
+    cql = await CqlSession.connect([topology.HOST], topology.CQL_PORT, "chirp", 30.0)
+    try:
+        query = "SELECT user_id FROM users_by_name WHERE username_key = %s"
+        return [bool(await cql.execute(query, (name.lower(),))) for name in usernames]
+    finally:
+        cql.close()
+
+
+def ensure_seeded(argv: list[str]) -> dict[str, Any]:
+    """The manifest of the seeded graph. With none, or one whose users are no longer
+    in the store (the data was wiped, the manifest kept), seeds a graph with `argv`."""
+    if MANIFEST.exists():
+        manifest: dict[str, Any] = json.loads(MANIFEST.read_text())
+        probe = next((u["username"] for u in (*manifest["readers"], *manifest["authors"])), None)
+        if probe and asyncio.run(_usernames_taken([probe]))[0]:
+            return manifest
+        print(f"the graph in {MANIFEST.relative_to(ROOT)} is gone from the store: seeding one", flush=True)
+    else:
+        print(f"no seeded graph: seeding one ({' '.join(argv)})", flush=True)
+    # A graph whose manifest was lost still holds its usernames: take a prefix no user
+    # has. Letters, not digits, after the "s": prefix s1's users would be s's s10, s11...
+    prefixes = ["s", *(f"s{letter}" for letter in "abcdefghij")]
+    taken = asyncio.run(_usernames_taken([f"{p}0" for p in prefixes]))
+    prefix = next((p for p, used in zip(prefixes, taken, strict=True) if not used), None)
+    if prefix is None:
+        raise SystemExit(f"every seed prefix ({', '.join(prefixes)}) is taken: `make clean` first")
+    main([*argv, "--prefix", prefix])
+    loaded: dict[str, Any] = json.loads(MANIFEST.read_text())
+    return loaded
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100_000)
