@@ -107,17 +107,19 @@ SHARDS_HELD = Gauge("chirp_outbox_relay_shards", "Outbox shards this process rel
 @dataclass(frozen=True)
 class RelaySettings:
     interval_seconds: float = 2.0  # between passes while they find work (or a fast-path send failed)
+    # A fast-path failure wakes the loop at once, but woken passes stay this far apart:
+    # while Kafka is down every post fails its fast path.
+    wake_gap_seconds: float = 0.5
     # The longest gap between passes while they find nothing. A pass also renews
     # the leases, so passes come at least every lease_renew_seconds anyway.
-    idle_interval_seconds: float = 6.0
+    idle_interval_seconds: float = 5.0
     min_age_ms: int = 5_000  # the fast path's chance before the relay sends an event
     settle_ms: int = 60_000  # a write landing later than this after its id was made is the fast path's alone
     sweep_seconds: float = 30.0
     lease_ttl_seconds: int = 15
-    # A third of the lease and a little more: one renewal may fail and the next
-    # still comes before lease_margin_ms. Passes used to come every 2 s, so the
-    # renewal rode on every third: every 6 s in fact.
-    lease_renew_seconds: float = 6.0
+    # A third of the lease: one renewal may fail and the next (5 s later, plus
+    # the pass itself) still comes before lease_ttl - lease_margin_ms = 12 s.
+    lease_renew_seconds: float = 5.0
     lease_margin_ms: int = 3_000  # stop relaying this long before the store lets the lease go
     batch: int = 500  # ids read, and events sent together, per step
     # Per shard and pass, so one shard's backlog does not hold up the others and
@@ -312,6 +314,7 @@ class Outbox:
         try:
             while True:
                 self._wake.clear()
+                started = time.monotonic()
                 found = True  # a failing pass is tried again at the busy pace
                 try:
                     count = await self.send_failed()
@@ -327,6 +330,9 @@ class Outbox:
                 delay = min(backoff.after(found) * random.uniform(0.8, 1.2), due)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
+                gap = self._settings.wake_gap_seconds - (time.monotonic() - started)
+                if gap > 0:
+                    await asyncio.sleep(gap)
         finally:
             # Hand the shards over now rather than when the leases expire.
             with contextlib.suppress(Exception):

@@ -132,6 +132,10 @@ class EdgeSettings:
     # still does 100 reads/s (64 let queues grow past it on a busy machine,
     # and a timed-out try is retried: more load exactly when there is too much).
     max_requests: int = 32
+    # The same for the argon2 calls (sign-up, login, password change), which go to a
+    # cluster of their own over the same instances: a burst of them, each tens of
+    # milliseconds of CPU, sheds only them, never the service's other calls.
+    max_slow_requests: int = 8
     # Every access log line of a non-2xx reply (or a gRPC error) is written;
     # successful ones only this percentage (runtime key chirp.access_log.success_percent).
     access_log_success_percent: int = 10
@@ -150,6 +154,7 @@ class EdgeSettings:
             max_request_bytes=num("CHIRP_EDGE_MAX_REQUEST_BYTES", base.max_request_bytes),
             trusted_hops=num("CHIRP_EDGE_TRUSTED_HOPS", base.trusted_hops),
             max_requests=num("CHIRP_EDGE_MAX_REQUESTS", base.max_requests),
+            max_slow_requests=num("CHIRP_EDGE_MAX_SLOW_REQUESTS", base.max_slow_requests),
             access_log_success_percent=num("CHIRP_EDGE_ACCESS_LOG_SUCCESS_PERCENT", base.access_log_success_percent),
         )
 
@@ -489,7 +494,8 @@ def _route(svc: topology.Service, method: str, settings: EdgeSettings) -> list[d
     path = f"/{svc.grpc_service}/{method}"
     write = method not in RETRYABLE or method in IDEMPOTENT_WRITES
     timeout = settings.write_timeout_s if write or method in SLOW_METHODS else settings.read_timeout_s
-    action: dict[str, Any] = {"cluster": svc.name, "timeout": f"{timeout}s"}
+    cluster = slow_cluster_name(svc) if method in SLOW_METHODS else svc.name
+    action: dict[str, Any] = {"cluster": cluster, "timeout": f"{timeout}s"}
     route: dict[str, Any] = {"match": {"path": path}, "route": action}
     if method in LOGIN_METHODS:
         route["typed_per_filter_config"] = {"envoy.filters.http.local_ratelimit": _rate_limit(settings.login_rps)}
@@ -566,14 +572,36 @@ def _sidecar_cluster(settings: EdgeSettings) -> dict[str, Any]:
     }
 
 
-def _cluster(svc: topology.Service, settings: EdgeSettings) -> dict[str, Any]:
+SLOW_CLUSTER_SUFFIX = "_argon2"
+
+
+def slow_cluster_name(svc: topology.Service) -> str:
+    """The cluster of a service's argon2 calls (SLOW_METHODS): same instances, own limit."""
+    return svc.name + SLOW_CLUSTER_SUFFIX
+
+
+def cluster_service(cluster_name: str) -> str:
+    """The service whose instances a cluster balances over."""
+    return cluster_name.removesuffix(SLOW_CLUSTER_SUFFIX)
+
+
+def _clusters(settings: EdgeSettings) -> list[dict[str, Any]]:
+    clusters = []
+    for svc in topology.SERVICES:
+        clusters.append(_cluster(svc, settings, svc.name, settings.max_requests))
+        if set(SERVICE_DESCRIPTORS[svc.grpc_service].methods_by_name) & SLOW_METHODS:
+            clusters.append(_cluster(svc, settings, slow_cluster_name(svc), settings.max_slow_requests))
+    return clusters
+
+
+def _cluster(svc: topology.Service, settings: EdgeSettings, name: str, max_requests: int) -> dict[str, Any]:
     return {
-        "name": svc.name,
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "lb_policy": "LEAST_REQUEST",
         "typed_extension_protocol_options": _h2_options(),
-        "load_assignment": _static_endpoints(svc.name, [inst.port for inst in topology.instances(svc)]),
+        "load_assignment": _static_endpoints(name, [inst.port for inst in topology.instances(svc)]),
         # Active health: NOT_SERVING (dependency down, or draining on SIGTERM)
         # takes an instance out within about two seconds.
         "health_checks": [
@@ -604,8 +632,8 @@ def _cluster(svc: topology.Service, settings: EdgeSettings) -> dict[str, Any]:
                     "max_connections": 1024,
                     # Over max_requests (or waiting for a connection) the edge sheds
                     # at once: a 503 with Retry-After (local_replies, flag UO).
-                    "max_pending_requests": settings.max_requests,
-                    "max_requests": settings.max_requests,
+                    "max_pending_requests": max_requests,
+                    "max_requests": max_requests,
                     # Retries in flight at most a tenth of the requests in flight
                     # (3 when nearly idle): an overload cannot be amplified by
                     # more than that, and an overflow is never retried.
@@ -782,7 +810,7 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
                     ],
                 }
             ],
-            "clusters": [*(_cluster(svc, settings) for svc in topology.SERVICES), _sidecar_cluster(settings)],
+            "clusters": [*_clusters(settings), _sidecar_cluster(settings)],
         },
     }
 

@@ -25,6 +25,7 @@ timeline of everyone it skips, and a missing timeline is always rebuilt.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -133,10 +134,13 @@ RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]
 
 async def pull_recent(recent_ids: RecentIds, authors: Sequence[int], depth: int = REBUILD_DEPTH) -> list[int]:
     """The newest `depth` tweet ids of each author, in calls tweet_svc accepts."""
-    pulled: list[int] = []
-    for start in range(0, len(authors), AUTHORS_PER_PULL):
-        pulled += [t for t, _ in await recent_ids(authors[start : start + AUTHORS_PER_PULL], 0, depth)]
-    return pulled
+    replies = await asyncio.gather(
+        *(
+            recent_ids(authors[start : start + AUTHORS_PER_PULL], 0, depth)
+            for start in range(0, len(authors), AUTHORS_PER_PULL)
+        )
+    )
+    return [t for reply in replies for t, _ in reply]
 
 
 def rebuilt_timeline(stored: Sequence[int], pulled: Sequence[int], size: int) -> list[int]:

@@ -212,7 +212,7 @@ class HomeFeed:
             want = page_size + 1 - len(results)
             ask = next_ask(ask, want)
             pushed, pulled = await asyncio.gather(
-                self._pushed(user_id, cursor, ask), self._pulled(user_id, celebrities, cursor, want)
+                self._pushed(user_id, cursor, ask, following), self._pulled(user_id, celebrities, cursor, want)
             )
             horizon = max(pulled.horizon, pushed[-1] if len(pushed) >= ask else 0)
             merged = [t for t in merge(pushed, pulled.ids, before=cursor) if t >= horizon]
@@ -265,21 +265,32 @@ class HomeFeed:
             return set()
         return set(await self._registry.members() & set(author_ids))
 
-    async def _pushed(self, user_id: int, before: int | None, limit: int) -> list[int]:
+    async def _pushed(
+        self, user_id: int, before: int | None, limit: int, following: Sequence[tuple[int, int]]
+    ) -> list[int]:
         ids = await self._cache.timeline(user_id, before, limit)
         if ids is not None:
             TIMELINE_READS.labels("hit").inc()
             return ids
         TIMELINE_READS.labels("miss").inc()
-        rebuilt = await self._timeline_loads.load(user_id, lambda: self._rebuild_timeline(user_id))
+        # The follow list comes from the caller: a rebuild holds a rebuild slot, and
+        # waiting in it for another load that waits for a slot could deadlock them all.
+        followed = list(following)
+        rebuilt = await self._timeline_loads.load(user_id, lambda: self._rebuild_timeline(user_id, followed))
         return [t for t in rebuilt if before is None or t < before][:limit]
 
-    async def _rebuild_timeline(self, user_id: int) -> list[int]:
-        # Redis lost it, or the reader was away and not pushed to (feed_svc/activity.py):
-        # recorded as read first, so every tweet handled after the pull is pushed.
-        await self._cache.mark_read(user_id)
-        following, _ = await self.following(user_id)
-        pushed_authors = [a for a, count in following if count < self._threshold]
+    async def _rebuild_timeline(self, user_id: int, following: Sequence[tuple[int, int]]) -> list[int]:
+        """Redis lost the timeline, or the reader was away and not pushed to
+        (feed_svc/activity.py): the durable copy merged with the newest tweets of every
+        followed account that is pushed, not pulled: every one `page` does not pull
+        (celebrities by their follower count or the registry)."""
+        # Recorded as read first, so every tweet handled after the pull is pushed.
+        if not await self._cache.mark_read(user_id):
+            # Redis does not answer (down, or its pool is full): the durable copy alone, as
+            # before active readers, and nothing written, so the next read rebuilds in full.
+            return await self._store.read(user_id, self._timeline_size)
+        marked = await self._registry.members()
+        pushed_authors = [a for a, count in following if count < self._threshold and a not in marked]
         stored, pulled = await asyncio.gather(
             self._store.read(user_id, self._timeline_size), pull_recent(self._recent_ids, pushed_authors)
         )

@@ -122,10 +122,10 @@ class Tweets:
             created_at=datetime.fromtimestamp(created_ms // 1000, UTC).replace(microsecond=created_ms % 1000 * 1000),
         )
         event = self._tweet_event("tweet_created", tweet)
-        # The author's recent ids get the id while the batch is written rather than
-        # after it (both before the acknowledgement): an id whose write failed is
-        # harmless there, every read drops an id without a body.
-        await asyncio.gather(self._store.insert_tweet(tweet, event), self._cache.add_recent(author_id, tweet_id))
+        await self._store.insert_tweet(tweet, event)
+        # Only once the write succeeded: a timeline rebuilt from the recent ids would keep
+        # the id of a failed post for good (feed_svc/activity.py).
+        await self._cache.add_recent(author_id, tweet_id)
         self._outbox.publish_soon(event)
         return tweet
 

@@ -184,7 +184,8 @@ def build() -> dict[str, Any]:
             cluster["type"] = "STATIC"
             cluster["load_assignment"] = _static_loopback(cluster["name"], render.SIDECAR_PORT)
             continue
-        if cluster["name"] not in api_services:
+        service = render.cluster_service(cluster["name"])
+        if service not in api_services:
             continue
         # Re-resolved every 5 s (Envoy's default; the Cluster field is deprecated):
         # a new pod takes traffic within seconds, a terminating one leaves the
@@ -196,7 +197,7 @@ def build() -> dict[str, Any]:
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": _address(headless_host(cluster["name"]), SERVICE_GRPC_PORT)}}
+                        {"endpoint": {"address": _address(headless_host(service), SERVICE_GRPC_PORT)}}
                     ]
                 }
             ],

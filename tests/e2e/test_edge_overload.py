@@ -28,7 +28,14 @@ from tests.edge import private_edge, render
 
 PORT, ADMIN = 18480, 19941
 # One request in flight per service; successes are not logged, so every line is a failure.
-TINY = replace(render.EdgeSettings(), listen_port=PORT, admin_port=ADMIN, max_requests=1, access_log_success_percent=0)
+TINY = replace(
+    render.EdgeSettings(),
+    listen_port=PORT,
+    admin_port=ADMIN,
+    max_requests=1,
+    max_slow_requests=1,
+    access_log_success_percent=0,
+)
 PASSWORD = "correct horse"
 CALLS = 12
 T = TypeVar("T")

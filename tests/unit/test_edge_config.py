@@ -60,9 +60,10 @@ def test_only_safe_calls_are_retried_and_every_route_has_a_timeout() -> None:
 
 def test_clusters_have_health_checks_outlier_detection_and_a_retry_budget() -> None:
     clusters = {cluster["name"]: cluster for cluster in _config()["static_resources"]["clusters"]}
-    assert set(clusters) == {svc.name for svc in topology.SERVICES} | {render.SIDECAR_CLUSTER}
-    for svc in topology.SERVICES:
-        cluster = clusters[svc.name]
+    slow = {render.slow_cluster_name(svc): svc for svc in topology.SERVICES if svc.name == "graph_svc"}
+    assert set(clusters) == {svc.name for svc in topology.SERVICES} | set(slow) | {render.SIDECAR_CLUSTER}
+    for name, svc in [*((svc.name, svc) for svc in topology.SERVICES), *slow.items()]:
+        cluster = clusters[name]
         assert cluster["lb_policy"] == "LEAST_REQUEST"
         ports = [
             e["endpoint"]["address"]["socket_address"]["port_value"]

@@ -104,6 +104,24 @@ def test_service_clusters_shed_past_max_requests_and_retries_cannot_amplify() ->
     assert retried and all(p["num_retries"] == 1 for p in retried)
 
 
+def test_argon2_calls_have_a_cluster_and_a_limit_of_their_own() -> None:
+    clusters = _clusters(replace(SETTINGS, max_requests=30, max_slow_requests=4))
+    graph = next(svc for svc in topology.SERVICES if svc.name == "graph_svc")
+    slow = clusters[render.slow_cluster_name(graph)]
+    assert slow["circuit_breakers"]["thresholds"][0]["max_requests"] == 4
+    assert clusters["graph_svc"]["circuit_breakers"]["thresholds"][0]["max_requests"] == 30
+    assert slow["load_assignment"]["endpoints"] == [
+        {**group} for group in clusters["graph_svc"]["load_assignment"]["endpoints"]
+    ]
+    routes = {
+        r["match"]["path"]: r for r in _hcm()["route_config"]["virtual_hosts"][0]["routes"] if "path" in r["match"]
+    }
+    for method in render.SLOW_METHODS:
+        assert routes[f"/chirp.graph.v1.GraphService/{method}"]["route"]["cluster"] == slow["name"]
+    # A burst of logins sheds logins only: everything else of graph_svc keeps its own limit.
+    assert routes["/chirp.graph.v1.GraphService/FollowUser"]["route"]["cluster"] == "graph_svc"
+
+
 def test_an_overflow_is_a_503_with_retry_after_in_the_form_each_client_reads() -> None:
     replies = render.local_replies()
     [overflow] = [r for r in replies if r.match == {"response_flag_filter": {"flags": ["UO"]}}]

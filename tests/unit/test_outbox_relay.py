@@ -610,7 +610,7 @@ async def test_idle_relays_paced_as_relay_forever_paces_them_cost_fewer_statemen
     per_second = sum(spent.values()) / seconds
     lwt_per_second = sum(n for name, n in spent.items() if name in LWT) / seconds
     print(f"idle, paced: {per_second:.2f} statements/s ({lwt_per_second:.2f} LWT/s): {dict(spent)}")
-    assert per_second <= 3.5, spent  # 4.7/s with a pass every 2 s
-    assert lwt_per_second <= 0.7
+    assert per_second <= 4.2, spent  # 4.7/s with a pass every 2 s; a pass every 5 s when idle: about 4
+    assert lwt_per_second <= 0.85  # lease renewals: 4 relays, one every 5 s
     assert spent["scan"] == 0 and spent["load"] == 0
     assert sorted(len(o.relayed_shards()) for o in world.outboxes) == [8, 8, 8, 8], "a lease lapsed"
