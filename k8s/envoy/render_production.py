@@ -195,11 +195,7 @@ def build() -> dict[str, Any]:
         cluster["load_assignment"] = {
             "cluster_name": cluster["name"],
             "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {"endpoint": {"address": _address(headless_host(service), SERVICE_GRPC_PORT)}}
-                    ]
-                }
+                {"lb_endpoints": [{"endpoint": {"address": _address(headless_host(service), SERVICE_GRPC_PORT)}}]}
             ],
         }
     static["listeners"].append(_ops_listener())
