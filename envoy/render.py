@@ -474,9 +474,11 @@ def _rate_limit(rps: int) -> dict[str, Any]:
 def _retry_policy(per_try_timeout_s: float) -> dict[str, Any]:
     return {
         "retry_on": "unavailable,reset,connect-failure,refused-stream",
-        # One retry, on another instance: a second would add load when every
-        # instance is failing, which is when retries amplify an overload.
-        "num_retries": 1,
+        # Two retries, on other instances: one was not enough for a follow whose LWT
+        # hit contention or a node being replaced (UNAVAILABLE twice, then a 503 to the
+        # client). The retry budget (10% of requests in flight) keeps them from
+        # amplifying an overload, and an overflow is never retried.
+        "num_retries": 2,
         "per_try_timeout": f"{per_try_timeout_s}s",
         "retry_host_predicate": [
             {

@@ -101,7 +101,7 @@ def test_service_clusters_shed_past_max_requests_and_retries_cannot_amplify() ->
     assert SETTINGS.max_requests == 32
     routes = _hcm()["route_config"]["virtual_hosts"][0]["routes"]
     retried = [r["route"]["retry_policy"] for r in routes if "retry_policy" in r.get("route", {})]
-    assert retried and all(p["num_retries"] == 1 for p in retried)
+    assert retried and all(p["num_retries"] == 2 for p in retried)
 
 
 def test_argon2_calls_have_a_cluster_and_a_limit_of_their_own() -> None:
