@@ -700,7 +700,7 @@ def build_inputs(results: Results, manifest: Mapping[str, Any] | None, measured:
         1.0, "", "every follower active within CHIRP_ACTIVE_DAYS (conservative); measure: share pushed to"
     )
     copy = results.number(["fanout.cql_timeline_copy"]) or Figure(
-        1.0, "", "feed_svc/fanout.py today: every pushed entry written to CQL and Redis", True
+        0.0, "", "feed_svc/fanout.py: pushed entries go to Redis only; a lost timeline is rebuilt by pulling", True
     )
     seed_load = "seeds 000 (capacity estimation)"
     return Inputs(

@@ -1,7 +1,7 @@
 """What the stack costs doing nothing: CPU of every process `make up` started,
 read from /proc over a window, summed by component and printed in cores.
 
-    python -m bench.idle [--seconds 60] [--runs 3] [--quiet-only [--tries 20]] [--per-process]
+    python -m bench.idle [--seconds 60] [--runs 3] [--quiet-only [--tries 20] [--max-calls N]] [--per-process]
                          [--threads COMPONENTS] [--json FILE]
 
 A component is a process name without its instance number (feed_svc-0 and
@@ -10,9 +10,13 @@ runs it prints each run, then per component the minimum and the median over
 the runs: the machine is shared, and other engineers' test traffic lands in
 some windows, so the minimum is the idle figure and the median says how steady
 it is. Requests through the edge during each window (Envoy's downstream
-counter) and processes that restarted in it are printed next to each run, so a
-busy window can be told from an idle one; with --quiet-only such windows are
-left out of the summary and more are measured, up to --tries in all. `--threads cassandra,kafka` also
+counter), calls the services handled during it (their grpc_server_handled_total:
+tests and tools on the shared stack call services directly, past the edge) and
+processes that restarted in it are printed next to each run, so a busy window
+can be told from an idle one; with --quiet-only such windows (and, with
+--max-calls, those with more service calls: an idle stack makes some itself,
+e.g. rank_svc hydrating its list every CHIRP_RANK_INTERVAL_SECONDS) are left
+out of the summary and more are measured, up to --tries in all. `--threads cassandra,kafka` also
 splits those components' CPU by thread name (numbers folded: Native-Transport-Requests-#),
 which tells a JVM's or a Python process's idle work apart.
 """
@@ -182,24 +186,43 @@ def edge_requests() -> int | None:
     return total
 
 
+def service_calls() -> int | None:
+    """RPCs the service instances have handled so far (health checks are not counted
+    there); None if no instance answers."""
+    total, answered = 0, False
+    for inst in topology.all_instances():
+        try:
+            with urllib.request.urlopen(f"http://{topology.HOST}:{inst.metrics_port}/metrics", timeout=2) as reply:
+                text = reply.read().decode()
+        except OSError:
+            continue
+        answered = True
+        for line in text.splitlines():
+            if line.startswith("grpc_server_handled_total{"):
+                total += int(float(line.rsplit(" ", 1)[1]))
+    return total if answered else None
+
+
 @dataclass
 class Window:
     seconds: float
     per_process: dict[str, float]
     requests: int | None  # through the edge during the window
+    calls: int | None  # handled by the services during the window (edge and direct)
     restarted: list[str]
     threads: dict[str, float]  # cores per thread name of the --threads components
 
 
 def measure(seconds: float, threads_of: Sequence[str] = ()) -> Window:
     threads_before = thread_sample(threads_of) if threads_of else {}
-    rq_before, before, t0 = edge_requests(), sample(), time.monotonic()
+    calls_before, rq_before, before, t0 = service_calls(), edge_requests(), sample(), time.monotonic()
     time.sleep(seconds)
-    after, elapsed, rq_after = sample(), time.monotonic() - t0, edge_requests()
+    after, elapsed, rq_after, calls_after = sample(), time.monotonic() - t0, edge_requests(), service_calls()
     threads_after = thread_sample(threads_of) if threads_of else {}
     requests = rq_after - rq_before if rq_before is not None and rq_after is not None else None
+    calls = calls_after - calls_before if calls_before is not None and calls_after is not None else None
     threads = cores_by_thread(threads_before, threads_after, elapsed)
-    return Window(elapsed, cores_by_process(before, after, elapsed), requests, changed(before, after), threads)
+    return Window(elapsed, cores_by_process(before, after, elapsed), requests, calls, changed(before, after), threads)
 
 
 def _table(values: Mapping[str, float]) -> str:
@@ -212,7 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each window")
     parser.add_argument("--runs", type=int, default=1, help="windows to summarize")
     parser.add_argument(
-        "--quiet-only", action="store_true", help="summarize only windows with no edge request and no restart"
+        "--quiet-only",
+        action="store_true",
+        help="summarize only windows with no edge request and no restart",
+    )
+    parser.add_argument(
+        "--max-calls", type=int, help="with --quiet-only: also leave out windows with more service calls than this"
     )
     parser.add_argument("--tries", type=int, default=20, help="with --quiet-only: windows to measure at most")
     parser.add_argument("--per-process", action="store_true", help="also print every instance")
@@ -230,10 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         w = measure(args.seconds, [c for c in args.threads.split(",") if c])
         comps = by_component(w.per_process)
         traffic = "unknown" if w.requests is None else str(w.requests)
-        quiet = w.requests == 0 and not w.restarted
+        calls = "unknown" if w.calls is None else str(w.calls)
+        few_calls = args.max_calls is None or (w.calls is not None and w.calls <= args.max_calls)
+        quiet = w.requests == 0 and few_calls and not w.restarted
         kept = quiet or not args.quiet_only
         print(f"window {n + 1}: {w.seconds:.0f} s, {sum(comps.values()):.4f} cores in all", end="")
-        print(f" (edge requests in the window: {traffic}; restarted: {', '.join(w.restarted) or 'none'})", end="")
+        print(f" (edge requests in the window: {traffic}; service calls: {calls}", end="")
+        print(f"; restarted: {', '.join(w.restarted) or 'none'})", end="")
         print("" if kept else ": not quiet, left out")
         if not kept:
             continue

@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from bench import burst
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -134,6 +136,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"(c) fan-out delivery, post to visible in a follower's feed, {c['probes']} probes under "
                   f"{c['background_posts_per_s']} posts/s of background load: p50 {c['p50_ms']} ms, "
                   f"p99 {c['p99_ms']} ms, max {c['max_ms']} ms."]  # fmt: skip
+    if "l_returning_reader" in scenarios:
+        r = scenarios["l_returning_reader"]
+        lines += ["", f"(l) {r['readers']} readers away longer than CHIRP_ACTIVE_DAYS: first read (timeline rebuilt) "
+                  f"p50 {r['first_read_p50_ms']} ms, p99 {r['first_read_p99_ms']} ms; the next read p50 "
+                  f"{r['next_read_p50_ms']} ms, p99 {r['next_read_p99_ms']} ms."]  # fmt: skip
+    if "m_burst" in scenarios:
+        lines += burst.describe(scenarios["m_burst"])
     if "d_celebrity" in scenarios and "skipped" in scenarios["d_celebrity"]:
         lines += ["", f"(d) celebrity: skipped, {scenarios['d_celebrity']['skipped']}."]
     elif "d_celebrity" in scenarios:

@@ -7,7 +7,9 @@ post; (c) fan-out delivery lag (post to visible in a follower's feed) under a
 background post load; (d) a celebrity post read by its followers; (e) mixed
 60% home feed / 30% user timeline / 10% post; (f) the raw Redis and CQL calls
 one cached home-feed read needs, from Python, as the baseline; (j) cold
-start: Redis emptied, then a minute of mixed reads. With --strategies,
+start: Redis emptied, then a minute of mixed reads; (k) the push cost
+against follower count; (l) a returning reader's first read; (m) a burst of
+posts drained by the fan-out, beside feed reads. With --strategies,
 hybrid, push-all and pull-all fan-out are compared on the same graph.
 Results go to bench/results/ (JSON, Markdown, PNG) and the table into
 docs/BENCHMARKS.md.
@@ -39,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from bench import baseline, coldstart, report, seed, threshold
+from bench import baseline, burst, coldstart, report, seed, threshold
 from bench import idle as idle_probe
 from bench.load import (
     SATURATION_RULE,
@@ -325,6 +327,19 @@ class Bench:
             "next_read_p99_ms": round(second[min(len(second) - 1, int(0.99 * len(second)))], 1),
         }
 
+    def burst(self) -> dict[str, Any]:
+        """A burst of posts and its fan-out, alone and beside home-feed reads (bench/burst.py)."""
+        posts = [_post("/v1/tweets", token, {"text": "burst"}) for _, token in self.authors(50)]
+        readers = self.readers(100 if self.quick else 400)
+        self.warm(readers)
+        feeds = [_get("/v1/feed?page_size=20", token) for _, token in readers]
+        return burst.measure(
+            lambda rate, seconds: http_run(posts, rate, seconds),
+            lambda rate, seconds: http_run(feeds, rate, seconds),
+            5.0 if self.quick else 10.0,
+            self.idle_cores(),
+        )
+
     # ---- helpers -----------------------------------------------------------------
 
     def _author_follower_pairs(self, n: int) -> list[tuple[str, str]]:
@@ -418,6 +433,7 @@ SCENARIOS = {
     "f_baseline": Bench.baseline,
     "k_threshold_curve": Bench.threshold_curve,
     "l_returning_reader": Bench.returning_reader,
+    "m_burst": Bench.burst,
 }
 # Empties Redis, so it runs after everything else (the fan-out strategies too).
 LAST = {"j_cold_start": Bench.cold_start}

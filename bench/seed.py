@@ -6,8 +6,7 @@ services use (so every read path works on it as on organic data).
 Follower counts follow a power law: a handful of celebrities get 10k to 100k
 followers (scaled to --users), everyone else's followers come from a Zipf
 distribution over popularity ranks, and out-degrees are heavy-tailed too.
-Home timelines are pre-fanned-out for a sample of readers, as the fan-out
-worker would have done. Writes are grouped per partition into unlogged
+A sample of users is named as readers for the benchmarks. Writes are grouped per partition into unlogged
 batches. A manifest for the benchmarks goes to .state/bench/seed.json.
 """
 
@@ -166,7 +165,6 @@ async def seed(args: argparse.Namespace) -> dict[str, Any]:
         "tweet": "INSERT INTO tweets (tweet_id, author_id, author_username, text, created_at) VALUES (?, ?, ?, ?, ?)",
         "user_tweet": "INSERT INTO user_tweets (author_id, bucket, tweet_id) VALUES (?, ?, ?)",
         "tbucket": "INSERT INTO user_tweet_buckets (author_id, bucket) VALUES (?, ?)",
-        "timeline": "INSERT INTO home_timeline (user_id, tweet_id, author_id) VALUES (?, ?, ?)",
         "celebrity": "INSERT INTO celebrities (shard, author_id) VALUES (0, ?)",
     }.items()}  # fmt: skip
 
@@ -231,19 +229,9 @@ async def seed(args: argparse.Namespace) -> dict[str, Any]:
         "author months", q["tbucket"], sorted({(user_ids[a], bucket_of(id_time_ms(t))) for t, a in tweets})
     )
 
-    # Pre-fanned-out timelines of the sampled readers (normal authors only).
-    by_author: dict[int, list[int]] = defaultdict(list)
-    for t, a in tweets:
-        by_author[a].append(t)
+    # Readers whose feeds the benchmarks read: their timelines are built (pulled) at
+    # their first read, as for any timeline Redis does not hold.
     readers = [i for i in rng.sample(range(args.users), min(args.readers, args.users)) if follows.get(i)]
-    celebrity_set = set(celebrities)
-    timeline_rows = []
-    for reader in readers:
-        pushed = sorted(
-            ((t, a) for a in follows[reader] if a not in celebrity_set for t in by_author[a]), reverse=True
-        )[: args.timeline]
-        timeline_rows += [(user_ids[reader], t, user_ids[a]) for t, a in pushed]
-    await writer.rows("timelines", q["timeline"], timeline_rows, key=0)
     cql.close()
 
     return {
@@ -301,8 +289,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--edges", type=int, default=2_000_000)
     parser.add_argument("--tweets-per-user", type=int, default=2)
-    parser.add_argument("--readers", type=int, default=2000, help="users whose home timelines are pre-fanned-out")
-    parser.add_argument("--timeline", type=int, default=200, help="entries per pre-fanned-out timeline")
+    parser.add_argument("--readers", type=int, default=2000, help="users the benchmarks read the home feeds of")
     parser.add_argument("--celebrity-threshold", type=int, default=10_000)
     parser.add_argument("--prefix", default="s", help="username prefix (usernames are PREFIX + index)")
     parser.add_argument("--seed", type=int, default=7)

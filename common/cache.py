@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ from redis.exceptions import (
     MaxConnectionsError,
     ReadOnlyError,
     RedisClusterException,
+    ResponseError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -222,6 +224,81 @@ def connect_redis(
         # (cluster-require-full-coverage); the client keeps serving the slots it can.
         require_full_coverage=False,
     )
+
+
+class ReadBatch:
+    """Records read commands queued as on a redis-py pipeline (the few the read path
+    uses, same signatures), for `run_reads` to send without the pipeline's layers."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str | int | float, ...]] = []
+
+    def get(self, name: str) -> None:
+        self.commands.append(("GET", name))
+
+    def hget(self, name: str, key: str) -> None:
+        self.commands.append(("HGET", name, key))
+
+    def hmget(self, name: str, keys: Sequence[str]) -> None:
+        self.commands.append(("HMGET", name, *keys))
+
+    def zscore(self, name: str, value: str) -> None:
+        self.commands.append(("ZSCORE", name, value))
+
+    def zrevrange(self, name: str, start: int, end: int) -> None:
+        self.commands.append(("ZREVRANGE", name, start, end))
+
+    def zrangebyscore(self, name: str, min: float | str, max: float | str) -> None:
+        self.commands.append(("ZRANGEBYSCORE", name, min, max))
+
+    def zrevrangebyscore(self, name: str, max: float | str, min: float | str, start: int, num: int) -> None:
+        self.commands.append(("ZREVRANGEBYSCORE", name, max, min, "LIMIT", start, num))
+
+
+async def run_reads(client: RedisClient, queue: Callable[[Any], None]) -> list[Any]:
+    """The replies to the single-key reads `queue` puts on a pipeline, sent as one, an
+    error reply as its exception (raise_on_error=False). A reply may come raw (bytes, a
+    list, None; ZSCORE as bytes, not a float): callers only read commands for which that
+    is all they need.
+
+    On a standalone Redis the commands go through one pooled connection with redis-py's
+    own packing and parser, the pool's wait, its retry and its socket timeout, as its
+    pipeline does, but one timeout covers every reply: its pipeline arms one per reply,
+    and with its other per-command layers that made about 13 µs of CPU per command, 0.6 ms
+    for the 43 reads of a 20-tweet page (measured: this takes 0.26). A cluster (or any
+    other client) runs a pipeline, which a cluster client splits by node."""
+    if not isinstance(client, aioredis.Redis):
+        async with client.pipeline(transaction=False) as pipe:
+            queue(pipe)
+            return await pipe.execute(raise_on_error=False)
+    batch = ReadBatch()
+    queue(batch)
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        retry = connection.retry
+        return await retry.call_with_retry(
+            lambda: _exchange(connection, batch.commands), lambda _error: connection.disconnect()
+        )
+    finally:
+        await pool.release(connection)
+
+
+async def _exchange(connection: AbstractConnection, commands: Sequence[tuple[str | int | float, ...]]) -> list[Any]:
+    replies: list[Any] = []
+    try:
+        async with asyncio.timeout(connection.socket_timeout):
+            await connection.send_packed_command(connection.pack_commands(commands))
+            for _ in commands:
+                try:
+                    # math.inf: no timeout of its own (redis-py's documented opt-out); the
+                    # one above covers it, and a read it cuts short closes the connection.
+                    replies.append(await connection.read_response(timeout=math.inf))
+                except ResponseError as exc:
+                    replies.append(exc)
+    except TimeoutError:
+        raise RedisTimeoutError(f"Redis did not answer {len(commands)} reads in time") from None
+    return replies
 
 
 async def redis_ping(client: RedisClient) -> bool:

@@ -126,12 +126,15 @@ class Peers:
         )
         return list(reply.relations)
 
-    async def follower_page(self, user_id: int, page_token: str) -> tuple[list[int], str]:
+    async def follower_page(self, user_id: int, page_token: str) -> tuple[list[int], str, int | None]:
+        """(follower ids, next page token, the follower count on a first page). The count
+        is None on later pages, and from a graph_svc that does not send it yet."""
         reply = await self._graph_internal.ListFollowerIds(
             graph_internal_pb2.ListFollowerIdsRequest(user_id=user_id, page_size=5000, page_token=page_token),
             **call_options(TIMEOUT),  # type: ignore[arg-type]
         )
-        return list(reply.user_ids), reply.next_page_token
+        count = reply.follower_count if reply.HasField("follower_count") else None
+        return list(reply.user_ids), reply.next_page_token, count
 
     async def recent_ids(self, author_ids: Sequence[int], before: int, limit: int) -> list[tuple[int, int]]:
         reply = await self._tweet.ListRecentTweetIds(

@@ -50,6 +50,9 @@ HIDDEN_SECONDS = 60.0
 VERSION_SECONDS = 3600.0
 
 LOOKUPS = Counter("chirp_hidden_authors_cache_total", "Hidden-author set lookups by cache outcome.", ["result"])
+# Looked up once: labels() takes a lock and a dict lookup on every call.
+_HITS = LOOKUPS.labels("hit")
+_MISSES = LOOKUPS.labels("miss")
 
 # KEYS: set, token. ARGV: a fresh token, token ttl_ms. Returns {set or nil, token}.
 READ_SCRIPT = """
@@ -174,9 +177,9 @@ class HiddenAuthorsCache(Tolerant):
     async def hidden(self, user_id: int) -> frozenset[int]:
         read = await self._read(user_id)
         if read is not None and read.hidden is not None:
-            LOOKUPS.labels("hit").inc()
+            _HITS.inc()
             return read.hidden
-        LOOKUPS.labels("miss").inc()
+        _MISSES.inc()
         if read is None:  # Redis unreachable: without a token, a fill could be stale
             return await self._fetch(user_id)
         version = read.version

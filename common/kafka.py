@@ -20,6 +20,14 @@ TOPIC_FOLLOWS = "chirp.follows.v1"  # follow / unfollow, keyed by follower
 TOPIC_LIKES = "chirp.likes.v1"  # like / unlike, keyed by tweet
 TOPICS = (TOPIC_TWEETS, TOPIC_FOLLOWS, TOPIC_LIKES)
 POLL_IDLE_SECONDS = 1.0
+# How long the broker holds a consumer's fetch that finds nothing. A fetch is
+# answered as soon as a record arrives on any of its partitions, so this sets
+# only how often an idle consumer asks: at librdkafka's 500 ms default, eight
+# idle consumers cost the broker about 1% of a core. It also bounds how long a
+# request queued behind the fetch on the leader's connection waits (ListOffsets:
+# `offsets_for_times`, an uncached watermark), which must stay well inside
+# their own timeouts (half of the 5 s in rank_svc/events.py).
+FETCH_WAIT_MS = 2500
 
 
 class AsyncProducer:
@@ -121,6 +129,7 @@ class BatchConsumer:
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
                 "session.timeout.ms": 10000,
+                "fetch.wait.max.ms": FETCH_WAIT_MS,
                 # A batch may hold a large fan-out (minutes in push-everything
                 # mode); past this the member is dropped and its batch re-applied.
                 "max.poll.interval.ms": 300000,

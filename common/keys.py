@@ -41,13 +41,12 @@ def tweet_key(family: TweetKey, entity_id: int) -> str:
 
 # ---- feed_svc's cache -------------------------------------------------------------
 # timeline: a user's pushed home timeline; following: a user's cached follow
-# list; celebrity_recent: a celebrity's cached newest tweet ids; read_at: when a
-# user last read their home feed (feed_svc/activity.py: only readers are pushed to).
-FeedKey = Literal["timeline", "following", "celebrity_recent", "read_at"]
+# list; read_at: when a user last read their home feed (feed_svc/activity.py:
+# only readers are pushed to).
+FeedKey = Literal["timeline", "following", "read_at"]
 _FEED_PREFIXES: dict[FeedKey, str] = {
     "timeline": "tl",
     "following": "fo",
-    "celebrity_recent": "cel",
     "read_at": "ra",
 }
 
@@ -58,7 +57,7 @@ CELEBRITIES_KEY = "celebrities"
 
 
 def feed_key(family: FeedKey, entity_id: int) -> str:
-    """User ids for timeline, following and read_at, author ids for celebrity_recent."""
+    """User ids, for every family."""
     return f"{_FEED_PREFIXES[family]}:{entity_id}"
 
 

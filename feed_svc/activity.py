@@ -11,13 +11,13 @@ CHIRP_ACTIVE_DAYS old, and to one with no record at all: an account that never
 read, or whose record Redis lost. Unknown means active, and the worker starts
 the record's clock then (SET NX), so a new account is pushed to for a whole
 window after its first delivery and a lost record costs pushes, never tweets.
-A follower whose record is older than the window is skipped (no Redis, no CQL
-write) and their Redis timeline deleted: that frees its memory and makes their
+A follower whose record is older than the window is skipped (no write) and
+their Redis timeline deleted: that frees its memory and makes their
 next read a miss, which rebuilds it (`rebuild`): record the read first, so the
 worker pushes every tweet it handles from then on, then pull the newest tweets
-of the accounts they follow and merge them with what CQL holds. A tweet the
-worker skipped was stored before it was skipped, so before the pull. The same
-rebuild serves a timeline Redis lost.
+of the accounts they follow and merge them (there is no durable copy of a
+timeline: feed_svc/fanout.py). A tweet the worker skipped was stored before it
+was skipped, so before the pull. The same rebuild serves a timeline Redis lost.
 
 Correctness never rests on the record being right: the worker deletes the
 timeline of everyone it skips, and a missing timeline is always rebuilt.
@@ -132,21 +132,33 @@ class ActiveReaders:
 RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]]
 
 
-async def pull_recent(recent_ids: RecentIds, authors: Sequence[int], depth: int = REBUILD_DEPTH) -> list[int]:
-    """The newest `depth` tweet ids of each author, in calls tweet_svc accepts."""
+async def pull_recent(
+    recent_ids: RecentIds, authors: Sequence[int], depth: int = REBUILD_DEPTH
+) -> list[tuple[int, int]]:
+    """(tweet id, author id) of the newest `depth` tweets of each author, in calls tweet_svc accepts."""
     replies = await asyncio.gather(
         *(
             recent_ids(authors[start : start + AUTHORS_PER_PULL], 0, depth)
             for start in range(0, len(authors), AUTHORS_PER_PULL)
         )
     )
-    return [t for reply in replies for t, _ in reply]
+    return [pair for reply in replies for pair in reply]
 
 
-def rebuilt_timeline(stored: Sequence[int], pulled: Sequence[int], size: int) -> list[int]:
-    """A timeline as pushing would have made it: what CQL kept, and the accounts'
-    newest tweets pulled now, deduplicated, newest first, at most `size`."""
-    return merge(stored, pulled, before=None)[:size]
+def rebuilt_timeline(pulled: Sequence[tuple[int, int]], size: int, depth: int = REBUILD_DEPTH) -> list[int]:
+    """A timeline as pushing would have made it, from the accounts' newest tweets
+    (`depth` of each, pulled now): deduplicated, newest first, at most `size`, and cut
+    where it could have a gap: below the oldest pulled tweet of an account that gave
+    all `depth`, that account may have older tweets not pulled. So it reaches back at
+    least `depth` tweets, exactly as pushing would have, and further when the accounts
+    post less."""
+    count: dict[int, int] = {}
+    oldest: dict[int, int] = {}
+    for tweet_id, author_id in pulled:
+        count[author_id] = count.get(author_id, 0) + 1
+        oldest[author_id] = min(oldest.get(author_id, tweet_id), tweet_id)
+    horizon = max((oldest[a] for a, n in count.items() if n >= depth), default=0)
+    return merge((t for t, _ in pulled if t >= horizon), before=None)[:size]
 
 
 def read_record_key(user_id: int) -> str:

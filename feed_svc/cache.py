@@ -1,6 +1,6 @@
 """Redis side of feed_svc: pushed timelines, and short-lived caches of follow
-lists, celebrities' recent tweet ids, and the celebrity registry. Everything
-here can be rebuilt from the CQL store or the other services.
+lists and the celebrity registry. Everything here can be rebuilt from the CQL
+store or the other services.
 
 Keys come from common/keys.py; work on many keys is a pipeline of single-key
 commands (a Redis Cluster client splits it by node), never MGET across slots.
@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, mark_tweet_deleted, tolerant
+from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, mark_tweet_deleted, run_reads, tolerant
 from common.ids import id_time_ms
 from common.keys import CELEBRITIES_KEY, feed_key, tweet_key
 from common.tweet_cache import CachedTweets, parse_reads, parse_recent, queue_reads, recent_range
@@ -39,6 +41,16 @@ def _timeline(user_id: int) -> str:
     return feed_key("timeline", user_id)
 
 
+@dataclass
+class HomeReads:
+    """`FeedCache.home_reads`: None is a miss."""
+
+    following: tuple[list[tuple[int, int]], bool] | None = None
+    timeline: list[int] | None = None
+    own_recent: tuple[list[int], bool] | None = None
+    own_read: bool = False  # whether own_recent was asked for (a None then is a miss)
+
+
 class FeedCache(Tolerant):
     def __init__(
         self,
@@ -51,8 +63,7 @@ class FeedCache(Tolerant):
         self._redis = redis
         self._size = timeline_size
         self._following_ttl = max(1, int(following_ttl * 1000))
-        self._celebrity_ttl = max(1, int(celebrity_ttl * 1000))
-        # CHIRP_CELEBRITY_CACHE_SECONDS also paces feed_svc's in-memory celebrity registry.
+        # CHIRP_CELEBRITY_CACHE_SECONDS paces feed_svc's in-memory celebrity registry.
         self.celebrity_ttl_seconds = celebrity_ttl
 
     # ---- pushed timelines ---------------------------------------------------------
@@ -85,32 +96,24 @@ class FeedCache(Tolerant):
         filtered apart from the older ones, so however many tweets share it, the
         entries at or above the cursor never take the places of older ones.
         """
-        key = _timeline(user_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zscore(key, BUILT)
-            if before is None:
-                pipe.zrevrangebyscore(key, "+inf", "-inf", start=0, num=limit + 1)
-            else:
-                ms = id_time_ms(before)
-                pipe.zrangebyscore(key, ms, ms)
-                pipe.zrevrangebyscore(key, f"({ms}", "-inf", start=0, num=limit)
-            built, *replies = await pipe.execute()
-        if built is None:
-            return None
-        if before is None:
-            return [int(m) for m in replies[0] if _text(m) != BUILT][:limit]
-        same_ms = sorted((int(m) for m in replies[0] if int(m) < before), reverse=True)
-        older = [int(m) for m in replies[1]]
-        return (same_ms + older)[:limit]
+        replies = await run_reads(self._redis, lambda pipe: _queue_timeline(pipe, user_id, before, limit))
+        return _parse_timeline(_raised(replies), before, limit)
 
     @tolerant()
-    async def rebuild(self, user_id: int, tweets: Sequence[int]) -> None:
+    async def rebuild(self, user_id: int, tweets: Sequence[int]) -> list[int] | None:
+        """Add `tweets` to the timeline and mark it built; the timeline that makes,
+        newest first: the tweets and whatever the fan-out worker pushed into the key
+        meanwhile (a push does not wait for the timeline to be built). None if Redis
+        does not answer."""
         entries: dict[str, float] = {str(t): id_time_ms(t) for t in tweets}
         entries[BUILT] = float("inf")
+        key = _timeline(user_id)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(_timeline(user_id), entries)
-            pipe.zremrangebyrank(_timeline(user_id), 0, -(self._size + 2))
-            await pipe.execute()
+            pipe.zadd(key, entries)
+            pipe.zremrangebyrank(key, 0, -(self._size + 2))
+            pipe.zrevrange(key, 0, self._size)
+            *_, members = await pipe.execute()
+        return [int(m) for m in members if _text(m) != BUILT]
 
     # ---- the celebrity registry (authors pulled at read time) -------------------
 
@@ -142,11 +145,29 @@ class FeedCache(Tolerant):
     async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool] | None:
         """A cached follow list and whether it is complete; None on a miss."""
         raw = await self._redis.get(feed_key("following", user_id))
-        if raw is None:
-            return None
-        text, _, more = _text(raw).partition(";")
-        accounts = [(int(a), int(c)) for a, c in (p.split(":") for p in text.split(",") if p)]
-        return accounts, more != TRUNCATED
+        return None if raw is None else _parse_following(raw)
+
+    @tolerant(HomeReads)
+    async def home_reads(self, user_id: int, before: int | None, limit: int, own_limit: int) -> HomeReads:
+        """What a feed read needs first, in one pipeline (three single-key reads, so one
+        round trip and one pipeline's overhead instead of three): the cached follow list,
+        the pushed timeline as `timeline` reads it and, with `own_limit`, the reader's own
+        newest ids as `recent_ids` reads them. Misses are None; all are misses while
+        Redis does not answer."""
+
+        def queue(pipe: Any) -> None:
+            pipe.get(feed_key("following", user_id))
+            _queue_timeline(pipe, user_id, before, limit)
+            if own_limit:
+                pipe.zrevrange(tweet_key("author_recent", user_id), *recent_range(own_limit))
+
+        raw, *replies = _raised(await run_reads(self._redis, queue))
+        reads = HomeReads(following=None if raw is None else _parse_following(raw))
+        if own_limit:
+            reads.own_recent = parse_recent(replies.pop(), own_limit)
+            reads.own_read = True
+        reads.timeline = _parse_timeline(replies, before, limit)
+        return reads
 
     @tolerant()
     async def set_following(self, user_id: int, accounts: Sequence[tuple[int, int]], complete: bool) -> None:
@@ -155,27 +176,6 @@ class FeedCache(Tolerant):
 
     async def drop_following(self, user_id: int) -> None:
         await self._redis.delete(feed_key("following", user_id))
-
-    # ---- celebrities' recent tweets -------------------------------------------------
-
-    @tolerant(dict)
-    async def recent(self, authors: Sequence[int]) -> dict[int, list[int]]:
-        if not authors:
-            return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for author in authors:
-                pipe.get(feed_key("celebrity_recent", author))
-            values = await pipe.execute()
-        return {
-            a: [int(t) for t in _text(v).split(",") if t] for a, v in zip(authors, values, strict=True) if v is not None
-        }
-
-    @tolerant()
-    async def set_recent(self, recent: dict[int, list[int]]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for author, ids in recent.items():
-                pipe.set(feed_key("celebrity_recent", author), ",".join(map(str, ids)), px=self._celebrity_ttl)
-            await pipe.execute()
 
     # ---- tweet_svc's cache, read as common/tweet_cache.py writes it down ------------------
 
@@ -186,10 +186,12 @@ class FeedCache(Tolerant):
         whose set does not answer are left out (misses)."""
         if not authors:
             return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
+
+        def queue(pipe: Any) -> None:
             for author in authors:
                 pipe.zrevrange(tweet_key("author_recent", author), *recent_range(limit))
-            replies = await pipe.execute()
+
+        replies = _raised(await run_reads(self._redis, queue))
         found = {a: parse_recent(members, limit) for a, members in zip(authors, replies, strict=True)}
         return {a: ids for a, ids in found.items() if ids is not None}
 
@@ -198,9 +200,7 @@ class FeedCache(Tolerant):
         """Bodies, deletion markers, like counts and the viewer's like flags, in one pipeline."""
         if not tweet_ids:
             return CachedTweets()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            queue_reads(pipe, tweet_ids, viewer_id)
-            replies = await pipe.execute(raise_on_error=False)
+        replies = await run_reads(self._redis, lambda pipe: queue_reads(pipe, tweet_ids, viewer_id))
         for reply in replies:
             if isinstance(reply, REDIS_UNAVAILABLE_ERRORS):
                 raise reply  # tolerant: Redis is down, all of it is a miss
@@ -267,6 +267,44 @@ class FeedCache(Tolerant):
         """The fan-out worker's copy of tweet_svc's deletion marker (the durable path:
         it raises while Redis is unavailable, so the event is applied again)."""
         await mark_tweet_deleted(self._redis, tweet_id)
+
+
+def _queue_timeline(pipe: Any, user_id: int, before: int | None, limit: int) -> None:
+    key = _timeline(user_id)
+    pipe.zscore(key, BUILT)
+    if before is None:
+        pipe.zrevrangebyscore(key, "+inf", "-inf", start=0, num=limit + 1)
+    else:
+        ms = id_time_ms(before)
+        pipe.zrangebyscore(key, ms, ms)
+        pipe.zrevrangebyscore(key, f"({ms}", "-inf", start=0, num=limit)
+
+
+def _parse_timeline(replies: Sequence[Any], before: int | None, limit: int) -> list[int] | None:
+    """The replies of `_queue_timeline`, as `FeedCache.timeline` returns them."""
+    built, *ranges = replies
+    if built is None:
+        return None
+    if before is None:
+        return [int(m) for m in ranges[0] if _text(m) != BUILT][:limit]
+    same_ms = sorted((int(m) for m in ranges[0] if int(m) < before), reverse=True)
+    older = [int(m) for m in ranges[1]]
+    return (same_ms + older)[:limit]
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    """The replies of `run_reads`, raising the first error among them (as a pipeline run
+    with raise_on_error does)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def _parse_following(raw: bytes | str) -> tuple[list[tuple[int, int]], bool]:
+    text, _, more = _text(raw).partition(";")
+    accounts = [(int(a), int(c)) for a, c in (p.split(":") for p in text.split(",") if p)]
+    return accounts, more != TRUNCATED
 
 
 def _text(value: bytes | str) -> str:

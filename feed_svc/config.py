@@ -39,7 +39,6 @@ class FeedConfig:
     # Fan-out worker: events per batch, CQL writes in flight at once, and
     # authors (or followers) whose events are applied at the same time.
     fanout_batch_size: int
-    fanout_concurrency: int
     fanout_keys_at_once: int
     # A follower who has not read their home feed for this long (days; a fraction is
     # allowed, for tests and benchmarks) is not pushed to; their timeline is rebuilt
@@ -80,7 +79,6 @@ def load(env: Mapping[str, str] = os.environ) -> FeedConfig:
         graph_target=graph_target(env),
         tweet_target=tweet_target(env),
         fanout_batch_size=env_int(env, "CHIRP_FANOUT_BATCH_SIZE", 200, minimum=1),
-        fanout_concurrency=env_int(env, "CHIRP_FANOUT_CONCURRENCY", 64, minimum=1),
         fanout_keys_at_once=env_int(env, "CHIRP_FANOUT_KEYS_AT_ONCE", 4, minimum=1),
         active_days=_active_days(env),
         page_token_key_file=Path(env_str(env, "CHIRP_PAGE_TOKEN_KEY_FILE", DEFAULT_TOKEN_KEY_FILE)),

@@ -1,8 +1,8 @@
 """Fan-out on write: what the fan-out worker does with each event.
 
 tweet_created: an author below the celebrity threshold has the tweet pushed
-into every follower's timeline (CQL first, then Redis). At or above the
-threshold nothing is pushed; readers pull it. tweet_deleted: tweet_svc's
+into every follower's Redis timeline. At or above the threshold nothing is
+pushed; readers pull it. tweet_deleted: tweet_svc's
 deletion marker is written (again) and the tweet removed from followers'
 timelines. follow: the followee's recent
 tweets join the follower's timeline. unfollow: they leave it; and when the
@@ -13,6 +13,13 @@ idempotent, so a re-delivered event changes nothing.
 Only followers who read their home feed within CHIRP_ACTIVE_DAYS are pushed to
 (feed_svc/activity.py); the others' Redis timelines are dropped, and rebuilt
 when they read again.
+
+There is no durable copy of the timelines: one cost more than the Redis push
+itself (per entry, a CQL row through the coordinator and the worker's driver
+work; before/after in docs/BENCHMARKS.md), and what it protected, a timeline
+Redis lost, is rebuilt from the durable follow graph and the authors' tweets
+at the next read (feed_svc/home_feed.py `_rebuild_timeline`), as for a
+returning reader.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from prometheus_client import Counter, Histogram
 
 from feed_svc.activity import ActiveReaders
 from feed_svc.cache import FeedCache
-from feed_svc.store import TimelineStore
+from feed_svc.store import CelebrityStore
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +60,9 @@ EVENTS = Counter("chirp_fanout_events_total", "Events handled by the fan-out wor
 
 # user id -> follower count
 FollowerCount = Callable[[int], Awaitable[int]]
-# (user id, page token) -> (follower ids, next page token)
-FollowerPage = Callable[[int, str], Awaitable[tuple[list[int], str]]]
+# (user id, page token) -> (follower ids, next page token, follower count on a first
+# page or None)
+FollowerPage = Callable[[int, str], Awaitable[tuple[list[int], str, int | None]]]
 # (author ids, before or 0, limit per author) -> [(tweet id, author id)]
 RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]]
 
@@ -63,7 +71,7 @@ class Fanout:
     def __init__(
         self,
         cache: FeedCache,
-        store: TimelineStore,
+        store: CelebrityStore,
         follower_count: FollowerCount,
         follower_page: FollowerPage,
         recent_ids: RecentIds,
@@ -118,12 +126,17 @@ class Fanout:
             await self.unfollow(int(event["follower_id"]), int(event["followee_id"]))
 
     async def tweet_created(self, tweet_id: int, author_id: int, created_at_ms: int) -> None:
-        if await self._follower_count(author_id) >= self._threshold:
+        # The first page of followers carries the count: one call to graph_svc per
+        # tweet of a normal author (a celebrity's first page is read for nothing).
+        first, token, count = await self._follower_page(author_id, "")
+        if count is None:
+            count = await self._follower_count(author_id)
+        if count >= self._threshold:
             await self._mark(author_id, celebrity=True)
             PUSHED.observe(0)
             return
-        pushed = 0
-        async for followers in self._followers(author_id):
+        pushed = await self._deliver(first, [(tweet_id, author_id)]) if first else 0
+        async for followers in self._followers(author_id, token):
             pushed += await self._deliver(followers, [(tweet_id, author_id)])
         PUSHED.observe(pushed)
         LAG.observe(max(0.0, time.time() - created_at_ms / 1000))
@@ -135,7 +148,6 @@ class Fanout:
         # re-applied from Kafka, so the cached body stops being served once Redis is back.
         await self._cache.mark_tweet_deleted(tweet_id)
         async for followers in self._followers(author_id):
-            await self._store.remove(followers, [tweet_id])
             await self._cache.remove(followers, [tweet_id])
 
     async def follow(self, follower_id: int, followee_id: int) -> None:
@@ -144,13 +156,11 @@ class Fanout:
             await self._mark(followee_id, celebrity=True)  # readers pull it from now on
             return
         recent = await self._recent_ids([followee_id], 0, FOLLOW_BACKFILL)
-        await self._store.push_many(follower_id, recent)
         await self._cache.push([follower_id], [t for t, _ in recent])
 
     async def unfollow(self, follower_id: int, followee_id: int) -> None:
         await self._cache.drop_following(follower_id)
         recent = [t for t, _ in await self._recent_ids([followee_id], 0, UNFOLLOW_SWEEP)]
-        await self._store.remove([follower_id], recent)
         await self._cache.remove([follower_id], recent)
         if await self._follower_count(followee_id) < self._threshold and await self._store.is_celebrity(followee_id):
             await self._backfill(followee_id)
@@ -175,8 +185,6 @@ class Fanout:
             await self._cache.drop_timelines(gone)
             SKIPPED.inc(len(gone) * len(tweets))
         if readers:
-            for tweet_id, author_id in tweets:
-                await self._store.push(readers, tweet_id, author_id)
             await self._cache.push(readers, [t for t, _ in tweets])
         return len(readers)
 
@@ -185,10 +193,14 @@ class Fanout:
         await self._store.set_celebrity(author_id, celebrity)
         await self._cache.mark_celebrity(author_id, celebrity)
 
-    async def _followers(self, author_id: int) -> AsyncIterator[list[int]]:
-        token = ""
+    async def _followers(self, author_id: int, after: str | None = None) -> AsyncIterator[list[int]]:
+        """Pages of follower ids: all of them, or those after the page that gave `after`
+        (nothing when that was the last page: "")."""
+        token = after or ""
+        if after == "":
+            return
         while True:
-            ids, token = await self._follower_page(author_id, token)
+            ids, token, _ = await self._follower_page(author_id, token)
             if ids:
                 yield ids
             if not token:

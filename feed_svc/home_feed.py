@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from chirp.tweet.v1 import tweet_pb2
 from prometheus_client import Counter, Histogram
@@ -36,7 +36,7 @@ from common.tweet_cache import RECENT_DEPTH, author_of, with_viewer_fields
 from feed_svc.activity import pull_recent, rebuilt_timeline
 from feed_svc.cache import FeedCache
 from feed_svc.merge import decode_cursor, encode_cursor, merge, next_ask, visible
-from feed_svc.store import TimelineStore
+from feed_svc.store import CelebrityStore
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ AMONG_PER_CALL = 1000  # ids per "which of these does the user follow" call to g
 RELOAD_RETRY_SECONDS = 1.0  # after a failed registry reload
 
 TIMELINE_READS = Counter("chirp_timeline_cache_total", "Home timeline reads by Redis outcome.", ["result"])
+# Looked up once: labels() takes a lock and a dict lookup on every call.
+_TIMELINE_HITS = TIMELINE_READS.labels("hit")
+_TIMELINE_MISSES = TIMELINE_READS.labels("miss")
 CELEBRITY_PULLS = Histogram(
     "chirp_celebrity_pulls_per_read",
     "Celebrities pulled per home-feed read.",
@@ -107,7 +110,7 @@ class CelebrityRegistry:
     def __init__(
         self,
         cache: FeedCache,
-        store: TimelineStore,
+        store: CelebrityStore,
         refresh_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -149,7 +152,7 @@ class HomeFeed:
     def __init__(
         self,
         cache: FeedCache,
-        store: TimelineStore,
+        store: CelebrityStore,
         following_ids: FollowingIds,
         recent_ids: RecentIds,
         batch_tweets: BatchTweets,
@@ -185,10 +188,18 @@ class HomeFeed:
     async def page(self, user_id: int, page_size: int, page_token: str) -> tuple[list[FeedTweet], str]:
         before = decode_cursor(page_token, user_id, self._page_tokens)
         self._cache.note_read(user_id)  # the fan-out worker pushes to readers only (feed_svc/activity.py)
-        # Asked on every page (from the versioned cache of common/hidden.py, which every
-        # block and mute invalidates before it is acknowledged): a mute or block hides at
-        # once, also on the next page of a walk in progress.
-        (following, complete), hidden = await asyncio.gather(self.following(user_id), self._hidden_authors(user_id))
+        # The follow list, the first round's timeline and the reader's own newest ids come
+        # in one pipeline: one round trip, and one pipeline's client overhead, not three.
+        want = page_size + 1
+        ask = next_ask(0, want)
+        # Hidden authors are asked on every page (from the versioned cache of common/hidden.py,
+        # which every block and mute invalidates before it is acknowledged): a mute or block
+        # hides at once, also on the next page of a walk in progress.
+        first, hidden = await asyncio.gather(
+            self._cache.home_reads(user_id, before, ask, want if before is None and want <= RECENT_DEPTH else 0),
+            self._hidden_authors(user_id),
+        )
+        following, complete = first.following if first.following is not None else await self.following(user_id)
         hidden = hidden - {user_id}
         allowed = {a for a, _ in following} | {user_id}
         # Cached follower counts can be up to CHIRP_FOLLOWING_CACHE_SECONDS old; the
@@ -207,24 +218,45 @@ class HomeFeed:
 
         results: list[FeedTweet] = []
         cursor = before
-        ask = 0
-        for _ in range(MAX_ROUNDS):
-            want = page_size + 1 - len(results)
-            ask = next_ask(ask, want)
-            pushed, pulled = await asyncio.gather(
-                self._pushed(user_id, cursor, ask, following), self._pulled(user_id, celebrities, cursor, want)
-            )
+        for round_ in range(MAX_ROUNDS):
+            if round_:
+                want = page_size + 1 - len(results)
+                ask = next_ask(ask, want)
+                pushed, pulled = await asyncio.gather(
+                    self._pushed(user_id, cursor, ask, following), self._pulled(user_id, celebrities, cursor, want)
+                )
+            else:
+                # What `first` read is this round's (same cursor, ask and want).
+                own = {user_id: first.own_recent} if first.own_read else {}
+                pushing = self._pushed(user_id, cursor, ask, following, first.timeline, read=True)
+                pulling = self._pulled(user_id, celebrities, cursor, want, own)
+                if first.timeline is not None:  # no await in `pushing`: no task needed
+                    pushed, pulled = await pushing, await pulling
+                else:
+                    pushed, pulled = await asyncio.gather(pushing, pulling)
             horizon = max(pulled.horizon, pushed[-1] if len(pushed) >= ask else 0)
             merged = [t for t in merge(pushed, pulled.ids, before=cursor) if t >= horizon]
             candidates = merged[:ask]
             if not candidates:
                 break
-            hydrated = await self.hydrate(candidates, user_id)
-            if not complete:
-                unknown = {t.author_id for t in hydrated.values()} - allowed - hidden
-                allowed |= await self._followed_among(user_id, unknown)
-            authors = {t: tweet.author_id for t, tweet in hydrated.items()}
-            results += [hydrated[t] for t in visible(candidates, authors, allowed, hidden)]
+            # What the page still needs is hydrated first, the slack beyond it only when
+            # filtering thinned that: an unfiltered page reads `want` tweets, not `ask`
+            # (each is two Redis commands), and shows the same ones.
+            hydrated: dict[int, FeedTweet] = {}
+            shown: list[int] = []
+            for part in (candidates[:want], candidates[want:]):
+                if not part:
+                    break
+                found = await self.hydrate(part, user_id)
+                if not complete:
+                    unknown = {t.author_id for t in found.values()} - allowed - hidden
+                    allowed |= await self._followed_among(user_id, unknown)
+                hydrated.update(found)
+                authors = {t: tweet.author_id for t, tweet in hydrated.items()}
+                shown = visible(candidates, authors, allowed, hidden)
+                if len(shown) >= want:
+                    break
+            results += [hydrated[t] for t in shown]
             if len(results) > page_size or (horizon == 0 and len(merged) <= ask):
                 break
             cursor = candidates[-1]
@@ -266,13 +298,21 @@ class HomeFeed:
         return set(await self._registry.members() & set(author_ids))
 
     async def _pushed(
-        self, user_id: int, before: int | None, limit: int, following: Sequence[tuple[int, int]]
+        self,
+        user_id: int,
+        before: int | None,
+        limit: int,
+        following: Sequence[tuple[int, int]],
+        cached: list[int] | None = None,
+        read: bool = False,
     ) -> list[int]:
-        ids = await self._cache.timeline(user_id, before, limit)
+        """The pushed timeline below `before`: `cached` when `read` (already read from
+        Redis, None a miss), else read now; a miss rebuilds it."""
+        ids = cached if read else await self._cache.timeline(user_id, before, limit)
         if ids is not None:
-            TIMELINE_READS.labels("hit").inc()
+            _TIMELINE_HITS.inc()
             return ids
-        TIMELINE_READS.labels("miss").inc()
+        _TIMELINE_MISSES.inc()
         # The follow list comes from the caller: a rebuild holds a rebuild slot, and
         # waiting in it for another load that waits for a slot could deadlock them all.
         followed = list(following)
@@ -281,30 +321,40 @@ class HomeFeed:
 
     async def _rebuild_timeline(self, user_id: int, following: Sequence[tuple[int, int]]) -> list[int]:
         """Redis lost the timeline, or the reader was away and not pushed to
-        (feed_svc/activity.py): the durable copy merged with the newest tweets of every
-        followed account that is pushed, not pulled: every one `page` does not pull
-        (celebrities by their follower count or the registry)."""
+        (feed_svc/activity.py): the newest tweets of every followed account that is
+        pushed, not pulled: every one `page` does not pull (celebrities by their follower
+        count or the registry). Pushes that land meanwhile are kept: `rebuild` adds to them."""
         # Recorded as read first, so every tweet handled after the pull is pushed.
-        if not await self._cache.mark_read(user_id):
-            # Redis does not answer (down, or its pool is full): the durable copy alone, as
-            # before active readers, and nothing written, so the next read rebuilds in full.
-            return await self._store.read(user_id, self._timeline_size)
+        marked_read = await self._cache.mark_read(user_id)
         marked = await self._registry.members()
         pushed_authors = [a for a, count in following if count < self._threshold and a not in marked]
-        stored, pulled = await asyncio.gather(
-            self._store.read(user_id, self._timeline_size), pull_recent(self._recent_ids, pushed_authors)
-        )
-        rebuilt = rebuilt_timeline(stored, pulled, self._timeline_size)
-        await self._cache.rebuild(user_id, rebuilt)
-        return rebuilt
+        rebuilt = rebuilt_timeline(await pull_recent(self._recent_ids, pushed_authors), self._timeline_size)
+        if not marked_read:
+            # Redis does not answer (down, or its pool is full): this read is served
+            # from the pull, and nothing is written, so the next read rebuilds in full.
+            return rebuilt
+        stored = await self._cache.rebuild(user_id, rebuilt)
+        return rebuilt if stored is None else stored
 
-    async def _pulled(self, user_id: int, celebrities: list[int], before: int | None, want: int) -> Pulled:
+    async def _pulled(
+        self,
+        user_id: int,
+        celebrities: list[int],
+        before: int | None,
+        want: int,
+        read: Mapping[int, tuple[list[int], bool] | None] | None = None,
+    ) -> Pulled:
         """Own and celebrities' tweets below `before`. A first page reads every author's newest
         ids from tweet_svc's recent-ids sets in one pipeline (a post adds to its author's set
         and a delete removes from it before they are acknowledged) and asks tweet_svc only
-        for the authors it misses, which fills their sets."""
+        for the authors it misses, which fills their sets. `read`: authors whose set was
+        read already for this `want` (None a miss)."""
         authors = [user_id, *celebrities]
-        found = await self._cache.recent_ids(authors, want) if before is None and want <= RECENT_DEPTH else {}
+        read = read or {}
+        found = {a: ids for a, ids in read.items() if ids is not None}
+        unread = [a for a in authors if a not in read]
+        if unread and before is None and want <= RECENT_DEPTH:
+            found.update(await self._cache.recent_ids(unread, want))
         asked = [a for a in authors if a not in found]
         limit = max(want, CELEBRITY_CACHE_DEPTH) if before is None else want
         fetched: dict[int, list[int]] = {a: [] for a in asked}
@@ -340,10 +390,17 @@ class HomeFeed:
                 ready[tweet_id] = (author, body, count)
         missing = [t for t in tweet_ids if t not in ready and t not in cached.deleted]
         unflagged = [t for t in ready if t not in cached.liked and t not in cached.not_liked]
-        fetched, liked = await asyncio.gather(
-            self._batch_tweets(missing, reader_id) if missing else _nothing(list[tweet_pb2.Tweet]),
-            self._liked_ids(reader_id, unflagged) if unflagged else _nothing(set[int]),
-        )
+        # A warm read needs neither: no task is made for nothing.
+        fetched: list[tweet_pb2.Tweet] = []
+        liked: set[int] = set()
+        if missing and unflagged:
+            fetched, liked = await asyncio.gather(
+                self._batch_tweets(missing, reader_id), self._liked_ids(reader_id, unflagged)
+            )
+        elif missing:
+            fetched = await self._batch_tweets(missing, reader_id)
+        elif unflagged:
+            liked = await self._liked_ids(reader_id, unflagged)
         liked |= cached.liked
         found = {
             t: FeedTweet(t, author, with_viewer_fields(body, count, t in liked))
@@ -355,13 +412,6 @@ class HomeFeed:
 
 async def _nobody_hidden(user_id: int) -> frozenset[int]:
     return frozenset()
-
-
-T = TypeVar("T")
-
-
-async def _nothing(kind: type[T]) -> T:
-    return kind()
 
 
 def _encoded(tweet: tweet_pb2.Tweet) -> FeedTweet:

@@ -1,5 +1,6 @@
-"""All CQL of feed_svc: the durable copy of pushed home timelines, and the
-celebrity registry (authors pulled at read time).
+"""All CQL of feed_svc: the celebrity registry (authors pulled at read time).
+Home timelines have no durable copy (feed_svc/fanout.py says why); the
+`home_timeline` table (migration 001) is no longer written or read.
 
 The registry is spread over CELEBRITY_SHARDS partitions of
 `celebrities_by_shard` (migration 007), read concurrently, so no partition
@@ -15,17 +16,12 @@ drop the old table and the `_old` statements here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
-from cassandra.query import BatchType, PreparedStatement
+from cassandra.query import PreparedStatement
 
-from common.cql import Batch, CqlSession, prepare_all
+from common.cql import CqlSession, prepare_all
 
 CELEBRITY_SHARDS = 16
-# Timeline rows per unlogged batch when one tweet goes to many timelines: one
-# request instead of one each, since the driver's per-request work in the
-# fan-out worker cost more than the writes themselves (see push).
-ROWS_PER_BATCH = 50
 _GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: Fibonacci hashing
 _MASK64 = (1 << 64) - 1
 
@@ -39,9 +35,6 @@ def celebrity_shard(author_id: int) -> int:
 
 
 STATEMENTS = {
-    "push": "INSERT INTO home_timeline (user_id, tweet_id, author_id) VALUES (?, ?, ?)",
-    "remove": "DELETE FROM home_timeline WHERE user_id = ? AND tweet_id = ?",
-    "read": "SELECT tweet_id FROM home_timeline WHERE user_id = ? LIMIT ?",
     "is_celebrity": "SELECT author_id FROM celebrities_by_shard WHERE shard = ? AND author_id = ?",
     "celebrities": "SELECT author_id FROM celebrities_by_shard WHERE shard = ?",
     "add_celebrity": "INSERT INTO celebrities_by_shard (shard, author_id) VALUES (?, ?)",
@@ -53,47 +46,13 @@ STATEMENTS = {
 }
 
 
-class TimelineStore:
-    def __init__(self, cql: CqlSession, concurrency: int) -> None:
+class CelebrityStore:
+    def __init__(self, cql: CqlSession) -> None:
         self._cql = cql
         self._q: dict[str, PreparedStatement] = {}
-        self._limit = asyncio.Semaphore(concurrency)
 
     async def prepare(self) -> None:
         self._q = await prepare_all(self._cql, STATEMENTS)
-
-    async def _run_batch(self, name: str, rows: Sequence[tuple[object, ...]]) -> None:
-        batch = Batch(BatchType.UNLOGGED)  # no batchlog: each row is idempotent and retried as a whole
-        for params in rows:
-            batch.add(self._q[name], params)
-        async with self._limit:
-            await self._cql.execute(batch)
-
-    async def push(self, user_ids: Sequence[int], tweet_id: int, author_id: int) -> None:
-        """One tweet into many timelines, ROWS_PER_BATCH rows per request, bounded concurrency.
-
-        Unlogged multi-partition batches: the coordinator forwards each row to its
-        replicas, an extra hop on a cluster bought back many times over in the
-        worker's CPU (measured in the issue 15 report)."""
-        rows = [(u, tweet_id, author_id) for u in user_ids]
-        await asyncio.gather(
-            *(self._run_batch("push", rows[i : i + ROWS_PER_BATCH]) for i in range(0, len(rows), ROWS_PER_BATCH))
-        )
-
-    async def push_many(self, user_id: int, tweets: Sequence[tuple[int, int]]) -> None:
-        """Many tweets into one timeline: one partition, one batch."""
-        if tweets:
-            await self._run_batch("push", [(user_id, t, a) for t, a in tweets])
-
-    async def remove(self, user_ids: Sequence[int], tweet_ids: Sequence[int]) -> None:
-        rows = [(u, t) for u in user_ids for t in tweet_ids]
-        await asyncio.gather(
-            *(self._run_batch("remove", rows[i : i + ROWS_PER_BATCH]) for i in range(0, len(rows), ROWS_PER_BATCH))
-        )
-
-    async def read(self, user_id: int, limit: int) -> list[int]:
-        rows = await self._cql.execute(self._q["read"], (user_id, limit))
-        return [r.tweet_id for r in rows]
 
     async def is_celebrity(self, author_id: int) -> bool:
         new, old = await asyncio.gather(

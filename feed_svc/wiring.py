@@ -11,7 +11,7 @@ from common.hidden import HiddenAuthorsCache, RedisHiddenStore
 from common.singleflight import Rebuilds
 from feed_svc.cache import FeedCache
 from feed_svc.config import FeedConfig
-from feed_svc.store import TimelineStore
+from feed_svc.store import CelebrityStore
 
 
 @dataclass
@@ -19,7 +19,7 @@ class FeedParts:
     cql: CqlSession
     redis: RedisClient
     cache: FeedCache
-    store: TimelineStore
+    store: CelebrityStore
     peers: Peers
     hidden: HiddenAuthorsCache
     rebuilds: Rebuilds  # the process's one bound on cache rebuilds, shared by every fill
@@ -34,7 +34,7 @@ async def build(cfg: FeedConfig) -> FeedParts:
     common = cfg.common
     cql = await CqlSession.from_config(common)
     redis = connect_redis(common.redis_url)
-    store = TimelineStore(cql, cfg.fanout_concurrency)
+    store = CelebrityStore(cql)
     await store.prepare()
     cache = FeedCache(redis, cfg.timeline_size, cfg.following_cache_seconds, cfg.celebrity_cache_seconds)
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)

@@ -411,6 +411,11 @@ class Graph:
         edges = await self._store.followers(user_id, page_size + 1, self._cursor(page_token, "follower_ids", user_id))
         return [e.user_id for e in edges[:page_size]], self._next_token(edges, page_size, "follower_ids", user_id)
 
+    async def follower_count(self, user_id: int) -> int:
+        """The count GetUser gives, from the counts row alone."""
+        _check_id(user_id)
+        return (await self._store.follower_counts([user_id])).get(user_id, 0)
+
     async def following_ids(self, user_id: int, among: Sequence[int] = ()) -> tuple[list[tuple[int, int]], bool]:
         """(followed user id, their follower count) for the accounts `user_id` follows, and
         whether the list stopped at the limit. With `among`, only those accounts are looked up."""

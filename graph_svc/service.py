@@ -3,6 +3,7 @@ validate, call the domain, map to protos."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -193,8 +194,13 @@ class GraphInternalService(graph_internal_pb2_grpc.GraphInternalServiceServicer)
         self, request: graph_internal_pb2.ListFollowerIdsRequest, context: grpc.aio.ServicerContext
     ) -> graph_internal_pb2.ListFollowerIdsResponse:
         size = page_size(request.page_size, FOLLOWER_IDS_DEFAULT, FOLLOWER_IDS_MAX)
-        ids, token = await self._graph.follower_ids(request.user_id, size, request.page_token)
-        return graph_internal_pb2.ListFollowerIdsResponse(user_ids=ids, next_page_token=token)
+        if request.page_token:
+            ids, token = await self._graph.follower_ids(request.user_id, size, request.page_token)
+            return graph_internal_pb2.ListFollowerIdsResponse(user_ids=ids, next_page_token=token)
+        (ids, token), count = await asyncio.gather(
+            self._graph.follower_ids(request.user_id, size, ""), self._graph.follower_count(request.user_id)
+        )
+        return graph_internal_pb2.ListFollowerIdsResponse(user_ids=ids, next_page_token=token, follower_count=count)
 
     async def ListFollowingIds(
         self, request: graph_internal_pb2.ListFollowingIdsRequest, context: grpc.aio.ServicerContext

@@ -119,6 +119,16 @@ KAFKA_JVM_OPTS = (
     "-XX:+ExplicitGCInvokesConcurrent",
 )
 
+# What an idle server wakes up for on its own (issue 14, "a quiet idle stack"):
+# - the hsperfdata counters (jstat/jps) are sampled every 50 ms by "VM Periodic
+#   Task"; nothing here reads them (nodetool and jcmd use JMX and attach);
+IDLE_JVM_OPTS = ("-XX:-UsePerfData",)
+# - Cassandra's approximate clock (request expiry, timeouts measured in seconds)
+#   is re-read every 2 ms by ScheduledFastTasks, 500 wake-ups a second doing
+#   nothing else; 10 ms is still far finer than any timeout it measures. The
+#   commit log's group window uses the precise clock, not this one.
+CASSANDRA_IDLE_OPTS = ("-Dcassandra.approximate_time_precision_ms=10",)
+
 # Writes arriving within this window share one commit-log fsync (group commit).
 COMMITLOG_GROUP_WINDOW = "10ms"
 COMMITLOG_ENV = "CHIRP_CQL_COMMITLOG_SYNC"  # group (default) or periodic, for measuring the difference
@@ -263,6 +273,42 @@ def _render(template: Path, dest: Path, values: dict[str, str]) -> None:
 # Cassandra
 
 
+def _cassandra_values(state: Path, node: StoreNode, cluster: list[StoreNode]) -> dict[str, str]:
+    return {
+        "data_dir": str(state.resolve() / "data" / node.name),
+        "address": node.host,
+        "seeds": cluster[0].host,
+        "hinted_handoff": "true" if len(cluster) > 1 else "false",
+        "commitlog_sync": _commitlog_sync(),
+    }
+
+
+def cassandra_fingerprint(root: Path, state: Path, node: StoreNode, cluster: list[StoreNode]) -> str:
+    """Digest of the node's rendered config and JVM options: a change restarts a running node."""
+    return _fingerprint(
+        root / "infra" / "cassandra" / "cassandra.yaml.in",
+        _cassandra_values(state, node, cluster),
+        (*CASSANDRA_HEAP, *COMMON_JVM_OPTS, *IDLE_JVM_OPTS, *CASSANDRA_IDLE_OPTS, *CASSANDRA_FAST_START_OPTS),
+    )
+
+
+def kafka_fingerprint(
+    root: Path, state: Path, node: StoreNode, cluster: list[StoreNode], replication: int, min_isr: int
+) -> str:
+    """Digest of the node's rendered config and JVM options: a change restarts a running node."""
+    return _fingerprint(
+        root / "infra" / "kafka" / "server.properties.in",
+        _kafka_values(state, node, cluster, replication, min_isr),
+        (*KAFKA_HEAP, *COMMON_JVM_OPTS, *IDLE_JVM_OPTS, *KAFKA_JVM_OPTS),
+    )
+
+
+def _fingerprint(template: Path, values: dict[str, str], jvm_opts: tuple[str, ...]) -> str:
+    digest = hashlib.sha256(Template(template.read_text()).substitute(values).encode())
+    digest.update("\0".join(jvm_opts).encode())
+    return digest.hexdigest()[:16]
+
+
 def cassandra_command(root: Path, deps: Path, state: Path, node: StoreNode, cluster: list[StoreNode]) -> list[str]:
     """Render <state>/conf/<node>.yaml and return the argv running CassandraDaemon in the foreground.
 
@@ -283,25 +329,16 @@ def cassandra_command(root: Path, deps: Path, state: Path, node: StoreNode, clus
     for directory in (data, logs, conf, triggers):
         directory.mkdir(parents=True, exist_ok=True)
 
-    clustered = len(cluster) > 1
     config = conf / f"{node.name}.yaml"
-    _render(
-        root / "infra" / "cassandra" / "cassandra.yaml.in",
-        config,
-        {
-            "data_dir": str(data),
-            "address": node.host,
-            "seeds": cluster[0].host,
-            "hinted_handoff": "true" if clustered else "false",
-            "commitlog_sync": _commitlog_sync(),
-        },
-    )
-    token = CLUSTER_TOKENS[node.ordinal - 1] if clustered else "0"
+    _render(root / "infra" / "cassandra" / "cassandra.yaml.in", config, _cassandra_values(state, node, cluster))
+    token = CLUSTER_TOKENS[node.ordinal - 1] if len(cluster) > 1 else "0"
     return [
         _java(),
         *CASSANDRA_HEAP,
         "-Xss256k",
         *COMMON_JVM_OPTS,
+        *IDLE_JVM_OPTS,
+        *CASSANDRA_IDLE_OPTS,
         f"-XX:ErrorFile={logs / 'hs_err_%p.log'}",
         *CASSANDRA_JVM17_OPTS,
         f"-javaagent:{jamm[-1]}",
@@ -323,6 +360,19 @@ def cassandra_command(root: Path, deps: Path, state: Path, node: StoreNode, clus
 # Kafka
 
 
+def _kafka_values(
+    state: Path, node: StoreNode, cluster: list[StoreNode], replication: int, min_isr: int
+) -> dict[str, str]:
+    return {
+        "log_dirs": str(state.resolve() / "data" / node.name),
+        "node_id": str(node.ordinal),
+        "host": node.host,
+        "voters": ",".join(f"{n.ordinal}@{n.host}:{KAFKA_CONTROLLER_PORT}" for n in cluster),
+        "replication": str(replication),
+        "min_isr": str(min_isr),
+    }
+
+
 def _kafka_paths(
     root: Path, deps: Path, state: Path, node: StoreNode, cluster: list[StoreNode], replication: int, min_isr: int
 ) -> tuple[Path, Path, Path, list[str]]:
@@ -335,18 +385,11 @@ def _kafka_paths(
     for directory in (data, logs):
         directory.mkdir(parents=True, exist_ok=True)
     config = state / "conf" / f"{node.name}.properties"
-    voters = ",".join(f"{n.ordinal}@{n.host}:{KAFKA_CONTROLLER_PORT}" for n in cluster)
-    values = {
-        "log_dirs": str(data),
-        "node_id": str(node.ordinal),
-        "host": node.host,
-        "voters": voters,
-        "replication": str(replication),
-        "min_isr": str(min_isr),
-    }
+    values = _kafka_values(state, node, cluster, replication, min_isr)
     _render(root / "infra" / "kafka" / "server.properties.in", config, values)
     jvm = [
         *COMMON_JVM_OPTS,
+        *IDLE_JVM_OPTS,
         f"-XX:ErrorFile={logs / 'hs_err_%p.log'}",
         f"-Dkafka.logs.dir={logs}",
         f"-Dlog4j2.configurationFile={root / 'infra' / 'kafka' / 'log4j2.properties'}",

@@ -6,7 +6,8 @@
 Every process started here has its pid (and start time, so a reused pid is
 never signalled) in .state/run/, its log in .state/logs/, its data in
 .state/data/. `up` is idempotent: running components are kept, except service
-processes whose CHIRP_* settings changed, which are restarted.
+processes whose CHIRP_* settings changed, and Cassandra and Kafka nodes whose
+rendered config or JVM options changed, which are restarted.
 """
 
 from __future__ import annotations
@@ -242,6 +243,8 @@ def _store_components() -> list[Component]:
                     ready=functools.partial(jvm.cassandra_ready, node.host, node.port),
                     timeout=180,
                     stop_timeout=60,
+                    # A changed cassandra.yaml or JVM option restarts the node, as settings do a service.
+                    fingerprint=jvm.cassandra_fingerprint(ROOT, STATE, node, cassandra),
                     where=f"CQL {node.address}",
                 )
             )
@@ -253,6 +256,9 @@ def _store_components() -> list[Component]:
                     ready=functools.partial(jvm.kafka_ready, node.host, node.port),
                     timeout=120,
                     stop_timeout=60,
+                    fingerprint=jvm.kafka_fingerprint(
+                        ROOT, STATE, node, kafka, topology.kafka_replication(), topology.kafka_min_insync()
+                    ),
                     where=node.address,
                 )
             )

@@ -12,9 +12,9 @@ from common.hidden import HiddenAuthorsCache, RedisHiddenStore
 from common.logs import setup_logging
 from common.server import Wiring, serve
 from rank_svc import config as rank_config
-from rank_svc.reads import READ_REFRESH_SECONDS, TrendingCopy
+from rank_svc.reads import READ_REFRESH_SECONDS, TrendingCopy, ViewerLikes
 from rank_svc.service import RankService
-from rank_svc.store import TrendingStore
+from rank_svc.store import TrendingStore, TweetCacheReader
 
 
 async def run(cfg: rank_config.RankConfig) -> None:
@@ -24,11 +24,11 @@ async def run(cfg: rank_config.RankConfig) -> None:
     # graph_svc says whose tweets a signed-in viewer hides (cached, common/hidden.py); anonymous reads never ask.
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
     hidden = HiddenAuthorsCache(RedisHiddenStore(redis), peers.hidden_author_ids)
+    # A viewer's liked_by_me come from tweet_svc's cache; tweet_svc is asked only for what it misses.
+    likes = ViewerLikes(TweetCacheReader(redis).tweets, peers.liked_tweet_ids)
 
     def register(server: grpc.aio.Server) -> None:
-        rank_pb2_grpc.add_RankServiceServicer_to_server(
-            RankService(trending, hidden.hidden, peers.liked_tweet_ids), server
-        )
+        rank_pb2_grpc.add_RankServiceServicer_to_server(RankService(trending, hidden.hidden, likes.liked), server)
 
     async def serving() -> bool:
         # With a copy to serve, a Redis outage does not stop this instance.

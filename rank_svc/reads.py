@@ -1,5 +1,6 @@
 """Serving the trending list: each rank_svc process keeps a copy of the list
-the rank worker computed, so no request reads Redis, and filters it per viewer."""
+the rank worker computed, so no request reads the list from Redis, and filters
+and flags it per viewer."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from itertools import islice
 from chirp.tweet.v1 import tweet_pb2
 
 from common.errors import DEPENDENCY_DOWN_MESSAGE, Unavailable
+from common.tweet_cache import CachedTweets
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,11 @@ READ_REFRESH_SECONDS = 1.0
 # A copy older than this (an instance nobody asked for a while) is not served
 # while Redis answers: the request waits for the fresh one (one GET).
 MAX_STALE_SECONDS = 3.0
+
+# (viewer id, tweet ids) -> what tweet_svc's cache holds of them, the viewer's like flags included
+CachedFlags = Callable[[int, Sequence[int]], Awaitable[CachedTweets]]
+# (viewer id, tweet ids) -> the ones the viewer likes (tweet_svc ListLikedTweetIds)
+LikedTweetIds = Callable[[int, Sequence[int]], Awaitable[set[int]]]
 
 
 class TrendingCopy:
@@ -114,3 +121,23 @@ def with_liked(tweets: Sequence[tweet_pb2.Tweet], liked: Container[int]) -> list
         copy.liked_by_me = tweet.tweet_id in liked
         flagged.append(copy)
     return flagged
+
+
+class ViewerLikes:
+    """Which of the tweets a viewer likes, read as feed_svc's home feed reads its flags:
+    from tweet_svc's cache (`ul:<viewer>`, common/tweet_cache.py), where a field present
+    is exact because a like or unlike writes it before being acknowledged; tweet_svc
+    (ListLikedTweetIds, a read of `user_likes` that fills those fields) is asked only
+    for the tweets without one. So a viewer reading trending again and again costs
+    tweet_svc and Cassandra one read per LIKED_SECONDS (the hash's life), not one per
+    request."""
+
+    def __init__(self, cached: CachedFlags, ask: LikedTweetIds) -> None:
+        self._cached = cached
+        self._ask = ask
+
+    async def liked(self, viewer_id: int, tweet_ids: Sequence[int]) -> set[int]:
+        cached = await self._cached(viewer_id, tweet_ids)
+        unflagged = [t for t in tweet_ids if t not in cached.liked and t not in cached.not_liked]
+        asked = await self._ask(viewer_id, unflagged) if unflagged else set()
+        return cached.liked | asked

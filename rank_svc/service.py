@@ -5,14 +5,14 @@ without the authors they mute or block or who block them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import grpc
 from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
 
 from common.errors import InvalidArgument
 from common.identity import optional_user
-from rank_svc.reads import TrendingCopy, visible_trending, with_liked
+from rank_svc.reads import LikedTweetIds, TrendingCopy, visible_trending, with_liked
 
 DEFAULT_LIMIT = 10
 # The API's cap on `limit`; the computed list may hold more, so a viewer who hides
@@ -21,8 +21,6 @@ MAX_LIMIT = 100
 
 # viewer id -> authors whose tweets the viewer must not see
 HiddenAuthors = Callable[[int], Awaitable[frozenset[int]]]
-# (viewer id, tweet ids) -> the ones the viewer likes (tweet_svc ListLikedTweetIds)
-LikedTweetIds = Callable[[int, Sequence[int]], Awaitable[set[int]]]
 
 
 class RankService(rank_pb2_grpc.RankServiceServicer):

@@ -1,6 +1,7 @@
 """All of rank_svc's Redis: the hourly like tallies the rank worker folds like
 events into, one fold marker per likes-topic partition, the recompute lease
-and the computed list.
+and the computed list; and, read only, viewers' like flags in tweet_svc's cache
+(TweetCacheReader).
 
 Every key is built by `TrendingKeys`, under one hash tag (`{rk}`), so on a
 Redis Cluster they all live in one hash slot: the fold script and the
@@ -22,7 +23,8 @@ from chirp.rank.v1 import rank_pb2
 from chirp.tweet.v1 import tweet_pb2
 from redis.asyncio.cluster import RedisCluster
 
-from common.cache import RedisClient
+from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolerant
+from common.tweet_cache import CachedTweets, parse_reads, queue_reads
 from rank_svc.score import hour_weight
 
 # Kept beyond the API cap of 100 (rank_svc/service.py MAX_LIMIT) so a viewer who
@@ -352,3 +354,26 @@ class TrendingStore:
         if raw is None:
             return []
         return list(rank_pb2.ListTrendingResponse.FromString(raw if isinstance(raw, bytes) else raw.encode()).tweets)
+
+
+class TweetCacheReader(Tolerant):
+    """tweet_svc's cache, read as common/tweet_cache.py writes it down (its keys are
+    tweet_svc's, not under `{rk}`: every command is on one key)."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        super().__init__()
+        self._redis = redis
+
+    @tolerant(CachedTweets, "asking tweet_svc for every like flag")
+    async def tweets(self, viewer_id: int, tweet_ids: Sequence[int]) -> CachedTweets:
+        """What the cache holds of the tweets, the viewer's like flags included, in one
+        pipeline; a failed command is a miss, and an unreachable Redis all of it."""
+        if not tweet_ids:
+            return CachedTweets()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            queue_reads(pipe, tweet_ids, viewer_id)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, REDIS_UNAVAILABLE_ERRORS):
+                raise reply  # tolerant: skip Redis for a while rather than wait on it per request
+        return parse_reads(tweet_ids, replies)

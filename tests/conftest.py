@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis
 
 from common.cache import RedisClient, connect_redis
 from common.cql import CqlSession
@@ -54,6 +55,15 @@ async def redis() -> AsyncIterator[RedisClient]:
     client = connect_redis(REDIS_URL)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def rds() -> Iterator[Redis]:
+    """A synchronous client of the stack's standalone Redis, for tests that look at keys directly."""
+    client = Redis.from_url(REDIS_URL, decode_responses=True)
+    client.ping()  # raises (fails the test) when Redis is down
+    yield client
+    client.close()
 
 
 @pytest.fixture(scope="session")

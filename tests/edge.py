@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -32,13 +33,30 @@ def load_renderer() -> ModuleType:
 render = load_renderer()
 
 
+@dataclass(frozen=True)
+class Edge:
+    """A running private edge: where to send requests, and the file its output
+    (the access log among it) goes to."""
+
+    base: str
+    log: Path
+
+
 @contextmanager
 def private_edge(tmp: Path, settings: Any) -> Iterator[str]:
     """Yields the base URL of an edge built from `settings` (a render.EdgeSettings)."""
+    with private_edge_with_log(tmp, settings) as edge:
+        yield edge.base
+
+
+@contextmanager
+def private_edge_with_log(tmp: Path, settings: Any) -> Iterator[Edge]:
+    """As `private_edge`, for tests that also read what the edge logged."""
     config = tmp / "envoy.json"
     jwks = (stack.KEYS / "jwks.json").read_text()
     config.write_text(json.dumps(render.build(jwks, settings)))
-    log = (tmp / "envoy.log").open("wb")
+    log_path = tmp / "envoy.log"
+    log = log_path.open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "infra.supervise", "--", str(stack.VENV_BIN / "envoy"), "-c", str(config),
          "--base-id", str(settings.listen_port), "--log-level", "warn", "--concurrency", "1"],
@@ -54,7 +72,7 @@ def private_edge(tmp: Path, settings: Any) -> Iterator[str]:
 
     try:
         faults.wait_for(ready, 20, "the private Envoy to start")
-        yield base
+        yield Edge(base, log_path)
     finally:
         proc.terminate()
         proc.wait(10)

@@ -12,8 +12,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -24,7 +23,7 @@ from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
 from tests import faults
 from tests.conftest import unique_name
 from tests.e2e.test_users import assert_error
-from tests.edge import private_edge, render
+from tests.edge import Edge, private_edge_with_log, render
 
 PORT, ADMIN = 18480, 19941
 # One request in flight per service; successes are not logged, so every line is a failure.
@@ -41,17 +40,10 @@ CALLS = 12
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Edge:
-    base: str
-    log: Path
-
-
 @pytest.fixture(scope="module")
 def tiny_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    tmp = tmp_path_factory.mktemp("tiny_edge")
-    with private_edge(tmp, TINY) as base:
-        yield Edge(base, tmp / "envoy.log")
+    with private_edge_with_log(tmp_path_factory.mktemp("tiny_edge"), TINY) as edge:
+        yield edge
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import grpc
 import httpx
@@ -31,7 +30,7 @@ from infra import stack
 from tests import faults
 from tests.conftest import unique_name
 from tests.e2e.test_users import assert_error
-from tests.edge import private_edge, render
+from tests.edge import Edge, private_edge_with_log, render
 
 PORT, ADMIN = 18180, 19911
 # Every request logged: the access log tests read the line of a successful call.
@@ -53,12 +52,6 @@ INTERNAL = ("chirp.graph.v1.GraphInternalService", "chirp.tweet.v1.TweetInternal
 
 
 @dataclass(frozen=True)
-class Edge:
-    base: str
-    log: Path
-
-
-@dataclass(frozen=True)
 class Account:
     user_id: str
     token: str
@@ -66,9 +59,8 @@ class Account:
 
 @pytest.fixture(scope="module")
 def strict_edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    tmp = tmp_path_factory.mktemp("strict_edge")
-    with private_edge(tmp, STRICT) as base:
-        yield Edge(base, tmp / "envoy.log")
+    with private_edge_with_log(tmp_path_factory.mktemp("strict_edge"), STRICT) as edge:
+        yield edge
 
 
 @pytest.fixture(scope="module")

@@ -15,21 +15,21 @@ Run with the settings `make test` starts the stack with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
 import grpc
 import httpx
-import pytest
 import redis
 from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
 
 from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, group_offsets
+from common.keys import tweet_key
 from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
 from infra import topology
-from tests.conftest import CELEBRITY_THRESHOLD, FOLLOWING_LIST_LIMIT, KAFKA, RANK_INTERVAL_SECONDS, REDIS_URL
+from tests.conftest import CELEBRITY_THRESHOLD, FOLLOWING_LIST_LIMIT, KAFKA, RANK_INTERVAL_SECONDS
 from tests.e2e.test_users import assert_error
 from tests.e2e.test_write_path import (
     Account,
@@ -51,14 +51,6 @@ Tweet = dict[str, Any]
 
 
 # ---- helpers -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def rds() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    client.ping()
-    yield client
-    client.close()
 
 
 def test_run_with_the_quick_test_settings() -> None:
@@ -91,6 +83,11 @@ def delete_tweet(edge: httpx.Client, who: Account, tweet_id: str) -> None:
 
 def like(edge: httpx.Client, who: Account, tweet_id: str) -> None:
     reply = edge.post(f"/v1/tweets/{tweet_id}/like", headers=auth(who))
+    assert reply.status_code == 200, reply.text
+
+
+def unlike(edge: httpx.Client, who: Account, tweet_id: str) -> None:
+    reply = edge.delete(f"/v1/tweets/{tweet_id}/like", headers=auth(who))
     assert reply.status_code == 200, reply.text
 
 
@@ -553,3 +550,41 @@ def test_trending_limits(edge: httpx.Client) -> None:
     assert len(trending(edge, limit=0)) == 10
     assert len(trending(edge, limit=7)) == 7
     assert len(trending(edge, limit=1)) == 1
+
+
+def test_trending_liked_by_me_is_exact_at_once_after_a_like_and_an_unlike(edge: httpx.Client, rds: redis.Redis) -> None:
+    """rank_svc takes a viewer's flags from tweet_svc's cache (`ul:<viewer>`) and asks
+    tweet_svc only for those it misses: a like and an unlike show in the very next
+    read, whether the viewer's flags are cached or not."""
+    author, viewer, bystander, *fans = new_accounts(edge, 8, "tlk")
+    tweet_id = str(post_tweet(edge, author, "trending, liked, unliked")["tweet_id"])
+    for fan in fans:  # enough likes to stay among the top 100 of a busy stack
+        like(edge, fan, tweet_id)
+    wait_like_count(edge, tweet_id, len(fans))
+    # Each rank_svc instance serves its own copy: wait until every one holds it.
+    eventually(lambda: every_rank_copy_has(tweet_id), bool, "the liked tweet never trended", TRENDING_DEADLINE)
+    cached_flags = tweet_key("liked", int(viewer.user_id))
+
+    def seen_by(who: Account | None) -> set[bool]:
+        """liked_by_me on the tweet in several reads through the edge, so from every instance."""
+        seen: set[bool] = set()
+        for _ in range(6):
+            reply = edge.get("/v1/feed/trending", params={"limit": 100}, headers=auth(who) if who else {})
+            assert reply.status_code == 200, reply.text
+            ours = [t["liked_by_me"] for t in reply.json()["tweets"] if t["tweet_id"] == tweet_id]
+            assert len(ours) == 1, "the tweet left trending"
+            seen.update(ours)
+        return seen
+
+    assert seen_by(viewer) == {False}
+    assert rds.hexists(cached_flags, tweet_id), "reading trending did not cache the viewer's flag"
+    like(edge, viewer, tweet_id)  # over the cached "not liked"
+    assert seen_by(viewer) == {True}
+    assert seen_by(bystander) == {False}
+    assert seen_by(None) == {False}
+    rds.delete(cached_flags)  # as when the hash expires: the flag comes from tweet_svc
+    assert seen_by(viewer) == {True}
+    unlike(edge, viewer, tweet_id)  # over the cached "liked"
+    assert seen_by(viewer) == {False}
+    rds.delete(cached_flags)
+    assert seen_by(viewer) == {False}

@@ -24,7 +24,7 @@ from common.keys import feed_key, tweet_key
 from feed_svc.activity import read_record_key
 from feed_svc.cache import FeedCache
 from feed_svc.home_feed import CelebrityRegistry, HomeFeed
-from feed_svc.store import TimelineStore
+from feed_svc.store import CelebrityStore
 from tests.unit.test_redis_cluster_safety import FakeRedis, client
 from tweet_svc.cache import TweetCache
 from tweet_svc.store import TweetRecord
@@ -174,10 +174,10 @@ async def scene(redis: RedisClient) -> AsyncIterator[Scene]:
     hidden = HiddenAuthorsCache(RedisHiddenStore(cast(RedisClient, counting)), peers.nobody_hidden)
     # A registry of its own (an in-memory Redis): the stack's copy is never written from here.
     own_registry = FeedCache(client(FakeRedis()), timeline_size=20, following_ttl=60, celebrity_ttl=60)
-    registry = CelebrityRegistry(own_registry, cast(TimelineStore, NoStore()), 60)
+    registry = CelebrityRegistry(own_registry, cast(CelebrityStore, NoStore()), 60)
     feed = HomeFeed(
         cache,
-        cast(TimelineStore, NoStore()),
+        cast(CelebrityStore, NoStore()),
         peers.following_ids,
         peers.recent_ids,
         peers.batch_tweets,
@@ -208,7 +208,8 @@ async def test_a_cached_read_takes_three_redis_round_trips_and_calls_no_peer(sce
     assert [t.like_count for t in tweets] == [3] * len(everything)
     assert {t.tweet_id for t in tweets if t.liked_by_me} == {scene.pushed[1]}
     assert scene.peers.calls == []
-    assert len(scene.counting.trips) == 5  # following, hidden; timeline, recent ids; tweets
+    # following + timeline + own recent ids in one pipeline, hidden; the star's recent ids; tweets
+    assert len(scene.counting.trips) == 4
     assert scene.counting.stages() == 3
 
 

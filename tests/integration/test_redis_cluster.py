@@ -112,7 +112,6 @@ async def test_feed_cache_works_on_keys_spread_over_every_primary(rc: RedisClust
     users = ids(913, KEYS_PER_TEST)
     tweets = ids(914, 3)
     timelines = [feed_key("timeline", u) for u in users]
-    recents = [feed_key("celebrity_recent", u) for u in users]
     follows = [feed_key("following", u) for u in users[:50]]
     assert primaries_of(rc, timelines) == {n.name for n in rc.get_primaries()}
     try:
@@ -124,8 +123,6 @@ async def test_feed_cache_works_on_keys_spread_over_every_primary(rc: RedisClust
             assert await cache.timeline(user, None, 10) == [tweets[1], tweets[0]]
         assert await cache.timeline(users[-1], None, 10) is None  # pushed to, never built
 
-        await cache.set_recent({u: [tweets[0], u] for u in users})
-        assert await cache.recent(users) == {u: [tweets[0], u] for u in users}
         for user in users[:50]:
             await cache.set_following(user, [(user + 1, 3)], complete=True)
         assert [await cache.following(u) for u in users[:50]] == [([(u + 1, 3)], True) for u in users[:50]]
@@ -133,7 +130,7 @@ async def test_feed_cache_works_on_keys_spread_over_every_primary(rc: RedisClust
         await cache.mark_tweet_deleted(tweets[2])
         assert await rc.get(tweet_key("body", tweets[2])) == TWEET_DELETED
     finally:
-        await delete(rc, [*timelines, *recents, *follows, tweet_key("body", tweets[2])])
+        await delete(rc, [*timelines, *follows, tweet_key("body", tweets[2])])
 
 
 # ---- a failing node --------------------------------------------------------------------
@@ -235,7 +232,6 @@ async def test_a_failing_node_makes_the_caches_miss_instead_of_raising(
         assert await tweets.get(tweet_ids) == ({}, set())
         assert time.monotonic() - started < 2.0, "a read waited too long on the failing node"
         assert await tweets.like_counts(tweet_ids) == {}
-        assert await feed.recent(on_victim) == {}
         assert await feed.timeline(on_victim[0], None, 10) is None
         with pytest.raises(REDIS_UNAVAILABLE_ERRORS):
             await feed.mark_tweet_deleted(on_victim[0])  # the fan-out worker's batch fails and is re-applied

@@ -7,6 +7,7 @@ the in-memory fakes of test_feed_rules."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import cast
 
 from common.keys import feed_key
@@ -21,7 +22,7 @@ from feed_svc.activity import (
     split_by_activity,
 )
 from feed_svc.fanout import Fanout
-from feed_svc.store import TimelineStore
+from feed_svc.store import CelebrityStore
 from tests.unit.test_feed_rules import THRESHOLD, World, newest_first
 
 WINDOW_DAYS = 30.0
@@ -44,7 +45,7 @@ def reading_world() -> tuple[World, WallClock]:
     clock = WallClock()
     world.fanout = Fanout(
         world.cache,
-        cast(TimelineStore, world.store),
+        cast(CelebrityStore, world.store),
         world.graph.follower_count,
         world.graph.follower_page,
         world.tweets.recent_ids,
@@ -91,8 +92,16 @@ def test_the_memory_of_recorded_readers_is_bounded() -> None:
     assert marks.due(1)  # forgotten, so written again: never skipped by mistake
 
 
-def test_a_rebuilt_timeline_merges_what_was_kept_with_what_was_pulled() -> None:
-    assert rebuilt_timeline([9, 5, 3], [8, 5, 1], size=4) == [9, 8, 5, 3]
+def test_a_rebuilt_timeline_merges_every_accounts_newest_tweets_newest_first() -> None:
+    assert rebuilt_timeline([(9, 1), (5, 1), (8, 2), (5, 1), (1, 2)], size=3, depth=5) == [9, 8, 5]
+
+
+def test_a_rebuilt_timeline_stops_where_an_account_may_have_tweets_not_pulled() -> None:
+    # Account 1 gave all 3 it was asked for: its 4th newest may lie between 5 and 1,
+    # so the timeline ends at 5 instead of showing 2's tweet 1 after a gap.
+    pulled = [(9, 1), (7, 1), (5, 1), (8, 2), (1, 2)]
+    assert rebuilt_timeline(pulled, size=10, depth=3) == [9, 8, 7, 5]
+    assert rebuilt_timeline(pulled, size=10, depth=4) == [9, 8, 7, 5, 1]  # every account gave less: complete
 
 
 # ---- the worker ----------------------------------------------------------------------------
@@ -107,12 +116,10 @@ async def test_a_follower_away_longer_than_the_window_is_not_pushed_to_and_loses
     assert feed_key("timeline", AWAY) in world.redis.data
     age(world, ACTIVE, clock, WINDOW_DAYS - 1)
     age(world, AWAY, clock, WINDOW_DAYS + 1)
-    stored_before = world.stored(AWAY)
 
     tweet = await world.post(AUTHOR)
 
-    assert tweet in world.stored(ACTIVE) and tweet in world.cached(ACTIVE)
-    assert world.stored(AWAY) == stored_before  # no CQL write
+    assert tweet in world.cached(ACTIVE)
     assert feed_key("timeline", AWAY) not in world.redis.data  # dropped: rebuilt at the next read
 
 
@@ -120,7 +127,7 @@ async def test_an_account_without_a_record_is_pushed_to_and_its_clock_starts() -
     world, clock = reading_world()
     await world.follow(NEWCOMER, AUTHOR)
     tweet = await world.post(AUTHOR)
-    assert tweet in world.stored(NEWCOMER)
+    assert tweet in world.cached(NEWCOMER)
     assert last_read_ms(world, NEWCOMER) == int(clock.now * 1000)
     assert world.redis.ttl_ms[read_record_key(NEWCOMER)] == RECORD_TTL_SECONDS * 1000
 
@@ -130,7 +137,7 @@ async def test_an_account_without_a_record_is_pushed_to_and_its_clock_starts() -
 
     clock.now += WINDOW_DAYS * DAY_SECONDS  # never read in a whole window: no longer pushed to
     later = await world.post(AUTHOR)
-    assert later not in world.stored(NEWCOMER)
+    assert later not in world.cached(NEWCOMER)
 
 
 async def test_a_lost_record_means_push() -> None:
@@ -139,7 +146,7 @@ async def test_a_lost_record_means_push() -> None:
     age(world, AWAY, clock, WINDOW_DAYS + 1)
     del world.redis.data[read_record_key(AWAY)]  # Redis lost it
     tweet = await world.post(AUTHOR)
-    assert tweet in world.stored(AWAY)
+    assert tweet in world.cached(AWAY)
 
 
 # ---- the returning reader ------------------------------------------------------------------
@@ -153,7 +160,7 @@ async def test_a_returning_reader_sees_what_an_active_follower_sees_and_is_pushe
     before_away = [await world.post(AUTHOR) for _ in range(3)]
     age(world, AWAY, clock, WINDOW_DAYS + 5)
     while_away = [await world.post(AUTHOR) for _ in range(4)]
-    assert not set(while_away) & world.stored(AWAY)
+    assert not set(while_away) & world.cached(AWAY)
 
     returned = await world.read_through(AWAY, 2)
 
@@ -164,7 +171,7 @@ async def test_a_returning_reader_sees_what_an_active_follower_sees_and_is_pushe
     assert set(while_away) <= world.cached(AWAY)  # written back to Redis
 
     after = await world.post(AUTHOR)
-    assert after in world.stored(AWAY) and after in world.cached(AWAY)
+    assert after in world.cached(AWAY)
     assert (await world.page(AWAY))[0][0] == after
 
 
@@ -173,9 +180,27 @@ async def test_a_timeline_redis_lost_is_rebuilt_with_the_tweets_pushed() -> None
     await world.follow(ACTIVE, AUTHOR)
     pushed = [await world.post(AUTHOR) for _ in range(5)]
     first = (await world.page(ACTIVE))[0]
-    world.redis.data.pop(feed_key("timeline", ACTIVE))
-    world.store.rows.pop(ACTIVE)  # nor does the CQL copy hold it: the pull alone rebuilds it
+    world.redis.data.pop(feed_key("timeline", ACTIVE))  # no other copy: the pull alone rebuilds it
     assert (await world.page(ACTIVE))[0] == first == newest_first(pushed)
+    assert world.cached(ACTIVE) == set(pushed)
+
+
+async def test_a_rebuild_keeps_what_the_worker_pushed_into_the_timeline_meanwhile() -> None:
+    world, _ = reading_world()
+    await world.follow(ACTIVE, AUTHOR)
+    pushed = [await world.post(AUTHOR) for _ in range(3)]
+    world.redis.data.pop(feed_key("timeline", ACTIVE))
+    late: list[int] = []
+    pull = world.tweets.recent_ids
+
+    async def posted_after_the_pull(authors: Sequence[int], before: int, limit: int) -> list[tuple[int, int]]:
+        found = await pull(authors, before, limit)
+        if AUTHOR in authors and not late:  # pushed before the rebuild writes, too new for its pull
+            late.append(await world.post(AUTHOR))
+        return found
+
+    world.feed._recent_ids = posted_after_the_pull
+    assert (await world.page(ACTIVE))[0] == newest_first([*pushed, *late]) and late
 
 
 async def test_a_rebuild_writes_nothing_while_redis_does_not_take_the_read_record() -> None:
@@ -189,6 +214,6 @@ async def test_a_rebuild_writes_nothing_while_redis_does_not_take_the_read_recor
 
     world.cache.mark_read = refused  # type: ignore[assignment,method-assign]
     # A timeline built now could miss a tweet the worker skips meanwhile (it still sees the
-    # old record): the durable copy is served and nothing is cached.
+    # old record): the pull is served and nothing is cached.
     assert (await world.page(ACTIVE))[0] == newest_first(pushed)
     assert feed_key("timeline", ACTIVE) not in world.redis.data

@@ -21,7 +21,7 @@ from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, f
 from feed_svc.cache import FeedCache
 from feed_svc.fanout import CROSSING_BACKFILL, FOLLOW_BACKFILL, UNFOLLOW_SWEEP, Fanout
 from feed_svc.home_feed import CELEBRITY_CACHE_DEPTH, CelebrityRegistry, HomeFeed
-from feed_svc.store import TimelineStore
+from feed_svc.store import CelebrityStore
 from tests.unit.test_redis_cluster_safety import FakeRedis, client
 
 THRESHOLD = 4  # followers that make an author a celebrity
@@ -32,29 +32,12 @@ FOLLOWING_TTL_SECONDS = 30.0
 # ---- in-memory stand-ins for the CQL store, graph_svc and tweet_svc ------------------------
 
 
-class MemoryTimelineStore:
-    """home_timeline rows keyed by (user, tweet), as CQL's upsert keys them, and the registry."""
+class MemoryCelebrityStore:
+    """The celebrity registry."""
 
     def __init__(self) -> None:
-        self.rows: dict[int, dict[int, int]] = {}
         self.registry: set[int] = set()
         self.before_set_celebrity: list[Any] = []  # hooks run as a mark or unmark starts
-
-    async def push(self, user_ids: Sequence[int], tweet_id: int, author_id: int) -> None:
-        for user_id in user_ids:
-            self.rows.setdefault(user_id, {})[tweet_id] = author_id
-
-    async def push_many(self, user_id: int, tweets: Sequence[tuple[int, int]]) -> None:
-        for tweet_id, author_id in tweets:
-            self.rows.setdefault(user_id, {})[tweet_id] = author_id
-
-    async def remove(self, user_ids: Sequence[int], tweet_ids: Sequence[int]) -> None:
-        for user_id in user_ids:
-            for tweet_id in tweet_ids:
-                self.rows.get(user_id, {}).pop(tweet_id, None)
-
-    async def read(self, user_id: int, limit: int) -> list[int]:
-        return sorted(self.rows.get(user_id, {}), reverse=True)[:limit]
 
     async def is_celebrity(self, author_id: int) -> bool:
         return author_id in self.registry
@@ -86,11 +69,11 @@ class Graph:
     async def follower_count(self, user_id: int) -> int:
         return len(self.followers(user_id))
 
-    async def follower_page(self, user_id: int, token: str) -> tuple[list[int], str]:
+    async def follower_page(self, user_id: int, token: str) -> tuple[list[int], str, int | None]:
         start = int(token or 0)
         everyone = self.followers(user_id)
         end = start + self.PAGE
-        return everyone[start:end], str(end) if end < len(everyone) else ""
+        return everyone[start:end], str(end) if end < len(everyone) else "", None if token else len(everyone)
 
     async def following_ids(self, user_id: int, among: Sequence[int]) -> tuple[list[tuple[int, int]], bool]:
         followed = sorted(self.follows.get(user_id, set()))
@@ -167,11 +150,11 @@ class World:
     def __init__(self, list_limit: int = 10_000) -> None:
         self.redis = FakeRedis()
         self.cache = FeedCache(client(self.redis), TIMELINE_SIZE, FOLLOWING_TTL_SECONDS, REFRESH_SECONDS)
-        self.store = MemoryTimelineStore()
+        self.store = MemoryCelebrityStore()
         self.graph = Graph(list_limit)
         self.tweets = Tweets()
         self.clock = Clock()
-        store = cast(TimelineStore, self.store)
+        store = cast(CelebrityStore, self.store)
         self.fanout = self.worker(self.graph.follower_count)
         self.registry = CelebrityRegistry(self.cache, store, REFRESH_SECONDS, self.clock)
         self.feed = HomeFeed(
@@ -186,7 +169,7 @@ class World:
         )
 
     def worker(self, follower_count: Any) -> Fanout:
-        store = cast(TimelineStore, self.store)
+        store = cast(CelebrityStore, self.store)
         return Fanout(self.cache, store, follower_count, self.graph.follower_page, self.tweets.recent_ids, THRESHOLD)
 
     # events: written where their service writes them, then applied as the worker would
@@ -236,11 +219,7 @@ class World:
     def state(self) -> Any:
         """What the worker writes, but the follow lists it drops so readers list them afresh."""
         redis = {k: v for k, v in self.redis.data.items() if not k.startswith(feed_key("following", 0)[:-1])}
-        return copy.deepcopy((self.store.rows, self.store.registry, redis))
-
-    def stored(self, user_id: int) -> set[int]:
-        """The durable pushed timeline (CQL)."""
-        return set(self.store.rows.get(user_id, {}))
+        return copy.deepcopy((self.store.registry, redis))
 
     def cached(self, user_id: int) -> set[int]:
         """The pushed timeline in Redis, built or not."""
@@ -285,7 +264,7 @@ async def test_a_page_merges_pushed_pulled_and_own_tweets_newest_first() -> None
     assert token == ""
     assert await world.page(READER, size=len(posted)) == (ids, "")  # nothing more: no token
     pushed = set(world.tweets.by(NORMAL))
-    assert world.stored(READER) == pushed  # the star's and the reader's own came from the pull
+    assert world.cached(READER) == pushed  # the star's and the reader's own came from the pull
     assert not_followed not in ids
 
 
@@ -304,7 +283,7 @@ async def test_deleted_tweets_are_left_out_and_the_page_is_still_full() -> None:
 
     assert ids == newest_first(posted[:-30])[:5]
     assert token != ""
-    assert set(gone) & world.stored(READER)  # only the read filtered them
+    assert set(gone) & world.cached(READER)  # only the read filtered them
 
 
 async def test_authors_no_longer_followed_are_dropped_before_the_unfollow_is_applied() -> None:
@@ -317,7 +296,7 @@ async def test_authors_no_longer_followed_are_dropped_before_the_unfollow_is_app
     world.graph.follows[READER].discard(GONE)  # graph_svc has it; the fan-out worker not yet
 
     assert await world.every_page(READER, size=4) == [kept[::-1][i : i + 4] for i in range(0, 10, 4)]
-    assert world.stored(READER) > set(kept)  # the gone author's tweets are still pushed
+    assert world.cached(READER) > set(kept)  # the gone author's tweets are still pushed
 
 
 async def test_authors_no_longer_followed_are_dropped_when_the_follow_list_is_cut() -> None:
@@ -418,7 +397,7 @@ async def test_following_backfills_the_followees_recent_tweets_into_the_timeline
     await world.follow(READER, NORMAL)
 
     recent = set(posted[-FOLLOW_BACKFILL:])
-    assert world.stored(READER) == recent
+    assert world.cached(READER) == recent
     assert world.cached(READER) == recent
     ids, _ = await world.page(READER)
     assert ids == newest_first(recent)
@@ -431,7 +410,7 @@ async def test_following_a_celebrity_pushes_nothing_and_it_is_pulled() -> None:
 
     await world.follow(READER, STAR)
 
-    assert world.stored(READER) == set()
+    assert world.cached(READER) == set()
     assert (await world.page(READER))[0] == newest_first(posted)
 
 
@@ -445,7 +424,7 @@ async def test_unfollowing_sweeps_the_followees_tweets_out_of_the_timeline() -> 
     await world.unfollow(READER, NORMAL)
 
     others = set(world.tweets.by(OTHER))
-    assert world.stored(READER) == others
+    assert world.cached(READER) == others
     assert world.cached(READER) == others
     assert (await world.page(READER, size=500))[0] == newest_first(others)
     assert set(posted) - others == set(world.tweets.by(NORMAL))  # still tweets, no longer in this timeline
@@ -475,7 +454,7 @@ async def test_a_deleted_tweet_leaves_every_followers_timeline_and_is_marked_del
     await world.delete(doomed)
 
     for user in [*followers, READER]:
-        assert world.stored(user) == {kept}
+        assert world.cached(user) == {kept}
         assert world.cached(user) == {kept}
     body = tweet_key("body", doomed)
     assert world.redis.data[body] == TWEET_DELETED
@@ -508,7 +487,7 @@ async def test_an_author_reaching_the_threshold_is_marked_and_no_longer_pushed()
     assert NORMAL in world.store.registry
     assert str(NORMAL).encode() in world.redis.data[CELEBRITIES_KEY]
     pulled = await world.post(NORMAL)
-    assert world.stored(READER) == {pushed}
+    assert world.cached(READER) == {pushed}
     assert world.cached(READER) == {pushed}
 
     world.pass_time(REFRESH_SECONDS)  # readers learn of the crossing from the registry
@@ -520,7 +499,7 @@ async def test_an_author_dropping_below_the_threshold_is_unmarked_and_backfilled
     await world.follow(READER, STAR)
     fans = await with_followers(world, STAR, THRESHOLD - 1)
     posted = [await world.post(STAR) for _ in range(CROSSING_BACKFILL + 5)]
-    assert world.stored(READER) == set()
+    assert world.cached(READER) == set()
     await world.page(READER)
 
     await world.unfollow(fans[0], STAR)
@@ -529,14 +508,14 @@ async def test_an_author_dropping_below_the_threshold_is_unmarked_and_backfilled
     assert str(STAR).encode() not in world.redis.data[CELEBRITIES_KEY]
     recent = set(posted[-CROSSING_BACKFILL:])
     for user in (READER, fans[1]):
-        assert world.stored(user) == recent
         assert world.cached(user) == recent
-    assert world.stored(fans[0]) == set()
+        assert world.cached(user) == recent
+    assert world.cached(fans[0]) == set()
     world.pass_time(REFRESH_SECONDS)  # the registry no longer lists it: readers get it pushed
     ids, _ = await world.page(READER, size=CROSSING_BACKFILL)
     assert ids == newest_first(recent)
     newer = await world.post(STAR)
-    assert newer in world.stored(READER)
+    assert newer in world.cached(READER)
 
 
 async def test_an_unmark_comes_before_the_backfill_reads_recent_tweets() -> None:
@@ -613,7 +592,7 @@ async def test_a_tweet_both_pushed_and_pulled_shows_once() -> None:
     await world.unfollow(fans[0], STAR)
     world.pass_time(REFRESH_SECONDS - 1)
 
-    assert world.stored(READER) == set(posted)
+    assert world.cached(READER) == set(posted)
     assert STAR in await world.registry.members()
     assert await world.page(READER) == (newest_first(posted), "")
 

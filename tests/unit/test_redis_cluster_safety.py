@@ -35,11 +35,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, cluster_nodes, connect_redis, tolerant
 from common.cql import CqlSession
 from common.ids import IdGenerator
-from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, tweet_key
+from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
 from feed_svc.cache import FeedCache
 from feed_svc.fanout import Fanout
 from feed_svc.home_feed import CelebrityRegistry, HomeFeed
-from feed_svc.store import CELEBRITY_SHARDS, TimelineStore, celebrity_shard
+from feed_svc.store import CELEBRITY_SHARDS, CelebrityStore, celebrity_shard
 from tweet_svc.cache import FILL_SCRIPT, LIKE_SCRIPT, TweetCache
 from tweet_svc.store import TweetRecord
 
@@ -327,9 +327,6 @@ async def test_feed_cache_round_trips_many_keys_without_spanning_slots() -> None
     assert await cache.timeline(users[0], None, 10) == sorted(tweets[1:], reverse=True)
     assert await cache.timeline(users[99], None, 10) is None  # pushed to, never built
 
-    authors = users[:60]
-    await cache.set_recent({a: [tweets[0], a] for a in authors})
-    assert await cache.recent(authors) == {a: [tweets[0], a] for a in authors}
     await cache.set_following(users[1], [(users[2], 5)], complete=False)
     assert await cache.following(users[1]) == ([(users[2], 5)], False)
 
@@ -398,7 +395,7 @@ async def test_cluster_and_connection_errors_read_as_misses(error: Exception) ->
     assert await tweets().recent(ids, 5) == {}
     await tweets().mark_deleted(ids[0])  # dropped, not raised: the fan-out worker writes it too
     assert await feed().timeline(ids[0], None, 10) is None
-    assert await feed().recent(ids) == {}
+    assert await feed().recent_ids(ids, 5) == {}
     assert await feed().following(ids[0]) is None
     assert await feed().celebrities() is None
     assert fake.attempts == 8  # every one of them tried Redis
@@ -440,18 +437,11 @@ def test_a_malformed_cluster_node_is_refused() -> None:
 # ---- the fan-out worker's deletion marker ------------------------------------------------
 
 
-class FakeTimelineStore:
+class FakeCelebrityStore:
     def __init__(self, celebrities: set[int] | None = None) -> None:
-        self.removed: list[tuple[list[int], list[int]]] = []
         self.registry = set(celebrities or ())
         self.registry_loads = 0
         self.failing: BaseException | None = None
-
-    async def remove(self, user_ids: Sequence[int], tweet_ids: Sequence[int]) -> None:
-        self.removed.append((list(user_ids), list(tweet_ids)))
-
-    async def read(self, user_id: int, limit: int) -> list[int]:
-        return []
 
     async def celebrities(self) -> set[int]:
         self.registry_loads += 1
@@ -478,18 +468,18 @@ class FakeMessage:
         return 0
 
 
-def fanout_with(fake: FakeRedis, store: FakeTimelineStore, followers: list[int]) -> Fanout:
+def fanout_with(fake: FakeRedis, store: FakeCelebrityStore, followers: list[int]) -> Fanout:
     async def follower_count(user_id: int) -> int:
         return len(followers)
 
-    async def follower_page(user_id: int, token: str) -> tuple[list[int], str]:
-        return followers, ""
+    async def follower_page(user_id: int, token: str) -> tuple[list[int], str, int | None]:
+        return followers, "", len(followers)
 
     async def recent_ids(authors: Sequence[int], before: int, limit: int) -> list[tuple[int, int]]:
         return []
 
     cache = FeedCache(client(fake), timeline_size=20, following_ttl=30, celebrity_ttl=5)
-    return Fanout(cache, cast(TimelineStore, store), follower_count, follower_page, recent_ids, 10)
+    return Fanout(cache, cast(CelebrityStore, store), follower_count, follower_page, recent_ids, 10)
 
 
 async def test_a_delete_missed_while_redis_was_down_is_applied_by_the_fanout_worker() -> None:
@@ -500,7 +490,7 @@ async def test_a_delete_missed_while_redis_was_down_is_applied_by_the_fanout_wor
 
     fake.down = RedisConnectionError("Connection refused")
     await tweets.mark_deleted(tweet_id)  # tweet_svc's delete: swallowed while Redis is down
-    fanout = fanout_with(fake, FakeTimelineStore(), followers=[11, 12])
+    fanout = fanout_with(fake, FakeCelebrityStore(), followers=[11, 12])
     batch = [cast(Message, FakeMessage({"type": "tweet_deleted", "tweet_id": tweet_id, "author_id": author}))]
     with pytest.raises(BaseExceptionGroup) as failed:
         await fanout(batch)  # the batch fails, so Kafka hands it over again
@@ -517,13 +507,14 @@ async def test_a_delete_missed_while_redis_was_down_is_applied_by_the_fanout_wor
 
 async def test_the_fanout_worker_marks_the_tweet_deleted_and_sweeps_timelines() -> None:
     fake = FakeRedis()
-    store = FakeTimelineStore()
-    tweet_id, author = spread_ids(2)
-    await fanout_with(fake, store, followers=[11, 12]).handle(
+    tweet_id, kept, author = spread_ids(3)
+    await FeedCache(client(fake), timeline_size=20, following_ttl=30, celebrity_ttl=5).push([11, 12], [tweet_id, kept])
+    await fanout_with(fake, FakeCelebrityStore(), followers=[11, 12]).handle(
         "tweet_deleted", {"tweet_id": tweet_id, "author_id": author}
     )
     assert await TweetCache(client(fake), ttl_seconds=60).get([tweet_id]) == ({}, {tweet_id})
-    assert store.removed == [([11, 12], [tweet_id])]
+    for follower in (11, 12):
+        assert await fake.zrevrange(feed_key("timeline", follower), 0, -1) == [str(kept).encode()]
 
 
 # ---- the celebrity registry: in memory, not one Redis key per feed read -------------------
@@ -539,7 +530,7 @@ class Clock:
 
 def home_feed(
     fake: FakeRedis,
-    store: FakeTimelineStore,
+    store: FakeCelebrityStore,
     clock: Clock,
     follows: list[tuple[int, int]],
     tweets_by_author: dict[int, list[int]],
@@ -556,14 +547,14 @@ def home_feed(
         return [tweet_pb2.Tweet(tweet_id=t, author_id=author_of[t]) for t in ids]
 
     cache = FeedCache(client(fake), timeline_size=20, following_ttl=30, celebrity_ttl=5)
-    registry = CelebrityRegistry(cache, cast(TimelineStore, store), refresh_seconds=5, clock=clock)
-    return HomeFeed(cache, cast(TimelineStore, store), following_ids, recent_ids, batch_tweets, 10, 20, registry)
+    registry = CelebrityRegistry(cache, cast(CelebrityStore, store), refresh_seconds=5, clock=clock)
+    return HomeFeed(cache, cast(CelebrityStore, store), following_ids, recent_ids, batch_tweets, 10, 20, registry)
 
 
 async def test_feed_reads_consult_the_registry_in_memory_and_reload_it_once_per_interval() -> None:
     fake = FakeRedis()
     star, quiet, reader = spread_ids(3, instance=904)
-    store = FakeTimelineStore(celebrities={star})
+    store = FakeCelebrityStore(celebrities={star})
     clock = Clock()
     # The reader's follow list says the star has few followers (cached counts lag);
     # only the registry says it is pulled.
@@ -593,9 +584,9 @@ async def test_the_registry_loads_from_the_store_while_redis_is_down() -> None:
     fake = FakeRedis()
     fake.down = ClusterDownError("CLUSTERDOWN The cluster is down")
     star = spread_ids(1)[0]
-    store = FakeTimelineStore(celebrities={star})
+    store = FakeCelebrityStore(celebrities={star})
     cache = FeedCache(client(fake), 20, 30, 5)
-    registry = CelebrityRegistry(cache, cast(TimelineStore, store), refresh_seconds=5, clock=Clock())
+    registry = CelebrityRegistry(cache, cast(CelebrityStore, store), refresh_seconds=5, clock=Clock())
     assert await registry.members() == {star}
     assert await registry.members() == {star}
     assert store.registry_loads == 1
@@ -605,9 +596,9 @@ async def test_the_registry_keeps_the_last_members_while_it_cannot_reload_them()
     fake = FakeRedis()
     fake.down = RedisConnectionError("Connection refused")  # no copy in Redis: every load goes to CQL
     star, newcomer = spread_ids(2)
-    store = FakeTimelineStore(celebrities={star})
+    store = FakeCelebrityStore(celebrities={star})
     clock = Clock()
-    registry = CelebrityRegistry(FeedCache(client(fake), 20, 30, 5), cast(TimelineStore, store), 5, clock)
+    registry = CelebrityRegistry(FeedCache(client(fake), 20, 30, 5), cast(CelebrityStore, store), 5, clock)
     assert await registry.members() == {star}
 
     store.failing = NoHostAvailable("Unable to connect to any servers", {})
@@ -623,7 +614,7 @@ async def test_the_registry_keeps_the_last_members_while_it_cannot_reload_them()
 
     with pytest.raises(NoHostAvailable):  # nothing to fall back on: the read fails (503)
         store.failing = NoHostAvailable("Unable to connect to any servers", {})
-        await CelebrityRegistry(FeedCache(client(fake), 20, 30, 5), cast(TimelineStore, store), 5, clock).members()
+        await CelebrityRegistry(FeedCache(client(fake), 20, 30, 5), cast(CelebrityStore, store), 5, clock).members()
 
 
 # ---- the registry in CQL: spread over partitions ----------------------------------------
@@ -672,7 +663,7 @@ class Row:
 async def test_the_store_unions_both_tables_and_moves_an_author_when_it_marks_it_again() -> None:
     a, b, c = spread_ids(3)
     cql = FakeCql(new={a}, old={b, c})
-    store = TimelineStore(cast(CqlSession, cql), concurrency=4)
+    store = CelebrityStore(cast(CqlSession, cql))
     await store.prepare()
     assert await store.celebrities() == {a, b, c}
     reads = [s for s in cql.statements if s.startswith("SELECT")]

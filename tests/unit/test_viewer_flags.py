@@ -14,7 +14,7 @@ from chirp.tweet.v1 import tweet_internal_pb2, tweet_pb2
 
 from common.ids import CHIRP_EPOCH_MS, INSTANCE_BITS, SEQUENCE_BITS, IdGenerator, id_time_ms
 from feed_svc.home_feed import HomeFeed
-from feed_svc.store import TimelineStore
+from feed_svc.store import CelebrityStore
 from graph_svc.domain import Graph
 from graph_svc.store import GraphStore
 from rank_svc.reads import TrendingCopy
@@ -121,7 +121,7 @@ async def test_followed_by_without_a_viewer_reads_nothing() -> None:
 
 
 class Likes:
-    """tweet_svc's ListLikedTweetIds (trending still asks it: its tweets are a shared copy)."""
+    """tweet_svc's ListLikedTweetIds (asked only for flags the `ul:` cache misses)."""
 
     def __init__(self, liked: dict[int, set[int]]) -> None:
         self.liked = liked
@@ -157,7 +157,7 @@ async def test_a_feed_page_gets_its_flags_with_its_bodies_and_asks_for_them_nowh
     batch = ReaderBatch(world, likes)
     feed = HomeFeed(
         world.cache,
-        cast(TimelineStore, world.store),
+        cast(CelebrityStore, world.store),
         world.graph.following_ids,
         world.tweets.recent_ids,
         batch,

@@ -17,7 +17,7 @@ from common.identity import USER_ID_HEADER
 from feed_svc import home_feed
 from feed_svc.home_feed import HomeFeed
 from feed_svc.merge import ASK_SLACK, MAX_ASK, next_ask, visible
-from feed_svc.store import TimelineStore
+from feed_svc.store import CelebrityStore
 from rank_svc.reads import TrendingCopy, visible_trending
 from rank_svc.service import RankService
 from tests.unit.test_feed_rules import THRESHOLD, TIMELINE_SIZE, World, newest_first, with_followers
@@ -85,7 +85,7 @@ def hiding_world() -> tuple[World, Hiding, Pulls]:
     hiding, pulls = Hiding(), Pulls(world)
     world.feed = HomeFeed(
         world.cache,
-        cast(TimelineStore, world.store),
+        cast(CelebrityStore, world.store),
         world.graph.following_ids,
         pulls,
         world.tweets.batch_tweets,
@@ -115,7 +115,7 @@ async def test_a_muted_pushed_author_and_a_muted_celebrity_are_hidden_and_still_
 
     assert await world.read_through(READER, 4) == by(world, NORMAL, READER)
     assert STAR not in pulls.authors  # a hidden celebrity is not even pulled
-    assert world.stored(READER) >= set(by(world, MUTED))  # muting unfollows nothing, sweeps nothing
+    assert world.cached(READER) >= set(by(world, MUTED))  # muting unfollows nothing, sweeps nothing
     assert MUTED in world.graph.follows[READER]
 
     hiding.muted[READER] = set()  # unmute

@@ -91,7 +91,12 @@ class ListFollowerIdsResponse(_message.Message):
 
     USER_IDS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FOLLOWER_COUNT_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    follower_count: _builtins.int
+    """On the first page (no page_token) only: the user's follower count, as
+    GetUser gives it, so the fan-out worker needs one call per tweet, not two.
+    """
     @_builtins.property
     def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
@@ -99,12 +104,15 @@ class ListFollowerIdsResponse(_message.Message):
         *,
         user_ids: _abc.Iterable[_builtins.int] | None = ...,
         next_page_token: _builtins.str = ...,
+        follower_count: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_follower_count", b"_follower_count", "follower_count", b"follower_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "user_ids", b"user_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_follower_count", b"_follower_count", "follower_count", b"follower_count", "next_page_token", b"next_page_token", "user_ids", b"user_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__follower_count: _TypeAlias = _typing.Literal["follower_count"]  # noqa: Y015
+    _WhichOneofArgType__follower_count: _TypeAlias = _typing.Literal["_follower_count", b"_follower_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__follower_count) -> _WhichOneofReturnType__follower_count | None: ...
 
 Global___ListFollowerIdsResponse: _TypeAlias = ListFollowerIdsResponse  # noqa: Y015
 

@@ -1,0 +1,72 @@
+"""The local Cassandra and Kafka restart when their settings change, and their idle settings keep their bounds."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common import kafka
+from infra import jvm, stack, topology
+from rank_svc import events
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cassandra(root: Path, state: Path) -> str:
+    nodes = topology.cassandra_nodes()
+    return jvm.cassandra_fingerprint(root, state, nodes[0], nodes)
+
+
+def _kafka(root: Path, state: Path) -> str:
+    nodes = topology.kafka_nodes()
+    return jvm.kafka_fingerprint(root, state, nodes[0], nodes, 1, 1)
+
+
+def _copy_templates(tmp_path: Path) -> Path:
+    for component, name in (("cassandra", "cassandra.yaml.in"), ("kafka", "server.properties.in")):
+        (tmp_path / "infra" / component).mkdir(parents=True)
+        shutil.copy(ROOT / "infra" / component / name, tmp_path / "infra" / component / name)
+    return tmp_path
+
+
+def test_fingerprints_are_stable_and_need_no_jars(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    assert _cassandra(ROOT, state) == _cassandra(ROOT, state)
+    assert _kafka(ROOT, state) == _kafka(ROOT, state)
+    assert not state.exists()  # nothing rendered or created: `up` computes them for running nodes too
+
+
+def test_a_changed_template_changes_the_fingerprint(tmp_path: Path) -> None:
+    root = _copy_templates(tmp_path / "root")
+    state = tmp_path / "state"
+    before = (_cassandra(root, state), _kafka(root, state))
+    with (root / "infra" / "cassandra" / "cassandra.yaml.in").open("a") as f:
+        f.write("dynamic_snitch_update_interval: 1000ms\n")
+    with (root / "infra" / "kafka" / "server.properties.in").open("a") as f:
+        f.write("log.cleaner.backoff.ms=30000\n")
+    assert _cassandra(root, state) != before[0]
+    assert _kafka(root, state) != before[1]
+
+
+def test_jvm_options_and_commitlog_mode_change_the_fingerprint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "state"
+    before = (_cassandra(ROOT, state), _kafka(ROOT, state))
+    monkeypatch.setattr(jvm, "IDLE_JVM_OPTS", ())
+    assert (_cassandra(ROOT, state), _kafka(ROOT, state)) != before
+    monkeypatch.undo()
+    monkeypatch.setenv(jvm.COMMITLOG_ENV, "periodic")
+    assert _cassandra(ROOT, state) != before[0]
+
+
+def test_store_components_carry_their_fingerprint() -> None:
+    stores = {c.name: c for c in stack._store_components()}
+    for node in [*topology.cassandra_nodes(), *topology.kafka_nodes()]:
+        assert stores[node.name].fingerprint, node.name
+
+
+def test_a_parked_fetch_leaves_time_for_a_list_offsets_queued_behind_it() -> None:
+    # The broker answers one request per connection at a time: offsets_for_times
+    # waits out the consumer's parked fetch before its own timeout runs down.
+    assert kafka.FETCH_WAIT_MS / 1000 <= events.BROKER_TIMEOUT_SECONDS / 2
