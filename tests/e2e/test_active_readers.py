@@ -54,6 +54,9 @@ def test_a_follower_away_for_a_month_is_not_pushed_to_and_sees_everything_when_b
         follow(edge, follower, author.user_id)
     first = post(edge, author)
     wait_pushed(rds, [active.user_id, away.user_id], [first])
+    # The follows' own events too: applied late, a follow's backfill would push the
+    # author's newest tweets, the ones posted while away included (seen on a fresh stack).
+    wait_fanout_caught_up()
     for follower in (active, away):  # both read: each has a record
         wait_feed(edge, follower, lambda ids: ids == [first], "the first tweet in the feed")
         eventually(partial(last_read_ms, rds, follower.user_id), bool, f"a read record for {follower.user_id}")
