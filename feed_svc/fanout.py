@@ -14,9 +14,9 @@ Only followers who read their home feed within CHIRP_ACTIVE_DAYS are pushed to
 (feed_svc/activity.py); the others' Redis timelines are dropped, and rebuilt
 when they read again.
 
-There is no durable copy of the timelines: one cost more than the Redis push
-itself (per entry, a CQL row through the coordinator and the worker's driver
-work; before/after in docs/BENCHMARKS.md), and what it protected, a timeline
+There is no durable copy of the timelines: one cost a CQL row per entry
+through the coordinator and the worker's driver work (measured in the README
+section "No durable copy of timelines"), and what it protected, a timeline
 Redis lost, is rebuilt from the durable follow graph and the authors' tweets
 at the next read (feed_svc/home_feed.py `_rebuild_timeline`), as for a
 returning reader.
