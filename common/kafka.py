@@ -158,15 +158,18 @@ class BatchConsumer:
 
     async def commit(self, messages: Sequence[Message]) -> None:
         """Commit the offsets after `messages`, synchronously (the writes are done)."""
-        if not messages:
-            return
+        if messages:
+            await asyncio.get_running_loop().run_in_executor(None, self.commit_now, messages)
+
+    def commit_now(self, messages: Sequence[Message]) -> None:
+        """`commit`, blocking the calling thread (at close, with no loop to run it on)."""
         latest: dict[tuple[str, int], int] = {}
         for msg in messages:
             key = (str(msg.topic()), int(msg.partition() or 0))
             latest[key] = max(latest.get(key, -1), msg.offset() or 0)
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, lambda: self._consumer.commit(offsets=offsets, asynchronous=False))
+        if offsets:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
 
     def assignment_ready(self) -> bool:
         """True once the group has given this consumer its partitions."""

@@ -19,6 +19,8 @@ from feed_svc.wiring import build
 
 GROUP = "chirp-fanout"
 
+COMMIT_INTERVAL_SECONDS = 1.0
+
 
 async def run(cfg: feed_config.FeedConfig) -> None:
     common = cfg.common
@@ -45,6 +47,9 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         fanout,
         cfg.fanout_batch_size,
         0.05,
+        # Every step of the fan-out is idempotent (feed_svc/fanout.py): committing once a
+        # second instead of after every batch costs a restarted worker a second of re-applied events.
+        commit_interval_seconds=COMMIT_INTERVAL_SECONDS,
     )
 
     async def close() -> None:

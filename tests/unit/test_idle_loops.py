@@ -3,6 +3,7 @@ the relay's backoff, Prometheus' scrape interval, and the idle-CPU tool's sums."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,82 @@ async def test_a_worker_of_batches_of_one_applies_the_first_message_alone() -> N
     for _ in range(3):
         await loop.run_once()
     assert consumer.calls == [(1, 0.2), (1, 2.0), (1, 0.2)]
+
+
+class Msg:
+    """Just what the loop reads of a Kafka message."""
+
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
+
+    def topic(self) -> str:
+        return "t"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def __repr__(self) -> str:
+        return f"{self._partition}@{self._offset}"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+async def test_a_busy_loop_commits_at_most_once_an_interval_and_whenever_a_poll_comes_back_empty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    m = [Msg(0, 1), Msg(1, 1), Msg(0, 2), Msg(0, 3), Msg(1, 2)]
+    consumer = ScriptedConsumer([[m[0], m[1]], [m[2]], [m[3]], [], [m[4]]])  # type: ignore[list-item]
+    clock = Clock()
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", clock.time)
+
+    async def apply(messages: Sequence[Any]) -> None:
+        clock.now += 0.3
+
+    loop = ConsumerLoop("g", lambda: consumer, apply, 100, 0.05, commit_interval_seconds=1.0)  # type: ignore[arg-type,return-value]
+    await loop.run_once()  # the first commit is due at once
+    assert consumer.committed == [[m[0], m[1]]]
+    await loop.run_once()  # 0.3 s later: kept
+    await loop.run_once()  # 0.6 s: kept
+    assert len(consumer.committed) == 1
+    await loop.run_once()  # nothing came: what was applied is committed, the newest of each partition
+    assert consumer.committed[1] == [m[3]]
+    await loop.run_once()
+    assert len(consumer.committed) == 2  # 0.3 s after the last commit
+
+
+async def test_without_an_interval_every_batch_is_committed_and_close_commits_what_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    m = [Msg(0, 1), Msg(0, 2)]
+    consumer = ScriptedConsumer([[m[0]], [m[1]]])  # type: ignore[list-item]
+    every = ConsumerLoop("g", lambda: consumer, _nothing, 100, 0.05)  # type: ignore[arg-type,return-value]
+    await every.run_once()
+    await every.run_once()
+    assert consumer.committed == [[m[0]], [m[1]]]
+
+    later = ScriptedConsumer([[m[0]], [m[1]]])  # type: ignore[list-item]
+    closed: list[str] = []
+    later.commit_now = lambda messages: later.committed.append(list(messages))  # type: ignore[attr-defined]
+    later.close = lambda: closed.append("closed")  # type: ignore[attr-defined]
+    loop = ConsumerLoop("g", lambda: later, _nothing, 100, 0.05, commit_interval_seconds=60.0)  # type: ignore[arg-type,return-value]
+    await loop.run_once()
+    await loop.run_once()
+    assert later.committed == [[m[0]]]
+    loop.close()
+    assert later.committed == [[m[0]], [m[1]]] and closed == ["closed"]
+
+
+async def _nothing(messages: Sequence[Any]) -> None:
+    pass
 
 
 # ---- Prometheus -------------------------------------------------------------------
