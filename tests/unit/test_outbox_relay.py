@@ -17,13 +17,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from cassandra.query import BatchStatement, BatchType
 from confluent_kafka import KafkaError, KafkaException
 
 from common.ids import IdGenerator, id_time_ms
-from common.outbox import LEGACY, LEGACY_DONE, OLDEST_UNPUBLISHED, SHARDS, Event, IdleBackoff, Outbox, RelaySettings
+from common.outbox import (
+    LEGACY,
+    LEGACY_DONE,
+    MARK_WINDOW_SECONDS,
+    OLDEST_UNPUBLISHED,
+    SHARDS,
+    Event,
+    IdleBackoff,
+    Outbox,
+    RelaySettings,
+)
 from common.outbox_store import (
+    MARK_PARTITIONS,
     MINUTE_MS,
     LegacyEvent,
+    OutboxStore,
     Scan,
     ShardRow,
     StoredEvent,
@@ -614,3 +627,62 @@ async def test_idle_relays_paced_as_relay_forever_paces_them_cost_fewer_statemen
     assert lwt_per_second <= 0.85  # lease renewals: 4 relays, one every 5 s
     assert spent["scan"] == 0 and spent["load"] == 0
     assert sorted(len(o.relayed_shards()) for o in world.outboxes) == [8, 8, 8, 8], "a lease lapsed"
+
+
+# ---- published marks --------------------------------------------------------------
+
+
+async def test_fast_path_marks_are_gathered_for_a_moment_and_written_in_one_call() -> None:
+    world = make_world()
+    outbox = world.outboxes[0]
+    events = world.write(6)
+    calls: list[list[int]] = []
+    write_marks = world.store.mark_published
+
+    async def recording(event_ids: Iterable[int]) -> None:
+        calls.append(list(event_ids))
+        await write_marks(calls[-1])
+
+    world.store.mark_published = recording  # type: ignore[method-assign]
+    for event in events:
+        outbox.publish_soon(event)
+    await asyncio.sleep(0)  # the deliveries are acknowledged
+    assert calls == [], "gathered, not yet written"
+    await asyncio.sleep(MARK_WINDOW_SECONDS * 3)
+    assert calls == [[e.event_id for e in events]]
+    assert all(world.store.published(e.event_id) for e in events)
+
+    late = world.write()[0]
+    outbox.publish_soon(late)
+    await asyncio.sleep(0)
+    await outbox.wait_marked()  # at shutdown: written at once, not after the window
+    assert calls[-1] == [late.event_id] and world.store.published(late.event_id)
+
+
+class RecordingCql:
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+
+    async def execute(self, statement: Any, params: Sequence[Any] | None = None) -> list[Any]:
+        self.requests.append(statement if params is None else (statement, tuple(params)))
+        return []
+
+
+async def test_marks_go_in_one_request_per_ten_partitions() -> None:
+    cql = RecordingCql()
+    store = OutboxStore(cql)  # type: ignore[arg-type]
+    store._q = {"mark": "UPDATE outbox_v3 SET published = true WHERE shard = %s AND minute = %s AND event_id = %s"}
+    ids = IdGenerator(3)
+    events = [ids.next_id() for _ in range(400)]
+    partitions = partitions_of(events)
+    assert len(partitions) > 2 * MARK_PARTITIONS  # spread over the shards
+
+    await store.mark_published(events)
+
+    assert len(cql.requests) == math.ceil(len(partitions) / MARK_PARTITIONS)
+    assert all(isinstance(r, BatchStatement) and r.batch_type == BatchType.UNLOGGED for r in cql.requests)
+    assert sum(len(r._statements_and_parameters) for r in cql.requests) == len(events), "every mark, once"
+
+    cql.requests.clear()
+    await store.mark_published(events[:1])
+    assert len(cql.requests) == 1 and isinstance(cql.requests[0], tuple), "a lone mark is a plain statement"
