@@ -94,8 +94,9 @@ class ListFollowerIdsResponse(_message.Message):
     FOLLOWER_COUNT_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     follower_count: _builtins.int
-    """On the first page (no page_token) only: the user's follower count, as
-    GetUser gives it, so the fan-out worker needs one call per tweet, not two.
+    """On the first page (no page_token) only: the user's follower count, so the
+    fan-out worker needs one call per tweet, not two. When the first page is
+    also the last, the number of ids on it; otherwise the count GetUser gives.
     """
     @_builtins.property
     def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
