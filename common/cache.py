@@ -25,6 +25,7 @@ from contextvars import ContextVar
 from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
+import hiredis
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
@@ -284,11 +285,19 @@ async def run_reads(client: RedisClient, queue: Callable[[Any], None]) -> list[A
         await pool.release(connection)
 
 
+def pack_reads(commands: Sequence[tuple[str | int | float, ...]]) -> bytes:
+    """The commands in the Redis protocol, packed by hiredis as redis-py's own sync client
+    does: the same bytes as the async connection's pack_commands, which packs them in
+    Python (measured on the 48 reads of a 20-tweet page: 8 times the CPU)."""
+    # hiredis's stub declares a one-element tuple; it takes any number of arguments.
+    return b"".join([hiredis.pack_command(cast(Any, command)) for command in commands])
+
+
 async def _exchange(connection: AbstractConnection, commands: Sequence[tuple[str | int | float, ...]]) -> list[Any]:
     replies: list[Any] = []
     try:
         async with asyncio.timeout(connection.socket_timeout):
-            await connection.send_packed_command(connection.pack_commands(commands))
+            await connection.send_packed_command(pack_reads(commands))
             for _ in commands:
                 try:
                     # math.inf: no timeout of its own (redis-py's documented opt-out); the

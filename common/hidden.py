@@ -174,8 +174,20 @@ class HiddenAuthorsCache(Tolerant):
             "hidden_authors", rebuilds or Rebuilds()
         )
 
-    async def hidden(self, user_id: int) -> frozenset[int]:
-        read = await self._read(user_id)
+    async def hidden(
+        self, user_id: int, cached: bytes | str | None = None, redis_answered: bool = True
+    ) -> frozenset[int]:
+        """The user's hidden authors. `cached`: the reply to a GET of `hidden_key(user_id)`
+        a caller sent with its own reads (None: a miss, or not read), so that a hit costs
+        no round trip of its own. A set read by a plain GET is as current as the read
+        script's: writers delete the set, they never write it; only a miss needs the
+        script, for the token a fill is made under. `redis_answered` False: those reads
+        found Redis unavailable (or this process out of connections), so the set comes
+        from `fetch` without trying Redis again (a second wait), and is not filled."""
+        if cached is not None:
+            _HITS.inc()
+            return decode(cached)
+        read = await self._read(user_id) if redis_answered else None
         if read is not None and read.hidden is not None:
             _HITS.inc()
             return read.hidden

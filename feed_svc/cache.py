@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, mark_tweet_deleted, run_reads, tolerant
+from common.hidden import hidden_key
 from common.ids import id_time_ms
 from common.keys import CELEBRITIES_KEY, feed_key, tweet_key
 from common.tweet_cache import CachedTweets, parse_reads, parse_recent, queue_reads, recent_range
@@ -41,6 +42,16 @@ def _timeline(user_id: int) -> str:
     return feed_key("timeline", user_id)
 
 
+TRIM_EVERY = 4
+
+
+def trims(user_id: int, tweets: Sequence[int]) -> bool:
+    """Whether a push of `tweets` to this user's timeline trims it: always for several
+    tweets at once (a backfill), else for about one (user, tweet) pair in TRIM_EVERY,
+    spread by a hash so that every timeline is trimmed about as often."""
+    return len(tweets) != 1 or hash((user_id, tweets[0])) % TRIM_EVERY == 0
+
+
 @dataclass
 class HomeReads:
     """`FeedCache.home_reads`: None is a miss."""
@@ -49,6 +60,10 @@ class HomeReads:
     timeline: list[int] | None = None
     own_recent: tuple[list[int], bool] | None = None
     own_read: bool = False  # whether own_recent was asked for (a None then is a miss)
+    # The reply to a GET of the reader's hidden-author set (common/hidden.py), for
+    # HiddenAuthorsCache.hidden; None when asked for and missed, or not asked for.
+    hidden: bytes | None = None
+    answered: bool = False  # whether Redis answered (False: every field is a miss)
 
 
 class FeedCache(Tolerant):
@@ -69,14 +84,20 @@ class FeedCache(Tolerant):
     # ---- pushed timelines ---------------------------------------------------------
 
     async def push(self, user_ids: Sequence[int], tweets: Sequence[int]) -> None:
-        """Add tweets to many timelines in one pipeline, keeping the newest `size`."""
+        """Add tweets to many timelines in one pipeline, keeping about the newest `size`.
+
+        A timeline is trimmed back to `size` on about one push of a tweet in
+        TRIM_EVERY (`trims`), not on every one: the trim was half the commands of a
+        push, and a timeline is at most a few entries over its size in between.
+        """
         if not tweets or not user_ids:
             return
         entries: dict[str, float] = {str(t): id_time_ms(t) for t in tweets}
         async with self._redis.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
                 pipe.zadd(_timeline(user_id), entries)
-                pipe.zremrangebyrank(_timeline(user_id), 0, -(self._size + 2))
+                if trims(user_id, tweets):
+                    pipe.zremrangebyrank(_timeline(user_id), 0, -(self._size + 2))
             await pipe.execute()
 
     async def remove(self, user_ids: Sequence[int], tweets: Sequence[int]) -> None:
@@ -148,21 +169,29 @@ class FeedCache(Tolerant):
         return None if raw is None else _parse_following(raw)
 
     @tolerant(HomeReads)
-    async def home_reads(self, user_id: int, before: int | None, limit: int, own_limit: int) -> HomeReads:
-        """What a feed read needs first, in one pipeline (three single-key reads, so one
-        round trip and one pipeline's overhead instead of three): the cached follow list,
-        the pushed timeline as `timeline` reads it and, with `own_limit`, the reader's own
-        newest ids as `recent_ids` reads them. Misses are None; all are misses while
-        Redis does not answer."""
+    async def home_reads(
+        self, user_id: int, before: int | None, limit: int, own_limit: int, hidden: bool = False
+    ) -> HomeReads:
+        """What a feed read needs first, in one pipeline (single-key reads, so one round
+        trip and one pipeline's overhead instead of one each): the cached follow list,
+        the pushed timeline as `timeline` reads it, with `own_limit` the reader's own
+        newest ids as `recent_ids` reads them and, with `hidden`, the reader's cached
+        hidden-author set (common/hidden.py; its key carries the user's hash tag, and
+        like every other command here it goes to its own slot's node on a cluster).
+        Misses are None; all are misses while Redis does not answer."""
 
         def queue(pipe: Any) -> None:
             pipe.get(feed_key("following", user_id))
+            if hidden:
+                pipe.get(hidden_key(user_id))
             _queue_timeline(pipe, user_id, before, limit)
             if own_limit:
                 pipe.zrevrange(tweet_key("author_recent", user_id), *recent_range(own_limit))
 
         raw, *replies = _raised(await run_reads(self._redis, queue))
-        reads = HomeReads(following=None if raw is None else _parse_following(raw))
+        reads = HomeReads(following=None if raw is None else _parse_following(raw), answered=True)
+        if hidden:
+            reads.hidden = replies.pop(0)
         if own_limit:
             reads.own_recent = parse_recent(replies.pop(), own_limit)
             reads.own_read = True

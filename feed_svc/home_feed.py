@@ -30,6 +30,7 @@ from chirp.tweet.v1 import tweet_pb2
 from prometheus_client import Counter, Histogram
 
 from common.cql import CQL_UNAVAILABLE_ERRORS
+from common.hidden import HiddenAuthorsCache
 from common.pagination import PageTokens, unshared_tokens
 from common.singleflight import Rebuilds, SingleFlight
 from common.tweet_cache import RECENT_DEPTH, author_of, with_viewer_fields
@@ -160,7 +161,7 @@ class HomeFeed:
         timeline_size: int,
         registry: CelebrityRegistry | None = None,
         page_tokens: PageTokens | None = None,
-        hidden_authors: HiddenAuthors | None = None,
+        hidden_authors: HiddenAuthors | HiddenAuthorsCache | None = None,
         liked_ids: LikedIds | None = None,
         rebuilds: Rebuilds | None = None,
     ) -> None:
@@ -175,7 +176,15 @@ class HomeFeed:
         # tweet_svc's ListLikedTweetIds, for the flags the cache misses. Without it, every
         # tweet comes from BatchGetTweets, flags included (no cached body is used).
         self._liked_ids = liked_ids
-        self._hidden_authors = hidden_authors or _nobody_hidden
+        # The cache of common/hidden.py is read in the read's first round trip (the set's
+        # key with the follow list and timeline), its script only on a miss; any other
+        # source (a fake, none) is asked alongside that round trip.
+        self._hidden_cache: HiddenAuthorsCache | None = None
+        self._hidden_authors: HiddenAuthors = _nobody_hidden
+        if isinstance(hidden_authors, HiddenAuthorsCache):
+            self._hidden_cache = hidden_authors
+        elif hidden_authors is not None:
+            self._hidden_authors = hidden_authors
         self._page_tokens = page_tokens or unshared_tokens()
         self._store = store
         self._registry = registry or CelebrityRegistry(cache, store, cache.celebrity_ttl_seconds)
@@ -188,17 +197,22 @@ class HomeFeed:
     async def page(self, user_id: int, page_size: int, page_token: str) -> tuple[list[FeedTweet], str]:
         before = decode_cursor(page_token, user_id, self._page_tokens)
         self._cache.note_read(user_id)  # the fan-out worker pushes to readers only (feed_svc/activity.py)
-        # The follow list, the first round's timeline and the reader's own newest ids come
-        # in one pipeline: one round trip, and one pipeline's client overhead, not three.
+        # The follow list, the first round's timeline, the reader's own newest ids and their
+        # hidden-author set come in one pipeline: one round trip, and one pipeline's client
+        # overhead, not four.
         want = page_size + 1
         ask = next_ask(0, want)
         # Hidden authors are asked on every page (from the versioned cache of common/hidden.py,
         # which every block and mute invalidates before it is acknowledged): a mute or block
         # hides at once, also on the next page of a walk in progress.
-        first, hidden = await asyncio.gather(
-            self._cache.home_reads(user_id, before, ask, want if before is None and want <= RECENT_DEPTH else 0),
-            self._hidden_authors(user_id),
+        reads = self._cache.home_reads(
+            user_id, before, ask, want if before is None and want <= RECENT_DEPTH else 0, self._hidden_cache is not None
         )
+        if self._hidden_cache is not None:
+            first = await reads
+            hidden = await self._hidden_cache.hidden(user_id, first.hidden, first.answered)  # a miss: its script
+        else:
+            first, hidden = await asyncio.gather(reads, self._hidden_authors(user_id))
         following, complete = first.following if first.following is not None else await self.following(user_id)
         hidden = hidden - {user_id}
         allowed = {a for a, _ in following} | {user_id}

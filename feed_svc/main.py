@@ -29,7 +29,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         cfg.celebrity_threshold,
         cfg.timeline_size,
         page_tokens=page_tokens,
-        hidden_authors=parts.hidden.hidden,
+        hidden_authors=parts.hidden,
         liked_ids=parts.peers.liked_tweet_ids,
         rebuilds=parts.rebuilds,
     )

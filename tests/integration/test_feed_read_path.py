@@ -184,7 +184,7 @@ async def scene(redis: RedisClient) -> AsyncIterator[Scene]:
         THRESHOLD,
         20,
         registry,
-        hidden_authors=hidden.hidden,
+        hidden_authors=hidden,
         liked_ids=peers.liked_ids,
     )
     await feed.page(reader, 20, "")  # warms what a steady reader has: the hidden set, flags, registry
@@ -208,8 +208,8 @@ async def test_a_cached_read_takes_three_redis_round_trips_and_calls_no_peer(sce
     assert [t.like_count for t in tweets] == [3] * len(everything)
     assert {t.tweet_id for t in tweets if t.liked_by_me} == {scene.pushed[1]}
     assert scene.peers.calls == []
-    # following + timeline + own recent ids in one pipeline, hidden; the star's recent ids; tweets
-    assert len(scene.counting.trips) == 4
+    # following + hidden authors + timeline + own recent ids in one pipeline; the star's recent ids; tweets
+    assert len(scene.counting.trips) == 3
     assert scene.counting.stages() == 3
 
 
