@@ -32,8 +32,9 @@ import asyncio
 import functools
 import logging
 import re
+import time
 from collections import namedtuple
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cassandra import (
@@ -91,6 +92,10 @@ _SELF_UPDATE = re.compile(r"\b(\w+)\s*=\s*(\1\s*[-+]|[^,=]*[-+]\s*\1\b)", re.IGN
 _NON_DETERMINISTIC = re.compile(r"\b(now|uuid|currenttimestamp|currenttimeuuid|currentdate|currenttime)\s*\(", re.I)
 # Never sent to replicas, so never applied: safe to send anywhere again.
 _REFUSED_BEFORE_RUNNING = (OverloadedErrorMessage, IsBootstrappingErrorMessage)
+# A statement answered this recently already says the store is reachable: the health
+# probe (every 5 s, common/server.py) then sends none of its own. On an idle stack each
+# request wakes a Cassandra worker thread that spins a while before it parks again.
+PING_FRESH_SECONDS = 5.0
 
 
 def is_read(query: str) -> bool:
@@ -234,10 +239,18 @@ def _query_text(statement: Any) -> str:
 class CqlSession:
     """One driver session per process; statements are prepared once at start."""
 
-    def __init__(self, cluster: Cluster, session: Session, default_timeout: float) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        session: Session,
+        default_timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._cluster = cluster
         self._session = session
         self._default_timeout = default_timeout
+        self._clock = clock
+        self._answered_at = float("-inf")  # when a statement last succeeded
 
     @classmethod
     async def from_config(cls, common: CommonConfig) -> CqlSession:
@@ -304,6 +317,7 @@ class CqlSession:
             if future.has_more_pages:
                 future.start_fetching_next_page()  # calls on_rows again with the next page
             else:
+                self._answered_at = self._clock()
                 loop.call_soon_threadsafe(_settle, result, collected, None)
 
         def on_error(exc: BaseException) -> None:
@@ -313,6 +327,10 @@ class CqlSession:
         return await result
 
     async def ping(self) -> bool:
+        """Whether the store answers: at once when a statement succeeded within
+        PING_FRESH_SECONDS, else by asking it."""
+        if self._clock() - self._answered_at < PING_FRESH_SECONDS:
+            return True
         try:
             await self.execute("SELECT release_version FROM system.local")
         except Exception:  # noqa: BLE001 - any failure means "not reachable"

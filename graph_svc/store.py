@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from cassandra import ConsistencyLevel, OperationTimedOut, WriteTimeout
 from cassandra.query import BatchType, PreparedStatement
@@ -40,6 +41,10 @@ class FollowEdge:
     followed_at_ms: int
 
 
+# Ids per IN list: ScyllaDB refuses more than 100 key restrictions in one query by default
+# (max_partition_key_restrictions_per_query, max_clustering_key_restrictions_per_query).
+IN_LIMIT = 100
+
 STATEMENTS = {
     "insert_user": "INSERT INTO users (user_id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
     "delete_user": "DELETE FROM users WHERE user_id = ?",
@@ -48,6 +53,8 @@ STATEMENTS = {
     "password_hash": "SELECT password_hash FROM users WHERE user_id = ?",
     "set_password_hash": "UPDATE users SET password_hash = ? WHERE user_id = ?",
     "get_counts": "SELECT follower_count, following_count FROM follow_counts WHERE user_id = ?",
+    "users_in": "SELECT user_id, username, password_hash, created_at FROM users WHERE user_id IN ?",
+    "counts_in": "SELECT user_id, follower_count, following_count FROM follow_counts WHERE user_id IN ?",
     "get_by_name": "SELECT user_id FROM users_by_name WHERE username_key = ?",
     "name_owner": "SELECT user_id FROM users_by_name WHERE username_key = ?",  # read at LOCAL_SERIAL
     "follow_edge": "INSERT INTO follows (follower_id, followee_id, followed_at) VALUES (?, ?, ?) IF NOT EXISTS",
@@ -76,7 +83,6 @@ STATEMENTS = {
     "AND (followed_at, followee_id) < (?, ?) LIMIT ?",
     "following_ids": "SELECT followee_id FROM follows WHERE follower_id = ? LIMIT ?",
     "follows_among": "SELECT followee_id FROM follows WHERE follower_id = ? AND followee_id IN ?",
-    "follower_counts": "SELECT user_id, follower_count FROM follow_counts WHERE user_id IN ?",
 }
 
 
@@ -135,21 +141,21 @@ class GraphStore:
         )
         if not user_rows:
             return None
-        row = user_rows[0]
-        stats = stat_rows[0] if stat_rows else None
-        return Account(
-            user_id=row.user_id,
-            username=row.username,
-            password_hash=row.password_hash,
-            created_at=_utc(row.created_at),
-            follower_count=(stats.follower_count or 0) if stats else 0,
-            following_count=(stats.following_count or 0) if stats else 0,
-        )
+        return _account(user_rows[0], stat_rows[0] if stat_rows else None)
 
     async def get_users(self, user_ids: Sequence[int]) -> list[Account]:
-        """Users in the order asked; unknown ids are left out."""
-        found = await asyncio.gather(*(self.get_user(uid) for uid in user_ids))
-        return [account for account in found if account is not None]
+        """Users in the order asked; unknown ids are left out. Two queries per IN_LIMIT ids
+        rather than two per user: the rank worker asks for hundreds every interval, and a
+        statement costs the driver and the server far more than a row does."""
+        ids = list(dict.fromkeys(user_ids))
+        chunks = _in_lists(ids)
+        replies = await asyncio.gather(
+            *(self._cql.execute(self._q["users_in"], (chunk,)) for chunk in chunks),
+            *(self._cql.execute(self._q["counts_in"], (chunk,)) for chunk in chunks),
+        )
+        users = {r.user_id: r for rows in replies[: len(chunks)] for r in rows}
+        stats = {r.user_id: r for rows in replies[len(chunks) :] for r in rows}
+        return [_account(users[uid], stats.get(uid)) for uid in ids if uid in users]
 
     async def user_id_by_name(self, key: str) -> int | None:
         rows = await self._cql.execute(self._q["get_by_name"], (key,))
@@ -260,19 +266,32 @@ class GraphStore:
 
     async def follows_among(self, user_id: int, candidates: Sequence[int]) -> list[int]:
         """Which of `candidates` the user follows: point reads in their one partition, 100 ids per query."""
-        ids = sorted(set(candidates))
         chunks = await asyncio.gather(
-            *(self._cql.execute(self._q["follows_among"], (user_id, ids[i : i + 100])) for i in range(0, len(ids), 100))
+            *(self._cql.execute(self._q["follows_among"], (user_id, ids)) for ids in _in_lists(sorted(set(candidates))))
         )
         return [r.followee_id for rows in chunks for r in rows]
 
     async def follower_counts(self, user_ids: Sequence[int]) -> dict[int, int]:
         """Follower counts in one query per 100 ids (the read path needs nothing else)."""
-        ids = list(user_ids)
         chunks = await asyncio.gather(
-            *(self._cql.execute(self._q["follower_counts"], (ids[i : i + 100],)) for i in range(0, len(ids), 100))
+            *(self._cql.execute(self._q["counts_in"], (ids,)) for ids in _in_lists(list(user_ids)))
         )
         return {r.user_id: r.follower_count or 0 for rows in chunks for r in rows}
+
+
+def _in_lists(ids: list[int]) -> list[list[int]]:
+    return [ids[i : i + IN_LIMIT] for i in range(0, len(ids), IN_LIMIT)]
+
+
+def _account(row: Any, stats: Any | None) -> Account:
+    return Account(
+        user_id=row.user_id,
+        username=row.username,
+        password_hash=row.password_hash,
+        created_at=_utc(row.created_at),
+        follower_count=(stats.follower_count or 0) if stats else 0,
+        following_count=(stats.following_count or 0) if stats else 0,
+    )
 
 
 def follow_bucket(at: datetime) -> int:
