@@ -227,3 +227,18 @@ def test_like_follow_and_fanout_figures_are_read_when_the_bench_reports_them(tmp
     assert inputs.entry_cpu is not None
     assert inputs.entry_cpu.source == "bench/results/full.json: scenarios.m_fanout.cpu_ms_per_entry_by_component"
     assert not inputs.follow_cpu.measured
+
+
+def test_a_burst_run_prices_a_post_with_its_fanout_at_the_burst_s_entries_per_post() -> None:
+    burst = {
+        "tweets_handled": 400,
+        "timeline_entries_written": 1400,
+        "net_cpu_ms_per_post_by_component": {"cassandra": 5.0, "fanout_worker": 3.0, "prometheus": -0.1},
+    }
+    run = {"started": "2026-12-01T00:00:00", "scenarios": {"m_burst": {"burst": burst}}}
+    inputs = build_inputs(Results((("bench/results/x.json", run),)), None, {})
+    assert inputs.post_cpu.measured and inputs.post_cpu.source.endswith(
+        "m_burst.burst.net_cpu_ms_per_post_by_component"
+    )
+    assert inputs.post_cpu.ms == {"cassandra": 5.0, "fanout_worker": 3.0, "prometheus": 0.0}
+    assert inputs.bench_followers_per_post.value == 3.5
