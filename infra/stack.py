@@ -241,7 +241,9 @@ def _store_components() -> list[Component]:
                     name=node.name,
                     argv=functools.partial(jvm.cassandra_command, ROOT, DEPS, STATE, node, cassandra),
                     ready=functools.partial(jvm.cassandra_ready, node.host, node.port),
-                    timeout=180,
+                    # A node restarted under the fault suite's load on 2 cores took 2.5-3
+                    # minutes on a slow machine (23 s on another): most of it waiting for CPU.
+                    timeout=420,
                     stop_timeout=60,
                     # A changed cassandra.yaml or JVM option restarts the node, as settings do a service.
                     fingerprint=jvm.cassandra_fingerprint(ROOT, STATE, node, cassandra),
@@ -254,7 +256,7 @@ def _store_components() -> list[Component]:
                     name=node.name,
                     argv=functools.partial(_kafka_argv, node, kafka),
                     ready=functools.partial(jvm.kafka_ready, node.host, node.port),
-                    timeout=120,
+                    timeout=300,
                     stop_timeout=60,
                     fingerprint=jvm.kafka_fingerprint(
                         ROOT, STATE, node, kafka, topology.kafka_replication(), topology.kafka_min_insync()
