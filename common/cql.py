@@ -96,6 +96,10 @@ _REFUSED_BEFORE_RUNNING = (OverloadedErrorMessage, IsBootstrappingErrorMessage)
 # probe (every 5 s, common/server.py) then sends none of its own. On an idle stack each
 # request wakes a Cassandra worker thread that spins a while before it parks again.
 PING_FRESH_SECONDS = 5.0
+# A statement whose prepare times out (10 s, a node starting or overloaded) is tried again.
+PREPARE_ATTEMPTS = 6
+PREPARE_BACKOFF_SECONDS = 1.0
+RECONNECT_MAX_SECONDS = 10.0
 
 
 def is_read(query: str) -> bool:
@@ -280,6 +284,9 @@ class CqlSession:
             protocol_version=4,
             execution_profiles=execution_profiles(local_dc, consistency, default_timeout),
             connect_timeout=5,
+            # The driver's default backs off to 600 s: a node back from a restart would carry
+            # none of this process's load for minutes. Gossip's UP event also reconnects at once.
+            reconnection_policy=driver_policies.ExponentialReconnectionPolicy(0.5, RECONNECT_MAX_SECONDS),
         )
         loop = asyncio.get_running_loop()
         try:
@@ -292,7 +299,16 @@ class CqlSession:
     async def prepare(self, query: str, idempotent: bool | None = None) -> PreparedStatement:
         """Prepare `query`, marked idempotent as `is_idempotent` judges it unless told."""
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(None, self._session.prepare, query)
+        for attempt in range(PREPARE_ATTEMPTS):
+            try:
+                prepared = await loop.run_in_executor(None, self._session.prepare, query)
+                break
+            except (OperationTimedOut, NoHostAvailable) as exc:
+                # A node busy starting or compacting must not make a restarting service exit.
+                if attempt == PREPARE_ATTEMPTS - 1:
+                    raise
+                log.warning("preparing a statement timed out; trying again", extra={"error": str(exc)})
+                await asyncio.sleep(PREPARE_BACKOFF_SECONDS)
         prepared.is_idempotent = is_idempotent(query) if idempotent is None else idempotent
         return prepared
 

@@ -4,7 +4,7 @@ of every service and worker, then restart every component one at a time;
 afterwards check every acknowledged write.
 
     CHIRP_TOPOLOGY=cluster make up && make chaos
-    python -m infra.chaos [--rate 12] [--users 24] [--down 10] [--only cassandra,redis] [--no-rolling]
+    python -m infra.chaos [--rate 12] [--users 24] [--down 10] [--only cassandra,redis] [--no-rolling] [--rolling-scope all|one]
 
 Per fault it reports the requests sent while the fault lasted (from the kill
 until the cluster was whole again, plus a few seconds), their success rate,
@@ -46,7 +46,7 @@ EDGE = f"http://{topology.HOST}:{topology.EDGE_PORT}"
 SETTLE_SECONDS = 5.0  # load keeps running this long after the cluster is whole
 WHOLE_TIMEOUT = 300.0
 SEGMENT_SECONDS = 5.0  # the load runs in back-to-back segments until the suite is done
-CHECK_DEADLINE_S = 120.0
+CHECK_DEADLINE_S = 300.0  # eventual consistency on a slow, just-restarted cluster; ends once all pass
 
 # The aims the issue sets for every single-node fault.
 AIM_SUCCESS = 0.99
@@ -249,11 +249,24 @@ async def rolling_restart(names: list[str]) -> tuple[float, float, float]:
     return time.monotonic() - started, slowest_start, slowest_whole
 
 
-def rolling_order() -> list[str]:
+def rolling_order(scope: str = "all") -> list[str]:
     """Stores first (a Cassandra node, a Kafka broker, a Redis node at a time), then every instance.
-    Envoy is left out: the local stack has one edge (production runs several behind a load balancer)."""
+    Envoy is left out: the local stack has one edge (production runs several behind a load balancer).
+    Scope "one" restarts one node of each store and one instance of each service and worker
+    (each restart is the same kind of event; CI's time allows that much on a slow machine)."""
     stores = [n.name for n in topology.store_nodes()]
-    return stores + [inst.name for inst in topology.all_instances()]
+    instances = [inst.name for inst in topology.all_instances()]
+    if scope == "all":
+        return stores + instances
+    return _first_of_each(stores) + _first_of_each(instances)
+
+
+def _first_of_each(names: list[str]) -> list[str]:
+    """The first name of each kind ("redis-1", "graph_svc-0"...), in the given order."""
+    kinds: dict[str, str] = {}
+    for name in names:
+        kinds.setdefault(name.rsplit("-", 1)[0], name)
+    return list(kinds.values())
 
 
 # ---- the suite -----------------------------------------------------------------------
@@ -347,7 +360,7 @@ async def run(args: argparse.Namespace) -> int:
                 "SIGKILL one instance of every service and worker", lambda: kill_and_restart(victims, args.down)
             )
         if args.rolling:
-            order = rolling_order()
+            order = rolling_order(args.rolling_scope)
             await suite.fault(f"rolling restart of {len(order)} components", lambda: rolling_restart(order))
     finally:
         suite.stop()
@@ -438,6 +451,12 @@ def main() -> int:
     parser.add_argument("--down", type=float, default=10.0, help="seconds each killed component stays down")
     parser.add_argument("--only", default="", help="comma-separated subset of cassandra,kafka,redis,services")
     parser.add_argument("--no-rolling", dest="rolling", action="store_false")
+    parser.add_argument(
+        "--rolling-scope",
+        choices=("all", "one"),
+        default=os.environ.get("CHAOS_ROLLING_SCOPE", "all"),
+        help="restart every component, or one of each kind",
+    )
     parser.add_argument("--seed", type=int, default=7)
     return asyncio.run(run(parser.parse_args()))
 

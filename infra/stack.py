@@ -143,7 +143,7 @@ def _service_components(prepare: bool) -> list[Component]:
                 name=inst.name,
                 argv=functools.partial(list, [PYTHON, "-m", inst.service.module]),
                 ready=functools.partial(_grpc_serving, inst.port, inst.service.grpc_service),
-                timeout=60,
+                timeout=150,  # room for common/cql.py's prepare retries while a node is overloaded
                 env={
                     **shared,
                     "CHIRP_GRPC_PORT": str(inst.port),
