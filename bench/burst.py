@@ -10,6 +10,12 @@ Three steps on the seeded graph:
    when the workers are idle;
 3. the same burst again with the same reads running through it and its drain: if
    the fan-out starved the request path, these reads would be the slower.
+Then the same three steps for a fan-out burst: a few posts (FANOUT_POSTS in one
+second) by the most-followed authors below the celebrity threshold, little work
+for the post path and thousands of timeline entries for the fan-out, so the reads
+beside it show what the fan-out alone takes from the request path (the post burst
+above saturates the post path itself, which starves reads whatever the workers
+do).
 """
 
 from __future__ import annotations
@@ -24,25 +30,41 @@ from bench.strategies import fanout_backlog, fanout_totals, wait_drained
 
 BURST_RATE = 200  # posts/s offered: about what the post path of the 2-core stack takes
 READ_RATE = 50  # home-feed reads/s beside it
+FANOUT_POSTS = 50  # posts of the fan-out burst, sent within one second
+FANOUT_AUTHORS = 5  # the most-followed authors below the celebrity threshold post them
 SAMPLE_SECONDS = 0.25
 DRAIN_LIMIT_SECONDS = 300.0
 
 Run = Callable[[float, float], Outcome]  # (rate, seconds) -> the step's outcome
 
 
-def measure(post: Run, read: Run, burst_seconds: float, idle_cores: Mapping[str, float]) -> dict[str, Any]:
+def measure(
+    post: Run, read: Run, burst_seconds: float, idle_cores: Mapping[str, float], fanout_post: Run | None = None
+) -> dict[str, Any]:
+    """The post burst beside reads; with `fanout_post` (posts by the most-followed
+    authors), the fan-out burst beside reads too, under "fanout"."""
+    result = {"burst_rate_rps": BURST_RATE, "burst_seconds": burst_seconds} | _beside_reads(
+        post, read, BURST_RATE, burst_seconds, idle_cores
+    )
+    if fanout_post is not None:
+        result["fanout"] = {"posts": FANOUT_POSTS, "authors": FANOUT_AUTHORS} | _beside_reads(
+            fanout_post, read, FANOUT_POSTS, 1.0, idle_cores
+        )
+    return result
+
+
+def _beside_reads(post: Run, read: Run, rate: float, seconds: float, idle_cores: Mapping[str, float]) -> dict[str, Any]:
+    """A burst alone, reads alone for as long as it took to drain, then both together."""
     wait_drained(DRAIN_LIMIT_SECONDS)
-    alone = _burst(post, burst_seconds, idle_cores)
+    alone = _burst(post, rate, seconds, idle_cores)
     wait_drained(DRAIN_LIMIT_SECONDS)
     quiet = summarize(read(READ_RATE, alone["drained_after_s"]), idle_cores, step="reads alone")
     with ThreadPoolExecutor(1) as pool:
         reads = pool.submit(read, READ_RATE, alone["drained_after_s"])
         time.sleep(0.5)
-        beside = _burst(post, burst_seconds, idle_cores)
+        beside = _burst(post, rate, seconds, idle_cores)
         during = summarize(reads.result(), idle_cores, step="reads during a burst")
     return {
-        "burst_rate_rps": BURST_RATE,
-        "burst_seconds": burst_seconds,
         "burst": alone,
         "burst_beside_reads": beside,
         "reads_alone": _latency(quiet),
@@ -50,12 +72,12 @@ def measure(post: Run, read: Run, burst_seconds: float, idle_cores: Mapping[str,
     }
 
 
-def _burst(post: Run, seconds: float, idle_cores: Mapping[str, float]) -> dict[str, Any]:
+def _burst(post: Run, rate: float, seconds: float, idle_cores: Mapping[str, float]) -> dict[str, Any]:
     written_before, handled_before = fanout_totals()
     cpu_before, started = stack_cpu_seconds(), time.monotonic()
     backlog_peak = 0
     with ThreadPoolExecutor(1) as pool:
-        sent = pool.submit(post, BURST_RATE, seconds)
+        sent = pool.submit(post, rate, seconds)
         while not sent.done():
             backlog_peak = max(backlog_peak, fanout_backlog())
             time.sleep(SAMPLE_SECONDS)
@@ -115,6 +137,22 @@ def describe(result: Mapping[str, Any]) -> list[str]:
         f"Home-feed reads at {quiet['offered_rps']:.0f}/s alone: p50 {quiet['p50_ms']} ms, p99 {quiet['p99_ms']} ms, "
         f"{quiet['errors']} errors; through the same burst and its drain ({r['drained_after_s']} s): "
         f"p50 {during['p50_ms']} ms, p99 {during['p99_ms']} ms, {during['errors']} errors.",
+        *_describe_fanout(result.get("fanout")),
+    ]
+
+
+def _describe_fanout(fanout: Mapping[str, Any] | None) -> list[str]:
+    if fanout is None:  # a result from before the fan-out burst was measured
+        return []
+    b, r = fanout["burst"], fanout["burst_beside_reads"]
+    quiet, during = fanout["reads_alone"], fanout["reads_during_burst"]
+    return [
+        f"Fan-out burst: {b['posts']['accepted']} posts by the {fanout['authors']} most-followed authors within 1 s, "
+        f"{b['timeline_entries_written']} timeline entries written, all gone {b['drained_after_s']} s after the first "
+        f"post ({b['drain_entries_per_s']} entries/s). Home-feed reads at {quiet['offered_rps']:.0f}/s alone: "
+        f"p50 {quiet['p50_ms']} ms, p99 {quiet['p99_ms']} ms, {quiet['errors']} errors; through the fan-out burst "
+        f"({r['drained_after_s']} s, {r['timeline_entries_written']} entries): p50 {during['p50_ms']} ms, "
+        f"p99 {during['p99_ms']} ms, {during['errors']} errors.",
     ]
 
 

@@ -333,11 +333,15 @@ class Bench:
         readers = self.readers(100 if self.quick else 400)
         self.warm(readers)
         feeds = [_get("/v1/feed?page_size=20", token) for _, token in readers]
+        below = [a for a in self.manifest["authors"] if a["followers"] < self.manifest["celebrity_threshold"]]
+        most_followed = sorted(below, key=lambda a: -a["followers"])[: burst.FANOUT_AUTHORS]
+        fanout_posts = [_post("/v1/tweets", token, {"text": "fan-out burst"}) for _, token in self.login(most_followed)]
         return burst.measure(
             lambda rate, seconds: http_run(posts, rate, seconds),
             lambda rate, seconds: http_run(feeds, rate, seconds),
             5.0 if self.quick else 10.0,
             self.idle_cores(),
+            lambda rate, seconds: http_run(fanout_posts, rate, seconds),
         )
 
     # ---- helpers -----------------------------------------------------------------

@@ -11,7 +11,7 @@ from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, BatchConsumer
 from common.logs import setup_logging
 from common.server import Wiring, serve
-from common.worker import ConsumerLoop
+from common.worker import ConsumerLoop, lower_priority
 from feed_svc import config as feed_config
 from feed_svc.activity import ActiveReaders
 from feed_svc.fanout import Fanout
@@ -71,6 +71,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
 
 def main() -> None:
     cfg = feed_config.load()
+    lower_priority()  # first: the threads the worker starts inherit it
     setup_logging("fanout_worker", cfg.common.log_level)
     server.run(run(cfg))
 

@@ -16,6 +16,7 @@ from common.clients import Peers
 from common.kafka import TOPIC_LIKES
 from common.logs import setup_logging
 from common.server import Wiring, serve
+from common.worker import lower_priority
 from rank_svc import config as rank_config
 from rank_svc.domain import Ranker
 from rank_svc.events import FoldingLoop, LikesConsumer
@@ -70,6 +71,7 @@ async def run(cfg: rank_config.RankConfig) -> None:
 
 def main() -> None:
     cfg = rank_config.load()
+    lower_priority()  # first: the threads the worker starts inherit it
     setup_logging("rank_worker", cfg.common.log_level)
     server.run(run(cfg))
 

@@ -1,0 +1,43 @@
+"""The stack's workers run at a lower CPU priority than its services, every thread of them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from common.worker import DEFAULT_NICE, NICE_ENV
+from infra import topology
+
+RUN = Path(__file__).resolve().parents[2] / ".state" / "run"
+
+
+def _proc(name: str) -> Path:
+    record = json.loads((RUN / f"{name}.json").read_text())
+    proc = Path(f"/proc/{record['pid']}")
+    assert proc.exists(), f"{name} (pid {record['pid']}) is not running: is the stack up?"
+    return proc
+
+
+def _thread_nices(name: str) -> set[int]:
+    return {int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in (_proc(name) / "task").glob("*/stat")}
+
+
+def _group_nice(name: str) -> int | None:
+    """The niceness of the process's scheduling group (its session), where the kernel has autogroup."""
+    group = _proc(name) / "autogroup"
+    return int(group.read_text().split()[-1]) if group.exists() else None
+
+
+def test_every_worker_thread_runs_below_the_services() -> None:
+    step = int(os.environ.get(NICE_ENV) or DEFAULT_NICE)
+    service_nices = set().union(
+        *(_thread_nices(inst.name) for svc in topology.SERVICES for inst in topology.instances(svc))
+    )
+    assert len(service_nices) == 1, service_nices
+    (base,) = service_nices
+    for worker in topology.WORKERS:
+        for inst in topology.instances(worker):
+            assert _thread_nices(inst.name) == {min(base + step, 19)}, inst.name
+            # Each process runs in a session of its own: its group competes with the services' groups.
+            assert _group_nice(inst.name) in (None, min(base + step, 19)), inst.name

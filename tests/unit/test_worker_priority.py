@@ -1,0 +1,83 @@
+"""Workers lower the CPU priority of every thread of theirs and of their scheduling group (common/worker.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.config import ConfigError
+from common.worker import DEFAULT_NICE, lower_priority
+
+# In a fresh interpreter: start a thread, lower the priority, start another, and
+# print the niceness of the process and of every thread it has.
+PROBE = """
+import os, sys, threading
+from pathlib import Path
+from common.worker import lower_priority
+done = threading.Event()
+before = threading.Thread(target=done.wait)
+before.start()
+print(lower_priority({'CHIRP_WORKER_NICE': sys.argv[1]}))
+after = threading.Thread(target=done.wait)
+after.start()
+nices = [int(p.read_text().rsplit(')', 1)[1].split()[16]) for p in Path('/proc/self/task').glob('*/stat')]
+done.set()
+print(len(nices), *sorted(set(nices)))
+group = Path('/proc/self/autogroup')
+print(group.read_text().split()[-1] if group.exists() else 'none')
+"""
+
+
+def _probe(step: str) -> tuple[int, int, set[int], str]:
+    """Run PROBE in a session of its own, as the stack starts a worker."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, step],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.getcwd(),
+        start_new_session=True,
+    ).stdout.split("\n")
+    threads, *nices = out[1].split()
+    return int(out[0]), int(threads), {int(n) for n in nices}, out[2]
+
+
+def test_the_process_and_every_thread_run_at_the_lower_priority() -> None:
+    base = os.nice(0)
+    reported, threads, nices, group = _probe("5")
+    assert reported == min(base + 5, 19)
+    assert threads >= 3  # the main thread, one started before and one after
+    assert nices == {reported}
+    # With autogroup scheduling, the session's group is what competes with other processes.
+    assert group in ("none", str(reported))
+
+
+def test_zero_leaves_the_priority_alone() -> None:
+    base = os.nice(0)
+    reported, _, nices, group = _probe("0")
+    assert reported == base
+    assert nices == {base}
+    assert group in ("none", "0")
+
+
+def test_unset_lowers_by_the_default() -> None:
+    reported, _, nices, _group = _probe("")
+    assert reported == min(os.nice(0) + DEFAULT_NICE, 19)
+    assert nices == {reported}
+
+
+@pytest.mark.parametrize("value", ["-1", "20", "ten"])
+def test_a_value_outside_0_to_19_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="CHIRP_WORKER_NICE"):
+        lower_priority({"CHIRP_WORKER_NICE": value})
+
+
+def test_no_autogroup_is_no_error(tmp_path: Path) -> None:
+    absent = tmp_path / "absent" / "autogroup"
+    code = f"from pathlib import Path; from common.worker import lower_priority; print(lower_priority({{}}, Path({str(absent)!r})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.getcwd())
+    assert int(out.stdout) == min(os.nice(0) + DEFAULT_NICE, 19)
