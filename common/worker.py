@@ -44,7 +44,9 @@ LAG_INTERVAL_SECONDS = 5.0
 IDLE_WAIT_SECONDS = 1.0
 FAILURES = Gauge("chirp_consumer_failing", "1 while the worker's last batch failed.", ["group"])
 
-# Workers run at a lower CPU priority than the request path on a shared machine:
+# The fan-out and rank workers run at a lower CPU priority than the request path
+# on a shared machine (the like worker does not: it keeps the services' priority,
+# so that under a fault its Cassandra writes do not time out for want of CPU):
 # a burst's fan-out then waits for idle CPU instead of taking it from reads
 # (docs/BENCHMARKS.md, "Workers yield the CPU"). Lag grows while the request path
 # is busy and drains when it is not.

@@ -17,7 +17,7 @@ from common.kafka import TOPIC_LIKES, BatchConsumer
 from common.logs import setup_logging
 from common.outbox import Outbox
 from common.server import Wiring, serve
-from common.worker import ConsumerLoop, lower_priority
+from common.worker import ConsumerLoop
 from tweet_svc import config as tweet_config
 from tweet_svc.cache import TweetCache
 from tweet_svc.like_applier import LikeApplier
@@ -72,7 +72,6 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
 
 def main() -> None:
     cfg = tweet_config.load()
-    lower_priority()  # first: the threads the worker starts inherit it
     setup_logging("like_worker", cfg.common.log_level)
     server.run(run(cfg))
 

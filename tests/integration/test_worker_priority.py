@@ -1,4 +1,5 @@
-"""The stack's workers run at a lower CPU priority than its services, every thread of them."""
+"""The fan-out and rank workers run at a lower CPU priority than the services, every thread
+of them; the like worker keeps the services' priority."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from common.worker import DEFAULT_NICE, NICE_ENV
 from infra import topology
 
 RUN = Path(__file__).resolve().parents[2] / ".state" / "run"
+# Workers that keep the services' priority.
+SERVICE_PRIORITY = {"like_worker"}
 
 
 def _proc(name: str) -> Path:
@@ -37,7 +40,8 @@ def test_every_worker_thread_runs_below_the_services() -> None:
     assert len(service_nices) == 1, service_nices
     (base,) = service_nices
     for worker in topology.WORKERS:
+        nice = base if worker.name in SERVICE_PRIORITY else min(base + step, 19)
         for inst in topology.instances(worker):
-            assert _thread_nices(inst.name) == {min(base + step, 19)}, inst.name
+            assert _thread_nices(inst.name) == {nice}, inst.name
             # Each process runs in a session of its own: its group competes with the services' groups.
-            assert _group_nice(inst.name) in (None, min(base + step, 19)), inst.name
+            assert _group_nice(inst.name) in (None, nice), inst.name
