@@ -18,8 +18,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from confluent_kafka import Message
 from prometheus_client import Gauge, Histogram
@@ -28,6 +29,8 @@ from common.config import ConfigError, env_int
 from common.kafka import BatchConsumer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 LAG = Gauge("chirp_consumer_lag_messages", "Messages not yet consumed by this worker.", ["group"])
 BATCH = Histogram(
@@ -80,6 +83,29 @@ def lower_priority(env: Mapping[str, str] = os.environ, autogroup: Path = AUTOGR
         with contextlib.suppress(OSError):
             autogroup.write_text(str(nice))
     return nice
+
+
+async def apply_each(jobs: Iterable[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
+    """Run the jobs of one batch, at most `limit` at a time, and return their results.
+    The first that fails cancels the others and is raised (as itself, not in a group).
+
+    A batch fails as a whole and is applied again from the last commit, so a job
+    left running after its batch failed would meet its own retry: under a slow
+    store that doubled the load on every retry and the batch never got through.
+    The limit keeps one batch (hundreds of tweets or users) from putting all its
+    requests on the store at once."""
+    slots = asyncio.Semaphore(limit)
+
+    async def one(job: Callable[[], Awaitable[T]]) -> T:
+        async with slots:
+            return await job()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(job)) for job in jobs]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
 
 
 class ConsumerLoop:

@@ -38,6 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 from common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
@@ -46,6 +47,7 @@ from common.kafka import TOPIC_FOLLOWS
 from common.limits import UNKNOWN_ADDRESS, LoginGuard, UserLimits
 from common.outbox import Event, Outbox
 from common.pagination import PageTokens, scope, unshared_tokens
+from common.worker import apply_each
 from graph_svc.accounts import Account, Passwords, login_key, username_key, validate_password, validate_username
 from graph_svc.relations import RelationStore, refuse_follow_across_block
 from graph_svc.sessions import Sessions, Tokens
@@ -358,15 +360,12 @@ class Graph:
             at = datetime.fromtimestamp(int(event["followed_at_ms"]) / 1000, UTC)
             followers.add((int(event["followee_id"]), follow_bucket(at)))
             following.add(int(event["follower_id"]))
-        limit = asyncio.Semaphore(REPAIR_CONCURRENCY)
-
-        async def bounded(job: Awaitable[None]) -> None:
-            async with limit:
-                await job
-
-        await asyncio.gather(
-            *(bounded(self._follower_recounts(key)) for key in followers),
-            *(bounded(self._following_recounts(user)) for user in following),
+        await apply_each(
+            [
+                *(partial(self._follower_recounts, key) for key in followers),
+                *(partial(self._following_recounts, user) for user in following),
+            ],
+            REPAIR_CONCURRENCY,
         )
         return len(followers) + len(following)
 

@@ -36,8 +36,11 @@ from cassandra.query import SimpleStatement
 from confluent_kafka.admin import AdminClient
 
 from bench import chaos_check, chaos_load
-from common.kafka import TOPICS
+from common.kafka import TOPIC_FOLLOWS, TOPIC_LIKES, TOPIC_TWEETS, TOPICS, group_offsets
+from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
+from graph_svc.main import COUNTS_GROUP
 from infra import redis_cluster, stack, topology
+from tweet_svc.like_worker import GROUP as LIKE_GROUP
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -47,6 +50,15 @@ SETTLE_SECONDS = 5.0  # load keeps running this long after the cluster is whole
 WHOLE_TIMEOUT = 300.0
 SEGMENT_SECONDS = 5.0  # the load runs in back-to-back segments until the suite is done
 CHECK_DEADLINE_S = 300.0  # eventual consistency on a slow, just-restarted cluster; ends once all pass
+
+# The worker groups that apply what the check's counts and feeds are made of, read after
+# the check: a count still off while its group has events left to apply is lag, not a
+# lost write, and the report says which it was.
+CHECKED_GROUPS = {
+    LIKE_GROUP: (TOPIC_LIKES,),
+    COUNTS_GROUP: (TOPIC_FOLLOWS,),
+    FANOUT_GROUP: (TOPIC_TWEETS, TOPIC_FOLLOWS),
+}
 
 # The aims the issue sets for every single-node fault.
 AIM_SUCCESS = 0.99
@@ -372,9 +384,24 @@ async def run(args: argparse.Namespace) -> int:
     print("checking every acknowledged write", flush=True)
     report = await chaos_check.check(EDGE, population.ledger, CHECK_DEADLINE_S)
     print(report.table(), flush=True)
+    lag = groups_lag()
+    print(f"worker groups' events not yet applied after the check: {lag}", flush=True)
     whole = load.stats(load.origin or 0.0, time.monotonic())
-    write_report(args, suite.results, report, whole, started_wall)
+    write_report(args, suite.results, report, whole, started_wall, lag)
     return 0 if report.passed else 1
+
+
+def groups_lag(groups: dict[str, tuple[str, ...]] = CHECKED_GROUPS) -> dict[str, int | str]:
+    """Per worker group, the events its topics hold past its committed offsets (or why
+    that could not be read)."""
+    lag: dict[str, int | str] = {}
+    for group, topics in groups.items():
+        try:
+            offsets = group_offsets(topology.kafka_bootstrap(), group, topics)
+            lag[group] = sum(max(0, end - committed) for committed, end in offsets.values())
+        except Exception as exc:  # noqa: BLE001 - a diagnostic; the check's verdict stands alone
+            lag[group] = f"unknown: {exc!r}"
+    return lag
 
 
 def write_report(
@@ -383,6 +410,7 @@ def write_report(
     check: chaos_check.Report,
     overall: chaos_load.WindowStats,
     started: datetime,
+    lag: dict[str, int | str] | None = None,
 ) -> None:
     (RESULTS / "chaos.json").write_text(
         json.dumps(
@@ -394,6 +422,7 @@ def write_report(
                 "faults": [asdict(r) for r in results],
                 "overall": asdict(overall),
                 "check": check.to_json(),
+                "worker_lag_after_check": lag or {},
             },
             indent=1,
         )
@@ -427,6 +456,11 @@ def write_report(
             "\n".join(checks),
             "",
             *(details or ["No acknowledged write was lost or left unverified."]),
+            "",
+            "Events the worker groups had not applied when the check ended (a count still off while "
+            "its group lags is lag, not loss): "
+            + (", ".join(f"{group} {n}" for group, n in (lag or {}).items()) or "not read")
+            + ".",
             RESULTS_END,
         ]
     )

@@ -10,11 +10,14 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 
 from confluent_kafka import Message
 from prometheus_client import Counter
 
+from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.events import LikeEvent
+from common.worker import apply_each
 from tweet_svc.cache import TweetCache
 from tweet_svc.likes import fold
 from tweet_svc.store import TweetStore
@@ -22,6 +25,15 @@ from tweet_svc.store import TweetStore
 log = logging.getLogger(__name__)
 
 MAX_CONFLICT_RETRIES = 20
+# Tweets of one batch applied at once: each is a few reads, a conditional write and a
+# write per user. All of a 500-event batch at once swamped a store that was already
+# slow (a node restarting), and a timeout anywhere failed the whole batch again.
+CONCURRENT_TWEETS = 16
+# A tweet whose store calls time out is tried again where it stands, this many times
+# in all, before its batch fails: the fold and the conditional write make a retry
+# exact even when the write that timed out was applied after all.
+STORE_ATTEMPTS = 3
+STORE_RETRY_SECONDS = 0.5
 
 APPLIED = Counter("chirp_likes_applied_total", "Like/unlike events that changed a stored like.")
 
@@ -44,7 +56,18 @@ class LikeApplier:
                 log.error("skipping malformed like event", extra={"offset": msg.offset()})
                 continue
             by_tweet[event.tweet_id].append(event)
-        await asyncio.gather(*(self.apply(tweet_id, events) for tweet_id, events in by_tweet.items()))
+        await apply_each([partial(self.apply_retrying, t, e) for t, e in by_tweet.items()], CONCURRENT_TWEETS)
+
+    async def apply_retrying(self, tweet_id: int, events: list[LikeEvent]) -> None:
+        """`apply`, tried again after a store timeout (STORE_ATTEMPTS in all)."""
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                return await self.apply(tweet_id, events)
+            except CQL_UNAVAILABLE_ERRORS as exc:
+                if attempt == STORE_ATTEMPTS:
+                    raise
+                log.info("likes of tweet %d: store call failed (%r), trying again", tweet_id, exc)
+                await asyncio.sleep(STORE_RETRY_SECONDS * attempt)
 
     async def apply(self, tweet_id: int, events: list[LikeEvent]) -> None:
         users = sorted({e.user_id for e in events})

@@ -1,0 +1,148 @@
+"""How a worker applies one batch when the store is slow: at most so many items at
+once, a timed-out item tried again where it stands, and a batch that fails leaves
+nothing of itself running (common/worker.py apply_each, tweet_svc/like_applier.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+from cassandra import OperationTimedOut
+from confluent_kafka import Message as KafkaMessage
+
+from common.events import LikeEvent
+from common.worker import apply_each
+from tweet_svc import like_applier
+from tweet_svc.like_applier import CONCURRENT_TWEETS, STORE_ATTEMPTS, LikeApplier
+from tweet_svc.likes import LikeState
+from tweet_svc.store import TweetStore
+
+
+async def test_jobs_run_at_most_limit_at_a_time_and_results_keep_their_order() -> None:
+    running, most = 0, 0
+
+    async def job(n: int) -> int:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.001 * (n % 3))
+        running -= 1
+        return n * n
+
+    results = await apply_each([lambda n=n: job(n) for n in range(40)], 4)  # type: ignore[misc]
+    assert results == [n * n for n in range(40)]
+    assert most == 4
+
+
+async def test_the_first_failure_cancels_the_other_jobs_and_is_raised_as_itself() -> None:
+    finished: list[int] = []
+
+    async def slow(n: int) -> None:
+        await asyncio.sleep(0.3)
+        finished.append(n)
+
+    async def failing() -> None:
+        await asyncio.sleep(0.01)
+        raise OperationTimedOut("client timeout")
+
+    with pytest.raises(OperationTimedOut):
+        await apply_each([lambda: slow(1), failing, lambda: slow(2)], 8)
+    await asyncio.sleep(0.4)
+    assert finished == []  # nothing of the failed batch goes on beside its retry
+
+
+class SlowStore:
+    """Likes of many tweets; calls listed in `timeouts` raise OperationTimedOut, and a
+    write listed in `applied_then_timeout` is applied before it raises (the client gave
+    up, the store did not)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.rows: dict[int, dict[int, LikeState]] = {}
+        self.timeouts: dict[tuple[str, int], int] = {}
+        self.applied_then_timeout: set[int] = set()
+        self.in_flight, self.most_in_flight = 0, 0
+
+    def _maybe_time_out(self, call: str, tweet_id: int) -> None:
+        left = self.timeouts.get((call, tweet_id), 0)
+        if left:
+            self.timeouts[(call, tweet_id)] = left - 1
+            raise OperationTimedOut(f"{call} of {tweet_id} timed out")
+
+    async def like_states(self, tweet_id: int, user_ids: list[int]) -> tuple[int | None, dict[int, LikeState]]:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.001)
+            self._maybe_time_out("read", tweet_id)
+            rows = self.rows.get(tweet_id, {})
+            return self.counts.get(tweet_id), {u: s for u, s in rows.items() if u in user_ids}
+        finally:
+            self.in_flight -= 1
+
+    async def write_likes(
+        self, tweet_id: int, expected: int | None, count: int, changed: dict[int, LikeState], *_: Any
+    ) -> bool:
+        await asyncio.sleep(0.001)
+        self._maybe_time_out("write", tweet_id)
+        if self.counts.get(tweet_id) != expected:
+            return False
+        self.counts[tweet_id] = count
+        self.rows.setdefault(tweet_id, {}).update(changed)
+        if tweet_id in self.applied_then_timeout:
+            self.applied_then_timeout.discard(tweet_id)
+            raise OperationTimedOut("write applied, answer lost")
+        return True
+
+    async def record_user_likes(self, tweet_id: int, states: dict[int, LikeState]) -> None:
+        self._maybe_time_out("user_likes", tweet_id)
+
+
+class Message:
+    def __init__(self, event: LikeEvent) -> None:
+        self._value = event.encode()
+
+    def value(self) -> bytes:
+        return self._value
+
+    def offset(self) -> int:
+        return 0
+
+
+def batch(tweets: int, likers: int) -> list[KafkaMessage]:
+    messages = [Message(LikeEvent(t, u, True, 1_000 * t + u)) for t in range(1, tweets + 1) for u in range(likers)]
+    return cast(list[KafkaMessage], messages)
+
+
+@pytest.fixture(autouse=True)
+def no_retry_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(like_applier, "STORE_RETRY_SECONDS", 0.0)
+
+
+async def test_a_timed_out_tweet_is_tried_again_and_the_batch_goes_through() -> None:
+    store = SlowStore()
+    store.timeouts = {("read", 3): 1, ("write", 5): 1, ("user_likes", 7): STORE_ATTEMPTS - 1}
+    await LikeApplier(cast(TweetStore, store), None)(batch(tweets=60, likers=3))
+    assert store.counts == {t: 3 for t in range(1, 61)}
+    assert 1 < store.most_in_flight <= CONCURRENT_TWEETS
+
+
+async def test_a_write_applied_though_it_timed_out_is_not_counted_twice() -> None:
+    store = SlowStore()
+    store.applied_then_timeout = {2}
+    applier = LikeApplier(cast(TweetStore, store), None)
+    await applier(batch(tweets=3, likers=2))
+    await applier(batch(tweets=3, likers=2))  # and the whole batch re-delivered
+    assert store.counts == {1: 2, 2: 2, 3: 2}
+
+
+async def test_a_tweet_that_keeps_timing_out_fails_its_batch_and_leaves_nothing_running() -> None:
+    store = SlowStore()
+    store.timeouts = {("read", 4): STORE_ATTEMPTS}
+    with pytest.raises(OperationTimedOut):
+        await LikeApplier(cast(TweetStore, store), None)(batch(tweets=200, likers=1))
+    applied = len(store.counts)
+    await asyncio.sleep(0.2)
+    assert store.in_flight == 0 and len(store.counts) == applied  # the rest stopped with it
+    assert applied < 199
