@@ -15,17 +15,13 @@ which idempotent applies absorb.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 from confluent_kafka import Message
 from prometheus_client import Gauge, Histogram
 
-from common.config import ConfigError, env_int
 from common.kafka import BatchConsumer
 
 log = logging.getLogger(__name__)
@@ -46,43 +42,6 @@ LAG_INTERVAL_SECONDS = 5.0
 # second with nothing to do.
 IDLE_WAIT_SECONDS = 1.0
 FAILURES = Gauge("chirp_consumer_failing", "1 while the worker's last batch failed.", ["group"])
-
-# The fan-out and rank workers run at a lower CPU priority than the request path
-# on a shared machine (the like worker does not: it keeps the services' priority,
-# so that under a fault its Cassandra writes do not time out for want of CPU):
-# a burst's fan-out then waits for idle CPU instead of taking it from reads
-# (docs/BENCHMARKS.md, "Workers yield the CPU"). Lag grows while the request path
-# is busy and drains when it is not.
-NICE_ENV = "CHIRP_WORKER_NICE"
-DEFAULT_NICE = 10
-MAX_NICE = 19
-
-
-AUTOGROUP = Path("/proc/self/autogroup")
-
-
-def lower_priority(env: Mapping[str, str] = os.environ, autogroup: Path = AUTOGROUP) -> int:
-    """Raise this process's niceness by CHIRP_WORKER_NICE (0 leaves it); return the
-    niceness it runs at. Linux keeps a niceness per thread and new threads inherit
-    their creator's, so every thread already running (importing the Cassandra
-    driver starts one) is lowered too.
-
-    Where the kernel groups processes by session for scheduling (autogroup, on by
-    default on desktops and many servers; the local stack starts each process in a
-    session of its own), a thread's niceness only ranks it within its own group,
-    and groups share the CPU by the group's niceness: that is lowered too."""
-    step = env_int(env, NICE_ENV, DEFAULT_NICE)
-    if step > MAX_NICE:
-        raise ConfigError(f"{NICE_ENV} must be at most {MAX_NICE}, got {step}")
-    nice = os.nice(step)
-    if step:
-        for task in Path("/proc/self/task").iterdir():
-            with contextlib.suppress(OSError):  # a thread that ended meanwhile
-                os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
-        # Without autogroup scheduling (no such file) the threads' niceness is all there is.
-        with contextlib.suppress(OSError):
-            autogroup.write_text(str(nice))
-    return nice
 
 
 async def apply_each(jobs: Iterable[Callable[[], Awaitable[T]]], limit: int) -> list[T]:

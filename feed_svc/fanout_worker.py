@@ -10,8 +10,9 @@ from common.cache import redis_ping
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, BatchConsumer
 from common.logs import setup_logging
+from common.priority import lower_priority
 from common.server import Wiring, serve
-from common.worker import ConsumerLoop, lower_priority
+from common.worker import ConsumerLoop
 from feed_svc import config as feed_config
 from feed_svc.activity import ActiveReaders
 from feed_svc.fanout import Fanout

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import priority
 from infra import jvm, keys, prometheus, topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,14 +164,16 @@ def _envoy_component(prepare: bool) -> Component:
     `prepare`: render that config (and make the keys), as starting needs."""
     out = CONF / "envoy.json"
     fingerprint = ""
+    nice = priority.edge_niceness()
     if prepare:
         CONF.mkdir(parents=True, exist_ok=True)
         _, jwks = keys.ensure_keys(KEYS)
         subprocess.run([PYTHON, str(ROOT / "envoy" / "render.py"), str(out), "--jwks", str(jwks)], check=True)
         digest = hashlib.sha256(out.read_bytes() + (ROOT / "generated" / "chirp.binpb").read_bytes())
+        digest.update(str(nice).encode())  # a changed CHIRP_EDGE_NICE restarts Envoy too
         fingerprint = digest.hexdigest()[:16]
     argv = [
-        PYTHON, "-m", "infra.supervise", "--",
+        PYTHON, "-m", "infra.supervise", "--nice", str(nice), "--",
         str(VENV_BIN / "envoy"),
         "-c", str(out),
         "--base-id", "8080",

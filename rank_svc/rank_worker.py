@@ -15,8 +15,8 @@ from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_redis, redis_ping
 from common.clients import Peers
 from common.kafka import TOPIC_LIKES
 from common.logs import setup_logging
+from common.priority import lower_priority
 from common.server import Wiring, serve
-from common.worker import lower_priority
 from rank_svc import config as rank_config
 from rank_svc.domain import Ranker
 from rank_svc.events import FoldingLoop, LikesConsumer

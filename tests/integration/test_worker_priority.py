@@ -1,5 +1,5 @@
 """The fan-out and rank workers run at a lower CPU priority than the services, every thread
-of them; the like worker keeps the services' priority."""
+of them; the like worker keeps the services' priority; the edge runs above them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from common.worker import DEFAULT_NICE, NICE_ENV
+from common.priority import DEFAULT_NICE, NICE_ENV, edge_niceness
 from infra import topology
 
 RUN = Path(__file__).resolve().parents[2] / ".state" / "run"
@@ -45,3 +45,18 @@ def test_every_worker_thread_runs_below_the_services() -> None:
             assert _thread_nices(inst.name) == {nice}, inst.name
             # Each process runs in a session of its own: its group competes with the services' groups.
             assert _group_nice(inst.name) in (None, nice), inst.name
+
+
+def test_the_edge_runs_above_the_services() -> None:
+    """Envoy (the supervisor's child) and its scheduling group run at CHIRP_EDGE_NICE
+    (common/priority.py), every thread of it: below the services' niceness."""
+    nice = edge_niceness()
+    (base,) = {n for inst in topology.instances(topology.SERVICES[0]) for n in _thread_nices(inst.name)}
+    supervisor = _proc("envoy")
+    children = (supervisor / "task" / supervisor.name / "children").read_text().split()
+    assert len(children) == 1, children
+    envoy = Path(f"/proc/{children[0]}")
+    assert "envoy" in (envoy / "cmdline").read_bytes().split(b"\0")[0].decode()
+    threads = {int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in (envoy / "task").glob("*/stat")}
+    assert threads == {nice} and nice < base
+    assert _group_nice("envoy") in (None, nice)

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError
-from common.worker import DEFAULT_NICE, lower_priority
+from common.priority import DEFAULT_NICE, edge_niceness, lower_priority
 
 # In a fresh interpreter: start a thread, lower the priority, start another, and
 # print the niceness of the process and of every thread it has.
 PROBE = """
 import os, sys, threading
 from pathlib import Path
-from common.worker import lower_priority
+from common.priority import lower_priority
 done = threading.Event()
 before = threading.Thread(target=done.wait)
 before.start()
@@ -78,6 +78,39 @@ def test_a_value_outside_0_to_19_is_refused(value: str) -> None:
 
 def test_no_autogroup_is_no_error(tmp_path: Path) -> None:
     absent = tmp_path / "absent" / "autogroup"
-    code = f"from pathlib import Path; from common.worker import lower_priority; print(lower_priority({{}}, Path({str(absent)!r})))"
+    code = f"from pathlib import Path; from common.priority import lower_priority; print(lower_priority({{}}, Path({str(absent)!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.getcwd())
     assert int(out.stdout) == min(os.nice(0) + DEFAULT_NICE, 19)
+
+
+# ---- the edge runs above the services ------------------------------------------------------
+
+EDGE_PROBE = "import os; from pathlib import Path; print(os.getpriority(os.PRIO_PROCESS, 0)); g = Path('/proc/self/autogroup'); print(g.read_text().split()[-1] if g.exists() else 'none')"
+
+
+def test_the_supervisor_runs_its_child_and_their_group_at_the_edge_s_niceness() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "infra.supervise", "--nice", "-3", "--", sys.executable, "-c", EDGE_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.getcwd(),
+        start_new_session=True,  # as the stack starts it: its own scheduling group, not this test's
+    )
+    nice, group = done.stdout.split()
+    if os.geteuid() == 0:  # the stack's machines, CI included, run as root
+        assert (int(nice), group) == (-3, "-3" if Path("/proc/self/autogroup").exists() else "none")
+    else:  # no CAP_SYS_NICE: said, and the child still runs
+        assert int(nice) == os.getpriority(os.PRIO_PROCESS, 0)
+        assert "CAP_SYS_NICE" in done.stderr
+
+
+@pytest.mark.parametrize(("value", "nice"), [(None, -5), ("0", 0), ("-20", -20), ("-7", -7)])
+def test_the_edge_s_niceness_setting(value: str | None, nice: int) -> None:
+    assert edge_niceness({} if value is None else {"CHIRP_EDGE_NICE": value}) == nice
+
+
+@pytest.mark.parametrize("value", ["1", "-21", "high"])
+def test_an_edge_niceness_out_of_range_is_a_configuration_error(value: str) -> None:
+    with pytest.raises(ConfigError, match="CHIRP_EDGE_NICE"):
+        edge_niceness({"CHIRP_EDGE_NICE": value})
