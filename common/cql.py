@@ -93,9 +93,9 @@ _NON_DETERMINISTIC = re.compile(r"\b(now|uuid|currenttimestamp|currenttimeuuid|c
 # Never sent to replicas, so never applied: safe to send anywhere again.
 _REFUSED_BEFORE_RUNNING = (OverloadedErrorMessage, IsBootstrappingErrorMessage)
 # A statement answered this recently already says the store is reachable: the health
-# probe (every 5 s, common/server.py) then sends none of its own. On an idle stack each
+# probe (every 15 s, common/server.py) then sends none of its own. On an idle stack each
 # request wakes a Cassandra worker thread that spins a while before it parks again.
-PING_FRESH_SECONDS = 5.0
+PING_FRESH_SECONDS = 15.0
 # A statement whose prepare times out (10 s, a node starting or overloaded) is tried again.
 PREPARE_ATTEMPTS = 6
 PREPARE_BACKOFF_SECONDS = 1.0

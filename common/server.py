@@ -29,11 +29,13 @@ Probe = Callable[[], Awaitable[bool]]
 # first. The two protocols' messages are the same on the wire.
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 # Probes run every HEALTH_INTERVAL_SECONDS while they pass (each is a store
-# round trip in every process: at 2 s they were a visible part of an idle
-# stack's CPU), and every HEALTH_RECHECK_SECONDS from the first failure until
-# one passes: a store outage turns an instance NOT_SERVING within 5 + 1 + 1 s
-# (three failures in a row), and it serves again within 1 s of the store.
-HEALTH_INTERVAL_SECONDS = 5.0
+# round trip in every process: at 2 s, then at 5 s, they were a visible part of
+# an idle stack's CPU), and every HEALTH_RECHECK_SECONDS from the first failure
+# until one passes: a store outage turns an instance NOT_SERVING within
+# 15 + 1 + 1 s (three failures in a row; Kubernetes' readiness default is 30 s),
+# and it serves again within 1 s of the store. An instance whose calls fail is
+# ejected by the edge's outlier detection long before that.
+HEALTH_INTERVAL_SECONDS = 15.0
 HEALTH_RECHECK_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 1.5
 FAILED_PROBES_BEFORE_NOT_SERVING = 3

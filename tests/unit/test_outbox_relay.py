@@ -388,7 +388,7 @@ async def test_two_relays_never_hold_the_same_shard_and_all_shards_are_shared_ou
         world.clock.advance(500 + (step * 7919) % 2500)
         for i, outbox in enumerate(world.outboxes):
             if step % 97 == 11 * i + 5:
-                paused[i] = world.clock() + 21_000  # longer than a lease: it is taken over
+                paused[i] = world.clock() + SETTINGS.lease_ttl_seconds * 1000 + 6_000  # longer than a lease: taken over
             if paused.get(i, 0) > world.clock():
                 continue
             await outbox.relay_once()
@@ -421,11 +421,13 @@ async def test_a_dead_relays_shards_are_taken_over_when_its_lease_expires() -> N
     await world.run(8, relays=[1])
     assert world.outboxes[1].relayed_shards() == []
     assert world.producer.sent == []
-    # ...and every shard once they run out (TTL 15 s after the last renewal).
+    # ...and every shard once they run out (lease_ttl_seconds after the last renewal).
     while len(world.outboxes[1].relayed_shards()) < SHARDS and world.clock() - died_at < 60_000:
         await world.run(2, relays=[1])
     took_over_s = (world.clock() - died_at) / 1000
-    assert SETTINGS.lease_ttl_seconds - SETTINGS.lease_renew_seconds - 2 <= took_over_s <= 22
+    assert (
+        SETTINGS.lease_ttl_seconds - SETTINGS.lease_renew_seconds - 2 <= took_over_s <= SETTINGS.lease_ttl_seconds + 7
+    )
     await world.run(10, relays=[1])
     assert sorted(world.producer.ids()) == sorted(e.event_id for e in pending)
 
@@ -435,7 +437,7 @@ async def test_a_relay_that_lost_its_lease_can_neither_relay_nor_move_the_checkp
     await world.run(60, relays=[0])
     shard = 0
     taken_over_at = world.store.leases[shard].checkpoint
-    await world.run(20, relays=[1])  # relay 0 paused past its lease
+    await world.run(SETTINGS.lease_ttl_seconds + 5, relays=[1])  # relay 0 paused past its lease
     assert shard in world.outboxes[1].relayed_shards()
     assert world.outboxes[0].relayed_shards() == []
     await world.run(120, relays=[1])
@@ -623,8 +625,10 @@ async def test_idle_relays_paced_as_relay_forever_paces_them_cost_fewer_statemen
     per_second = sum(spent.values()) / seconds
     lwt_per_second = sum(n for name, n in spent.items() if name in LWT) / seconds
     print(f"idle, paced: {per_second:.2f} statements/s ({lwt_per_second:.2f} LWT/s): {dict(spent)}")
-    assert per_second <= 4.2, spent  # 4.7/s with a pass every 2 s; a pass every 5 s when idle: about 4
-    assert lwt_per_second <= 0.85  # lease renewals: 4 relays, one every 5 s
+    # 4.7/s with a pass every 2 s, about 4 with a pass and a lease cycle every 5 s when
+    # idle; about 2 every 10 s.
+    assert per_second <= 2.2, spent
+    assert lwt_per_second <= 0.45  # lease renewals: 4 relays, one every 10 s
     assert spent["scan"] == 0 and spent["load"] == 0
     assert sorted(len(o.relayed_shards()) for o in world.outboxes) == [8, 8, 8, 8], "a lease lapsed"
 
