@@ -22,8 +22,13 @@ def _proc(name: str) -> Path:
     return proc
 
 
+def _nices(proc: Path) -> set[int]:
+    """The niceness of every thread of a process (field 19 of its threads' stat)."""
+    return {int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in (proc / "task").glob("*/stat")}
+
+
 def _thread_nices(name: str) -> set[int]:
-    return {int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in (_proc(name) / "task").glob("*/stat")}
+    return _nices(_proc(name))
 
 
 def _group_nice(name: str) -> int | None:
@@ -57,6 +62,5 @@ def test_the_edge_runs_above_the_services() -> None:
     assert len(children) == 1, children
     envoy = Path(f"/proc/{children[0]}")
     assert "envoy" in (envoy / "cmdline").read_bytes().split(b"\0")[0].decode()
-    threads = {int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in (envoy / "task").glob("*/stat")}
-    assert threads == {nice} and nice < base
+    assert _nices(envoy) == {nice} and nice < base
     assert _group_nice("envoy") in (None, nice)
