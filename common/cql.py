@@ -93,9 +93,11 @@ _NON_DETERMINISTIC = re.compile(r"\b(now|uuid|currenttimestamp|currenttimeuuid|c
 # Never sent to replicas, so never applied: safe to send anywhere again.
 _REFUSED_BEFORE_RUNNING = (OverloadedErrorMessage, IsBootstrappingErrorMessage)
 # A statement answered this recently already says the store is reachable: the health
-# probe (every 15 s, common/server.py) then sends none of its own. On an idle stack each
-# request wakes a Cassandra worker thread that spins a while before it parks again.
-PING_FRESH_SECONDS = 15.0
+# probe (every 15 s while it passes, common/server.py) then sends none of its own. On an
+# idle stack each request wakes a Cassandra worker thread that spins a while before it
+# parks again. Kept short of the probe interval: an answer older than one interval
+# would let a probe pass on what the store said before an outage.
+PING_FRESH_SECONDS = 5.0
 # A statement whose prepare times out (10 s, a node starting or overloaded) is tried again.
 PREPARE_ATTEMPTS = 6
 PREPARE_BACKOFF_SECONDS = 1.0

@@ -55,14 +55,15 @@ deletes, follows; likes do not use the outbox), so 2,500 events/s:
   lightweight transactions, as the same tests count.
 
 Orphans (acknowledged, never delivered, and the writer gone) are published
-within about 17 s when another live relay holds their shard (min_age 5 s
-plus one idle pass gap of up to 12 s), and within about 41 s when the dead
-writer held the lease itself (the lease runs out 30 s after its last renewal,
-a survivor takes the shard at its next lease cycle, 10-10.5 s, one more cycle
-if two survivors reached for the same shard, and relays it in that pass). A
-crashed writer whose fast path had also failed is rare, and its events are
-late, never lost; a lease renewed twice as often cost every idle process one
-lightweight transaction and three reads more every 10 s.
+within about 16 s when another live relay holds their shard (min_age 5 s
+plus one idle pass gap of up to 10.5 s: passes wait at most until the next
+lease cycle), and within about 41 s when the dead writer held the lease itself
+(the lease runs out 30 s after its last renewal, a survivor takes the shard at
+its next lease cycle, 10-10.5 s, and relays it in that pass; 51 s when two
+survivors reached for the same shard and one more cycle is needed). A crashed
+writer whose fast path had also failed is rare, and its events are late,
+never lost; a lease renewed twice as often cost every idle relay two reads, a
+heartbeat write and a lightweight transaction more every 10 s.
 
 What the pre-006 `outbox` and the 006 `outbox_events` tables still hold is
 published by whoever leases the LEGACY pseudo-shard, until they have been empty

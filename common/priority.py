@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +39,31 @@ DEFAULT_EDGE_NICE = -5
 MIN_NICE = -20
 
 AUTOGROUP = Path("/proc/self/autogroup")
+CAP_SYS_NICE = 23  # its bit in a capability set (linux/capability.h)
+# Without CAP_SYS_ADMIN the kernel takes one write of a group's niceness per 100 ms
+# (EAGAIN otherwise): workers started together try again rather than stay at 0.
+GROUP_WRITE_ATTEMPTS = 5
+GROUP_WRITE_PAUSE_SECONDS = 0.11
+
+
+def can_raise_priority(status: Path = Path("/proc/self/status")) -> bool:
+    """Whether the process whose status this is holds CAP_SYS_NICE (a higher priority needs it)."""
+    for line in status.read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_NICE & 1)
+    return False
+
+
+def _set_group_nice(autogroup: Path, nice: int) -> None:
+    """The niceness of this process's scheduling group; nothing where there is no autogroup."""
+    for _ in range(GROUP_WRITE_ATTEMPTS):
+        try:
+            autogroup.write_text(str(nice))
+            return
+        except BlockingIOError:  # EAGAIN: another write of the last 100 ms
+            time.sleep(GROUP_WRITE_PAUSE_SECONDS)
+        except OSError:  # no autogroup scheduling, or not allowed
+            return
 
 
 def lower_priority(env: Mapping[str, str] = os.environ, autogroup: Path = AUTOGROUP) -> int:
@@ -53,8 +79,7 @@ def lower_priority(env: Mapping[str, str] = os.environ, autogroup: Path = AUTOGR
             with contextlib.suppress(OSError):  # a thread that ended meanwhile
                 os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
         # Without autogroup scheduling (no such file) the threads' niceness is all there is.
-        with contextlib.suppress(OSError):
-            autogroup.write_text(str(nice))
+        _set_group_nice(autogroup, nice)
     return nice
 
 
@@ -76,6 +101,5 @@ def raise_priority(nice: int, autogroup: Path = AUTOGROUP) -> int:
         kept = os.getpriority(os.PRIO_PROCESS, 0)
         print(f"cannot run at niceness {nice} without CAP_SYS_NICE; staying at {kept}", file=sys.stderr)
         return kept
-    with contextlib.suppress(OSError):  # no autogroup scheduling
-        autogroup.write_text(str(nice))
+    _set_group_nice(autogroup, nice)
     return nice

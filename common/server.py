@@ -31,10 +31,11 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 # Probes run every HEALTH_INTERVAL_SECONDS while they pass (each is a store
 # round trip in every process: at 2 s, then at 5 s, they were a visible part of
 # an idle stack's CPU), and every HEALTH_RECHECK_SECONDS from the first failure
-# until one passes: a store outage turns an instance NOT_SERVING within
-# 15 + 1 + 1 s (three failures in a row; Kubernetes' readiness default is 30 s),
-# and it serves again within 1 s of the store. An instance whose calls fail is
-# ejected by the edge's outlier detection long before that.
+# until one passes: a store outage turns an instance NOT_SERVING within about
+# 22 s (a probe may pass on a statement answered up to PING_FRESH_SECONDS before
+# the outage; the next, 15 s later, fails, then two rechecks 1 s apart, each up to
+# PROBE_TIMEOUT_SECONDS), and it serves again within 1 s of the store. The edge's
+# outlier detection ejects an instance whose calls fail long before that.
 HEALTH_INTERVAL_SECONDS = 15.0
 HEALTH_RECHECK_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 1.5

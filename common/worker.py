@@ -46,25 +46,40 @@ FAILURES = Gauge("chirp_consumer_failing", "1 while the worker's last batch fail
 
 async def apply_each(jobs: Iterable[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
     """Run the jobs of one batch, at most `limit` at a time, and return their results.
-    The first that fails cancels the others and is raised (as itself, not in a group).
+    The first that fails cancels the others, waits for them to stop, and is raised; a
+    cancellation from outside cancels every job and goes on (a worker shutting down).
 
     A batch fails as a whole and is applied again from the last commit, so a job
     left running after its batch failed would meet its own retry: under a slow
     store that doubled the load on every retry and the batch never got through.
-    The limit keeps one batch (hundreds of tweets or users) from putting all its
-    requests on the store at once."""
+    (Work a job shields from cancellation, such as graph_svc's shared recounts,
+    still finishes.) The limit keeps one batch (hundreds of tweets or users) from
+    putting all its requests on the store at once."""
     slots = asyncio.Semaphore(limit)
 
     async def one(job: Callable[[], Awaitable[T]]) -> T:
         async with slots:
             return await job()
 
+    tasks = [asyncio.ensure_future(one(job)) for job in jobs]
+    if not tasks:
+        return []
     try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(job)) for job in jobs]
-    except BaseExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:  # cancelled from outside
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    failed = next((t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None), None)
+    if failed is None:
+        return [task.result() for task in tasks]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    error = failed.exception()
+    assert error is not None
+    raise error
 
 
 class ConsumerLoop:

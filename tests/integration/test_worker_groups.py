@@ -29,7 +29,7 @@ def test_the_fault_report_counts_what_a_group_has_not_applied() -> None:
 
     admin = AdminClient({"bootstrap.servers": KAFKA})
     topic = f"chirp-test-lag-{uuid.uuid4().hex[:8]}"
-    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+    admin.create_topics([NewTopic(topic, 1, 1, config={"min.insync.replicas": "1"})])[topic].result(timeout=30)
     try:
         producer = Producer({"bootstrap.servers": KAFKA})
         for n in range(3):

@@ -36,20 +36,50 @@ async def test_jobs_run_at_most_limit_at_a_time_and_results_keep_their_order() -
 
 
 async def test_the_first_failure_cancels_the_other_jobs_and_is_raised_as_itself() -> None:
-    finished: list[int] = []
+    cancelled: list[int] = []
 
-    async def slow(n: int) -> None:
-        await asyncio.sleep(0.3)
-        finished.append(n)
+    async def waiting(n: int) -> None:
+        try:
+            await asyncio.Event().wait()  # never set: only a cancel ends it
+        except asyncio.CancelledError:
+            cancelled.append(n)
+            raise
 
     async def failing() -> None:
         await asyncio.sleep(0.01)
         raise OperationTimedOut("client timeout")
 
     with pytest.raises(OperationTimedOut):
-        await apply_each([lambda: slow(1), failing, lambda: slow(2)], 8)
-    await asyncio.sleep(0.4)
-    assert finished == []  # nothing of the failed batch goes on beside its retry
+        await apply_each([lambda: waiting(1), failing, lambda: waiting(2)], 8)
+    assert sorted(cancelled) == [1, 2]  # stopped before the failure was raised: nothing goes on beside the retry
+
+
+async def test_a_cancelled_batch_cancels_its_jobs_and_stays_cancelled() -> None:
+    """A worker shutting down while a job fails must still stop, not retry the batch."""
+    cancelled: list[int] = []
+    started = asyncio.Event()
+
+    async def waiting(n: int) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(n)
+            raise
+
+    async def failing_when_cancelled() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:  # as a store call cut short may fail instead
+            raise OperationTimedOut("cut short") from None
+
+    jobs = [lambda: waiting(1), failing_when_cancelled, lambda: waiting(2)]
+    batch = asyncio.ensure_future(apply_each(jobs, 8))
+    await started.wait()
+    batch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await batch
+    assert sorted(cancelled) == [1, 2]
 
 
 class SlowStore:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError
-from common.priority import DEFAULT_NICE, edge_niceness, lower_priority
+from common.priority import DEFAULT_NICE, can_raise_priority, edge_niceness, lower_priority
 
 # In a fresh interpreter: start a thread, lower the priority, start another, and
 # print the niceness of the process and of every thread it has.
@@ -98,11 +98,19 @@ def test_the_supervisor_runs_its_child_and_their_group_at_the_edge_s_niceness() 
         start_new_session=True,  # as the stack starts it: its own scheduling group, not this test's
     )
     nice, group = done.stdout.split()
-    if os.geteuid() == 0:  # the stack's machines, CI included, run as root
+    if can_raise_priority():  # the stack's machines, CI included, run as root with it
         assert (int(nice), group) == (-3, "-3" if Path("/proc/self/autogroup").exists() else "none")
-    else:  # no CAP_SYS_NICE: said, and the child still runs
+    else:  # without it: said, and the child still runs
         assert int(nice) == os.getpriority(os.PRIO_PROCESS, 0)
         assert "CAP_SYS_NICE" in done.stderr
+
+
+def test_the_capability_is_read_from_the_effective_set(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000800000\n")
+    assert can_raise_priority(status)
+    status.write_text("Name:\tx\nCapInh:\t0000000000800000\nCapEff:\t00000000007fffff\n")
+    assert not can_raise_priority(status)
 
 
 @pytest.mark.parametrize(("value", "nice"), [(None, -5), ("0", 0), ("-20", -20), ("-7", -7)])
