@@ -17,6 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
+from bench import idle
 from bench.load import percentile
 from common.cql import CqlSession
 from infra import stack, topology
@@ -25,8 +26,8 @@ KEYSPACE = "chirp_bench"
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, in clock ticks of 10 ms
+    fields = idle.stat_fields(Path(f"/proc/{pid}/stat"))
+    return (int(fields[idle.UTIME]) + int(fields[idle.STIME])) / idle.CLK_TCK
 
 
 async def run(writes: int, concurrency: int) -> None:

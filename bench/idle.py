@@ -58,9 +58,19 @@ def component_of(name: str) -> str:
     return base if base and ordinal.isdigit() else name
 
 
+# Fields of /proc/<pid>/stat (and of a thread's) counted after the command name,
+# which is in parentheses and may itself hold spaces or ")": see stat_fields.
+UTIME, STIME, NICE = 11, 12, 16
+
+
+def stat_fields(stat: Path) -> list[str]:
+    """The fields of a process's or thread's stat file after its command name."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return stat_fields(Path(f"/proc/{pid}/stat"))
     except OSError:
         return None
 
@@ -85,7 +95,7 @@ def sample() -> list[Sample]:
             if fields is None:
                 continue
             # After the ")": state is field 0, utime 11, stime 12, starttime 19.
-            cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            cpu = (int(fields[UTIME]) + int(fields[STIME])) / CLK_TCK
             found.append(Sample(pid_file.stem, p, fields[19], cpu))
     return found
 
@@ -103,8 +113,8 @@ def _thread_times(pid: int) -> dict[tuple[int, str], tuple[str, float]]:
         except OSError:
             continue
         name = re.sub(r"\d+", "#", text[text.index("(") + 1 : text.rindex(")")])
-        fields = text.rsplit(")", 1)[1].split()
-        out[(pid, tid)] = (name, (int(fields[11]) + int(fields[12])) / CLK_TCK)
+        fields = text.rsplit(")", 1)[1].split()  # as stat_fields, from the text read once
+        out[(pid, tid)] = (name, (int(fields[UTIME]) + int(fields[STIME])) / CLK_TCK)
     return out
 
 

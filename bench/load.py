@@ -169,10 +169,10 @@ def stack_cpu_seconds() -> dict[str, float]:
         component = pid_file.stem.rsplit("-", 1)[0]
         for pid in _with_children(json.loads(pid_file.read_text())["pid"]):
             try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                fields = idle.stat_fields(Path(f"/proc/{pid}/stat"))
             except OSError:
                 continue  # not running
-            ticks[component] = ticks.get(component, 0) + int(fields[11]) + int(fields[12])
+            ticks[component] = ticks.get(component, 0) + int(fields[idle.UTIME]) + int(fields[idle.STIME])
     hz = os.sysconf("SC_CLK_TCK")
     return {name: t / hz for name, t in ticks.items()}
 

@@ -24,7 +24,7 @@ returning reader.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import logging
 import time
@@ -35,6 +35,7 @@ from typing import Any
 from confluent_kafka import Message
 from prometheus_client import Counter, Histogram
 
+from common.worker import apply_each
 from feed_svc.activity import ActiveReaders
 from feed_svc.cache import FeedCache
 from feed_svc.store import CelebrityStore
@@ -103,17 +104,14 @@ class Fanout:
                 log.error("skipping malformed event", extra={"topic": msg.topic(), "offset": msg.offset()})
                 continue
             by_key[(str(msg.topic()), bytes(msg.key() or b""))].append((kind, event))
-        limit = asyncio.Semaphore(self._keys_at_once)
 
         async def in_order(events: list[tuple[str, dict[str, Any]]]) -> None:
-            async with limit:
-                for kind, event in events:
-                    await self.handle(kind, event)
-                    EVENTS.labels(kind).inc()
+            for kind, event in events:
+                await self.handle(kind, event)
+                EVENTS.labels(kind).inc()
 
-        async with asyncio.TaskGroup() as group:  # one failure cancels the rest; the batch is re-applied
-            for events in by_key.values():
-                group.create_task(in_order(events))
+        # One failure cancels the rest and fails the batch, which is applied again from the last commit.
+        await apply_each((functools.partial(in_order, events) for events in by_key.values()), self._keys_at_once)
 
     async def handle(self, kind: str, event: dict[str, Any]) -> None:
         if kind == "tweet_created":

@@ -6,10 +6,15 @@ afterwards check every acknowledged write.
     CHIRP_TOPOLOGY=cluster make up && make chaos
     python -m infra.chaos [--rate 12] [--users 24] [--down 10] [--only cassandra,redis] [--no-rolling] [--rolling-scope all|one]
 
-Per fault it reports the requests sent while the fault lasted (from the kill
+Set-up leaves the cluster busy for a while, so the load first runs until a
+few seconds of it are nearly all answered (at most 3 minutes; the warm-up is
+the first row of the report), then a fault-free baseline window. Per fault it
+reports the requests sent while the fault lasted (from the kill
 until the cluster was whole again, plus a few seconds), their success rate,
 p99 and worst latency, and how long after the component's restart the
-cluster was whole again. The acknowledged-write check (bench/chaos_check.py)
+cluster was whole again, counting every request of a window once it has
+ended (a request that times out after its window closed is in its row). The
+acknowledged-write check (bench/chaos_check.py)
 decides the exit status: 1 if anything acknowledged was lost. The report goes
 to docs/RELIABILITY.md and bench/results/chaos.json.
 """
@@ -36,11 +41,9 @@ from cassandra.query import SimpleStatement
 from confluent_kafka.admin import AdminClient
 
 from bench import chaos_check, chaos_load
-from common.kafka import TOPIC_FOLLOWS, TOPIC_LIKES, TOPIC_TWEETS, TOPICS, group_offsets
-from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
-from graph_svc.main import COUNTS_GROUP
+from common.kafka import TOPICS, group_offsets
 from infra import redis_cluster, stack, topology
-from tweet_svc.like_worker import GROUP as LIKE_GROUP
+from infra.groups import CHECKED_GROUPS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -49,16 +52,15 @@ EDGE = f"http://{topology.HOST}:{topology.EDGE_PORT}"
 SETTLE_SECONDS = 5.0  # load keeps running this long after the cluster is whole
 WHOLE_TIMEOUT = 300.0
 SEGMENT_SECONDS = 5.0  # the load runs in back-to-back segments until the suite is done
+# After set-up the load runs until WARM_SUCCESS of a WARM_WINDOW_SECONDS window (of which at
+# least WARM_ANSWERED of the offered requests answered) succeed, at most WARM_LIMIT_SECONDS.
+WARM_WINDOW_SECONDS = 5.0
+WARM_SUCCESS = 0.95
+WARM_ANSWERED = 0.9
+WARM_LIMIT_SECONDS = 180.0
+WARM_POLL_SECONDS = 1.0
 CHECK_DEADLINE_S = 300.0  # eventual consistency on a slow, just-restarted cluster; ends once all pass
 
-# The worker groups that apply what the check's counts and feeds are made of, read after
-# the check: a count still off while its group has events left to apply is lag, not a
-# lost write, and the report says which it was.
-CHECKED_GROUPS = {
-    LIKE_GROUP: (TOPIC_LIKES,),
-    COUNTS_GROUP: (TOPIC_FOLLOWS,),
-    FANOUT_GROUP: (TOPIC_TWEETS, TOPIC_FOLLOWS),
-}
 
 # The aims the issue sets for every single-node fault.
 AIM_SUCCESS = 0.99
@@ -289,7 +291,7 @@ class Suite:
         self.load = load
         self.population = population
         self.rate = rate
-        self.results: list[FaultResult] = []
+        self._windows: list[tuple[str, float, float, tuple[float, float, float]]] = []
         self._stop = asyncio.Event()
 
     async def drive(self) -> None:
@@ -297,15 +299,43 @@ class Suite:
         while not self._stop.is_set():
             await self.load.run(self.population, self.rate, SEGMENT_SECONDS)
 
+    async def warm_up(self, limit: float = WARM_LIMIT_SECONDS) -> float:
+        """Load until the requests of the last WARM_WINDOW_SECONDS whose answers are
+        due (sent at least a request timeout ago) were nearly all answered, or for
+        `limit` seconds; the seconds it took. Set-up leaves the cluster busy (JVMs
+        compiling, a node's hints, the users' first fan-out): the baseline starts after."""
+        started = time.monotonic()
+        while time.monotonic() - started < limit:
+            await asyncio.sleep(WARM_POLL_SECONDS)
+            end = time.monotonic() - chaos_load.TIMEOUT_S
+            if end - WARM_WINDOW_SECONDS < started:
+                continue
+            window = self.load.stats(end - WARM_WINDOW_SECONDS, end)
+            if (
+                window.requests >= WARM_ANSWERED * self.rate * WARM_WINDOW_SECONDS
+                and (window.success_rate or 0.0) >= WARM_SUCCESS
+            ):
+                break
+        ended = time.monotonic()
+        self.window("warm-up after set-up", started, ended, (0.0, 0.0, 0.0))
+        return ended - started
+
     async def fault(self, label: str, action: Callable[[], Awaitable[tuple[float, float, float]]]) -> None:
         print(f"  {label}", flush=True)
         start = time.monotonic()
-        down_s, start_s, whole_s = await action()
+        times = await action()
         await asyncio.sleep(SETTLE_SECONDS)
-        end = time.monotonic()
-        result = _result(label, self.load.stats(start, end), down_s, start_s, whole_s)
-        self.results.append(result)
-        print(f"    {_row(result)}", flush=True)
+        self.window(label, start, time.monotonic(), times)
+
+    def window(self, label: str, start: float, end: float, times: tuple[float, float, float]) -> None:
+        """Record a window; its row so far is printed (requests still in flight are
+        not in it yet: `finish` counts them)."""
+        self._windows.append((label, start, end, times))
+        print(f"    {_row(_result(label, self.load.stats(start, end), *times))} (so far)", flush=True)
+
+    def finish(self) -> list[FaultResult]:
+        """Every window's result, once the load has stopped and all its requests ended."""
+        return [_result(label, self.load.stats(start, end), *times) for label, start, end, times in self._windows]
 
     def stop(self) -> None:
         self._stop.set()
@@ -354,11 +384,11 @@ async def run(args: argparse.Namespace) -> int:
         return wanted is None or kind in wanted
 
     try:
-        await asyncio.sleep(SETTLE_SECONDS)
+        warm_s = await suite.warm_up()
+        print(f"  warmed up in {warm_s:.0f}s", flush=True)
         baseline_start = time.monotonic()
         await asyncio.sleep(args.down)
-        suite.results.append(_result("no fault (baseline)", load.stats(baseline_start, time.monotonic()), 0, 0, 0))
-        print(f"    {_row(suite.results[-1])}", flush=True)
+        suite.window("no fault (baseline)", baseline_start, time.monotonic(), (0.0, 0.0, 0.0))
         if chosen("cassandra"):
             await suite.fault("SIGKILL Cassandra node 127.0.0.2", lambda: kill_and_restart(["cassandra-2"], args.down))
         if chosen("kafka"):
@@ -377,6 +407,8 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         suite.stop()
         await driver
+    results = suite.finish()
+    print("\n".join(_row(r) for r in results), flush=True)
     ledger_dir = RESULTS / "chaos"
     ledger_dir.mkdir(parents=True, exist_ok=True)
     population.ledger.write(ledger_dir / "ledger.json")
@@ -387,7 +419,7 @@ async def run(args: argparse.Namespace) -> int:
     lag = groups_lag()
     print(f"worker groups' events not yet applied after the check: {lag}", flush=True)
     whole = load.stats(load.origin or 0.0, time.monotonic())
-    write_report(args, suite.results, report, whole, started_wall, lag)
+    write_report(args, results, report, whole, started_wall, lag)
     return 0 if report.passed else 1
 
 

@@ -7,20 +7,10 @@ from collections.abc import Mapping, Sequence
 from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from common.kafka import TOPIC_FOLLOWS, TOPIC_LIKES, TOPIC_TWEETS
-from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
-from rank_svc.rank_worker import GROUP as RANK_GROUP
-from tweet_svc.like_worker import GROUP as LIKE_GROUP
-
-# Each worker group and the topics it consumes.
-WORKER_GROUPS = {
-    FANOUT_GROUP: (TOPIC_TWEETS, TOPIC_FOLLOWS),
-    LIKE_GROUP: (TOPIC_LIKES,),
-    RANK_GROUP: (TOPIC_LIKES,),
-}
+from infra.groups import CONSUMER_GROUPS
 
 
-def unassigned(admin: AdminClient, groups: Mapping[str, Sequence[str]] = WORKER_GROUPS) -> dict[str, str]:
+def unassigned(admin: AdminClient, groups: Mapping[str, Sequence[str]] = CONSUMER_GROUPS) -> dict[str, str]:
     """Per group, what keeps it from consuming every partition of its topics
     (empty when all of them have a member)."""
     partitions = {

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from bench.idle import NICE, stat_fields
 from common.priority import DEFAULT_NICE, NICE_ENV, can_raise_priority, edge_niceness
 from infra import topology
 
@@ -23,8 +24,8 @@ def _proc(name: str) -> Path:
 
 
 def _nices(proc: Path) -> set[int]:
-    """The niceness of every thread of a process (field 19 of its threads' stat)."""
-    return {int(stat.read_text().rsplit(")", 1)[1].split()[16]) for stat in (proc / "task").glob("*/stat")}
+    """The niceness of every thread of a process."""
+    return {int(stat_fields(stat)[NICE]) for stat in (proc / "task").glob("*/stat")}
 
 
 def _thread_nices(name: str) -> set[int]:

@@ -1,6 +1,7 @@
 """How a worker applies one batch when the store is slow: at most so many items at
 once, a timed-out item tried again where it stands, and a batch that fails leaves
-nothing of itself running (common/worker.py apply_each, tweet_svc/like_applier.py)."""
+nothing of itself running (common/worker.py apply_each, tweet_svc/like_applier.py,
+feed_svc/fanout.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from confluent_kafka import Message as KafkaMessage
 
 from common.events import LikeEvent
 from common.worker import apply_each
+from feed_svc.fanout import Fanout
+from tests.unit.test_redis_cluster_safety import FakeMessage
 from tweet_svc import like_applier
 from tweet_svc.like_applier import CONCURRENT_TWEETS, STORE_ATTEMPTS, LikeApplier
 from tweet_svc.likes import LikeState
@@ -176,3 +179,53 @@ async def test_a_tweet_that_keeps_timing_out_fails_its_batch_and_leaves_nothing_
     await asyncio.sleep(0.2)
     assert store.in_flight == 0 and len(store.counts) == applied  # the rest stopped with it
     assert applied < 199
+
+
+class ProbedFanout(Fanout):
+    """The fan-out worker's batch handling, with each event's work replaced by a probe."""
+
+    def __init__(self, keys_at_once: int, failing_tweet: int = 0) -> None:
+        unused: Any = None  # the probe replaces every use of the caches and graph calls
+        super().__init__(unused, unused, unused, unused, unused, 3, keys_at_once)
+        self.failing_tweet = failing_tweet
+        self.applied: list[tuple[int, int]] = []
+        self.running = self.most = 0
+
+    async def handle(self, kind: str, event: dict[str, Any]) -> None:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.002)
+            if event["tweet_id"] == self.failing_tweet:
+                raise OperationTimedOut("slow store")
+            self.applied.append((event["author_id"], event["tweet_id"]))
+        finally:
+            self.running -= 1
+
+
+def fanout_batch(authors: int, tweets_each: int) -> list[KafkaMessage]:
+    return cast(
+        list[KafkaMessage],
+        [
+            FakeMessage({"type": "tweet_created", "tweet_id": 100 * a + n, "author_id": a})
+            for n in range(tweets_each)
+            for a in range(1, authors + 1)
+        ],
+    )
+
+
+async def test_fanout_applies_each_authors_events_in_order_a_few_authors_at_a_time() -> None:
+    fanout = ProbedFanout(keys_at_once=3)
+    await fanout(fanout_batch(authors=10, tweets_each=4))
+    assert len(fanout.applied) == 40 and 1 < fanout.most <= 3
+    for author in range(1, 11):
+        assert [t for a, t in fanout.applied if a == author] == [100 * author + n for n in range(4)]
+
+
+async def test_a_fanout_batch_that_fails_is_raised_as_itself_and_stops_the_rest() -> None:
+    fanout = ProbedFanout(keys_at_once=2, failing_tweet=101)  # author 1's second tweet
+    with pytest.raises(OperationTimedOut):
+        await fanout(fanout_batch(authors=20, tweets_each=3))
+    applied = len(fanout.applied)
+    await asyncio.sleep(0.05)
+    assert fanout.running == 0 and len(fanout.applied) == applied < 59

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from bench import idle
+from common.cql import PING_FRESH_SECONDS
 from common.outbox import IdleBackoff
 from common.server import (
     FAILED_PROBES_BEFORE_NOT_SERVING,
@@ -39,6 +40,13 @@ def test_passing_probes_are_slow_and_a_failure_is_checked_again_quickly() -> Non
     assert record.record(False) == (False, HEALTH_RECHECK_SECONDS)
     # ...and back, at the slow pace, on the first probe that passes.
     assert record.record(True) == (True, HEALTH_INTERVAL_SECONDS)
+
+
+def test_the_probe_after_a_passing_one_asks_the_store_itself() -> None:
+    # A probe passes on any CQL statement answered in the last PING_FRESH_SECONDS. Were
+    # that as long as the probe interval, the next probe too could pass on a statement
+    # answered before an outage, and NOT_SERVING would come a whole interval later.
+    assert PING_FRESH_SECONDS < HEALTH_INTERVAL_SECONDS
 
 
 def test_a_process_whose_first_probe_fails_does_not_serve_until_one_passes() -> None:

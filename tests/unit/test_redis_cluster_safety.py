@@ -492,9 +492,8 @@ async def test_a_delete_missed_while_redis_was_down_is_applied_by_the_fanout_wor
     await tweets.mark_deleted(tweet_id)  # tweet_svc's delete: swallowed while Redis is down
     fanout = fanout_with(fake, FakeCelebrityStore(), followers=[11, 12])
     batch = [cast(Message, FakeMessage({"type": "tweet_deleted", "tweet_id": tweet_id, "author_id": author}))]
-    with pytest.raises(BaseExceptionGroup) as failed:
+    with pytest.raises(RedisConnectionError):
         await fanout(batch)  # the batch fails, so Kafka hands it over again
-    assert failed.group_contains(RedisConnectionError)
 
     fake.down = None  # Redis is back, with the body it held
     reader = TweetCache(client(fake), ttl_seconds=600)

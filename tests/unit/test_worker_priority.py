@@ -17,6 +17,7 @@ from common.priority import DEFAULT_NICE, can_raise_priority, edge_niceness, low
 PROBE = """
 import os, sys, threading
 from pathlib import Path
+from bench.idle import NICE, stat_fields
 from common.priority import lower_priority
 done = threading.Event()
 before = threading.Thread(target=done.wait)
@@ -24,7 +25,7 @@ before.start()
 print(lower_priority({'CHIRP_WORKER_NICE': sys.argv[1]}))
 after = threading.Thread(target=done.wait)
 after.start()
-nices = [int(p.read_text().rsplit(')', 1)[1].split()[16]) for p in Path('/proc/self/task').glob('*/stat')]
+nices = [int(stat_fields(p)[NICE]) for p in Path('/proc/self/task').glob('*/stat')]
 done.set()
 print(len(nices), *sorted(set(nices)))
 group = Path('/proc/self/autogroup')

@@ -1,0 +1,21 @@
+"""The stack's Kafka consumer groups and the topics each consumes: what the e2e
+tests wait on before they start and what `make chaos` reads the lag of."""
+
+from __future__ import annotations
+
+from common.kafka import TOPIC_FOLLOWS, TOPIC_LIKES, TOPIC_TWEETS
+from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
+from graph_svc.main import COUNTS_GROUP
+from rank_svc.rank_worker import GROUP as RANK_GROUP
+from tweet_svc.like_worker import GROUP as LIKE_GROUP
+
+CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
+    FANOUT_GROUP: (TOPIC_TWEETS, TOPIC_FOLLOWS),
+    LIKE_GROUP: (TOPIC_LIKES,),
+    RANK_GROUP: (TOPIC_LIKES,),
+    COUNTS_GROUP: (TOPIC_FOLLOWS,),
+}
+
+# The groups that apply what the fault suite's check reads back (like counts, follow
+# counts, timelines): a count still off while its group has events left is lag, not loss.
+CHECKED_GROUPS = {group: CONSUMER_GROUPS[group] for group in (LIKE_GROUP, COUNTS_GROUP, FANOUT_GROUP)}
