@@ -7,6 +7,8 @@ connection or stop a server without touching the shared stack's Redis:
   never opens more than its 2;
 - a wait for a connection that ends without one is a miss for that call alone:
   neither the `tolerant` wrapper nor the health probe takes Redis for down;
+- cancelled commands give their connections back, and a connection with a
+  reply left unread is not lent as it is;
 - a server that stops still makes the wrapper skip Redis and the probe fail;
 - a cluster pipeline's re-sent (redirected) command does not wait for a second
   in-flight slot.
@@ -213,6 +215,42 @@ async def test_a_wait_that_ends_without_a_connection_is_one_miss_not_redis_down(
         await observer.rpush("held", "a", "b")
         assert sorted(await asyncio.gather(*held)) == [(b"held", b"a"), (b"held", b"b")]
         assert await probe.get("k") == "v"  # at once: nothing marked Redis down
+    finally:
+        await client.aclose()
+        await observer.aclose()
+
+
+async def test_cancelled_commands_give_their_connections_back_and_none_is_lent_dirty(standalone: Server) -> None:
+    """The pool lends and takes back connections itself (not through redis-py's
+    BlockingConnectionPool): commands cancelled while they wait for a connection,
+    or while they wait for Redis, must each give their slot back, and a connection
+    returned with a reply left unread must not be lent as it is."""
+    observer = await standalone.client()
+    client = connect_redis(f"redis://{HOST}:{STANDALONE_PORT}/0", max_connections=POOL, pool_wait_seconds=30)
+    assert isinstance(client, aioredis.Redis)
+    pool = client.connection_pool
+    try:
+        await observer.set("k", "v")
+        held = await hold_connections(client, [observer], "held")
+        waiting = [asyncio.ensure_future(client.get("k")) for _ in range(CONCURRENT)]
+        await asyncio.sleep(0.05)
+        for task in [*held, *waiting]:
+            task.cancel()
+        await asyncio.gather(*held, *waiting, return_exceptions=True)
+        assert not pool._in_use_connections
+        values = await asyncio.gather(*(client.get("k") for _ in range(CONCURRENT)))
+        assert values == [b"v"] * CONCURRENT  # every slot free again: nothing waits out its 30 s
+
+        dirty = await pool.get_connection()
+        await dirty.send_command("GET", "k")  # its reply never read
+        await asyncio.sleep(0.1)  # and already in the connection's buffer
+        await pool.release(dirty)
+        lent = [await pool.get_connection() for _ in range(POOL)]
+        for connection in lent:
+            assert not await connection.can_read(), "a connection with a reply left unread was lent"
+            await pool.release(connection)
+        assert await client.get("k") == b"v"
+        assert len(pool._available_connections) <= POOL and not pool._in_use_connections
     finally:
         await client.aclose()
         await observer.aclose()

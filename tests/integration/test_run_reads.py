@@ -1,16 +1,17 @@
 """common/cache.run_reads against the stack's Redis: the read path's pipelines sent
 without redis-py's per-command layers must answer what a redis-py pipeline answers,
-keep the connection in step after an error reply, and time out (then read as a miss)
-when Redis does not answer."""
+keep the connection in step after an error reply and after a batch cut short, and
+time out (then read as a miss) when Redis does not answer."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -78,6 +79,100 @@ async def test_a_redis_that_does_not_answer_times_out_and_reads_as_a_miss() -> N
         cache = FeedCache(client, timeline_size=20, following_ttl=30, celebrity_ttl=5)
         assert await cache.tweets([1, 2], viewer_id=7) == CachedTweets()
         assert (await cache.home_reads(7, None, 31, 21)).timeline is None
+    finally:
+        await client.aclose()
+        server.close()
+
+
+def commands(data: bytes) -> list[list[bytes]]:
+    """The commands of a packet of the Redis protocol (arrays of bulk strings)."""
+    lines, found, i = data.split(b"\r\n"), [], 0
+    while i < len(lines) and lines[i].startswith(b"*"):
+        n = int(lines[i][1:])
+        found.append([lines[i + 2 + 2 * j] for j in range(n)])
+        i += 1 + 2 * n
+    return found
+
+
+async def late_server() -> tuple[asyncio.Server, int]:
+    """Answers GET with its key and anything else (the connection's handshake) with
+    OK; but of the first batch of GETs it answers the first at once and the rest only
+    0.5 s later: a reader that gave up in between and kept that connection would read
+    them as the next batch's."""
+    late = True
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal late
+        while data := await reader.read(65536):
+            sent = commands(data)
+            replies = [b"$%d\r\n%s\r\n" % (len(a[1]), a[1]) if a[0] == b"GET" else b"+OK\r\n" for a in sent]
+            if late and [a[0] for a in sent] == [b"GET", b"GET"]:
+                late = False
+                writer.write(replies[0])
+                await asyncio.sleep(0.5)
+                replies = replies[1:]
+            writer.write(b"".join(replies))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def two_gets(first: str, second: str) -> Callable[[Any], None]:
+    def queue(pipe: Any) -> None:
+        pipe.get(first)
+        pipe.get(second)
+
+    return queue
+
+
+async def test_replies_cut_short_are_never_read_as_the_next_batchs() -> None:
+    server, port = await late_server()
+    client = connect_redis(f"redis://127.0.0.1:{port}", timeout_seconds=0.2)
+    try:
+        # Timed out after its first reply: tried again on a new connection, in step.
+        assert await run_reads(client, two_gets("k1", "k2")) == [b"k1", b"k2"]
+        await asyncio.sleep(0.5)  # the late reply has reached the old connection, were it open
+        assert await run_reads(client, two_gets("k3", "k4")) == [b"k3", b"k4"]
+    finally:
+        await client.aclose()
+        server.close()
+
+    server, port = await late_server()
+    client = connect_redis(f"redis://127.0.0.1:{port}", timeout_seconds=2.0)
+    try:
+        # Cancelled after its first reply (a request past its deadline): not tried again,
+        # and its connection goes back to the pool closed.
+        batch = asyncio.ensure_future(run_reads(client, two_gets("k1", "k2")))
+        await asyncio.sleep(0.2)
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
+        # At once: the late reply is not in yet, so the pool's own check of a
+        # connection it lends (unread data) could not tell.
+        assert await run_reads(client, two_gets("k3", "k4")) == [b"k3", b"k4"]
+    finally:
+        await client.aclose()
+        server.close()
+
+
+async def test_a_redis_that_closes_mid_batch_is_a_connection_error() -> None:
+    async def close_early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            sent = commands(data)
+            if sent[0][0] == b"GET":
+                writer.write(b"$2\r\nk1\r\n")  # one reply of two, then gone
+                await writer.drain()
+                break
+            writer.write(b"+OK\r\n" * len(sent))
+        writer.close()
+
+    server = await asyncio.start_server(close_early, "127.0.0.1", 0)
+    client = connect_redis(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}", timeout_seconds=1.0)
+    try:
+        with pytest.raises(RedisConnectionError):
+            await run_reads(client, two_gets("k1", "k2"))
     finally:
         await client.aclose()
         server.close()
