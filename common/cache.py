@@ -125,7 +125,10 @@ async def _take_slot(slots: asyncio.Semaphore, wait_seconds: float) -> None:
         await slots.acquire()  # free: returns without suspending
         return
     try:
-        await asyncio.wait_for(slots.acquire(), wait_seconds)
+        # Not asyncio.wait_for: on Python 3.11 it can return the slot to a task cancelled
+        # meanwhile and swallow the cancellation (a deadline, a shutdown).
+        async with asyncio.timeout(wait_seconds):
+            await slots.acquire()
     except TimeoutError:
         raise _exhausted(wait_seconds) from None
 
@@ -167,8 +170,8 @@ class QueueingConnectionPool(ConnectionPool):
         return connection
 
     async def release(self, connection: AbstractConnection) -> None:
+        self._in_use_connections.remove(connection)  # one this pool did not lend: no slot to give back
         try:
-            self._in_use_connections.remove(connection)
             if connection.should_reconnect():
                 await connection.disconnect()
             self._available_connections.append(connection)
@@ -359,6 +362,8 @@ async def _exchange(connection: AbstractConnection, commands: Sequence[tuple[str
             try:
                 for _ in commands:
                     replies.append(await parser.read_response())
+                if connection.health_check_interval:  # as a read through the connection does
+                    connection.next_health_check = asyncio.get_running_loop().time() + connection.health_check_interval
             except BaseException as exc:
                 # Replies cut short (a timeout, a cancellation, a closed socket) would be
                 # read by the connection's next user: it is closed instead.

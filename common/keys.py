@@ -46,9 +46,14 @@ def tweet_key(family: TweetKey, entity_id: int) -> str:
 FeedKey = Literal["timeline", "following", "read_at"]
 _FEED_PREFIXES: dict[FeedKey, str] = {
     "timeline": "tl",
-    "following": "fo",
+    # `fo2:` may hold a reader's `pending:` marker (feed_svc/cache.py), which feed_svc
+    # instances from before it cannot parse: it is a key of its own. The fan-out worker
+    # deletes both on a follow or unfollow, so roll the fan-out workers out first.
+    "following": "fo2",
     "read_at": "ra",
 }
+# The follow lists' key before the marker; nothing new writes it.
+LEGACY_FOLLOWING_PREFIX = "fo"
 
 # The celebrity registry's copy in Redis. Each feed_svc process reads it once per
 # CHIRP_CELEBRITY_CACHE_SECONDS into memory, never once per feed read, so its one
@@ -59,6 +64,11 @@ CELEBRITIES_KEY = "celebrities"
 def feed_key(family: FeedKey, entity_id: int) -> str:
     """User ids, for every family."""
     return f"{_FEED_PREFIXES[family]}:{entity_id}"
+
+
+def legacy_following_key(user_id: int) -> str:
+    """A follow list as feed_svc cached it before `fo2:`, deleted with it."""
+    return f"{LEGACY_FOLLOWING_PREFIX}:{user_id}"
 
 
 # ---- rate limits and login counters (common/limits.py) ------------------------------

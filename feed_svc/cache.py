@@ -12,6 +12,7 @@ act as misses instead.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, mark_tweet_deleted, run_reads, tolerant
 from common.hidden import hidden_key
 from common.ids import id_time_ms
-from common.keys import CELEBRITIES_KEY, feed_key, tweet_key
+from common.keys import CELEBRITIES_KEY, feed_key, legacy_following_key, tweet_key
 from common.tweet_cache import CachedTweets, parse_reads, parse_recent, queue_reads, recent_range
 from feed_svc.activity import RECORD_TTL_SECONDS, ReadMarks, read_record_key
 
@@ -32,6 +33,30 @@ BUILT = "built"
 
 # Suffix of a cached follow list that graph_svc cut at its listing limit.
 TRUNCATED = "more"
+# A follow list's key holds PENDING + a random token while a reader loads the list:
+# the fill lands only if that marker is still there. The fan-out worker deletes the
+# key on every follow and unfollow, so a list read from graph_svc before one of them
+# either lands before the delete (and is deleted) or finds its marker gone (and is
+# dropped): a cached list is never older than the last follow or unfollow applied,
+# whatever its TTL. Tokens are random, so a marker that expired and was made again
+# is never taken for the one a reader holds.
+PENDING = "pending:"
+PENDING_SECONDS = 10.0  # one load from graph_svc; a slower load's fill is dropped
+# KEYS: the list. ARGV: a fresh token, the marker's ttl_ms. Returns {1, list} on a hit,
+# else {0, token}: the marker's token, made here when there was none.
+CLAIM_FOLLOWING_SCRIPT = """
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 1, 8) ~= 'pending:' then return {1, value} end
+if value then return {0, string.sub(value, 9)} end
+redis.call('SET', KEYS[1], 'pending:' .. ARGV[1], 'PX', ARGV[2])
+return {0, ARGV[1]}
+"""
+# KEYS: the list. ARGV: the token, the list, its ttl_ms. Returns 1 when it was stored.
+FILL_FOLLOWING_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= 'pending:' .. ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
 # The registry's copy in Redis is reloaded from the CQL store this often, so a
 # mark lost with a failed-over primary, or an unmark that raced a load, lasts
 # at most this long.
@@ -78,6 +103,8 @@ class FeedCache(Tolerant):
         self._redis = redis
         self._size = timeline_size
         self._following_ttl = max(1, int(following_ttl * 1000))
+        self._claim_following = redis.register_script(CLAIM_FOLLOWING_SCRIPT)
+        self._fill_following = redis.register_script(FILL_FOLLOWING_SCRIPT)
         # CHIRP_CELEBRITY_CACHE_SECONDS paces feed_svc's in-memory celebrity registry.
         self.celebrity_ttl_seconds = celebrity_ttl
 
@@ -165,8 +192,17 @@ class FeedCache(Tolerant):
     @tolerant()
     async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool] | None:
         """A cached follow list and whether it is complete; None on a miss."""
-        raw = await self._redis.get(feed_key("following", user_id))
-        return None if raw is None else _parse_following(raw)
+        return _parse_following(await self._redis.get(feed_key("following", user_id)))
+
+    @tolerant()
+    async def claim_following(self, user_id: int) -> tuple[list[tuple[int, int]], bool] | str | None:
+        """On a miss of the follow list: the list if it is there after all, else the
+        token to fill it with (`set_following`); None while Redis does not answer (load
+        it, fill nothing)."""
+        hit, value = await self._claim_following(
+            keys=[feed_key("following", user_id)], args=[secrets.token_hex(8), int(PENDING_SECONDS * 1000)]
+        )
+        return _parse_following(value) if hit else _text(value)
 
     @tolerant(HomeReads)
     async def home_reads(
@@ -189,7 +225,7 @@ class FeedCache(Tolerant):
                 pipe.zrevrange(tweet_key("author_recent", user_id), *recent_range(own_limit))
 
         raw, *replies = _raised(await run_reads(self._redis, queue))
-        reads = HomeReads(following=None if raw is None else _parse_following(raw), answered=True)
+        reads = HomeReads(following=_parse_following(raw), answered=True)
         if hidden:
             reads.hidden = replies.pop(0)
         if own_limit:
@@ -199,12 +235,24 @@ class FeedCache(Tolerant):
         return reads
 
     @tolerant()
-    async def set_following(self, user_id: int, accounts: Sequence[tuple[int, int]], complete: bool) -> None:
+    async def set_following(
+        self, user_id: int, accounts: Sequence[tuple[int, int]], complete: bool, token: str | None = None
+    ) -> None:
+        """Fill the follow list if the marker of `token` (`claim_following`) is still
+        there. Without a token it is stored as it is: only for a list known to be
+        current (tests set one up so)."""
         value = ",".join(f"{a}:{c}" for a, c in accounts) + ("" if complete else f";{TRUNCATED}")
-        await self._redis.set(feed_key("following", user_id), value, px=self._following_ttl)
+        key = feed_key("following", user_id)
+        if token is None:
+            await self._redis.set(key, value, px=self._following_ttl)
+        else:
+            await self._fill_following(keys=[key], args=[token, value, self._following_ttl])
 
     async def drop_following(self, user_id: int) -> None:
-        await self._redis.delete(feed_key("following", user_id))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.delete(feed_key("following", user_id))
+            pipe.delete(legacy_following_key(user_id))  # for feed_svc instances still reading it
+            await pipe.execute()
 
     # ---- tweet_svc's cache, read as common/tweet_cache.py writes it down ------------------
 
@@ -330,8 +378,13 @@ def _raised(replies: list[Any]) -> list[Any]:
     return replies
 
 
-def _parse_following(raw: bytes | str) -> tuple[list[tuple[int, int]], bool]:
+def _parse_following(raw: bytes | str | None) -> tuple[list[tuple[int, int]], bool] | None:
+    """A cached follow list; None for a miss or a reader's PENDING marker."""
+    if raw is None:
+        return None
     text, _, more = _text(raw).partition(";")
+    if text.startswith(PENDING):
+        return None
     accounts = [(int(a), int(c)) for a, c in (p.split(":") for p in text.split(",") if p)]
     return accounts, more != TRUNCATED
 

@@ -75,7 +75,7 @@ def load(env: Mapping[str, str] = os.environ) -> FeedConfig:
         celebrity_threshold=_threshold(env),
         timeline_size=env_int(env, "CHIRP_TIMELINE_SIZE", 800, minimum=20),
         celebrity_cache_seconds=env_float(env, "CHIRP_CELEBRITY_CACHE_SECONDS", 5.0),
-        following_cache_seconds=env_float(env, "CHIRP_FOLLOWING_CACHE_SECONDS", 30.0),
+        following_cache_seconds=env_float(env, "CHIRP_FOLLOWING_CACHE_SECONDS", 300.0),
         graph_target=graph_target(env),
         tweet_target=tweet_target(env),
         fanout_batch_size=env_int(env, "CHIRP_FANOUT_BATCH_SIZE", 200, minimum=1),

@@ -169,7 +169,7 @@ class HomeFeed:
         # Concurrent misses of one reader's follow list or timeline share one load, and
         # loads are bounded per process, so a cold cache cannot starve warm reads.
         rebuilds = rebuilds or Rebuilds()
-        self._following_loads: SingleFlight[int, tuple[list[tuple[int, int]], bool]] = SingleFlight(
+        self._following_loads: SingleFlight[tuple[int, str | None], tuple[list[tuple[int, int]], bool]] = SingleFlight(
             "following", rebuilds
         )
         self._timeline_loads: SingleFlight[int, list[int]] = SingleFlight("timeline", rebuilds)
@@ -285,16 +285,20 @@ class HomeFeed:
 
     async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool]:
         """Accounts the user follows with their follower counts, and whether that is all of them."""
-        cached = await self._cache.following(user_id)
-        if cached is not None:
-            return cached
+        claimed = await self._cache.claim_following(user_id)
+        if claimed is not None and not isinstance(claimed, str):
+            return claimed
+        token = claimed
 
         async def load() -> tuple[list[tuple[int, int]], bool]:
             accounts, truncated = await self._following_ids(user_id, ())
-            await self._cache.set_following(user_id, accounts, not truncated)
+            if token is not None:  # kept only if no follow or unfollow was applied since the claim
+                await self._cache.set_following(user_id, accounts, not truncated, token)
             return accounts, not truncated
 
-        return await self._following_loads.load(user_id, load)
+        # Readers that took the same token share a load: one that starts after a follow
+        # or unfollow was applied takes another token, so it never joins a load from before.
+        return await self._following_loads.load((user_id, token), load)
 
     async def _followed_among(self, user_id: int, candidates: set[int]) -> set[int]:
         ids = sorted(candidates)

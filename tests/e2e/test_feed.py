@@ -26,7 +26,7 @@ import redis
 from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
 
 from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, group_offsets
-from common.keys import tweet_key
+from common.keys import feed_key, tweet_key
 from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
 from infra import topology
 from tests.conftest import CELEBRITY_THRESHOLD, FOLLOWING_LIST_LIMIT, KAFKA, RANK_INTERVAL_SECONDS
@@ -376,7 +376,7 @@ def test_flushall_loses_no_timeline_entry(edge: httpx.Client, rds: redis.Redis) 
 
     assert rds.flushall() is True
     # (Other keys may reappear at once: workers keep writing trending and like counts.)
-    assert not rds.exists(f"tl:{me.user_id}", f"fo:{me.user_id}", "celebrities")
+    assert not rds.exists(feed_key("timeline", int(me.user_id)), feed_key("following", int(me.user_id)), "celebrities")
     assert feed(edge, me) == full_before
     # Rebuilt from the CQL store: the pushed entries are back in Redis.
     assert pushed(rds, me.user_id) >= set(pushed_ids)

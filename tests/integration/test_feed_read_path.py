@@ -20,7 +20,7 @@ from redis.commands.core import AsyncScript
 from common.cache import RedisClient, mark_tweet_deleted
 from common.hidden import HiddenAuthorsCache, RedisHiddenStore, hidden_key, hidden_version_key
 from common.ids import IdGenerator
-from common.keys import feed_key, tweet_key
+from common.keys import feed_key, legacy_following_key, tweet_key
 from feed_svc.activity import read_record_key
 from feed_svc.cache import FeedCache
 from feed_svc.home_feed import CelebrityRegistry, HomeFeed
@@ -277,3 +277,59 @@ async def test_a_fill_never_hides_a_like_and_lands_nowhere_once_the_hash_is_gone
         assert await redis.exists(key) == 0
     finally:
         await redis.delete(key)
+
+
+class GatedGraph:
+    """graph_svc's ListFollowingIds answering with `accounts`, held until `gate` opens."""
+
+    def __init__(self, accounts: list[tuple[int, int]]) -> None:
+        self.accounts = accounts
+        self.gate = asyncio.Event()
+        self.calls = 0
+
+    async def following_ids(self, user_id: int, among: Sequence[int]) -> tuple[list[tuple[int, int]], bool]:
+        self.calls += 1
+        accounts = list(self.accounts)  # what graph_svc read, before the gate
+        await self.gate.wait()
+        return accounts, False
+
+    async def unused(self, *args: Any) -> Any:
+        raise AssertionError("not part of this test")
+
+
+async def test_a_follow_list_read_before_a_follow_is_never_cached_after_it(redis: RedisClient) -> None:
+    """The fan-out worker deletes a reader's cached follow list on every follow and
+    unfollow. A reader that loaded the list from graph_svc just before a follow must
+    not put the old list back after that delete: it would hide the new followee's
+    tweets for the cache's whole TTL."""
+    reader, friend, newcomer = IDS.next_id(), IDS.next_id(), IDS.next_id()
+    graph = GatedGraph([(friend, 1)])
+    cache = FeedCache(redis, timeline_size=20, following_ttl=300, celebrity_ttl=60)
+    feed = HomeFeed(cache, cast(CelebrityStore, NoStore()), graph.following_ids, graph.unused, graph.unused, 10, 20)
+    key = feed_key("following", reader)
+    try:
+        loading = asyncio.ensure_future(feed.following(reader))
+        while graph.calls == 0:
+            await asyncio.sleep(0.01)
+        # Another reader meanwhile: the marker reads as a miss, and it shares the token.
+        assert (await cache.home_reads(reader, None, 20, 0)).following is None
+        token = await cache.claim_following(reader)
+        assert isinstance(token, str)
+
+        await redis.set(legacy_following_key(reader), f"{friend}:1")  # as a feed_svc from before fo2: cached it
+        graph.accounts.append((newcomer, 1))  # the follow, applied in graph_svc...
+        await cache.drop_following(reader)  # ...and by the fan-out worker
+        assert await redis.get(legacy_following_key(reader)) is None
+        graph.gate.set()
+        assert await loading == ([(friend, 1)], True)  # this read's answer, from before the follow
+        assert await redis.get(key) is None, "a list from before the follow was cached after it"
+        await cache.set_following(reader, [(friend, 1)], True, token)  # the other reader's fill
+        assert await redis.get(key) is None
+
+        assert await feed.following(reader) == ([(friend, 1), (newcomer, 1)], True)  # loaded and kept
+        calls = graph.calls
+        assert await feed.following(reader) == ([(friend, 1), (newcomer, 1)], True)
+        assert graph.calls == calls, "the list loaded after the follow is cached"
+        assert 290_000 < await redis.pttl(key) <= 300_000
+    finally:
+        await redis.delete(key, legacy_following_key(reader))

@@ -28,5 +28,5 @@ def test_the_reads_pack_to_the_bytes_redis_py_sends() -> None:
     packed = pack_reads(batch.commands)
 
     assert packed == b"".join(Connection().pack_commands(batch.commands))
-    assert packed.startswith(b"*2\r\n$3\r\nGET\r\n$4\r\nfo:7\r\n*2\r\n$3\r\nGET\r\n$7\r\nhid:{7}\r\n")
+    assert packed.startswith(b"*2\r\n$3\r\nGET\r\n$5\r\nfo2:7\r\n*2\r\n$3\r\nGET\r\n$7\r\nhid:{7}\r\n")
     assert packed.count(b"\r\n*") == len(batch.commands) - 1

@@ -36,7 +36,7 @@ from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, cluster_nodes, c
 from common.cql import CqlSession
 from common.ids import IdGenerator
 from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
-from feed_svc.cache import FeedCache
+from feed_svc.cache import CLAIM_FOLLOWING_SCRIPT, FILL_FOLLOWING_SCRIPT, PENDING, FeedCache
 from feed_svc.fanout import Fanout
 from feed_svc.home_feed import CelebrityRegistry, HomeFeed
 from feed_svc.store import CELEBRITY_SHARDS, CelebrityStore, celebrity_shard
@@ -206,10 +206,25 @@ class FakeRedis:
         value = self.data.get(key)
         return cast(dict[bytes, bytes], value).get(_b(field)) if isinstance(value, dict) else None
 
-    async def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> int:
+    async def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
         keys, args = keys_and_args[:numkeys], keys_and_args[numkeys:]
         self._use("eval", *keys)
         key = keys[0]
+        if script == CLAIM_FOLLOWING_SCRIPT:
+            value = cast(bytes | None, self.data.get(key))
+            if value is not None and not value.startswith(PENDING.encode()):
+                return [1, value]
+            if value is not None:
+                return [0, value[len(PENDING) :]]
+            self.data[key] = _b(PENDING + args[0])
+            self.ttl_ms[key] = int(args[1])
+            return [0, _b(args[0])]
+        if script == FILL_FOLLOWING_SCRIPT:
+            if self.data.get(key) != _b(PENDING + args[0]):
+                return 0
+            self.data[key] = _b(args[1])
+            self.ttl_ms[key] = int(args[2])
+            return 1
         if script == FILL_SCRIPT:
             if key in self.data:
                 return 0
@@ -224,10 +239,12 @@ class FakeRedis:
             count = max(0, int(args[2]) + int(state[b"p"]))
             state.update({b"c": _b(args[2]), b"n": _b(count)})
             return count
-        raise NotImplementedError("the fake models the like state's fill and a fold without users only")
+        raise NotImplementedError(
+            "the fake models the follow list's claim and fill, the like state's fill and a fold without users only"
+        )
 
-    def register_script(self, script: str) -> Callable[..., Awaitable[int]]:
-        async def run(keys: Sequence[str], args: Sequence[Any]) -> int:
+    def register_script(self, script: str) -> Callable[..., Awaitable[Any]]:
+        async def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
             return await self.eval(script, len(keys), *keys, *args)
 
         return run
@@ -329,6 +346,10 @@ async def test_feed_cache_round_trips_many_keys_without_spanning_slots() -> None
 
     await cache.set_following(users[1], [(users[2], 5)], complete=False)
     assert await cache.following(users[1]) == ([(users[2], 5)], False)
+    token = await cache.claim_following(users[5])  # a miss: its marker, then the fill on that one key
+    assert isinstance(token, str) and await cache.following(users[5]) is None
+    await cache.set_following(users[5], [(users[6], 1)], True, token)
+    assert await cache.claim_following(users[5]) == ([(users[6], 1)], True)
 
     await cache.load_celebrities({users[3]})
     await cache.mark_celebrity(users[4], True)
