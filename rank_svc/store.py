@@ -41,10 +41,15 @@ def hour_of(unix_ms: int) -> int:
     return unix_ms // HOUR_MS
 
 
-# KEYS: the list, its epoch. ARGV: the new list, its epoch. Saves unless a later epoch did.
+# KEYS: the list, its epoch, the epoch counter. ARGV: the new list, its epoch. Saves unless a later
+# epoch did.
+# A saved epoch above the epoch counter (KEYS[3]) is from before Redis lost the counter
+# (a flush, a failover to a replica behind): it holds back no one, else every recompute
+# would be refused until the counter caught up with it, and the list would stand still.
 SAVE_SCRIPT = """
 local saved = tonumber(redis.call('GET', KEYS[2]) or '0')
-if saved > tonumber(ARGV[2]) then return 0 end
+local counter = tonumber(redis.call('GET', KEYS[3]) or '0')
+if saved > tonumber(ARGV[2]) and saved <= counter then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
 return 1
@@ -346,7 +351,7 @@ class TrendingStore:
         first: the turn lease keeps recomputes an interval apart, but one that ran long
         (a slow batch read under load) must not put back a list from before a delete."""
         reply = rank_pb2.ListTrendingResponse(tweets=list(tweets)[:MAX_TRENDING])
-        keys = [self.keys.trending, self.keys.trending_epoch]
+        keys = [self.keys.trending, self.keys.trending_epoch, self.keys.epoch]
         return bool(await self._redis.eval(SAVE_SCRIPT, len(keys), *keys, reply.SerializeToString(), epoch))
 
     async def load(self) -> list[tweet_pb2.Tweet]:

@@ -8,7 +8,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from infra import stack
+from infra import stack, topology
+from tests.worker_groups import wait_assigned
 
 
 def stop(name: str) -> None:
@@ -18,11 +19,14 @@ def stop(name: str) -> None:
 
 
 def restore() -> None:
-    """Start whatever is down again; `make up` is idempotent."""
+    """Start whatever is down again (`make up` is idempotent), then wait until every
+    worker group consumes every partition again, as the tests after a fault assume:
+    a worker whose broker went away rejoins its group, and its events wait meanwhile."""
     result = subprocess.run(
         [sys.executable, "-m", "infra.stack", "up"], cwd=stack.ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    wait_assigned(topology.kafka_bootstrap())
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:

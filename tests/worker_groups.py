@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 from confluent_kafka import ConsumerGroupState, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from infra.groups import CONSUMER_GROUPS
+
+ASSIGNED_WITHIN_SECONDS = 120.0
 
 
 def unassigned(admin: AdminClient, groups: Mapping[str, Sequence[str]] = CONSUMER_GROUPS) -> dict[str, str]:
@@ -34,3 +37,15 @@ def unassigned(admin: AdminClient, groups: Mapping[str, Sequence[str]] = CONSUME
         elif not wanted or wanted - assigned:
             problems[group] = f"{len(wanted - assigned)} of {len(wanted)} partitions unassigned"
     return problems
+
+
+def wait_assigned(bootstrap: str, within: float = ASSIGNED_WITHIN_SECONDS) -> None:
+    """Until every worker group consumes every partition of its topics: right after
+    `make up`, or after a fault, a group can still be joining (its members rejoin and
+    rebalance), and an event waits until it is done. Raises AssertionError after `within`."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + within
+    while problems := unassigned(admin):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"worker groups not consuming every partition after {within:.0f} s: {problems}")
+        time.sleep(0.5)

@@ -537,6 +537,24 @@ async def test_a_recompute_that_started_earlier_never_overwrites_a_later_ones_li
     assert await store.load() == []
 
 
+async def test_a_list_saved_before_redis_lost_the_epoch_counter_does_not_freeze_trending(
+    store: TrendingStore, redis: aioredis.Redis
+) -> None:
+    # A recompute that began before a flush (or a failover to a replica behind) saves
+    # after it: its epoch is above the counter that starts again from nothing.
+    before = await store.begin_recompute()
+    await redis.delete(store.keys.epoch, store.keys.trending, store.keys.trending_epoch)
+    for _ in range(3):
+        await store.begin_recompute()
+    assert await store.save([tweet_pb2.Tweet(tweet_id=1)], before + 100)
+    # The recomputes after it save again at once, not once the counter passes its epoch.
+    assert await store.save([tweet_pb2.Tweet(tweet_id=2)], await store.begin_recompute())
+    assert [t.tweet_id for t in await store.load()] == [2]
+    slow, fast = await store.begin_recompute(), await store.begin_recompute()
+    assert await store.save([], fast)
+    assert not await store.save([tweet_pb2.Tweet(tweet_id=3)], slow)  # and the order still holds
+
+
 # ---- reads: a process-local copy -------------------------------------------------------------
 
 
