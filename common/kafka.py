@@ -152,6 +152,10 @@ class BatchConsumer:
             error = msg.error()
             if error is None:
                 good.append(msg)
+            elif error.fatal():
+                # The client is dead for good (e.g. its static member was fenced): it
+                # would hand out nothing from now on, so the caller must build a new one.
+                raise KafkaException(error)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error: %s", error)
         return good

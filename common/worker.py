@@ -42,6 +42,13 @@ LAG_INTERVAL_SECONDS = 5.0
 # second with nothing to do.
 IDLE_WAIT_SECONDS = 1.0
 FAILURES = Gauge("chirp_consumer_failing", "1 while the worker's last batch failed.", ["group"])
+RETRY_PAUSE_SECONDS = 1.0
+RETRY_PAUSE_MAX_SECONDS = 16.0
+
+
+def retry_pause(failed_before: int) -> float:
+    """Seconds to wait before re-reading a batch that failed after `failed_before` others in a row."""
+    return min(RETRY_PAUSE_MAX_SECONDS, RETRY_PAUSE_SECONDS * 2 ** min(failed_before, 10))
 
 
 async def apply_each(jobs: Iterable[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
@@ -153,9 +160,11 @@ class ConsumerLoop:
 
     async def run_forever(self) -> None:
         lag_due = 0.0
+        failures = 0  # batches failed in a row
         while True:
             try:
                 await self.run_once()
+                failures = 0
                 FAILURES.labels(self.group).set(0)
                 now = asyncio.get_running_loop().time()
                 if now >= lag_due:  # not on every batch
@@ -168,7 +177,10 @@ class ConsumerLoop:
                 log.warning("batch failed, re-reading from the last commit: %r", exc, exc_info=True)
                 self._uncommitted.clear()  # re-read and applied again by the new consumer
                 self.consumer.close()
-                await asyncio.sleep(1.0)
+                # Longer after each failure in a row: a batch that fails because its store is
+                # overloaded, re-applied at once, adds its whole load again every time.
+                await asyncio.sleep(retry_pause(failures))
+                failures += 1
                 self.consumer = self._factory()
 
     def close(self) -> None:

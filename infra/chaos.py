@@ -43,7 +43,7 @@ from confluent_kafka.admin import AdminClient
 from bench import chaos_check, chaos_load
 from common.kafka import TOPICS, group_offsets
 from infra import redis_cluster, stack, topology
-from infra.groups import CHECKED_GROUPS
+from infra.groups import CHECKED_GROUPS, CONSUMER_GROUPS, GROUP_PROCESSES
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -419,6 +419,8 @@ async def run(args: argparse.Namespace) -> int:
     print(report.table(), flush=True)
     lag = groups_lag()
     print(f"worker groups' events not yet applied after the check: {lag}", flush=True)
+    for line in explain_lag(lag, started_wall):
+        print(line, flush=True)
     whole = load.stats(baseline_start, time.monotonic())  # the warm-up has its own row
     write_report(args, results, report, whole, started_wall, lag)
     return 0 if report.passed else 1
@@ -435,6 +437,57 @@ def groups_lag(groups: dict[str, tuple[str, ...]] = CHECKED_GROUPS) -> dict[str,
         except Exception as exc:  # noqa: BLE001 - a diagnostic; the check's verdict stands alone
             lag[group] = f"unknown: {exc!r}"
     return lag
+
+
+def explain_lag(lag: dict[str, int | str], since: datetime) -> list[str]:
+    """For each group still behind: its state, which member holds which partition and
+    where each partition stands, and what its members logged as warnings since `since`
+    (most frequent first), so a run that ends with a group behind says why."""
+    lines: list[str] = []
+    behind = [group for group, n in lag.items() if n != 0]
+    if not behind:
+        return lines
+    admin = AdminClient({"bootstrap.servers": topology.kafka_bootstrap()})
+    for group in behind:
+        try:
+            described = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+            members = "; ".join(
+                f"{m.client_id}: " + ",".join(str(tp.partition) for tp in m.assignment.topic_partitions)
+                for m in described.members
+            )
+            lines.append(f"{group}: state {described.state.name}, members {members or 'none'}")
+            offsets = group_offsets(topology.kafka_bootstrap(), group, CONSUMER_GROUPS[group])
+            lines.append(
+                "  behind: "
+                + (", ".join(f"{tp} {c}/{end}" for tp, (c, end) in offsets.items() if end > c) or "nothing now")
+            )
+        except Exception as exc:  # noqa: BLE001 - a diagnostic
+            lines.append(f"{group}: not described: {exc!r}")
+        for log_path in sorted(stack.LOGS.glob(f"{GROUP_PROCESSES[group]}-*.log")):
+            lines += [f"  {log_path.stem}: {entry}" for entry in _warnings_since(log_path, since)]
+    return lines
+
+
+def _warnings_since(log_path: Path, since: datetime, top: int = 4) -> list[str]:
+    """The most frequent warnings and errors a service logged (JSON lines) since `since`."""
+    counts: dict[str, int] = {}
+    last: dict[str, str] = {}
+    stamp = since.isoformat(timespec="milliseconds")[:23]
+    with open(log_path, errors="replace") as log:
+        for raw in log:
+            if '"level": "warning"' not in raw and '"level": "error"' not in raw:
+                continue
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if str(entry.get("ts", ""))[:23] < stamp:
+                continue
+            key = str(entry.get("msg", ""))[:110]
+            counts[key] = counts.get(key, 0) + 1
+            last[key] = str(entry.get("ts", ""))[11:19]
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [f"{n}x, last {last[msg]}: {msg}" for msg, n in ranked] or ["no warnings"]
 
 
 def write_report(

@@ -19,3 +19,12 @@ CONSUMER_GROUPS: dict[str, tuple[str, ...]] = {
 # The groups that apply what the fault suite's check reads back (like counts, follow
 # counts, timelines): a count still off while its group has events left is lag, not loss.
 CHECKED_GROUPS = {group: CONSUMER_GROUPS[group] for group in (LIKE_GROUP, COUNTS_GROUP, FANOUT_GROUP)}
+
+# The processes (infra/topology.py names, without the instance number) whose members
+# each group has: where to look when a group falls behind.
+GROUP_PROCESSES = {
+    FANOUT_GROUP: "fanout_worker",
+    LIKE_GROUP: "like_worker",
+    RANK_GROUP: "rank_worker",
+    COUNTS_GROUP: "graph_svc",
+}

@@ -31,9 +31,13 @@ MAX_CONFLICT_RETRIES = 20
 CONCURRENT_TWEETS = 16
 # A tweet whose store calls time out is tried again where it stands, this many times
 # in all, before its batch fails: the fold and the conditional write make a retry
-# exact even when the write that timed out was applied after all.
-STORE_ATTEMPTS = 3
+# exact even when the write that timed out was applied after all. A failed batch is
+# re-read and every tweet of it applied again, which on an overloaded store adds the
+# load that made it fail, so a tweet waits out a few seconds of overload in place
+# (pauses of 0.5, 1, 2, 4, 4 s).
+STORE_ATTEMPTS = 6
 STORE_RETRY_SECONDS = 0.5
+STORE_RETRY_MAX_SECONDS = 4.0
 
 APPLIED = Counter("chirp_likes_applied_total", "Like/unlike events that changed a stored like.")
 
@@ -46,17 +50,35 @@ class LikeApplier:
     def __init__(self, store: TweetStore, cache: TweetCache | None) -> None:
         self._store = store
         self._cache = cache
+        # The messages of failed batches whose tweets were applied all the same. A failed
+        # batch is read again from the last commit; these are skipped then, so the retry
+        # redoes only the tweets that failed and a store that is overloaded but answering
+        # sees each retry do less, not all of it again. Emptied once a batch goes through
+        # (its commit follows; a commit that fails re-applies the batch, which is harmless).
+        self._applied: set[tuple[str, int, int]] = set()
 
     async def __call__(self, messages: Sequence[Message]) -> None:
         by_tweet: dict[int, list[LikeEvent]] = defaultdict(list)
+        keys: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
         for msg in messages:
+            key = (str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0))
+            if key in self._applied:
+                continue
             try:
                 event = LikeEvent.decode(msg.value() or b"")
             except (ValueError, KeyError, TypeError):
                 log.error("skipping malformed like event", extra={"offset": msg.offset()})
                 continue
             by_tweet[event.tweet_id].append(event)
-        await apply_each([partial(self.apply_retrying, t, e) for t, e in by_tweet.items()], CONCURRENT_TWEETS)
+            keys[event.tweet_id].append(key)
+        await apply_each(
+            [partial(self._apply_remembered, t, e, keys[t]) for t, e in by_tweet.items()], CONCURRENT_TWEETS
+        )
+        self._applied.clear()
+
+    async def _apply_remembered(self, tweet_id: int, events: list[LikeEvent], keys: list[tuple[str, int, int]]) -> None:
+        await self.apply_retrying(tweet_id, events)
+        self._applied.update(keys)
 
     async def apply_retrying(self, tweet_id: int, events: list[LikeEvent]) -> None:
         """`apply`, tried again after a store timeout (STORE_ATTEMPTS in all)."""
@@ -67,7 +89,7 @@ class LikeApplier:
                 if attempt == STORE_ATTEMPTS:
                     raise
                 log.info("likes of tweet %d: store call failed (%r), trying again", tweet_id, exc)
-                await asyncio.sleep(STORE_RETRY_SECONDS * attempt)
+                await asyncio.sleep(min(STORE_RETRY_MAX_SECONDS, STORE_RETRY_SECONDS * 2 ** (attempt - 1)))
 
     async def apply(self, tweet_id: int, events: list[LikeEvent]) -> None:
         users = sorted({e.user_id for e in events})

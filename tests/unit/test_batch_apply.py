@@ -96,6 +96,7 @@ class SlowStore:
         self.timeouts: dict[tuple[str, int], int] = {}
         self.applied_then_timeout: set[int] = set()
         self.in_flight, self.most_in_flight = 0, 0
+        self.reads: dict[int, int] = {}  # like_states calls per tweet
 
     def _maybe_time_out(self, call: str, tweet_id: int) -> None:
         left = self.timeouts.get((call, tweet_id), 0)
@@ -108,6 +109,7 @@ class SlowStore:
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
             await asyncio.sleep(0.001)
+            self.reads[tweet_id] = self.reads.get(tweet_id, 0) + 1
             self._maybe_time_out("read", tweet_id)
             rows = self.rows.get(tweet_id, {})
             return self.counts.get(tweet_id), {u: s for u, s in rows.items() if u in user_ids}
@@ -133,19 +135,28 @@ class SlowStore:
 
 
 class Message:
-    def __init__(self, event: LikeEvent) -> None:
+    def __init__(self, event: LikeEvent, offset: int) -> None:
         self._value = event.encode()
+        self._offset = offset
 
     def value(self) -> bytes:
         return self._value
 
-    def offset(self) -> int:
+    def topic(self) -> str:
+        return "likes"
+
+    def partition(self) -> int:
         return 0
 
+    def offset(self) -> int:
+        return self._offset
 
-def batch(tweets: int, likers: int) -> list[KafkaMessage]:
-    messages = [Message(LikeEvent(t, u, True, 1_000 * t + u)) for t in range(1, tweets + 1) for u in range(likers)]
-    return cast(list[KafkaMessage], messages)
+
+def batch(tweets: int, likers: int, liked: bool = True, version: int = 0) -> list[KafkaMessage]:
+    """Every tweet liked (or unliked) by `likers` users, the events at offsets from 0 on
+    (a batch read again has the same offsets)."""
+    events = [LikeEvent(t, u, liked, version + 1_000 * t + u) for t in range(1, tweets + 1) for u in range(likers)]
+    return cast(list[KafkaMessage], [Message(e, i) for i, e in enumerate(events)])
 
 
 @pytest.fixture(autouse=True)
@@ -179,6 +190,25 @@ async def test_a_tweet_that_keeps_timing_out_fails_its_batch_and_leaves_nothing_
     await asyncio.sleep(0.2)
     assert store.in_flight == 0 and len(store.counts) == applied  # the rest stopped with it
     assert applied < 199
+
+
+async def test_a_batch_read_again_after_a_failure_redoes_only_the_tweets_not_applied() -> None:
+    store = SlowStore()
+    store.timeouts = {("read", 40): STORE_ATTEMPTS}
+    applier = LikeApplier(cast(TweetStore, store), None)
+    with pytest.raises(OperationTimedOut):
+        await applier(batch(tweets=60, likers=2))
+    done_before = set(store.counts)
+    assert done_before and 40 not in done_before
+    store.reads.clear()
+    await applier(batch(tweets=60, likers=2))  # read again from the last commit: the same offsets
+    assert store.counts == {t: 2 for t in range(1, 61)}
+    assert set(store.reads) == set(range(1, 61)) - done_before  # the applied tweets were not read again
+    # Once a batch went through, nothing is skipped: the next one (unlikes at the same
+    # offsets, as a new partition would have) is applied whole.
+    store.reads.clear()
+    await applier(batch(tweets=60, likers=2, liked=False, version=500))
+    assert set(store.reads) == set(range(1, 61)) and store.counts == {t: 0 for t in range(1, 61)}
 
 
 class ProbedFanout(Fanout):

@@ -1,0 +1,116 @@
+"""What a Kafka worker does when its client or its batch fails: a fatal client error
+gets a new client, and failed batches are re-read after longer and longer pauses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from common import worker
+from common.kafka import BatchConsumer
+from common.worker import RETRY_PAUSE_MAX_SECONDS, ConsumerLoop, retry_pause
+
+
+class Record:
+    """Just what poll_batch reads of a consumed record."""
+
+    def __init__(self, error: KafkaError | None = None) -> None:
+        self._error = error
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+
+class Client:
+    """confluent_kafka.Consumer's consume() and close(), handing out one scripted result."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+
+    def consume(self, _max: int, _wait: float) -> list[Record]:
+        return self.records
+
+    def close(self) -> None:
+        pass
+
+
+def consumer_with(records: list[Record]) -> BatchConsumer:
+    consumer = BatchConsumer("127.0.0.1:9", "g", ["t"], "c")  # never connects: consume() is replaced
+    consumer._consumer.close()
+    consumer._consumer = Client(records)  # type: ignore[assignment]
+    return consumer
+
+
+async def test_a_fatal_client_error_is_raised_so_the_worker_builds_a_new_client() -> None:
+    # A fenced static member, say: the client hands out nothing ever again, and a worker
+    # that only logged it would look idle while its partitions went unread.
+    fatal = KafkaError(KafkaError._FATAL, "fenced by another member with the same group.instance.id", fatal=True)
+    consumer = consumer_with([Record(), Record(fatal)])
+    with pytest.raises(KafkaException):
+        await consumer.poll_batch(10, 0.1)
+
+
+async def test_other_consume_errors_are_skipped_and_the_good_records_handed_out() -> None:
+    good = Record()
+    consumer = consumer_with(
+        [Record(KafkaError(KafkaError._PARTITION_EOF)), good, Record(KafkaError(KafkaError._TRANSPORT))]
+    )
+    assert await consumer.poll_batch(10, 0.1) == [good]
+
+
+def test_pauses_after_failed_batches_double_up_to_a_ceiling() -> None:
+    pauses = [retry_pause(n) for n in range(8)]
+    assert pauses[:3] == [1.0, 2.0, 4.0]
+    assert max(pauses) == RETRY_PAUSE_MAX_SECONDS == pauses[-1]
+    assert retry_pause(10_000) == RETRY_PAUSE_MAX_SECONDS
+
+
+class FailingConsumer:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def poll_batch(self, max_messages: int, wait_seconds: float) -> list[str]:
+        return ["m"]
+
+    async def commit(self, messages: Sequence[Any]) -> None:
+        pass
+
+    def lag(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_failed_batches_in_a_row_wait_longer_and_a_success_resets_the_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    outcomes = [False, False, False, True, False, True]  # each batch's fate, in turn
+    pauses: list[float] = []
+    built: list[FailingConsumer] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    async def apply(messages: Sequence[Any]) -> None:
+        if not outcomes:
+            raise asyncio.CancelledError  # the script is done: stop the loop
+        if not outcomes.pop(0):
+            raise TimeoutError("store overloaded")
+
+    def factory() -> FailingConsumer:
+        built.append(FailingConsumer())
+        return built[-1]
+
+    monkeypatch.setattr(worker.asyncio, "sleep", fake_sleep)
+    loop = ConsumerLoop("g", factory, apply, 10, 0.01)  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        await loop.run_forever()
+    assert pauses == [retry_pause(0), retry_pause(1), retry_pause(2), retry_pause(0)]
+    assert pauses[:3] == sorted(pauses[:3]) and pauses[0] < pauses[2]
+    # Every failure closed its client and built a new one, which resumes from the last commit.
+    assert len(built) == 1 + 4 and all(c.closed for c in built[:4]) and not built[-1].closed
