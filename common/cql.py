@@ -32,6 +32,7 @@ import asyncio
 import functools
 import logging
 import re
+import threading
 import time
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
@@ -328,15 +329,16 @@ class CqlSession:
         )
         loop = asyncio.get_running_loop()
         result: asyncio.Future[list[Any]] = loop.create_future()
-        collected: list[Any] = []
+        pages = _Pages()
 
         def on_rows(rows: list[Any]) -> None:
-            collected.extend(rows or [])
+            if not pages.add(rows or []):
+                return  # a second answer to a page already taken
             if future.has_more_pages:
                 future.start_fetching_next_page()  # calls on_rows again with the next page
             else:
                 self._answered_at = self._clock()
-                loop.call_soon_threadsafe(_settle, result, collected, None)
+                loop.call_soon_threadsafe(_settle, result, pages.finish(), None)
 
         def on_error(exc: BaseException) -> None:
             loop.call_soon_threadsafe(_settle, result, None, exc)
@@ -357,6 +359,38 @@ class CqlSession:
 
     def close(self) -> None:
         self._cluster.shutdown()
+
+
+class _Pages:
+    """The rows of one statement's pages, each page taken once.
+
+    With speculative execution a read is sent to a second replica when the first is
+    slow, and when both answer the driver hands each answer to the callbacks: the
+    same rows twice (a read by primary key returned its one row twice right after a
+    node came back). The first answer of the last page is final; a page whose rows
+    equal the page before it is the earlier page's second answer, which the driver
+    hands on as the next page (rows of one statement differ by their primary key;
+    empty pages are taken as they come)."""
+
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+        self._last: list[Any] | None = None
+        self._done = False
+        self._lock = threading.Lock()  # answers can come in on the driver's threads
+
+    def add(self, rows: list[Any]) -> bool:
+        """Take one page's rows; False when they were already taken."""
+        with self._lock:
+            if self._done or (rows and rows == self._last):
+                return False
+            self.rows.extend(rows)
+            self._last = rows
+            return True
+
+    def finish(self) -> list[Any]:
+        with self._lock:
+            self._done = True
+            return list(self.rows)
 
 
 def _settle(result: asyncio.Future[list[Any]], rows: list[Any] | None, exc: BaseException | None) -> None:
