@@ -190,11 +190,6 @@ class FeedCache(Tolerant):
     # ---- follow lists ----------------------------------------------------------------
 
     @tolerant()
-    async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool] | None:
-        """A cached follow list and whether it is complete; None on a miss."""
-        return _parse_following(await self._redis.get(feed_key("following", user_id)))
-
-    @tolerant()
     async def claim_following(self, user_id: int) -> tuple[list[tuple[int, int]], bool] | str | None:
         """On a miss of the follow list: the list if it is there after all, else the
         token to fill it with (`set_following`); None while Redis does not answer (load
@@ -236,17 +231,11 @@ class FeedCache(Tolerant):
 
     @tolerant()
     async def set_following(
-        self, user_id: int, accounts: Sequence[tuple[int, int]], complete: bool, token: str | None = None
+        self, user_id: int, accounts: Sequence[tuple[int, int]], complete: bool, token: str
     ) -> None:
-        """Fill the follow list if the marker of `token` (`claim_following`) is still
-        there. Without a token it is stored as it is: only for a list known to be
-        current (tests set one up so)."""
+        """Fill the follow list if the marker of `token` (`claim_following`) is still there."""
         value = ",".join(f"{a}:{c}" for a, c in accounts) + ("" if complete else f";{TRUNCATED}")
-        key = feed_key("following", user_id)
-        if token is None:
-            await self._redis.set(key, value, px=self._following_ttl)
-        else:
-            await self._fill_following(keys=[key], args=[token, value, self._following_ttl])
+        await self._fill_following(keys=[feed_key("following", user_id)], args=[token, value, self._following_ttl])
 
     async def drop_following(self, user_id: int) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -166,7 +166,9 @@ async def scene(redis: RedisClient) -> AsyncIterator[Scene]:
 
     setup = FeedCache(redis, timeline_size=20, following_ttl=60, celebrity_ttl=60)
     await setup.rebuild(reader, pushed)
-    await setup.set_following(reader, [(friend, 1), (star, THRESHOLD)], True)
+    token = await setup.claim_following(reader)
+    assert isinstance(token, str)
+    await setup.set_following(reader, [(friend, 1), (star, THRESHOLD)], True, token)
 
     counting = Counting(redis)
     cache = FeedCache(cast(RedisClient, counting), timeline_size=20, following_ttl=60, celebrity_ttl=60)

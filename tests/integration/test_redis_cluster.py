@@ -124,8 +124,10 @@ async def test_feed_cache_works_on_keys_spread_over_every_primary(rc: RedisClust
         assert await cache.timeline(users[-1], None, 10) is None  # pushed to, never built
 
         for user in users[:50]:
-            await cache.set_following(user, [(user + 1, 3)], complete=True)
-        assert [await cache.following(u) for u in users[:50]] == [([(u + 1, 3)], True) for u in users[:50]]
+            token = await cache.claim_following(user)  # a miss: its marker, then the fill
+            assert isinstance(token, str)
+            await cache.set_following(user, [(user + 1, 3)], True, token)
+        assert [await cache.claim_following(u) for u in users[:50]] == [([(u + 1, 3)], True) for u in users[:50]]
 
         await cache.mark_tweet_deleted(tweets[2])
         assert await rc.get(tweet_key("body", tweets[2])) == TWEET_DELETED

@@ -344,12 +344,10 @@ async def test_feed_cache_round_trips_many_keys_without_spanning_slots() -> None
     assert await cache.timeline(users[0], None, 10) == sorted(tweets[1:], reverse=True)
     assert await cache.timeline(users[99], None, 10) is None  # pushed to, never built
 
-    await cache.set_following(users[1], [(users[2], 5)], complete=False)
-    assert await cache.following(users[1]) == ([(users[2], 5)], False)
     token = await cache.claim_following(users[5])  # a miss: its marker, then the fill on that one key
-    assert isinstance(token, str) and await cache.following(users[5]) is None
-    await cache.set_following(users[5], [(users[6], 1)], True, token)
-    assert await cache.claim_following(users[5]) == ([(users[6], 1)], True)
+    assert isinstance(token, str) and await cache.claim_following(users[5]) == token  # a second reader shares it
+    await cache.set_following(users[5], [(users[6], 1)], False, token)
+    assert await cache.claim_following(users[5]) == ([(users[6], 1)], False)
 
     await cache.load_celebrities({users[3]})
     await cache.mark_celebrity(users[4], True)
@@ -417,7 +415,7 @@ async def test_cluster_and_connection_errors_read_as_misses(error: Exception) ->
     await tweets().mark_deleted(ids[0])  # dropped, not raised: the fan-out worker writes it too
     assert await feed().timeline(ids[0], None, 10) is None
     assert await feed().recent_ids(ids, 5) == {}
-    assert await feed().following(ids[0]) is None
+    assert await feed().claim_following(ids[0]) is None
     assert await feed().celebrities() is None
     assert fake.attempts == 8  # every one of them tried Redis
 
