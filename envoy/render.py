@@ -56,6 +56,10 @@ JWT_CACHE_SIZE = 8192
 # still cost its per-response setup. Bigger ones pay: a 20-item feed page of
 # 4.1 KB goes out as 0.8 KB (3 segments fewer, a phone's radio on for less).
 COMPRESS_MIN_BYTES = 1100
+# zlib's fastest level. A 20-item feed page of 5.5 KB: level 6 (Envoy's default)
+# 944 bytes in 104 us of CPU, level 1 1,121 bytes in 53 us, still one segment
+# with the headers; a read costs the edge about 1.4 ms in all.
+GZIP_LEVEL = "BEST_SPEED"
 # Names gRPC metadata cannot carry (anything but 0-9 a-z _ . -: "x-a*b"), and
 # binary metadata, which no service reads and whose malformed base64 the
 # services' gRPC layer would refuse: either would fail the call with INTERNAL
@@ -656,7 +660,10 @@ def _compressor() -> dict[str, Any]:
             response_direction_config={"common_config": {"min_content_length": COMPRESS_MIN_BYTES}},
             compressor_library={
                 "name": "gzip",
-                "typed_config": _any("type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"),
+                "typed_config": _any(
+                    "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip",
+                    compression_level=GZIP_LEVEL,
+                ),
             },
         ),
     }
