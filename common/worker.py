@@ -19,8 +19,8 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
-from confluent_kafka import Message
-from prometheus_client import Gauge, Histogram
+from confluent_kafka import KafkaError, KafkaException, Message
+from prometheus_client import Counter, Gauge, Histogram
 
 from common.kafka import BatchConsumer
 
@@ -42,6 +42,7 @@ LAG_INTERVAL_SECONDS = 5.0
 # second with nothing to do.
 IDLE_WAIT_SECONDS = 1.0
 FAILURES = Gauge("chirp_consumer_failing", "1 while the worker's last batch failed.", ["group"])
+COMMIT_FAILURES = Counter("chirp_consumer_commit_failures_total", "Offset commits the broker refused.", ["group"])
 RETRY_PAUSE_SECONDS = 1.0
 RETRY_PAUSE_MAX_SECONDS = 16.0
 
@@ -133,16 +134,32 @@ class ConsumerLoop:
             await self._apply(messages)
             BATCH.labels(self.group).observe(len(messages))
             if not self._commit_interval:
-                await self.consumer.commit(messages)
+                await self._commit(messages)
                 return len(messages)
             for msg in messages:
                 self._uncommitted[(str(msg.topic()), int(msg.partition() or 0))] = msg
         now = asyncio.get_running_loop().time()
         if self._uncommitted and (not messages or now - self._committed_at >= self._commit_interval):
-            await self.consumer.commit(list(self._uncommitted.values()))
+            await self._commit(list(self._uncommitted.values()))
             self._uncommitted.clear()
             self._committed_at = now
         return len(messages)
+
+    async def _commit(self, messages: Sequence[Message]) -> None:
+        """Commit, and let a commit that fails go: the batch is applied, the next commit
+        covers it (offsets are per partition), and if this member's partitions moved
+        meanwhile their new owner applies it again, which idempotent applies absorb.
+        Taken for a failed batch, a commit refused during a rebalance closed the client
+        and rejoined the group, which can start the next rebalance. A fatal error
+        (this member fenced) is raised: the client is done for."""
+        try:
+            await self.consumer.commit(messages)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not isinstance(error, KafkaError) or error.fatal():
+                raise
+            COMMIT_FAILURES.labels(self.group).inc()
+            log.warning("commit failed; the batch stays applied: %s", error)
 
     async def lag(self) -> int:
         return await asyncio.get_running_loop().run_in_executor(None, self.consumer.lag)

@@ -114,3 +114,45 @@ async def test_failed_batches_in_a_row_wait_longer_and_a_success_resets_the_paus
     assert pauses[:3] == sorted(pauses[:3]) and pauses[0] < pauses[2]
     # Every failure closed its client and built a new one, which resumes from the last commit.
     assert len(built) == 1 + 4 and all(c.closed for c in built[:4]) and not built[-1].closed
+
+
+class RefusingCommits(FailingConsumer):
+    """Hands out one message per batch; its commits fail with `error` while set."""
+
+    def __init__(self, error: KafkaError | None) -> None:
+        super().__init__()
+        self.error = error
+        self.commits: list[list[Any]] = []
+
+    async def commit(self, messages: Sequence[Any]) -> None:
+        self.commits.append(list(messages))
+        if self.error is not None:
+            raise KafkaException(self.error)
+
+
+async def test_a_refused_commit_leaves_the_batch_applied_and_the_worker_going_on() -> None:
+    # During a rebalance the broker refuses commits. Taken for a failed batch, the
+    # refusal closed the client and rejoined the group: the batch applied again,
+    # and the rejoin could start the next rebalance.
+    consumer = RefusingCommits(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
+    applied: list[list[Any]] = []
+
+    async def apply(messages: Sequence[Any]) -> None:
+        applied.append(list(messages))
+
+    loop = ConsumerLoop("g", lambda: consumer, apply, 10, 0.01)  # type: ignore[arg-type,return-value]
+    assert await loop.run_once() == 1
+    consumer.error = None
+    assert await loop.run_once() == 1  # the same client: the next batch's commit goes through
+    assert applied == [["m"], ["m"]] and len(consumer.commits) == 2 and not consumer.closed
+
+
+async def test_a_fatal_commit_error_fails_the_batch() -> None:
+    consumer = RefusingCommits(KafkaError(KafkaError._FATAL, "fenced", fatal=True))
+
+    async def apply(messages: Sequence[Any]) -> None:
+        pass
+
+    loop = ConsumerLoop("g", lambda: consumer, apply, 10, 0.01)  # type: ignore[arg-type,return-value]
+    with pytest.raises(KafkaException):
+        await loop.run_once()
