@@ -111,9 +111,19 @@ class BatchConsumer:
     """A consumer group member that hands out batches and commits only on request."""
 
     def __init__(self, bootstrap: str, group: str, topics: Sequence[str], client_id: str, rack: str = "") -> None:
-        """`client_id` names this member for good (static membership): a restarted
-        worker takes its partitions back without a rebalance of the group. With a
-        `rack` (its zone), it fetches from the in-sync replica in that zone."""
+        """`client_id` names the member in the group's description and the broker's
+        logs. With a `rack` (its zone), it fetches from the in-sync replica in that zone.
+
+        Members are dynamic and every rebalance assigns all partitions at once (an
+        eager assignor). Static members (group.instance.id) with incremental
+        rebalancing (cooperative-sticky) left partitions with no owner: in a fault
+        run a like worker SIGKILLed and started again held nothing, the other held
+        3 of 6 partitions, the group was STABLE, and half the likes waited until a
+        worker restarted. What this costs: a restarted or crashed worker's group
+        rebalances (all members pause for it, about a second), and a crashed one's
+        partitions wait out the session timeout; a batch under way when its
+        partitions move is applied again by their new owner, which idempotent
+        applies absorb."""
         rack_config = {"client.rack": rack} if rack else {}
         self._consumer = Consumer(
             {
@@ -121,10 +131,7 @@ class BatchConsumer:
                 "bootstrap.servers": bootstrap,
                 "group.id": group,
                 "client.id": client_id,
-                "group.instance.id": client_id,
-                # Incremental rebalancing: members keep the partitions they have
-                # while others join or leave, so their batches are not re-applied.
-                "partition.assignment.strategy": "cooperative-sticky",
+                "partition.assignment.strategy": "roundrobin",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
@@ -153,8 +160,8 @@ class BatchConsumer:
             if error is None:
                 good.append(msg)
             elif error.fatal():
-                # The client is dead for good (e.g. its static member was fenced): it
-                # would hand out nothing from now on, so the caller must build a new one.
+                # The client is dead for good: it would hand out nothing from now
+                # on, so the caller must build a new one.
                 raise KafkaException(error)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error: %s", error)

@@ -43,7 +43,7 @@ from confluent_kafka.admin import AdminClient
 from bench import chaos_check, chaos_load
 from common.kafka import TOPICS, group_offsets
 from infra import redis_cluster, stack, topology
-from infra.groups import CHECKED_GROUPS, CONSUMER_GROUPS, GROUP_PROCESSES
+from infra.groups import CHECKED_GROUPS, CONSUMER_GROUPS, GROUP_PROCESSES, unassigned
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -177,8 +177,17 @@ def services_whole() -> bool:
     return all(stack._grpc_serving(inst.port, "") for svc in topology.WORKERS for inst in topology.instances(svc))
 
 
+def groups_whole() -> bool:
+    """Every worker group STABLE, each partition of its topics with a member (a
+    partition left with no owner is read by no one, with no error anywhere)."""
+    try:
+        return not unassigned(AdminClient({"bootstrap.servers": topology.kafka_bootstrap()}))
+    except Exception:  # noqa: BLE001 - Kafka not answering: not whole
+        return False
+
+
 def whole() -> bool:
-    return services_whole() and redis_whole() and kafka_whole() and cassandra_whole()
+    return services_whole() and redis_whole() and kafka_whole() and cassandra_whole() and groups_whole()
 
 
 async def wait_whole(check: Callable[[], bool] = whole) -> float:

@@ -1,4 +1,4 @@
-"""The e2e tests' start condition (tests/e2e/conftest.py, tests/worker_groups.py): every worker group consumes every partition."""
+"""The e2e tests' start condition (tests/e2e/conftest.py, tests/worker_groups.py, infra/groups.py): every worker group consumes every partition."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import uuid
 from confluent_kafka.admin import AdminClient
 
 from common.kafka import TOPIC_LIKES
+from infra.groups import unassigned
 from tests.conftest import KAFKA
-from tests.worker_groups import unassigned
 
 
 def test_the_stack_s_worker_groups_consume_every_partition() -> None:

@@ -46,9 +46,9 @@ def consumer_with(records: list[Record]) -> BatchConsumer:
 
 
 async def test_a_fatal_client_error_is_raised_so_the_worker_builds_a_new_client() -> None:
-    # A fenced static member, say: the client hands out nothing ever again, and a worker
+    # A client librdkafka gave up on hands out nothing ever again, and a worker
     # that only logged it would look idle while its partitions went unread.
-    fatal = KafkaError(KafkaError._FATAL, "fenced by another member with the same group.instance.id", fatal=True)
+    fatal = KafkaError(KafkaError._FATAL, "the client can go on no more", fatal=True)
     consumer = consumer_with([Record(), Record(fatal)])
     with pytest.raises(KafkaException):
         await consumer.poll_batch(10, 0.1)

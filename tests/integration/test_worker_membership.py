@@ -1,0 +1,86 @@
+"""A worker group keeps every partition owned when a member is killed and comes back
+(common/kafka.py BatchConsumer, on the real Kafka): members in processes of their
+own, one SIGKILLed and started again under the same name, as a crashed worker is."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from infra.groups import unassigned
+from tests.conftest import KAFKA
+
+ROOT = Path(__file__).resolve().parents[2]
+PARTITIONS = 6
+SESSION_TIMEOUT_S = 10.0  # BatchConsumer's session.timeout.ms
+MEMBER = """
+import asyncio, sys
+from common.kafka import BatchConsumer
+
+async def main() -> None:
+    consumer = BatchConsumer(sys.argv[1], sys.argv[2], [sys.argv[3]], sys.argv[4])
+    while True:
+        for msg in await consumer.poll_batch(100, 0.2):
+            await consumer.commit([msg])
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def topic() -> Iterator[str]:
+    admin = AdminClient({"bootstrap.servers": KAFKA})
+    name = f"chirp-test-members-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(name, PARTITIONS, 1, config={"min.insync.replicas": "1"})])[name].result(timeout=30)
+    yield name
+    admin.delete_topics([name])[name].result(timeout=30)
+
+
+def start_member(group: str, topic: str, name: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", MEMBER, KAFKA, group, topic, name], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+
+
+def wait_owned(admin: AdminClient, group: str, topic: str, within: float) -> dict[str, str]:
+    """Until every partition has a member; what was still wrong when `within` ran out."""
+    deadline = time.monotonic() + within
+    while (problems := unassigned(admin, {group: (topic,)})) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return problems
+
+
+def test_every_partition_is_owned_again_after_a_member_is_killed_and_restarted(topic: str) -> None:
+    admin = AdminClient({"bootstrap.servers": KAFKA})
+    group = f"chirp-test-members-{uuid.uuid4().hex[:8]}"
+    members = {name: start_member(group, topic, name) for name in ("worker-a", "worker-b")}
+    try:
+        assert wait_owned(admin, group, topic, 60) == {}
+        # A crash: no goodbye to the group. Down past the session timeout, as a worker
+        # whose restart is slow is, then back under its old name.
+        members["worker-b"].send_signal(signal.SIGKILL)
+        members["worker-b"].wait()
+        time.sleep(SESSION_TIMEOUT_S + 2)
+        members["worker-b"] = start_member(group, topic, "worker-b")
+        time.sleep(SESSION_TIMEOUT_S)  # the rejoin and any rebalances it starts
+        assert wait_owned(admin, group, topic, 60) == {}
+        # And a restart with a goodbye (SIGTERM ends the process; the client is not
+        # closed, as in a worker killed during its shutdown), quicker than the timeout.
+        members["worker-a"].send_signal(signal.SIGTERM)
+        members["worker-a"].wait()
+        members["worker-a"] = start_member(group, topic, "worker-a")
+        time.sleep(SESSION_TIMEOUT_S)
+        assert wait_owned(admin, group, topic, 60) == {}
+    finally:
+        for process in members.values():
+            process.kill()
+            process.wait()
