@@ -32,7 +32,6 @@ import asyncio
 import functools
 import logging
 import re
-import threading
 import time
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
@@ -77,6 +76,8 @@ CQL_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 LOCAL_DC = "datacenter1"  # default of CHIRP_CQL_LOCAL_DC (common/config.py), the DC the k8s manifests name
 DEFAULT_CONSISTENCY = "LOCAL_QUORUM"
+# One page of a statement's rows and the paging state of the next (None after the last).
+_Page = tuple[list[Any], bytes | None]
 READ_PROFILE = "reads"
 # At RF 3 a statement can be tried on each of the other two replicas.
 MAX_RETRIES = 2
@@ -320,25 +321,36 @@ class CqlSession:
 
         The driver hands rows over in pages of `fetch_size` (5000); every page is
         fetched, so a LIMIT above that is honoured rather than silently cut short.
+        Each page is a request of its own, with its own timeout, whose first answer
+        is taken: with speculative execution a slow read is sent to a second replica
+        as well, and when both answer the driver passes each answer on (taken as
+        they came, a read by primary key returned its one row twice right after a
+        node came back).
         """
+        rows, paging_state = await self._page(statement, params, None)
+        while paging_state is not None:
+            more, paging_state = await self._page(statement, params, paging_state)
+            rows += more
+        self._answered_at = self._clock()
+        return rows
+
+    async def _page(self, statement: Any, params: Sequence[Any] | None, paging_state: bytes | None) -> _Page:
+        """One page of rows and the paging state of the next (None after the last)."""
         future: ResponseFuture = self._session.execute_async(
             statement,
             params,
             timeout=deadlines.timeout(self._default_timeout),
             execution_profile=profile_for(_query_text(statement)),
+            paging_state=paging_state,
         )
         loop = asyncio.get_running_loop()
-        result: asyncio.Future[list[Any]] = loop.create_future()
-        pages = _Pages()
+        result: asyncio.Future[_Page] = loop.create_future()
 
         def on_rows(rows: list[Any]) -> None:
-            if not pages.add(rows or []):
-                return  # a second answer to a page already taken
-            if future.has_more_pages:
-                future.start_fetching_next_page()  # calls on_rows again with the next page
-            else:
-                self._answered_at = self._clock()
-                loop.call_soon_threadsafe(_settle, result, pages.finish(), None)
+            # A copy, made as the answer comes: a second answer settles nothing. The
+            # paging state is the one ResultSet.paging_state reads, set with these rows.
+            page = (list(rows or []), future._paging_state if future.has_more_pages else None)
+            loop.call_soon_threadsafe(_settle, result, page, None)
 
         def on_error(exc: BaseException) -> None:
             loop.call_soon_threadsafe(_settle, result, None, exc)
@@ -361,45 +373,14 @@ class CqlSession:
         self._cluster.shutdown()
 
 
-class _Pages:
-    """The rows of one statement's pages, each page taken once.
-
-    With speculative execution a read is sent to a second replica when the first is
-    slow, and when both answer the driver hands each answer to the callbacks: the
-    same rows twice (a read by primary key returned its one row twice right after a
-    node came back). The first answer of the last page is final; a page whose rows
-    equal the page before it is the earlier page's second answer, which the driver
-    hands on as the next page (rows of one statement differ by their primary key;
-    empty pages are taken as they come)."""
-
-    def __init__(self) -> None:
-        self.rows: list[Any] = []
-        self._last: list[Any] | None = None
-        self._done = False
-        self._lock = threading.Lock()  # answers can come in on the driver's threads
-
-    def add(self, rows: list[Any]) -> bool:
-        """Take one page's rows; False when they were already taken."""
-        with self._lock:
-            if self._done or (rows and rows == self._last):
-                return False
-            self.rows.extend(rows)
-            self._last = rows
-            return True
-
-    def finish(self) -> list[Any]:
-        with self._lock:
-            self._done = True
-            return list(self.rows)
-
-
-def _settle(result: asyncio.Future[list[Any]], rows: list[Any] | None, exc: BaseException | None) -> None:
-    if result.done():
+def _settle(result: asyncio.Future[_Page], page: _Page | None, exc: BaseException | None) -> None:
+    if result.done():  # a second answer to the same request
         return
     if exc is not None:
         result.set_exception(exc)
     else:
-        result.set_result(list(rows or []))
+        assert page is not None
+        result.set_result(page)
 
 
 async def prepare_all(cql: CqlSession, statements: Mapping[str, str]) -> dict[str, PreparedStatement]:

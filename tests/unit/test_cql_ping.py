@@ -31,7 +31,9 @@ class FakeSession:
         self.sent: list[str] = []
         self.failing = False
 
-    def execute_async(self, statement: Any, params: Any, timeout: float, execution_profile: object) -> FakeFuture:
+    def execute_async(
+        self, statement: Any, params: Any, timeout: float, execution_profile: object, paging_state: Any = None
+    ) -> FakeFuture:
         self.sent.append(str(statement))
         return FakeFuture(ConnectionError("down") if self.failing else None)
 
