@@ -9,7 +9,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,17 @@ class BatchConsumer:
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
         if offsets:
             self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    def rewind(self) -> None:
+        """Move each assigned partition back to its last committed offset (the start,
+        where nothing was committed), so what was read since is read again."""
+        with self._consuming:
+            assigned = self._consumer.assignment()
+            if not assigned:
+                return
+            for tp in self._consumer.committed(assigned, timeout=10):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def assignment_ready(self) -> bool:
         """True once the group has given this consumer its partitions."""

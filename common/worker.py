@@ -1,8 +1,9 @@
 """The consume-apply-commit loop every Kafka worker runs.
 
 A batch is handed to `apply`; offsets are committed only after it returns. If
-it raises, the consumer is rebuilt and resumes from the last commit, so the
-batch is applied again: every `apply` must be idempotent.
+it raises, the consumer is rewound to the last commit (a new one is built when
+the client itself failed), so the batch is applied again: every `apply` must
+be idempotent.
 
 With `commit_interval_seconds`, a busy loop commits at most that often (and
 always once a poll comes back empty, and at close): each commit is a
@@ -43,8 +44,32 @@ LAG_INTERVAL_SECONDS = 5.0
 IDLE_WAIT_SECONDS = 1.0
 FAILURES = Gauge("chirp_consumer_failing", "1 while the worker's last batch failed.", ["group"])
 COMMIT_FAILURES = Counter("chirp_consumer_commit_failures_total", "Offset commits the broker refused.", ["group"])
+# Commit refusals that mean the group is changing hands (a rebalance, the coordinator
+# moving): the next commit, or the partition's next owner, takes over.
+MEMBERSHIP_CHANGING = frozenset(
+    {
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError._WAIT_COORD,
+        KafkaError._TIMED_OUT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
 RETRY_PAUSE_SECONDS = 1.0
 RETRY_PAUSE_MAX_SECONDS = 16.0
+
+
+def _fatal(error: Exception) -> bool:
+    """Whether `error` is the Kafka client's own and it can go on no more."""
+    if not isinstance(error, KafkaException) or not error.args:
+        return False
+    inner = error.args[0]
+    return isinstance(inner, KafkaError) and inner.fatal()
 
 
 def retry_pause(failed_before: int) -> float:
@@ -156,8 +181,8 @@ class ConsumerLoop:
             await self.consumer.commit(messages)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
-            if not isinstance(error, KafkaError) or error.fatal():
-                raise
+            if not isinstance(error, KafkaError) or not (error.retriable() or error.code() in MEMBERSHIP_CHANGING):
+                raise  # fatal, or one that would refuse every commit (authorization, unknown topic)
             COMMIT_FAILURES.labels(self.group).inc()
             log.warning("commit failed; the batch stays applied: %s", error)
 
@@ -192,13 +217,26 @@ class ConsumerLoop:
             except Exception as exc:  # resume from the last committed offsets (logged with its traceback)
                 FAILURES.labels(self.group).set(1)
                 log.warning("batch failed, re-reading from the last commit: %r", exc, exc_info=True)
-                self._uncommitted.clear()  # re-read and applied again by the new consumer
-                self.consumer.close()
+                self._uncommitted.clear()  # read and applied again
                 # Longer after each failure in a row: a batch that fails because its store is
                 # overloaded, re-applied at once, adds its whole load again every time.
                 await asyncio.sleep(retry_pause(failures))
                 failures += 1
-                self.consumer = self._factory()
+                await self._read_again(exc)
+
+    async def _read_again(self, failure: Exception) -> None:
+        """Back to the last commit: the same client rewound, so the group does not
+        rebalance (a client closed and built again leaves and rejoins it, and every
+        member pauses for that); a new client when this one failed for good or
+        cannot rewind."""
+        if not _fatal(failure):
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.consumer.rewind)
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. a partition just assigned; a new client will do
+                log.warning("could not rewind, building a new client: %r", exc)
+        self.consumer.close()
+        self.consumer = self._factory()
 
     def close(self) -> None:
         if self._uncommitted:  # what was applied since the last commit is not applied again

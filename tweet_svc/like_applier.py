@@ -50,35 +50,31 @@ class LikeApplier:
     def __init__(self, store: TweetStore, cache: TweetCache | None) -> None:
         self._store = store
         self._cache = cache
-        # The messages of failed batches whose tweets were applied all the same. A failed
+        # The events of failed batches whose tweets were applied all the same. A failed
         # batch is read again from the last commit; these are skipped then, so the retry
         # redoes only the tweets that failed and a store that is overloaded but answering
-        # sees each retry do less, not all of it again. Emptied once a batch goes through
-        # (its commit follows; a commit that fails re-applies the batch, which is harmless).
-        self._applied: set[tuple[str, int, int]] = set()
+        # sees each retry do less, not all of it again. Known by content (an event's
+        # version is unique), so a skipped event is one this worker applied. Emptied once
+        # a batch goes through (its commit follows; a commit that fails re-applies the
+        # batch, which is harmless).
+        self._applied: set[LikeEvent] = set()
 
     async def __call__(self, messages: Sequence[Message]) -> None:
         by_tweet: dict[int, list[LikeEvent]] = defaultdict(list)
-        keys: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
         for msg in messages:
-            key = (str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0))
-            if key in self._applied:
-                continue
             try:
                 event = LikeEvent.decode(msg.value() or b"")
             except (ValueError, KeyError, TypeError):
                 log.error("skipping malformed like event", extra={"offset": msg.offset()})
                 continue
-            by_tweet[event.tweet_id].append(event)
-            keys[event.tweet_id].append(key)
-        await apply_each(
-            [partial(self._apply_remembered, t, e, keys[t]) for t, e in by_tweet.items()], CONCURRENT_TWEETS
-        )
+            if event not in self._applied:
+                by_tweet[event.tweet_id].append(event)
+        await apply_each([partial(self._apply_remembered, t, e) for t, e in by_tweet.items()], CONCURRENT_TWEETS)
         self._applied.clear()
 
-    async def _apply_remembered(self, tweet_id: int, events: list[LikeEvent], keys: list[tuple[str, int, int]]) -> None:
+    async def _apply_remembered(self, tweet_id: int, events: list[LikeEvent]) -> None:
         await self.apply_retrying(tweet_id, events)
-        self._applied.update(keys)
+        self._applied.update(events)
 
     async def apply_retrying(self, tweet_id: int, events: list[LikeEvent]) -> None:
         """`apply`, tried again after a store timeout (STORE_ATTEMPTS in all)."""

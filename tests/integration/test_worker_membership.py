@@ -1,9 +1,11 @@
 """A worker group keeps every partition owned when a member is killed and comes back
 (common/kafka.py BatchConsumer, on the real Kafka): members in processes of their
-own, one SIGKILLed and started again under the same name, as a crashed worker is."""
+own, one SIGKILLed and started again under the same name, as a crashed worker is.
+And a member rewound after a failed batch reads it again from its last commit."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -12,10 +14,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from common.kafka import BatchConsumer
 from infra.groups import unassigned
 from tests.conftest import KAFKA
 
@@ -84,3 +89,47 @@ def test_every_partition_is_owned_again_after_a_member_is_killed_and_restarted(t
         for process in members.values():
             process.kill()
             process.wait()
+
+
+async def test_a_rewound_member_reads_again_from_its_last_commit(topic: str) -> None:
+    """A failed batch is read again by the same client (common/worker.py), not by a new
+    one whose leaving and rejoining would rebalance the group."""
+    producer = Producer({"bootstrap.servers": KAFKA})
+    for n in range(5):
+        producer.produce(topic, str(n).encode(), partition=0)
+    assert producer.flush(10) == 0
+    consumer = BatchConsumer(KAFKA, f"chirp-test-rewind-{uuid.uuid4().hex[:8]}", [topic], "rewinder")
+    try:
+        got: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(got) < 5 and time.monotonic() < deadline:
+            got += [m.value() or b"" for m in await consumer.poll_batch(10, 0.5)]
+        assert got == [b"0", b"1", b"2", b"3", b"4"]
+        await consumer.commit(_read(topic, [0, 1]))  # the batch of the first two went through
+        await asyncio.get_running_loop().run_in_executor(None, consumer.rewind)
+        again: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(again) < 3 and time.monotonic() < deadline:
+            again += [m.value() or b"" for m in await consumer.poll_batch(10, 0.5)]
+        assert again == [b"2", b"3", b"4"]  # from the commit on, once each
+    finally:
+        consumer.close()
+
+
+def _read(topic: str, offsets: list[int]) -> list[Any]:
+    """Stand-ins for messages of partition 0 at `offsets` (a commit reads topic, partition, offset)."""
+
+    class Read:
+        def __init__(self, offset: int) -> None:
+            self._offset = offset
+
+        def topic(self) -> str:
+            return topic
+
+        def partition(self) -> int:
+            return 0
+
+        def offset(self) -> int:
+            return self._offset
+
+    return [Read(o) for o in offsets]

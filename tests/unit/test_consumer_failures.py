@@ -70,8 +70,10 @@ def test_pauses_after_failed_batches_double_up_to_a_ceiling() -> None:
 
 
 class FailingConsumer:
-    def __init__(self) -> None:
+    def __init__(self, rewind_error: Exception | None = None) -> None:
         self.closed = False
+        self.rewinds = 0
+        self.rewind_error = rewind_error
 
     async def poll_batch(self, max_messages: int, wait_seconds: float) -> list[str]:
         return ["m"]
@@ -84,6 +86,11 @@ class FailingConsumer:
 
     def close(self) -> None:
         self.closed = True
+
+    def rewind(self) -> None:
+        self.rewinds += 1
+        if self.rewind_error is not None:
+            raise self.rewind_error
 
 
 async def test_failed_batches_in_a_row_wait_longer_and_a_success_resets_the_pause(
@@ -112,8 +119,50 @@ async def test_failed_batches_in_a_row_wait_longer_and_a_success_resets_the_paus
         await loop.run_forever()
     assert pauses == [retry_pause(0), retry_pause(1), retry_pause(2), retry_pause(0)]
     assert pauses[:3] == sorted(pauses[:3]) and pauses[0] < pauses[2]
-    # Every failure closed its client and built a new one, which resumes from the last commit.
-    assert len(built) == 1 + 4 and all(c.closed for c in built[:4]) and not built[-1].closed
+    # Every failure rewound the one client to the last commit: no new client, so no
+    # leaving and rejoining the group (a rebalance that pauses every member).
+    assert len(built) == 1 and built[0].rewinds == 4 and not built[0].closed
+
+
+async def failing_once(loop: ConsumerLoop, error: Exception, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `loop` until its first batch failed with `error` and it read again."""
+    calls = 0
+
+    async def apply(messages: Sequence[Any]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise error
+        raise asyncio.CancelledError  # read again: stop here
+
+    async def no_pause(seconds: float) -> None:
+        pass
+
+    monkeypatch.setattr(worker.asyncio, "sleep", no_pause)
+    loop._apply = apply
+    with pytest.raises(asyncio.CancelledError):
+        await loop.run_forever()
+
+
+@pytest.mark.parametrize(
+    ("failure", "rewind_error"),
+    [
+        (KafkaException(KafkaError(KafkaError._FATAL, "gone", fatal=True)), None),  # the client failed for good
+        (TimeoutError("store overloaded"), KafkaException(KafkaError(KafkaError._STATE))),  # it cannot rewind
+    ],
+)
+async def test_a_new_client_is_built_when_the_old_one_cannot_go_on(
+    failure: Exception, rewind_error: Exception | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[FailingConsumer] = []
+
+    def factory() -> FailingConsumer:
+        built.append(FailingConsumer(rewind_error))
+        return built[-1]
+
+    loop = ConsumerLoop("g", factory, lambda m: asyncio.sleep(0), 10, 0.01)  # type: ignore[arg-type]
+    await failing_once(loop, failure, monkeypatch)
+    assert len(built) == 2 and built[0].closed and not built[1].closed
 
 
 class RefusingCommits(FailingConsumer):
@@ -128,6 +177,19 @@ class RefusingCommits(FailingConsumer):
         self.commits.append(list(messages))
         if self.error is not None:
             raise KafkaException(self.error)
+
+
+async def test_a_commit_refused_for_good_fails_the_batch() -> None:
+    # Not a rebalance: every commit would be refused, and a worker that took it as one
+    # would apply on and never commit, with nothing saying it is failing.
+    consumer = RefusingCommits(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+    async def apply(messages: Sequence[Any]) -> None:
+        pass
+
+    loop = ConsumerLoop("g", lambda: consumer, apply, 10, 0.01)  # type: ignore[arg-type,return-value]
+    with pytest.raises(KafkaException):
+        await loop.run_once()
 
 
 async def test_a_refused_commit_leaves_the_batch_applied_and_the_worker_going_on() -> None:

@@ -881,8 +881,8 @@ def _assert_token_key_is_mounted(workload: Obj, key_file: Path) -> None:
     assert volume["secret"]["items"][0]["key"] == keys.PRIVATE_KEY
 
 
-# Id-minting services need it for Snowflake ids, Kafka consumers as their static group
-# membership (group.instance.id): the broker fences one of two members sharing an id.
+# Id-minting services need it for Snowflake ids; the Kafka workers name their group
+# members with it (client.id), one name per live pod.
 NEEDS_INSTANCE_ID = ID_MINTING | set(WORKER_TOPICS)
 
 
