@@ -64,17 +64,18 @@ RETRY_PAUSE_SECONDS = 1.0
 RETRY_PAUSE_MAX_SECONDS = 16.0
 
 
-def _fatal(error: Exception) -> bool:
-    """Whether `error` is the Kafka client's own and it can go on no more."""
-    if not isinstance(error, KafkaException) or not error.args:
-        return False
-    inner = error.args[0]
-    return isinstance(inner, KafkaError) and inner.fatal()
+def _kafka_error(error: BaseException) -> KafkaError | None:
+    """The client's error inside a KafkaException; None for any other exception."""
+    inner = error.args[0] if isinstance(error, KafkaException) and error.args else None
+    return inner if isinstance(inner, KafkaError) else None
 
 
-def retry_pause(failed_before: int) -> float:
-    """Seconds to wait before re-reading a batch that failed after `failed_before` others in a row."""
-    return min(RETRY_PAUSE_MAX_SECONDS, RETRY_PAUSE_SECONDS * 2 ** min(failed_before, 10))
+def retry_pause(
+    failed_before: int, first: float = RETRY_PAUSE_SECONDS, ceiling: float = RETRY_PAUSE_MAX_SECONDS
+) -> float:
+    """Seconds to wait before trying again after `failed_before` failures in a row:
+    `first`, doubling, at most `ceiling`."""
+    return min(ceiling, first * 2 ** min(failed_before, 10))
 
 
 async def apply_each(jobs: Iterable[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
@@ -171,17 +172,15 @@ class ConsumerLoop:
         return len(messages)
 
     async def _commit(self, messages: Sequence[Message]) -> None:
-        """Commit, and let a commit that fails go: the batch is applied, the next commit
-        covers it (offsets are per partition), and if this member's partitions moved
-        meanwhile their new owner applies it again, which idempotent applies absorb.
-        Taken for a failed batch, a commit refused during a rebalance closed the client
-        and rejoined the group, which can start the next rebalance. A fatal error
-        (this member fenced) is raised: the client is done for."""
+        """Commit, and let a commit refused while the group changes hands go: the batch
+        is applied, the next commit covers it (offsets are per partition), and if this
+        member's partitions moved meanwhile their new owner applies it again, which
+        idempotent applies absorb. Any other refusal fails the batch."""
         try:
             await self.consumer.commit(messages)
         except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if not isinstance(error, KafkaError) or not (error.retriable() or error.code() in MEMBERSHIP_CHANGING):
+            error = _kafka_error(exc)
+            if error is None or not (error.retriable() or error.code() in MEMBERSHIP_CHANGING):
                 raise  # fatal, or one that would refuse every commit (authorization, unknown topic)
             COMMIT_FAILURES.labels(self.group).inc()
             log.warning("commit failed; the batch stays applied: %s", error)
@@ -229,7 +228,8 @@ class ConsumerLoop:
         rebalance (a client closed and built again leaves and rejoins it, and every
         member pauses for that); a new client when this one failed for good or
         cannot rewind."""
-        if not _fatal(failure):
+        error = _kafka_error(failure)
+        if error is None or not error.fatal():
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.consumer.rewind)
                 return

@@ -17,7 +17,7 @@ from prometheus_client import Counter
 
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.events import LikeEvent
-from common.worker import apply_each
+from common.worker import apply_each, retry_pause
 from tweet_svc.cache import TweetCache
 from tweet_svc.likes import fold
 from tweet_svc.store import TweetStore
@@ -85,7 +85,7 @@ class LikeApplier:
                 if attempt == STORE_ATTEMPTS:
                     raise
                 log.info("likes of tweet %d: store call failed (%r), trying again", tweet_id, exc)
-                await asyncio.sleep(min(STORE_RETRY_MAX_SECONDS, STORE_RETRY_SECONDS * 2 ** (attempt - 1)))
+                await asyncio.sleep(retry_pause(attempt - 1, STORE_RETRY_SECONDS, STORE_RETRY_MAX_SECONDS))
 
     async def apply(self, tweet_id: int, events: list[LikeEvent]) -> None:
         users = sorted({e.user_id for e in events})
