@@ -59,6 +59,24 @@ async def test_run_reads_answers_what_a_pipeline_answers(redis: RedisClient, tag
     assert await run_reads(redis, lambda pipe: pipe.get(f"rr:{tag}:s")) == [b"body"]
 
 
+async def test_replies_that_span_many_socket_reads_come_back_in_order(redis: RedisClient, tag: str) -> None:
+    values = [secrets.token_bytes(1500) for _ in range(300)]  # 450 KB of replies: several reads of the socket
+    await redis.mset({f"rr:{tag}:v{i}": v for i, v in enumerate(values)})
+    try:
+
+        def reads(pipe: Any) -> None:
+            for i in range(len(values)):
+                pipe.get(f"rr:{tag}:v{i}")
+                pipe.hget(f"rr:{tag}:s", "n")  # an error reply between every two values
+
+        replies = await run_reads(redis, reads)
+        assert replies[::2] == values
+        assert all(isinstance(r, ResponseError) for r in replies[1::2])
+        assert await run_reads(redis, lambda pipe: pipe.get(f"rr:{tag}:s")) == [b"body"]  # nothing left unread
+    finally:
+        await redis.delete(*(f"rr:{tag}:v{i}" for i in range(len(values))))
+
+
 async def silent_server() -> tuple[asyncio.Server, int]:
     """Accepts connections and never answers: a Redis that hangs."""
 

@@ -72,6 +72,12 @@ def test_the_author_is_read_from_the_bytes_and_other_values_are_not_bodies() -> 
     for other in (old_json, TWEET_DELETED, b"", body[:1]):
         assert author_of(other) is None
         assert decode_body(other) is None
+    for tweet_id, author_id in ((1, 1), (127, 128), (2**63 - 1, 2**63 - 1), (300, 0x7F)):
+        assert author_of(encode_body(tweet_id, author_id, "ada", "hi", CREATED_MS)) == author_id
+    head = encode_body(300, 2**35, "", "", 0)[:10]  # tweet_id (tag and 2 bytes), author_id (tag and 6)
+    assert author_of(head) == 2**35
+    assert author_of(head[:-1]) is None  # the author's varint cut short
+    assert author_of(b"\x08" + b"\x80" * 10 + b"\x01\x10\x05") is None  # an eleven-byte tweet_id
 
 
 def test_a_read_sorts_bodies_markers_counts_and_misses() -> None:
