@@ -45,7 +45,13 @@ def feed_read_tables(results: dict[str, Any]) -> list[str]:
     idle = results.get("idle")
     if idle:
         parts = ", ".join(f"{n} {c * 100:.1f}%" for n, c in idle["cores_by_component"].items() if c >= 0.0005)
-        lines += ["", f"Idle stack, measured for {idle['seconds']} s before the load steps: "
+        windows = idle.get("windows_cores") or []
+        quietest = (
+            (f", the quietest of {len(windows)} windows (" + ", ".join(f"{t * 100:.1f}%" for t in windows) + ")")
+            if len(windows) > 1
+            else ""
+        )
+        lines += ["", f"Idle stack, measured for {idle['seconds']} s before the load steps{quietest}: "
                   f"{idle['cores'] * 100:.1f}% of one core ({parts}). Net CPU below is gross minus this over each step's span."]  # fmt: skip
     splits = {label: _split_row(scenarios.get(key, [])) for key, label in FEED_READS.items()}
     present = {label: row for label, row in splits.items() if row}

@@ -292,3 +292,25 @@ def test_a_manifest_whose_users_are_gone_is_reseeded_under_a_free_prefix(
     fake.manifest.write_text(json.dumps({"readers": [{"username": "sc15"}], "authors": []}))
     seed.ensure_seeded(["--users", "10"])
     assert fake.seeded == [["--users", "10", "--prefix", "sb"]]
+
+
+def test_the_idle_stack_is_the_quietest_window_and_the_report_names_every_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench import idle as idle_probe
+    from bench import run
+
+    busy = {"cassandra": 0.159, "kafka": 0.038, "feed_svc-0": 0.005}
+    quiet = {"cassandra": 0.041, "kafka": 0.022, "feed_svc-0": 0.004}
+    windows = iter([busy, quiet, {**quiet, "cassandra": 0.06}])
+    monkeypatch.setattr(run.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(run.idle_probe, "measure", lambda s: idle_probe.Window(s, next(windows), 0, 0, [], {}))
+    bench = run.Bench(True, {})
+
+    cores = bench.idle_cores()
+
+    assert cores == {"cassandra": 0.041, "kafka": 0.022, "feed_svc": 0.004}
+    assert bench.idle is not None and bench.idle["windows_cores"] == [0.202, 0.067, 0.086]
+    text = "\n".join(report.feed_read_tables({"scenarios": {}, "idle": bench.idle}))
+    assert "the quietest of 3 windows (20.2%, 6.7%, 8.6%)" in text
+    assert "6.7% of one core" in text
