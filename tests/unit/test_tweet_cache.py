@@ -78,6 +78,8 @@ def test_the_author_is_read_from_the_bytes_and_other_values_are_not_bodies() -> 
     assert author_of(head) == 2**35
     assert author_of(head[:-1]) is None  # the author's varint cut short
     assert author_of(b"\x08" + b"\x80" * 10 + b"\x01\x10\x05") is None  # an eleven-byte tweet_id
+    assert author_of(b"\x08\x01\x10" + b"\xff" * 9 + b"\x7f") is None  # ten bytes, beyond 64 bits
+    assert author_of(b"\x08\x01\x10" + b"\xff" * 9 + b"\x01") == -1  # ten bytes: all 64 bits (an int64's -1)
 
 
 def test_a_read_sorts_bodies_markers_counts_and_misses() -> None:
