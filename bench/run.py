@@ -109,20 +109,30 @@ class Bench:
 
     def idle_cores(self) -> dict[str, float]:
         """The idle stack's CPU by component, measured once, before the first load step:
-        the quietest of IDLE_WINDOWS windows. A single window right after `make up` caught
+        the quietest of IDLE_WINDOWS windows, one without a restart or edge requests if any
+        is. A single window right after `make up` caught
         Cassandra compacting at up to 16% of a core (run stop25), and subtracting that from
         every step made the net figures look better than they were."""
         if self.idle is None:
             time.sleep(1)  # let the warm-up's last requests finish
             windows = [idle_probe.measure(IDLE_SECONDS) for _ in range(IDLE_WINDOWS)]
             totals = [sum(idle_probe.by_component(w.per_process).values()) for w in windows]
-            window = windows[totals.index(min(totals))]
+            # A window with a restart leaves the restarted process out (a lower total), and one
+            # with traffic is not idle: the quietest of the clean ones, if there is one.
+            window = windows[
+                min(
+                    range(IDLE_WINDOWS),
+                    key=lambda i: (bool(windows[i].restarted), bool(windows[i].requests), totals[i]),
+                )
+            ]
             by_component = sorted(idle_probe.by_component(window.per_process).items(), key=lambda kv: -kv[1])
             self.idle = {
                 "seconds": round(window.seconds, 1),
                 "cores": round(sum(c for _, c in by_component), 4),
                 "cores_by_component": {name: round(c, 4) for name, c in by_component},
                 "windows_cores": [round(t, 4) for t in totals],
+                "windows_restarted": [w.restarted for w in windows],
+                "windows_edge_requests": [w.requests for w in windows],
                 # Anything here means the window was not quite idle (other traffic, a restart).
                 # Envoy's counter starts again when it restarts: unknown then.
                 "edge_requests": window.requests if window.requests is None or window.requests >= 0 else None,
@@ -451,6 +461,7 @@ SCENARIOS = {
 # Empties Redis, so it runs after everything else (the fan-out strategies too).
 LAST = {"j_cold_start": Bench.cold_start}
 LADDERS = ("a_feed_rest", "a_feed_grpc")
+NEEDS_IDLE = (*LADDERS, "m_burst")  # they report CPU net of the idle stack
 
 
 def run_strategies(bench: Bench) -> dict[str, Any]:
@@ -496,11 +507,12 @@ def main() -> int:
                 print(json.dumps(value, default=str)[:600], flush=True)
             print(f"   ({time.monotonic() - started:.0f}s)", flush=True)
 
-    # Measured first: its windows (half a minute) between a scenario's warm-up and its first
-    # step let caches the warm-up relied on expire in that step (readers' like states live
-    # 60 s from their creation, maybe by the run before: run stop25c's first step refilled
-    # every reader's, 1.8 ms of tweet_svc CPU per read).
-    bench.idle_cores()
+    # Measured first, where a run needs it: its windows (half a minute) between a scenario's
+    # warm-up and its first step let caches the warm-up relied on expire in that step
+    # (readers' like states live 60 s from their creation, maybe by the run before: run
+    # stop25c's first step refilled every reader's, 1.8 ms of tweet_svc CPU per read).
+    if any(not wanted or any(name.startswith(p) for p in wanted) for name in NEEDS_IDLE):
+        bench.idle_cores()
     run(SCENARIOS)
     if args.strategies:
         results["strategies"] = run_strategies(bench)

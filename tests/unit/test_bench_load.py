@@ -314,3 +314,23 @@ def test_the_idle_stack_is_the_quietest_window_and_the_report_names_every_window
     text = "\n".join(report.feed_read_tables({"scenarios": {}, "idle": bench.idle}))
     assert "the quietest of 3 windows (20.2%, 6.7%, 8.6%)" in text
     assert "6.7% of one core" in text
+
+
+def test_a_window_with_a_restart_or_traffic_is_not_the_idle_stack(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import idle as idle_probe
+    from bench import run
+
+    # A restarted process is left out of its window, so that window's total is the lowest.
+    windows = iter(
+        [
+            idle_probe.Window(10.0, {"kafka": 0.02}, 0, 0, ["cassandra-0"], {}),
+            idle_probe.Window(10.0, {"cassandra": 0.03, "kafka": 0.02}, 40, 40, [], {}),
+            idle_probe.Window(10.0, {"cassandra": 0.05, "kafka": 0.02}, 0, 0, [], {}),
+        ]
+    )
+    monkeypatch.setattr(run.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(run.idle_probe, "measure", lambda s: next(windows))
+    bench = run.Bench(True, {})
+
+    assert bench.idle_cores() == {"cassandra": 0.05, "kafka": 0.02}
+    assert bench.idle is not None and bench.idle["windows_restarted"] == [["cassandra-0"], [], []]
