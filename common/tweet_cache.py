@@ -119,7 +119,7 @@ def _varint(value: int) -> bytes:
 # 64 bits: up to nine bytes with the high bit set, then one with it clear (a tenth byte
 # carries only bit 63, so it is 0 or 1).
 _VARINT = rb"(?:[\x80-\xff]{0,8}[\x00-\x7f]|[\x80-\xff]{9}[\x00\x01])"
-_HEAD = re.compile(rb"\x08" + _VARINT + rb"\x10" + _VARINT)
+_HEAD = re.compile(re.escape(bytes((_TWEET_ID_TAG,))) + _VARINT + re.escape(bytes((_AUTHOR_ID_TAG,))) + _VARINT)
 
 
 def author_of(body: bytes) -> int | None:
