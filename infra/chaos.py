@@ -211,9 +211,8 @@ async def kill_and_restart(names: list[str], down_s: float) -> tuple[float, floa
     """SIGKILL the components, leave them dead `down_s`, start them again.
     Returns seconds (down, restart until answering, then until the cluster is whole)."""
     killed_at = time.monotonic()
-    for name in names:
-        await asyncio.to_thread(stack.kill, name)
-        print(f"    killed {name}", flush=True)
+    await asyncio.to_thread(stack.kill_together, names)
+    print(f"    killed {', '.join(names)}", flush=True)
     await asyncio.sleep(down_s)
     restarted_at = time.monotonic()
     for name in names:

@@ -12,6 +12,7 @@ rendered config or JVM options changed, which are restarted.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -37,6 +38,7 @@ PYTHON = sys.executable
 VENV_BIN = Path(sys.executable).parent
 
 INFRA_KINDS = ("redis", "cassandra", "kafka")
+EDGE = ("edge_sidecar", "envoy", "prometheus")  # stopped first, by `down`
 
 
 @dataclass
@@ -312,11 +314,15 @@ def _kafka_argv(node: topology.StoreNode, cluster: list[topology.StoreNode]) -> 
 
 
 def _start_time(pid: int) -> str | None:
+    """The process's start time (to tell a reused pid), or None once it has exited:
+    a zombie counts as exited (its sockets are closed; here its reaper, the
+    machine's init, takes a second or two to collect it)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _read_pid(name: str) -> dict[str, str] | None:
@@ -350,18 +356,31 @@ def _start(comp: Component) -> int:
 
 
 def _stop(name: str, timeout: float) -> bool:
-    record = _read_pid(name)
-    if record is None:
-        return False
-    pid = int(record["pid"])
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _start_time(pid) == record["start"]:
-        time.sleep(0.2)
-    if _start_time(pid) == record["start"]:
-        os.kill(pid, signal.SIGKILL)
-    (RUN / f"{name}.json").unlink(missing_ok=True)
-    return True
+    return bool(_stop_together({name: timeout}))
+
+
+def _stop_together(timeouts: dict[str, float]) -> list[str]:
+    """SIGTERM every named component that runs, all at once, then wait for each to
+    exit; one still running past its timeout is SIGKILLed. Returns those stopped."""
+    records = {name: record for name in timeouts if (record := _read_pid(name)) is not None}
+    started = time.monotonic()
+    for record in records.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(record["pid"]), signal.SIGTERM)
+    running = dict(records)
+    while running:
+        for name, record in list(running.items()):
+            pid = int(record["pid"])
+            if _start_time(pid) != record["start"]:
+                del running[name]
+            elif time.monotonic() - started > timeouts[name]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if running:
+            time.sleep(0.2)
+    for name in records:
+        (RUN / f"{name}.json").unlink(missing_ok=True)
+    return list(records)
 
 
 def _run_step(name: str, argv: list[str]) -> None:
@@ -476,17 +495,19 @@ def _print_table(comps: list[Component]) -> None:
 
 
 def down() -> int:
-    """Stop everything with a pid file: edge first, then services, then stores."""
+    """Stop everything with a pid file: the edge first, then every service instance
+    at once, then the stores, the nodes of one store at once (the last of three Kafka
+    brokers stopped alone would wait for its lost controller quorum until killed)."""
     comps = components(prepare=False)
     timeouts = {c.name: c.stop_timeout for c in comps}
     running = {p.stem for p in RUN.glob("*.json")} if RUN.exists() else set()
-    order = [c.name for c in comps]
+    stores = [c.name for c in _store_components()]
+    edge = [c.name for c in comps if c.name in EDGE]
     # Instances beyond today's CHIRP_INSTANCES still get stopped, with the services.
-    extra = sorted(running - set(order))
-    services_end = order.index("envoy")
-    order = order[:services_end] + extra + order[services_end:]
-    for name in reversed(order):
-        if name in running and _stop(name, timeouts.get(name, 20.0)):
+    services = sorted(running - set(stores) - set(edge))
+    kinds = [[n for n in stores if n.rsplit("-", 1)[0] == kind] for kind in reversed(INFRA_KINDS)]
+    for wave in (edge, services, *kinds):
+        for name in _stop_together({n: timeouts.get(n, 20.0) for n in wave if n in running}):
             print(f"  stopped {name}")
     return 0
 
@@ -513,15 +534,24 @@ def component(name: str, prepare: bool = True) -> Component:
 
 def kill(name: str) -> int:
     """SIGKILL one running component (a crash: no shutdown hooks); returns its pid."""
-    record = _read_pid(name)
-    if record is None:
-        raise RuntimeError(f"{name} is not running")
-    pid = int(record["pid"])
-    os.killpg(pid, signal.SIGKILL)  # its own session: a supervised child dies with it
-    while _start_time(pid) == record["start"]:
-        time.sleep(0.05)
-    (RUN / f"{name}.json").unlink(missing_ok=True)
-    return pid
+    return kill_together([name])[0]
+
+
+def kill_together(names: list[str]) -> list[int]:
+    """SIGKILL running components all at once, then wait until every one has died; their pids."""
+    records = []
+    for name in names:
+        record = _read_pid(name)
+        if record is None:
+            raise RuntimeError(f"{name} is not running")
+        records.append(record)
+    for record in records:
+        os.killpg(int(record["pid"]), signal.SIGKILL)  # its own session: a supervised child dies with it
+    for name, record in zip(names, records, strict=True):
+        while _start_time(int(record["pid"])) == record["start"]:
+            time.sleep(0.05)
+        (RUN / f"{name}.json").unlink(missing_ok=True)
+    return [int(record["pid"]) for record in records]
 
 
 def stop(name: str) -> bool:
