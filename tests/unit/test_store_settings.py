@@ -60,6 +60,28 @@ def test_jvm_options_and_commitlog_mode_change_the_fingerprint(tmp_path: Path, m
     assert _cassandra(ROOT, state) != before[0]
 
 
+def test_cluster_nodes_stop_at_c1_and_a_single_node_keeps_c2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cluster's JVMs start on crowded cores; the single node is the one benchmarked."""
+    deps = tmp_path / "deps"
+    for component in ("cassandra", "kafka"):
+        (deps / component).mkdir(parents=True)
+        (deps / component / "jamm-0.4.0.jar").touch()
+    state = tmp_path / "state"
+    root = _copy_templates(tmp_path / "root")
+    single = topology.StoreNode("cassandra", "cassandra", "127.0.0.1", 9042, 1)
+    cluster = [topology.StoreNode("cassandra", f"cassandra-{i}", f"127.0.0.{i}", 9042, i) for i in (1, 2, 3)]
+    brokers = [topology.StoreNode("kafka", f"kafka-{i}", f"127.0.0.{i}", 9092, i) for i in (1, 2, 3)]
+    c1 = "-XX:TieredStopAtLevel=1"
+    assert c1 in jvm.cassandra_command(root, deps, state, cluster[1], cluster)
+    assert c1 in jvm.kafka_command(root, deps, state, brokers[1], brokers, 3, 2)
+    assert c1 not in jvm.cassandra_command(root, deps, state, single, [single])
+    assert c1 not in jvm.kafka_command(root, deps, state, brokers[0], brokers[:1], 1, 1)
+    # and the option is in the fingerprint: a running cluster node restarts to take it
+    with_c1 = jvm.cassandra_fingerprint(root, state, cluster[1], cluster)
+    monkeypatch.setattr(jvm, "CLUSTER_JIT_OPTS", ())
+    assert jvm.cassandra_fingerprint(root, state, cluster[1], cluster) != with_c1
+
+
 def test_store_components_carry_their_fingerprint() -> None:
     stores = {c.name: c for c in stack._store_components()}
     for node in [*topology.cassandra_nodes(), *topology.kafka_nodes()]:
