@@ -106,7 +106,7 @@ TEST_ENV := CHIRP_CELEBRITY_THRESHOLD=3 CHIRP_FOLLOWING_LIST_LIMIT=25 CHIRP_RANK
 
 test: deps
 	CHIRP_TOPOLOGY=single $(TEST_ENV) $(PY) -m infra.stack up
-	CHIRP_TOPOLOGY=single $(TEST_ENV) $(PY) -m pytest tests -m "not cluster"
+	CHIRP_TOPOLOGY=single $(TEST_ENV) $(PY) -m pytest tests -m "not cluster" --durations=15
 
 # The cluster topology: its own tests, then the fault suite (make chaos).
 CLUSTER_ENV := CHIRP_TOPOLOGY=cluster $(TEST_ENV)
@@ -114,7 +114,7 @@ CHAOS_ARGS ?=
 
 test-cluster: deps
 	$(CLUSTER_ENV) $(PY) -m infra.stack up
-	$(CLUSTER_ENV) $(PY) -m pytest tests -m cluster
+	$(CLUSTER_ENV) $(PY) -m pytest tests -m cluster --durations=5
 
 chaos: deps
 	$(CLUSTER_ENV) $(PY) -m infra.stack up
