@@ -39,6 +39,8 @@ VENV_BIN = Path(sys.executable).parent
 
 INFRA_KINDS = ("redis", "cassandra", "kafka")
 EDGE = ("edge_sidecar", "envoy", "prometheus")  # stopped first, by `down`
+STORE_STOP_TIMEOUT = 60.0  # a Cassandra node or Kafka broker shutting down cleanly
+KILL_WAIT_S = 30.0  # a SIGKILLed process is gone long before this
 
 
 @dataclass
@@ -249,7 +251,7 @@ def _store_components() -> list[Component]:
                     # A node restarted under the fault suite's load on 2 cores took 2.5-3
                     # minutes on a slow machine (23 s on another): most of it waiting for CPU.
                     timeout=420,
-                    stop_timeout=60,
+                    stop_timeout=STORE_STOP_TIMEOUT,
                     # A changed cassandra.yaml or JVM option restarts the node, as settings do a service.
                     fingerprint=jvm.cassandra_fingerprint(ROOT, STATE, node, cassandra),
                     where=f"CQL {node.address}",
@@ -262,7 +264,7 @@ def _store_components() -> list[Component]:
                     argv=functools.partial(_kafka_argv, node, kafka),
                     ready=functools.partial(jvm.kafka_ready, node.host, node.port),
                     timeout=300,
-                    stop_timeout=60,
+                    stop_timeout=STORE_STOP_TIMEOUT,
                     fingerprint=jvm.kafka_fingerprint(
                         ROOT, STATE, node, kafka, topology.kafka_replication(), topology.kafka_min_insync()
                     ),
@@ -314,15 +316,18 @@ def _kafka_argv(node: topology.StoreNode, cluster: list[topology.StoreNode]) -> 
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time (to tell a reused pid), or None once it has exited:
-    a zombie counts as exited (its sockets are closed; here its reaper, the
-    machine's init, takes a second or two to collect it)."""
+    """The process's start time (to tell a reused pid), or None once it has exited.
+    A zombie whose threads have all exited counts as exited: its ports and files are
+    released, and its reaper here, the machine's init, takes a second or two to
+    collect it. Its main thread alone turns Z first, while the others still hold them."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] in ("Z", "X") and len(os.listdir(f"/proc/{pid}/task")) <= 1:
+            return None
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
+    return fields[19]
 
 
 def _read_pid(name: str) -> dict[str, str] | None:
@@ -501,13 +506,14 @@ def down() -> int:
     comps = components(prepare=False)
     timeouts = {c.name: c.stop_timeout for c in comps}
     running = {p.stem for p in RUN.glob("*.json")} if RUN.exists() else set()
-    stores = [c.name for c in _store_components()]
-    edge = [c.name for c in comps if c.name in EDGE]
-    # Instances beyond today's CHIRP_INSTANCES still get stopped, with the services.
-    services = sorted(running - set(stores) - set(edge))
-    kinds = [[n for n in stores if n.rsplit("-", 1)[0] == kind] for kind in reversed(INFRA_KINDS)]
-    for wave in (edge, services, *kinds):
-        for name in _stop_together({n: timeouts.get(n, 20.0) for n in wave if n in running}):
+    # Waves by name, from what runs: instances beyond today's CHIRP_INSTANCES, and store
+    # nodes of a topology other than today's, are stopped with their kind too.
+    edge = [n for n in EDGE if n in running]
+    stores = [sorted(n for n in running if n.rsplit("-", 1)[0] == kind) for kind in reversed(INFRA_KINDS)]
+    services = sorted(running - set(edge) - set().union(*stores))
+    waves = [(edge, 20.0), (services, 20.0), *((nodes, STORE_STOP_TIMEOUT) for nodes in stores)]
+    for wave, default in waves:
+        for name in _stop_together({n: timeouts.get(n, default) for n in wave}):
             print(f"  stopped {name}")
     return 0
 
@@ -547,8 +553,11 @@ def kill_together(names: list[str]) -> list[int]:
         records.append(record)
     for record in records:
         os.killpg(int(record["pid"]), signal.SIGKILL)  # its own session: a supervised child dies with it
+    deadline = time.monotonic() + KILL_WAIT_S
     for name, record in zip(names, records, strict=True):
         while _start_time(int(record["pid"])) == record["start"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} (pid {record['pid']}) still runs {KILL_WAIT_S:.0f}s after SIGKILL")
             time.sleep(0.05)
         (RUN / f"{name}.json").unlink(missing_ok=True)
     return [int(record["pid"]) for record in records]

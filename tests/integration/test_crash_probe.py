@@ -32,8 +32,7 @@ def test_no_acknowledged_write_is_lost_when_every_store_is_killed_at_once() -> N
     load = chaos_load.Load(mix=PROBE_MIX, seed=11)
     try:
         asyncio.run(load.run(population, rate_per_s=30, seconds=4))  # returns once the last request is answered
-        for node in topology.store_nodes():
-            stack.kill(node.name)
+        stack.kill_together([node.name for node in topology.store_nodes()])
     finally:
         faults.restore()
     writes = population.ledger.counts()

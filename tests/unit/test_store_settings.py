@@ -78,8 +78,10 @@ def test_cluster_nodes_stop_at_c1_and_a_single_node_keeps_c2(tmp_path: Path, mon
     assert c1 not in jvm.kafka_command(root, deps, state, brokers[0], brokers[:1], 1, 1)
     # and the option is in the fingerprint: a running cluster node restarts to take it
     with_c1 = jvm.cassandra_fingerprint(root, state, cluster[1], cluster)
+    kafka_with_c1 = jvm.kafka_fingerprint(root, state, brokers[1], brokers, 3, 2)
     monkeypatch.setattr(jvm, "CLUSTER_JIT_OPTS", ())
     assert jvm.cassandra_fingerprint(root, state, cluster[1], cluster) != with_c1
+    assert jvm.kafka_fingerprint(root, state, brokers[1], brokers, 3, 2) != kafka_with_c1
 
 
 def test_store_components_carry_their_fingerprint() -> None:
