@@ -106,6 +106,17 @@ CASSANDRA_FAST_START_OPTS = (
     "-Dcassandra.load_ring_state=false",
 )
 
+# A logged batch is first written to the batchlog of other nodes. With two copies (the
+# default) and three nodes in one rack, the two others are always the ones picked, so until
+# a killed node is convicted (several seconds, infra/cassandra/cassandra.yaml.in) every
+# logged batch waited for it and timed out: 20-26 failed writes per killed node under the
+# fault suite's load. With one copy, a node picks one of the others it believes alive and
+# the driver's retry picks again: 4-5 failed writes (two runs each, same load). One copy
+# still covers what the batchlog is for, finishing a batch whose coordinator died midway
+# (an acknowledged batch is already at quorum everywhere); losing the coordinator and that
+# copy together means losing two of three nodes. A single node has no other to pick.
+CASSANDRA_BATCHLOG_OPTS = ("-Dcassandra.batchlog.required_replica_count=1",)
+
 COMMON_JVM_OPTS = (
     "-XX:+UseG1GC",
     "-XX:+ExitOnOutOfMemoryError",
@@ -307,6 +318,7 @@ def cassandra_fingerprint(root: Path, state: Path, node: StoreNode, cluster: lis
             *IDLE_JVM_OPTS,
             *CASSANDRA_IDLE_OPTS,
             *CASSANDRA_FAST_START_OPTS,
+            *CASSANDRA_BATCHLOG_OPTS,
             *_jit_opts(cluster),
         ),
     )
@@ -370,6 +382,7 @@ def cassandra_command(root: Path, deps: Path, state: Path, node: StoreNode, clus
         f"-Dlogback.configurationFile={root / 'infra' / 'cassandra' / 'logback.xml'}",
         f"-Dcassandra.initial_token={token}",
         *CASSANDRA_FAST_START_OPTS,
+        *CASSANDRA_BATCHLOG_OPTS,
         *_jit_opts(cluster),
         "-cp",
         _classpath(jars),

@@ -73,12 +73,19 @@ def test_cluster_nodes_stop_at_c1_and_a_single_node_keeps_c2(tmp_path: Path, mon
     brokers = [topology.StoreNode("kafka", f"kafka-{i}", f"127.0.0.{i}", 9092, i) for i in (1, 2, 3)]
     c1 = "-XX:TieredStopAtLevel=1"
     assert c1 in jvm.cassandra_command(root, deps, state, cluster[1], cluster)
+    # and the batchlog keeps one copy, so a node not yet convicted stalls only the batches it was picked for
+    assert "-Dcassandra.batchlog.required_replica_count=1" in jvm.cassandra_command(
+        root, deps, state, cluster[1], cluster
+    )
     assert c1 in jvm.kafka_command(root, deps, state, brokers[1], brokers, 3, 2)
     assert c1 not in jvm.cassandra_command(root, deps, state, single, [single])
     assert c1 not in jvm.kafka_command(root, deps, state, brokers[0], brokers[:1], 1, 1)
     # and the option is in the fingerprint: a running cluster node restarts to take it
     with_c1 = jvm.cassandra_fingerprint(root, state, cluster[1], cluster)
     kafka_with_c1 = jvm.kafka_fingerprint(root, state, brokers[1], brokers, 3, 2)
+    with monkeypatch.context() as patched:
+        patched.setattr(jvm, "CASSANDRA_BATCHLOG_OPTS", ())
+        assert jvm.cassandra_fingerprint(root, state, cluster[1], cluster) != with_c1
     monkeypatch.setattr(jvm, "CLUSTER_JIT_OPTS", ())
     assert jvm.cassandra_fingerprint(root, state, cluster[1], cluster) != with_c1
     assert jvm.kafka_fingerprint(root, state, brokers[1], brokers, 3, 2) != kafka_with_c1
