@@ -143,6 +143,16 @@ def _jit_opts(cluster: list[StoreNode]) -> tuple[str, ...]:
     return CLUSTER_JIT_OPTS if len(cluster) > 1 else ()
 
 
+def _cassandra_tuning(cluster: list[StoreNode]) -> tuple[str, ...]:
+    """The options that tune how a Cassandra node starts and runs, in its command and its fingerprint alike."""
+    return (*CASSANDRA_FAST_START_OPTS, *CASSANDRA_BATCHLOG_OPTS, *_jit_opts(cluster))
+
+
+def _kafka_tuning(cluster: list[StoreNode]) -> tuple[str, ...]:
+    """The same for a Kafka node."""
+    return (*KAFKA_JVM_OPTS, *_jit_opts(cluster))
+
+
 # What an idle server wakes up for on its own (issue 14, "a quiet idle stack"):
 # - the hsperfdata counters (jstat/jps) are sampled every 50 ms by "VM Periodic
 #   Task"; nothing here reads them (nodetool and jcmd use JMX and attach);
@@ -312,15 +322,7 @@ def cassandra_fingerprint(root: Path, state: Path, node: StoreNode, cluster: lis
     return _fingerprint(
         root / "infra" / "cassandra" / "cassandra.yaml.in",
         _cassandra_values(state, node, cluster),
-        (
-            *CASSANDRA_HEAP,
-            *COMMON_JVM_OPTS,
-            *IDLE_JVM_OPTS,
-            *CASSANDRA_IDLE_OPTS,
-            *CASSANDRA_FAST_START_OPTS,
-            *CASSANDRA_BATCHLOG_OPTS,
-            *_jit_opts(cluster),
-        ),
+        (*CASSANDRA_HEAP, *COMMON_JVM_OPTS, *IDLE_JVM_OPTS, *CASSANDRA_IDLE_OPTS, *_cassandra_tuning(cluster)),
     )
 
 
@@ -331,7 +333,7 @@ def kafka_fingerprint(
     return _fingerprint(
         root / "infra" / "kafka" / "server.properties.in",
         _kafka_values(state, node, cluster, replication, min_isr),
-        (*KAFKA_HEAP, *COMMON_JVM_OPTS, *IDLE_JVM_OPTS, *KAFKA_JVM_OPTS, *_jit_opts(cluster)),
+        (*KAFKA_HEAP, *COMMON_JVM_OPTS, *IDLE_JVM_OPTS, *_kafka_tuning(cluster)),
     )
 
 
@@ -381,9 +383,7 @@ def cassandra_command(root: Path, deps: Path, state: Path, node: StoreNode, clus
         f"-Dcassandra.triggers_dir={triggers}",
         f"-Dlogback.configurationFile={root / 'infra' / 'cassandra' / 'logback.xml'}",
         f"-Dcassandra.initial_token={token}",
-        *CASSANDRA_FAST_START_OPTS,
-        *CASSANDRA_BATCHLOG_OPTS,
-        *_jit_opts(cluster),
+        *_cassandra_tuning(cluster),
         "-cp",
         _classpath(jars),
         CASSANDRA_MAIN,
@@ -463,8 +463,7 @@ def kafka_command(
         _java(),
         *KAFKA_HEAP,
         *jvm,
-        *KAFKA_JVM_OPTS,
-        *_jit_opts(cluster),
+        *_kafka_tuning(cluster),
         "-cp",
         _classpath(jars),
         KAFKA_MAIN,
