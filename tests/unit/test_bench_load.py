@@ -334,3 +334,32 @@ def test_a_window_with_a_restart_or_traffic_is_not_the_idle_stack(monkeypatch: p
 
     assert bench.idle_cores() == {"cassandra": 0.05, "kafka": 0.02}
     assert bench.idle is not None and bench.idle["windows_restarted"] == [["cassandra-0"], [], []]
+
+
+def test_a_ladder_whose_rates_all_pass_climbs_on_until_a_step_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import run
+
+    offered: list[float] = []
+
+    def fake_run(rate: float, seconds: float) -> Outcome:
+        offered.append(rate)
+        return outcome([OK], [1.0], rate=rate, seconds=seconds)
+
+    # The stack serves up to 900 req/s: the step at 1000 has 5% errors.
+    def fake_summarize(o: Outcome, _idle: object, step: str = "") -> Stats:
+        return run.Stats(o.offered_rps, o.offered_rps, 1000, 50 if o.offered_rps > 900 else 0, 5, 10, 20, 20, 20)
+
+    monkeypatch.setattr(run, "summarize", fake_summarize)
+    monkeypatch.setattr(run, "_describe", lambda s: "")
+    monkeypatch.setattr(run, "overload_stats", lambda _o, _peak: {})
+    monkeypatch.setattr(run.time, "sleep", lambda _s: None)
+    bench = run.Bench(True, {})
+    monkeypatch.setattr(bench, "idle_cores", lambda: {})
+
+    steps = bench.ladder(fake_run, [100, 200, 400])
+
+    assert offered == [100, 200, 400, 600, 900, 1350, 1800]
+    assert steps[-1].overload is not None
+    assert steps[-1].overload["saturation_rps"] == 900
+    assert steps[-1].overload["saturation_is_lower_bound"] is False
+    assert list(run.climb([2000]))[-1] == run.MAX_LADDER_RPS
