@@ -143,14 +143,23 @@ def _jit_opts(cluster: list[StoreNode]) -> tuple[str, ...]:
     return CLUSTER_JIT_OPTS if len(cluster) > 1 else ()
 
 
-def _cassandra_tuning(cluster: list[StoreNode]) -> tuple[str, ...]:
-    """The options that tune how a Cassandra node starts and runs, in its command and its fingerprint alike."""
-    return (*CASSANDRA_FAST_START_OPTS, *CASSANDRA_BATCHLOG_OPTS, *_jit_opts(cluster))
+def _cassandra_jvm_opts(cluster: list[StoreNode]) -> tuple[str, ...]:
+    """The options that size and tune a Cassandra node, in its command and its fingerprint alike
+    (a change restarts a running node); the per-node paths are in the command only."""
+    return (
+        *CASSANDRA_HEAP,
+        *COMMON_JVM_OPTS,
+        *IDLE_JVM_OPTS,
+        *CASSANDRA_IDLE_OPTS,
+        *CASSANDRA_FAST_START_OPTS,
+        *CASSANDRA_BATCHLOG_OPTS,
+        *_jit_opts(cluster),
+    )
 
 
-def _kafka_tuning(cluster: list[StoreNode]) -> tuple[str, ...]:
+def _kafka_jvm_opts(cluster: list[StoreNode]) -> tuple[str, ...]:
     """The same for a Kafka node."""
-    return (*KAFKA_JVM_OPTS, *_jit_opts(cluster))
+    return (*KAFKA_HEAP, *COMMON_JVM_OPTS, *IDLE_JVM_OPTS, *KAFKA_JVM_OPTS, *_jit_opts(cluster))
 
 
 # What an idle server wakes up for on its own (issue 14, "a quiet idle stack"):
@@ -322,7 +331,7 @@ def cassandra_fingerprint(root: Path, state: Path, node: StoreNode, cluster: lis
     return _fingerprint(
         root / "infra" / "cassandra" / "cassandra.yaml.in",
         _cassandra_values(state, node, cluster),
-        (*CASSANDRA_HEAP, *COMMON_JVM_OPTS, *IDLE_JVM_OPTS, *CASSANDRA_IDLE_OPTS, *_cassandra_tuning(cluster)),
+        _cassandra_jvm_opts(cluster),
     )
 
 
@@ -333,7 +342,7 @@ def kafka_fingerprint(
     return _fingerprint(
         root / "infra" / "kafka" / "server.properties.in",
         _kafka_values(state, node, cluster, replication, min_isr),
-        (*KAFKA_HEAP, *COMMON_JVM_OPTS, *IDLE_JVM_OPTS, *_kafka_tuning(cluster)),
+        _kafka_jvm_opts(cluster),
     )
 
 
@@ -368,11 +377,8 @@ def cassandra_command(root: Path, deps: Path, state: Path, node: StoreNode, clus
     token = CLUSTER_TOKENS[node.ordinal - 1] if len(cluster) > 1 else "0"
     return [
         _java(),
-        *CASSANDRA_HEAP,
+        *_cassandra_jvm_opts(cluster),
         "-Xss256k",
-        *COMMON_JVM_OPTS,
-        *IDLE_JVM_OPTS,
-        *CASSANDRA_IDLE_OPTS,
         f"-XX:ErrorFile={logs / 'hs_err_%p.log'}",
         *CASSANDRA_JVM17_OPTS,
         f"-javaagent:{jamm[-1]}",
@@ -383,7 +389,6 @@ def cassandra_command(root: Path, deps: Path, state: Path, node: StoreNode, clus
         f"-Dcassandra.triggers_dir={triggers}",
         f"-Dlogback.configurationFile={root / 'infra' / 'cassandra' / 'logback.xml'}",
         f"-Dcassandra.initial_token={token}",
-        *_cassandra_tuning(cluster),
         "-cp",
         _classpath(jars),
         CASSANDRA_MAIN,
@@ -410,7 +415,7 @@ def _kafka_values(
 def _kafka_paths(
     root: Path, deps: Path, state: Path, node: StoreNode, cluster: list[StoreNode], replication: int, min_isr: int
 ) -> tuple[Path, Path, Path, list[str]]:
-    """Render <state>/conf/<node>.properties; return (config, log dir, jar dir, common JVM args)."""
+    """Render <state>/conf/<node>.properties; return (config, log dir, jar dir, the node's own JVM args)."""
     root = root.resolve()
     state = state.resolve()
     jars = _jar_dir(deps, "kafka")
@@ -422,8 +427,6 @@ def _kafka_paths(
     values = _kafka_values(state, node, cluster, replication, min_isr)
     _render(root / "infra" / "kafka" / "server.properties.in", config, values)
     jvm = [
-        *COMMON_JVM_OPTS,
-        *IDLE_JVM_OPTS,
         f"-XX:ErrorFile={logs / 'hs_err_%p.log'}",
         f"-Dkafka.logs.dir={logs}",
         f"-Dlog4j2.configurationFile={root / 'infra' / 'kafka' / 'log4j2.properties'}",
@@ -441,6 +444,8 @@ def kafka_format_command(
     return [
         _java(),
         *KAFKA_TOOL_HEAP,
+        *COMMON_JVM_OPTS,
+        *IDLE_JVM_OPTS,
         *jvm,
         "-cp",
         _classpath(jars),
@@ -461,9 +466,8 @@ def kafka_command(
     config, _data, jars, jvm = _kafka_paths(root, deps, state, node, cluster, replication, min_isr)
     return [
         _java(),
-        *KAFKA_HEAP,
+        *_kafka_jvm_opts(cluster),
         *jvm,
-        *_kafka_tuning(cluster),
         "-cp",
         _classpath(jars),
         KAFKA_MAIN,
