@@ -38,21 +38,28 @@ def _split_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((r for r in ladder if r["offered_rps"] == CPU_SPLIT_RPS), ladder[0] if ladder else None)
 
 
+def idle_windows(idle: dict[str, Any]) -> str:
+    """ ", the quietest of 3 windows (7.2%, 7.7%, 8.2%)", or nothing for a single window."""
+    windows = idle.get("windows_cores") or []
+    if len(windows) < 2:
+        return ""
+    return f", the quietest of {len(windows)} windows (" + ", ".join(f"{t * 100:.1f}%" for t in windows) + ")"
+
+
+def idle_cores(idle: dict[str, Any]) -> str:
+    """ "7.2% of one core (cassandra 2.2%, kafka 1.3%, ...)": the idle stack's figure, by component."""
+    parts = ", ".join(f"{n} {c * 100:.1f}%" for n, c in idle["cores_by_component"].items() if c >= 0.0005)
+    return f"{idle['cores'] * 100:.1f}% of one core ({parts})"
+
+
 def feed_read_tables(results: dict[str, Any]) -> list[str]:
     """Idle CPU, CPU per feed read by component (gross and net), and the overload steps."""
     scenarios = results["scenarios"]
     lines: list[str] = []
     idle = results.get("idle")
     if idle:
-        parts = ", ".join(f"{n} {c * 100:.1f}%" for n, c in idle["cores_by_component"].items() if c >= 0.0005)
-        windows = idle.get("windows_cores") or []
-        quietest = (
-            (f", the quietest of {len(windows)} windows (" + ", ".join(f"{t * 100:.1f}%" for t in windows) + ")")
-            if len(windows) > 1
-            else ""
-        )
-        lines += ["", f"Idle stack, measured for {idle['seconds']} s before the load steps{quietest}: "
-                  f"{idle['cores'] * 100:.1f}% of one core ({parts}). Net CPU below is gross minus this over each step's span."]  # fmt: skip
+        lines += ["", f"Idle stack, measured for {idle['seconds']} s before the load steps{idle_windows(idle)}: "
+                  f"{idle_cores(idle)}. Net CPU below is gross minus this over each step's span."]  # fmt: skip
     splits = {label: _split_row(scenarios.get(key, [])) for key, label in FEED_READS.items()}
     present = {label: row for label, row in splits.items() if row}
     if present:

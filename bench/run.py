@@ -153,11 +153,9 @@ class Bench:
                 "edge_requests": window.requests if window.requests is None or window.requests >= 0 else None,
                 "restarted": window.restarted,
             }
-            parts = ", ".join(f"{n} {c * 100:.1f}%" for n, c in by_component if c >= 0.001)
             print(
-                f"   idle stack, quietest of {IDLE_WINDOWS} windows of {self.idle['seconds']} s "
-                f"({', '.join(f'{t * 100:.1f}%' for t in totals)}): {self.idle['cores'] * 100:.1f}% of a core ({parts}); "
-                f"edge requests meanwhile: {self.idle['edge_requests']}, "
+                f"   idle stack, {self.idle['seconds']} s windows{report.idle_windows(self.idle)}: "
+                f"{report.idle_cores(self.idle)}; edge requests meanwhile: {self.idle['edge_requests']}, "
                 f"restarted: {', '.join(window.restarted) or 'none'}",
                 flush=True,
             )
