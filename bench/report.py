@@ -172,9 +172,14 @@ def markdown(results: dict[str, Any]) -> str:
         rest = scenarios.get("a_feed_rest")
         if rest:
             ratio = rest[0]["p50_ms"] / f["p50_ms"] if f["p50_ms"] else float("nan")
-            lines.append(
-                f"Chirp's REST home-feed p50 at {rest[0]['offered_rps']:.0f} req/s is {ratio:.2f}x the baseline p50."
-            )
+            line = f"Chirp's REST home-feed p50 at {rest[0]['offered_rps']:.0f} req/s is {ratio:.2f}x the baseline p50"
+            if f.get("paced_p50_ms"):
+                paced = rest[0]["p50_ms"] / f["paced_p50_ms"]
+                line += f", {paced:.2f}x its p50 paced at {f['paced_rps']} reads/s ({f['paced_p50_ms']} ms)"
+            if f.get("loadgen_floor_p50_ms") is not None:
+                line += (f"; the HTTP load generator's own p50 at that rate, against Envoy's admin /ready, "
+                         f"is {f['loadgen_floor_p50_ms']} ms of it")  # fmt: skip
+            lines.append(line + ".")
     if "strategies" in results:
         lines += ["", "| fan-out strategy | timelines written per post | post → fanned out (s) | home feed p50 ms | p99 ms |",
                   "|---|---:|---:|---:|---:|"]  # fmt: skip

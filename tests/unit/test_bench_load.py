@@ -363,3 +363,15 @@ def test_a_ladder_whose_rates_all_pass_climbs_on_until_a_step_fails(monkeypatch:
     assert steps[-1].overload["saturation_rps"] == 900
     assert steps[-1].overload["saturation_is_lower_bound"] is False
     assert list(run.climb([2000]))[-1] == run.MAX_LADDER_RPS
+
+
+def test_the_rest_p50_is_set_against_the_baseline_back_to_back_and_paced_with_the_load_generators_floor() -> None:
+    results = results_with_everything()
+    results["scenarios"]["f_baseline"] = {
+        "p50_ms": 0.8, "p99_ms": 1.0, "throughput_rps_32_in_flight": 1400.0,
+        "paced_rps": 100, "paced_p50_ms": 1.6, "loadgen_floor_p50_ms": 1.1,
+    }  # fmt: skip
+    text = report.markdown(results)
+    # the REST step's p50 is 5.0 ms (step())
+    assert "is 6.25x the baseline p50, 3.12x its p50 paced at 100 reads/s (1.6 ms)" in text
+    assert "against Envoy's admin /ready, is 1.1 ms of it." in text
