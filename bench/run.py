@@ -45,6 +45,7 @@ import httpx
 from bench import baseline, burst, coldstart, report, seed, threshold
 from bench import idle as idle_probe
 from bench.load import (
+    OK,
     SATURATION_RULE,
     Outcome,
     Stats,
@@ -70,20 +71,25 @@ IDLE_SECONDS = 10.0
 IDLE_WINDOWS = 3  # the quietest is the idle stack
 # Between a step past saturation and the next one, so its queues drain first.
 SETTLE_SECONDS = 3.0
-# A ladder whose listed rates all pass climbs on by half a step each time, so the
+# A ladder whose listed rates all pass climbs on, each rate CLIMB_FACTOR times the last, so the
 # saturation rate is measured (and the overload step at twice it overloads) on a
 # machine faster than the list assumed; up to this rate, which the load
-# generators on the same two cores still offer.
+# generators on the same two cores still offer (a stack that passes it is
+# reported as saturating at "≥ 3000", and its overload step offers twice that,
+# which the generators may fall short of).
 CLIMB_FACTOR = 1.5
 MAX_LADDER_RPS = 3000
 
 
 def climb(rates: list[int]) -> Iterator[int]:
-    """The listed rates, then each one CLIMB_FACTOR higher (rounded to 50) up to MAX_LADDER_RPS."""
+    """The listed rates, then each one CLIMB_FACTOR higher (rounded to 50, at least
+    50 more) up to MAX_LADDER_RPS."""
+    if not rates:
+        raise ValueError("a ladder needs at least one rate")
     yield from rates
     rate = rates[-1]
     while rate < MAX_LADDER_RPS:
-        rate = min(MAX_LADDER_RPS, round(rate * CLIMB_FACTOR / 50) * 50)
+        rate = min(MAX_LADDER_RPS, max(rate + 50, round(rate * CLIMB_FACTOR / 50) * 50))
         yield rate
 
 
@@ -293,7 +299,14 @@ class Bench:
         # The HTTP load generator's own p50 at the same rate, against the cheapest answer
         # there is (Envoy's admin /ready): its timers and client are part of every REST p50.
         floor = http_run([_get_url(ENVOY_READY)], baseline.PACED_RPS, 5.0)
-        return {**found, "loadgen_floor_p50_ms": round(percentile(sorted(floor.latencies_ms), 0.5), 2)}
+        answered = sorted(ms for ms, kind in zip(floor.latencies_ms, floor.kinds, strict=True) if kind == OK)
+        failed = len(floor.kinds) - len(answered)
+        return {
+            **found,
+            # None when any request failed: a floor from a failing endpoint means nothing.
+            "loadgen_floor_p50_ms": round(percentile(answered, 0.5), 2) if answered and not failed else None,
+            "loadgen_floor_failed": failed,
+        }
 
     def cold_start(self) -> dict[str, Any]:
         """Redis emptied, then a minute of mixed reads, as after a restart or a lost

@@ -362,7 +362,28 @@ def test_a_ladder_whose_rates_all_pass_climbs_on_until_a_step_fails(monkeypatch:
     assert steps[-1].overload is not None
     assert steps[-1].overload["saturation_rps"] == 900
     assert steps[-1].overload["saturation_is_lower_bound"] is False
-    assert list(run.climb([2000]))[-1] == run.MAX_LADDER_RPS
+
+    # A stack that passes every step up to the cap saturates at "at least" the cap.
+    offered.clear()
+    monkeypatch.setattr(
+        run, "summarize", lambda o, _idle, step="": run.Stats(o.offered_rps, o.offered_rps, 1000, 0, 5, 10, 20, 20, 20)
+    )
+    steps = bench.ladder(fake_run, [100, 200, 400])
+    assert offered == [100, 200, 400, 600, 900, 1350, 2000, 3000, 6000]
+    assert steps[-1].overload is not None
+    assert steps[-1].overload["saturation_rps"] == run.MAX_LADDER_RPS
+    assert steps[-1].overload["saturation_is_lower_bound"] is True
+
+
+def test_a_climb_always_rises_and_ends_at_the_cap() -> None:
+    from bench import run
+
+    rates = list(run.climb([10]))
+    assert rates[:4] == [10, 60, 110, 160]
+    assert rates[-1] == run.MAX_LADDER_RPS
+    assert rates == sorted(set(rates))  # strictly rising
+    with pytest.raises(ValueError):
+        list(run.climb([]))
 
 
 def test_the_rest_p50_is_set_against_the_baseline_back_to_back_and_paced_with_the_load_generators_floor() -> None:
@@ -375,3 +396,9 @@ def test_the_rest_p50_is_set_against_the_baseline_back_to_back_and_paced_with_th
     # the REST step's p50 is 5.0 ms (step())
     assert "is 6.25x the baseline p50, 3.12x its p50 paced at 100 reads/s (1.6 ms)" in text
     assert "against Envoy's admin /ready, is 1.1 ms of it." in text
+
+    # A ladder without a step at the paced rate (bench-full starts at 50) is set against the back-to-back p50 only.
+    results["scenarios"]["a_feed_rest"][0]["offered_rps"] = 50.0
+    text = report.markdown(results)
+    assert "Chirp's REST home-feed p50 at 50 req/s is 6.25x the baseline p50." in text
+    assert "paced" not in text.split("Chirp's REST home-feed p50")[1].split("\n")[0]

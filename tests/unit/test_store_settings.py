@@ -91,6 +91,25 @@ def test_cluster_nodes_stop_at_c1_and_a_single_node_keeps_c2(tmp_path: Path, mon
     assert jvm.kafka_fingerprint(root, state, brokers[1], brokers, 3, 2) != kafka_with_c1
 
 
+def test_every_fingerprinted_option_is_in_the_command(tmp_path: Path) -> None:
+    """What the fingerprint digests is what the node runs with: no option in one and not the other."""
+    deps = tmp_path / "deps"
+    for component in ("cassandra", "kafka"):
+        (deps / component).mkdir(parents=True)
+        (deps / component / "jamm-0.4.0.jar").touch()
+    root = _copy_templates(tmp_path / "root")
+    state = tmp_path / "state"
+    for size in (1, 3):
+        nodes = [topology.StoreNode("cassandra", f"cassandra-{i}", f"127.0.0.{i}", 9042, i) for i in range(1, size + 1)]
+        brokers = [topology.StoreNode("kafka", f"kafka-{i}", f"127.0.0.{i}", 9092, i) for i in range(1, size + 1)]
+        command = jvm.cassandra_command(root, deps, state, nodes[-1], nodes)
+        assert set(jvm._cassandra_jvm_opts(nodes)) <= set(command)
+        assert len(command) == len(set(command))
+        command = jvm.kafka_command(root, deps, state, brokers[-1], brokers, size, min(2, size))
+        assert set(jvm._kafka_jvm_opts(brokers)) <= set(command)
+        assert len(command) == len(set(command))
+
+
 def test_store_components_carry_their_fingerprint() -> None:
     stores = {c.name: c for c in stack._store_components()}
     for node in [*topology.cassandra_nodes(), *topology.kafka_nodes()]:
