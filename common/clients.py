@@ -164,6 +164,16 @@ class Peers:
         )
         return set(reply.tweet_ids)
 
+    async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
+        """Like counts (at most 500 ids), likes just acknowledged included, without the bodies."""
+        if not tweet_ids:
+            return {}
+        reply = await self._tweet.BatchGetLikeCounts(
+            tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=list(tweet_ids)),
+            **call_options(TIMEOUT),  # type: ignore[arg-type]
+        )
+        return dict(reply.like_counts)
+
     async def close(self) -> None:
         for opened in self._channels:
             await opened.close(None)

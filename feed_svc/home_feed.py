@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from chirp.tweet.v1 import tweet_pb2
 from prometheus_client import Counter, Histogram
@@ -69,6 +69,8 @@ BatchTweets = Callable[[Sequence[int], int], Awaitable[list[tweet_pb2.Tweet]]]
 HiddenAuthors = Callable[[int], Awaitable[frozenset[int]]]
 # (reader id, tweet ids) -> which of them the reader likes (tweet_svc ListLikedTweetIds)
 LikedIds = Callable[[int, Sequence[int]], Awaitable[set[int]]]
+# tweet ids -> their like counts (tweet_svc BatchGetLikeCounts), for bodies the cache holds
+LikeCounts = Callable[[Sequence[int]], Awaitable[dict[int, int]]]
 
 
 class FeedTweet(NamedTuple):
@@ -164,6 +166,7 @@ class HomeFeed:
         hidden_authors: HiddenAuthors | HiddenAuthorsCache | None = None,
         liked_ids: LikedIds | None = None,
         rebuilds: Rebuilds | None = None,
+        like_counts: LikeCounts | None = None,
     ) -> None:
         self._cache = cache
         # Concurrent misses of one reader's follow list or timeline share one load, and
@@ -176,6 +179,9 @@ class HomeFeed:
         # tweet_svc's ListLikedTweetIds, for the flags the cache misses. Without it, every
         # tweet comes from BatchGetTweets, flags included (no cached body is used).
         self._liked_ids = liked_ids
+        # tweet_svc's BatchGetLikeCounts, for cached bodies whose counts expired (every
+        # CHIRP_LIKE_COUNT_CACHE_SECONDS): without it they come whole from BatchGetTweets.
+        self._like_counts = like_counts
         # The cache of common/hidden.py is read in the read's first round trip (the set's
         # key with the follow list and timeline), its script only on a miss; any other
         # source (a fake, none) is asked alongside that round trip.
@@ -401,24 +407,32 @@ class HomeFeed:
             return {t.tweet_id: _encoded(t) for t in await self._batch_tweets(tweet_ids, reader_id)}
         cached = await self._cache.tweets(tweet_ids, reader_id)
         ready: dict[int, tuple[int, bytes, int]] = {}
+        # Cached bodies whose counts expired: only their counts are asked for (the counts
+        # live CHIRP_LIKE_COUNT_CACHE_SECONDS, the bodies minutes).
+        uncounted: dict[int, tuple[int, bytes]] = {}
         for tweet_id, body in cached.bodies.items():
             author = author_of(body)
             count = cached.counts.get(tweet_id)
-            if author is not None and count is not None:
+            if author is None:
+                continue
+            if count is not None:
                 ready[tweet_id] = (author, body, count)
-        missing = [t for t in tweet_ids if t not in ready and t not in cached.deleted]
-        unflagged = [t for t in ready if t not in cached.liked and t not in cached.not_liked]
-        # A warm read needs neither: no task is made for nothing.
+            elif self._like_counts is not None:
+                uncounted[tweet_id] = (author, body)
+        missing = [t for t in tweet_ids if t not in ready and t not in uncounted and t not in cached.deleted]
+        unflagged = [t for t in (*ready, *uncounted) if t not in cached.liked and t not in cached.not_liked]
         fetched: list[tweet_pb2.Tweet] = []
         liked: set[int] = set()
-        if missing and unflagged:
-            fetched, liked = await asyncio.gather(
-                self._batch_tweets(missing, reader_id), self._liked_ids(reader_id, unflagged)
+        counts: dict[int, int] = {}
+        # A warm read needs none of the three calls: no task is made for nothing.
+        if missing or unflagged or uncounted:
+            fetched, liked, counts = await asyncio.gather(
+                self._batch_tweets(missing, reader_id) if missing else _nothing(fetched),
+                self._liked_ids(reader_id, unflagged) if unflagged else _nothing(liked),
+                self._like_counts(list(uncounted)) if uncounted and self._like_counts else _nothing(counts),
             )
-        elif missing:
-            fetched = await self._batch_tweets(missing, reader_id)
-        elif unflagged:
-            liked = await self._liked_ids(reader_id, unflagged)
+        for tweet_id, (author, body) in uncounted.items():
+            ready[tweet_id] = (author, body, counts.get(tweet_id, 0))
         liked |= cached.liked
         found = {
             t: FeedTweet(t, author, with_viewer_fields(body, count, t in liked))
@@ -426,6 +440,14 @@ class HomeFeed:
         }
         found.update((t.tweet_id, _encoded(t)) for t in fetched)
         return found
+
+
+_T = TypeVar("_T")
+
+
+async def _nothing(empty: _T) -> _T:
+    """A call a read did not need, in the place of its answer."""
+    return empty
 
 
 async def _nobody_hidden(user_id: int) -> frozenset[int]:

@@ -32,6 +32,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         hidden_authors=parts.hidden,
         liked_ids=parts.peers.liked_tweet_ids,
         rebuilds=parts.rebuilds,
+        like_counts=parts.peers.like_counts,
     )
 
     def register(server: grpc.aio.Server) -> None:

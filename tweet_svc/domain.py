@@ -255,14 +255,27 @@ class Tweets:
             # before it was acknowledged, so a later read finds it and does not get here.
             cached.update((await self._body_loads.load_many(missing, self._load_bodies)).values)
         present = [t for t in tweet_ids if t in cached]
-        counts = await self._cache.like_counts(present)
-        uncounted = [t for t in present if t not in counts]
+        counts = await self._counts(present)
+        return [replace(cached[t], like_count=counts.get(t, 0)) for t in present]
+
+    async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
+        """Like counts, acknowledged likes included, of tweets the caller has the bodies of:
+        the cache's, the store's where it misses (which fills it)."""
+        if len(tweet_ids) > 500:
+            raise InvalidArgument("at most 500 tweet ids per call", field="tweet_ids")
+        for tweet_id in tweet_ids:
+            _check_id(tweet_id, "tweet_ids")
+        return await self._counts(list(dict.fromkeys(tweet_ids)))
+
+    async def _counts(self, tweet_ids: list[int]) -> dict[int, int]:
+        counts = await self._cache.like_counts(tweet_ids)
+        uncounted = [t for t in tweet_ids if t not in counts]
         if uncounted:
             stored = await self._store.like_counts(uncounted)
             stored = {t: stored.get(t, 0) for t in uncounted}
             await self._cache.fill_like_counts(stored)
             counts.update(stored)
-        return [replace(cached[t], like_count=counts.get(t, 0)) for t in present]
+        return counts
 
     async def _load_bodies(self, tweet_ids: list[int]) -> dict[int, TweetRecord]:
         loaded = await self._store.bodies(tweet_ids)

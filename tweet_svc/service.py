@@ -119,3 +119,9 @@ class TweetInternalService(tweet_internal_pb2_grpc.TweetInternalServiceServicer)
         ids = list(dict.fromkeys(request.tweet_ids))
         liked = await self._tweets.liked_by(request.user_id, ids)
         return tweet_internal_pb2.ListLikedTweetIdsResponse(tweet_ids=[t for t in ids if t in liked])
+
+    async def BatchGetLikeCounts(
+        self, request: tweet_internal_pb2.BatchGetLikeCountsRequest, context: grpc.aio.ServicerContext
+    ) -> tweet_internal_pb2.BatchGetLikeCountsResponse:
+        counts = await self._tweets.like_counts(list(request.tweet_ids))
+        return tweet_internal_pb2.BatchGetLikeCountsResponse(like_counts=counts)

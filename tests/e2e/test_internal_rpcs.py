@@ -21,7 +21,7 @@ INTERNAL_PATHS = [
     f"/chirp.{pkg}.v1.{service}/{method}"
     for pkg, methods in (
         ("graph", ("BatchGetUsers", "ListFollowerIds", "ListFollowingIds")),
-        ("tweet", ("BatchGetTweets", "ListRecentTweetIds")),
+        ("tweet", ("BatchGetTweets", "ListRecentTweetIds", "BatchGetLikeCounts")),
     )
     for service in (f"{pkg.capitalize()}InternalService", f"{pkg.capitalize()}Service")
     for method in methods
@@ -66,6 +66,9 @@ def test_internal_rpcs_over_grpc_at_the_edge_are_unimplemented(session: tuple[in
             lambda: tweet.ListRecentTweetIds(
                 tweet_internal_pb2.ListRecentTweetIdsRequest(author_ids=[user_id]), metadata=md, timeout=5
             ),
+            lambda: tweet.BatchGetLikeCounts(
+                tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=[1]), metadata=md, timeout=5
+            ),
         ]
         for call in calls:
             with pytest.raises(grpc.RpcError) as raised:
@@ -81,3 +84,24 @@ def test_peers_still_reach_the_internal_services_on_the_service_ports(session: t
             graph_internal_pb2.BatchGetUsersRequest(user_ids=[user_id]), timeout=5
         )
     assert [u.user_id for u in reply.users] == [user_id]
+
+
+def test_like_counts_come_without_bodies_and_count_acknowledged_likes(edge: httpx.Client) -> None:
+    """BatchGetLikeCounts, as feed_svc asks it for cached bodies whose counts expired."""
+    author = unique_name()
+    edge.post("/v1/users", json={"username": author, "password": PASSWORD})
+    token = edge.post("/v1/sessions", json={"username": author, "password": PASSWORD}).json()["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    liked = int(edge.post("/v1/tweets", json={"text": "count me"}, headers=auth).json()["tweet"]["tweet_id"])
+    other = int(edge.post("/v1/tweets", json={"text": "not me"}, headers=auth).json()["tweet"]["tweet_id"])
+    assert edge.post(f"/v1/tweets/{liked}/like", headers=auth).status_code == 200
+    tweet_port = topology.instances(next(s for s in topology.SERVICES if s.name == "tweet_svc"))[0].port
+    with grpc.insecure_channel(f"{topology.HOST}:{tweet_port}") as channel:
+        stub = tweet_internal_pb2_grpc.TweetInternalServiceStub(channel)
+        reply = stub.BatchGetLikeCounts(
+            tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=[liked, other]), timeout=5
+        )
+        assert dict(reply.like_counts) == {liked: 1, other: 0}  # the like counts once acknowledged
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.BatchGetLikeCounts(tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=[1] * 501), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT

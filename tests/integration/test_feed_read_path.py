@@ -126,6 +126,13 @@ class Peers:
         await self.tweets.fill_liked(user_id, token, tweet_ids, liked)
         return liked
 
+    async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
+        """As tweet_svc's BatchGetLikeCounts: the store's counts (7 here), filling the cache."""
+        self.calls.append(f"BatchGetLikeCounts {sorted(tweet_ids)}")
+        counts = dict.fromkeys(tweet_ids, 7)
+        await self.tweets.fill_like_counts(counts)
+        return counts
+
     async def nobody_hidden(self, user_id: int) -> frozenset[int]:
         self.calls.append("ListHiddenAuthorIds")
         return frozenset()
@@ -188,6 +195,7 @@ async def scene(redis: RedisClient) -> AsyncIterator[Scene]:
         registry,
         hidden_authors=hidden,
         liked_ids=peers.liked_ids,
+        like_counts=peers.like_counts,
     )
     await feed.page(reader, 20, "")  # warms what a steady reader has: the hidden set, flags, registry
     await asyncio.sleep(0.1)  # the reader's activity record, written in the background
@@ -238,6 +246,25 @@ async def test_a_body_the_cache_cannot_read_is_asked_of_tweet_svc_alone(scene: S
 
     assert f"BatchGetTweets {[stale]}" in scene.peers.calls
     assert [t.message().text for t in tweets if t.tweet_id == stale] == ["from tweet_svc"]
+
+
+async def test_counts_that_expired_are_asked_for_alone_not_with_their_cached_bodies(
+    scene: Scene, redis: RedisClient
+) -> None:
+    expired = sorted(scene.pushed[:2])
+    for tweet_id in expired:
+        await redis.delete(tweet_key("like_count", tweet_id))  # lives CHIRP_LIKE_COUNT_CACHE_SECONDS
+
+    tweets, _ = await scene.feed.page(scene.reader, 20, "")
+
+    assert scene.peers.calls == [f"BatchGetLikeCounts {expired}"]  # no BatchGetTweets: the bodies are cached
+    counts = {t.tweet_id: t.like_count for t in tweets}
+    assert [counts[t] for t in expired] == [7, 7]
+    assert {t.tweet_id for t in tweets if t.liked_by_me} == {scene.pushed[1]}  # the flags as before
+    assert len(tweets) == len(scene.pushed + scene.starred + scene.own)
+    scene.peers.calls.clear()
+    await scene.feed.page(scene.reader, 20, "")
+    assert scene.peers.calls == []  # filled by tweet_svc's answer
 
 
 async def test_a_like_or_unlike_shows_at_once_though_the_flags_are_cached(scene: Scene, redis: RedisClient) -> None:

@@ -186,3 +186,67 @@ class ListLikedTweetIdsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLikedTweetIdsResponse: _TypeAlias = ListLikedTweetIdsResponse  # noqa: Y015
+
+@_typing.final
+class BatchGetLikeCountsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TWEET_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tweet_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """At most 500."""
+
+    def __init__(
+        self,
+        *,
+        tweet_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tweet_ids", b"tweet_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetLikeCountsRequest: _TypeAlias = BatchGetLikeCountsRequest  # noqa: Y015
+
+@_typing.final
+class BatchGetLikeCountsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LikeCountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LIKE_COUNTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def like_counts(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]:
+        """One per id asked (0 for a tweet with no like, or none stored)."""
+
+    def __init__(
+        self,
+        *,
+        like_counts: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["like_counts", b"like_counts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchGetLikeCountsResponse: _TypeAlias = BatchGetLikeCountsResponse  # noqa: Y015

@@ -51,6 +51,11 @@ class TweetInternalServiceStub:
                 request_serializer=chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.ListLikedTweetIdsRequest.SerializeToString,
                 response_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.ListLikedTweetIdsResponse.FromString,
                 _registered_method=True)
+        self.BatchGetLikeCounts = channel.unary_unary(
+                '/chirp.tweet.v1.TweetInternalService/BatchGetLikeCounts',
+                request_serializer=chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.BatchGetLikeCountsRequest.SerializeToString,
+                response_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.BatchGetLikeCountsResponse.FromString,
+                _registered_method=True)
 
 
 class TweetInternalServiceServicer:
@@ -81,6 +86,15 @@ class TweetInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchGetLikeCounts(self, request, context):
+        """Like counts (acknowledged likes included) of tweets whose bodies the caller
+        already has, e.g. from the cache of common/tweet_cache.py when only their
+        counts expired: no body is read or sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TweetInternalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +112,11 @@ def add_TweetInternalServiceServicer_to_server(servicer, server):
                     servicer.ListLikedTweetIds,
                     request_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.ListLikedTweetIdsRequest.FromString,
                     response_serializer=chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.ListLikedTweetIdsResponse.SerializeToString,
+            ),
+            'BatchGetLikeCounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGetLikeCounts,
+                    request_deserializer=chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.BatchGetLikeCountsRequest.FromString,
+                    response_serializer=chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.BatchGetLikeCountsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +202,33 @@ class TweetInternalService:
             '/chirp.tweet.v1.TweetInternalService/ListLikedTweetIds',
             chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.ListLikedTweetIdsRequest.SerializeToString,
             chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.ListLikedTweetIdsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGetLikeCounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chirp.tweet.v1.TweetInternalService/BatchGetLikeCounts',
+            chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.BatchGetLikeCountsRequest.SerializeToString,
+            chirp_dot_tweet_dot_v1_dot_tweet__internal__pb2.BatchGetLikeCountsResponse.FromString,
             options,
             channel_credentials,
             insecure,

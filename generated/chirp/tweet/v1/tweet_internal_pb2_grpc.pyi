@@ -45,6 +45,11 @@ class TweetInternalServiceStub:
     """Which of `tweet_ids` `user_id` likes (acknowledged likes included), for
     the viewer's liked_by_me flags on responses other services build.
     """
+    BatchGetLikeCounts: _grpc.UnaryUnaryMultiCallable[_tweet_internal_pb2.BatchGetLikeCountsRequest, _tweet_internal_pb2.BatchGetLikeCountsResponse]
+    """Like counts (acknowledged likes included) of tweets whose bodies the caller
+    already has, e.g. from the cache of common/tweet_cache.py when only their
+    counts expired: no body is read or sent.
+    """
 
 @_typing.type_check_only
 class TweetInternalServiceAsyncStub(TweetInternalServiceStub):
@@ -62,6 +67,11 @@ class TweetInternalServiceAsyncStub(TweetInternalServiceStub):
     ListLikedTweetIds: _aio.UnaryUnaryMultiCallable[_tweet_internal_pb2.ListLikedTweetIdsRequest, _tweet_internal_pb2.ListLikedTweetIdsResponse]  # type: ignore[assignment]
     """Which of `tweet_ids` `user_id` likes (acknowledged likes included), for
     the viewer's liked_by_me flags on responses other services build.
+    """
+    BatchGetLikeCounts: _aio.UnaryUnaryMultiCallable[_tweet_internal_pb2.BatchGetLikeCountsRequest, _tweet_internal_pb2.BatchGetLikeCountsResponse]  # type: ignore[assignment]
+    """Like counts (acknowledged likes included) of tweets whose bodies the caller
+    already has, e.g. from the cache of common/tweet_cache.py when only their
+    counts expired: no body is read or sent.
     """
 
 class TweetInternalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -95,6 +105,17 @@ class TweetInternalServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tweet_internal_pb2.ListLikedTweetIdsResponse, _abc.Awaitable[_tweet_internal_pb2.ListLikedTweetIdsResponse]]:
         """Which of `tweet_ids` `user_id` likes (acknowledged likes included), for
         the viewer's liked_by_me flags on responses other services build.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGetLikeCounts(
+        self,
+        request: _tweet_internal_pb2.BatchGetLikeCountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tweet_internal_pb2.BatchGetLikeCountsResponse, _abc.Awaitable[_tweet_internal_pb2.BatchGetLikeCountsResponse]]:
+        """Like counts (acknowledged likes included) of tweets whose bodies the caller
+        already has, e.g. from the cache of common/tweet_cache.py when only their
+        counts expired: no body is read or sent.
         """
 
 def add_TweetInternalServiceServicer_to_server(servicer: TweetInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
