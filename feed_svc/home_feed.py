@@ -10,8 +10,8 @@ the rest are hydrated, newest first, from tweet_svc's cache as common/tweet_cach
 writes it down: encoded bodies and like counts in one Redis pipeline, the page
 assembled from their bytes (no per-tweet message is built), the reader's
 liked_by_me flags from the same pipeline. Only what the cache misses is asked
-of tweet_svc (BatchGetTweets, ListLikedTweetIds, ListRecentTweetIds), which
-fills it. Which authors
+of tweet_svc (BatchGetTweets, ListLikedTweetIds, ListRecentTweetIds, and
+BatchGetLikeCounts for cached bodies whose counts expired), which fills it. Which authors
 are celebrities comes from the registry the fan-out worker keeps, held in each
 process's memory (CelebrityRegistry).
 The merge itself is feed_svc/merge.py; what is pushed, feed_svc/fanout.py.
