@@ -165,13 +165,20 @@ class Peers:
         return set(reply.tweet_ids)
 
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
-        """Like counts (at most 500 ids), likes just acknowledged included, without the bodies."""
+        """Like counts (at most 500 ids), likes just acknowledged included, without the bodies.
+        A tweet_svc older than BatchGetLikeCounts (a rolling upgrade) is asked for the
+        tweets instead, whose counts are the same; a tweet gone meanwhile has none."""
         if not tweet_ids:
             return {}
-        reply = await self._tweet.BatchGetLikeCounts(
-            tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=list(tweet_ids)),
-            **call_options(TIMEOUT),  # type: ignore[arg-type]
-        )
+        try:
+            reply = await self._tweet.BatchGetLikeCounts(
+                tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=list(tweet_ids)),
+                **call_options(TIMEOUT),  # type: ignore[arg-type]
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            return {t.tweet_id: t.like_count for t in await self.batch_tweets(tweet_ids)}
         return dict(reply.like_counts)
 
     async def close(self) -> None:

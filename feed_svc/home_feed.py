@@ -424,7 +424,8 @@ class HomeFeed:
         fetched: list[tweet_pb2.Tweet] = []
         liked: set[int] = set()
         counts: dict[int, int] = {}
-        # A warm read needs none of the three calls: no task is made for nothing.
+        # A warm read makes none of the three calls (and no task); one that needs some
+        # makes those at once.
         if missing or unflagged or uncounted:
             fetched, liked, counts = await asyncio.gather(
                 self._batch_tweets(missing, reader_id) if missing else _nothing(fetched),

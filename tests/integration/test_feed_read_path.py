@@ -266,6 +266,15 @@ async def test_counts_that_expired_are_asked_for_alone_not_with_their_cached_bod
     await scene.feed.page(scene.reader, 20, "")
     assert scene.peers.calls == []  # filled by tweet_svc's answer
 
+    # Counts and the reader's flags expired together: both asked for, at once, and the flags right.
+    for tweet_id in expired:
+        await redis.delete(tweet_key("like_count", tweet_id))
+    await redis.delete(tweet_key("liked", scene.reader))
+    tweets, _ = await scene.feed.page(scene.reader, 20, "")
+    assert sorted(scene.peers.calls) == sorted(["ListLikedTweetIds", f"BatchGetLikeCounts {expired}"])
+    assert {t.tweet_id for t in tweets if t.liked_by_me} == {scene.pushed[1]}
+    assert [{t.tweet_id: t.like_count for t in tweets}[t] for t in expired] == [7, 7]
+
 
 async def test_a_like_or_unlike_shows_at_once_though_the_flags_are_cached(scene: Scene, redis: RedisClient) -> None:
     tweets = TweetCache(redis, ttl_seconds=60)

@@ -384,6 +384,18 @@ VALIDATION_CASES: list[tuple[str, Any, type[Message], str]] = [
         "tweet_ids",
     ),
     (
+        "BatchGetLikeCounts 501",
+        lambda: _tweets().like_counts([1] * 501),
+        tweet_internal_pb2.BatchGetLikeCountsRequest,
+        "tweet_ids",
+    ),
+    (
+        "BatchGetLikeCounts 0",
+        lambda: _tweets().like_counts([5, 0]),
+        tweet_internal_pb2.BatchGetLikeCountsRequest,
+        "tweet_ids",
+    ),
+    (
         "ListRecentTweetIds 501",
         lambda: _tweets().recent_ids([1] * 501, 0, 20),
         tweet_internal_pb2.ListRecentTweetIdsRequest,
