@@ -148,8 +148,7 @@ class Tweets:
             raise PermissionDenied(BLOCKED, reason="BLOCKED")
 
     async def get_many(self, tweet_ids: list[int]) -> list[TweetRecord]:
-        if len(tweet_ids) > 500:
-            raise InvalidArgument("at most 500 tweet ids per call", field="tweet_ids")
+        _check_batch(tweet_ids, "tweet_ids")
         return await self.hydrate(list(dict.fromkeys(tweet_ids)))
 
     async def delete(self, user_id: int, tweet_id: int) -> None:
@@ -178,8 +177,7 @@ class Tweets:
 
     async def recent_ids(self, author_ids: list[int], before: int, limit: int) -> list[tuple[int, int]]:
         """(tweet id, author id) of each author's newest tweets below `before` (0: no bound)."""
-        if len(author_ids) > 500:
-            raise InvalidArgument("at most 500 author ids per call", field="author_ids")
+        _check_batch(author_ids, "author_ids")
         authors = list(dict.fromkeys(author_ids))
         # The newest tweets (no `before`) come from Redis where the cache answers.
         newest = not before and limit <= RECENT_DEPTH
@@ -233,8 +231,7 @@ class Tweets:
     async def liked_by(self, user_id: int | None, tweet_ids: Sequence[int]) -> set[int]:
         """Which of `tweet_ids` `user_id` likes, acknowledged likes included (one read in
         their partition); none without a user."""
-        if len(tweet_ids) > 500:
-            raise InvalidArgument("at most 500 tweet ids per call", field="tweet_ids")
+        _check_batch(tweet_ids, "tweet_ids")
         if user_id is None or not tweet_ids:
             return set()
         _check_id(user_id, "user_id")
@@ -261,8 +258,7 @@ class Tweets:
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         """Like counts, acknowledged likes included, of tweets the caller has the bodies of:
         the cache's, the store's where it misses (which fills it)."""
-        if len(tweet_ids) > 500:
-            raise InvalidArgument("at most 500 tweet ids per call", field="tweet_ids")
+        _check_batch(tweet_ids, "tweet_ids")
         for tweet_id in tweet_ids:
             _check_id(tweet_id, "tweet_ids")
         return await self._counts(list(dict.fromkeys(tweet_ids)))
@@ -294,6 +290,15 @@ class Tweets:
                 "created_at_ms": id_time_ms(tweet.tweet_id),
             },
         )
+
+
+BATCH_MAX = 500  # ids per internal batch call
+
+
+def _check_batch(ids: Sequence[int], field: str) -> None:
+    """An internal call's ids: at most BATCH_MAX of them."""
+    if len(ids) > BATCH_MAX:
+        raise InvalidArgument(f"at most {BATCH_MAX} {field.replace('_', ' ')} per call", field=field)
 
 
 def _check_id(value: int, field: str) -> None:
