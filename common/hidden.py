@@ -134,6 +134,7 @@ class RedisHiddenStore:
     """HiddenStore as three scripts; each touches one user's two keys (one slot)."""
 
     def __init__(self, redis: RedisClient) -> None:
+        self.redis = redis
         # EVALSHA: the script text goes to each node once, not per read.
         self._read = redis.register_script(READ_SCRIPT)
         self._fill = redis.register_script(FILL_SCRIPT)
@@ -165,7 +166,7 @@ class HiddenAuthorsCache(Tolerant):
         ttl_seconds: float = HIDDEN_SECONDS,
         rebuilds: Rebuilds | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(getattr(store, "redis", None))
         self._store = store
         self._fetch = fetch
         self._ttl_seconds = ttl_seconds

@@ -149,7 +149,7 @@ class RedisCounters(Tolerant):
     """Counters in shared Redis; answer None while Redis is unreachable (and for a second after)."""
 
     def __init__(self, redis: RedisClient) -> None:
-        super().__init__()
+        super().__init__(redis)
         self._redis = redis
 
     @tolerant(unavailable=WITHOUT_REDIS)

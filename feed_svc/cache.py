@@ -18,7 +18,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, mark_tweet_deleted, run_reads, tolerant
+from common.cache import (
+    REDIS_UNAVAILABLE_ERRORS,
+    RedisClient,
+    Tolerant,
+    mark_tweet_deleted,
+    partial_replies,
+    run_reads,
+    tolerant,
+    unanswered,
+)
 from common.hidden import hidden_key
 from common.ids import id_time_ms
 from common.keys import CELEBRITIES_KEY, feed_key, legacy_following_key, tweet_key
@@ -99,7 +108,7 @@ class FeedCache(Tolerant):
         following_ttl: float,
         celebrity_ttl: float,
     ) -> None:
-        super().__init__()
+        super().__init__(redis)
         self._redis = redis
         self._size = timeline_size
         self._following_ttl = max(1, int(following_ttl * 1000))
@@ -219,14 +228,17 @@ class FeedCache(Tolerant):
             if own_limit:
                 pipe.zrevrange(tweet_key("author_recent", user_id), *recent_range(own_limit))
 
-        raw, *replies = _raised(await run_reads(self._redis, queue))
-        reads = HomeReads(following=_parse_following(raw), answered=True)
+        raw, *replies = partial_replies(await run_reads(self._redis, queue))
+        reads = HomeReads(following=None if unanswered(raw) else _parse_following(raw), answered=True)
         if hidden:
-            reads.hidden = replies.pop(0)
+            reply = replies.pop(0)
+            reads.answered = not unanswered(reply)  # a cluster node's keys: it alone missed
+            reads.hidden = None if unanswered(reply) else reply
         if own_limit:
-            reads.own_recent = parse_recent(replies.pop(), own_limit)
+            reply = replies.pop()
+            reads.own_recent = None if unanswered(reply) else parse_recent(reply, own_limit)
             reads.own_read = True
-        reads.timeline = _parse_timeline(replies, before, limit)
+        reads.timeline = None if any(unanswered(r) for r in replies) else _parse_timeline(replies, before, limit)
         return reads
 
     @tolerant()
@@ -257,8 +269,12 @@ class FeedCache(Tolerant):
             for author in authors:
                 pipe.zrevrange(tweet_key("author_recent", author), *recent_range(limit))
 
-        replies = _raised(await run_reads(self._redis, queue))
-        found = {a: parse_recent(members, limit) for a, members in zip(authors, replies, strict=True)}
+        replies = partial_replies(await run_reads(self._redis, queue))
+        found = {
+            a: parse_recent(members, limit)
+            for a, members in zip(authors, replies, strict=True)
+            if not unanswered(members)
+        }
         return {a: ids for a, ids in found.items() if ids is not None}
 
     @tolerant(CachedTweets)
@@ -267,9 +283,9 @@ class FeedCache(Tolerant):
         if not tweet_ids:
             return CachedTweets()
         replies = await run_reads(self._redis, lambda pipe: queue_reads(pipe, tweet_ids, viewer_id))
-        for reply in replies:
-            if isinstance(reply, REDIS_UNAVAILABLE_ERRORS):
-                raise reply  # tolerant: Redis is down, all of it is a miss
+        if replies and all(isinstance(reply, REDIS_UNAVAILABLE_ERRORS) for reply in replies):
+            raise replies[0]  # tolerant: Redis is down, all of it is a miss
+        # A cluster node that did not answer: its keys alone are misses (parse_reads skips errors).
         return parse_reads(tweet_ids, replies)
 
     # ---- readers' last reads (feed_svc/activity.py) ---------------------------------------

@@ -366,7 +366,7 @@ class TweetCacheReader(Tolerant):
     tweet_svc's, not under `{rk}`: every command is on one key)."""
 
     def __init__(self, redis: RedisClient) -> None:
-        super().__init__()
+        super().__init__(redis)
         self._redis = redis
 
     @tolerant(CachedTweets, "asking tweet_svc for every like flag")

@@ -52,11 +52,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import Counter
 from redis.commands.core import AsyncScript
 
-from common.cache import RedisClient, Tolerant, mark_tweet_deleted, tolerant
+from common.cache import (
+    RedisClient,
+    Tolerant,
+    mark_tweet_deleted,
+    partial_replies,
+    run_reads,
+    tolerant,
+    unanswered,
+)
 from common.ids import id_time_ms
 from common.keys import TWEET_DELETED, tweet_key
 from common.tweet_cache import ALL, RECENT_DEPTH, TOP, LikedStates, decode_body, encode_body
@@ -154,7 +163,7 @@ class TweetCache(Tolerant):
         count_ttl_seconds: float = 30.0,
         recent_ttl_seconds: float = 30.0,
     ) -> None:
-        super().__init__()
+        super().__init__(redis)
         self._redis = redis
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
         self._count_ttl_ms = max(1, int(count_ttl_seconds * 1000))
@@ -205,11 +214,16 @@ class TweetCache(Tolerant):
         """Counts with the likes acknowledged so far; absent ids are misses."""
         if not tweet_ids:
             return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
+
+        def queue(pipe: Any) -> None:
             for tweet_id in tweet_ids:
                 pipe.hget(tweet_key("like_count", tweet_id), "n")
-            # A count stored before the hash answers WRONGTYPE: a miss, replaced by the next write.
-            values = await pipe.execute(raise_on_error=False)
+
+        # A count stored before the hash answers WRONGTYPE: a miss, replaced by the next write;
+        # so is a count on a cluster node that did not answer.
+        values = await run_reads(self._redis, queue)
+        if all(unanswered(v) for v in values):
+            raise values[0]  # tolerant: Redis is down
         return {
             t: int(v) for t, v in zip(tweet_ids, values, strict=True) if v is not None and not isinstance(v, Exception)
         }
@@ -280,12 +294,16 @@ class TweetCache(Tolerant):
         RECENT_DEPTH); the others are misses."""
         if not authors:
             return {}
-        async with self._redis.pipeline(transaction=False) as pipe:
+
+        def queue(pipe: Any) -> None:
             for author in authors:
                 pipe.zrevrange(tweet_key("author_recent", author), 0, limit + 1)  # both markers, then ids
-            replies = await pipe.execute()
+
+        replies = partial_replies(await run_reads(self._redis, queue))
         found: dict[int, list[int]] = {}
         for author, members in zip(authors, replies, strict=True):
+            if unanswered(members):  # its cluster node did not answer: a miss
+                continue
             names = [_text(m) for m in members]
             ids = [int(m) for m in names if m not in (ALL, TOP)][:limit]
             if ALL in names or (TOP in names and len(ids) >= limit):
@@ -319,13 +337,16 @@ class TweetCache(Tolerant):
         await self._redis.zrem(tweet_key("author_recent", author_id), str(tweet_id))
 
     async def _get_each(self, keys: list[str]) -> list[bytes | None]:
-        """GET of each key in one pipeline: the keys hash to different cluster slots,
-        so no MGET; a cluster client sends each node its share at once."""
-        async with self._redis.pipeline(transaction=False) as pipe:
+        """GET of each key in one round trip: the keys hash to different cluster slots,
+        so no MGET; on a cluster each node gets its share at once, and the keys of a
+        node that did not answer are misses (None)."""
+
+        def queue(pipe: Any) -> None:
             for key in keys:
                 pipe.get(key)
-            values: list[bytes | None] = await pipe.execute()
-        return values
+
+        values = partial_replies(await run_reads(self._redis, queue))
+        return [None if unanswered(v) else v for v in values]
 
 
 def _version(version: int) -> str:

@@ -15,14 +15,23 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
-from common.cache import REDIS_UNAVAILABLE_ERRORS, RETRY_AFTER_SECONDS, connect_redis, redis_ping
+from common.cache import (
+    REDIS_UNAVAILABLE_ERRORS,
+    RETRY_AFTER_SECONDS,
+    NodeUnreachable,
+    connect_redis,
+    redis_ping,
+    run_reads,
+)
 from common.ids import IdGenerator
 from common.keys import TWEET_DELETED, feed_key, tweet_key
 from feed_svc.cache import FeedCache
@@ -182,24 +191,41 @@ class Proxy:
             sink.close()
 
 
+@dataclass
+class Proxied:
+    """A client built by connect_redis whose ways to one primary (`victim`) and to its
+    replica go through Proxies."""
+
+    client: RedisCluster
+    primary: Proxy
+    replica: Proxy
+    victim: ClusterNode
+
+
 @pytest.fixture
-async def proxied() -> AsyncIterator[tuple[RedisCluster, Proxy, ClusterNode]]:
-    """A client built by connect_redis whose way to one primary goes through a Proxy."""
+async def proxied() -> AsyncIterator[Proxied]:
     client = connect_redis(cluster_url())
     assert isinstance(client, RedisCluster)
     await client.initialize()
     victim = client.get_primaries()[0]
-    proxy = Proxy(victim.host, int(victim.port))
-    await proxy.start()
+    slot = next(s for s, nodes in client.nodes_manager.slots_cache.items() if nodes[0].name == victim.name)
+    replica = client.nodes_manager.slots_cache[slot][1]
+    proxies = {}
+    for node in (victim, replica):
+        proxies[(node.host, int(node.port))] = proxy = Proxy(node.host, int(node.port))
+        await proxy.start()
 
     def remap(address: tuple[str, int]) -> tuple[str, int]:
-        return ("127.0.0.1", proxy.port) if address == (victim.host, int(victim.port)) else address
+        proxy = proxies.get(address)
+        return ("127.0.0.1", proxy.port) if proxy is not None else address
 
     client.nodes_manager.address_remap = remap
     await client.aclose()  # rediscovered through the remap on first use
-    yield client, proxy, victim
+    primary_proxy, replica_proxy = proxies.values()
+    yield Proxied(client, primary_proxy, replica_proxy, victim)
     await client.aclose()
-    await proxy.cut()
+    for proxy in proxies.values():
+        await proxy.cut()
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], seconds: float) -> None:
@@ -209,11 +235,34 @@ async def wait_until(check: Callable[[], Awaitable[bool]], seconds: float) -> No
         await asyncio.sleep(0.1)
 
 
+async def fill(rc: RedisCluster, tweets: TweetCache, tweet_ids: list[int], victim: ClusterNode) -> None:
+    """Bodies and like counts of the tweets, on their replicas too."""
+    await tweets.put([record(t) for t in tweet_ids])
+    await tweets.set_like_counts({t: 2 for t in tweet_ids})
+    for primary in rc.get_primaries():
+        await rc.execute_command("WAIT", 1, 2000, target_nodes=primary)
+    assert (await tweets.get(tweet_ids))[0].keys() == set(tweet_ids)  # through the proxies too
+
+
+async def fail(proxy: Proxy, failure: str) -> None:
+    if failure == "cut":
+        await proxy.cut()
+    else:
+        proxy.stall()
+
+
+async def restore(proxy: Proxy, failure: str) -> None:
+    if failure == "cut":
+        await proxy.start()
+    else:
+        proxy.stalled = False
+
+
 @pytest.mark.parametrize("failure", ["cut", "stall"])
-async def test_a_failing_node_makes_the_caches_miss_instead_of_raising(
-    rc: RedisCluster, proxied: tuple[RedisCluster, Proxy, ClusterNode], failure: str
-) -> None:
-    client, proxy, victim = proxied
+async def test_a_failing_primary_is_read_from_its_replica(rc: RedisCluster, proxied: Proxied, failure: str) -> None:
+    """Until a replica is promoted, the keys of a primary that fails are read from it
+    (the copy the promoted replica will serve), not missed; writes to them fail."""
+    client, victim = proxied.client, proxied.victim
     tweet_ids = ids(915, KEYS_PER_TEST)
     bodies = [tweet_key("body", t) for t in tweet_ids]
     on_victim = [t for t, k in zip(tweet_ids, bodies, strict=True) if primaries_of(rc, [k]) == {victim.name}]
@@ -221,28 +270,68 @@ async def test_a_failing_node_makes_the_caches_miss_instead_of_raising(
     tweets = TweetCache(client, ttl_seconds=60, count_ttl_seconds=60)
     feed = FeedCache(client, timeline_size=20, following_ttl=60, celebrity_ttl=60)
     try:
-        await tweets.put([record(t) for t in tweet_ids])
-        await tweets.set_like_counts({t: 2 for t in tweet_ids})
-        assert (await tweets.get(tweet_ids))[0].keys() == set(tweet_ids)  # through the proxy too
+        await fill(rc, tweets, tweet_ids, victim)
         assert await redis_ping(client)
 
-        if failure == "cut":
-            await proxy.cut()
-        else:
-            proxy.stall()
+        await fail(proxied.primary, failure)
         started = time.monotonic()
-        assert await tweets.get(tweet_ids) == ({}, set())
+        assert (await tweets.get(tweet_ids))[0].keys() == set(tweet_ids)
         assert time.monotonic() - started < 2.0, "a read waited too long on the failing node"
-        assert await tweets.like_counts(tweet_ids) == {}
+        assert await tweets.like_counts(tweet_ids) == {t: 2 for t in tweet_ids}
+        assert (await feed.tweets(tweet_ids)).bodies.keys() == set(tweet_ids)  # the feed's read path
         assert await feed.timeline(on_victim[0], None, 10) is None
         with pytest.raises(REDIS_UNAVAILABLE_ERRORS):
             await feed.mark_tweet_deleted(on_victim[0])  # the fan-out worker's batch fails and is re-applied
         assert not await redis_ping(client)
 
-        if failure == "cut":
-            await proxy.start()
-        else:
-            proxy.stalled = False
+        await restore(proxied.primary, failure)
+        await asyncio.sleep(RETRY_AFTER_SECONDS)
+
+        async def pinged() -> bool:
+            return await redis_ping(client)
+
+        await wait_until(pinged, 10.0)
+        await feed.mark_tweet_deleted(on_victim[0])
+        assert (await tweets.get(on_victim[:1]))[1] == {on_victim[0]}
+    finally:
+        counts = [tweet_key("like_count", t) for t in tweet_ids]
+        await delete(rc, bodies + counts)
+
+
+@pytest.mark.parametrize("failure", ["cut", "stall"])
+async def test_a_failing_shard_makes_only_its_keys_miss(rc: RedisCluster, proxied: Proxied, failure: str) -> None:
+    """A primary and its replica both failing: their keys are misses, promptly, and the
+    other shards' keys are still served; the shard is then skipped for a while (its
+    commands fail at once, without connecting again), and served again once it is back."""
+    client, victim = proxied.client, proxied.victim
+    tweet_ids = ids(917, KEYS_PER_TEST)
+    bodies = [tweet_key("body", t) for t in tweet_ids]
+    on_victim = [t for t, k in zip(tweet_ids, bodies, strict=True) if primaries_of(rc, [k]) == {victim.name}]
+    assert on_victim
+    tweets = TweetCache(client, ttl_seconds=60, count_ttl_seconds=60)
+    feed = FeedCache(client, timeline_size=20, following_ttl=60, celebrity_ttl=60)
+    try:
+        await fill(rc, tweets, tweet_ids, victim)
+        for proxy in (proxied.primary, proxied.replica):
+            await fail(proxy, failure)
+        started = time.monotonic()
+        served_elsewhere = set(tweet_ids) - set(on_victim)
+        assert (await tweets.get(tweet_ids))[0].keys() == served_elsewhere
+        assert time.monotonic() - started < 3.0, "a read waited too long on the failing shard"
+        counted_elsewhere = {t for t in tweet_ids if primaries_of(rc, [tweet_key("like_count", t)]) != {victim.name}}
+        assert await tweets.like_counts(tweet_ids) == {t: 2 for t in counted_elsewhere}
+        assert (await feed.tweets(tweet_ids)).bodies.keys() == served_elsewhere
+
+        def queue(pipe: Any) -> None:
+            for key in bodies:
+                pipe.get(key)
+
+        replies = await run_reads(client, queue)
+        skipped = {t for t, r in zip(tweet_ids, replies, strict=True) if isinstance(r, NodeUnreachable)}
+        assert skipped == set(on_victim)
+
+        for proxy in (proxied.primary, proxied.replica):
+            await restore(proxy, failure)
         await asyncio.sleep(RETRY_AFTER_SECONDS)
 
         async def served() -> bool:
@@ -250,7 +339,32 @@ async def test_a_failing_node_makes_the_caches_miss_instead_of_raising(
 
         await wait_until(served, 10.0)
         assert await tweets.like_counts(on_victim) == {t: 2 for t in on_victim}
-        assert await redis_ping(client)
     finally:
         counts = [tweet_key("like_count", t) for t in tweet_ids]
         await delete(rc, bodies + counts)
+
+
+async def test_a_failing_node_leaves_the_other_nodes_connections_alone(rc: RedisCluster, proxied: Proxied) -> None:
+    """A pipeline that meets a dead node fails (the fan-out worker re-applies its batch)
+    without closing the connections other requests use on the nodes that answer, as
+    redis-py's own pipeline retry does (it closes every connection of the client)."""
+    client, victim = proxied.client, proxied.victim
+    keys = [feed_key("timeline", u) for u in ids(916, KEYS_PER_TEST)]
+    elsewhere = [k for k in keys if primaries_of(rc, [k]) != {victim.name}]
+    on_victim = [k for k in keys if primaries_of(rc, [k]) == {victim.name}]
+    assert elsewhere and on_victim
+    try:
+        await client.get(elsewhere[0])  # one connection to a node that keeps answering
+        healthy = client.nodes_manager.get_node_from_slot(key_slot(elsewhere[0].encode()))
+        open_before = [c for c in healthy._connections if c.is_connected]
+        assert open_before
+        await proxied.primary.cut()
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set(elsewhere[0], "1", px=60_000)
+            pipe.set(on_victim[0], "1", px=60_000)
+            with pytest.raises(REDIS_UNAVAILABLE_ERRORS):
+                await pipe.execute()
+        assert all(c.is_connected for c in open_before), "the answering node's connections were closed"
+        assert await client.get(elsewhere[0]) == b"1"
+    finally:
+        await delete(rc, elsewhere[:1])

@@ -32,7 +32,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, cluster_nodes, connect_redis, tolerant
+from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, cluster_nodes, connect_redis, tolerant
 from common.cql import CqlSession
 from common.ids import IdGenerator
 from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
@@ -376,6 +376,32 @@ async def test_a_miss_while_redis_is_down_is_a_fresh_value_for_every_caller() ->
     assert await cache.get([tweet_id]) == ({}, set())
     assert await cache.like_counts([tweet_id]) == {}
     assert time.monotonic() < cache.down_until  # later calls skipped Redis, and still got fresh values
+
+
+class _FailsOnce(Tolerant):
+    calls = 0
+
+    @tolerant(dict)
+    async def read(self) -> dict[str, int]:
+        self.calls += 1
+        if self.calls == 1:
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6380.")
+        return {"k": self.calls}
+
+
+async def test_on_a_cluster_a_failure_misses_that_call_alone() -> None:
+    """A cluster node that fails costs its own keys (the transport skips it alone): the
+    next call still goes to Redis. A standalone Redis that fails is skipped by every call."""
+    cluster = connect_redis("redis://127.0.0.1:7001,redis://127.0.0.1:7002")  # connects on first use only
+    on_cluster = _FailsOnce(cluster)
+    assert await on_cluster.read() == {}
+    assert await on_cluster.read() == {"k": 2}
+    assert on_cluster.down_until == 0.0
+
+    standalone = _FailsOnce(connect_redis("redis://127.0.0.1:7001"))
+    assert await standalone.read() == {}
+    assert await standalone.read() == {}  # skipped: Redis was not asked
+    assert standalone.calls == 1
 
 
 def test_tolerant_takes_a_factory_not_a_shared_object() -> None:
