@@ -3,8 +3,8 @@ writes against the running local Cassandra, as the services make them.
 
     python -m bench.commitlog [--writes 4000] [--concurrency 32]
 
-Run it once with the stack started as usual (group commit) and once after
-`CHIRP_CQL_COMMITLOG_SYNC=periodic` and a restart of Cassandra; it prints
+Run it once with the stack started as usual (batch) and once after
+`CHIRP_CQL_COMMITLOG_SYNC=group` (or `periodic`) and a restart of Cassandra; it prints
 writes/s, latency percentiles and Cassandra's CPU per write, and the mode it
 measured (read from the node's rendered config).
 """

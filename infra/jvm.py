@@ -168,13 +168,19 @@ def _kafka_jvm_opts(cluster: list[StoreNode]) -> tuple[str, ...]:
 IDLE_JVM_OPTS = ("-XX:-UsePerfData",)
 # - Cassandra's approximate clock (request expiry, timeouts measured in seconds)
 #   is re-read every 2 ms by ScheduledFastTasks, 500 wake-ups a second doing
-#   nothing else; 10 ms is still far finer than any timeout it measures. The
-#   commit log's group window uses the precise clock, not this one.
-CASSANDRA_IDLE_OPTS = ("-Dcassandra.approximate_time_precision_ms=10",)
+#   nothing else. At 10 ms that thread still took 0.95% of a core on an idle
+#   single node, at 50 ms 0.27% (the rest is its other tasks; one run each,
+#   docs/BENCHMARKS.md); 50 ms is 5% of the shortest timeout it measures
+#   (cas_contention_timeout, 1 s), and the commit log uses the precise clock.
+CASSANDRA_IDLE_OPTS = ("-Dcassandra.approximate_time_precision_ms=50",)
 
 # Writes arriving within this window share one commit-log fsync (group commit).
 COMMITLOG_GROUP_WINDOW = "10ms"
-COMMITLOG_ENV = "CHIRP_CQL_COMMITLOG_SYNC"  # group (default) or periodic, for measuring the difference
+# batch (default): a write waits for its own fsync, which every write arriving meanwhile
+# shares; group: for the next fsync of a 10 ms cadence, which its thread keeps even
+# idle (1% of a core); periodic (every 10 s: acknowledged writes can be lost), to
+# measure the difference.
+COMMITLOG_ENV = "CHIRP_CQL_COMMITLOG_SYNC"
 
 PROBE_TIMEOUT_S = 2.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -293,12 +299,14 @@ def _classpath(jar_dir: Path) -> str:
 
 
 def _commitlog_sync() -> str:
-    mode = os.environ.get(COMMITLOG_ENV, "group").strip() or "group"
+    mode = os.environ.get(COMMITLOG_ENV, "batch").strip() or "batch"
     if mode == "group":
         return f"commitlog_sync: group\ncommitlog_sync_group_window: {COMMITLOG_GROUP_WINDOW}"
     if mode == "periodic":
         return "commitlog_sync: periodic\ncommitlog_sync_period: 10000ms"
-    raise RuntimeError(f"{COMMITLOG_ENV} must be group or periodic, got {mode!r}")
+    if mode == "batch":
+        return "commitlog_sync: batch"
+    raise RuntimeError(f"{COMMITLOG_ENV} must be group, batch or periodic, got {mode!r}")
 
 
 def _render(template: Path, dest: Path, values: dict[str, str]) -> None:

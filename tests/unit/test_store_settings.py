@@ -60,6 +60,16 @@ def test_jvm_options_and_commitlog_mode_change_the_fingerprint(tmp_path: Path, m
     assert _cassandra(ROOT, state) != before[0]
 
 
+def test_the_commit_log_is_synced_before_acknowledging_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(jvm.COMMITLOG_ENV, raising=False)
+    assert jvm._commitlog_sync() == "commitlog_sync: batch"
+    monkeypatch.setenv(jvm.COMMITLOG_ENV, "group")
+    assert jvm._commitlog_sync().startswith("commitlog_sync: group\ncommitlog_sync_group_window:")
+    monkeypatch.setenv(jvm.COMMITLOG_ENV, "sometimes")
+    with pytest.raises(RuntimeError, match="batch"):
+        jvm._commitlog_sync()
+
+
 def test_cluster_nodes_stop_at_c1_and_a_single_node_keeps_c2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cluster's JVMs start on crowded cores; the single node is the one benchmarked."""
     deps = tmp_path / "deps"
