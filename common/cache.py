@@ -13,13 +13,15 @@ when the wait ends without a connection, `PoolExhausted` fails that one call,
 and `tolerant` turns it into a miss without skipping Redis for the others.
 
 On a cluster, a node that cannot be reached costs only its own keys. Its address
-is skipped for NODE_RETRY_SECONDS (`NodeUnreachable`, raised at once instead of
-connecting again); the cluster read path (`run_reads`) answers every other node's
-commands, and the failed node's as misses; a pipeline re-reads the topology and
-tries once more without closing the other nodes' connections (redis-py's own
-retry closes every connection of the client, those of the requests in flight on
-the nodes that answer included, and sleeps 0.25 s); and `tolerant` calls on a
-cluster miss that one call instead of skipping Redis altogether. Measured in the
+is skipped for NODE_RETRY_SECONDS once connecting to it failed (`NodeUnreachable`,
+raised at once instead of connecting again); the cluster read path (`run_reads`)
+answers every other node's commands, and the failed node's as misses; a pipeline
+that meets it fails without redis-py's retry, which closes every connection of
+the client (those of the requests in flight on the nodes that answer included),
+sleeps 0.25 s and re-sends commands still in flight; the topology is read again
+in the background (at most once per NODE_RETRY_SECONDS), which finds the replica
+once it is promoted; and `tolerant` calls on a cluster miss that one call instead
+of skipping Redis altogether. Measured in the
 fault suite, which SIGKILLs a primary: before this, every read went to the CQL
 store until the replica took over (about 5 s), and on a busy 2-core machine
 8-20% of the requests of that window failed.
@@ -54,6 +56,7 @@ from redis.exceptions import (
     MovedError,
     ReadOnlyError,
     RedisClusterException,
+    RedisError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -137,11 +140,6 @@ def _node_failed(host: str, port: int | str, error: BaseException) -> None:
         error, (MaxConnectionsError, NodeUnreachable)
     ):
         _unreachable[(host, int(port))] = time.monotonic() + NODE_RETRY_SECONDS
-
-
-def _node_lost(reply: Any) -> bool:
-    """A reply that says its node could not be reached (not this process being busy)."""
-    return isinstance(reply, (RedisConnectionError, RedisTimeoutError)) and not isinstance(reply, MaxConnectionsError)
 
 
 def _skipped_error(host: str, port: int | str) -> NodeUnreachable:
@@ -265,14 +263,20 @@ class QueueingRedisCluster(RedisCluster):
     redis-py 8.1 offers no blocking pool for them; so commands and pipelines wait
     here for one of MAX_CONNECTIONS slots. Each holds at most one connection per
     node, so no node's pool (MAX_CONNECTIONS + CLUSTER_SPARE_CONNECTIONS) runs out:
-    inside a cluster pipeline a full node reads as a connection error, on which
-    redis-py closes every connection of the client and retries 0.25 s later."""
+    inside a cluster pipeline a full node would read as a connection error.
+
+    A command that meets a node skipped now (NodeUnreachable) is retried as one that
+    met a refused connection is: once, after the topology is read again, which finds a
+    replica promoted meanwhile (redis-py retries only errors of exactly its listed types)."""
+
+    ERRORS_ALLOW_RETRY = (*RedisCluster.ERRORS_ALLOW_RETRY, NodeUnreachable)  # type: ignore[assignment]
 
     def __init__(self, *args: Any, in_flight: int, wait_seconds: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._slots = asyncio.Semaphore(in_flight)
         self._wait_seconds = wait_seconds
         self._refreshing: asyncio.Task[None] | None = None
+        self._refreshed_at = -NODE_RETRY_SECONDS
         # redis-py's cluster client takes no connection class (it sets its own); every
         # node, those it discovers later included, is made from these kwargs.
         self.nodes_manager.connection_kwargs["connection_class"] = _NodeGuardedConnection
@@ -318,73 +322,54 @@ class QueueingRedisCluster(RedisCluster):
             for (_node, indexes), got in zip(nodes.values(), answers, strict=True):
                 for i, reply in zip(indexes, got, strict=True):
                     replies[i] = reply
-            if not attempt:
-                await self._from_replicas(commands, replies, todo)
             todo = [i for i in todo if isinstance(replies[i], (MovedError, AskError))]
             if not todo:
                 break
-            if attempt:  # moved again meanwhile: one at a time, following the redirection
+            if attempt or any(isinstance(replies[i], AskError) for i in todo):
+                # A slot in migration (ASK), or moved again meanwhile: one at a time, following
+                # the redirection; an error reply stays a reply, as on the first try.
                 for i in todo:
                     try:
                         replies[i] = await RedisCluster.execute_command(self, *commands[i])
-                    except REDIS_UNAVAILABLE_ERRORS as exc:
+                    except RedisError as exc:
                         replies[i] = exc
                 break
             await self.nodes_manager.initialize()
         return replies
 
-    async def _from_replicas(
-        self, commands: Sequence[tuple[str | int | float, ...]], replies: list[Any], todo: list[int]
-    ) -> None:
-        """The commands whose primary did not answer, read from a replica of their slot.
-        Between a primary's loss and its replica's promotion (cluster-node-timeout and an
-        election: about 5 s here) its keys are still served, from the copy the promoted
-        replica will serve, instead of every read of them going to the CQL store."""
-        nodes: dict[str, tuple[ClusterNode, list[int]]] = {}
-        for i in todo:
-            if not _node_lost(replies[i]):
-                continue
-            slot_nodes = self.nodes_manager.slots_cache.get(self.keyslot(commands[i][1])) or []
-            replica = next((n for n in slot_nodes[1:] if not _node_skipped(n.host, n.port)), None)
-            if replica is not None:
-                nodes.setdefault(replica.name, (replica, []))[1].append(i)
-        if not nodes:
-            return
-        runs = [self._node_reads(n, [commands[i] for i in indexes], readonly=True) for n, indexes in nodes.values()]
-        for (_node, indexes), got in zip(nodes.values(), await asyncio.gather(*runs), strict=True):
-            for i, reply in zip(indexes, got, strict=True):
-                replies[i] = reply
-
-    async def _node_reads(
-        self, node: ClusterNode, commands: list[tuple[str | int | float, ...]], readonly: bool = False
-    ) -> list[Any]:
-        """The replies of one node, or its error as the reply of each command. `readonly`:
-        the node may be a replica, which answers reads only on a connection in READONLY
-        mode (harmless on a primary's connection, which writes as before)."""
+    async def _node_reads(self, node: ClusterNode, commands: list[tuple[str | int | float, ...]]) -> list[Any]:
+        """The replies of one node, or its error as the reply of each command. A node is
+        skipped only once connecting to it failed (`_NodeGuardedConnection`): a reply that
+        took too long (a busy machine) costs that call alone."""
         if _node_skipped(node.host, node.port):
             return [_skipped_error(node.host, node.port)] * len(commands)
         try:
             connection = node.acquire_connection()
         except MaxConnectionsError as exc:
             return [exc] * len(commands)
-        sent = [("READONLY",), *commands] if readonly else commands
         try:
             await node.disconnect_if_needed(connection)
-            got: list[Any] = await connection.retry.call_with_retry(
-                lambda: _exchange(connection, sent), lambda _error: connection.disconnect()
+            return cast(
+                list[Any],
+                await connection.retry.call_with_retry(
+                    lambda: _exchange(connection, commands), lambda _error: connection.disconnect()
+                ),
             )
-            return got[1:] if readonly else got
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            _node_failed(node.host, node.port, exc)
-            self.refresh_soon()
+            self.refresh_soon()  # a replica promoted meanwhile is found by the next read
             return [exc] * len(commands)
         finally:
             node.release(connection)
 
     def refresh_soon(self) -> None:
-        """Read the topology again in the background (one refresh at a time), keeping
-        every node's connections: it finds a replica promoted in place of a lost primary."""
+        """Read the topology again in the background, at most once per NODE_RETRY_SECONDS:
+        it finds a replica promoted in place of a lost primary. (redis-py then reconnects
+        each connection when it is next taken, none in use: so not once per failed call.)"""
+        now = time.monotonic()
+        if now < self._refreshed_at + NODE_RETRY_SECONDS:
+            return
         if self._refreshing is None or self._refreshing.done():
+            self._refreshed_at = now
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
 
     async def _refresh(self) -> None:
@@ -416,33 +401,30 @@ class _QueueingClusterPipeline(ClusterPipeline):
         return await client.bounded(lambda: self._run(strategy, raise_on_error, allow_redirections))
 
     async def _run(self, strategy: Any, raise_on_error: bool, allow_redirections: bool) -> list[Any]:
-        """redis-py's pipeline run, retried as its own is on a connection error or a
-        failover (RETRIES times), but after re-reading the topology alone: its own retry
-        first closes every connection of the client (those of other requests in flight
-        on the nodes that answer too) and sleeps 0.25 s. A node that failed is skipped
-        meanwhile (`NodeUnreachable`), so a retry that still finds it fails at once."""
+        """redis-py's pipeline run (redirections followed as it follows them), but not its
+        retry on a connection error or a failover: that retry first closes every connection
+        of the client, those of other requests in flight on the nodes that answer too, sleeps
+        0.25 s, and re-sends the commands whose replies had not come yet, some of them
+        still in flight on those nodes. Here the pipeline fails (its caller misses, or
+        re-applies its batch), and the topology is read again in the background."""
         client = cast(QueueingRedisCluster, self.cluster_client)
         try:
             if not strategy._command_queue:
                 return []
-            for attempt in range(RETRIES + 1):
-                try:
-                    if client._initialize:
-                        await client.initialize()
-                    return cast(
-                        list[Any],
-                        await strategy._execute(
-                            client,
-                            strategy._command_queue,
-                            raise_on_error=raise_on_error,
-                            allow_redirections=allow_redirections,
-                        ),
-                    )
-                except RedisCluster.ERRORS_ALLOW_RETRY:
-                    if attempt == RETRIES:
-                        raise
-                    await client.nodes_manager.initialize()
-            raise AssertionError("unreachable")  # the loop returns or raises
+            if client._initialize:
+                await client.initialize()
+            return cast(
+                list[Any],
+                await strategy._execute(
+                    client,
+                    strategy._command_queue,
+                    raise_on_error=raise_on_error,
+                    allow_redirections=allow_redirections,
+                ),
+            )
+        except RedisCluster.ERRORS_ALLOW_RETRY:
+            client.refresh_soon()
+            raise
         finally:
             await self.reset()
 
