@@ -378,6 +378,22 @@ class QueueingRedisCluster(RedisCluster):
         except REDIS_UNAVAILABLE_ERRORS as exc:
             log.debug("Redis Cluster topology not read again: %r", exc)
 
+    async def initialize(self, *args: Any, **kwargs: Any) -> QueueingRedisCluster:
+        """redis-py re-reads the topology before the next command after every connection
+        error, and each re-read marks every connection of every node for reconnecting: with
+        a node lost, every command to its keys failed and so every command to the others
+        connected again. Here a re-read comes at most once per NODE_RETRY_SECONDS (the
+        first one, and one after the client was closed, at once); meanwhile the known
+        topology is used, and a command for the lost node fails at once (NodeUnreachable)."""
+        if self._initialize:
+            now = time.monotonic()
+            if self.nodes_manager.default_node is not None and now < self._refreshed_at + NODE_RETRY_SECONDS:
+                self._initialize = False
+                return self
+            self._refreshed_at = now
+        await super().initialize(*args, **kwargs)
+        return self
+
     async def bounded(self, call: Callable[[], Awaitable[T]]) -> T:
         if _IN_FLIGHT.get():
             return await call()

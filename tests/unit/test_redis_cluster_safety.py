@@ -32,6 +32,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+import common.cache as cache_module
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, cluster_nodes, connect_redis, tolerant
 from common.cql import CqlSession
 from common.ids import IdGenerator
@@ -402,6 +403,31 @@ async def test_on_a_cluster_a_failure_misses_that_call_alone() -> None:
     assert await standalone.read() == {}
     assert await standalone.read() == {}  # skipped: Redis was not asked
     assert standalone.calls == 1
+
+
+async def test_the_topology_is_read_again_at_most_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py re-reads the topology after every connection error, and each re-read has
+    every connection reconnect: with a node lost, every command did."""
+    cluster = connect_redis("redis://127.0.0.1:7001,redis://127.0.0.1:7002")
+    assert isinstance(cluster, RedisCluster)
+    reads: list[float] = []
+
+    async def read(self: RedisCluster, *args: object, **kwargs: object) -> RedisCluster:
+        reads.append(time.monotonic())
+        self._initialize = False
+        self.nodes_manager.default_node = next(iter(self.nodes_manager.startup_nodes.values()))
+        return self
+
+    monkeypatch.setattr(RedisCluster, "initialize", read)
+    await cluster.initialize()  # the first: at once
+    for _ in range(5):  # as after connection errors to a lost node
+        cluster._initialize = True
+        await cluster.initialize()
+    assert len(reads) == 1 and not cluster._initialize
+    monkeypatch.setattr(cache_module, "NODE_RETRY_SECONDS", 0.0)
+    cluster._initialize = True
+    await cluster.initialize()
+    assert len(reads) == 2
 
 
 def test_tolerant_takes_a_factory_not_a_shared_object() -> None:
