@@ -13,13 +13,13 @@ when the wait ends without a connection, `PoolExhausted` fails that one call,
 and `tolerant` turns it into a miss without skipping Redis for the others.
 
 On a cluster, a node that cannot be reached costs only its own keys. Its address
-is skipped for NODE_RETRY_SECONDS once connecting to it failed (`NodeUnreachable`,
+is skipped for RETRY_AFTER_SECONDS once connecting to it failed (`NodeUnreachable`,
 raised at once instead of connecting again); the cluster read path (`run_reads`)
 answers every other node's commands, and the failed node's as misses; a pipeline
 that meets it fails without redis-py's retry, which closes every connection of
 the client (those of the requests in flight on the nodes that answer included),
 sleeps 0.25 s and re-sends commands still in flight; the topology is read again
-in the background (at most once per NODE_RETRY_SECONDS), which finds the replica
+in the background (at most once per RETRY_AFTER_SECONDS), which finds the replica
 once it is promoted; and `tolerant` calls on a cluster miss that one call instead
 of skipping Redis altogether. Measured in the
 fault suite, which SIGKILLs a primary: before this, every read went to the CQL
@@ -109,18 +109,18 @@ def _retry() -> Retry:
     return Retry(ExponentialWithJitterBackoff(cap=0.1, base=0.01), RETRIES)
 
 
-# How long a cluster node that could not be reached is skipped (its commands fail at
-# once with NodeUnreachable) before a command tries to connect to it again: as long
-# as a standalone Redis is skipped after a failure (RETRY_AFTER_SECONDS), so a node
-# that was SIGKILLed costs one refused connection a second per process, and one that
-# stopped answering one connect timeout a second, not one per command.
-NODE_RETRY_SECONDS = 1.0
+# How long what failed is left alone before it is tried again: a standalone Redis
+# (`tolerant` skips it), and a cluster node that could not be reached (its commands
+# fail at once with NodeUnreachable), so a node that was SIGKILLed costs one refused
+# connection a second per process, and one that stopped answering one connect timeout
+# a second, not one per command. The cluster's topology is read again at most as often.
+RETRY_AFTER_SECONDS = 1.0
 # (host, port) -> until when (time.monotonic()) this process skips it.
 _unreachable: dict[tuple[str, int], float] = {}
 
 
 class NodeUnreachable(RedisConnectionError):
-    """A cluster node failed to connect or answer less than NODE_RETRY_SECONDS ago:
+    """A cluster node failed to connect or answer less than RETRY_AFTER_SECONDS ago:
     its commands fail at once, as a connection error, without trying it again."""
 
 
@@ -134,16 +134,13 @@ def _node_skipped(host: str, port: int | str) -> bool:
     return False
 
 
-def _node_failed(host: str, port: int | str, error: BaseException) -> None:
-    """Skip the node for a while after `error`, unless it only says this process is busy."""
-    if isinstance(error, (RedisConnectionError, RedisTimeoutError, OSError)) and not isinstance(
-        error, (MaxConnectionsError, NodeUnreachable)
-    ):
-        _unreachable[(host, int(port))] = time.monotonic() + NODE_RETRY_SECONDS
+def _node_failed(host: str, port: int | str) -> None:
+    """Connecting to the node failed: skip it for RETRY_AFTER_SECONDS."""
+    _unreachable[(host, int(port))] = time.monotonic() + RETRY_AFTER_SECONDS
 
 
 def _skipped_error(host: str, port: int | str) -> NodeUnreachable:
-    return NodeUnreachable(f"Redis node {host}:{port} did not answer; skipped for up to {NODE_RETRY_SECONDS} s")
+    return NodeUnreachable(f"Redis node {host}:{port} did not answer; skipped for up to {RETRY_AFTER_SECONDS} s")
 
 
 class _NodeGuardedConnection(Connection):
@@ -157,8 +154,8 @@ class _NodeGuardedConnection(Connection):
             raise _skipped_error(self.host, self.port)
         try:
             await super().connect_check_health(check_health, retry_socket_connect)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            _node_failed(self.host, self.port, exc)
+        except (RedisConnectionError, RedisTimeoutError):
+            _node_failed(self.host, self.port)
             raise
 
 
@@ -276,7 +273,7 @@ class QueueingRedisCluster(RedisCluster):
         self._slots = asyncio.Semaphore(in_flight)
         self._wait_seconds = wait_seconds
         self._refreshing: asyncio.Task[None] | None = None
-        self._refreshed_at = -NODE_RETRY_SECONDS
+        self._refreshed_at = -RETRY_AFTER_SECONDS
         # redis-py's cluster client takes no connection class (it sets its own); every
         # node, those it discovers later included, is made from these kwargs.
         self.nodes_manager.connection_kwargs["connection_class"] = _NodeGuardedConnection
@@ -362,15 +359,19 @@ class QueueingRedisCluster(RedisCluster):
             node.release(connection)
 
     def refresh_soon(self) -> None:
-        """Read the topology again in the background, at most once per NODE_RETRY_SECONDS:
+        """Read the topology again in the background, at most once per RETRY_AFTER_SECONDS:
         it finds a replica promoted in place of a lost primary. (redis-py then reconnects
         each connection when it is next taken, none in use: so not once per failed call.)"""
-        now = time.monotonic()
-        if now < self._refreshed_at + NODE_RETRY_SECONDS:
-            return
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshed_at = now
+        if (self._refreshing is None or self._refreshing.done()) and self._refresh_due():
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+
+    def _refresh_due(self) -> bool:
+        """True, and the time noted, when the topology may be read again now."""
+        now = time.monotonic()
+        if now < self._refreshed_at + RETRY_AFTER_SECONDS:
+            return False
+        self._refreshed_at = now
+        return True
 
     async def _refresh(self) -> None:
         try:
@@ -382,15 +383,12 @@ class QueueingRedisCluster(RedisCluster):
         """redis-py re-reads the topology before the next command after every connection
         error, and each re-read marks every connection of every node for reconnecting: with
         a node lost, every command to its keys failed and so every command to the others
-        connected again. Here a re-read comes at most once per NODE_RETRY_SECONDS (the
+        connected again. Here a re-read comes at most once per RETRY_AFTER_SECONDS (the
         first one, and one after the client was closed, at once); meanwhile the known
         topology is used, and a command for the lost node fails at once (NodeUnreachable)."""
-        if self._initialize:
-            now = time.monotonic()
-            if self.nodes_manager.default_node is not None and now < self._refreshed_at + NODE_RETRY_SECONDS:
-                self._initialize = False
-                return self
-            self._refreshed_at = now
+        if self._initialize and not self._refresh_due() and self.nodes_manager.default_node is not None:
+            self._initialize = False
+            return self
         await super().initialize(*args, **kwargs)
         return self
 
@@ -552,13 +550,19 @@ def unanswered(reply: Any) -> bool:
     return isinstance(reply, REDIS_UNAVAILABLE_ERRORS)
 
 
-def partial_replies(replies: list[Any]) -> list[Any]:
-    """The replies of `run_reads`, for callers that take a node's unanswered replies as
-    misses: every reply unanswered raises the first (for `tolerant`: Redis is down), and
-    an error that is not unavailability (a bug, as a cross-slot command) raises too."""
+def raise_if_all_unanswered(replies: list[Any]) -> list[Any]:
+    """The replies of `run_reads`, unless none was answered: then the first is raised
+    (for `tolerant`: Redis is down, and every key a miss)."""
     if replies and all(unanswered(reply) for reply in replies):
         raise replies[0]
-    for reply in replies:
+    return replies
+
+
+def partial_replies(replies: list[Any]) -> list[Any]:
+    """The replies of `run_reads`, for callers that take a node's unanswered replies as
+    misses: every reply unanswered raises the first (`raise_if_all_unanswered`), and an
+    error that is not unavailability (a bug, as a cross-slot command) raises too."""
+    for reply in raise_if_all_unanswered(replies):
         if isinstance(reply, Exception) and not unanswered(reply):
             raise reply
     return replies
@@ -693,7 +697,6 @@ class Tolerant:
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-RETRY_AFTER_SECONDS = 1.0
 
 
 def _nothing() -> None:

@@ -134,7 +134,6 @@ class RedisHiddenStore:
     """HiddenStore as three scripts; each touches one user's two keys (one slot)."""
 
     def __init__(self, redis: RedisClient) -> None:
-        self.redis = redis
         # EVALSHA: the script text goes to each node once, not per read.
         self._read = redis.register_script(READ_SCRIPT)
         self._fill = redis.register_script(FILL_SCRIPT)
@@ -165,8 +164,9 @@ class HiddenAuthorsCache(Tolerant):
         fetch: FetchHidden,
         ttl_seconds: float = HIDDEN_SECONDS,
         rebuilds: Rebuilds | None = None,
+        redis: RedisClient | None = None,
     ) -> None:
-        super().__init__(getattr(store, "redis", None))
+        super().__init__(redis)  # the store's client: on a cluster, a failure misses that call alone
         self._store = store
         self._fetch = fetch
         self._ttl_seconds = ttl_seconds

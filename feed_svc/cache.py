@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.cache import (
-    REDIS_UNAVAILABLE_ERRORS,
     RedisClient,
     Tolerant,
     mark_tweet_deleted,
     partial_replies,
+    raise_if_all_unanswered,
     run_reads,
     tolerant,
     unanswered,
@@ -282,9 +282,9 @@ class FeedCache(Tolerant):
         """Bodies, deletion markers, like counts and the viewer's like flags, in one pipeline."""
         if not tweet_ids:
             return CachedTweets()
-        replies = await run_reads(self._redis, lambda pipe: queue_reads(pipe, tweet_ids, viewer_id))
-        if replies and all(isinstance(reply, REDIS_UNAVAILABLE_ERRORS) for reply in replies):
-            raise replies[0]  # tolerant: Redis is down, all of it is a miss
+        replies = raise_if_all_unanswered(
+            await run_reads(self._redis, lambda pipe: queue_reads(pipe, tweet_ids, viewer_id))
+        )
         # A cluster node that did not answer: its keys alone are misses (parse_reads skips errors).
         return parse_reads(tweet_ids, replies)
 

@@ -23,7 +23,7 @@ async def run(cfg: rank_config.RankConfig) -> None:
     trending = TrendingCopy(store.load, min(READ_REFRESH_SECONDS, cfg.interval_seconds))
     # graph_svc says whose tweets a signed-in viewer hides (cached, common/hidden.py); anonymous reads never ask.
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
-    hidden = HiddenAuthorsCache(RedisHiddenStore(redis), peers.hidden_author_ids)
+    hidden = HiddenAuthorsCache(RedisHiddenStore(redis), peers.hidden_author_ids, redis=redis)
     # A viewer's liked_by_me come from tweet_svc's cache; tweet_svc is asked only for what it misses.
     likes = ViewerLikes(TweetCacheReader(redis).tweets, peers.liked_tweet_ids)
 

@@ -62,6 +62,7 @@ from common.cache import (
     Tolerant,
     mark_tweet_deleted,
     partial_replies,
+    raise_if_all_unanswered,
     run_reads,
     tolerant,
     unanswered,
@@ -221,9 +222,7 @@ class TweetCache(Tolerant):
 
         # A count stored before the hash answers WRONGTYPE: a miss, replaced by the next write;
         # so is a count on a cluster node that did not answer.
-        values = await run_reads(self._redis, queue)
-        if all(unanswered(v) for v in values):
-            raise values[0]  # tolerant: Redis is down
+        values = raise_if_all_unanswered(await run_reads(self._redis, queue))
         return {
             t: int(v) for t, v in zip(tweet_ids, values, strict=True) if v is not None and not isinstance(v, Exception)
         }

@@ -35,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 import common.cache as cache_module
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, cluster_nodes, connect_redis, tolerant
 from common.cql import CqlSession
+from common.hidden import HiddenAuthorsCache, RedisHiddenStore
 from common.ids import IdGenerator
 from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
 from feed_svc.cache import CLAIM_FOLLOWING_SCRIPT, FILL_FOLLOWING_SCRIPT, PENDING, FeedCache
@@ -390,6 +391,10 @@ class _FailsOnce(Tolerant):
         return {"k": self.calls}
 
 
+async def _nobody_hidden(user_id: int) -> frozenset[int]:
+    return frozenset()
+
+
 async def test_on_a_cluster_a_failure_misses_that_call_alone() -> None:
     """A cluster node that fails costs its own keys (the transport skips it alone): the
     next call still goes to Redis. A standalone Redis that fails is skipped by every call."""
@@ -398,6 +403,8 @@ async def test_on_a_cluster_a_failure_misses_that_call_alone() -> None:
     assert await on_cluster.read() == {}
     assert await on_cluster.read() == {"k": 2}
     assert on_cluster.down_until == 0.0
+    # The hidden-authors cache is given its store's client, as the services build it.
+    assert HiddenAuthorsCache(RedisHiddenStore(cluster), _nobody_hidden, redis=cluster).node_scoped
 
     standalone = _FailsOnce(connect_redis("redis://127.0.0.1:7001"))
     assert await standalone.read() == {}
@@ -424,7 +431,7 @@ async def test_the_topology_is_read_again_at_most_once_a_second(monkeypatch: pyt
         cluster._initialize = True
         await cluster.initialize()
     assert len(reads) == 1 and not cluster._initialize
-    monkeypatch.setattr(cache_module, "NODE_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(cache_module, "RETRY_AFTER_SECONDS", 0.0)
     cluster._initialize = True
     await cluster.initialize()
     assert len(reads) == 2
