@@ -509,6 +509,12 @@ def _route(svc: topology.Service, method: str, settings: EdgeSettings) -> list[d
         route["typed_per_filter_config"] = {"envoy.filters.http.local_ratelimit": _rate_limit(settings.post_rps)}
     if method in RETRYABLE:
         action["retry_policy"] = _retry_policy(timeout / 2)
+    if not write:
+        # A read past its per-try timeout is slow, not lost (a cold read: the follow list,
+        # the timeline and the tweets loaded from the store in turn, as while a Redis node
+        # is away): the second try starts on another instance and the first keeps going;
+        # whichever answers first is the reply, where a plain retry cancelled the first.
+        action["hedge_policy"] = {"hedge_on_per_try_timeout": True}
     routes = [route]
     if method == "CreateTweet":
         # With an Idempotency-Key a repeat returns the original tweet: safe to retry.

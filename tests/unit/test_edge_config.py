@@ -56,6 +56,19 @@ def test_only_safe_calls_are_retried_and_every_route_has_a_timeout() -> None:
     keyed, plain = routes["/chirp.tweet.v1.TweetService/CreateTweet"]
     assert keyed["match"]["headers"][0]["name"] == "idempotency-key" and "retry_policy" in keyed["route"]
     assert "retry_policy" not in plain["route"]
+    # A read past its per-try timeout keeps going while a second try starts (hedged); a
+    # write that may be repeated is retried only after its try ended.
+    hedged = {path for path, entries in routes.items() if "hedge_policy" in entries[0]["route"]}
+    reads = {f"/{svc.grpc_service}/{m}" for svc in topology.SERVICES for m in render.RETRYABLE}
+    assert hedged == {path for path in reads if path in routes} - {
+        path for path in routes if path.rsplit("/", 1)[1] in render.IDEMPOTENT_WRITES
+    }
+    assert (
+        "/chirp.feed.v1.FeedService/GetHomeFeed" in hedged and "/chirp.graph.v1.GraphService/FollowUser" not in hedged
+    )
+    assert routes["/chirp.feed.v1.FeedService/GetHomeFeed"][0]["route"]["hedge_policy"] == {
+        "hedge_on_per_try_timeout": True
+    }
 
 
 def test_clusters_have_health_checks_outlier_detection_and_a_retry_budget() -> None:
