@@ -365,10 +365,10 @@ class QueueingRedisCluster(RedisCluster):
         if (self._refreshing is None or self._refreshing.done()) and self._refresh_due():
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
 
-    def _refresh_due(self) -> bool:
-        """True, and the time noted, when the topology may be read again now."""
+    def _refresh_due(self, force: bool = False) -> bool:
+        """True, and the time noted, when the topology may be read again now (or `force`)."""
         now = time.monotonic()
-        if now < self._refreshed_at + RETRY_AFTER_SECONDS:
+        if now < self._refreshed_at + RETRY_AFTER_SECONDS and not force:
             return False
         self._refreshed_at = now
         return True
@@ -386,7 +386,7 @@ class QueueingRedisCluster(RedisCluster):
         connected again. Here a re-read comes at most once per RETRY_AFTER_SECONDS (the
         first one, and one after the client was closed, at once); meanwhile the known
         topology is used, and a command for the lost node fails at once (NodeUnreachable)."""
-        if self._initialize and not self._refresh_due() and self.nodes_manager.default_node is not None:
+        if self._initialize and not self._refresh_due(force=self.nodes_manager.default_node is None):
             self._initialize = False
             return self
         await super().initialize(*args, **kwargs)

@@ -164,7 +164,8 @@ class HiddenAuthorsCache(Tolerant):
         fetch: FetchHidden,
         ttl_seconds: float = HIDDEN_SECONDS,
         rebuilds: Rebuilds | None = None,
-        redis: RedisClient | None = None,
+        *,
+        redis: RedisClient | None,
     ) -> None:
         super().__init__(redis)  # the store's client: on a cluster, a failure misses that call alone
         self._store = store

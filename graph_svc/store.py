@@ -109,7 +109,8 @@ class GraphStore:
         await self._cql.execute(self._q["delete_user"], (user_id,))
 
     async def claim_username(self, key: str, user_id: int) -> bool:
-        """Lightweight transaction: True when `key` was free and is now ours.
+        """Lightweight transaction: True when `key` is ours, claimed now or by an
+        earlier try of this claim (same `user_id`) whose outcome its caller did not learn.
 
         A claim that timed out may still have been applied (or lost to a racing
         claim): a serial read of the name says which, rather than failing a
@@ -125,7 +126,8 @@ class GraphStore:
             if not owners:
                 raise
             return bool(owners[0].user_id == user_id)
-        return bool(rows and rows[0][0])
+        # Not applied: the row that exists comes back, with its owner.
+        return bool(rows) and (bool(rows[0][0]) or getattr(rows[0], "user_id", None) == user_id)
 
     async def password_hash(self, user_id: int) -> str | None:
         rows = await self._cql.execute(self._q["password_hash"], (user_id,))

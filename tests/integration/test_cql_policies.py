@@ -228,7 +228,8 @@ async def test_keyspace_is_rf3_across_three_nodes(cluster_cql: CqlSession) -> No
 
 
 async def _claim_retrying_unknown_outcomes(store: GraphStore, key: str, user_id: int, attempts: int = 3) -> bool:
-    """graph_svc's claim of `key`, made again (as a client would) while its outcome stays unknown."""
+    """graph_svc's claim of `key`, made again (as a client would) while its outcome stays
+    unknown; a claim an earlier try applied answers True to the same user id."""
     for _ in range(attempts - 1):
         try:
             return await store.claim_username(key, user_id)
@@ -256,11 +257,11 @@ async def test_rf3_reads_and_writes_succeed_with_one_node_down(cluster_cql: CqlS
         for user_id, name in during.items():
             rows = await cluster_cql.execute(read, (user_id,))
             assert [r.username for r in rows] == [name]
-        # Lightweight transactions need a quorum of the Paxos replicas: two of three. Until
-        # the coordinators convict the dead node (several seconds) it is still sent each
-        # phase, and on a starved machine a claim can time out with its outcome unknown;
-        # graph_svc's claim then asks a serial read (Paxos as well) whose claim it is, and a
-        # client whose sign-up failed would try again. Unavailable is never retried here.
+        # Lightweight transactions need a quorum of the Paxos replicas: two of three. On a
+        # starved machine a claim can time out with its outcome unknown (CI once saw no
+        # proposal reply in time from either live replica); graph_svc's claim then asks a
+        # serial read (Paxos as well) whose claim it is, and when that fails too the claim
+        # is made again, as a client would, at most three times in all.
         store = GraphStore(cluster_cql, Outbox(cluster_cql, None))
         await store.prepare()
         key, owner = unique_name("lwt"), secrets.randbits(62)

@@ -180,7 +180,7 @@ async def scene(redis: RedisClient) -> AsyncIterator[Scene]:
     counting = Counting(redis)
     cache = FeedCache(cast(RedisClient, counting), timeline_size=20, following_ttl=60, celebrity_ttl=60)
     peers = Peers(tweets, liked={pushed[1]})
-    hidden = HiddenAuthorsCache(RedisHiddenStore(cast(RedisClient, counting)), peers.nobody_hidden)
+    hidden = HiddenAuthorsCache(RedisHiddenStore(cast(RedisClient, counting)), peers.nobody_hidden, redis=redis)
     # A registry of its own (an in-memory Redis): the stack's copy is never written from here.
     own_registry = FeedCache(client(FakeRedis()), timeline_size=20, following_ttl=60, celebrity_ttl=60)
     registry = CelebrityRegistry(own_registry, cast(CelebrityStore, NoStore()), 60)

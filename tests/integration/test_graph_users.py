@@ -44,3 +44,20 @@ async def test_users_past_one_in_list_come_back_in_the_order_asked_with_their_co
         for user_id in users:
             await store.delete_user(user_id)
             await cql.execute("DELETE FROM follow_counts WHERE user_id = %s", (user_id,))
+
+
+async def test_a_name_claim_is_ours_again_for_the_same_user_and_refused_to_another(cql: CqlSession) -> None:
+    """A sign-up whose claim applied but whose reply was lost may claim again: the name is
+    still its own. Another user's claim of it is refused."""
+    store = GraphStore(cql, Outbox(cql, None))
+    await store.prepare()
+    ids = IdGenerator(907)
+    key, owner, other = f"claim{ids.next_id()}", ids.next_id(), ids.next_id()
+    delete = await cql.prepare("DELETE FROM users_by_name WHERE username_key = ?")
+    try:
+        assert await store.claim_username(key, owner)
+        assert await store.claim_username(key, owner)  # an earlier try of the same claim applied
+        assert not await store.claim_username(key, other)
+        assert await store.user_id_by_name(key) == owner
+    finally:
+        await cql.execute(delete, (key,))

@@ -88,7 +88,7 @@ async def test_the_reader_asks_graph_svc_once_then_serves_from_redis_until_a_wri
         return rows[user_id]
 
     store = RedisHiddenStore(redis)
-    cache = HiddenAuthorsCache(store, fetch)
+    cache = HiddenAuthorsCache(store, fetch, redis=redis)
     assert await cache.hidden(user) == frozenset({11})
     assert await cache.hidden(user) == frozenset({11})
     assert asked == [user]

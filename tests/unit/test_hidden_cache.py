@@ -121,7 +121,7 @@ class Setup:
             hidden_cache=HiddenInvalidator(self.store),
         )
         self.fetches = 0
-        self.cache = HiddenAuthorsCache(self.store, self.fetch, ttl_seconds=600)
+        self.cache = HiddenAuthorsCache(self.store, self.fetch, ttl_seconds=600, redis=None)
 
     async def fetch(self, user_id: int) -> frozenset[int]:
         """graph_svc's ListHiddenAuthorIds, read from the rows."""

@@ -70,7 +70,7 @@ class Scene:
             THRESHOLD,
             TIMELINE_SIZE,
             self.world.registry,
-            hidden_authors=HiddenAuthorsCache(self.store, self.fetch),
+            hidden_authors=HiddenAuthorsCache(self.store, self.fetch, redis=None),
         )
 
     async def fetch(self, user_id: int) -> frozenset[int]:

@@ -321,7 +321,7 @@ async def test_readers_holding_one_token_share_a_fetch_and_a_reader_after_a_bloc
         await release.wait()
         return answer
 
-    cache = HiddenAuthorsCache(store, fetch)
+    cache = HiddenAuthorsCache(store, fetch, redis=None)
     before = [asyncio.create_task(cache.hidden(5)) for _ in range(10)]
     await settle()
     assert fetched == [frozenset({8})]
