@@ -105,8 +105,15 @@ CLUSTER_SPARE_CONNECTIONS = 2
 RETRIES = 1
 
 
-def _retry() -> Retry:
-    return Retry(ExponentialWithJitterBackoff(cap=0.1, base=0.01), RETRIES)
+def _retry(supported_errors: tuple[type[RedisError], ...] = (RedisConnectionError, RedisTimeoutError)) -> Retry:
+    return Retry(ExponentialWithJitterBackoff(cap=0.1, base=0.01), RETRIES, supported_errors)
+
+
+# A standalone connection sends a command again after a connection error only: one whose
+# reply missed the socket timeout may have been applied, and sent again a rate-limit INCR
+# counted twice (CI once saw a user's 300th post refused as the 301st). The caller sees
+# the timeout: a read misses, a counter fails open, a worker re-applies its batch.
+STANDALONE_RETRY_ON = (RedisConnectionError,)
 
 
 # How long what failed is left alone before it is tried again: a standalone Redis
@@ -461,7 +468,7 @@ def connect_redis(
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
             health_check_interval=10,
-            retry=_retry(),
+            retry=_retry(STANDALONE_RETRY_ON),
             # Maintenance notifications are Redis Enterprise's; while on ("auto", the
             # default), redis-py lends a connection with a reply left unread as it is.
             maint_notifications_config=MaintNotificationsConfig(enabled=False),

@@ -17,13 +17,14 @@ import grpc
 import pytest
 from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
 
-from common.cache import connect_redis
+from common.cache import TIMEOUT_SECONDS, cluster_nodes, connect_redis
 from common.errors import ResourceExhausted
 from common.keys import limit_key
 from common.limits import CLIENT_ADDRESS_HEADER, Action, Limit, RedisCounters, UserLimits
 from infra import topology
 from tests.conftest import REDIS_URL, unique_name
 from tests.e2e.test_limits import fresh_address
+from tests.faults import Proxy
 
 PASSWORD = "correct horse"
 LOGIN_FAILURES = int(os.environ.get("CHIRP_LIMIT_LOGIN_FAILURES", "5"))
@@ -51,6 +52,28 @@ async def test_redis_counters_count_per_window_and_heal_a_counter_without_ttl() 
         for k in (key, bare):
             await redis.delete(k)
         await redis.aclose()
+
+
+async def test_a_hit_whose_reply_comes_too_late_is_not_sent_again() -> None:
+    """A counter's INCR whose reply misses the socket timeout may have been applied: it is
+    not sent again (redis-py's retry counted it twice, and CI once saw a user's 300th post
+    refused as the 301st). The hit fails open instead, as any Redis failure does."""
+    [(host, port)] = cluster_nodes(REDIS_URL)  # the single-node stack's standalone Redis
+    proxy = Proxy(host, port)
+    await proxy.start()
+    redis, direct = connect_redis(f"redis://127.0.0.1:{proxy.port}"), connect_redis(REDIS_URL)
+    counters = RedisCounters(redis)
+    key = limit_key("post", secrets.randbits(62))
+    try:
+        assert [h.count for h in await counters.hit([(key, 60_000)]) or []] == [1]
+        proxy.reply_delay = TIMEOUT_SECONDS * 2
+        assert await counters.hit([(key, 60_000)]) is None
+        assert await direct.get(key) == b"2"  # applied once, and only once
+    finally:
+        await proxy.cut()
+        await direct.delete(key)
+        await redis.aclose()
+        await direct.aclose()
 
 
 async def test_user_limits_hold_across_processes_and_fail_open_without_redis() -> None:

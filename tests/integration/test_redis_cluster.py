@@ -36,6 +36,7 @@ from common.ids import IdGenerator
 from common.keys import TWEET_DELETED, feed_key, tweet_key
 from feed_svc.cache import FeedCache
 from infra import topology
+from tests.faults import Proxy
 from tweet_svc.cache import TweetCache
 from tweet_svc.store import TweetRecord
 
@@ -145,50 +146,6 @@ async def test_feed_cache_works_on_keys_spread_over_every_primary(rc: RedisClust
 
 
 # ---- a failing node --------------------------------------------------------------------
-
-
-class Proxy:
-    """A TCP proxy in front of one node: cut() refuses and drops connections, as a
-    dead node does; stall() swallows traffic, as a node that stopped answering does."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-        self.stalled = False
-
-    async def start(self) -> None:
-        self.stalled = False
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        await self._server.wait_closed()
-
-    def stall(self) -> None:
-        self.stalled = True
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        try:
-            while data := await source.read(65536):
-                if not self.stalled:
-                    sink.write(data)
-                    await sink.drain()
-        except OSError:
-            pass
-        finally:
-            sink.close()
 
 
 @dataclass
