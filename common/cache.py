@@ -114,6 +114,8 @@ def _retry(supported_errors: tuple[type[RedisError], ...] = (RedisConnectionErro
 # counted twice (CI once saw a user's 300th post refused as the 301st). The caller sees
 # the timeout: a read misses, a counter fails open, a worker re-applies its batch.
 STANDALONE_RETRY_ON = (RedisConnectionError,)
+# The read path's batches (`run_reads`) change nothing, and are sent again after either.
+READ_RETRY = _retry()
 
 
 # How long what failed is left alone before it is tried again: a standalone Redis
@@ -525,7 +527,7 @@ async def run_reads(client: RedisClient, queue: Callable[[Any], None]) -> list[A
     is all they need.
 
     On a standalone Redis the commands go through one pooled connection, packed by
-    hiredis and read by redis-py's parser, with the pool's wait, its retry and its socket timeout, as its
+    hiredis and read by redis-py's parser, with the pool's wait and socket timeout, as its
     pipeline does, but one timeout covers every reply: its pipeline arms one per reply,
     and with its other per-command layers that made about 13 µs of CPU per command, 0.6 ms
     for the 43 reads of a 20-tweet page (measured: this takes 0.24, see _exchange). A
@@ -543,8 +545,9 @@ async def run_reads(client: RedisClient, queue: Callable[[Any], None]) -> list[A
     pool = client.connection_pool
     connection = await pool.get_connection()
     try:
-        retry = connection.retry
-        return await retry.call_with_retry(
+        # Reads only: one that timed out is sent again, on a new connection (the pool's
+        # retry sends nothing again after a timeout, as a write may have been applied).
+        return await READ_RETRY.call_with_retry(
             lambda: _exchange(connection, batch.commands), lambda _error: connection.disconnect()
         )
     finally:
