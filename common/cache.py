@@ -98,10 +98,11 @@ POOL_WAIT_SECONDS = TIMEOUT_SECONDS
 # Per cluster node beyond MAX_CONNECTIONS: the topology refresh (one at a time per
 # client) asks a node outside the in-flight bound and must never find it full.
 CLUSTER_SPARE_CONNECTIONS = 2
-# One retry, after the cluster client has re-read the topology: that is what
-# finds a replica promoted in a failover. More would only hold a request while a
-# node is away (the cluster pipeline sleeps 0.25 s per retry); the read path
-# falls back to the CQL store instead, and workers re-apply their batch.
+# One retry: a single cluster command is sent again once, after the topology is read
+# again (which finds a replica promoted in a failover); a standalone connection once,
+# after a connection error. Pipelines on a cluster are not retried (_QueueingClusterPipeline).
+# More would only hold a request while a node is away; the read path falls back to the
+# CQL store instead, and workers re-apply their batch.
 RETRIES = 1
 
 
