@@ -1,7 +1,9 @@
-"""One server interceptor for metrics, request ids, deadlines and error mapping."""
+"""One server interceptor for metrics, request ids, deadlines, error mapping and a log
+line for each slow call."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -11,7 +13,7 @@ from typing import Any, NamedTuple, cast
 import grpc
 from google.protobuf.message import DecodeError
 
-from common import deadlines
+from common import deadlines, stages
 from common.errors import ChirpError, InvalidArgument, classify
 from common.identity import metadata_value
 from common.logs import request_id_var
@@ -22,6 +24,10 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "x-request-id"
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# A call that took longer than this is logged with the stages its handler marked
+# (common/stages.py). The edge gives a read one second per try before it asks
+# another instance, so a slower call is one the client may have given up on.
+SLOW_CALL_SECONDS = 1.0
 # A request the message parser refused (a string field that is not UTF-8, which the
 # edge's transcoder passes on from a query string): answered INVALID_ARGUMENT by the
 # handler below, not UNKNOWN with the parser's text by the gRPC core.
@@ -56,8 +62,11 @@ class _Wrapped(NamedTuple):
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, dependency_errors: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self, dependency_errors: tuple[type[BaseException], ...], slow_seconds: float = SLOW_CALL_SECONDS
+    ) -> None:
         self._dependency_errors = dependency_errors
+        self._slow_seconds = slow_seconds
         # Method name -> its wrapped handler, built once per method instead of per call
         # (with the label children bound below: 26 µs of CPU per call to 14, measured
         # around a trivial handler) and reused only while the continuation answers with
@@ -97,6 +106,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, inner: Handler, service: str, method: str) -> Handler:
         dependency_errors = self._dependency_errors
+        slow_seconds = self._slow_seconds
         # Label children bound once per method (labels() takes a lock and a dict lookup);
         # a code's child is made at its first call, so no series shows before it happens.
         latency = GRPC_LATENCY.labels(service, method)
@@ -113,11 +123,20 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             request_id = metadata_value(context, REQUEST_ID_HEADER) or new_request_id()
             request_id_var.set(request_id)
             deadlines.set_deadline(context.time_remaining())
+            marks = stages.begin()
             code = grpc.StatusCode.OK
             try:
                 if request is _UNPARSABLE:
                     raise InvalidArgument("the request is not valid: every text field must be UTF-8")
                 return await inner(request, context)
+            except asyncio.CancelledError:
+                # The call ended under the handler: its deadline passed, or the client
+                # (the edge, when a hedged try answered first or its timeout ran out)
+                # cancelled it. Neither is a success.
+                remaining = context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+                raise
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     code = context.code() or grpc.StatusCode.UNKNOWN
@@ -136,7 +155,18 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
             finally:
                 count(code)
-                latency.observe(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                latency.observe(elapsed)
+                if elapsed >= slow_seconds:
+                    log.warning(
+                        "slow call",
+                        extra={
+                            "grpc_method": method,
+                            "grpc_code": code.name,
+                            "ms": round(elapsed * 1000, 1),
+                            "stages_ms": stages.offsets_ms(marks, started),
+                        },
+                    )
 
         return handle
 

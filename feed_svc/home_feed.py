@@ -29,6 +29,7 @@ from typing import NamedTuple, TypeVar
 from chirp.tweet.v1 import tweet_pb2
 from prometheus_client import Counter, Histogram
 
+from common import stages
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.hidden import HiddenAuthorsCache
 from common.pagination import PageTokens, unshared_tokens
@@ -216,10 +217,16 @@ class HomeFeed:
         )
         if self._hidden_cache is not None:
             first = await reads
+            stages.reached("first reads")
             hidden = await self._hidden_cache.hidden(user_id, first.hidden, first.answered)  # a miss: its script
         else:
             first, hidden = await asyncio.gather(reads, self._hidden_authors(user_id))
-        following, complete = first.following if first.following is not None else await self.following(user_id)
+        stages.reached("hidden authors")
+        if first.following is not None:
+            following, complete = first.following
+        else:
+            following, complete = await self.following(user_id)
+            stages.reached("follow list loaded")
         hidden = hidden - {user_id}
         allowed = {a for a, _ in following} | {user_id}
         # Cached follower counts can be up to CHIRP_FOLLOWING_CACHE_SECONDS old; the
@@ -235,6 +242,7 @@ class HomeFeed:
             celebrities += sorted(others)
         celebrities = celebrities[:MAX_CELEBRITIES_PER_READ]
         CELEBRITY_PULLS.observe(len(celebrities))
+        stages.reached("celebrities")
 
         results: list[FeedTweet] = []
         cursor = before
@@ -254,6 +262,7 @@ class HomeFeed:
                     pushed, pulled = await pushing, await pulling
                 else:
                     pushed, pulled = await asyncio.gather(pushing, pulling)
+            stages.reached("timeline and pulls")
             horizon = max(pulled.horizon, pushed[-1] if len(pushed) >= ask else 0)
             merged = [t for t in merge(pushed, pulled.ids, before=cursor) if t >= horizon]
             candidates = merged[:ask]
@@ -268,6 +277,7 @@ class HomeFeed:
                 if not part:
                     break
                 found = await self.hydrate(part, user_id)
+                stages.reached("hydrated")
                 if not complete:
                     unknown = {t.author_id for t in found.values()} - allowed - hidden
                     allowed |= await self._followed_among(user_id, unknown)
@@ -353,11 +363,13 @@ class HomeFeed:
         marked = await self._registry.members()
         pushed_authors = [a for a, count in following if count < self._threshold and a not in marked]
         rebuilt = rebuilt_timeline(await pull_recent(self._recent_ids, pushed_authors), self._timeline_size)
+        stages.reached("timeline pulled")
         if not marked_read:
             # Redis does not answer (down, or its pool is full): this read is served
             # from the pull, and nothing is written, so the next read rebuilds in full.
             return rebuilt
         stored = await self._cache.rebuild(user_id, rebuilt)
+        stages.reached("timeline stored")
         return rebuilt if stored is None else stored
 
     async def _pulled(
