@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from common import deadlines, stages
-from common.errors import ChirpError, InvalidArgument, classify
+from common.errors import ChirpError, InvalidArgument, Unavailable, classify
 from common.identity import metadata_value
 from common.logs import request_id_var
 from common.metrics import GRPC_HANDLED, GRPC_LATENCY
@@ -28,6 +28,10 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 # (common/stages.py). The edge gives a read one second per try before it asks
 # another instance, so a slower call is one the client may have given up on.
 SLOW_CALL_SECONDS = 1.0
+# A caller's deadline fires at the caller first and its reset reaches the server a
+# moment before the server's copy of the deadline runs out: a call cancelled this
+# close to its deadline ran out of time.
+DEADLINE_SLACK_SECONDS = 0.05
 # A request the message parser refused (a string field that is not UTF-8, which the
 # edge's transcoder passes on from a query string): answered INVALID_ARGUMENT by the
 # handler below, not UNKNOWN with the parser's text by the gRPC core.
@@ -128,15 +132,23 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if request is _UNPARSABLE:
                     raise InvalidArgument("the request is not valid: every text field must be UTF-8")
-                return await inner(request, context)
-            except asyncio.CancelledError:
-                # The call ended under the handler: its deadline passed, or the client
-                # (the edge, when a hedged try answered first or its timeout ran out)
-                # cancelled it. Neither is a success.
-                remaining = context.time_remaining()
-                expired = remaining is not None and remaining <= 0
-                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-                raise
+                try:
+                    return await inner(request, context)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # gRPC ended the call under its handler: the deadline passed, or the
+                        # client cancelled (the edge, when a hedged try answered first or its
+                        # timeout ran out; every call, when the server stops). Not a success.
+                        remaining = context.time_remaining()
+                        expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
+                        code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+                        raise
+                    # Not this call's cancellation: a shared load it awaited was cancelled
+                    # (the process is stopping). Answer at once, retryable, rather than
+                    # leave the client waiting out its deadline for nothing.
+                    log.warning("a load this call awaited was cancelled", extra={"grpc_method": method})
+                    raise Unavailable("the request was dropped; try again") from None
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     code = context.code() or grpc.StatusCode.UNKNOWN

@@ -351,6 +351,7 @@ class HomeFeed:
         # waiting in it for another load that waits for a slot could deadlock them all.
         followed = list(following)
         rebuilt = await self._timeline_loads.load(user_id, lambda: self._rebuild_timeline(user_id, followed))
+        stages.reached("timeline rebuilt")  # also for a read that joined another's rebuild
         return [t for t in rebuilt if before is None or t < before][:limit]
 
     async def _rebuild_timeline(self, user_id: int, following: Sequence[tuple[int, int]]) -> list[int]:

@@ -53,11 +53,13 @@ async def test_a_call_whose_deadline_passed_is_deadline_exceeded_and_one_cancell
     server, port = await _server(started)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 5)  # the deadline is the call's alone
             expire = channel.unary_unary(f"/{SERVICE}/Expire", None, None)
             expired_before, ok_before = handled("Expire", "DEADLINE_EXCEEDED"), handled("Expire", "OK")
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await expire(b"", timeout=0.3)
+                await expire(b"", timeout=1.0)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert started.is_set()  # the handler was running when the deadline passed
             await _counted("Expire", "DEADLINE_EXCEEDED", expired_before)
             assert handled("Expire", "OK") == ok_before
 
