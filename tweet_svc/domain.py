@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
+from common import stages
 from common.errors import InvalidArgument, NotFound, PermissionDenied
 from common.events import LikeEvent
 from common.ids import IdGenerator, id_time_ms
@@ -182,12 +183,14 @@ class Tweets:
         # The newest tweets (no `before`) come from Redis where the cache answers.
         newest = not before and limit <= RECENT_DEPTH
         found = await self._cache.recent(authors, limit) if newest else {}
+        stages.reached("recent ids cached")
         missing = [a for a in authors if a not in found]
         if newest:
             found.update(await self._filled_recent(missing, limit))
         else:
             lists = await asyncio.gather(*(self._store.author_tweet_ids(a, limit, before or None) for a in missing))
             found.update(zip(missing, lists, strict=True))
+        stages.reached("recent ids loaded")
         return [(tweet_id, author) for author in authors for tweet_id in found[author]]
 
     async def _filled_recent(self, authors: list[int], limit: int) -> dict[int, list[int]]:
@@ -246,13 +249,16 @@ class Tweets:
     async def hydrate(self, tweet_ids: list[int]) -> list[TweetRecord]:
         """Tweets in the order asked, with current like counts; deleted ones left out."""
         cached, deleted = await self._cache.get(tweet_ids)
+        stages.reached("bodies cached")
         missing = [t for t in tweet_ids if t not in cached and t not in deleted]
         if missing:
             # Joining a load begun before a delete is safe: the delete's marker was cached
             # before it was acknowledged, so a later read finds it and does not get here.
             cached.update((await self._body_loads.load_many(missing, self._load_bodies)).values)
+            stages.reached("bodies loaded")
         present = [t for t in tweet_ids if t in cached]
         counts = await self._counts(present)
+        stages.reached("like counts")
         return [replace(cached[t], like_count=counts.get(t, 0)) for t in present]
 
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:

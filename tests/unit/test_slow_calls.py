@@ -1,6 +1,7 @@
 """A call slower than the interceptor's threshold is logged once, with its method, code,
 duration and the stages its handler marked (common/stages.py), in order and timed from
-the call's start, each call with its own; a faster call logs nothing."""
+the call's start, each call with its own; a faster call logs nothing; tweet_svc marks where its
+batch reads got their answer."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from common import stages
 from common.errors import NotFound
 from common.interceptors import ServerInterceptor
 from tests.unit.test_interceptor_reuse import Aborted, Context, Details, call, continuation
+from tests.unit.test_singleflight import FillCache, FillStore, tweets
 
 METHOD = "/chirp.test.v1.SlowService/Walk"
 
@@ -67,3 +69,23 @@ async def test_a_fast_call_logs_nothing(caplog: pytest.LogCaptureFixture) -> Non
     with caplog.at_level(logging.WARNING, logger="common.interceptors"):
         assert await call(handler, "ok", Context()) == "done"
     assert _slow_records(caplog) == []
+
+
+async def test_tweet_svc_marks_where_a_batch_read_got_its_answer() -> None:
+    """A read the cache missed marks the cache's answer, the store's and the like counts;
+    one the cache answered marks no store read."""
+    store, cache = FillStore(), FillCache()
+    domain = tweets(store, cache)
+    store.release.set()
+
+    marks = stages.begin()
+    assert [t.tweet_id for t in await domain.hydrate([1, 2])] == [1, 2]
+    assert [stage for stage, _ in marks] == ["bodies cached", "bodies loaded", "like counts"]
+
+    marks = stages.begin()
+    await domain.hydrate([1, 2])  # now cached
+    assert [stage for stage, _ in marks] == ["bodies cached", "like counts"]
+
+    marks = stages.begin()
+    assert await domain.recent_ids([7], 0, 10) == [(30, 7), (20, 7), (10, 7)]
+    assert [stage for stage, _ in marks] == ["recent ids cached", "recent ids loaded"]
