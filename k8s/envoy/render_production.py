@@ -189,7 +189,7 @@ def build() -> dict[str, Any]:
             continue
         # Re-resolved every 5 s (Envoy's default; the Cluster field is deprecated):
         # a new pod takes traffic within seconds, a terminating one leaves the
-        # answer at once and fails its health check within about two seconds.
+        # answer at once and fails its health checks within about four seconds.
         cluster["type"] = "STRICT_DNS"
         cluster["dns_lookup_family"] = "V4_ONLY"
         cluster["load_assignment"] = {

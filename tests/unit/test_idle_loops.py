@@ -1,9 +1,12 @@
 """How idle processes wait: the health probes' pace, the Kafka workers' polls,
-the relay's backoff, Prometheus' scrape interval, and the idle-CPU tool's sums."""
+the relay's backoff, Prometheus' scrape interval, the metrics server's wakes,
+and the idle-CPU tool's sums."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 
 from bench import idle
 from common.cql import PING_FRESH_SECONDS
+from common.metrics import GRPC_HANDLED, METRICS_POLL_SECONDS, serve_metrics
 from common.outbox import IdleBackoff
 from common.server import (
     FAILED_PROBES_BEFORE_NOT_SERVING,
@@ -270,3 +274,26 @@ def test_idle_threads_count_a_new_thread_whole_and_fold_numbers() -> None:
         (1, "13"): ("ReadStage-#", 0.3),  # started within the window
     }
     assert idle.cores_by_thread(before, after, 10.0) == pytest.approx({"ReadStage-#": 0.08, "GC": 0.02})
+
+
+# ---- the metrics server --------------------------------------------------------
+
+
+def test_metrics_server_answers_a_scrape_at_once_though_it_wakes_once_a_minute() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Left serving (a daemon thread): shutting it down would wait for its next wake.
+    assert serve_metrics("127.0.0.1", port) is not None
+    GRPC_HANDLED.labels("chirp.test.v1.Idle", "Scrape", "OK").inc()
+    # Well inside the poll interval: a server that only answered on its wake would time out.
+    timeout = METRICS_POLL_SECONDS / 10
+    for _ in range(2):  # and again: the serving thread goes on after a scrape
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as reply:
+            body = reply.read().decode()
+        assert reply.status == 200
+        assert any(
+            line.startswith("grpc_server_handled_total{") and "chirp.test.v1.Idle" in line and line.endswith(" 1.0")
+            for line in body.splitlines()
+        )
+    assert serve_metrics("127.0.0.1", 0) is None  # port 0: no metrics server
