@@ -76,6 +76,16 @@ class CommonConfig:
     shutdown_grace_seconds: float
 
 
+# On SIGTERM an instance answers NOT_SERVING for this long before it refuses
+# calls: the edge's next health check (one every envoy/render.py
+# HEALTH_CHECK_SECONDS) takes it out at once, so a call the edge sends meanwhile
+# is still served. Shorter, half the checks would find the listener closed, a
+# network failure that counts only once of two, and calls with no retry (logins,
+# posts without an Idempotency-Key) would meet a refused connection until the
+# second. The k8s manifests set 5 s (the DNS refresh too).
+DEFAULT_DRAIN_SECONDS = 2.5
+
+
 def load_common(env: Mapping[str, str], service: str, default_port: int) -> CommonConfig:
     grpc_port = env_int(env, "CHIRP_GRPC_PORT", default_port, minimum=0)
     return CommonConfig(
@@ -95,7 +105,7 @@ def load_common(env: Mapping[str, str], service: str, default_port: int) -> Comm
         kafka_client_rack=env.get("CHIRP_KAFKA_CLIENT_RACK", "").strip(),
         redis_url=env_str(env, "CHIRP_REDIS_URL", "redis://127.0.0.1:6379/0"),
         log_level=env_str(env, "CHIRP_LOG_LEVEL", "INFO").upper(),
-        drain_seconds=env_float(env, "CHIRP_DRAIN_SECONDS", 1.0),
+        drain_seconds=env_float(env, "CHIRP_DRAIN_SECONDS", DEFAULT_DRAIN_SECONDS),
         shutdown_grace_seconds=env_float(env, "CHIRP_SHUTDOWN_GRACE_SECONDS", 10.0),
     )
 

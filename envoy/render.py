@@ -73,10 +73,13 @@ RETRY_AFTER_S = 1
 # Seconds between the edge's gRPC health checks of each instance, per cluster.
 # A check costs the instance about 1 ms of CPU however small (grpc.aio's fixed
 # per-call cost on this machine, measured on a bare server with no interceptor):
-# at 1 s the 10 checks a second were about 1% of a core on an idle stack. Two
-# failed checks take an instance out, so NOT_SERVING (a store down, or draining
-# on SIGTERM) is seen within about 4 s; a dead instance's calls fail at once and
-# outlier detection ejects it first.
+# at 1 s the 10 checks a second were about 1% of a core on an idle stack that
+# had carried traffic (until a cluster has, Envoy checks it once a minute). An
+# answer of NOT_SERVING (a store down, or draining on SIGTERM) takes an instance
+# out at the next check, within HEALTH_CHECK_SECONDS, so a drain must last that
+# long (common/config.py DEFAULT_DRAIN_SECONDS); an instance that does not answer
+# at all takes two failed checks, but its calls fail at once and outlier
+# detection ejects it first.
 HEALTH_CHECK_SECONDS = 2
 
 # Calls that need no token. Public reads verify a token when one is sent.
@@ -623,7 +626,7 @@ def _cluster(svc: topology.Service, settings: EdgeSettings, name: str, max_reque
         "typed_extension_protocol_options": _h2_options(),
         "load_assignment": _static_endpoints(name, [inst.port for inst in topology.instances(svc)]),
         # Active health: NOT_SERVING (dependency down, or draining on SIGTERM)
-        # takes an instance out within about four seconds (HEALTH_CHECK_SECONDS).
+        # takes an instance out at the next check (HEALTH_CHECK_SECONDS).
         "health_checks": [
             {
                 "timeout": "1s",

@@ -8,6 +8,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from common.config import load_common
 from infra import stack, topology
 from tests.edge import render
 
@@ -69,6 +70,21 @@ def test_only_safe_calls_are_retried_and_every_route_has_a_timeout() -> None:
     assert routes["/chirp.feed.v1.FeedService/GetHomeFeed"][0]["route"]["hedge_policy"] == {
         "hedge_on_per_try_timeout": True
     }
+
+
+def test_a_draining_instance_serves_until_the_edge_has_checked_it_and_stops_in_time() -> None:
+    """On SIGTERM an instance answers NOT_SERVING for drain_seconds before it refuses
+    calls; the edge's next check takes it out. A drain shorter than the check interval
+    lets checks find the listener closed, which takes two checks, and calls without a
+    retry policy meet refused connections meanwhile. The stack gives each instance
+    drain and grace before it kills it."""
+    common = load_common({}, "graph_svc", 50051)
+    checks = [check for c in _config()["static_resources"]["clusters"] for check in c.get("health_checks", [])]
+    (interval,) = {float(check["interval"].removesuffix("s")) for check in checks}
+    assert interval == render.HEALTH_CHECK_SECONDS
+    assert common.drain_seconds >= interval + 0.5
+    service_stop = {c.stop_timeout for c in stack.components(prepare=False) if c.name.startswith("graph_svc")}
+    assert service_stop and min(service_stop) > common.drain_seconds + common.shutdown_grace_seconds
 
 
 def test_clusters_have_health_checks_outlier_detection_and_a_retry_budget() -> None:
