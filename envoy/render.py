@@ -71,10 +71,10 @@ GRPC_TIMEOUT = r"[0-9]{1,8}[HMSmun]"
 # Seconds a client is told to wait after the edge shed its request.
 RETRY_AFTER_S = 1
 # Seconds between the edge's gRPC health checks of each instance, per cluster.
-# A check costs the instance about 1 ms of CPU however small (grpc.aio's fixed
-# per-call cost on this machine, measured on a bare server with no interceptor):
-# at 1 s the 10 checks a second were about 1% of a core on an idle stack that
-# had carried traffic (until a cluster has, Envoy checks it once a minute). An
+# A check costs a live instance about 2 ms of CPU, a bare grpc.aio server 1-1.4
+# (grpc's per-call floor on this machine): at 1 s the 10 checks a second were
+# 1.5 points of an idle stack's CPU once it had carried traffic (until a cluster
+# has, Envoy checks it once a minute); docs/BENCHMARKS.md, "Fewer health checks". An
 # answer of NOT_SERVING (a store down, or draining on SIGTERM) takes an instance
 # out at the next check, within HEALTH_CHECK_SECONDS, so a drain must last that
 # long (common/config.py DEFAULT_DRAIN_SECONDS); an instance that does not answer
