@@ -631,6 +631,11 @@ def _cluster(svc: topology.Service, settings: EdgeSettings, name: str, max_reque
             {
                 "timeout": "1s",
                 "interval": f"{HEALTH_CHECK_SECONDS}s",
+                # Envoy's default checks a cluster that never carried a request once a
+                # minute: a fresh stack would look cheaper idle than one that served
+                # traffic, and an instance that failed its first check would wait a
+                # minute for the next.
+                "no_traffic_interval": f"{HEALTH_CHECK_SECONDS}s",
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
                 "grpc_health_check": {"service_name": svc.grpc_service},

@@ -82,6 +82,8 @@ def test_a_draining_instance_serves_until_the_edge_has_checked_it_and_stops_in_t
     checks = [check for c in _config()["static_resources"]["clusters"] for check in c.get("health_checks", [])]
     (interval,) = {float(check["interval"].removesuffix("s")) for check in checks}
     assert interval == render.HEALTH_CHECK_SECONDS
+    # The same before the first request (Envoy's default would be 60 s).
+    assert {check["no_traffic_interval"] for check in checks} == {check["interval"] for check in checks}
     assert common.drain_seconds >= interval + 0.5
     service_stop = {c.stop_timeout for c in stack.components(prepare=False) if c.name.startswith("graph_svc")}
     assert service_stop and min(service_stop) > common.drain_seconds + common.shutdown_grace_seconds
