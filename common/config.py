@@ -77,12 +77,12 @@ class CommonConfig:
 
 
 # On SIGTERM an instance answers NOT_SERVING for this long before it refuses
-# calls: the edge's next health check (one every envoy/render.py
-# HEALTH_CHECK_SECONDS) takes it out at once, so a call the edge sends meanwhile
-# is still served. Shorter, half the checks would find the listener closed, a
-# network failure that counts only once of two, and calls with no retry (logins,
-# posts without an Idempotency-Key) would meet a refused connection until the
-# second. The k8s manifests set 5 s (the DNS refresh too).
+# calls, and marks every answer (common/interceptors.py): an edge that sends it a
+# call takes it out at the answer, and calls it sent before that are served. An
+# edge with no traffic for it finds NOT_SERVING, or the listener closed, at its
+# next check (every envoy/render.py HEALTH_CHECK_SECONDS); a call it sends to the
+# closed listener meanwhile is refused before it is sent and retried on another
+# instance. The k8s manifests set 6 s: each of several edges must have checked.
 DEFAULT_DRAIN_SECONDS = 2.5
 
 

@@ -36,6 +36,14 @@ DEADLINE_SLACK_SECONDS = 0.05
 # edge's transcoder passes on from a query string): answered INVALID_ARGUMENT by the
 # handler below, not UNKNOWN with the parser's text by the gRPC core.
 _UNPARSABLE = object()
+# Sent first with every answer once the process is draining (SIGTERM): Envoy's
+# router takes an instance that answers with it out of its cluster at once, as
+# if it had failed an active health check (until a check passes again), so an
+# edge with traffic stops routing to a draining instance at its first answer
+# instead of at its next health check (envoy/render.py HEALTH_CHECK_SECONDS).
+# The edge strips it from what clients see.
+IMMEDIATE_HEALTH_CHECK_FAIL_HEADER = "x-envoy-immediate-health-check-fail"
+IMMEDIATE_HEALTH_CHECK_FAIL = ((IMMEDIATE_HEALTH_CHECK_FAIL_HEADER, "true"),)
 
 
 def _tolerant(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -77,6 +85,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # the same handler parts. A method no handler serves is never stored, so this
         # holds at most one entry per registered method.
         self._wrapped: dict[str, _Wrapped] = {}
+        self.draining = False
+
+    def start_draining(self) -> None:
+        """From now on every answer tells the edge to stop routing here."""
+        self.draining = True
 
     async def intercept_service(
         self,
@@ -129,6 +142,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             deadlines.set_deadline(context.time_remaining())
             marks = stages.begin()
             code = grpc.StatusCode.OK
+            if self.draining:
+                await context.send_initial_metadata(IMMEDIATE_HEALTH_CHECK_FAIL)
             try:
                 if request is _UNPARSABLE:
                     raise InvalidArgument("the request is not valid: every text field must be UTF-8")

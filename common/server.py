@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import uvloop
@@ -57,9 +57,17 @@ class Wiring:
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=tuple)
 
 
-def create_server(address: str, wiring: Wiring) -> tuple[grpc.aio.Server, int, HealthServicer]:
+class Served(NamedTuple):
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    interceptor: ServerInterceptor
+
+
+def create_server(address: str, wiring: Wiring) -> Served:
+    interceptor = ServerInterceptor(wiring.dependency_errors)
     server = grpc.aio.server(
-        interceptors=[ServerInterceptor(wiring.dependency_errors)],
+        interceptors=[interceptor],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
@@ -83,7 +91,7 @@ def create_server(address: str, wiring: Wiring) -> tuple[grpc.aio.Server, int, H
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind gRPC server to {address}")
-    return server, port, health_servicer
+    return Served(server, port, health_servicer, interceptor)
 
 
 def add_reflection(server: grpc.aio.Server, service_names: Sequence[str], pool: DescriptorPool | None = None) -> None:
@@ -152,7 +160,7 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 async def serve(config: CommonConfig, wiring: Wiring) -> None:
     """Run until SIGTERM/SIGINT, then drain: NOT_SERVING, finish in-flight, close clients."""
     serve_metrics(config.grpc_host, config.metrics_port)
-    server, port, health_servicer = create_server(f"{config.grpc_host}:{config.grpc_port}", wiring)
+    server, port, health_servicer, interceptor = create_server(f"{config.grpc_host}:{config.grpc_port}", wiring)
     await server.start()
     log.info("listening", extra={"grpc_port": port, "metrics_port": config.metrics_port})
 
@@ -170,8 +178,11 @@ async def serve(config: CommonConfig, wiring: Wiring) -> None:
             log.error("background task failed", exc_info=task.exception())
 
     log.info("shutting down")
+    # The edge stops routing here at this instance's first answer from now on (with
+    # traffic), or at its next health check (NOT_SERVING); calls it sent before
+    # either are served during the drain.
+    interceptor.start_draining()
     await health_servicer.enter_graceful_shutdown()
-    # Give the edge's health checks time to see NOT_SERVING before we refuse calls.
     await asyncio.sleep(config.drain_seconds)
     for task in tasks:
         task.cancel()

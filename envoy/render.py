@@ -22,6 +22,7 @@ from chirp.tweet.v1 import tweet_pb2
 from google.api import annotations_pb2
 
 from common.identity import SESSION_ID_HEADER
+from common.interceptors import IMMEDIATE_HEALTH_CHECK_FAIL_HEADER
 from infra import topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,15 +73,17 @@ GRPC_TIMEOUT = r"[0-9]{1,8}[HMSmun]"
 RETRY_AFTER_S = 1
 # Seconds between the edge's gRPC health checks of each instance, per cluster.
 # A check costs a live instance about 2 ms of CPU, a bare grpc.aio server 1-1.4
-# (grpc's per-call floor on this machine): at 1 s the 10 checks a second were
-# 1.5 points of an idle stack's CPU once it had carried traffic (until a cluster
-# has, Envoy checks it once a minute); docs/BENCHMARKS.md, "Fewer health checks". An
-# answer of NOT_SERVING (a store down, or draining on SIGTERM) takes an instance
-# out at the next check, within HEALTH_CHECK_SECONDS, so a drain must last that
-# long (common/config.py DEFAULT_DRAIN_SECONDS); an instance that does not answer
-# at all takes two failed checks, but its calls fail at once and outlier
-# detection ejects it first.
-HEALTH_CHECK_SECONDS = 2
+# (grpc's per-call floor on this machine), and Envoy about 0.5: at 1 s the 10
+# checks a second were 1.5 points of an idle stack's CPU, at 2 s 1.2
+# (docs/BENCHMARKS.md, "Fewer health checks"). Nothing a check finds waits for
+# it while the edge carries traffic: a draining instance marks every answer
+# (common/interceptors.py IMMEDIATE_HEALTH_CHECK_FAIL), which takes it out at
+# its first answer; calls that fail at a dead one are retried on another
+# (every route retries a call that never reached an instance) and outlier
+# detection ejects it. Checks find what no call shows: NOT_SERVING (a store
+# failing its probes, a drain while the edge is quiet) at the next check, a
+# dead or hung instance at the second, and a restarted one back at the next.
+HEALTH_CHECK_SECONDS = 5
 
 # Calls that need no token. Public reads verify a token when one is sent.
 NO_TOKEN = (
@@ -507,6 +510,18 @@ def _retry_policy(per_try_timeout_s: float) -> dict[str, Any]:
     }
 
 
+def _unsent_retry_policy() -> dict[str, Any]:
+    """For a call that must not run twice: retried on another instance only when it
+    never reached one (a refused or failed connection, a stream the instance refused
+    unread), as when the edge picks an instance that has just stopped."""
+    return {
+        "retry_on": "connect-failure,refused-stream,reset-before-request",
+        "num_retries": 2,
+        "retry_host_predicate": _retry_policy(0)["retry_host_predicate"],
+        "host_selection_retry_max_attempts": 3,
+    }
+
+
 def _route(svc: topology.Service, method: str, settings: EdgeSettings) -> list[dict[str, Any]]:
     path = f"/{svc.grpc_service}/{method}"
     write = method not in RETRYABLE or method in IDEMPOTENT_WRITES
@@ -518,8 +533,7 @@ def _route(svc: topology.Service, method: str, settings: EdgeSettings) -> list[d
         route["typed_per_filter_config"] = {"envoy.filters.http.local_ratelimit": _rate_limit(settings.login_rps)}
     if method in POST_METHODS:
         route["typed_per_filter_config"] = {"envoy.filters.http.local_ratelimit": _rate_limit(settings.post_rps)}
-    if method in RETRYABLE:
-        action["retry_policy"] = _retry_policy(timeout / 2)
+    action["retry_policy"] = _retry_policy(timeout / 2) if method in RETRYABLE else _unsent_retry_policy()
     if not write:
         # A read past its per-try timeout is slow, not lost (a cold read: the follow list,
         # the timeline and the tweets loaded from the store in turn, as while a Redis node
@@ -793,6 +807,8 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
         route_config={
             "name": "edge",
             "virtual_hosts": [{"name": "chirp", "domains": ["*"], "routes": _routes(settings)}],
+            # Meant for the edge alone (its router has acted on it by now).
+            "response_headers_to_remove": [IMMEDIATE_HEALTH_CHECK_FAIL_HEADER],
             "request_headers_to_add": [
                 {
                     "header": {"key": CLIENT_IP_HEADER, "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"},

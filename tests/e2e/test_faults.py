@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from common.interceptors import IMMEDIATE_HEALTH_CHECK_FAIL_HEADER
 from infra import stack, topology
 from tests import faults
 from tests.conftest import unique_name
@@ -84,6 +85,31 @@ def test_killing_an_instance_under_load_keeps_99_percent_success(edge: httpx.Cli
     assert ok >= 0.99, f"success {ok:.3%}: {sorted(set(statuses))}"
     flags = host_flags(victim.service.name, victim.port)
     assert "failed_active_hc" in flags or "failed_outlier_check" in flags, flags
+
+
+@pytest.mark.slow
+def test_a_draining_instance_leaves_the_edge_at_its_first_answer(edge: httpx.Client, restore_after: None) -> None:
+    """SIGTERM one rank_svc instance and read trending through the edge: every read
+    is served, and the edge takes the instance out because of its own answer
+    (excluded_via_immediate_hc_fail; a health check would set only failed_active_hc)
+    while it still drains, long before its next check would. Clients never see the mark."""
+    rank = next(svc for svc in topology.SERVICES if svc.name == "rank_svc")
+    victim = topology.instances(rank)[1]
+    assert "excluded_via_immediate_hc_fail" not in host_flags(rank.name, victim.port)
+    pid = int(json.loads((stack.RUN / f"{victim.name}.json").read_text())["pid"])
+    os.kill(pid, signal.SIGTERM)
+    statuses: list[int] = []
+    marked = False
+    deadline = time.monotonic() + 2.0  # inside the 2.5 s drain
+    while not marked and time.monotonic() < deadline:
+        reply = edge.get("/v1/feed/trending")
+        statuses.append(reply.status_code)
+        assert IMMEDIATE_HEALTH_CHECK_FAIL_HEADER not in reply.headers
+        marked = "excluded_via_immediate_hc_fail" in host_flags(rank.name, victim.port)
+    assert marked, host_flags(rank.name, victim.port)
+    assert set(statuses) == {200}, statuses
+    # Gone before the stack starts it again.
+    faults.wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 30, f"{victim.name} to stop")
 
 
 @pytest.mark.slow

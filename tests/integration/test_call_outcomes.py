@@ -34,7 +34,7 @@ async def _server(started: asyncio.Event) -> tuple[grpc.aio.Server, int]:
         handlers = {name: grpc.unary_unary_rpc_method_handler(stall) for name in ("Expire", "Abandon")}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
-    server, port, _ = create_server(
+    server, port, _, _ = create_server(
         "127.0.0.1:0", Wiring(register=register, service_names=[SERVICE], probes=[], close=close)
     )
     await server.start()

@@ -10,7 +10,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
-from common.server import Wiring, check_probes, create_server
+from common.interceptors import IMMEDIATE_HEALTH_CHECK_FAIL
+from common.server import Served, Wiring, check_probes, create_server
 from graph_svc.relations import Relations, RelationStore
 from graph_svc.service import GraphService
 from tests.conftest import build_graph, unique_name
@@ -18,7 +19,7 @@ from tests.conftest import build_graph, unique_name
 SERVICE = "chirp.graph.v1.GraphService"
 
 
-async def _graph_server(cql: CqlSession) -> tuple[grpc.aio.Server, int, object]:
+async def _graph_server(cql: CqlSession) -> Served:
     graph = await build_graph(cql, IdGenerator(900))
     relation_store = RelationStore(cql)
     await relation_store.prepare()
@@ -36,15 +37,15 @@ async def _graph_server(cql: CqlSession) -> tuple[grpc.aio.Server, int, object]:
         close=close,
         dependency_errors=CQL_UNAVAILABLE_ERRORS,
     )
-    server, port, health = create_server("127.0.0.1:0", wiring)
-    await server.start()
+    served = create_server("127.0.0.1:0", wiring)
+    await served.server.start()
     assert await check_probes(wiring.probes)
-    await health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, health
+    await served.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    return served
 
 
 async def test_graph_service_serves_health_reflection_and_errors(cql: CqlSession) -> None:
-    server, port, health = await _graph_server(cql)
+    server, port, health, interceptor = await _graph_server(cql)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             status = await health_pb2_grpc.HealthStub(channel).Check(
@@ -57,8 +58,10 @@ async def test_graph_service_serves_health_reflection_and_errors(cql: CqlSession
             created = await stub.CreateUser(
                 graph_pb2.CreateUserRequest(username=name, password="correct horse"), timeout=5
             )
-            fetched = await stub.GetUser(graph_pb2.GetUserRequest(user_id=created.user.user_id), timeout=5)
-            assert fetched.user == created.user
+            get = stub.GetUser(graph_pb2.GetUserRequest(user_id=created.user.user_id), timeout=5)
+            assert (await get).user == created.user
+            (header,) = IMMEDIATE_HEALTH_CHECK_FAIL
+            assert header not in tuple(await get.initial_metadata() or ())
 
             try:
                 await stub.GetUser(graph_pb2.GetUserRequest(user_id=1), timeout=5)
@@ -74,11 +77,24 @@ async def test_graph_service_serves_health_reflection_and_errors(cql: CqlSession
                 assert SERVICE in names and "grpc.health.v1.Health" in names
                 break
 
-            await health.enter_graceful_shutdown()  # type: ignore[attr-defined]
+            interceptor.start_draining()
+            await health.enter_graceful_shutdown()
             status = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=SERVICE), timeout=2
             )
             assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # Draining, it still serves, and every answer, success or refusal, tells the
+            # edge to stop routing to it at once.
+            get = stub.GetUser(graph_pb2.GetUserRequest(user_id=created.user.user_id), timeout=5)
+            assert (await get).user == created.user
+            assert header in tuple(await get.initial_metadata() or ())
+            missing = stub.GetUser(graph_pb2.GetUserRequest(user_id=1), timeout=5)
+            try:
+                await missing
+                raise AssertionError("expected NOT_FOUND")
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.NOT_FOUND
+            assert header in tuple(await missing.initial_metadata() or ())
     finally:
         await server.stop(1)
 

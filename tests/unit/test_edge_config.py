@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from common.config import load_common
+from common.interceptors import IMMEDIATE_HEALTH_CHECK_FAIL
 from infra import stack, topology
 from tests.edge import render
 
@@ -50,13 +51,26 @@ def test_only_safe_calls_are_retried_and_every_route_has_a_timeout() -> None:
     assert routes["/chirp.tweet.v1.TweetService/CreateTweet"][0]["route"]["timeout"] == f"{SETTINGS.write_timeout_s}s"
     assert "retry_policy" in routes["/chirp.feed.v1.FeedService/GetHomeFeed"][0]["route"]
     assert "retry_policy" in routes["/chirp.tweet.v1.TweetService/GetTweet"][0]["route"]
-    for unsafe in ("DeleteTweet",):
-        assert "retry_policy" not in routes[f"/chirp.tweet.v1.TweetService/{unsafe}"][0]["route"]
-    for unsafe in ("CreateUser", "CreateSession"):
-        assert "retry_policy" not in routes[f"/chirp.graph.v1.GraphService/{unsafe}"][0]["route"]
+    # A call that must not run twice is retried only when it never reached an instance
+    # (one that has just stopped): no retry on a reset, UNAVAILABLE or a timeout.
+    unsent = {"connect-failure", "refused-stream", "reset-before-request"}
     keyed, plain = routes["/chirp.tweet.v1.TweetService/CreateTweet"]
-    assert keyed["match"]["headers"][0]["name"] == "idempotency-key" and "retry_policy" in keyed["route"]
-    assert "retry_policy" not in plain["route"]
+    unsafe = [
+        routes["/chirp.tweet.v1.TweetService/DeleteTweet"][0],
+        routes["/chirp.graph.v1.GraphService/CreateUser"][0],
+        routes["/chirp.graph.v1.GraphService/CreateSession"][0],
+        plain,
+    ]
+    for route in unsafe:
+        policy = route["route"]["retry_policy"]
+        assert set(policy["retry_on"].split(",")) == unsent, route["match"]
+        assert "per_try_timeout" not in policy
+    assert keyed["match"]["headers"][0]["name"] == "idempotency-key"
+    assert "reset" in keyed["route"]["retry_policy"]["retry_on"].split(",")
+    # Every call is retried on another instance when its connection is refused.
+    for path, entries in routes.items():
+        for route in entries:
+            assert "connect-failure" in route["route"]["retry_policy"]["retry_on"].split(","), path
     # A read past its per-try timeout keeps going while a second try starts (hedged); a
     # write that may be repeated is retried only after its try ended.
     hedged = {path for path, entries in routes.items() if "hedge_policy" in entries[0]["route"]}
@@ -72,19 +86,24 @@ def test_only_safe_calls_are_retried_and_every_route_has_a_timeout() -> None:
     }
 
 
-def test_a_draining_instance_serves_until_the_edge_has_checked_it_and_stops_in_time() -> None:
-    """On SIGTERM an instance answers NOT_SERVING for drain_seconds before it refuses
-    calls; the edge's next check takes it out. A drain shorter than the check interval
-    lets checks find the listener closed, which takes two checks, and calls without a
-    retry policy meet refused connections meanwhile. The stack gives each instance
-    drain and grace before it kills it."""
+def test_a_draining_instance_leaves_the_edge_at_its_first_answer_or_next_check() -> None:
+    """On SIGTERM an instance marks every answer (the edge takes it out at the first)
+    and answers NOT_SERVING for drain_seconds before it refuses calls. With no
+    traffic the edge's next check may come after the listener closed; a call sent
+    there meanwhile is refused unsent and retried on another instance (every route
+    retries a connect failure). The edge does not
+    hand the mark on to clients. The stack gives each instance drain and grace
+    before it kills it."""
     common = load_common({}, "graph_svc", 50051)
     checks = [check for c in _config()["static_resources"]["clusters"] for check in c.get("health_checks", [])]
     (interval,) = {float(check["interval"].removesuffix("s")) for check in checks}
     assert interval == render.HEALTH_CHECK_SECONDS
     # The same before the first request (Envoy's default would be 60 s).
     assert {check["no_traffic_interval"] for check in checks} == {check["interval"] for check in checks}
-    assert common.drain_seconds >= interval + 0.5
+    (header,) = IMMEDIATE_HEALTH_CHECK_FAIL
+    assert header == ("x-envoy-immediate-health-check-fail", "true")
+    assert _hcm()["route_config"]["response_headers_to_remove"] == [header[0]]
+    assert common.drain_seconds >= 1.0
     service_stop = {c.stop_timeout for c in stack.components(prepare=False) if c.name.startswith("graph_svc")}
     assert service_stop and min(service_stop) > common.drain_seconds + common.shutdown_grace_seconds
 

@@ -867,24 +867,24 @@ def test_chirp_pod_settings_load_and_drain_within_the_grace_period(workload: Obj
     assert common.metrics_port == _ports(container)["metrics"]
     grace = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > common.drain_seconds + common.shutdown_grace_seconds
-    # Envoy takes a NOT_SERVING pod out at its next check, and one that stopped
-    # answering after `unhealthy_threshold` checks (each up to its timeout): the
-    # drain outlasts even the second, so the pod stops taking calls only once no
-    # edge sends it any.
+    # A draining pod answers NOT_SERVING, which takes it out at each edge's next
+    # check (a non-retriable failure), and marks its answers, which take it out at
+    # an edge's first; the drain outlasts the check, so the pod stops taking calls
+    # only once no edge sends it any.
     assert common.drain_seconds >= _seconds_to_take_out(svc.name)
     if svc.name == "graph_svc":
         _assert_token_key_is_mounted(workload, settings.token_key_file)
 
 
 def _seconds_to_take_out(service: str) -> float:
-    """The longest the edge's health checks take to take a pod out that stopped
-    answering (0 for a worker: no edge calls it)."""
+    """The longest the edge's health checks take to take out a pod that answers
+    NOT_SERVING (0 for a worker: no edge calls it)."""
     clusters = [c for c in ENVOY_CONFIG["static_resources"]["clusters"] if c["name"].startswith(service)]
     worst = 0.0
     for cluster in clusters:
         (check,) = cluster["health_checks"]
         interval, timeout = (float(check[key].removesuffix("s")) for key in ("interval", "timeout"))
-        worst = max(worst, check["unhealthy_threshold"] * interval + timeout)
+        worst = max(worst, interval + timeout)
     return worst
 
 
