@@ -79,10 +79,12 @@ class CommonConfig:
 # On SIGTERM an instance answers NOT_SERVING for this long before it refuses
 # calls, and marks every answer (common/interceptors.py): an edge that sends it a
 # call takes it out at the answer, and calls it sent before that are served. An
-# edge with no traffic for it finds NOT_SERVING, or the listener closed, at its
-# next check (every envoy/render.py HEALTH_CHECK_SECONDS); a call it sends to the
-# closed listener meanwhile is refused before it is sent and retried on another
-# instance. The k8s manifests set 6 s: each of several edges must have checked.
+# edge with no traffic for it takes it out at its next check (every
+# envoy/render.py HEALTH_CHECK_SECONDS) when that comes within the drain, else
+# at the second that finds the listener closed (a refused connection counts
+# once of two); a call it sends there meanwhile is refused before any of it is
+# sent and retried on another instance. The k8s manifests set 6 s, a check and
+# its timeout: there a stopped pod's address may not refuse but time out.
 DEFAULT_DRAIN_SECONDS = 2.5
 
 

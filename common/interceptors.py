@@ -4,6 +4,7 @@ line for each slow call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -36,12 +37,16 @@ DEADLINE_SLACK_SECONDS = 0.05
 # edge's transcoder passes on from a query string): answered INVALID_ARGUMENT by the
 # handler below, not UNKNOWN with the parser's text by the gRPC core.
 _UNPARSABLE = object()
-# Sent first with every answer once the process is draining (SIGTERM): Envoy's
-# router takes an instance that answers with it out of its cluster at once, as
-# if it had failed an active health check (until a check passes again), so an
-# edge with traffic stops routing to a draining instance at its first answer
-# instead of at its next health check (envoy/render.py HEALTH_CHECK_SECONDS).
-# The edge strips it from what clients see.
+# Sent with every answer once the process is draining (SIGTERM): Envoy's router
+# takes an instance that answers with it out of its cluster at once, as if it
+# had failed an active health check (until a check passes again), so an edge
+# with traffic stops routing to a draining instance at its first answer instead
+# of at its next health check (envoy/render.py HEALTH_CHECK_SECONDS). It goes
+# with the answer, never ahead of it: a success's headers go out with its
+# message, an error's in the one frame that also carries its status (trailers
+# only). Headers sent before the handler ran would commit the edge to this
+# instance: Envoy decides retries and hedges on the status in the headers and
+# only until a response has started. The edge strips it from what clients see.
 IMMEDIATE_HEALTH_CHECK_FAIL_HEADER = "x-envoy-immediate-health-check-fail"
 IMMEDIATE_HEALTH_CHECK_FAIL = ((IMMEDIATE_HEALTH_CHECK_FAIL_HEADER, "true"),)
 
@@ -142,13 +147,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             deadlines.set_deadline(context.time_remaining())
             marks = stages.begin()
             code = grpc.StatusCode.OK
-            if self.draining:
-                await context.send_initial_metadata(IMMEDIATE_HEALTH_CHECK_FAIL)
             try:
                 if request is _UNPARSABLE:
                     raise InvalidArgument("the request is not valid: every text field must be UTF-8")
                 try:
-                    return await inner(request, context)
+                    response = await inner(request, context)
+                    if self.draining:
+                        with contextlib.suppress(grpc.aio.BaseError):  # the call is over: nothing to mark
+                            await context.send_initial_metadata(IMMEDIATE_HEALTH_CHECK_FAIL)
+                    return response
                 except asyncio.CancelledError:
                     task = asyncio.current_task()
                     if task is not None and task.cancelling():
@@ -179,7 +186,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 else:
                     log.exception("unhandled error", extra={"grpc_method": method})
                 status = error.grpc_status()
-                await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
+                trailing = status.trailing_metadata
+                if self.draining:
+                    trailing = (*trailing, *IMMEDIATE_HEALTH_CHECK_FAIL)
+                await context.abort(status.code, status.details, trailing_metadata=trailing)
             finally:
                 count(code)
                 elapsed = time.perf_counter() - started

@@ -40,8 +40,12 @@ LAG_INTERVAL_SECONDS = 5.0
 # An idle consumer waits this long for the first message of the next batch, in
 # one blocking call that returns as soon as it comes: polling for a whole batch
 # every `batch_wait_seconds` (50-200 ms) woke every worker up to 20 times a
-# second with nothing to do.
-IDLE_WAIT_SECONDS = 1.0
+# second with nothing to do, and at 1 s each of the 8 idle consumer loops of the
+# local stack still took 0.05-0.06% of a core more than at 5 s (workers side by
+# side, 90 s; docs/BENCHMARKS.md). What it delays is only a stop: closing the
+# consumer waits for the call under way (infra/stack.py gives an instance 20 s
+# for drain, grace and this).
+IDLE_WAIT_SECONDS = 5.0
 FAILURES = Gauge("chirp_consumer_failing", "1 while the worker's last batch failed.", ["group"])
 COMMIT_FAILURES = Counter("chirp_consumer_commit_failures_total", "Offset commits the broker refused.", ["group"])
 # Commit refusals that mean the group is changing hands (a rebalance, the coordinator

@@ -79,10 +79,11 @@ RETRY_AFTER_S = 1
 # it while the edge carries traffic: a draining instance marks every answer
 # (common/interceptors.py IMMEDIATE_HEALTH_CHECK_FAIL), which takes it out at
 # its first answer; calls that fail at a dead one are retried on another
-# (every route retries a call that never reached an instance) and outlier
+# (every API route retries a call that never reached an instance) and outlier
 # detection ejects it. Checks find what no call shows: NOT_SERVING (a store
 # failing its probes, a drain while the edge is quiet) at the next check, a
-# dead or hung instance at the second, and a restarted one back at the next.
+# dead or hung instance (or a quiet one that finished its drain first) at the
+# second, and a restarted one back at the next.
 HEALTH_CHECK_SECONDS = 5
 
 # Calls that need no token. Public reads verify a token when one is sent.
@@ -511,11 +512,13 @@ def _retry_policy(per_try_timeout_s: float) -> dict[str, Any]:
 
 
 def _unsent_retry_policy() -> dict[str, Any]:
-    """For a call that must not run twice: retried on another instance only when it
-    never reached one (a refused or failed connection, a stream the instance refused
-    unread), as when the edge picks an instance that has just stopped."""
+    """For a call that must not run twice: retried on another instance only when no
+    byte of it reached one (a refused or failed connection, as when the edge picks
+    an instance that has just stopped). Not on a refused stream: Envoy retries that
+    even after the request went out, and gRPC resets a call it cancels UNAVAILABLE
+    (an instance stopping with calls still running) as refused."""
     return {
-        "retry_on": "connect-failure,refused-stream,reset-before-request",
+        "retry_on": "connect-failure,reset-before-request",
         "num_retries": 2,
         "retry_host_predicate": _retry_policy(0)["retry_host_predicate"],
         "host_selection_retry_max_attempts": 3,

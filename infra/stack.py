@@ -155,7 +155,9 @@ def _service_components(prepare: bool) -> list[Component]:
                     "CHIRP_METRICS_PORT": str(inst.metrics_port),
                     "CHIRP_INSTANCE_ID": str(inst.instance_id),
                 },
-                stop_timeout=15,
+                # Drain, grace for calls in flight, and a worker's idle Kafka poll
+                # (common/worker.py IDLE_WAIT_SECONDS), which its close waits out.
+                stop_timeout=20,
                 fingerprint=fingerprint,
                 where=f"gRPC {topology.HOST}:{inst.port}, metrics :{inst.metrics_port}",
             )

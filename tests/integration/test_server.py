@@ -88,13 +88,18 @@ async def test_graph_service_serves_health_reflection_and_errors(cql: CqlSession
             get = stub.GetUser(graph_pb2.GetUserRequest(user_id=created.user.user_id), timeout=5)
             assert (await get).user == created.user
             assert header in tuple(await get.initial_metadata() or ())
+            # A refusal's mark rides with its status and details (one frame, which the
+            # edge reads its retry decision from), no headers ahead of them.
             missing = stub.GetUser(graph_pb2.GetUserRequest(user_id=1), timeout=5)
             try:
                 await missing
                 raise AssertionError("expected NOT_FOUND")
             except grpc.aio.AioRpcError as err:
                 assert err.code() == grpc.StatusCode.NOT_FOUND
-            assert header in tuple(await missing.initial_metadata() or ())
+                trailing = tuple(err.trailing_metadata() or ())
+                assert header in trailing
+                assert "grpc-status-details-bin" in [m[0] for m in trailing]  # type: ignore[index]
+            assert header not in tuple(await missing.initial_metadata() or ())
     finally:
         await server.stop(1)
 

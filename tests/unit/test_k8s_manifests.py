@@ -32,6 +32,7 @@ import yaml  # type: ignore[import-untyped]  # PyYAML is pinned in requirements.
 from redis.asyncio.cluster import RedisCluster
 
 from common import cache, kafka
+from common.worker import IDLE_WAIT_SECONDS
 from feed_svc import config as feed_config
 from graph_svc import config as graph_config
 from infra import keys, topology
@@ -866,19 +867,25 @@ def test_chirp_pod_settings_load_and_drain_within_the_grace_period(workload: Obj
     assert common.grpc_port == _ports(container)["grpc"]
     assert common.metrics_port == _ports(container)["metrics"]
     grace = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > common.drain_seconds + common.shutdown_grace_seconds
+    # A worker's consumer closes once its idle poll returns.
+    assert grace > common.drain_seconds + common.shutdown_grace_seconds + IDLE_WAIT_SECONDS
     # A draining pod answers NOT_SERVING, which takes it out at each edge's next
     # check (a non-retriable failure), and marks its answers, which take it out at
     # an edge's first; the drain outlasts the check, so the pod stops taking calls
     # only once no edge sends it any.
     assert common.drain_seconds >= _seconds_to_take_out(svc.name)
+    if svc.routed:
+        # A rolling update replaces the next pod only once the edge has admitted this
+        # one (a check passed): else the one being replaced leaves at its first answer
+        # while its successor is not yet taking calls.
+        assert workload["spec"]["minReadySeconds"] >= _seconds_to_take_out(svc.name)
     if svc.name == "graph_svc":
         _assert_token_key_is_mounted(workload, settings.token_key_file)
 
 
 def _seconds_to_take_out(service: str) -> float:
-    """The longest the edge's health checks take to take out a pod that answers
-    NOT_SERVING (0 for a worker: no edge calls it)."""
+    """The longest the edge's health checks take to see a pod's answer, NOT_SERVING
+    (out) or SERVING (in): an interval and a timeout (0 for a worker: no edge calls it)."""
     clusters = [c for c in ENVOY_CONFIG["static_resources"]["clusters"] if c["name"].startswith(service)]
     worst = 0.0
     for cluster in clusters:
