@@ -42,8 +42,8 @@ _UNPARSABLE = object()
 # had failed an active health check (until a check passes again), so an edge
 # with traffic stops routing to a draining instance at its first answer instead
 # of at its next health check (envoy/render.py HEALTH_CHECK_SECONDS). It goes
-# with the answer, never ahead of it: a success's headers go out with its
-# message, an error's in the one frame that also carries its status (trailers
+# with the answer, never ahead of it: a success's headers once its handler has
+# returned, an error's in the one frame that also carries its status (trailers
 # only). Headers sent before the handler ran would commit the edge to this
 # instance: Envoy decides retries and hedges on the status in the headers and
 # only until a response has started. The edge strips it from what clients see.

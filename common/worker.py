@@ -42,9 +42,10 @@ LAG_INTERVAL_SECONDS = 5.0
 # every `batch_wait_seconds` (50-200 ms) woke every worker up to 20 times a
 # second with nothing to do, and at 1 s each of the 8 idle consumer loops of the
 # local stack still took 0.05-0.06% of a core more than at 5 s (workers side by
-# side, 90 s; docs/BENCHMARKS.md). What it delays is only a stop: closing the
-# consumer waits for the call under way (infra/stack.py gives an instance 20 s
-# for drain, grace and this).
+# side, 90 s; docs/BENCHMARKS.md). What it delays: a stop (closing the consumer
+# waits for the call under way; infra/stack.py gives an instance 20 s for drain,
+# grace and this), and what a loop does between idle polls (the lag gauge, the
+# rank worker's check of quiet partitions) comes every 5 s at most.
 IDLE_WAIT_SECONDS = 5.0
 FAILURES = Gauge("chirp_consumer_failing", "1 while the worker's last batch failed.", ["group"])
 COMMIT_FAILURES = Counter("chirp_consumer_commit_failures_total", "Offset commits the broker refused.", ["group"])

@@ -875,10 +875,10 @@ def test_chirp_pod_settings_load_and_drain_within_the_grace_period(workload: Obj
     # only once no edge sends it any.
     assert common.drain_seconds >= _seconds_to_take_out(svc.name)
     if svc.routed:
-        # A rolling update replaces the next pod only once the edge has admitted this
-        # one (a check passed): else the one being replaced leaves at its first answer
-        # while its successor is not yet taking calls.
-        assert workload["spec"]["minReadySeconds"] >= _seconds_to_take_out(svc.name)
+        # A rolling update replaces the next pod only once the edge has found this one
+        # (a DNS refresh) and admitted it (a check passed): else the one being replaced
+        # leaves at its first answer while its successor is not yet taking calls.
+        assert workload["spec"]["minReadySeconds"] >= _seconds_to_find(svc.name) + _seconds_to_take_out(svc.name)
     if svc.name == "graph_svc":
         _assert_token_key_is_mounted(workload, settings.token_key_file)
 
@@ -893,6 +893,14 @@ def _seconds_to_take_out(service: str) -> float:
         interval, timeout = (float(check[key].removesuffix("s")) for key in ("interval", "timeout"))
         worst = max(worst, interval + timeout)
     return worst
+
+
+def _seconds_to_find(service: str) -> float:
+    """The longest the edge takes to resolve a new pod of a service: its clusters'
+    DNS refresh (Envoy's default is 5 s)."""
+    clusters = [c for c in ENVOY_CONFIG["static_resources"]["clusters"] if c["name"].startswith(service)]
+    assert clusters and all(c["type"] == "STRICT_DNS" for c in clusters)
+    return max(float(c.get("dns_refresh_rate", "5s").removesuffix("s")) for c in clusters)
 
 
 def _assert_token_key_is_mounted(workload: Obj, key_file: Path) -> None:
