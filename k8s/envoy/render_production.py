@@ -189,7 +189,8 @@ def build() -> dict[str, Any]:
             continue
         # Re-resolved every 5 s (Envoy's default; the Cluster field is deprecated):
         # a new pod takes traffic within seconds, a terminating one leaves the
-        # answer at once and answers NOT_SERVING to the next health check (2 s).
+        # answer at once, marks its answers (the edge takes it out at the first)
+        # and answers NOT_SERVING to the next health check (every 5 s).
         cluster["type"] = "STRICT_DNS"
         cluster["dns_lookup_family"] = "V4_ONLY"
         cluster["load_assignment"] = {
