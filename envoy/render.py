@@ -499,6 +499,13 @@ def _retry_policy(per_try_timeout_s: float) -> dict[str, Any]:
         # amplifying an overload, and an overflow is never retried.
         "num_retries": 2,
         "per_try_timeout": f"{per_try_timeout_s}s",
+        **_on_other_hosts(),
+    }
+
+
+def _on_other_hosts() -> dict[str, Any]:
+    """A retry goes to an instance not tried yet."""
+    return {
         "retry_host_predicate": [
             {
                 "name": "envoy.retry_host_predicates.previous_hosts",
@@ -520,8 +527,7 @@ def _unsent_retry_policy() -> dict[str, Any]:
     return {
         "retry_on": "connect-failure,reset-before-request",
         "num_retries": 2,
-        "retry_host_predicate": _retry_policy(0)["retry_host_predicate"],
-        "host_selection_retry_max_attempts": 3,
+        **_on_other_hosts(),
     }
 
 

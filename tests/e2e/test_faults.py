@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from common.config import DEFAULT_DRAIN_SECONDS
 from common.interceptors import IMMEDIATE_HEALTH_CHECK_FAIL_HEADER
 from infra import stack, topology
 from tests import faults
@@ -100,7 +101,7 @@ def test_a_draining_instance_leaves_the_edge_at_its_first_answer(edge: httpx.Cli
     os.kill(pid, signal.SIGTERM)
     statuses: list[int] = []
     marked = False
-    deadline = time.monotonic() + 2.0  # inside the 2.5 s drain
+    deadline = time.monotonic() + DEFAULT_DRAIN_SECONDS - 0.5  # inside the drain
     while not marked and time.monotonic() < deadline:
         reply = edge.get("/v1/feed/trending")
         statuses.append(reply.status_code)
