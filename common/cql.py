@@ -104,6 +104,14 @@ PING_FRESH_SECONDS = 5.0
 PREPARE_ATTEMPTS = 6
 PREPARE_BACKOFF_SECONDS = 1.0
 RECONNECT_MAX_SECONDS = 10.0
+# The driver's libev I/O thread arms one repeating timer for its earliest request
+# timer and never stops it once none is left, so an idle process went on waking
+# at the last interval armed: every 150 ms (SPECULATIVE_DELAY_SECONDS) in the
+# processes whose last statement was a read, for as long as they stayed idle.
+# With one timer always pending the thread is re-armed for that one instead and
+# sleeps (the select backend's own cap is about a minute).
+STANDING_TIMER_SECONDS = 600.0
+_standing_timers: set[type] = set()
 
 
 def is_read(query: str) -> bool:
@@ -298,6 +306,7 @@ class CqlSession:
         except BaseException:
             cluster.shutdown()  # its threads and connections, or the process never exits
             raise
+        keep_a_timer_pending(cluster.connection_class)
         return cls(cluster, session, default_timeout)
 
     async def prepare(self, query: str, idempotent: bool | None = None) -> PreparedStatement:
@@ -371,6 +380,19 @@ class CqlSession:
 
     def close(self) -> None:
         self._cluster.shutdown()
+
+
+def keep_a_timer_pending(connection_class: type) -> None:
+    """Keep one timer of the driver's reactor pending from now on (once per process:
+    the reactor is shared), so its I/O thread sleeps while no request is under way."""
+    if connection_class in _standing_timers:
+        return
+    _standing_timers.add(connection_class)
+
+    def renew() -> None:
+        connection_class.create_timer(STANDING_TIMER_SECONDS, renew)  # type: ignore[attr-defined]
+
+    renew()
 
 
 def _settle(result: asyncio.Future[_Page], page: _Page | None, exc: BaseException | None) -> None:

@@ -9,9 +9,12 @@ cassandra-2 through infra.stack."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -120,6 +123,28 @@ async def test_reads_run_in_the_speculative_profile_and_writes_do_not(
     assert [(r.user_id, r.username) for r in rows] == [(user_id, name)]
     assert used == [(UPSERT, EXEC_PROFILE_DEFAULT), (READ, cql_policies.READ_PROFILE)]
     await cql.execute("DELETE FROM users WHERE user_id = %s", (user_id,))
+
+
+def _thread_wakes(name: str) -> int:
+    """How often this process's thread `name` has gone to sleep and been woken (its
+    voluntary context switches)."""
+    (native_id,) = [t.native_id for t in threading.enumerate() if t.name == name]
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")).split()[1])
+
+
+async def test_the_drivers_io_thread_sleeps_once_no_request_is_under_way(cql: CqlSession) -> None:
+    """The driver's libev thread used to keep waking at the last timer interval it
+    armed: every 150 ms (the speculative delay) after a read, for as long as the
+    process stayed idle. A standing timer (common/cql.py) lets it sleep."""
+    read = await cql.prepare(READ)
+    for _ in range(3):
+        await cql.execute(read, (secrets.randbits(62),))
+    await asyncio.sleep(0.5)  # the reads' own timers are cancelled by now
+    before = _thread_wakes("event_loop")
+    await asyncio.sleep(3.0)
+    # About 20 with the repeating 150 ms timer; a stray heartbeat or event may add one or two.
+    assert _thread_wakes("event_loop") - before <= 5
 
 
 # ---- real driver errors by meaning ------------------------------------------------------------
