@@ -583,12 +583,25 @@ def _routes(settings: EdgeSettings) -> list[dict[str, Any]]:
     return routes
 
 
+# How often the edge pings each idle upstream connection. Every ping wakes the
+# instance's gRPC event-engine threads, which then back off from 15 ms to 3 s
+# (hard-coded in grpc): on an idle local stack, 10 s pings on its twenty-odd
+# connections cost about 0.3% of a core (docs/BENCHMARKS.md, "A quieter idle
+# stack"). The pings find a connection that died without a reset (an instance
+# whose host vanished) within this and the 2 s timeout; by then the health checks
+# (two failed, HEALTH_CHECK_SECONDS apart) and outlier detection have taken the
+# instance out of rotation anyway.
+UPSTREAM_KEEPALIVE_SECONDS = 30
+
+
 def _h2_options() -> dict[str, Any]:
     return {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _any(
             "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             explicit_http_config={
-                "http2_protocol_options": {"connection_keepalive": {"interval": "10s", "timeout": "2s"}}
+                "http2_protocol_options": {
+                    "connection_keepalive": {"interval": f"{UPSTREAM_KEEPALIVE_SECONDS}s", "timeout": "2s"}
+                }
             },
         )
     }
