@@ -13,6 +13,7 @@ rendered config or JVM options changed, which are restarted.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import hashlib
 import json
@@ -53,6 +54,7 @@ class Component:
     stop_timeout: float = 20.0
     fingerprint: str = ""  # a change of it restarts a running component
     where: str = ""
+    timer_slack_ns: int = 0  # the process's timer slack (0: the kernel's default)
 
 
 def _tcp_open(port: int) -> bool:
@@ -257,6 +259,7 @@ def _store_components() -> list[Component]:
                     # A changed cassandra.yaml or JVM option restarts the node, as settings do a service.
                     fingerprint=jvm.cassandra_fingerprint(ROOT, STATE, node, cassandra),
                     where=f"CQL {node.address}",
+                    timer_slack_ns=jvm.JVM_TIMER_SLACK_NS,
                 )
             )
         else:
@@ -271,6 +274,7 @@ def _store_components() -> list[Component]:
                         ROOT, STATE, node, kafka, topology.kafka_replication(), topology.kafka_min_insync()
                     ),
                     where=node.address,
+                    timer_slack_ns=jvm.JVM_TIMER_SLACK_NS,
                 )
             )
     return comps
@@ -356,10 +360,29 @@ def _start(comp: Component) -> int:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_timer_slack_setter(comp.timer_slack_ns),
         )
     record = {"pid": str(proc.pid), "start": _start_time(proc.pid) or "", "fingerprint": comp.fingerprint}
     (RUN / f"{comp.name}.json").write_text(json.dumps(record))
     return proc.pid
+
+
+PR_SET_TIMERSLACK = 29  # linux/prctl.h
+
+
+def _timer_slack_setter(ns: int) -> Callable[[], None] | None:
+    """What the child runs before exec to take a timer slack of `ns`: its threads,
+    and the threads they start, inherit it. libc is loaded here, in the parent: a
+    child forked from a threaded process should not load libraries."""
+    if not ns:
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def set_slack() -> None:
+        if prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_TIMERSLACK)")
+
+    return set_slack
 
 
 def _stop(name: str, timeout: float) -> bool:
