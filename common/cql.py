@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import re
 import time
 from collections import namedtuple
@@ -111,7 +112,7 @@ RECONNECT_MAX_SECONDS = 10.0
 # With one timer always pending the thread is re-armed for that one instead and
 # sleeps (the select backend's own cap is about a minute).
 STANDING_TIMER_SECONDS = 600.0
-_standing_timers: set[type] = set()
+_standing_timers: set[tuple[type, int]] = set()  # (reactor class, pid): a forked child has a new reactor
 
 
 def is_read(query: str) -> bool:
@@ -385,9 +386,10 @@ class CqlSession:
 def keep_a_timer_pending(connection_class: type) -> None:
     """Keep one timer of the driver's reactor pending from now on (once per process:
     the reactor is shared), so its I/O thread sleeps while no request is under way."""
-    if connection_class in _standing_timers:
+    key = (connection_class, os.getpid())
+    if key in _standing_timers:
         return
-    _standing_timers.add(connection_class)
+    _standing_timers.add(key)
 
     def renew() -> None:
         connection_class.create_timer(STANDING_TIMER_SECONDS, renew)  # type: ignore[attr-defined]

@@ -71,7 +71,7 @@ def create_server(address: str, wiring: Wiring) -> Served:
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            # Envoy pings idle upstream connections every 10 s and peers every 30 s;
+            # Envoy (UPSTREAM_KEEPALIVE_SECONDS) and the services' channels ping idle connections every 30 s;
             # gRPC's default (a ping at most every 5 min without data, two strikes)
             # answered that with GOAWAY "too many pings", failing calls in flight.
             ("grpc.keepalive_permit_without_calls", 1),

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -351,7 +351,7 @@ def _read_pid(name: str) -> dict[str, str] | None:
 def _start(comp: Component) -> int:
     log_path = LOGS / f"{comp.name}.log"
     env = {**os.environ, **comp.env}
-    with open(log_path, "ab") as log:
+    with open(log_path, "ab") as log, _timer_slack(comp.timer_slack_ns):
         proc = subprocess.Popen(
             comp.argv(),
             cwd=ROOT,
@@ -360,29 +360,31 @@ def _start(comp: Component) -> int:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_timer_slack_setter(comp.timer_slack_ns),
         )
     record = {"pid": str(proc.pid), "start": _start_time(proc.pid) or "", "fingerprint": comp.fingerprint}
     (RUN / f"{comp.name}.json").write_text(json.dumps(record))
     return proc.pid
 
 
-PR_SET_TIMERSLACK = 29  # linux/prctl.h
+PR_SET_TIMERSLACK, PR_GET_TIMERSLACK = 29, 30  # linux/prctl.h
 
 
-def _timer_slack_setter(ns: int) -> Callable[[], None] | None:
-    """What the child runs before exec to take a timer slack of `ns`: its threads,
-    and the threads they start, inherit it. libc is loaded here, in the parent: a
-    child forked from a threaded process should not load libraries."""
+@contextlib.contextmanager
+def _timer_slack(ns: int) -> Iterator[None]:
+    """This thread's timer slack set to `ns` (none if 0) while it starts a child: the
+    child inherits it, and so do the threads it starts. Set here rather than in the
+    child, so the child is spawned as any other (no Python between fork and exec)."""
     if not ns:
-        return None
+        yield
+        return
     prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def set_slack() -> None:
-        if prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_TIMERSLACK)")
-
-    return set_slack
+    before = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    if before < 0 or prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_TIMERSLACK)")
+    try:
+        yield
+    finally:
+        prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(before), 0, 0, 0)
 
 
 def _stop(name: str, timeout: float) -> bool:

@@ -141,10 +141,14 @@ async def test_the_drivers_io_thread_sleeps_once_no_request_is_under_way(cql: Cq
     for _ in range(3):
         await cql.execute(read, (secrets.randbits(62),))
     await asyncio.sleep(0.5)  # the reads' own timers are cancelled by now
-    before = _thread_wakes("event_loop")
-    await asyncio.sleep(3.0)
-    # About 20 with the repeating 150 ms timer; a stray heartbeat or event may add one or two.
-    assert _thread_wakes("event_loop") - before <= 5
+    counts = []
+    for _ in range(2):
+        before = _thread_wakes("event_loop")
+        await asyncio.sleep(1.5)
+        counts.append(_thread_wakes("event_loop") - before)
+    # About 10 a window with the repeating 150 ms timer. The driver's idle heartbeat
+    # (every 30 s) can land in one window, never in both.
+    assert min(counts) <= 3, counts
 
 
 # ---- real driver errors by meaning ------------------------------------------------------------

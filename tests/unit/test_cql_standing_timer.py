@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
+from common import cql
 from common.cql import STANDING_TIMER_SECONDS, keep_a_timer_pending
 
 
@@ -17,7 +20,8 @@ class FakeReactor:
         return object()
 
 
-def test_one_timer_is_pending_per_reactor_and_renewed_when_it_fires() -> None:
+def test_one_timer_is_pending_per_reactor_and_renewed_when_it_fires(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cql, "_standing_timers", set())
     FakeReactor.timers = []
     keep_a_timer_pending(FakeReactor)
     keep_a_timer_pending(FakeReactor)  # a second session in the same process

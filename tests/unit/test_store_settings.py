@@ -56,6 +56,10 @@ def test_jvm_options_and_commitlog_mode_change_the_fingerprint(tmp_path: Path, m
     monkeypatch.setattr(jvm, "IDLE_JVM_OPTS", ())
     assert (_cassandra(ROOT, state), _kafka(ROOT, state)) != before
     monkeypatch.undo()
+    monkeypatch.setattr(jvm, "JVM_TIMER_SLACK_NS", jvm.JVM_TIMER_SLACK_NS * 2)
+    changed = (_cassandra(ROOT, state), _kafka(ROOT, state))
+    assert changed[0] != before[0] and changed[1] != before[1]
+    monkeypatch.undo()
     monkeypatch.setenv(jvm.COMMITLOG_ENV, "periodic")
     assert _cassandra(ROOT, state) != before[0]
 
