@@ -351,7 +351,7 @@ def cassandra_fingerprint(root: Path, state: Path, node: StoreNode, cluster: lis
     return _fingerprint(
         root / "infra" / "cassandra" / "cassandra.yaml.in",
         _cassandra_values(state, node, cluster),
-        (*_cassandra_jvm_opts(cluster), f"timer-slack={JVM_TIMER_SLACK_NS}"),
+        _cassandra_jvm_opts(cluster),
     )
 
 
@@ -362,13 +362,14 @@ def kafka_fingerprint(
     return _fingerprint(
         root / "infra" / "kafka" / "server.properties.in",
         _kafka_values(state, node, cluster, replication, min_isr),
-        (*_kafka_jvm_opts(cluster), f"timer-slack={JVM_TIMER_SLACK_NS}"),
+        _kafka_jvm_opts(cluster),
     )
 
 
 def _fingerprint(template: Path, values: dict[str, str], jvm_opts: tuple[str, ...]) -> str:
     digest = hashlib.sha256(Template(template.read_text()).substitute(values).encode())
-    digest.update("\0".join(jvm_opts).encode())
+    # The timer slack both JVMs start with counts as one more option.
+    digest.update("\0".join((*jvm_opts, f"timer-slack={JVM_TIMER_SLACK_NS}")).encode())
     return digest.hexdigest()[:16]
 
 
