@@ -134,3 +134,34 @@ def test_a_parked_fetch_leaves_time_for_a_list_offsets_queued_behind_it() -> Non
     # The broker answers one request per connection at a time: offsets_for_times
     # waits out the consumer's parked fetch before its own timeout runs down.
     assert kafka.FETCH_WAIT_MS / 1000 <= events.BROKER_TIMEOUT_SECONDS / 2
+
+
+def test_the_single_broker_runs_fewer_threads_than_the_clusters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One broker idles on few threads; the cluster's keep enough to ride out a killed peer."""
+    deps = tmp_path / "deps"
+    (deps / "kafka").mkdir(parents=True)
+    (deps / "kafka" / "kafka-clients.jar").touch()
+    state = tmp_path / "state"
+    brokers = [topology.StoreNode("kafka", f"kafka-{i}", f"127.0.0.{i}", 9092, i) for i in (1, 2, 3)]
+
+    def threads(node: topology.StoreNode, cluster: list[topology.StoreNode], replication: int) -> dict[str, str]:
+        config = Path(jvm.kafka_command(ROOT, deps, state, node, cluster, replication, min(2, replication))[-1])
+        settings = dict(line.split("=", 1) for line in config.read_text().splitlines() if line and line[0] != "#")
+        return {k: settings[k] for k in ("num.network.threads", "num.io.threads", "group.coordinator.threads")}
+
+    assert threads(brokers[0], brokers[:1], 1) == {
+        "num.network.threads": "1",
+        "num.io.threads": "2",
+        "group.coordinator.threads": "1",
+    }
+    assert threads(brokers[1], brokers, 3) == {
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "group.coordinator.threads": "4",
+    }
+    # and a changed count restarts a running broker
+    before = jvm.kafka_fingerprint(ROOT, state, brokers[1], brokers, 3, 2)
+    monkeypatch.setattr(jvm, "KAFKA_CLUSTER_THREADS", (3, 4, 4))
+    assert jvm.kafka_fingerprint(ROOT, state, brokers[1], brokers, 3, 2) != before
