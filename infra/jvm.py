@@ -137,10 +137,19 @@ KAFKA_JVM_OPTS = (
 # restart instead of 46, a Kafka broker 9 s instead of 31 (same machine, same load).
 # The single-node stack, the one `make bench` measures, keeps C2.
 CLUSTER_JIT_OPTS = ("-XX:TieredStopAtLevel=1",)
+# It compiles ten times sooner instead. Idle, a JVM runs its request and polling
+# paths a few times a second, so at the default thresholds those methods reach C2
+# one by one for the better part of an hour, running interpreted or at C1's
+# profiling tier meanwhile. At a tenth they are compiled in the first minutes
+# (the whole stack is 3.4 points higher 4 minutes after a start, level at 8), and
+# what runs idle after is compiled code: each JVM 0.34-0.74 points of a core lower
+# without its compiler threads, in every window measured. Ten times later cost
+# more than it saved (docs/BENCHMARKS.md, "A quieter idle stack").
+SINGLE_JIT_OPTS = ("-XX:CompileThresholdScaling=0.1",)
 
 
 def _jit_opts(cluster: list[StoreNode]) -> tuple[str, ...]:
-    return CLUSTER_JIT_OPTS if len(cluster) > 1 else ()
+    return CLUSTER_JIT_OPTS if len(cluster) > 1 else SINGLE_JIT_OPTS
 
 
 # Kafka's network, request-handler and group-coordinator threads (num.network.threads,

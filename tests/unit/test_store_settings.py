@@ -94,6 +94,12 @@ def test_cluster_nodes_stop_at_c1_and_a_single_node_keeps_c2(tmp_path: Path, mon
     assert c1 in jvm.kafka_command(root, deps, state, brokers[1], brokers, 3, 2)
     assert c1 not in jvm.cassandra_command(root, deps, state, single, [single])
     assert c1 not in jvm.kafka_command(root, deps, state, brokers[0], brokers[:1], 1, 1)
+    # the single node compiles sooner instead; C1 alone has no thresholds to scale
+    sooner = "-XX:CompileThresholdScaling=0.1"
+    assert sooner in jvm.cassandra_command(root, deps, state, single, [single])
+    assert sooner in jvm.kafka_command(root, deps, state, brokers[0], brokers[:1], 1, 1)
+    assert sooner not in jvm.cassandra_command(root, deps, state, cluster[1], cluster)
+    assert sooner not in jvm.kafka_command(root, deps, state, brokers[1], brokers, 3, 2)
     # and the option is in the fingerprint: a running cluster node restarts to take it
     with_c1 = jvm.cassandra_fingerprint(root, state, cluster[1], cluster)
     kafka_with_c1 = jvm.kafka_fingerprint(root, state, brokers[1], brokers, 3, 2)
