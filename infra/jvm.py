@@ -137,19 +137,10 @@ KAFKA_JVM_OPTS = (
 # restart instead of 46, a Kafka broker 9 s instead of 31 (same machine, same load).
 # The single-node stack, the one `make bench` measures, keeps C2.
 CLUSTER_JIT_OPTS = ("-XX:TieredStopAtLevel=1",)
-# It compiles ten times sooner instead. Idle, a JVM runs its request and polling
-# paths a few times a second, so at the default thresholds those methods reach C2
-# one by one for the better part of an hour, running interpreted or at C1's
-# profiling tier meanwhile. At a tenth they are compiled in the first minutes
-# (the whole stack is 3.4 points higher 4 minutes after a start, level at 8), and
-# what runs idle after is compiled code: each JVM 0.34-0.74 points of a core lower
-# without its compiler threads, in every window measured. Ten times later cost
-# more than it saved (docs/BENCHMARKS.md, "A quieter idle stack").
-SINGLE_JIT_OPTS = ("-XX:CompileThresholdScaling=0.1",)
 
 
 def _jit_opts(cluster: list[StoreNode]) -> tuple[str, ...]:
-    return CLUSTER_JIT_OPTS if len(cluster) > 1 else SINGLE_JIT_OPTS
+    return CLUSTER_JIT_OPTS if len(cluster) > 1 else ()
 
 
 # Kafka's network, request-handler and group-coordinator threads (num.network.threads,
@@ -157,8 +148,10 @@ def _jit_opts(cluster: list[StoreNode]) -> tuple[str, ...]:
 # single node, idle most of its life, takes one, two and one. The cluster's brokers
 # keep two, four and four: in the fault suite run after the cluster tests, as CI runs
 # it, the SIGKILLed-broker step failed 1.3-2.4% of its requests with one, two and one
-# (likes at their 5 s deadline, while the dead replica was still in every ISR; four
-# runs) and none with two, four and four (two runs, alternated with the others).
+# (likes and an unlike at their 5 s deadline, while the dead broker was still in every
+# ISR; stop 34's two CI runs and two runs alternated with two, four and four), and
+# none in those two alternated runs with two, four and four (docs/BENCHMARKS.md,
+# "A quieter idle stack", stop 35).
 KAFKA_SINGLE_THREADS = (1, 2, 1)
 KAFKA_CLUSTER_THREADS = (2, 4, 4)
 
