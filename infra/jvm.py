@@ -139,8 +139,12 @@ KAFKA_JVM_OPTS = (
 CLUSTER_JIT_OPTS = ("-XX:TieredStopAtLevel=1",)
 
 
+def _is_cluster(cluster: list[StoreNode]) -> bool:
+    return len(cluster) > 1
+
+
 def _jit_opts(cluster: list[StoreNode]) -> tuple[str, ...]:
-    return CLUSTER_JIT_OPTS if len(cluster) > 1 else ()
+    return CLUSTER_JIT_OPTS if _is_cluster(cluster) else ()
 
 
 # Kafka's network, request-handler and group-coordinator threads (num.network.threads,
@@ -157,8 +161,21 @@ KAFKA_CLUSTER_THREADS = (2, 4, 4)
 
 
 def _kafka_threads(cluster: list[StoreNode]) -> dict[str, str]:
-    network, io, coordinator = KAFKA_CLUSTER_THREADS if len(cluster) > 1 else KAFKA_SINGLE_THREADS
+    network, io, coordinator = KAFKA_CLUSTER_THREADS if _is_cluster(cluster) else KAFKA_SINGLE_THREADS
     return {"network_threads": str(network), "io_threads": str(io), "coordinator_threads": str(coordinator)}
+
+
+# Broker heartbeat interval and session timeout, ms (infra/kafka/server.properties.in).
+# The cluster fences a dead broker after 4 s, so that its partitions get new leaders
+# within the clients' 5 s deadlines. The single node has no peer to hand them to; it
+# keeps Kafka's 9 s session and heartbeats every 3 s instead of every second.
+KAFKA_SINGLE_HEARTBEAT = (3000, 9000)
+KAFKA_CLUSTER_HEARTBEAT = (1000, 4000)
+
+
+def _kafka_heartbeat(cluster: list[StoreNode]) -> dict[str, str]:
+    heartbeat, session = KAFKA_CLUSTER_HEARTBEAT if _is_cluster(cluster) else KAFKA_SINGLE_HEARTBEAT
+    return {"heartbeat_ms": str(heartbeat), "session_ms": str(session)}
 
 
 def _cassandra_jvm_opts(cluster: list[StoreNode]) -> tuple[str, ...]:
@@ -359,7 +376,8 @@ def _cassandra_values(state: Path, node: StoreNode, cluster: list[StoreNode]) ->
         "data_dir": str(state.resolve() / "data" / node.name),
         "address": node.host,
         "seeds": cluster[0].host,
-        "hinted_handoff": "true" if len(cluster) > 1 else "false",
+        "hinted_handoff": "true" if _is_cluster(cluster) else "false",
+        "dynamic_snitch": "true" if _is_cluster(cluster) else "false",
         "commitlog_sync": _commitlog_sync(),
     }
 
@@ -413,7 +431,7 @@ def cassandra_command(root: Path, deps: Path, state: Path, node: StoreNode, clus
 
     config = conf / f"{node.name}.yaml"
     _render(root / "infra" / "cassandra" / "cassandra.yaml.in", config, _cassandra_values(state, node, cluster))
-    token = CLUSTER_TOKENS[node.ordinal - 1] if len(cluster) > 1 else "0"
+    token = CLUSTER_TOKENS[node.ordinal - 1] if _is_cluster(cluster) else "0"
     return [
         _java(),
         *_cassandra_jvm_opts(cluster),
@@ -449,6 +467,7 @@ def _kafka_values(
         "replication": str(replication),
         "min_isr": str(min_isr),
         **_kafka_threads(cluster),
+        **_kafka_heartbeat(cluster),
     }
 
 

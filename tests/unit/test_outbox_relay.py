@@ -492,7 +492,8 @@ async def test_relay_cost_under_ten_times_todays_write_rate() -> None:
     """2,500 events/s (the fast path delivers them all) then quiet, four relays:
     the relay reads ids and flags only, a page per shard per pass plus the sweep."""
     world = make_world(relays=4)
-    await world.run(30)
+    await world.run(60)  # a few lease cycles: the shards shared out
+    assert sorted(len(o.relayed_shards()) for o in world.outboxes) == [8, 8, 8, 8]
     before = Counter(world.store.statements)
     rate, seconds, step_ms = 2500, 8, 2000
     for _ in range(seconds * 1000 // step_ms):
@@ -626,9 +627,9 @@ async def test_idle_relays_paced_as_relay_forever_paces_them_cost_fewer_statemen
     lwt_per_second = sum(n for name, n in spent.items() if name in LWT) / seconds
     print(f"idle, paced: {per_second:.2f} statements/s ({lwt_per_second:.2f} LWT/s): {dict(spent)}")
     # 4.7/s with a pass every 2 s, about 4 with a pass and a lease cycle every 5 s when
-    # idle; about 2 every 10 s.
-    assert per_second <= 2.2, spent
-    assert lwt_per_second <= 0.45  # lease renewals: 4 relays, one every 10 s
+    # idle, about 2 every 10 s; about 1 every 20 s.
+    assert per_second <= 1.1, spent
+    assert lwt_per_second <= 0.22  # lease renewals: 4 relays, one every 20 s
     assert spent["scan"] == 0 and spent["load"] == 0
     assert sorted(len(o.relayed_shards()) for o in world.outboxes) == [8, 8, 8, 8], "a lease lapsed"
 

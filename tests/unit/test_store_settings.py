@@ -136,10 +136,11 @@ def test_a_parked_fetch_leaves_time_for_a_list_offsets_queued_behind_it() -> Non
     assert kafka.FETCH_WAIT_MS / 1000 <= events.BROKER_TIMEOUT_SECONDS / 2
 
 
-def test_the_single_broker_runs_fewer_threads_than_the_clusters(
+def test_the_single_broker_runs_fewer_threads_and_heartbeats_than_the_clusters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One broker idles on few threads; the cluster's keep enough to ride out a killed peer."""
+    """One broker idles on few threads and heartbeats every 3 s; the cluster's keep enough
+    threads to ride out a killed peer and fence it within 4 s."""
     deps = tmp_path / "deps"
     (deps / "kafka").mkdir(parents=True)
     (deps / "kafka" / "kafka-clients.jar").touch()
@@ -150,19 +151,48 @@ def test_the_single_broker_runs_fewer_threads_than_the_clusters(
         jvm.kafka_command(ROOT, deps, state, node, cluster, replication, min(2, replication))
         config = state / "conf" / f"{node.name}.properties"
         settings = dict(line.split("=", 1) for line in config.read_text().splitlines() if line and line[0] != "#")
-        return {k: settings[k] for k in ("num.network.threads", "num.io.threads", "group.coordinator.threads")}
+        keys = (
+            "num.network.threads",
+            "num.io.threads",
+            "group.coordinator.threads",
+            "broker.heartbeat.interval.ms",
+            "broker.session.timeout.ms",
+        )
+        return {k: settings[k] for k in keys}
 
     assert threads(brokers[0], brokers[:1], 1) == {
         "num.network.threads": "1",
         "num.io.threads": "2",
         "group.coordinator.threads": "1",
+        "broker.heartbeat.interval.ms": "3000",
+        "broker.session.timeout.ms": "9000",
     }
     assert threads(brokers[1], brokers, 3) == {
         "num.network.threads": "2",
         "num.io.threads": "4",
         "group.coordinator.threads": "4",
+        "broker.heartbeat.interval.ms": "1000",
+        "broker.session.timeout.ms": "4000",
     }
     # and a changed count restarts a running broker
     before = jvm.kafka_fingerprint(ROOT, state, brokers[1], brokers, 3, 2)
     monkeypatch.setattr(jvm, "KAFKA_CLUSTER_THREADS", (3, 4, 4))
     assert jvm.kafka_fingerprint(ROOT, state, brokers[1], brokers, 3, 2) != before
+
+
+def test_only_the_clusters_nodes_rank_replicas_with_the_dynamic_snitch(tmp_path: Path) -> None:
+    """A single node has no other replica to rank; its config turns the snitch's 100 ms re-scoring off."""
+    deps = tmp_path / "deps"
+    (deps / "cassandra").mkdir(parents=True)
+    (deps / "cassandra" / "jamm-0.4.0.jar").touch()
+    state = tmp_path / "state"
+    nodes = [topology.StoreNode("cassandra", f"cassandra-{i}", f"127.0.0.{i}", 9042, i) for i in (1, 2, 3)]
+
+    def snitch(node: topology.StoreNode, cluster: list[topology.StoreNode]) -> str:
+        jvm.cassandra_command(ROOT, deps, state, node, cluster)
+        config = (state / "conf" / f"{node.name}.yaml").read_text().splitlines()
+        (line,) = [line for line in config if line.startswith("dynamic_snitch:")]
+        return line.split(":", 1)[1].strip()
+
+    assert snitch(nodes[0], nodes[:1]) == "false"
+    assert snitch(nodes[1], nodes) == "true"
