@@ -83,7 +83,7 @@ class CommonConfig:
 # envoy/render.py HEALTH_CHECK_SECONDS) when that comes within the drain, else
 # at the second that finds the listener closed (a refused connection counts
 # once of two); a call it sends there meanwhile is refused before any of it is
-# sent and retried on another instance. The k8s manifests set 6 s, a check and
+# sent and retried on another instance. The k8s manifests set 11 s, a check and
 # its timeout: there a stopped pod's address may not refuse but time out.
 DEFAULT_DRAIN_SECONDS = 2.5
 

@@ -73,10 +73,13 @@ GRPC_TIMEOUT = r"[0-9]{1,8}[HMSmun]"
 RETRY_AFTER_S = 1
 # Seconds between the edge's gRPC health checks of each instance, per cluster.
 # A check costs a live instance about 2 ms of CPU, a bare grpc.aio server 1-1.4
-# (grpc's per-call floor on this machine), and Envoy about 0.5: at 1 s the 10
-# checks a second were 1.5 points of an idle stack's CPU, at 2 s 1.2
-# (docs/BENCHMARKS.md, "Fewer health checks"). Nothing a check finds waits for
-# it while the edge carries traffic: a draining instance marks every answer
+# (grpc's per-call floor on this machine), and Envoy about 0.5, and wakes the
+# instance's event-engine threads for a few seconds after: at 1 s the 10 checks
+# a second were 1.5 points of an idle stack's CPU, at 2 s 1.2; from 5 s to 10 s
+# (with the stats flush and watchdog ticks below) the Python processes and
+# Envoy went from 3.4-3.7% of a core to 2.6-3.1, Envoy alone from 0.46-0.54 to
+# 0.16-0.21 (docs/BENCHMARKS.md, "A quieter idle stack"). Nothing a check
+# finds waits for it while the edge carries traffic: a draining instance marks every answer
 # (common/interceptors.py IMMEDIATE_HEALTH_CHECK_FAIL), which takes it out at
 # its first answer; calls that fail at a dead one are retried on another
 # (every API route retries a call that never reached an instance) and outlier
@@ -84,7 +87,10 @@ RETRY_AFTER_S = 1
 # failing its probes, a drain while the edge is quiet) at the next check, a
 # dead or hung instance (or a quiet one that finished its drain first) at the
 # second, and a restarted one back at the next.
-HEALTH_CHECK_SECONDS = 5
+HEALTH_CHECK_SECONDS = 10
+# The longest an Envoy thread may go without returning to its event loop before
+# the watchdog counts a miss (its check runs this often).
+WATCHDOG_MISS_SECONDS = 1
 
 # Calls that need no token. Public reads verify a token when one is sent.
 NO_TOKEN = (
@@ -858,6 +864,17 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
     )
     return {
         "admin": {"address": {"socket_address": {"address": topology.HOST, "port_value": settings.admin_port}}},
+        # No stats sink is configured: Prometheus reads /stats/prometheus, which
+        # merges the workers' histograms itself. Without this the main thread
+        # flushed (merged) every stat every 5 s for no reader.
+        "stats_flush_on_admin": True,
+        # The watchdogs count a thread that missed its deadline (watchdog_miss,
+        # watchdog_mega_miss) and kill nothing. They checked every 200 ms, the
+        # shortest threshold; a miss at 1 s is still a stall worth counting.
+        "watchdogs": {
+            name: {"miss_timeout": f"{WATCHDOG_MISS_SECONDS}s", "megamiss_timeout": f"{WATCHDOG_MISS_SECONDS}s"}
+            for name in ("main_thread_watchdog", "worker_watchdog")
+        },
         "overload_manager": {
             "resource_monitors": [
                 {

@@ -190,7 +190,7 @@ def build() -> dict[str, Any]:
         # Re-resolved every 5 s (Envoy's default; the Cluster field is deprecated):
         # a new pod takes traffic within seconds, a terminating one leaves the
         # answer at once, marks its answers (the edge takes it out at the first)
-        # and answers NOT_SERVING to the next health check (every 5 s).
+        # and answers NOT_SERVING to the next health check (every render.HEALTH_CHECK_SECONDS).
         cluster["type"] = "STRICT_DNS"
         cluster["dns_lookup_family"] = "V4_ONLY"
         cluster["load_assignment"] = {

@@ -112,6 +112,17 @@ def test_a_draining_instance_leaves_the_edge_at_its_first_answer_or_next_check()
     assert worker_stop and min(worker_stop) > common.drain_seconds + common.shutdown_grace_seconds + IDLE_WAIT_SECONDS
 
 
+def test_the_edge_merges_stats_only_when_scraped_and_its_watchdogs_check_once_a_second() -> None:
+    """An idle edge wakes for neither: no sink reads a periodic flush, and the
+    watchdogs only count misses (nothing is killed)."""
+    config = _config()
+    assert config["stats_flush_on_admin"] is True
+    assert "stats_flush_interval" not in config and "stats_sinks" not in config
+    for name in ("main_thread_watchdog", "worker_watchdog"):
+        watchdog = config["watchdogs"][name]
+        assert watchdog == {"miss_timeout": "1s", "megamiss_timeout": "1s"}, watchdog
+
+
 def test_clusters_have_health_checks_outlier_detection_and_a_retry_budget() -> None:
     clusters = {cluster["name"]: cluster for cluster in _config()["static_resources"]["clusters"]}
     slow = {render.slow_cluster_name(svc): svc for svc in topology.SERVICES if svc.name == "graph_svc"}
