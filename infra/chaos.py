@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster
 from cassandra.policies import ConstantReconnectionPolicy
@@ -162,25 +161,10 @@ def redis_whole() -> bool:
 def services_whole() -> bool:
     """Envoy routes to every instance of every service, in each of its clusters (a
     service's own and graph_svc_argon2 for the password calls, each checked on its
-    own): none failed a health check (nor marked itself draining) or is ejected as
-    an outlier. And every worker is SERVING."""
-    try:
-        clusters = httpx.get(f"http://{topology.HOST}:{topology.ENVOY_ADMIN_PORT}/clusters?format=json", timeout=2)
-        statuses = clusters.json()["cluster_statuses"]
-    except (httpx.HTTPError, ValueError, KeyError):
-        return False
-    routed: dict[str, int] = {}
-    for cluster in statuses:
-        for host in cluster.get("host_statuses", []):
-            status = host.get("health_status", {})
-            out = status.get("failed_active_health_check") or status.get("failed_outlier_check")
-            if not out and status.get("eds_health_status") == "HEALTHY":
-                routed[cluster["name"]] = routed.get(cluster["name"], 0) + 1
-    for svc in topology.SERVICES:
-        names = [c["name"] for c in statuses if c["name"] == svc.name or c["name"].startswith(f"{svc.name}_")]
-        if not names or any(routed.get(name, 0) < topology.instance_count() for name in names):
-            return False
-    return all(stack._grpc_serving(inst.port, "") for svc in topology.WORKERS for inst in topology.instances(svc))
+    own; stack.edge_routes_every_instance). And every worker is SERVING."""
+    return stack.edge_routes_every_instance() and all(
+        stack._grpc_serving(inst.port, "") for svc in topology.WORKERS for inst in topology.instances(svc)
+    )
 
 
 def groups_whole() -> bool:

@@ -42,6 +42,7 @@ INFRA_KINDS = ("redis", "cassandra", "kafka")
 EDGE = ("edge_sidecar", "envoy", "prometheus")  # stopped first, by `down`
 STORE_STOP_TIMEOUT = 60.0  # a Cassandra node or Kafka broker shutting down cleanly
 KILL_WAIT_S = 30.0  # a SIGKILLed process is gone long before this
+EDGE_ADMIT_TIMEOUT_S = 30.0  # a health check every 10 s admits a started instance within 11
 
 
 @dataclass
@@ -88,25 +89,51 @@ def _grpc_serving(port: int, service: str) -> bool:
         return False
 
 
-def _envoy_ready() -> bool:
-    """Envoy is live and sees at least one healthy instance of every service."""
+def edge_routed() -> dict[str, int] | None:
+    """How many instances Envoy routes to, per cluster (every cluster, 0 included): those
+    that failed no health check (nor marked themselves draining) and are not ejected as
+    outliers. None when Envoy does not answer."""
     try:
         base = f"http://{topology.HOST}:{topology.ENVOY_ADMIN_PORT}"
         with urllib.request.urlopen(f"{base}/ready", timeout=1) as reply:
             if reply.status != 200:
-                return False
+                return None
         with urllib.request.urlopen(f"{base}/clusters?format=json", timeout=1) as reply:
             clusters = json.load(reply)["cluster_statuses"]
     except (OSError, ValueError, KeyError):
+        return None
+    routed: dict[str, int] = {}
+    for cluster in clusters:
+        routed[cluster["name"]] = 0
+        for host in cluster.get("host_statuses", []):
+            status = host.get("health_status", {})
+            out = status.get("failed_active_health_check") or status.get("failed_outlier_check")
+            if not out and status.get("eds_health_status") == "HEALTHY":
+                routed[cluster["name"]] += 1
+    return routed
+
+
+def service_clusters(routed: dict[str, int], service: str) -> list[str]:
+    """A service's own cluster and any others of its (graph_svc's argon2 one)."""
+    return [name for name in routed if name == service or name.startswith(f"{service}_")]
+
+
+def _envoy_ready() -> bool:
+    """Envoy is live and routes to at least one instance of every service."""
+    routed = edge_routed()
+    return routed is not None and all(routed.get(svc.name, 0) > 0 for svc in topology.SERVICES)
+
+
+def edge_routes_every_instance() -> bool:
+    """Envoy routes to every instance of every service, in each of its clusters."""
+    routed = edge_routed()
+    if routed is None:
         return False
-    healthy = {
-        c["name"]
-        for c in clusters
-        for h in c.get("host_statuses", [])
-        if not h.get("health_status", {}).get("failed_active_health_check")
-        and h.get("health_status", {}).get("eds_health_status") == "HEALTHY"
-    }
-    return all(svc.name in healthy for svc in topology.SERVICES)
+    for svc in topology.SERVICES:
+        names = service_clusters(routed, svc.name) or [svc.name]
+        if any(routed.get(name, 0) < topology.instance_count() for name in names):
+            return False
+    return True
 
 
 CODE_DIRS = ("common", "generated", "graph_svc", "tweet_svc", "feed_svc", "rank_svc")
@@ -439,6 +466,15 @@ def _wait_ready(comp: Component, pid: int | None) -> None:
     raise StartError(comp.name, LOGS / f"{comp.name}.log")
 
 
+def _wait_until(check: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
 # ---- commands --------------------------------------------------------------
 
 
@@ -488,6 +524,10 @@ def up() -> int:
     except StartError as exc:
         print(f"\nERROR: {exc}", file=sys.stderr)
         return 1
+    # Envoy admits a started (or restarted) instance at its next passing health check
+    # (envoy/render.py HEALTH_CHECK_SECONDS): until then calls go to the others.
+    if not _wait_until(edge_routes_every_instance, EDGE_ADMIT_TIMEOUT_S):
+        print(f"WARNING: the edge does not route to every instance after {EDGE_ADMIT_TIMEOUT_S:.0f}s", file=sys.stderr)
     print(f"\nChirp ({chosen}) is up in {time.monotonic() - started_at:.0f}s:")
     _print_table(comps)
     return 0
