@@ -22,10 +22,10 @@ fair share of the shards). Per shard the holder keeps
   past the cursor; sends the unpublished ones together, awaits every delivery,
   marks them, and moves the cursor to just before the first failure;
 - a durable checkpoint, saved with the lease renewal (so only the holder can move
-  it): every sweep (30 s) the range from the checkpoint to min(cursor,
-  now - settle) is read once more, for a write that landed late (a batch replayed
-  from the batchlog; settle is 60 s), and the checkpoint moves to its end. A new
-  holder starts from the checkpoint.
+  it): every sweep (due every 30 s, so at every other idle pass, about 40 s) the
+  range from the checkpoint to min(cursor, now - settle) is read once more, for
+  a write that landed late (a batch replayed from the batchlog; settle is 60 s),
+  and the checkpoint moves to its end. A new holder starts from the checkpoint.
 Reads never meet tombstones: nothing is deleted and the range read is at most
 minutes old (hours after an outage of every relay), never near the TTL.
 
@@ -54,7 +54,9 @@ deletes, follows; likes do not use the outbox), so 2,500 events/s:
   10-10.5 s, 3.3/s every 5-6 s, 4.7/s with a pass every 2 s, 31/s before
   that), 0.2/s of them lightweight transactions, as the same tests count. On an
   idle Cassandra each statement costs some 3 ms of CPU (its request threads
-  spin after every request), so the relays' cycle was a point of a core.
+  spin after every request): halving the cycle took Cassandra about 0.4 points
+  of a core lower and the four relaying processes about 0.25 (alternated A/B,
+  docs/BENCHMARKS.md, stop 36).
 
 Orphans (acknowledged, never delivered, and the writer gone) are published
 within about 26 s when another live relay holds their shard (min_age 5 s

@@ -78,8 +78,9 @@ RETRY_AFTER_S = 1
 # a second were 1.5 points of an idle stack's CPU, at 2 s 1.2; from 5 s to 10 s
 # (with the stats flush and watchdog ticks below) the Python processes and
 # Envoy went from 3.4-3.7% of a core to 2.6-3.1, Envoy alone from 0.46-0.54 to
-# 0.16-0.21 (docs/BENCHMARKS.md, "A quieter idle stack"). Nothing a check
-# finds waits for it while the edge carries traffic: a draining instance marks every answer
+# 0.16-0.21 (docs/BENCHMARKS.md, "Fewer lease cycles, ... (stop 36)"). Nothing
+# a check finds waits for it while the edge carries traffic: a draining
+# instance marks every answer
 # (common/interceptors.py IMMEDIATE_HEALTH_CHECK_FAIL), which takes it out at
 # its first answer; calls that fail at a dead one are retried on another
 # (every API route retries a call that never reached an instance) and outlier
@@ -864,9 +865,10 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
     )
     return {
         "admin": {"address": {"socket_address": {"address": topology.HOST, "port_value": settings.admin_port}}},
-        # No stats sink is configured: Prometheus reads /stats/prometheus, which
-        # merges the workers' histograms itself. Without this the main thread
-        # flushed (merged) every stat every 5 s for no reader.
+        # No stats sink is configured, so nothing read the main thread's merge of
+        # every stat every 5 s. With this, a read of /stats/prometheus starts the
+        # merge and renders at once, so histograms and server.* gauges are one
+        # scrape (15 s) old; nothing here reads Envoy's histograms.
         "stats_flush_on_admin": True,
         # The watchdogs count a thread that missed its deadline (watchdog_miss,
         # watchdog_mega_miss) and kill nothing. They checked every 200 ms, the

@@ -20,13 +20,17 @@ def stop(name: str) -> None:
 
 
 def restore() -> None:
-    """Start whatever is down again (`make up` is idempotent), then wait until every
-    worker group consumes every partition again, as the tests after a fault assume:
+    """Start whatever is down again (`make up` is idempotent), then wait until the edge
+    routes to every instance and every worker group consumes every partition again,
+    as the tests after a fault assume:
     a worker whose broker went away rejoins its group, and its events wait meanwhile."""
     result = subprocess.run(
         [sys.executable, "-m", "infra.stack", "up"], cwd=stack.ROOT, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # A restarted instance is admitted at the edge's next check (up waits 30 s for it,
+    # then only warns); an instance whose store just came back passes its probes first.
+    wait_for(stack.edge_routes_every_instance, 60, "the edge to route to every instance of every service")
     wait_assigned(topology.kafka_bootstrap())
 
 

@@ -196,3 +196,21 @@ def test_only_the_clusters_nodes_rank_replicas_with_the_dynamic_snitch(tmp_path:
 
     assert snitch(nodes[0], nodes[:1]) == "false"
     assert snitch(nodes[1], nodes) == "true"
+
+
+def test_the_single_redis_runs_its_timer_at_hz_2_and_a_changed_config_restarts_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The single Redis idles on a slower timer; the cluster's nodes keep the default
+    (their failure detection runs on it). `up` restarts a server whose config changed."""
+
+    def settings(name: str) -> dict[str, str]:
+        lines = (ROOT / "infra" / "redis" / name).read_text().splitlines()
+        return dict(line.split(None, 1) for line in lines if line.strip() and not line.startswith("#"))
+
+    assert settings("redis.conf")["hz"] == "2"
+    assert settings("redis-cluster.conf").get("hz", "10") == "10"
+    monkeypatch.setenv("CHIRP_TOPOLOGY", "single")
+    (redis,) = [c for c in stack.components(prepare=False) if c.name == "redis"]
+    assert redis.fingerprint == stack._redis_fingerprint(False)
+    assert stack._redis_fingerprint(False) != stack._redis_fingerprint(True)
