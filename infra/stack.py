@@ -114,7 +114,7 @@ def edge_routed() -> dict[str, int] | None:
     return routed
 
 
-def service_clusters(routed: dict[str, int], service: str) -> list[str]:
+def _service_clusters(routed: dict[str, int], service: str) -> list[str]:
     """A service's own cluster and any others of its (graph_svc's argon2 one)."""
     return [name for name in routed if name == service or name.startswith(f"{service}_")]
 
@@ -133,7 +133,7 @@ def edge_short_clusters() -> list[str] | None:
         return None
     short = []
     for svc in topology.SERVICES:
-        for name in service_clusters(routed, svc.name) or [svc.name]:
+        for name in _service_clusters(routed, svc.name) or [svc.name]:
             if routed.get(name, 0) < topology.instance_count():
                 short.append(name)
     return short
@@ -269,17 +269,18 @@ def _store_components() -> list[Component]:
     nodes = topology.store_nodes()
     kafka = topology.kafka_nodes()
     cassandra = topology.cassandra_nodes()
+    redis_clustered = len(topology.redis_nodes()) > 1
     comps = []
     for node in nodes:
         if node.kind == "redis":
             comps.append(
                 Component(
                     name=node.name,
-                    argv=functools.partial(_redis_argv, node, len(topology.redis_nodes()) > 1),
+                    argv=functools.partial(_redis_argv, node, redis_clustered),
                     ready=functools.partial(_redis_ready, node.port),
                     timeout=20,
                     # A changed config file restarts the server (it reloads its RDB snapshot).
-                    fingerprint=_redis_fingerprint(len(topology.redis_nodes()) > 1),
+                    fingerprint=_redis_fingerprint(redis_clustered),
                     where=node.address,
                 )
             )
