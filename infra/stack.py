@@ -6,8 +6,10 @@
 Every process started here has its pid (and start time, so a reused pid is
 never signalled) in .state/run/, its log in .state/logs/, its data in
 .state/data/. `up` is idempotent: running components are kept, except service
-processes whose CHIRP_* settings changed, and Cassandra and Kafka nodes whose
-rendered config or JVM options changed, which are restarted.
+processes whose CHIRP_* settings changed, Cassandra and Kafka nodes whose
+rendered config or JVM options changed and Redis servers whose config file
+changed, which are restarted. It ends once the edge routes to every instance
+(or warns after 30 s).
 """
 
 from __future__ import annotations
