@@ -19,6 +19,12 @@ e.g. rank_svc hydrating its list every CHIRP_RANK_INTERVAL_SECONDS) are left
 out of the summary and more are measured, up to --tries in all. `--threads cassandra,kafka` also
 splits those components' CPU by thread name (numbers folded: Native-Transport-Requests-#),
 which tells a JVM's or a Python process's idle work apart.
+
+Next to the CPU it prints how many times a second each component's threads were
+put on a CPU (thread runs: wake-ups, and returns after preemption), and, first, what
+one sleep and wake of a Python thread costs on this host. An idle stack's CPU is
+mostly its wake-ups times that cost, and the cost differs between hosts of the
+same kind several times over, so the runs are what to compare across hosts.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ import re
 import statistics
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra import topology
@@ -39,17 +45,22 @@ from infra import topology
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / ".state" / "run"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The wake probe: 200 sleeps of 5 ms, one second.
+WAKE_PROBE_CYCLES = 200
+WAKE_PROBE_PAUSE_S = 0.005
 ENVOY_STATS = f"http://{topology.HOST}:{topology.ENVOY_ADMIN_PORT}/stats?filter=downstream_rq_total$"
 
 
 @dataclass(frozen=True)
 class Sample:
-    """CPU seconds (user + system, every thread) of one process, and its start time (to spot a new pid)."""
+    """CPU seconds (user + system, every thread) of one process, how many times its
+    threads were put on a CPU (see thread_runs), and its start time (to spot a new pid)."""
 
     name: str  # instance name, e.g. feed_svc-1, or envoy
     pid: int
     start: str
     cpu_seconds: float
+    runs: int = 0
 
 
 def component_of(name: str) -> str:
@@ -82,6 +93,36 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def thread_runs(pid: int) -> int:
+    """Times the threads of one process were put on a CPU so far: the third field of
+    each thread's schedstat, a wake-up or a return after preemption. An idle stack
+    pays per wake-up (a timer, a poll that times out, a heartbeat), and what one
+    costs depends on the host (`wake_cost_us`), so this count is the idle work that
+    does not depend on the host. A thread that ended is no longer counted."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[2])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def wake_cost_us(cycles: int = WAKE_PROBE_CYCLES, pause: float = WAKE_PROBE_PAUSE_S) -> float:
+    """CPU microseconds one Python thread spends per sleep and wake (`time.sleep`,
+    `pause` apart) on this host: what a wake-up costs here. Hosts differ (on the
+    same stack and code, an idle window read 5.5% of a core on one and 23% on
+    another), the work an idle stack does in a second does not."""
+    started = time.thread_time()
+    for _ in range(cycles):
+        time.sleep(pause)
+    return (time.thread_time() - started) / cycles * 1e6
+
+
 def sample() -> list[Sample]:
     """Every running stack process and its direct children (Envoy runs under a supervisor)."""
     found: list[Sample] = []
@@ -96,7 +137,7 @@ def sample() -> list[Sample]:
                 continue
             # After the ")": state is field 0, utime 11, stime 12, starttime 19.
             cpu = (int(fields[UTIME]) + int(fields[STIME])) / CLK_TCK
-            found.append(Sample(pid_file.stem, p, fields[19], cpu))
+            found.append(Sample(pid_file.stem, p, fields[19], cpu, thread_runs(p)))
     return found
 
 
@@ -143,17 +184,29 @@ def cores_by_thread(
     return out
 
 
-def cores_by_process(before: Sequence[Sample], after: Sequence[Sample], seconds: float) -> dict[str, float]:
-    """Cores used per instance name over the window. A process that is not in
-    both samples with the same start time (started, stopped or restarted in
+def _rate_by_process(
+    before: Sequence[Sample], after: Sequence[Sample], seconds: float, value: Callable[[Sample], float]
+) -> dict[str, float]:
+    """How fast `value` grew per instance name over the window. A process that is
+    not in both samples with the same start time (started, stopped or restarted in
     between) is left out: its share of the window is unknown."""
-    start = {(s.pid, s.start): s.cpu_seconds for s in before}
-    used: dict[str, float] = {}
+    start = {(s.pid, s.start): value(s) for s in before}
+    out: dict[str, float] = {}
     for s in after:
         was = start.get((s.pid, s.start))
         if was is not None:
-            used[s.name] = used.get(s.name, 0.0) + (s.cpu_seconds - was) / seconds
-    return used
+            out[s.name] = out.get(s.name, 0.0) + (value(s) - was) / seconds
+    return out
+
+
+def cores_by_process(before: Sequence[Sample], after: Sequence[Sample], seconds: float) -> dict[str, float]:
+    """Cores used per instance name over the window."""
+    return _rate_by_process(before, after, seconds, lambda s: s.cpu_seconds)
+
+
+def runs_by_process(before: Sequence[Sample], after: Sequence[Sample], seconds: float) -> dict[str, float]:
+    """Thread runs a second per instance name over the window (thread_runs)."""
+    return _rate_by_process(before, after, seconds, lambda s: s.runs)
 
 
 def changed(before: Sequence[Sample], after: Sequence[Sample]) -> list[str]:
@@ -221,6 +274,7 @@ class Window:
     calls: int | None  # handled by the services during the window (edge and direct)
     restarted: list[str]
     threads: dict[str, float]  # cores per thread name of the --threads components
+    runs: dict[str, float] = field(default_factory=dict)  # thread runs a second per instance name (thread_runs)
 
 
 def measure(seconds: float, threads_of: Sequence[str] = ()) -> Window:
@@ -232,12 +286,23 @@ def measure(seconds: float, threads_of: Sequence[str] = ()) -> Window:
     requests = rq_after - rq_before if rq_before is not None and rq_after is not None else None
     calls = calls_after - calls_before if calls_before is not None and calls_after is not None else None
     threads = cores_by_thread(threads_before, threads_after, elapsed)
-    return Window(elapsed, cores_by_process(before, after, elapsed), requests, calls, changed(before, after), threads)
+    return Window(
+        elapsed,
+        cores_by_process(before, after, elapsed),
+        requests,
+        calls,
+        changed(before, after),
+        threads,
+        runs_by_process(before, after, elapsed),
+    )
 
 
-def _table(values: Mapping[str, float]) -> str:
+def _table(values: Mapping[str, float], runs: Mapping[str, float] | None = None) -> str:
+    """One line per name, most CPU first: cores, and with `runs` thread runs a second."""
     rows = sorted(values.items(), key=lambda kv: -kv[1])
-    return "\n".join(f"  {name:<32} {cores:8.4f}" for name, cores in rows)
+    if runs is None:
+        return "\n".join(f"  {name:<32} {cores:8.4f}" for name, cores in rows)
+    return "\n".join(f"  {name:<32} {cores:8.4f} {runs.get(name, 0.0):8.1f} runs/s" for name, cores in rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not any(RUN.glob("*.json")):
         print(f"no stack processes found under {RUN}: is the stack up?")
         return 1
+    print(f"this host: {wake_cost_us():.0f} us of CPU per sleep and wake of a Python thread")
     windows: list[Window] = []
     tries = args.tries if args.quiet_only else args.runs
     for n in range(tries):
@@ -272,14 +338,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         few_calls = args.max_calls is None or (w.calls is not None and w.calls <= args.max_calls)
         quiet = w.requests == 0 and few_calls and not w.restarted
         kept = quiet or not args.quiet_only
+        runs = w.runs if args.per_process else by_component(w.runs)
         print(f"window {n + 1}: {w.seconds:.0f} s, {sum(comps.values()):.4f} cores in all", end="")
+        print(f", threads run {sum(runs.values()):.0f} times a second", end="")
         print(f" (edge requests in the window: {traffic}; service calls: {calls}", end="")
         print(f"; restarted: {', '.join(w.restarted) or 'none'})", end="")
         print("" if kept else ": not quiet, left out")
         if not kept:
             continue
         windows.append(w)
-        print(_table(w.per_process if args.per_process else comps), flush=True)
+        print(_table(w.per_process if args.per_process else comps, runs), flush=True)
         if args.threads:
             print(f"{args.threads} by thread (top 25):")
             print(_table(dict(sorted(w.threads.items(), key=lambda kv: -kv[1])[:25])), flush=True)
@@ -289,16 +357,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no quiet window: the stack was busy the whole time")
         return 1
     summary = summarize([by_component(w.per_process) for w in windows])
+    runs_summary = summarize([by_component(w.runs) for w in windows])
     if len(windows) > 1:
-        print(f"over {len(windows)} windows, cores (min / median):")
+        print(f"over {len(windows)} windows, cores (min / median) and thread runs a second (min / median):")
         for name, (low, mid) in sorted(summary.items(), key=lambda kv: (kv[0] == "total", -kv[1][1])):
-            print(f"  {name:<32} {low:8.4f} {mid:8.4f}")
+            rlow, rmid = runs_summary.get(name, (0.0, 0.0))
+            print(f"  {name:<32} {low:8.4f} {mid:8.4f} {rlow:8.1f} {rmid:8.1f}")
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
                     "windows": [w.__dict__ for w in windows],
                     "summary": {k: {"min": v[0], "median": v[1]} for k, v in summary.items()},
+                    "runs_summary": {k: {"min": v[0], "median": v[1]} for k, v in runs_summary.items()},
                 },
                 indent=2,
             )

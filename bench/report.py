@@ -52,6 +52,17 @@ def idle_cores(idle: dict[str, Any]) -> str:
     return f"{idle['cores'] * 100:.1f}% of one core ({parts})"
 
 
+def idle_runs(idle: dict[str, Any]) -> str:
+    """ "; its threads ran 960 times a second, and a Python thread's sleep and wake
+    cost 72 us of CPU on this host", or nothing for a run from before they were measured."""
+    if "runs_per_second" not in idle:
+        return ""
+    return (
+        f"; its threads ran {idle['runs_per_second']:.0f} times a second, and a Python thread's"
+        f" sleep and wake cost {idle['wake_cost_us']:.0f} us of CPU on this host"
+    )
+
+
 def feed_read_tables(results: dict[str, Any]) -> list[str]:
     """Idle CPU, CPU per feed read by component (gross and net), and the overload steps."""
     scenarios = results["scenarios"]
@@ -59,7 +70,7 @@ def feed_read_tables(results: dict[str, Any]) -> list[str]:
     idle = results.get("idle")
     if idle:
         lines += ["", f"Idle stack, measured for {idle['seconds']} s before the load steps{idle_windows(idle)}: "
-                  f"{idle_cores(idle)}. Net CPU below is gross minus this over each step's span."]  # fmt: skip
+                  f"{idle_cores(idle)}{idle_runs(idle)}. Net CPU below is gross minus this over each step's span."]  # fmt: skip
     splits = {label: _split_row(scenarios.get(key, [])) for key, label in FEED_READS.items()}
     present = {label: row for label, row in splits.items() if row}
     if present:

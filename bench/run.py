@@ -149,11 +149,16 @@ class Bench:
                 )
             ]
             by_component = sorted(idle_probe.by_component(window.per_process).items(), key=lambda kv: -kv[1])
+            runs = idle_probe.by_component(window.runs)
             self.idle = {
                 "seconds": round(window.seconds, 1),
                 "cores": round(sum(c for _, c in by_component), 4),
                 "cores_by_component": {name: round(c, 4) for name, c in by_component},
                 "windows_cores": [round(t, 4) for t in totals],
+                # Host-independent: wake-ups; host-dependent: what one costs (bench/idle.py).
+                "runs_per_second": round(sum(runs.values()), 1),
+                "runs_per_second_by_component": {name: round(runs.get(name, 0.0), 1) for name, _ in by_component},
+                "wake_cost_us": round(idle_probe.wake_cost_us(), 1),
                 "windows_restarted": [w.restarted for w in windows],
                 "windows_edge_requests": [w.requests for w in windows],
                 # Anything here means the window was not quite idle (other traffic, a restart).
@@ -163,7 +168,7 @@ class Bench:
             }
             print(
                 f"   idle stack, {self.idle['seconds']} s windows{report.idle_windows(self.idle)}: "
-                f"{report.idle_cores(self.idle)}; edge requests meanwhile: {self.idle['edge_requests']}, "
+                f"{report.idle_cores(self.idle)}{report.idle_runs(self.idle)}; edge requests meanwhile: {self.idle['edge_requests']}, "
                 f"restarted: {', '.join(window.restarted) or 'none'}",
                 flush=True,
             )

@@ -304,16 +304,25 @@ def test_the_idle_stack_is_the_quietest_window_and_the_report_names_every_window
     quiet = {"cassandra": 0.041, "kafka": 0.022, "feed_svc-0": 0.004}
     windows = iter([busy, quiet, {**quiet, "cassandra": 0.06}])
     monkeypatch.setattr(run.time, "sleep", lambda _s: None)
-    monkeypatch.setattr(run.idle_probe, "measure", lambda s: idle_probe.Window(s, next(windows), 0, 0, [], {}))
+    runs = {"cassandra": 180.0, "kafka": 150.5, "feed_svc-0": 20.0, "feed_svc-1": 25.0}
+    monkeypatch.setattr(run.idle_probe, "measure", lambda s: idle_probe.Window(s, next(windows), 0, 0, [], {}, runs))
+    monkeypatch.setattr(run.idle_probe, "wake_cost_us", lambda: 71.64)
     bench = run.Bench(True, {})
 
     cores = bench.idle_cores()
 
     assert cores == {"cassandra": 0.041, "kafka": 0.022, "feed_svc": 0.004}
     assert bench.idle is not None and bench.idle["windows_cores"] == [0.202, 0.067, 0.086]
+    assert bench.idle["runs_per_second"] == 375.5
+    assert bench.idle["runs_per_second_by_component"] == {"cassandra": 180.0, "kafka": 150.5, "feed_svc": 45.0}
     text = "\n".join(report.feed_read_tables({"scenarios": {}, "idle": bench.idle}))
     assert "the quietest of 3 windows (20.2%, 6.7%, 8.6%)" in text
     assert "6.7% of one core" in text
+    assert "its threads ran 376 times a second" in text
+    assert "sleep and wake cost 72 us of CPU on this host" in text
+    # A run recorded before the runs were measured reads as it did.
+    older = {k: v for k, v in bench.idle.items() if k not in ("runs_per_second", "wake_cost_us")}
+    assert "times a second" not in "\n".join(report.feed_read_tables({"scenarios": {}, "idle": older}))
 
 
 def test_a_window_with_a_restart_or_traffic_is_not_the_idle_stack(monkeypatch: pytest.MonkeyPatch) -> None:

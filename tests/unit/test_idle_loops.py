@@ -5,6 +5,7 @@ and the idle-CPU tool's sums."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import urllib.request
 import uuid
@@ -256,6 +257,29 @@ def test_idle_cores_by_process_skip_restarted_processes_and_sum_by_component() -
     assert idle.component_of("cassandra") == "cassandra"
     assert idle.component_of("cassandra-2") == "cassandra"
     assert idle.component_of("edge_sidecar") == "edge_sidecar"
+
+
+def test_idle_thread_runs_are_per_second_and_skip_restarted_processes() -> None:
+    before = [idle.Sample("kafka", 5, "100", 1.0, 1_000), idle.Sample("feed_svc-0", 10, "100", 5.0, 400)]
+    after = [idle.Sample("kafka", 5, "100", 1.2, 7_000), idle.Sample("feed_svc-0", 21, "900", 0.1, 50)]
+    assert idle.runs_by_process(before, after, 60.0) == pytest.approx({"kafka": 100.0})
+
+
+def test_thread_runs_count_each_time_a_thread_is_woken() -> None:
+    before = idle.thread_runs(os.getpid())
+    for _ in range(20):
+        time.sleep(0.001)
+    assert idle.thread_runs(os.getpid()) >= before + 20
+    assert idle.thread_runs(2**22 + 7) == 0  # no such process
+
+
+def test_wake_cost_is_the_cpu_of_one_sleep_and_wake(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([3.0, 3.0021])
+    monkeypatch.setattr(idle.time, "thread_time", lambda: next(clock))
+    slept: list[float] = []
+    monkeypatch.setattr(idle.time, "sleep", slept.append)
+    assert idle.wake_cost_us(cycles=30, pause=0.004) == pytest.approx(70.0)
+    assert slept == [0.004] * 30
 
 
 def test_idle_summary_is_min_and_median_over_runs() -> None:
