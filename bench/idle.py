@@ -22,9 +22,11 @@ which tells a JVM's or a Python process's idle work apart.
 
 Next to the CPU it prints how many times a second each component's threads were
 put on a CPU (thread runs: wake-ups, and returns after preemption), and, first, what
-one sleep and wake of a Python thread costs on this host. An idle stack's CPU is
-mostly its wake-ups times that cost, and the cost differs between hosts of the
-same kind several times over, so the runs are what to compare across hosts.
+one bare sleep and wake of a Python thread costs on this host. An idle stack's
+CPU rises and falls with that cost, which differs between hosts of the same kind
+and on one host over a day, several times over; its thread runs a second do not,
+so those are what to compare across hosts (threads that end within a window are
+not counted).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import re
 import statistics
 import time
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,7 @@ from infra import topology
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / ".state" / "run"
+PROC = Path("/proc")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The wake probe: 200 sleeps of 5 ms, one second.
 WAKE_PROBE_CYCLES = 200
@@ -53,14 +56,14 @@ ENVOY_STATS = f"http://{topology.HOST}:{topology.ENVOY_ADMIN_PORT}/stats?filter=
 
 @dataclass(frozen=True)
 class Sample:
-    """CPU seconds (user + system, every thread) of one process, how many times its
-    threads were put on a CPU (see thread_runs), and its start time (to spot a new pid)."""
+    """CPU seconds (user + system, every thread) of one process, how many times each
+    of its threads was put on a CPU (thread_runs), and its start time (to spot a new pid)."""
 
     name: str  # instance name, e.g. feed_svc-1, or envoy
     pid: int
     start: str
     cpu_seconds: float
-    runs: int = 0
+    runs: Mapping[str, int] = field(default_factory=dict)  # by thread id (thread_runs)
 
 
 def component_of(name: str) -> str:
@@ -93,30 +96,32 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def thread_runs(pid: int) -> int:
-    """Times the threads of one process were put on a CPU so far: the third field of
-    each thread's schedstat, a wake-up or a return after preemption. An idle stack
-    pays per wake-up (a timer, a poll that times out, a heartbeat), and what one
-    costs depends on the host (`wake_cost_us`), so this count is the idle work that
-    does not depend on the host. A thread that ended is no longer counted."""
-    total = 0
+def thread_runs(pid: int, proc: Path = PROC) -> dict[str, int]:
+    """Times each thread of one process was put on a CPU so far, by thread id: the
+    third field of its schedstat, a wake-up or a return after preemption. An idle
+    stack pays per wake-up (a timer, a poll that times out, a heartbeat), and what
+    one costs depends on the host (`wake_cost_us`), so this count is the idle work
+    that does not depend on the host. Empty if the process is gone."""
+    out: dict[str, int] = {}
     try:
-        tids = os.listdir(f"/proc/{pid}/task")
+        tids = os.listdir(proc / str(pid) / "task")
     except OSError:
-        return 0
+        return out
     for tid in tids:
         try:
-            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[2])
+            out[tid] = int((proc / str(pid) / "task" / tid / "schedstat").read_text().split()[2])
         except (OSError, IndexError, ValueError):
-            continue
-    return total
+            continue  # the thread ended meanwhile
+    return out
 
 
 def wake_cost_us(cycles: int = WAKE_PROBE_CYCLES, pause: float = WAKE_PROBE_PAUSE_S) -> float:
     """CPU microseconds one Python thread spends per sleep and wake (`time.sleep`,
-    `pause` apart) on this host: what a wake-up costs here. Hosts differ (on the
-    same stack and code, an idle window read 5.5% of a core on one and 23% on
-    another), the work an idle stack does in a second does not."""
+    `pause` apart) on this host: what a bare wake-up costs here. Hosts differ, and
+    one host over a day (docs/BENCHMARKS.md, "Idle counted in thread runs"); the
+    thread runs of an idle stack do not."""
+    if cycles < 1:
+        raise ValueError(f"cycles must be at least 1, got {cycles}")
     started = time.thread_time()
     for _ in range(cycles):
         time.sleep(pause)
@@ -184,29 +189,32 @@ def cores_by_thread(
     return out
 
 
-def _rate_by_process(
-    before: Sequence[Sample], after: Sequence[Sample], seconds: float, value: Callable[[Sample], float]
-) -> dict[str, float]:
-    """How fast `value` grew per instance name over the window. A process that is
-    not in both samples with the same start time (started, stopped or restarted in
+def cores_by_process(before: Sequence[Sample], after: Sequence[Sample], seconds: float) -> dict[str, float]:
+    """Cores used per instance name over the window. A process that is not in
+    both samples with the same start time (started, stopped or restarted in
     between) is left out: its share of the window is unknown."""
-    start = {(s.pid, s.start): value(s) for s in before}
+    start = {(s.pid, s.start): s.cpu_seconds for s in before}
+    used: dict[str, float] = {}
+    for s in after:
+        was = start.get((s.pid, s.start))
+        if was is not None:
+            used[s.name] = used.get(s.name, 0.0) + (s.cpu_seconds - was) / seconds
+    return used
+
+
+def runs_by_process(before: Sequence[Sample], after: Sequence[Sample], seconds: float) -> dict[str, float]:
+    """Thread runs a second per instance name over the window, thread by thread: a
+    thread started within the window counts whole, one that ended in it is missed
+    (its count is gone from /proc), as in cores_by_thread. Processes as in
+    cores_by_process."""
+    start = {(s.pid, s.start): s.runs for s in before}
     out: dict[str, float] = {}
     for s in after:
         was = start.get((s.pid, s.start))
         if was is not None:
-            out[s.name] = out.get(s.name, 0.0) + (value(s) - was) / seconds
+            ran = sum(max(0, n - was.get(tid, 0)) for tid, n in s.runs.items())
+            out[s.name] = out.get(s.name, 0.0) + ran / seconds
     return out
-
-
-def cores_by_process(before: Sequence[Sample], after: Sequence[Sample], seconds: float) -> dict[str, float]:
-    """Cores used per instance name over the window."""
-    return _rate_by_process(before, after, seconds, lambda s: s.cpu_seconds)
-
-
-def runs_by_process(before: Sequence[Sample], after: Sequence[Sample], seconds: float) -> dict[str, float]:
-    """Thread runs a second per instance name over the window (thread_runs)."""
-    return _rate_by_process(before, after, seconds, lambda s: s.runs)
 
 
 def changed(before: Sequence[Sample], after: Sequence[Sample]) -> list[str]:

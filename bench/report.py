@@ -55,12 +55,10 @@ def idle_cores(idle: dict[str, Any]) -> str:
 def idle_runs(idle: dict[str, Any]) -> str:
     """ "; its threads ran 960 times a second, and a Python thread's sleep and wake
     cost 72 us of CPU on this host", or nothing for a run from before they were measured."""
-    if "runs_per_second" not in idle:
+    runs, cost = idle.get("runs_per_second"), idle.get("wake_cost_us")
+    if runs is None or cost is None:
         return ""
-    return (
-        f"; its threads ran {idle['runs_per_second']:.0f} times a second, and a Python thread's"
-        f" sleep and wake cost {idle['wake_cost_us']:.0f} us of CPU on this host"
-    )
+    return f"; its threads ran {runs:.0f} times a second, and a Python thread's sleep and wake cost {cost:.0f} us of CPU on this host"
 
 
 def feed_read_tables(results: dict[str, Any]) -> list[str]:

@@ -321,8 +321,9 @@ def test_the_idle_stack_is_the_quietest_window_and_the_report_names_every_window
     assert "its threads ran 376 times a second" in text
     assert "sleep and wake cost 72 us of CPU on this host" in text
     # A run recorded before the runs were measured reads as it did.
-    older = {k: v for k, v in bench.idle.items() if k not in ("runs_per_second", "wake_cost_us")}
-    assert "times a second" not in "\n".join(report.feed_read_tables({"scenarios": {}, "idle": older}))
+    for missing in (("runs_per_second", "wake_cost_us"), ("wake_cost_us",)):
+        older = {k: v for k, v in bench.idle.items() if k not in missing}
+        assert "times a second" not in "\n".join(report.feed_read_tables({"scenarios": {}, "idle": older}))
 
 
 def test_a_window_with_a_restart_or_traffic_is_not_the_idle_stack(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import urllib.request
 import uuid
@@ -259,18 +260,52 @@ def test_idle_cores_by_process_skip_restarted_processes_and_sum_by_component() -
     assert idle.component_of("edge_sidecar") == "edge_sidecar"
 
 
-def test_idle_thread_runs_are_per_second_and_skip_restarted_processes() -> None:
-    before = [idle.Sample("kafka", 5, "100", 1.0, 1_000), idle.Sample("feed_svc-0", 10, "100", 5.0, 400)]
-    after = [idle.Sample("kafka", 5, "100", 1.2, 7_000), idle.Sample("feed_svc-0", 21, "900", 0.1, 50)]
+def test_idle_thread_runs_count_thread_by_thread_and_skip_restarted_processes() -> None:
+    before = [
+        idle.Sample("kafka", 5, "100", 1.0, {"5": 1_000, "6": 4_000, "7": 900}),
+        idle.Sample("feed_svc-0", 10, "100", 5.0, {"10": 400}),
+    ]
+    after = [
+        # 6 ran 5,400 more times; 7 ended (its count is gone, not a negative); 8 started within the window.
+        idle.Sample("kafka", 5, "100", 1.2, {"5": 1_000, "6": 9_400, "8": 600}),
+        idle.Sample("feed_svc-0", 21, "900", 0.1, {"21": 50}),  # restarted: a new pid
+    ]
     assert idle.runs_by_process(before, after, 60.0) == pytest.approx({"kafka": 100.0})
 
 
-def test_thread_runs_count_each_time_a_thread_is_woken() -> None:
-    before = idle.thread_runs(os.getpid())
+def test_thread_runs_read_the_third_field_of_each_threads_schedstat(tmp_path: Path) -> None:
+    for tid, line in {"40": "912345 20011 17", "41": "1 2 30 4", "42": "garbled"}.items():
+        (tmp_path / "40" / "task" / tid).mkdir(parents=True)
+        (tmp_path / "40" / "task" / tid / "schedstat").write_text(line + "\n")
+    (tmp_path / "40" / "task" / "43").mkdir()  # ended between the listing and the read
+    assert idle.thread_runs(40, tmp_path) == {"40": 17, "41": 30}
+    assert idle.thread_runs(41, tmp_path) == {}  # no such process
+
+
+def test_thread_runs_of_this_process_grow_as_its_thread_sleeps() -> None:
+    tid = str(threading.get_native_id())
+    before = idle.thread_runs(os.getpid())[tid]
     for _ in range(20):
         time.sleep(0.001)
-    assert idle.thread_runs(os.getpid()) >= before + 20
-    assert idle.thread_runs(2**22 + 7) == 0  # no such process
+    assert idle.thread_runs(os.getpid())[tid] >= before + 20
+
+
+def test_a_window_carries_each_processes_thread_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    samples = iter(
+        [
+            [idle.Sample("redis", 3, "1", 0.50, {"3": 100})],
+            [idle.Sample("redis", 3, "1", 0.52, {"3": 130})],
+        ]
+    )
+    monkeypatch.setattr(idle, "sample", lambda: next(samples))
+    monkeypatch.setattr(idle, "service_calls", lambda: 0)
+    monkeypatch.setattr(idle, "edge_requests", lambda: 0)
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(idle.time, "monotonic", lambda: next(clock, 110.0))
+    monkeypatch.setattr(idle.time, "sleep", lambda _s: None)
+    window = idle.measure(10.0)
+    assert window.runs == pytest.approx({"redis": 3.0})
+    assert window.per_process == pytest.approx({"redis": 0.002})
 
 
 def test_wake_cost_is_the_cpu_of_one_sleep_and_wake(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,6 +315,8 @@ def test_wake_cost_is_the_cpu_of_one_sleep_and_wake(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(idle.time, "sleep", slept.append)
     assert idle.wake_cost_us(cycles=30, pause=0.004) == pytest.approx(70.0)
     assert slept == [0.004] * 30
+    with pytest.raises(ValueError):
+        idle.wake_cost_us(cycles=0)
 
 
 def test_idle_summary_is_min_and_median_over_runs() -> None:
