@@ -128,8 +128,9 @@ def wake_cost_us(cycles: int = WAKE_PROBE_CYCLES, pause: float = WAKE_PROBE_PAUS
     return (time.thread_time() - started) / cycles * 1e6
 
 
-def sample() -> list[Sample]:
-    """Every running stack process and its direct children (Envoy runs under a supervisor)."""
+def sample(with_runs: bool = False) -> list[Sample]:
+    """Every running stack process and its direct children (Envoy runs under a supervisor);
+    `with_runs` also reads every thread's schedstat (a thousand files or so)."""
     found: list[Sample] = []
     for pid_file in sorted(RUN.glob("*.json")):
         try:
@@ -142,7 +143,7 @@ def sample() -> list[Sample]:
                 continue
             # After the ")": state is field 0, utime 11, stime 12, starttime 19.
             cpu = (int(fields[UTIME]) + int(fields[STIME])) / CLK_TCK
-            found.append(Sample(pid_file.stem, p, fields[19], cpu, thread_runs(p)))
+            found.append(Sample(pid_file.stem, p, fields[19], cpu, thread_runs(p) if with_runs else {}))
     return found
 
 
@@ -287,9 +288,14 @@ class Window:
 
 def measure(seconds: float, threads_of: Sequence[str] = ()) -> Window:
     threads_before = thread_sample(threads_of) if threads_of else {}
-    calls_before, rq_before, before, t0 = service_calls(), edge_requests(), sample(), time.monotonic()
+    calls_before, rq_before, before, t0 = service_calls(), edge_requests(), sample(with_runs=True), time.monotonic()
     time.sleep(seconds)
-    after, elapsed, rq_after, calls_after = sample(), time.monotonic() - t0, edge_requests(), service_calls()
+    after, elapsed, rq_after, calls_after = (
+        sample(with_runs=True),
+        time.monotonic() - t0,
+        edge_requests(),
+        service_calls(),
+    )
     threads_after = thread_sample(threads_of) if threads_of else {}
     requests = rq_after - rq_before if rq_before is not None and rq_after is not None else None
     calls = calls_after - calls_before if calls_before is not None and calls_after is not None else None

@@ -160,11 +160,6 @@ KAFKA_SINGLE_THREADS = (1, 2, 1)
 KAFKA_CLUSTER_THREADS = (2, 4, 4)
 
 
-def _kafka_threads(cluster: list[StoreNode]) -> dict[str, str]:
-    network, io, coordinator = KAFKA_CLUSTER_THREADS if _is_cluster(cluster) else KAFKA_SINGLE_THREADS
-    return {"network_threads": str(network), "io_threads": str(io), "coordinator_threads": str(coordinator)}
-
-
 # Broker heartbeat interval and session timeout, ms (infra/kafka/server.properties.in).
 # The cluster fences a dead broker after 4 s, so that its partitions get new leaders
 # within the clients' 5 s deadlines. The single node has no peer to hand them to; it
@@ -173,9 +168,18 @@ KAFKA_SINGLE_HEARTBEAT = (3000, 9000)
 KAFKA_CLUSTER_HEARTBEAT = (1000, 4000)
 
 
-def _kafka_heartbeat(cluster: list[StoreNode]) -> dict[str, str]:
-    heartbeat, session = KAFKA_CLUSTER_HEARTBEAT if _is_cluster(cluster) else KAFKA_SINGLE_HEARTBEAT
-    return {"heartbeat_ms": str(heartbeat), "session_ms": str(session)}
+def _kafka_topology_settings(cluster: list[StoreNode]) -> dict[str, str]:
+    """The thread counts and broker heartbeat of the single node or of a cluster's brokers."""
+    clustered = _is_cluster(cluster)
+    network, io, coordinator = KAFKA_CLUSTER_THREADS if clustered else KAFKA_SINGLE_THREADS
+    heartbeat, session = KAFKA_CLUSTER_HEARTBEAT if clustered else KAFKA_SINGLE_HEARTBEAT
+    return {
+        "network_threads": str(network),
+        "io_threads": str(io),
+        "coordinator_threads": str(coordinator),
+        "heartbeat_ms": str(heartbeat),
+        "session_ms": str(session),
+    }
 
 
 def _cassandra_jvm_opts(cluster: list[StoreNode]) -> tuple[str, ...]:
@@ -466,8 +470,7 @@ def _kafka_values(
         "voters": ",".join(f"{n.ordinal}@{n.host}:{KAFKA_CONTROLLER_PORT}" for n in cluster),
         "replication": str(replication),
         "min_isr": str(min_isr),
-        **_kafka_threads(cluster),
-        **_kafka_heartbeat(cluster),
+        **_kafka_topology_settings(cluster),
     }
 
 

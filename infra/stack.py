@@ -475,17 +475,6 @@ class StartError(Exception):
         super().__init__(f"{component} failed to start; see its log: {log_path}")
 
 
-def _wait_ready(comp: Component, pid: int | None) -> None:
-    deadline = time.monotonic() + comp.timeout
-    while time.monotonic() < deadline:
-        if comp.ready():
-            return
-        if pid is not None and _start_time(pid) is None:
-            break  # it exited
-        time.sleep(0.25)
-    raise StartError(comp.name, LOGS / f"{comp.name}.log")
-
-
 def _wait_until(check: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not check():
@@ -493,6 +482,19 @@ def _wait_until(check: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(0.25)
     return True
+
+
+def _wait_ready(comp: Component, pid: int | None) -> None:
+    ready = False
+
+    def ready_or_exited() -> bool:
+        nonlocal ready
+        ready = comp.ready()
+        return ready or (pid is not None and _start_time(pid) is None)
+
+    _wait_until(ready_or_exited, comp.timeout)
+    if not ready:
+        raise StartError(comp.name, LOGS / f"{comp.name}.log")
 
 
 # ---- commands --------------------------------------------------------------

@@ -297,7 +297,7 @@ def test_a_window_carries_each_processes_thread_runs(monkeypatch: pytest.MonkeyP
             [idle.Sample("redis", 3, "1", 0.52, {"3": 130})],
         ]
     )
-    monkeypatch.setattr(idle, "sample", lambda: next(samples))
+    monkeypatch.setattr(idle, "sample", lambda with_runs: next(samples) if with_runs else [])
     monkeypatch.setattr(idle, "service_calls", lambda: 0)
     monkeypatch.setattr(idle, "edge_requests", lambda: 0)
     clock = iter([100.0, 110.0])
