@@ -20,6 +20,12 @@ TOPIC_FOLLOWS = "chirp.follows.v1"  # follow / unfollow, keyed by follower
 TOPIC_LIKES = "chirp.likes.v1"  # like / unlike, keyed by tweet
 TOPICS = (TOPIC_TWEETS, TOPIC_FOLLOWS, TOPIC_LIKES)
 POLL_IDLE_SECONDS = 1.0
+# How often the poll thread of a producer with nothing in flight looks for
+# client events (ALL_BROKERS_DOWN). confluent-kafka's poll() waits in 200 ms
+# slices, whatever its timeout, so a thread left polling an idle producer
+# would wake five times a second; it sleeps on an event instead, set by every
+# produce, and serves what is queued when it wakes.
+IDLE_CHECK_SECONDS = 5.0
 # How long the broker holds a consumer's fetch that finds nothing. A fetch is
 # answered as soon as a record arrives on any of its partitions, so this sets
 # only how often an idle consumer asks: at librdkafka's 500 ms default, eight
@@ -51,6 +57,7 @@ class AsyncProducer:
             }
         )
         self._stop = threading.Event()
+        self._produced = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()
 
@@ -60,10 +67,17 @@ class AsyncProducer:
             log.warning("all Kafka brokers are down")
 
     def _poll(self) -> None:
-        # poll() returns as soon as a delivery report is served: the timeout only
-        # sets how often an idle producer's thread wakes up (and how long close waits).
+        # poll() returns as soon as a delivery report is served. len() counts the
+        # records not yet acknowledged and the reports and events not yet served;
+        # a produce counts itself before it sets `_produced`, and the count is read
+        # after the event is cleared, so no record waits for IDLE_CHECK_SECONDS.
         while not self._stop.is_set():
-            self._producer.poll(POLL_IDLE_SECONDS)
+            if len(self._producer):
+                self._producer.poll(POLL_IDLE_SECONDS)
+                continue
+            self._produced.wait(IDLE_CHECK_SECONDS)
+            self._produced.clear()
+            self._producer.poll(0)
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
         if self._all_down.is_set() and not await self.ping():
@@ -76,11 +90,13 @@ class AsyncProducer:
             loop.call_soon_threadsafe(_settle, done, err)
 
         self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        self._produced.set()
         await done
 
     def send_nowait(self, topic: str, key: bytes, value: bytes, on_done: Any) -> None:
         """Queue a record; `on_done(err)` runs on the poll thread once it is settled."""
         self._producer.produce(topic, value=value, key=key, on_delivery=lambda err, _msg: on_done(err))
+        self._produced.set()
 
     def reachable(self, timeout: float = 0.5) -> bool:
         try:
@@ -95,6 +111,7 @@ class AsyncProducer:
     def close(self, timeout: float = 5.0) -> None:
         self._producer.flush(timeout)
         self._stop.set()
+        self._produced.set()
         self._poller.join(POLL_IDLE_SECONDS + 1.0)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from bench import idle
+from common import kafka
 from common.cql import PING_FRESH_SECONDS
 from common.metrics import GRPC_HANDLED, METRICS_POLL_SECONDS, metrics_server
 from common.outbox import IdleBackoff
@@ -212,6 +213,80 @@ async def test_without_an_interval_every_batch_is_committed_and_close_commits_wh
 
 async def _nothing(messages: Sequence[Any]) -> None:
     pass
+
+
+class FakeProducer:
+    """What AsyncProducer uses of confluent-kafka's Producer: produce() queues a
+    record, poll() serves its delivery report at once, len() counts what is queued."""
+
+    def __init__(self, _config: dict[str, Any]) -> None:
+        self.queued: list[Any] = []
+        self.polls: list[float] = []
+        self.lock = threading.Lock()
+
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+        with self.lock:
+            self.queued.append(on_delivery)
+
+    def poll(self, timeout: float) -> int:
+        with self.lock:
+            self.polls.append(timeout)
+            served, self.queued = self.queued, []
+        for on_delivery in served:
+            on_delivery(None, None)
+        return len(served)
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.queued)
+
+    def flush(self, timeout: float) -> int:
+        self.poll(0)
+        return 0
+
+
+def _fake_producer(
+    monkeypatch: pytest.MonkeyPatch, idle_check_seconds: float
+) -> tuple[kafka.AsyncProducer, FakeProducer]:
+    monkeypatch.setattr(kafka, "Producer", FakeProducer)
+    monkeypatch.setattr(kafka, "IDLE_CHECK_SECONDS", idle_check_seconds)
+    producer = kafka.AsyncProducer("127.0.0.1:1", "test")
+    return producer, producer._producer  # type: ignore[return-value]
+
+
+def test_an_idle_producers_poll_thread_sleeps_and_wakes_on_a_produce(monkeypatch: pytest.MonkeyPatch) -> None:
+    # confluent-kafka's poll() waits in 200 ms slices, so a thread left polling an
+    # idle producer wakes five times a second: it must sleep on an event instead.
+    producer, fake = _fake_producer(monkeypatch, 30.0)
+    time.sleep(0.3)
+    assert fake.polls == []  # nothing queued: it sleeps without polling
+    settled = threading.Event()
+    producer.send_nowait("t", b"k", b"v", lambda err: settled.set())
+    # Served at once, not after IDLE_CHECK_SECONDS.
+    assert settled.wait(2.0)
+    time.sleep(0.3)
+    assert len(fake.polls) <= 4  # and asleep again
+    started = time.monotonic()
+    producer.close()
+    assert time.monotonic() - started < 2.0 and not producer._poller.is_alive()
+
+
+async def test_an_awaited_send_is_settled_by_the_poll_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    producer, _ = _fake_producer(monkeypatch, 30.0)
+    try:
+        for _ in range(3):
+            await asyncio.wait_for(producer.send("t", b"k", b"v"), 2.0)
+    finally:
+        producer.close()
+
+
+def test_an_idle_producer_still_serves_client_events_at_the_idle_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ALL_BROKERS_DOWN arrives as an event on the producer's queue: served at the
+    # next idle check, so a send after an outage fails fast.
+    producer, fake = _fake_producer(monkeypatch, 0.05)
+    time.sleep(0.4)
+    producer.close()
+    assert fake.polls.count(0) >= 3
 
 
 # ---- Prometheus -------------------------------------------------------------------
