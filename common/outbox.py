@@ -11,18 +11,18 @@ days, TimeWindowCompactionStrategy, so whole SSTables are dropped).
 
 Relay: events live in partitions of (shard, minute of the id), 32 shards. Each
 shard is relayed by one process at a time, holding a lease (a lightweight
-transaction with a TTL of 60 s, renewed every ~20 s; a process that dies loses
-its leases within 60 s and the others share them out, each taking at most its
+transaction with a TTL of 120 s, renewed every ~40 s; a process that dies loses
+its leases within 120 s and the others share them out, each taking at most its
 fair share of the shards). Per shard the holder keeps
 - a cursor in memory: every event up to it is published. Each pass (every 2 s
-  while passes find unpublished events, backing off to every 20 s while they
+  while passes find unpublished events, backing off to every 40 s while they
   find none, which is nearly always: only a crashed writer leaves any) it
   reads the shard's ids and flags from the cursor up to now - min_age (5 s,
   the fast path's chance), only when the shard's head (highest id written) is
   past the cursor; sends the unpublished ones together, awaits every delivery,
   marks them, and moves the cursor to just before the first failure;
 - a durable checkpoint, saved with the lease renewal (so only the holder can move
-  it): every sweep (due every 30 s, so at every other idle pass, about 40 s) the
+  it): every sweep (due every 30 s, so at every idle pass, about 40 s) the
   range from the checkpoint to min(cursor, now - settle) is read once more, for
   a write that landed late (a batch replayed from the batchlog; settle is 60 s),
   and the checkpoint moves to its end. A new holder starts from the checkpoint.
@@ -47,23 +47,25 @@ deletes, follows; likes do not use the outbox), so 2,500 events/s:
   payloads only of events to send: at 2,500 events/s the simulation in
   tests/unit/test_outbox_relay.py counts 23 relay statements/s in all (18.5
   range reads, 2 head reads, 2.7 for leases) besides the 2,500 marks/s.
-- idle: per relay process, every 20-20.5 s, one pass: one head read and the
+- idle: per relay process, every 40-40.5 s, one pass: one head read and the
   lease cycle (one read of the lease rows, one of the relay list, one heartbeat
-  and one conditional batch): about 0.25 statements/s, 1.0/s for the 4 relaying
-  processes of the default stack (2.0/s with a pass and a lease cycle every
-  10-10.5 s, 3.3/s every 5-6 s, 4.7/s with a pass every 2 s, 31/s before
-  that), 0.2/s of them lightweight transactions, as the same tests count. On an
-  idle Cassandra each statement costs some 3 ms of CPU (its request threads
-  spin after every request): halving the cycle took Cassandra about 0.4 points
-  of a core lower and the four relaying processes about 0.25 (alternated A/B,
-  docs/BENCHMARKS.md, stop 36).
+  and one conditional batch): about 0.12 statements/s, 0.5/s for the 4 relaying
+  processes of the default stack (1.0/s with a pass and a lease cycle every
+  20-20.5 s, 2.0/s every 10-10.5 s, 3.3/s every 5-6 s, 4.7/s with a pass every
+  2 s, 31/s before that), 0.1/s of them lightweight transactions, as the same
+  tests count. On an idle Cassandra each statement costs some 3 ms of CPU: its
+  request threads spin after every request, about 120 thread runs for a read
+  and 185 for a lightweight transaction whose condition fails (stop 38). Halving
+  the cycle from 10 s took Cassandra about 0.4 points of a core lower and the
+  four relaying processes about 0.25 (alternated A/B, docs/BENCHMARKS.md, stop
+  36).
 
 Orphans (acknowledged, never delivered, and the writer gone) are published
-within about 26 s when another live relay holds their shard (min_age 5 s
-plus one idle pass gap of up to 20.5 s: passes wait at most until the next
-lease cycle), and within about 81 s when the dead writer held the lease itself
-(the lease runs out 60 s after its last renewal, a survivor takes the shard at
-its next lease cycle, 20-20.5 s, and relays it in that pass; 101 s when two
+within about 46 s when another live relay holds their shard (min_age 5 s
+plus one idle pass gap of up to 40.5 s: passes wait at most until the next
+lease cycle), and within about 161 s when the dead writer held the lease itself
+(the lease runs out 120 s after its last renewal, a survivor takes the shard at
+its next lease cycle, 40-40.5 s, and relays it in that pass; 201 s when two
 survivors reached for the same shard and one more cycle is needed). A writer
 stopped in order hands its leases over at once (`release_shards`); one that
 crashed after its fast path had also failed is rare, and its events are late,
@@ -128,19 +130,19 @@ class RelaySettings:
     wake_gap_seconds: float = 0.5
     # The longest gap between passes while they find nothing. A pass also renews
     # the leases, so passes come at least every lease_renew_seconds anyway.
-    idle_interval_seconds: float = 20.0
+    idle_interval_seconds: float = 40.0
     min_age_ms: int = 5_000  # the fast path's chance before the relay sends an event
     settle_ms: int = 60_000  # a write landing later than this after its id was made is the fast path's alone
     sweep_seconds: float = 30.0
     # Every lease cycle is four statements, one a lightweight transaction, in every
     # relaying process: renewing every 5 s (TTL 15 s), then every 10 s (TTL 30 s),
-    # was most of an idle stack's CQL traffic. What a longer lease costs is only how
+    # then every 20 s (TTL 60 s), was most of an idle stack's CQL traffic. What a longer lease costs is only how
     # late an orphan of a crashed writer that held its own shard is published (see
     # the module docstring).
-    lease_ttl_seconds: int = 60
-    # A third of the lease: one renewal may fail and the next (20 s later, plus
-    # the pass itself) still comes before lease_ttl - lease_margin_ms = 55 s.
-    lease_renew_seconds: float = 20.0
+    lease_ttl_seconds: int = 120
+    # A third of the lease: one renewal may fail and the next (40 s later, plus
+    # the pass itself) still comes before lease_ttl - lease_margin_ms = 115 s.
+    lease_renew_seconds: float = 40.0
     lease_margin_ms: int = 5_000  # stop relaying this long before the store lets the lease go
     batch: int = 500  # ids read, and events sent together, per step
     # Per shard and pass, so one shard's backlog does not hold up the others and
