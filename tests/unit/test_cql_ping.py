@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from common.cql import PING_FRESH_SECONDS, CqlSession
+from common.cql import PING_FRESH_SECONDS, PING_QUERY, CqlSession
 
 
 class FakeFuture:
@@ -54,7 +54,7 @@ def _session() -> tuple[CqlSession, FakeSession, Clock]:
 async def test_the_first_probe_asks_the_store() -> None:
     cql, driver, _ = _session()
     assert await cql.ping() is True
-    assert driver.sent == ["SELECT release_version FROM system.local"]
+    assert driver.sent == [PING_QUERY]
 
 
 async def test_a_recent_answer_stands_in_for_the_probe_until_it_is_stale() -> None:
@@ -65,7 +65,7 @@ async def test_a_recent_answer_stands_in_for_the_probe_until_it_is_stale() -> No
     assert driver.sent == ["SELECT x FROM t WHERE k = 1"]  # no probe statement sent
     clock.now += 0.2
     assert await cql.ping() is True
-    assert driver.sent[-1] == "SELECT release_version FROM system.local"
+    assert driver.sent[-1] == PING_QUERY
 
 
 async def test_failed_statements_do_not_count_as_answers() -> None:
@@ -76,4 +76,4 @@ async def test_failed_statements_do_not_count_as_answers() -> None:
     with pytest.raises(ConnectionError):
         await cql.execute("SELECT x FROM t WHERE k = 2")
     assert await cql.ping() is False  # the failure did not refresh the answer time: the probe asked
-    assert driver.sent[-1] == "SELECT release_version FROM system.local"
+    assert driver.sent[-1] == PING_QUERY
