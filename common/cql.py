@@ -35,7 +35,7 @@ import os
 import re
 import time
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any
 
 from cassandra import (
@@ -101,11 +101,21 @@ _REFUSED_BEFORE_RUNNING = (OverloadedErrorMessage, IsBootstrappingErrorMessage)
 # parks again. Kept short of the probe interval: an answer older than one interval
 # would let a probe pass on what the store said before an outage.
 PING_FRESH_SECONDS = 5.0
-# The probe's own statement reads a virtual table: the node that gets it answers
-# from memory, so it asks whether the store answers, not how busy its disks are,
-# and costs an idle node about 60 thread runs where a read of system.local costs
-# about 130 (a second request pool, ReadStage, spins after it too; stop 38).
+# The probe's own statement reads a virtual table where the server has them
+# (Cassandra 4+): the node that gets it answers from memory, so it asks whether
+# the store answers, not how busy its reads are, and costs an idle node about 60
+# thread runs where a read of system.local costs about 130 (a second request
+# pool, ReadStage, spins after it too; docs/BENCHMARKS.md, stop 38). ScyllaDB,
+# the production store, has no system_views: there it reads the node's own row.
 PING_QUERY = "SELECT value FROM system_views.settings WHERE name = 'cluster_name'"
+LOCAL_PING_QUERY = "SELECT release_version FROM system.local"
+
+
+def ping_query(keyspaces: Container[str]) -> str:
+    """The probe's statement on a server whose keyspaces (the driver's metadata) are these."""
+    return PING_QUERY if "system_views" in keyspaces else LOCAL_PING_QUERY
+
+
 # A statement whose prepare times out (10 s, a node starting or overloaded) is tried again.
 PREPARE_ATTEMPTS = 6
 PREPARE_BACKOFF_SECONDS = 1.0
@@ -267,12 +277,14 @@ class CqlSession:
         session: Session,
         default_timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        ping_query: str = LOCAL_PING_QUERY,
     ) -> None:
         self._cluster = cluster
         self._session = session
         self._default_timeout = default_timeout
         self._clock = clock
         self._answered_at = float("-inf")  # when a statement last succeeded
+        self.ping_query = ping_query
 
     @classmethod
     async def from_config(cls, common: CommonConfig) -> CqlSession:
@@ -313,7 +325,7 @@ class CqlSession:
             cluster.shutdown()  # its threads and connections, or the process never exits
             raise
         keep_a_timer_pending(cluster.connection_class)
-        return cls(cluster, session, default_timeout)
+        return cls(cluster, session, default_timeout, ping_query=ping_query(cluster.metadata.keyspaces))
 
     async def prepare(self, query: str, idempotent: bool | None = None) -> PreparedStatement:
         """Prepare `query`, marked idempotent as `is_idempotent` judges it unless told."""
@@ -379,7 +391,7 @@ class CqlSession:
         if self._clock() - self._answered_at < PING_FRESH_SECONDS:
             return True
         try:
-            await self.execute(PING_QUERY)
+            await self.execute(self.ping_query)
         except Exception:  # noqa: BLE001 - any failure means "not reachable"
             return False
         return True

@@ -21,10 +21,10 @@ TOPIC_LIKES = "chirp.likes.v1"  # like / unlike, keyed by tweet
 TOPICS = (TOPIC_TWEETS, TOPIC_FOLLOWS, TOPIC_LIKES)
 POLL_IDLE_SECONDS = 1.0
 # How often the poll thread of a producer with nothing in flight looks for
-# client events (ALL_BROKERS_DOWN). confluent-kafka's poll() waits in 200 ms
-# slices, whatever its timeout, so a thread left polling an idle producer
-# would wake five times a second; it sleeps on an event instead, set by every
-# produce, and serves what is queued when it wakes.
+# client events (ALL_BROKERS_DOWN; `send` also serves them first). confluent-kafka's
+# poll() waits in 200 ms slices, whatever its timeout, so a thread left polling an
+# idle producer would wake five times a second; it sleeps on an event instead,
+# set by every produce, and serves what is queued when it wakes.
 IDLE_CHECK_SECONDS = 5.0
 # How long the broker holds a consumer's fetch that finds nothing. A fetch is
 # answered as soon as a record arrives on any of its partitions, so this sets
@@ -80,6 +80,9 @@ class AsyncProducer:
             self._producer.poll(0)
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        # An idle poll thread serves client events only every IDLE_CHECK_SECONDS:
+        # serve any queued now (ALL_BROKERS_DOWN), so a send after an outage fails fast.
+        self._producer.poll(0)
         if self._all_down.is_set() and not await self.ping():
             raise KafkaException(KafkaError(KafkaError._ALL_BROKERS_DOWN, "all brokers are down"))
         self._all_down.clear()

@@ -48,6 +48,13 @@ async def test_every_node_is_in_the_default_local_dc(cql: CqlSession) -> None:
     assert await cql.ping()
 
 
+async def test_the_probe_reads_a_virtual_table_of_the_store(cql: CqlSession) -> None:
+    """Cassandra has system_views: the probe reads it (no storage read), and the store answers it."""
+    assert cql.ping_query == cql_policies.PING_QUERY
+    (row,) = await cql.execute(cql.ping_query)
+    assert row.value
+
+
 async def test_a_session_for_another_dc_has_no_host_and_that_means_unavailable() -> None:
     with pytest.raises(NoHostAvailable) as caught:
         session = await _connect(local_dc="no-such-dc")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from bench import idle
 from common import kafka
@@ -219,10 +220,13 @@ class FakeProducer:
     """What AsyncProducer uses of confluent-kafka's Producer: produce() queues a
     record, poll() serves its delivery report at once, len() counts what is queued."""
 
-    def __init__(self, _config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any]) -> None:
         self.queued: list[Any] = []
         self.polls: list[float] = []
         self.lock = threading.Lock()
+        self.error_cb = config["error_cb"]
+        self.errors: list[KafkaError] = []  # client events not yet served
+        self.reachable = True
 
     def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
         with self.lock:
@@ -232,13 +236,20 @@ class FakeProducer:
         with self.lock:
             self.polls.append(timeout)
             served, self.queued = self.queued, []
+            errors, self.errors = self.errors, []
+        for err in errors:
+            self.error_cb(err)
         for on_delivery in served:
             on_delivery(None, None)
         return len(served)
 
     def __len__(self) -> int:
         with self.lock:
-            return len(self.queued)
+            return len(self.queued) + len(self.errors)
+
+    def list_topics(self, timeout: float) -> None:
+        if not self.reachable:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "down"))
 
     def flush(self, timeout: float) -> int:
         self.poll(0)
@@ -280,9 +291,25 @@ async def test_an_awaited_send_is_settled_by_the_poll_thread(monkeypatch: pytest
         producer.close()
 
 
+async def test_a_send_after_an_outage_seen_while_idle_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ALL_BROKERS_DOWN was queued while the poll thread slept: the send serves it
+    # first, asks the brokers, and fails at once instead of waiting out its timeout.
+    producer, fake = _fake_producer(monkeypatch, 30.0)
+    try:
+        time.sleep(0.1)
+        fake.reachable = False
+        with fake.lock:
+            fake.errors.append(KafkaError(KafkaError._ALL_BROKERS_DOWN, "all brokers are down"))
+        with pytest.raises(KafkaException):
+            await asyncio.wait_for(producer.send("t", b"k", b"v"), 2.0)
+        assert fake.queued == []  # refused before it was produced
+    finally:
+        producer.close()
+
+
 def test_an_idle_producer_still_serves_client_events_at_the_idle_check(monkeypatch: pytest.MonkeyPatch) -> None:
     # ALL_BROKERS_DOWN arrives as an event on the producer's queue: served at the
-    # next idle check, so a send after an outage fails fast.
+    # next idle check even when nothing is sent.
     producer, fake = _fake_producer(monkeypatch, 0.05)
     time.sleep(0.4)
     producer.close()
