@@ -352,7 +352,13 @@ def http_run(targets: list[dict[str, Any]], rate: float, seconds: float) -> Outc
 def grpc_run(
     call: str, data: dict[str, Any], metadata: dict[str, str], target: str, rate: float, seconds: float
 ) -> Outcome:
-    """ghz takes one metadata set per run, so the gRPC load acts as one user."""
+    """ghz takes one metadata set per run, so the gRPC load acts as one user.
+
+    At the end of its duration ghz waits for the calls still in flight
+    (`--duration-stop wait`, as bench/loadgen does for HTTP). Its default closes its
+    connections under them, and each such call was counted as an UNAVAILABLE the
+    stack never sent ("error reading from server: ... use of closed network
+    connection"): the one error of run stop38's gRPC steps at 400 and 600 req/s."""
     before, started = idle.sample(), time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         meta_path, out = Path(tmp) / "metadata.json", Path(tmp) / "out.csv"
@@ -362,7 +368,8 @@ def grpc_run(
                 str(GHZ), "--insecure", "--protoset", str(DESCRIPTOR), "--call", call,
                 "-d", json.dumps(data), "-M", str(meta_path), "--async",
                 "--rps", str(int(rate)), "-z", f"{seconds}s", "-c", str(max(50, int(rate / 10))),
-                "-t", f"{REQUEST_TIMEOUT_S}s", "--connections", "4", "-O", "csv", "-o", str(out), target,
+                "-t", f"{REQUEST_TIMEOUT_S}s", "--duration-stop", "wait", "--connections", "4",
+                "-O", "csv", "-o", str(out), target,
             ],
             check=True,
             stdout=subprocess.DEVNULL,

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench import report, seed
+from bench import load, report, seed
 from bench.idle import Sample
 from bench.load import (
     ERROR,
@@ -412,3 +413,20 @@ def test_the_rest_p50_is_set_against_the_baseline_back_to_back_and_paced_with_th
     text = report.markdown(results)
     assert "Chirp's REST home-feed p50 at 50 req/s is 6.25x the baseline p50." in text
     assert "paced" not in text.split("Chirp's REST home-feed p50")[1].split("\n")[0]
+
+
+def test_ghz_waits_for_the_calls_in_flight_when_its_run_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its default closes the connections under them, and each was counted as an
+    # UNAVAILABLE the stack never sent ("use of closed network connection").
+    seen: list[list[str]] = []
+
+    def fake_ghz(argv: list[str], **_kwargs: Any) -> subprocess.CompletedProcess[str]:
+        seen.append(argv)
+        Path(argv[argv.index("-o") + 1]).write_text("\nduration (ms),status,error\n2.5,OK,\n")
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(load.subprocess, "run", fake_ghz)
+    outcome = load.grpc_run("chirp.feed.v1.FeedService/GetHomeFeed", {}, {}, "127.0.0.1:1", 100, 1.0)
+    (argv,) = seen
+    assert argv[argv.index("--duration-stop") + 1] == "wait"
+    assert outcome.kinds == [OK] and outcome.latencies_ms == [2.5]
