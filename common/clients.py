@@ -181,6 +181,18 @@ class Peers:
             return {t.tweet_id: t.like_count for t in await self.batch_tweets(tweet_ids)}
         return dict(reply.like_counts)
 
+    async def refresh_like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
+        """Asks tweet_svc to rebuild these cached like counts from the store where they are
+        past their refresh time (BatchGetLikeCounts with `refresh`); returns those rebuilt.
+        A tweet_svc older than the field answers the counts and rebuilds nothing."""
+        if not tweet_ids:
+            return {}
+        reply = await self._tweet.BatchGetLikeCounts(
+            tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=list(tweet_ids), refresh=True),
+            **call_options(TIMEOUT),  # type: ignore[arg-type]
+        )
+        return dict(reply.like_counts)
+
     async def close(self) -> None:
         for opened in self._channels:
             await opened.close(None)

@@ -21,17 +21,27 @@ nothing another caller waits on; a load that no one waits for any more before it
 got a slot is dropped. A load may itself load through a flight (a timeline rebuild
 reading the followed accounts): that inner load runs within the outer one's slot,
 as waiting for a second slot while holding one could leave every slot so held.
+
+A BackgroundRefresh is for the other way a cache goes cold at once: keys filled
+together reaching their refresh time together. The reads keep serving them and
+ask for their rebuild, which runs after the read answered, bounded per process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import itertools
+import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from prometheus_client import Counter, Gauge
+
+log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -186,3 +196,95 @@ def _retrieve(task: asyncio.Task[object]) -> None:
     """A load's error reaches its waiters; with none left, it is not logged as never retrieved."""
     if not task.cancelled():
         task.exception()
+
+
+# Background refreshes, per process: a batch of at most REFRESH_BATCH keys every
+# REFRESH_INTERVAL_SECONDS, so keys due together are rebuilt over seconds rather
+# than in one burst beside the reads (and their next refresh times spread out as
+# well); a key sent is not asked again for REFRESH_COOLDOWN_SECONDS; at most
+# REFRESH_PENDING keys wait.
+REFRESH_BATCH = 50
+REFRESH_INTERVAL_SECONDS = 0.5
+REFRESH_COOLDOWN_SECONDS = 5.0
+REFRESH_PENDING = 5000
+
+REFRESHES = Counter(
+    "chirp_cache_refresh_keys_total",
+    "Cache keys a read found due for a rebuild, by what became of the request.",
+    ["cache", "outcome"],
+)
+
+
+class BackgroundRefresh(Generic[K]):
+    """Rebuilds of keys reads served but found due, made after the reads answered and
+    paced, so no read waits on them and they do not come as one burst. One task per
+    process drains the keys in batches (REFRESH_BATCH every REFRESH_INTERVAL_SECONDS);
+    a key sent is not asked again for the cooldown (a rebuild that declined leaves it
+    due: reads would otherwise ask at their own rate); keys beyond REFRESH_PENDING are
+    dropped, as is a batch that fails: a later read finds them due again. The task runs
+    in a context of its own: no read's deadline or request id is its."""
+
+    def __init__(
+        self,
+        name: str,
+        refresh: Callable[[list[K]], Awaitable[object]],
+        batch: int = REFRESH_BATCH,
+        interval_seconds: float = REFRESH_INTERVAL_SECONDS,
+        cooldown_seconds: float = REFRESH_COOLDOWN_SECONDS,
+        max_pending: int = REFRESH_PENDING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._name = name
+        self._refresh = refresh
+        self._batch = batch
+        self._interval = interval_seconds
+        self._cooldown = cooldown_seconds
+        self._max_pending = max_pending
+        self._clock = clock
+        self._pending: dict[K, None] = {}  # insertion-ordered: the oldest request first
+        self._sent: dict[K, float] = {}  # key -> when it was last sent
+        self._task: asyncio.Task[None] | None = None
+
+    def pending(self) -> int:
+        """Keys waiting for their batch."""
+        return len(self._pending)
+
+    def draining(self) -> bool:
+        """Whether a batch is waiting or running."""
+        return self._task is not None
+
+    def request(self, keys: Iterable[K]) -> None:
+        now = self._clock()
+        if len(self._sent) > 2 * self._max_pending:
+            self._sent = {k: at for k, at in self._sent.items() if now - at < self._cooldown}
+        dropped = 0
+        for key in keys:
+            if key in self._pending or now - self._sent.get(key, now - self._cooldown) < self._cooldown:
+                continue
+            if len(self._pending) >= self._max_pending:
+                dropped += 1
+                continue
+            self._pending[key] = None
+        if dropped:
+            REFRESHES.labels(self._name, "dropped").inc(dropped)
+        if self._pending and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain(), context=contextvars.Context())
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                await asyncio.sleep(self._interval)
+                batch = list(itertools.islice(self._pending, self._batch))
+                now = self._clock()
+                for key in batch:
+                    del self._pending[key]
+                    self._sent[key] = now
+                try:
+                    await self._refresh(batch)
+                except Exception as exc:  # noqa: BLE001 - the keys stay due; a later read asks again
+                    REFRESHES.labels(self._name, "failed").inc(len(batch))
+                    log.debug("refresh of %d %s keys failed: %r", len(batch), self._name, exc)
+                else:
+                    REFRESHES.labels(self._name, "sent").inc(len(batch))
+        finally:
+            self._task = None

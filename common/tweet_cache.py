@@ -6,7 +6,11 @@ tweet_svc. Neither service imports the other; both import this.
   without like_count and liked_by_me, or TWEET_DELETED. Anything else (a JSON
   body of the old `tw:` layout, a truncated value) reads as a miss.
 - `lc:<tweet>`, a hash kept by tweet_svc's like script; its field `n` is the
-  count with every like acknowledged so far.
+  count with every like acknowledged so far, and its field `t` (epoch ms) when
+  it is due to be rebuilt from the store. A reader serves `n` past `t` too (the
+  hash lives on for as long again), and asks tweet_svc to rebuild it without
+  waiting (BatchGetLikeCounts with `refresh`): so counts filled together (a
+  warm-up, a cold cache) do not all turn into misses together, 30 s later.
 - `ar:<author>`, a sorted set of an author's newest tweet ids with a coverage
   marker: ALL (every tweet of the author) or TOP (at least the newest
   RECENT_DEPTH when it was filled).
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +49,8 @@ from chirp.tweet.v1 import tweet_pb2
 from common.keys import TWEET_DELETED, tweet_key
 
 RECENT_DEPTH = 50  # ids a fill of `ar:` loads per author
+# What a reader reads of an `lc:` hash: the count, and when it is due to be rebuilt.
+COUNT_FIELDS = ("n", "t")
 LIKED_SECONDS = 60.0
 _TOKEN_FIELD = "~t"  # in `ul:`; never a tweet id
 
@@ -158,22 +165,25 @@ class CachedTweets:
     # The viewer's flags where `ul:` has them; tweets in neither set are misses.
     liked: set[int] = field(default_factory=set)
     not_liked: set[int] = field(default_factory=set)
+    # Counts served past their refresh time (or from a hash without one).
+    due: set[int] = field(default_factory=set)
 
 
 def queue_reads(pipe: Any, tweet_ids: Sequence[int], viewer_id: int = 0) -> None:
-    """Queues on `pipe` a GET of each body, an HGET of each like count and, with a viewer,
-    one HMGET of their like states of the tweets, in that order."""
+    """Queues on `pipe` a GET of each body, an HMGET of each like count and its refresh
+    time and, with a viewer, one HMGET of their like states of the tweets, in that order."""
     for tweet_id in tweet_ids:
         pipe.get(tweet_key("body", tweet_id))
     for tweet_id in tweet_ids:
-        pipe.hget(tweet_key("like_count", tweet_id), "n")
+        pipe.hmget(tweet_key("like_count", tweet_id), COUNT_FIELDS)
     if viewer_id:
         pipe.hmget(tweet_key("liked", viewer_id), [str(t) for t in tweet_ids])
 
 
-def parse_reads(tweet_ids: Sequence[int], replies: Sequence[Any]) -> CachedTweets:
+def parse_reads(tweet_ids: Sequence[int], replies: Sequence[Any], now_ms: float | None = None) -> CachedTweets:
     """What `queue_reads` found (replies of a pipeline run with raise_on_error=False: a
-    count stored before the like-state hash answers WRONGTYPE, a miss)."""
+    count stored before the like-state hash answers WRONGTYPE, a miss). `now_ms`: the
+    clock the counts' refresh times are read against (this host's by default)."""
     found = CachedTweets()
     n = len(tweet_ids)
     if len(replies) > 2 * n and not isinstance(replies[2 * n], Exception):
@@ -187,10 +197,20 @@ def parse_reads(tweet_ids: Sequence[int], replies: Sequence[Any]) -> CachedTweet
             found.deleted.add(tweet_id)
         elif raw[:1] == bytes((_TWEET_ID_TAG,)):
             found.bodies[tweet_id] = raw
+    now = time.time() * 1000 if now_ms is None else now_ms
     for tweet_id, raw in zip(tweet_ids, replies[n : 2 * n], strict=True):
-        if raw is not None and not isinstance(raw, Exception):
-            found.counts[tweet_id] = max(0, int(raw))
+        if raw is None or isinstance(raw, Exception) or raw[0] is None:
+            continue
+        found.counts[tweet_id] = max(0, int(raw[0]))
+        if count_due(raw[1], now):
+            found.due.add(tweet_id)
     return found
+
+
+def count_due(refresh_at: bytes | str | None, now_ms: float) -> bool:
+    """Whether a like-count hash whose `t` is `refresh_at` is due to be rebuilt (one
+    written before `t` existed is)."""
+    return refresh_at is None or int(refresh_at) <= now_ms
 
 
 def recent_range(limit: int) -> tuple[int, int]:

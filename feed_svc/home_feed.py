@@ -33,7 +33,7 @@ from common import stages
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.hidden import HiddenAuthorsCache
 from common.pagination import PageTokens, unshared_tokens
-from common.singleflight import Rebuilds, SingleFlight
+from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight
 from common.tweet_cache import RECENT_DEPTH, author_of, with_viewer_fields
 from feed_svc.activity import pull_recent, rebuilt_timeline
 from feed_svc.cache import FeedCache
@@ -168,6 +168,7 @@ class HomeFeed:
         liked_ids: LikedIds | None = None,
         rebuilds: Rebuilds | None = None,
         like_counts: LikeCounts | None = None,
+        refresh_counts: LikeCounts | None = None,
     ) -> None:
         self._cache = cache
         # Concurrent misses of one reader's follow list or timeline share one load, and
@@ -183,6 +184,9 @@ class HomeFeed:
         # tweet_svc's BatchGetLikeCounts, for cached bodies whose counts expired (every
         # CHIRP_LIKE_COUNT_CACHE_SECONDS): without it they come whole from BatchGetTweets.
         self._like_counts = like_counts
+        # tweet_svc's BatchGetLikeCounts with `refresh`, for counts served past their refresh
+        # time (common/tweet_cache.py): asked after the read answered, never waited for.
+        self._count_refresh = BackgroundRefresh("like_count", refresh_counts) if refresh_counts else None
         # The cache of common/hidden.py is read in the read's first round trip (the set's
         # key with the follow list and timeline), its script only on a miss; any other
         # source (a fake, none) is asked alongside that round trip.
@@ -445,6 +449,8 @@ class HomeFeed:
                 self._liked_ids(reader_id, unflagged) if unflagged else _nothing(liked),
                 self._like_counts(list(uncounted)) if uncounted and self._like_counts else _nothing(counts),
             )
+        if cached.due and self._count_refresh is not None:
+            self._count_refresh.request(t for t in ready if t in cached.due)
         for tweet_id, (author, body) in uncounted.items():
             ready[tweet_id] = (author, body, counts.get(tweet_id, 0))
         liked |= cached.liked

@@ -33,6 +33,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         liked_ids=parts.peers.liked_tweet_ids,
         rebuilds=parts.rebuilds,
         like_counts=parts.peers.like_counts,
+        refresh_counts=parts.peers.refresh_like_counts,
     )
 
     def register(server: grpc.aio.Server) -> None:

@@ -30,12 +30,18 @@ the store (tweet_svc/likes.py), so a repeated like counts once and a
 re-delivered fold changes nothing. A user the hash has not seen starts from
 their stored row, read before the event was sent.
 Readers fill a missing hash from the store (FILL_SCRIPT, never over an
-existing one). The hash lives CHIRP_LIKE_COUNT_CACHE_SECONDS from its creation,
-not from its last write, so it is rebuilt from the store that often: that
-bounds how long a lost write-through (Redis unreachable for the worker) or a
-restored older copy can skew the count, and it caps the hash to the users who
-acted in that time. When the hash is gone, counts fall back to the store's
-plus what is acknowledged after.
+existing one). The hash is due to be rebuilt from the store
+CHIRP_LIKE_COUNT_CACHE_SECONDS after its creation (its `t`), not after its
+last write: that bounds how long a lost write-through (Redis unreachable for
+the worker) or a restored older copy can skew the count, and it caps the hash
+to the users who acted in that time. A read past `t` still serves the hash,
+and asks for a rebuild without waiting for it (`refresh_due`, REFRESH_SCRIPT),
+so counts filled together do not all become misses together; the rebuild
+replaces the hash only where no like or fold touched it since the store was
+read (`m`, moved by every run of the like script) and no acknowledged like is
+waiting for its fold (`p` = 0). A hash no rebuild could replace expires at
+twice that age. When the hash is gone, counts fall back to the store's plus
+what is acknowledged after.
 
 Each author's newest tweet ids (`ar:{author}`, a sorted set) serve the read
 path's "recent tweets of these authors" without the CQL store: posts add to
@@ -50,6 +56,7 @@ Redis fail while Redis keeps its data.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -69,7 +76,16 @@ from common.cache import (
 )
 from common.ids import id_time_ms
 from common.keys import TWEET_DELETED, tweet_key
-from common.tweet_cache import ALL, RECENT_DEPTH, TOP, LikedStates, decode_body, encode_body
+from common.tweet_cache import (
+    ALL,
+    COUNT_FIELDS,
+    RECENT_DEPTH,
+    TOP,
+    LikedStates,
+    count_due,
+    decode_body,
+    encode_body,
+)
 from tweet_svc.likes import LikeState
 from tweet_svc.store import TweetRecord
 
@@ -88,10 +104,12 @@ RECENT_LOOKUPS = Counter(
 LIKE_SCRIPT = """
 local key, mode, count = KEYS[1], ARGV[1], ARGV[3]
 if redis.call('TYPE', key).ok ~= 'hash' then
+  local now = redis.call('TIME')
   redis.call('DEL', key)
-  redis.call('HSET', key, 'c', count, 'p', 0)
-  redis.call('PEXPIRE', key, ARGV[2])
+  redis.call('HSET', key, 'c', count, 'p', 0, 't', now[1] * 1000 + math.floor(now[2] / 1000) + ARGV[2])
+  redis.call('PEXPIRE', key, 2 * ARGV[2])
 end
+redis.call('HINCRBY', key, 'm', 1)
 local p = tonumber(redis.call('HGET', key, 'p') or 0)
 
 local function newer(a, b)
@@ -136,8 +154,28 @@ return n
 # A reader's fill of a missing like state (KEYS: it; ARGV: stored count, ttl_ms).
 FILL_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'c', ARGV[1], 'p', 0, 'n', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local now = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'c', ARGV[1], 'p', 0, 'n', ARGV[1], 't', now[1] * 1000 + math.floor(now[2] / 1000) + ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 2 * ARGV[2])
+return 1
+"""
+
+# A rebuild of a like state past its refresh time `t` from the store (KEYS: it; ARGV:
+# stored count, ttl_ms, the hash's `m` read before the store was). Only where nothing
+# changed it since that read (`m`, which every like script run moves) and no like is
+# acknowledged and not folded (`p` = 0): the store's count holds all it counted then.
+# A hash refreshed meanwhile (`t` in the future) is left; a missing one is filled.
+REFRESH_SCRIPT = """
+local now = redis.call('TIME')
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  local state = redis.call('HMGET', KEYS[1], 't', 'm', 'p')
+  if (state[2] or '0') ~= ARGV[3] or tonumber(state[3] or 0) ~= 0 then return 0 end
+  if state[1] and tonumber(state[1]) > now_ms then return 0 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'c', ARGV[1], 'p', 0, 'n', ARGV[1], 't', now_ms + ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 2 * ARGV[2])
 return 1
 """
 
@@ -210,22 +248,69 @@ class TweetCache(Tolerant):
 
     # ---- like counts ------------------------------------------------------------------
 
-    @tolerant(dict)
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         """Counts with the likes acknowledged so far; absent ids are misses."""
+        return (await self.like_counts_due(tweet_ids))[0]
+
+    @tolerant(lambda: ({}, set()))
+    async def like_counts_due(self, tweet_ids: Sequence[int]) -> tuple[dict[int, int], set[int]]:
+        """`like_counts`, and the ids among them past their refresh time."""
+        if not tweet_ids:
+            return {}, set()
+
+        def queue(pipe: Any) -> None:
+            for tweet_id in tweet_ids:
+                pipe.hmget(tweet_key("like_count", tweet_id), COUNT_FIELDS)
+
+        # A count stored before the hash answers WRONGTYPE: a miss, replaced by the next write;
+        # so is a count on a cluster node that did not answer.
+        values = raise_if_all_unanswered(await run_reads(self._redis, queue))
+        now_ms = time.time() * 1000
+        counts: dict[int, int] = {}
+        due: set[int] = set()
+        for tweet_id, value in zip(tweet_ids, values, strict=True):
+            if value is None or isinstance(value, Exception) or value[0] is None:
+                continue
+            counts[tweet_id] = max(0, int(value[0]))
+            if count_due(value[1], now_ms):
+                due.add(tweet_id)
+        return counts, due
+
+    @tolerant(dict)
+    async def refresh_due(self, tweet_ids: Sequence[int]) -> dict[int, str]:
+        """Of these like states, the ones a rebuild may replace: past their refresh time
+        (or gone), with no acknowledged like waiting for its fold. Each with its `m`,
+        read now, before the caller reads the store."""
         if not tweet_ids:
             return {}
 
         def queue(pipe: Any) -> None:
             for tweet_id in tweet_ids:
-                pipe.hget(tweet_key("like_count", tweet_id), "n")
+                pipe.hmget(tweet_key("like_count", tweet_id), ["t", "m", "p"])
 
-        # A count stored before the hash answers WRONGTYPE: a miss, replaced by the next write;
-        # so is a count on a cluster node that did not answer.
         values = raise_if_all_unanswered(await run_reads(self._redis, queue))
-        return {
-            t: int(v) for t, v in zip(tweet_ids, values, strict=True) if v is not None and not isinstance(v, Exception)
-        }
+        now_ms = time.time() * 1000
+        due: dict[int, str] = {}
+        for tweet_id, value in zip(tweet_ids, values, strict=True):
+            if unanswered(value):  # its cluster node did not answer: left alone
+                continue
+            # WRONGTYPE (a count stored before the hash) is replaced whatever its `m`.
+            refresh_at, version, pending = (None, None, None) if isinstance(value, Exception) else value
+            if count_due(refresh_at, now_ms) and int(pending or 0) == 0:
+                due[tweet_id] = _text(version) if version is not None else "0"
+        return due
+
+    @tolerant(set)
+    async def refresh_like_counts(self, counts: dict[int, tuple[int, str]]) -> set[int]:
+        """Rebuilds from the store's counts, each where its `m` is still the one given
+        (REFRESH_SCRIPT); returns the ids rebuilt."""
+        if not counts:
+            return set()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tweet_id, (count, version) in counts.items():
+                pipe.eval(REFRESH_SCRIPT, 1, tweet_key("like_count", tweet_id), count, self._count_ttl_ms, version)
+            replies = await pipe.execute()
+        return {t for t, done in zip(counts, replies, strict=True) if done == 1}
 
     @tolerant()
     async def fill_like_counts(self, counts: dict[int, int]) -> None:

@@ -18,7 +18,7 @@ from common.kafka import TOPIC_LIKES, TOPIC_TWEETS, AsyncProducer
 from common.limits import UserLimits
 from common.outbox import Event, Outbox
 from common.pagination import PageTokens, scope, unshared_tokens
-from common.singleflight import Rebuilds, SingleFlight
+from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight
 from tweet_svc.cache import RECENT_DEPTH, TweetCache
 from tweet_svc.likes import NEVER, count_after
 from tweet_svc.store import TweetRecord, TweetStore
@@ -86,6 +86,9 @@ class Tweets:
         rebuilds = rebuilds or Rebuilds()
         self._body_loads: SingleFlight[int, TweetRecord] = SingleFlight("tweet_body", rebuilds)
         self._recent_loads: SingleFlight[int, list[int]] = SingleFlight("author_recent", rebuilds)
+        self._count_loads: SingleFlight[int, int] = SingleFlight("like_count", rebuilds)
+        # Counts served past their refresh time are rebuilt after the read answered.
+        self._count_refresh: BackgroundRefresh[int] = BackgroundRefresh("like_count", self.refresh_like_counts)
         self._relations = relations
         self._page_tokens = page_tokens or unshared_tokens()
         self._limits = limits or UserLimits.unlimited()
@@ -269,15 +272,41 @@ class Tweets:
             _check_id(tweet_id, "tweet_ids")
         return await self._counts(list(dict.fromkeys(tweet_ids)))
 
+    async def refresh_like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
+        """Rebuilds from the store the like counts of these tweets that are past their
+        refresh time and unchanged since (tweet_svc/cache.py); returns those rebuilt."""
+        _check_batch(tweet_ids, "tweet_ids")
+        for tweet_id in tweet_ids:
+            _check_id(tweet_id, "tweet_ids")
+        due = await self._cache.refresh_due(list(dict.fromkeys(tweet_ids)))
+        if not due:
+            return {}
+        stored = await self._store.like_counts(list(due))
+        rebuilt = await self._cache.refresh_like_counts({t: (stored.get(t, 0), m) for t, m in due.items()})
+        return {t: stored.get(t, 0) for t in rebuilt}
+
     async def _counts(self, tweet_ids: list[int]) -> dict[int, int]:
-        counts = await self._cache.like_counts(tweet_ids)
+        counts, due = await self._cache.like_counts_due(tweet_ids)
+        if due:
+            self._count_refresh.request(due)
         uncounted = [t for t in tweet_ids if t not in counts]
         if uncounted:
-            stored = await self._store.like_counts(uncounted)
-            stored = {t: stored.get(t, 0) for t in uncounted}
-            await self._cache.fill_like_counts(stored)
-            counts.update(stored)
+            # Counts expire together (a warm-up or a cold cache fills them within seconds):
+            # concurrent misses of one count share one store read and fill.
+            loaded = await self._count_loads.load_many(uncounted, self._load_counts)
+            counts.update(loaded.values)
+            if loaded.joined:
+                # A joined load read the store before this call began, and a like may
+                # have been acknowledged since: its state is in the cache (the load's fill
+                # never covers a newer one), so the cache answers for those counts.
+                counts.update(await self._cache.like_counts(list(loaded.joined)))
         return counts
+
+    async def _load_counts(self, tweet_ids: list[int]) -> dict[int, int]:
+        stored = await self._store.like_counts(tweet_ids)
+        stored = {t: stored.get(t, 0) for t in tweet_ids}
+        await self._cache.fill_like_counts(stored)
+        return stored
 
     async def _load_bodies(self, tweet_ids: list[int]) -> dict[int, TweetRecord]:
         loaded = await self._store.bodies(tweet_ids)

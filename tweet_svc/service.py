@@ -123,5 +123,8 @@ class TweetInternalService(tweet_internal_pb2_grpc.TweetInternalServiceServicer)
     async def BatchGetLikeCounts(
         self, request: tweet_internal_pb2.BatchGetLikeCountsRequest, context: grpc.aio.ServicerContext
     ) -> tweet_internal_pb2.BatchGetLikeCountsResponse:
-        counts = await self._tweets.like_counts(list(request.tweet_ids))
+        if request.refresh:
+            counts = await self._tweets.refresh_like_counts(list(request.tweet_ids))
+        else:
+            counts = await self._tweets.like_counts(list(request.tweet_ids))
         return tweet_internal_pb2.BatchGetLikeCountsResponse(like_counts=counts)

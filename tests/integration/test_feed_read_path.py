@@ -126,6 +126,13 @@ class Peers:
         await self.tweets.fill_liked(user_id, token, tweet_ids, liked)
         return liked
 
+    async def refresh_like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
+        """As tweet_svc's BatchGetLikeCounts with `refresh`: rebuilt from the store's counts (8 here)."""
+        self.calls.append(f"RefreshLikeCounts {sorted(tweet_ids)}")
+        due = await self.tweets.refresh_due(tweet_ids)
+        rebuilt = await self.tweets.refresh_like_counts({t: (8, version) for t, version in due.items()})
+        return dict.fromkeys(rebuilt, 8)
+
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         """As tweet_svc's BatchGetLikeCounts: the store's counts (7 here), filling the cache."""
         self.calls.append(f"BatchGetLikeCounts {sorted(tweet_ids)}")
@@ -196,6 +203,7 @@ async def scene(redis: RedisClient) -> AsyncIterator[Scene]:
         hidden_authors=hidden,
         liked_ids=peers.liked_ids,
         like_counts=peers.like_counts,
+        refresh_counts=peers.refresh_like_counts,
     )
     await feed.page(reader, 20, "")  # warms what a steady reader has: the hidden set, flags, registry
     await asyncio.sleep(0.1)  # the reader's activity record, written in the background
@@ -274,6 +282,29 @@ async def test_counts_that_expired_are_asked_for_alone_not_with_their_cached_bod
     assert sorted(scene.peers.calls) == sorted(["ListLikedTweetIds", f"BatchGetLikeCounts {expired}"])
     assert {t.tweet_id for t in tweets if t.liked_by_me} == {scene.pushed[1]}
     assert [{t.tweet_id: t.like_count for t in tweets}[t] for t in expired] == [7, 7]
+
+
+async def test_counts_past_their_refresh_time_are_served_and_rebuilt_after_the_read(
+    scene: Scene, redis: RedisClient
+) -> None:
+    due = sorted(scene.pushed[:2])
+    for tweet_id in due:
+        await redis.hset(tweet_key("like_count", tweet_id), "t", 1)  # its refresh time long past
+
+    tweets, _ = await scene.feed.page(scene.reader, 20, "")
+
+    assert scene.peers.calls == []  # the read waited for nothing
+    assert [{t.tweet_id: t.like_count for t in tweets}[t] for t in due] == [3, 3]
+    for _ in range(40):  # the refresh's first batch goes REFRESH_INTERVAL_SECONDS later
+        await asyncio.sleep(0.05)
+        if scene.peers.calls:
+            break
+    assert scene.peers.calls == [f"RefreshLikeCounts {due}"]  # the two due, in one batch
+    scene.peers.calls.clear()
+    tweets, _ = await scene.feed.page(scene.reader, 20, "")
+    assert [{t.tweet_id: t.like_count for t in tweets}[t] for t in due] == [8, 8]  # rebuilt from the store
+    await asyncio.sleep(0.7)
+    assert scene.peers.calls == []  # and no longer due
 
 
 async def test_a_like_or_unlike_shows_at_once_though_the_flags_are_cached(scene: Scene, redis: RedisClient) -> None:

@@ -6,7 +6,9 @@ pending to stored without changing the count."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 
@@ -59,7 +61,10 @@ async def test_each_like_counts_every_like_acknowledged_before_it(
     assert await ack(cache, ids, tweet, 3, liked=False) == 5
     assert await ack(cache, ids, tweet, 9, liked=False) == 5  # unliking what was never liked
     assert await cache.like_counts([tweet]) == {tweet: 5}
-    assert 0 < await redis.pttl(tweet_key("like_count", tweet)) <= TTL_SECONDS * 1000
+    # Due to be rebuilt TTL_SECONDS after its creation, served for as long again after that.
+    assert TTL_SECONDS * 1000 < await redis.pttl(tweet_key("like_count", tweet)) <= 2 * TTL_SECONDS * 1000
+    refresh_at = int(cast(bytes, await redis.hget(tweet_key("like_count", tweet), "t")))
+    assert 0 < refresh_at - time.time() * 1000 <= TTL_SECONDS * 1000
 
 
 async def test_the_worker_fold_moves_likes_from_pending_to_stored(
@@ -133,3 +138,70 @@ async def test_concurrent_likes_answer_each_count_once(redis: RedisClient, ids: 
     cache = cache_on(redis)
     answers = await asyncio.gather(*(ack(cache, ids, tweet, user) for user in range(1, 21)))
     assert sorted(answers) == list(range(1, 21))
+
+
+# ---- rebuilds of counts past their refresh time --------------------------------------------
+
+REFRESH_SECONDS = 0.3
+
+
+async def past_refresh_time(cache: TweetCache, tweet: int, stored: int) -> None:
+    """A count filled from the store (`stored`), then left past its refresh time."""
+    await cache.fill_like_counts({tweet: stored})
+    assert await cache.like_counts_due([tweet]) == ({tweet: stored}, set())
+    assert await cache.refresh_due([tweet]) == {}  # not due: a rebuild would not read the store
+    await asyncio.sleep(REFRESH_SECONDS + 0.05)
+
+
+async def test_a_count_past_its_refresh_time_is_served_and_rebuilt_from_the_store(
+    redis: RedisClient, tweet: int
+) -> None:
+    cache = TweetCache(redis, ttl_seconds=60, count_ttl_seconds=REFRESH_SECONDS)
+    await past_refresh_time(cache, tweet, 4)
+    assert await cache.like_counts_due([tweet]) == ({tweet: 4}, {tweet})  # still served, and due
+
+    due = await cache.refresh_due([tweet])
+    assert due == {tweet: "0"}
+    assert await cache.refresh_like_counts({tweet: (6, due[tweet])}) == {tweet}  # a like folded meanwhile
+    assert await cache.like_counts_due([tweet]) == ({tweet: 6}, set())
+    assert await cache.refresh_like_counts({tweet: (6, due[tweet])}) == set()  # rebuilt already: left
+
+
+async def test_a_rebuild_never_replaces_a_like_acknowledged_after_its_store_read(
+    redis: RedisClient, ids: IdGenerator, tweet: int
+) -> None:
+    cache = TweetCache(redis, ttl_seconds=60, count_ttl_seconds=REFRESH_SECONDS)
+    await past_refresh_time(cache, tweet, 4)
+    due = await cache.refresh_due([tweet])  # the rebuild reads `m`, then the store: 4
+    assert await ack(cache, ids, tweet, 1, count=4) == 5  # a like acknowledged meanwhile
+    assert await cache.refresh_like_counts({tweet: (4, due[tweet])}) == set()
+    assert await cache.like_counts([tweet]) == {tweet: 5}
+
+
+async def test_no_rebuild_while_an_acknowledged_like_waits_for_its_fold(
+    redis: RedisClient, ids: IdGenerator, tweet: int
+) -> None:
+    cache = TweetCache(redis, ttl_seconds=60, count_ttl_seconds=REFRESH_SECONDS)
+    assert await ack(cache, ids, tweet, 1, count=4) == 5  # pending: the store still says 4
+    await asyncio.sleep(REFRESH_SECONDS + 0.05)
+    assert await cache.like_counts_due([tweet]) == ({tweet: 5}, {tweet})
+    assert await cache.refresh_due([tweet]) == {}  # a rebuild from the store would lose the like
+    assert await redis.pttl(tweet_key("like_count", tweet)) > 0  # it lives out its second lifetime
+
+
+async def test_a_rebuild_replaces_a_count_stored_before_the_hash_and_fills_a_missing_one(
+    redis: RedisClient, ids: IdGenerator, tweet: int
+) -> None:
+    cache = TweetCache(redis, ttl_seconds=60, count_ttl_seconds=60)
+    await redis.set(tweet_key("like_count", tweet), 7, px=60_000)  # what an older worker wrote
+    due = await cache.refresh_due([tweet])
+    assert due == {tweet: "0"}
+    assert await cache.refresh_like_counts({tweet: (8, due[tweet])}) == {tweet}
+    assert await cache.like_counts_due([tweet]) == ({tweet: 8}, set())
+    other = ids.next_id()
+    try:
+        assert await cache.refresh_due([other]) == {other: "0"}  # gone: the store's count fills it
+        assert await cache.refresh_like_counts({other: (2, "0")}) == {other}
+        assert await cache.like_counts([other]) == {other: 2}
+    finally:
+        await redis.delete(tweet_key("like_count", other))

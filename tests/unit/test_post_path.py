@@ -51,8 +51,8 @@ class Cache:
     async def put(self, tweets: Sequence[TweetRecord]) -> None:
         return None
 
-    async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
-        return {}
+    async def like_counts_due(self, tweet_ids: Sequence[int]) -> tuple[dict[int, int], set[int]]:
+        return {}, set()
 
     async def fill_like_counts(self, counts: dict[int, int]) -> None:
         return None

@@ -208,6 +208,11 @@ class FakeRedis:
         value = self.data.get(key)
         return cast(dict[bytes, bytes], value).get(_b(field)) if isinstance(value, dict) else None
 
+    async def hmget(self, key: str, fields: Sequence[str]) -> list[bytes | None]:
+        self._use("hmget", key)
+        value = self.data.get(key)
+        return [cast(dict[bytes, bytes], value).get(_b(f)) if isinstance(value, dict) else None for f in fields]
+
     async def eval(self, script: str, numkeys: int, *keys_and_args: Any) -> Any:
         keys, args = keys_and_args[:numkeys], keys_and_args[numkeys:]
         self._use("eval", *keys)
@@ -230,13 +235,14 @@ class FakeRedis:
         if script == FILL_SCRIPT:
             if key in self.data:
                 return 0
-            self.data[key] = {b"c": _b(args[0]), b"p": b"0", b"n": _b(args[0])}
-            self.ttl_ms[key] = int(args[1])
+            due = _b(int(time.time() * 1000) + int(args[1]))
+            self.data[key] = {b"c": _b(args[0]), b"p": b"0", b"n": _b(args[0]), b"t": due}
+            self.ttl_ms[key] = 2 * int(args[1])
             return 1
         if script == LIKE_SCRIPT and args[0] == "fold" and len(args) == 3:  # a stored count, no user
             if not isinstance(self.data.get(key), dict):
-                self.data[key] = {b"p": b"0"}
-                self.ttl_ms[key] = int(args[1])
+                self.data[key] = {b"p": b"0", b"t": _b(int(time.time() * 1000) + int(args[1]))}
+                self.ttl_ms[key] = 2 * int(args[1])
             state = cast(dict[bytes, bytes], self.data[key])
             count = max(0, int(args[2]) + int(state[b"p"]))
             state.update({b"c": _b(args[2]), b"n": _b(count)})

@@ -4,6 +4,7 @@ tweet_svc's body and recent-ids fills and the hidden-authors cache go through it
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -12,7 +13,7 @@ import pytest
 
 from common.hidden import HiddenAuthorsCache, Read, new_token
 from common.ids import IdGenerator
-from common.singleflight import Rebuilds, SingleFlight
+from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight
 from tweet_svc.cache import TweetCache
 from tweet_svc.domain import Tweets
 from tweet_svc.store import TweetRecord, TweetStore
@@ -208,6 +209,9 @@ class FillCache:
     async def put(self, tweets: Sequence[TweetRecord]) -> None:
         self.bodies.update((t.tweet_id, t) for t in tweets)
 
+    async def like_counts_due(self, tweet_ids: Sequence[int]) -> tuple[dict[int, int], set[int]]:
+        return {}, set()
+
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         return {}
 
@@ -335,3 +339,71 @@ async def test_readers_holding_one_token_share_a_fetch_and_a_reader_after_a_bloc
     assert all(h == frozenset({8}) for h in await asyncio.gather(*before))
     assert fetched == [frozenset({8}), frozenset({8, 9})]
     assert store.sets[5] == frozenset({8, 9})  # the stale fetch's fill was dropped
+
+
+# ---- background refreshes --------------------------------------------------------------------
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+class Refreshes:
+    """A refresh that records its batches (and the request id it ran under); fails when told."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.contexts: list[str] = []
+        self.fail = False
+
+    async def refresh(self, keys: list[int]) -> None:
+        self.batches.append(keys)
+        self.contexts.append(REQUEST_ID.get())
+        if self.fail:
+            raise ConnectionError("tweet_svc unavailable")
+
+
+async def drained(refresher: BackgroundRefresh[int]) -> None:
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if not refresher.draining():
+            return
+    raise AssertionError("the refresh never drained")
+
+
+async def test_due_keys_are_refreshed_after_the_read_in_paced_batches_each_once() -> None:
+    seen = Refreshes()
+    refresher = BackgroundRefresh("test", seen.refresh, batch=3, interval_seconds=0.01)
+    REQUEST_ID.set("a read")
+    refresher.request([1, 2, 3, 4])
+    refresher.request([4, 5, 2])  # asked by the next read too: once each
+    assert seen.batches == []  # nothing runs in the read that asked
+    await drained(refresher)
+    assert seen.batches == [[1, 2, 3], [4, 5]]
+    assert seen.contexts == ["none", "none"]  # not the read's context (its deadline, its request id)
+
+
+async def test_a_key_just_sent_is_not_asked_again_within_the_cooldown() -> None:
+    now = [100.0]
+    seen = Refreshes()
+    refresher = BackgroundRefresh("test", seen.refresh, interval_seconds=0.01, cooldown_seconds=5, clock=lambda: now[0])
+    refresher.request([1])
+    await drained(refresher)
+    now[0] += 4.9
+    refresher.request([1, 2])  # 1 declined or still due: every read would ask again
+    await drained(refresher)
+    now[0] += 0.2
+    refresher.request([1])
+    await drained(refresher)
+    assert seen.batches == [[1], [2], [1]]
+
+
+async def test_keys_beyond_the_bound_and_failed_batches_are_dropped_not_retried() -> None:
+    seen = Refreshes()
+    seen.fail = True
+    refresher = BackgroundRefresh("test", seen.refresh, batch=10, interval_seconds=0.01, max_pending=2)
+    refresher.request([1, 2, 3])
+    await drained(refresher)
+    assert seen.batches == [[1, 2]]  # 3 was over the bound; the failed batch is not sent again
+    seen.fail = False
+    refresher.request([3])
+    await drained(refresher)
+    assert seen.batches == [[1, 2], [3]]  # the drainer outlived the failure

@@ -15,8 +15,10 @@ from redis.exceptions import ResponseError
 from common.keys import TWEET_DELETED, tweet_key
 from common.tweet_cache import (
     ALL,
+    COUNT_FIELDS,
     TOP,
     author_of,
+    count_due,
     decode_body,
     encode_body,
     parse_reads,
@@ -85,23 +87,31 @@ def test_the_author_is_read_from_the_bytes_and_other_values_are_not_bodies() -> 
 def test_a_read_sorts_bodies_markers_counts_and_misses() -> None:
     body = encode_body(11, 5, "ada", "hi", CREATED_MS)
     ids = [11, 12, 13, 14]
-    replies = [body, TWEET_DELETED, b'[5, "ada", "hi", 1]', None, b"3", None, ResponseError("WRONGTYPE"), b"-2"]
-    found = parse_reads(ids, replies)
+    counts = [[b"3", b"2000"], [None, None], ResponseError("WRONGTYPE"), [b"-2", b"1000"]]
+    replies = [body, TWEET_DELETED, b'[5, "ada", "hi", 1]', None, *counts]
+    found = parse_reads(ids, replies, now_ms=1500)
     assert found.bodies == {11: body}
     assert found.deleted == {12}  # 13 (old JSON) and 14 are misses
     assert found.counts == {11: 3, 14: 0}  # WRONGTYPE is a miss; a count never goes below 0
+    assert found.due == {14}  # past its refresh time: served, and to be rebuilt
+
+
+def test_a_count_without_a_refresh_time_is_due() -> None:
+    found = parse_reads([11], [None, [b"4", None]], now_ms=0)
+    assert found.counts == {11: 4} and found.due == {11}
+    assert not count_due(b"1001", 1000.0) and count_due(b"1000", 1000.0) and count_due(None, 0.0)
 
 
 def test_the_viewers_flags_come_from_one_hmget_and_absent_ones_are_misses() -> None:
     fake = FakePipelineRecorder()
     queue_reads(fake, [11, 12, 13], viewer_id=5)
     assert fake.queued[-1] == ("hmget", (tweet_key("liked", 5), ["11", "12", "13"]))
-    assert [name for name, _ in fake.queued].count("hmget") == 1
-    replies: list[object] = [None] * 6 + [[b"7400000000000000001:1", None, b"0:0"]]
+    assert [name for name, _ in fake.queued].count("hmget") == 4  # three counts, then the flags
+    replies: list[object] = [None] * 3 + [[None, None]] * 3 + [[b"7400000000000000001:1", None, b"0:0"]]
     found = parse_reads([11, 12, 13], replies)
     assert found.liked == {11} and found.not_liked == {13}  # 12: ask tweet_svc
     queue_reads(without := FakePipelineRecorder(), [11], viewer_id=0)
-    assert [name for name, _ in without.queued] == ["get", "hget"]
+    assert without.queued == [("get", (tweet_key("body", 11),)), ("hmget", (tweet_key("like_count", 11), COUNT_FIELDS))]
 
 
 def test_recent_ids_answer_only_when_the_set_covers_the_limit() -> None:

@@ -192,6 +192,13 @@ class BatchGetLikeCountsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TWEET_IDS_FIELD_NUMBER: _builtins.int
+    REFRESH_FIELD_NUMBER: _builtins.int
+    refresh: _builtins.bool
+    """The caller read these counts from the cache past their refresh time: rebuild
+    each one from the store, unless a like or a fold changed it since, or likes
+    acknowledged but not folded are pending on it (it then lives out its lifetime).
+    The answer holds the counts rebuilt, and no others.
+    """
     @_builtins.property
     def tweet_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """At most 500."""
@@ -200,10 +207,11 @@ class BatchGetLikeCountsRequest(_message.Message):
         self,
         *,
         tweet_ids: _abc.Iterable[_builtins.int] | None = ...,
+        refresh: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tweet_ids", b"tweet_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh", b"refresh", "tweet_ids", b"tweet_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
