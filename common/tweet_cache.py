@@ -209,8 +209,14 @@ def parse_reads(tweet_ids: Sequence[int], replies: Sequence[Any], now_ms: float 
 
 def count_due(refresh_at: bytes | str | None, now_ms: float) -> bool:
     """Whether a like-count hash whose `t` is `refresh_at` is due to be rebuilt (one
-    written before `t` existed is)."""
-    return refresh_at is None or int(refresh_at) <= now_ms
+    written before `t` existed is, as is one whose `t` is not a number). `t` is
+    Redis's clock, `now_ms` this host's: they are taken to agree within seconds."""
+    if refresh_at is None:
+        return True
+    try:
+        return int(refresh_at) <= now_ms
+    except ValueError:
+        return True
 
 
 def recent_range(limit: int) -> tuple[int, int]:

@@ -11,7 +11,9 @@ writes it down: encoded bodies and like counts in one Redis pipeline, the page
 assembled from their bytes (no per-tweet message is built), the reader's
 liked_by_me flags from the same pipeline. Only what the cache misses is asked
 of tweet_svc (BatchGetTweets, ListLikedTweetIds, ListRecentTweetIds, and
-BatchGetLikeCounts for cached bodies whose counts expired), which fills it. Which authors
+BatchGetLikeCounts for cached bodies whose counts are gone), which fills it; counts
+past their refresh time are served, and their rebuild asked for after the read
+(BatchGetLikeCounts with refresh). Which authors
 are celebrities comes from the registry the fan-out worker keeps, held in each
 process's memory (CelebrityRegistry).
 The merge itself is feed_svc/merge.py; what is pushed, feed_svc/fanout.py.
@@ -181,8 +183,8 @@ class HomeFeed:
         # tweet_svc's ListLikedTweetIds, for the flags the cache misses. Without it, every
         # tweet comes from BatchGetTweets, flags included (no cached body is used).
         self._liked_ids = liked_ids
-        # tweet_svc's BatchGetLikeCounts, for cached bodies whose counts expired (every
-        # CHIRP_LIKE_COUNT_CACHE_SECONDS): without it they come whole from BatchGetTweets.
+        # tweet_svc's BatchGetLikeCounts, for cached bodies whose counts are gone (expired
+        # unrebuilt, evicted): without it they come whole from BatchGetTweets.
         self._like_counts = like_counts
         # tweet_svc's BatchGetLikeCounts with `refresh`, for counts served past their refresh
         # time (common/tweet_cache.py): asked after the read answered, never waited for.
@@ -424,8 +426,8 @@ class HomeFeed:
             return {t.tweet_id: _encoded(t) for t in await self._batch_tweets(tweet_ids, reader_id)}
         cached = await self._cache.tweets(tweet_ids, reader_id)
         ready: dict[int, tuple[int, bytes, int]] = {}
-        # Cached bodies whose counts expired: only their counts are asked for (the counts
-        # live CHIRP_LIKE_COUNT_CACHE_SECONDS, the bodies minutes).
+        # Cached bodies whose counts are gone: only their counts are asked for (a count
+        # lives up to twice CHIRP_LIKE_COUNT_CACHE_SECONDS, a body minutes).
         uncounted: dict[int, tuple[int, bytes]] = {}
         for tweet_id, body in cached.bodies.items():
             author = author_of(body)

@@ -32,16 +32,18 @@ their stored row, read before the event was sent.
 Readers fill a missing hash from the store (FILL_SCRIPT, never over an
 existing one). The hash is due to be rebuilt from the store
 CHIRP_LIKE_COUNT_CACHE_SECONDS after its creation (its `t`), not after its
-last write: that bounds how long a lost write-through (Redis unreachable for
-the worker) or a restored older copy can skew the count, and it caps the hash
+last write: that bounds how long a restored older copy can skew the count, and it caps the hash
 to the users who acted in that time. A read past `t` still serves the hash,
 and asks for a rebuild without waiting for it (`refresh_due`, REFRESH_SCRIPT),
 so counts filled together do not all become misses together; the rebuild
-replaces the hash only where no like or fold touched it since the store was
-read (`m`, moved by every run of the like script) and no acknowledged like is
-waiting for its fold (`p` = 0). A hash no rebuild could replace expires at
-twice that age. When the hash is gone, counts fall back to the store's plus
-what is acknowledged after.
+replaces the hash only where no like script ran since a read made before its
+store read (`m`, moved by every run) and no user's acknowledged like or unlike
+waits for its fold (`u`, the users whose newest state is not their folded
+one, is 0). A hash no rebuild could replace (a fold whose write-through was
+lost leaves its user pending) expires at twice that age: that, 2 x
+CHIRP_LIKE_COUNT_CACHE_SECONDS, is how long a lost write-through can skew a
+count that is read all along. When the hash is gone, counts fall back to the
+store's plus what is acknowledged after.
 
 Each author's newest tweet ids (`ar:{author}`, a sorted set) serve the read
 path's "recent tweets of these authors" without the CQL store: posts add to
@@ -111,6 +113,7 @@ if redis.call('TYPE', key).ok ~= 'hash' then
 end
 redis.call('HINCRBY', key, 'm', 1)
 local p = tonumber(redis.call('HGET', key, 'p') or 0)
+local u = tonumber(redis.call('HGET', key, 'u') or 0)
 
 local function newer(a, b)
   if #a ~= #b then return #a > #b end
@@ -128,6 +131,7 @@ local function update(user, unseen, change)
   change(new)
   if newer(new[3], new[1]) then new[1], new[2] = new[3], new[4] end
   p = p + (new[2] - new[4]) - (old[2] - old[4])
+  u = u + (new[2] ~= new[4] and 1 or 0) - (old[2] ~= old[4] and 1 or 0)
   redis.call('HSET', key, user, table.concat(new, ':'))
 end
 
@@ -147,7 +151,7 @@ else
   redis.call('HSET', key, 'c', count)
 end
 local n = math.max(0, tonumber(redis.call('HGET', key, 'c')) + p)
-redis.call('HSET', key, 'p', p, 'n', n)
+redis.call('HSET', key, 'p', p, 'u', u, 'n', n)
 return n
 """
 
@@ -161,16 +165,18 @@ return 1
 """
 
 # A rebuild of a like state past its refresh time `t` from the store (KEYS: it; ARGV:
-# stored count, ttl_ms, the hash's `m` read before the store was). Only where nothing
-# changed it since that read (`m`, which every like script run moves) and no like is
-# acknowledged and not folded (`p` = 0): the store's count holds all it counted then.
-# A hash refreshed meanwhile (`t` in the future) is left; a missing one is filled.
+# stored count, ttl_ms, the hash's `m` read before the store was). Only where no like
+# script ran since that read (`m`, which every run moves) and no user's acknowledged
+# like or unlike waits for its fold (`u`, the users whose newest state is not their
+# folded one, is 0): the store's count then holds all the hash counted. A hash
+# refreshed meanwhile (`t` in the future) is left; a missing one is filled.
 REFRESH_SCRIPT = """
 local now = redis.call('TIME')
 local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
 if redis.call('TYPE', KEYS[1]).ok == 'hash' then
-  local state = redis.call('HMGET', KEYS[1], 't', 'm', 'p')
-  if (state[2] or '0') ~= ARGV[3] or tonumber(state[3] or 0) ~= 0 then return 0 end
+  local state = redis.call('HMGET', KEYS[1], 't', 'm', 'p', 'u')
+  if (state[2] or '0') ~= ARGV[3] then return 0 end
+  if tonumber(state[3] or 0) ~= 0 or tonumber(state[4] or 0) ~= 0 then return 0 end
   if state[1] and tonumber(state[1]) > now_ms then return 0 end
 end
 redis.call('DEL', KEYS[1])
@@ -279,14 +285,14 @@ class TweetCache(Tolerant):
     @tolerant(dict)
     async def refresh_due(self, tweet_ids: Sequence[int]) -> dict[int, str]:
         """Of these like states, the ones a rebuild may replace: past their refresh time
-        (or gone), with no acknowledged like waiting for its fold. Each with its `m`,
-        read now, before the caller reads the store."""
+        (or gone), with no user's acknowledged like or unlike waiting for its fold. Each
+        with its `m`, read now, before the caller reads the store."""
         if not tweet_ids:
             return {}
 
         def queue(pipe: Any) -> None:
             for tweet_id in tweet_ids:
-                pipe.hmget(tweet_key("like_count", tweet_id), ["t", "m", "p"])
+                pipe.hmget(tweet_key("like_count", tweet_id), ["t", "m", "p", "u"])
 
         values = raise_if_all_unanswered(await run_reads(self._redis, queue))
         now_ms = time.time() * 1000
@@ -295,8 +301,8 @@ class TweetCache(Tolerant):
             if unanswered(value):  # its cluster node did not answer: left alone
                 continue
             # WRONGTYPE (a count stored before the hash) is replaced whatever its `m`.
-            refresh_at, version, pending = (None, None, None) if isinstance(value, Exception) else value
-            if count_due(refresh_at, now_ms) and int(pending or 0) == 0:
+            refresh_at, version, pending, users = (None,) * 4 if isinstance(value, Exception) else value
+            if count_due(refresh_at, now_ms) and int(pending or 0) == 0 and int(users or 0) == 0:
                 due[tweet_id] = _text(version) if version is not None else "0"
         return due
 

@@ -4,12 +4,16 @@ token, while the services themselves still answer their peers."""
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import httpx
 import pytest
+import redis
 from chirp.graph.v1 import graph_internal_pb2, graph_internal_pb2_grpc
 from chirp.tweet.v1 import tweet_internal_pb2, tweet_internal_pb2_grpc
 
+from common.keys import tweet_key
 from infra import topology
 from tests.conftest import EDGE_URL, unique_name
 from tests.e2e.test_users import assert_error
@@ -105,3 +109,42 @@ def test_like_counts_come_without_bodies_and_count_acknowledged_likes(edge: http
         with pytest.raises(grpc.RpcError) as raised:
             stub.BatchGetLikeCounts(tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=[1] * 501), timeout=5)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_like_count_past_its_refresh_time_is_rebuilt_from_the_store(edge: httpx.Client) -> None:
+    """BatchGetLikeCounts with refresh, as feed_svc asks it after serving a count past its refresh time."""
+    author = unique_name()
+    edge.post("/v1/users", json={"username": author, "password": PASSWORD})
+    token = edge.post("/v1/sessions", json={"username": author, "password": PASSWORD}).json()["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    tweet_id = int(edge.post("/v1/tweets", json={"text": "recount me"}, headers=auth).json()["tweet"]["tweet_id"])
+    assert edge.post(f"/v1/tweets/{tweet_id}/like", headers=auth).status_code == 200
+    key = tweet_key("like_count", tweet_id)
+    with redis.Redis(host=topology.HOST, port=topology.REDIS_PORT) as cache:
+        deadline = time.monotonic() + 20
+        while cache.hmget(key, ["c", "u"]) != [b"1", b"0"]:  # the like worker folded it: stored, none pending
+            assert time.monotonic() < deadline, f"the like was never folded: {cache.hgetall(key)}"
+            time.sleep(0.2)
+        # Past its refresh time, and off by a write-through that was lost.
+        cache.hset(key, mapping={"t": 1, "c": 5, "n": 5})
+    tweet_port = topology.instances(next(s for s in topology.SERVICES if s.name == "tweet_svc"))[0].port
+    with grpc.insecure_channel(f"{topology.HOST}:{tweet_port}") as channel:
+        stub = tweet_internal_pb2_grpc.TweetInternalServiceStub(channel)
+        reply = stub.BatchGetLikeCounts(
+            tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=[tweet_id], refresh=True), timeout=5
+        )
+        assert dict(reply.like_counts) == {tweet_id: 1}  # the store's count
+        again = stub.BatchGetLikeCounts(
+            tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=[tweet_id], refresh=True), timeout=5
+        )
+        assert dict(again.like_counts) == {}  # no longer due: nothing rebuilt
+    assert edge.get(f"/v1/tweets/{tweet_id}").json()["tweet"]["like_count"] == 1
+
+    # A read through tweet_svc itself serves the count while due, and has it rebuilt after.
+    with redis.Redis(host=topology.HOST, port=topology.REDIS_PORT) as cache:
+        cache.hset(key, mapping={"t": 1, "c": 7, "n": 7})
+    assert edge.get(f"/v1/tweets/{tweet_id}").json()["tweet"]["like_count"] == 7
+    deadline = time.monotonic() + 10
+    while edge.get(f"/v1/tweets/{tweet_id}").json()["tweet"]["like_count"] != 1:
+        assert time.monotonic() < deadline, "the count past its refresh time was never rebuilt"
+        time.sleep(0.2)

@@ -142,22 +142,20 @@ async def test_concurrent_likes_answer_each_count_once(redis: RedisClient, ids: 
 
 # ---- rebuilds of counts past their refresh time --------------------------------------------
 
-REFRESH_SECONDS = 0.3
 
-
-async def past_refresh_time(cache: TweetCache, tweet: int, stored: int) -> None:
-    """A count filled from the store (`stored`), then left past its refresh time."""
-    await cache.fill_like_counts({tweet: stored})
-    assert await cache.like_counts_due([tweet]) == ({tweet: stored}, set())
+async def past_refresh_time(redis: RedisClient, cache: TweetCache, tweet: int) -> None:
+    """The hash, as if created a lifetime ago (its refresh time long past)."""
     assert await cache.refresh_due([tweet]) == {}  # not due: a rebuild would not read the store
-    await asyncio.sleep(REFRESH_SECONDS + 0.05)
+    await redis.hset(tweet_key("like_count", tweet), "t", 1)
 
 
 async def test_a_count_past_its_refresh_time_is_served_and_rebuilt_from_the_store(
     redis: RedisClient, tweet: int
 ) -> None:
-    cache = TweetCache(redis, ttl_seconds=60, count_ttl_seconds=REFRESH_SECONDS)
-    await past_refresh_time(cache, tweet, 4)
+    cache = cache_on(redis)
+    await cache.fill_like_counts({tweet: 4})
+    assert await cache.like_counts_due([tweet]) == ({tweet: 4}, set())
+    await past_refresh_time(redis, cache, tweet)
     assert await cache.like_counts_due([tweet]) == ({tweet: 4}, {tweet})  # still served, and due
 
     due = await cache.refresh_due([tweet])
@@ -165,34 +163,45 @@ async def test_a_count_past_its_refresh_time_is_served_and_rebuilt_from_the_stor
     assert await cache.refresh_like_counts({tweet: (6, due[tweet])}) == {tweet}  # a like folded meanwhile
     assert await cache.like_counts_due([tweet]) == ({tweet: 6}, set())
     assert await cache.refresh_like_counts({tweet: (6, due[tweet])}) == set()  # rebuilt already: left
+    assert TTL_SECONDS * 1000 < await redis.pttl(tweet_key("like_count", tweet)) <= 2 * TTL_SECONDS * 1000
 
 
-async def test_a_rebuild_never_replaces_a_like_acknowledged_after_its_store_read(
+async def test_a_rebuild_never_replaces_a_state_written_after_it_read_m(
     redis: RedisClient, ids: IdGenerator, tweet: int
 ) -> None:
-    cache = TweetCache(redis, ttl_seconds=60, count_ttl_seconds=REFRESH_SECONDS)
-    await past_refresh_time(cache, tweet, 4)
+    cache = cache_on(redis)
+    await cache.fill_like_counts({tweet: 4})
+    await past_refresh_time(redis, cache, tweet)
     due = await cache.refresh_due([tweet])  # the rebuild reads `m`, then the store: 4
-    assert await ack(cache, ids, tweet, 1, count=4) == 5  # a like acknowledged meanwhile
+    await cache.folded_likes(tweet, 5, {})  # meanwhile the worker folds a like and writes through
     assert await cache.refresh_like_counts({tweet: (4, due[tweet])}) == set()
     assert await cache.like_counts([tweet]) == {tweet: 5}
 
+    due = await cache.refresh_due([tweet])
+    assert await ack(cache, ids, tweet, 1, count=5, row=LikeState(True, 1)) == 5  # a repeated like: no change
+    assert await cache.refresh_like_counts({tweet: (4, due[tweet])}) == set()  # the script ran all the same
 
-async def test_no_rebuild_while_an_acknowledged_like_waits_for_its_fold(
+
+async def test_no_rebuild_while_an_acknowledged_like_or_unlike_waits_for_its_fold(
     redis: RedisClient, ids: IdGenerator, tweet: int
 ) -> None:
-    cache = TweetCache(redis, ttl_seconds=60, count_ttl_seconds=REFRESH_SECONDS)
+    cache = cache_on(redis)
     assert await ack(cache, ids, tweet, 1, count=4) == 5  # pending: the store still says 4
-    await asyncio.sleep(REFRESH_SECONDS + 0.05)
-    assert await cache.like_counts_due([tweet]) == ({tweet: 5}, {tweet})
-    assert await cache.refresh_due([tweet]) == {}  # a rebuild from the store would lose the like
+    assert await ack(cache, ids, tweet, 2, liked=False, count=4, row=LikeState(True, 1)) == 4  # and an unlike
+    await past_refresh_time(redis, cache, tweet)
+    assert await cache.like_counts_due([tweet]) == ({tweet: 4}, {tweet})
+    # The pending sum is 0, but two users wait for their folds: a rebuild would drop both.
+    assert await cache.refresh_due([tweet]) == {}
+    assert await cache.refresh_like_counts({tweet: (4, "2")}) == set()
+    versions = await redis.hmget(tweet_key("like_count", tweet), ["1", "2"])
+    assert all(versions)  # the users' states are still there for their folds
     assert await redis.pttl(tweet_key("like_count", tweet)) > 0  # it lives out its second lifetime
 
 
 async def test_a_rebuild_replaces_a_count_stored_before_the_hash_and_fills_a_missing_one(
     redis: RedisClient, ids: IdGenerator, tweet: int
 ) -> None:
-    cache = TweetCache(redis, ttl_seconds=60, count_ttl_seconds=60)
+    cache = cache_on(redis)
     await redis.set(tweet_key("like_count", tweet), 7, px=60_000)  # what an older worker wrote
     due = await cache.refresh_due([tweet])
     assert due == {tweet: "0"}

@@ -195,9 +195,9 @@ class BatchGetLikeCountsRequest(_message.Message):
     REFRESH_FIELD_NUMBER: _builtins.int
     refresh: _builtins.bool
     """The caller read these counts from the cache past their refresh time: rebuild
-    each one from the store, unless a like or a fold changed it since, or likes
-    acknowledged but not folded are pending on it (it then lives out its lifetime).
-    The answer holds the counts rebuilt, and no others.
+    each one from the store, unless a like or a fold changed it meanwhile, or a
+    like or unlike acknowledged but not folded is pending on it (it then lives out
+    its lifetime). The answer holds the counts rebuilt, and no others.
     """
     @_builtins.property
     def tweet_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
