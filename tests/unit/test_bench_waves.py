@@ -1,0 +1,16 @@
+"""bench/waves.py's windows: errors, latency and the slowest second of one stretch of a run."""
+
+from __future__ import annotations
+
+from bench.load import OK, SHED, Outcome
+from bench.waves import describe
+
+
+def test_a_window_counts_only_its_own_requests_by_their_scheduled_second() -> None:
+    rate = 4.0  # four requests a second, for four seconds
+    kinds = [OK] * 4 + [OK, SHED, SHED, OK] + [OK] * 3 + [SHED] + [SHED] * 4
+    latencies = [1.0] * 4 + [2.0, 90.0, 80.0, 3.0] + [4.0] * 4 + [500.0] * 4
+    outcome = Outcome(offered_rps=rate, seconds=4, latencies_ms=latencies, kinds=kinds, codes=["200"] * 16)
+
+    assert describe(outcome, rate, 1, 3) == "3 errors, p50 4.0 ms, p99 90.0 ms, max 90 ms, slowest second 2 ok"
+    assert describe(outcome, rate, 0, 1).startswith("0 errors, p50 1.0 ms")
