@@ -511,6 +511,9 @@ class ReadBatch:
     def zscore(self, name: str, value: str) -> None:
         self.commands.append(("ZSCORE", name, value))
 
+    def pttl(self, name: str) -> None:
+        self.commands.append(("PTTL", name))
+
     def zrevrange(self, name: str, start: int, end: int) -> None:
         self.commands.append(("ZREVRANGE", name, start, end))
 

@@ -145,6 +145,16 @@ class Peers:
         )
         return [(t.tweet_id, t.author_id) for t in reply.tweets]
 
+    async def refresh_recent(self, author_ids: Sequence[int]) -> None:
+        """Asks tweet_svc to renew these authors' cached recent-ids sets where they are past
+        their refresh time (ListRecentTweetIds with `refresh`). A tweet_svc older than the
+        field answers the ids instead, which are dropped: nothing is renewed."""
+        if author_ids:
+            await self._tweet.ListRecentTweetIds(
+                tweet_internal_pb2.ListRecentTweetIdsRequest(author_ids=list(author_ids), refresh=True),
+                **call_options(TIMEOUT),  # type: ignore[arg-type]
+            )
+
     async def batch_tweets(self, tweet_ids: Sequence[int], viewer_id: int = 0) -> list[tweet_pb2.Tweet]:
         """With a viewer, each tweet's liked_by_me is theirs: the result is that viewer's, never
         to be shared with other readers (trending and other shared copies hydrate without one)."""

@@ -13,7 +13,12 @@ tweet_svc. Neither service imports the other; both import this.
   warm-up, a cold cache) do not all turn into misses together, 30 s later.
 - `ar:<author>`, a sorted set of an author's newest tweet ids with a coverage
   marker: ALL (every tweet of the author) or TOP (at least the newest
-  RECENT_DEPTH when it was filled).
+  RECENT_DEPTH when it was filled). It lives tweet_svc's lifetime for it plus
+  RECENT_GRACE_SECONDS from its creation or its last refresh; once its remaining
+  time (PTTL) is RECENT_GRACE_SECONDS or less it is due: a reader still serves it,
+  and asks tweet_svc to refresh it from the store without waiting
+  (ListRecentTweetIds with `refresh`), so sets filled together are not all
+  refilled by the reads 30 s later.
 - `ul:<user>`, a hash of the user's like state of tweets asked about lately:
   field <tweet> = `<version>:<0|1>`, the newest like or unlike acknowledged
   (version "0": read from the store). A field present is exact; a field absent
@@ -49,6 +54,8 @@ from chirp.tweet.v1 import tweet_pb2
 from common.keys import TWEET_DELETED, tweet_key
 
 RECENT_DEPTH = 50  # ids a fill of `ar:` loads per author
+# How long an `ar:` set outlives its refresh time (its lifetime is tweet_svc's setting).
+RECENT_GRACE_SECONDS = 30.0
 # What a reader reads of an `lc:` hash: the count, and when it is due to be rebuilt.
 COUNT_FIELDS = ("n", "t")
 LIKED_SECONDS = 60.0
@@ -217,6 +224,12 @@ def count_due(refresh_at: bytes | str | None, now_ms: float) -> bool:
         return int(refresh_at) <= now_ms
     except ValueError:
         return True
+
+
+def recent_due(pttl_ms: int) -> bool:
+    """Whether an `ar:` set whose PTTL is `pttl_ms` is past its refresh time (one with no
+    expiry, -1, is: a fill always sets one)."""
+    return pttl_ms == -1 or 0 <= pttl_ms <= RECENT_GRACE_SECONDS * 1000
 
 
 def recent_range(limit: int) -> tuple[int, int]:

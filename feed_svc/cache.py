@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from common.cache import (
 from common.hidden import hidden_key
 from common.ids import id_time_ms
 from common.keys import CELEBRITIES_KEY, feed_key, legacy_following_key, tweet_key
-from common.tweet_cache import CachedTweets, parse_reads, parse_recent, queue_reads, recent_range
+from common.tweet_cache import CachedTweets, parse_reads, parse_recent, queue_reads, recent_due, recent_range
 from feed_svc.activity import RECORD_TTL_SECONDS, ReadMarks, read_record_key
 
 # A member with score +inf marks a timeline as complete (rebuilt from CQL);
@@ -116,6 +116,9 @@ class FeedCache(Tolerant):
         self._fill_following = redis.register_script(FILL_FOLLOWING_SCRIPT)
         # CHIRP_CELEBRITY_CACHE_SECONDS paces feed_svc's in-memory celebrity registry.
         self.celebrity_ttl_seconds = celebrity_ttl
+        # Told the authors whose recent-ids sets a read served past their refresh time
+        # (common/tweet_cache.py), for their renewal after the read (HomeFeed sets it).
+        self.on_recent_due: Callable[[Iterable[int]], None] | None = None
 
     # ---- pushed timelines ---------------------------------------------------------
 
@@ -227,6 +230,7 @@ class FeedCache(Tolerant):
             _queue_timeline(pipe, user_id, before, limit)
             if own_limit:
                 pipe.zrevrange(tweet_key("author_recent", user_id), *recent_range(own_limit))
+                pipe.pttl(tweet_key("author_recent", user_id))
 
         raw, *replies = partial_replies(await run_reads(self._redis, queue))
         reads = HomeReads(following=None if unanswered(raw) else _parse_following(raw), answered=True)
@@ -235,9 +239,12 @@ class FeedCache(Tolerant):
             reads.answered = not unanswered(reply)  # a cluster node's keys: it alone missed
             reads.hidden = None if unanswered(reply) else reply
         if own_limit:
+            pttl = replies.pop()
             reply = replies.pop()
             reads.own_recent = None if unanswered(reply) else parse_recent(reply, own_limit)
             reads.own_read = True
+            if reads.own_recent is not None:
+                self._recent_served({user_id: pttl})
         reads.timeline = None if any(unanswered(r) for r in replies) else _parse_timeline(replies, before, limit)
         return reads
 
@@ -268,14 +275,26 @@ class FeedCache(Tolerant):
         def queue(pipe: Any) -> None:
             for author in authors:
                 pipe.zrevrange(tweet_key("author_recent", author), *recent_range(limit))
+                pipe.pttl(tweet_key("author_recent", author))
 
         replies = partial_replies(await run_reads(self._redis, queue))
-        found = {
+        parsed = {
             a: parse_recent(members, limit)
-            for a, members in zip(authors, replies, strict=True)
+            for a, members in zip(authors, replies[::2], strict=True)
             if not unanswered(members)
         }
-        return {a: ids for a, ids in found.items() if ids is not None}
+        found = {a: ids for a, ids in parsed.items() if ids is not None}
+        self._recent_served({a: pttl for a, pttl in zip(authors, replies[1::2], strict=True) if a in found})
+        return found
+
+    def _recent_served(self, pttls: dict[int, Any]) -> None:
+        """Tells `on_recent_due` the authors among these (served from their sets) whose set
+        is past its refresh time, by the PTTL read with it."""
+        if self.on_recent_due is None:
+            return
+        due = [a for a, pttl in pttls.items() if isinstance(pttl, int) and recent_due(pttl)]
+        if due:
+            self.on_recent_due(due)
 
     @tolerant(CachedTweets)
     async def tweets(self, tweet_ids: Sequence[int], viewer_id: int = 0) -> CachedTweets:

@@ -74,6 +74,8 @@ HiddenAuthors = Callable[[int], Awaitable[frozenset[int]]]
 LikedIds = Callable[[int, Sequence[int]], Awaitable[set[int]]]
 # tweet ids -> their like counts (tweet_svc BatchGetLikeCounts), for bodies the cache holds
 LikeCounts = Callable[[Sequence[int]], Awaitable[dict[int, int]]]
+# author ids -> None, their recent-ids sets renewed (tweet_svc ListRecentTweetIds with refresh)
+RefreshRecent = Callable[[Sequence[int]], Awaitable[None]]
 
 
 class FeedTweet(NamedTuple):
@@ -171,8 +173,12 @@ class HomeFeed:
         rebuilds: Rebuilds | None = None,
         like_counts: LikeCounts | None = None,
         refresh_counts: LikeCounts | None = None,
+        refresh_recent: RefreshRecent | None = None,
     ) -> None:
         self._cache = cache
+        if refresh_recent is not None:
+            # Recent-ids sets served past their refresh time: renewed after the read.
+            cache.on_recent_due = BackgroundRefresh("author_recent", refresh_recent).request
         # Concurrent misses of one reader's follow list or timeline share one load, and
         # loads are bounded per process, so a cold cache cannot starve warm reads.
         rebuilds = rebuilds or Rebuilds()

@@ -34,6 +34,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         rebuilds=parts.rebuilds,
         like_counts=parts.peers.like_counts,
         refresh_counts=parts.peers.refresh_like_counts,
+        refresh_recent=parts.peers.refresh_recent,
     )
 
     def register(server: grpc.aio.Server) -> None:

@@ -51,15 +51,20 @@ the set and deletes remove from it before they are acknowledged; readers fill
 a missing or short set from the store by merging (ZADD), never replacing, so
 a fill that read the store just before a post cannot hide that post. A marker
 member says how much the set covers: ALL (every tweet of the author) or TOP
-(at least the newest RECENT_DEPTH at fill time). Sets expire after a TTL
-counted from their creation, which bounds staleness should a post's write to
-Redis fail while Redis keeps its data.
+(at least the newest RECENT_DEPTH at fill time). A set is due for a refresh
+from the store a TTL after its creation or its last refresh, which bounds
+staleness should a post's write or a delete's removal fail while Redis keeps
+its data; it lives RECENT_GRACE_SECONDS more. A read that finds it due (feed_svc's,
+or `recent` here) serves it and asks for its refresh (`refresh_recent`,
+REFRESH_RECENT_SCRIPT): the set becomes the store's newest ids and the posts
+added since the store read, its lifetime renewed; a set gone by then is left to
+the next reader's fill.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,11 +87,13 @@ from common.tweet_cache import (
     ALL,
     COUNT_FIELDS,
     RECENT_DEPTH,
+    RECENT_GRACE_SECONDS,
     TOP,
     LikedStates,
     count_due,
     decode_body,
     encode_body,
+    recent_due,
 )
 from tweet_svc.likes import LikeState
 from tweet_svc.store import TweetRecord
@@ -186,6 +193,47 @@ return 1
 """
 
 
+# A post's id is made before its store write: a refresh keeps ids this much older than
+# its store read even when the read did not find them.
+RECENT_SETTLE_SECONDS = 10.0
+
+# A refresh of an author's recent-ids set past its refresh time (KEYS: it; ARGV: its
+# lifetime in ms, the grace in ms (PTTL at or below it: due), the markers ALL and TOP,
+# 1 when the store read found RECENT_DEPTH ids (TOP) or 0 (ALL: every tweet), a cutoff
+# in ms, then score and id of each id read).
+# The ids read are merged in, as a fill merges them, so a post added meanwhile stays.
+# Ids the read should have found and did not (deleted, their removal lost) are dropped:
+# those older than the cutoff (the read's start less RECENT_SETTLE_SECONDS, so a post
+# still being written when the store was read stays) and, after a full read, not older
+# than its oldest id; after a full read, ids older than its oldest go too. What is left
+# is the read and the posts since. A set renewed meanwhile (not due) or gone (a
+# reader's fill makes it) is left alone.
+REFRESH_RECENT_SCRIPT = """
+local key = KEYS[1]
+local pttl = redis.call('PTTL', key)
+if pttl == -2 or pttl > tonumber(ARGV[2]) then return 0 end
+local all, top, full, cutoff = ARGV[3], ARGV[4], ARGV[5] == '1', ARGV[6]
+local read, oldest = {}, nil
+for i = 7, #ARGV, 2 do
+  redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
+  read[ARGV[i + 1]] = true
+  if not oldest or tonumber(ARGV[i]) < tonumber(oldest) then oldest = ARGV[i] end
+end
+redis.call('ZREM', key, all, top)
+local low = '-inf'
+if full and oldest then
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. oldest)
+  low = oldest
+end
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', key, low, '(' .. cutoff)) do
+  if not read[member] then redis.call('ZREM', key, member) end
+end
+if full then redis.call('ZADD', key, 'inf', top) else redis.call('ZADD', key, 'inf', all) end
+redis.call('PEXPIRE', key, ARGV[1])
+return 1
+"""
+
+
 def _encode(tweet: TweetRecord) -> bytes:
     created_ms = int(tweet.created_at.timestamp() * 1000)
     return encode_body(tweet.tweet_id, tweet.author_id, tweet.author_username, tweet.text, created_ms)
@@ -212,8 +260,11 @@ class TweetCache(Tolerant):
         self._redis = redis
         self._ttl_ms = max(1, int(ttl_seconds * 1000))
         self._count_ttl_ms = max(1, int(count_ttl_seconds * 1000))
-        self._recent_ttl_ms = max(1, int(recent_ttl_seconds * 1000))
+        # A set is due for a refresh after recent_ttl_seconds, and lives RECENT_GRACE_SECONDS more.
+        self._recent_life_ms = max(1, int((recent_ttl_seconds + RECENT_GRACE_SECONDS) * 1000))
         self._like_script: AsyncScript | None = None
+        # Told the authors whose recent-ids sets `recent` served past their refresh time.
+        self.on_recent_due: Callable[[Iterable[int]], None] | None = None
         self._liked = LikedStates(redis)
 
     @tolerant(lambda: ({}, set()))
@@ -388,18 +439,24 @@ class TweetCache(Tolerant):
         def queue(pipe: Any) -> None:
             for author in authors:
                 pipe.zrevrange(tweet_key("author_recent", author), 0, limit + 1)  # both markers, then ids
+                pipe.pttl(tweet_key("author_recent", author))
 
         replies = partial_replies(await run_reads(self._redis, queue))
         found: dict[int, list[int]] = {}
-        for author, members in zip(authors, replies, strict=True):
+        due: list[int] = []
+        for author, members, pttl in zip(authors, replies[::2], replies[1::2], strict=True):
             if unanswered(members):  # its cluster node did not answer: a miss
                 continue
             names = [_text(m) for m in members]
             ids = [int(m) for m in names if m not in (ALL, TOP)][:limit]
             if ALL in names or (TOP in names and len(ids) >= limit):
                 found[author] = ids
+                if isinstance(pttl, int) and recent_due(pttl):
+                    due.append(author)
         RECENT_LOOKUPS.labels("hit").inc(len(found))
         RECENT_LOOKUPS.labels("miss").inc(len(authors) - len(found))
+        if due and self.on_recent_due is not None:
+            self.on_recent_due(due)
         return found
 
     @tolerant()
@@ -412,14 +469,50 @@ class TweetCache(Tolerant):
                 entries: dict[str, float] = {str(t): id_time_ms(t) for t in ids}
                 entries[ALL if len(ids) < RECENT_DEPTH else TOP] = float("inf")
                 pipe.zadd(tweet_key("author_recent", author), entries)
-                pipe.pexpire(tweet_key("author_recent", author), self._recent_ttl_ms, nx=True)
+                pipe.pexpire(tweet_key("author_recent", author), self._recent_life_ms, nx=True)
             await pipe.execute()
+
+    @tolerant(dict)
+    async def recent_due(self, authors: Sequence[int]) -> dict[int, bool]:
+        """Whether each author's recent-ids set is past its refresh time; authors whose set
+        is gone, or whose node did not answer, are left out."""
+        if not authors:
+            return {}
+
+        def queue(pipe: Any) -> None:
+            for author in authors:
+                pipe.pttl(tweet_key("author_recent", author))
+
+        replies = raise_if_all_unanswered(await run_reads(self._redis, queue))
+        return {
+            a: recent_due(int(pttl))
+            for a, pttl in zip(authors, replies, strict=True)
+            if not isinstance(pttl, Exception) and int(pttl) != -2
+        }
+
+    @tolerant(set)
+    async def refresh_recent(self, recent: dict[int, list[int]], read_at_ms: float) -> set[int]:
+        """Makes each author's set still past its refresh time the newest RECENT_DEPTH ids
+        read from the store at `read_at_ms` and the posts since, and renews its lifetime
+        (REFRESH_RECENT_SCRIPT); returns the authors renewed."""
+        if not recent:
+            return set()
+        cutoff = int(read_at_ms - RECENT_SETTLE_SECONDS * 1000)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for author, ids in recent.items():
+                args: list[int | str] = [self._recent_life_ms, int(RECENT_GRACE_SECONDS * 1000), ALL, TOP]
+                args += [int(len(ids) >= RECENT_DEPTH), cutoff]
+                for tweet_id in ids:
+                    args += [id_time_ms(tweet_id), str(tweet_id)]
+                pipe.eval(REFRESH_RECENT_SCRIPT, 1, tweet_key("author_recent", author), *args)
+            replies = await pipe.execute()
+        return {a for a, done in zip(recent, replies, strict=True) if done == 1}
 
     @tolerant()
     async def add_recent(self, author_id: int, tweet_id: int) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(tweet_key("author_recent", author_id), {str(tweet_id): id_time_ms(tweet_id)})
-            pipe.pexpire(tweet_key("author_recent", author_id), self._recent_ttl_ms, nx=True)
+            pipe.pexpire(tweet_key("author_recent", author_id), self._recent_life_ms, nx=True)
             await pipe.execute()
 
     @tolerant()

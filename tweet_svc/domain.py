@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import string
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -89,6 +90,9 @@ class Tweets:
         self._count_loads: SingleFlight[int, int] = SingleFlight("like_count", rebuilds)
         # Counts served past their refresh time are rebuilt after the read answered.
         self._count_refresh: BackgroundRefresh[int] = BackgroundRefresh("like_count", self.refresh_like_counts)
+        # So are authors' recent-ids sets (common/tweet_cache.py).
+        if isinstance(cache, TweetCache):
+            cache.on_recent_due = BackgroundRefresh("author_recent", self.refresh_recent).request
         self._relations = relations
         self._page_tokens = page_tokens or unshared_tokens()
         self._limits = limits or UserLimits.unlimited()
@@ -195,6 +199,17 @@ class Tweets:
             found.update(zip(missing, lists, strict=True))
         stages.reached("recent ids loaded")
         return [(tweet_id, author) for author in authors for tweet_id in found[author]]
+
+    async def refresh_recent(self, author_ids: Sequence[int]) -> set[int]:
+        """Merges the store's newest ids into these authors' cached recent-ids sets that are
+        past their refresh time, and renews them (tweet_svc/cache.py); returns those renewed."""
+        _check_batch(author_ids, "author_ids")
+        due = [a for a, is_due in (await self._cache.recent_due(list(dict.fromkeys(author_ids)))).items() if is_due]
+        if not due:
+            return set()
+        read_at_ms = time.time() * 1000
+        lists = await asyncio.gather(*(self._store.author_tweet_ids(a, RECENT_DEPTH, None) for a in due))
+        return await self._cache.refresh_recent(dict(zip(due, lists, strict=True)), read_at_ms)
 
     async def _filled_recent(self, authors: list[int], limit: int) -> dict[int, list[int]]:
         """The newest `limit` ids of authors the cache missed, each author loaded and

@@ -107,6 +107,9 @@ class TweetInternalService(tweet_internal_pb2_grpc.TweetInternalServiceServicer)
     async def ListRecentTweetIds(
         self, request: tweet_internal_pb2.ListRecentTweetIdsRequest, context: grpc.aio.ServicerContext
     ) -> tweet_internal_pb2.ListRecentTweetIdsResponse:
+        if request.refresh:
+            await self._tweets.refresh_recent(list(request.author_ids))
+            return tweet_internal_pb2.ListRecentTweetIdsResponse()
         limit = page_size(request.limit_per_author, RECENT_DEFAULT, RECENT_MAX)
         pairs = await self._tweets.recent_ids(list(request.author_ids), request.before_tweet_id, limit)
         return tweet_internal_pb2.ListRecentTweetIdsResponse(

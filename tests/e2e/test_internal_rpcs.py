@@ -5,6 +5,7 @@ token, while the services themselves still answer their peers."""
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import grpc
 import httpx
@@ -148,3 +149,42 @@ def test_a_like_count_past_its_refresh_time_is_rebuilt_from_the_store(edge: http
     while edge.get(f"/v1/tweets/{tweet_id}").json()["tweet"]["like_count"] != 1:
         assert time.monotonic() < deadline, "the count past its refresh time was never rebuilt"
         time.sleep(0.2)
+
+
+def test_a_recent_ids_set_past_its_refresh_time_is_renewed_from_the_store(edge: httpx.Client) -> None:
+    """ListRecentTweetIds with refresh, as feed_svc asks it after serving a set past its refresh time."""
+    author = unique_name()
+    user_id = int(edge.post("/v1/users", json={"username": author, "password": PASSWORD}).json()["user"]["user_id"])
+    token = edge.post("/v1/sessions", json={"username": author, "password": PASSWORD}).json()["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    posted = [int(edge.post("/v1/tweets", json={"text": t}, headers=auth).json()["tweet"]["tweet_id"]) for t in "ab"]
+    page = edge.get(f"/v1/users/{user_id}/tweets", params={"page_size": 10}).json()["tweets"]
+    assert [int(t["tweet_id"]) for t in page] == posted[::-1]  # the set is filled
+    key = tweet_key("author_recent", user_id)
+    with redis.Redis(host=topology.HOST, port=topology.REDIS_PORT) as cache:
+        cache.zrem(key, str(posted[1]))  # a post whose write to Redis was lost
+        cache.pexpire(key, 5000)  # and the set past its refresh time
+        tweet_port = topology.instances(next(s for s in topology.SERVICES if s.name == "tweet_svc"))[0].port
+        with grpc.insecure_channel(f"{topology.HOST}:{tweet_port}") as channel:
+            stub = tweet_internal_pb2_grpc.TweetInternalServiceStub(channel)
+            reply = stub.ListRecentTweetIds(
+                tweet_internal_pb2.ListRecentTweetIdsRequest(author_ids=[user_id], refresh=True), timeout=5
+            )
+        assert list(reply.tweets) == []
+        assert cast(int, cache.pttl(key)) > 5000  # renewed
+        assert {int(m) for m in cast(list[bytes], cache.zrange(key, 0, -1)) if m.isdigit()} == set(posted)
+
+        # A read through tweet_svc itself serves the set while due, and has it refreshed after.
+        cache.zrem(key, str(posted[1]))
+        cache.pexpire(key, 5000)
+
+        def page() -> list[int]:
+            reply = edge.get(f"/v1/users/{user_id}/tweets", params={"page_size": 10})
+            return [int(t["tweet_id"]) for t in reply.json()["tweets"]]
+
+        assert page() == [posted[0]]  # served from the set as it is
+        deadline = time.monotonic() + 10
+        while page() != posted[::-1]:
+            assert time.monotonic() < deadline, "the set past its refresh time was never refreshed"
+            time.sleep(0.2)
+        assert cast(int, cache.pttl(key)) > 5000

@@ -5,11 +5,14 @@ for as many ids as it is known to cover."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
 from common.cache import RedisClient
 from common.ids import IdGenerator
 from common.keys import tweet_key
+from common.tweet_cache import RECENT_GRACE_SECONDS
 from tests.integration.test_durability import sign_in
 from tweet_svc.cache import RECENT_DEPTH, TweetCache
 
@@ -27,7 +30,10 @@ async def test_a_fill_from_an_older_read_never_hides_a_newer_post(redis: RedisCl
         assert await cache.recent([author], 20) == {author: [new, old2, old1]}
         await cache.remove_recent(author, old2)  # a delete
         assert await cache.recent([author], 20) == {author: [new, old1]}
-        assert 0 < await redis.pttl(tweet_key("author_recent", author)) <= TTL_SECONDS * 1000
+        # Due for a refresh TTL_SECONDS after the fill, kept RECENT_GRACE_SECONDS after that.
+        life = (TTL_SECONDS + RECENT_GRACE_SECONDS) * 1000
+        assert life - 5000 < await redis.pttl(tweet_key("author_recent", author)) <= life
+        assert await cache.recent_due([author]) == {author: False}
     finally:
         await redis.delete(tweet_key("author_recent", author))
 
@@ -62,6 +68,64 @@ async def test_a_post_does_not_extend_the_sets_lifetime(redis: RedisClient) -> N
         assert 0 < await redis.pttl(tweet_key("author_recent", author)) <= 5000
     finally:
         await redis.delete(tweet_key("author_recent", author))
+
+
+def made_at(unix_ms: int, count: int) -> list[int]:
+    """`count` tweet ids made at `unix_ms`, newest first."""
+    clock = iter(range(unix_ms, unix_ms + count))
+    ids = IdGenerator(909, clock_ms=lambda: next(clock))
+    return sorted((ids.next_id() for _ in range(count)), reverse=True)
+
+
+async def test_a_set_past_its_refresh_time_becomes_the_store_read_and_the_posts_since(redis: RedisClient) -> None:
+    cache = TweetCache(redis, ttl_seconds=60, recent_ttl_seconds=TTL_SECONDS)
+    author, gone = IdGenerator(908).next_id(), IdGenerator(910).next_id()
+    key = tweet_key("author_recent", author)
+    read_at = time.time() * 1000
+    old = made_at(int(read_at) - 3_600_000, 4)  # an hour before the store read
+    deleted = old[1]
+    lost = made_at(int(read_at) - 60_000, 1)[0]  # posted a minute before it, its Redis write lost
+    posted = made_at(int(read_at) + 1, 1)[0]  # posted after it
+    settling = made_at(int(read_at) - 2_000, 1)[0]  # still being written when the store was read
+    try:
+        await cache.fill_recent({author: old})  # every tweet of the author: ALL
+        assert await cache.refresh_recent({author: old}, read_at) == set()  # not due yet: left
+        await cache.add_recent(author, posted)
+        await cache.add_recent(author, settling)
+        await redis.pexpire(key, int(RECENT_GRACE_SECONDS * 1000))  # as if filled TTL_SECONDS ago
+        assert await cache.recent_due([author, gone]) == {author: True}  # gone: left out
+
+        # The store has `lost`, and no longer `deleted` (its removal from the set was lost).
+        read = sorted([lost, *(t for t in old if t != deleted)], reverse=True)
+        assert await cache.refresh_recent({author: read}, read_at) == {author}
+        assert await cache.recent([author], 20) == {author: [posted, settling, *read]}  # ALL: every tweet
+        assert await cache.recent_due([author]) == {author: False}  # renewed
+        assert await cache.refresh_recent({author: []}, read_at) == set()  # a second refresh leaves it
+        assert await cache.refresh_recent({gone: [posted]}, read_at) == set()  # a gone set is a reader's to fill
+        assert await redis.exists(tweet_key("author_recent", gone)) == 0
+    finally:
+        await redis.delete(key)
+
+
+async def test_after_a_full_store_read_the_set_keeps_what_the_read_covers(redis: RedisClient) -> None:
+    cache = TweetCache(redis, ttl_seconds=60, recent_ttl_seconds=TTL_SECONDS)
+    author = IdGenerator(911).next_id()
+    key = tweet_key("author_recent", author)
+    read_at = time.time() * 1000
+    older = made_at(int(read_at) - 7_200_000, 5)  # beyond the newest RECENT_DEPTH by now
+    newest = made_at(int(read_at) - 3_600_000, RECENT_DEPTH)
+    deleted = newest[10]
+    try:
+        await cache.fill_recent({author: older[:2]})
+        await cache.fill_recent({author: newest})  # both fills merged: ALL and TOP
+        await redis.pexpire(key, int(RECENT_GRACE_SECONDS * 1000))
+        read = [t for t in newest if t != deleted] + older[:1]  # RECENT_DEPTH ids: a full read
+        assert await cache.refresh_recent({author: read}, read_at) == {author}
+        assert await cache.recent([author], RECENT_DEPTH) == {author: read}  # TOP: the newest RECENT_DEPTH
+        assert await cache.recent([author], RECENT_DEPTH + 1) == {}  # and no more
+        assert await redis.zcard(key) == RECENT_DEPTH + 1  # older ids than the read's oldest are gone
+    finally:
+        await redis.delete(key)
 
 
 def test_a_users_first_page_follows_posts_and_deletes_at_once(edge: httpx.Client) -> None:

@@ -21,6 +21,7 @@ from common.cache import RedisClient, mark_tweet_deleted
 from common.hidden import HiddenAuthorsCache, RedisHiddenStore, hidden_key, hidden_version_key
 from common.ids import IdGenerator
 from common.keys import feed_key, legacy_following_key, tweet_key
+from common.tweet_cache import RECENT_GRACE_SECONDS
 from feed_svc.activity import read_record_key
 from feed_svc.cache import FeedCache
 from feed_svc.home_feed import CelebrityRegistry, HomeFeed
@@ -126,6 +127,12 @@ class Peers:
         await self.tweets.fill_liked(user_id, token, tweet_ids, liked)
         return liked
 
+    async def refresh_recent(self, author_ids: Sequence[int]) -> None:
+        """As tweet_svc's ListRecentTweetIds with `refresh`: the store holds what the sets do."""
+        self.calls.append(f"RefreshRecent {sorted(author_ids)}")
+        held = await self.tweets.recent(author_ids, 20)
+        await self.tweets.refresh_recent({a: held.get(a, []) for a in author_ids}, time.time() * 1000)
+
     async def refresh_like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         """As tweet_svc's BatchGetLikeCounts with `refresh`: rebuilt from the store's counts (8 here)."""
         self.calls.append(f"RefreshLikeCounts {sorted(tweet_ids)}")
@@ -204,6 +211,7 @@ async def scene(redis: RedisClient) -> AsyncIterator[Scene]:
         liked_ids=peers.liked_ids,
         like_counts=peers.like_counts,
         refresh_counts=peers.refresh_like_counts,
+        refresh_recent=peers.refresh_recent,
     )
     await feed.page(reader, 20, "")  # warms what a steady reader has: the hidden set, flags, registry
     await asyncio.sleep(0.1)  # the reader's activity record, written in the background
@@ -309,6 +317,33 @@ async def test_counts_past_their_refresh_time_are_served_and_rebuilt_after_the_r
     assert [{t.tweet_id: t.like_count for t in tweets}[t] for t in due] == [8, 8]  # rebuilt from the store
     await asyncio.sleep(0.7)
     assert scene.peers.calls == []  # and no longer due
+
+
+async def test_recent_ids_past_their_refresh_time_are_served_and_renewed_after_the_read(
+    scene: Scene, redis: RedisClient
+) -> None:
+    for author in (scene.star, scene.reader):  # the celebrity's set (pulled) and the reader's own
+        await redis.pexpire(tweet_key("author_recent", author), int(RECENT_GRACE_SECONDS * 1000))  # a lifetime ago
+
+    tweets, _ = await scene.feed.page(scene.reader, 20, "")
+
+    assert scene.peers.calls == []  # the read waited for nothing
+    assert sorted(t.tweet_id for t in tweets) == sorted(scene.pushed + scene.starred + scene.own)
+    for _ in range(40):  # the refresh's first batch goes REFRESH_INTERVAL_SECONDS later
+        await asyncio.sleep(0.05)
+        if scene.peers.calls:
+            break
+    assert scene.peers.calls == [f"RefreshRecent {sorted([scene.star, scene.reader])}"]  # one batch
+
+    async def renewed() -> bool:
+        pttls = [await redis.pttl(tweet_key("author_recent", a)) for a in (scene.star, scene.reader)]
+        return min(pttls) > RECENT_GRACE_SECONDS * 1000
+
+    for _ in range(40):
+        if await renewed():
+            break
+        await asyncio.sleep(0.05)
+    assert await renewed()
 
 
 async def test_a_like_or_unlike_shows_at_once_though_the_flags_are_cached(scene: Scene, redis: RedisClient) -> None:

@@ -20,6 +20,7 @@ def test_the_reads_pack_to_the_bytes_redis_py_sends() -> None:
     batch.hmget(tweet_key("liked", 7), ["1", "2", "é"])
     batch.zscore(feed_key("timeline", 7), "built")
     batch.zrevrange(tweet_key("author_recent", 7), 0, -1)
+    batch.pttl(tweet_key("author_recent", 7))
     batch.zrangebyscore(feed_key("timeline", 7), 1764000000000, 1764000000000.5)
     batch.zrangebyscore(feed_key("timeline", 7), float("-inf"), float("inf"))
     batch.zrevrangebyscore(feed_key("timeline", 7), "(1764000000000", "-inf", 0, 21)

@@ -16,6 +16,7 @@ from common.keys import TWEET_DELETED, tweet_key
 from common.tweet_cache import (
     ALL,
     COUNT_FIELDS,
+    RECENT_GRACE_SECONDS,
     TOP,
     author_of,
     count_due,
@@ -24,6 +25,7 @@ from common.tweet_cache import (
     parse_reads,
     parse_recent,
     queue_reads,
+    recent_due,
     response_bytes,
     with_viewer_fields,
 )
@@ -138,3 +140,10 @@ async def test_tweet_svc_writes_what_the_contract_reads_and_treats_old_values_as
     created_ms = int(datetime(2026, 1, 2, tzinfo=UTC).timestamp() * 1000)
     fake.data[tweet_key("body", old.tweet_id)] = json.dumps([7, "ada", "x", created_ms]).encode()
     assert await cache.get([old.tweet_id]) == ({}, set())  # a miss, not a crash
+
+
+def test_a_recent_ids_set_is_due_once_its_remaining_life_is_the_grace_or_less() -> None:
+    grace_ms = int(RECENT_GRACE_SECONDS * 1000)
+    assert recent_due(grace_ms) and recent_due(0) and not recent_due(grace_ms + 1)
+    assert recent_due(-1)  # no expiry: renewed, which sets one
+    assert not recent_due(-2)  # gone: a reader's fill makes it

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from chirp.tweet.v1 import tweet_pb2 as chirp_dot_tweet_dot_v1_dot_tweet__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#chirp/tweet/v1/tweet_internal.proto\x12\x0e\x63hirp.tweet.v1\x1a\x1a\x63hirp/tweet/v1/tweet.proto\"=\n\x15\x42\x61tchGetTweetsRequest\x12\x11\n\ttweet_ids\x18\x01 \x03(\x03\x12\x11\n\tviewer_id\x18\x02 \x01(\x03\"?\n\x16\x42\x61tchGetTweetsResponse\x12%\n\x06tweets\x18\x01 \x03(\x0b\x32\x15.chirp.tweet.v1.Tweet\"b\n\x19ListRecentTweetIdsRequest\x12\x12\n\nauthor_ids\x18\x01 \x03(\x03\x12\x17\n\x0f\x62\x65\x66ore_tweet_id\x18\x02 \x01(\x03\x12\x18\n\x10limit_per_author\x18\x03 \x01(\x05\"M\n\x1aListRecentTweetIdsResponse\x12/\n\x06tweets\x18\x01 \x03(\x0b\x32\x1f.chirp.tweet.v1.AuthoredTweetId\"6\n\x0f\x41uthoredTweetId\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\x12\x11\n\tauthor_id\x18\x02 \x01(\x03\">\n\x18ListLikedTweetIdsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\ttweet_ids\x18\x02 \x03(\x03\".\n\x19ListLikedTweetIdsResponse\x12\x11\n\ttweet_ids\x18\x01 \x03(\x03\"?\n\x19\x42\x61tchGetLikeCountsRequest\x12\x11\n\ttweet_ids\x18\x01 \x03(\x03\x12\x0f\n\x07refresh\x18\x02 \x01(\x08\"\xa0\x01\n\x1a\x42\x61tchGetLikeCountsResponse\x12O\n\x0blike_counts\x18\x01 \x03(\x0b\x32:.chirp.tweet.v1.BatchGetLikeCountsResponse.LikeCountsEntry\x1a\x31\n\x0fLikeCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xbb\x03\n\x14TweetInternalService\x12_\n\x0e\x42\x61tchGetTweets\x12%.chirp.tweet.v1.BatchGetTweetsRequest\x1a&.chirp.tweet.v1.BatchGetTweetsResponse\x12k\n\x12ListRecentTweetIds\x12).chirp.tweet.v1.ListRecentTweetIdsRequest\x1a*.chirp.tweet.v1.ListRecentTweetIdsResponse\x12h\n\x11ListLikedTweetIds\x12(.chirp.tweet.v1.ListLikedTweetIdsRequest\x1a).chirp.tweet.v1.ListLikedTweetIdsResponse\x12k\n\x12\x42\x61tchGetLikeCounts\x12).chirp.tweet.v1.BatchGetLikeCountsRequest\x1a*.chirp.tweet.v1.BatchGetLikeCountsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#chirp/tweet/v1/tweet_internal.proto\x12\x0e\x63hirp.tweet.v1\x1a\x1a\x63hirp/tweet/v1/tweet.proto\"=\n\x15\x42\x61tchGetTweetsRequest\x12\x11\n\ttweet_ids\x18\x01 \x03(\x03\x12\x11\n\tviewer_id\x18\x02 \x01(\x03\"?\n\x16\x42\x61tchGetTweetsResponse\x12%\n\x06tweets\x18\x01 \x03(\x0b\x32\x15.chirp.tweet.v1.Tweet\"s\n\x19ListRecentTweetIdsRequest\x12\x12\n\nauthor_ids\x18\x01 \x03(\x03\x12\x17\n\x0f\x62\x65\x66ore_tweet_id\x18\x02 \x01(\x03\x12\x18\n\x10limit_per_author\x18\x03 \x01(\x05\x12\x0f\n\x07refresh\x18\x04 \x01(\x08\"M\n\x1aListRecentTweetIdsResponse\x12/\n\x06tweets\x18\x01 \x03(\x0b\x32\x1f.chirp.tweet.v1.AuthoredTweetId\"6\n\x0f\x41uthoredTweetId\x12\x10\n\x08tweet_id\x18\x01 \x01(\x03\x12\x11\n\tauthor_id\x18\x02 \x01(\x03\">\n\x18ListLikedTweetIdsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\ttweet_ids\x18\x02 \x03(\x03\".\n\x19ListLikedTweetIdsResponse\x12\x11\n\ttweet_ids\x18\x01 \x03(\x03\"?\n\x19\x42\x61tchGetLikeCountsRequest\x12\x11\n\ttweet_ids\x18\x01 \x03(\x03\x12\x0f\n\x07refresh\x18\x02 \x01(\x08\"\xa0\x01\n\x1a\x42\x61tchGetLikeCountsResponse\x12O\n\x0blike_counts\x18\x01 \x03(\x0b\x32:.chirp.tweet.v1.BatchGetLikeCountsResponse.LikeCountsEntry\x1a\x31\n\x0fLikeCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x03\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xbb\x03\n\x14TweetInternalService\x12_\n\x0e\x42\x61tchGetTweets\x12%.chirp.tweet.v1.BatchGetTweetsRequest\x1a&.chirp.tweet.v1.BatchGetTweetsResponse\x12k\n\x12ListRecentTweetIds\x12).chirp.tweet.v1.ListRecentTweetIdsRequest\x1a*.chirp.tweet.v1.ListRecentTweetIdsResponse\x12h\n\x11ListLikedTweetIds\x12(.chirp.tweet.v1.ListLikedTweetIdsRequest\x1a).chirp.tweet.v1.ListLikedTweetIdsResponse\x12k\n\x12\x42\x61tchGetLikeCounts\x12).chirp.tweet.v1.BatchGetLikeCountsRequest\x1a*.chirp.tweet.v1.BatchGetLikeCountsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,21 +39,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHGETTWEETSRESPONSE']._serialized_start=146
   _globals['_BATCHGETTWEETSRESPONSE']._serialized_end=209
   _globals['_LISTRECENTTWEETIDSREQUEST']._serialized_start=211
-  _globals['_LISTRECENTTWEETIDSREQUEST']._serialized_end=309
-  _globals['_LISTRECENTTWEETIDSRESPONSE']._serialized_start=311
-  _globals['_LISTRECENTTWEETIDSRESPONSE']._serialized_end=388
-  _globals['_AUTHOREDTWEETID']._serialized_start=390
-  _globals['_AUTHOREDTWEETID']._serialized_end=444
-  _globals['_LISTLIKEDTWEETIDSREQUEST']._serialized_start=446
-  _globals['_LISTLIKEDTWEETIDSREQUEST']._serialized_end=508
-  _globals['_LISTLIKEDTWEETIDSRESPONSE']._serialized_start=510
-  _globals['_LISTLIKEDTWEETIDSRESPONSE']._serialized_end=556
-  _globals['_BATCHGETLIKECOUNTSREQUEST']._serialized_start=558
-  _globals['_BATCHGETLIKECOUNTSREQUEST']._serialized_end=621
-  _globals['_BATCHGETLIKECOUNTSRESPONSE']._serialized_start=624
-  _globals['_BATCHGETLIKECOUNTSRESPONSE']._serialized_end=784
-  _globals['_BATCHGETLIKECOUNTSRESPONSE_LIKECOUNTSENTRY']._serialized_start=735
-  _globals['_BATCHGETLIKECOUNTSRESPONSE_LIKECOUNTSENTRY']._serialized_end=784
-  _globals['_TWEETINTERNALSERVICE']._serialized_start=787
-  _globals['_TWEETINTERNALSERVICE']._serialized_end=1230
+  _globals['_LISTRECENTTWEETIDSREQUEST']._serialized_end=326
+  _globals['_LISTRECENTTWEETIDSRESPONSE']._serialized_start=328
+  _globals['_LISTRECENTTWEETIDSRESPONSE']._serialized_end=405
+  _globals['_AUTHOREDTWEETID']._serialized_start=407
+  _globals['_AUTHOREDTWEETID']._serialized_end=461
+  _globals['_LISTLIKEDTWEETIDSREQUEST']._serialized_start=463
+  _globals['_LISTLIKEDTWEETIDSREQUEST']._serialized_end=525
+  _globals['_LISTLIKEDTWEETIDSRESPONSE']._serialized_start=527
+  _globals['_LISTLIKEDTWEETIDSRESPONSE']._serialized_end=573
+  _globals['_BATCHGETLIKECOUNTSREQUEST']._serialized_start=575
+  _globals['_BATCHGETLIKECOUNTSREQUEST']._serialized_end=638
+  _globals['_BATCHGETLIKECOUNTSRESPONSE']._serialized_start=641
+  _globals['_BATCHGETLIKECOUNTSRESPONSE']._serialized_end=801
+  _globals['_BATCHGETLIKECOUNTSRESPONSE_LIKECOUNTSENTRY']._serialized_start=752
+  _globals['_BATCHGETLIKECOUNTSRESPONSE_LIKECOUNTSENTRY']._serialized_end=801
+  _globals['_TWEETINTERNALSERVICE']._serialized_start=804
+  _globals['_TWEETINTERNALSERVICE']._serialized_end=1247
 # @@protoc_insertion_point(module_scope)

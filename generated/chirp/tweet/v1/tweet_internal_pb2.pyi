@@ -73,10 +73,17 @@ class ListRecentTweetIdsRequest(_message.Message):
     AUTHOR_IDS_FIELD_NUMBER: _builtins.int
     BEFORE_TWEET_ID_FIELD_NUMBER: _builtins.int
     LIMIT_PER_AUTHOR_FIELD_NUMBER: _builtins.int
+    REFRESH_FIELD_NUMBER: _builtins.int
     before_tweet_id: _builtins.int
     """Only ids strictly below this one; 0 means no bound."""
     limit_per_author: _builtins.int
     """Per author; 0 means 20; at most 200."""
+    refresh: _builtins.bool
+    """The caller read these authors' recent-ids sets from the cache past their
+    refresh time (common/tweet_cache.py): merge each one's newest ids from the
+    store into it and renew its lifetime, unless it was renewed meanwhile or is
+    gone. The answer then holds no ids.
+    """
     @_builtins.property
     def author_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """At most 500 authors."""
@@ -87,10 +94,11 @@ class ListRecentTweetIdsRequest(_message.Message):
         author_ids: _abc.Iterable[_builtins.int] | None = ...,
         before_tweet_id: _builtins.int = ...,
         limit_per_author: _builtins.int = ...,
+        refresh: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_ids", b"author_ids", "before_tweet_id", b"before_tweet_id", "limit_per_author", b"limit_per_author"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_ids", b"author_ids", "before_tweet_id", b"before_tweet_id", "limit_per_author", b"limit_per_author", "refresh", b"refresh"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
