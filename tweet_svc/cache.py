@@ -199,35 +199,26 @@ RECENT_SETTLE_SECONDS = 10.0
 
 # A refresh of an author's recent-ids set past its refresh time (KEYS: it; ARGV: its
 # lifetime in ms, the grace in ms (PTTL at or below it: due), the markers ALL and TOP,
-# 1 when the store read found RECENT_DEPTH ids (TOP) or 0 (ALL: every tweet), a cutoff
-# in ms, then score and id of each id read).
-# The ids read are merged in, as a fill merges them, so a post added meanwhile stays.
-# Ids the read should have found and did not (deleted, their removal lost) are dropped:
-# those older than the cutoff (the read's start less RECENT_SETTLE_SECONDS, so a post
-# still being written when the store was read stays) and, after a full read, not older
-# than its oldest id; after a full read, ids older than its oldest go too. What is left
-# is the read and the posts since. A set renewed meanwhile (not due) or gone (a
-# reader's fill makes it) is left alone.
+# 1 when the store read found RECENT_DEPTH ids (TOP) or 0 (ALL: every tweet), how many
+# ids were read, then score and id of each, then the ids to drop).
+# The ids read are merged in, as a fill merges them, so a post added meanwhile stays;
+# the ids to drop (`refresh_recent` picks them from the set as it was before the store
+# read) go; after a full read, ids older than its oldest go too. A set renewed
+# meanwhile (not due) or gone (a reader's fill makes it) is left alone.
 REFRESH_RECENT_SCRIPT = """
 local key = KEYS[1]
 local pttl = redis.call('PTTL', key)
 if pttl == -2 or pttl > tonumber(ARGV[2]) then return 0 end
-local all, top, full, cutoff = ARGV[3], ARGV[4], ARGV[5] == '1', ARGV[6]
-local read, oldest = {}, nil
-for i = 7, #ARGV, 2 do
+local all, top, full = ARGV[3], ARGV[4], ARGV[5] == '1'
+local last = 6 + 2 * tonumber(ARGV[6])
+local oldest = nil
+for i = 7, last, 2 do
   redis.call('ZADD', key, ARGV[i], ARGV[i + 1])
-  read[ARGV[i + 1]] = true
   if not oldest or tonumber(ARGV[i]) < tonumber(oldest) then oldest = ARGV[i] end
 end
 redis.call('ZREM', key, all, top)
-local low = '-inf'
-if full and oldest then
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. oldest)
-  low = oldest
-end
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', key, low, '(' .. cutoff)) do
-  if not read[member] then redis.call('ZREM', key, member) end
-end
+for i = last + 1, #ARGV do redis.call('ZREM', key, ARGV[i]) end
+if full and oldest then redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. oldest) end
 if full then redis.call('ZADD', key, 'inf', top) else redis.call('ZADD', key, 'inf', all) end
 redis.call('PEXPIRE', key, ARGV[1])
 return 1
@@ -255,6 +246,7 @@ class TweetCache(Tolerant):
         ttl_seconds: float,
         count_ttl_seconds: float = 30.0,
         recent_ttl_seconds: float = 30.0,
+        prune_recent: bool = True,
     ) -> None:
         super().__init__(redis)
         self._redis = redis
@@ -262,6 +254,8 @@ class TweetCache(Tolerant):
         self._count_ttl_ms = max(1, int(count_ttl_seconds * 1000))
         # A set is due for a refresh after recent_ttl_seconds, and lives RECENT_GRACE_SECONDS more.
         self._recent_life_ms = max(1, int((recent_ttl_seconds + RECENT_GRACE_SECONDS) * 1000))
+        # Whether a refresh may drop ids its store read did not find (reads at a quorum).
+        self._prune_recent = prune_recent
         self._like_script: AsyncScript | None = None
         # Told the authors whose recent-ids sets `recent` served past their refresh time.
         self.on_recent_due: Callable[[Iterable[int]], None] | None = None
@@ -473,37 +467,57 @@ class TweetCache(Tolerant):
             await pipe.execute()
 
     @tolerant(dict)
-    async def recent_due(self, authors: Sequence[int]) -> dict[int, bool]:
-        """Whether each author's recent-ids set is past its refresh time; authors whose set
-        is gone, or whose node did not answer, are left out."""
+    async def recent_due(self, authors: Sequence[int]) -> dict[int, set[int]]:
+        """The authors whose recent-ids set is past its refresh time, each with the ids
+        the set holds now (before the caller reads the store); sets gone, not due, or on a
+        node that did not answer are left out."""
         if not authors:
             return {}
 
         def queue(pipe: Any) -> None:
             for author in authors:
                 pipe.pttl(tweet_key("author_recent", author))
+                pipe.zrevrange(tweet_key("author_recent", author), 0, -1)
 
         replies = raise_if_all_unanswered(await run_reads(self._redis, queue))
-        return {
-            a: recent_due(int(pttl))
-            for a, pttl in zip(authors, replies, strict=True)
-            if not isinstance(pttl, Exception) and int(pttl) != -2
-        }
+        due: dict[int, set[int]] = {}
+        for author, pttl, members in zip(authors, replies[::2], replies[1::2], strict=True):
+            if isinstance(pttl, Exception) or isinstance(members, Exception) or pttl == -2 or not recent_due(pttl):
+                continue
+            due[author] = {int(m) for m in (_text(m) for m in members) if m not in (ALL, TOP)}
+        return due
 
     @tolerant(set)
-    async def refresh_recent(self, recent: dict[int, list[int]], read_at_ms: float) -> set[int]:
+    async def refresh_recent(
+        self, recent: dict[int, list[int]], held: dict[int, set[int]], read_at_ms: float
+    ) -> set[int]:
         """Makes each author's set still past its refresh time the newest RECENT_DEPTH ids
-        read from the store at `read_at_ms` and the posts since, and renews its lifetime
-        (REFRESH_RECENT_SCRIPT); returns the authors renewed."""
+        read from the store at `read_at_ms` (`recent`) and the posts added since, and renews
+        its lifetime (REFRESH_RECENT_SCRIPT); returns the authors renewed. `held`: what
+        each set held before the store read (`recent_due`). Of those, ids the read should
+        have found and did not are dropped (a delete whose removal from Redis was lost):
+        older than the read's start less RECENT_SETTLE_SECONDS (a post's id is made before
+        its store write) and, after a full read, not older than its oldest id. Ids added
+        after `held` was read are never dropped, nor any when the store's reads may miss
+        acknowledged writes (`prune_recent` off: consistency ONE)."""
         if not recent:
             return set()
-        cutoff = int(read_at_ms - RECENT_SETTLE_SECONDS * 1000)
+        cutoff = read_at_ms - RECENT_SETTLE_SECONDS * 1000
         async with self._redis.pipeline(transaction=False) as pipe:
             for author, ids in recent.items():
+                full = len(ids) >= RECENT_DEPTH
+                oldest = min(ids, default=0)
+                read = set(ids)
+                stale = [
+                    t
+                    for t in held.get(author, set())
+                    if self._prune_recent and t not in read and id_time_ms(t) < cutoff and (not full or t >= oldest)
+                ]
                 args: list[int | str] = [self._recent_life_ms, int(RECENT_GRACE_SECONDS * 1000), ALL, TOP]
-                args += [int(len(ids) >= RECENT_DEPTH), cutoff]
+                args += [int(full), len(ids)]
                 for tweet_id in ids:
                     args += [id_time_ms(tweet_id), str(tweet_id)]
+                args += [str(t) for t in stale]
                 pipe.eval(REFRESH_RECENT_SCRIPT, 1, tweet_key("author_recent", author), *args)
             replies = await pipe.execute()
         return {a for a, done in zip(recent, replies, strict=True) if done == 1}

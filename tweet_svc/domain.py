@@ -204,12 +204,13 @@ class Tweets:
         """Merges the store's newest ids into these authors' cached recent-ids sets that are
         past their refresh time, and renews them (tweet_svc/cache.py); returns those renewed."""
         _check_batch(author_ids, "author_ids")
-        due = [a for a, is_due in (await self._cache.recent_due(list(dict.fromkeys(author_ids)))).items() if is_due]
-        if not due:
+        held = await self._cache.recent_due(list(dict.fromkeys(author_ids)))
+        if not held:
             return set()
         read_at_ms = time.time() * 1000
+        due = list(held)
         lists = await asyncio.gather(*(self._store.author_tweet_ids(a, RECENT_DEPTH, None) for a in due))
-        return await self._cache.refresh_recent(dict(zip(due, lists, strict=True)), read_at_ms)
+        return await self._cache.refresh_recent(dict(zip(due, lists, strict=True)), held, read_at_ms)
 
     async def _filled_recent(self, authors: list[int], limit: int) -> dict[int, list[int]]:
         """The newest `limit` ids of authors the cache missed, each author loaded and

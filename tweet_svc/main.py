@@ -36,7 +36,15 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     await store.prepare()
     peers = Peers(graph_target=cfg.graph_target)
     redis = connect_redis(common.redis_url)
-    cache = TweetCache(redis, cfg.tweet_cache_seconds, cfg.like_count_cache_seconds, cfg.author_recent_cache_seconds)
+    cache = TweetCache(
+        redis,
+        cfg.tweet_cache_seconds,
+        cfg.like_count_cache_seconds,
+        cfg.author_recent_cache_seconds,
+        # A refresh drops ids its store read did not find only if that read sees every
+        # acknowledged post (a quorum).
+        prune_recent=cfg.common.cql_consistency not in ("ONE", "LOCAL_ONE"),
+    )
     tweets = Tweets(
         store,
         cache,

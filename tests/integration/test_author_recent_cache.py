@@ -33,7 +33,7 @@ async def test_a_fill_from_an_older_read_never_hides_a_newer_post(redis: RedisCl
         # Due for a refresh TTL_SECONDS after the fill, kept RECENT_GRACE_SECONDS after that.
         life = (TTL_SECONDS + RECENT_GRACE_SECONDS) * 1000
         assert life - 5000 < await redis.pttl(tweet_key("author_recent", author)) <= life
-        assert await cache.recent_due([author]) == {author: False}
+        assert await cache.recent_due([author]) == {}  # not due
     finally:
         await redis.delete(tweet_key("author_recent", author))
 
@@ -83,25 +83,29 @@ async def test_a_set_past_its_refresh_time_becomes_the_store_read_and_the_posts_
     key = tweet_key("author_recent", author)
     read_at = time.time() * 1000
     old = made_at(int(read_at) - 3_600_000, 4)  # an hour before the store read
-    deleted = old[1]
+    deleted = old[1]  # deleted, its removal from Redis lost
     lost = made_at(int(read_at) - 60_000, 1)[0]  # posted a minute before it, its Redis write lost
     posted = made_at(int(read_at) + 1, 1)[0]  # posted after it
     settling = made_at(int(read_at) - 2_000, 1)[0]  # still being written when the store was read
+    retried = made_at(int(read_at) - 600_000, 1)[0]  # a retry's post, its id claimed 10 minutes before
     try:
         await cache.fill_recent({author: old})  # every tweet of the author: ALL
-        assert await cache.refresh_recent({author: old}, read_at) == set()  # not due yet: left
-        await cache.add_recent(author, posted)
         await cache.add_recent(author, settling)
+        assert await cache.recent_due([author]) == {}  # not due yet
         await redis.pexpire(key, int(RECENT_GRACE_SECONDS * 1000))  # as if filled TTL_SECONDS ago
-        assert await cache.recent_due([author, gone]) == {author: True}  # gone: left out
+        held = await cache.recent_due([author, gone])  # read before the store read; gone: left out
+        assert held == {author: {*old, settling}}
+        await cache.add_recent(author, posted)  # both added after `held` was read
+        await cache.add_recent(author, retried)
 
-        # The store has `lost`, and no longer `deleted` (its removal from the set was lost).
+        # The store has `lost`, and no longer `deleted`.
         read = sorted([lost, *(t for t in old if t != deleted)], reverse=True)
-        assert await cache.refresh_recent({author: read}, read_at) == {author}
-        assert await cache.recent([author], 20) == {author: [posted, settling, *read]}  # ALL: every tweet
-        assert await cache.recent_due([author]) == {author: False}  # renewed
-        assert await cache.refresh_recent({author: []}, read_at) == set()  # a second refresh leaves it
-        assert await cache.refresh_recent({gone: [posted]}, read_at) == set()  # a gone set is a reader's to fill
+        assert await cache.refresh_recent({author: read}, held, read_at) == {author}
+        expected = sorted([posted, settling, retried, *read], reverse=True)
+        assert await cache.recent([author], 20) == {author: expected}  # ALL: every tweet
+        assert await cache.recent_due([author]) == {}  # renewed
+        assert await cache.refresh_recent({author: []}, {author: set(expected)}, read_at) == set()  # left
+        assert await cache.refresh_recent({gone: [posted]}, {}, read_at) == set()  # a gone set is a reader's to fill
         assert await redis.exists(tweet_key("author_recent", gone)) == 0
     finally:
         await redis.delete(key)
@@ -119,11 +123,28 @@ async def test_after_a_full_store_read_the_set_keeps_what_the_read_covers(redis:
         await cache.fill_recent({author: older[:2]})
         await cache.fill_recent({author: newest})  # both fills merged: ALL and TOP
         await redis.pexpire(key, int(RECENT_GRACE_SECONDS * 1000))
+        held = await cache.recent_due([author])
         read = [t for t in newest if t != deleted] + older[:1]  # RECENT_DEPTH ids: a full read
-        assert await cache.refresh_recent({author: read}, read_at) == {author}
+        assert await cache.refresh_recent({author: read}, held, read_at) == {author}
         assert await cache.recent([author], RECENT_DEPTH) == {author: read}  # TOP: the newest RECENT_DEPTH
         assert await cache.recent([author], RECENT_DEPTH + 1) == {}  # and no more
         assert await redis.zcard(key) == RECENT_DEPTH + 1  # older ids than the read's oldest are gone
+    finally:
+        await redis.delete(key)
+
+
+async def test_with_reads_that_may_miss_writes_a_refresh_drops_nothing_it_did_not_read(redis: RedisClient) -> None:
+    cache = TweetCache(redis, ttl_seconds=60, recent_ttl_seconds=TTL_SECONDS, prune_recent=False)
+    author = IdGenerator(912).next_id()
+    key = tweet_key("author_recent", author)
+    read_at = time.time() * 1000
+    old = made_at(int(read_at) - 3_600_000, 3)
+    try:
+        await cache.fill_recent({author: old})
+        await redis.pexpire(key, int(RECENT_GRACE_SECONDS * 1000))
+        held = await cache.recent_due([author])
+        assert await cache.refresh_recent({author: old[1:]}, held, read_at) == {author}  # a replica behind
+        assert await cache.recent([author], 20) == {author: old}
     finally:
         await redis.delete(key)
 

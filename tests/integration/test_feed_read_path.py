@@ -130,8 +130,9 @@ class Peers:
     async def refresh_recent(self, author_ids: Sequence[int]) -> None:
         """As tweet_svc's ListRecentTweetIds with `refresh`: the store holds what the sets do."""
         self.calls.append(f"RefreshRecent {sorted(author_ids)}")
-        held = await self.tweets.recent(author_ids, 20)
-        await self.tweets.refresh_recent({a: held.get(a, []) for a in author_ids}, time.time() * 1000)
+        held = await self.tweets.recent_due(author_ids)
+        read = {a: sorted(ids, reverse=True) for a, ids in held.items()}
+        await self.tweets.refresh_recent(read, held, time.time() * 1000)
 
     async def refresh_like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         """As tweet_svc's BatchGetLikeCounts with `refresh`: rebuilt from the store's counts (8 here)."""
