@@ -204,14 +204,25 @@ def parse_reads(tweet_ids: Sequence[int], replies: Sequence[Any], now_ms: float 
             found.deleted.add(tweet_id)
         elif raw[:1] == bytes((_TWEET_ID_TAG,)):
             found.bodies[tweet_id] = raw
+    found.counts, found.due = parse_counts(tweet_ids, replies[n : 2 * n], now_ms)
+    return found
+
+
+def parse_counts(
+    tweet_ids: Sequence[int], replies: Sequence[Any], now_ms: float | None = None
+) -> tuple[dict[int, int], set[int]]:
+    """The counts of the HMGETs of COUNT_FIELDS, one reply per id (an error or a hash
+    without `n` is a miss), and the ids among them past their refresh time."""
     now = time.time() * 1000 if now_ms is None else now_ms
-    for tweet_id, raw in zip(tweet_ids, replies[n : 2 * n], strict=True):
+    counts: dict[int, int] = {}
+    due: set[int] = set()
+    for tweet_id, raw in zip(tweet_ids, replies, strict=True):
         if raw is None or isinstance(raw, Exception) or raw[0] is None:
             continue
-        found.counts[tweet_id] = max(0, int(raw[0]))
+        counts[tweet_id] = max(0, int(raw[0]))
         if count_due(raw[1], now):
-            found.due.add(tweet_id)
-    return found
+            due.add(tweet_id)
+    return counts, due
 
 
 def count_due(refresh_at: bytes | str | None, now_ms: float) -> bool:

@@ -93,6 +93,7 @@ from common.tweet_cache import (
     count_due,
     decode_body,
     encode_body,
+    parse_counts,
     recent_due,
 )
 from tweet_svc.likes import LikeState
@@ -316,16 +317,7 @@ class TweetCache(Tolerant):
         # A count stored before the hash answers WRONGTYPE: a miss, replaced by the next write;
         # so is a count on a cluster node that did not answer.
         values = raise_if_all_unanswered(await run_reads(self._redis, queue))
-        now_ms = time.time() * 1000
-        counts: dict[int, int] = {}
-        due: set[int] = set()
-        for tweet_id, value in zip(tweet_ids, values, strict=True):
-            if value is None or isinstance(value, Exception) or value[0] is None:
-                continue
-            counts[tweet_id] = max(0, int(value[0]))
-            if count_due(value[1], now_ms):
-                due.add(tweet_id)
-        return counts, due
+        return parse_counts(tweet_ids, values)
 
     @tolerant(dict)
     async def refresh_due(self, tweet_ids: Sequence[int]) -> dict[int, str]:

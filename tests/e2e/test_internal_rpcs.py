@@ -18,6 +18,7 @@ from common.keys import tweet_key
 from infra import topology
 from tests.conftest import EDGE_URL, unique_name
 from tests.e2e.test_users import assert_error
+from tests.integration.test_durability import sign_in
 
 PASSWORD = "correct horse"
 # Every internal method under its current service and the public service that
@@ -91,6 +92,12 @@ def test_peers_still_reach_the_internal_services_on_the_service_ports(session: t
     assert [u.user_id for u in reply.users] == [user_id]
 
 
+def tweet_svc_channel() -> grpc.Channel:
+    """A channel to the first tweet_svc instance's own port, as its peers reach it."""
+    port = topology.instances(next(s for s in topology.SERVICES if s.name == "tweet_svc"))[0].port
+    return grpc.insecure_channel(f"{topology.HOST}:{port}")
+
+
 def test_like_counts_come_without_bodies_and_count_acknowledged_likes(edge: httpx.Client) -> None:
     """BatchGetLikeCounts, as feed_svc asks it for cached bodies whose counts expired."""
     author = unique_name()
@@ -100,8 +107,7 @@ def test_like_counts_come_without_bodies_and_count_acknowledged_likes(edge: http
     liked = int(edge.post("/v1/tweets", json={"text": "count me"}, headers=auth).json()["tweet"]["tweet_id"])
     other = int(edge.post("/v1/tweets", json={"text": "not me"}, headers=auth).json()["tweet"]["tweet_id"])
     assert edge.post(f"/v1/tweets/{liked}/like", headers=auth).status_code == 200
-    tweet_port = topology.instances(next(s for s in topology.SERVICES if s.name == "tweet_svc"))[0].port
-    with grpc.insecure_channel(f"{topology.HOST}:{tweet_port}") as channel:
+    with tweet_svc_channel() as channel:
         stub = tweet_internal_pb2_grpc.TweetInternalServiceStub(channel)
         reply = stub.BatchGetLikeCounts(
             tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=[liked, other]), timeout=5
@@ -114,10 +120,7 @@ def test_like_counts_come_without_bodies_and_count_acknowledged_likes(edge: http
 
 def test_a_like_count_past_its_refresh_time_is_rebuilt_from_the_store(edge: httpx.Client) -> None:
     """BatchGetLikeCounts with refresh, as feed_svc asks it after serving a count past its refresh time."""
-    author = unique_name()
-    edge.post("/v1/users", json={"username": author, "password": PASSWORD})
-    token = edge.post("/v1/sessions", json={"username": author, "password": PASSWORD}).json()["access_token"]
-    auth = {"Authorization": f"Bearer {token}"}
+    _, auth = sign_in(edge)
     tweet_id = int(edge.post("/v1/tweets", json={"text": "recount me"}, headers=auth).json()["tweet"]["tweet_id"])
     assert edge.post(f"/v1/tweets/{tweet_id}/like", headers=auth).status_code == 200
     key = tweet_key("like_count", tweet_id)
@@ -128,8 +131,7 @@ def test_a_like_count_past_its_refresh_time_is_rebuilt_from_the_store(edge: http
             time.sleep(0.2)
         # Past its refresh time, and off by a write-through that was lost.
         cache.hset(key, mapping={"t": 1, "c": 5, "n": 5})
-    tweet_port = topology.instances(next(s for s in topology.SERVICES if s.name == "tweet_svc"))[0].port
-    with grpc.insecure_channel(f"{topology.HOST}:{tweet_port}") as channel:
+    with tweet_svc_channel() as channel:
         stub = tweet_internal_pb2_grpc.TweetInternalServiceStub(channel)
         reply = stub.BatchGetLikeCounts(
             tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=[tweet_id], refresh=True), timeout=5
@@ -153,10 +155,7 @@ def test_a_like_count_past_its_refresh_time_is_rebuilt_from_the_store(edge: http
 
 def test_a_recent_ids_set_past_its_refresh_time_is_renewed_from_the_store(edge: httpx.Client) -> None:
     """ListRecentTweetIds with refresh, as feed_svc asks it after serving a set past its refresh time."""
-    author = unique_name()
-    user_id = int(edge.post("/v1/users", json={"username": author, "password": PASSWORD}).json()["user"]["user_id"])
-    token = edge.post("/v1/sessions", json={"username": author, "password": PASSWORD}).json()["access_token"]
-    auth = {"Authorization": f"Bearer {token}"}
+    user_id, auth = sign_in(edge)
     posted = [int(edge.post("/v1/tweets", json={"text": t}, headers=auth).json()["tweet"]["tweet_id"]) for t in "ab"]
     page = edge.get(f"/v1/users/{user_id}/tweets", params={"page_size": 10}).json()["tweets"]
     assert [int(t["tweet_id"]) for t in page] == posted[::-1]  # the set is filled
@@ -164,8 +163,7 @@ def test_a_recent_ids_set_past_its_refresh_time_is_renewed_from_the_store(edge: 
     with redis.Redis(host=topology.HOST, port=topology.REDIS_PORT) as cache:
         cache.zrem(key, str(posted[1]))  # a post whose write to Redis was lost
         cache.pexpire(key, 5000)  # and the set past its refresh time
-        tweet_port = topology.instances(next(s for s in topology.SERVICES if s.name == "tweet_svc"))[0].port
-        with grpc.insecure_channel(f"{topology.HOST}:{tweet_port}") as channel:
+        with tweet_svc_channel() as channel:
             stub = tweet_internal_pb2_grpc.TweetInternalServiceStub(channel)
             reply = stub.ListRecentTweetIds(
                 tweet_internal_pb2.ListRecentTweetIdsRequest(author_ids=[user_id], refresh=True), timeout=5
