@@ -21,6 +21,11 @@ the policies every Chirp process uses against the CQL store.
   statements, and we keep it to point and slice reads: writes are never
   doubled, nor are aggregates and scans (COUNT, DISTINCT, no WHERE), which
   are slow because they are big, not because a replica stalls.
+- A connection the server closes (a node killed or stopped) tells its pool at
+  once (`pool_notifying`), so the node is marked down and skipped before the
+  next statement for it: the driver only learned of it when a request on the
+  connection failed, and the first statement to borrow the closed connection
+  otherwise blocked the calling thread, the service's event loop, for 2 s.
 - `CQL_UNAVAILABLE_ERRORS` lists the errors that mean "the store is
   unreachable or overloaded" (503, retried by the edge). Every other driver
   error, a bad query above all, is a bug and maps to INTERNAL.
@@ -34,6 +39,7 @@ import logging
 import os
 import re
 import time
+import weakref
 from collections import namedtuple
 from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any
@@ -49,7 +55,7 @@ from cassandra import (
 )
 from cassandra import policies as driver_policies
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, ResponseFuture, Session
-from cassandra.connection import ConnectionBusy, ConnectionException
+from cassandra.connection import Connection, ConnectionBusy, ConnectionException
 from cassandra.policies import ConstantSpeculativeExecutionPolicy, DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
@@ -128,6 +134,57 @@ RECONNECT_MAX_SECONDS = 10.0
 # sleeps (the select backend's own cap is about a minute).
 STANDING_TIMER_SECONDS = 600.0
 _standing_timers: set[tuple[type, int]] = set()  # (reactor class, pid): a forked child has a new reactor
+
+
+# A pool learns that its connection closed only when a request on it fails, or from the
+# heartbeat (every 30 s). Until then the host stays up, and the next statement routed to it
+# borrows the closed connection: HostConnection.borrow_connection waits on it for 2 s, in the
+# thread that sent the statement (the event loop), before it gives up and the host is marked
+# down (scylladb/python-driver#345). A node's death then froze each process for 2 s.
+_notifying_classes: dict[type, type] = {}
+
+
+class _TellsPoolOnClose:
+    """Mixed into the driver's connection class: a connection closed while its pool still
+    holds it (the server closed it, or its socket failed) is handed back to the pool at
+    once, as the heartbeat does for a closed connection it finds. The pool then marks the
+    host down and starts reconnecting. A close the pool makes itself (shutdown,
+    replacement, excess) is of a connection the pool no longer holds, and is left alone."""
+
+    sessions: weakref.WeakSet[Session]
+    is_closed: bool
+    features: Any
+
+    def close(self) -> None:
+        first = not self.is_closed
+        super().close()  # type: ignore[misc]
+        if first:
+            for session in list(self.sessions):
+                hand_back_if_held(session, self)
+
+
+def hand_back_if_held(session: Session, connection: Any) -> bool:
+    """Hand `connection`, closed, back to the pool of `session` that holds it (from the
+    driver's executor: the pool may mark its host down, which takes locks); whether one did."""
+    shard = getattr(getattr(connection, "features", None), "shard_id", None)
+    for pool in list(getattr(session, "_pools", {}).values()):
+        if pool.is_shutdown or pool._connections.get(shard) is not connection:
+            continue
+        try:
+            session.submit(pool.return_connection, connection, stream_was_orphaned=True)
+        except RuntimeError:  # the cluster is shutting down: its executor takes nothing
+            return False
+        return True
+    return False
+
+
+def pool_notifying(base: type[Connection]) -> type[Connection]:
+    """`base` (the driver's reactor connection class) whose closes tell their pool."""
+    if base not in _notifying_classes:
+        _notifying_classes[base] = type(
+            f"PoolNotifying{base.__name__}", (_TellsPoolOnClose, base), {"sessions": weakref.WeakSet()}
+        )
+    return _notifying_classes[base]
 
 
 def is_read(query: str) -> bool:
@@ -317,6 +374,7 @@ class CqlSession:
             # The driver's default backs off to 600 s: a node back from a restart would carry
             # none of this process's load for minutes. Gossip's UP event also reconnects at once.
             reconnection_policy=driver_policies.ExponentialReconnectionPolicy(0.5, RECONNECT_MAX_SECONDS),
+            connection_class=pool_notifying(Cluster.connection_class),
         )
         loop = asyncio.get_running_loop()
         try:
@@ -324,6 +382,7 @@ class CqlSession:
         except BaseException:
             cluster.shutdown()  # its threads and connections, or the process never exits
             raise
+        cluster.connection_class.sessions.add(session)
         keep_a_timer_pending(cluster.connection_class)
         return cls(cluster, session, default_timeout, ping_query=ping_query(cluster.metadata.keyspaces))
 

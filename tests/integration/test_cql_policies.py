@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -246,6 +246,23 @@ def test_migration_leaves_the_running_keyspace_as_it_is() -> None:
 DOWN_NODE = "cassandra-2"
 
 
+# The heartbeat, the driver's other way to find a closed connection, runs every 30 s.
+HOST_DOWN_WITHIN_SECONDS = 3.0
+
+
+def _node_host(name: str) -> str:
+    return next(node.host for node in topology.cassandra_nodes() if node.name == name)
+
+
+async def _eventually(check: Callable[[], bool], within: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
 @pytest.fixture(scope="module")
 async def cluster_cql() -> AsyncIterator[CqlSession]:
     session = await _connect()
@@ -281,8 +298,14 @@ async def test_rf3_reads_and_writes_succeed_with_one_node_down(cluster_cql: CqlS
     for user_id, name in before.items():
         await cluster_cql.execute(upsert, (user_id, name, "", datetime.now(UTC)))
 
+    down = next(h for h in cluster_cql._cluster.metadata.all_hosts() if h.address == _node_host(DOWN_NODE))
+    assert down.is_up
     stack.kill(DOWN_NODE)
     try:
+        # No statement was in flight: the driver learns of the death from the connection the
+        # node's kernel closed (common/cql.py, pool_notifying), not from the next statement
+        # routed there, which would otherwise block the event loop for 2 s first.
+        assert await _eventually(lambda: not down.is_up, HOST_DOWN_WITHIN_SECONDS), "host still up"
         # Every key has a replica on the dead node; LOCAL_QUORUM needs the other two.
         for user_id, name in before.items():
             rows = await cluster_cql.execute(read, (user_id,))
