@@ -116,6 +116,13 @@ CASSANDRA_FAST_START_OPTS = (
 # (an acknowledged batch is already at quorum everywhere); losing the coordinator and that
 # copy together means losing two of three nodes. A single node has no other to pick.
 CASSANDRA_BATCHLOG_OPTS = ("-Dcassandra.batchlog.required_replica_count=1",)
+# Until the killed node is convicted, a coordinator that picked it for the batchlog copy answers
+# WriteTimeout(BATCH_LOG) after write_request_timeout. At Cassandra's 2 s, the clients' own 2 s
+# timeout came first and the batch failed; at 1 s the driver has time to send it to another
+# coordinator, which picks again (common/cql.py, RetryPolicy: the batches are idempotent). The
+# single node keeps the default.
+CLUSTER_WRITE_TIMEOUT = "1000ms"
+SINGLE_WRITE_TIMEOUT = "2000ms"
 
 COMMON_JVM_OPTS = (
     "-XX:+UseG1GC",
@@ -382,6 +389,7 @@ def _cassandra_values(state: Path, node: StoreNode, cluster: list[StoreNode]) ->
         "seeds": cluster[0].host,
         "hinted_handoff": "true" if _is_cluster(cluster) else "false",
         "dynamic_snitch": "true" if _is_cluster(cluster) else "false",
+        "write_request_timeout": CLUSTER_WRITE_TIMEOUT if _is_cluster(cluster) else SINGLE_WRITE_TIMEOUT,
         "commitlog_sync": _commitlog_sync(),
     }
 

@@ -180,7 +180,9 @@ def test_the_single_broker_runs_fewer_threads_and_heartbeats_than_the_clusters(
     assert jvm.kafka_fingerprint(ROOT, state, brokers[1], brokers, 3, 2) != before
 
 
-def test_only_the_clusters_nodes_rank_replicas_with_the_dynamic_snitch(tmp_path: Path) -> None:
+def test_only_the_clusters_nodes_rank_replicas_with_the_dynamic_snitch_and_time_writes_out_at_1_s(
+    tmp_path: Path,
+) -> None:
     """A single node has no other replica to rank; its config turns the snitch's 100 ms re-scoring off."""
     deps = tmp_path / "deps"
     (deps / "cassandra").mkdir(parents=True)
@@ -188,14 +190,18 @@ def test_only_the_clusters_nodes_rank_replicas_with_the_dynamic_snitch(tmp_path:
     state = tmp_path / "state"
     nodes = [topology.StoreNode("cassandra", f"cassandra-{i}", f"127.0.0.{i}", 9042, i) for i in (1, 2, 3)]
 
-    def snitch(node: topology.StoreNode, cluster: list[topology.StoreNode]) -> str:
+    def setting(node: topology.StoreNode, cluster: list[topology.StoreNode], key: str = "dynamic_snitch") -> str:
         jvm.cassandra_command(ROOT, deps, state, node, cluster)
         config = (state / "conf" / f"{node.name}.yaml").read_text().splitlines()
-        (line,) = [line for line in config if line.startswith("dynamic_snitch:")]
+        (line,) = [line for line in config if line.startswith(f"{key}:")]
         return line.split(":", 1)[1].strip()
 
-    assert snitch(nodes[0], nodes[:1]) == "false"
-    assert snitch(nodes[1], nodes) == "true"
+    assert setting(nodes[0], nodes[:1]) == "false"
+    assert setting(nodes[1], nodes) == "true"
+    # A cluster coordinator gives up on an unconvicted node's batchlog copy within the clients'
+    # 2 s, so the driver can send the batch to another; the single node keeps the default.
+    assert setting(nodes[1], nodes, "write_request_timeout") == "1000ms"
+    assert setting(nodes[0], nodes[:1], "write_request_timeout") == "2000ms"
 
 
 def test_the_single_redis_runs_its_timer_at_hz_2_and_a_changed_config_restarts_it(
