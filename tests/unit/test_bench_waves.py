@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.load import OK, SHED, Outcome
-from bench.waves import describe
+from bench.waves import describe, lifetime_window
 
 
 def test_a_window_counts_only_its_own_requests_by_their_scheduled_second() -> None:
@@ -14,3 +14,9 @@ def test_a_window_counts_only_its_own_requests_by_their_scheduled_second() -> No
 
     assert describe(outcome, rate, 1, 3) == "3 errors, p50 4.0 ms, p99 90.0 ms, max 90 ms, slowest second 2 ok"
     assert describe(outcome, rate, 0, 1).startswith("0 errors, p50 1.0 ms")
+
+
+def test_the_lifetime_window_covers_the_last_fifth_of_the_warm_up_s_fills_and_3_s_either_side() -> None:
+    # filled 16.5 s before the run began, 90 s lifetimes end 55.5-73.5 s into it
+    assert lifetime_window(90.0, 16.5) == ("bodies' and follow lists' lifetime ends", 52, 77)
+    assert lifetime_window(10.0, 16.5)[1:] == (0, 0)  # over before the run: nothing to look at
