@@ -152,15 +152,21 @@ class _TellsPoolOnClose:
     replacement, excess) is of a connection the pool no longer holds, and is left alone."""
 
     sessions: weakref.WeakSet[Session]
-    is_closed: bool
+    lock: Any
     features: Any
+    _pool_told = False
 
     def close(self) -> None:
-        first = not self.is_closed
         super().close()  # type: ignore[misc]
-        if first:
+        with self.lock:  # the I/O thread and the heartbeat's defunct() may both close it
+            if self._pool_told:
+                return
+            self._pool_told = True
+        try:
             for session in list(self.sessions):
                 hand_back_if_held(session, self)
+        except Exception:  # close() must finish: the driver fails its in-flight requests after it
+            log.exception("could not hand a closed CQL connection back to its pool")
 
 
 def hand_back_if_held(session: Session, connection: Any) -> bool:
@@ -168,14 +174,26 @@ def hand_back_if_held(session: Session, connection: Any) -> bool:
     driver's executor: the pool may mark its host down, which takes locks); whether one did."""
     shard = getattr(getattr(connection, "features", None), "shard_id", None)
     for pool in list(getattr(session, "_pools", {}).values()):
-        if pool.is_shutdown or pool._connections.get(shard) is not connection:
+        if not _holds(pool, shard, connection):
             continue
         try:
-            session.submit(pool.return_connection, connection, stream_was_orphaned=True)
+            session.submit(_hand_back, pool, shard, connection)
         except RuntimeError:  # the cluster is shutting down: its executor takes nothing
             return False
         return True
     return False
+
+
+def _holds(pool: Any, shard: int | None, connection: Any) -> bool:
+    return not pool.is_shutdown and pool._connections.get(shard) is connection
+
+
+def _hand_back(pool: Any, shard: int | None, connection: Any) -> None:
+    # Checked again where it runs: had the host been marked down by another path and come
+    # back meanwhile, its new pool holds new connections, and this one must not shut it.
+    if _holds(pool, shard, connection):
+        # orphaned: no stream was borrowed for this, so the pool's count of them stays
+        pool.return_connection(connection, stream_was_orphaned=True)
 
 
 def pool_notifying(base: type[Connection]) -> type[Connection]:

@@ -119,8 +119,9 @@ CASSANDRA_BATCHLOG_OPTS = ("-Dcassandra.batchlog.required_replica_count=1",)
 # Until the killed node is convicted, a coordinator that picked it for the batchlog copy answers
 # WriteTimeout(BATCH_LOG) after write_request_timeout. At Cassandra's 2 s, the clients' own 2 s
 # timeout came first and the batch failed; at 1 s the driver has time to send it to another
-# coordinator, which picks again (common/cql.py, RetryPolicy: the batches are idempotent). The
-# single node keeps the default.
+# coordinator, which picks again (common/cql.py, RetryPolicy: the batches are idempotent). It also
+# bounds a lightweight transaction's Paxos rounds: an LWT slower than 1 s there fails (docs/RELIABILITY.md).
+# The single node keeps the default.
 CLUSTER_WRITE_TIMEOUT = "1000ms"
 SINGLE_WRITE_TIMEOUT = "2000ms"
 

@@ -6,6 +6,7 @@ tests/integration/test_cql_policies.py (cluster topology)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ class Features:
 
 class FakeConnection:
     def __init__(self) -> None:
+        self.lock = threading.RLock()
         self.is_closed = False
         self.features = Features()
         self.closes = 0
@@ -44,16 +46,21 @@ class FakePool:
 
 
 class FakeSession:
+    """Runs what is submitted when told (`run`), as the driver's executor would, later."""
+
     def __init__(self, *pools: FakePool, executor_open: bool = True) -> None:
         self._pools = {f"host{i}": pool for i, pool in enumerate(pools)}
         self.executor_open = executor_open
-        self.submitted = 0
+        self.submitted: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
 
-    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         if not self.executor_open:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        self.submitted += 1
-        fn(*args, **kwargs)
+        self.submitted.append((fn, args))
+
+    def run(self) -> None:
+        for fn, args in self.submitted:
+            fn(*args)
 
 
 def test_a_held_connection_goes_back_to_its_own_pool_as_an_orphaned_stream() -> None:
@@ -61,6 +68,8 @@ def test_a_held_connection_goes_back_to_its_own_pool_as_an_orphaned_stream() -> 
     mine, other = FakePool({None: conn}), FakePool({None: FakeConnection()})
     session = FakeSession(other, mine)
     assert hand_back_if_held(session, conn)
+    assert mine.returned == []  # not in the closing thread (the reactor's)
+    session.run()
     # orphaned: the pool must not count a request finishing on it
     assert mine.returned == [(conn, True)]
     assert other.returned == []
@@ -79,8 +88,21 @@ def test_a_shard_aware_pool_is_matched_on_the_connection_s_shard() -> None:
     conn = FakeConnection()
     conn.features.shard_id = 1
     pool = FakePool({0: FakeConnection(), 1: conn})
-    assert hand_back_if_held(FakeSession(pool), conn)
+    session = FakeSession(pool)
+    assert hand_back_if_held(session, conn)
+    session.run()
     assert pool.returned == [(conn, True)]
+
+
+def test_a_pool_that_let_go_of_it_before_the_executor_ran_is_left_alone() -> None:
+    """Marked down by another path and back meanwhile: the host's new pool must not be shut."""
+    conn = FakeConnection()
+    pool = FakePool({None: conn})
+    session = FakeSession(pool)
+    assert hand_back_if_held(session, conn)
+    pool.is_shutdown = True
+    session.run()
+    assert pool.returned == []
 
 
 def test_a_cluster_shutting_down_takes_nothing_and_raises_nothing() -> None:
@@ -100,8 +122,27 @@ def test_the_connection_class_hands_back_on_its_first_close_only() -> None:
     try:
         conn.close()
         conn.close()  # the pool's own close of what it got back
+        session.run()
         assert conn.closes == 2 and conn.is_closed
         assert pool.returned == [(conn, True)]
-        assert session.submitted == 1
+        assert len(session.submitted) == 1
     finally:
         notifying.sessions.discard(session)
+
+
+class BrokenSession:
+    @property
+    def _pools(self) -> dict[str, Any]:
+        raise AttributeError("a driver whose pools moved")
+
+
+def test_a_failing_hand_back_does_not_break_the_close() -> None:
+    notifying = pool_notifying(FakeConnection)
+    conn: Any = notifying()
+    broken = BrokenSession()
+    notifying.sessions.add(broken)
+    try:
+        conn.close()  # logged, not raised: the driver fails the in-flight requests after it
+        assert conn.is_closed
+    finally:
+        notifying.sessions.discard(broken)
