@@ -1,6 +1,9 @@
 """Tweet bodies and like counts cached in Redis.
 
-A body never changes, so it is cached for minutes (cache-aside). A delete
+A body never changes, so it is cached for minutes (cache-aside), and a body
+being read is renewed rather than refilled: each like-count refresh a read asks
+for (`refresh_due` below) gives its tweet's body a whole lifetime again
+(`renew_bodies`), so bodies filled together do not expire together. A delete
 leaves a short-lived marker, so no reader can be served a deleted tweet from
 the cache. Should Redis be unreachable at the delete, the fan-out worker
 writes the same marker (common/cache.py) from the tweet_deleted event, its
@@ -291,6 +294,18 @@ class TweetCache(Tolerant):
                 # NX: never overwrite a deletion marker with a body read just before the delete.
                 pipe.set(tweet_key("body", tweet.tweet_id), _encode(tweet), px=self._ttl_ms, nx=True)
             await pipe.execute()
+
+    @tolerant()
+    async def renew_bodies(self, tweet_ids: Sequence[int]) -> None:
+        """Gives the cached bodies of these tweets, being read, a whole lifetime again. A body
+        never changes (a delete overwrites it with its marker, which this only lengthens), so
+        no store read is needed; an id with nothing cached stays a miss."""
+        if not tweet_ids:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tweet_id in tweet_ids:
+                pipe.pexpire(tweet_key("body", tweet_id), self._ttl_ms, gt=True)
+            await pipe.execute(raise_on_error=False)
 
     @tolerant()
     async def mark_deleted(self, tweet_id: int) -> None:

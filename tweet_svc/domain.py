@@ -290,11 +290,15 @@ class Tweets:
 
     async def refresh_like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         """Rebuilds from the store the like counts of these tweets that are past their
-        refresh time and unchanged since (tweet_svc/cache.py); returns those rebuilt."""
+        refresh time and unchanged since (tweet_svc/cache.py); returns those rebuilt.
+        Their cached bodies, being read, get a whole lifetime again: bodies filled
+        together (a warm-up, a cold start) would otherwise expire together, and every
+        read would wait on the store for them at once."""
         _check_batch(tweet_ids, "tweet_ids")
         for tweet_id in tweet_ids:
             _check_id(tweet_id, "tweet_ids")
-        due = await self._cache.refresh_due(list(dict.fromkeys(tweet_ids)))
+        ids = list(dict.fromkeys(tweet_ids))
+        due, _ = await asyncio.gather(self._cache.refresh_due(ids), self._cache.renew_bodies(ids))
         if not due:
             return {}
         stored = await self._store.like_counts(list(due))

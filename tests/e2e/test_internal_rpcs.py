@@ -129,6 +129,9 @@ def test_a_like_count_past_its_refresh_time_is_rebuilt_from_the_store(edge: http
         while cache.hmget(key, ["c", "u"]) != [b"1", b"0"]:  # the like worker folded it: stored, none pending
             assert time.monotonic() < deadline, f"the like was never folded: {cache.hgetall(key)}"
             time.sleep(0.2)
+        body = tweet_key("body", tweet_id)
+        assert edge.get(f"/v1/tweets/{tweet_id}").status_code == 200  # its body is cached
+        assert cache.pexpire(body, 5000)  # and near the end of its lifetime
         # Past its refresh time, and off by a write-through that was lost.
         cache.hset(key, mapping={"t": 1, "c": 5, "n": 5})
     with tweet_svc_channel() as channel:
@@ -137,6 +140,8 @@ def test_a_like_count_past_its_refresh_time_is_rebuilt_from_the_store(edge: http
             tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=[tweet_id], refresh=True), timeout=5
         )
         assert dict(reply.like_counts) == {tweet_id: 1}  # the store's count
+        with redis.Redis(host=topology.HOST, port=topology.REDIS_PORT) as cache:
+            assert cast(int, cache.pttl(body)) > 60_000  # the body, being read, renewed as well
         again = stub.BatchGetLikeCounts(
             tweet_internal_pb2.BatchGetLikeCountsRequest(tweet_ids=[tweet_id], refresh=True), timeout=5
         )
