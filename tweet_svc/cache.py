@@ -3,7 +3,10 @@
 A body never changes, so it is cached for minutes (cache-aside), and a body
 being read is renewed rather than refilled: each like-count refresh a read asks
 for (`refresh_due` below) gives its tweet's body a whole lifetime again
-(`renew_bodies`), so bodies filled together do not expire together. A delete
+(`renew_bodies`) if the store still has the tweet, so bodies filled together do
+not expire together, and a body whose deletion marker was lost still leaves
+within a lifetime. A change to what a body holds needs a new key prefix (as
+`tw:` became `tw2:`): a body read all along is never refilled. A delete
 leaves a short-lived marker, so no reader can be served a deleted tweet from
 the cache. Should Redis be unreachable at the delete, the fan-out worker
 writes the same marker (common/cache.py) from the tweet_deleted event, its
@@ -297,9 +300,9 @@ class TweetCache(Tolerant):
 
     @tolerant()
     async def renew_bodies(self, tweet_ids: Sequence[int]) -> None:
-        """Gives the cached bodies of these tweets, being read, a whole lifetime again. A body
-        never changes (a delete overwrites it with its marker, which this only lengthens), so
-        no store read is needed; an id with nothing cached stays a miss."""
+        """Gives the cached bodies of these tweets, being read and still in the store, a whole
+        lifetime again. A body never changes (a delete overwrites it with its marker, which
+        this only lengthens), so it is not read again; an id with nothing cached stays a miss."""
         if not tweet_ids:
             return
         async with self._redis.pipeline(transaction=False) as pipe:

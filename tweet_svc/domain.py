@@ -291,14 +291,17 @@ class Tweets:
     async def refresh_like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         """Rebuilds from the store the like counts of these tweets that are past their
         refresh time and unchanged since (tweet_svc/cache.py); returns those rebuilt.
-        Their cached bodies, being read, get a whole lifetime again: bodies filled
-        together (a warm-up, a cold start) would otherwise expire together, and every
-        read would wait on the store for them at once."""
+        Their cached bodies, being read, get a whole lifetime again (bodies filled
+        together, by a warm-up or a cold start, would otherwise expire together, and
+        every read would wait on the store for them at once), but only those the store
+        still has: a deleted tweet whose marker Redis lost (a restart from its
+        snapshot, a failover) must still leave the cache within a lifetime."""
         _check_batch(tweet_ids, "tweet_ids")
         for tweet_id in tweet_ids:
             _check_id(tweet_id, "tweet_ids")
         ids = list(dict.fromkeys(tweet_ids))
-        due, _ = await asyncio.gather(self._cache.refresh_due(ids), self._cache.renew_bodies(ids))
+        due, stored_ids = await asyncio.gather(self._cache.refresh_due(ids), self._store.existing(ids))
+        await self._cache.renew_bodies([t for t in ids if t in stored_ids])
         if not due:
             return {}
         stored = await self._store.like_counts(list(due))

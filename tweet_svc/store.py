@@ -40,6 +40,7 @@ STATEMENTS = {
     "delete_user_tweet": "DELETE FROM user_tweets WHERE author_id = ? AND bucket = ? AND tweet_id = ?",
     "delete_likes": "DELETE FROM tweet_likes WHERE tweet_id = ?",
     "get_tweets": "SELECT tweet_id, author_id, author_username, text, created_at FROM tweets WHERE tweet_id IN ?",
+    "existing": "SELECT tweet_id FROM tweets WHERE tweet_id IN ?",
     "like_counts": "SELECT tweet_id, like_count FROM tweet_likes WHERE tweet_id IN ? PER PARTITION LIMIT 1",
     "like_count": "SELECT like_count FROM tweet_likes WHERE tweet_id = ? LIMIT 1",
     "like_rows": "SELECT user_id, liked, version FROM tweet_likes WHERE tweet_id = ? AND user_id IN ?",
@@ -107,6 +108,13 @@ class TweetStore:
             return {}
         rows = await self._cql.execute(self._q["get_tweets"], (list(tweet_ids),))
         return {r.tweet_id: _record(r, 0) for r in rows}
+
+    async def existing(self, tweet_ids: Sequence[int]) -> set[int]:
+        """Which of these tweets the store still has (not deleted)."""
+        if not tweet_ids:
+            return set()
+        rows = await self._cql.execute(self._q["existing"], (list(tweet_ids),))
+        return {r.tweet_id for r in rows}
 
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         if not tweet_ids:
