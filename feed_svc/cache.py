@@ -12,6 +12,7 @@ act as misses instead.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -66,6 +67,19 @@ if redis.call('GET', KEYS[1]) ~= 'pending:' .. ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
+# KEYS: the list. ARGV: the SHA-1 of the value a refresh read, the list loaded after that
+# read, its ttl_ms. Returns 1 when it was stored: only over the value the refresh read, so
+# a follow or unfollow applied since (the key deleted, or filled again) keeps the refresh out.
+REFRESH_FOLLOWING_SCRIPT = """
+local value = redis.call('GET', KEYS[1])
+if not value or redis.sha1hex(value) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+# A follow list served in the last fifth of its lifetime is loaded again after the read
+# (HomeFeed), so lists filled together (a warm-up, a cold start) are not all missed, and
+# loaded by the readers waiting on them, when they expire together.
+FOLLOWING_REFRESH_FRACTION = 0.2
 # The registry's copy in Redis is reloaded from the CQL store this often, so a
 # mark lost with a failed-over primary, or an unmark that raced a load, lasts
 # at most this long.
@@ -114,11 +128,15 @@ class FeedCache(Tolerant):
         self._following_ttl = max(1, int(following_ttl * 1000))
         self._claim_following = redis.register_script(CLAIM_FOLLOWING_SCRIPT)
         self._fill_following = redis.register_script(FILL_FOLLOWING_SCRIPT)
+        self._refresh_following = redis.register_script(REFRESH_FOLLOWING_SCRIPT)
         # CHIRP_CELEBRITY_CACHE_SECONDS paces feed_svc's in-memory celebrity registry.
         self.celebrity_ttl_seconds = celebrity_ttl
         # Told the authors whose recent-ids sets a read served past their refresh time
         # (common/tweet_cache.py), for their renewal after the read (HomeFeed sets it).
         self.on_recent_due: Callable[[Iterable[int]], None] | None = None
+        # Told the readers whose follow list a read served past its refresh time
+        # (`following_due`), for its reload after the read (HomeFeed sets it).
+        self.on_following_due: Callable[[Iterable[int]], None] | None = None
 
     # ---- pushed timelines ---------------------------------------------------------
 
@@ -225,6 +243,7 @@ class FeedCache(Tolerant):
 
         def queue(pipe: Any) -> None:
             pipe.get(feed_key("following", user_id))
+            pipe.pttl(feed_key("following", user_id))
             if hidden:
                 pipe.get(hidden_key(user_id))
             _queue_timeline(pipe, user_id, before, limit)
@@ -232,8 +251,10 @@ class FeedCache(Tolerant):
                 pipe.zrevrange(tweet_key("author_recent", user_id), *recent_range(own_limit))
                 pipe.pttl(tweet_key("author_recent", user_id))
 
-        raw, *replies = partial_replies(await run_reads(self._redis, queue))
+        raw, following_pttl, *replies = partial_replies(await run_reads(self._redis, queue))
         reads = HomeReads(following=None if unanswered(raw) else _parse_following(raw), answered=True)
+        if reads.following is not None and self.on_following_due is not None and self.following_due(following_pttl):
+            self.on_following_due((user_id,))
         if hidden:
             reply = replies.pop(0)
             reads.answered = not unanswered(reply)  # a cluster node's keys: it alone missed
@@ -253,8 +274,43 @@ class FeedCache(Tolerant):
         self, user_id: int, accounts: Sequence[tuple[int, int]], complete: bool, token: str
     ) -> None:
         """Fill the follow list if the marker of `token` (`claim_following`) is still there."""
-        value = ",".join(f"{a}:{c}" for a, c in accounts) + ("" if complete else f";{TRUNCATED}")
+        value = _following_value(accounts, complete)
         await self._fill_following(keys=[feed_key("following", user_id)], args=[token, value, self._following_ttl])
+
+    def following_due(self, pttl_ms: Any) -> bool:
+        """Whether a follow list whose PTTL is `pttl_ms` is past its refresh time (one with
+        no expiry, -1, is: a fill always sets one)."""
+        if not isinstance(pttl_ms, int):
+            return False  # not answered
+        return pttl_ms == -1 or 0 <= pttl_ms <= self._following_ttl * FOLLOWING_REFRESH_FRACTION
+
+    @tolerant(dict)
+    async def following_digests(self, user_ids: Sequence[int]) -> dict[int, str]:
+        """The SHA-1 of each reader's cached follow list, for `refresh_following`; readers
+        with none (a miss, a reader's PENDING marker, a node that did not answer) are left out."""
+
+        def queue(pipe: Any) -> None:
+            for user_id in user_ids:
+                pipe.get(feed_key("following", user_id))
+
+        replies = partial_replies(await run_reads(self._redis, queue))
+        return {
+            user_id: hashlib.sha1(raw if isinstance(raw, bytes) else raw.encode()).hexdigest()
+            for user_id, raw in zip(user_ids, replies, strict=True)
+            if not unanswered(raw) and _parse_following(raw) is not None
+        }
+
+    @tolerant()
+    async def refresh_following(
+        self, user_id: int, digest: str, accounts: Sequence[tuple[int, int]], complete: bool
+    ) -> bool:
+        """Replace the follow list whose SHA-1 `following_digests` gave with `accounts`,
+        loaded after it, for a whole lifetime; False (nothing stored) if the key changed since."""
+        stored = await self._refresh_following(
+            keys=[feed_key("following", user_id)],
+            args=[digest, _following_value(accounts, complete), self._following_ttl],
+        )
+        return bool(stored)
 
     async def drop_following(self, user_id: int) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -400,6 +456,11 @@ def _raised(replies: list[Any]) -> list[Any]:
         if isinstance(reply, Exception):
             raise reply
     return replies
+
+
+def _following_value(accounts: Sequence[tuple[int, int]], complete: bool) -> str:
+    """A follow list as the cache holds it (`_parse_following` reads it)."""
+    return ",".join(f"{a}:{c}" for a, c in accounts) + ("" if complete else f";{TRUNCATED}")
 
 
 def _parse_following(raw: bytes | str | None) -> tuple[list[tuple[int, int]], bool] | None:

@@ -54,6 +54,10 @@ TIMELINE_READS = Counter("chirp_timeline_cache_total", "Home timeline reads by R
 # Looked up once: labels() takes a lock and a dict lookup on every call.
 _TIMELINE_HITS = TIMELINE_READS.labels("hit")
 _TIMELINE_MISSES = TIMELINE_READS.labels("miss")
+# Follow lists loaded again after a read served them past their refresh time, by
+# outcome: stored, changed (a follow or unfollow meanwhile: dropped), failed.
+FOLLOWING_RELOADS = Counter("chirp_following_reloads_total", "Follow lists reloaded after the read.", ["result"])
+FOLLOWING_REFRESHES = 4  # reloads from graph_svc at once, per process
 CELEBRITY_PULLS = Histogram(
     "chirp_celebrity_pulls_per_read",
     "Celebrities pulled per home-feed read.",
@@ -174,11 +178,16 @@ class HomeFeed:
         like_counts: LikeCounts | None = None,
         refresh_counts: LikeCounts | None = None,
         refresh_recent: RefreshRecent | None = None,
+        refresh_following: bool = False,
     ) -> None:
         self._cache = cache
         if refresh_recent is not None:
             # Recent-ids sets served past their refresh time: renewed after the read.
             cache.on_recent_due = BackgroundRefresh("author_recent", refresh_recent).request
+        if refresh_following:
+            # Follow lists served past their refresh time: loaded again after the read.
+            cache.on_following_due = BackgroundRefresh("following", self._refresh_following).request
+        self._following_refreshes = asyncio.Semaphore(FOLLOWING_REFRESHES)
         # Concurrent misses of one reader's follow list or timeline share one load, and
         # loads are bounded per process, so a cold cache cannot starve warm reads.
         rebuilds = rebuilds or Rebuilds()
@@ -310,6 +319,25 @@ class HomeFeed:
         page = results[:page_size]
         token = encode_cursor(page[-1].tweet_id, user_id, self._page_tokens) if len(results) > page_size else ""
         return page, token
+
+    async def _refresh_following(self, user_ids: list[int]) -> None:
+        """Load again, from graph_svc, the follow lists reads served past their refresh
+        time (`FeedCache.following_due`), each stored over the value read here only: a
+        follow or unfollow applied meanwhile deletes the key, and the load is dropped."""
+        digests = await self._cache.following_digests(user_ids)
+
+        async def one(user_id: int, digest: str) -> bool:
+            async with self._following_refreshes:
+                accounts, truncated = await self._following_ids(user_id, ())
+                return bool(await self._cache.refresh_following(user_id, digest, accounts, not truncated))
+
+        stored = await asyncio.gather(*(one(u, d) for u, d in digests.items()), return_exceptions=True)
+        failed = [r for r in stored if isinstance(r, BaseException)]
+        FOLLOWING_RELOADS.labels("stored").inc(sum(r is True for r in stored))
+        FOLLOWING_RELOADS.labels("changed").inc(sum(r is False for r in stored))
+        if failed:  # those lists stay due: a later read asks again
+            FOLLOWING_RELOADS.labels("failed").inc(len(failed))
+            log.debug("%d of %d follow-list reloads failed: %r", len(failed), len(stored), failed[0])
 
     async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool]:
         """Accounts the user follows with their follower counts, and whether that is all of them."""

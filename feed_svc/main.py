@@ -35,6 +35,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         like_counts=parts.peers.like_counts,
         refresh_counts=parts.peers.refresh_like_counts,
         refresh_recent=parts.peers.refresh_recent,
+        refresh_following=True,
     )
 
     def register(server: grpc.aio.Server) -> None:

@@ -360,6 +360,28 @@ def test_following_more_accounts_than_graph_svc_lists_loses_nothing(edge: httpx.
     assert famous in feed_ids(edge, me)
 
 
+def test_a_follow_list_read_near_its_end_is_loaded_again_from_graph_svc(edge: httpx.Client, rds: redis.Redis) -> None:
+    """A cached follow list a read serves in the last fifth of its lifetime is loaded
+    again from graph_svc after the read: lists filled together do not expire together,
+    and one that lost an account (an invalidation Redis lost) is mended within a lifetime."""
+    me, author = new_accounts(edge, 2, "fr")
+    follow(edge, me, author.user_id)
+    tweet = post_tweet(edge, author, "shown once the list is loaded again")["tweet_id"]
+    wait_feed(edge, me, has_all([tweet]), "the followed author's tweet never arrived")
+    key = feed_key("following", int(me.user_id))
+    wait_fanout_caught_up()  # the follow's own invalidation of the list is behind us
+    cached = eventually(lambda: (feed_ids(edge, me), rds.get(key) or "")[1], bool, "the follow list was never cached")
+    assert author.user_id in cached
+
+    rds.set(key, "", px=20_000)  # near its end, and without the author
+    assert tweet not in feed_ids(edge, me)  # served as cached: the author is not followed
+    listed = eventually(
+        lambda: (rds.get(key) or "", rds.pttl(key)), lambda v: author.user_id in v[0], "the list was not loaded again"
+    )
+    assert listed[1] > 60_000, f"the reloaded list lives {listed[1]} ms"
+    assert tweet in feed_ids(edge, me)
+
+
 # ---- Redis is a cache --------------------------------------------------------------------
 
 

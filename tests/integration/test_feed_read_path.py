@@ -442,3 +442,99 @@ async def test_a_follow_list_read_before_a_follow_is_never_cached_after_it(redis
         assert 290_000 < await redis.pttl(key) <= 300_000
     finally:
         await redis.delete(key, legacy_following_key(reader))
+
+
+class CountingGraph:
+    """graph_svc's ListFollowingIds answering with `accounts`, counting its calls."""
+
+    def __init__(self, accounts: list[tuple[int, int]]) -> None:
+        self.accounts = accounts
+        self.calls = 0
+
+    async def following_ids(self, user_id: int, among: Sequence[int]) -> tuple[list[tuple[int, int]], bool]:
+        self.calls += 1
+        return list(self.accounts), False
+
+    async def unused(self, *args: Any) -> Any:
+        raise AssertionError("not part of this test")
+
+
+def reloading_cache(redis: RedisClient, graph: CountingGraph | GatedGraph, reader: int) -> tuple[FeedCache, str]:
+    """A FeedCache (lists living 300 s) whose follow lists reads find due are reloaded
+    from `graph`, and the reader's list key."""
+    cache = FeedCache(redis, timeline_size=20, following_ttl=300, celebrity_ttl=60)
+    store = cast(CelebrityStore, NoStore())
+    HomeFeed(cache, store, graph.following_ids, graph.unused, graph.unused, 10, 20, refresh_following=True)
+    return cache, feed_key("following", reader)
+
+
+async def wait_until(check: Any, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_a_follow_list_served_in_its_last_fifth_is_loaded_again_after_the_read(redis: RedisClient) -> None:
+    """Follow lists filled together (a warm-up, a cold start) would expire together and
+    be loaded, by the readers waiting on them, together. One a read serves in the last
+    fifth of its lifetime is loaded again from graph_svc after the read, for a whole
+    lifetime; one earlier in its life is left alone."""
+    reader, friend, newcomer = IDS.next_id(), IDS.next_id(), IDS.next_id()
+    graph = CountingGraph([(friend, 1), (newcomer, 2)])
+    cache, key = reloading_cache(redis, graph, reader)
+    try:
+        await redis.set(key, f"{friend}:1", px=100_000)  # two thirds through its life: not due
+        assert (await cache.home_reads(reader, None, 20, 0)).following == ([(friend, 1)], True)
+        await asyncio.sleep(1.5)  # a refresh batch waits 0.5 s
+        assert graph.calls == 0, "a list early in its life was loaded again"
+        assert 95_000 < await redis.pttl(key) <= 100_000
+
+        await redis.pexpire(key, 50_000)  # in its last fifth
+        assert (await cache.home_reads(reader, None, 20, 0)).following == ([(friend, 1)], True)  # served as is
+        assert await wait_until(lambda: _renewed(redis, key)), "the list was not loaded again"
+        assert graph.calls == 1
+        assert await redis.get(key) == f"{friend}:1,{newcomer}:2".encode()
+    finally:
+        await redis.delete(key)
+
+
+async def _renewed(redis: RedisClient, key: str) -> bool:
+    return int(await redis.pttl(key)) > 290_000
+
+
+async def test_a_follow_list_reloaded_across_a_follow_never_replaces_the_newer_list(redis: RedisClient) -> None:
+    """A reload stores its list only over the value it read: a follow or unfollow applied
+    while graph_svc answered (the fan-out worker deletes the key, a reader may fill it
+    again) keeps the reload's older list out, as it does a reader's fill."""
+    reader, friend, newcomer = IDS.next_id(), IDS.next_id(), IDS.next_id()
+    graph = GatedGraph([(friend, 1)])
+    cache, key = reloading_cache(redis, graph, reader)
+    try:
+        await redis.set(key, f"{friend}:1", px=50_000)
+        assert (await cache.home_reads(reader, None, 20, 0)).following == ([(friend, 1)], True)
+        assert await wait_until(lambda: _called(graph)), "no reload started"
+        graph.accounts.append((newcomer, 1))  # the follow, applied in graph_svc...
+        await cache.drop_following(reader)  # ...and by the fan-out worker
+        graph.gate.set()
+        await asyncio.sleep(0.3)
+        assert await redis.get(key) is None, "a reload from before the follow was stored after it"
+
+        # A reader's fill in between (the list after the follow): it stays.
+        await redis.set(key, f"{friend}:1", px=50_000)
+        digests = await cache.following_digests([reader])
+        await redis.set(key, f"{friend}:1,{newcomer}:1", px=300_000)
+        assert await cache.refresh_following(reader, digests[reader], [(friend, 1)], True) is False
+        assert await redis.get(key) == f"{friend}:1,{newcomer}:1".encode()
+        # A reader's marker (a load in progress) is not reloaded over.
+        await redis.set(key, "pending:abc", px=10_000)
+        assert await cache.following_digests([reader]) == {}
+    finally:
+        graph.gate.set()
+        await redis.delete(key)
+
+
+async def _called(graph: GatedGraph) -> bool:
+    return graph.calls >= 1
