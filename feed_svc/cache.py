@@ -78,8 +78,13 @@ return 1
 """
 # A follow list served in the last fifth of its lifetime is loaded again after the read
 # (HomeFeed), so lists filled together (a warm-up, a cold start) are not all missed, and
-# loaded by the readers waiting on them, when they expire together.
+# loaded by the readers waiting on them, when they expire together. Where in that fifth
+# a reader's list falls due is spread by the reader's id (from a twentieth of the
+# lifetime before its end to a fifth): lists filled together are then loaded again over
+# that span, not in one burst. Unlike a spread lifetime, this costs no read anything: a
+# reload is one call per list either way, made after the read.
 FOLLOWING_REFRESH_FRACTION = 0.2
+FOLLOWING_REFRESH_SPREAD = 0.75  # the part of that fifth the readers' due times spread over
 # The registry's copy in Redis is reloaded from the CQL store this often, so a
 # mark lost with a failed-over primary, or an unmark that raced a load, lasts
 # at most this long.
@@ -253,7 +258,11 @@ class FeedCache(Tolerant):
 
         raw, following_pttl, *replies = partial_replies(await run_reads(self._redis, queue))
         reads = HomeReads(following=None if unanswered(raw) else _parse_following(raw), answered=True)
-        if reads.following is not None and self.on_following_due is not None and self.following_due(following_pttl):
+        if (
+            reads.following is not None
+            and self.on_following_due is not None
+            and self.following_due(user_id, following_pttl)
+        ):
             self.on_following_due((user_id,))
         if hidden:
             reply = replies.pop(0)
@@ -277,12 +286,12 @@ class FeedCache(Tolerant):
         value = _following_value(accounts, complete)
         await self._fill_following(keys=[feed_key("following", user_id)], args=[token, value, self._following_ttl])
 
-    def following_due(self, pttl_ms: Any) -> bool:
-        """Whether a follow list whose PTTL is `pttl_ms` is past its refresh time (one with
-        no expiry, -1, is: a fill always sets one)."""
+    def following_due(self, user_id: int, pttl_ms: Any) -> bool:
+        """Whether this reader's follow list, whose PTTL is `pttl_ms`, is past its refresh
+        time (one with no expiry, -1, is: a fill always sets one)."""
         if not isinstance(pttl_ms, int):
             return False  # not answered
-        return pttl_ms == -1 or 0 <= pttl_ms <= self._following_ttl * FOLLOWING_REFRESH_FRACTION
+        return pttl_ms == -1 or 0 <= pttl_ms <= self._following_ttl * following_refresh_point(user_id)
 
     @tolerant(dict)
     async def following_digests(self, user_ids: Sequence[int]) -> dict[int, str]:
@@ -456,6 +465,14 @@ def _raised(replies: list[Any]) -> list[Any]:
         if isinstance(reply, Exception):
             raise reply
     return replies
+
+
+def following_refresh_point(user_id: int) -> float:
+    """The part of its lifetime a reader's follow list has left when it falls due to be
+    loaded again: from FOLLOWING_REFRESH_FRACTION down by up to FOLLOWING_REFRESH_SPREAD
+    of it, by a hash of the reader's id (the same for every process and read)."""
+    spread = ((user_id * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) / 2**64  # Fibonacci hashing: ids spread evenly
+    return FOLLOWING_REFRESH_FRACTION * (1.0 - FOLLOWING_REFRESH_SPREAD * spread)
 
 
 def _following_value(accounts: Sequence[tuple[int, int]], complete: bool) -> str:

@@ -492,7 +492,7 @@ async def test_a_follow_list_served_in_its_last_fifth_is_loaded_again_after_the_
         assert graph.calls == 0, "a list early in its life was loaded again"
         assert 95_000 < await redis.pttl(key) <= 100_000
 
-        await redis.pexpire(key, 50_000)  # in its last fifth
+        await redis.pexpire(key, 10_000)  # in its last twentieth: due for any reader
         assert (await cache.home_reads(reader, None, 20, 0)).following == ([(friend, 1)], True)  # served as is
         assert await wait_until(lambda: _renewed(redis, key)), "the list was not loaded again"
         assert graph.calls == 1
@@ -513,7 +513,7 @@ async def test_a_follow_list_reloaded_across_a_follow_never_replaces_the_newer_l
     graph = GatedGraph([(friend, 1)])
     cache, key = reloading_cache(redis, graph, reader)
     try:
-        await redis.set(key, f"{friend}:1", px=50_000)
+        await redis.set(key, f"{friend}:1", px=10_000)
         assert (await cache.home_reads(reader, None, 20, 0)).following == ([(friend, 1)], True)
         assert await wait_until(lambda: _called(graph)), "no reload started"
         graph.accounts.append((newcomer, 1))  # the follow, applied in graph_svc...
