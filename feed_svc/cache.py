@@ -12,7 +12,6 @@ act as misses instead.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -49,7 +48,8 @@ TRUNCATED = "more"
 # either lands before the delete (and is deleted) or finds its marker gone (and is
 # dropped): a cached list is never older than the last follow or unfollow applied,
 # whatever its TTL. Tokens are random, so a marker that expired and was made again
-# is never taken for the one a reader holds.
+# is never taken for the one a reader holds. A reload after a read (HomeFeed) lands
+# the same way: only over the write it fingerprinted before its load.
 PENDING = "pending:"
 PENDING_SECONDS = 10.0  # one load from graph_svc; a slower load's fill is dropped
 # KEYS: the list. ARGV: a fresh token, the marker's ttl_ms. Returns {1, list} on a hit,
@@ -67,21 +67,32 @@ if redis.call('GET', KEYS[1]) ~= 'pending:' .. ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
-# KEYS: the list. ARGV: the SHA-1 of the value a refresh read, the list loaded after that
-# read, its ttl_ms. Returns 1 when it was stored: only over the value the refresh read, so
-# a follow or unfollow applied since (the key deleted, or filled again) keeps the refresh out.
+# A cached list's fingerprint for a reload (`following_fingerprint`): the SHA-1 of its
+# value and its PEXPIRETIME, which every fill and reload sets anew, so the pair names
+# the write that put the list there, not only what it holds (a follow and its unfollow
+# leave the same bytes behind). nil for a miss or a reader's PENDING marker.
+# KEYS: the list.
+FOLLOWING_FINGERPRINT_SCRIPT = """
+local value = redis.call('GET', KEYS[1])
+if not value or string.sub(value, 1, 8) == 'pending:' then return false end
+return {redis.sha1hex(value), redis.call('PEXPIRETIME', KEYS[1])}
+"""
+# KEYS: the list. ARGV: the fingerprint's SHA-1, the list loaded after it was taken, its
+# ttl_ms, the fingerprint's PEXPIRETIME. Returns 1 when it was stored: only over the write
+# the fingerprint names, so a follow or unfollow applied since (the key deleted, maybe
+# filled again) keeps the reload out.
 REFRESH_FOLLOWING_SCRIPT = """
 local value = redis.call('GET', KEYS[1])
 if not value or redis.sha1hex(value) ~= ARGV[1] then return 0 end
+if redis.call('PEXPIRETIME', KEYS[1]) ~= tonumber(ARGV[4]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
-# A follow list served in the last fifth of its lifetime is loaded again after the read
+# A follow list served near the end of its lifetime is loaded again after the read
 # (HomeFeed), so lists filled together (a warm-up, a cold start) are not all missed, and
-# loaded by the readers waiting on them, when they expire together. Where in that fifth
-# a reader's list falls due is spread by the reader's id (from a twentieth of the
-# lifetime before its end to a fifth): lists filled together are then loaded again over
-# that span, not in one burst. Unlike a spread lifetime, this costs no read anything: a
+# loaded by the readers waiting on them, when they expire together. Where it falls due
+# is spread by the reader's id, from a fifth of the lifetime before its end to a
+# twentieth: lists filled together are then loaded again over that span, not in one burst. Unlike a spread lifetime, this costs no read anything: a
 # reload is one call per list either way, made after the read.
 FOLLOWING_REFRESH_FRACTION = 0.2
 FOLLOWING_REFRESH_SPREAD = 0.75  # the part of that fifth the readers' due times spread over
@@ -134,6 +145,7 @@ class FeedCache(Tolerant):
         self._claim_following = redis.register_script(CLAIM_FOLLOWING_SCRIPT)
         self._fill_following = redis.register_script(FILL_FOLLOWING_SCRIPT)
         self._refresh_following = redis.register_script(REFRESH_FOLLOWING_SCRIPT)
+        self._following_fingerprint = redis.register_script(FOLLOWING_FINGERPRINT_SCRIPT)
         # CHIRP_CELEBRITY_CACHE_SECONDS paces feed_svc's in-memory celebrity registry.
         self.celebrity_ttl_seconds = celebrity_ttl
         # Told the authors whose recent-ids sets a read served past their refresh time
@@ -289,35 +301,28 @@ class FeedCache(Tolerant):
     def following_due(self, user_id: int, pttl_ms: Any) -> bool:
         """Whether this reader's follow list, whose PTTL is `pttl_ms`, is past its refresh
         time (one with no expiry, -1, is: a fill always sets one)."""
-        if not isinstance(pttl_ms, int):
-            return False  # not answered
+        if not isinstance(pttl_ms, int) or pttl_ms > self._following_ttl * FOLLOWING_REFRESH_FRACTION:
+            return False  # not answered, or early in its life (most reads: no hash)
         return pttl_ms == -1 or 0 <= pttl_ms <= self._following_ttl * following_refresh_point(user_id)
 
-    @tolerant(dict)
-    async def following_digests(self, user_ids: Sequence[int]) -> dict[int, str]:
-        """The SHA-1 of each reader's cached follow list, for `refresh_following`; readers
-        with none (a miss, a reader's PENDING marker, a node that did not answer) are left out."""
+    # Not `tolerant`, unlike the read path's calls: these run after the read, and a
+    # failure is the reload's alone (counted, the list left as it is), never a reason
+    # to serve reads without Redis.
+    async def following_fingerprint(self, user_id: int) -> tuple[str, int] | None:
+        """The cached follow list's fingerprint for `refresh_following`; None for a miss
+        or a reader's PENDING marker."""
+        found = await self._following_fingerprint(keys=[feed_key("following", user_id)])
+        return None if found is None else (_text(found[0]), int(found[1]))
 
-        def queue(pipe: Any) -> None:
-            for user_id in user_ids:
-                pipe.get(feed_key("following", user_id))
-
-        replies = partial_replies(await run_reads(self._redis, queue))
-        return {
-            user_id: hashlib.sha1(raw if isinstance(raw, bytes) else raw.encode()).hexdigest()
-            for user_id, raw in zip(user_ids, replies, strict=True)
-            if not unanswered(raw) and _parse_following(raw) is not None
-        }
-
-    @tolerant()
     async def refresh_following(
-        self, user_id: int, digest: str, accounts: Sequence[tuple[int, int]], complete: bool
+        self, user_id: int, fingerprint: tuple[str, int], accounts: Sequence[tuple[int, int]], complete: bool
     ) -> bool:
-        """Replace the follow list whose SHA-1 `following_digests` gave with `accounts`,
-        loaded after it, for a whole lifetime; False (nothing stored) if the key changed since."""
+        """Replace the follow list `fingerprint` names with `accounts`, loaded after it was
+        taken, for a whole lifetime; False (nothing stored) if the key was written since."""
+        digest, expires_at = fingerprint
         stored = await self._refresh_following(
             keys=[feed_key("following", user_id)],
-            args=[digest, _following_value(accounts, complete), self._following_ttl],
+            args=[digest, _following_value(accounts, complete), self._following_ttl, expires_at],
         )
         return bool(stored)
 

@@ -322,22 +322,25 @@ class HomeFeed:
 
     async def _refresh_following(self, user_ids: list[int]) -> None:
         """Load again, from graph_svc, the follow lists reads served past their refresh
-        time (`FeedCache.following_due`), each stored over the value read here only: a
-        follow or unfollow applied meanwhile deletes the key, and the load is dropped."""
-        digests = await self._cache.following_digests(user_ids)
+        time (`FeedCache.following_due`), each stored only over the write fingerprinted
+        before its load: a follow or unfollow applied meanwhile deletes the key, and the
+        load is dropped."""
 
-        async def one(user_id: int, digest: str) -> bool:
+        async def one(user_id: int) -> bool | None:
             async with self._following_refreshes:
+                fingerprint = await self._cache.following_fingerprint(user_id)
+                if fingerprint is None:
+                    return None  # gone, or a reader is loading it
                 accounts, truncated = await self._following_ids(user_id, ())
-                return bool(await self._cache.refresh_following(user_id, digest, accounts, not truncated))
+                return await self._cache.refresh_following(user_id, fingerprint, accounts, not truncated)
 
-        stored = await asyncio.gather(*(one(u, d) for u, d in digests.items()), return_exceptions=True)
-        failed = [r for r in stored if isinstance(r, BaseException)]
-        FOLLOWING_RELOADS.labels("stored").inc(sum(r is True for r in stored))
-        FOLLOWING_RELOADS.labels("changed").inc(sum(r is False for r in stored))
+        done = await asyncio.gather(*(one(u) for u in user_ids), return_exceptions=True)
+        failed = [r for r in done if isinstance(r, BaseException)]
+        FOLLOWING_RELOADS.labels("stored").inc(sum(r is True for r in done))
+        FOLLOWING_RELOADS.labels("changed").inc(sum(r is False for r in done))
         if failed:  # those lists stay due: a later read asks again
             FOLLOWING_RELOADS.labels("failed").inc(len(failed))
-            log.debug("%d of %d follow-list reloads failed: %r", len(failed), len(stored), failed[0])
+            log.debug("%d of %d follow-list reloads failed: %r", len(failed), len(done), failed[0])
 
     async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool]:
         """Accounts the user follows with their follower counts, and whether that is all of them."""

@@ -361,7 +361,7 @@ def test_following_more_accounts_than_graph_svc_lists_loses_nothing(edge: httpx.
 
 
 def test_a_follow_list_read_near_its_end_is_loaded_again_from_graph_svc(edge: httpx.Client, rds: redis.Redis) -> None:
-    """A cached follow list a read serves in the last fifth of its lifetime is loaded
+    """A cached follow list a read serves near the end of its lifetime is loaded
     again from graph_svc after the read: lists filled together do not expire together,
     and one that lost an account (an invalidation Redis lost) is mended within a lifetime."""
     me, author = new_accounts(edge, 2, "fr")

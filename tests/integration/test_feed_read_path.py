@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import pytest
 from chirp.tweet.v1 import tweet_pb2
+from prometheus_client import REGISTRY
 from redis.commands.core import AsyncScript
 
 from common.cache import RedisClient, mark_tweet_deleted
@@ -447,13 +448,14 @@ async def test_a_follow_list_read_before_a_follow_is_never_cached_after_it(redis
 class CountingGraph:
     """graph_svc's ListFollowingIds answering with `accounts`, counting its calls."""
 
-    def __init__(self, accounts: list[tuple[int, int]]) -> None:
+    def __init__(self, accounts: list[tuple[int, int]], truncated: bool = False) -> None:
         self.accounts = accounts
+        self.truncated = truncated
         self.calls = 0
 
     async def following_ids(self, user_id: int, among: Sequence[int]) -> tuple[list[tuple[int, int]], bool]:
         self.calls += 1
-        return list(self.accounts), False
+        return list(self.accounts), self.truncated
 
     async def unused(self, *args: Any) -> Any:
         raise AssertionError("not part of this test")
@@ -477,13 +479,14 @@ async def wait_until(check: Any, seconds: float = 5.0) -> bool:
     return False
 
 
-async def test_a_follow_list_served_in_its_last_fifth_is_loaded_again_after_the_read(redis: RedisClient) -> None:
+async def test_a_follow_list_served_near_its_end_is_loaded_again_after_the_read(redis: RedisClient) -> None:
     """Follow lists filled together (a warm-up, a cold start) would expire together and
-    be loaded, by the readers waiting on them, together. One a read serves in the last
-    fifth of its lifetime is loaded again from graph_svc after the read, for a whole
-    lifetime; one earlier in its life is left alone."""
+    be loaded, by the readers waiting on them, together. One a read serves near the end
+    of its lifetime is loaded again from graph_svc after the read, for a whole lifetime
+    (a list graph_svc cut at its limit stays marked so); one earlier in its life is left
+    alone."""
     reader, friend, newcomer = IDS.next_id(), IDS.next_id(), IDS.next_id()
-    graph = CountingGraph([(friend, 1), (newcomer, 2)])
+    graph = CountingGraph([(friend, 1), (newcomer, 2)], truncated=True)
     cache, key = reloading_cache(redis, graph, reader)
     try:
         await redis.set(key, f"{friend}:1", px=100_000)  # two thirds through its life: not due
@@ -496,7 +499,7 @@ async def test_a_follow_list_served_in_its_last_fifth_is_loaded_again_after_the_
         assert (await cache.home_reads(reader, None, 20, 0)).following == ([(friend, 1)], True)  # served as is
         assert await wait_until(lambda: _renewed(redis, key)), "the list was not loaded again"
         assert graph.calls == 1
-        assert await redis.get(key) == f"{friend}:1,{newcomer}:2".encode()
+        assert await redis.get(key) == f"{friend}:1,{newcomer}:2;more".encode()
     finally:
         await redis.delete(key)
 
@@ -505,35 +508,55 @@ async def _renewed(redis: RedisClient, key: str) -> bool:
     return int(await redis.pttl(key)) > 290_000
 
 
+def reloads(result: str) -> float:
+    return REGISTRY.get_sample_value("chirp_following_reloads_total", {"result": result}) or 0.0
+
+
 async def test_a_follow_list_reloaded_across_a_follow_never_replaces_the_newer_list(redis: RedisClient) -> None:
-    """A reload stores its list only over the value it read: a follow or unfollow applied
-    while graph_svc answered (the fan-out worker deletes the key, a reader may fill it
-    again) keeps the reload's older list out, as it does a reader's fill."""
+    """A reload stores its list only over the write it fingerprinted before its load: a
+    follow or unfollow applied while graph_svc answered (the fan-out worker deletes the
+    key, a reader may fill it again) keeps the reload's older list out, as it does a
+    reader's fill, even when the reader's fill holds the same bytes as before."""
     reader, friend, newcomer = IDS.next_id(), IDS.next_id(), IDS.next_id()
     graph = GatedGraph([(friend, 1)])
     cache, key = reloading_cache(redis, graph, reader)
     try:
         await redis.set(key, f"{friend}:1", px=10_000)
+        changed = reloads("changed")
         assert (await cache.home_reads(reader, None, 20, 0)).following == ([(friend, 1)], True)
         assert await wait_until(lambda: _called(graph)), "no reload started"
         graph.accounts.append((newcomer, 1))  # the follow, applied in graph_svc...
         await cache.drop_following(reader)  # ...and by the fan-out worker
         graph.gate.set()
-        await asyncio.sleep(0.3)
+        assert await wait_until(lambda: _counted(changed)), "the reload did not end as dropped"
         assert await redis.get(key) is None, "a reload from before the follow was stored after it"
 
-        # A reader's fill in between (the list after the follow): it stays.
+        # A follow and its unfollow, both applied while a reload loads: the reader's fill
+        # after them holds the same bytes as before, yet is a newer write. It stays.
         await redis.set(key, f"{friend}:1", px=50_000)
-        digests = await cache.following_digests([reader])
-        await redis.set(key, f"{friend}:1,{newcomer}:1", px=300_000)
-        assert await cache.refresh_following(reader, digests[reader], [(friend, 1)], True) is False
-        assert await redis.get(key) == f"{friend}:1,{newcomer}:1".encode()
-        # A reader's marker (a load in progress) is not reloaded over.
+        fingerprint = await cache.following_fingerprint(reader)
+        assert fingerprint is not None
+        await cache.drop_following(reader)
+        await asyncio.sleep(0.01)  # a fill at least a millisecond later
+        await redis.set(key, f"{friend}:1", px=50_000)
+        assert await cache.refresh_following(reader, fingerprint, [(friend, 1), (newcomer, 1)], True) is False
+        assert await redis.get(key) == f"{friend}:1".encode()
+        # Over the write it fingerprinted, it is stored.
+        fingerprint = await cache.following_fingerprint(reader)
+        assert fingerprint is not None
+        assert await cache.refresh_following(reader, fingerprint, [(friend, 2)], True) is True
+        assert await redis.get(key) == f"{friend}:2".encode()
+        assert 290_000 < await redis.pttl(key) <= 300_000
+        # A reader's marker (a load in progress) is not fingerprinted, so never reloaded over.
         await redis.set(key, "pending:abc", px=10_000)
-        assert await cache.following_digests([reader]) == {}
+        assert await cache.following_fingerprint(reader) is None
     finally:
         graph.gate.set()
         await redis.delete(key)
+
+
+async def _counted(before: float) -> bool:
+    return reloads("changed") > before
 
 
 async def _called(graph: GatedGraph) -> bool:
