@@ -92,8 +92,9 @@ return 1
 # (HomeFeed), so lists filled together (a warm-up, a cold start) are not all missed, and
 # loaded by the readers waiting on them, when they expire together. Where it falls due
 # is spread by the reader's id, from a fifth of the lifetime before its end to a
-# twentieth: lists filled together are then loaded again over that span, not in one burst. Unlike a spread lifetime, this costs no read anything: a
-# reload is one call per list either way, made after the read.
+# twentieth: lists filled together are then loaded again over that span, not in one
+# burst. Unlike a spread lifetime, this costs no read anything: a reload is one call
+# per list either way, made after the read.
 FOLLOWING_REFRESH_FRACTION = 0.2
 FOLLOWING_REFRESH_SPREAD = 0.75  # the part of that fifth the readers' due times spread over
 # The registry's copy in Redis is reloaded from the CQL store this often, so a
