@@ -27,6 +27,7 @@ from feed_svc.activity import read_record_key
 from feed_svc.cache import FeedCache
 from feed_svc.home_feed import CelebrityRegistry, HomeFeed
 from feed_svc.store import CelebrityStore
+from tests.faults import wait_for_async
 from tests.unit.test_redis_cluster_safety import FakeRedis, client
 from tweet_svc.cache import TweetCache
 from tweet_svc.store import TweetRecord
@@ -390,18 +391,32 @@ async def test_a_fill_never_hides_a_like_and_lands_nowhere_once_the_hash_is_gone
 
 
 class GatedGraph:
-    """graph_svc's ListFollowingIds answering with `accounts`, held until `gate` opens."""
+    """graph_svc's ListFollowingIds answering with `accounts` (cut at its limit when
+    `truncated`), or raising `failure`, held until `gate` opens (open from the start when
+    `opened`), counting its calls."""
 
-    def __init__(self, accounts: list[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        accounts: list[tuple[int, int]],
+        truncated: bool = False,
+        opened: bool = False,
+        failure: Exception | None = None,
+    ) -> None:
         self.accounts = accounts
+        self.truncated = truncated
+        self.failure = failure
         self.gate = asyncio.Event()
+        if opened:
+            self.gate.set()
         self.calls = 0
 
     async def following_ids(self, user_id: int, among: Sequence[int]) -> tuple[list[tuple[int, int]], bool]:
         self.calls += 1
         accounts = list(self.accounts)  # what graph_svc read, before the gate
         await self.gate.wait()
-        return accounts, False
+        if self.failure is not None:
+            raise self.failure
+        return accounts, self.truncated
 
     async def unused(self, *args: Any) -> Any:
         raise AssertionError("not part of this test")
@@ -445,38 +460,13 @@ async def test_a_follow_list_read_before_a_follow_is_never_cached_after_it(redis
         await redis.delete(key, legacy_following_key(reader))
 
 
-class CountingGraph:
-    """graph_svc's ListFollowingIds answering with `accounts`, counting its calls."""
-
-    def __init__(self, accounts: list[tuple[int, int]], truncated: bool = False) -> None:
-        self.accounts = accounts
-        self.truncated = truncated
-        self.calls = 0
-
-    async def following_ids(self, user_id: int, among: Sequence[int]) -> tuple[list[tuple[int, int]], bool]:
-        self.calls += 1
-        return list(self.accounts), self.truncated
-
-    async def unused(self, *args: Any) -> Any:
-        raise AssertionError("not part of this test")
-
-
-def reloading_cache(redis: RedisClient, graph: CountingGraph | GatedGraph, reader: int) -> tuple[FeedCache, str]:
+def reloading_cache(redis: RedisClient, graph: GatedGraph, reader: int) -> tuple[FeedCache, str]:
     """A FeedCache (lists living 300 s) whose follow lists reads find due are reloaded
     from `graph`, and the reader's list key."""
     cache = FeedCache(redis, timeline_size=20, following_ttl=300, celebrity_ttl=60)
     store = cast(CelebrityStore, NoStore())
     HomeFeed(cache, store, graph.following_ids, graph.unused, graph.unused, 10, 20, refresh_following=True)
     return cache, feed_key("following", reader)
-
-
-async def wait_until(check: Any, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await check():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def test_a_follow_list_served_near_its_end_is_loaded_again_after_the_read(redis: RedisClient) -> None:
@@ -486,7 +476,7 @@ async def test_a_follow_list_served_near_its_end_is_loaded_again_after_the_read(
     (a list graph_svc cut at its limit stays marked so); one earlier in its life is left
     alone."""
     reader, friend, newcomer = IDS.next_id(), IDS.next_id(), IDS.next_id()
-    graph = CountingGraph([(friend, 1), (newcomer, 2)], truncated=True)
+    graph = GatedGraph([(friend, 1), (newcomer, 2)], truncated=True, opened=True)
     cache, key = reloading_cache(redis, graph, reader)
     try:
         await redis.set(key, f"{friend}:1", px=100_000)  # two thirds through its life: not due
@@ -497,7 +487,7 @@ async def test_a_follow_list_served_near_its_end_is_loaded_again_after_the_read(
 
         await redis.pexpire(key, 10_000)  # in its last twentieth: due for any reader
         assert (await cache.home_reads(reader, None, 20, 0)).following == ([(friend, 1)], True)  # served as is
-        assert await wait_until(lambda: _renewed(redis, key)), "the list was not loaded again"
+        await wait_for_async(lambda: _renewed(redis, key), 5.0, "the list to be loaded again")
         assert graph.calls == 1
         assert await redis.get(key) == f"{friend}:1,{newcomer}:2;more".encode()
     finally:
@@ -524,11 +514,11 @@ async def test_a_follow_list_reloaded_across_a_follow_never_replaces_the_newer_l
         await redis.set(key, f"{friend}:1", px=10_000)
         changed = reloads("changed")
         assert (await cache.home_reads(reader, None, 20, 0)).following == ([(friend, 1)], True)
-        assert await wait_until(lambda: _called(graph)), "no reload started"
+        await wait_for_async(lambda: _called(graph), 5.0, "a reload to start")
         graph.accounts.append((newcomer, 1))  # the follow, applied in graph_svc...
         await cache.drop_following(reader)  # ...and by the fan-out worker
         graph.gate.set()
-        assert await wait_until(lambda: _counted(changed)), "the reload did not end as dropped"
+        await wait_for_async(lambda: _counted("changed", changed), 5.0, "the reload to end as dropped")
         assert await redis.get(key) is None, "a reload from before the follow was stored after it"
 
         # A follow and its unfollow, both applied while a reload loads: the reader's fill
@@ -555,9 +545,34 @@ async def test_a_follow_list_reloaded_across_a_follow_never_replaces_the_newer_l
         await redis.delete(key)
 
 
-async def _counted(before: float) -> bool:
-    return reloads("changed") > before
+async def _counted(result: str, before: float) -> bool:
+    return reloads(result) > before
 
 
 async def _called(graph: GatedGraph) -> bool:
     return graph.calls >= 1
+
+
+async def test_a_follow_list_reload_that_fails_leaves_the_read_and_the_list_as_they_were(
+    redis: RedisClient,
+) -> None:
+    """graph_svc failing a reload costs the reader nothing: the read is served from the
+    cached list without waiting for the reload, the reload counts as failed, and the
+    list is kept as it was, with its time left, so a later read finds it due again."""
+    reader, friend = IDS.next_id(), IDS.next_id()
+    graph = GatedGraph([(friend, 1)], failure=ConnectionError("graph_svc unavailable"))
+    cache, key = reloading_cache(redis, graph, reader)
+    try:
+        await redis.set(key, f"{friend}:1", px=10_000)  # in its last twentieth: due
+        failed = reloads("failed")
+        read = asyncio.create_task(cache.home_reads(reader, None, 20, 0))
+        assert (await asyncio.wait_for(read, 2.0)).following == ([(friend, 1)], True)  # the gate is still shut
+        await wait_for_async(lambda: _called(graph), 5.0, "a reload to start")
+        graph.gate.set()
+        await wait_for_async(lambda: _counted("failed", failed), 5.0, "the reload to end as failed")
+        assert await redis.get(key) == f"{friend}:1".encode()
+        assert 0 < await redis.pttl(key) <= 10_000, "a failed reload changed the list's lifetime"
+        assert cache.following_due(reader, int(await redis.pttl(key)))
+    finally:
+        graph.gate.set()
+        await redis.delete(key)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +36,7 @@ from common.ids import IdGenerator
 from common.keys import TWEET_DELETED, feed_key, tweet_key
 from feed_svc.cache import FeedCache
 from infra import topology
-from tests.faults import Proxy
+from tests.faults import Proxy, wait_for_async
 from tweet_svc.cache import TweetCache
 from tweet_svc.store import TweetRecord
 
@@ -176,13 +176,6 @@ async def proxied() -> AsyncIterator[Proxied]:
     await proxy.cut()
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        assert time.monotonic() < deadline, "the caches did not use Redis again after the node came back"
-        await asyncio.sleep(0.1)
-
-
 async def fill(tweets: TweetCache, tweet_ids: list[int]) -> None:
     await tweets.put([record(t) for t in tweet_ids])
     await tweets.set_like_counts({t: 2 for t in tweet_ids})
@@ -239,7 +232,7 @@ async def test_a_failing_node_makes_only_its_keys_miss(rc: RedisCluster, proxied
         async def served() -> bool:
             return (await tweets.get(tweet_ids))[0].keys() == set(tweet_ids)
 
-        await wait_until(served, 10.0)
+        await wait_for_async(served, 10.0, "the caches to use Redis again after the node came back")
         assert await tweets.like_counts(on_victim) == {t: 2 for t in on_victim}
         assert await redis_ping(client)
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,7 +39,14 @@ from common.cql import CqlSession
 from common.hidden import HiddenAuthorsCache, RedisHiddenStore
 from common.ids import IdGenerator
 from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
-from feed_svc.cache import CLAIM_FOLLOWING_SCRIPT, FILL_FOLLOWING_SCRIPT, PENDING, FeedCache
+from feed_svc.cache import (
+    CLAIM_FOLLOWING_SCRIPT,
+    FILL_FOLLOWING_SCRIPT,
+    FOLLOWING_FINGERPRINT_SCRIPT,
+    PENDING,
+    REFRESH_FOLLOWING_SCRIPT,
+    FeedCache,
+)
 from feed_svc.fanout import Fanout
 from feed_svc.home_feed import CelebrityRegistry, HomeFeed
 from feed_svc.store import CELEBRITY_SHARDS, CelebrityStore, celebrity_shard
@@ -232,6 +240,19 @@ class FakeRedis:
             self.data[key] = _b(args[1])
             self.ttl_ms[key] = int(args[2])
             return 1
+        # The fake's TTLs never run down, so a key's TTL stands in for its PEXPIRETIME.
+        if script == FOLLOWING_FINGERPRINT_SCRIPT:
+            value = cast(bytes | None, self.data.get(key))
+            if value is None or value.startswith(PENDING.encode()):
+                return None
+            return [hashlib.sha1(value).hexdigest().encode(), self.ttl_ms.get(key, -1)]
+        if script == REFRESH_FOLLOWING_SCRIPT:
+            value = cast(bytes | None, self.data.get(key))
+            if value is None or hashlib.sha1(value).hexdigest() != args[0] or self.ttl_ms.get(key, -1) != int(args[3]):
+                return 0
+            self.data[key] = _b(args[1])
+            self.ttl_ms[key] = int(args[2])
+            return 1
         if script == FILL_SCRIPT:
             if key in self.data:
                 return 0
@@ -248,11 +269,12 @@ class FakeRedis:
             state.update({b"c": _b(args[2]), b"n": _b(count)})
             return count
         raise NotImplementedError(
-            "the fake models the follow list's claim and fill, the like state's fill and a fold without users only"
+            "the fake models the follow list's claim, fill, fingerprint and reload, the like state's fill and a fold"
+            " without users only"
         )
 
     def register_script(self, script: str) -> Callable[..., Awaitable[Any]]:
-        async def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
+        async def run(keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
             return await self.eval(script, len(keys), *keys, *args)
 
         return run
@@ -356,6 +378,11 @@ async def test_feed_cache_round_trips_many_keys_without_spanning_slots() -> None
     assert isinstance(token, str) and await cache.claim_following(users[5]) == token  # a second reader shares it
     await cache.set_following(users[5], [(users[6], 1)], False, token)
     assert await cache.claim_following(users[5]) == ([(users[6], 1)], False)
+    fingerprint = await cache.following_fingerprint(users[5])  # a reload after a read: that key alone
+    assert fingerprint is not None
+    assert await cache.refresh_following(users[5], fingerprint, [(users[7], 2)], True)
+    assert await cache.claim_following(users[5]) == ([(users[7], 2)], True)
+    assert (await cache.home_reads(users[5], None, 20, 0)).following == ([(users[7], 2)], True)
 
     await cache.load_celebrities({users[3]})
     await cache.mark_celebrity(users[4], True)
