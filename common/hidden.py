@@ -19,6 +19,13 @@ and `hidv:{<user>}`, a random version token.
   (common/singleflight.py): a write replaces the token before it is
   acknowledged, so a reader after it takes another token and never joins a
   fetch that began before the write.
+- A set a read serves near the end of its lifetime (HIDDEN_REFRESH_FRACTION of it
+  left, or less, at a point spread by the user's id) is loaded again after the read
+  (`reload_after_reads`): under the token it finds (RELOAD_TOKEN_SCRIPT, none when
+  the set is gone), graph_svc is asked, and FILL_SCRIPT stores the answer for a whole
+  lifetime only while that token is still there, as a reader's fill does. So a
+  change applied meanwhile drops the reload, and sets filled together (a warm-up, a
+  cold start) are not all missed, and loaded by their readers waiting, together.
 - Reads treat Redis errors as misses (the answer comes from graph_svc and
   nothing is filled). Writes raise Unavailable (503) instead: acknowledging a
   change Redis did not see would serve the old set for up to HIDDEN_SECONDS.
@@ -28,6 +35,8 @@ and `hidv:{<user>}`, a random version token.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +47,9 @@ from redis.commands.core import AsyncScript
 
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolerant
 from common.errors import DEPENDENCY_DOWN_MESSAGE, Unavailable
-from common.singleflight import Rebuilds, SingleFlight
+from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight, due_by_pttl
+
+log = logging.getLogger(__name__)
 
 # How long a filled set lives; writers delete it, so this only bounds what an
 # old copy can serve: a Redis failover that lost the invalidation (replication
@@ -48,8 +59,20 @@ from common.singleflight import Rebuilds, SingleFlight
 HIDDEN_SECONDS = 60.0
 # A token only needs to outlive one read-then-fill; expiring drops that fill.
 VERSION_SECONDS = 3600.0
+# Where a set a read serves falls due to be loaded again after the read: a fifth of
+# its lifetime before its end, brought up to three quarters of that closer to the end
+# by the reader's id (common/singleflight.py, `due_by_pttl`).
+HIDDEN_REFRESH_FRACTION = 0.2
+HIDDEN_REFRESH_SPREAD = 0.75
+HIDDEN_RELOADS_AT_ONCE = 4  # per process
 
 LOOKUPS = Counter("chirp_hidden_authors_cache_total", "Hidden-author set lookups by cache outcome.", ["result"])
+RELOADS = Counter(
+    "chirp_hidden_authors_reloads_total",
+    "Hidden-author sets loaded again after a read found them near their end: stored, "
+    "changed (a block or mute applied meanwhile, or the set gone: nothing stored) or failed.",
+    ["result"],
+)
 # Looked up once: labels() takes a lock and a dict lookup on every call.
 _HITS = LOOKUPS.labels("hit")
 _MISSES = LOOKUPS.labels("miss")
@@ -78,6 +101,14 @@ INVALIDATE_SCRIPT = """
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 1
+"""
+
+
+# KEYS: set, token. Returns the token a reload fills under, or nil when the set is gone
+# (a change deleted it, or it expired: the next read's miss fills it).
+RELOAD_TOKEN_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('GET', KEYS[2])
 """
 
 
@@ -129,15 +160,20 @@ class HiddenStore(Protocol):
         """Deletes the set and replaces the token."""
         ...
 
+    async def reload_token(self, user_id: int) -> str | None:
+        """The token a reload of the cached set fills under; None when there is no set."""
+        ...
+
 
 class RedisHiddenStore:
-    """HiddenStore as three scripts; each touches one user's two keys (one slot)."""
+    """HiddenStore as four scripts; each touches one user's two keys (one slot)."""
 
     def __init__(self, redis: RedisClient) -> None:
         # EVALSHA: the script text goes to each node once, not per read.
         self._read = redis.register_script(READ_SCRIPT)
         self._fill = redis.register_script(FILL_SCRIPT)
         self._invalidate = redis.register_script(INVALIDATE_SCRIPT)
+        self._reload_token = redis.register_script(RELOAD_TOKEN_SCRIPT)
 
     async def read(self, user_id: int) -> Read:
         hidden, version = await _run(self._read, user_id, [new_token(), _ms(VERSION_SECONDS)])
@@ -150,6 +186,10 @@ class RedisHiddenStore:
 
     async def invalidate(self, user_id: int) -> None:
         await _run(self._invalidate, user_id, [new_token(), _ms(VERSION_SECONDS)])
+
+    async def reload_token(self, user_id: int) -> str | None:
+        token = await _run(self._reload_token, user_id, [])
+        return None if token is None else _text(token)
 
 
 FetchHidden = Callable[[int], Awaitable[frozenset[int]]]
@@ -166,18 +206,26 @@ class HiddenAuthorsCache(Tolerant):
         rebuilds: Rebuilds | None = None,
         *,
         redis: RedisClient | None,
+        reload_after_reads: bool = False,
     ) -> None:
         super().__init__(redis)  # the store's client: on a cluster, a failure misses that call alone
         self._store = store
         self._fetch = fetch
         self._ttl_seconds = ttl_seconds
+        # Sets reads served near their end, loaded again after those reads (`due`).
+        self._reloads = BackgroundRefresh("hidden_authors", self._reload) if reload_after_reads else None
+        self._reloading = asyncio.Semaphore(HIDDEN_RELOADS_AT_ONCE)
         # Keyed by (user, token); `rebuilds` is best the one the process's other fills share.
         self._fetches: SingleFlight[tuple[int, str], frozenset[int]] = SingleFlight(
             "hidden_authors", rebuilds or Rebuilds()
         )
 
+    def due(self, user_id: int, pttl_ms: object) -> bool:
+        """Whether the user's set, whose PTTL is `pttl_ms`, is due to be loaded again."""
+        return due_by_pttl(user_id, pttl_ms, _ms(self._ttl_seconds), HIDDEN_REFRESH_FRACTION, HIDDEN_REFRESH_SPREAD)
+
     async def hidden(
-        self, user_id: int, cached: bytes | str | None = None, redis_answered: bool = True
+        self, user_id: int, cached: bytes | str | None = None, redis_answered: bool = True, pttl_ms: object = None
     ) -> frozenset[int]:
         """The user's hidden authors. `cached`: the reply to a GET of `hidden_key(user_id)`
         a caller sent with its own reads (None: a miss, or not read), so that a hit costs
@@ -185,9 +233,13 @@ class HiddenAuthorsCache(Tolerant):
         script's: writers delete the set, they never write it; only a miss needs the
         script, for the token a fill is made under. `redis_answered` False: those reads
         found Redis unavailable (or this process out of connections), so the set comes
-        from `fetch` without trying Redis again (a second wait), and is not filled."""
+        from `fetch` without trying Redis again (a second wait), and is not filled.
+        `pttl_ms`: the PTTL of that key, read with it; a set served near its end is
+        loaded again after the read, when this cache reloads (`reload_after_reads`)."""
         if cached is not None:
             _HITS.inc()
+            if self._reloads is not None and self.due(user_id, pttl_ms):
+                self._reloads.request((user_id,))
             return decode(cached)
         read = await self._read(user_id) if redis_answered else None
         if read is not None and read.hidden is not None:
@@ -204,6 +256,29 @@ class HiddenAuthorsCache(Tolerant):
             return hidden
 
         return await self._fetches.load((user_id, version), fetch_and_fill)
+
+    async def _reload(self, user_ids: list[int]) -> None:
+        """Load again, from graph_svc, the sets reads served near their end, each stored
+        only under the token taken before its load (a change applied meanwhile replaces
+        the token, and the load is dropped). Not `tolerant`: a failure is the reload's
+        alone (counted, the set left as it is and still due), never a reason to serve
+        reads without Redis."""
+
+        async def one(user_id: int) -> bool | None:
+            async with self._reloading:
+                token = await self._store.reload_token(user_id)
+                if token is None:
+                    return None  # gone: the next read's miss fills it
+                hidden = await self._fetch(user_id)
+                return await self._store.fill(user_id, token, hidden, self._ttl_seconds)
+
+        done = await asyncio.gather(*(one(u) for u in user_ids), return_exceptions=True)
+        failed = [r for r in done if isinstance(r, BaseException)]
+        RELOADS.labels("stored").inc(sum(r is True for r in done))
+        RELOADS.labels("changed").inc(sum(r is False or r is None for r in done))
+        if failed:  # those sets stay due: a later read asks again
+            RELOADS.labels("failed").inc(len(failed))
+            log.debug("%d of %d hidden-author reloads failed: %r", len(failed), len(done), failed[0])
 
     @tolerant()
     async def _read(self, user_id: int) -> Read | None:

@@ -208,6 +208,24 @@ REFRESH_INTERVAL_SECONDS = 0.5
 REFRESH_COOLDOWN_SECONDS = 5.0
 REFRESH_PENDING = 5000
 
+
+def id_share(key_id: int) -> float:
+    """A share in [0, 1) drawn from an id by Fibonacci hashing: the same in every process
+    and on every read, and spread evenly over ids made one after another (Snowflake)."""
+    return ((key_id * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) / 2**64
+
+
+def due_by_pttl(key_id: int, pttl_ms: object, ttl_ms: float, fraction: float, spread: float) -> bool:
+    """Whether an entry that lives `ttl_ms` and has `pttl_ms` left (a PTTL reply) is due to
+    be loaded again after the read that served it. Its due point is `fraction` of its
+    lifetime before its end, brought closer to the end by up to `spread` of that by
+    `id_share(key_id)`: entries filled together (a warm-up, a cold start) fall due over
+    a span, not at once. One with no expiry (-1) is due; one not answered is not."""
+    if not isinstance(pttl_ms, int) or pttl_ms > ttl_ms * fraction:
+        return False  # not answered, or early in its life (most reads: no hash)
+    return pttl_ms == -1 or 0 <= pttl_ms <= ttl_ms * fraction * (1.0 - spread * id_share(key_id))
+
+
 REFRESHES = Counter(
     "chirp_cache_refresh_keys_total",
     "Cache keys a read found due for a rebuild, by what became of the request.",

@@ -30,8 +30,11 @@ tweet_svc. Neither service imports the other; both import this.
   (LIKED_FILL_SCRIPT): so a fill read before a like can never hide it (the like
   wrote its field, which a fill never overwrites), and a fill whose hash expired
   or was evicted meanwhile (with it, maybe, a like's field) lands nowhere. The
-  hash lives LIKED_SECONDS from its creation, which bounds how long a write lost
-  with an unreachable Redis can skew a flag, as for like counts.
+  hash lives at most LIKED_SECONDS from its creation, which bounds how long a write
+  lost with an unreachable Redis can skew a flag, as for like counts: from a quarter
+  less to all of it, by the user's id (`liked_ttl_ms`), so the hashes of readers
+  whose first reads came together (a warm-up, a cold start) are not all missed, and
+  filled by those readers waiting on tweet_svc, in the same second a minute later.
 
 A reader gets bodies and counts for many tweets in one pipeline of single-key
 commands (Redis-Cluster-safe: no MGET across slots). A page is then assembled
@@ -52,6 +55,7 @@ from typing import Any
 from chirp.tweet.v1 import tweet_pb2
 
 from common.keys import TWEET_DELETED, tweet_key
+from common.singleflight import id_share
 
 RECENT_DEPTH = 50  # ids a fill of `ar:` loads per author
 # How long an `ar:` set outlives its refresh time (its lifetime is tweet_svc's setting).
@@ -59,6 +63,7 @@ RECENT_GRACE_SECONDS = 30.0
 # What a reader reads of an `lc:` hash: the count, and when it is due to be rebuilt.
 COUNT_FIELDS = ("n", "t")
 LIKED_SECONDS = 60.0
+LIKED_SPREAD = 0.25  # the share of LIKED_SECONDS that users' hashes' lifetimes spread over
 _TOKEN_FIELD = "~t"  # in `ul:`; never a tweet id
 
 # Versions are Snowflake ids compared as decimal strings (Lua numbers are doubles).
@@ -261,12 +266,18 @@ def parse_recent(members: Sequence[bytes | str], limit: int) -> tuple[list[int],
     return None
 
 
+def liked_ttl_ms(user_id: int, ttl_seconds: float = LIKED_SECONDS) -> int:
+    """How long the user's `ul:` hash lives from its creation: `ttl_seconds` less up to
+    LIKED_SPREAD of it, by the user's id (the same in every process)."""
+    return max(1, int(ttl_seconds * 1000 * (1.0 - LIKED_SPREAD * id_share(user_id))))
+
+
 class LikedStates:
     """tweet_svc's writes of `ul:<user>` (the scripts above, EVALSHA: each script's text
     goes to Redis once). Every call is one script on one key."""
 
     def __init__(self, redis: Any, ttl_seconds: float = LIKED_SECONDS) -> None:
-        self._ttl_ms = max(1, int(ttl_seconds * 1000))
+        self._ttl_seconds = ttl_seconds
         self._write = redis.register_script(LIKED_WRITE_SCRIPT)
         self._token = redis.register_script(LIKED_TOKEN_SCRIPT)
         self._fill = redis.register_script(LIKED_FILL_SCRIPT)
@@ -274,12 +285,15 @@ class LikedStates:
     async def record(self, user_id: int, tweet_id: int, version: int, liked: bool) -> None:
         """A like or unlike, after its `user_likes` write and before it is acknowledged."""
         await self._write(
-            keys=[tweet_key("liked", user_id)], args=[tweet_id, str(max(0, version)), int(liked), self._ttl_ms]
+            keys=[tweet_key("liked", user_id)],
+            args=[tweet_id, str(max(0, version)), int(liked), liked_ttl_ms(user_id, self._ttl_seconds)],
         )
 
     async def fill_token(self, user_id: int) -> str:
         """Taken before the store is read; a fill lands only while the hash still holds it."""
-        token = await self._token(keys=[tweet_key("liked", user_id)], args=[secrets.token_hex(8), self._ttl_ms])
+        token = await self._token(
+            keys=[tweet_key("liked", user_id)], args=[secrets.token_hex(8), liked_ttl_ms(user_id, self._ttl_seconds)]
+        )
         return token.decode() if isinstance(token, bytes) else str(token)
 
     async def fill(self, user_id: int, token: str, tweet_ids: Sequence[int], liked: set[int]) -> None:

@@ -31,6 +31,7 @@ from common.cache import (
 from common.hidden import hidden_key
 from common.ids import id_time_ms
 from common.keys import CELEBRITIES_KEY, feed_key, legacy_following_key, tweet_key
+from common.singleflight import due_by_pttl, id_share
 from common.tweet_cache import CachedTweets, parse_reads, parse_recent, queue_reads, recent_due, recent_range
 from feed_svc.activity import RECORD_TTL_SECONDS, ReadMarks, read_record_key
 
@@ -128,6 +129,7 @@ class HomeReads:
     # The reply to a GET of the reader's hidden-author set (common/hidden.py), for
     # HiddenAuthorsCache.hidden; None when asked for and missed, or not asked for.
     hidden: bytes | None = None
+    hidden_pttl: object = None  # the PTTL of that key, read with it
     answered: bool = False  # whether Redis answered (False: every field is a miss)
 
 
@@ -255,7 +257,7 @@ class FeedCache(Tolerant):
         trip and one pipeline's overhead instead of one each): the cached follow list,
         the pushed timeline as `timeline` reads it, with `own_limit` the reader's own
         newest ids as `recent_ids` reads them and, with `hidden`, the reader's cached
-        hidden-author set (common/hidden.py; its key carries the user's hash tag, and
+        hidden-author set and its PTTL (common/hidden.py; its key carries the user's hash tag, and
         like every other command here it goes to its own slot's node on a cluster).
         Misses are None; all are misses while Redis does not answer."""
 
@@ -264,6 +266,7 @@ class FeedCache(Tolerant):
             pipe.pttl(feed_key("following", user_id))
             if hidden:
                 pipe.get(hidden_key(user_id))
+                pipe.pttl(hidden_key(user_id))
             _queue_timeline(pipe, user_id, before, limit)
             if own_limit:
                 pipe.zrevrange(tweet_key("author_recent", user_id), *recent_range(own_limit))
@@ -278,7 +281,7 @@ class FeedCache(Tolerant):
         ):
             self.on_following_due((user_id,))
         if hidden:
-            reply = replies.pop(0)
+            reply, reads.hidden_pttl = replies.pop(0), replies.pop(0)
             reads.answered = not unanswered(reply)  # a cluster node's keys: it alone missed
             reads.hidden = None if unanswered(reply) else reply
         if own_limit:
@@ -302,9 +305,7 @@ class FeedCache(Tolerant):
     def following_due(self, user_id: int, pttl_ms: Any) -> bool:
         """Whether this reader's follow list, whose PTTL is `pttl_ms`, is past its refresh
         time (one with no expiry, -1, is: a fill always sets one)."""
-        if not isinstance(pttl_ms, int) or pttl_ms > self._following_ttl * FOLLOWING_REFRESH_FRACTION:
-            return False  # not answered, or early in its life (most reads: no hash)
-        return pttl_ms == -1 or 0 <= pttl_ms <= self._following_ttl * following_refresh_point(user_id)
+        return due_by_pttl(user_id, pttl_ms, self._following_ttl, FOLLOWING_REFRESH_FRACTION, FOLLOWING_REFRESH_SPREAD)
 
     # Not `tolerant`, unlike the read path's calls: these run after the read, and a
     # failure is the reload's alone (counted, the list left as it is), never a reason
@@ -477,8 +478,7 @@ def following_refresh_point(user_id: int) -> float:
     """The part of its lifetime a reader's follow list has left when it falls due to be
     loaded again: from FOLLOWING_REFRESH_FRACTION down by up to FOLLOWING_REFRESH_SPREAD
     of it, by a hash of the reader's id (the same for every process and read)."""
-    spread = ((user_id * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) / 2**64  # Fibonacci hashing: ids spread evenly
-    return FOLLOWING_REFRESH_FRACTION * (1.0 - FOLLOWING_REFRESH_SPREAD * spread)
+    return FOLLOWING_REFRESH_FRACTION * (1.0 - FOLLOWING_REFRESH_SPREAD * id_share(user_id))
 
 
 def _following_value(accounts: Sequence[tuple[int, int]], complete: bool) -> str:

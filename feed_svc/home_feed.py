@@ -239,7 +239,8 @@ class HomeFeed:
         if self._hidden_cache is not None:
             first = await reads
             stages.reached("first reads")
-            hidden = await self._hidden_cache.hidden(user_id, first.hidden, first.answered)  # a miss: its script
+            # A miss: its script. A set near its end: loaded again after the read.
+            hidden = await self._hidden_cache.hidden(user_id, first.hidden, first.answered, first.hidden_pttl)
         else:
             first, hidden = await asyncio.gather(reads, self._hidden_authors(user_id))
         stages.reached("hidden authors")

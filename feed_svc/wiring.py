@@ -39,5 +39,7 @@ async def build(cfg: FeedConfig) -> FeedParts:
     cache = FeedCache(redis, cfg.timeline_size, cfg.following_cache_seconds, cfg.celebrity_cache_seconds)
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
     rebuilds = Rebuilds()
-    hidden = HiddenAuthorsCache(RedisHiddenStore(redis), peers.hidden_author_ids, rebuilds=rebuilds, redis=redis)
+    hidden = HiddenAuthorsCache(
+        RedisHiddenStore(redis), peers.hidden_author_ids, rebuilds=rebuilds, redis=redis, reload_after_reads=True
+    )
     return FeedParts(cql, redis, cache, store, peers, hidden, rebuilds)

@@ -129,7 +129,7 @@ class ViewerLikes:
     is exact because a like or unlike writes it before being acknowledged; tweet_svc
     (ListLikedTweetIds, a read of `user_likes` that fills those fields) is asked only
     for the tweets without one. So a viewer reading trending again and again costs
-    tweet_svc and Cassandra one read per LIKED_SECONDS (the hash's life), not one per
+    tweet_svc and Cassandra one read per hash lifetime (at most LIKED_SECONDS), not one per
     request."""
 
     def __init__(self, cached: CachedFlags, ask: LikedTweetIds) -> None:

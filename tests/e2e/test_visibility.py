@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import httpx
+from redis import Redis
 
+from common.hidden import hidden_key
 from tests.conftest import CELEBRITY_THRESHOLD
 from tests.e2e.test_feed import (
     TRENDING_DEADLINE,
@@ -114,6 +116,29 @@ def test_a_mute_applies_to_the_next_page_of_a_walk_and_unmuting_restores(edge: h
     act(edge, reader, "DELETE", "mute", muted.user_id)
     act(edge, reader, "DELETE", "mute", star.user_id)
     assert feed_ids(edge, reader) == newest_first(posted)
+
+
+def test_a_hidden_set_read_near_its_end_is_loaded_again_from_graph_svc(edge: httpx.Client, rds: Redis) -> None:
+    """A reader's cached hidden-author set that a feed read serves near the end of its
+    lifetime is loaded again from graph_svc after the read: sets filled together do not
+    expire together, and one that lost a mute (an invalidation Redis lost) is mended
+    within a lifetime, sooner if it is read near its end."""
+    reader, author = new_accounts(edge, 2, "hr")
+    follow(edge, reader, author.user_id)
+    shown = posts(edge, author, 1, "muted once the set is loaded again")
+    wait_feed(edge, reader, has_all(shown), "the followed author's tweet never arrived")
+    act(edge, reader, "POST", "mute", author.user_id)
+    assert shown[0] not in feed_ids(edge, reader)  # the read after the mute filled the set
+    key = hidden_key(int(reader.user_id))
+    assert rds.get(key) == author.user_id
+
+    rds.set(key, "", px=2_000)  # the mute's invalidation lost, near the set's end (due for any reader)
+    assert shown[0] in feed_ids(edge, reader)  # served as cached: nobody hidden
+    reloaded = eventually(
+        lambda: (rds.get(key) or "", rds.pttl(key)), lambda v: v[0] == author.user_id, "the set was not loaded again"
+    )
+    assert reloaded[1] > 30_000, f"the reloaded set lives {reloaded[1]} ms"
+    assert shown[0] not in feed_ids(edge, reader)
 
 
 # ---- trending -------------------------------------------------------------------------------

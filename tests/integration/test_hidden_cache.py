@@ -1,13 +1,16 @@
 """The hidden-author cache's scripts (common/hidden.py) against the stack's
 Redis (a Redis Cluster on the cluster topology): a miss takes a token and
 fills under it, a fill under a replaced or lost token never lands, a write
-deletes the set, and the set lives HIDDEN_SECONDS."""
+deletes the set, the set lives HIDDEN_SECONDS, and one a read serves near its
+end is loaded again after the read, never over a write applied meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from common.cache import RedisClient
 from common.hidden import (
@@ -20,6 +23,7 @@ from common.hidden import (
     hidden_version_key,
 )
 from common.ids import IdGenerator
+from tests.faults import wait_for_async
 
 IDS = IdGenerator(905)
 
@@ -97,3 +101,105 @@ async def test_the_reader_asks_graph_svc_once_then_serves_from_redis_until_a_wri
     await HiddenInvalidator(store).invalidate([user])
     assert await cache.hidden(user) == frozenset({11, 12})
     assert asked == [user, user]
+
+
+def reloads(result: str) -> float:
+    return REGISTRY.get_sample_value("chirp_hidden_authors_reloads_total", {"result": result}) or 0.0
+
+
+class GatedRows:
+    """graph_svc's ListHiddenAuthorIds answering with `rows` as they were when asked
+    (or raising `failure`), held until `gate` opens."""
+
+    def __init__(self, rows: frozenset[int], failure: Exception | None = None) -> None:
+        self.rows = rows
+        self.failure = failure
+        self.gate = asyncio.Event()
+        self.asked = 0
+
+    async def fetch(self, user_id: int) -> frozenset[int]:
+        self.asked += 1
+        rows = self.rows  # read before the gate: a write after it is not in this answer
+        await self.gate.wait()
+        if self.failure is not None:
+            raise self.failure
+        return rows
+
+
+async def serve_cached(cache: HiddenAuthorsCache, redis: RedisClient, user: int) -> frozenset[int]:
+    """A feed read's way in: the set and its PTTL from the read's own pipeline."""
+    return await cache.hidden(user, await redis.get(hidden_key(user)), True, await redis.pttl(hidden_key(user)))
+
+
+async def test_a_set_served_near_its_end_is_loaded_again_after_the_read(redis: RedisClient, user: int) -> None:
+    """Sets filled together (a warm-up, a cold start) would expire together, and their
+    readers would each wait on graph_svc in the same second. One a read serves near its
+    end is loaded again after the read, for a whole lifetime; one earlier in its life
+    is left alone."""
+    graph = GatedRows(frozenset({11, 12}))
+    graph.gate.set()
+    store = RedisHiddenStore(redis)
+    cache = HiddenAuthorsCache(store, graph.fetch, redis=redis, reload_after_reads=True)
+    token = (await store.read(user)).version
+    assert await store.fill(user, token, frozenset({11}), 40.0)  # two thirds through its life: not due
+    assert await serve_cached(cache, redis, user) == frozenset({11})
+    await asyncio.sleep(1.0)  # a reload batch waits 0.5 s
+    assert graph.asked == 0, "a set early in its life was loaded again"
+
+    await redis.pexpire(hidden_key(user), 2_000)  # in its last thirtieth: due for any reader
+    assert await serve_cached(cache, redis, user) == frozenset({11})  # served as it was
+    await wait_for_async(lambda: _renewed(redis, user), 5.0, "the set to be loaded again")
+    assert graph.asked == 1
+    assert await redis.get(hidden_key(user)) == b"11,12"
+
+
+async def _renewed(redis: RedisClient, user: int) -> bool:
+    return int(await redis.pttl(hidden_key(user))) > (HIDDEN_SECONDS - 5) * 1000
+
+
+async def test_a_reload_across_a_block_never_replaces_the_newer_set(redis: RedisClient, user: int) -> None:
+    """A block or mute applied while a reload asks graph_svc replaces the token (and
+    deletes the set) before it is acknowledged: the reload's older answer never lands,
+    not even over a reader's fill made after the block."""
+    graph = GatedRows(frozenset({11}))
+    store = RedisHiddenStore(redis)
+    cache = HiddenAuthorsCache(store, graph.fetch, redis=redis, reload_after_reads=True)
+    token = (await store.read(user)).version
+    assert await store.fill(user, token, frozenset({11}), 2.0)
+    changed = reloads("changed")
+    assert await serve_cached(cache, redis, user) == frozenset({11})
+    await wait_for_async(lambda: _asked(graph), 5.0, "a reload to start")
+    await HiddenInvalidator(store).invalidate([user])  # the block, before its CQL write...
+    fresh = await store.read(user)  # ...a reader's miss after it...
+    assert await store.fill(user, fresh.version, frozenset({11, 13}), HIDDEN_SECONDS)  # ...fills the new set
+    graph.gate.set()
+    await wait_for_async(lambda: _counted("changed", changed), 5.0, "the reload to end as dropped")
+    assert await redis.get(hidden_key(user)) == b"11,13", "a reload from before a block was stored after it"
+
+
+async def test_a_reload_that_fails_leaves_the_read_and_the_set_as_they_were(redis: RedisClient, user: int) -> None:
+    """graph_svc failing a reload costs the reader nothing: the read is served from the
+    cached set, the reload counts as failed, and the set keeps its value and its time
+    left, so a later read finds it due again."""
+    graph = GatedRows(frozenset({11, 12}), failure=ConnectionError("graph_svc unavailable"))
+    store = RedisHiddenStore(redis)
+    cache = HiddenAuthorsCache(store, graph.fetch, redis=redis, reload_after_reads=True)
+    token = (await store.read(user)).version
+    assert await store.fill(user, token, frozenset({11}), 3.0)
+    failed = reloads("failed")
+    assert await asyncio.wait_for(serve_cached(cache, redis, user), 2.0) == frozenset({11})  # gate still shut
+    await wait_for_async(lambda: _asked(graph), 5.0, "a reload to start")
+    graph.gate.set()
+    await wait_for_async(lambda: _counted("failed", failed), 5.0, "the reload to end as failed")
+    assert await redis.get(hidden_key(user)) == b"11"
+    pttl = int(await redis.pttl(hidden_key(user)))
+    assert 0 < pttl <= 3_000, "a failed reload changed the set's lifetime"
+    assert cache.due(user, pttl)
+
+
+async def _asked(graph: GatedRows) -> bool:
+    return graph.asked >= 1
+
+
+async def _counted(result: str, before: float) -> bool:
+    return reloads(result) > before

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from common.cache import RedisClient
 from common.ids import IdGenerator
 from common.keys import tweet_key
-from common.tweet_cache import LikedStates
+from common.tweet_cache import LIKED_SECONDS, LikedStates, liked_ttl_ms
 from rank_svc.reads import ViewerLikes
 from rank_svc.store import TweetCacheReader
 
@@ -56,3 +56,25 @@ async def test_flags_are_exact_after_a_like_and_an_unlike(redis: RedisClient) ->
         assert store.calls == []
     finally:
         await redis.delete(tweet_key("liked", viewer))
+
+
+async def test_a_users_hash_lives_its_spread_lifetime_from_its_creation(redis: RedisClient) -> None:
+    """The hash lives `liked_ttl_ms(user)` from whichever write creates it (a fill's token
+    or a like), at most LIKED_SECONDS, and later writes do not extend it."""
+    ids = IdGenerator(908)
+    states = LikedStates(redis)
+    by_token, by_like = ids.next_id(), ids.next_id()
+    try:
+        await states.fill_token(by_token)
+        await states.record(by_like, ids.next_id(), ids.next_id(), True)
+        for user in (by_token, by_like):
+            lifetime = liked_ttl_ms(user)
+            assert lifetime <= LIKED_SECONDS * 1000
+            assert lifetime - 2_000 < await redis.pttl(tweet_key("liked", user)) <= lifetime
+        await redis.pexpire(tweet_key("liked", by_like), 5_000)
+        await states.record(by_like, ids.next_id(), ids.next_id(), False)
+        await states.fill_token(by_like)
+        assert await redis.pttl(tweet_key("liked", by_like)) <= 5_000
+    finally:
+        for user in (by_token, by_like):  # one key a command: the keys may live on two cluster nodes
+            await redis.delete(tweet_key("liked", user))

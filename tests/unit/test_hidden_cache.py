@@ -58,7 +58,7 @@ class Steps:
 
 
 class FakeHiddenStore:
-    """The three scripts of RedisHiddenStore, each atomic, in memory."""
+    """The four scripts of RedisHiddenStore, each atomic, in memory."""
 
     def __init__(self, steps: Steps) -> None:
         self.sets: dict[int, frozenset[int]] = {}
@@ -92,6 +92,10 @@ class FakeHiddenStore:
             return True
         finally:
             self.steps.finished("fill")
+
+    async def reload_token(self, user_id: int) -> str | None:
+        self._check()
+        return self.tokens.get(user_id) if user_id in self.sets else None
 
     async def invalidate(self, user_id: int) -> None:
         self.invalidations += 1

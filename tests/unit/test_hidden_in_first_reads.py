@@ -22,7 +22,7 @@ MUTED = 11
 
 
 class SharedHiddenStore:
-    """RedisHiddenStore's three scripts over the world's fake Redis: the set under
+    """RedisHiddenStore's four scripts over the world's fake Redis: the set under
     hidden_key (where a plain GET finds it), the tokens beside it."""
 
     def __init__(self, redis: FakeRedis) -> None:
@@ -53,6 +53,10 @@ class SharedHiddenStore:
         self._check()
         self.redis.data.pop(hidden_key(user_id), None)
         self.tokens[user_id] = new_token()
+
+    async def reload_token(self, user_id: int) -> str | None:
+        self._check()
+        return self.tokens.get(user_id) if hidden_key(user_id) in self.redis.data else None
 
 
 class Scene:
