@@ -1,7 +1,7 @@
 """Cache expiry waves under a steady feed load, the like-count one apart from the
 recent-ids one (docs/BENCHMARKS.md, "Like counts rebuilt after the read").
 
-    python -m bench.waves [--rate 750] [--seconds 45] [--lifetime 90 --seconds 80]
+    python -m bench.waves [--rate 750] [--seconds 50] [--lifetime 90 --seconds 80]
 
 A warm-up fills every cache the readers' pages use at once, so each cache's
 lifetime ends for all of them at once too. This warms the bench's 100 readers,
@@ -12,6 +12,12 @@ feeds through the edge at a steady rate: the authors' recent-ids sets
 It prints the calls the reads made to tweet_svc meanwhile, goodput per second,
 and errors and latency in each window. Run it against `make bench`'s stack
 (BENCH_ENV) after `make seed`; run it on each commit to compare, alternated.
+
+Each reader's like states (`ul:`, common/tweet_cache.py: 60 s at most,
+spread by the reader's id) and hidden-author set (HIDDEN_SECONDS, 60 s) are
+dropped before the warm-up, so the warm-up fills them all, and a window covers
+the end of their lifetime (about 25-46 s in). The calls count tweet_svc's
+ListLikedTweetIds and graph_svc's ListHiddenAuthorIds.
 
 Tweet bodies and follow lists live minutes (CHIRP_TWEET_CACHE_SECONDS,
 CHIRP_FOLLOWING_CACHE_SECONDS, 300 s). To bring the end of their lifetime into a
@@ -36,7 +42,9 @@ import redis
 from bench import seed
 from bench.load import OK, Outcome, http_run, percentile
 from bench.run import Bench, _get
+from common.hidden import HIDDEN_SECONDS
 from common.keys import feed_key, tweet_key
+from common.tweet_cache import LIKED_SECONDS, LIKED_SPREAD
 from infra import topology
 
 READERS = 100
@@ -49,6 +57,8 @@ CALLS = (
     ("tweet_svc", "ListRecentTweetIds"),
     ("tweet_svc", "BatchGetTweets"),
     ("graph_svc", "ListFollowingIds"),
+    ("tweet_svc", "ListLikedTweetIds"),
+    ("graph_svc", "ListHiddenAuthorIds"),
 )
 # The window starts this share of the lifetime early: a change that spreads the fills'
 # lifetimes over the last fifth of the setting (tried in stop 40, docs/BENCHMARKS.md) is
@@ -95,6 +105,15 @@ def lifetime_window(lifetime: float, warmed_before_run: float) -> tuple[str, int
     return "bodies' and follow lists' lifetime ends", max(0, math.floor(start)), max(0, math.ceil(end))
 
 
+def per_reader_window(warmed_before_run: float) -> tuple[str, int, int]:
+    """The run's window where the readers' like states (`ul:`, LIKED_SECONDS, spread over
+    its last LIKED_SPREAD) and hidden-author sets (HIDDEN_SECONDS), all filled by the
+    warm-up, reach the end of their lifetime."""
+    start = min(LIKED_SECONDS * (1 - LIKED_SPREAD), HIDDEN_SECONDS * (1 - LIFETIME_SPREAD)) - warmed_before_run - 3
+    end = max(LIKED_SECONDS, HIDDEN_SECONDS) - warmed_before_run + 3
+    return "like states' and hidden sets' lifetime ends", max(0, math.floor(start)), max(0, math.ceil(end))
+
+
 def describe(outcome: Outcome, rate: float, start: int, end: int) -> str:
     picked = [i for i in range(len(outcome.kinds)) if start <= i / rate < end]
     latencies = sorted(outcome.latencies_ms[i] for i in picked)
@@ -111,7 +130,7 @@ def describe(outcome: Outcome, rate: float, start: int, end: int) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=750.0, help="home-feed reads a second")
-    parser.add_argument("--seconds", type=float, default=45.0)
+    parser.add_argument("--seconds", type=float, default=50.0)
     parser.add_argument(
         "--lifetime",
         type=float,
@@ -126,12 +145,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.lifetime is not None:
         dropped = drop(prefix(tweet_key("body", 0)), prefix(feed_key("following", 0)))
         print(f"dropped {dropped} bodies and follow lists before the warm-up", flush=True)
+    # So that the warm-up fills every reader's like states and hidden-author set, and
+    # their lifetimes end in a known window of the run, whatever the run before left.
+    dropped = drop(prefix(tweet_key("liked", 0)), "hid:{*")
+    print(f"dropped {dropped} like states and hidden-author sets before the warm-up", flush=True)
     bench.warm(readers)
     warmed = time.monotonic()
     time.sleep(APART_SECONDS)
     print(f"dropped {drop(prefix(tweet_key('like_count', 0)))} like counts, warming them again", flush=True)
     bench.warm(readers)
     before = service_calls()
+    windows.append(per_reader_window(time.monotonic() - warmed))
     if args.lifetime is not None:
         windows.append(lifetime_window(args.lifetime, time.monotonic() - warmed))
     outcome = http_run(targets, args.rate, args.seconds)
