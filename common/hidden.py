@@ -21,8 +21,8 @@ and `hidv:{<user>}`, a random version token.
   fetch that began before the write.
 - A set a read serves near the end of its lifetime (HIDDEN_REFRESH_FRACTION of it
   left, or less, at a point spread by the user's id) is loaded again after the read
-  (`reload_after_reads`): under the token it finds (RELOAD_TOKEN_SCRIPT, none when
-  the set is gone), graph_svc is asked, and FILL_SCRIPT stores the answer for a whole
+  (`reload_after_reads`), by one process (RELOAD_TOKEN_SCRIPT claims it): under the
+  token it finds (none when the set is gone), graph_svc is asked, and FILL_SCRIPT stores the answer for a whole
   lifetime only while that token is still there, as a reader's fill does. So a
   change applied meanwhile drops the reload, and sets filled together (a warm-up, a
   cold start) are not all missed, and loaded by their readers waiting, together.
@@ -47,7 +47,8 @@ from redis.commands.core import AsyncScript
 
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolerant
 from common.errors import DEPENDENCY_DOWN_MESSAGE, Unavailable
-from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight, due_by_pttl
+from common.keys import reload_claim_key
+from common.singleflight import RELOAD_CLAIM_MS, BackgroundRefresh, Rebuilds, SingleFlight, due_by_pttl
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,9 @@ HIDDEN_RELOADS_AT_ONCE = 4  # per process
 LOOKUPS = Counter("chirp_hidden_authors_cache_total", "Hidden-author set lookups by cache outcome.", ["result"])
 RELOADS = Counter(
     "chirp_hidden_authors_reloads_total",
-    "Hidden-author sets loaded again after a read found them near their end: stored, "
-    "changed (a block or mute applied meanwhile, or the set gone: nothing stored) or failed.",
+    "Hidden-author sets a read found near their end, loaded again after it: stored; changed "
+    "(a block or mute applied meanwhile: nothing stored); skipped (gone, or reloaded by another "
+    "process); failed.",
     ["result"],
 )
 # Looked up once: labels() takes a lock and a dict lookup on every call.
@@ -104,10 +106,12 @@ return 1
 """
 
 
-# KEYS: set, token. Returns the token a reload fills under, or nil when the set is gone
-# (a change deleted it, or it expired: the next read's miss fills it).
+# KEYS: set, token, the reload's claim key. ARGV: claim ms. Returns the token a reload
+# fills under, or nil when the set is gone (a change deleted it, or it expired: the next
+# read's miss fills it) or another process claimed its reload.
 RELOAD_TOKEN_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[1]) then return false end
 return redis.call('GET', KEYS[2])
 """
 
@@ -161,7 +165,8 @@ class HiddenStore(Protocol):
         ...
 
     async def reload_token(self, user_id: int) -> str | None:
-        """The token a reload of the cached set fills under; None when there is no set."""
+        """The token a reload of the cached set fills under, with this process's claim on
+        the reload; None when there is no set or another process claimed it."""
         ...
 
 
@@ -188,7 +193,8 @@ class RedisHiddenStore:
         await _run(self._invalidate, user_id, [new_token(), _ms(VERSION_SECONDS)])
 
     async def reload_token(self, user_id: int) -> str | None:
-        token = await _run(self._reload_token, user_id, [])
+        keys = [*_keys(user_id), reload_claim_key(hidden_key(user_id))]
+        token = await self._reload_token(keys=keys, args=[RELOAD_CLAIM_MS])
         return None if token is None else _text(token)
 
 
@@ -268,14 +274,15 @@ class HiddenAuthorsCache(Tolerant):
             async with self._reloading:
                 token = await self._store.reload_token(user_id)
                 if token is None:
-                    return None  # gone: the next read's miss fills it
+                    return None  # gone (the next read's miss fills it), or another process reloads it
                 hidden = await self._fetch(user_id)
                 return await self._store.fill(user_id, token, hidden, self._ttl_seconds)
 
         done = await asyncio.gather(*(one(u) for u in user_ids), return_exceptions=True)
         failed = [r for r in done if isinstance(r, BaseException)]
         RELOADS.labels("stored").inc(sum(r is True for r in done))
-        RELOADS.labels("changed").inc(sum(r is False or r is None for r in done))
+        RELOADS.labels("changed").inc(sum(r is False for r in done))
+        RELOADS.labels("skipped").inc(sum(r is None for r in done))
         if failed:  # those sets stay due: a later read asks again
             RELOADS.labels("failed").inc(len(failed))
             log.debug("%d of %d hidden-author reloads failed: %r", len(failed), len(done), failed[0])

@@ -66,6 +66,18 @@ def feed_key(family: FeedKey, entity_id: int) -> str:
     return f"{_FEED_PREFIXES[family]}:{entity_id}"
 
 
+def reload_claim_key(key: str) -> str:
+    """The key one process sets (SET NX, briefly) to claim the reload of `key` after a
+    read found it due, so that the other processes serving the same reader do not load
+    it too. It hashes to `key`'s slot: `key`'s own hash tag when it has one, else
+    `key` whole as the tag."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    if start != -1 and end > start + 1:
+        return f"{key}:reload"
+    return f"{{{key}}}:reload"
+
+
 def legacy_following_key(user_id: int) -> str:
     """A follow list as feed_svc cached it before `fo2:`, deleted with it."""
     return f"{LEGACY_FOLLOWING_PREFIX}:{user_id}"

@@ -56,7 +56,13 @@ _TIMELINE_HITS = TIMELINE_READS.labels("hit")
 _TIMELINE_MISSES = TIMELINE_READS.labels("miss")
 # Follow lists loaded again after a read served them past their refresh time, by
 # outcome: stored, changed (a follow or unfollow meanwhile: dropped), failed.
-FOLLOWING_RELOADS = Counter("chirp_following_reloads_total", "Follow lists reloaded after the read.", ["result"])
+FOLLOWING_RELOADS = Counter(
+    "chirp_following_reloads_total",
+    "Follow lists a read found near their end, loaded again after it: stored; changed (a follow "
+    "or unfollow applied meanwhile: nothing stored); skipped (gone, being filled by a reader, or "
+    "reloaded by another process); failed.",
+    ["result"],
+)
 FOLLOWING_REFRESHES = 4  # reloads from graph_svc at once, per process
 CELEBRITY_PULLS = Histogram(
     "chirp_celebrity_pulls_per_read",
@@ -331,7 +337,7 @@ class HomeFeed:
             async with self._following_refreshes:
                 fingerprint = await self._cache.following_fingerprint(user_id)
                 if fingerprint is None:
-                    return None  # gone, or a reader is loading it
+                    return None  # gone, a reader is loading it, or another process reloads it
                 accounts, truncated = await self._following_ids(user_id, ())
                 return await self._cache.refresh_following(user_id, fingerprint, accounts, not truncated)
 
@@ -339,6 +345,7 @@ class HomeFeed:
         failed = [r for r in done if isinstance(r, BaseException)]
         FOLLOWING_RELOADS.labels("stored").inc(sum(r is True for r in done))
         FOLLOWING_RELOADS.labels("changed").inc(sum(r is False for r in done))
+        FOLLOWING_RELOADS.labels("skipped").inc(sum(r is None for r in done))
         if failed:  # those lists stay due: a later read asks again
             FOLLOWING_RELOADS.labels("failed").inc(len(failed))
             log.debug("%d of %d follow-list reloads failed: %r", len(failed), len(done), failed[0])

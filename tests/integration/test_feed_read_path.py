@@ -21,7 +21,7 @@ from redis.commands.core import AsyncScript
 from common.cache import RedisClient, mark_tweet_deleted
 from common.hidden import HiddenAuthorsCache, RedisHiddenStore, hidden_key, hidden_version_key
 from common.ids import IdGenerator
-from common.keys import feed_key, legacy_following_key, tweet_key
+from common.keys import feed_key, legacy_following_key, reload_claim_key, tweet_key
 from common.tweet_cache import RECENT_GRACE_SECONDS
 from feed_svc.activity import read_record_key
 from feed_svc.cache import FeedCache
@@ -510,6 +510,7 @@ async def test_a_follow_list_reloaded_across_a_follow_never_replaces_the_newer_l
     reader, friend, newcomer = IDS.next_id(), IDS.next_id(), IDS.next_id()
     graph = GatedGraph([(friend, 1)])
     cache, key = reloading_cache(redis, graph, reader)
+    claim = reload_claim_key(key)
     try:
         await redis.set(key, f"{friend}:1", px=10_000)
         changed = reloads("changed")
@@ -524,25 +525,30 @@ async def test_a_follow_list_reloaded_across_a_follow_never_replaces_the_newer_l
         # A follow and its unfollow, both applied while a reload loads: the reader's fill
         # after them holds the same bytes as before, yet is a newer write. It stays.
         await redis.set(key, f"{friend}:1", px=50_000)
+        await redis.delete(claim)  # the reload above ended: its claim may as well be gone
         fingerprint = await cache.following_fingerprint(reader)
         assert fingerprint is not None
+        assert await cache.following_fingerprint(reader) is None, "a second process reloads it too"
         await cache.drop_following(reader)
         await asyncio.sleep(0.01)  # a fill at least a millisecond later
         await redis.set(key, f"{friend}:1", px=50_000)
         assert await cache.refresh_following(reader, fingerprint, [(friend, 1), (newcomer, 1)], True) is False
         assert await redis.get(key) == f"{friend}:1".encode()
         # Over the write it fingerprinted, it is stored.
+        await redis.delete(claim)
         fingerprint = await cache.following_fingerprint(reader)
         assert fingerprint is not None
         assert await cache.refresh_following(reader, fingerprint, [(friend, 2)], True) is True
         assert await redis.get(key) == f"{friend}:2".encode()
         assert 290_000 < await redis.pttl(key) <= 300_000
         # A reader's marker (a load in progress) is not fingerprinted, so never reloaded over.
+        await redis.delete(claim)
         await redis.set(key, "pending:abc", px=10_000)
         assert await cache.following_fingerprint(reader) is None
     finally:
         graph.gate.set()
         await redis.delete(key)
+        await redis.delete(claim)
 
 
 async def _counted(result: str, before: float) -> bool:

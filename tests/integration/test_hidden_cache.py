@@ -23,6 +23,8 @@ from common.hidden import (
     hidden_version_key,
 )
 from common.ids import IdGenerator
+from common.keys import reload_claim_key
+from common.singleflight import RELOAD_CLAIM_MS
 from tests.faults import wait_for_async
 
 IDS = IdGenerator(905)
@@ -203,3 +205,23 @@ async def _asked(graph: GatedRows) -> bool:
 
 async def _counted(result: str, before: float) -> bool:
     return reloads(result) > before
+
+
+async def test_one_process_reloads_a_set_that_several_found_due(redis: RedisClient, user: int) -> None:
+    """Every feed_svc instance serving a reader finds the set due; the first to ask claims
+    the reload (in the set's slot), and the others skip it until the claim lapses."""
+    store, other = RedisHiddenStore(redis), RedisHiddenStore(redis)
+    token = (await store.read(user)).version
+    assert await store.fill(user, token, frozenset({11}), 2.0)
+    claim = reload_claim_key(hidden_key(user))
+    try:
+        assert await store.reload_token(user) == token
+        assert await other.reload_token(user) is None
+        assert 0 < await redis.pttl(claim) <= RELOAD_CLAIM_MS
+        await redis.delete(claim)  # lapsed: a reload that failed leaves the set due for anyone
+        assert await other.reload_token(user) == token
+        await redis.delete(claim, hidden_key(user))
+        assert await store.reload_token(user) is None  # no set: nothing to reload
+        assert await redis.exists(claim) == 0, "a claim was taken on a set that is gone"
+    finally:
+        await redis.delete(claim)

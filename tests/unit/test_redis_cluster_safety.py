@@ -36,9 +36,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 import common.cache as cache_module
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, cluster_nodes, connect_redis, tolerant
 from common.cql import CqlSession
-from common.hidden import HiddenAuthorsCache, RedisHiddenStore
+from common.hidden import HiddenAuthorsCache, RedisHiddenStore, hidden_key
 from common.ids import IdGenerator
-from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
+from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, reload_claim_key, tweet_key
 from feed_svc.cache import (
     CLAIM_FOLLOWING_SCRIPT,
     FILL_FOLLOWING_SCRIPT,
@@ -243,8 +243,9 @@ class FakeRedis:
         # The fake's TTLs never run down, so a key's TTL stands in for its PEXPIRETIME.
         if script == FOLLOWING_FINGERPRINT_SCRIPT:
             value = cast(bytes | None, self.data.get(key))
-            if value is None or value.startswith(PENDING.encode()):
+            if value is None or value.startswith(PENDING.encode()) or keys[1] in self.data:
                 return None
+            self.data[keys[1]], self.ttl_ms[keys[1]] = b"1", int(args[0])  # the claim
             return [hashlib.sha1(value).hexdigest().encode(), self.ttl_ms.get(key, -1)]
         if script == REFRESH_FOLLOWING_SCRIPT:
             value = cast(bytes | None, self.data.get(key))
@@ -378,8 +379,9 @@ async def test_feed_cache_round_trips_many_keys_without_spanning_slots() -> None
     assert isinstance(token, str) and await cache.claim_following(users[5]) == token  # a second reader shares it
     await cache.set_following(users[5], [(users[6], 1)], False, token)
     assert await cache.claim_following(users[5]) == ([(users[6], 1)], False)
-    fingerprint = await cache.following_fingerprint(users[5])  # a reload after a read: that key alone
+    fingerprint = await cache.following_fingerprint(users[5])  # a reload after a read: that key's slot alone
     assert fingerprint is not None
+    assert await cache.following_fingerprint(users[5]) is None  # claimed: no second process reloads it
     assert await cache.refresh_following(users[5], fingerprint, [(users[7], 2)], True)
     assert await cache.claim_following(users[5]) == ([(users[7], 2)], True)
     assert (await cache.home_reads(users[5], None, 20, 0)).following == ([(users[7], 2)], True)
@@ -790,3 +792,11 @@ async def test_the_store_unions_both_tables_and_moves_an_author_when_it_marks_it
     assert cql.tables == {"celebrities_by_shard": {a, b}, "celebrities": set()}
     assert not await store.is_celebrity(c)
     assert await store.celebrities() == {a, b}
+
+
+def test_a_reload_claim_lives_in_the_slot_of_the_key_it_claims() -> None:
+    for user in spread_ids(200):
+        for key in (feed_key("following", user), hidden_key(user)):
+            claim = reload_claim_key(key)
+            assert claim != key
+            assert key_slot(claim.encode()) == key_slot(key.encode()), (key, claim)
