@@ -42,7 +42,7 @@ import redis
 from bench import seed
 from bench.load import OK, Outcome, http_run, percentile
 from bench.run import Bench, _get
-from common.hidden import HIDDEN_SECONDS
+from common.hidden import HIDDEN_REFRESH_FRACTION, HIDDEN_SECONDS
 from common.keys import feed_key, tweet_key
 from common.tweet_cache import LIKED_SECONDS, LIKED_SPREAD
 from infra import topology
@@ -109,7 +109,9 @@ def per_reader_window(warmed_before_run: float) -> tuple[str, int, int]:
     """The run's window where the readers' like states (`ul:`, LIKED_SECONDS, spread over
     its last LIKED_SPREAD) and hidden-author sets (HIDDEN_SECONDS), all filled by the
     warm-up, reach the end of their lifetime."""
-    start = min(LIKED_SECONDS * (1 - LIKED_SPREAD), HIDDEN_SECONDS * (1 - LIFETIME_SPREAD)) - warmed_before_run - 3
+    start = (
+        min(LIKED_SECONDS * (1 - LIKED_SPREAD), HIDDEN_SECONDS * (1 - HIDDEN_REFRESH_FRACTION)) - warmed_before_run - 3
+    )
     end = max(LIKED_SECONDS, HIDDEN_SECONDS) - warmed_before_run + 3
     return "like states' and hidden sets' lifetime ends", max(0, math.floor(start)), max(0, math.ceil(end))
 

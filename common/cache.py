@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
@@ -64,7 +65,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from common.keys import TWEET_DELETED, TWEET_DELETED_SECONDS, tweet_key
+from common.keys import TWEET_DELETED, TWEET_DELETED_SECONDS, reload_claim_key, tweet_key
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,40 @@ REDIS_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     RedisClusterException,
     ReadOnlyError,  # a demoted primary refusing writes
 )
+
+# A process's claim on a reload after a read (common/keys.py, `reload_claim_key`): taken
+# in the reload's first script (SET NX PX with a random token), so the other processes
+# that found the same key due skip it, and released when the reload ends, whatever its
+# outcome (RELEASE_CLAIM_SCRIPT). It lapses by itself after RELOAD_CLAIM_MS, longer than
+# a reload takes (a gRPC call's 2 s deadline and two scripts), should its process die.
+RELOAD_CLAIM_MS = 5_000
+# KEYS: the claim. ARGV: the token it was taken with. A claim that lapsed and was taken
+# again by another process is that process's, and stays.
+RELEASE_CLAIM_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class ReloadClaims:
+    """Releases this process's claims on reloads (RELOAD_CLAIM_MS)."""
+
+    def __init__(self, redis: Any) -> None:
+        self._release = redis.register_script(RELEASE_CLAIM_SCRIPT)
+
+    @staticmethod
+    def new() -> str:
+        """A claim's token: random, so no other claim can be taken for it."""
+        return secrets.token_hex(8)
+
+    async def release(self, key: str, claim: str) -> None:
+        """Ends the claim taken with `claim` on reloading `key`, if it is still that claim;
+        while Redis does not answer it is left to lapse."""
+        try:
+            await self._release(keys=[reload_claim_key(key)], args=[claim])
+        except REDIS_UNAVAILABLE_ERRORS as exc:
+            log.debug("the reload claim of %s lapses by itself: %r", key, exc)
+
 
 TIMEOUT_SECONDS = 0.5
 # Commands in flight per process. Measured (one asyncio process, pipelines of 24 GETs

@@ -5,7 +5,8 @@ applies to the very next read.
 
 Two keys per user, sharing the user's hash tag so one script touches both on a
 Redis Cluster: `hid:{<user>}`, the set (ids comma-separated, empty for nobody),
-and `hidv:{<user>}`, a random version token.
+and `hidv:{<user>}`, a random version token; and for a few seconds while one
+process reloads the set, `hid:{<user>}:reload`, its claim.
 
 - A reader GETs the set; on a miss it takes the token (creating one when there
   is none) in the same script, asks graph_svc, and fills only if the token is
@@ -21,8 +22,9 @@ and `hidv:{<user>}`, a random version token.
   fetch that began before the write.
 - A set a read serves near the end of its lifetime (HIDDEN_REFRESH_FRACTION of it
   left, or less, at a point spread by the user's id) is loaded again after the read
-  (`reload_after_reads`), by one process (RELOAD_TOKEN_SCRIPT claims it): under the
-  token it finds (none when the set is gone), graph_svc is asked, and FILL_SCRIPT stores the answer for a whole
+  (`reload_after_reads`), by one process (RELOAD_TOKEN_SCRIPT claims it, and the
+  claim is released when the reload ends, whatever its outcome): under the token it
+  finds (none when the set is gone), graph_svc is asked, and FILL_SCRIPT stores the answer for a whole
   lifetime only while that token is still there, as a reader's fill does. So a
   change applied meanwhile drops the reload, and sets filled together (a warm-up, a
   cold start) are not all missed, and loaded by their readers waiting, together.
@@ -45,10 +47,10 @@ from typing import Any, Protocol
 from prometheus_client import Counter
 from redis.commands.core import AsyncScript
 
-from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolerant
+from common.cache import REDIS_UNAVAILABLE_ERRORS, RELOAD_CLAIM_MS, RedisClient, ReloadClaims, Tolerant, tolerant
 from common.errors import DEPENDENCY_DOWN_MESSAGE, Unavailable
 from common.keys import reload_claim_key
-from common.singleflight import RELOAD_CLAIM_MS, BackgroundRefresh, Rebuilds, SingleFlight, due_by_pttl
+from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight, due_by_pttl
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,8 @@ LOOKUPS = Counter("chirp_hidden_authors_cache_total", "Hidden-author set lookups
 RELOADS = Counter(
     "chirp_hidden_authors_reloads_total",
     "Hidden-author sets a read found near their end, loaded again after it: stored; changed "
-    "(a block or mute applied meanwhile: nothing stored); skipped (gone, or reloaded by another "
-    "process); failed.",
+    "(a block or mute applied meanwhile, or the token lost: nothing stored); skipped (gone, "
+    "its token lost, or reloaded by another process); failed.",
     ["result"],
 )
 # Looked up once: labels() takes a lock and a dict lookup on every call.
@@ -106,13 +108,19 @@ return 1
 """
 
 
-# KEYS: set, token, the reload's claim key. ARGV: claim ms. Returns the token a reload
-# fills under, or nil when the set is gone (a change deleted it, or it expired: the next
-# read's miss fills it) or another process claimed its reload.
+# KEYS: set, token, the reload's claim (common/keys.py, in the user's slot). ARGV: the
+# claim's token, claim ms, token ttl_ms. Returns the token a reload fills under, taking
+# the claim and keeping the token for another VERSION_SECONDS (reloads keep a set in
+# use alive); nil, claiming nothing, when the set is gone (a change deleted it, or it
+# expired: the next read's miss fills it), its token is lost, or another process
+# claimed the reload.
 RELOAD_TOKEN_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[1]) then return false end
-return redis.call('GET', KEYS[2])
+local token = redis.call('GET', KEYS[2])
+if not token then return false end
+if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return token
 """
 
 
@@ -164,14 +172,20 @@ class HiddenStore(Protocol):
         """Deletes the set and replaces the token."""
         ...
 
-    async def reload_token(self, user_id: int) -> str | None:
-        """The token a reload of the cached set fills under, with this process's claim on
-        the reload; None when there is no set or another process claimed it."""
+    async def reload_token(self, user_id: int, claim: str) -> str | None:
+        """The token a reload of the cached set fills under, this process claiming the
+        reload with `claim`; None when there is no set or token, or another process
+        claimed it."""
+        ...
+
+    async def end_reload(self, user_id: int, claim: str) -> None:
+        """Releases the claim `reload_token` took, whatever became of the reload."""
         ...
 
 
 class RedisHiddenStore:
-    """HiddenStore as four scripts; each touches one user's two keys (one slot)."""
+    """HiddenStore as five scripts; each touches one user's keys, all in one slot (the
+    set, the token and, for a reload, its claim)."""
 
     def __init__(self, redis: RedisClient) -> None:
         # EVALSHA: the script text goes to each node once, not per read.
@@ -179,6 +193,7 @@ class RedisHiddenStore:
         self._fill = redis.register_script(FILL_SCRIPT)
         self._invalidate = redis.register_script(INVALIDATE_SCRIPT)
         self._reload_token = redis.register_script(RELOAD_TOKEN_SCRIPT)
+        self._claims = ReloadClaims(redis)
 
     async def read(self, user_id: int) -> Read:
         hidden, version = await _run(self._read, user_id, [new_token(), _ms(VERSION_SECONDS)])
@@ -192,10 +207,13 @@ class RedisHiddenStore:
     async def invalidate(self, user_id: int) -> None:
         await _run(self._invalidate, user_id, [new_token(), _ms(VERSION_SECONDS)])
 
-    async def reload_token(self, user_id: int) -> str | None:
+    async def reload_token(self, user_id: int, claim: str) -> str | None:
         keys = [*_keys(user_id), reload_claim_key(hidden_key(user_id))]
-        token = await self._reload_token(keys=keys, args=[RELOAD_CLAIM_MS])
+        token = await self._reload_token(keys=keys, args=[claim, RELOAD_CLAIM_MS, _ms(VERSION_SECONDS)])
         return None if token is None else _text(token)
+
+    async def end_reload(self, user_id: int, claim: str) -> None:
+        await self._claims.release(hidden_key(user_id), claim)
 
 
 FetchHidden = Callable[[int], Awaitable[frozenset[int]]]
@@ -272,11 +290,15 @@ class HiddenAuthorsCache(Tolerant):
 
         async def one(user_id: int) -> bool | None:
             async with self._reloading:
-                token = await self._store.reload_token(user_id)
+                claim = ReloadClaims.new()
+                token = await self._store.reload_token(user_id, claim)
                 if token is None:
                     return None  # gone (the next read's miss fills it), or another process reloads it
-                hidden = await self._fetch(user_id)
-                return await self._store.fill(user_id, token, hidden, self._ttl_seconds)
+                try:
+                    hidden = await self._fetch(user_id)
+                    return await self._store.fill(user_id, token, hidden, self._ttl_seconds)
+                finally:  # a failed reload leaves the set due for any process, at once
+                    await self._store.end_reload(user_id, claim)
 
         done = await asyncio.gather(*(one(u) for u in user_ids), return_exceptions=True)
         failed = [r for r in done if isinstance(r, BaseException)]

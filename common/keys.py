@@ -70,11 +70,13 @@ def reload_claim_key(key: str) -> str:
     """The key one process sets (SET NX, briefly) to claim the reload of `key` after a
     read found it due, so that the other processes serving the same reader do not load
     it too. It hashes to `key`'s slot: `key`'s own hash tag when it has one, else
-    `key` whole as the tag."""
+    `key` whole as the tag (so a key without a tag must hold no brace)."""
     start = key.find("{")
     end = key.find("}", start + 1)
     if start != -1 and end > start + 1:
         return f"{key}:reload"
+    if "{" in key or "}" in key:
+        raise ValueError(f"no claim key in the slot of {key!r}: a brace, but no hash tag")
     return f"{{{key}}}:reload"
 
 

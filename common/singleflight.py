@@ -209,11 +209,6 @@ REFRESH_COOLDOWN_SECONDS = 5.0
 REFRESH_PENDING = 5000
 
 
-# How long a process's claim on a reload (common/keys.py, `reload_claim_key`) holds off
-# the others: longer than a reload takes; one that dies mid-reload leaves the key due.
-RELOAD_CLAIM_MS = 10_000
-
-
 def id_share(key_id: int) -> float:
     """A share in [0, 1) drawn from an id by Fibonacci hashing: the same in every process
     and on every read, and spread evenly over ids made one after another (Snowflake)."""

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.cache import (
+    RELOAD_CLAIM_MS,
     RedisClient,
+    ReloadClaims,
     Tolerant,
     mark_tweet_deleted,
     partial_replies,
@@ -31,7 +33,7 @@ from common.cache import (
 from common.hidden import hidden_key
 from common.ids import id_time_ms
 from common.keys import CELEBRITIES_KEY, feed_key, legacy_following_key, reload_claim_key, tweet_key
-from common.singleflight import RELOAD_CLAIM_MS, due_by_pttl, id_share
+from common.singleflight import due_by_pttl, id_share
 from common.tweet_cache import CachedTweets, parse_reads, parse_recent, queue_reads, recent_due, recent_range
 from feed_svc.activity import RECORD_TTL_SECONDS, ReadMarks, read_record_key
 
@@ -71,13 +73,15 @@ return 1
 # A cached list's fingerprint for a reload (`following_fingerprint`): the SHA-1 of its
 # value and its PEXPIRETIME, which every fill and reload sets anew, so the pair names
 # the write that put the list there, not only what it holds (a follow and its unfollow
-# leave the same bytes behind). nil for a miss, a reader's PENDING marker, or a list
-# another process claimed the reload of (the claim key, SET NX for RELOAD_CLAIM_MS).
-# KEYS: the list, its claim key (common/keys.py, in the list's slot). ARGV: claim ms.
+# leave the same bytes behind), taking this process's claim on the reload (SET NX for
+# RELOAD_CLAIM_MS, common/cache.py); nil, claiming nothing, for a miss, a reader's
+# PENDING marker, or a list another process claimed the reload of.
+# KEYS: the list, its claim (common/keys.py, in the list's slot). ARGV: the claim's
+# token, claim ms.
 FOLLOWING_FINGERPRINT_SCRIPT = """
 local value = redis.call('GET', KEYS[1])
 if not value or string.sub(value, 1, 8) == 'pending:' then return false end
-if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return false end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
 return {redis.sha1hex(value), redis.call('PEXPIRETIME', KEYS[1])}
 """
 # KEYS: the list. ARGV: the fingerprint's SHA-1, the list loaded after it was taken, its
@@ -151,6 +155,7 @@ class FeedCache(Tolerant):
         self._fill_following = redis.register_script(FILL_FOLLOWING_SCRIPT)
         self._refresh_following = redis.register_script(REFRESH_FOLLOWING_SCRIPT)
         self._following_fingerprint = redis.register_script(FOLLOWING_FINGERPRINT_SCRIPT)
+        self._claims = ReloadClaims(redis)
         # CHIRP_CELEBRITY_CACHE_SECONDS paces feed_svc's in-memory celebrity registry.
         self.celebrity_ttl_seconds = celebrity_ttl
         # Told the authors whose recent-ids sets a read served past their refresh time
@@ -312,13 +317,17 @@ class FeedCache(Tolerant):
     # Not `tolerant`, unlike the read path's calls: these run after the read, and a
     # failure is the reload's alone (counted, the list left as it is), never a reason
     # to serve reads without Redis.
-    async def following_fingerprint(self, user_id: int) -> tuple[str, int] | None:
-        """The cached follow list's fingerprint for `refresh_following`, and this
-        process's claim on the reload; None for a miss, a reader's PENDING marker, or a
-        list another process is reloading."""
+    async def following_fingerprint(self, user_id: int, claim: str) -> tuple[str, int] | None:
+        """The cached follow list's fingerprint for `refresh_following`, this process
+        claiming the reload with `claim` (`end_following_reload` releases it); None for
+        a miss, a reader's PENDING marker, or a list another process is reloading."""
         key = feed_key("following", user_id)
-        found = await self._following_fingerprint(keys=[key, reload_claim_key(key)], args=[RELOAD_CLAIM_MS])
+        found = await self._following_fingerprint(keys=[key, reload_claim_key(key)], args=[claim, RELOAD_CLAIM_MS])
         return None if found is None else (_text(found[0]), int(found[1]))
+
+    async def end_following_reload(self, user_id: int, claim: str) -> None:
+        """Releases the claim `following_fingerprint` took, whatever became of the reload."""
+        await self._claims.release(feed_key("following", user_id), claim)
 
     async def refresh_following(
         self, user_id: int, fingerprint: tuple[str, int], accounts: Sequence[tuple[int, int]], complete: bool

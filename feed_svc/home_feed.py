@@ -32,6 +32,7 @@ from chirp.tweet.v1 import tweet_pb2
 from prometheus_client import Counter, Histogram
 
 from common import stages
+from common.cache import ReloadClaims
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.hidden import HiddenAuthorsCache
 from common.pagination import PageTokens, unshared_tokens
@@ -55,7 +56,7 @@ TIMELINE_READS = Counter("chirp_timeline_cache_total", "Home timeline reads by R
 _TIMELINE_HITS = TIMELINE_READS.labels("hit")
 _TIMELINE_MISSES = TIMELINE_READS.labels("miss")
 # Follow lists loaded again after a read served them past their refresh time, by
-# outcome: stored, changed (a follow or unfollow meanwhile: dropped), failed.
+# outcome: stored, changed (a follow or unfollow meanwhile: dropped), skipped, failed.
 FOLLOWING_RELOADS = Counter(
     "chirp_following_reloads_total",
     "Follow lists a read found near their end, loaded again after it: stored; changed (a follow "
@@ -335,11 +336,15 @@ class HomeFeed:
 
         async def one(user_id: int) -> bool | None:
             async with self._following_refreshes:
-                fingerprint = await self._cache.following_fingerprint(user_id)
+                claim = ReloadClaims.new()
+                fingerprint = await self._cache.following_fingerprint(user_id, claim)
                 if fingerprint is None:
                     return None  # gone, a reader is loading it, or another process reloads it
-                accounts, truncated = await self._following_ids(user_id, ())
-                return await self._cache.refresh_following(user_id, fingerprint, accounts, not truncated)
+                try:
+                    accounts, truncated = await self._following_ids(user_id, ())
+                    return await self._cache.refresh_following(user_id, fingerprint, accounts, not truncated)
+                finally:  # a failed reload leaves the list due for any process, at once
+                    await self._cache.end_following_reload(user_id, claim)
 
         done = await asyncio.gather(*(one(u) for u in user_ids), return_exceptions=True)
         failed = [r for r in done if isinstance(r, BaseException)]

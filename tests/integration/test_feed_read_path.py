@@ -524,27 +524,31 @@ async def test_a_follow_list_reloaded_across_a_follow_never_replaces_the_newer_l
 
         # A follow and its unfollow, both applied while a reload loads: the reader's fill
         # after them holds the same bytes as before, yet is a newer write. It stays.
+        assert await redis.exists(claim) == 0, "the reload above ended and kept its claim"
         await redis.set(key, f"{friend}:1", px=50_000)
-        await redis.delete(claim)  # the reload above ended: its claim may as well be gone
-        fingerprint = await cache.following_fingerprint(reader)
+        fingerprint = await cache.following_fingerprint(reader, "mine")
         assert fingerprint is not None
-        assert await cache.following_fingerprint(reader) is None, "a second process reloads it too"
+        assert await cache.following_fingerprint(reader, "theirs") is None, "a second process reloads it too"
         await cache.drop_following(reader)
         await asyncio.sleep(0.01)  # a fill at least a millisecond later
         await redis.set(key, f"{friend}:1", px=50_000)
         assert await cache.refresh_following(reader, fingerprint, [(friend, 1), (newcomer, 1)], True) is False
         assert await redis.get(key) == f"{friend}:1".encode()
+        await cache.end_following_reload(reader, "theirs")  # not its claim: left alone
+        assert await redis.get(claim) == b"mine"
+        await cache.end_following_reload(reader, "mine")
+        assert await redis.exists(claim) == 0
         # Over the write it fingerprinted, it is stored.
-        await redis.delete(claim)
-        fingerprint = await cache.following_fingerprint(reader)
+        fingerprint = await cache.following_fingerprint(reader, "mine")
         assert fingerprint is not None
         assert await cache.refresh_following(reader, fingerprint, [(friend, 2)], True) is True
         assert await redis.get(key) == f"{friend}:2".encode()
         assert 290_000 < await redis.pttl(key) <= 300_000
+        await cache.end_following_reload(reader, "mine")
         # A reader's marker (a load in progress) is not fingerprinted, so never reloaded over.
-        await redis.delete(claim)
         await redis.set(key, "pending:abc", px=10_000)
-        assert await cache.following_fingerprint(reader) is None
+        assert await cache.following_fingerprint(reader, "mine") is None
+        assert await redis.exists(claim) == 0, "a claim was taken on a marker"
     finally:
         graph.gate.set()
         await redis.delete(key)
@@ -564,7 +568,8 @@ async def test_a_follow_list_reload_that_fails_leaves_the_read_and_the_list_as_t
 ) -> None:
     """graph_svc failing a reload costs the reader nothing: the read is served from the
     cached list without waiting for the reload, the reload counts as failed, and the
-    list is kept as it was, with its time left, so a later read finds it due again."""
+    list is kept as it was, with its time left and no claim on it, so a later read, in
+    any process, finds it due again and has it reloaded."""
     reader, friend = IDS.next_id(), IDS.next_id()
     graph = GatedGraph([(friend, 1)], failure=ConnectionError("graph_svc unavailable"))
     cache, key = reloading_cache(redis, graph, reader)
@@ -579,6 +584,12 @@ async def test_a_follow_list_reload_that_fails_leaves_the_read_and_the_list_as_t
         assert await redis.get(key) == f"{friend}:1".encode()
         assert 0 < await redis.pttl(key) <= 10_000, "a failed reload changed the list's lifetime"
         assert cache.following_due(reader, int(await redis.pttl(key)))
+        # Its claim ended with it: another process's read reloads the list at once.
+        graph.failure = None
+        other, _ = reloading_cache(redis, graph, reader)
+        assert (await other.home_reads(reader, None, 20, 0)).following == ([(friend, 1)], True)
+        await wait_for_async(lambda: _renewed(redis, key), 5.0, "another process to load the list again")
+        assert graph.calls == 2
     finally:
         graph.gate.set()
         await redis.delete(key)

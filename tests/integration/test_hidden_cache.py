@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import REGISTRY
 
-from common.cache import RedisClient
+from common.cache import RELOAD_CLAIM_MS, RedisClient
 from common.hidden import (
     HIDDEN_SECONDS,
     VERSION_SECONDS,
@@ -24,7 +24,6 @@ from common.hidden import (
 )
 from common.ids import IdGenerator
 from common.keys import reload_claim_key
-from common.singleflight import RELOAD_CLAIM_MS
 from tests.faults import wait_for_async
 
 IDS = IdGenerator(905)
@@ -143,7 +142,7 @@ async def test_a_set_served_near_its_end_is_loaded_again_after_the_read(redis: R
     store = RedisHiddenStore(redis)
     cache = HiddenAuthorsCache(store, graph.fetch, redis=redis, reload_after_reads=True)
     token = (await store.read(user)).version
-    assert await store.fill(user, token, frozenset({11}), 40.0)  # two thirds through its life: not due
+    assert await store.fill(user, token, frozenset({11}), 40.0)  # a third through its life: not due
     assert await serve_cached(cache, redis, user) == frozenset({11})
     await asyncio.sleep(1.0)  # a reload batch waits 0.5 s
     assert graph.asked == 0, "a set early in its life was loaded again"
@@ -182,7 +181,7 @@ async def test_a_reload_across_a_block_never_replaces_the_newer_set(redis: Redis
 async def test_a_reload_that_fails_leaves_the_read_and_the_set_as_they_were(redis: RedisClient, user: int) -> None:
     """graph_svc failing a reload costs the reader nothing: the read is served from the
     cached set, the reload counts as failed, and the set keeps its value and its time
-    left, so a later read finds it due again."""
+    left and no claim on it, so a later read, in any process, has it reloaded."""
     graph = GatedRows(frozenset({11, 12}), failure=ConnectionError("graph_svc unavailable"))
     store = RedisHiddenStore(redis)
     cache = HiddenAuthorsCache(store, graph.fetch, redis=redis, reload_after_reads=True)
@@ -197,6 +196,12 @@ async def test_a_reload_that_fails_leaves_the_read_and_the_set_as_they_were(redi
     pttl = int(await redis.pttl(hidden_key(user)))
     assert 0 < pttl <= 3_000, "a failed reload changed the set's lifetime"
     assert cache.due(user, pttl)
+    # Its claim ended with it: another process's read reloads the set at once.
+    graph.failure = None
+    other = HiddenAuthorsCache(RedisHiddenStore(redis), graph.fetch, redis=redis, reload_after_reads=True)
+    assert await serve_cached(other, redis, user) == frozenset({11})
+    await wait_for_async(lambda: _renewed(redis, user), 5.0, "another process to load the set again")
+    assert graph.asked == 2
 
 
 async def _asked(graph: GatedRows) -> bool:
@@ -209,19 +214,29 @@ async def _counted(result: str, before: float) -> bool:
 
 async def test_one_process_reloads_a_set_that_several_found_due(redis: RedisClient, user: int) -> None:
     """Every feed_svc instance serving a reader finds the set due; the first to ask claims
-    the reload (in the set's slot), and the others skip it until the claim lapses."""
+    the reload (in the set's slot), the others skip it, and the claim ends with the
+    reload. A claim is only taken on a set with a token, and keeps the token alive."""
     store, other = RedisHiddenStore(redis), RedisHiddenStore(redis)
     token = (await store.read(user)).version
     assert await store.fill(user, token, frozenset({11}), 2.0)
+    await redis.pexpire(hidden_version_key(user), 1_000)
     claim = reload_claim_key(hidden_key(user))
     try:
-        assert await store.reload_token(user) == token
-        assert await other.reload_token(user) is None
+        assert await store.reload_token(user, "mine") == token
+        assert await other.reload_token(user, "theirs") is None
         assert 0 < await redis.pttl(claim) <= RELOAD_CLAIM_MS
-        await redis.delete(claim)  # lapsed: a reload that failed leaves the set due for anyone
-        assert await other.reload_token(user) == token
-        await redis.delete(claim, hidden_key(user))
-        assert await store.reload_token(user) is None  # no set: nothing to reload
-        assert await redis.exists(claim) == 0, "a claim was taken on a set that is gone"
+        assert await redis.pttl(hidden_version_key(user)) > VERSION_SECONDS * 1000 - 5_000
+        await other.end_reload(user, "theirs")  # not its claim: left alone
+        assert await redis.get(claim) == b"mine"
+        await store.end_reload(user, "mine")
+        assert await redis.exists(claim) == 0
+        assert await other.reload_token(user, "theirs") == token
+        await other.end_reload(user, "theirs")
+
+        await redis.delete(hidden_version_key(user))  # the token lost: nothing to fill under
+        assert await store.reload_token(user, "mine") is None
+        await redis.delete(hidden_key(user))  # no set: nothing to reload
+        assert await store.reload_token(user, "mine") is None
+        assert await redis.exists(claim) == 0, "a claim was taken with nothing to reload"
     finally:
         await redis.delete(claim)

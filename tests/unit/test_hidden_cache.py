@@ -93,9 +93,12 @@ class FakeHiddenStore:
         finally:
             self.steps.finished("fill")
 
-    async def reload_token(self, user_id: int) -> str | None:
+    async def reload_token(self, user_id: int, claim: str) -> str | None:
         self._check()
         return self.tokens.get(user_id) if user_id in self.sets else None
+
+    async def end_reload(self, user_id: int, claim: str) -> None:
+        pass  # one process: no claims
 
     async def invalidate(self, user_id: int) -> None:
         self.invalidations += 1

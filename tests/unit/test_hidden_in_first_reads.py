@@ -54,9 +54,12 @@ class SharedHiddenStore:
         self.redis.data.pop(hidden_key(user_id), None)
         self.tokens[user_id] = new_token()
 
-    async def reload_token(self, user_id: int) -> str | None:
+    async def reload_token(self, user_id: int, claim: str) -> str | None:
         self._check()
         return self.tokens.get(user_id) if hidden_key(user_id) in self.redis.data else None
+
+    async def end_reload(self, user_id: int, claim: str) -> None:
+        pass  # one process: no claims
 
 
 class Scene:

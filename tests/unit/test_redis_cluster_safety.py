@@ -245,7 +245,7 @@ class FakeRedis:
             value = cast(bytes | None, self.data.get(key))
             if value is None or value.startswith(PENDING.encode()) or keys[1] in self.data:
                 return None
-            self.data[keys[1]], self.ttl_ms[keys[1]] = b"1", int(args[0])  # the claim
+            self.data[keys[1]], self.ttl_ms[keys[1]] = _b(args[0]), int(args[1])  # the claim
             return [hashlib.sha1(value).hexdigest().encode(), self.ttl_ms.get(key, -1)]
         if script == REFRESH_FOLLOWING_SCRIPT:
             value = cast(bytes | None, self.data.get(key))
@@ -379,9 +379,9 @@ async def test_feed_cache_round_trips_many_keys_without_spanning_slots() -> None
     assert isinstance(token, str) and await cache.claim_following(users[5]) == token  # a second reader shares it
     await cache.set_following(users[5], [(users[6], 1)], False, token)
     assert await cache.claim_following(users[5]) == ([(users[6], 1)], False)
-    fingerprint = await cache.following_fingerprint(users[5])  # a reload after a read: that key's slot alone
+    fingerprint = await cache.following_fingerprint(users[5], "c1")  # a reload after a read: that key's slot
     assert fingerprint is not None
-    assert await cache.following_fingerprint(users[5]) is None  # claimed: no second process reloads it
+    assert await cache.following_fingerprint(users[5], "c2") is None  # claimed: no second process reloads it
     assert await cache.refresh_following(users[5], fingerprint, [(users[7], 2)], True)
     assert await cache.claim_following(users[5]) == ([(users[7], 2)], True)
     assert (await cache.home_reads(users[5], None, 20, 0)).following == ([(users[7], 2)], True)
@@ -800,3 +800,9 @@ def test_a_reload_claim_lives_in_the_slot_of_the_key_it_claims() -> None:
             claim = reload_claim_key(key)
             assert claim != key
             assert key_slot(claim.encode()) == key_slot(key.encode()), (key, claim)
+
+
+@pytest.mark.parametrize("key", ["a}b", "{}x", "x{}y", "x{y"])
+def test_no_claim_key_is_made_for_a_key_with_a_brace_but_no_hash_tag(key: str) -> None:
+    with pytest.raises(ValueError):
+        reload_claim_key(key)

@@ -312,8 +312,11 @@ class TokenStore:
         self.sets.pop(user_id, None)
         self.tokens[user_id] = new_token()
 
-    async def reload_token(self, user_id: int) -> str | None:
+    async def reload_token(self, user_id: int, claim: str) -> str | None:
         return self.tokens.get(user_id) if user_id in self.sets else None
+
+    async def end_reload(self, user_id: int, claim: str) -> None:
+        pass  # one process: no claims
 
 
 async def test_readers_holding_one_token_share_a_fetch_and_a_reader_after_a_block_does_not() -> None:
