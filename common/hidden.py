@@ -50,7 +50,7 @@ from redis.commands.core import AsyncScript
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RELOAD_CLAIM_MS, RedisClient, ReloadClaims, Tolerant, tolerant
 from common.errors import DEPENDENCY_DOWN_MESSAGE, Unavailable
 from common.keys import reload_claim_key
-from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight, due_by_pttl
+from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight, due_by_pttl, due_point_ms
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ RELOADS = Counter(
     "chirp_hidden_authors_reloads_total",
     "Hidden-author sets a read found near their end, loaded again after it: stored; changed "
     "(a block or mute applied meanwhile, or the token lost: nothing stored); skipped (gone, "
-    "its token lost, or reloaded by another process); failed.",
+    "its token lost, or reloaded or being reloaded by another process); failed.",
     ["result"],
 )
 # Looked up once: labels() takes a lock and a dict lookup on every call.
@@ -109,13 +109,15 @@ return 1
 
 
 # KEYS: set, token, the reload's claim (common/keys.py, in the user's slot). ARGV: the
-# claim's token, claim ms, token ttl_ms. Returns the token a reload fills under, taking
-# the claim and keeping the token for another VERSION_SECONDS (reloads keep a set in
-# use alive); nil, claiming nothing, when the set is gone (a change deleted it, or it
-# expired: the next read's miss fills it), its token is lost, or another process
+# claim's token, claim ms, token ttl_ms, the set's due point (ms left). Returns the
+# token a reload fills under, taking the claim and keeping the token for another
+# VERSION_SECONDS (reloads keep a set in use alive); nil, claiming nothing, when the
+# set is gone (a change deleted it, or it expired: the next read's miss fills it), no
+# longer due (another process reloaded it), its token is lost, or another process
 # claimed the reload.
 RELOAD_TOKEN_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[4]) then return false end
 local token = redis.call('GET', KEYS[2])
 if not token then return false end
 if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
@@ -172,10 +174,10 @@ class HiddenStore(Protocol):
         """Deletes the set and replaces the token."""
         ...
 
-    async def reload_token(self, user_id: int, claim: str) -> str | None:
+    async def reload_token(self, user_id: int, claim: str, due_ms: int) -> str | None:
         """The token a reload of the cached set fills under, this process claiming the
-        reload with `claim`; None when there is no set or token, or another process
-        claimed it."""
+        reload with `claim`; None when there is no set or token, it has more than
+        `due_ms` left (reloaded since it was found due), or another process claimed it."""
         ...
 
     async def end_reload(self, user_id: int, claim: str) -> None:
@@ -207,9 +209,9 @@ class RedisHiddenStore:
     async def invalidate(self, user_id: int) -> None:
         await _run(self._invalidate, user_id, [new_token(), _ms(VERSION_SECONDS)])
 
-    async def reload_token(self, user_id: int, claim: str) -> str | None:
+    async def reload_token(self, user_id: int, claim: str, due_ms: int) -> str | None:
         keys = [*_keys(user_id), reload_claim_key(hidden_key(user_id))]
-        token = await self._reload_token(keys=keys, args=[claim, RELOAD_CLAIM_MS, _ms(VERSION_SECONDS)])
+        token = await self._reload_token(keys=keys, args=[claim, RELOAD_CLAIM_MS, _ms(VERSION_SECONDS), due_ms])
         return None if token is None else _text(token)
 
     async def end_reload(self, user_id: int, claim: str) -> None:
@@ -243,6 +245,10 @@ class HiddenAuthorsCache(Tolerant):
         self._fetches: SingleFlight[tuple[int, str], frozenset[int]] = SingleFlight(
             "hidden_authors", rebuilds or Rebuilds()
         )
+
+    def due_point_ms(self, user_id: int) -> int:
+        """The time left (ms) at which the user's set falls due to be loaded again."""
+        return due_point_ms(user_id, _ms(self._ttl_seconds), HIDDEN_REFRESH_FRACTION, HIDDEN_REFRESH_SPREAD)
 
     def due(self, user_id: int, pttl_ms: object) -> bool:
         """Whether the user's set, whose PTTL is `pttl_ms`, is due to be loaded again."""
@@ -291,7 +297,7 @@ class HiddenAuthorsCache(Tolerant):
         async def one(user_id: int) -> bool | None:
             async with self._reloading:
                 claim = ReloadClaims.new()
-                token = await self._store.reload_token(user_id, claim)
+                token = await self._store.reload_token(user_id, claim, self.due_point_ms(user_id))
                 if token is None:
                     return None  # gone (the next read's miss fills it), or another process reloads it
                 try:

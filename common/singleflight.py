@@ -223,7 +223,13 @@ def due_by_pttl(key_id: int, pttl_ms: object, ttl_ms: float, fraction: float, sp
     a span, not at once. One with no expiry (-1) is due; one not answered is not."""
     if not isinstance(pttl_ms, int) or pttl_ms > ttl_ms * fraction:
         return False  # not answered, or early in its life (most reads: no hash)
-    return pttl_ms == -1 or 0 <= pttl_ms <= ttl_ms * fraction * (1.0 - spread * id_share(key_id))
+    return pttl_ms == -1 or 0 <= pttl_ms <= due_point_ms(key_id, ttl_ms, fraction, spread)
+
+
+def due_point_ms(key_id: int, ttl_ms: float, fraction: float, spread: float) -> int:
+    """The time left (ms) at which `due_by_pttl` finds the entry due. A reload's claim
+    checks it again in Redis: one that another process stored meanwhile is not due."""
+    return int(ttl_ms * fraction * (1.0 - spread * id_share(key_id)))
 
 
 REFRESHES = Counter(

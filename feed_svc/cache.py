@@ -33,7 +33,7 @@ from common.cache import (
 from common.hidden import hidden_key
 from common.ids import id_time_ms
 from common.keys import CELEBRITIES_KEY, feed_key, legacy_following_key, reload_claim_key, tweet_key
-from common.singleflight import due_by_pttl, id_share
+from common.singleflight import due_by_pttl, due_point_ms, id_share
 from common.tweet_cache import CachedTweets, parse_reads, parse_recent, queue_reads, recent_due, recent_range
 from feed_svc.activity import RECORD_TTL_SECONDS, ReadMarks, read_record_key
 
@@ -75,12 +75,14 @@ return 1
 # the write that put the list there, not only what it holds (a follow and its unfollow
 # leave the same bytes behind), taking this process's claim on the reload (SET NX for
 # RELOAD_CLAIM_MS, common/cache.py); nil, claiming nothing, for a miss, a reader's
-# PENDING marker, or a list another process claimed the reload of.
+# PENDING marker, a list no longer due (another process reloaded it), or one another
+# process claimed the reload of.
 # KEYS: the list, its claim (common/keys.py, in the list's slot). ARGV: the claim's
-# token, claim ms.
+# token, claim ms, the list's due point (ms left).
 FOLLOWING_FINGERPRINT_SCRIPT = """
 local value = redis.call('GET', KEYS[1])
 if not value or string.sub(value, 1, 8) == 'pending:' then return false end
+if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[3]) then return false end
 if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
 return {redis.sha1hex(value), redis.call('PEXPIRETIME', KEYS[1])}
 """
@@ -320,9 +322,13 @@ class FeedCache(Tolerant):
     async def following_fingerprint(self, user_id: int, claim: str) -> tuple[str, int] | None:
         """The cached follow list's fingerprint for `refresh_following`, this process
         claiming the reload with `claim` (`end_following_reload` releases it); None for
-        a miss, a reader's PENDING marker, or a list another process is reloading."""
+        a miss, a reader's PENDING marker, or a list no longer due or another process is
+        reloading."""
         key = feed_key("following", user_id)
-        found = await self._following_fingerprint(keys=[key, reload_claim_key(key)], args=[claim, RELOAD_CLAIM_MS])
+        due_ms = due_point_ms(user_id, self._following_ttl, FOLLOWING_REFRESH_FRACTION, FOLLOWING_REFRESH_SPREAD)
+        found = await self._following_fingerprint(
+            keys=[key, reload_claim_key(key)], args=[claim, RELOAD_CLAIM_MS, due_ms]
+        )
         return None if found is None else (_text(found[0]), int(found[1]))
 
     async def end_following_reload(self, user_id: int, claim: str) -> None:

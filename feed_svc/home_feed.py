@@ -61,7 +61,7 @@ FOLLOWING_RELOADS = Counter(
     "chirp_following_reloads_total",
     "Follow lists a read found near their end, loaded again after it: stored; changed (a follow "
     "or unfollow applied meanwhile: nothing stored); skipped (gone, being filled by a reader, or "
-    "reloaded by another process); failed.",
+    "reloaded or being reloaded by another process); failed.",
     ["result"],
 )
 FOLLOWING_REFRESHES = 4  # reloads from graph_svc at once, per process

@@ -525,13 +525,13 @@ async def test_a_follow_list_reloaded_across_a_follow_never_replaces_the_newer_l
         # A follow and its unfollow, both applied while a reload loads: the reader's fill
         # after them holds the same bytes as before, yet is a newer write. It stays.
         assert await redis.exists(claim) == 0, "the reload above ended and kept its claim"
-        await redis.set(key, f"{friend}:1", px=50_000)
+        await redis.set(key, f"{friend}:1", px=10_000)
         fingerprint = await cache.following_fingerprint(reader, "mine")
         assert fingerprint is not None
         assert await cache.following_fingerprint(reader, "theirs") is None, "a second process reloads it too"
         await cache.drop_following(reader)
         await asyncio.sleep(0.01)  # a fill at least a millisecond later
-        await redis.set(key, f"{friend}:1", px=50_000)
+        await redis.set(key, f"{friend}:1", px=10_000)
         assert await cache.refresh_following(reader, fingerprint, [(friend, 1), (newcomer, 1)], True) is False
         assert await redis.get(key) == f"{friend}:1".encode()
         await cache.end_following_reload(reader, "theirs")  # not its claim: left alone
@@ -545,6 +545,7 @@ async def test_a_follow_list_reloaded_across_a_follow_never_replaces_the_newer_l
         assert await redis.get(key) == f"{friend}:2".encode()
         assert 290_000 < await redis.pttl(key) <= 300_000
         await cache.end_following_reload(reader, "mine")
+        assert await cache.following_fingerprint(reader, "theirs") is None, "a list just reloaded was reloaded again"
         # A reader's marker (a load in progress) is not fingerprinted, so never reloaded over.
         await redis.set(key, "pending:abc", px=10_000)
         assert await cache.following_fingerprint(reader, "mine") is None

@@ -212,6 +212,9 @@ async def _counted(result: str, before: float) -> bool:
     return reloads(result) > before
 
 
+DUE_MS = 3_000  # the earliest any set falls due: a twentieth of its 60 s
+
+
 async def test_one_process_reloads_a_set_that_several_found_due(redis: RedisClient, user: int) -> None:
     """Every feed_svc instance serving a reader finds the set due; the first to ask claims
     the reload (in the set's slot), the others skip it, and the claim ends with the
@@ -222,21 +225,24 @@ async def test_one_process_reloads_a_set_that_several_found_due(redis: RedisClie
     await redis.pexpire(hidden_version_key(user), 1_000)
     claim = reload_claim_key(hidden_key(user))
     try:
-        assert await store.reload_token(user, "mine") == token
-        assert await other.reload_token(user, "theirs") is None
+        assert await store.reload_token(user, "mine", DUE_MS) == token
+        assert await other.reload_token(user, "theirs", DUE_MS) is None
         assert 0 < await redis.pttl(claim) <= RELOAD_CLAIM_MS
         assert await redis.pttl(hidden_version_key(user)) > VERSION_SECONDS * 1000 - 5_000
         await other.end_reload(user, "theirs")  # not its claim: left alone
         assert await redis.get(claim) == b"mine"
         await store.end_reload(user, "mine")
         assert await redis.exists(claim) == 0
-        assert await other.reload_token(user, "theirs") == token
+        assert await other.reload_token(user, "theirs", DUE_MS) == token
         await other.end_reload(user, "theirs")
+        assert await store.fill(user, token, frozenset({11}), HIDDEN_SECONDS)  # reloaded
+        assert await other.reload_token(user, "theirs", DUE_MS) is None, "a set just reloaded was reloaded again"
+        await redis.pexpire(hidden_key(user), 2_000)
 
         await redis.delete(hidden_version_key(user))  # the token lost: nothing to fill under
-        assert await store.reload_token(user, "mine") is None
+        assert await store.reload_token(user, "mine", DUE_MS) is None
         await redis.delete(hidden_key(user))  # no set: nothing to reload
-        assert await store.reload_token(user, "mine") is None
+        assert await store.reload_token(user, "mine", DUE_MS) is None
         assert await redis.exists(claim) == 0, "a claim was taken with nothing to reload"
     finally:
         await redis.delete(claim)

@@ -93,7 +93,7 @@ class FakeHiddenStore:
         finally:
             self.steps.finished("fill")
 
-    async def reload_token(self, user_id: int, claim: str) -> str | None:
+    async def reload_token(self, user_id: int, claim: str, due_ms: int) -> str | None:
         self._check()
         return self.tokens.get(user_id) if user_id in self.sets else None
 

@@ -54,7 +54,7 @@ class SharedHiddenStore:
         self.redis.data.pop(hidden_key(user_id), None)
         self.tokens[user_id] = new_token()
 
-    async def reload_token(self, user_id: int, claim: str) -> str | None:
+    async def reload_token(self, user_id: int, claim: str, due_ms: int) -> str | None:
         self._check()
         return self.tokens.get(user_id) if hidden_key(user_id) in self.redis.data else None
 

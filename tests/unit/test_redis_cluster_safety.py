@@ -245,6 +245,8 @@ class FakeRedis:
             value = cast(bytes | None, self.data.get(key))
             if value is None or value.startswith(PENDING.encode()) or keys[1] in self.data:
                 return None
+            if self.ttl_ms.get(key, -1) > int(args[2]):  # reloaded since: not due
+                return None
             self.data[keys[1]], self.ttl_ms[keys[1]] = _b(args[0]), int(args[1])  # the claim
             return [hashlib.sha1(value).hexdigest().encode(), self.ttl_ms.get(key, -1)]
         if script == REFRESH_FOLLOWING_SCRIPT:
@@ -379,6 +381,8 @@ async def test_feed_cache_round_trips_many_keys_without_spanning_slots() -> None
     assert isinstance(token, str) and await cache.claim_following(users[5]) == token  # a second reader shares it
     await cache.set_following(users[5], [(users[6], 1)], False, token)
     assert await cache.claim_following(users[5]) == ([(users[6], 1)], False)
+    assert await cache.following_fingerprint(users[5], "c0") is None  # a whole lifetime left: not due
+    await fake.pexpire(feed_key("following", users[5]), 1_000)
     fingerprint = await cache.following_fingerprint(users[5], "c1")  # a reload after a read: that key's slot
     assert fingerprint is not None
     assert await cache.following_fingerprint(users[5], "c2") is None  # claimed: no second process reloads it

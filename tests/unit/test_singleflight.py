@@ -312,7 +312,7 @@ class TokenStore:
         self.sets.pop(user_id, None)
         self.tokens[user_id] = new_token()
 
-    async def reload_token(self, user_id: int, claim: str) -> str | None:
+    async def reload_token(self, user_id: int, claim: str, due_ms: int) -> str | None:
         return self.tokens.get(user_id) if user_id in self.sets else None
 
     async def end_reload(self, user_id: int, claim: str) -> None:
