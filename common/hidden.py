@@ -120,7 +120,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[4]) then return false end
 local token = redis.call('GET', KEYS[2])
 if not token then return false end
-if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local held = redis.call('GET', KEYS[3])
+if held and held ~= ARGV[1] then return false end
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return token
 """
@@ -296,15 +298,17 @@ class HiddenAuthorsCache(Tolerant):
 
         async def one(user_id: int) -> bool | None:
             async with self._reloading:
-                claim = ReloadClaims.new()
-                token = await self._store.reload_token(user_id, claim, self.due_point_ms(user_id))
-                if token is None:
-                    return None  # gone (the next read's miss fills it), or another process reloads it
+                claim, claimed = ReloadClaims.new(), True
                 try:
+                    token = await self._store.reload_token(user_id, claim, self.due_point_ms(user_id))
+                    if token is None:
+                        claimed = False
+                        return None  # gone (the next read's miss fills it), or another process reloads it
                     hidden = await self._fetch(user_id)
                     return await self._store.fill(user_id, token, hidden, self._ttl_seconds)
-                finally:  # a failed reload leaves the set due for any process, at once
-                    await self._store.end_reload(user_id, claim)
+                finally:  # also when the claim's reply was lost; a failed reload leaves the set due
+                    if claimed:
+                        await self._store.end_reload(user_id, claim)
 
         done = await asyncio.gather(*(one(u) for u in user_ids), return_exceptions=True)
         failed = [r for r in done if isinstance(r, BaseException)]

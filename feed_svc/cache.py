@@ -73,8 +73,9 @@ return 1
 # A cached list's fingerprint for a reload (`following_fingerprint`): the SHA-1 of its
 # value and its PEXPIRETIME, which every fill and reload sets anew, so the pair names
 # the write that put the list there, not only what it holds (a follow and its unfollow
-# leave the same bytes behind), taking this process's claim on the reload (SET NX for
-# RELOAD_CLAIM_MS, common/cache.py); nil, claiming nothing, for a miss, a reader's
+# leave the same bytes behind), taking this process's claim on the reload (for
+# RELOAD_CLAIM_MS, common/cache.py; taken again by the same token, as when a command is
+# sent again after its reply was lost); nil, claiming nothing, for a miss, a reader's
 # PENDING marker, a list no longer due (another process reloaded it), or one another
 # process claimed the reload of.
 # KEYS: the list, its claim (common/keys.py, in the list's slot). ARGV: the claim's
@@ -83,7 +84,9 @@ FOLLOWING_FINGERPRINT_SCRIPT = """
 local value = redis.call('GET', KEYS[1])
 if not value or string.sub(value, 1, 8) == 'pending:' then return false end
 if redis.call('PTTL', KEYS[1]) > tonumber(ARGV[3]) then return false end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local held = redis.call('GET', KEYS[2])
+if held and held ~= ARGV[1] then return false end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return {redis.sha1hex(value), redis.call('PEXPIRETIME', KEYS[1])}
 """
 # KEYS: the list. ARGV: the fingerprint's SHA-1, the list loaded after it was taken, its

@@ -336,15 +336,17 @@ class HomeFeed:
 
         async def one(user_id: int) -> bool | None:
             async with self._following_refreshes:
-                claim = ReloadClaims.new()
-                fingerprint = await self._cache.following_fingerprint(user_id, claim)
-                if fingerprint is None:
-                    return None  # gone, a reader is loading it, or another process reloads it
+                claim, claimed = ReloadClaims.new(), True
                 try:
+                    fingerprint = await self._cache.following_fingerprint(user_id, claim)
+                    if fingerprint is None:
+                        claimed = False
+                        return None  # gone, a reader is loading it, or another process reloads it
                     accounts, truncated = await self._following_ids(user_id, ())
                     return await self._cache.refresh_following(user_id, fingerprint, accounts, not truncated)
-                finally:  # a failed reload leaves the list due for any process, at once
-                    await self._cache.end_following_reload(user_id, claim)
+                finally:  # also when the claim's reply was lost; a failed reload leaves the list due
+                    if claimed:
+                        await self._cache.end_following_reload(user_id, claim)
 
         done = await asyncio.gather(*(one(u) for u in user_ids), return_exceptions=True)
         failed = [r for r in done if isinstance(r, BaseException)]

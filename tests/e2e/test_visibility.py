@@ -16,7 +16,7 @@ import httpx
 from redis import Redis
 
 from common.hidden import HIDDEN_REFRESH_FRACTION, HIDDEN_REFRESH_SPREAD, HIDDEN_SECONDS, hidden_key
-from common.singleflight import id_share
+from common.singleflight import due_point_ms
 from tests.conftest import CELEBRITY_THRESHOLD
 from tests.e2e.test_feed import (
     TRENDING_DEADLINE,
@@ -134,10 +134,8 @@ def test_a_hidden_set_read_near_its_end_is_loaded_again_from_graph_svc(edge: htt
     assert rds.get(key) == author.user_id
 
     # The mute's invalidation lost, and the set just past this reader's due point.
-    due_ms = (
-        HIDDEN_SECONDS * 1000 * HIDDEN_REFRESH_FRACTION * (1 - HIDDEN_REFRESH_SPREAD * id_share(int(reader.user_id)))
-    )
-    rds.set(key, "", px=int(due_ms) - 100)
+    due_ms = due_point_ms(int(reader.user_id), HIDDEN_SECONDS * 1000, HIDDEN_REFRESH_FRACTION, HIDDEN_REFRESH_SPREAD)
+    rds.set(key, "", px=due_ms - 100)
     assert shown[0] in feed_ids(edge, reader)  # served as cached: nobody hidden
     reloaded = eventually(
         lambda: (rds.get(key) or "", rds.pttl(key)), lambda v: v[0] == author.user_id, "the set was not loaded again"

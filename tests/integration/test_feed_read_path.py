@@ -18,7 +18,7 @@ from chirp.tweet.v1 import tweet_pb2
 from prometheus_client import REGISTRY
 from redis.commands.core import AsyncScript
 
-from common.cache import RedisClient, mark_tweet_deleted
+from common.cache import RELOAD_CLAIM_MS, RedisClient, mark_tweet_deleted
 from common.hidden import HiddenAuthorsCache, RedisHiddenStore, hidden_key, hidden_version_key
 from common.ids import IdGenerator
 from common.keys import feed_key, legacy_following_key, reload_claim_key, tweet_key
@@ -529,6 +529,8 @@ async def test_a_follow_list_reloaded_across_a_follow_never_replaces_the_newer_l
         fingerprint = await cache.following_fingerprint(reader, "mine")
         assert fingerprint is not None
         assert await cache.following_fingerprint(reader, "theirs") is None, "a second process reloads it too"
+        assert 0 < await redis.pttl(claim) <= RELOAD_CLAIM_MS
+        assert await cache.following_fingerprint(reader, "mine") is not None  # sent again: its own claim
         await cache.drop_following(reader)
         await asyncio.sleep(0.01)  # a fill at least a millisecond later
         await redis.set(key, f"{friend}:1", px=10_000)

@@ -227,6 +227,7 @@ async def test_one_process_reloads_a_set_that_several_found_due(redis: RedisClie
     try:
         assert await store.reload_token(user, "mine", DUE_MS) == token
         assert await other.reload_token(user, "theirs", DUE_MS) is None
+        assert await store.reload_token(user, "mine", DUE_MS) == token  # sent again: its own claim
         assert 0 < await redis.pttl(claim) <= RELOAD_CLAIM_MS
         assert await redis.pttl(hidden_version_key(user)) > VERSION_SECONDS * 1000 - 5_000
         await other.end_reload(user, "theirs")  # not its claim: left alone

@@ -5,10 +5,15 @@ the same way, never longer than LIKED_SECONDS."""
 
 from __future__ import annotations
 
+from typing import cast
+
+from common.cache import RedisClient
 from common.hidden import HIDDEN_REFRESH_FRACTION, HIDDEN_REFRESH_SPREAD, HIDDEN_SECONDS, HiddenAuthorsCache
 from common.ids import IdGenerator
-from common.singleflight import id_share
+from common.singleflight import due_point_ms, id_share
 from common.tweet_cache import LIKED_SECONDS, LIKED_SPREAD, liked_ttl_ms
+from feed_svc.cache import FOLLOWING_REFRESH_FRACTION, FOLLOWING_REFRESH_SPREAD, FeedCache
+from tests.unit.test_following_refresh import ScriptsOnly
 from tests.unit.test_singleflight import TokenStore
 
 
@@ -50,3 +55,17 @@ def test_hidden_sets_fall_due_near_their_end_at_points_spread_by_reader() -> Non
     assert not cache.due(user, -2)  # gone
     assert not cache.due(user, None)  # not read
     assert not cache.due(user, ConnectionError())  # not answered
+
+
+def test_a_reloads_due_point_in_redis_is_the_readers_due_boundary() -> None:
+    """The claim scripts check `due_point_ms` in Redis; a reader asks for a reload by
+    `due`/`following_due`: the two agree, so a key a reader found due is claimable
+    and one just reloaded is not."""
+    hidden = HiddenAuthorsCache(TokenStore(), nobody, redis=None)
+    feed = FeedCache(cast(RedisClient, ScriptsOnly()), timeline_size=20, following_ttl=300, celebrity_ttl=60)
+    ids = IdGenerator(10)
+    for user in (ids.next_id() for _ in range(500)):
+        point = hidden.due_point_ms(user)
+        assert hidden.due(user, point) and not hidden.due(user, point + 1)
+        point = due_point_ms(user, 300_000, FOLLOWING_REFRESH_FRACTION, FOLLOWING_REFRESH_SPREAD)
+        assert feed.following_due(user, point) and not feed.following_due(user, point + 1)
