@@ -87,9 +87,10 @@ REDIS_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 # A process's claim on a reload after a read (common/keys.py, `reload_claim_key`): taken
-# in the reload's first script (SET NX PX with a random token), so the other processes
-# that found the same key due skip it, and released when the reload ends, whatever its
-# outcome (RELEASE_CLAIM_SCRIPT). It lapses by itself after RELOAD_CLAIM_MS, longer than
+# in the reload's first script (a random token, set unless another token holds the
+# claim; set again by its own), so the other processes that found the same key due
+# skip it, and released when the reload ends, whatever its outcome
+# (RELEASE_CLAIM_SCRIPT). It lapses by itself after RELOAD_CLAIM_MS, longer than
 # a reload takes (a gRPC call's 2 s deadline and two scripts), should its process die.
 RELOAD_CLAIM_MS = 5_000
 # KEYS: the claim. ARGV: the token it was taken with. A claim that lapsed and was taken

@@ -67,9 +67,9 @@ def feed_key(family: FeedKey, entity_id: int) -> str:
 
 
 def reload_claim_key(key: str) -> str:
-    """The key one process sets (SET NX, briefly) to claim the reload of `key` after a
-    read found it due, so that the other processes serving the same reader do not load
-    it too. It hashes to `key`'s slot: `key`'s own hash tag when it has one, else
+    """The key one process sets (briefly, unless another holds it) to claim the reload
+    of `key` after a read found it due, so that the other processes serving the same
+    reader do not load it too. It hashes to `key`'s slot: `key`'s own hash tag when it has one, else
     `key` whole as the tag (so a key without a tag must hold no brace)."""
     start = key.find("{")
     end = key.find("}", start + 1)
