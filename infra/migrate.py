@@ -27,7 +27,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cassandra import ConsistencyLevel
+from cassandra import ConsistencyLevel, InvalidRequest
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 
 CQL_DIR = Path(__file__).resolve().parent / "cql"
@@ -99,6 +99,33 @@ def ensure_keyspace(session: Session, keyspace: str, wanted: Mapping[str, str]) 
     )
 
 
+KEYSPACE_VISIBLE_SECONDS = 60.0
+SCHEMA_AGREEMENT_SECONDS = 60
+
+
+def use_keyspace(
+    session: Session,
+    keyspace: str,
+    seconds: float = KEYSPACE_VISIBLE_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """USE the keyspace. On a cluster that has just started, a keyspace just created
+    may not have reached the node a statement goes to: the driver's wait for schema
+    agreement covers only the nodes it already knows to be up. Such a node answers
+    that the keyspace does not exist; ask again, waiting for agreement, until it has."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            session.set_keyspace(keyspace)
+            return
+        except InvalidRequest as exc:
+            if "does not exist" not in str(exc) or time.monotonic() > deadline:
+                raise
+            print(f"keyspace {keyspace} not yet on every node ({exc}); waiting for schema agreement")
+            session.cluster.control_connection.wait_for_schema_agreement(wait_time=5.0)
+            sleep(1.0)
+
+
 # ---- data steps ----------------------------------------------------------------------
 
 DataStep = Callable[[Sequence[str], int, str], Coroutine[object, object, str]]
@@ -152,13 +179,22 @@ def main() -> int:
     # Quorum for our own bookkeeping: a node down while a version was recorded is not
     # the one that decides whether it is applied again.
     profile = ExecutionProfile(consistency_level=ConsistencyLevel.LOCAL_QUORUM, request_timeout=DDL_TIMEOUT_SECONDS)
-    cluster = Cluster(hosts, port=args.port, protocol_version=4, execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    # Every DDL waits for the nodes that are up to agree on the schema before the next
+    # statement: up to SCHEMA_AGREEMENT_SECONDS, not the driver's 10 s, which a cluster
+    # just started on a busy host can take longer than.
+    cluster = Cluster(
+        hosts,
+        port=args.port,
+        protocol_version=4,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        max_schema_agreement_wait=SCHEMA_AGREEMENT_SECONDS,
+    )
     session = cluster.connect()
     try:
         done = ensure_keyspace(session, args.keyspace, wanted)
         if done:
             print(done)
-        session.set_keyspace(args.keyspace)
+        use_keyspace(session, args.keyspace)
         session.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text, applied_at timestamp)"
         )

@@ -1,0 +1,57 @@
+"""infra/migrate.py: on a cluster just started, a keyspace just created can be missing
+on the node a statement reaches; USE is asked again until the schema reaches it."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+from cassandra import InvalidRequest
+from cassandra.cluster import Session
+
+from infra.migrate import use_keyspace
+
+
+class Agreement:
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def wait_for_schema_agreement(self, wait_time: float) -> bool:
+        self.waits += 1
+        return True
+
+
+class LaggingSession:
+    """A session whose first `missing` USEs reach a node without the keyspace."""
+
+    def __init__(self, missing: int, error: str = "Keyspace 'chirp' does not exist") -> None:
+        self.missing = missing
+        self.error = error
+        self.uses = 0
+        self.cluster: Any = type("C", (), {})()
+        self.cluster.control_connection = Agreement()
+
+    def set_keyspace(self, keyspace: str) -> None:
+        self.uses += 1
+        if self.uses <= self.missing:
+            raise InvalidRequest(f'Error from server: code=2200 [Invalid query] message="{self.error}"')
+
+
+def test_use_is_asked_again_until_the_keyspace_reaches_the_node() -> None:
+    session = LaggingSession(missing=2)
+    use_keyspace(cast(Session, session), "chirp", sleep=lambda s: None)
+    assert session.uses == 3
+    assert session.cluster.control_connection.waits == 2
+
+
+def test_it_gives_up_after_its_time_and_raises() -> None:
+    session = LaggingSession(missing=10**6)
+    with pytest.raises(InvalidRequest):
+        use_keyspace(cast(Session, session), "chirp", seconds=0.0, sleep=lambda s: None)
+
+
+def test_another_invalid_request_is_not_retried() -> None:
+    session = LaggingSession(missing=1, error="line 1: syntax error")
+    with pytest.raises(InvalidRequest):
+        use_keyspace(cast(Session, session), "chirp", sleep=lambda s: None)
+    assert session.uses == 1
