@@ -123,6 +123,49 @@ class ReloadClaims:
             log.warning("the reload claim of %s lapses by itself: %r", key, exc)
 
 
+Found = TypeVar("Found")
+
+
+async def run_claimed_reloads(
+    keys: Sequence[int],
+    claim: Callable[[int, str], Awaitable[Found | None]],
+    reload: Callable[[int, Found], Awaitable[bool]],
+    release: Callable[[int, str], Awaitable[None]],
+    at_once: asyncio.Semaphore,
+    outcomes: Counter,
+    what: str,
+) -> None:
+    """Reloads after reads, each under this process's claim: `claim(key, token)` takes
+    it with a fresh token (`ReloadClaims.new`) and returns what the reload needs, or
+    None to skip the key (gone, no longer due, or claimed by another process);
+    `reload(key, found)` loads and stores, False when the key was written since;
+    `release(key, token)` ends the claim whatever the outcome, also when the claim's
+    reply was lost, so a failed reload leaves the key due for any process. At most
+    `at_once` run together; `outcomes` counts them stored, changed, skipped or failed."""
+
+    async def one(key: int) -> bool | None:
+        async with at_once:
+            token, claimed = ReloadClaims.new(), True
+            try:
+                found = await claim(key, token)
+                if found is None:
+                    claimed = False
+                    return None
+                return await reload(key, found)
+            finally:
+                if claimed:
+                    await release(key, token)
+
+    done = await asyncio.gather(*(one(k) for k in keys), return_exceptions=True)
+    failed = [r for r in done if isinstance(r, BaseException)]
+    outcomes.labels("stored").inc(sum(r is True for r in done))
+    outcomes.labels("changed").inc(sum(r is False for r in done))
+    outcomes.labels("skipped").inc(sum(r is None for r in done))
+    if failed:  # those keys stay due: a later read asks again
+        outcomes.labels("failed").inc(len(failed))
+        log.debug("%d of %d %s reloads failed: %r", len(failed), len(done), what, failed[0])
+
+
 TIMEOUT_SECONDS = 0.5
 # Commands in flight per process. Measured (one asyncio process, pipelines of 24 GETs
 # against a local Redis): throughput stops growing at 4 connections, as redis-py's CPU

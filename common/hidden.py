@@ -38,7 +38,6 @@ process reloads the set, `hid:{<user>}:reload`, its claim.
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -47,12 +46,18 @@ from typing import Any, Protocol
 from prometheus_client import Counter
 from redis.commands.core import AsyncScript
 
-from common.cache import REDIS_UNAVAILABLE_ERRORS, RELOAD_CLAIM_MS, RedisClient, ReloadClaims, Tolerant, tolerant
+from common.cache import (
+    REDIS_UNAVAILABLE_ERRORS,
+    RELOAD_CLAIM_MS,
+    RedisClient,
+    ReloadClaims,
+    Tolerant,
+    run_claimed_reloads,
+    tolerant,
+)
 from common.errors import DEPENDENCY_DOWN_MESSAGE, Unavailable
 from common.keys import reload_claim_key
 from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight, due_by_pttl, due_point_ms
-
-log = logging.getLogger(__name__)
 
 # How long a filled set lives; writers delete it, so this only bounds what an
 # old copy can serve: a Redis failover that lost the invalidation (replication
@@ -296,28 +301,19 @@ class HiddenAuthorsCache(Tolerant):
         alone (counted, the set left as it is and still due), never a reason to serve
         reads without Redis."""
 
-        async def one(user_id: int) -> bool | None:
-            async with self._reloading:
-                claim, claimed = ReloadClaims.new(), True
-                try:
-                    token = await self._store.reload_token(user_id, claim, self.due_point_ms(user_id))
-                    if token is None:
-                        claimed = False
-                        return None  # gone (the next read's miss fills it), or another process reloads it
-                    hidden = await self._fetch(user_id)
-                    return await self._store.fill(user_id, token, hidden, self._ttl_seconds)
-                finally:  # also when the claim's reply was lost; a failed reload leaves the set due
-                    if claimed:
-                        await self._store.end_reload(user_id, claim)
+        await run_claimed_reloads(
+            user_ids,
+            lambda user_id, claim: self._store.reload_token(user_id, claim, self.due_point_ms(user_id)),
+            self._reload_one,
+            self._store.end_reload,
+            self._reloading,
+            RELOADS,
+            "hidden-author",
+        )
 
-        done = await asyncio.gather(*(one(u) for u in user_ids), return_exceptions=True)
-        failed = [r for r in done if isinstance(r, BaseException)]
-        RELOADS.labels("stored").inc(sum(r is True for r in done))
-        RELOADS.labels("changed").inc(sum(r is False for r in done))
-        RELOADS.labels("skipped").inc(sum(r is None for r in done))
-        if failed:  # those sets stay due: a later read asks again
-            RELOADS.labels("failed").inc(len(failed))
-            log.debug("%d of %d hidden-author reloads failed: %r", len(failed), len(done), failed[0])
+    async def _reload_one(self, user_id: int, token: str) -> bool:
+        hidden = await self._fetch(user_id)
+        return await self._store.fill(user_id, token, hidden, self._ttl_seconds)
 
     @tolerant()
     async def _read(self, user_id: int) -> Read | None:

@@ -32,7 +32,7 @@ from chirp.tweet.v1 import tweet_pb2
 from prometheus_client import Counter, Histogram
 
 from common import stages
-from common.cache import ReloadClaims
+from common.cache import run_claimed_reloads
 from common.cql import CQL_UNAVAILABLE_ERRORS
 from common.hidden import HiddenAuthorsCache
 from common.pagination import PageTokens, unshared_tokens
@@ -334,28 +334,19 @@ class HomeFeed:
         before its load: a follow or unfollow applied meanwhile deletes the key, and the
         load is dropped."""
 
-        async def one(user_id: int) -> bool | None:
-            async with self._following_refreshes:
-                claim, claimed = ReloadClaims.new(), True
-                try:
-                    fingerprint = await self._cache.following_fingerprint(user_id, claim)
-                    if fingerprint is None:
-                        claimed = False
-                        return None  # gone, a reader is loading it, or another process reloads it
-                    accounts, truncated = await self._following_ids(user_id, ())
-                    return await self._cache.refresh_following(user_id, fingerprint, accounts, not truncated)
-                finally:  # also when the claim's reply was lost; a failed reload leaves the list due
-                    if claimed:
-                        await self._cache.end_following_reload(user_id, claim)
+        await run_claimed_reloads(
+            user_ids,
+            self._cache.following_fingerprint,
+            self._reload_following,
+            self._cache.end_following_reload,
+            self._following_refreshes,
+            FOLLOWING_RELOADS,
+            "follow-list",
+        )
 
-        done = await asyncio.gather(*(one(u) for u in user_ids), return_exceptions=True)
-        failed = [r for r in done if isinstance(r, BaseException)]
-        FOLLOWING_RELOADS.labels("stored").inc(sum(r is True for r in done))
-        FOLLOWING_RELOADS.labels("changed").inc(sum(r is False for r in done))
-        FOLLOWING_RELOADS.labels("skipped").inc(sum(r is None for r in done))
-        if failed:  # those lists stay due: a later read asks again
-            FOLLOWING_RELOADS.labels("failed").inc(len(failed))
-            log.debug("%d of %d follow-list reloads failed: %r", len(failed), len(done), failed[0])
+    async def _reload_following(self, user_id: int, fingerprint: tuple[str, int]) -> bool:
+        accounts, truncated = await self._following_ids(user_id, ())
+        return await self._cache.refresh_following(user_id, fingerprint, accounts, not truncated)
 
     async def following(self, user_id: int) -> tuple[list[tuple[int, int]], bool]:
         """Accounts the user follows with their follower counts, and whether that is all of them."""
