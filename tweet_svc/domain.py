@@ -208,9 +208,8 @@ class Tweets:
         if not held:
             return set()
         read_at_ms = time.time() * 1000
-        due = list(held)
-        lists = await asyncio.gather(*(self._store.author_tweet_ids(a, RECENT_DEPTH, None) for a in due))
-        return await self._cache.refresh_recent(dict(zip(due, lists, strict=True)), held, read_at_ms)
+        lists = await self._store.newest_tweet_ids(list(held), RECENT_DEPTH)
+        return await self._cache.refresh_recent(lists, held, read_at_ms)
 
     async def _filled_recent(self, authors: list[int], limit: int) -> dict[int, list[int]]:
         """The newest `limit` ids of authors the cache missed, each author loaded and
@@ -219,8 +218,7 @@ class Tweets:
             return {}
 
         async def load(keys: list[int]) -> dict[int, list[int]]:
-            lists = await asyncio.gather(*(self._store.author_tweet_ids(a, RECENT_DEPTH, None) for a in keys))
-            loaded = dict(zip(keys, lists, strict=True))
+            loaded = await self._store.newest_tweet_ids(keys, RECENT_DEPTH)
             await self._cache.fill_recent(loaded)
             return loaded
 

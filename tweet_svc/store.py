@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +31,11 @@ class TweetRecord:
 
 # (author, bucket) pairs a store remembers having written to user_tweet_buckets.
 KNOWN_BUCKETS = 100_000
+# Authors (partitions) in one query of `newest_tweet_ids`.
+AUTHORS_PER_QUERY = 100
+# Buckets `newest_tweet_ids` lists per author; one still short of its tweets after them
+# is walked alone (`author_tweet_ids`).
+BUCKETS_LISTED = 4
 
 STATEMENTS = {
     "insert_tweet": "INSERT INTO tweets (tweet_id, author_id, author_username, text, created_at) VALUES (?, ?, ?, ?, ?)",
@@ -51,6 +56,10 @@ STATEMENTS = {
     "set_like": "UPDATE tweet_likes SET liked = ?, version = ? WHERE tweet_id = ? AND user_id = ? IF version = ?",
     "claim_key": "INSERT INTO idempotency_keys (user_id, key, tweet_id) VALUES (?, ?, ?) IF NOT EXISTS",
     "buckets_from": "SELECT bucket FROM user_tweet_buckets WHERE author_id = ? AND bucket <= ? LIMIT ?",
+    "newest_buckets": "SELECT author_id, bucket FROM user_tweet_buckets WHERE author_id IN ? PER PARTITION LIMIT ?",
+    "tweets_in_bucket": (
+        "SELECT author_id, tweet_id FROM user_tweets WHERE author_id IN ? AND bucket = ? PER PARTITION LIMIT ?"
+    ),
     "tweets_first": "SELECT tweet_id FROM user_tweets WHERE author_id = ? AND bucket = ? LIMIT ?",
     "tweets_before": "SELECT tweet_id FROM user_tweets WHERE author_id = ? AND bucket = ? AND tweet_id < ? LIMIT ?",
 }
@@ -199,6 +208,45 @@ class TweetStore:
             return [r.tweet_id for r in rows]
 
         return await walk_newest_first(buckets_from, read, limit, bucket_of(id_time_ms(before)) if before else None)
+
+    async def newest_tweet_ids(self, author_ids: Sequence[int], limit: int) -> dict[int, list[int]]:
+        """Each author's newest `limit` tweet ids, newest first, as `author_tweet_ids(a,
+        limit, None)` gives them, in a few queries for all the authors instead of two or
+        more each: their newest BUCKETS_LISTED buckets listed in one query per
+        AUTHORS_PER_QUERY, then one query per bucket read next (authors grouped by it:
+        most authors' newest bucket is the same month), newest buckets first, until each
+        author has `limit` ids or no bucket left. An author whose listed buckets all
+        were read and who may have older ones is walked alone."""
+        authors = list(dict.fromkeys(author_ids))
+        listed: dict[int, list[int]] = {a: [] for a in authors}
+        for rows in await self._in_chunks("newest_buckets", authors, (BUCKETS_LISTED,)):
+            for r in rows:
+                listed[r.author_id].append(r.bucket)
+        found: dict[int, list[int]] = {a: [] for a in authors}
+        depth = 0
+        short = [a for a in authors if listed[a]]
+        while short:
+            by_bucket: defaultdict[int, list[int]] = defaultdict(list)
+            for a in short:
+                by_bucket[listed[a][depth]].append(a)
+            reads = [self._in_chunks("tweets_in_bucket", group, (bucket, limit)) for bucket, group in by_bucket.items()]
+            for chunks in await asyncio.gather(*reads):
+                for rows in chunks:
+                    for r in rows:  # a partition's rows newest first (its clustering order)
+                        found[r.author_id].append(r.tweet_id)
+            depth += 1
+            short = [a for a in short if len(found[a]) < limit and depth < len(listed[a])]
+        # Listed buckets all read and still short: older buckets may hold more.
+        alone = [a for a in authors if len(found[a]) < limit and len(listed[a]) == BUCKETS_LISTED]
+        walked = await asyncio.gather(*(self.author_tweet_ids(a, limit, None) for a in alone))
+        found.update(zip(alone, walked, strict=True))
+        return {a: ids[:limit] for a, ids in found.items()}
+
+    async def _in_chunks(self, name: str, authors: Sequence[int], params: tuple[Any, ...]) -> list[list[Any]]:
+        """Statement `name` (`author_id IN ?` first) run for AUTHORS_PER_QUERY authors at a
+        time, at once; its rows per query."""
+        chunks = [list(authors[i : i + AUTHORS_PER_QUERY]) for i in range(0, len(authors), AUTHORS_PER_QUERY)]
+        return list(await asyncio.gather(*(self._cql.execute(self._q[name], (chunk, *params)) for chunk in chunks)))
 
 
 def _record(row: Any, like_count: int) -> TweetRecord:

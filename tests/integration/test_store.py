@@ -14,7 +14,7 @@ from common.ids import IdGenerator
 from common.outbox import Outbox
 from tests.conftest import build_graph
 from tweet_svc.likes import LikeState
-from tweet_svc.store import TweetStore
+from tweet_svc.store import BUCKETS_LISTED, TweetStore
 
 DRIVER_PAGE = 5000  # the driver's default fetch size
 
@@ -88,3 +88,31 @@ async def test_a_like_whose_row_a_stale_read_missed_is_not_counted_again(cql: Cq
     unlike = LikeState(liked=False, version=ids.next_id())
     assert await store.write_likes(tweet_id, 1, 0, {liker: unlike}, rows)
     assert await store.like_states(tweet_id, [liker]) == (0, {liker: unlike})
+
+
+async def test_newest_ids_of_many_authors_are_each_authors_own_walk(cql: CqlSession) -> None:
+    """`newest_tweet_ids` (a few queries for many authors) against `author_tweet_ids` (each
+    author walked alone) on the real store: authors with one bucket, more buckets than it
+    lists, none, an emptied bucket, and more tweets than the limit."""
+    store = TweetStore(cql, Outbox(cql, None))
+    await store.prepare()
+    tweet = await cql.prepare("INSERT INTO user_tweets (author_id, bucket, tweet_id) VALUES (?, ?, ?)")
+    bucket_row = await cql.prepare("INSERT INTO user_tweet_buckets (author_id, bucket) VALUES (?, ?)")
+    ids = IdGenerator(919)
+    one, spread, none, emptied, many = (ids.next_id() for _ in range(5))
+    layout = {  # author -> {bucket: number of tweets}
+        one: {693: 3},
+        spread: {693 - 2 * i: 1 for i in range(BUCKETS_LISTED + 2)},
+        emptied: {693: 0, 690: 2, 688: 1},
+        many: {693: 60, 692: 5},
+    }
+    for author, buckets in layout.items():
+        for bucket, count in buckets.items():
+            await cql.execute(bucket_row, (author, bucket))
+            for k in range(count):
+                await cql.execute(tweet, (author, bucket, bucket * 1000 + k))
+    authors = [one, spread, none, emptied, many]
+    for limit in (1, 2, 5, 50):
+        alone = {a: await store.author_tweet_ids(a, limit, None) for a in authors}
+        assert await store.newest_tweet_ids(authors, limit) == alone
+    assert len(alone[many]) == 50 and len(alone[spread]) == BUCKETS_LISTED + 2 and alone[none] == []

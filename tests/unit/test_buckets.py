@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import pytest
+
+import tweet_svc.store
 from common.buckets import NEWEST, bucket_of
 from common.cql import CqlSession, named_rows
 from common.ids import id_time_ms
@@ -61,6 +64,71 @@ async def test_tweets_read_from_the_cursor_only_in_its_own_bucket() -> None:
         ("buckets_from", (5, start, 64)),
         ("tweets_before", (5, start, before, 10)),
         ("tweets_first", (5, start - 1, 9)),
+    ]
+
+
+NEWEST_COLUMNS = {
+    "newest_buckets": ["author_id", "bucket"],
+    "tweets_in_bucket": ["author_id", "tweet_id"],
+    "buckets_from": ["bucket"],
+    "tweets_first": ["tweet_id"],
+}
+
+
+async def test_newest_ids_of_many_authors_read_by_bucket_not_by_author() -> None:
+    """Authors' newest buckets listed in one query, then one query per bucket read next
+    (authors 1 and 2 share their newest), until each has `limit` ids or no bucket left."""
+    cql = FakeCql(
+        {
+            "newest_buckets": [[(1, 9), (1, 7), (2, 9), (3, 8)]],
+            "tweets_in_bucket": [[(1, 95), (2, 92), (2, 91)], [(3, 81)], [(1, 71), (1, 70)]],
+        },
+        NEWEST_COLUMNS,
+    )
+    ids = await _store(TweetStore, TWEET_STATEMENTS, cql).newest_tweet_ids([1, 2, 3, 4], 2)
+    assert ids == {1: [95, 71], 2: [92, 91], 3: [81], 4: []}
+    assert cql.calls == [
+        ("newest_buckets", ([1, 2, 3, 4], 4)),
+        ("tweets_in_bucket", ([1, 2], 9, 2)),
+        ("tweets_in_bucket", ([3], 8, 2)),
+        ("tweets_in_bucket", ([1], 7, 2)),  # 2 has its two; 3 has no older bucket
+    ]
+
+
+async def test_an_author_short_after_every_listed_bucket_is_walked_alone() -> None:
+    """Four buckets listed (BUCKETS_LISTED) and read, still short: older buckets may hold more."""
+    cql = FakeCql(
+        {
+            "newest_buckets": [[(1, 9), (1, 8), (1, 7), (1, 6)]],
+            "tweets_in_bucket": [[(1, 91)], [], [], []],
+            "buckets_from": [[(9,), (8,), (7,), (6,), (2,)]],
+            "tweets_first": [[(91,)], [], [], [], [(21,)]],
+        },
+        NEWEST_COLUMNS,
+    )
+    ids = await _store(TweetStore, TWEET_STATEMENTS, cql).newest_tweet_ids([1], 3)
+    assert ids == {1: [91, 21]}
+    assert [name for name, _ in cql.calls] == ["newest_buckets"] + ["tweets_in_bucket"] * 4 + ["buckets_from"] + [
+        "tweets_first"
+    ] * 5
+
+
+async def test_newest_ids_query_at_most_authors_per_query_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tweet_svc.store, "AUTHORS_PER_QUERY", 2)
+    cql = FakeCql(
+        {
+            "newest_buckets": [[(1, 9), (2, 9)], [(3, 9)]],
+            "tweets_in_bucket": [[(1, 91), (2, 92)], [(3, 93)]],
+        },
+        NEWEST_COLUMNS,
+    )
+    ids = await _store(TweetStore, TWEET_STATEMENTS, cql).newest_tweet_ids([1, 2, 3, 2], 1)
+    assert ids == {1: [91], 2: [92], 3: [93]}
+    assert cql.calls == [
+        ("newest_buckets", ([1, 2], 4)),
+        ("newest_buckets", ([3], 4)),
+        ("tweets_in_bucket", ([1, 2], 9, 1)),
+        ("tweets_in_bucket", ([3], 9, 1)),
     ]
 
 

@@ -185,11 +185,11 @@ class FillStore:
         await self.release.wait()
         return {t: record(t) for t in tweet_ids if t != 404}
 
-    async def author_tweet_ids(self, author_id: int, limit: int, before: int | None) -> list[int]:
-        self.recent_reads.append(author_id)
-        ids = list(self.posts.get(author_id, []))  # read as the load starts
+    async def newest_tweet_ids(self, author_ids: Sequence[int], limit: int) -> dict[int, list[int]]:
+        self.recent_reads += author_ids
+        ids = {a: list(self.posts.get(a, []))[:limit] for a in author_ids}  # read as the load starts
         await self.release.wait()
-        return ids[:limit]
+        return ids
 
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         return {}
