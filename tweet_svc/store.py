@@ -203,9 +203,8 @@ class TweetStore:
         async def read(bucket: int, from_cursor: bool, want: int) -> list[int]:
             if from_cursor:
                 rows = await self._cql.execute(self._q["tweets_before"], (author_id, bucket, before, want))
-            else:
-                rows = await self._cql.execute(self._q["tweets_first"], (author_id, bucket, want))
-            return [r.tweet_id for r in rows]
+                return [r.tweet_id for r in rows]
+            return await self._bucket_tweets(author_id, bucket, want)
 
         return await walk_newest_first(buckets_from, read, limit, bucket_of(id_time_ms(before)) if before else None)
 
@@ -215,32 +214,54 @@ class TweetStore:
         more each: their newest BUCKETS_LISTED buckets listed in one query per
         AUTHORS_PER_QUERY, then one query per bucket read next (authors grouped by it:
         most authors' newest bucket is the same month), newest buckets first, until each
-        author has `limit` ids or no bucket left. An author whose listed buckets all
-        were read and who may have older ones is walked alone."""
+        author has `limit` ids or no bucket left. An author still short after all its
+        listed buckets, which may have older ones, walks on alone from below them."""
         authors = list(dict.fromkeys(author_ids))
+        found: dict[int, list[int]] = {a: [] for a in authors}
+        if limit <= 0:
+            return found
         listed: dict[int, list[int]] = {a: [] for a in authors}
         for rows in await self._in_chunks("newest_buckets", authors, (BUCKETS_LISTED,)):
             for r in rows:
                 listed[r.author_id].append(r.bucket)
-        found: dict[int, list[int]] = {a: [] for a in authors}
         depth = 0
         short = [a for a in authors if listed[a]]
         while short:
             by_bucket: defaultdict[int, list[int]] = defaultdict(list)
             for a in short:
                 by_bucket[listed[a][depth]].append(a)
-            reads = [self._in_chunks("tweets_in_bucket", group, (bucket, limit)) for bucket, group in by_bucket.items()]
+            reads = [
+                self._in_chunks("tweets_in_bucket", group, (bucket, max(limit - len(found[a]) for a in group)))
+                for bucket, group in by_bucket.items()
+            ]
             for chunks in await asyncio.gather(*reads):
                 for rows in chunks:
                     for r in rows:  # a partition's rows newest first (its clustering order)
                         found[r.author_id].append(r.tweet_id)
             depth += 1
             short = [a for a in short if len(found[a]) < limit and depth < len(listed[a])]
-        # Listed buckets all read and still short: older buckets may hold more.
+
+        async def older(author_id: int) -> list[int]:
+            """The rest of the author's walk: up to MAX_BUCKETS_PER_PAGE buckets in all, as
+            `author_tweet_ids` lists them, the listed ones read already."""
+
+            async def below_listed(start: int, most: int) -> list[int]:
+                params = (author_id, listed[author_id][-1] - 1, most - BUCKETS_LISTED)
+                return [r.bucket for r in await self._cql.execute(self._q["buckets_from"], params)]
+
+            async def read(bucket: int, from_cursor: bool, want: int) -> list[int]:
+                return await self._bucket_tweets(author_id, bucket, want)
+
+            return await walk_newest_first(below_listed, read, limit - len(found[author_id]), None)
+
         alone = [a for a in authors if len(found[a]) < limit and len(listed[a]) == BUCKETS_LISTED]
-        walked = await asyncio.gather(*(self.author_tweet_ids(a, limit, None) for a in alone))
-        found.update(zip(alone, walked, strict=True))
+        for author_id, more in zip(alone, await asyncio.gather(*(older(a) for a in alone)), strict=True):
+            found[author_id] += more
         return {a: ids[:limit] for a, ids in found.items()}
+
+    async def _bucket_tweets(self, author_id: int, bucket: int, want: int) -> list[int]:
+        """The newest `want` tweet ids of one of the author's buckets."""
+        return [r.tweet_id for r in await self._cql.execute(self._q["tweets_first"], (author_id, bucket, want))]
 
     async def _in_chunks(self, name: str, authors: Sequence[int], params: tuple[Any, ...]) -> list[list[Any]]:
         """Statement `name` (`author_id IN ?` first) run for AUTHORS_PER_QUERY authors at a

@@ -81,7 +81,7 @@ async def test_newest_ids_of_many_authors_read_by_bucket_not_by_author() -> None
     cql = FakeCql(
         {
             "newest_buckets": [[(1, 9), (1, 7), (2, 9), (3, 8)]],
-            "tweets_in_bucket": [[(1, 95), (2, 92), (2, 91)], [(3, 81)], [(1, 71), (1, 70)]],
+            "tweets_in_bucket": [[(1, 95), (2, 92), (2, 91)], [(3, 81)], [(1, 71)]],
         },
         NEWEST_COLUMNS,
     )
@@ -91,26 +91,39 @@ async def test_newest_ids_of_many_authors_read_by_bucket_not_by_author() -> None
         ("newest_buckets", ([1, 2, 3, 4], 4)),
         ("tweets_in_bucket", ([1, 2], 9, 2)),
         ("tweets_in_bucket", ([3], 8, 2)),
-        ("tweets_in_bucket", ([1], 7, 2)),  # 2 has its two; 3 has no older bucket
+        ("tweets_in_bucket", ([1], 7, 1)),  # 1 lacks one; 2 has its two; 3 has no older bucket
     ]
 
 
-async def test_an_author_short_after_every_listed_bucket_is_walked_alone() -> None:
-    """Four buckets listed (BUCKETS_LISTED) and read, still short: older buckets may hold more."""
+async def test_an_author_short_after_every_listed_bucket_walks_on_below_them() -> None:
+    """Four buckets listed (BUCKETS_LISTED) and read, still short: older buckets may hold
+    more, listed from below the fourth (64 buckets in all, as a walk alone lists)."""
     cql = FakeCql(
         {
-            "newest_buckets": [[(1, 9), (1, 8), (1, 7), (1, 6)]],
-            "tweets_in_bucket": [[(1, 91)], [], [], []],
-            "buckets_from": [[(9,), (8,), (7,), (6,), (2,)]],
-            "tweets_first": [[(91,)], [], [], [], [(21,)]],
+            "newest_buckets": [[(1, 9), (1, 8), (1, 7), (1, 6), (2, 9), (2, 8)]],
+            "tweets_in_bucket": [[(1, 91), (2, 92)], [], [], []],
+            "buckets_from": [[(2,), (1,)]],
+            "tweets_first": [[(21,), (20,)]],
         },
         NEWEST_COLUMNS,
     )
-    ids = await _store(TweetStore, TWEET_STATEMENTS, cql).newest_tweet_ids([1], 3)
-    assert ids == {1: [91, 21]}
-    assert [name for name, _ in cql.calls] == ["newest_buckets"] + ["tweets_in_bucket"] * 4 + ["buckets_from"] + [
-        "tweets_first"
-    ] * 5
+    ids = await _store(TweetStore, TWEET_STATEMENTS, cql).newest_tweet_ids([1, 2], 3)
+    assert ids == {1: [91, 21, 20], 2: [92]}
+    assert cql.calls == [
+        ("newest_buckets", ([1, 2], 4)),
+        ("tweets_in_bucket", ([1, 2], 9, 3)),
+        ("tweets_in_bucket", ([1, 2], 8, 2)),
+        ("tweets_in_bucket", ([1], 7, 2)),  # 2 has no older bucket: it has all its tweets
+        ("tweets_in_bucket", ([1], 6, 2)),
+        ("buckets_from", (1, 5, 60)),
+        ("tweets_first", (1, 2, 2)),  # two found: bucket 1 is not read
+    ]
+
+
+async def test_no_ids_asked_reads_nothing() -> None:
+    cql = FakeCql({}, NEWEST_COLUMNS)
+    assert await _store(TweetStore, TWEET_STATEMENTS, cql).newest_tweet_ids([1, 2], 0) == {1: [], 2: []}
+    assert cql.calls == []
 
 
 async def test_newest_ids_query_at_most_authors_per_query_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
