@@ -33,7 +33,7 @@ from common.cache import (
 from common.hidden import hidden_key
 from common.ids import id_time_ms
 from common.keys import CELEBRITIES_KEY, feed_key, legacy_following_key, reload_claim_key, tweet_key
-from common.singleflight import due_by_pttl, due_point_ms, id_share
+from common.singleflight import due_by_pttl, due_point_ms
 from common.tweet_cache import CachedTweets, parse_reads, parse_recent, queue_reads, recent_due, recent_range
 from feed_svc.activity import RECORD_TTL_SECONDS, ReadMarks, read_record_key
 
@@ -494,13 +494,6 @@ def _raised(replies: list[Any]) -> list[Any]:
         if isinstance(reply, Exception):
             raise reply
     return replies
-
-
-def following_refresh_point(user_id: int) -> float:
-    """The part of its lifetime a reader's follow list has left when it falls due to be
-    loaded again: from FOLLOWING_REFRESH_FRACTION down by up to FOLLOWING_REFRESH_SPREAD
-    of it, by a hash of the reader's id (the same for every process and read)."""
-    return FOLLOWING_REFRESH_FRACTION * (1.0 - FOLLOWING_REFRESH_SPREAD * id_share(user_id))
 
 
 def _following_value(accounts: Sequence[tuple[int, int]], complete: bool) -> str:

@@ -6,7 +6,15 @@ from typing import cast
 
 from common.cache import RedisClient
 from common.ids import IdGenerator
-from feed_svc.cache import FOLLOWING_REFRESH_FRACTION, FOLLOWING_REFRESH_SPREAD, FeedCache, following_refresh_point
+from common.singleflight import due_point_ms
+from feed_svc.cache import FOLLOWING_REFRESH_FRACTION, FOLLOWING_REFRESH_SPREAD, FeedCache
+
+TTL_MS = 300_000
+
+
+def following_refresh_point(user_id: int) -> float:
+    """The part of its lifetime a reader's follow list has left when it falls due."""
+    return due_point_ms(user_id, TTL_MS, FOLLOWING_REFRESH_FRACTION, FOLLOWING_REFRESH_SPREAD) / TTL_MS
 
 
 def test_due_points_fall_in_the_last_fifth_and_spread_over_it() -> None:
@@ -36,7 +44,7 @@ class ScriptsOnly:
 def test_due_by_the_lists_ttl_left() -> None:
     cache = FeedCache(cast(RedisClient, ScriptsOnly()), timeline_size=20, following_ttl=300, celebrity_ttl=60)
     user = IdGenerator(7).next_id()
-    point_ms = 300_000 * following_refresh_point(user)
+    point_ms = TTL_MS * following_refresh_point(user)
     assert cache.following_due(user, int(point_ms) - 1)
     assert cache.following_due(user, 0)
     assert cache.following_due(user, -1)  # no expiry: a fill always sets one
