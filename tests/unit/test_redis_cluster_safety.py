@@ -34,7 +34,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import common.cache as cache_module
-from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, cluster_nodes, connect_redis, tolerant
+import common.hidden as hidden_module
+from common.cache import (
+    REDIS_UNAVAILABLE_ERRORS,
+    RELEASE_CLAIM_SCRIPT,
+    RedisClient,
+    Tolerant,
+    cluster_nodes,
+    connect_redis,
+    tolerant,
+)
 from common.cql import CqlSession
 from common.hidden import HiddenAuthorsCache, RedisHiddenStore, hidden_key
 from common.ids import IdGenerator
@@ -271,10 +280,46 @@ class FakeRedis:
             count = max(0, int(args[2]) + int(state[b"p"]))
             state.update({b"c": _b(args[2]), b"n": _b(count)})
             return count
+        if script == RELEASE_CLAIM_SCRIPT:
+            if self.data.get(key) != _b(args[0]):
+                return 0
+            self.data.pop(key)
+            return 1
+        hidden = self._hidden_script(script, keys, args)
+        if hidden is not NotImplemented:
+            return hidden
         raise NotImplementedError(
             "the fake models the follow list's claim, fill, fingerprint and reload, the like state's fill and a fold"
-            " without users only"
+            " without users, a claim's release and the hidden-author set's scripts only"
         )
+
+    def _hidden_script(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """common/hidden.py's scripts (KEYS: the set, its token[, the reload's claim]); they
+        run on a real Redis in tests/integration/test_hidden_cache.py."""
+        if script == hidden_module.READ_SCRIPT:
+            if keys[0] in self.data:
+                return [self.data[keys[0]], None]
+            if keys[1] not in self.data:
+                self.data[keys[1]], self.ttl_ms[keys[1]] = _b(args[0]), int(args[1])
+            return [None, self.data[keys[1]]]
+        if script == hidden_module.FILL_SCRIPT:
+            if self.data.get(keys[1]) != _b(args[0]):
+                return 0
+            self.data[keys[0]], self.ttl_ms[keys[0]] = _b(args[1]), int(args[2])
+            return 1
+        if script == hidden_module.INVALIDATE_SCRIPT:
+            self.data.pop(keys[0], None)
+            self.data[keys[1]], self.ttl_ms[keys[1]] = _b(args[0]), int(args[1])
+            return 1
+        if script == hidden_module.RELOAD_TOKEN_SCRIPT:
+            if keys[0] not in self.data or self.ttl_ms.get(keys[0], -1) > int(args[3]) or keys[1] not in self.data:
+                return None
+            if keys[2] in self.data and self.data[keys[2]] != _b(args[0]):
+                return None
+            self.data[keys[2]], self.ttl_ms[keys[2]] = _b(args[0]), int(args[1])
+            self.ttl_ms[keys[1]] = int(args[2])
+            return self.data[keys[1]]
+        return NotImplemented
 
     def register_script(self, script: str) -> Callable[..., Awaitable[Any]]:
         async def run(keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
@@ -389,12 +434,43 @@ async def test_feed_cache_round_trips_many_keys_without_spanning_slots() -> None
     assert await cache.refresh_following(users[5], fingerprint, [(users[7], 2)], True)
     assert await cache.claim_following(users[5]) == ([(users[7], 2)], True)
     assert (await cache.home_reads(users[5], None, 20, 0)).following == ([(users[7], 2)], True)
+    claim = reload_claim_key(feed_key("following", users[5]))
+    assert fake.data[claim] == b"c1"
+    await cache.end_following_reload(users[5], "c2")  # not its claim: left alone
+    await cache.end_following_reload(users[5], "c1")
+    assert claim not in fake.data
 
     await cache.load_celebrities({users[3]})
     await cache.mark_celebrity(users[4], True)
     assert await cache.celebrities() == {users[3], users[4]}
     assert len(fake.slots_touched()) > 80
     assert "mget" not in {command for command, _ in fake.calls}
+
+
+async def test_hidden_author_sets_read_fill_reload_and_invalidate_without_spanning_slots() -> None:
+    """The set, its token and its reload's claim share the user's slot in every script."""
+    fake = FakeRedis()
+    store = RedisHiddenStore(client(fake))
+    users = spread_ids(100)
+    tokens = {}
+    for user in users:
+        missed = await store.read(user)
+        assert missed.hidden is None and missed.version
+        assert await store.fill(user, missed.version, frozenset({user + 1}), 60)
+        assert (await store.read(user)).hidden == frozenset({user + 1})
+        tokens[user] = missed.version
+    user = users[0]
+    assert await store.reload_token(user, "c1", 5_000) is None  # a whole lifetime left: not due
+    await fake.pexpire(hidden_key(user), 1_000)
+    token = await store.reload_token(user, "c1", 5_000)
+    assert token == tokens[user]  # the reload fills under the set's token
+    assert await store.reload_token(user, "c2", 5_000) is None  # claimed: no second process reloads it
+    assert await store.reload_token(user, "c1", 5_000) == token  # its own claim, taken again
+    await store.end_reload(user, "c1")
+    assert reload_claim_key(hidden_key(user)) not in fake.data
+    await store.invalidate(user)
+    assert (await store.read(user)).hidden is None
+    assert len(fake.slots_touched()) > 80
 
 
 # ---- Redis unavailable: a miss, never an error, and a fresh one each call ----------------
