@@ -86,10 +86,11 @@ RELOADS = Counter(
 _HITS = LOOKUPS.labels("hit")
 _MISSES = LOOKUPS.labels("miss")
 
-# KEYS: set, token. ARGV: a fresh token, token ttl_ms. Returns {set or nil, token}.
+# KEYS: set, token. ARGV: a fresh token, token ttl_ms. Returns {set, nil, the set's PTTL}
+# or {nil, token}.
 READ_SCRIPT = """
 local hidden = redis.call('GET', KEYS[1])
-if hidden then return {hidden, false} end
+if hidden then return {hidden, false, redis.call('PTTL', KEYS[1])} end
 local version = redis.call('GET', KEYS[2])
 if not version then
   version = ARGV[1]
@@ -160,10 +161,12 @@ def decode(raw: bytes | str) -> frozenset[int]:
 
 @dataclass(frozen=True)
 class Read:
-    """One read of a user's keys: the set when cached, else the token to fill under."""
+    """One read of a user's keys: the set when cached (with its PTTL), else the token to
+    fill under."""
 
     hidden: frozenset[int] | None
     version: str
+    pttl_ms: int | None = None
 
 
 class HiddenStore(Protocol):
@@ -205,9 +208,9 @@ class RedisHiddenStore:
         self._claims = ReloadClaims(redis)
 
     async def read(self, user_id: int) -> Read:
-        hidden, version = await _run(self._read, user_id, [new_token(), _ms(VERSION_SECONDS)])
+        hidden, version, *pttl = await _run(self._read, user_id, [new_token(), _ms(VERSION_SECONDS)])
         if hidden is not None:
-            return Read(decode(hidden), "")
+            return Read(decode(hidden), "", int(pttl[0]) if pttl else None)
         return Read(None, _text(version))
 
     async def fill(self, user_id: int, version: str, hidden: frozenset[int], ttl_seconds: float) -> bool:
@@ -281,6 +284,8 @@ class HiddenAuthorsCache(Tolerant):
         read = await self._read(user_id) if redis_answered else None
         if read is not None and read.hidden is not None:
             _HITS.inc()
+            if self._reloads is not None and self.due(user_id, read.pttl_ms):
+                self._reloads.request((user_id,))  # a caller that read no PTTL of its own (rank_svc)
             return read.hidden
         _MISSES.inc()
         if read is None:  # Redis unreachable: without a token, a fill could be stale

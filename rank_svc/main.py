@@ -22,8 +22,9 @@ async def run(cfg: rank_config.RankConfig) -> None:
     store = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours)
     trending = TrendingCopy(store.load, min(READ_REFRESH_SECONDS, cfg.interval_seconds))
     # graph_svc says whose tweets a signed-in viewer hides (cached, common/hidden.py); anonymous reads never ask.
+    # A set read near its end is loaded again after the read, as feed_svc does.
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
-    hidden = HiddenAuthorsCache(RedisHiddenStore(redis), peers.hidden_author_ids, redis=redis)
+    hidden = HiddenAuthorsCache(RedisHiddenStore(redis), peers.hidden_author_ids, redis=redis, reload_after_reads=True)
     # A viewer's liked_by_me come from tweet_svc's cache; tweet_svc is asked only for what it misses.
     likes = ViewerLikes(TweetCacheReader(redis).tweets, peers.liked_tweet_ids)
 

@@ -154,6 +154,28 @@ async def test_a_set_served_near_its_end_is_loaded_again_after_the_read(redis: R
     assert await redis.get(hidden_key(user)) == b"11,12"
 
 
+async def test_a_set_a_read_script_serves_near_its_end_is_loaded_again(redis: RedisClient, user: int) -> None:
+    """rank_svc sends no reads of its own: the read script gives the set's PTTL with it,
+    and a set served near its end is loaded again after the read there too."""
+    graph = GatedRows(frozenset({11, 12}))
+    graph.gate.set()
+    store = RedisHiddenStore(redis)
+    cache = HiddenAuthorsCache(store, graph.fetch, redis=redis, reload_after_reads=True)
+    token = (await store.read(user)).version
+    assert await store.fill(user, token, frozenset({11}), 40.0)
+    read = await store.read(user)
+    assert read.hidden == frozenset({11}) and read.pttl_ms is not None and 30_000 < read.pttl_ms <= 40_000
+    assert await cache.hidden(user) == frozenset({11})
+    await asyncio.sleep(1.0)
+    assert graph.asked == 0, "a set early in its life was loaded again"
+
+    await redis.pexpire(hidden_key(user), 2_000)
+    assert await cache.hidden(user) == frozenset({11})  # served as it was
+    await wait_for_async(lambda: _renewed(redis, user), 5.0, "the set to be loaded again")
+    assert graph.asked == 1
+    assert await redis.get(hidden_key(user)) == b"11,12"
+
+
 async def _renewed(redis: RedisClient, user: int) -> bool:
     return int(await redis.pttl(hidden_key(user))) > (HIDDEN_SECONDS - 5) * 1000
 

@@ -298,7 +298,7 @@ class FakeRedis:
         run on a real Redis in tests/integration/test_hidden_cache.py."""
         if script == hidden_module.READ_SCRIPT:
             if keys[0] in self.data:
-                return [self.data[keys[0]], None]
+                return [self.data[keys[0]], None, self.ttl_ms.get(keys[0], -1)]
             if keys[1] not in self.data:
                 self.data[keys[1]], self.ttl_ms[keys[1]] = _b(args[0]), int(args[1])
             return [None, self.data[keys[1]]]
@@ -462,6 +462,7 @@ async def test_hidden_author_sets_read_fill_reload_and_invalidate_without_spanni
     user = users[0]
     assert await store.reload_token(user, "c1", 5_000) is None  # a whole lifetime left: not due
     await fake.pexpire(hidden_key(user), 1_000)
+    assert (await store.read(user)).pttl_ms == 1_000  # a hit gives its time left (rank_svc's reloads)
     token = await store.reload_token(user, "c1", 5_000)
     assert token == tokens[user]  # the reload fills under the set's token
     assert await store.reload_token(user, "c2", 5_000) is None  # claimed: no second process reloads it
