@@ -14,6 +14,7 @@ import pytest
 from common.hidden import HiddenAuthorsCache, Read, new_token
 from common.ids import IdGenerator
 from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight
+from tests.faults import wait_for_async
 from tweet_svc.cache import TweetCache
 from tweet_svc.domain import Tweets
 from tweet_svc.store import TweetRecord, TweetStore
@@ -296,10 +297,11 @@ class TokenStore:
     def __init__(self) -> None:
         self.sets: dict[int, frozenset[int]] = {}
         self.tokens: dict[int, str] = {}
+        self.pttl_ms: dict[int, int] = {}  # a set's time left, as the read script gives it
 
     async def read(self, user_id: int) -> Read:
         if user_id in self.sets:
-            return Read(self.sets[user_id], "")
+            return Read(self.sets[user_id], "", self.pttl_ms.get(user_id))
         return Read(None, self.tokens.setdefault(user_id, new_token()))
 
     async def fill(self, user_id: int, version: str, hidden: frozenset[int], ttl_seconds: float) -> bool:
@@ -413,3 +415,29 @@ async def test_keys_beyond_the_bound_and_failed_batches_are_dropped_not_retried(
     refresher.request([3])
     await drained(refresher)
     assert seen.batches == [[1, 2], [3]]  # the drainer outlived the failure
+
+
+async def test_a_set_the_read_script_finds_near_its_end_is_loaded_again_after_the_read() -> None:
+    """rank_svc's way in (no reads of its own): the read script's PTTL makes a set served
+    near its end due, as a feed read's pipeline does; one early in its life is left."""
+    store = TokenStore()
+    store.tokens[5], store.sets[5] = "t", frozenset({8})
+    asked: list[int] = []
+
+    async def fetch(user_id: int) -> frozenset[int]:
+        asked.append(user_id)
+        return frozenset({8, 9})
+
+    cache = HiddenAuthorsCache(store, fetch, redis=None, reload_after_reads=True)
+    store.pttl_ms[5] = 50_000  # most of its 60 s left
+    assert await cache.hidden(5) == frozenset({8})
+    await asyncio.sleep(0.8)  # a reload batch waits 0.5 s
+    assert asked == [], "a set early in its life was loaded again"
+    store.pttl_ms[5] = 1_000
+    assert await cache.hidden(5) == frozenset({8})  # served as it was
+
+    async def reloaded() -> bool:
+        return store.sets[5] == frozenset({8, 9})
+
+    await wait_for_async(reloaded, 5.0, "the set to be loaded again")
+    assert asked == [5]
