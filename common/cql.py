@@ -42,7 +42,7 @@ import time
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Container, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from cassandra import (
     ConsistencyLevel,
@@ -210,6 +210,19 @@ def is_read(query: str) -> bool:
 
 
 _BIG_READ = re.compile(r"\b(COUNT|SUM|AVG|MIN|MAX)\s*\(|\bDISTINCT\b", re.IGNORECASE)
+
+
+# Keys in one `IN ?` list: a query with more is split (`in_lists`). ScyllaDB refuses more
+# than 100 key restrictions in one query by default (max_partition_key_restrictions_per_query,
+# max_clustering_key_restrictions_per_query).
+IN_LIST_SIZE = 100
+
+Key = TypeVar("Key")
+
+
+def in_lists(keys: Sequence[Key], size: int = IN_LIST_SIZE) -> list[list[Key]]:
+    """`keys` in order, cut into lists of at most `size` for `IN ?` queries run at once."""
+    return [list(keys[i : i + size]) for i in range(0, len(keys), size)]
 
 
 @functools.lru_cache(maxsize=4096)

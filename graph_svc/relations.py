@@ -36,7 +36,7 @@ from typing import Literal, Protocol
 
 from cassandra.query import BatchType, PreparedStatement
 
-from common.cql import Batch, CqlSession, prepare_all
+from common.cql import Batch, CqlSession, in_lists, prepare_all
 from common.errors import InvalidArgument, PermissionDenied
 from common.pagination import PageTokens, scope, unshared_tokens
 from graph_svc.accounts import Account
@@ -46,7 +46,6 @@ Kind = Literal["block", "mute"]
 # GetRelations answers for at most this many users a call.
 RELATIONS_MAX = 500
 # Ids a single IN query names (as graph_svc/store.py does for follows).
-_IN_CHUNK = 100
 
 CANNOT_FOLLOW = "you cannot follow this user"
 UNBLOCK_TO_FOLLOW = "you have blocked this user: unblock them to follow"
@@ -150,9 +149,7 @@ class RelationStore:
 
     async def _among(self, query: str, key: int, candidates: Sequence[int]) -> set[int]:
         ids = sorted(set(candidates))
-        chunks = await asyncio.gather(
-            *(self._cql.execute(self._q[query], (key, ids[i : i + _IN_CHUNK])) for i in range(0, len(ids), _IN_CHUNK))
-        )
+        chunks = await asyncio.gather(*(self._cql.execute(self._q[query], (key, chunk)) for chunk in in_lists(ids)))
         return {r[0] for rows in chunks for r in rows}
 
 

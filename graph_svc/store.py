@@ -28,7 +28,7 @@ from cassandra import ConsistencyLevel, OperationTimedOut, WriteTimeout
 from cassandra.query import BatchType, PreparedStatement
 
 from common.buckets import bucket_of, walk_newest_first
-from common.cql import CQL_UNAVAILABLE_ERRORS, Batch, CqlSession, prepare_all
+from common.cql import CQL_UNAVAILABLE_ERRORS, Batch, CqlSession, in_lists, prepare_all
 from common.outbox import Event, Outbox
 from graph_svc.accounts import Account
 
@@ -40,10 +40,6 @@ class FollowEdge:
     user_id: int
     followed_at_ms: int
 
-
-# Ids per IN list: ScyllaDB refuses more than 100 key restrictions in one query by default
-# (max_partition_key_restrictions_per_query, max_clustering_key_restrictions_per_query).
-IN_LIMIT = 100
 
 STATEMENTS = {
     "insert_user": "INSERT INTO users (user_id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
@@ -146,11 +142,11 @@ class GraphStore:
         return _account(user_rows[0], stat_rows[0] if stat_rows else None)
 
     async def get_users(self, user_ids: Sequence[int]) -> list[Account]:
-        """Users in the order asked; unknown ids are left out. Two queries per IN_LIMIT ids
+        """Users in the order asked; unknown ids are left out. Two queries per IN_LIST_SIZE ids
         rather than two per user: the rank worker asks for hundreds every interval, and a
         statement costs the driver and the server far more than a row does."""
         ids = list(dict.fromkeys(user_ids))
-        chunks = _in_lists(ids)
+        chunks = in_lists(ids)
         replies = await asyncio.gather(
             *(self._cql.execute(self._q["users_in"], (chunk,)) for chunk in chunks),
             *(self._cql.execute(self._q["counts_in"], (chunk,)) for chunk in chunks),
@@ -269,20 +265,16 @@ class GraphStore:
     async def follows_among(self, user_id: int, candidates: Sequence[int]) -> list[int]:
         """Which of `candidates` the user follows: point reads in their one partition, 100 ids per query."""
         chunks = await asyncio.gather(
-            *(self._cql.execute(self._q["follows_among"], (user_id, ids)) for ids in _in_lists(sorted(set(candidates))))
+            *(self._cql.execute(self._q["follows_among"], (user_id, ids)) for ids in in_lists(sorted(set(candidates))))
         )
         return [r.followee_id for rows in chunks for r in rows]
 
     async def follower_counts(self, user_ids: Sequence[int]) -> dict[int, int]:
         """Follower counts in one query per 100 ids (the read path needs nothing else)."""
         chunks = await asyncio.gather(
-            *(self._cql.execute(self._q["counts_in"], (ids,)) for ids in _in_lists(list(user_ids)))
+            *(self._cql.execute(self._q["counts_in"], (ids,)) for ids in in_lists(list(user_ids)))
         )
         return {r.user_id: r.follower_count or 0 for rows in chunks for r in rows}
-
-
-def _in_lists(ids: list[int]) -> list[list[int]]:
-    return [ids[i : i + IN_LIMIT] for i in range(0, len(ids), IN_LIMIT)]
 
 
 def _account(row: Any, stats: Any | None) -> Account:

@@ -12,7 +12,7 @@ from typing import Any
 from cassandra.query import BatchType, PreparedStatement
 
 from common.buckets import bucket_of, walk_newest_first
-from common.cql import Batch, CqlSession, prepare_all
+from common.cql import IN_LIST_SIZE, Batch, CqlSession, in_lists, prepare_all
 from common.ids import id_time_ms
 from common.outbox import Event, Outbox
 from tweet_svc.likes import LikeState
@@ -32,9 +32,9 @@ class TweetRecord:
 # (author, bucket) pairs a store remembers having written to user_tweet_buckets.
 KNOWN_BUCKETS = 100_000
 # Authors (partitions) in one query of `newest_tweet_ids`.
-AUTHORS_PER_QUERY = 100
+AUTHORS_PER_QUERY = IN_LIST_SIZE
 # Buckets `newest_tweet_ids` lists per author; one still short of its tweets after them
-# is walked alone (`author_tweet_ids`).
+# walks on alone from below them.
 BUCKETS_LISTED = 4
 
 STATEMENTS = {
@@ -187,10 +187,7 @@ class TweetStore:
         """Which of `tweet_ids` the user likes: reads in their one partition, 100 ids per query."""
         ids = sorted(set(tweet_ids))
         chunks = await asyncio.gather(
-            *(
-                self._cql.execute(self._q["user_likes_among"], (user_id, ids[i : i + 100]))
-                for i in range(0, len(ids), 100)
-            )
+            *(self._cql.execute(self._q["user_likes_among"], (user_id, c)) for c in in_lists(ids))
         )
         return {r.tweet_id for rows in chunks for r in rows if decode_liked(r.state)}
 
@@ -266,7 +263,7 @@ class TweetStore:
     async def _in_chunks(self, name: str, authors: Sequence[int], params: tuple[Any, ...]) -> list[list[Any]]:
         """Statement `name` (`author_id IN ?` first) run for AUTHORS_PER_QUERY authors at a
         time, at once; its rows per query."""
-        chunks = [list(authors[i : i + AUTHORS_PER_QUERY]) for i in range(0, len(authors), AUTHORS_PER_QUERY)]
+        chunks = in_lists(authors, AUTHORS_PER_QUERY)
         return list(await asyncio.gather(*(self._cql.execute(self._q[name], (chunk, *params)) for chunk in chunks)))
 
 

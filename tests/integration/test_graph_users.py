@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from common.cql import CqlSession
+from common.cql import IN_LIST_SIZE, CqlSession
 from common.ids import IdGenerator
 from common.outbox import Outbox
 from graph_svc.accounts import Account
-from graph_svc.store import IN_LIMIT, GraphStore
+from graph_svc.store import GraphStore
 
 
 async def test_users_past_one_in_list_come_back_in_the_order_asked_with_their_counts(cql: CqlSession) -> None:
@@ -17,7 +17,7 @@ async def test_users_past_one_in_list_come_back_in_the_order_asked_with_their_co
     await store.prepare()
     ids = IdGenerator(906)
     created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    users = [ids.next_id() for _ in range(IN_LIMIT + 30)]
+    users = [ids.next_id() for _ in range(IN_LIST_SIZE + 30)]
     set_counts = await cql.prepare("UPDATE follow_counts SET follower_count = ?, following_count = ? WHERE user_id = ?")
     try:
         for n, user_id in enumerate(users):
