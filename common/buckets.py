@@ -8,7 +8,7 @@ from typing import TypeVar
 
 BUCKET_MS = 30 * 24 * 3600 * 1000  # about a month
 NEWEST = 2**31 - 1  # above every bucket: a walk without a cursor starts here
-MAX_BUCKETS_PER_PAGE = 64
+BUCKETS_LISTED_AT_ONCE = 64  # buckets one listing query asks for
 
 T = TypeVar("T")
 
@@ -29,13 +29,20 @@ async def walk_newest_first(
     newest first (one query); `read(bucket, from_cursor, want)` reads up to
     `want` items of one bucket, only those past the cursor when `from_cursor`.
     Buckets are read one after the other until `limit` items are found; the
-    cursor's bucket is the only one read from the cursor on.
+    cursor's bucket is the only one read from the cursor on. A listing that
+    comes back full is followed by the next one below it, so a list whose
+    buckets hold few items each (one a month for years, or months emptied by
+    deletes) is walked to its end, never cut off at the first listing.
     """
     start = NEWEST if cursor_bucket is None else cursor_bucket
     found: list[T] = []
-    for bucket in await buckets_from(start, MAX_BUCKETS_PER_PAGE):
-        want = limit - len(found)
-        if want <= 0:
-            break
-        found += await read(bucket, cursor_bucket is not None and bucket == start, want)
-    return found
+    while True:
+        listed = list(await buckets_from(start, BUCKETS_LISTED_AT_ONCE))
+        for bucket in listed:
+            want = limit - len(found)
+            if want <= 0:
+                return found
+            found += await read(bucket, bucket == cursor_bucket, want)
+        if len(found) >= limit or len(listed) < BUCKETS_LISTED_AT_ONCE or min(listed) <= 0:
+            return found
+        start = min(listed) - 1

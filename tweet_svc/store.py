@@ -239,11 +239,10 @@ class TweetStore:
             short = [a for a in short if len(found[a]) < limit and depth < len(listed[a])]
 
         async def older(author_id: int) -> list[int]:
-            """The rest of the author's walk: up to MAX_BUCKETS_PER_PAGE buckets in all, as
-            `author_tweet_ids` lists them, the listed ones read already."""
+            """The rest of the author's walk, below the buckets listed and read already."""
 
             async def below_listed(start: int, most: int) -> list[int]:
-                params = (author_id, listed[author_id][-1] - 1, most - BUCKETS_LISTED)
+                params = (author_id, min(start, listed[author_id][-1] - 1), most)
                 return [r.bucket for r in await self._cql.execute(self._q["buckets_from"], params)]
 
             async def read(bucket: int, from_cursor: bool, want: int) -> list[int]:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from common.buckets import MAX_BUCKETS_PER_PAGE
+from common.buckets import BUCKETS_LISTED_AT_ONCE
 from common.cql import CqlSession
 from common.errors import InvalidArgument
 from common.ids import IdGenerator
@@ -100,12 +100,14 @@ async def test_newest_ids_of_many_authors_are_each_authors_own_walk(cql: CqlSess
     tweet = await cql.prepare("INSERT INTO user_tweets (author_id, bucket, tweet_id) VALUES (?, ?, ?)")
     bucket_row = await cql.prepare("INSERT INTO user_tweet_buckets (author_id, bucket) VALUES (?, ?)")
     ids = IdGenerator(919)
-    one, spread, exact, old, none, emptied, many = (ids.next_id() for _ in range(7))
+    one, spread, exact, old, none, emptied, many, deleted_years = (ids.next_id() for _ in range(8))
     layout = {  # author -> {bucket: number of tweets}
         one: {693: 3},
         spread: {693 - 2 * i: 1 for i in range(BUCKETS_LISTED + 2)},
         exact: {693 - i: 1 for i in range(BUCKETS_LISTED)},
-        old: {693 - i: 1 for i in range(MAX_BUCKETS_PER_PAGE + 6)},  # a walk lists the newest 64
+        old: {693 - i: 1 for i in range(BUCKETS_LISTED_AT_ONCE + 6)},  # more than one listing holds
+        # Years of months emptied by deletes, more than one listing, above two older tweets.
+        deleted_years: {**{693 - i: 0 for i in range(BUCKETS_LISTED_AT_ONCE + 6)}, 600: 2},
         emptied: {693: 0, 690: 2, 688: 1},
         many: {693: 60, 692: 5},
     }
@@ -114,9 +116,10 @@ async def test_newest_ids_of_many_authors_are_each_authors_own_walk(cql: CqlSess
             await cql.execute(bucket_row, (author, bucket))
             for k in range(count):
                 await cql.execute(tweet, (author, bucket, bucket * 1000 + k))
-    authors = [one, spread, exact, old, none, emptied, many]
+    authors = [one, spread, exact, old, none, emptied, many, deleted_years]
     for limit in (1, 2, 5, 50, 100):
         alone = {a: await store.author_tweet_ids(a, limit, None) for a in authors}
         assert await store.newest_tweet_ids(authors, limit) == alone
     assert len(alone[many]) == 65 and len(alone[spread]) == BUCKETS_LISTED + 2 and alone[none] == []
-    assert len(alone[old]) == MAX_BUCKETS_PER_PAGE and len(alone[exact]) == BUCKETS_LISTED
+    assert len(alone[old]) == BUCKETS_LISTED_AT_ONCE + 6 and len(alone[exact]) == BUCKETS_LISTED
+    assert alone[deleted_years] == [600_001, 600_000]

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 import tweet_svc.store
-from common.buckets import NEWEST, bucket_of
+from common.buckets import BUCKETS_LISTED_AT_ONCE, NEWEST, bucket_of
 from common.cql import CqlSession, named_rows
 from common.ids import id_time_ms
 from graph_svc.store import STATEMENTS as GRAPH_STATEMENTS
@@ -49,6 +49,45 @@ async def test_tweets_walk_buckets_newest_first_until_the_page_is_full() -> None
         ("tweets_first", (5, 9, 3)),
         ("tweets_first", (5, 7, 1)),
     ]
+
+
+async def test_a_full_listing_of_buckets_is_followed_by_the_next_below_it() -> None:
+    """64 buckets listed (one listing's worth), all emptied by deletes: the walk lists on
+    below them and finds the older tweets; a short listing ends it."""
+    top = 500
+    emptied = [(top - i,) for i in range(BUCKETS_LISTED_AT_ONCE)]
+    cql = FakeCql(
+        {
+            "buckets_from": [emptied, [(300,), (299,)]],
+            "tweets_first": [[] for _ in emptied] + [[(3001,)], [(2991,)]],
+        },
+        {"buckets_from": ["bucket"], "tweets_first": ["tweet_id"]},
+    )
+    ids = await _store(TweetStore, TWEET_STATEMENTS, cql).author_tweet_ids(5, 3, None)
+    assert ids == [3001, 2991]
+    listings = [params for name, params in cql.calls if name == "buckets_from"]
+    assert listings == [(5, NEWEST, 64), (5, top - BUCKETS_LISTED_AT_ONCE, 64)]
+    assert len(cql.calls) == 2 + BUCKETS_LISTED_AT_ONCE + 2
+
+
+async def test_a_walk_from_a_cursor_lists_on_below_a_full_listing() -> None:
+    """The cursor's bucket is read from the cursor; the buckets of the next listing are
+    read whole, even one whose number the walk started from."""
+    before = 1 << 40
+    start = bucket_of(id_time_ms(before))
+    full = [(start - i,) for i in range(BUCKETS_LISTED_AT_ONCE)]
+    cql = FakeCql(
+        {
+            "buckets_from": [full, []],
+            "tweets_before": [[(before - 1,)]],
+            "tweets_first": [[] for _ in full[1:]],
+        },
+        {"buckets_from": ["bucket"], "tweets_before": ["tweet_id"], "tweets_first": ["tweet_id"]},
+    )
+    ids = await _store(TweetStore, TWEET_STATEMENTS, cql).author_tweet_ids(5, 2, before)
+    assert ids == [before - 1]
+    assert [name for name, _ in cql.calls].count("tweets_before") == 1
+    assert cql.calls[-1] == ("buckets_from", (5, start - BUCKETS_LISTED_AT_ONCE, 64))
 
 
 async def test_tweets_read_from_the_cursor_only_in_its_own_bucket() -> None:
@@ -97,7 +136,7 @@ async def test_newest_ids_of_many_authors_read_by_bucket_not_by_author() -> None
 
 async def test_an_author_short_after_every_listed_bucket_walks_on_below_them() -> None:
     """Four buckets listed (BUCKETS_LISTED) and read, still short: older buckets may hold
-    more, listed from below the fourth (64 buckets in all, as a walk alone lists)."""
+    more, listed from below the fourth."""
     cql = FakeCql(
         {
             "newest_buckets": [[(1, 9), (1, 8), (1, 7), (1, 6), (2, 9), (2, 8)]],
@@ -115,7 +154,7 @@ async def test_an_author_short_after_every_listed_bucket_walks_on_below_them() -
         ("tweets_in_bucket", ([1, 2], 8, 2)),
         ("tweets_in_bucket", ([1], 7, 2)),  # 2 has no older bucket: it has all its tweets
         ("tweets_in_bucket", ([1], 6, 2)),
-        ("buckets_from", (1, 5, 60)),
+        ("buckets_from", (1, 5, 64)),
         ("tweets_first", (1, 2, 2)),  # two found: bucket 1 is not read
     ]
 
