@@ -43,6 +43,8 @@ async def walk_newest_first(
             if want <= 0:
                 return found
             found += await read(bucket, bucket == cursor_bucket, want)
-        if len(found) >= limit or len(listed) < BUCKETS_LISTED_AT_ONCE or min(listed) <= 0:
+        lowest = min(listed, default=0)
+        # A short listing is the end; so is one not below `start` (it could only repeat).
+        if len(found) >= limit or len(listed) < BUCKETS_LISTED_AT_ONCE or not 0 < lowest <= start:
             return found
-        start = min(listed) - 1
+        start = lowest - 1

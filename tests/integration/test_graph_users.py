@@ -1,15 +1,17 @@
-"""graph_svc's batch user read against the real store: more ids than one IN list holds,
-in the order asked, with their counts, unknown ids left out."""
+"""graph_svc's store against the real Cassandra: the batch user read (more ids than one IN
+list holds, in the order asked, with their counts, unknown ids left out), name claims, and
+a follower list spread over more months than one listing holds."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from common.buckets import BUCKETS_LISTED_AT_ONCE
 from common.cql import IN_LIST_SIZE, CqlSession
 from common.ids import IdGenerator
 from common.outbox import Outbox
 from graph_svc.accounts import Account
-from graph_svc.store import GraphStore
+from graph_svc.store import FollowEdge, GraphStore, follow_bucket
 
 
 async def test_users_past_one_in_list_come_back_in_the_order_asked_with_their_counts(cql: CqlSession) -> None:
@@ -61,3 +63,41 @@ async def test_a_name_claim_is_ours_again_for_the_same_user_and_refused_to_anoth
         assert await store.user_id_by_name(key) == owner
     finally:
         await cql.execute(delete, (key,))
+
+
+async def test_followers_spread_over_more_months_than_one_listing_are_all_listed(cql: CqlSession) -> None:
+    """One follower a month for 70 months, and 70 months emptied by unfollows below them:
+    the fan-out's page of 5,000 (ListFollowerIds) and a walk from a cursor list every
+    follower, where the walk used to stop after the newest 64 months."""
+    store = GraphStore(cql, Outbox(cql, None))
+    await store.prepare()
+    ids = IdGenerator(908)
+    followee = ids.next_id()
+    months = BUCKETS_LISTED_AT_ONCE + 6
+    newest = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
+    add_follower = await cql.prepare(
+        "INSERT INTO followers_by_time (user_id, bucket, followed_at, follower_id) VALUES (?, ?, ?, ?)"
+    )
+    add_bucket = await cql.prepare("INSERT INTO follower_buckets (user_id, bucket) VALUES (?, ?)")
+    followed = []  # (when, follower), newest first
+    for i in range(months):
+        at = newest - timedelta(days=31 * i)
+        follower = ids.next_id()
+        await cql.execute(add_follower, (followee, follow_bucket(at), at, follower))
+        await cql.execute(add_bucket, (followee, follow_bucket(at)))
+        followed.append((at, follower))
+    oldest = follow_bucket(followed[-1][0])
+    for bucket in range(oldest - 1, oldest - 1 - months, -1):  # listed, but every follow undone
+        await cql.execute(add_bucket, (followee, bucket))
+    try:
+        edges = await store.followers(followee, 5001, None)
+        assert [e.user_id for e in edges] == [f for _, f in followed]
+        # From a cursor in the third month: the rest, older first listing and all.
+        cursor = FollowEdge(edges[2].user_id, edges[2].followed_at_ms)
+        rest = await store.followers(followee, 5001, cursor)
+        assert [e.user_id for e in rest] == [f for _, f in followed[3:]]
+    finally:
+        drop = await cql.prepare("DELETE FROM followers_by_time WHERE user_id = ? AND bucket = ?")
+        for at, _ in followed:
+            await cql.execute(drop, (followee, follow_bucket(at)))
+        await cql.execute(await cql.prepare("DELETE FROM follower_buckets WHERE user_id = ?"), (followee,))

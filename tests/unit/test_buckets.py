@@ -71,8 +71,8 @@ async def test_a_full_listing_of_buckets_is_followed_by_the_next_below_it() -> N
 
 
 async def test_a_walk_from_a_cursor_lists_on_below_a_full_listing() -> None:
-    """The cursor's bucket is read from the cursor; the buckets of the next listing are
-    read whole, even one whose number the walk started from."""
+    """From a cursor, a full listing is followed by the next one below it too; only the
+    cursor's own bucket is read from the cursor."""
     before = 1 << 40
     start = bucket_of(id_time_ms(before))
     full = [(start - i,) for i in range(BUCKETS_LISTED_AT_ONCE)]
