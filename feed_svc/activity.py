@@ -133,12 +133,13 @@ RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]
 
 
 async def pull_recent(
-    recent_ids: RecentIds, authors: Sequence[int], depth: int = REBUILD_DEPTH
+    recent_ids: RecentIds, authors: Sequence[int], depth: int = REBUILD_DEPTH, before: int = 0
 ) -> list[tuple[int, int]]:
-    """(tweet id, author id) of the newest `depth` tweets of each author, in calls tweet_svc accepts."""
+    """(tweet id, author id) of the newest `depth` tweets of each author below `before`
+    (0: no bound), in calls tweet_svc accepts (AUTHORS_PER_PULL authors each), made at once."""
     replies = await asyncio.gather(
         *(
-            recent_ids(authors[start : start + AUTHORS_PER_PULL], 0, depth)
+            recent_ids(authors[start : start + AUTHORS_PER_PULL], before, depth)
             for start in range(0, len(authors), AUTHORS_PER_PULL)
         )
     )

@@ -445,7 +445,8 @@ class HomeFeed:
         limit = max(want, CELEBRITY_CACHE_DEPTH) if before is None else want
         fetched: dict[int, list[int]] = {a: [] for a in asked}
         if asked:
-            for tweet_id, author in await self._recent_ids(asked, before or 0, limit):
+            # The reader and up to MAX_CELEBRITIES_PER_READ authors: more than one call takes.
+            for tweet_id, author in await pull_recent(self._recent_ids, asked, limit, before or 0):
                 fetched[author].append(tweet_id)
         # (ids newest first, whether the author has no older tweet than the last of them)
         lists = list(found.values()) + [(v, len(v) < limit) for v in fetched.values()]

@@ -20,13 +20,14 @@ from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS
 from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
 from feed_svc.cache import FeedCache
 from feed_svc.fanout import CROSSING_BACKFILL, FOLLOW_BACKFILL, UNFOLLOW_SWEEP, Fanout
-from feed_svc.home_feed import CELEBRITY_CACHE_DEPTH, CelebrityRegistry, HomeFeed
+from feed_svc.home_feed import CELEBRITY_CACHE_DEPTH, MAX_CELEBRITIES_PER_READ, CelebrityRegistry, HomeFeed
 from feed_svc.store import CelebrityStore
 from tests.unit.test_redis_cluster_safety import FakeRedis, client
 
 THRESHOLD = 4  # followers that make an author a celebrity
 REFRESH_SECONDS = 5.0  # CHIRP_CELEBRITY_CACHE_SECONDS
 TIMELINE_SIZE = 800
+MOST_AUTHORS_PER_CALL = 500  # tweet_svc's ListRecentTweetIds (BATCH_MAX)
 FOLLOWING_TTL_SECONDS = 30.0
 
 # ---- in-memory stand-ins for the CQL store, graph_svc and tweet_svc ------------------------
@@ -107,6 +108,8 @@ class Tweets:
         return sorted((t for t, a in self.author_of.items() if a == author_id and t not in self.deleted), reverse=True)
 
     async def recent_ids(self, authors: Sequence[int], before: int, limit: int) -> list[tuple[int, int]]:
+        if len(authors) > MOST_AUTHORS_PER_CALL:
+            raise ValueError(f"at most {MOST_AUTHORS_PER_CALL} author ids per call")  # INVALID_ARGUMENT
         return [(t, a) for a in authors for t in [t for t in self.by(a) if not before or t < before][:limit]]
 
     async def batch_tweets(self, tweet_ids: Sequence[int], viewer_id: int = 0) -> list[tweet_pb2.Tweet]:
@@ -384,6 +387,21 @@ async def test_pages_do_not_pass_a_celebritys_tweets_not_fetched_yet() -> None:
         await world.delete(tweet_id)
 
     assert await world.read_through(READER, 3) == [*stars[5::-1], old]
+
+
+async def test_a_reader_pulling_more_authors_than_one_call_takes_reads_every_page() -> None:
+    """The reader and MAX_CELEBRITIES_PER_READ celebrities are more authors than tweet_svc
+    takes in one ListRecentTweetIds: with none of their recent ids cached, each page asks
+    in several calls, where one call was refused and the read failed."""
+    world = World()
+    stars = list(range(5000, 5000 + MAX_CELEBRITIES_PER_READ))
+    assert len(stars) + 1 > MOST_AUTHORS_PER_CALL
+    world.store.registry.update(stars)  # marked celebrities: pulled, never pushed
+    world.graph.follows[READER] = set(stars)
+    posted = [world.tweets.create(star) for star in stars[::25]]
+    posted.append(await world.post(READER))
+
+    assert await world.read_through(READER, 7) == newest_first(posted)
 
 
 # ---- fan-out: follow, unfollow, delete -------------------------------------------------------
