@@ -21,7 +21,7 @@ from typing import Any
 
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
-from common.cql import CqlSession, prepare_all
+from common.cql import CqlSession, in_lists, prepare_all
 from common.ids import id_time_ms, min_id_at_ms
 
 SHARD_BITS = 5
@@ -175,8 +175,9 @@ class OutboxStore:
             by_minute[minute_of(event_id)].append(event_id)
         events: list[StoredEvent] = []
         for minute, ids in sorted(by_minute.items()):
-            rows = await self._cql.execute(self._q["load"], (shard, minute, ids))
-            events += [_event(r) for r in rows if r.topic is not None]
+            for chunk in in_lists(ids):
+                rows = await self._cql.execute(self._q["load"], (shard, minute, chunk))
+                events += [_event(r) for r in rows if r.topic is not None]
         return sorted(events, key=lambda e: e.event_id)
 
     async def unpublished(self, from_ms: int, to_ms: int) -> list[StoredEvent]:

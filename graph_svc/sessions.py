@@ -42,7 +42,7 @@ from typing import Protocol
 
 from cassandra.query import PreparedStatement
 
-from common.cql import CqlSession, prepare_all
+from common.cql import IN_LIST_SIZE, CqlSession, prepare_all
 from common.errors import InvalidArgument, Unauthenticated
 from common.ids import IdGenerator
 from graph_svc.tokens import TokenSigner
@@ -58,8 +58,8 @@ MAX_REFRESH_TTL = timedelta(days=3650)
 # A revocation mark outlives the chain's newest token, including one issued by a
 # refresh that read the chain just before it was revoked.
 REVOKED_MARGIN = timedelta(hours=1)
-# Chains revoked per statement when a password change revokes them all.
-REVOKE_CHUNK = 500
+# Chains revoked per statement when a password change revokes them all: one `IN` list.
+REVOKE_CHUNK = IN_LIST_SIZE
 
 BAD_REFRESH = "the refresh token is invalid, expired or revoked; log in again"
 MALFORMED_REFRESH = "refresh_token must be a refresh token as login or refresh returned it (43 URL-safe characters)"

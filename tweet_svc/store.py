@@ -31,8 +31,8 @@ class TweetRecord:
 
 # (author, bucket) pairs a store remembers having written to user_tweet_buckets.
 KNOWN_BUCKETS = 100_000
-# Authors (partitions) in one query of `newest_tweet_ids`.
-AUTHORS_PER_QUERY = IN_LIST_SIZE
+# Keys (authors, tweets) in one `IN ?` list of this store's queries.
+KEYS_PER_QUERY = IN_LIST_SIZE
 # Buckets `newest_tweet_ids` lists per author; one still short of its tweets after them
 # walks on alone from below them.
 BUCKETS_LISTED = 4
@@ -115,21 +115,21 @@ class TweetStore:
         """Tweets without their like counts; missing (deleted) ids are left out."""
         if not tweet_ids:
             return {}
-        rows = await self._cql.execute(self._q["get_tweets"], (list(tweet_ids),))
-        return {r.tweet_id: _record(r, 0) for r in rows}
+        chunks = await self._in_chunks("get_tweets", tweet_ids, ())
+        return {r.tweet_id: _record(r, 0) for rows in chunks for r in rows}
 
     async def existing(self, tweet_ids: Sequence[int]) -> set[int]:
         """Which of these tweets the store still has (not deleted)."""
         if not tweet_ids:
             return set()
-        rows = await self._cql.execute(self._q["existing"], (list(tweet_ids),))
-        return {r.tweet_id for r in rows}
+        chunks = await self._in_chunks("existing", tweet_ids, ())
+        return {r.tweet_id for rows in chunks for r in rows}
 
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         if not tweet_ids:
             return {}
-        rows = await self._cql.execute(self._q["like_counts"], (list(tweet_ids),))
-        return {r.tweet_id: r.like_count or 0 for r in rows}
+        chunks = await self._in_chunks("like_counts", tweet_ids, ())
+        return {r.tweet_id: r.like_count or 0 for rows in chunks for r in rows}
 
     async def like_count(self, tweet_id: int) -> int:
         rows = await self._cql.execute(self._q["like_count"], (tweet_id,))
@@ -137,12 +137,16 @@ class TweetStore:
 
     async def like_states(self, tweet_id: int, user_ids: Sequence[int]) -> tuple[int | None, dict[int, LikeState]]:
         """The stored count (None when never set) and the rows of these users."""
-        rows, count_rows = await asyncio.gather(
-            self._cql.execute(self._q["like_rows"], (tweet_id, list(user_ids))),
+        count_rows, *chunks = await asyncio.gather(
             self._cql.execute(self._q["like_count"], (tweet_id,)),
+            *(self._cql.execute(self._q["like_rows"], (tweet_id, ids)) for ids in in_lists(list(user_ids))),
         )
         count = count_rows[0].like_count if count_rows else None
-        return count, {r.user_id: LikeState(bool(r.liked), r.version if r.version is not None else -1) for r in rows}
+        return count, {
+            r.user_id: LikeState(bool(r.liked), r.version if r.version is not None else -1)
+            for rows in chunks
+            for r in rows
+        }
 
     async def write_likes(
         self,
@@ -209,7 +213,7 @@ class TweetStore:
         """Each author's newest `limit` tweet ids, newest first, as `author_tweet_ids(a,
         limit, None)` gives them, in a few queries for all the authors instead of two or
         more each: their newest BUCKETS_LISTED buckets listed in one query per
-        AUTHORS_PER_QUERY, then one query per bucket read next (authors grouped by it:
+        KEYS_PER_QUERY, then one query per bucket read next (authors grouped by it:
         most authors' newest bucket is the same month), newest buckets first, until each
         author has `limit` ids or no bucket left. An author still short after all its
         listed buckets, which may have older ones, walks on alone from below them."""
@@ -259,10 +263,10 @@ class TweetStore:
         """The newest `want` tweet ids of one of the author's buckets."""
         return [r.tweet_id for r in await self._cql.execute(self._q["tweets_first"], (author_id, bucket, want))]
 
-    async def _in_chunks(self, name: str, authors: Sequence[int], params: tuple[Any, ...]) -> list[list[Any]]:
-        """Statement `name` (`author_id IN ?` first) run for AUTHORS_PER_QUERY authors at a
-        time, at once; its rows per query."""
-        chunks = in_lists(authors, AUTHORS_PER_QUERY)
+    async def _in_chunks(self, name: str, keys: Sequence[int], params: tuple[Any, ...]) -> list[list[Any]]:
+        """Statement `name` (its `IN ?` first) run for KEYS_PER_QUERY keys at a time, at
+        once; its rows per query."""
+        chunks = in_lists(list(keys), KEYS_PER_QUERY)
         return list(await asyncio.gather(*(self._cql.execute(self._q[name], (chunk, *params)) for chunk in chunks)))
 
 

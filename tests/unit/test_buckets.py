@@ -166,7 +166,7 @@ async def test_no_ids_asked_reads_nothing() -> None:
 
 
 async def test_newest_ids_query_at_most_authors_per_query_partitions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tweet_svc.store, "AUTHORS_PER_QUERY", 2)
+    monkeypatch.setattr(tweet_svc.store, "KEYS_PER_QUERY", 2)
     cql = FakeCql(
         {
             "newest_buckets": [[(1, 9), (2, 9)], [(3, 9)]],
