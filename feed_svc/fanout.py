@@ -6,9 +6,10 @@ pushed; readers pull it. tweet_deleted: tweet_svc's
 deletion marker is written (again) and the tweet removed from followers'
 timelines. follow: the followee's recent
 tweets join the follower's timeline. unfollow: they leave it; and when the
-followee drops below the threshold, its recent tweets are pushed to its
-followers, so crossing the threshold never loses a tweet. Every step is
-idempotent, so a re-delivered event changes nothing.
+followee drops below the threshold, its newest CROSSING_BACKFILL tweets are
+pushed to its followers (older ones from its time as a celebrity are not: a
+bound on what one crossing writes). Every step is idempotent, so a re-delivered
+event changes nothing.
 
 Only followers who read their home feed within CHIRP_ACTIVE_DAYS are pushed to
 (feed_svc/activity.py); the others' Redis timelines are dropped, and rebuilt
