@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ STATEMENTS = {
     "insert_tweet": "INSERT INTO tweets (tweet_id, author_id, author_username, text, created_at) VALUES (?, ?, ?, ?, ?)",
     "insert_user_tweet": "INSERT INTO user_tweets (author_id, bucket, tweet_id) VALUES (?, ?, ?)",
     "insert_bucket": "INSERT INTO user_tweet_buckets (author_id, bucket) VALUES (?, ?)",
+    "delete_bucket": "DELETE FROM user_tweet_buckets WHERE author_id = ? AND bucket = ?",
     "delete_tweet": "DELETE FROM tweets WHERE tweet_id = ?",
     "delete_user_tweet": "DELETE FROM user_tweets WHERE author_id = ? AND bucket = ? AND tweet_id = ?",
     "delete_likes": "DELETE FROM tweet_likes WHERE tweet_id = ?",
@@ -110,6 +112,17 @@ class TweetStore:
         batch.add(self._q["delete_likes"], (tweet.tweet_id,))
         self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
+        await self._forget_bucket_if_empty(tweet.author_id, bucket)
+
+    async def _forget_bucket_if_empty(self, author_id: int, bucket: int) -> None:
+        """Drop the listing of a past month the delete left empty, so walks stop reading it.
+        Only a month no post can land in any more: a post's id is of its own time, and a
+        retried post reuses an id at most a day old (its idempotency key's lifetime), so
+        the current month and the one before it are kept whatever they hold."""
+        if bucket >= bucket_of(int(time.time() * 1000)) - 1:
+            return
+        if not await self._cql.execute(self._q["tweets_first"], (author_id, bucket, 1)):
+            await self._cql.execute(self._q["delete_bucket"], (author_id, bucket))
 
     async def bodies(self, tweet_ids: Sequence[int]) -> dict[int, TweetRecord]:
         """Tweets without their like counts; missing (deleted) ids are left out."""

@@ -4,18 +4,21 @@ and follow lists longer than graph_svc lists at once."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import pytest
 
-from common.buckets import BUCKETS_LISTED_AT_ONCE
+from common.buckets import BUCKET_MS, BUCKETS_LISTED_AT_ONCE, bucket_of
 from common.cql import CqlSession
 from common.errors import InvalidArgument
 from common.ids import IdGenerator
-from common.outbox import Outbox
+from common.kafka import TOPIC_TWEETS
+from common.outbox import Event, Outbox
 from tests.conftest import build_graph
 from tweet_svc.likes import LikeState
-from tweet_svc.store import BUCKETS_LISTED, TweetStore
+from tweet_svc.store import BUCKETS_LISTED, TweetRecord, TweetStore
+from tweet_svc.store import STATEMENTS as TWEET_STATEMENTS
 
 DRIVER_PAGE = 5000  # the driver's default fetch size
 
@@ -123,3 +126,53 @@ async def test_newest_ids_of_many_authors_are_each_authors_own_walk(cql: CqlSess
     assert len(alone[many]) == 65 and len(alone[spread]) == BUCKETS_LISTED + 2 and alone[none] == []
     assert len(alone[old]) == BUCKETS_LISTED_AT_ONCE + 6 and len(alone[exact]) == BUCKETS_LISTED
     assert alone[deleted_years] == [600_001, 600_000]
+
+
+async def test_a_past_month_that_deletes_empty_is_listed_no_more(cql: CqlSession) -> None:
+    """A delete that empties a month at least two months old drops its listing, so walks
+    stop reading it; a month a delete leaves non-empty, and the previous month however
+    empty (a retried post may still land there), stay listed. The tweets left are all read."""
+    outbox = Outbox(cql, None)
+    await outbox.prepare()
+    store = TweetStore(cql, outbox)
+    await store.prepare()
+    author = IdGenerator(922).next_id()
+    now = bucket_of(int(time.time() * 1000))
+    old, kept, previous = now - 5, now - 4, now - 1
+
+    async def post(bucket: int, n: int) -> TweetRecord:
+        """A tweet of that month, its rows written as insert_tweet writes them (no event:
+        a post months old would count as months of fan-out lag)."""
+        at = bucket * BUCKET_MS + 1000 * (n + 1)
+        tweet = TweetRecord(
+            IdGenerator(922, lambda: at).next_id(), author, "ada", "hi", datetime.fromtimestamp(at / 1000, UTC)
+        )
+        for statement, params in (
+            (TWEET_STATEMENTS["insert_tweet"], (tweet.tweet_id, author, "ada", "hi", tweet.created_at)),
+            (TWEET_STATEMENTS["insert_user_tweet"], (author, bucket, tweet.tweet_id)),
+            (TWEET_STATEMENTS["insert_bucket"], (author, bucket)),
+        ):
+            await cql.execute(await cql.prepare(statement), params)
+        return tweet
+
+    async def listed() -> list[int]:
+        rows = await cql.execute("SELECT bucket FROM user_tweet_buckets WHERE author_id = %s", (author,))
+        return [r.bucket for r in rows]
+
+    async def delete(tweet: TweetRecord) -> None:
+        """As tweet_svc deletes: the relay publishes the event, the fan-out handles it (no followers)."""
+        payload = {"type": "tweet_deleted", "tweet_id": tweet.tweet_id, "author_id": author}
+        await store.delete_tweet(tweet, Event(IdGenerator(923).next_id(), TOPIC_TWEETS, author, payload))
+
+    olds = [await post(old, n) for n in range(2)]
+    kept_tweets = [await post(kept, n) for n in range(2)]
+    prev = await post(previous, 0)
+    assert await listed() == [previous, kept, old]
+
+    await delete(olds[0])
+    assert await listed() == [previous, kept, old]  # one tweet of the month is left
+    await delete(olds[1])
+    await delete(kept_tweets[0])
+    await delete(prev)
+    assert await listed() == [previous, kept]
+    assert await store.author_tweet_ids(author, 10, None) == [kept_tweets[1].tweet_id]
