@@ -171,9 +171,12 @@ class Tweets:
 
     async def by_author(self, author_id: int, page_size: int, page_token: str, viewer: int | None = None) -> TweetPage:
         _check_id(author_id, "user_id")  # ListUserTweetsRequest.user_id
-        await self._refuse_if_blocked(viewer, author_id)
         list_scope = scope("tweets", author_id)
-        cursor = self._page_tokens.decode(page_token, list_scope, 1)
+        cursor = self._page_tokens.decode(page_token, list_scope, 1)  # a bad token: before any read
+        # An unknown user is NOT_FOUND, not an empty list: graph_svc's GetUser says so
+        # (usernames never change, so a known user costs no call after the first).
+        await self._usernames.get(author_id)
+        await self._refuse_if_blocked(viewer, author_id)
         before = cursor[0] if cursor else None
         if before is None:  # the first page, from the cached recent ids where they reach
             ids = [t for t, _ in await self.recent_ids([author_id], 0, page_size + 1)]

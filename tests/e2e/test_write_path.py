@@ -551,8 +551,8 @@ def test_bad_page_size_or_token_is_400(
     assert_error(edge.get(f"/v1/users/{owner.user_id}/{kind}", params=params), 400, 3)
 
 
-@pytest.mark.parametrize("kind", ["followers", "following"])
-def test_follow_lists_of_unknown_or_malformed_user(edge: httpx.Client, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["followers", "following", "tweets"])
+def test_lists_of_unknown_or_malformed_user(edge: httpx.Client, kind: str) -> None:
     assert_error(edge.get(f"/v1/users/12345/{kind}"), 404, 5)
     assert_error(edge.get(f"/v1/users/abc/{kind}"), 400, 3)
 
