@@ -118,6 +118,10 @@ class Tweets:
                 if existing:
                     await self._cache.add_recent(author_id, claimed)  # should the first attempt have died before it
                     return existing[0]
+                # Its tweet was written and deleted since: the delete was acknowledged,
+                # so the retry must not write it again.
+                if await self._store.was_deleted(claimed):
+                    raise NotFound(f"the tweet this Idempotency-Key created ({claimed}) was deleted")
                 # The first attempt died before writing, or is still writing: write
                 # under the claimed id, so every retry yields the same tweet.
                 tweet_id = claimed

@@ -46,6 +46,8 @@ STATEMENTS = {
     "delete_tweet": "DELETE FROM tweets WHERE tweet_id = ?",
     "delete_user_tweet": "DELETE FROM user_tweets WHERE author_id = ? AND bucket = ? AND tweet_id = ?",
     "delete_likes": "DELETE FROM tweet_likes WHERE tweet_id = ?",
+    "mark_deleted": "INSERT INTO deleted_tweets (tweet_id) VALUES (?)",
+    "was_deleted": "SELECT tweet_id FROM deleted_tweets WHERE tweet_id = ?",
     "get_tweets": "SELECT tweet_id, author_id, author_username, text, created_at FROM tweets WHERE tweet_id IN ?",
     "existing": "SELECT tweet_id FROM tweets WHERE tweet_id IN ?",
     "like_counts": "SELECT tweet_id, like_count FROM tweet_likes WHERE tweet_id IN ? PER PARTITION LIMIT 1",
@@ -110,9 +112,14 @@ class TweetStore:
         batch.add(self._q["delete_tweet"], (tweet.tweet_id,))
         batch.add(self._q["delete_user_tweet"], (tweet.author_id, bucket, tweet.tweet_id))
         batch.add(self._q["delete_likes"], (tweet.tweet_id,))
+        batch.add(self._q["mark_deleted"], (tweet.tweet_id,))
         self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
         await self._forget_bucket_if_empty(tweet.author_id, bucket)
+
+    async def was_deleted(self, tweet_id: int) -> bool:
+        """Whether the tweet was deleted within the last two days (`deleted_tweets`)."""
+        return bool(await self._cql.execute(self._q["was_deleted"], (tweet_id,)))
 
     async def _forget_bucket_if_empty(self, author_id: int, bucket: int) -> None:
         """Drop the listing of a past month the delete left empty, so walks stop reading it.

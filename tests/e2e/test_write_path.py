@@ -669,6 +669,22 @@ def test_idempotency_key_returns_the_original_tweet(edge: httpx.Client) -> None:
     ]
 
 
+def test_a_retry_after_the_tweet_was_deleted_does_not_bring_it_back(edge: httpx.Client) -> None:
+    """The key lives 24 h; the delete was acknowledged: a retried post answers 404 and
+    writes nothing, where it wrote the deleted tweet again (after its cached deletion
+    marker expired, it could be read again)."""
+    me = new_account(edge, "idemdel")
+    key = f"retry-{unique_name()}"
+    first = post_tweet(edge, me, "then deleted", **{"Idempotency-Key": key})
+    assert edge.delete(f"/v1/tweets/{first['tweet_id']}", headers=auth(me)).status_code == 200
+
+    again = edge.post("/v1/tweets", json={"text": "then deleted"}, headers=auth(me, **{"Idempotency-Key": key}))
+    body = assert_error(again, 404, 5)
+    assert "was deleted" in str(body["message"])
+    assert_error(edge.get(f"/v1/tweets/{first['tweet_id']}"), 404, 5)
+    assert tweet_ids_of(edge, me.user_id) == []
+
+
 def test_concurrent_retries_with_one_idempotency_key_make_one_tweet(edge: httpx.Client) -> None:
     me = new_account(edge, "idem")
     key = f"burst-{unique_name()}"

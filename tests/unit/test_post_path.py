@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
+import pytest
+
+from common.errors import NotFound
 from common.ids import IdGenerator
 from common.outbox import Event, Outbox
 from tweet_svc.cache import TweetCache
@@ -21,6 +24,7 @@ class Store:
         self.tweets: dict[int, TweetRecord] = {}
         self.body_reads: list[list[int]] = []
         self.inserts: list[int] = []
+        self.deleted: set[int] = set()  # deleted_tweets
 
     async def claim_idempotency_key(self, user_id: int, key: str, tweet_id: int) -> int:
         return self.keys.setdefault((user_id, key), tweet_id)
@@ -35,6 +39,14 @@ class Store:
 
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         return {}
+
+    async def was_deleted(self, tweet_id: int) -> bool:
+        return tweet_id in self.deleted
+
+    def delete(self, tweet_id: int) -> None:
+        """As the delete's batch leaves the store: the tweet gone, its id in deleted_tweets."""
+        del self.tweets[tweet_id]
+        self.deleted.add(tweet_id)
 
 
 class Cache:
@@ -127,3 +139,15 @@ async def test_the_same_key_from_another_user_or_no_key_is_a_new_tweet() -> None
     plain = await tweets.create(7, "hello", "")
     assert len({mine.tweet_id, theirs.tweet_id, plain.tweet_id}) == 3
     assert store.inserts == [mine.tweet_id, theirs.tweet_id, plain.tweet_id]
+
+
+async def test_a_retry_after_its_tweet_was_deleted_writes_nothing_and_is_not_found() -> None:
+    """The delete was acknowledged: a retry of the post that made the tweet (its key lives
+    24 h) must not write it again, as a first attempt that died before writing would."""
+    tweets, store, _, outbox = build()
+    first = await tweets.create(7, "hello", "key-1")
+    store.delete(first.tweet_id)
+    with pytest.raises(NotFound, match="was deleted"):
+        await tweets.create(7, "hello", "key-1")
+    assert store.inserts == [first.tweet_id] and first.tweet_id not in store.tweets
+    assert outbox.published == [first.tweet_id]
