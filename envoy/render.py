@@ -40,7 +40,7 @@ SIDECAR_PREFIXES = (
 )
 
 # gRPC codes used in the JSON body of replies Envoy makes itself.
-LOCAL_REPLY_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 3, 414: 3, 429: 8, 431: 3, 503: 14, 504: 4}
+LOCAL_REPLY_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 408: 4, 413: 3, 414: 3, 429: 8, 431: 3, 503: 14, 504: 4}
 # The gRPC services' own limit is 16 KiB of metadata (8 KiB soft). A URL counts
 # once in the request line and, transcoded, again in x-envoy-original-path.
 MAX_URL_BYTES = 8 * 1024
@@ -325,6 +325,8 @@ def local_replies() -> list[LocalReply]:
         LocalReply(_flag("UO"), 503, 14, "the service is over capacity, try again in a second", retry_after=True),
         LocalReply(_status_is(503), 503, 14, "the service is unavailable, try again shortly", retry_after=True),
         LocalReply(_status_is(504), 504, 4, "the service did not answer in time"),
+        # The connection's request or idle timeout: the client was too slow sending it.
+        LocalReply(_status_is(408), 408, 4, "the request was not received in time"),
         *(LocalReply(_status_is(status), None, code, body) for status, code in LOCAL_REPLY_CODES.items()),
     ]  # fmt: skip
 

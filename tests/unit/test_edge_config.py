@@ -180,6 +180,10 @@ def test_local_replies_never_put_json_in_grpc_message_and_pick_a_grpc_status() -
         assert mapper["headers_to_add"][0]["header"]["key"] == "grpc-status"
     statuses = {r.status: r.code for r in render.local_replies() if r.status is not None}
     assert statuses[414] == statuses[431] == statuses[413] == 3 and statuses[429] == 8
+    # A request too slow to arrive (the edge's request timeout) gets the JSON body too, not Envoy's text.
+    assert statuses[408] == 4
+    slow = next(m for m in rest_mappers if m.get("status_code") == 408)
+    assert slow["body_format_override"]["content_type"] == "application/json"
 
 
 def test_token_and_identity_settings() -> None:
