@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cassandra import ConsistencyLevel
 from cassandra.query import BatchType, PreparedStatement
 
 from common.buckets import bucket_of, walk_newest_first
@@ -18,6 +20,8 @@ from common.ids import id_time_ms
 from common.outbox import Event, Outbox
 from tweet_svc.likes import LikeState
 from tweet_svc.viewer import decode_liked, encode_state, write_time_us
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ STATEMENTS = {
     "insert_user_tweet": "INSERT INTO user_tweets (author_id, bucket, tweet_id) VALUES (?, ?, ?)",
     "insert_bucket": "INSERT INTO user_tweet_buckets (author_id, bucket) VALUES (?, ?)",
     "delete_bucket": "DELETE FROM user_tweet_buckets WHERE author_id = ? AND bucket = ?",
+    "month_has_tweets": "SELECT tweet_id FROM user_tweets WHERE author_id = ? AND bucket = ? LIMIT 1",
     "delete_tweet": "DELETE FROM tweets WHERE tweet_id = ?",
     "delete_user_tweet": "DELETE FROM user_tweets WHERE author_id = ? AND bucket = ? AND tweet_id = ?",
     "delete_likes": "DELETE FROM tweet_likes WHERE tweet_id = ?",
@@ -78,6 +83,7 @@ class TweetStore:
 
     async def prepare(self) -> None:
         self._q = await prepare_all(self._cql, STATEMENTS)
+        self._q["month_has_tweets"].consistency_level = ConsistencyLevel.ALL
 
     async def claim_idempotency_key(self, user_id: int, key: str, tweet_id: int) -> int:
         """The tweet id this key stands for: ours if the key is new, else the first one."""
@@ -93,9 +99,10 @@ class TweetStore:
             (tweet.tweet_id, tweet.author_id, tweet.author_username, tweet.text, tweet.created_at),
         )
         batch.add(self._q["insert_user_tweet"], (tweet.author_id, bucket, tweet.tweet_id))
-        # A bucket row is never deleted and has no TTL: once a batch that wrote it is
-        # acknowledged, later posts of the month need not write it again (one
-        # partition fewer per batch).
+        # A bucket row has no TTL and is deleted only once its month is two months
+        # past (`_forget_bucket_if_empty`), when no post can land in it: once a batch
+        # that wrote it is acknowledged, later posts of the month need not write it
+        # again (one partition fewer per batch).
         known = (tweet.author_id, bucket)
         if known not in self._known_buckets:
             batch.add(self._q["insert_bucket"], known)
@@ -125,11 +132,17 @@ class TweetStore:
         """Drop the listing of a past month the delete left empty, so walks stop reading it.
         Only a month no post can land in any more: a post's id is of its own time, and a
         retried post reuses an id at most a day old (its idempotency key's lifetime), so
-        the current month and the one before it are kept whatever they hold."""
+        the current month and the one before it are kept whatever they hold. The month is
+        read from every replica (`month_has_tweets` at ALL): a replica that missed a tweet
+        must not make a listing go for good. Best effort, after the delete is stored: a
+        failure (a replica down) leaves the month listed and the delete answered."""
         if bucket >= bucket_of(int(time.time() * 1000)) - 1:
             return
-        if not await self._cql.execute(self._q["tweets_first"], (author_id, bucket, 1)):
-            await self._cql.execute(self._q["delete_bucket"], (author_id, bucket))
+        try:
+            if not await self._cql.execute(self._q["month_has_tweets"], (author_id, bucket)):
+                await self._cql.execute(self._q["delete_bucket"], (author_id, bucket))
+        except Exception as exc:  # noqa: BLE001 - an optimisation; the month stays listed
+            log.warning("an emptied month stays listed", extra={"author_id": author_id, "error": repr(exc)})
 
     async def bodies(self, tweet_ids: Sequence[int]) -> dict[int, TweetRecord]:
         """Tweets without their like counts; missing (deleted) ids are left out."""

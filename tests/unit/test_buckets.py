@@ -3,19 +3,21 @@ tweet_svc (a user's tweets) share: which queries run, in which order."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
+from cassandra import OperationTimedOut
 
 import tweet_svc.store
-from common.buckets import BUCKETS_LISTED_AT_ONCE, NEWEST, bucket_of
+from common.buckets import BUCKET_MS, BUCKETS_LISTED_AT_ONCE, NEWEST, bucket_of
 from common.cql import CqlSession, named_rows
-from common.ids import id_time_ms
+from common.ids import IdGenerator, id_time_ms
 from graph_svc.store import STATEMENTS as GRAPH_STATEMENTS
 from graph_svc.store import FollowEdge, GraphStore
 from tweet_svc.store import STATEMENTS as TWEET_STATEMENTS
-from tweet_svc.store import TweetStore
+from tweet_svc.store import TweetRecord, TweetStore
 
 
 class FakeCql:
@@ -218,3 +220,62 @@ async def test_followers_without_a_cursor_never_read_from_one() -> None:
     )
     assert await _store(GraphStore, GRAPH_STATEMENTS, cql).followers(1, 20, None) == []
     assert cql.calls == [("buckets_from", (1, NEWEST, 64)), ("followers_first", (1, 4, 20))]
+
+
+class MonthCql:
+    """A delete's statements by name; the emptiness check answers `month` (or raises it)."""
+
+    def __init__(self, month: list[tuple[Any, ...]] | Exception) -> None:
+        self.month = month
+        self.calls: list[str] = []
+
+    async def execute(self, statement: Any, params: tuple[Any, ...] = ()) -> list[Any]:
+        name = statement if isinstance(statement, str) else "batch:" + ",".join(statement.statements)
+        self.calls.append(name)
+        if name == "month_has_tweets":
+            if isinstance(self.month, Exception):
+                raise self.month
+            return named_rows(["tweet_id"], self.month)
+        return []
+
+
+class NamedBatch:
+    def __init__(self, *_: Any) -> None:
+        self.statements: list[str] = []
+
+    def add(self, statement: str, params: Any = None) -> None:
+        self.statements.append(statement)
+
+
+class NoOutbox:
+    def add_to(self, batch: NamedBatch, event: Any) -> None:
+        batch.add("outbox")
+
+
+async def _delete_in(
+    month: list[tuple[Any, ...]] | Exception, months_ago: int, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    monkeypatch.setattr(tweet_svc.store, "Batch", NamedBatch)
+    cql = MonthCql(month)
+    store = _store(TweetStore, TWEET_STATEMENTS, cast(Any, cql))
+    store._outbox = NoOutbox()
+    at_ms = (bucket_of(int(time.time() * 1000)) - months_ago) * BUCKET_MS + 5000
+    tweet = TweetRecord(IdGenerator(3, lambda: at_ms).next_id(), 5, "ada", "hi", datetime.now(UTC))
+    await store.delete_tweet(tweet, cast(Any, None))
+    return cql.calls
+
+
+async def test_a_delete_drops_the_listing_of_an_old_month_it_empties(monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = "batch:delete_tweet,delete_user_tweet,delete_likes,mark_deleted,outbox"
+    assert await _delete_in([], 3, monkeypatch) == [batch, "month_has_tweets", "delete_bucket"]
+    assert await _delete_in([(7,)], 3, monkeypatch) == [batch, "month_has_tweets"]  # a tweet is left
+    # The current and the previous month stay listed, unread: a (retried) post may still land there.
+    assert await _delete_in([], 1, monkeypatch) == [batch]
+    assert await _delete_in([], 0, monkeypatch) == [batch]
+
+
+async def test_a_failed_emptiness_check_leaves_the_month_listed_and_the_delete_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = await _delete_in(OperationTimedOut("a replica is down"), 3, monkeypatch)
+    assert calls[1:] == ["month_has_tweets"]
