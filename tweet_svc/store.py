@@ -80,6 +80,7 @@ class TweetStore:
         self._outbox = outbox
         self._q: dict[str, PreparedStatement] = {}
         self._known_buckets: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._forgetting: set[asyncio.Task[None]] = set()
 
     async def prepare(self) -> None:
         self._q = await prepare_all(self._cql, STATEMENTS)
@@ -122,7 +123,16 @@ class TweetStore:
         batch.add(self._q["mark_deleted"], (tweet.tweet_id,))
         self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
-        await self._forget_bucket_if_empty(tweet.author_id, bucket)
+        # In the background: its reads must not hold the delete's answer (at ALL, a
+        # replica not yet known to be down makes it wait out its timeout).
+        task = asyncio.create_task(self._forget_bucket_if_empty(tweet.author_id, bucket))
+        self._forgetting.add(task)
+        task.add_done_callback(self._forgetting.discard)
+
+    async def settled(self) -> None:
+        """Waits for the months deletes are dropping (tests, shutdown)."""
+        while self._forgetting:
+            await asyncio.gather(*self._forgetting)
 
     async def was_deleted(self, tweet_id: int) -> bool:
         """Whether the tweet was deleted within the last two days (`deleted_tweets`)."""
@@ -135,7 +145,7 @@ class TweetStore:
         the current month and the one before it are kept whatever they hold. The month is
         read from every replica (`month_has_tweets` at ALL): a replica that missed a tweet
         must not make a listing go for good. Best effort, after the delete is stored: a
-        failure (a replica down) leaves the month listed and the delete answered."""
+        failure (a replica down) leaves the month listed."""
         if bucket >= bucket_of(int(time.time() * 1000)) - 1:
             return
         try:

@@ -163,6 +163,7 @@ async def test_a_past_month_that_deletes_empty_is_listed_no_more(cql: CqlSession
         """As tweet_svc deletes: the relay publishes the event, the fan-out handles it (no followers)."""
         payload = {"type": "tweet_deleted", "tweet_id": tweet.tweet_id, "author_id": author}
         await store.delete_tweet(tweet, Event(IdGenerator(923).next_id(), TOPIC_TWEETS, author, payload))
+        await store.settled()
 
     olds = [await post(old, n) for n in range(2)]
     kept_tweets = [await post(kept, n) for n in range(2)]

@@ -262,6 +262,8 @@ async def _delete_in(
     at_ms = (bucket_of(int(time.time() * 1000)) - months_ago) * BUCKET_MS + 5000
     tweet = TweetRecord(IdGenerator(3, lambda: at_ms).next_id(), 5, "ada", "hi", datetime.now(UTC))
     await store.delete_tweet(tweet, cast(Any, None))
+    assert cql.calls[1:] == []  # the month is read after the delete's answer
+    await store.settled()
     return cql.calls
 
 
