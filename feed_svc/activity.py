@@ -137,12 +137,11 @@ async def pull_recent(
 ) -> list[tuple[int, int]]:
     """(tweet id, author id) of the newest `depth` tweets of each author below `before`
     (0: no bound), in calls tweet_svc accepts (AUTHORS_PER_PULL authors each), made at once."""
-    replies = await asyncio.gather(
-        *(
-            recent_ids(authors[start : start + AUTHORS_PER_PULL], before, depth)
-            for start in range(0, len(authors), AUTHORS_PER_PULL)
-        )
-    )
+    calls = [
+        recent_ids(authors[start : start + AUTHORS_PER_PULL], before, depth)
+        for start in range(0, len(authors), AUTHORS_PER_PULL)
+    ]
+    replies = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls)  # most reads: one call, no task
     return [pair for reply in replies for pair in reply]
 
 

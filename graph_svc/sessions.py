@@ -42,7 +42,7 @@ from typing import Protocol
 
 from cassandra.query import PreparedStatement
 
-from common.cql import IN_LIST_SIZE, CqlSession, prepare_all
+from common.cql import CqlSession, in_lists, prepare_all
 from common.errors import InvalidArgument, Unauthenticated
 from common.ids import IdGenerator
 from graph_svc.tokens import TokenSigner
@@ -58,8 +58,6 @@ MAX_REFRESH_TTL = timedelta(days=3650)
 # A revocation mark outlives the chain's newest token, including one issued by a
 # refresh that read the chain just before it was revoked.
 REVOKED_MARGIN = timedelta(hours=1)
-# Chains revoked per statement when a password change revokes them all: one `IN` list.
-REVOKE_CHUNK = IN_LIST_SIZE
 
 BAD_REFRESH = "the refresh token is invalid, expired or revoked; log in again"
 MALFORMED_REFRESH = "refresh_token must be a refresh token as login or refresh returned it (43 URL-safe characters)"
@@ -191,8 +189,8 @@ class Sessions:
     async def end_all(self, user_id: int) -> int:
         """Revoke every session of `user_id`; returns how many there were."""
         chain_ids = await self._store.chain_ids(user_id)
-        for start in range(0, len(chain_ids), REVOKE_CHUNK):
-            await self._store.revoke_chains(user_id, chain_ids[start : start + REVOKE_CHUNK], self._revoked_ttl())
+        for chunk in in_lists(chain_ids):  # one `IN` list per statement
+            await self._store.revoke_chains(user_id, chunk, self._revoked_ttl())
         return len(chain_ids)
 
     async def replace_password(self, user_id: int, password_hash: str) -> None:

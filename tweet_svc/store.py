@@ -18,6 +18,7 @@ from common.buckets import bucket_of, walk_newest_first
 from common.cql import IN_LIST_SIZE, Batch, CqlSession, in_lists, prepare_all
 from common.ids import id_time_ms
 from common.outbox import Event, Outbox
+from common.singleflight import REFRESH_INTERVAL_SECONDS, BackgroundRefresh
 from tweet_svc.likes import LikeState
 from tweet_svc.viewer import decode_liked, encode_state, write_time_us
 
@@ -38,6 +39,8 @@ class TweetRecord:
 KNOWN_BUCKETS = 100_000
 # Keys (authors, tweets) in one `IN ?` list of this store's queries.
 KEYS_PER_QUERY = IN_LIST_SIZE
+# Pause before the months deletes may have emptied are checked, a batch at a time.
+MONTH_CHECK_SECONDS = REFRESH_INTERVAL_SECONDS
 # Buckets `newest_tweet_ids` lists per author; one still short of its tweets after them
 # walks on alone from below them.
 BUCKETS_LISTED = 4
@@ -80,7 +83,12 @@ class TweetStore:
         self._outbox = outbox
         self._q: dict[str, PreparedStatement] = {}
         self._known_buckets: OrderedDict[tuple[int, int], None] = OrderedDict()
-        self._forgetting: set[asyncio.Task[None]] = set()
+        # Months deletes may have emptied, checked after the deletes' answers, in a
+        # context of their own (common/singleflight.py); every delete asks, however soon
+        # after another of the same month.
+        self._month_checks: BackgroundRefresh[tuple[int, int]] = BackgroundRefresh(
+            "emptied_month", self._forget_months_if_empty, interval_seconds=MONTH_CHECK_SECONDS, cooldown_seconds=0.0
+        )
 
     async def prepare(self) -> None:
         self._q = await prepare_all(self._cql, STATEMENTS)
@@ -123,36 +131,39 @@ class TweetStore:
         batch.add(self._q["mark_deleted"], (tweet.tweet_id,))
         self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
-        # In the background: its reads must not hold the delete's answer (at ALL, a
-        # replica not yet known to be down makes it wait out its timeout).
-        task = asyncio.create_task(self._forget_bucket_if_empty(tweet.author_id, bucket))
-        self._forgetting.add(task)
-        task.add_done_callback(self._forgetting.discard)
+        # After the answer: the check reads at ALL, and a replica not yet known to be
+        # down would make it wait out its timeout.
+        if bucket < bucket_of(int(time.time() * 1000)) - 1:
+            self._month_checks.request([(tweet.author_id, bucket)])
 
-    async def settled(self) -> None:
-        """Waits for the months deletes are dropping (tests, shutdown)."""
-        while self._forgetting:
-            await asyncio.gather(*self._forgetting)
+    async def settled(self, seconds: float = 10.0) -> None:
+        """Waits, up to `seconds`, until the months deletes asked about are checked (tests)."""
+        for _ in range(int(seconds / 0.01)):
+            if not self._month_checks.draining():
+                return
+            await asyncio.sleep(0.01)
 
     async def was_deleted(self, tweet_id: int) -> bool:
         """Whether the tweet was deleted within the last two days (`deleted_tweets`)."""
         return bool(await self._cql.execute(self._q["was_deleted"], (tweet_id,)))
 
-    async def _forget_bucket_if_empty(self, author_id: int, bucket: int) -> None:
-        """Drop the listing of a past month the delete left empty, so walks stop reading it.
-        Only a month no post can land in any more: a post's id is of its own time, and a
-        retried post reuses an id at most a day old (its idempotency key's lifetime), so
-        the current month and the one before it are kept whatever they hold. The month is
-        read from every replica (`month_has_tweets` at ALL): a replica that missed a tweet
-        must not make a listing go for good. Best effort, after the delete is stored: a
-        failure (a replica down) leaves the month listed."""
-        if bucket >= bucket_of(int(time.time() * 1000)) - 1:
-            return
-        try:
-            if not await self._cql.execute(self._q["month_has_tweets"], (author_id, bucket)):
-                await self._cql.execute(self._q["delete_bucket"], (author_id, bucket))
-        except Exception as exc:  # noqa: BLE001 - an optimisation; the month stays listed
-            log.warning("an emptied month stays listed", extra={"author_id": author_id, "error": repr(exc)})
+    async def _forget_months_if_empty(self, months: list[tuple[int, int]]) -> None:
+        """Drop the listings of past (author, month) pairs deletes left empty, so walks
+        stop reading them. Only months no post can land in any more (`delete_tweet` asks
+        for those alone): a post's id is of its own time, and a retried post reuses an id
+        at most a day old (its idempotency key's lifetime), so the current month and the
+        one before it are kept whatever they hold. A month is read from every replica
+        (`month_has_tweets` at ALL): a replica that missed a tweet must not make a listing
+        go for good. Best effort: a failure (a replica down) leaves the month listed."""
+
+        async def one(author_id: int, bucket: int) -> None:
+            try:
+                if not await self._cql.execute(self._q["month_has_tweets"], (author_id, bucket)):
+                    await self._cql.execute(self._q["delete_bucket"], (author_id, bucket))
+            except Exception as exc:  # noqa: BLE001 - an optimisation; the month stays listed
+                log.warning("an emptied month stays listed", extra={"author_id": author_id, "error": repr(exc)})
+
+        await asyncio.gather(*(one(author_id, bucket) for author_id, bucket in months))
 
     async def bodies(self, tweet_ids: Sequence[int]) -> dict[int, TweetRecord]:
         """Tweets without their like counts; missing (deleted) ids are left out."""
@@ -309,8 +320,10 @@ class TweetStore:
     async def _in_chunks(self, name: str, keys: Sequence[int], params: tuple[Any, ...]) -> list[list[Any]]:
         """Statement `name` (its `IN ?` first) run for KEYS_PER_QUERY keys at a time, at
         once; its rows per query."""
-        chunks = in_lists(list(keys), KEYS_PER_QUERY)
-        return list(await asyncio.gather(*(self._cql.execute(self._q[name], (chunk, *params)) for chunk in chunks)))
+        queries = [self._cql.execute(self._q[name], (chunk, *params)) for chunk in in_lists(list(keys), KEYS_PER_QUERY)]
+        if len(queries) == 1:  # most calls: no task for one query
+            return [await queries[0]]
+        return list(await asyncio.gather(*queries))
 
 
 def _record(row: Any, like_count: int) -> TweetRecord:

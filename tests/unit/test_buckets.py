@@ -256,6 +256,7 @@ async def _delete_in(
     month: list[tuple[Any, ...]] | Exception, months_ago: int, monkeypatch: pytest.MonkeyPatch
 ) -> list[str]:
     monkeypatch.setattr(tweet_svc.store, "Batch", NamedBatch)
+    monkeypatch.setattr(tweet_svc.store, "MONTH_CHECK_SECONDS", 0.0)
     cql = MonthCql(month)
     store = _store(TweetStore, TWEET_STATEMENTS, cast(Any, cql))
     store._outbox = NoOutbox()
