@@ -101,8 +101,9 @@ check: $(VENV)/.stamp
 # ---- tests -------------------------------------------------------------------
 
 # Tests run against a stack started with quick settings: a low celebrity
-# threshold and a fast trending job, so both behaviours show within seconds.
-TEST_ENV := CHIRP_CELEBRITY_THRESHOLD=3 CHIRP_FOLLOWING_LIST_LIMIT=25 CHIRP_RANK_INTERVAL_SECONDS=2 CHIRP_CELEBRITY_CACHE_SECONDS=1
+# threshold (with a one-follower band under it) and a fast trending job, so
+# these behaviours show within seconds.
+TEST_ENV := CHIRP_CELEBRITY_THRESHOLD=3 CHIRP_CELEBRITY_DEMOTE_BELOW=2 CHIRP_FOLLOWING_LIST_LIMIT=25 CHIRP_RANK_INTERVAL_SECONDS=2 CHIRP_CELEBRITY_CACHE_SECONDS=1
 
 test: deps
 	CHIRP_TOPOLOGY=single $(TEST_ENV) $(PY) -m infra.stack up

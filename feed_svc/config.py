@@ -29,6 +29,10 @@ class FeedConfig:
     # pushed. CHIRP_FANOUT_STRATEGY=push|pull turns this into push-to-everyone
     # or pull-everything (for comparing strategies); hybrid is the default.
     celebrity_threshold: int
+    # A marked celebrity stops being one only below this many followers (at most the
+    # threshold): the band between them is hysteresis, so an account hovering at the
+    # threshold does not cross (and backfill its followers) at every follow and unfollow.
+    celebrity_demote_below: int
     # Newest entries kept per pushed timeline in Redis.
     timeline_size: int
     # How long a celebrity's recent tweet ids and a user's follow list are cached in Redis.
@@ -62,6 +66,16 @@ def _threshold(env: Mapping[str, str]) -> int:
     return {"hybrid": threshold, "push": NEVER, "pull": 0}[strategy]
 
 
+def _demote_below(env: Mapping[str, str], threshold: int) -> int:
+    """CHIRP_CELEBRITY_DEMOTE_BELOW, by default a tenth under the threshold."""
+    if threshold in (0, NEVER):  # pull or push: nobody crosses
+        return threshold
+    demote = env_int(env, "CHIRP_CELEBRITY_DEMOTE_BELOW", threshold - threshold // 10, minimum=1)
+    if demote > threshold:
+        raise ConfigError(f"CHIRP_CELEBRITY_DEMOTE_BELOW must be at most the threshold ({threshold}), got {demote}")
+    return demote
+
+
 def _active_days(env: Mapping[str, str]) -> float:
     days = env_float(env, "CHIRP_ACTIVE_DAYS", 30.0)
     if days <= 0:
@@ -70,9 +84,11 @@ def _active_days(env: Mapping[str, str]) -> float:
 
 
 def load(env: Mapping[str, str] = os.environ) -> FeedConfig:
+    threshold = _threshold(env)
     return FeedConfig(
         common=load_common(env, "feed_svc", DEFAULT_PORT),
-        celebrity_threshold=_threshold(env),
+        celebrity_threshold=threshold,
+        celebrity_demote_below=_demote_below(env, threshold),
         timeline_size=env_int(env, "CHIRP_TIMELINE_SIZE", 800, minimum=20),
         celebrity_cache_seconds=env_float(env, "CHIRP_CELEBRITY_CACHE_SECONDS", 5.0),
         following_cache_seconds=env_float(env, "CHIRP_FOLLOWING_CACHE_SECONDS", 300.0),

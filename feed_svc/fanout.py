@@ -6,10 +6,16 @@ pushed; readers pull it. tweet_deleted: tweet_svc's
 deletion marker is written (again) and the tweet removed from followers'
 timelines. follow: the followee's recent
 tweets join the follower's timeline. unfollow: they leave it; and when the
-followee drops below the threshold, its newest CROSSING_BACKFILL tweets are
-pushed to its followers (older ones from its time as a celebrity are not: a
-bound on what one crossing writes). Every step is idempotent, so a re-delivered
-event changes nothing.
+followee drops below CHIRP_CELEBRITY_DEMOTE_BELOW, its newest CROSSING_BACKFILL
+tweets are pushed to its followers (older ones from its time as a celebrity are
+not: a bound on what one crossing writes). Every step is idempotent, so a
+re-delivered event changes nothing.
+
+Between the two bounds an author stays what it was: a marked celebrity is still
+pulled (nothing pushed), any other author still pushed. Without that band an
+account hovering at the threshold crossed at every follow and unfollow, and each
+crossing down pushed CROSSING_BACKFILL tweets to up to a threshold's worth of
+followers.
 
 Only followers who read their home feed within CHIRP_ACTIVE_DAYS are pushed to
 (feed_svc/activity.py); the others' Redis timelines are dropped, and rebuilt
@@ -80,6 +86,7 @@ class Fanout:
         celebrity_threshold: int,
         keys_at_once: int = 4,
         activity: ActiveReaders | None = None,
+        demote_below: int | None = None,
     ) -> None:
         self._cache = cache
         self._store = store
@@ -87,6 +94,7 @@ class Fanout:
         self._follower_page = follower_page
         self._recent_ids = recent_ids
         self._threshold = celebrity_threshold
+        self._demote_below = celebrity_threshold if demote_below is None else demote_below
         self._keys_at_once = keys_at_once
         self._activity = activity
 
@@ -134,6 +142,9 @@ class Fanout:
             await self._mark(author_id, celebrity=True)
             PUSHED.observe(0)
             return
+        if await self._stays_celebrity(author_id, count):
+            PUSHED.observe(0)
+            return
         pushed = await self._deliver(first, [(tweet_id, author_id)]) if first else 0
         async for followers in self._followers(author_id, token):
             pushed += await self._deliver(followers, [(tweet_id, author_id)])
@@ -151,9 +162,12 @@ class Fanout:
 
     async def follow(self, follower_id: int, followee_id: int) -> None:
         await self._cache.drop_following(follower_id)
-        if await self._follower_count(followee_id) >= self._threshold:
+        count = await self._follower_count(followee_id)
+        if count >= self._threshold:
             await self._mark(followee_id, celebrity=True)  # readers pull it from now on
             return
+        if await self._stays_celebrity(followee_id, count):
+            return  # pulled: nothing to push
         recent = await self._recent_ids([followee_id], 0, FOLLOW_BACKFILL)
         await self._cache.push([follower_id], [t for t, _ in recent])
 
@@ -161,8 +175,13 @@ class Fanout:
         await self._cache.drop_following(follower_id)
         recent = [t for t, _ in await self._recent_ids([followee_id], 0, UNFOLLOW_SWEEP)]
         await self._cache.remove([follower_id], recent)
-        if await self._follower_count(followee_id) < self._threshold and await self._store.is_celebrity(followee_id):
+        if await self._follower_count(followee_id) < self._demote_below and await self._store.is_celebrity(followee_id):
             await self._backfill(followee_id)
+
+    async def _stays_celebrity(self, author_id: int, count: int) -> bool:
+        """Below the threshold but not below the demotion bound: a marked author stays
+        marked and pulled. Only authors in that band cost the registry read."""
+        return count >= self._demote_below and await self._store.is_celebrity(author_id)
 
     async def _backfill(self, author_id: int) -> None:
         """The author just stopped being pulled: push its recent tweets to its followers.

@@ -35,6 +35,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         cfg.celebrity_threshold,
         cfg.fanout_keys_at_once,
         ActiveReaders(parts.cache, cfg.active_days),
+        cfg.celebrity_demote_below,
     )
     loop = ConsumerLoop(
         GROUP,

@@ -33,6 +33,7 @@ EDGE_URL = f"http://{topology.HOST}:{topology.EDGE_PORT}"
 REDIS_URL = topology.redis_url()
 # `make test` starts the stack with these (see TEST_ENV in the Makefile).
 CELEBRITY_THRESHOLD = int(os.environ.get("CHIRP_CELEBRITY_THRESHOLD", "10000"))
+CELEBRITY_DEMOTE_BELOW = int(os.environ.get("CHIRP_CELEBRITY_DEMOTE_BELOW", "9000"))
 RANK_INTERVAL_SECONDS = int(os.environ.get("CHIRP_RANK_INTERVAL_SECONDS", "60"))
 FOLLOWING_LIST_LIMIT = int(os.environ.get("CHIRP_FOLLOWING_LIST_LIMIT", "10000"))
 

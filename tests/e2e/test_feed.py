@@ -29,7 +29,13 @@ from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, group_offsets
 from common.keys import feed_key, tweet_key
 from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
 from infra import topology
-from tests.conftest import CELEBRITY_THRESHOLD, FOLLOWING_LIST_LIMIT, KAFKA, RANK_INTERVAL_SECONDS
+from tests.conftest import (
+    CELEBRITY_DEMOTE_BELOW,
+    CELEBRITY_THRESHOLD,
+    FOLLOWING_LIST_LIMIT,
+    KAFKA,
+    RANK_INTERVAL_SECONDS,
+)
 from tests.e2e.test_users import assert_error
 from tests.e2e.test_write_path import (
     Account,
@@ -56,6 +62,7 @@ Tweet = dict[str, Any]
 def test_run_with_the_quick_test_settings() -> None:
     """These tests depend on the quick settings; fail loudly if pytest lacks them."""
     assert CELEBRITY_THRESHOLD == 3, "run with CHIRP_CELEBRITY_THRESHOLD=3 (as `make test` does)"
+    assert CELEBRITY_DEMOTE_BELOW == 2, "run with CHIRP_CELEBRITY_DEMOTE_BELOW=2 (as `make test` does)"
     assert RANK_INTERVAL_SECONDS <= 5, "run with CHIRP_RANK_INTERVAL_SECONDS=2 (as `make test` does)"
     assert FOLLOWING_LIST_LIMIT <= 50, "run with CHIRP_FOLLOWING_LIST_LIMIT=25 (as `make test` does)"
 
@@ -501,13 +508,27 @@ def test_crossing_the_celebrity_threshold_loses_nothing(edge: httpx.Client, rds:
     for fan in fans:
         assert t2["tweet_id"] not in pushed(rds, fan.user_id), f"T2 was pushed to tl:{fan.user_id}"
 
-    # Back below the threshold: T2 is backfilled into the remaining followers' timelines.
+    # Back under the threshold but not under CHIRP_CELEBRITY_DEMOTE_BELOW: still a
+    # celebrity (hysteresis), so T3 is pulled, not pushed, and nothing is backfilled.
     unfollow(edge, last, author.user_id)
-    assert follower_count(edge, author.user_id) == CELEBRITY_THRESHOLD - 1
-    wait_pushed(rds, early_ids, both)
+    assert follower_count(edge, author.user_id) == CELEBRITY_DEMOTE_BELOW == CELEBRITY_THRESHOLD - 1
+    t3 = post_tweet(edge, author, "pulled: in the band under the threshold")
+    three = [t3["tweet_id"], *both]
     for fan in early:
-        assert feed_ids(edge, fan) == both
+        wait_feed(edge, fan, equals(three), f"{fan.username} never saw T3 in the band")
     wait_feed(edge, last, equals([]), "the unfollowed author's tweets stayed")
+    wait_fanout_caught_up()
+    for fan in early:
+        assert pushed(rds, fan.user_id) & {t2["tweet_id"], t3["tweet_id"]} == set(), f"pushed to tl:{fan.user_id}"
+
+    # Under the band: no longer a celebrity, and T2 and T3 are backfilled into the
+    # remaining follower's timeline.
+    stays, leaves = early
+    unfollow(edge, leaves, author.user_id)
+    assert follower_count(edge, author.user_id) == CELEBRITY_DEMOTE_BELOW - 1
+    wait_pushed(rds, [stays.user_id], three)
+    assert feed_ids(edge, stays) == three
+    wait_feed(edge, leaves, equals([]), "the unfollowed author's tweets stayed")
 
 
 # ---- trending --------------------------------------------------------------------------------

@@ -12,12 +12,15 @@ import json
 from collections.abc import Sequence
 from typing import Any, cast
 
+import pytest
 from chirp.tweet.v1 import tweet_pb2
 from confluent_kafka import Message
 
+from common.config import ConfigError
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS
 from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
+from feed_svc import config as feed_config
 from feed_svc.cache import FeedCache
 from feed_svc.fanout import CROSSING_BACKFILL, FOLLOW_BACKFILL, UNFOLLOW_SWEEP, Fanout
 from feed_svc.home_feed import CELEBRITY_CACHE_DEPTH, MAX_CELEBRITIES_PER_READ, CelebrityRegistry, HomeFeed
@@ -150,7 +153,8 @@ class Event:
 class World:
     """One feed_svc process and one fan-out worker over shared in-memory stores."""
 
-    def __init__(self, list_limit: int = 10_000) -> None:
+    def __init__(self, list_limit: int = 10_000, demote_below: int | None = None) -> None:
+        self.demote_below = demote_below
         self.redis = FakeRedis()
         self.cache = FeedCache(client(self.redis), TIMELINE_SIZE, FOLLOWING_TTL_SECONDS, REFRESH_SECONDS)
         self.store = MemoryCelebrityStore()
@@ -173,7 +177,15 @@ class World:
 
     def worker(self, follower_count: Any) -> Fanout:
         store = cast(CelebrityStore, self.store)
-        return Fanout(self.cache, store, follower_count, self.graph.follower_page, self.tweets.recent_ids, THRESHOLD)
+        return Fanout(
+            self.cache,
+            store,
+            follower_count,
+            self.graph.follower_page,
+            self.tweets.recent_ids,
+            THRESHOLD,
+            demote_below=self.demote_below,
+        )
 
     # events: written where their service writes them, then applied as the worker would
 
@@ -534,6 +546,67 @@ async def test_an_author_dropping_below_the_threshold_is_unmarked_and_backfilled
     assert ids == newest_first(recent)
     newer = await world.post(STAR)
     assert newer in world.cached(READER)
+
+
+async def test_a_celebrity_in_the_band_stays_pulled_and_drops_out_only_below_it() -> None:
+    """Hysteresis: marked at THRESHOLD followers, unmarked only below DEMOTE_BELOW. In
+    between, a celebrity's tweets and new followers push nothing, and readers pull them."""
+    world = World(demote_below=THRESHOLD - 2)
+    await world.follow(READER, STAR)
+    fans = await with_followers(world, STAR, THRESHOLD - 1)
+    assert STAR in world.store.registry
+    await world.unfollow(fans[0], STAR)  # THRESHOLD - 1: in the band
+    await world.unfollow(fans[1], STAR)  # THRESHOLD - 2: still in it
+
+    assert STAR in world.store.registry
+    in_band = await world.post(STAR)
+    await world.follow(fans[0], STAR)  # back to THRESHOLD - 1: a follow in the band
+    assert world.cached(READER) == set()
+    assert world.cached(fans[0]) == set()
+    world.pass_time(REFRESH_SECONDS)
+    for reader in (READER, fans[0], fans[2]):
+        assert (await world.page(reader))[0] == [in_band]
+
+    await world.unfollow(fans[0], STAR)
+    await world.unfollow(fans[2], STAR)  # THRESHOLD - 3: below the band
+    assert STAR not in world.store.registry
+    assert world.cached(READER) == {in_band}
+    pushed = await world.post(STAR)
+    assert world.cached(READER) == {in_band, pushed}
+
+
+async def test_an_author_in_the_band_never_marked_is_still_pushed() -> None:
+    world = World(demote_below=THRESHOLD - 2)
+    await world.follow(READER, NORMAL)
+    await with_followers(world, NORMAL, THRESHOLD - 2)  # THRESHOLD - 1 followers, never marked
+
+    posted = await world.post(NORMAL)
+    await world.follow(OTHER, NORMAL)  # THRESHOLD: marked from here on
+    assert world.cached(READER) == {posted}
+    assert world.cached(OTHER) == set()
+    assert NORMAL in world.store.registry
+
+
+@pytest.mark.parametrize(
+    ("env", "bounds"),
+    [
+        ({}, (10_000, 9_000)),
+        ({"CHIRP_CELEBRITY_THRESHOLD": "3"}, (3, 3)),
+        ({"CHIRP_CELEBRITY_THRESHOLD": "100", "CHIRP_CELEBRITY_DEMOTE_BELOW": "50"}, (100, 50)),
+        ({"CHIRP_FANOUT_STRATEGY": "push", "CHIRP_CELEBRITY_DEMOTE_BELOW": "5"}, (feed_config.NEVER,) * 2),
+        ({"CHIRP_FANOUT_STRATEGY": "pull"}, (0, 0)),
+    ],
+)
+def test_the_demotion_bound_defaults_to_a_tenth_under_the_threshold(
+    env: dict[str, str], bounds: tuple[int, int]
+) -> None:
+    cfg = feed_config.load(env)
+    assert (cfg.celebrity_threshold, cfg.celebrity_demote_below) == bounds
+
+
+def test_a_demotion_bound_above_the_threshold_is_refused() -> None:
+    with pytest.raises(ConfigError, match="CHIRP_CELEBRITY_DEMOTE_BELOW"):
+        feed_config.load({"CHIRP_CELEBRITY_THRESHOLD": "100", "CHIRP_CELEBRITY_DEMOTE_BELOW": "101"})
 
 
 async def test_an_unmark_comes_before_the_backfill_reads_recent_tweets() -> None:
