@@ -20,6 +20,7 @@ from chirp.graph.v1 import graph_pb2
 from chirp.rank.v1 import rank_pb2
 from chirp.tweet.v1 import tweet_pb2
 from google.api import annotations_pb2
+from google.protobuf.descriptor import Descriptor
 
 from common.identity import SESSION_ID_HEADER
 from common.interceptors import IMMEDIATE_HEALTH_CHECK_FAIL_HEADER
@@ -250,8 +251,8 @@ GRPC_TIMEOUT_MALFORMED: tuple[dict[str, Any], ...] = (
 )
 
 
-def _http_rules() -> list[tuple[str, str]]:
-    """(verb, URL template) of every REST route of the public services."""
+def _http_rules() -> list[tuple[str, str, Descriptor]]:
+    """(verb, URL template, request message) of every REST route of the public services."""
     rules = []
     for service in SERVICE_DESCRIPTORS.values():
         for method in service.methods:
@@ -259,23 +260,33 @@ def _http_rules() -> list[tuple[str, str]]:
             for rule in (top, *top.additional_bindings):
                 verb = rule.WhichOneof("pattern")
                 if verb is not None and verb != "custom":
-                    rules.append((verb, getattr(rule, verb)))
+                    rules.append((verb, getattr(rule, verb), method.input_type))
     return rules
+
+
+def _query_names(message: Descriptor, field_path: str) -> set[str]:
+    """The names a query may give a path field by: the transcoder takes each segment
+    by its proto name or its JSON name (tweet_id or tweetId)."""
+    names = {field_path}
+    segments = field_path.split(".")
+    if len(segments) == 1 and segments[0] in message.fields_by_name:
+        names.add(message.fields_by_name[segments[0]].json_name)
+    return names
 
 
 def path_field_in_query() -> list[dict[str, Any]]:
     """:path regexes of REST calls whose query names a field their URL path binds:
     the transcoder lets the query win (DELETE /v1/tweets/1?tweet_id=2 deleted 2)."""
     patterns = set()
-    for _, template in _http_rules():
+    for _, template, message in _http_rules():
         fields = re.findall(r"\{([A-Za-z0-9_.]+)(?:=[^}]*)?\}", template)
         if not fields:
             continue
         path = "".join(
             "[^/?]+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{[^}]*\})", template)
         )
-        # A name may also be written percent-encoded or as a sub-field (user_id.x).
-        names = "|".join(re.escape(f) for f in fields)
+        # A name may also be written as its JSON name, percent-encoded, or as a sub-field (user_id.x).
+        names = "|".join(sorted(re.escape(n) for f in fields for n in _query_names(message, f)))
         patterns.add(rf"{path}\?(.*&)?({names}|[^=&]*%[^=&]*)([.=&\[].*)?")
     return [{"name": ":path", "string_match": {"safe_regex": {"regex": p}}} for p in sorted(patterns)]
 

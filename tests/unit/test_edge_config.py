@@ -158,6 +158,9 @@ def test_path_field_regexes_catch_every_override_and_only_those() -> None:
         "/v1/users/1/followers?user%5Fid=2",
         "/v1/users/1?user_id.x=2",
         "/v1/users/1/tweets?user_id",
+        "/v1/tweets/1?tweetId=2",  # the JSON name, which the transcoder also takes
+        "/v1/users/1?userId=2",
+        "/v1/users/1/followers?page_size=1&userId=2",
     ):
         assert refused(path), path
     for path in (
