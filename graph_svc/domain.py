@@ -24,6 +24,12 @@ happened, so a crash at any earlier step leaves it for the retry to finish
 with. Removing the edge first left list rows, counted as followers, that
 nothing could find again.
 
+A follow of the same pair running alongside an unfollow can write the rows
+again after the unfollow deleted them (it found the edge still there). So after
+removing the edge the unfollow looks for the rows once more, and a follow, after
+writing them, reads the edge at LOCAL_SERIAL: whichever of the two comes last
+sees the other's work and deletes the rows (`_drop_lists`).
+
 Recounts of the same user in one process share runs (`SharedRuns`): a
 celebrity gaining followers quickly costs one recount at a time, not one per
 follow, and each caller still waits for a recount that started after its
@@ -316,6 +322,12 @@ class Graph:
         # Before the event goes out: the fan-out reads the followee's count when it gets it.
         await self._recount(follower, followee, at)
         self._outbox.publish_soon(event)
+        if await self._store.edge_time(follower, followee, serial=True) != at:
+            # An unfollow (or a block) that read the edge before these rows were written
+            # has removed it since: these rows would be listed and counted with no edge
+            # left for any unfollow to find them by. The follow came first; undo it.
+            await self._drop_lists(follower, followee, at)
+            return
         if self._blocks is not None:
             # A block that landed since the first look removed follows before this edge
             # existed (graph_svc/relations.py): undo this one.
@@ -343,6 +355,19 @@ class Graph:
         await self._store.delete_follow_lists(follower, followee, at, event)
         await self._recount(follower, followee, at)
         await self._store.remove_edge(follower, followee)
+        self._outbox.publish_soon(event)
+        # A repeated follow that found the edge before it went may have written its rows
+        # again since they were deleted. If it wrote them before this read, they are
+        # deleted here; if after, it finds the edge gone and deletes them itself.
+        if await self._store.follow_listed(follower, followee, at):
+            await self._drop_lists(follower, followee, at)
+
+    async def _drop_lists(self, follower: int, followee: int, at: datetime) -> None:
+        """Delete the list rows of the follow made at `at`, whose edge is gone, with an
+        unfollow event after the follow event that listed them."""
+        event = self._event("unfollow", follower, followee, at)
+        await self._store.delete_follow_lists(follower, followee, at, event)
+        await self._recount(follower, followee, at)
         self._outbox.publish_soon(event)
 
     async def _recount(self, follower: int, followee: int, at: datetime) -> None:

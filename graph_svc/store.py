@@ -55,6 +55,8 @@ STATEMENTS = {
     "name_owner": "SELECT user_id FROM users_by_name WHERE username_key = ?",  # read at LOCAL_SERIAL
     "follow_edge": "INSERT INTO follows (follower_id, followee_id, followed_at) VALUES (?, ?, ?) IF NOT EXISTS",
     "get_edge": "SELECT followed_at FROM follows WHERE follower_id = ? AND followee_id = ?",
+    "edge_now": "SELECT followed_at FROM follows WHERE follower_id = ? AND followee_id = ?",  # read at LOCAL_SERIAL
+    "following_row": "SELECT followee_id FROM following_by_time WHERE user_id = ? AND followed_at = ? AND followee_id = ?",
     "unfollow_edge": "DELETE FROM follows WHERE follower_id = ? AND followee_id = ? IF EXISTS",
     "add_following": "INSERT INTO following_by_time (user_id, followed_at, followee_id) VALUES (?, ?, ?)",
     "del_following": "DELETE FROM following_by_time WHERE user_id = ? AND followed_at = ? AND followee_id = ?",
@@ -92,6 +94,7 @@ class GraphStore:
         self._q = await prepare_all(self._cql, STATEMENTS)
         # A serial read finishes any claim still in flight before answering.
         self._q["name_owner"].consistency_level = ConsistencyLevel.LOCAL_SERIAL
+        self._q["edge_now"].consistency_level = ConsistencyLevel.LOCAL_SERIAL
 
     # ---- accounts -------------------------------------------------------------
 
@@ -167,9 +170,15 @@ class GraphStore:
         applied = bool(rows[0][0])
         return applied, at if applied else _utc(rows[0].followed_at)
 
-    async def edge_time(self, follower: int, followee: int) -> datetime | None:
-        rows = await self._cql.execute(self._q["get_edge"], (follower, followee))
+    async def edge_time(self, follower: int, followee: int, serial: bool = False) -> datetime | None:
+        """When the follow happened, or None. `serial`: after every claim or removal
+        of the edge already answered, and any still in flight, is settled."""
+        rows = await self._cql.execute(self._q["edge_now" if serial else "get_edge"], (follower, followee))
         return _utc(rows[0].followed_at) if rows else None
+
+    async def follow_listed(self, follower: int, followee: int, at: datetime) -> bool:
+        """Whether the follow made at `at` has its list rows (written together, in one batch)."""
+        return bool(await self._cql.execute(self._q["following_row"], (follower, at, followee)))
 
     async def remove_edge(self, follower: int, followee: int) -> bool:
         rows = await self._cql.execute(self._q["unfollow_edge"], (follower, followee))

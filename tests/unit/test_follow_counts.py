@@ -77,8 +77,12 @@ class FakeGraphStore:
         self._done("add_edge")
         return created, self.edges[(follower, followee)]
 
-    async def edge_time(self, follower: int, followee: int) -> datetime | None:
+    async def edge_time(self, follower: int, followee: int, serial: bool = False) -> datetime | None:
+        self.calls["serial_edge_read" if serial else "edge_read"] += 1
         return self.edges.get((follower, followee))
+
+    async def follow_listed(self, follower: int, followee: int, at: datetime) -> bool:
+        return (at, followee) in self.following_rows.get(follower, set())
 
     async def remove_edge(self, follower: int, followee: int) -> bool:
         existed = self.edges.pop((follower, followee), None) is not None
@@ -267,6 +271,82 @@ async def test_with_client_retries_counts_equal_the_follow_graph(seed: int) -> N
         followers = sum(1 for _, e in intended if e == user)
         following = sum(1 for f, _ in intended if f == user)
         assert await counts(graph, user) == (followers, following), user
+
+
+class PausingStore(FakeGraphStore):
+    """Holds the first call that has just written the named step until released."""
+
+    def __init__(self, users: Sequence[int]) -> None:
+        super().__init__(users)
+        self.pause_after: str | None = None
+        self.paused = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _maybe_pause(self, step: str) -> None:
+        if step == self.pause_after:
+            self.pause_after = None
+            self.paused.set()
+            await self.release.wait()
+
+    async def add_edge(self, follower: int, followee: int, at: datetime) -> tuple[bool, datetime]:
+        claimed = await super().add_edge(follower, followee, at)
+        await self._maybe_pause("add_edge")
+        return claimed
+
+    async def delete_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
+        await super().delete_follow_lists(follower, followee, at, event)
+        await self._maybe_pause("delete_follow_lists")
+
+
+async def _interleaved(store: PausingStore, first: Any, second: Any) -> None:
+    """`first` runs until the store pauses it, `second` runs to its end, then `first` ends."""
+    held = asyncio.create_task(first)
+    await store.paused.wait()
+    await second
+    store.release.set()
+    await held
+
+
+def _build_pausing(users: Sequence[int]) -> tuple[Graph, PausingStore]:
+    store = PausingStore(users)
+    unused = cast(Any, None)
+    graph = Graph(cast(Any, store), cast(Any, FakeOutbox()), unused, unused, IdGenerator(3), clock=Clock())
+    return graph, store
+
+
+@pytest.mark.parametrize(
+    ("held", "pause_after"),
+    [
+        # The unfollow has deleted the rows; the repeated follow finds the edge still there
+        # and writes them again; then the unfollow removes the edge. It looks for the rows after.
+        ("unfollow", "delete_follow_lists"),
+        # The repeated follow read the edge, then the whole unfollow ran before it wrote its
+        # rows: it reads the edge again (serially) after writing them, finds it gone, and deletes them.
+        ("follow", "add_edge"),
+    ],
+)
+async def test_a_follow_repeated_while_an_unfollow_runs_leaves_no_rows_without_an_edge(
+    held: str, pause_after: str
+) -> None:
+    graph, store = _build_pausing([1, 2])
+    await graph.follow(1, 2)
+    store.pause_after = pause_after
+    follow, unfollow = graph.follow(1, 2), graph.unfollow(1, 2)
+    await (_interleaved(store, unfollow, follow) if held == "unfollow" else _interleaved(store, follow, unfollow))
+
+    assert not store.edges and store.listed_followers(2) == 0 and store.listed_following(1) == 0
+    assert await counts(graph, 2) == (0, 0) and await counts(graph, 1) == (0, 0)
+    assert [e.payload["type"] for e in store.outbox][-1] == "unfollow"  # the fan-out ends unfollowed
+    await graph.follow(1, 2)  # and the pair can follow again, counted once
+    assert await counts(graph, 2) == (1, 0) and await counts(graph, 1) == (0, 1)
+
+
+async def test_a_follow_reads_its_edge_serially_once_and_an_unfollow_adds_one_row_read() -> None:
+    graph, store = build([1, 2])
+    await graph.follow(1, 2)
+    assert store.calls["serial_edge_read"] == 1
+    await graph.unfollow(1, 2)
+    assert (store.calls["serial_edge_read"], store.calls["delete_follow_lists"]) == (1, 1)
 
 
 async def test_a_burst_of_follows_of_one_user_shares_recounts_and_counts_each() -> None:
