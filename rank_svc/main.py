@@ -12,7 +12,7 @@ from common.hidden import HiddenAuthorsCache, RedisHiddenStore
 from common.logs import setup_logging
 from common.server import Wiring, serve
 from rank_svc import config as rank_config
-from rank_svc.reads import READ_REFRESH_SECONDS, TrendingCopy, ViewerLikes
+from rank_svc.reads import READ_REFRESH_SECONDS, TrendingCopy, ViewerLikes, with_current_state
 from rank_svc.service import RankService
 from rank_svc.store import TrendingStore, TweetCacheReader
 
@@ -20,13 +20,16 @@ from rank_svc.store import TrendingStore, TweetCacheReader
 async def run(cfg: rank_config.RankConfig) -> None:
     redis = connect_redis(cfg.common.redis_url)
     store = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours)
-    trending = TrendingCopy(store.load, min(READ_REFRESH_SECONDS, cfg.interval_seconds))
+    cache = TweetCacheReader(redis)
+    trending = TrendingCopy(
+        with_current_state(store.load, cache.tweets), min(READ_REFRESH_SECONDS, cfg.interval_seconds)
+    )
     # graph_svc says whose tweets a signed-in viewer hides (cached, common/hidden.py); anonymous reads never ask.
     # A set read near its end is loaded again after the read, as feed_svc does.
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
     hidden = HiddenAuthorsCache(RedisHiddenStore(redis), peers.hidden_author_ids, redis=redis, reload_after_reads=True)
     # A viewer's liked_by_me come from tweet_svc's cache; tweet_svc is asked only for what it misses.
-    likes = ViewerLikes(TweetCacheReader(redis).tweets, peers.liked_tweet_ids)
+    likes = ViewerLikes(cache.tweets, peers.liked_tweet_ids)
 
     def register(server: grpc.aio.Server) -> None:
         rank_pb2_grpc.add_RankServiceServicer_to_server(RankService(trending, hidden.hidden, likes.liked), server)

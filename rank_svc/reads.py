@@ -104,6 +104,27 @@ class TrendingCopy:
         self._failing = False
 
 
+def with_current_state(
+    load: Callable[[], Awaitable[list[tweet_pb2.Tweet]]], cached: CachedFlags
+) -> Callable[[], Awaitable[list[tweet_pb2.Tweet]]]:
+    """`load`, with what tweet_svc's cache says now: tweets deleted since the list was
+    computed (up to CHIRP_RANK_INTERVAL_SECONDS ago) left out, and like counts the cache
+    holds put in. Once per copy refresh, not per request: one pipeline of two commands
+    per tweet. While Redis fails, the list as computed."""
+
+    async def loaded() -> list[tweet_pb2.Tweet]:
+        tweets = await load()
+        if not tweets:
+            return tweets
+        now = await cached(0, [t.tweet_id for t in tweets])
+        kept = [t for t in tweets if t.tweet_id not in now.deleted]
+        for tweet in kept:  # decoded afresh by every load: nobody else holds them yet
+            tweet.like_count = now.counts.get(tweet.tweet_id, tweet.like_count)
+        return kept
+
+    return loaded
+
+
 def visible_trending(tweets: Sequence[tweet_pb2.Tweet], hidden: Container[int], limit: int) -> list[tweet_pb2.Tweet]:
     """The first `limit` tweets of the list not by an author the viewer hides. The
     whole copy is searched, so filtering shortens the answer only when fewer than

@@ -29,10 +29,21 @@ from chirp.tweet.v1 import tweet_pb2
 from common.errors import Unavailable
 from common.events import LikeEvent
 from common.ids import id_time_ms, min_id_at_ms
+from common.keys import TWEET_DELETED, tweet_key
 from rank_svc.domain import Ranker
-from rank_svc.reads import TrendingCopy
-from rank_svc.store import HOUR_MS, Like, NotReplicated, PartitionFold, TrendingKeys, TrendingStore, hour_of
+from rank_svc.reads import TrendingCopy, with_current_state
+from rank_svc.store import (
+    HOUR_MS,
+    Like,
+    NotReplicated,
+    PartitionFold,
+    TrendingKeys,
+    TrendingStore,
+    TweetCacheReader,
+    hour_of,
+)
 from rank_svc.tallies import REPLAY_SLACK_MS, REWINDS, LikeFolder, Partition
+from tests.unit.test_redis_cluster_safety import FakeRedis, client
 
 TOPIC = "likes"
 WINDOW = 48
@@ -610,6 +621,32 @@ async def test_an_idle_instance_answers_with_a_fresh_list_not_its_old_copy() -> 
     stored = tweets(2)  # tweet 1 deleted meanwhile
     clock.now += 60  # nobody asked this instance for a minute
     assert await copy.tweets() == tweets(2)
+
+
+async def test_a_copy_leaves_out_tweets_deleted_since_the_list_was_computed_and_takes_current_counts() -> None:
+    """The list is computed every CHIRP_RANK_INTERVAL_SECONDS (60 by default); a tweet deleted
+    meanwhile is gone from the next copy (its text no longer served), and counts are current."""
+    redis = FakeRedis()
+    stored = [tweet_pb2.Tweet(tweet_id=i, like_count=5) for i in (1, 2, 3)]
+
+    async def load() -> list[tweet_pb2.Tweet]:  # TrendingStore.load: the list's key, in the same Redis
+        if redis.down:
+            raise redis.down
+        return [tweet_pb2.Tweet(tweet_id=t.tweet_id, like_count=t.like_count) for t in stored]
+
+    clock = Clock()
+    copy = TrendingCopy(with_current_state(load, TweetCacheReader(client(redis)).tweets), 1.0, clock)
+    assert [(t.tweet_id, t.like_count) for t in await copy.tweets()] == [(1, 5), (2, 5), (3, 5)]
+
+    redis.data[tweet_key("body", 2)] = TWEET_DELETED
+    redis.data[tweet_key("like_count", 3)] = {b"n": b"9", b"t": b"0"}
+    clock.now += 5
+    assert [(t.tweet_id, t.like_count) for t in await copy.tweets()] == [(1, 5), (3, 9)]
+    assert stored[2].like_count == 5
+
+    redis.down = ConnectionError("redis is down")
+    clock.now += 5
+    assert [t.tweet_id for t in await copy.tweets()] == [1, 3]  # the last copy, while the list cannot be read
 
 
 async def test_a_redis_outage_keeps_serving_the_last_copy() -> None:
