@@ -19,7 +19,8 @@ import importlib.util
 import logging
 import signal
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -54,6 +55,10 @@ PUBLIC_BY_NAME = {svc.name: svc for svc in topology.SERVICES if svc.grpc_service
 # Error details the services send (google.rpc.ErrorInfo): tools decode them by reflection.
 EXTRA_FILES = ("google/rpc/error_details.proto",)
 INSTANCE_TIMEOUT_S = 0.5
+# A service's health is asked of its instances at most this often; every Check in
+# between (and every one while the asking runs) shares that answer. Health needs no
+# token, so without this each anonymous Check cost a call to every instance.
+ANSWER_SECONDS = 1.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -119,10 +124,15 @@ def health_targets(targets: Mapping[str, str]) -> dict[str, list[str]]:
 
 
 class EdgeHealth(health_pb2_grpc.HealthServicer):
-    """A public service is SERVING while any of its targets says so; "" while all of them are."""
+    """A public service is SERVING while any of its targets says so; "" while all of them are.
+    Each service's answer is shared for ANSWER_SECONDS."""
 
-    def __init__(self, channels: dict[str, list[grpc.aio.Channel]]) -> None:
+    def __init__(
+        self, channels: dict[str, list[grpc.aio.Channel]], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._stubs = {name: [health_pb2_grpc.HealthStub(ch) for ch in chs] for name, chs in channels.items()}
+        self._clock = clock
+        self._answers: dict[str, tuple[float, asyncio.Future[bool]]] = {}
 
     async def _instance(self, stub: health_pb2_grpc.HealthStub, service: str) -> bool:
         try:
@@ -131,8 +141,15 @@ class EdgeHealth(health_pb2_grpc.HealthServicer):
             return False
         return bool(reply.status == SERVING)
 
-    async def _service(self, service: str) -> bool:
+    async def _ask(self, service: str) -> bool:
         return any(await asyncio.gather(*(self._instance(stub, service) for stub in self._stubs[service])))
+
+    async def _service(self, service: str) -> bool:
+        now = self._clock()
+        answer = self._answers.get(service)
+        if answer is None or now - answer[0] >= ANSWER_SECONDS:
+            answer = self._answers[service] = (now, asyncio.ensure_future(self._ask(service)))
+        return await asyncio.shield(answer[1])  # a caller giving up leaves the others' answer alone
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
