@@ -59,7 +59,7 @@ LOGIN_REFUSED = "too many failed logins; try again later"
 Action = Literal["post", "like", "follow"]
 _ACCOUNT_SUBJECT = re.compile(r"[a-z0-9_]{1,64}")
 _ADDRESS_SUBJECT = re.compile(r"[0-9a-f.:/]{1,64}|" + UNKNOWN_ADDRESS)
-_ACTION_NOUNS: dict[Action, str] = {"post": "posts", "like": "likes", "follow": "follows"}
+_ACTION_NOUNS: dict[Action, str] = {"post": "posts", "like": "likes", "follow": "follows, blocks and mutes"}
 
 
 def account_subject(username_key: str) -> str:

@@ -52,6 +52,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     # and every other call keeps working.
     redis = connect_redis(common.redis_url)
     counters = RedisCounters(redis)
+    limits = UserLimits(counters, {"follow": cfg.follow_limit})
     graph = Graph(
         store,
         outbox,
@@ -60,12 +61,13 @@ async def run(cfg: graph_config.GraphConfig) -> None:
         ids,
         following_ids_limit=cfg.following_list_limit,
         page_tokens=page_tokens,
-        limits=UserLimits(counters, {"follow": cfg.follow_limit}),
+        limits=limits,
         logins=LoginGuard(counters, cfg.login_limits),
         blocks=relation_store,
         sessions=Sessions(session_store, signer, ids, timedelta(seconds=cfg.refresh_ttl_seconds)),
     )
-    relations = Relations(relation_store, graph, page_tokens, hidden_cache=HiddenInvalidator(RedisHiddenStore(redis)))
+    hidden_cache = HiddenInvalidator(RedisHiddenStore(redis))
+    relations = Relations(relation_store, graph, page_tokens, hidden_cache=hidden_cache, limits=limits)
 
     # Follow events are written with the edge's list rows: recounting from them
     # repairs a count that a crash between the edge and its recount left wrong.

@@ -38,6 +38,7 @@ from cassandra.query import BatchType, PreparedStatement
 
 from common.cql import Batch, CqlSession, in_lists, prepare_all
 from common.errors import InvalidArgument, PermissionDenied
+from common.limits import UserLimits
 from common.pagination import PageTokens, scope, unshared_tokens
 from graph_svc.accounts import Account
 from graph_svc.store import _dt, _ms, _utc
@@ -211,12 +212,16 @@ class Relations:
         page_tokens: PageTokens | None = None,
         clock: Callable[[], datetime] = _utcnow,
         hidden_cache: HiddenCache | None = None,
+        limits: UserLimits | None = None,
     ) -> None:
         self._store = store
         self._follows = follows
         self._page_tokens = page_tokens or unshared_tokens()
         self._clock = clock
         self._hidden_cache = hidden_cache or _NoCache()
+        # Blocks, mutes and their undoing count with follows and unfollows: each is a
+        # write of its own and invalidates cached sets, and a block also unfollows both ways.
+        self._limits = limits or UserLimits.unlimited()
 
     async def block(self, blocker: int, blocked: int) -> None:
         touched = await self._add("block", blocker, blocked)
@@ -240,6 +245,7 @@ class Relations:
         its last write (a reader's fill from the rows before them lands before that or
         not at all)."""
         _check_target(kind, actor, target)
+        await self._limits.take("follow", actor)
         await self._follows.get_user(target)
         touched = _touched(kind, actor, target)
         await self._hidden_cache.invalidate(touched)
@@ -250,6 +256,7 @@ class Relations:
 
     async def _remove(self, kind: Kind, actor: int, target: int) -> None:
         _check_target(kind, actor, target)
+        await self._limits.take("follow", actor)
         await self._follows.get_user(target)
         touched = _touched(kind, actor, target)
         await self._hidden_cache.invalidate(touched)

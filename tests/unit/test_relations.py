@@ -10,8 +10,9 @@ from typing import Any, cast
 
 import pytest
 
-from common.errors import InvalidArgument, NotFound, PermissionDenied
+from common.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from common.ids import IdGenerator
+from common.limits import Limit, LocalCounters, UserLimits
 from graph_svc.accounts import Account
 from graph_svc.domain import Graph
 from graph_svc.relations import CANNOT_FOLLOW, UNBLOCK_TO_FOLLOW, Kind, Listed, Relation, Relations
@@ -70,7 +71,7 @@ class GraphRows(FakeGraphStore):
 
 
 class World:
-    def __init__(self, users: Sequence[int]) -> None:
+    def __init__(self, users: Sequence[int], limits: UserLimits | None = None) -> None:
         self.graph_store = GraphRows(users)
         self.outbox = FakeOutbox()
         self.relation_store = FakeRelationStore()
@@ -83,8 +84,9 @@ class World:
             IdGenerator(3),
             clock=Clock(),
             blocks=cast(Any, self.relation_store),
+            limits=limits,
         )
-        self.relations = Relations(cast(Any, self.relation_store), self.graph, clock=Clock())
+        self.relations = Relations(cast(Any, self.relation_store), self.graph, clock=Clock(), limits=limits)
 
     async def counts(self, user_id: int) -> tuple[int, int]:
         account = await self.graph.get_user(user_id)
@@ -96,6 +98,22 @@ class World:
             for e in self.outbox.published
             if e.payload["type"] == kind
         ]
+
+
+async def test_blocks_mutes_and_their_undoing_count_against_the_follow_limit() -> None:
+    """Each is a write, invalidates cached sets, and a block unfollows both ways: unlimited,
+    a loop of them was an unthrottled stream of writes and events."""
+    world = World([1, 2, 3], UserLimits(LocalCounters(), {"follow": Limit(5, 300)}))
+    await world.graph.follow(1, 2)
+    await world.relations.mute(1, 3)
+    await world.relations.unmute(1, 3)
+    await world.relations.block(1, 3)  # its unfollows are not charged again
+    await world.relations.unblock(1, 3)
+    for change in (world.relations.block(1, 3), world.relations.mute(1, 2), world.graph.follow(1, 3)):
+        with pytest.raises(ResourceExhausted, match="too many follows, blocks and mutes"):
+            await change
+    await world.relations.mute(2, 1)  # another user's own budget
+    assert not world.relation_store.blocked_by.get(3)
 
 
 async def test_a_block_removes_the_follows_both_ways_through_unfollow() -> None:
