@@ -123,7 +123,8 @@ RETRYABLE = {
     "GetUser", "LookupUser", "GetMe", "ListFollowers", "ListFollowing", "ListBlocks", "ListMutes",
     "GetTweet", "ListUserTweets", "GetHomeFeed", "ListTrending",
 } | IDEMPOTENT_WRITES  # fmt: skip
-# Calls that check a password or a refresh token share the login bucket.
+# Calls that check a password or a refresh token: each route gets a bucket of the
+# login size (a per-route filter config is a bucket of its own, so they are not shared).
 LOGIN_METHODS = {"CreateSession", "CreateUser", "RefreshSession", "ChangePassword"}
 POST_METHODS = {"CreateTweet"}
 SLOW_METHODS = {"CreateUser", "CreateSession", "ChangePassword"}  # argon2id on purpose
