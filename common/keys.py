@@ -88,11 +88,12 @@ def legacy_following_key(user_id: int) -> str:
 # ---- rate limits and login counters (common/limits.py) ------------------------------
 # Fixed-window counters, one key each. Names never contain "{": a hash tag would
 # pile every counter onto one slot.
-LimitFamily = Literal["post", "like", "follow", "login_pair", "login_account", "login_address"]
+LimitFamily = Literal["post", "like", "follow", "signup", "login_pair", "login_account", "login_address"]
 _LIMIT_PREFIXES: dict[LimitFamily, str] = {
     "post": "rl:post",
     "like": "rl:like",
     "follow": "rl:follow",
+    "signup": "rl:signup",
     "login_pair": "lf:pair",
     "login_account": "lf:acct",
     "login_address": "lf:addr",

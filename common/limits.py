@@ -7,7 +7,9 @@ NX, PTTL), so it is Redis-Cluster-safe, and a counter left without a TTL (a
 connection cut between the INCR and the PEXPIRE) gets one from its next hit
 rather than locking anyone out for good. Retry-After is the counter's TTL.
 
-Per-user limits (posts, likes and unlikes, follows and unfollows) fail open:
+Per-user limits (posts, likes and unlikes, follows and unfollows) and the
+per-address sign-up limit (each account is a password hash, and a way around
+the per-user limits) fail open:
 while Redis cannot answer, the action is allowed (availability first; the
 edge's token buckets still bound the rate).
 
@@ -56,10 +58,15 @@ LOGIN_REFUSED = "too many failed logins; try again later"
 
 # ---- key subjects ----------------------------------------------------------------------
 # The keys are built in common/keys.py (limit_key); subjects are normalized here.
-Action = Literal["post", "like", "follow"]
+Action = Literal["post", "like", "follow", "signup"]
 _ACCOUNT_SUBJECT = re.compile(r"[a-z0-9_]{1,64}")
 _ADDRESS_SUBJECT = re.compile(r"[0-9a-f.:/]{1,64}|" + UNKNOWN_ADDRESS)
-_ACTION_NOUNS: dict[Action, str] = {"post": "posts", "like": "likes", "follow": "follows, blocks and mutes"}
+_ACTION_NOUNS: dict[Action, str] = {
+    "post": "posts",
+    "like": "likes",
+    "follow": "follows, blocks and mutes",
+    "signup": "sign-ups from this address",
+}
 
 
 def account_subject(username_key: str) -> str:
@@ -233,12 +240,13 @@ class UserLimits:
     def unlimited(cls) -> UserLimits:
         return cls(LocalCounters(), {})
 
-    async def take(self, action: Action, user_id: int) -> None:
-        """Count one `action` by `user_id`; ResourceExhausted (429) past its limit."""
+    async def take(self, action: Action, subject: int | str) -> None:
+        """Count one `action` by `subject` (a user id; for sign-ups, an `address_subject`);
+        ResourceExhausted (429) past its limit."""
         limit = self._limits.get(action)
         if limit is None:
             return
-        hits = await self._counters.hit([(limit_key(action, user_id), limit.window_ms)])
+        hits = await self._counters.hit([(limit_key(action, subject), limit.window_ms)])
         if hits is None:
             return
         if hits[0].count > limit.count:

@@ -35,6 +35,8 @@ class GraphConfig:
     follow_limit: Limit
     # Failed logins per window: per account from one address, per account, per address.
     login_limits: LoginLimits
+    # Sign-ups per client address per window.
+    signup_limit: Limit
     # Secret (its file's bytes, at least 32) that seals page tokens, shared by every
     # instance of every service; and how long a page token is honoured.
     page_token_key_file: Path
@@ -60,6 +62,10 @@ def load(env: Mapping[str, str] = os.environ) -> GraphConfig:
             per_account_address=env_int(env, "CHIRP_LIMIT_LOGIN_FAILURES", 5),
             per_account=env_int(env, "CHIRP_LIMIT_LOGIN_ACCOUNT_FAILURES", 50),
             per_address=env_int(env, "CHIRP_LIMIT_LOGIN_ADDRESS_FAILURES", 200),
+        ),
+        signup_limit=Limit(
+            env_int(env, "CHIRP_LIMIT_SIGNUPS", 50),
+            env_float(env, "CHIRP_LIMIT_SIGNUP_WINDOW_SECONDS", 3600.0, minimum=1.0),
         ),
         page_token_key_file=Path(env_str(env, "CHIRP_PAGE_TOKEN_KEY_FILE", DEFAULT_TOKEN_KEY_FILE)),
         page_token_ttl_seconds=env_int(env, "CHIRP_PAGE_TOKEN_TTL_SECONDS", DEFAULT_TOKEN_TTL_SECONDS, minimum=1),

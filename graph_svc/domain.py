@@ -50,7 +50,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS
-from common.limits import UNKNOWN_ADDRESS, LoginGuard, UserLimits
+from common.limits import UNKNOWN_ADDRESS, LoginGuard, UserLimits, address_subject
 from common.outbox import Event, Outbox
 from common.pagination import PageTokens, scope, unshared_tokens
 from common.worker import apply_each
@@ -186,9 +186,11 @@ class Graph:
 
     # ---- accounts -------------------------------------------------------------
 
-    async def sign_up(self, username: str, password: str) -> Account:
+    async def sign_up(self, username: str, password: str, client_address: str = UNKNOWN_ADDRESS) -> Account:
         validate_username(username)
         validate_password(password)
+        # Per client address, before the name is read or the password hashed.
+        await self._limits.take("signup", address_subject(client_address))
         key = username_key(username)
         if await self._store.user_id_by_name(key) is not None:
             raise AlreadyExists(f"username {username!r} is taken", field="username")

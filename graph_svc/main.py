@@ -52,7 +52,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     # and every other call keeps working.
     redis = connect_redis(common.redis_url)
     counters = RedisCounters(redis)
-    limits = UserLimits(counters, {"follow": cfg.follow_limit})
+    limits = UserLimits(counters, {"follow": cfg.follow_limit, "signup": cfg.signup_limit})
     graph = Graph(
         store,
         outbox,

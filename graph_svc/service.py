@@ -54,7 +54,7 @@ class GraphService(graph_pb2_grpc.GraphServiceServicer):
     async def CreateUser(
         self, request: graph_pb2.CreateUserRequest, context: grpc.aio.ServicerContext
     ) -> graph_pb2.CreateUserResponse:
-        account = await self._graph.sign_up(request.username, request.password)
+        account = await self._graph.sign_up(request.username, request.password, client_address(context))
         return graph_pb2.CreateUserResponse(user=user_proto(account))
 
     async def CreateSession(
