@@ -56,9 +56,12 @@ _MAX_TOKEN_CHARS = math.ceil((_HEADER.size + _POSITION.size * _MAX_POSITIONS + _
 _TOKEN_SHAPE = re.compile(rf"[A-Za-z0-9_-]{{1,{_MAX_TOKEN_CHARS}}}")
 
 
-def page_size(requested: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
+def page_size(
+    requested: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE, field: str = "page_size"
+) -> int:
+    """`field`: the request field `requested` came from, named in the error."""
     if requested < 0:
-        raise InvalidArgument("page_size must not be negative", field="page_size")
+        raise InvalidArgument(f"{field} must not be negative", field=field)
     if requested == 0:
         return default
     return min(requested, maximum)

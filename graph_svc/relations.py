@@ -298,6 +298,8 @@ class Relations:
         _check_id(viewer, "viewer_id")
         if len(user_ids) > RELATIONS_MAX:
             raise InvalidArgument(f"at most {RELATIONS_MAX} user ids per call", field="user_ids")
+        for user_id in user_ids:
+            _check_id(user_id, "user_ids")
         others = [u for u in set(user_ids) if u != viewer]
         blocking, blocked_by, muting = await asyncio.gather(
             self._store.targets_among("block", viewer, others),

@@ -161,6 +161,8 @@ class Tweets:
 
     async def get_many(self, tweet_ids: list[int]) -> list[TweetRecord]:
         _check_batch(tweet_ids, "tweet_ids")
+        for tweet_id in tweet_ids:
+            _check_id(tweet_id, "tweet_ids")
         return await self.hydrate(list(dict.fromkeys(tweet_ids)))
 
     async def delete(self, user_id: int, tweet_id: int) -> None:
@@ -193,6 +195,10 @@ class Tweets:
     async def recent_ids(self, author_ids: list[int], before: int, limit: int) -> list[tuple[int, int]]:
         """(tweet id, author id) of each author's newest tweets below `before` (0: no bound)."""
         _check_batch(author_ids, "author_ids")
+        if before < 0:
+            raise InvalidArgument("before_tweet_id must not be negative", field="before_tweet_id")
+        for author_id in author_ids:
+            _check_id(author_id, "author_ids")
         authors = list(dict.fromkeys(author_ids))
         # The newest tweets (no `before`) come from Redis where the cache answers.
         newest = not before and limit <= RECENT_DEPTH

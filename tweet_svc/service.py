@@ -110,7 +110,7 @@ class TweetInternalService(tweet_internal_pb2_grpc.TweetInternalServiceServicer)
         if request.refresh:
             await self._tweets.refresh_recent(list(request.author_ids))
             return tweet_internal_pb2.ListRecentTweetIdsResponse()
-        limit = page_size(request.limit_per_author, RECENT_DEFAULT, RECENT_MAX)
+        limit = page_size(request.limit_per_author, RECENT_DEFAULT, RECENT_MAX, field="limit_per_author")
         pairs = await self._tweets.recent_ids(list(request.author_ids), request.before_tweet_id, limit)
         return tweet_internal_pb2.ListRecentTweetIdsResponse(
             tweets=[tweet_internal_pb2.AuthoredTweetId(tweet_id=t, author_id=a) for t, a in pairs]

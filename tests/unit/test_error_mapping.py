@@ -55,7 +55,9 @@ from common.errors import (
 from common.ids import IdGenerator
 from common.interceptors import ServerInterceptor
 from graph_svc.domain import Graph
+from graph_svc.relations import Relations
 from tweet_svc.domain import Tweets
+from tweet_svc.service import TweetInternalService
 
 SECRET = "db-7.internal:9042 keyspace chirp table users"
 CQL = cql.CQL_UNAVAILABLE_ERRORS
@@ -362,6 +364,11 @@ def _graph() -> Graph:
     return Graph(unused, unused, unused, unused, IdGenerator(1))
 
 
+def _relations() -> Relations:
+    unused = cast(Any, _Unused())
+    return Relations(unused, unused)
+
+
 # An unsigned token of the old format, {"before":-1,"k":"tweets"}: refused, naming the field.
 _bad_before = "eyJiZWZvcmUiOi0xLCJrIjoidHdlZXRzIn0"
 VALIDATION_CASES: list[tuple[str, Any, type[Message], str]] = [
@@ -401,6 +408,33 @@ VALIDATION_CASES: list[tuple[str, Any, type[Message], str]] = [
         tweet_internal_pb2.ListRecentTweetIdsRequest,
         "author_ids",
     ),
+    (
+        "BatchGetTweets 0",
+        lambda: _tweets().get_many([5, 0]),
+        tweet_internal_pb2.BatchGetTweetsRequest,
+        "tweet_ids",
+    ),
+    (
+        "ListRecentTweetIds before -1",
+        lambda: _tweets().recent_ids([5], -1, 20),
+        tweet_internal_pb2.ListRecentTweetIdsRequest,
+        "before_tweet_id",
+    ),
+    (
+        "ListRecentTweetIds author 0",
+        lambda: _tweets().recent_ids([5, 0], 0, 20),
+        tweet_internal_pb2.ListRecentTweetIdsRequest,
+        "author_ids",
+    ),
+    (
+        "ListRecentTweetIds limit -1",
+        lambda: TweetInternalService(_tweets()).ListRecentTweetIds(
+            tweet_internal_pb2.ListRecentTweetIdsRequest(author_ids=[5], limit_per_author=-1), cast(Any, None)
+        ),
+        tweet_internal_pb2.ListRecentTweetIdsRequest,
+        "limit_per_author",
+    ),
+    ("GetRelations 0", lambda: _relations().relations(5, [7, 0]), graph_internal_pb2.GetRelationsRequest, "user_ids"),
     ("CreateTweet text", lambda: _tweets().create(5, "   ", ""), tweet_pb2.CreateTweetRequest, "text"),
     (
         "CreateTweet key",
