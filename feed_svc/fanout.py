@@ -66,6 +66,16 @@ PUSHED = Histogram(
 SKIPPED = Counter("chirp_fanout_skipped_total", "Timeline entries not pushed: the follower stopped reading.")
 EVENTS = Counter("chirp_fanout_events_total", "Events handled by the fan-out worker.", ["type"])
 
+# The fields each event the worker acts on must carry, as integers. An event without
+# them is skipped (logged): failing on it would fail its batch, and every batch after,
+# for good.
+EVENT_FIELDS = {
+    "tweet_created": ("tweet_id", "author_id", "created_at_ms"),
+    "tweet_deleted": ("tweet_id", "author_id"),
+    "follow": ("follower_id", "followee_id"),
+    "unfollow": ("follower_id", "followee_id"),
+}
+
 # user id -> follower count
 FollowerCount = Callable[[int], Awaitable[int]]
 # (user id, page token) -> (follower ids, next page token, follower count on a first
@@ -109,6 +119,8 @@ class Fanout:
             try:
                 event = json.loads(msg.value() or b"")
                 kind = event["type"]
+                for name in EVENT_FIELDS.get(kind, ()):
+                    int(event[name])
             except (ValueError, KeyError, TypeError):
                 log.error("skipping malformed event", extra={"topic": msg.topic(), "offset": msg.offset()})
                 continue

@@ -384,9 +384,15 @@ class Graph:
         for event in events:
             if event.get("type") not in ("follow", "unfollow"):
                 continue
-            at = datetime.fromtimestamp(int(event["followed_at_ms"]) / 1000, UTC)
-            followers.add((int(event["followee_id"]), follow_bucket(at)))
-            following.add(int(event["follower_id"]))
+            try:
+                at = datetime.fromtimestamp(int(event["followed_at_ms"]) / 1000, UTC)
+                followee, follower = int(event["followee_id"]), int(event["follower_id"])
+            except (KeyError, ValueError, TypeError, OverflowError, OSError):
+                # Failing on it would fail this batch, and every batch after, for good.
+                log.error("skipping a malformed follow event", extra={"event": str(event)[:200]})
+                continue
+            followers.add((followee, follow_bucket(at)))
+            following.add(follower)
         await apply_each(
             [
                 *(partial(self._follower_recounts, key) for key in followers),

@@ -672,6 +672,22 @@ async def test_redelivered_events_change_nothing_and_duplicate_no_tweet() -> Non
     assert await world.page(READER) == once
 
 
+async def test_an_event_missing_a_field_is_skipped_and_the_rest_of_its_batch_applied() -> None:
+    """Failing on it would fail the batch, and every batch after it, for good."""
+    world = World()
+    world.graph.follows[READER] = {NORMAL}
+    tweet = world.tweets.create(NORMAL)
+    batch = [
+        Event(TOPIC_TWEETS, NORMAL, {"type": "tweet_created", "tweet_id": tweet}),  # no author
+        Event(TOPIC_TWEETS, NORMAL, {"type": "tweet_deleted", "tweet_id": "x", "author_id": NORMAL}),
+        Event(TOPIC_FOLLOWS, READER, {"type": "follow", "follower_id": READER}),
+        Event(TOPIC_TWEETS, NORMAL, {"type": "tweet_created", **created_event(tweet, NORMAL)}),
+        Event(TOPIC_TWEETS, NORMAL, {"type": "something_new", "tweet_id": tweet}),  # not acted on
+    ]
+    await world.fanout(cast(list[Message], batch))
+    assert world.cached(READER) == {tweet}
+
+
 async def test_a_tweet_both_pushed_and_pulled_shows_once() -> None:
     """Right after an author drops below the threshold, a reader's registry still pulls
     it while its backfill is already pushed."""

@@ -221,6 +221,21 @@ async def test_an_unfollow_that_dies_before_its_recount_is_repaired_by_its_event
     assert await counts(graph, 1) == (0, 0)
 
 
+async def test_a_malformed_follow_event_is_skipped_and_the_others_repair_counts() -> None:
+    graph, store = build([1, 2])
+    store.crash_after = "write_follow_lists"
+    with pytest.raises(Crash):
+        await graph.follow(1, 2)
+    good = [e.payload for e in store.outbox]
+    bad: list[dict[str, Any]] = [
+        {"type": "follow", "follower_id": 1},
+        {"type": "unfollow", "follower_id": 1, "followee_id": "two", "followed_at_ms": 5},
+        {"type": "follow", "follower_id": 1, "followee_id": 2, "followed_at_ms": 10**30},
+    ]
+    await graph.repair_counts([*bad, *good])
+    assert await counts(graph, 2) == (1, 0) and await counts(graph, 1) == (0, 1)
+
+
 STEPS = ("add_edge", "write_follow_lists", "delete_follow_lists", "remove_edge", "recount_followers", None)
 
 
