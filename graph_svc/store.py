@@ -165,8 +165,22 @@ class GraphStore:
     # ---- follows --------------------------------------------------------------
 
     async def add_edge(self, follower: int, followee: int, at: datetime) -> tuple[bool, datetime]:
-        """Claim the edge; returns (created now, when the follow happened)."""
-        rows = await self._cql.execute(self._q["follow_edge"], (follower, followee, at))
+        """Claim the edge; returns (created now, when the follow happened).
+
+        A claim that timed out may still be applied after the call failed: an edge with
+        no list rows, no event and no recount, which only a retry would complete. A
+        serial read (which settles a claim in flight) says whether it was, as for names.
+        """
+        try:
+            rows = await self._cql.execute(self._q["follow_edge"], (follower, followee, at))
+        except (WriteTimeout, OperationTimedOut) as unsure:
+            try:
+                found = await self.edge_time(follower, followee, serial=True)
+            except CQL_UNAVAILABLE_ERRORS:
+                raise unsure from None
+            if found is None:
+                raise
+            return found == at, found
         applied = bool(rows[0][0])
         return applied, at if applied else _utc(rows[0].followed_at)
 

@@ -25,12 +25,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
+from cassandra import Unavailable, WriteTimeout, WriteType
 
+from common.cql import named_rows
 from common.ids import IdGenerator
 from common.outbox import Event
 from graph_svc.accounts import Account
 from graph_svc.domain import Graph, SharedRuns
-from graph_svc.store import follow_bucket
+from graph_svc.store import STATEMENTS, GraphStore, follow_bucket
 
 
 class Crash(Exception):
@@ -440,3 +442,44 @@ async def test_reading_counts_never_recounts() -> None:
     assert await counts(graph, 2) == (2, 0)
     delta = store.calls - before
     assert delta == Counter({"follower_counts": 1})
+
+
+# ---- a follow's edge claim that timed out (graph_svc/store.py) ----------------------------------
+
+
+class TimingOutCql:
+    """The edge claim times out; `committed` says what a serial read finds afterwards."""
+
+    def __init__(self, committed: datetime | None, read_fails: bool = False) -> None:
+        self.committed = committed
+        self.read_fails = read_fails
+        self.serial_reads = 0
+
+    async def execute(self, statement: str, params: tuple[Any, ...]) -> list[Any]:
+        if statement == "follow_edge":
+            raise WriteTimeout("timed out", write_type=WriteType.CAS)
+        assert statement == "edge_now", statement
+        self.serial_reads += 1
+        if self.read_fails:
+            raise Unavailable("no quorum")
+        return named_rows(["followed_at"], [(self.committed,)] if self.committed else [])
+
+
+def _store(cql: TimingOutCql) -> GraphStore:
+    store = GraphStore(cast(Any, cql), cast(Any, None))
+    store._q = {name: cast(Any, name) for name in STATEMENTS}
+    return store
+
+
+async def test_an_edge_claim_that_timed_out_is_settled_by_a_serial_read() -> None:
+    at = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    earlier = at - timedelta(days=1)
+    # Applied after all: the follow goes on (lists, event, recount) instead of failing.
+    assert await _store(TimingOutCql(at)).add_edge(1, 2, at) == (True, at)
+    # An earlier follow's edge was there: not created now, and its time is the follow's.
+    assert await _store(TimingOutCql(earlier)).add_edge(1, 2, at) == (False, earlier)
+    # Not applied (the serial read settled it as not): the timeout stands.
+    with pytest.raises(WriteTimeout):
+        await _store(TimingOutCql(None)).add_edge(1, 2, at)
+    with pytest.raises(WriteTimeout):  # and when the read cannot answer either
+        await _store(TimingOutCql(at, read_fails=True)).add_edge(1, 2, at)
