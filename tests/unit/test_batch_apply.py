@@ -237,7 +237,7 @@ def fanout_batch(authors: int, tweets_each: int) -> list[KafkaMessage]:
     return cast(
         list[KafkaMessage],
         [
-            FakeMessage({"type": "tweet_created", "tweet_id": 100 * a + n, "author_id": a})
+            FakeMessage({"type": "tweet_created", "tweet_id": 100 * a + n, "author_id": a, "created_at_ms": 0})
             for n in range(tweets_each)
             for a in range(1, authors + 1)
         ],
