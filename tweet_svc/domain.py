@@ -105,6 +105,7 @@ class Tweets:
 
     async def create(self, author_id: int, text: str, idempotency_key: str) -> TweetRecord:
         text = normalize_text(text)
+        retried = False
         # Counted before the idempotency claim: a retry is one more request to answer.
         await self._limits.take("post", author_id)
         tweet_id = self._ids.next_id()
@@ -125,6 +126,7 @@ class Tweets:
                 # The first attempt died before writing, or is still writing: write
                 # under the claimed id, so every retry yields the same tweet.
                 tweet_id = claimed
+                retried = True
         created_ms = id_time_ms(tweet_id)
         tweet = TweetRecord(
             tweet_id=tweet_id,
@@ -135,6 +137,13 @@ class Tweets:
         )
         event = self._tweet_event("tweet_created", tweet)
         await self._store.insert_tweet(tweet, event)
+        if retried and await self._store.was_deleted(tweet_id):
+            # The first attempt was still writing when this one looked, and its tweet was
+            # deleted since: this write (newer than the delete) brought it back. Delete it
+            # again; a delete that comes after this read is newer than the write anyway.
+            self._outbox.publish_soon(event)
+            await self._remove(tweet)
+            raise NotFound(f"the tweet this Idempotency-Key created ({tweet_id}) was deleted")
         # Only once the write succeeded: a timeline rebuilt from the recent ids would keep
         # the id of a failed post for good (feed_svc/activity.py).
         await self._cache.add_recent(author_id, tweet_id)
@@ -169,10 +178,13 @@ class Tweets:
         tweet = await self.get(tweet_id)
         if tweet.author_id != user_id:
             raise PermissionDenied("only the author can delete a tweet")
+        await self._remove(tweet)
+
+    async def _remove(self, tweet: TweetRecord) -> None:
         event = self._tweet_event("tweet_deleted", tweet)
         await self._store.delete_tweet(tweet, event)
-        await self._cache.mark_deleted(tweet_id)
-        await self._cache.remove_recent(tweet.author_id, tweet_id)
+        await self._cache.mark_deleted(tweet.tweet_id)
+        await self._cache.remove_recent(tweet.author_id, tweet.tweet_id)
         self._outbox.publish_soon(event)
 
     async def by_author(self, author_id: int, page_size: int, page_token: str, viewer: int | None = None) -> TweetPage:

@@ -43,6 +43,10 @@ class Store:
     async def was_deleted(self, tweet_id: int) -> bool:
         return tweet_id in self.deleted
 
+    async def delete_tweet(self, tweet: TweetRecord, event: Event) -> None:
+        self.tweets.pop(tweet.tweet_id, None)
+        self.deleted.add(tweet.tweet_id)
+
     def delete(self, tweet_id: int) -> None:
         """As the delete's batch leaves the store: the tweet gone, its id in deleted_tweets."""
         del self.tweets[tweet_id]
@@ -55,6 +59,7 @@ class Cache:
     def __init__(self) -> None:
         self.reads = 0
         self.recent: list[tuple[int, int]] = []
+        self.marked_deleted: list[int] = []
 
     async def get(self, tweet_ids: Sequence[int]) -> tuple[dict[int, TweetRecord], set[int]]:
         self.reads += 1
@@ -71,6 +76,13 @@ class Cache:
 
     async def add_recent(self, author_id: int, tweet_id: int) -> None:
         self.recent.append((author_id, tweet_id))
+
+    async def mark_deleted(self, tweet_id: int) -> None:
+        self.marked_deleted.append(tweet_id)
+
+    async def remove_recent(self, author_id: int, tweet_id: int) -> None:
+        if (author_id, tweet_id) in self.recent:
+            self.recent.remove((author_id, tweet_id))
 
 
 class FakeOutbox:
@@ -151,3 +163,24 @@ async def test_a_retry_after_its_tweet_was_deleted_writes_nothing_and_is_not_fou
         await tweets.create(7, "hello", "key-1")
     assert store.inserts == [first.tweet_id] and first.tweet_id not in store.tweets
     assert outbox.published == [first.tweet_id]
+
+
+async def test_a_retry_writing_while_its_first_attempt_lands_and_is_deleted_deletes_it_again() -> None:
+    """The retry looked while the first attempt was still writing (no tweet, not deleted);
+    the first attempt landed and the user deleted the tweet; then the retry's write, newer
+    than the delete, brought it back. It reads deleted_tweets after writing and undoes it."""
+    tweets, store, cache, outbox = build()
+    store.keys[(7, "key-1")] = claimed = IdGenerator(2).next_id()  # the first attempt's claim
+    real_insert = store.insert_tweet
+
+    async def first_attempt_lands_and_is_deleted(tweet: TweetRecord, event: Event) -> None:
+        await real_insert(tweet, event)  # the first attempt's write
+        store.delete(tweet.tweet_id)  # the user's delete, acknowledged
+        await real_insert(tweet, event)  # this retry's own write
+
+    store.insert_tweet = first_attempt_lands_and_is_deleted  # type: ignore[method-assign]
+    with pytest.raises(NotFound, match="was deleted"):
+        await tweets.create(7, "hello", "key-1")
+    assert claimed not in store.tweets and claimed in store.deleted
+    assert cache.marked_deleted == [claimed] and (7, claimed) not in cache.recent
+    assert outbox.published == [claimed, claimed]  # created, then deleted: the fan-out ends with it gone
