@@ -774,7 +774,13 @@ async def mark_tweet_deleted(client: RedisClient, tweet_id: int) -> None:
     """The deletion marker tweet_svc's cache honours; written by tweet_svc at the
     delete and by the fan-out worker from the tweet_deleted event. Overwrites a
     cached body; a reader's fill (SET NX) never overwrites the marker."""
-    await client.set(tweet_key("body", tweet_id), TWEET_DELETED, px=int(TWEET_DELETED_SECONDS * 1000))
+    key, value, ttl_ms = deletion_marker(tweet_id)
+    await client.set(key, value, px=ttl_ms)
+
+
+def deletion_marker(tweet_id: int) -> tuple[str, bytes, int]:
+    """(key, value, time to live in ms) of a tweet's deletion marker."""
+    return tweet_key("body", tweet_id), TWEET_DELETED, int(TWEET_DELETED_SECONDS * 1000)
 
 
 class Tolerant:

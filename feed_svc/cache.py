@@ -23,6 +23,7 @@ from common.cache import (
     RedisClient,
     ReloadClaims,
     Tolerant,
+    deletion_marker,
     mark_tweet_deleted,
     partial_replies,
     raise_if_all_unanswered,
@@ -33,6 +34,7 @@ from common.cache import (
 from common.hidden import hidden_key
 from common.ids import id_time_ms
 from common.keys import CELEBRITIES_KEY, feed_key, legacy_following_key, reload_claim_key, tweet_key
+from common.replica_waits import ReplicaWaits
 from common.singleflight import due_by_pttl, due_point_ms
 from common.tweet_cache import CachedTweets, parse_reads, parse_recent, queue_reads, recent_due, recent_range
 from feed_svc.activity import RECORD_TTL_SECONDS, ReadMarks, read_record_key
@@ -151,9 +153,13 @@ class FeedCache(Tolerant):
         timeline_size: int,
         following_ttl: float,
         celebrity_ttl: float,
+        replica_waits: ReplicaWaits | None = None,
     ) -> None:
         super().__init__(redis)
         self._redis = redis
+        # The fan-out worker's: its pushes and drops wait for a replica before the
+        # batch is committed (common/replica_waits.py). Reads never wait.
+        self._replica_waits = replica_waits
         self._size = timeline_size
         self._following_ttl = max(1, int(following_ttl * 1000))
         self._claim_following = redis.register_script(CLAIM_FOLLOWING_SCRIPT)
@@ -182,12 +188,13 @@ class FeedCache(Tolerant):
         if not tweets or not user_ids:
             return
         entries: dict[str, float] = {str(t): id_time_ms(t) for t in tweets}
+        keys = [_timeline(user_id) for user_id in user_ids]
         async with self._redis.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                pipe.zadd(_timeline(user_id), entries)
+            for user_id, key in zip(user_ids, keys, strict=True):
+                pipe.zadd(key, entries)
                 if trims(user_id, tweets):
-                    pipe.zremrangebyrank(_timeline(user_id), 0, -(self._size + 2))
-            await pipe.execute()
+                    pipe.zremrangebyrank(key, 0, -(self._size + 2))
+            await self._execute_replicated(pipe, keys)
 
     async def remove(self, user_ids: Sequence[int], tweets: Sequence[int]) -> None:
         if not tweets:
@@ -451,17 +458,33 @@ class FeedCache(Tolerant):
         """Timelines no longer pushed to: their memory back, and a rebuild at the next read."""
         if not user_ids:
             return
+        keys = [_timeline(user_id) for user_id in user_ids]
         async with self._redis.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                pipe.delete(_timeline(user_id))
+            for key in keys:
+                pipe.delete(key)
+            # Replicated too: a drop lost in a failover would leave a timeline marked
+            # built that the pushes skipped since (no rebuild at the next read).
+            await self._execute_replicated(pipe, keys)
+
+    async def _execute_replicated(self, pipe: Any, keys: Sequence[str]) -> None:
+        if self._replica_waits is None:
             await pipe.execute()
+        else:
+            await self._replica_waits.execute(pipe, keys)
 
     # ---- tweet_svc's deletion marker ---------------------------------------------------
 
     async def mark_tweet_deleted(self, tweet_id: int) -> None:
         """The fan-out worker's copy of tweet_svc's deletion marker (the durable path:
-        it raises while Redis is unavailable, so the event is applied again)."""
-        await mark_tweet_deleted(self._redis, tweet_id)
+        it raises while Redis is unavailable, so the event is applied again; and waits
+        for a replica, as pushes do, so a failover cannot bring the body back)."""
+        if self._replica_waits is None:
+            await mark_tweet_deleted(self._redis, tweet_id)
+            return
+        key, value, ttl_ms = deletion_marker(tweet_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, value, px=ttl_ms)
+            await self._replica_waits.execute(pipe, [key])
 
 
 def _queue_timeline(pipe: Any, user_id: int, before: int | None, limit: int) -> None:

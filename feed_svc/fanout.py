@@ -202,9 +202,15 @@ class Fanout:
         before it was written before the recent ids are read, so the backfill has it.
         """
         await self._mark(author_id, celebrity=False)
-        recent = await self._recent_ids([author_id], 0, CROSSING_BACKFILL)
-        async for followers in self._followers(author_id):
-            await self._deliver(followers, recent)
+        try:
+            recent = await self._recent_ids([author_id], 0, CROSSING_BACKFILL)
+            async for followers in self._followers(author_id):
+                await self._deliver(followers, recent)
+        except Exception:
+            # Marked again, so readers pull it meanwhile and the unfollow, applied again
+            # from the last commit, finds it a celebrity and backfills every page anew.
+            await self._mark(author_id, celebrity=True)
+            raise
         log.info("author dropped below the celebrity threshold; backfilled", extra={"author_id": author_id})
 
     async def _deliver(self, followers: list[int], tweets: Sequence[tuple[int, int]]) -> int:

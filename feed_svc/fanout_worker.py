@@ -25,7 +25,7 @@ COMMIT_INTERVAL_SECONDS = 1.0
 
 async def run(cfg: feed_config.FeedConfig) -> None:
     common = cfg.common
-    parts = await build(cfg)
+    parts = await build(cfg, replicated_writes=True)
     fanout = Fanout(
         parts.cache,
         parts.store,

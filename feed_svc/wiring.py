@@ -8,6 +8,7 @@ from common.cache import RedisClient, connect_redis
 from common.clients import Peers
 from common.cql import CqlSession
 from common.hidden import HiddenAuthorsCache, RedisHiddenStore
+from common.replica_waits import ReplicaWaits
 from common.singleflight import Rebuilds
 from feed_svc.cache import FeedCache
 from feed_svc.config import FeedConfig
@@ -30,13 +31,16 @@ class FeedParts:
         self.cql.close()
 
 
-async def build(cfg: FeedConfig) -> FeedParts:
+async def build(cfg: FeedConfig, replicated_writes: bool = False) -> FeedParts:
+    """`replicated_writes`: timeline pushes and drops wait for a Redis replica (the
+    fan-out worker's, which commits its Kafka offsets after them)."""
     common = cfg.common
     cql = await CqlSession.from_config(common)
     redis = connect_redis(common.redis_url)
     store = CelebrityStore(cql)
     await store.prepare()
-    cache = FeedCache(redis, cfg.timeline_size, cfg.following_cache_seconds, cfg.celebrity_cache_seconds)
+    waits = ReplicaWaits(redis) if replicated_writes else None
+    cache = FeedCache(redis, cfg.timeline_size, cfg.following_cache_seconds, cfg.celebrity_cache_seconds, waits)
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
     rebuilds = Rebuilds()
     hidden = HiddenAuthorsCache(

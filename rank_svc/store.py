@@ -24,6 +24,7 @@ from chirp.tweet.v1 import tweet_pb2
 from redis.asyncio.cluster import RedisCluster
 
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolerant
+from common.replica_waits import REPLICA_ACK_MS, REPLICAS_CHECK_SECONDS, NotReplicated, online_replicas
 from common.tweet_cache import CachedTweets, parse_reads, queue_reads
 from rank_svc.score import hour_weight
 
@@ -31,10 +32,6 @@ from rank_svc.score import hour_weight
 # hides some authors still gets a full list.
 MAX_TRENDING = 200
 HOUR_MS = 3_600_000
-# WAIT for one replica at most this long before a batch counts as not durable.
-REPLICA_ACK_MS = 1000
-# How long the primary's count of online replicas is trusted before asking again.
-REPLICAS_CHECK_SECONDS = 5.0
 
 
 def hour_of(unix_ms: int) -> int:
@@ -127,10 +124,6 @@ class Like:
     version: int
     liked: bool
     hour: int
-
-
-class NotReplicated(Exception):
-    """No replica acknowledged a fold in time: do not commit its offsets."""
 
 
 # One batch in one atomic step. Each (tweet, user) keeps the newest event
@@ -310,12 +303,7 @@ class TrendingStore:
             info = await self._redis.info("replication", target_nodes=node)
         else:
             info = await self._redis.info("replication")
-        # A replica still syncing acknowledges nothing: count the online ones.
-        self._replicas = sum(
-            1
-            for name, value in info.items()
-            if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
-        )
+        self._replicas = online_replicas(info)
         self._replicas_checked = now
         return self._replicas
 

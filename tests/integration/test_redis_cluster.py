@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
@@ -34,6 +35,7 @@ from common.cache import (
 )
 from common.ids import IdGenerator
 from common.keys import TWEET_DELETED, feed_key, tweet_key
+from common.replica_waits import ReplicaWaits
 from feed_svc.cache import FeedCache
 from infra import topology
 from tests.faults import Proxy, wait_for_async
@@ -143,6 +145,52 @@ async def test_feed_cache_works_on_keys_spread_over_every_primary(rc: RedisClust
         assert await rc.get(tweet_key("body", tweets[2])) == TWEET_DELETED
     finally:
         await delete(rc, [*timelines, *follows, tweet_key("body", tweets[2])])
+
+
+async def test_fanout_writes_wait_for_a_replica_of_every_primary_they_write_to(rc: RedisCluster) -> None:
+    """The fan-out worker's pushes and drops (common/replica_waits.py): one WAIT per primary,
+    sent on the connection its writes went on, and each primary's replica acknowledges."""
+    waits = ReplicaWaits(rc, ack_ms=2000)
+    cache = FeedCache(rc, timeline_size=20, following_ttl=60, celebrity_ttl=60, replica_waits=waits)
+    users, tweets = ids(916, KEYS_PER_TEST), ids(917, 2)
+    timelines = [feed_key("timeline", u) for u in users]
+    every_primary = {n.name for n in rc.get_primaries()}
+    assert primaries_of(rc, timelines) == every_primary
+    try:
+        await cache.push(users, tweets)
+        # Every timeline is on its primary's replica by the time push returned.
+        assert await on_replicas(rc, timelines, str(tweets[1])) == set(timelines)
+
+        async with rc.pipeline() as pipe:
+            for key in timelines:
+                pipe.zadd(key, {"1": 1.0})
+            queued = await waits.queue(pipe, timelines)
+            replies = await pipe.execute()
+        assert {n.name for n in queued.nodes if n is not None} == every_primary  # each has an online replica
+        acks = replies[len(timelines) :]
+        assert len(acks) == len(every_primary) and all(int(a) >= 1 for a in acks)
+        waits.confirm(queued, acks)
+
+        await cache.drop_timelines(users)
+        assert await rc.exists(timelines[0]) == 0
+    finally:
+        await delete(rc, timelines)
+
+
+async def on_replicas(client: RedisCluster, keys: Sequence[str], member: str) -> set[str]:
+    """The keys whose sorted set holds `member` on a replica of their primary."""
+    found: set[str] = set()
+    for key in keys:
+        _, *replicas = client.nodes_manager.slots_cache[key_slot(key.encode())]
+        for node in replicas:
+            replica = aioredis.Redis(host=node.host, port=int(node.port), single_connection_client=True)
+            try:
+                await replica.execute_command("READONLY")
+                if await replica.zscore(key, member) is not None:
+                    found.add(key)
+            finally:
+                await replica.aclose()
+    return found
 
 
 # ---- a failing node --------------------------------------------------------------------

@@ -20,6 +20,7 @@ from common.config import ConfigError
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS
 from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
+from common.replica_waits import NotReplicated
 from feed_svc import config as feed_config
 from feed_svc.cache import FeedCache
 from feed_svc.fanout import CROSSING_BACKFILL, FOLLOW_BACKFILL, UNFOLLOW_SWEEP, Fanout
@@ -607,6 +608,30 @@ def test_the_demotion_bound_defaults_to_a_tenth_under_the_threshold(
 def test_a_demotion_bound_above_the_threshold_is_refused() -> None:
     with pytest.raises(ConfigError, match="CHIRP_CELEBRITY_DEMOTE_BELOW"):
         feed_config.load({"CHIRP_CELEBRITY_THRESHOLD": "100", "CHIRP_CELEBRITY_DEMOTE_BELOW": "101"})
+
+
+async def test_a_backfill_that_fails_leaves_the_author_marked_so_the_retry_backfills() -> None:
+    """The unfollow is applied again from the last commit (its batch failed); had the author
+    stayed unmarked, the retry would find no celebrity and skip the backfill for good."""
+    world = World()
+    await world.follow(READER, STAR)
+    fans = await with_followers(world, STAR, THRESHOLD - 1)
+    posted = await world.post(STAR)
+    real_push = world.cache.push
+    failures = [NotReplicated("no replica acknowledged")]
+
+    async def push_failing_once(user_ids: Sequence[int], tweets: Sequence[int]) -> None:
+        if failures:
+            raise failures.pop()
+        await real_push(user_ids, tweets)
+
+    world.cache.push = push_failing_once  # type: ignore[method-assign]
+    with pytest.raises(NotReplicated):
+        await world.unfollow(fans[0], STAR)
+    assert STAR in world.store.registry  # still pulled meanwhile
+    await world.fanout.handle("unfollow", {"follower_id": fans[0], "followee_id": STAR})  # applied again
+    assert STAR not in world.store.registry
+    assert world.cached(READER) == {posted}
 
 
 async def test_an_unmark_comes_before_the_backfill_reads_recent_tweets() -> None:

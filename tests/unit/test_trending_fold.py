@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -30,12 +31,12 @@ from common.errors import Unavailable
 from common.events import LikeEvent
 from common.ids import id_time_ms, min_id_at_ms
 from common.keys import TWEET_DELETED, tweet_key
+from common.replica_waits import NotReplicated
 from rank_svc.domain import Ranker
 from rank_svc.reads import TrendingCopy, with_current_state
 from rank_svc.store import (
     HOUR_MS,
     Like,
-    NotReplicated,
     PartitionFold,
     TrendingKeys,
     TrendingStore,
@@ -106,6 +107,19 @@ def start_redis(taken: set[int], *extra: str) -> RedisServer:
                 time.sleep(0.05)
         server.stop()
     raise RuntimeError("could not start a private redis-server")
+
+
+async def replica_streaming(client: Any, timeout: float = 10) -> None:
+    """Until a replica of `client`'s server is synced and streaming (after a full sync,
+    which waits for the replica's first ack, up to a second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.set("warm-up", 1)
+            pipe.execute_command("WAIT", 1, 100)
+            if (await pipe.execute())[1] == 1:
+                return
+    raise AssertionError("the replica never acknowledged")
 
 
 @pytest.fixture(scope="module")
@@ -488,14 +502,7 @@ async def test_a_fold_waits_for_the_replica_and_fails_when_none_acknowledges(por
     follower = start_redis(ports, "--replicaof", "127.0.0.1", str(leader.port))
     client = aioredis.Redis(host="127.0.0.1", port=leader.port)
     try:
-        deadline = time.monotonic() + 10
-        # Synced and streaming (after a full sync that waits for the replica's first ack, up to a second).
-        while time.monotonic() < deadline:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.set("warm-up", 1)
-                pipe.execute_command("WAIT", 1, 100)
-                if (await pipe.execute())[1] == 1:
-                    break
+        await replica_streaming(client)
         store = TrendingStore(client, WINDOW, 6.0, replica_ack_ms=300)
         assert await store.replicas() == 1
         await fold_directly(store, [event(1, 10, True, 0.1)])
