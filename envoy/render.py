@@ -34,10 +34,12 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 # envoy/sidecar.py: server reflection (public services only) and health for the edge.
 SIDECAR_CLUSTER = "edge_sidecar"
 SIDECAR_PORT = topology.EDGE_SIDECAR_PORT
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+HEALTH_TIMEOUT = "2s"
 SIDECAR_PREFIXES = (
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",
-    "/grpc.health.v1.Health/",
+    HEALTH_PREFIX,
 )
 
 # gRPC codes used in the JSON body of replies Envoy makes itself.
@@ -593,10 +595,12 @@ def _routes(settings: EdgeSettings) -> list[dict[str, Any]]:
             "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute", disabled=True
         )
     }
+    # Health checks are unary and answered within the sidecar's INSTANCE_TIMEOUT_S:
+    # a stuck sidecar is a 504, not the 408 of the connection's 30 s (which blames the client).
     routes += [
         {
             "match": {"prefix": prefix},
-            "route": {"cluster": SIDECAR_CLUSTER, "timeout": "0s"},
+            "route": {"cluster": SIDECAR_CLUSTER, "timeout": HEALTH_TIMEOUT if prefix == HEALTH_PREFIX else "0s"},
             "typed_per_filter_config": unbuffered,
         }
         for prefix in SIDECAR_PREFIXES

@@ -205,3 +205,17 @@ def test_token_and_identity_settings() -> None:
     )
     assert render.EdgeSettings().login_rps >= 500  # a safety valve; throttling per account lives in graph_svc
     assert stack.EDGE_SIDECAR_PORT == render.SIDECAR_PORT
+
+
+def test_a_health_check_times_out_as_504_and_reflection_streams_do_not() -> None:
+    """A stuck sidecar answers a health check with the route's 504, not the 408 of the
+    connection's 30 s; a reflection stream lasts as long as a tool's session."""
+    by_prefix = {
+        r["match"]["prefix"]: r["route"]
+        for r in _hcm()["route_config"]["virtual_hosts"][0]["routes"]
+        if r["match"].get("prefix") in render.SIDECAR_PREFIXES
+    }
+    assert set(by_prefix) == set(render.SIDECAR_PREFIXES)
+    for prefix, route in by_prefix.items():
+        assert route["cluster"] == render.SIDECAR_CLUSTER
+        assert route["timeout"] == ("2s" if prefix == "/grpc.health.v1.Health/" else "0s"), prefix
