@@ -139,8 +139,9 @@ class Tweets:
         await self._store.insert_tweet(tweet, event)
         if retried and await self._store.was_deleted(tweet_id):
             # The first attempt was still writing when this one looked, and its tweet was
-            # deleted since: this write (newer than the delete) brought it back. Delete it
-            # again; a delete that comes after this read is newer than the write anyway.
+            # deleted since. Its rows stay deleted (they carry the tweet's own time, older
+            # than any delete: TweetStore.insert_tweet), but this write's tweet_created event
+            # is out: delete again, so a tweet_deleted event follows it, and answer 404.
             self._outbox.publish_soon(event)
             await self._remove(tweet)
             raise NotFound(f"the tweet this Idempotency-Key created ({tweet_id}) was deleted")

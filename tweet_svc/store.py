@@ -46,8 +46,10 @@ MONTH_CHECK_SECONDS = REFRESH_INTERVAL_SECONDS
 BUCKETS_LISTED = 4
 
 STATEMENTS = {
-    "insert_tweet": "INSERT INTO tweets (tweet_id, author_id, author_username, text, created_at) VALUES (?, ?, ?, ?, ?)",
-    "insert_user_tweet": "INSERT INTO user_tweets (author_id, bucket, tweet_id) VALUES (?, ?, ?)",
+    # Written at the tweet's own time (its id's), not the write's: see `insert_tweet`.
+    "insert_tweet": "INSERT INTO tweets (tweet_id, author_id, author_username, text, created_at) "
+    "VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?",
+    "insert_user_tweet": "INSERT INTO user_tweets (author_id, bucket, tweet_id) VALUES (?, ?, ?) USING TIMESTAMP ?",
     "insert_bucket": "INSERT INTO user_tweet_buckets (author_id, bucket) VALUES (?, ?)",
     "delete_bucket": "DELETE FROM user_tweet_buckets WHERE author_id = ? AND bucket = ?",
     "month_has_tweets": "SELECT tweet_id FROM user_tweets WHERE author_id = ? AND bucket = ? LIMIT 1",
@@ -100,14 +102,20 @@ class TweetStore:
         return tweet_id if rows[0][0] else int(rows[0].tweet_id)
 
     async def insert_tweet(self, tweet: TweetRecord, event: Event) -> None:
-        """The tweet, its place in the author's list and its event, atomically."""
-        bucket = bucket_of(id_time_ms(tweet.tweet_id))
+        """The tweet, its place in the author's list and its event, atomically.
+
+        The tweet's rows carry its id's time as their write time: a delete, which comes
+        after the tweet existed, is always newer, so no write of the tweet (a retried post
+        still in flight, whatever its clock) can bring back a tweet deleted before it landed.
+        """
+        at_ms = id_time_ms(tweet.tweet_id)
+        bucket = bucket_of(at_ms)
         batch = Batch(BatchType.LOGGED)
         batch.add(
             self._q["insert_tweet"],
-            (tweet.tweet_id, tweet.author_id, tweet.author_username, tweet.text, tweet.created_at),
+            (tweet.tweet_id, tweet.author_id, tweet.author_username, tweet.text, tweet.created_at, at_ms * 1000),
         )
-        batch.add(self._q["insert_user_tweet"], (tweet.author_id, bucket, tweet.tweet_id))
+        batch.add(self._q["insert_user_tweet"], (tweet.author_id, bucket, tweet.tweet_id, at_ms * 1000))
         # A bucket row has no TTL and is deleted only once its month is two months
         # past (`_forget_bucket_if_empty`), when no post can land in it: once a batch
         # that wrote it is acknowledged, later posts of the month need not write it

@@ -12,7 +12,7 @@ import pytest
 from common.buckets import BUCKET_MS, BUCKETS_LISTED_AT_ONCE, bucket_of
 from common.cql import CqlSession
 from common.errors import InvalidArgument
-from common.ids import IdGenerator
+from common.ids import IdGenerator, id_time_ms
 from common.kafka import TOPIC_TWEETS
 from common.outbox import Event, Outbox
 from tests.conftest import build_graph
@@ -148,8 +148,8 @@ async def test_a_past_month_that_deletes_empty_is_listed_no_more(cql: CqlSession
             IdGenerator(922, lambda: at).next_id(), author, "ada", "hi", datetime.fromtimestamp(at / 1000, UTC)
         )
         for statement, params in (
-            (TWEET_STATEMENTS["insert_tweet"], (tweet.tweet_id, author, "ada", "hi", tweet.created_at)),
-            (TWEET_STATEMENTS["insert_user_tweet"], (author, bucket, tweet.tweet_id)),
+            (TWEET_STATEMENTS["insert_tweet"], (tweet.tweet_id, author, "ada", "hi", tweet.created_at, at * 1000)),
+            (TWEET_STATEMENTS["insert_user_tweet"], (author, bucket, tweet.tweet_id, at * 1000)),
             (TWEET_STATEMENTS["insert_bucket"], (author, bucket)),
         ):
             await cql.execute(await cql.prepare(statement), params)
@@ -177,3 +177,29 @@ async def test_a_past_month_that_deletes_empty_is_listed_no_more(cql: CqlSession
     await delete(prev)
     assert await listed() == [previous, kept]
     assert await store.author_tweet_ids(author, 10, None) == [kept_tweets[1].tweet_id]
+
+
+async def test_a_write_of_a_tweet_landing_after_its_delete_does_not_bring_it_back(cql: CqlSession) -> None:
+    """A retried post still in flight when the tweet it made was deleted: its rows carry the
+    tweet's own time, older than the delete, so they stay deleted."""
+    outbox = Outbox(cql, None)
+    await outbox.prepare()
+    store = TweetStore(cql, outbox)
+    await store.prepare()
+    ids = IdGenerator(924)
+    author, tweet_id = ids.next_id(), ids.next_id()
+    created = datetime.fromtimestamp(id_time_ms(tweet_id) / 1000, UTC)
+    tweet = TweetRecord(tweet_id, author, "ada", "deleted for good", created)
+
+    def event(kind: str) -> Event:
+        return Event(ids.next_id(), TOPIC_TWEETS, author, {"type": kind, "tweet_id": tweet_id, "author_id": author})
+
+    await store.insert_tweet(tweet, event("tweet_created"))
+    assert (await store.bodies([tweet_id]))[tweet_id].text == "deleted for good"
+    await store.delete_tweet(tweet, event("tweet_deleted"))
+    await store.settled()
+    await store.insert_tweet(tweet, event("tweet_created"))  # the retry's write lands last
+
+    assert await store.bodies([tweet_id]) == {}
+    assert await store.author_tweet_ids(author, 10, None) == []
+    assert await store.was_deleted(tweet_id)
