@@ -324,11 +324,13 @@ class Graph:
         # Before the event goes out: the fan-out reads the followee's count when it gets it.
         await self._recount(follower, followee, at)
         self._outbox.publish_soon(event)
-        if await self._store.edge_time(follower, followee, serial=True) != at:
+        edge = await self._store.edge_time(follower, followee, serial=True)
+        if edge != at:
             # An unfollow (or a block) that read the edge before these rows were written
-            # has removed it since: these rows would be listed and counted with no edge
-            # left for any unfollow to find them by. The follow came first; undo it.
-            await self._drop_lists(follower, followee, at)
+            # has removed it since (and a newer follow may have made it again): these rows
+            # would be listed and counted with no edge left for any unfollow to find them
+            # by. The follow came first; undo it.
+            await self._drop_lists(follower, followee, at, still_following=edge is not None)
             return
         if self._blocks is not None:
             # A block that landed since the first look removed follows before this edge
@@ -362,12 +364,16 @@ class Graph:
         # again since they were deleted. If it wrote them before this read, they are
         # deleted here; if after, it finds the edge gone and deletes them itself.
         if await self._store.follow_listed(follower, followee, at):
-            await self._drop_lists(follower, followee, at)
+            edge = await self._store.edge_time(follower, followee, serial=True)
+            await self._drop_lists(follower, followee, at, still_following=edge is not None)
 
-    async def _drop_lists(self, follower: int, followee: int, at: datetime) -> None:
+    async def _drop_lists(self, follower: int, followee: int, at: datetime, still_following: bool) -> None:
         """Delete the list rows of the follow made at `at`, whose edge is gone, with an
-        unfollow event after the follow event that listed them."""
-        event = self._event("unfollow", follower, followee, at)
+        event after the follow event that listed them: an unfollow; or, when a newer
+        follow of the pair made the edge again, a follow, so the fan-out does not take
+        the followee's tweets out of a timeline that follows them (the count repair
+        recounts the same lists for either)."""
+        event = self._event("follow" if still_following else "unfollow", follower, followee, at)
         await self._store.delete_follow_lists(follower, followee, at, event)
         await self._recount(follower, followee, at)
         self._outbox.publish_soon(event)

@@ -358,6 +358,26 @@ async def test_a_follow_repeated_while_an_unfollow_runs_leaves_no_rows_without_a
     assert await counts(graph, 2) == (1, 0) and await counts(graph, 1) == (0, 1)
 
 
+async def test_a_follow_undone_after_a_newer_follow_of_the_pair_leaves_it_followed() -> None:
+    """The repeated follow read the edge, then a whole unfollow and a new follow ran before it
+    wrote its rows: it drops its own rows, and its event says "follow", so the fan-out does
+    not take the followee's tweets out of the timeline of a follower who follows them."""
+    graph, store = _build_pausing([1, 2])
+    await graph.follow(1, 2)
+    store.pause_after = "add_edge"
+
+    async def unfollow_then_follow() -> None:
+        await graph.unfollow(1, 2)
+        await graph.follow(1, 2)
+
+    await _interleaved(store, graph.follow(1, 2), unfollow_then_follow())
+
+    (at,) = [at for pair, at in store.edges.items() if pair == (1, 2)]
+    assert store.following_rows[1] == {(at, 2)} and store.listed_followers(2) == 1
+    assert await counts(graph, 2) == (1, 0) and await counts(graph, 1) == (0, 1)
+    assert [e.payload["type"] for e in store.outbox][-1] == "follow"
+
+
 async def test_a_follow_reads_its_edge_serially_once_and_an_unfollow_adds_one_row_read() -> None:
     graph, store = build([1, 2])
     await graph.follow(1, 2)
