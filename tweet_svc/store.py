@@ -53,8 +53,9 @@ STATEMENTS = {
     "insert_bucket": "INSERT INTO user_tweet_buckets (author_id, bucket) VALUES (?, ?)",
     "delete_bucket": "DELETE FROM user_tweet_buckets WHERE author_id = ? AND bucket = ?",
     "month_has_tweets": "SELECT tweet_id FROM user_tweets WHERE author_id = ? AND bucket = ? LIMIT 1",
-    "delete_tweet": "DELETE FROM tweets WHERE tweet_id = ?",
-    "delete_user_tweet": "DELETE FROM user_tweets WHERE author_id = ? AND bucket = ? AND tweet_id = ?",
+    # At least a microsecond after the tweet's own time: see `delete_tweet`.
+    "delete_tweet": "DELETE FROM tweets USING TIMESTAMP ? WHERE tweet_id = ?",
+    "delete_user_tweet": "DELETE FROM user_tweets USING TIMESTAMP ? WHERE author_id = ? AND bucket = ? AND tweet_id = ?",
     "delete_likes": "DELETE FROM tweet_likes WHERE tweet_id = ?",
     "mark_deleted": "INSERT INTO deleted_tweets (tweet_id) VALUES (?)",
     "was_deleted": "SELECT tweet_id FROM deleted_tweets WHERE tweet_id = ?",
@@ -133,8 +134,11 @@ class TweetStore:
     async def delete_tweet(self, tweet: TweetRecord, event: Event) -> None:
         bucket = bucket_of(id_time_ms(tweet.tweet_id))
         batch = Batch(BatchType.LOGGED)
-        batch.add(self._q["delete_tweet"], (tweet.tweet_id,))
-        batch.add(self._q["delete_user_tweet"], (tweet.author_id, bucket, tweet.tweet_id))
+        # Newer than the rows however far the clock of the instance that made the id ran
+        # ahead of this one's (they carry the id's time, `insert_tweet`).
+        at_us = max(time.time_ns() // 1000, id_time_ms(tweet.tweet_id) * 1000 + 1)
+        batch.add(self._q["delete_tweet"], (at_us, tweet.tweet_id))
+        batch.add(self._q["delete_user_tweet"], (at_us, tweet.author_id, bucket, tweet.tweet_id))
         batch.add(self._q["delete_likes"], (tweet.tweet_id,))
         batch.add(self._q["mark_deleted"], (tweet.tweet_id,))
         self._outbox.add_to(batch, event)

@@ -203,3 +203,28 @@ async def test_a_write_of_a_tweet_landing_after_its_delete_does_not_bring_it_bac
     assert await store.bodies([tweet_id]) == {}
     assert await store.author_tweet_ids(author, 10, None) == []
     assert await store.was_deleted(tweet_id)
+
+
+async def test_a_delete_is_newer_than_the_rows_when_the_ids_clock_ran_ahead(cql: CqlSession) -> None:
+    """The rows carry the id's time; the instance that made the id may run ahead of the one
+    deleting. The delete's tombstones are still newer, so the tweet stays deleted."""
+    outbox = Outbox(cql, None)
+    await outbox.prepare()
+    store = TweetStore(cql, outbox)
+    await store.prepare()
+    author = IdGenerator(926).next_id()
+    ahead = IdGenerator(926, lambda: int(time.time() * 1000) + 30_000)  # its clock 30 s ahead
+    tweet_id = ahead.next_id()
+    tweet = TweetRecord(
+        tweet_id, author, "ada", "from the future", datetime.fromtimestamp(id_time_ms(tweet_id) / 1000, UTC)
+    )
+
+    def event(kind: str) -> Event:
+        payload = {"type": kind, "tweet_id": tweet_id, "author_id": author}
+        return Event(IdGenerator(927).next_id(), TOPIC_TWEETS, author, payload)
+
+    await store.insert_tweet(tweet, event("tweet_created"))
+    await store.delete_tweet(tweet, event("tweet_deleted"))
+    await store.settled()
+    assert await store.bodies([tweet_id]) == {}
+    assert tweet_id not in await store.author_tweet_ids(author, 10, None)
