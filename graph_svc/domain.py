@@ -27,8 +27,9 @@ nothing could find again.
 A follow of the same pair running alongside an unfollow can write the rows
 again after the unfollow deleted them (it found the edge still there). So after
 removing the edge the unfollow looks for the rows once more, and a follow, after
-writing them, reads the edge at LOCAL_SERIAL: whichever of the two comes last
-sees the other's work and deletes the rows (`_drop_lists`).
+writing them, reads the edge again: whichever of the two comes last sees the
+other's work and deletes the rows (`_drop_lists`). Both reads are quorum reads:
+each looks after the other's write was acknowledged by a quorum.
 
 Recounts of the same user in one process share runs (`SharedRuns`): a
 celebrity gaining followers quickly costs one recount at a time, not one per
@@ -324,7 +325,9 @@ class Graph:
         # Before the event goes out: the fan-out reads the followee's count when it gets it.
         await self._recount(follower, followee, at)
         self._outbox.publish_soon(event)
-        edge = await self._store.edge_time(follower, followee, serial=True)
+        # A quorum read is enough: an unfollow whose edge removal this read cannot see
+        # yet looks for these rows after that removal (`remove_follow`), and finds them.
+        edge = await self._store.edge_time(follower, followee)
         if edge != at:
             # An unfollow (or a block) that read the edge before these rows were written
             # has removed it since (and a newer follow may have made it again): these rows
@@ -364,7 +367,11 @@ class Graph:
         # again since they were deleted. If it wrote them before this read, they are
         # deleted here; if after, it finds the edge gone and deletes them itself.
         if await self._store.follow_listed(follower, followee, at):
-            edge = await self._store.edge_time(follower, followee, serial=True)
+            try:
+                edge = await self._store.edge_time(follower, followee)
+            except Exception:  # noqa: BLE001 - the edge is gone: a retry would find nothing to finish
+                log.warning("cannot read the edge again; dropping the rows as still followed")
+                edge = at  # the safe event: a follow adds timeline entries, an unfollow removes them
             await self._drop_lists(follower, followee, at, still_following=edge is not None)
 
     async def _drop_lists(self, follower: int, followee: int, at: datetime, still_following: bool) -> None:
