@@ -43,7 +43,7 @@ SIDECAR_PREFIXES = (
 )
 
 # gRPC codes used in the JSON body of replies Envoy makes itself.
-LOCAL_REPLY_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 408: 4, 413: 3, 414: 3, 429: 8, 431: 3, 503: 14, 504: 4}
+LOCAL_REPLY_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 413: 3, 414: 3, 429: 8, 431: 3, 503: 14, 504: 4}
 # The gRPC services' own limit is 16 KiB of metadata (8 KiB soft). A URL counts
 # once in the request line and, transcoded, again in x-envoy-original-path.
 MAX_URL_BYTES = 8 * 1024
@@ -271,9 +271,8 @@ def _query_names(message: Descriptor, field_path: str) -> set[str]:
     """The names a query may give a path field by: the transcoder takes each segment
     by its proto name or its JSON name (tweet_id or tweetId)."""
     names = {field_path}
-    segments = field_path.split(".")
-    if len(segments) == 1 and segments[0] in message.fields_by_name:
-        names.add(message.fields_by_name[segments[0]].json_name)
+    if field_path in message.fields_by_name:  # a top-level field (a sub-field's path has a dot)
+        names.add(message.fields_by_name[field_path].json_name)
     return names
 
 

@@ -24,7 +24,6 @@ from common.cache import (
     ReloadClaims,
     Tolerant,
     deletion_marker,
-    mark_tweet_deleted,
     partial_replies,
     raise_if_all_unanswered,
     run_reads,
@@ -478,13 +477,10 @@ class FeedCache(Tolerant):
         """The fan-out worker's copy of tweet_svc's deletion marker (the durable path:
         it raises while Redis is unavailable, so the event is applied again; and waits
         for a replica, as pushes do, so a failover cannot bring the body back)."""
-        if self._replica_waits is None:
-            await mark_tweet_deleted(self._redis, tweet_id)
-            return
         key, value, ttl_ms = deletion_marker(tweet_id)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(key, value, px=ttl_ms)
-            await self._replica_waits.execute(pipe, [key])
+            await self._execute_replicated(pipe, [key])
 
 
 def _queue_timeline(pipe: Any, user_id: int, before: int | None, limit: int) -> None:

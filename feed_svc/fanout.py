@@ -150,11 +150,7 @@ class Fanout:
         first, token, count = await self._follower_page(author_id, "")
         if count is None:
             count = await self._follower_count(author_id)
-        if count >= self._threshold:
-            await self._mark(author_id, celebrity=True)
-            PUSHED.observe(0)
-            return
-        if await self._stays_celebrity(author_id, count):
+        if await self._pulled(author_id, count):
             PUSHED.observe(0)
             return
         pushed = await self._deliver(first, [(tweet_id, author_id)]) if first else 0
@@ -174,12 +170,8 @@ class Fanout:
 
     async def follow(self, follower_id: int, followee_id: int) -> None:
         await self._cache.drop_following(follower_id)
-        count = await self._follower_count(followee_id)
-        if count >= self._threshold:
-            await self._mark(followee_id, celebrity=True)  # readers pull it from now on
-            return
-        if await self._stays_celebrity(followee_id, count):
-            return  # pulled: nothing to push
+        if await self._pulled(followee_id, await self._follower_count(followee_id)):
+            return  # readers pull it: nothing to push
         recent = await self._recent_ids([followee_id], 0, FOLLOW_BACKFILL)
         await self._cache.push([follower_id], [t for t, _ in recent])
 
@@ -190,9 +182,13 @@ class Fanout:
         if await self._follower_count(followee_id) < self._demote_below and await self._store.is_celebrity(followee_id):
             await self._backfill(followee_id)
 
-    async def _stays_celebrity(self, author_id: int, count: int) -> bool:
-        """Below the threshold but not below the demotion bound: a marked author stays
-        marked and pulled. Only authors in that band cost the registry read."""
+    async def _pulled(self, author_id: int, count: int) -> bool:
+        """Whether readers pull the author's tweets: at or above the threshold (marked
+        now, if it was not), or below it but not below the demotion bound and marked
+        already (only authors in that band cost the registry read)."""
+        if count >= self._threshold:
+            await self._mark(author_id, celebrity=True)
+            return True
         return count >= self._demote_below and await self._store.is_celebrity(author_id)
 
     async def _backfill(self, author_id: int) -> None:

@@ -170,9 +170,7 @@ class Tweets:
             raise PermissionDenied(BLOCKED, reason="BLOCKED")
 
     async def get_many(self, tweet_ids: list[int]) -> list[TweetRecord]:
-        _check_batch(tweet_ids, "tweet_ids")
-        for tweet_id in tweet_ids:
-            _check_id(tweet_id, "tweet_ids")
+        _check_ids(tweet_ids, "tweet_ids")
         return await self.hydrate(list(dict.fromkeys(tweet_ids)))
 
     async def delete(self, user_id: int, tweet_id: int) -> None:
@@ -207,11 +205,9 @@ class Tweets:
 
     async def recent_ids(self, author_ids: list[int], before: int, limit: int) -> list[tuple[int, int]]:
         """(tweet id, author id) of each author's newest tweets below `before` (0: no bound)."""
-        _check_batch(author_ids, "author_ids")
+        _check_ids(author_ids, "author_ids")
         if before < 0:
             raise InvalidArgument("before_tweet_id must not be negative", field="before_tweet_id")
-        for author_id in author_ids:
-            _check_id(author_id, "author_ids")
         authors = list(dict.fromkeys(author_ids))
         # The newest tweets (no `before`) come from Redis where the cache answers.
         newest = not before and limit <= RECENT_DEPTH
@@ -307,9 +303,7 @@ class Tweets:
     async def like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
         """Like counts, acknowledged likes included, of tweets the caller has the bodies of:
         the cache's, the store's where it misses (which fills it)."""
-        _check_batch(tweet_ids, "tweet_ids")
-        for tweet_id in tweet_ids:
-            _check_id(tweet_id, "tweet_ids")
+        _check_ids(tweet_ids, "tweet_ids")
         return await self._counts(list(dict.fromkeys(tweet_ids)))
 
     async def refresh_like_counts(self, tweet_ids: Sequence[int]) -> dict[int, int]:
@@ -320,9 +314,7 @@ class Tweets:
         every read would wait on the store for them at once), but only those the store
         still has: a deleted tweet whose marker Redis lost (a restart from its
         snapshot, a failover) must still leave the cache within a lifetime."""
-        _check_batch(tweet_ids, "tweet_ids")
-        for tweet_id in tweet_ids:
-            _check_id(tweet_id, "tweet_ids")
+        _check_ids(tweet_ids, "tweet_ids")
         ids = list(dict.fromkeys(tweet_ids))
         due, stored_ids = await asyncio.gather(self._cache.refresh_due(ids), self._store.existing(ids))
         await self._cache.renew_bodies([t for t in ids if t in stored_ids])
@@ -381,6 +373,13 @@ def _check_batch(ids: Sequence[int], field: str) -> None:
     """An internal call's ids: at most BATCH_MAX of them."""
     if len(ids) > BATCH_MAX:
         raise InvalidArgument(f"at most {BATCH_MAX} {field.replace('_', ' ')} per call", field=field)
+
+
+def _check_ids(ids: Sequence[int], field: str) -> None:
+    """An internal call's ids: at most BATCH_MAX of them, each positive."""
+    _check_batch(ids, field)
+    for value in ids:
+        _check_id(value, field)
 
 
 def _check_id(value: int, field: str) -> None:
