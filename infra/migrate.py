@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from cassandra import ConsistencyLevel, InvalidRequest
+from cassandra import ConsistencyLevel, InvalidRequest, Unavailable
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
 
 CQL_DIR = Path(__file__).resolve().parent / "cql"
@@ -126,6 +127,31 @@ def use_keyspace(
             sleep(1.0)
 
 
+QUORUM_SECONDS = 60.0
+
+
+def execute_at_quorum(
+    session: Session,
+    query: str,
+    params: Sequence[object] = (),
+    seconds: float = QUORUM_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Any]:
+    """Run a LOCAL_QUORUM statement of the migrations' own bookkeeping. Nodes that
+    have just started open their CQL port before they see each other up in gossip, so
+    the first coordinator may count too few live replicas and answer Unavailable, which
+    is raised before anything is written: ask again, until `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return list(session.execute(query, params))
+        except Unavailable as exc:
+            if time.monotonic() > deadline:
+                raise
+            print(f"too few replicas up yet ({exc.alive_replicas} of {exc.required_replicas} needed); waiting")
+            sleep(1.0)
+
+
 # ---- data steps ----------------------------------------------------------------------
 
 DataStep = Callable[[Sequence[str], int, str], Coroutine[object, object, str]]
@@ -199,27 +225,30 @@ def main() -> int:
             "CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, name text, applied_at timestamp)"
         )
         session.execute("CREATE TABLE IF NOT EXISTS data_migrations (name text PRIMARY KEY, applied_at timestamp)")
-        applied = {row.version for row in session.execute("SELECT version FROM schema_migrations")}
+        applied = {row.version for row in execute_at_quorum(session, "SELECT version FROM schema_migrations")}
         for version, path in migrations():
             if version in applied:
                 continue
             started = time.monotonic()
             for statement in statements(path.read_text()):
                 session.execute(statement)
-            session.execute(
+            execute_at_quorum(
+                session,
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
                 (version, path.name, datetime.now(UTC)),
             )
             applied.add(version)
             print(f"applied {path.name} in {time.monotonic() - started:.1f}s")
         # After every file: a step may use tables of later files through the service's store.
-        done_steps = {row.name for row in session.execute("SELECT name FROM data_migrations")}
+        done_steps = {row.name for row in execute_at_quorum(session, "SELECT name FROM data_migrations")}
         for name, (version, step) in DATA_STEPS.items():
             if name in done_steps or version not in applied:
                 continue
             started = time.monotonic()
             summary = asyncio.run(step(hosts, args.port, args.keyspace))
-            session.execute("INSERT INTO data_migrations (name, applied_at) VALUES (%s, %s)", (name, datetime.now(UTC)))
+            execute_at_quorum(
+                session, "INSERT INTO data_migrations (name, applied_at) VALUES (%s, %s)", (name, datetime.now(UTC))
+            )
             print(f"ran {name} in {time.monotonic() - started:.1f}s: {summary}")
     finally:
         cluster.shutdown()

@@ -1,15 +1,16 @@
 """infra/migrate.py: on a cluster just started, a keyspace just created can be missing
-on the node a statement reaches; USE is asked again until the schema reaches it."""
+on the node a statement reaches; USE is asked again until the schema reaches it. And
+a node can see too few peers up for a quorum; its statements are asked again."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
 import pytest
-from cassandra import InvalidRequest
+from cassandra import InvalidRequest, Unavailable
 from cassandra.cluster import Session
 
-from infra.migrate import use_keyspace
+from infra.migrate import execute_at_quorum, use_keyspace
 
 
 class Agreement:
@@ -55,3 +56,35 @@ def test_another_invalid_request_is_not_retried() -> None:
     with pytest.raises(InvalidRequest):
         use_keyspace(cast(Session, session), "chirp", sleep=lambda s: None)
     assert session.uses == 1
+
+
+class StartingCluster:
+    """A session whose first `unavailable` statements reach a node that sees too few peers up."""
+
+    def __init__(self, unavailable: int) -> None:
+        self.unavailable = unavailable
+        self.calls = 0
+
+    def execute(self, query: str, params: object = ()) -> list[str]:
+        self.calls += 1
+        if self.calls <= self.unavailable:
+            raise Unavailable("Cannot achieve consistency level LOCAL_QUORUM", required_replicas=2, alive_replicas=1)
+        return ["row"]
+
+
+def test_a_quorum_statement_waits_for_the_replicas_to_be_up() -> None:
+    session = StartingCluster(unavailable=2)
+    waits: list[float] = []
+    rows = execute_at_quorum(cast(Session, session), "SELECT name FROM data_migrations", sleep=waits.append)
+    assert rows == ["row"]
+    assert session.calls == 3
+    assert waits == [1.0, 1.0]
+
+
+def test_a_quorum_statement_gives_up_after_its_time() -> None:
+    session = StartingCluster(unavailable=10**6)
+    with pytest.raises(Unavailable):
+        execute_at_quorum(
+            cast(Session, session), "SELECT name FROM data_migrations", seconds=-1.0, sleep=lambda s: None
+        )
+    assert session.calls == 1
