@@ -16,6 +16,8 @@ the policies every Chirp process uses against the CQL store.
   running it (unavailable, overloaded, bootstrapping). A non-idempotent
   statement whose fate is unknown (a timeout, a lost connection) is never
   sent again: the caller sees the error and decides (an LWT can be re-read).
+  A logged batch whose batchlog copy timed out was not applied, so it is sent
+  again to the same coordinator, with a longer request timeout for it.
 - Reads that are slow on one replica are sent to the next one as well
   (speculative execution); the driver only does this for idempotent
   statements, and we keep it to point and slice reads: writes are never
@@ -88,6 +90,13 @@ _Page = tuple[list[Any], bytes | None]
 READ_PROFILE = "reads"
 # At RF 3 a statement can be tried on each of the other two replicas.
 MAX_RETRIES = 2
+# A logged batch whose batchlog copy went to a node killed but not yet convicted (about
+# 12 s, docs/RELIABILITY.md) times out at the coordinator after the cluster's write timeout
+# (1 s, infra/jvm.py) and is sent again; each try picks that node with even odds. Its
+# request timeout leaves room for a third pick after two such timeouts, still inside the
+# edge's 2.5 s per try of a write (envoy/render.py); a fourth could not finish in it.
+LOGGED_BATCH_TIMEOUT_SECONDS = 2.3
+BATCH_LOG_RETRIES = 3
 # A read still unanswered after this long is also sent to the next replica,
 # at most twice: well above a healthy read (a few ms) so a loaded cluster is
 # not doubled, well below the 2 s request timeout so a stalled replica costs
@@ -278,6 +287,14 @@ class RetryPolicy(driver_policies.RetryPolicy):
         received_responses: int,
         retry_num: int,
     ) -> tuple[int, Any]:
+        if write_type == WriteType.BATCH_LOG:
+            # The coordinator's copy to another node's batchlog timed out, and it sends a
+            # logged batch's writes only after that copy is made: nothing was applied, so
+            # any batch may go again. To the same coordinator, which picks that node again
+            # at random among those it believes up (a killed node until it is convicted);
+            # the next host instead would run out of a plan of two live nodes. At the batch's
+            # own consistency (None): the error names the batchlog copy's (ONE).
+            return (self.RETRY, None) if retry_num < BATCH_LOG_RETRIES else (self.RETHROW, None)
         # The write may or may not have been applied: only repeat one whose repetition is harmless.
         # CAS and COUNTER are never idempotent, whatever the statement claims.
         if retry_num >= MAX_RETRIES or write_type in (WriteType.CAS, WriteType.COUNTER) or not _idempotent(query):
@@ -451,12 +468,17 @@ class CqlSession:
         self._answered_at = self._clock()
         return rows
 
+    def _timeout_of(self, statement: Any) -> float:
+        if isinstance(statement, BatchStatement) and statement.batch_type == BatchType.LOGGED:
+            return max(self._default_timeout, LOGGED_BATCH_TIMEOUT_SECONDS)
+        return self._default_timeout
+
     async def _page(self, statement: Any, params: Sequence[Any] | None, paging_state: bytes | None) -> _Page:
         """One page of rows and the paging state of the next (None after the last)."""
         future: ResponseFuture = self._session.execute_async(
             statement,
             params,
-            timeout=deadlines.timeout(self._default_timeout),
+            timeout=deadlines.timeout(self._timeout_of(statement)),
             execution_profile=profile_for(_query_text(statement)),
             paging_state=paging_state,
         )

@@ -1,14 +1,17 @@
 """A statement's rows are each returned once, though the driver may pass an answer on
 twice: with speculative execution two replicas answer the same request, and the
 driver hands each answer to the callbacks (a read by primary key once returned its
-one row twice, right after a node came back). Each page is a request of its own."""
+one row twice, right after a node came back). Each page is a request of its own,
+with its timeout: a logged batch's is longer."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from common.cql import CqlSession
+from cassandra.query import BatchStatement, BatchType
+
+from common.cql import LOGGED_BATCH_TIMEOUT_SECONDS, CqlSession
 
 Rows = list[tuple[Any, ...]]
 
@@ -78,3 +81,29 @@ async def test_pages_with_equal_rows_are_all_returned() -> None:
     # empty pages (all tombstones) come with more to follow.
     pages: list[Rows] = [[(5,)], [(5,)], [], [], [(5,)]]
     assert await rows_of(PagedDriver(pages, twice=set())) == [(5,), (5,), (5,)]
+
+
+class TimedDriver:
+    """Records each request's timeout and answers it with no rows."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def execute_async(
+        self, statement: Any, params: Any, timeout: float, execution_profile: object, paging_state: bytes | None
+    ) -> Answer:
+        self.timeouts.append(timeout)
+        return Answer([], None)
+
+
+async def test_a_logged_batch_has_room_for_another_batchlog_pick() -> None:
+    driver = TimedDriver()
+    session = CqlSession(None, driver, 2.0)
+    logged, unlogged = BatchStatement(BatchType.LOGGED), BatchStatement(BatchType.UNLOGGED)
+    for statement in (logged, unlogged, "INSERT INTO t (k) VALUES (1)"):
+        await session.execute(statement)
+    assert driver.timeouts == [LOGGED_BATCH_TIMEOUT_SECONDS, 2.0, 2.0]
+    assert LOGGED_BATCH_TIMEOUT_SECONDS > 2.0
+    # A longer default is kept.
+    await CqlSession(None, driver, 5.0).execute(logged)
+    assert driver.timeouts[-1] == 5.0

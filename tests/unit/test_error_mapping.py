@@ -242,7 +242,7 @@ async def test_interceptor_aborts_with_the_rich_status(error: BaseException, cod
 # ---- store errors: retried only when repeating is harmless ---------------------------------
 
 POLICY = cql.RetryPolicy()
-RETRY_NEXT, RETHROW = cql.RetryPolicy.RETRY_NEXT_HOST, cql.RetryPolicy.RETHROW
+RETRY_NEXT, RETRY_SAME, RETHROW = cql.RetryPolicy.RETRY_NEXT_HOST, cql.RetryPolicy.RETRY, cql.RetryPolicy.RETHROW
 
 
 def _statement(query: str) -> SimpleStatement:
@@ -297,6 +297,18 @@ def test_write_timeouts_are_retried_elsewhere_only_for_idempotent_writes() -> No
     assert decide(COUNTER, WriteType.COUNTER) == RETHROW
     # Even a statement wrongly marked idempotent is not repeated as a CAS or counter write.
     assert decide(UPSERT, WriteType.CAS) == RETHROW and decide(UPSERT, WriteType.COUNTER) == RETHROW
+
+
+def test_a_batchlog_timeout_sends_any_batch_again_to_the_same_coordinator() -> None:
+    # Nothing of the batch was applied; the error's consistency (the batchlog copy's ONE) is not kept.
+    for statement in (UPSERT, LWT):
+        for retry_num in range(cql.BATCH_LOG_RETRIES):
+            decision = POLICY.on_write_timeout(statement, ConsistencyLevel.ONE, WriteType.BATCH_LOG, 1, 0, retry_num)
+            assert decision == (RETRY_SAME, None)
+        last = POLICY.on_write_timeout(
+            statement, ConsistencyLevel.ONE, WriteType.BATCH_LOG, 1, 0, cql.BATCH_LOG_RETRIES
+        )
+        assert last[0] == RETHROW
 
 
 def test_reads_and_refusals_are_retried_on_another_replica() -> None:
