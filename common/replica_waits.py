@@ -15,8 +15,9 @@ acknowledge in time fails the call with `NotReplicated`, so the batch is not
 committed and is applied again (its writes are idempotent). A primary with no
 online replica (a standalone Redis; a cluster shard while its replica is away)
 gets no WAIT: there is nothing to wait for, and waiting would only stall the
-worker. Replica counts come from INFO replication, read at most every
-REPLICAS_CHECK_SECONDS per node.
+worker. A replica that has acknowledged nothing for a few seconds counts as away.
+Replica counts come from INFO replication, read at most every
+REPLICAS_CHECK_SECONDS per node, and again after a failed WAIT.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ from common.cache import TIMEOUT_SECONDS, RedisClient
 # (and its count read again), not a timeout of the whole pipeline.
 REPLICA_ACK_MS = 400
 REPLICAS_CHECK_SECONDS = 5.0
+# A replica acknowledges its primary's stream every second; INFO's `lag` is the seconds
+# since its last acknowledgement. One silent for longer is hung (stopped, cut off), though
+# its primary calls it online until repl-timeout (60 s): counted, every WAIT on its
+# primary would fail and hold the worker's batch back that long. Not counted, the
+# primary is one whose replica is away, as while it resyncs.
+REPLICA_LAG_SECONDS = 2
 
 
 assert REPLICA_ACK_MS < TIMEOUT_SECONDS * 1000
@@ -45,12 +52,15 @@ class NotReplicated(Exception):
 
 
 def online_replicas(info: dict[str, Any]) -> int:
-    """Replicas in an INFO replication reply that acknowledge writes (a replica still
-    syncing does not)."""
+    """Replicas in an INFO replication reply that acknowledge writes: not one still
+    syncing, nor one silent for longer than REPLICA_LAG_SECONDS."""
     return sum(
         1
         for name, value in info.items()
-        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+        if name.startswith("slave")
+        and isinstance(value, dict)
+        and value.get("state") == "online"
+        and int(value.get("lag", 0)) <= REPLICA_LAG_SECONDS
     )
 
 

@@ -14,10 +14,17 @@ from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.cache import TIMEOUT_SECONDS, RedisClient, connect_redis
 from common.keys import TWEET_DELETED, tweet_key
-from common.replica_waits import REPLICAS_CHECK_SECONDS, NotReplicated, ReplicaWaits, online_replicas
+from common.replica_waits import (
+    REPLICA_LAG_SECONDS,
+    REPLICAS_CHECK_SECONDS,
+    NotReplicated,
+    ReplicaWaits,
+    online_replicas,
+)
 from feed_svc.cache import FeedCache
 from tests.unit.test_trending_fold import replica_streaming, start_redis
 
@@ -87,6 +94,9 @@ def _cache(redis: Redis, clock: Clock) -> FeedCache:
 def test_only_online_replicas_acknowledge() -> None:
     info = {"slave0": {"state": "online"}, "slave1": {"state": "wait_bgsave"}, "slave_read_only": 1}
     assert online_replicas(info) == 1
+    silent = {"slave0": {"state": "online", "lag": REPLICA_LAG_SECONDS + 1}}
+    assert online_replicas(silent) == 0
+    assert online_replicas({"slave0": {"state": "online", "lag": REPLICA_LAG_SECONDS}}) == 1
 
 
 async def test_a_push_waits_for_a_replica_after_its_writes_on_their_connection() -> None:
@@ -153,6 +163,18 @@ async def test_a_push_is_on_the_replica_when_it_returns_and_fails_when_the_repli
         with pytest.raises(NotReplicated):
             await cache.push([1], [6])
         assert time.monotonic() - started < TIMEOUT_SECONDS + 0.3  # WAIT gave up before the socket did
+        # Its primary calls it online until repl-timeout (60 s); once it has been silent
+        # for longer than REPLICA_LAG_SECONDS it counts as away, and pushes go on.
+        failed = 1
+        while True:
+            try:
+                await cache.push([1], [6])
+                break
+            except (NotReplicated, RedisTimeoutError):  # a WAIT answered late: failed as well
+                failed += 1
+                assert time.monotonic() - started < REPLICA_LAG_SECONDS + 3, f"{failed} pushes failed"
+        assert await client.zscore("tl:1", "6") is not None
+        os.kill(follower.process.pid, signal.SIGCONT)
     finally:
         await client.aclose()
         await replica.aclose()
