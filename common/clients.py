@@ -91,6 +91,11 @@ class Peers:
         )
         return [(a.user_id, a.follower_count) for a in reply.accounts], reply.truncated
 
+    async def follows(self, follower_id: int, followee_id: int) -> bool:
+        """Whether the follow edge exists now (a quorum read of the edge in graph_svc)."""
+        followed, _ = await self.following_ids(follower_id, [followee_id])
+        return bool(followed)
+
     async def user(self, user_id: int) -> graph_pb2.User:
         reply = await self._graph.GetUser(graph_pb2.GetUserRequest(user_id=user_id), **call_options(TIMEOUT))  # type: ignore[arg-type]
         return reply.user

@@ -83,6 +83,8 @@ FollowerCount = Callable[[int], Awaitable[int]]
 FollowerPage = Callable[[int, str], Awaitable[tuple[list[int], str, int | None]]]
 # (author ids, before or 0, limit per author) -> [(tweet id, author id)]
 RecentIds = Callable[[Sequence[int], int, int], Awaitable[list[tuple[int, int]]]]
+# (follower id, followee id) -> whether the follow edge exists now
+Follows = Callable[[int, int], Awaitable[bool]]
 
 
 class Fanout:
@@ -97,6 +99,7 @@ class Fanout:
         keys_at_once: int = 4,
         activity: ActiveReaders | None = None,
         demote_below: int | None = None,
+        follows: Follows | None = None,
     ) -> None:
         self._cache = cache
         self._store = store
@@ -107,6 +110,7 @@ class Fanout:
         self._demote_below = celebrity_threshold if demote_below is None else demote_below
         self._keys_at_once = keys_at_once
         self._activity = activity
+        self._follows = follows
 
     async def __call__(self, messages: Sequence[Message]) -> None:
         """Apply a batch. Events with the same key (one author's tweets, one user's
@@ -170,6 +174,8 @@ class Fanout:
 
     async def follow(self, follower_id: int, followee_id: int) -> None:
         await self._cache.drop_following(follower_id)
+        if not await self._edge_is(follower_id, followee_id, True):
+            return  # unfollowed since: the unfollow's event swept, or sweeps, these tweets
         if await self._pulled(followee_id, await self._follower_count(followee_id)):
             return  # readers pull it: nothing to push
         recent = await self._recent_ids([followee_id], 0, FOLLOW_BACKFILL)
@@ -177,10 +183,24 @@ class Fanout:
 
     async def unfollow(self, follower_id: int, followee_id: int) -> None:
         await self._cache.drop_following(follower_id)
+        if not await self._edge_is(follower_id, followee_id, False):
+            return  # followed again since: sweeping would take out tweets the new follow pushed
         recent = [t for t, _ in await self._recent_ids([followee_id], 0, UNFOLLOW_SWEEP)]
         await self._cache.remove([follower_id], recent)
         if await self._follower_count(followee_id) < self._demote_below and await self._store.is_celebrity(followee_id):
             await self._backfill(followee_id)
+
+    async def _edge_is(self, follower_id: int, followee_id: int, following: bool) -> bool:
+        """Whether the edge is as the event says. Events of one pair can come out of order
+        (a fast send that failed and went again after the next event, the outbox relay
+        after a crash, a repeat after a lost published mark, two graph_svc instances), and
+        an unfollow applied after the follow that undid it took the followee's tweets out
+        of a timeline that follows them, for good: timelines are rebuilt only when missing.
+        Each event removes or adds its edge before it is sent, so acting only when the
+        edge is as it says leaves the timeline as the last change of the pair wants it."""
+        if self._follows is None:
+            return True
+        return await self._follows(follower_id, followee_id) == following
 
     async def _pulled(self, author_id: int, count: int) -> bool:
         """Whether readers pull the author's tweets: at or above the threshold (marked

@@ -36,6 +36,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         cfg.fanout_keys_at_once,
         ActiveReaders(parts.cache, cfg.active_days),
         cfg.celebrity_demote_below,
+        parts.peers.follows,
     )
     loop = ConsumerLoop(
         GROUP,

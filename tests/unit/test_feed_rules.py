@@ -80,6 +80,9 @@ class Graph:
         end = start + self.PAGE
         return everyone[start:end], str(end) if end < len(everyone) else "", None if token else len(everyone)
 
+    async def has_edge(self, follower_id: int, followee_id: int) -> bool:
+        return followee_id in self.follows.get(follower_id, set())
+
     async def following_ids(self, user_id: int, among: Sequence[int]) -> tuple[list[tuple[int, int]], bool]:
         followed = sorted(self.follows.get(user_id, set()))
         if among:
@@ -186,6 +189,7 @@ class World:
             self.tweets.recent_ids,
             THRESHOLD,
             demote_below=self.demote_below,
+            follows=self.graph.has_edge,
         )
 
     # events: written where their service writes them, then applied as the worker would
@@ -459,6 +463,36 @@ async def test_unfollowing_sweeps_the_followees_tweets_out_of_the_timeline() -> 
     assert world.cached(READER) == others
     assert (await world.page(READER, size=500))[0] == newest_first(others)
     assert set(posted) - others == set(world.tweets.by(NORMAL))  # still tweets, no longer in this timeline
+
+
+async def test_an_unfollow_applied_after_the_follow_that_undid_it_sweeps_nothing() -> None:
+    # Unfollowed and followed again, the unfollow's event coming last (its first send
+    # failed and went again, or the outbox relay sent it after a crash).
+    world = World()
+    await world.follow(READER, NORMAL)
+    posted = [await world.post(NORMAL) for _ in range(5)]
+    await world.page(READER)
+    world.graph.follows[READER].discard(NORMAL)  # the unfollow; its event is late
+    await world.follow(READER, NORMAL)
+
+    await world.fanout.handle("unfollow", {"follower_id": READER, "followee_id": NORMAL})
+
+    assert world.cached(READER) == set(posted)
+    assert (await world.page(READER))[0] == newest_first(posted)
+
+
+async def test_a_follow_applied_after_its_unfollow_pushes_nothing() -> None:
+    world = World()
+    for _ in range(5):
+        await world.post(NORMAL)
+    await world.page(READER)
+    world.graph.follows.setdefault(READER, set()).add(NORMAL)  # the follow; its event is late
+    await world.unfollow(READER, NORMAL)
+
+    await world.fanout.handle("follow", {"follower_id": READER, "followee_id": NORMAL})
+
+    assert world.cached(READER) == set()
+    assert (await world.page(READER))[0] == []
 
 
 async def test_unfollowing_a_celebrity_stops_pulling_it_at_once() -> None:
