@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from chirp.graph.v1 import graph_pb2
@@ -37,21 +38,22 @@ class Ranker:
         self._follower_weight = follower_weight
 
     async def recompute(self) -> int:
-        with RECOMPUTE.time():
-            epoch = await self._store.begin_recompute()
-            decayed = await self._store.decayed_top(CANDIDATES)
-            tweets = {t.tweet_id: t for t in await self._batch_tweets([t for t, s in decayed if s > 0])}
-            authors = {
-                u.user_id: u.follower_count for u in await self._users(list({t.author_id for t in tweets.values()}))
-            }
-            candidates = [
-                Candidate(tweet_id, likes, authors.get(tweets[tweet_id].author_id, 0))
-                for tweet_id, likes in decayed
-                if tweet_id in tweets
-            ]
-            ranked = top_k(candidates, MAX_TRENDING, self._follower_weight)
-            if not await self._store.save([tweets[t] for t in ranked], epoch):
-                log.info("a later recompute saved first; this list is dropped", extra={"epoch": epoch})
+        started = time.perf_counter()
+        epoch = await self._store.begin_recompute()
+        decayed = await self._store.decayed_top(CANDIDATES)
+        tweets = {t.tweet_id: t for t in await self._batch_tweets([t for t, s in decayed if s > 0])}
+        authors = {u.user_id: u.follower_count for u in await self._users(list({t.author_id for t in tweets.values()}))}
+        candidates = [
+            Candidate(tweet_id, likes, authors.get(tweets[tweet_id].author_id, 0))
+            for tweet_id, likes in decayed
+            if tweet_id in tweets
+        ]
+        ranked = top_k(candidates, MAX_TRENDING, self._follower_weight)
+        if not await self._store.save([tweets[t] for t in ranked], epoch):
+            log.info("a later recompute saved first; this list is dropped", extra={"epoch": epoch})
+        # Counted only once finished: ChirpTrendingStale (infra/prometheus/alerts.yml) fires on
+        # no count for 15 minutes, and a timer counts a recompute that raised as well.
+        RECOMPUTE.observe(time.perf_counter() - started)
         TRENDING_SIZE.set(len(ranked))
         return len(ranked)
 

@@ -26,6 +26,7 @@ import pytest
 import redis.asyncio as aioredis
 from chirp.graph.v1 import graph_pb2
 from chirp.tweet.v1 import tweet_pb2
+from prometheus_client import REGISTRY
 
 from common.errors import Unavailable
 from common.events import LikeEvent
@@ -542,6 +543,30 @@ async def test_recompute_ranks_decayed_likes_lifted_by_followers_and_drops_delet
 
     assert await Ranker(store, batch_tweets, users, 0.25).recompute() == 3
     assert [t.tweet_id for t in await store.load()] == [1, 3, 2]
+
+
+async def test_only_a_finished_recompute_is_counted(store: TrendingStore) -> None:
+    # ChirpTrendingStale fires when no recompute was counted for 15 minutes.
+    def counted() -> float:
+        return REGISTRY.get_sample_value("chirp_rank_recompute_seconds_count") or 0.0
+
+    async def failing(ids: Sequence[int]) -> list[tweet_pb2.Tweet]:
+        raise RuntimeError("tweet_svc is unavailable")
+
+    async def no_users(ids: Sequence[int]) -> list[graph_pb2.User]:
+        return []
+
+    await fold_directly(store, [event(1, 1, True, 0.2)])
+    before = counted()
+    with pytest.raises(RuntimeError):
+        await Ranker(store, failing, no_users, 0.25).recompute()
+    assert counted() == before
+
+    async def no_tweets(ids: Sequence[int]) -> list[tweet_pb2.Tweet]:
+        return []
+
+    await Ranker(store, no_tweets, no_users, 0.25).recompute()
+    assert counted() == before + 1
 
 
 async def test_a_recompute_that_started_earlier_never_overwrites_a_later_ones_list(store: TrendingStore) -> None:
