@@ -212,10 +212,7 @@ class ConsumerLoop:
                 await self.run_once()
                 failures = 0
                 FAILURES.labels(self.group).set(0)
-                now = asyncio.get_running_loop().time()
-                if now >= lag_due:  # not on every batch
-                    lag_due = now + LAG_INTERVAL_SECONDS
-                    LAG.labels(self.group).set(await self.lag())
+                lag_due = await self._report_lag(lag_due)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # resume from the last committed offsets (logged with its traceback)
@@ -227,6 +224,24 @@ class ConsumerLoop:
                 await asyncio.sleep(retry_pause(failures))
                 failures += 1
                 await self._read_again(exc)
+                # Back at the last commit: a group whose batches keep failing shows its lag
+                # growing (dashboards, ChirpConsumerLagGrowing), not the value of its last success.
+                lag_due = await self._report_lag(lag_due)
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def _report_lag(self, due: float) -> float:
+        """Set the lag gauge if it is due (not on every batch); returns when it is next due."""
+        now = self._now()
+        if now < due:
+            return due
+        try:
+            LAG.labels(self.group).set(await self.lag())
+        except Exception as exc:  # noqa: BLE001 - Kafka may be what fails; the next one tells
+            log.debug("could not read the consumer lag: %r", exc)
+        return now + LAG_INTERVAL_SECONDS
 
     async def _read_again(self, failure: Exception) -> None:
         """Back to the last commit: the same client rewound, so the group does not

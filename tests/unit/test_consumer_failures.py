@@ -218,3 +218,37 @@ async def test_a_fatal_commit_error_fails_the_batch() -> None:
     loop = ConsumerLoop("g", lambda: consumer, apply, 10, 0.01)  # type: ignore[arg-type,return-value]
     with pytest.raises(KafkaException):
         await loop.run_once()
+
+
+async def test_the_lag_gauge_keeps_growing_while_batches_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    # ChirpConsumerLagGrowing and the dashboards read it: it must not freeze at the
+    # value of the last batch that succeeded.
+    class Growing(FailingConsumer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.behind = 0
+
+        def lag(self) -> int:
+            self.behind += 100  # events keep arriving while the group stays at its last commit
+            return self.behind
+
+    failures = 0
+
+    async def apply(messages: Sequence[Any]) -> None:
+        nonlocal failures
+        failures += 1
+        if failures > 3:
+            raise asyncio.CancelledError
+        raise TimeoutError("store down")
+
+    async def no_pause(seconds: float) -> None:
+        pass
+
+    clock = iter(float(t) for t in range(0, 1000, 10))  # each lag check finds it due
+    monkeypatch.setattr(worker.asyncio, "sleep", no_pause)
+    monkeypatch.setattr(ConsumerLoop, "_now", staticmethod(lambda: next(clock)))
+    consumer = Growing()
+    loop = ConsumerLoop("lagging", lambda: consumer, apply, 10, 0.01)  # type: ignore[arg-type,return-value]
+    with pytest.raises(asyncio.CancelledError):
+        await loop.run_forever()
+    assert worker.LAG.labels("lagging")._value.get() == 300  # read after each of the three failures
