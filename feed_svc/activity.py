@@ -44,6 +44,11 @@ REMEMBERED_READERS = 100_000
 # A record outlives any sensible window; once it expires the account is unknown
 # again, so pushed to for one more window before it is skipped.
 RECORD_TTL_SECONDS = 400 * DAY_SECONDS
+# A timeline lives this much longer than the window after its reader's last
+# recorded read (FeedCache's timeline_ttl): one read within the window renews it,
+# and the timeline of a reader gone for good expires, where it stayed until a
+# fan-out found them inactive, which never came if nobody they follow posts.
+TIMELINE_GRACE_DAYS = 1.0
 # Newest tweets pulled per followed account when a timeline is rebuilt: what
 # tweet_svc serves from its cache (its RECENT_DEPTH).
 REBUILD_DEPTH = 50

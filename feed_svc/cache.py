@@ -153,9 +153,15 @@ class FeedCache(Tolerant):
         following_ttl: float,
         celebrity_ttl: float,
         replica_waits: ReplicaWaits | None = None,
+        timeline_ttl: float | None = None,
     ) -> None:
         super().__init__(redis)
         self._redis = redis
+        # A timeline lives this long after its reader's last recorded read (`mark_read`
+        # renews it), so the timeline of a reader gone for good is not kept forever:
+        # the fan-out worker drops an inactive reader's timeline only when it has a
+        # tweet for them. None: no lifetime (tests).
+        self._timeline_ttl_ms = None if timeline_ttl is None else max(1, int(timeline_ttl * 1000))
         # The fan-out worker's: its pushes and drops wait for a replica before the
         # batch is committed (common/replica_waits.py). Reads never wait.
         self._replica_waits = replica_waits
@@ -193,6 +199,10 @@ class FeedCache(Tolerant):
                 pipe.zadd(key, entries)
                 if trims(user_id, tweets):
                     pipe.zremrangebyrank(key, 0, -(self._size + 2))
+                    if self._timeline_ttl_ms is not None:
+                        # A timeline made by pushes alone (its reader never read since)
+                        # gets its lifetime here; one read since keeps renewing it.
+                        pipe.pexpire(key, self._timeline_ttl_ms, nx=True)
             await self._execute_replicated(pipe, keys)
 
     async def remove(self, user_ids: Sequence[int], tweets: Sequence[int]) -> None:
@@ -227,6 +237,8 @@ class FeedCache(Tolerant):
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(key, entries)
             pipe.zremrangebyrank(key, 0, -(self._size + 2))
+            if self._timeline_ttl_ms is not None:
+                pipe.pexpire(key, self._timeline_ttl_ms)
             pipe.zrevrange(key, 0, self._size)
             *_, members = await pipe.execute()
         return [int(m) for m in members if _text(m) != BUILT]
@@ -432,7 +444,11 @@ class FeedCache(Tolerant):
             self._read_marks, self._recording = ReadMarks(), set()
         self._read_marks.forget(user_id)  # until written
         now_ms = int(time.time() * 1000)
-        await self._redis.set(read_record_key(user_id), str(now_ms), px=int(RECORD_TTL_SECONDS * 1000))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(read_record_key(user_id), str(now_ms), px=int(RECORD_TTL_SECONDS * 1000))
+            if self._timeline_ttl_ms is not None:
+                pipe.pexpire(_timeline(user_id), self._timeline_ttl_ms)
+            await pipe.execute()
         self._read_marks.written(user_id)
         return True
 

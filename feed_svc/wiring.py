@@ -10,6 +10,7 @@ from common.cql import CqlSession
 from common.hidden import HiddenAuthorsCache, RedisHiddenStore
 from common.replica_waits import ReplicaWaits
 from common.singleflight import Rebuilds
+from feed_svc.activity import DAY_SECONDS, TIMELINE_GRACE_DAYS
 from feed_svc.cache import FeedCache
 from feed_svc.config import FeedConfig
 from feed_svc.store import CelebrityStore
@@ -40,7 +41,14 @@ async def build(cfg: FeedConfig, replicated_writes: bool = False) -> FeedParts:
     store = CelebrityStore(cql)
     await store.prepare()
     waits = ReplicaWaits(redis) if replicated_writes else None
-    cache = FeedCache(redis, cfg.timeline_size, cfg.following_cache_seconds, cfg.celebrity_cache_seconds, waits)
+    cache = FeedCache(
+        redis,
+        cfg.timeline_size,
+        cfg.following_cache_seconds,
+        cfg.celebrity_cache_seconds,
+        waits,
+        timeline_ttl=(cfg.active_days + TIMELINE_GRACE_DAYS) * DAY_SECONDS,
+    )
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
     rebuilds = Rebuilds()
     hidden = HiddenAuthorsCache(

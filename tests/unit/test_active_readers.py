@@ -15,15 +15,18 @@ from feed_svc.activity import (
     DAY_SECONDS,
     RECORD_EVERY_SECONDS,
     RECORD_TTL_SECONDS,
+    TIMELINE_GRACE_DAYS,
     ActiveReaders,
     ReadMarks,
     read_record_key,
     rebuilt_timeline,
     split_by_activity,
 )
+from feed_svc.cache import FeedCache
 from feed_svc.fanout import Fanout
 from feed_svc.store import CelebrityStore
 from tests.unit.test_feed_rules import THRESHOLD, World, newest_first
+from tests.unit.test_redis_cluster_safety import client
 
 WINDOW_DAYS = 30.0
 AUTHOR, ACTIVE, AWAY, NEWCOMER = 101, 201, 202, 203
@@ -217,3 +220,35 @@ async def test_a_rebuild_writes_nothing_while_redis_does_not_take_the_read_recor
     # old record): the pull is served and nothing is cached.
     assert (await world.page(ACTIVE))[0] == newest_first(pushed)
     assert feed_key("timeline", ACTIVE) not in world.redis.data
+
+
+# ---- a timeline's lifetime -----------------------------------------------------------------
+
+
+async def test_a_timeline_lives_a_day_past_the_window_after_its_readers_last_recorded_read() -> None:
+    world, _ = reading_world()
+    ttl_ms = int((WINDOW_DAYS + TIMELINE_GRACE_DAYS) * DAY_SECONDS * 1000)
+    cache = FeedCache(client(world.redis), 800, 60, 5, timeline_ttl=(WINDOW_DAYS + TIMELINE_GRACE_DAYS) * DAY_SECONDS)
+    key = feed_key("timeline", ACTIVE)
+
+    await cache.rebuild(ACTIVE, [5, 6])  # a read's rebuild: the lifetime starts
+    assert world.redis.ttl_ms[key] == ttl_ms
+    world.redis.ttl_ms[key] = 1_000  # nearly gone: the reader reads again
+    assert await cache.mark_read(ACTIVE)
+    assert world.redis.ttl_ms[key] == ttl_ms
+
+    # A timeline made by pushes alone (a follower who never read) gets one at its trim
+    # (a backfill always trims); a push never shortens one a read renewed.
+    await cache.push([NEWCOMER], [7, 8])
+    assert world.redis.ttl_ms[feed_key("timeline", NEWCOMER)] == ttl_ms
+    world.redis.ttl_ms[key] = ttl_ms + 5
+    await cache.push([ACTIVE], [9, 10])
+    assert world.redis.ttl_ms[key] == ttl_ms + 5
+
+
+async def test_without_a_lifetime_timelines_have_none() -> None:
+    world, _ = reading_world()  # its FeedCache has no timeline lifetime
+    await world.cache.rebuild(ACTIVE, [5])
+    await world.cache.push([NEWCOMER], [7, 8])
+    assert await world.cache.mark_read(ACTIVE)
+    assert not set(world.redis.ttl_ms) & {feed_key("timeline", u) for u in (ACTIVE, NEWCOMER)}
