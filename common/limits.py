@@ -152,6 +152,11 @@ class Counters(Protocol):
 WITHOUT_REDIS = "per-user limits fail open and failed logins are counted in each instance"
 
 
+# A give-back to a counter whose window ended meanwhile would make it anew at -1, with
+# no TTL: kept for ever unless its subject is counted again, and one attempt too many.
+GIVE_BACK_SCRIPT = "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end return 0"
+
+
 class RedisCounters(Tolerant):
     """Counters in shared Redis; answer None while Redis is unreachable (and for a second after)."""
 
@@ -176,7 +181,7 @@ class RedisCounters(Tolerant):
     async def give_back(self, keys: Sequence[str]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                pipe.decr(key)
+                pipe.eval(GIVE_BACK_SCRIPT, 1, key)
             await pipe.execute()
 
 

@@ -44,6 +44,10 @@ async def test_redis_counters_count_per_window_and_heal_a_counter_without_ttl() 
         assert 59_000 < second.remaining_ms <= 60_000
         await counters.give_back([key])
         assert (await counters.hit([(key, 60_000)]) or [])[0].count == 2
+        # A give-back after the window ended does not make the counter anew (at -1, no TTL).
+        await redis.delete(key)
+        await counters.give_back([key])
+        assert await redis.exists(key) == 0
         # A counter whose PEXPIRE never arrived (a cut connection) gets its TTL on the next hit.
         await redis.set(bare, 7)
         (hit,) = await counters.hit([(bare, 5_000)]) or []
