@@ -16,8 +16,8 @@ the policies every Chirp process uses against the CQL store.
   running it (unavailable, overloaded, bootstrapping). A non-idempotent
   statement whose fate is unknown (a timeout, a lost connection) is never
   sent again: the caller sees the error and decides (an LWT can be re-read).
-  A logged batch whose batchlog copy timed out was not applied, so it is sent
-  again to the same coordinator, with a longer request timeout for it.
+  An idempotent logged batch whose batchlog copy timed out (none of its writes
+  was sent) goes again to the same coordinator, with a longer request timeout.
 - Reads that are slow on one replica are sent to the next one as well
   (speculative execution); the driver only does this for idempotent
   statements, and we keep it to point and slice reads: writes are never
@@ -287,13 +287,14 @@ class RetryPolicy(driver_policies.RetryPolicy):
         received_responses: int,
         retry_num: int,
     ) -> tuple[int, Any]:
-        if write_type == WriteType.BATCH_LOG:
-            # The coordinator's copy to another node's batchlog timed out, and it sends a
-            # logged batch's writes only after that copy is made: nothing was applied, so
-            # any batch may go again. To the same coordinator, which picks that node again
-            # at random among those it believes up (a killed node until it is convicted);
-            # the next host instead would run out of a plan of two live nodes. At the batch's
-            # own consistency (None): the error names the batchlog copy's (ONE).
+        if write_type == WriteType.BATCH_LOG and _idempotent(query):
+            # The coordinator's copy to another node's batchlog timed out; it sends a logged
+            # batch's writes only after that copy is made, so none was sent. The copy may
+            # still have landed (a slow node, not a dead one) and be replayed later, so only
+            # a batch that may run twice goes again. To the same coordinator, which picks
+            # that node again at random among those it believes up (a killed node until it
+            # is convicted); the next host instead would run out of a plan of two live
+            # nodes. At the batch's own consistency (None): the error names the copy's (ONE).
             return (self.RETRY, None) if retry_num < BATCH_LOG_RETRIES else (self.RETHROW, None)
         # The write may or may not have been applied: only repeat one whose repetition is harmless.
         # CAS and COUNTER are never idempotent, whatever the statement claims.
