@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cassandra import ConsistencyLevel, InvalidRequest, Unavailable
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 
 CQL_DIR = Path(__file__).resolve().parent / "cql"
 FILE_RE = re.compile(r"(\d{3})_[a-z0-9_]+\.cql")
@@ -145,10 +145,12 @@ def execute_at_quorum(
     while True:
         try:
             return list(session.execute(query, params))
-        except Unavailable as exc:
-            if time.monotonic() > deadline:
+        except (Unavailable, NoHostAvailable) as exc:
+            # The driver tries the next host once; with one host up it ends in NoHostAvailable.
+            errors = list(exc.errors.values()) if isinstance(exc, NoHostAvailable) else [exc]
+            if not errors or not all(isinstance(e, Unavailable) for e in errors) or time.monotonic() > deadline:
                 raise
-            print(f"too few replicas up yet ({exc.alive_replicas} of {exc.required_replicas} needed); waiting")
+            print(f"too few replicas up yet ({errors[0]}); waiting")
             sleep(1.0)
 
 

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 from cassandra import InvalidRequest, Unavailable
-from cassandra.cluster import Session
+from cassandra.cluster import NoHostAvailable, Session
 
 from infra.migrate import execute_at_quorum, use_keyspace
 
@@ -68,7 +68,12 @@ class StartingCluster:
     def execute(self, query: str, params: object = ()) -> list[str]:
         self.calls += 1
         if self.calls <= self.unavailable:
-            raise Unavailable("Cannot achieve consistency level LOCAL_QUORUM", required_replicas=2, alive_replicas=1)
+            refused = Unavailable(
+                "Cannot achieve consistency level LOCAL_QUORUM", required_replicas=2, alive_replicas=1
+            )
+            if self.calls % 2:  # what the driver raises once its one retry ran out of hosts
+                raise NoHostAvailable("Unable to complete the operation against any hosts", {"127.0.0.1": refused})
+            raise refused
         return ["row"]
 
 
@@ -81,9 +86,23 @@ def test_a_quorum_statement_waits_for_the_replicas_to_be_up() -> None:
     assert waits == [1.0, 1.0]
 
 
+def test_a_quorum_statement_does_not_wait_out_other_errors() -> None:
+    class Down(StartingCluster):
+        def execute(self, query: str, params: object = ()) -> list[str]:
+            self.calls += 1
+            raise NoHostAvailable(
+                "Unable to complete the operation against any hosts", {"127.0.0.1": OSError("refused")}
+            )
+
+    session = Down(unavailable=0)
+    with pytest.raises(NoHostAvailable):
+        execute_at_quorum(cast(Session, session), "SELECT name FROM data_migrations", sleep=lambda s: None)
+    assert session.calls == 1
+
+
 def test_a_quorum_statement_gives_up_after_its_time() -> None:
     session = StartingCluster(unavailable=10**6)
-    with pytest.raises(Unavailable):
+    with pytest.raises((Unavailable, NoHostAvailable)):
         execute_at_quorum(
             cast(Session, session), "SELECT name FROM data_migrations", seconds=-1.0, sleep=lambda s: None
         )
