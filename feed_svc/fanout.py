@@ -183,10 +183,11 @@ class Fanout:
 
     async def unfollow(self, follower_id: int, followee_id: int) -> None:
         await self._cache.drop_following(follower_id)
-        if not await self._edge_is(follower_id, followee_id, False):
-            return  # followed again since: sweeping would take out tweets the new follow pushed
-        recent = [t for t, _ in await self._recent_ids([followee_id], 0, UNFOLLOW_SWEEP)]
-        await self._cache.remove([follower_id], recent)
+        # Not when followed again since: the sweep would take out tweets the new follow pushed.
+        if await self._edge_is(follower_id, followee_id, False):
+            recent = [t for t, _ in await self._recent_ids([followee_id], 0, UNFOLLOW_SWEEP)]
+            await self._cache.remove([follower_id], recent)
+        # Either way: an unfollow applied again after a failed backfill relies on this check.
         if await self._follower_count(followee_id) < self._demote_below and await self._store.is_celebrity(followee_id):
             await self._backfill(followee_id)
 
