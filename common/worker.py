@@ -238,6 +238,8 @@ class ConsumerLoop:
         if now < due:
             return due
         try:
+            if not self.consumer.assignment_ready():
+                return due  # a new client not yet given its partitions would read 0
             LAG.labels(self.group).set(await self.lag())
         except Exception as exc:  # noqa: BLE001 - Kafka may be what fails; the next one tells
             log.debug("could not read the consumer lag: %r", exc)

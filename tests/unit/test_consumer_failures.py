@@ -84,6 +84,9 @@ class FailingConsumer:
     def lag(self) -> int:
         return 0
 
+    def assignment_ready(self) -> bool:
+        return True
+
     def close(self) -> None:
         self.closed = True
 
@@ -252,3 +255,23 @@ async def test_the_lag_gauge_keeps_growing_while_batches_fail(monkeypatch: pytes
     with pytest.raises(asyncio.CancelledError):
         await loop.run_forever()
     assert worker.LAG.labels("lagging")._value.get() == 300  # read after each of the three failures
+
+
+async def test_a_client_not_yet_given_its_partitions_does_not_report_a_lag_of_zero(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Unassigned(FailingConsumer):
+        def assignment_ready(self) -> bool:
+            return False  # a new client, before the group's rebalance
+
+        def lag(self) -> int:
+            raise AssertionError("no lag to read without partitions")
+
+    async def apply(messages: Sequence[Any]) -> None:
+        raise asyncio.CancelledError
+
+    worker.LAG.labels("unassigned").set(500)
+    consumer = Unassigned()
+    loop = ConsumerLoop("unassigned", lambda: consumer, apply, 10, 0.01)  # type: ignore[arg-type,return-value]
+    assert await loop._report_lag(0.0) == 0.0  # still due: read once the partitions come
+    assert worker.LAG.labels("unassigned")._value.get() == 500
