@@ -22,6 +22,7 @@ REPLICAS_CHECK_SECONDS per node, and again after a failed WAIT.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from typing import Any
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from common.cache import TIMEOUT_SECONDS, RedisClient
+
+log = logging.getLogger(__name__)
 
 # WAIT for one replica at most this long: under the clients' socket timeout
 # (common/cache.py TIMEOUT_SECONDS, 0.5 s), so a slow replica is a NotReplicated
@@ -51,16 +54,16 @@ class NotReplicated(Exception):
     """No replica acknowledged the writes in time: do not commit what they applied."""
 
 
-def online_replicas(info: dict[str, Any]) -> int:
+def online_replicas(info: dict[str, Any], max_lag: float = REPLICA_LAG_SECONDS) -> int:
     """Replicas in an INFO replication reply that acknowledge writes: not one still
-    syncing, nor one silent for longer than REPLICA_LAG_SECONDS."""
+    syncing, nor one silent for longer than `max_lag` seconds."""
     return sum(
         1
         for name, value in info.items()
         if name.startswith("slave")
         and isinstance(value, dict)
         and value.get("state") == "online"
-        and int(value.get("lag", 0)) <= REPLICA_LAG_SECONDS
+        and int(value.get("lag", 0)) <= max_lag
     )
 
 
@@ -153,6 +156,14 @@ class ReplicaWaits:
         else:
             info = await self._redis.info("replication", target_nodes=node)
         count = online_replicas(info)
+        listed = online_replicas(info, max_lag=float("inf"))
+        if count < listed:
+            # Its primary still calls it online: writes there are acknowledged by no replica
+            # until it answers again (a failover meanwhile can lose them).
+            log.warning(
+                "a Redis replica is silent; writes on its primary go on without waiting for it",
+                extra={"primary": name or "standalone", "silent": listed - count},
+            )
         self._replicas[name] = (self._clock(), count)
         return count
 
