@@ -42,9 +42,10 @@ def load(env: Mapping[str, str] = os.environ) -> TweetConfig:
     return TweetConfig(
         common=load_common(env, "tweet_svc", DEFAULT_PORT),
         graph_target=graph_target(env),
-        # Under the edge's 2.5 s per try of a write (envoy/render.py): a like that waits longer
-        # is cut off there, sent again, and a second long wait ends in a 504, not this 503.
-        like_ack_timeout_ms=env_int(env, "CHIRP_LIKE_ACK_TIMEOUT_MS", 2000, minimum=100),
+        # Under the edge's 2.5 s per try of a write (envoy/render.py) with librdkafka's
+        # timeout scan (about a second) on top: a like that waits longer is cut off there,
+        # sent again, and a second long wait ends in a 504, not this 503.
+        like_ack_timeout_ms=env_int(env, "CHIRP_LIKE_ACK_TIMEOUT_MS", 1500, minimum=100),
         tweet_cache_seconds=env_float(env, "CHIRP_TWEET_CACHE_SECONDS", 300.0),
         like_count_cache_seconds=env_float(env, "CHIRP_LIKE_COUNT_CACHE_SECONDS", 30.0),
         author_recent_cache_seconds=env_float(env, "CHIRP_AUTHOR_RECENT_CACHE_SECONDS", 30.0),
