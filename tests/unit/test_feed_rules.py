@@ -644,29 +644,31 @@ def test_a_demotion_bound_above_the_threshold_is_refused() -> None:
         feed_config.load({"CHIRP_CELEBRITY_THRESHOLD": "100", "CHIRP_CELEBRITY_DEMOTE_BELOW": "101"})
 
 
-def push_failing_once(world: World) -> None:
-    """The next push fails as a Redis primary without an acknowledging replica does."""
+async def backfill_failed() -> tuple[World, list[int], int]:
+    """A reader of STAR, STAR just under the threshold with a post, and a fan's unfollow
+    whose backfill failed (so its event is applied again from the last commit)."""
+    world = World()
+    await world.follow(READER, STAR)
+    fans = await with_followers(world, STAR, THRESHOLD - 1)
+    posted = await world.post(STAR)
     real_push = world.cache.push
     failures = [NotReplicated("no replica acknowledged")]
 
-    async def failing_once(user_ids: Sequence[int], tweets: Sequence[int]) -> None:
+    async def push_failing_once(user_ids: Sequence[int], tweets: Sequence[int]) -> None:
         if failures:
             raise failures.pop()
         await real_push(user_ids, tweets)
 
-    world.cache.push = failing_once  # type: ignore[method-assign]
+    world.cache.push = push_failing_once  # type: ignore[method-assign]
+    with pytest.raises(NotReplicated):
+        await world.unfollow(fans[0], STAR)
+    return world, fans, posted
 
 
 async def test_a_backfill_that_fails_leaves_the_author_marked_so_the_retry_backfills() -> None:
     """The unfollow is applied again from the last commit (its batch failed); had the author
     stayed unmarked, the retry would find no celebrity and skip the backfill for good."""
-    world = World()
-    await world.follow(READER, STAR)
-    fans = await with_followers(world, STAR, THRESHOLD - 1)
-    posted = await world.post(STAR)
-    push_failing_once(world)
-    with pytest.raises(NotReplicated):
-        await world.unfollow(fans[0], STAR)
+    world, fans, posted = await backfill_failed()
     assert STAR in world.store.registry  # still pulled meanwhile
     await world.fanout.handle("unfollow", {"follower_id": fans[0], "followee_id": STAR})  # applied again
     assert STAR not in world.store.registry
@@ -676,13 +678,7 @@ async def test_a_backfill_that_fails_leaves_the_author_marked_so_the_retry_backf
 async def test_an_unfollow_applied_again_after_a_refollow_still_demotes_the_author() -> None:
     """The retry of a failed backfill rides on the unfollow's event; an edge made again since
     skips the sweep, not the demotion check."""
-    world = World()
-    await world.follow(READER, STAR)
-    fans = await with_followers(world, STAR, THRESHOLD - 1)
-    posted = await world.post(STAR)
-    push_failing_once(world)
-    with pytest.raises(NotReplicated):
-        await world.unfollow(fans[0], STAR)
+    world, fans, posted = await backfill_failed()
     world.graph.follows[fans[0]].add(STAR)  # followed again, and another fan left: still below
     world.graph.follows[fans[1]].discard(STAR)
     await world.fanout.handle("unfollow", {"follower_id": fans[0], "followee_id": STAR})  # applied again
