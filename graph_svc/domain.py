@@ -368,11 +368,11 @@ class Graph:
         # deleted here; if after, it finds the edge gone and deletes them itself.
         if await self._store.follow_listed(follower, followee, at):
             try:
-                edge = await self._store.edge_time(follower, followee)
+                still_following = await self._store.edge_time(follower, followee) is not None
             except Exception:  # noqa: BLE001 - the edge is gone: a retry would find nothing to finish
                 log.warning("cannot read the edge again; dropping the rows as still followed")
-                edge = at  # the safe event: a follow adds timeline entries, an unfollow removes them
-            await self._drop_lists(follower, followee, at, still_following=edge is not None)
+                still_following = True  # the safe event: a follow adds timeline entries, an unfollow removes them
+            await self._drop_lists(follower, followee, at, still_following)
 
     async def _drop_lists(self, follower: int, followee: int, at: datetime, still_following: bool) -> None:
         """Delete the list rows of the follow made at `at`, whose edge is gone, with an

@@ -115,18 +115,29 @@ class GraphStore:
         claim): a serial read of the name says which, rather than failing a
         sign-up whose name is in fact ours, or calling a lost race an outage.
         """
-        try:
-            rows = await self._cql.execute(self._q["claim_name"], (key, user_id))
-        except (WriteTimeout, OperationTimedOut) as unsure:
-            try:
-                owners = await self._cql.execute(self._q["name_owner"], (key,))
-            except CQL_UNAVAILABLE_ERRORS:
-                raise unsure from None
-            if not owners:
-                raise
-            return bool(owners[0].user_id == user_id)
+        answered, rows = await self._claim("claim_name", (key, user_id), "name_owner", (key,))
+        if not answered:
+            return bool(rows[0].user_id == user_id)
         # Not applied: the row that exists comes back, with its owner.
         return bool(rows) and (bool(rows[0][0]) or getattr(rows[0], "user_id", None) == user_id)
+
+    async def _claim(
+        self, claim: str, params: Sequence[Any], settle: str, settle_params: Sequence[Any]
+    ) -> tuple[bool, list[Any]]:
+        """Run the lightweight transaction `claim`: (True, its rows); or, when it timed out
+        (it may still be applied after the call failed), (False, the rows of `settle`, a
+        serial read, which settles a claim in flight). Raises the timeout when that read
+        fails or finds nothing."""
+        try:
+            return True, await self._cql.execute(self._q[claim], params)
+        except (WriteTimeout, OperationTimedOut) as unsure:
+            try:
+                found = await self._cql.execute(self._q[settle], settle_params)
+            except CQL_UNAVAILABLE_ERRORS:
+                raise unsure from None
+            if not found:
+                raise
+            return False, found
 
     async def password_hash(self, user_id: int) -> str | None:
         rows = await self._cql.execute(self._q["password_hash"], (user_id,))
@@ -171,15 +182,9 @@ class GraphStore:
         no list rows, no event and no recount, which only a retry would complete. A
         serial read (which settles a claim in flight) says whether it was, as for names.
         """
-        try:
-            rows = await self._cql.execute(self._q["follow_edge"], (follower, followee, at))
-        except (WriteTimeout, OperationTimedOut) as unsure:
-            try:
-                found = await self.edge_time(follower, followee, serial=True)
-            except CQL_UNAVAILABLE_ERRORS:
-                raise unsure from None
-            if found is None:
-                raise
+        answered, rows = await self._claim("follow_edge", (follower, followee, at), "edge_now", (follower, followee))
+        if not answered:
+            found = _utc(rows[0].followed_at)
             return found == at, found
         applied = bool(rows[0][0])
         return applied, at if applied else _utc(rows[0].followed_at)
