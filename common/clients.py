@@ -9,6 +9,7 @@ INTERNAL)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import grpc
@@ -16,6 +17,7 @@ from chirp.graph.v1 import graph_internal_pb2, graph_internal_pb2_grpc, graph_pb
 from chirp.tweet.v1 import tweet_internal_pb2, tweet_internal_pb2_grpc, tweet_pb2
 
 from common import deadlines
+from common.hidden import BLOCKERS_UNLISTED
 from common.identity import USER_ID_HEADER
 from common.interceptors import REQUEST_ID_HEADER
 from common.logs import request_id_var
@@ -44,6 +46,7 @@ def call_options(default_timeout: float, acting_user: int | None = None) -> dict
 
 
 TIMEOUT = 2.0
+RELATIONS_PER_CALL = 500  # graph_svc's GetRelations answers for at most this many users
 
 
 class Peers:
@@ -115,13 +118,22 @@ class Peers:
 
     async def hidden_author_ids(self, user_id: int) -> frozenset[int]:
         """Authors whose tweets `user_id` must not see in the home feed or trending: the
-        ones they mute or block and the ones blocking them, read from graph_svc's rows.
-        Readers go through common/hidden.py's cache, which calls this on a miss."""
+        ones they mute or block and the ones blocking them (BLOCKERS_UNLISTED too when
+        graph_svc lists only some of those), read from graph_svc's rows. Readers go
+        through common/hidden.py's cache, which calls this on a miss."""
         reply = await self._graph_internal.ListHiddenAuthorIds(
             graph_internal_pb2.ListHiddenAuthorIdsRequest(user_id=user_id),
             **call_options(TIMEOUT),  # type: ignore[arg-type]
         )
-        return frozenset((*reply.muted_ids, *reply.blocked_ids, *reply.blocked_by_ids))
+        unlisted = (BLOCKERS_UNLISTED,) if reply.blocked_by_incomplete else ()
+        return frozenset((*reply.muted_ids, *reply.blocked_ids, *reply.blocked_by_ids, *unlisted))
+
+    async def blockers_among(self, user_id: int, user_ids: Sequence[int]) -> set[int]:
+        """Which of `user_ids` block `user_id` (GetRelations, RELATIONS_PER_CALL ids a call)."""
+        ids = list(dict.fromkeys(user_ids))
+        chunks = [ids[i : i + RELATIONS_PER_CALL] for i in range(0, len(ids), RELATIONS_PER_CALL)]
+        replies = await asyncio.gather(*(self.relations(user_id, chunk) for chunk in chunks))
+        return {r.user_id for reply in replies for r in reply if r.blocked_by}
 
     async def relations(self, viewer_id: int, user_ids: Sequence[int]) -> list[graph_internal_pb2.Relation]:
         """How `viewer_id` relates to each of `user_ids` (blocks either way, mutes), in the order asked."""

@@ -3,6 +3,12 @@ ones blocking them), written once here: graph_svc invalidates it, feed_svc and
 rank_svc read it. It must never be stale: a mute, unmute, block or unblock
 applies to the very next read.
 
+The set lists everyone the user mutes or blocks and up to a thousand of those
+blocking them (graph_svc/relations.py, BLOCKERS_LISTED); with more, it also holds
+BLOCKERS_UNLISTED (0, never a user id, so a reader that does not know it hides no
+one by it), and its readers ask graph_svc which authors they are about to show
+block the user (`without_blockers`).
+
 Two keys per user, sharing the user's hash tag so one script touches both on a
 Redis Cluster: `hid:{<user>}`, the set (ids comma-separated, empty for nobody),
 and `hidv:{<user>}`, a random version token; and for a few seconds while one
@@ -41,7 +47,7 @@ import asyncio
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import Counter
 from redis.commands.core import AsyncScript
@@ -73,6 +79,9 @@ VERSION_SECONDS = 3600.0
 HIDDEN_REFRESH_FRACTION = 0.2
 HIDDEN_REFRESH_SPREAD = 0.75
 HIDDEN_RELOADS_AT_ONCE = 4  # per process
+
+# In a set: it lists only some of the user's blockers (see the module docstring).
+BLOCKERS_UNLISTED = 0
 
 LOOKUPS = Counter("chirp_hidden_authors_cache_total", "Hidden-author set lookups by cache outcome.", ["result"])
 RELOADS = Counter(
@@ -327,6 +336,36 @@ class HiddenAuthorsCache(Tolerant):
     @tolerant()
     async def _fill(self, user_id: int, version: str, hidden: frozenset[int]) -> None:
         await self._store.fill(user_id, version, hidden, self._ttl_seconds)
+
+
+# (viewer id, author ids) -> the ones blocking the viewer (graph_svc GetRelations)
+BlockersAmong = Callable[[int, Sequence[int]], Awaitable[set[int]]]
+Shown = TypeVar("Shown")
+
+
+async def without_blockers(
+    viewer: int,
+    hidden: frozenset[int],
+    show: Callable[[frozenset[int]], list[Shown]],
+    author_of: Callable[[Shown], int],
+    blockers_among: BlockersAmong | None,
+) -> tuple[list[Shown], frozenset[int]]:
+    """What `show(hidden)` shows, and `hidden`, each without the viewer's blockers. When
+    the viewer's set lists only some of them (BLOCKERS_UNLISTED), graph_svc is asked
+    which authors about to be shown block the viewer, until none does: each round hides
+    at least one more author or ends. The viewer is never asked about."""
+    shown = show(hidden)
+    if BLOCKERS_UNLISTED not in hidden or blockers_among is None:
+        return shown, hidden
+    asked = {viewer}
+    while unasked := list(dict.fromkeys(a for a in map(author_of, shown) if a not in asked)):
+        asked.update(unasked)
+        blockers = await blockers_among(viewer, unasked)
+        if not blockers:
+            break
+        hidden |= blockers
+        shown = show(hidden)
+    return shown, hidden
 
 
 class HiddenInvalidator:

@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple, TypeVar
 
 from chirp.tweet.v1 import tweet_pb2
@@ -34,7 +35,7 @@ from prometheus_client import Counter, Histogram
 from common import stages
 from common.cache import run_claimed_reloads
 from common.cql import CQL_UNAVAILABLE_ERRORS
-from common.hidden import HiddenAuthorsCache
+from common.hidden import BlockersAmong, HiddenAuthorsCache, without_blockers
 from common.pagination import PageTokens, unshared_tokens
 from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight
 from common.tweet_cache import RECENT_DEPTH, author_of, with_viewer_fields
@@ -186,8 +187,12 @@ class HomeFeed:
         refresh_counts: LikeCounts | None = None,
         refresh_recent: RefreshRecent | None = None,
         refresh_following: bool = False,
+        blockers_among: BlockersAmong | None = None,
     ) -> None:
         self._cache = cache
+        # graph_svc's GetRelations, for a reader whose hidden-author set lists only some
+        # of their blockers (common/hidden.py).
+        self._blockers_among = blockers_among
         if refresh_recent is not None:
             # Recent-ids sets served past their refresh time: renewed after the read.
             cache.on_recent_due = BackgroundRefresh("author_recent", refresh_recent).request
@@ -312,7 +317,16 @@ class HomeFeed:
                     allowed |= await self._followed_among(user_id, unknown)
                 hydrated.update(found)
                 authors = {t: tweet.author_id for t, tweet in hydrated.items()}
-                shown = visible(candidates, authors, allowed, hidden)
+                # A block ends the follows both ways, but the follow list cached here
+                # learns it from the fan-out worker: until then `hidden` must hold the
+                # blockers, and graph_svc is asked about them when it lists only some.
+                shown, hidden = await without_blockers(
+                    user_id,
+                    hidden,
+                    partial(visible, candidates, authors, allowed),
+                    authors.__getitem__,
+                    self._blockers_among,
+                )
                 if len(shown) >= want:
                     break
             results += [hydrated[t] for t in shown]

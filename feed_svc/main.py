@@ -36,6 +36,7 @@ async def run(cfg: feed_config.FeedConfig) -> None:
         refresh_counts=parts.peers.refresh_like_counts,
         refresh_recent=parts.peers.refresh_recent,
         refresh_following=True,
+        blockers_among=parts.peers.blockers_among,
     )
 
     def register(server: grpc.aio.Server) -> None:

@@ -46,6 +46,11 @@ from graph_svc.store import _dt, _ms, _utc
 Kind = Literal["block", "mute"]
 # GetRelations answers for at most this many users a call.
 RELATIONS_MAX = 500
+# Blockers a user's hidden-author set lists (ListHiddenAuthorIds); past that the set
+# says it is incomplete, and its reader asks GetRelations about the authors it would
+# show. Read with every home feed and trending page, the set must not grow with what
+# others do: a user blocked by a million accounts would read megabytes a page.
+BLOCKERS_LISTED = 1000
 # Ids a single IN query names (as graph_svc/store.py does for follows).
 
 CANNOT_FOLLOW = "you cannot follow this user"
@@ -62,7 +67,7 @@ def _statements() -> dict[str, str]:
     statements = {
         "blocked_by_add": "INSERT INTO blocked_by (blocked_id, blocker_id) VALUES (?, ?)",
         "blocked_by_del": "DELETE FROM blocked_by WHERE blocked_id = ? AND blocker_id = ?",
-        "blocked_by_all": "SELECT blocker_id FROM blocked_by WHERE blocked_id = ?",
+        "blocked_by_first": "SELECT blocker_id FROM blocked_by WHERE blocked_id = ? LIMIT ?",
         "blocked_by_among": "SELECT blocker_id FROM blocked_by WHERE blocked_id = ? AND blocker_id IN ?",
     }
     for kind, (table, by_time, actor, target, at) in _TABLES.items():
@@ -139,8 +144,9 @@ class RelationStore:
         """Everyone `actor` blocks (or mutes): one partition, read page by page by the driver."""
         return [r[0] for r in await self._cql.execute(self._q[f"{kind}_all"], (actor,))]
 
-    async def blockers_of(self, user_id: int) -> list[int]:
-        return [r[0] for r in await self._cql.execute(self._q["blocked_by_all"], (user_id,))]
+    async def blockers_of(self, user_id: int, limit: int) -> list[int]:
+        """Up to `limit` of the users blocking `user_id`."""
+        return [r[0] for r in await self._cql.execute(self._q["blocked_by_first"], (user_id, limit))]
 
     async def targets_among(self, kind: Kind, actor: int, candidates: Sequence[int]) -> set[int]:
         return await self._among(f"{kind}_among", actor, candidates)
@@ -183,11 +189,14 @@ class UserPage:
 
 @dataclass(frozen=True)
 class HiddenAuthors:
-    """Whose tweets a user must not see in their home feed or trending."""
+    """Whose tweets a user must not see in their home feed or trending: all they mute
+    or block, and up to BLOCKERS_LISTED of those blocking them (`blocked_by_incomplete`
+    when there are more)."""
 
     muted: list[int]
     blocked: list[int]
     blocked_by: list[int]
+    blocked_by_incomplete: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,8 +222,10 @@ class Relations:
         clock: Callable[[], datetime] = _utcnow,
         hidden_cache: HiddenCache | None = None,
         limits: UserLimits | None = None,
+        blockers_listed: int = BLOCKERS_LISTED,
     ) -> None:
         self._store = store
+        self._blockers_listed = blockers_listed
         self._follows = follows
         self._page_tokens = page_tokens or unshared_tokens()
         self._clock = clock
@@ -289,9 +300,10 @@ class Relations:
         muted, blocked, blocked_by = await asyncio.gather(
             self._store.targets("mute", user_id),
             self._store.targets("block", user_id),
-            self._store.blockers_of(user_id),
+            self._store.blockers_of(user_id, self._blockers_listed + 1),
         )
-        return HiddenAuthors(muted, blocked, blocked_by)
+        listed = blocked_by[: self._blockers_listed]
+        return HiddenAuthors(muted, blocked, listed, blocked_by_incomplete=len(blocked_by) > len(listed))
 
     async def relations(self, viewer: int, user_ids: Sequence[int]) -> list[Relation]:
         """One per asked id, in the order asked."""

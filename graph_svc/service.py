@@ -217,7 +217,10 @@ class GraphInternalService(graph_internal_pb2_grpc.GraphInternalServiceServicer)
     ) -> graph_internal_pb2.ListHiddenAuthorIdsResponse:
         hidden = await self._relations.hidden_authors(request.user_id)
         return graph_internal_pb2.ListHiddenAuthorIdsResponse(
-            muted_ids=hidden.muted, blocked_ids=hidden.blocked, blocked_by_ids=hidden.blocked_by
+            muted_ids=hidden.muted,
+            blocked_ids=hidden.blocked,
+            blocked_by_ids=hidden.blocked_by,
+            blocked_by_incomplete=hidden.blocked_by_incomplete,
         )
 
     async def GetRelations(

@@ -32,7 +32,11 @@ async def run(cfg: rank_config.RankConfig) -> None:
     likes = ViewerLikes(cache.tweets, peers.liked_tweet_ids)
 
     def register(server: grpc.aio.Server) -> None:
-        rank_pb2_grpc.add_RankServiceServicer_to_server(RankService(trending, hidden.hidden, likes.liked), server)
+        # A viewer blocked by more accounts than their set lists: graph_svc is asked which
+        # authors about to be shown block them (RankService._visible).
+        rank_pb2_grpc.add_RankServiceServicer_to_server(
+            RankService(trending, hidden.hidden, likes.liked, peers.blockers_among), server
+        )
 
     async def serving() -> bool:
         # With a copy to serve, a Redis outage does not stop this instance.

@@ -219,6 +219,7 @@ def test_peers_read_hidden_authors_and_relations_from_graph_svc(edge: httpx.Clie
         [ids[0]],
         [ids[1]],
     )
+    assert not hidden.blocked_by_incomplete  # one blocker: all listed
     assert [(r.user_id, r.blocking, r.blocked_by, r.muting) for r in relations] == [
         (ids[0], True, False, False),
         (ids[1], False, True, False),

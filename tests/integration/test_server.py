@@ -1,19 +1,22 @@
 """The shared server bootstrap against the real CQL store: health, reflection,
-error mapping and graceful shutdown, over a real channel on a free port."""
+error mapping and graceful shutdown, over a real channel on a free port; and
+graph_svc's internal reads of hidden authors as their readers' client sees them."""
 
 from __future__ import annotations
 
 import grpc
-from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
+from chirp.graph.v1 import graph_internal_pb2_grpc, graph_pb2, graph_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from common.clients import Peers
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
+from common.hidden import BLOCKERS_UNLISTED
 from common.ids import IdGenerator
 from common.interceptors import IMMEDIATE_HEALTH_CHECK_FAIL
 from common.server import Served, Wiring, check_probes, create_server
 from graph_svc.relations import Relations, RelationStore
-from graph_svc.service import GraphService
+from graph_svc.service import GraphInternalService, GraphService
 from tests.conftest import build_graph, unique_name
 
 SERVICE = "chirp.graph.v1.GraphService"
@@ -125,3 +128,35 @@ async def test_sign_up_is_unique_ignoring_case_under_a_race(cql: CqlSession) -> 
     timed_out = [e for e in errors if isinstance(e, CQL_UNAVAILABLE_ERRORS)]
     assert all(isinstance(e, (AlreadyExists, *CQL_UNAVAILABLE_ERRORS)) for e in errors), results
     assert len(winners) == 1 or (len(winners) == 0 and timed_out), results
+
+
+async def test_peers_read_a_bounded_hidden_set_and_ask_about_the_blockers_past_it(cql: CqlSession) -> None:
+    """graph_svc lists a user's blockers in their hidden set up to its bound and says
+    when there are more (ListHiddenAuthorIds over the real CQL rows); the readers'
+    client marks such a set and asks about the others (GetRelations)."""
+    graph = await build_graph(cql, IdGenerator(902))
+    relation_store = RelationStore(cql)
+    await relation_store.prepare()
+    relations = Relations(relation_store, graph, blockers_listed=2)
+    users = [(await graph.sign_up(unique_name("Bnd"), "correct horse")).user_id for _ in range(4)]
+    me, blockers = users[0], users[1:]
+    for blocker in blockers[:2]:
+        await relations.block(blocker, me)
+
+    server = grpc.aio.server()
+    graph_internal_pb2_grpc.add_GraphInternalServiceServicer_to_server(GraphInternalService(graph, relations), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    peers = Peers(graph_target=f"127.0.0.1:{port}")
+    try:
+        assert await peers.hidden_author_ids(me) == frozenset(blockers[:2])  # all listed: no mark
+        await relations.block(blockers[2], me)
+        hidden = await peers.hidden_author_ids(me)
+        assert BLOCKERS_UNLISTED in hidden and len(hidden - {BLOCKERS_UNLISTED}) == 2
+        assert hidden - {BLOCKERS_UNLISTED} < set(blockers)
+        assert await peers.blockers_among(me, [*users, *users]) == set(blockers)
+        await relations.unblock(blockers[0], me)
+        assert await peers.hidden_author_ids(me) == frozenset(blockers[1:])
+    finally:
+        await peers.close()
+        await server.stop(0)

@@ -54,8 +54,8 @@ class FakeRelationStore:
     async def targets(self, kind: Kind, actor: int) -> list[int]:
         return sorted(t for k, a, t in self.since_rows if k == kind and a == actor)
 
-    async def blockers_of(self, user_id: int) -> list[int]:
-        return sorted(self.blocked_by.get(user_id, set()))
+    async def blockers_of(self, user_id: int, limit: int) -> list[int]:
+        return sorted(self.blocked_by.get(user_id, set()))[:limit]
 
     async def targets_among(self, kind: Kind, actor: int, candidates: Sequence[int]) -> set[int]:
         return set(await self.targets(kind, actor)) & set(candidates)
@@ -245,3 +245,19 @@ async def test_hidden_authors_and_relations_see_both_directions() -> None:
     ]
     with pytest.raises(InvalidArgument):
         await world.relations.relations(1, list(range(1, 502)))
+
+
+async def test_a_hidden_set_lists_a_bounded_number_of_blockers_and_says_when_there_are_more() -> None:
+    world = World([1, 2, 3, 4, 5])
+    world.relations = Relations(cast(Any, world.relation_store), world.graph, clock=Clock(), blockers_listed=2)
+    await world.relations.block(2, 1)
+    await world.relations.block(3, 1)
+    await world.relations.block(1, 5)
+
+    hidden = await world.relations.hidden_authors(1)
+    assert (hidden.blocked, hidden.blocked_by, hidden.blocked_by_incomplete) == ([5], [2, 3], False)
+
+    await world.relations.block(4, 1)
+    hidden = await world.relations.hidden_authors(1)
+    assert (hidden.blocked, hidden.blocked_by, hidden.blocked_by_incomplete) == ([5], [2, 3], True)
+    assert (await world.relations.relations(1, [4]))[0].blocked_by  # still a blocker, asked about

@@ -13,6 +13,7 @@ import pytest
 from chirp.rank.v1 import rank_pb2
 from chirp.tweet.v1 import tweet_pb2
 
+from common.hidden import BLOCKERS_UNLISTED
 from common.identity import USER_ID_HEADER
 from feed_svc import home_feed
 from feed_svc.home_feed import HomeFeed
@@ -61,11 +62,19 @@ class Hiding:
         self.muted: dict[int, set[int]] = {}
         self.blocked: dict[int, set[int]] = {}
         self.calls: list[int] = []
+        self.listed_blockers: int | None = None  # graph_svc's BLOCKERS_LISTED; None: all
+        self.asked: list[list[int]] = []  # GetRelations calls, by the authors asked about
 
     async def __call__(self, user_id: int) -> frozenset[int]:
         self.calls.append(user_id)
-        blocked_by = {b for b, blocked in self.blocked.items() if user_id in blocked}
-        return frozenset(self.muted.get(user_id, set()) | self.blocked.get(user_id, set()) | blocked_by)
+        blocked_by = sorted(b for b, blocked in self.blocked.items() if user_id in blocked)
+        if self.listed_blockers is not None and len(blocked_by) > self.listed_blockers:
+            blocked_by = [*blocked_by[: self.listed_blockers], BLOCKERS_UNLISTED]
+        return frozenset(self.muted.get(user_id, set()) | self.blocked.get(user_id, set()) | set(blocked_by))
+
+    async def blockers_among(self, user_id: int, author_ids: Sequence[int]) -> set[int]:
+        self.asked.append(list(author_ids))
+        return {a for a in author_ids if user_id in self.blocked.get(a, set())}
 
 
 class Pulls:
@@ -93,6 +102,7 @@ def hiding_world() -> tuple[World, Hiding, Pulls]:
         TIMELINE_SIZE,
         world.registry,
         hidden_authors=hiding,
+        blockers_among=hiding.blockers_among,
     )
     return world, hiding, pulls
 
@@ -141,6 +151,25 @@ async def test_a_block_hides_both_ways_for_pushed_and_pulled_tweets() -> None:
     hiding.blocked[READER] = {STAR}  # the reader blocks a celebrity: its pulled tweets go too
     assert await world.read_through(READER, 5) == by(world, NORMAL, READER)
     assert await world.read_through(STAR, 5) == by(world, STAR)
+
+
+async def test_blockers_past_those_the_set_lists_are_asked_about_and_hidden() -> None:
+    world, hiding, _ = hiding_world()
+    for author in (NORMAL, BLOCKER, OTHER):
+        await world.follow(READER, author)
+    for author in [NORMAL, BLOCKER, OTHER, READER] * 3:
+        await world.post(author)
+    hiding.listed_blockers = 1  # lists OTHER (the lower id) of the two below, not BLOCKER
+    hiding.blocked[BLOCKER] = {READER}
+    hiding.blocked[OTHER] = {READER}
+
+    # Checked before the unfollows that the blocks bring reach the fan-out worker.
+    assert await world.read_through(READER, 5) == by(world, NORMAL, READER)
+    assert hiding.asked and all(READER not in asked and OTHER not in asked for asked in hiding.asked)
+
+    hiding.listed_blockers, hiding.asked = None, []  # every blocker listed: nobody is asked
+    assert await world.read_through(READER, 5) == by(world, NORMAL, READER)
+    assert hiding.asked == []
 
 
 async def test_a_mute_applies_to_the_next_page_of_a_walk_in_progress() -> None:
@@ -214,7 +243,7 @@ def trending_service(listed: list[tweet_pb2.Tweet], hiding: Hiding) -> RankServi
     async def load() -> list[tweet_pb2.Tweet]:
         return listed
 
-    return RankService(TrendingCopy(load), hiding)
+    return RankService(TrendingCopy(load), hiding, blockers_among=hiding.blockers_among)
 
 
 async def list_trending(service: RankService, viewer: int | None, limit: int) -> list[int]:
@@ -239,3 +268,17 @@ async def test_trending_hides_blocked_and_muted_authors_for_that_viewer_only() -
 
     hiding.muted[READER] = set()
     assert await list_trending(service, READER, 3) == [1, 2, 4]  # unmuted at once; still blocked
+
+
+async def test_trending_asks_about_blockers_past_those_the_set_lists() -> None:
+    listed = [tweet_pb2.Tweet(tweet_id=i, author_id=a) for i, a in enumerate([BLOCKER, NORMAL, OTHER, STAR] * 3, 1)]
+    hiding = Hiding()
+    hiding.listed_blockers = 1
+    hiding.blocked[OTHER] = {READER}  # listed
+    hiding.blocked[BLOCKER] = {READER}  # past the list
+    service = trending_service(listed, hiding)
+
+    assert await list_trending(service, READER, 3) == [2, 4, 6]
+    # Only the authors about to be shown, each once: first NORMAL, STAR and BLOCKER, then none new.
+    assert hiding.asked == [[BLOCKER, NORMAL, STAR]]
+    assert await list_trending(service, BLOCKER, 3) == [1, 2, 3]  # blocks nobody who blocks them

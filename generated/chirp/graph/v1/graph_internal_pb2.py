@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from chirp.graph.v1 import graph_pb2 as chirp_dot_graph_dot_v1_dot_graph__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#chirp/graph/v1/graph_internal.proto\x12\x0e\x63hirp.graph.v1\x1a\x1a\x63hirp/graph/v1/graph.proto\"(\n\x14\x42\x61tchGetUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\"<\n\x15\x42\x61tchGetUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.chirp.graph.v1.User\"P\n\x16ListFollowerIdsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"t\n\x17ListFollowerIdsResponse\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x1b\n\x0e\x66ollower_count\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_follower_count\"B\n\x17ListFollowingIdsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x16\n\x0e\x61mong_user_ids\x18\x02 \x03(\x03\"`\n\x18ListFollowingIdsResponse\x12\x31\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x1f.chirp.graph.v1.FollowedAccount\x12\x11\n\ttruncated\x18\x02 \x01(\x08\":\n\x0f\x46ollowedAccount\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x16\n\x0e\x66ollower_count\x18\x02 \x01(\x05\"-\n\x1aListHiddenAuthorIdsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\"]\n\x1bListHiddenAuthorIdsResponse\x12\x11\n\tmuted_ids\x18\x01 \x03(\x03\x12\x13\n\x0b\x62locked_ids\x18\x02 \x03(\x03\x12\x16\n\x0e\x62locked_by_ids\x18\x03 \x03(\x03\":\n\x13GetRelationsRequest\x12\x11\n\tviewer_id\x18\x01 \x01(\x03\x12\x10\n\x08user_ids\x18\x02 \x03(\x03\"C\n\x14GetRelationsResponse\x12+\n\trelations\x18\x01 \x03(\x0b\x32\x18.chirp.graph.v1.Relation\"Q\n\x08Relation\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08\x62locking\x18\x02 \x01(\x08\x12\x12\n\nblocked_by\x18\x03 \x01(\x08\x12\x0e\n\x06muting\x18\x04 \x01(\x08\x32\x8a\x04\n\x14GraphInternalService\x12\\\n\rBatchGetUsers\x12$.chirp.graph.v1.BatchGetUsersRequest\x1a%.chirp.graph.v1.BatchGetUsersResponse\x12\x62\n\x0fListFollowerIds\x12&.chirp.graph.v1.ListFollowerIdsRequest\x1a\'.chirp.graph.v1.ListFollowerIdsResponse\x12\x65\n\x10ListFollowingIds\x12\'.chirp.graph.v1.ListFollowingIdsRequest\x1a(.chirp.graph.v1.ListFollowingIdsResponse\x12n\n\x13ListHiddenAuthorIds\x12*.chirp.graph.v1.ListHiddenAuthorIdsRequest\x1a+.chirp.graph.v1.ListHiddenAuthorIdsResponse\x12Y\n\x0cGetRelations\x12#.chirp.graph.v1.GetRelationsRequest\x1a$.chirp.graph.v1.GetRelationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#chirp/graph/v1/graph_internal.proto\x12\x0e\x63hirp.graph.v1\x1a\x1a\x63hirp/graph/v1/graph.proto\"(\n\x14\x42\x61tchGetUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\"<\n\x15\x42\x61tchGetUsersResponse\x12#\n\x05users\x18\x01 \x03(\x0b\x32\x14.chirp.graph.v1.User\"P\n\x16ListFollowerIdsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"t\n\x17ListFollowerIdsResponse\x12\x10\n\x08user_ids\x18\x01 \x03(\x03\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x1b\n\x0e\x66ollower_count\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_follower_count\"B\n\x17ListFollowingIdsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x16\n\x0e\x61mong_user_ids\x18\x02 \x03(\x03\"`\n\x18ListFollowingIdsResponse\x12\x31\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x1f.chirp.graph.v1.FollowedAccount\x12\x11\n\ttruncated\x18\x02 \x01(\x08\":\n\x0f\x46ollowedAccount\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x16\n\x0e\x66ollower_count\x18\x02 \x01(\x05\"-\n\x1aListHiddenAuthorIdsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\"|\n\x1bListHiddenAuthorIdsResponse\x12\x11\n\tmuted_ids\x18\x01 \x03(\x03\x12\x13\n\x0b\x62locked_ids\x18\x02 \x03(\x03\x12\x16\n\x0e\x62locked_by_ids\x18\x03 \x03(\x03\x12\x1d\n\x15\x62locked_by_incomplete\x18\x04 \x01(\x08\":\n\x13GetRelationsRequest\x12\x11\n\tviewer_id\x18\x01 \x01(\x03\x12\x10\n\x08user_ids\x18\x02 \x03(\x03\"C\n\x14GetRelationsResponse\x12+\n\trelations\x18\x01 \x03(\x0b\x32\x18.chirp.graph.v1.Relation\"Q\n\x08Relation\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08\x62locking\x18\x02 \x01(\x08\x12\x12\n\nblocked_by\x18\x03 \x01(\x08\x12\x0e\n\x06muting\x18\x04 \x01(\x08\x32\x8a\x04\n\x14GraphInternalService\x12\\\n\rBatchGetUsers\x12$.chirp.graph.v1.BatchGetUsersRequest\x1a%.chirp.graph.v1.BatchGetUsersResponse\x12\x62\n\x0fListFollowerIds\x12&.chirp.graph.v1.ListFollowerIdsRequest\x1a\'.chirp.graph.v1.ListFollowerIdsResponse\x12\x65\n\x10ListFollowingIds\x12\'.chirp.graph.v1.ListFollowingIdsRequest\x1a(.chirp.graph.v1.ListFollowingIdsResponse\x12n\n\x13ListHiddenAuthorIds\x12*.chirp.graph.v1.ListHiddenAuthorIdsRequest\x1a+.chirp.graph.v1.ListHiddenAuthorIdsResponse\x12Y\n\x0cGetRelations\x12#.chirp.graph.v1.GetRelationsRequest\x1a$.chirp.graph.v1.GetRelationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,13 +49,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTHIDDENAUTHORIDSREQUEST']._serialized_start=613
   _globals['_LISTHIDDENAUTHORIDSREQUEST']._serialized_end=658
   _globals['_LISTHIDDENAUTHORIDSRESPONSE']._serialized_start=660
-  _globals['_LISTHIDDENAUTHORIDSRESPONSE']._serialized_end=753
-  _globals['_GETRELATIONSREQUEST']._serialized_start=755
-  _globals['_GETRELATIONSREQUEST']._serialized_end=813
-  _globals['_GETRELATIONSRESPONSE']._serialized_start=815
-  _globals['_GETRELATIONSRESPONSE']._serialized_end=882
-  _globals['_RELATION']._serialized_start=884
-  _globals['_RELATION']._serialized_end=965
-  _globals['_GRAPHINTERNALSERVICE']._serialized_start=968
-  _globals['_GRAPHINTERNALSERVICE']._serialized_end=1490
+  _globals['_LISTHIDDENAUTHORIDSRESPONSE']._serialized_end=784
+  _globals['_GETRELATIONSREQUEST']._serialized_start=786
+  _globals['_GETRELATIONSREQUEST']._serialized_end=844
+  _globals['_GETRELATIONSRESPONSE']._serialized_start=846
+  _globals['_GETRELATIONSRESPONSE']._serialized_end=913
+  _globals['_RELATION']._serialized_start=915
+  _globals['_RELATION']._serialized_end=996
+  _globals['_GRAPHINTERNALSERVICE']._serialized_start=999
+  _globals['_GRAPHINTERNALSERVICE']._serialized_end=1521
 # @@protoc_insertion_point(module_scope)

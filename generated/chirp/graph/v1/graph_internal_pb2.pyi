@@ -220,22 +220,30 @@ class ListHiddenAuthorIdsResponse(_message.Message):
     MUTED_IDS_FIELD_NUMBER: _builtins.int
     BLOCKED_IDS_FIELD_NUMBER: _builtins.int
     BLOCKED_BY_IDS_FIELD_NUMBER: _builtins.int
+    BLOCKED_BY_INCOMPLETE_FIELD_NUMBER: _builtins.int
+    blocked_by_incomplete: _builtins.bool
     @_builtins.property
     def muted_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
     def blocked_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
-    def blocked_by_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def blocked_by_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Listed up to 1,000; past that, `blocked_by_incomplete` is set and the
+        caller asks GetRelations about the authors it would show (rank_svc does;
+        a home feed needs no blockers: a block ends the follows both ways).
+        """
+
     def __init__(
         self,
         *,
         muted_ids: _abc.Iterable[_builtins.int] | None = ...,
         blocked_ids: _abc.Iterable[_builtins.int] | None = ...,
         blocked_by_ids: _abc.Iterable[_builtins.int] | None = ...,
+        blocked_by_incomplete: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_ids", b"blocked_by_ids", "blocked_ids", b"blocked_ids", "muted_ids", b"muted_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_by_ids", b"blocked_by_ids", "blocked_by_incomplete", b"blocked_by_incomplete", "blocked_ids", b"blocked_ids", "muted_ids", b"muted_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
