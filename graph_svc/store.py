@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cassandra import ConsistencyLevel, OperationTimedOut, WriteTimeout
+from cassandra.connection import ConnectionShutdown
 from cassandra.query import BatchType, PreparedStatement
 
 from common.buckets import bucket_of, walk_newest_first
@@ -125,12 +126,12 @@ class GraphStore:
         self, claim: str, params: Sequence[Any], settle: str, settle_params: Sequence[Any]
     ) -> tuple[bool, list[Any]]:
         """Run the lightweight transaction `claim`: (True, its rows); or, when it timed out
-        (it may still be applied after the call failed), (False, the rows of `settle`, a
-        serial read, which settles a claim in flight). Raises the timeout when that read
-        fails or finds nothing."""
+        or its connection closed under it (it may still be applied after the call failed),
+        (False, the rows of `settle`, a serial read, which settles a claim in flight).
+        Raises that error when the read fails or finds nothing."""
         try:
             return True, await self._cql.execute(self._q[claim], params)
-        except (WriteTimeout, OperationTimedOut) as unsure:
+        except (WriteTimeout, OperationTimedOut, ConnectionShutdown) as unsure:
             try:
                 found = await self._cql.execute(self._q[settle], settle_params)
             except CQL_UNAVAILABLE_ERRORS:
