@@ -87,7 +87,7 @@ class ReplicaWaits:
     async def queue(self, pipe: Any, keys: Sequence[str]) -> Waits:
         """After the writes to `keys` are queued on `pipe`: a WAIT for each primary they go
         to that has a replica; its replies come last, one per `Waits.nodes`."""
-        owners = self._owners(keys)
+        owners = await self._owners(keys)
         primaries: dict[str, ClusterNode | None] = {}
         for key in keys:
             node = owners.get(key)
@@ -130,12 +130,20 @@ class ReplicaWaits:
                 where = "Redis" if node is None else node.name
                 raise NotReplicated(f"no replica of {where} acknowledged the writes within {self._ack_ms} ms")
 
-    def _owners(self, keys: Sequence[str]) -> dict[str, ClusterNode | None]:
+    async def replicas(self, key: str) -> int:
+        """Online replicas of the primary holding `key` (0 on a standalone Redis without any)."""
+        return await self._online((await self._owners([key]))[key])
+
+    async def _owners(self, keys: Sequence[str]) -> dict[str, ClusterNode | None]:
         if not isinstance(self._redis, RedisCluster):
             return {key: None for key in keys}
         owners: dict[str, ClusterNode | None] = {}
         for key in keys:
             node = self._redis.get_node_from_key(key)
+            if node is None:
+                # After a failover the client may have dropped its slot map: read it again, once.
+                await self._redis.initialize()
+                node = self._redis.get_node_from_key(key)
             if node is None:
                 raise NotReplicated(f"no primary is known for {key!r}")
             owners[key] = node

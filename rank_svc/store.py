@@ -21,10 +21,9 @@ from typing import Any, Literal
 
 from chirp.rank.v1 import rank_pb2
 from chirp.tweet.v1 import tweet_pb2
-from redis.asyncio.cluster import RedisCluster
 
 from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolerant
-from common.replica_waits import REPLICA_ACK_MS, REPLICAS_CHECK_SECONDS, NotReplicated, online_replicas
+from common.replica_waits import REPLICA_ACK_MS, ReplicaWaits
 from common.tweet_cache import CachedTweets, parse_reads, queue_reads
 from rank_svc.score import hour_weight
 
@@ -231,9 +230,7 @@ class TrendingStore:
         self._window = window_hours
         self._half_life = half_life_hours
         self.keys = keys or TrendingKeys()
-        self._replica_ack_ms = replica_ack_ms
-        self._replicas = 0
-        self._replicas_checked = -REPLICAS_CHECK_SECONDS
+        self._waits = ReplicaWaits(redis, replica_ack_ms)
 
     async def fold(self, parts: Sequence[PartitionFold], likes: Sequence[Like], first_hour: int) -> set[int]:
         """Fold `likes` into the tallies of hours first_hour..first_hour+window (each
@@ -265,47 +262,16 @@ class TrendingStore:
         return {int(p) - 1 for p in lost}
 
     async def _eval_durably(self, keys: list[str], args: list[str | int]) -> list[Any]:
-        # WAIT counts only the writes of the connection it is sent on, so the
-        # script and the WAIT go out in one pipeline (one connection).
-        replicas = await self.replicas()
-        wait = ("WAIT", 1, self._replica_ack_ms)
-        if isinstance(self._redis, RedisCluster):
-            await self._redis.initialize()  # after a failover the client may have dropped its slot map
-            node = self._redis.get_node_from_key(self.keys.slot)
-            cluster_pipe = self._redis.pipeline()
-            cluster_pipe.eval(FOLD_SCRIPT, len(keys), *keys, *args)
-            if replicas:
-                cluster_pipe.execute_command(*wait, target_nodes=node)
-            results = await cluster_pipe.execute()
-            if replicas and self._redis.get_node_from_key(self.keys.slot) != node:
-                # The slot moved mid-call: the script was redirected, so the WAIT
-                # answered for another node's connection.
-                raise NotReplicated("the trending slot moved during the fold")
-        else:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.eval(FOLD_SCRIPT, len(keys), *keys, *args)
-                if replicas:
-                    pipe.execute_command(*wait)
-                results = await pipe.execute()
-        if replicas and int(results[1]) < 1:
-            self._replicas_checked = -REPLICAS_CHECK_SECONDS  # ask again: the replica may be gone
-            raise NotReplicated(f"no replica acknowledged the fold within {self._replica_ack_ms} ms")
-        return list(results[0])
+        # The fold's script and the WAIT for its primary's replica go out in one pipeline
+        # (common/replica_waits.py): WAIT counts only its own connection's writes.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.eval(FOLD_SCRIPT, len(keys), *keys, *args)
+            (lost,) = await self._waits.execute(pipe, [self.keys.slot])
+        return list(lost)
 
     async def replicas(self) -> int:
         """Replicas of the primary holding the trending slot (0 on a standalone Redis)."""
-        now = time.monotonic()
-        if now - self._replicas_checked < REPLICAS_CHECK_SECONDS:
-            return self._replicas
-        if isinstance(self._redis, RedisCluster):
-            await self._redis.initialize()
-            node = self._redis.get_node_from_key(self.keys.slot)
-            info = await self._redis.info("replication", target_nodes=node)
-        else:
-            info = await self._redis.info("replication")
-        self._replicas = online_replicas(info)
-        self._replicas_checked = now
-        return self._replicas
+        return await self._waits.replicas(self.keys.slot)
 
     async def tallies(self, first_hour: int) -> dict[int, dict[int, int]]:
         """hour -> tweet -> net likes, over the window from `first_hour` (for checks and tests)."""
