@@ -226,8 +226,13 @@ def _node_skipped(host: str, port: int | str) -> bool:
 
 
 def _node_failed(host: str, port: int | str) -> None:
-    """Connecting to the node failed: skip it for RETRY_AFTER_SECONDS."""
-    _unreachable[(host, int(port))] = time.monotonic() + RETRY_AFTER_SECONDS
+    """Connecting to the node failed: skip it for RETRY_AFTER_SECONDS. Lapsed entries go
+    here too: a node replaced under a new address (a rescheduled pod) is never looked up
+    again."""
+    now = time.monotonic()
+    for node in [node for node, until in _unreachable.items() if until <= now]:
+        del _unreachable[node]
+    _unreachable[(host, int(port))] = now + RETRY_AFTER_SECONDS
 
 
 def _skipped_error(host: str, port: int | str) -> NodeUnreachable:

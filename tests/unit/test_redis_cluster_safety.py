@@ -887,3 +887,16 @@ def test_a_reload_claim_lives_in_the_slot_of_the_key_it_claims() -> None:
 def test_no_claim_key_is_made_for_a_key_with_a_brace_but_no_hash_tag(key: str) -> None:
     with pytest.raises(ValueError):
         reload_claim_key(key)
+
+
+def test_a_node_skipped_once_is_forgotten_when_another_fails_after_its_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common import cache
+
+    now = [100.0]
+    monkeypatch.setattr(cache.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(cache, "_unreachable", {})
+    cache._node_failed("10.0.0.1", 6379)  # a pod since rescheduled under another address
+    assert cache._node_skipped("10.0.0.1", "6379")
+    now[0] += cache.RETRY_AFTER_SECONDS + 0.1
+    cache._node_failed("10.0.0.2", 6379)
+    assert list(cache._unreachable) == [("10.0.0.2", 6379)]
