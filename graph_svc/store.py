@@ -190,10 +190,9 @@ class GraphStore:
         applied = bool(rows[0][0])
         return applied, at if applied else _utc(rows[0].followed_at)
 
-    async def edge_time(self, follower: int, followee: int, serial: bool = False) -> datetime | None:
-        """When the follow happened, or None. `serial`: after every claim or removal
-        of the edge already answered, and any still in flight, is settled."""
-        rows = await self._cql.execute(self._q["edge_now" if serial else "get_edge"], (follower, followee))
+    async def edge_time(self, follower: int, followee: int) -> datetime | None:
+        """When the follow happened, or None (a quorum read)."""
+        rows = await self._cql.execute(self._q["get_edge"], (follower, followee))
         return _utc(rows[0].followed_at) if rows else None
 
     async def follow_listed(self, follower: int, followee: int, at: datetime) -> bool:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cassandra import ConsistencyLevel, InvalidRequest, Unavailable
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
@@ -102,6 +102,29 @@ def ensure_keyspace(session: Session, keyspace: str, wanted: Mapping[str, str]) 
 
 KEYSPACE_VISIBLE_SECONDS = 60.0
 SCHEMA_AGREEMENT_SECONDS = 60
+QUORUM_SECONDS = 60.0
+Result = TypeVar("Result")
+
+
+def _asking_again(
+    attempt: Callable[[], Result],
+    passing: Callable[[Exception], str | None],
+    seconds: float,
+    sleep: Callable[[float], None],
+) -> Result:
+    """`attempt()`, asked again a second later while `passing` names its error a
+    passing state of a cluster that has just started (the message it prints), until
+    `seconds` have passed; any other error is raised at once."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return attempt()
+        except Exception as exc:
+            waiting = passing(exc)
+            if waiting is None or time.monotonic() > deadline:
+                raise
+            print(waiting)
+            sleep(1.0)
 
 
 def use_keyspace(
@@ -114,20 +137,14 @@ def use_keyspace(
     may not have reached the node a statement goes to: the driver's wait for schema
     agreement covers only the nodes it already knows to be up. Such a node answers
     that the keyspace does not exist; ask again, waiting for agreement, until it has."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            session.set_keyspace(keyspace)
-            return
-        except InvalidRequest as exc:
-            if "does not exist" not in str(exc) or time.monotonic() > deadline:
-                raise
-            print(f"keyspace {keyspace} not yet on every node ({exc}); waiting for schema agreement")
-            session.cluster.control_connection.wait_for_schema_agreement(wait_time=5.0)
-            sleep(1.0)
 
+    def not_there_yet(exc: Exception) -> str | None:
+        if not isinstance(exc, InvalidRequest) or "does not exist" not in str(exc):
+            return None
+        session.cluster.control_connection.wait_for_schema_agreement(wait_time=5.0)
+        return f"keyspace {keyspace} not yet on every node ({exc}); waiting for schema agreement"
 
-QUORUM_SECONDS = 60.0
+    _asking_again(lambda: session.set_keyspace(keyspace), not_there_yet, seconds, sleep)
 
 
 def execute_at_quorum(
@@ -141,17 +158,15 @@ def execute_at_quorum(
     have just started open their CQL port before they see each other up in gossip, so
     the first coordinator may count too few live replicas and answer Unavailable, which
     is raised before anything is written: ask again, until `seconds` have passed."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return list(session.execute(query, params))
-        except (Unavailable, NoHostAvailable) as exc:
-            # The driver tries the next host once; with one host up it ends in NoHostAvailable.
-            errors = list(exc.errors.values()) if isinstance(exc, NoHostAvailable) else [exc]
-            if not errors or not all(isinstance(e, Unavailable) for e in errors) or time.monotonic() > deadline:
-                raise
-            print(f"too few replicas up yet ({errors[0]}); waiting")
-            sleep(1.0)
+
+    def too_few_up(exc: Exception) -> str | None:
+        # The driver tries the next host once; with one host up it ends in NoHostAvailable.
+        errors = list(exc.errors.values()) if isinstance(exc, NoHostAvailable) else [exc]
+        if not errors or not all(isinstance(e, Unavailable) for e in errors):
+            return None
+        return f"too few replicas up yet ({errors[0]}); waiting"
+
+    return _asking_again(lambda: list(session.execute(query, params)), too_few_up, seconds, sleep)
 
 
 # ---- data steps ----------------------------------------------------------------------

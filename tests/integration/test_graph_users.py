@@ -104,8 +104,8 @@ async def test_followers_spread_over_more_months_than_one_listing_are_all_listed
 
 
 async def test_the_reads_that_settle_a_follow_racing_an_unfollow(cql: CqlSession) -> None:
-    """A follow reads its edge at LOCAL_SERIAL after writing its rows, and an unfollow looks
-    for the rows after removing the edge (graph_svc/domain.py): both reads on the real store."""
+    """A follow reads its edge again after writing its rows, and an unfollow looks for the
+    rows after removing the edge (graph_svc/domain.py): both reads on the real store."""
     store = GraphStore(cql, Outbox(cql, None))
     await store.prepare()
     ids = IdGenerator(909)
@@ -114,16 +114,16 @@ async def test_the_reads_that_settle_a_follow_racing_an_unfollow(cql: CqlSession
     add_row = await cql.prepare("INSERT INTO following_by_time (user_id, followed_at, followee_id) VALUES (?, ?, ?)")
     drop_rows = await cql.prepare("DELETE FROM following_by_time WHERE user_id = ?")
     try:
-        assert await store.edge_time(follower, followee, serial=True) is None
+        assert await store.edge_time(follower, followee) is None
         assert await store.add_edge(follower, followee, at) == (True, at)
-        assert await store.edge_time(follower, followee, serial=True) == at
+        assert await store.edge_time(follower, followee) == at
         assert not await store.follow_listed(follower, followee, at)
         await cql.execute(add_row, (follower, at, followee))
         assert await store.follow_listed(follower, followee, at)
         assert not await store.follow_listed(follower, followee, at + timedelta(milliseconds=1))
         assert not await store.follow_listed(follower, ids.next_id(), at)
         assert await store.remove_edge(follower, followee)
-        assert await store.edge_time(follower, followee, serial=True) is None
+        assert await store.edge_time(follower, followee) is None
     finally:
         await store.remove_edge(follower, followee)
         await cql.execute(drop_rows, (follower,))
