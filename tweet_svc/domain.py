@@ -257,9 +257,15 @@ class Tweets:
         await self._limits.take("like", user_id)  # before any read: a refused like costs one Redis call
         await self.get(tweet_id, viewer=user_id)
         # Read before the event is sent, so the worker cannot have folded it into what is read.
-        stored_count, rows = await self._store.like_states(tweet_id, [user_id])
+        (stored_count, rows), last = await asyncio.gather(
+            self._store.like_states(tweet_id, [user_id]), self._store.user_like_version(user_id, tweet_id)
+        )
         stored = rows.get(user_id, NEVER)
-        event = LikeEvent(tweet_id=tweet_id, user_id=user_id, liked=liked, version=self._ids.next_id())
+        # Above the user's last acknowledged change of this tweet's like, even one made by an
+        # instance whose clock is ahead of this one's: versions order the changes, and a
+        # newer change with an older version would be dropped as stale everywhere.
+        version = max(self._ids.next_id(), stored.version + 1, last + 1)
+        event = LikeEvent(tweet_id=tweet_id, user_id=user_id, liked=liked, version=version)
         await self._producer.send(TOPIC_LIKES, str(tweet_id).encode(), event.encode())
         # After the acknowledgement (a like Kafka refused must not show), for read-your-writes:
         # the worker writes the same cell again when it folds the event (tweet_svc/viewer.py).

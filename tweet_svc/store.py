@@ -20,7 +20,7 @@ from common.ids import id_time_ms
 from common.outbox import Event, Outbox
 from common.singleflight import REFRESH_INTERVAL_SECONDS, BackgroundRefresh
 from tweet_svc.likes import LikeState
-from tweet_svc.viewer import decode_liked, encode_state, write_time_us
+from tweet_svc.viewer import decode_liked, decode_version, encode_state, write_time_us
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ STATEMENTS = {
     # The viewer's likes (tweet_svc/viewer.py): plain upserts at the version's write time.
     "set_user_like": "UPDATE user_likes USING TIMESTAMP ? SET state = ? WHERE user_id = ? AND tweet_id = ?",
     "user_likes_among": "SELECT tweet_id, state FROM user_likes WHERE user_id = ? AND tweet_id IN ?",
+    "user_like": "SELECT state FROM user_likes WHERE user_id = ? AND tweet_id = ?",
     "set_count": "UPDATE tweet_likes SET like_count = ? WHERE tweet_id = ? IF like_count = ?",
     "set_like": "UPDATE tweet_likes SET liked = ?, version = ? WHERE tweet_id = ? AND user_id = ? IF version = ?",
     "claim_key": "INSERT INTO idempotency_keys (user_id, key, tweet_id) VALUES (?, ?, ?) IF NOT EXISTS",
@@ -246,6 +247,12 @@ class TweetStore:
         await self._cql.execute(
             self._q["set_user_like"], (write_time_us(version), encode_state(liked, version), user_id, tweet_id)
         )
+
+    async def user_like_version(self, user_id: int, tweet_id: int) -> int:
+        """The version of the user's last acknowledged like or unlike of this tweet (each is
+        written to `user_likes` before it is acknowledged); -1 for none."""
+        rows = await self._cql.execute(self._q["user_like"], (user_id, tweet_id))
+        return decode_version(rows[0].state) if rows else -1
 
     async def record_user_likes(self, tweet_id: int, states: dict[int, LikeState]) -> None:
         """`record_user_like` for several users (partitions differ: one write each, no batch)."""

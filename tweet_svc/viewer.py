@@ -36,5 +36,10 @@ def encode_state(liked: bool, version: int) -> bytes:
     return version.to_bytes(8, "big") + (b"\x01" if liked else b"\x00")
 
 
+def decode_version(state: bytes | None) -> int:
+    """The version a state was written at; -1 for none."""
+    return int.from_bytes(state[:8], "big") if state is not None and len(state) == 9 else -1
+
+
 def decode_liked(state: bytes | None) -> bool:
     return state is not None and len(state) == 9 and state[8] == 1

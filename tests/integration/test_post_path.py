@@ -1,10 +1,12 @@
-"""tweet_svc's post path against the real stores: the batch a post writes, and
-one Idempotency-Key posted at once through two processes' worth of tweet_svc."""
+"""tweet_svc's post path against the real stores: the batch a post writes, one
+Idempotency-Key posted at once through two processes' worth of tweet_svc, and a
+like then an unlike through two instances whose clocks disagree."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,7 +45,9 @@ def new_author(edge: httpx.Client) -> int:
     return int(reply.json()["user"]["user_id"])
 
 
-async def tweets_of(cql: CqlSession, producer: AsyncProducer, redis: RedisClient, instance: int) -> Tweets:
+async def tweets_of(
+    cql: CqlSession, producer: AsyncProducer, redis: RedisClient, instance: int, ahead_ms: int = 0
+) -> Tweets:
     """tweet_svc's domain wired to the real stores as its main.py does (one per "process")."""
     outbox = Outbox(cql, producer)
     await outbox.prepare()
@@ -53,7 +57,11 @@ async def tweets_of(cql: CqlSession, producer: AsyncProducer, redis: RedisClient
     async def username(user_id: int) -> str:
         return f"author{user_id}"
 
-    return Tweets(store, TweetCache(redis, 60, 30, 30), outbox, producer, Usernames(username), IdGenerator(instance))
+    def clock_ms() -> int:
+        return time.time_ns() // 1_000_000 + ahead_ms
+
+    ids = IdGenerator(instance, clock_ms)
+    return Tweets(store, TweetCache(redis, 60, 30, 30), outbox, producer, Usernames(username), ids)
 
 
 async def test_the_bucket_row_is_written_once_per_store_and_every_tweet_is_listed(
@@ -104,5 +112,29 @@ async def test_one_key_posted_at_once_through_two_instances_makes_one_tweet(
         assert again.tweet_id == posts[0].tweet_id
         fresh = await first.create(author, "twice", key + "-2")
         assert fresh.tweet_id != posts[0].tweet_id
+    finally:
+        producer.close()
+
+
+async def test_an_unlike_after_a_like_wins_though_the_like_came_from_a_clock_ahead(
+    cql: CqlSession, redis: RedisClient, edge: httpx.Client
+) -> None:
+    author, fan = new_author(edge), new_author(edge)
+    producer = AsyncProducer(KAFKA, "tests-post-path")
+    try:
+        # Two instances a second apart: the like goes through the one ahead.
+        ahead = await tweets_of(cql, producer, redis, 918, ahead_ms=1000)
+        behind = await tweets_of(cql, producer, redis, 919)
+        tweet = (await behind.create(author, "liked, then not", "")).tweet_id
+
+        assert await ahead.set_like(fan, tweet, liked=True) == 1
+        assert await behind.liked_by(fan, [tweet]) == {tweet}
+        assert await behind.set_like(fan, tweet, liked=False) == 0
+        # The unlike is the newer change wherever versions order them: here, the
+        # viewer's flag in `user_likes`, read through either instance.
+        assert await behind.liked_by(fan, [tweet]) == set()
+        assert await ahead.liked_by(fan, [tweet]) == set()
+        assert await behind.set_like(fan, tweet, liked=True) == 1
+        assert await ahead.liked_by(fan, [tweet]) == {tweet}
     finally:
         producer.close()
