@@ -59,10 +59,15 @@ STATEMENTS = {
     "edge_now": "SELECT followed_at FROM follows WHERE follower_id = ? AND followee_id = ?",  # read at LOCAL_SERIAL
     "following_row": "SELECT followee_id FROM following_by_time WHERE user_id = ? AND followed_at = ? AND followee_id = ?",
     "unfollow_edge": "DELETE FROM follows WHERE follower_id = ? AND followee_id = ? IF EXISTS",
-    "add_following": "INSERT INTO following_by_time (user_id, followed_at, followee_id) VALUES (?, ?, ?)",
-    "del_following": "DELETE FROM following_by_time WHERE user_id = ? AND followed_at = ? AND followee_id = ?",
-    "add_follower": "INSERT INTO followers_by_time (user_id, bucket, followed_at, follower_id) VALUES (?, ?, ?, ?)",
-    "del_follower": "DELETE FROM followers_by_time WHERE user_id = ? AND bucket = ? AND followed_at = ? AND follower_id = ?",
+    # List rows are written at the follow's own time and deleted above it (`write_follow_lists`).
+    "add_following": "INSERT INTO following_by_time (user_id, followed_at, followee_id) VALUES (?, ?, ?) "
+    "USING TIMESTAMP ?",
+    "del_following": "DELETE FROM following_by_time USING TIMESTAMP ? "
+    "WHERE user_id = ? AND followed_at = ? AND followee_id = ?",
+    "add_follower": "INSERT INTO followers_by_time (user_id, bucket, followed_at, follower_id) VALUES (?, ?, ?, ?) "
+    "USING TIMESTAMP ?",
+    "del_follower": "DELETE FROM followers_by_time USING TIMESTAMP ? "
+    "WHERE user_id = ? AND bucket = ? AND followed_at = ? AND follower_id = ?",
     "add_bucket": "INSERT INTO follower_buckets (user_id, bucket) VALUES (?, ?)",
     "count_bucket": "SELECT COUNT(*) FROM followers_by_time WHERE user_id = ? AND bucket = ?",
     "set_bucket_count": "UPDATE follower_bucket_counts USING TIMESTAMP ? SET followers = ? "
@@ -204,19 +209,30 @@ class GraphStore:
         return bool(rows[0][0])
 
     async def write_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
-        """Both list rows and the event, atomically (logged batch); idempotent."""
+        """Both list rows and the event, atomically (logged batch); idempotent.
+
+        The rows are written at the follow's time (`at`, which the edge's claim stored)
+        and deleted above it (`delete_follow_lists`), never at the clock of whichever
+        instance runs the call: an unfollow right after a follow made by an instance whose
+        clock is ahead would otherwise delete below the rows' time, and delete nothing,
+        leaving a follower counted and listed with no edge for any unfollow to find. A
+        repeated follow writes the same rows at the same time, so it never brings back
+        rows an unfollow deleted."""
         bucket = follow_bucket(at)
+        written = _ms(at) * 1000
         batch = Batch(BatchType.LOGGED)
-        batch.add(self._q["add_following"], (follower, at, followee))
-        batch.add(self._q["add_follower"], (followee, bucket, at, follower))
+        batch.add(self._q["add_following"], (follower, at, followee, written))
+        batch.add(self._q["add_follower"], (followee, bucket, at, follower, written))
         batch.add(self._q["add_bucket"], (followee, bucket))
         self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
 
     async def delete_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
+        """The rows of the follow made at `at`, deleted above their write time, and the event."""
+        deleted = max(_now_us(), _ms(at) * 1000 + 1)
         batch = Batch(BatchType.LOGGED)
-        batch.add(self._q["del_following"], (follower, at, followee))
-        batch.add(self._q["del_follower"], (followee, follow_bucket(at), at, follower))
+        batch.add(self._q["del_following"], (deleted, follower, at, followee))
+        batch.add(self._q["del_follower"], (deleted, followee, follow_bucket(at), at, follower))
         self._outbox.add_to(batch, event)
         await self._cql.execute(batch)
 

@@ -1,16 +1,20 @@
 """graph_svc's store against the real Cassandra: the batch user read (more ids than one IN
 list holds, in the order asked, with their counts, unknown ids left out), name claims, and
-a follower list spread over more months than one listing holds."""
+a follower list spread over more months than one listing holds, and follow and block
+rows written by an instance whose clock is ahead."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 from common.buckets import BUCKETS_LISTED_AT_ONCE
 from common.cql import IN_LIST_SIZE, CqlSession
 from common.ids import IdGenerator
-from common.outbox import Outbox
+from common.kafka import TOPIC_FOLLOWS
+from common.outbox import Event, Outbox
 from graph_svc.accounts import Account
+from graph_svc.relations import RelationStore
 from graph_svc.store import FollowEdge, GraphStore, follow_bucket
 
 
@@ -127,3 +131,86 @@ async def test_the_reads_that_settle_a_follow_racing_an_unfollow(cql: CqlSession
     finally:
         await store.remove_edge(follower, followee)
         await cql.execute(drop_rows, (follower,))
+
+
+async def test_an_unfollow_deletes_rows_a_follow_wrote_from_a_clock_ahead_of_its_own(cql: CqlSession) -> None:
+    """A follow's list rows carry the follow's time, which the instance that made it took
+    from its own clock; the unfollow, on an instance whose clock is behind that, must
+    still delete them, and a repeat of that follow must not bring them back."""
+    outbox = Outbox(cql, None)
+    await outbox.prepare()
+    store = GraphStore(cql, outbox)
+    await store.prepare()
+    ids = IdGenerator(910)
+    follower, followee = ids.next_id(), ids.next_id()
+    at = datetime.fromtimestamp(round(time.time() + 2, 3), UTC)  # made 2 s "ahead" of this host
+    bucket = follow_bucket(at)
+    # The rows as a follow made there wrote them: at its clock's time.
+    ahead_us = int(at.timestamp() * 1000) * 1000
+    add_following = await cql.prepare(
+        "INSERT INTO following_by_time (user_id, followed_at, followee_id) VALUES (?, ?, ?) USING TIMESTAMP ?"
+    )
+    add_follower = await cql.prepare(
+        "INSERT INTO followers_by_time (user_id, bucket, followed_at, follower_id) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"
+    )
+
+    def event(kind: str) -> Event:
+        payload = {"type": kind, "follower_id": follower, "followee_id": followee, "at_ms": 0, "followed_at_ms": 0}
+        return Event(event_id=ids.next_id(), topic=TOPIC_FOLLOWS, key=follower, payload=payload)
+
+    try:
+        await cql.execute(add_following, (follower, at, followee, ahead_us))
+        await cql.execute(add_follower, (followee, bucket, at, follower, ahead_us))
+        await cql.execute("INSERT INTO follower_buckets (user_id, bucket) VALUES (%s, %s)", (followee, bucket))
+        assert await store.follow_listed(follower, followee, at)
+        assert [e.user_id for e in await store.followers(followee, 10, None)] == [follower]
+
+        await store.delete_follow_lists(follower, followee, at, event("unfollow"))  # at once, from here
+        assert not await store.follow_listed(follower, followee, at)
+        assert await store.followers(followee, 10, None) == []
+
+        await store.write_follow_lists(follower, followee, at, event("follow"))  # a late repeat of the follow
+        assert not await store.follow_listed(follower, followee, at)
+        assert await store.followers(followee, 10, None) == []
+    finally:
+        await cql.execute("DELETE FROM following_by_time WHERE user_id = %s", (follower,))
+        await cql.execute("DELETE FROM followers_by_time WHERE user_id = %s AND bucket = %s", (followee, bucket))
+        await cql.execute("DELETE FROM follower_buckets WHERE user_id = %s", (followee,))
+
+
+async def test_an_unblock_deletes_rows_a_block_wrote_from_a_clock_ahead_of_its_own(cql: CqlSession) -> None:
+    """As for follows: a block's listing rows carry the block's time, and an unblock on an
+    instance whose clock is behind still deletes them; the membership row, claimed by a
+    lightweight transaction, goes by one, so a block made again afterwards holds."""
+    relations = RelationStore(cql)
+    await relations.prepare()
+    ids = IdGenerator(911)
+    blocker, blocked = ids.next_id(), ids.next_id()
+    at = datetime.fromtimestamp(round(time.time() + 2, 3), UTC)  # made 2 s "ahead" of this host
+    ahead_us = int(at.timestamp() * 1000) * 1000
+    try:
+        assert await relations.claim("block", blocker, blocked, at) == at
+        await cql.execute(
+            "INSERT INTO blocks_by_time (blocker_id, blocked_at, blocked_id) VALUES (%s, %s, %s) USING TIMESTAMP %s",
+            (blocker, at, blocked, ahead_us),
+        )
+        await cql.execute(
+            "INSERT INTO blocked_by (blocked_id, blocker_id) VALUES (%s, %s) USING TIMESTAMP %s",
+            (blocked, blocker, ahead_us),
+        )
+        assert await relations.blockers_of(blocked, 10) == [blocker]
+
+        await relations.remove("block", blocker, blocked, at)  # at once, from here
+        assert await relations.since("block", blocker, blocked) is None
+        assert await relations.blockers_of(blocked, 10) == []
+        assert await relations.listing("block", blocker, 10, None) == []
+
+        again = datetime.fromtimestamp(round(time.time() + 3, 3), UTC)
+        assert await relations.claim("block", blocker, blocked, again) == again
+        await relations.write_listing("block", blocker, blocked, again)
+        assert await relations.since("block", blocker, blocked) == again
+        assert await relations.blockers_of(blocked, 10) == [blocker]
+    finally:
+        listed = await relations.since("block", blocker, blocked)
+        if listed is not None:
+            await relations.remove("block", blocker, blocked, listed)
