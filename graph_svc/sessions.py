@@ -220,8 +220,12 @@ STATEMENTS = {
     "chain": "SELECT created_at, revoked FROM session_chains WHERE user_id = ? AND chain_id = ?",
     "chain_ids": "SELECT chain_id FROM session_chains WHERE user_id = ?",
     "revoke_chains": "UPDATE session_chains USING TTL ? SET revoked = true WHERE user_id = ? AND chain_id IN ?",
+    # A lightweight transaction, as the retire is: a plain insert carries the issuing host's
+    # clock and the retire the coordinator's Paxos ballot, so from a host whose clock is
+    # ahead, a retire soon after the issue fell below the insert's `retired = false` and
+    # was lost, and the token could be replayed. (The hash is random: it never exists.)
     "add_token": "INSERT INTO refresh_tokens (token_hash, chain_id, user_id, expires_at, retired) "
-    "VALUES (?, ?, ?, ?, false) USING TTL ?",
+    "VALUES (?, ?, ?, ?, false) IF NOT EXISTS USING TTL ?",
     "token": "SELECT chain_id, user_id, expires_at, retired FROM refresh_tokens WHERE token_hash = ?",
     # TTL again: an update without one would keep the row forever.
     "retire": "UPDATE refresh_tokens USING TTL ? SET retired = true WHERE token_hash = ? IF retired = false",
