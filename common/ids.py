@@ -33,13 +33,16 @@ class IdGenerator:
 
     def next_id(self) -> int:
         with self._lock:
-            now = self._clock()
+            clock = self._clock()
             # A clock that steps back must not reuse ids: stay on the last millisecond.
-            now = max(now, self._last_ms)
+            now = max(clock, self._last_ms)
             if now == self._last_ms:
                 self._sequence = (self._sequence + 1) & MAX_SEQUENCE
                 if self._sequence == 0:
-                    now = self._wait_next_ms(now)
+                    # A full millisecond: wait for the next one while the clock is on it, but
+                    # while it is behind (stepped back), take the next one at once. Waiting
+                    # would hold the event loop until the clock caught up, seconds maybe.
+                    now = self._wait_next_ms(now) if clock >= now else now + 1
             else:
                 self._sequence = 0
             self._last_ms = now

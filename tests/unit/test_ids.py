@@ -30,3 +30,11 @@ def test_clock_going_backwards_does_not_reuse_ids() -> None:
     gen = IdGenerator(3, clock_ms=lambda: next(ticks))
     first, second, third = gen.next_id(), gen.next_id(), gen.next_id()
     assert first < second < third
+
+
+def test_a_full_millisecond_with_the_clock_stepped_back_takes_the_next_one_without_waiting() -> None:
+    ticks = iter([CHIRP_EPOCH_MS + 5000] + [CHIRP_EPOCH_MS + 1000] * 9000)  # 4 s back, and it stays there
+    gen = IdGenerator(4, clock_ms=lambda: next(ticks))  # a wait would exhaust the ticks: StopIteration
+    ids = [gen.next_id() for _ in range(9000)]
+    assert ids == sorted(ids) and len(set(ids)) == 9000
+    assert id_time_ms(ids[-1]) == CHIRP_EPOCH_MS + 5002  # two milliseconds borrowed, not four seconds waited
