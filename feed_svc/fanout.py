@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import grpc
 from confluent_kafka import Message
 from prometheus_client import Counter, Histogram
 
@@ -139,6 +140,19 @@ class Fanout:
         await apply_each((functools.partial(in_order, events) for events in by_key.values()), self._keys_at_once)
 
     async def handle(self, kind: str, event: dict[str, Any]) -> None:
+        try:
+            await self._handle(kind, event)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            # A user the event names does not exist: applied again, it would fail the same
+            # way, and hold back every event after it in its partition for good.
+            log.warning(
+                "skipping an event that names a user who does not exist",
+                extra={"kind": kind, "event": str(event)[:200], "error": error.details()},
+            )
+
+    async def _handle(self, kind: str, event: dict[str, Any]) -> None:
         if kind == "tweet_created":
             await self.tweet_created(int(event["tweet_id"]), int(event["author_id"]), int(event["created_at_ms"]))
         elif kind == "tweet_deleted":

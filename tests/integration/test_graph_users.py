@@ -143,6 +143,8 @@ async def test_an_unfollow_deletes_rows_a_follow_wrote_from_a_clock_ahead_of_its
     await store.prepare()
     ids = IdGenerator(910)
     follower, followee = ids.next_id(), ids.next_id()
+    for user_id in (follower, followee):  # real users: the events reach the fan-out worker
+        await store.insert_user(Account(user_id, f"u{user_id % 10**12}", datetime.now(UTC)))
     at = datetime.fromtimestamp(round(time.time() + 2, 3), UTC)  # made 2 s "ahead" of this host
     bucket = follow_bucket(at)
     # The rows as a follow made there wrote them: at its clock's time.

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, cast
 
+import grpc
 import pytest
 from chirp.tweet.v1 import tweet_pb2
 from confluent_kafka import Message
@@ -803,3 +804,26 @@ async def test_the_registry_is_held_in_memory_and_refreshed_every_interval() -> 
     assert await world.registry.members() == {NORMAL}
     world.pass_time(REFRESH_SECONDS)
     assert await world.registry.members() == frozenset()
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
+
+
+async def test_an_event_naming_a_user_who_does_not_exist_is_skipped_and_an_outage_is_not() -> None:
+    world = World()
+
+    async def no_such_user(user_id: int) -> int:
+        raise rpc_error(grpc.StatusCode.NOT_FOUND, f"user {user_id} does not exist")
+
+    world.fanout = world.worker(no_such_user)
+    await world.follow(1, 2)  # the edge is there, the followee is not: nothing to push
+    await world.unfollow(1, 2)  # the demotion check asks for the count: nothing to demote
+    assert world.cached(1) == set()
+
+    async def graph_down(user_id: int) -> int:
+        raise rpc_error(grpc.StatusCode.UNAVAILABLE, "graph_svc is down")
+
+    world.fanout = world.worker(graph_down)
+    with pytest.raises(grpc.aio.AioRpcError):  # applied again from Kafka once graph_svc answers
+        await world.unfollow(1, 2)
