@@ -7,9 +7,10 @@ acting user's time-ordered list (`blocks_by_time`/`mutes_by_time`) never
 shows anyone twice; for blocks also a row by the blocked user (`blocked_by`),
 so "who blocks me" is one partition. The listing rows are written after the
 claim and again on every repeat, so a retry repairs a block or mute a crash
-cut short; a removal deletes the listing rows in one logged batch, then the
-membership row (a lightweight transaction, as its claim), so a retry finds a
-removal a crash cut short and finishes it.
+cut short; a removal deletes the listing rows, then the membership row, so a
+retry finds a removal a crash cut short and finishes it. Every one of these
+writes is a lightweight transaction: Paxos ballots order them whatever the
+clocks of the hosts sending them.
 
 A block then removes the follows in both directions through graph_svc's own
 unfollow (`Follows.remove_follow`), so counts, events and the fan-out's
@@ -31,15 +32,14 @@ failed (503).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from cassandra.query import BatchType, PreparedStatement
+from cassandra.query import PreparedStatement
 
-from common.cql import Batch, CqlSession, in_lists, prepare_all
+from common.cql import CqlSession, in_lists, prepare_all
 from common.errors import InvalidArgument, PermissionDenied
 from common.limits import UserLimits
 from common.pagination import PageTokens, scope, unshared_tokens
@@ -68,10 +68,10 @@ _TABLES: dict[Kind, tuple[str, str, str, str, str]] = {
 
 def _statements() -> dict[str, str]:
     statements = {
-        # Listing rows are written at the relation's own time and deleted above it, and the
-        # membership row, claimed by a lightweight transaction, is deleted by one (`remove`).
-        "blocked_by_add": "INSERT INTO blocked_by (blocked_id, blocker_id) VALUES (?, ?) USING TIMESTAMP ?",
-        "blocked_by_del": "DELETE FROM blocked_by USING TIMESTAMP ? WHERE blocked_id = ? AND blocker_id = ?",
+        # Every row of blocks and mutes is written and deleted by lightweight transactions
+        # (`write_listing`, `remove`).
+        "blocked_by_add": "INSERT INTO blocked_by (blocked_id, blocker_id) VALUES (?, ?) IF NOT EXISTS",
+        "blocked_by_del": "DELETE FROM blocked_by WHERE blocked_id = ? AND blocker_id = ? IF EXISTS",
         "blocked_by_first": "SELECT blocker_id FROM blocked_by WHERE blocked_id = ? LIMIT ?",
         "blocked_by_among": "SELECT blocker_id FROM blocked_by WHERE blocked_id = ? AND blocker_id IN ?",
     }
@@ -82,8 +82,8 @@ def _statements() -> dict[str, str]:
             f"{kind}_del": f"DELETE FROM {table} WHERE {actor} = ? AND {target} = ? IF EXISTS",
             f"{kind}_all": f"SELECT {target} FROM {table} WHERE {actor} = ?",
             f"{kind}_among": f"SELECT {target} FROM {table} WHERE {actor} = ? AND {target} IN ?",
-            f"{kind}_list_add": f"INSERT INTO {by_time} ({actor}, {at}, {target}) VALUES (?, ?, ?) USING TIMESTAMP ?",
-            f"{kind}_list_del": f"DELETE FROM {by_time} USING TIMESTAMP ? WHERE {actor} = ? AND {at} = ? AND {target} = ?",
+            f"{kind}_list_add": f"INSERT INTO {by_time} ({actor}, {at}, {target}) VALUES (?, ?, ?) IF NOT EXISTS",
+            f"{kind}_list_del": f"DELETE FROM {by_time} WHERE {actor} = ? AND {at} = ? AND {target} = ? IF EXISTS",
             f"{kind}_first": f"SELECT {at}, {target} FROM {by_time} WHERE {actor} = ? LIMIT ?",
             f"{kind}_after": f"SELECT {at}, {target} FROM {by_time} WHERE {actor} = ? "
             f"AND ({at}, {target}) < (?, ?) LIMIT ?",
@@ -118,32 +118,29 @@ class RelationStore:
         return at if rows[0][0] else _utc(getattr(rows[0], _TABLES[kind][4]))
 
     async def write_listing(self, kind: Kind, actor: int, target: int, at: datetime) -> None:
-        """The list row (and for a block the blocked-by row), idempotent: written at the
-        relation's time (`at`, which the claim stored), not at the clock of whichever
-        instance runs the call, so that a removal right after it, by an instance whose
-        clock is behind, still deletes them (`remove` deletes above that time)."""
-        written = _ms(at) * 1000
-        batch = Batch(BatchType.LOGGED)
-        batch.add(self._q[f"{kind}_list_add"], (actor, at, target, written))
+        """The list row (and for a block the blocked-by row), idempotent. Lightweight
+        transactions, as every write of these rows: each takes a Paxos ballot above the
+        last one of its partition, so a row written again after a removal (a block made
+        again, or repeated after an unblock that died before its membership delete) is
+        never left under that removal's tombstone, whatever the hosts' clocks say. Plain
+        writes carry the sending host's clock, and one behind lost to an earlier delete."""
+        writes = [self._cql.execute(self._q[f"{kind}_list_add"], (actor, at, target))]
         if kind == "block":
-            batch.add(self._q["blocked_by_add"], (target, actor, written))
-        await self._cql.execute(batch)
+            writes.append(self._cql.execute(self._q["blocked_by_add"], (target, actor)))
+        await asyncio.gather(*writes)
 
     async def since(self, kind: Kind, actor: int, target: int) -> datetime | None:
         rows = await self._cql.execute(self._q[f"{kind}_since"], (actor, target))
         return _utc(rows[0][0]) if rows else None
 
     async def remove(self, kind: Kind, actor: int, target: int, at: datetime) -> None:
-        """The listing rows, deleted above their write time, then the membership row by a
-        lightweight transaction, as it was claimed: a plain delete carries this host's
-        clock, the claim the coordinator's Paxos ballot, and a clock behind would leave the
-        row. Last, so that a removal cut short is still found (`since`) and done again."""
-        deleted = max(time.time_ns() // 1000, _ms(at) * 1000 + 1)
-        batch = Batch(BatchType.LOGGED)
-        batch.add(self._q[f"{kind}_list_del"], (deleted, actor, at, target))
+        """The listing rows, then the membership row, each by a lightweight transaction as
+        it was written (`write_listing`). The membership row goes last, so that a removal
+        cut short is still found (`since`) and done again by a retry."""
+        deletes = [self._cql.execute(self._q[f"{kind}_list_del"], (actor, at, target))]
         if kind == "block":
-            batch.add(self._q["blocked_by_del"], (deleted, target, actor))
-        await self._cql.execute(batch)
+            deletes.append(self._cql.execute(self._q["blocked_by_del"], (target, actor)))
+        await asyncio.gather(*deletes)
         await self._cql.execute(self._q[f"{kind}_del"], (actor, target))
 
     async def listing(self, kind: Kind, actor: int, limit: int, after: Listed | None) -> list[Listed]:

@@ -1,7 +1,7 @@
 """graph_svc's store against the real Cassandra: the batch user read (more ids than one IN
 list holds, in the order asked, with their counts, unknown ids left out), name claims, and
-a follower list spread over more months than one listing holds, and follow and block
-rows written by an instance whose clock is ahead."""
+a follower list spread over more months than one listing holds, follow rows written by
+an instance whose clock is ahead, and block rows removed and written again."""
 
 from __future__ import annotations
 
@@ -180,38 +180,46 @@ async def test_an_unfollow_deletes_rows_a_follow_wrote_from_a_clock_ahead_of_its
         await cql.execute("DELETE FROM follower_buckets WHERE user_id = %s", (followee,))
 
 
-async def test_an_unblock_deletes_rows_a_block_wrote_from_a_clock_ahead_of_its_own(cql: CqlSession) -> None:
-    """As for follows: a block's listing rows carry the block's time, and an unblock on an
-    instance whose clock is behind still deletes them; the membership row, claimed by a
-    lightweight transaction, goes by one, so a block made again afterwards holds."""
+async def test_block_rows_removed_then_written_again_stay_whatever_the_clocks(cql: CqlSession) -> None:
+    """Blocks and mutes are written and removed only by lightweight transactions, so a
+    row written again after its removal is never left under the removal's tombstone:
+    a block made again by a host whose clock is behind the unblock's, and a block
+    repeated after an unblock that died between its listing deletes and its membership
+    delete."""
     relations = RelationStore(cql)
     await relations.prepare()
     ids = IdGenerator(911)
     blocker, blocked = ids.next_id(), ids.next_id()
-    at = datetime.fromtimestamp(round(time.time() + 2, 3), UTC)  # made 2 s "ahead" of this host
-    ahead_us = int(at.timestamp() * 1000) * 1000
+    at = datetime.fromtimestamp(round(time.time(), 3), UTC)
     try:
         assert await relations.claim("block", blocker, blocked, at) == at
-        await cql.execute(
-            "INSERT INTO blocks_by_time (blocker_id, blocked_at, blocked_id) VALUES (%s, %s, %s) USING TIMESTAMP %s",
-            (blocker, at, blocked, ahead_us),
-        )
-        await cql.execute(
-            "INSERT INTO blocked_by (blocked_id, blocker_id) VALUES (%s, %s) USING TIMESTAMP %s",
-            (blocked, blocker, ahead_us),
-        )
-        assert await relations.blockers_of(blocked, 10) == [blocker]
-
-        await relations.remove("block", blocker, blocked, at)  # at once, from here
+        await relations.write_listing("block", blocker, blocked, at)
+        await relations.remove("block", blocker, blocked, at)
         assert await relations.since("block", blocker, blocked) is None
         assert await relations.blockers_of(blocked, 10) == []
-        assert await relations.listing("block", blocker, 10, None) == []
 
-        again = datetime.fromtimestamp(round(time.time() + 3, 3), UTC)
-        assert await relations.claim("block", blocker, blocked, again) == again
-        await relations.write_listing("block", blocker, blocked, again)
-        assert await relations.since("block", blocker, blocked) == again
+        behind = at - timedelta(seconds=2)  # made again, by a host 2 s behind the unblock's
+        assert await relations.claim("block", blocker, blocked, behind) == behind
+        await relations.write_listing("block", blocker, blocked, behind)
         assert await relations.blockers_of(blocked, 10) == [blocker]
+        assert [r.user_id for r in await relations.listing("block", blocker, 10, None)] == [blocked]
+
+        # An unblock that deleted the listing rows and died before the membership row:
+        for statement, params in (
+            (
+                "DELETE FROM blocks_by_time WHERE blocker_id = %s AND blocked_at = %s AND blocked_id = %s IF EXISTS",
+                (blocker, behind, blocked),
+            ),
+            ("DELETE FROM blocked_by WHERE blocked_id = %s AND blocker_id = %s IF EXISTS", (blocked, blocker)),
+        ):
+            await cql.execute(statement, params)
+        assert await relations.since("block", blocker, blocked) == behind
+        assert await relations.blockers_of(blocked, 10) == []
+        # ... then the block repeated: the claim finds the old time, and the rows come back.
+        assert await relations.claim("block", blocker, blocked, datetime.now(UTC)) == behind
+        await relations.write_listing("block", blocker, blocked, behind)
+        assert await relations.blockers_of(blocked, 10) == [blocker]
+        assert [r.user_id for r in await relations.listing("block", blocker, 10, None)] == [blocked]
     finally:
         listed = await relations.since("block", blocker, blocked)
         if listed is not None:
