@@ -317,11 +317,21 @@ class Graph:
         await self.get_user(followee)
         if self._blocks is not None:
             await refuse_follow_across_block(self._blocks, follower, followee)
-        _, at = await self._store.add_edge(follower, followee, _ms_precision(self._clock()))
+        await self._follow(follower, followee)
+
+    async def _follow(self, follower: int, followee: int, again: bool = False) -> None:
+        created, at = await self._store.add_edge(follower, followee, _ms_precision(self._clock()))
         event = self._event("follow", follower, followee, at)
         # Written again on a repeated follow too: that repairs lists (and, by the recount,
         # counts) a crash cut short.
         await self._store.write_follow_lists(follower, followee, at, event)
+        if not created and not again and not await self._store.follow_listed(follower, followee, at):
+            # An unfollow deleted this edge's rows and has not removed the edge (it died
+            # first, or is about to): rows written again at the follow's time stay under
+            # its delete (graph_svc/store.py). Finish that unfollow, then follow anew.
+            await self.remove_follow(follower, followee)
+            await self._follow(follower, followee, again=True)
+            return
         # Before the event goes out: the fan-out reads the followee's count when it gets it.
         await self._recount(follower, followee, at)
         self._outbox.publish_soon(event)

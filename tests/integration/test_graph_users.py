@@ -16,6 +16,7 @@ from common.outbox import Event, Outbox
 from graph_svc.accounts import Account
 from graph_svc.relations import RelationStore
 from graph_svc.store import FollowEdge, GraphStore, follow_bucket
+from tests.conftest import build_graph, unique_name
 
 
 async def test_users_past_one_in_list_come_back_in_the_order_asked_with_their_counts(cql: CqlSession) -> None:
@@ -224,3 +225,28 @@ async def test_block_rows_removed_then_written_again_stay_whatever_the_clocks(cq
         listed = await relations.since("block", blocker, blocked)
         if listed is not None:
             await relations.remove("block", blocker, blocked, listed)
+
+
+async def test_a_follow_repeated_after_an_unfollow_died_before_removing_the_edge_follows_anew(
+    cql: CqlSession,
+) -> None:
+    """An unfollow deletes the follow's rows, then removes the edge. One that died between
+    the two leaves the edge; a follow repeated then would write the rows again at the
+    follow's time, under the unfollow's delete: it finishes the unfollow and follows anew."""
+    graph = await build_graph(cql, IdGenerator(912))
+    store = graph._store
+    follower = (await graph.sign_up(unique_name("Fa"), "correct horse")).user_id
+    followee = (await graph.sign_up(unique_name("Fb"), "correct horse")).user_id
+    await graph.follow(follower, followee)
+    at = await store.edge_time(follower, followee)
+    assert at is not None and await store.follow_listed(follower, followee, at)
+
+    await store.delete_follow_lists(follower, followee, at, graph._event("unfollow", follower, followee, at))
+    assert await store.edge_time(follower, followee) == at  # the edge the unfollow did not reach
+
+    await graph.follow(follower, followee)
+    again = await store.edge_time(follower, followee)
+    assert again is not None and again != at
+    assert await store.follow_listed(follower, followee, again)
+    assert [a.user_id for a in (await graph.following(follower, 10, "")).accounts] == [followee]
+    assert (await graph.get_user(followee)).follower_count == 1
