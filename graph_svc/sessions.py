@@ -40,6 +40,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from cassandra import OperationTimedOut, WriteTimeout
+from cassandra.connection import ConnectionShutdown
 from cassandra.query import PreparedStatement
 
 from common.cql import CqlSession, in_lists, prepare_all
@@ -270,9 +272,18 @@ class CqlSessionStore:
             await self._cql.execute(self._q["revoke_chains"], (ttl_seconds, user_id, list(chain_ids)))
 
     async def add_refresh_token(self, token_hash: bytes, record: RefreshRecord, ttl_seconds: int) -> None:
-        await self._cql.execute(
-            self._q["add_token"], (token_hash, record.chain_id, record.user_id, record.expires_at, ttl_seconds)
-        )
+        """A lightweight transaction, so the driver does not retry it: one whose outcome
+        is unknown (a timeout, its connection closed) is asked again here. The hash is
+        random, so a row already under it is this call's own, applied the first time. A
+        failure would fail a refresh after it retired the presented token, and the
+        client's retry with that token would revoke the session."""
+        params = (token_hash, record.chain_id, record.user_id, record.expires_at, ttl_seconds)
+        try:
+            rows = await self._cql.execute(self._q["add_token"], params)
+        except (WriteTimeout, OperationTimedOut, ConnectionShutdown):
+            rows = await self._cql.execute(self._q["add_token"], params)
+        if not rows[0][0] and getattr(rows[0], "chain_id", None) != record.chain_id:
+            raise RuntimeError("a refresh token hash is already taken by another session")
 
     async def refresh_token(self, token_hash: bytes) -> RefreshRecord | None:
         rows = await self._cql.execute(self._q["token"], (token_hash,))
