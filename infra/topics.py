@@ -21,6 +21,7 @@ from confluent_kafka.admin import (
     NewPartitions,
     NewTopic,
     ResourceType,
+    TopicMetadata,
 )
 
 from common.kafka import TOPIC_LIKES, TOPICS
@@ -55,8 +56,24 @@ def main() -> int:
     for name, future in admin.create_partitions(grow).items() if grow else []:
         future.result()
         print(f"grew topic {name} to {partitions} partitions")
-    _reconcile(admin, {name: configs[name] for name in TOPICS if name in existing})
+    _reconcile(
+        admin,
+        {name: _config(name, capped_min_isr(name, min_isr, existing[name])) for name in TOPICS if name in existing},
+    )
     return 0
+
+
+def capped_min_isr(name: str, min_isr: int, topic: TopicMetadata) -> int:
+    """`min_isr`, but never above the replicas the existing topic has (its replication is
+    left as it is): above them, every acks=all write to it would be refused."""
+    replicas = min((len(p.replicas) for p in topic.partitions.values()), default=min_isr)
+    if replicas < min_isr:
+        print(
+            f"topic {name} has {replicas} replicas, fewer than min.insync.replicas {min_isr}: "
+            f"keeping it at {replicas}; reassign its partitions to raise it"
+        )
+        return replicas
+    return min_isr
 
 
 def _config(name: str, min_isr: int) -> dict[str, str]:
