@@ -52,6 +52,16 @@ class IdGenerator:
                 | self._sequence
             )
 
+    def next_id_after(self, floor: int) -> int:
+        """A new id above `floor` (an id made anywhere, by a clock ahead of this one maybe):
+        this generator moves on to the millisecond after the floor's when it is not past
+        it already, so the id is above the floor and still unique among its own."""
+        with self._lock:
+            floor_ms = id_time_ms(floor)
+            if floor >= 0 and floor_ms >= self._last_ms:
+                self._last_ms, self._sequence = floor_ms, MAX_SEQUENCE  # the next id is in a later ms
+        return self.next_id()
+
     def _wait_next_ms(self, current: int) -> int:
         now = self._clock()
         while now <= current:

@@ -264,7 +264,7 @@ class Tweets:
         # Above the user's last acknowledged change of this tweet's like, even one made by an
         # instance whose clock is ahead of this one's: versions order the changes, and a
         # newer change with an older version would be dropped as stale everywhere.
-        version = max(self._ids.next_id(), stored.version + 1, last + 1)
+        version = self._ids.next_id_after(max(stored.version, last))
         event = LikeEvent(tweet_id=tweet_id, user_id=user_id, liked=liked, version=version)
         await self._producer.send(TOPIC_LIKES, str(tweet_id).encode(), event.encode())
         # After the acknowledgement (a like Kafka refused must not show), for read-your-writes:

@@ -38,3 +38,14 @@ def test_a_full_millisecond_with_the_clock_stepped_back_takes_the_next_one_witho
     ids = [gen.next_id() for _ in range(9000)]
     assert ids == sorted(ids) and len(set(ids)) == 9000
     assert id_time_ms(ids[-1]) == CHIRP_EPOCH_MS + 5002  # two milliseconds borrowed, not four seconds waited
+
+
+def test_an_id_after_a_floor_from_a_clock_ahead_is_above_it_and_unique() -> None:
+    ahead = IdGenerator(900, clock_ms=lambda: CHIRP_EPOCH_MS + 9_000).next_id()
+    gen = IdGenerator(2, clock_ms=lambda: CHIRP_EPOCH_MS + 5_000)
+    ids = [gen.next_id_after(ahead) for _ in range(3)] + [gen.next_id() for _ in range(3)]
+    assert all(i > ahead for i in ids)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)  # two racing changes never share one
+    past = IdGenerator(3, clock_ms=lambda: CHIRP_EPOCH_MS + 5_000)
+    assert id_time_ms(past.next_id_after(min_id_at_ms(CHIRP_EPOCH_MS + 10))) == CHIRP_EPOCH_MS + 5_000
+    assert id_time_ms(past.next_id_after(-1)) == CHIRP_EPOCH_MS + 5_000
