@@ -349,15 +349,19 @@ async def without_blockers(
     show: Callable[[frozenset[int]], list[Shown]],
     author_of: Callable[[Shown], int],
     blockers_among: BlockersAmong | None,
+    asked: set[int] | None = None,
 ) -> tuple[list[Shown], frozenset[int]]:
     """What `show(hidden)` shows, and `hidden`, each without the viewer's blockers. When
     the viewer's set lists only some of them (BLOCKERS_UNLISTED), graph_svc is asked
     which authors about to be shown block the viewer, until none does: each round hides
-    at least one more author or ends. The viewer is never asked about."""
+    at least one more author or ends. The viewer is never asked about, nor any author in
+    `asked`, which gathers those asked about (a caller serving one page in several calls
+    passes the same set to each)."""
     shown = show(hidden)
     if BLOCKERS_UNLISTED not in hidden or blockers_among is None:
         return shown, hidden
-    asked = {viewer}
+    asked = set() if asked is None else asked
+    asked.add(viewer)
     while unasked := list(dict.fromkeys(a for a in map(author_of, shown) if a not in asked)):
         asked.update(unasked)
         blockers = await blockers_among(viewer, unasked)

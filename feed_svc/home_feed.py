@@ -280,6 +280,7 @@ class HomeFeed:
 
         results: list[FeedTweet] = []
         cursor = before
+        asked_blockers: set[int] = set()  # for a reader whose set lists only some blockers
         for round_ in range(MAX_ROUNDS):
             if round_:
                 want = page_size + 1 - len(results)
@@ -326,6 +327,7 @@ class HomeFeed:
                     partial(visible, candidates, authors, allowed),
                     authors.__getitem__,
                     self._blockers_among,
+                    asked_blockers,
                 )
                 if len(shown) >= want:
                     break

@@ -172,6 +172,23 @@ async def test_blockers_past_those_the_set_lists_are_asked_about_and_hidden() ->
     assert hiding.asked == []
 
 
+async def test_one_page_asks_about_each_author_once_over_its_rounds() -> None:
+    world, hiding, _ = hiding_world()
+    for author in (NORMAL, BLOCKER, OTHER):
+        await world.follow(READER, author)
+    for author in [NORMAL] * 5 + [OTHER, OTHER, NORMAL]:  # the page's first part is short
+        await world.post(author)
+    hiding.listed_blockers = 1
+    hiding.blocked[BLOCKER] = {READER}
+    hiding.blocked[OTHER] = {READER}
+
+    ids, _ = await world.page(READER, 2)
+
+    assert ids == by(world, NORMAL)[:2]
+    asked = [author for call in hiding.asked for author in call]
+    assert asked == [NORMAL]  # asked in the first part, not again in the second
+
+
 async def test_a_mute_applies_to_the_next_page_of_a_walk_in_progress() -> None:
     world, hiding, _ = hiding_world()
     for author in (NORMAL, MUTED):
