@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import SlotNotCoveredError
 
 from common.cache import TIMEOUT_SECONDS, RedisClient
 
@@ -139,19 +140,26 @@ class ReplicaWaits:
             return {key: None for key in keys}
         owners: dict[str, ClusterNode | None] = {}
         for key in keys:
-            node = self._redis.get_node_from_key(key)
+            node = self._primary_of(key)
             if node is None:
-                # After a failover the client may have dropped its slot map: read it again, once.
-                await self._redis.initialize()
-                node = self._redis.get_node_from_key(key)
+                # After a failover the client may have dropped the slot: read the map again,
+                # once (RedisCluster.initialize() does nothing once the client is set up).
+                await self._redis.nodes_manager.initialize()
+                node = self._primary_of(key)
             if node is None:
                 raise NotReplicated(f"no primary is known for {key!r}")
             owners[key] = node
         return owners
 
-    def _owner_name(self, key: str) -> str:
+    def _primary_of(self, key: str) -> ClusterNode | None:
         assert isinstance(self._redis, RedisCluster)
-        node = self._redis.get_node_from_key(key)
+        try:
+            return self._redis.get_node_from_key(key)
+        except SlotNotCoveredError:  # the slot map has no owner for it
+            return None
+
+    def _owner_name(self, key: str) -> str:
+        node = self._primary_of(key)
         return "" if node is None else str(node.name)
 
     async def _online(self, node: ClusterNode | None) -> int:

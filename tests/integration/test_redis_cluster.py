@@ -337,3 +337,14 @@ async def test_a_failing_node_leaves_the_commands_in_flight_on_the_others_alone(
     finally:
         waiting.cancel()
         await delete(rc, elsewhere[:2])
+
+
+async def test_replica_waits_read_the_slot_map_again_when_it_has_no_owner_for_a_key(rc: RedisCluster) -> None:
+    """A client whose slot map lost a slot (as after a failover) reads the map again
+    before it waits on that slot's primary, rather than failing every batch."""
+    waits = ReplicaWaits(rc, ack_ms=2000)
+    key = "{rk}"
+    slot = rc.keyslot(key)
+    rc.nodes_manager.slots_cache.pop(slot)
+    assert await waits.replicas(key) == 1  # its primary, found again, and that primary's replica
+    assert rc.get_node_from_key(key) is not None
