@@ -229,8 +229,9 @@ class ListHiddenAuthorIdsResponse(_message.Message):
     @_builtins.property
     def blocked_by_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Listed up to 1,000; past that, `blocked_by_incomplete` is set and the
-        caller asks GetRelations about the authors it would show (rank_svc does;
-        a home feed needs no blockers: a block ends the follows both ways).
+        caller asks GetRelations about the authors it is about to show (feed_svc
+        and rank_svc do). Readers that know this field are deployed before the
+        graph_svc that sets it: an older reader caches the shortened list unmarked.
         """
 
     def __init__(
