@@ -1,5 +1,4 @@
-"""Rate limits counted in shared stores, so they hold across every instance: per-user
-limits in Redis, failed logins in the CQL store (`CqlCounters`).
+"""Rate limits counted in shared Redis, so they hold across every instance.
 
 Each limit is a fixed window: one counter key per subject (a user, an account,
 a client address), created by its first hit with the window as its TTL. A hit
@@ -30,38 +29,28 @@ succeeds, when it is refused, or when something other than the password
 failed (an outage must not lock anyone out). The account counter is keyed by
 the username as typed (lower-cased), whether or not the account exists, and a
 refusal is the same 429 with the same message for all three counters: a
-lockout tells nothing about the account. The failed-login counters are kept in
-the CQL store, not Redis: Redis may evict a counter under memory pressure, lose
-its last writes in a failover or roll it back with a snapshot, and each would
-give a guesser a fresh allowance. While the store cannot answer, logins are
-counted in each instance's memory instead (the limits then hold per instance),
-so an outage does not open the door to unlimited guessing.
+lockout tells nothing about the account. While Redis cannot answer, logins
+are counted in each instance's memory instead (the limits then hold per
+instance), so an outage does not open the door to unlimited guessing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import ipaddress
-import logging
 import math
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import grpc
-from cassandra.query import PreparedStatement
 
 from common.cache import RedisClient, Tolerant, tolerant
-from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession, prepare_all
 from common.errors import ResourceExhausted
 from common.identity import metadata_value
 from common.keys import limit_key
-
-log = logging.getLogger(__name__)
 
 CLIENT_ADDRESS_HEADER = "x-chirp-client-ip"  # set by the edge from the connection, client copies removed
 UNKNOWN_ADDRESS = "unknown"
@@ -194,59 +183,6 @@ class RedisCounters(Tolerant):
             for key in keys:
                 pipe.eval(GIVE_BACK_SCRIPT, 1, key)
             await pipe.execute()
-
-
-CQL_LIMIT_STATEMENTS = {
-    "add": "INSERT INTO limit_hits (counter, window_start, hit, delta) VALUES (?, ?, ?, ?) USING TTL ?",
-    "sum": "SELECT SUM(delta) FROM limit_hits WHERE counter = ? AND window_start = ?",
-}
-
-
-class CqlCounters:
-    """Counters in the CQL store, for failed logins: what Redis may evict, lose in a
-    failover or roll back with a snapshot, each a fresh allowance for a password
-    guesser, the store keeps (infra/cql/012_limit_hits.cql). A hit adds a row and sums
-    its counter's window; a give-back adds a -1 row in the counter's current window, as
-    the Redis counters give back to the current counter. Windows are fixed, aligned to
-    the epoch, and one length for every counter (the login limits'). Answers None while
-    the store cannot (the login guard then counts in memory, as for Redis)."""
-
-    def __init__(self, cql: CqlSession, window_seconds: float, clock: Callable[[], float] = time.time) -> None:
-        self._cql = cql
-        self._window_ms = Limit(0, window_seconds).window_ms
-        self._clock = clock
-        self._q: dict[str, PreparedStatement] = {}
-
-    async def prepare(self) -> None:
-        self._q = await prepare_all(self._cql, CQL_LIMIT_STATEMENTS)
-
-    async def hit(self, keys: Sequence[tuple[str, int]]) -> list[Hit] | None:
-        if any(window_ms != self._window_ms for _, window_ms in keys):
-            raise ValueError(f"these counters count {self._window_ms} ms windows only")
-        now_ms = int(self._clock() * 1000)
-        try:
-            return list(await asyncio.gather(*(self._hit(key, now_ms) for key, _ in keys)))
-        except CQL_UNAVAILABLE_ERRORS as exc:
-            log.warning("cannot count logins in the CQL store; counting them in memory: %r", exc)
-            return None
-
-    async def give_back(self, keys: Sequence[str]) -> None:
-        now_ms = int(self._clock() * 1000)
-        try:
-            await asyncio.gather(*(self._add(key, now_ms, -1) for key in keys))
-        except CQL_UNAVAILABLE_ERRORS as exc:
-            log.warning("cannot give back a counted login: %r", exc)
-
-    async def _hit(self, key: str, now_ms: int) -> Hit:
-        start = await self._add(key, now_ms, 1)
-        rows = await self._cql.execute(self._q["sum"], (key, start))
-        return Hit(int(rows[0][0] or 0), start + self._window_ms - now_ms)
-
-    async def _add(self, key: str, now_ms: int, delta: int) -> int:
-        start = now_ms - now_ms % self._window_ms
-        ttl = max(1, math.ceil(2 * self._window_ms / 1000))
-        await self._cql.execute(self._q["add"], (key, start, uuid.uuid4(), delta, ttl))
-        return start
 
 
 def _remaining(pttl: int, window_ms: int) -> int:

@@ -13,7 +13,7 @@ from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.hidden import HiddenInvalidator, RedisHiddenStore
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS, AsyncProducer, BatchConsumer
-from common.limits import CqlCounters, LoginGuard, RedisCounters, UserLimits
+from common.limits import LoginGuard, RedisCounters, UserLimits
 from common.logs import setup_logging
 from common.outbox import Outbox
 from common.pagination import PageTokens
@@ -52,9 +52,6 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     # and every other call keeps working.
     redis = connect_redis(common.redis_url)
     counters = RedisCounters(redis)
-    # Failed logins are counted in the CQL store: Redis may evict a counter, or lose it.
-    login_counters = CqlCounters(cql, cfg.login_limits.window_seconds)
-    await login_counters.prepare()
     limits = UserLimits(counters, {"follow": cfg.follow_limit, "signup": cfg.signup_limit})
     graph = Graph(
         store,
@@ -65,7 +62,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
         following_ids_limit=cfg.following_list_limit,
         page_tokens=page_tokens,
         limits=limits,
-        logins=LoginGuard(login_counters, cfg.login_limits),
+        logins=LoginGuard(counters, cfg.login_limits),
         blocks=relation_store,
         sessions=Sessions(session_store, signer, ids, timedelta(seconds=cfg.refresh_ttl_seconds)),
     )

@@ -1,4 +1,4 @@
-"""Rate-limit counters against the real Redis and the real CQL store, and failed-login limits per client
+"""Rate-limit counters against the real Redis, and failed-login limits per client
 address against the running graph_svc instances, called on their service ports
 with the client-address metadata the edge sets (through the shared edge every
 test comes from one address). Addresses are drawn from 198.18.0.0/15
@@ -18,20 +18,9 @@ import pytest
 from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
 
 from common.cache import TIMEOUT_SECONDS, cluster_nodes, connect_redis
-from common.cql import CqlSession
 from common.errors import ResourceExhausted
 from common.keys import limit_key
-from common.limits import (
-    CLIENT_ADDRESS_HEADER,
-    Action,
-    CqlCounters,
-    Limit,
-    RedisCounters,
-    UserLimits,
-    account_subject,
-    address_subject,
-)
-from graph_svc.accounts import username_key
+from common.limits import CLIENT_ADDRESS_HEADER, Action, Limit, RedisCounters, UserLimits
 from infra import topology
 from tests.conftest import REDIS_URL, unique_name
 from tests.e2e.test_limits import fresh_address
@@ -171,53 +160,3 @@ async def test_one_address_spraying_many_accounts_is_stopped_without_stopping_ot
     await graph.CreateUser(graph_pb2.CreateUserRequest(username=name, password=PASSWORD), timeout=10)
     assert await login(graph, name, PASSWORD, sprayer) == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert await login(graph, name, PASSWORD, bystander) == grpc.StatusCode.OK
-
-
-# ---- failed logins in the CQL store ---------------------------------------------------------
-
-
-async def counted(counters: CqlCounters, key: str) -> int:
-    hits = await counters.hit([(key, 60_000)])
-    assert hits is not None
-    return hits[0].count
-
-
-async def test_cql_counters_count_per_window_and_give_back(cql: CqlSession) -> None:
-    now = [1_800_000_020.0]
-    counters = CqlCounters(cql, 60, clock=lambda: now[0])
-    await counters.prepare()
-    key = f"lf:test:{secrets.token_hex(6)}"
-    assert await counted(counters, key) == 1
-    assert await counted(counters, key) == 2
-    await counters.give_back([key])
-    hits = await counters.hit([(key, 60_000)])
-    assert hits is not None
-    (hit,) = hits
-    assert hit.count == 2 and hit.remaining_ms == 60_000 - 20_000  # 1,800,000,000 s is 20 s into its minute
-    now[0] += 60  # the next window starts from nothing
-    assert await counted(counters, key) == 1
-    with pytest.raises(ValueError):
-        await counters.hit([(key, 5_000)])
-
-
-async def test_failed_logins_stay_counted_when_redis_loses_the_counters(
-    graph: graph_pb2_grpc.GraphServiceAsyncStub,
-) -> None:
-    """Redis may evict a counter, lose it in a failover or roll it back with a snapshot:
-    the login limits must hold through that, so they are not counted there."""
-    name, attacker = unique_name("evict"), fresh_address()
-    await graph.CreateUser(graph_pb2.CreateUserRequest(username=name, password=PASSWORD), timeout=10)
-    for _ in range(LOGIN_FAILURES):
-        assert await login(graph, name, "wrong horse battery", attacker) == grpc.StatusCode.UNAUTHENTICATED
-    acct, addr = account_subject(username_key(name)), address_subject(attacker)
-    redis = connect_redis(REDIS_URL)
-    try:  # what a Redis that lost the counters holds (none of them, where they were kept)
-        for key in (
-            limit_key("login_pair", f"{acct}:{addr}"),
-            limit_key("login_account", acct),
-            limit_key("login_address", addr),
-        ):
-            await redis.delete(key)
-    finally:
-        await redis.aclose()
-    assert await login(graph, name, PASSWORD, attacker) == grpc.StatusCode.RESOURCE_EXHAUSTED
