@@ -371,7 +371,7 @@ class Graph:
         # The edge goes last: see the module docstring.
         await self._store.delete_follow_lists(follower, followee, at, event)
         await self._recount(follower, followee, at)
-        await self._store.remove_edge(follower, followee)
+        await self._store.remove_edge(follower, followee, at)
         self._outbox.publish_soon(event)
         # A repeated follow that found the edge before it went may have written its rows
         # again since they were deleted. If it wrote them before this read, they are

@@ -58,7 +58,7 @@ STATEMENTS = {
     "get_edge": "SELECT followed_at FROM follows WHERE follower_id = ? AND followee_id = ?",
     "edge_now": "SELECT followed_at FROM follows WHERE follower_id = ? AND followee_id = ?",  # read at LOCAL_SERIAL
     "following_row": "SELECT followee_id FROM following_by_time WHERE user_id = ? AND followed_at = ? AND followee_id = ?",
-    "unfollow_edge": "DELETE FROM follows WHERE follower_id = ? AND followee_id = ? IF EXISTS",
+    "unfollow_edge": "DELETE FROM follows WHERE follower_id = ? AND followee_id = ? IF followed_at = ?",
     # List rows are written at the follow's own time and deleted above it (`write_follow_lists`).
     "add_following": "INSERT INTO following_by_time (user_id, followed_at, followee_id) VALUES (?, ?, ?) "
     "USING TIMESTAMP ?",
@@ -204,8 +204,11 @@ class GraphStore:
         """Whether the follow made at `at` has its list rows (written together, in one batch)."""
         return bool(await self._cql.execute(self._q["following_row"], (follower, at, followee)))
 
-    async def remove_edge(self, follower: int, followee: int) -> bool:
-        rows = await self._cql.execute(self._q["unfollow_edge"], (follower, followee))
+    async def remove_edge(self, follower: int, followee: int, at: datetime) -> bool:
+        """Remove the edge of the follow made at `at`, and only that one: a follow of the
+        pair made again since (a repeated follow that finished a cut-short unfollow, say)
+        stays. True when it was removed now."""
+        rows = await self._cql.execute(self._q["unfollow_edge"], (follower, followee, at))
         return bool(rows[0][0])
 
     async def write_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:

@@ -127,10 +127,11 @@ async def test_the_reads_that_settle_a_follow_racing_an_unfollow(cql: CqlSession
         assert await store.follow_listed(follower, followee, at)
         assert not await store.follow_listed(follower, followee, at + timedelta(milliseconds=1))
         assert not await store.follow_listed(follower, ids.next_id(), at)
-        assert await store.remove_edge(follower, followee)
+        assert not await store.remove_edge(follower, followee, at + timedelta(milliseconds=1))  # not that follow
+        assert await store.remove_edge(follower, followee, at)
         assert await store.edge_time(follower, followee) is None
     finally:
-        await store.remove_edge(follower, followee)
+        await store.remove_edge(follower, followee, at)
         await cql.execute(drop_rows, (follower,))
 
 
@@ -182,9 +183,9 @@ async def test_an_unfollow_deletes_rows_a_follow_wrote_from_a_clock_ahead_of_its
 
 
 async def test_block_rows_removed_then_written_again_stay_whatever_the_clocks(cql: CqlSession) -> None:
-    """Blocks and mutes are written and removed only by lightweight transactions, so a
-    row written again after its removal is never left under the removal's tombstone:
-    a block made again by a host whose clock is behind the unblock's, and a block
+    """A block's rows written again after their removal are not left under the removal's
+    tombstone: a block made again with a time before the unblock's (a host whose clock is
+    behind: the actor's rows are written by lightweight transactions only), and a block
     repeated after an unblock that died between its listing deletes and its membership
     delete."""
     relations = RelationStore(cql)
@@ -211,7 +212,7 @@ async def test_block_rows_removed_then_written_again_stay_whatever_the_clocks(cq
                 "DELETE FROM blocks_by_time WHERE blocker_id = %s AND blocked_at = %s AND blocked_id = %s IF EXISTS",
                 (blocker, behind, blocked),
             ),
-            ("DELETE FROM blocked_by WHERE blocked_id = %s AND blocker_id = %s IF EXISTS", (blocked, blocker)),
+            ("DELETE FROM blocked_by WHERE blocked_id = %s AND blocker_id = %s", (blocked, blocker)),
         ):
             await cql.execute(statement, params)
         assert await relations.since("block", blocker, blocked) == behind

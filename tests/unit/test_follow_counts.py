@@ -86,8 +86,10 @@ class FakeGraphStore:
     async def follow_listed(self, follower: int, followee: int, at: datetime) -> bool:
         return (at, followee) in self.following_rows.get(follower, set())
 
-    async def remove_edge(self, follower: int, followee: int) -> bool:
-        existed = self.edges.pop((follower, followee), None) is not None
+    async def remove_edge(self, follower: int, followee: int, at: datetime) -> bool:
+        existed = self.edges.get((follower, followee)) == at
+        if existed:
+            del self.edges[(follower, followee)]
         self._done("remove_edge")
         return existed
 
@@ -361,6 +363,41 @@ async def test_a_follow_repeated_while_an_unfollow_runs_leaves_no_rows_without_a
     assert await counts(graph, 2) == (0, 0) and await counts(graph, 1) == (0, 0)
     assert [e.payload["type"] for e in store.outbox][-1] == "unfollow"  # the fan-out ends unfollowed
     await graph.follow(1, 2)  # and the pair can follow again, counted once
+    assert await counts(graph, 2) == (1, 0) and await counts(graph, 1) == (0, 1)
+
+
+class TombstoningStore(PausingStore):
+    """Rows written again at the time of a follow whose rows were deleted stay deleted, as
+    in the CQL store, where list rows carry the follow's time and deletes go above it."""
+
+    def __init__(self, users: Sequence[int]) -> None:
+        super().__init__(users)
+        self.deleted: set[tuple[int, int, datetime]] = set()
+
+    async def delete_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
+        self.deleted.add((follower, followee, at))
+        await super().delete_follow_lists(follower, followee, at, event)
+
+    async def write_follow_lists(self, follower: int, followee: int, at: datetime, event: Event) -> None:
+        await super().write_follow_lists(follower, followee, at, event)
+        if (follower, followee, at) in self.deleted:  # under the delete's tombstone
+            self.following_rows[follower].discard((at, followee))
+            self.follower_rows[(followee, follow_bucket(at))].discard((at, follower))
+
+
+async def test_a_follow_repeated_during_an_unfollow_is_not_undone_by_its_edge_removal() -> None:
+    """The unfollow deleted the rows and has not removed the edge; the repeated follow
+    finds the rows gone, finishes that unfollow and follows anew; then the unfollow's
+    edge removal, which read the old follow, must leave the new one."""
+    store = TombstoningStore([1, 2])
+    unused = cast(Any, None)
+    graph = Graph(cast(Any, store), cast(Any, FakeOutbox()), unused, unused, IdGenerator(3), clock=Clock())
+    await graph.follow(1, 2)
+    store.pause_after = "delete_follow_lists"
+    await _interleaved(store, graph.unfollow(1, 2), graph.follow(1, 2))
+
+    assert list(store.edges) == [(1, 2)]
+    assert store.listed_following(1) == 1 and store.listed_followers(2) == 1
     assert await counts(graph, 2) == (1, 0) and await counts(graph, 1) == (0, 1)
 
 
