@@ -8,9 +8,10 @@ shows anyone twice; for blocks also a row by the blocked user (`blocked_by`),
 so "who blocks me" is one partition. The listing rows are written after the
 claim and again on every repeat, so a retry repairs a block or mute a crash
 cut short; a removal deletes the listing rows, then the membership row, so a
-retry finds a removal a crash cut short and finishes it. Every one of these
-writes is a lightweight transaction: Paxos ballots order them whatever the
-clocks of the hosts sending them.
+retry finds a removal a crash cut short and finishes it. The actor's rows are
+written by lightweight transactions only, which Paxos ballots order whatever
+the clocks of the hosts sending them; `blocked_by` by plain writes
+(`RelationStore.write_listing` says why).
 
 A block then removes the follows in both directions through graph_svc's own
 unfollow (`Follows.remove_follow`), so counts, events and the fan-out's
@@ -68,10 +69,10 @@ _TABLES: dict[Kind, tuple[str, str, str, str, str]] = {
 
 def _statements() -> dict[str, str]:
     statements = {
-        # Every row of blocks and mutes is written and deleted by lightweight transactions
-        # (`write_listing`, `remove`).
-        "blocked_by_add": "INSERT INTO blocked_by (blocked_id, blocker_id) VALUES (?, ?) IF NOT EXISTS",
-        "blocked_by_del": "DELETE FROM blocked_by WHERE blocked_id = ? AND blocker_id = ? IF EXISTS",
+        # The actor's rows are written and deleted by lightweight transactions, the blocked
+        # user's `blocked_by` row by plain writes (`write_listing`, `remove`).
+        "blocked_by_add": "INSERT INTO blocked_by (blocked_id, blocker_id) VALUES (?, ?)",
+        "blocked_by_del": "DELETE FROM blocked_by WHERE blocked_id = ? AND blocker_id = ?",
         "blocked_by_first": "SELECT blocker_id FROM blocked_by WHERE blocked_id = ? LIMIT ?",
         "blocked_by_among": "SELECT blocker_id FROM blocked_by WHERE blocked_id = ? AND blocker_id IN ?",
     }
@@ -118,12 +119,17 @@ class RelationStore:
         return at if rows[0][0] else _utc(getattr(rows[0], _TABLES[kind][4]))
 
     async def write_listing(self, kind: Kind, actor: int, target: int, at: datetime) -> None:
-        """The list row (and for a block the blocked-by row), idempotent. Lightweight
-        transactions, as every write of these rows: each takes a Paxos ballot above the
-        last one of its partition, so a row written again after a removal (a block made
-        again, or repeated after an unblock that died before its membership delete) is
-        never left under that removal's tombstone, whatever the hosts' clocks say. Plain
-        writes carry the sending host's clock, and one behind lost to an earlier delete."""
+        """The list row (and for a block the blocked-by row), idempotent.
+
+        The list row is in the actor's partition, as the membership row: a lightweight
+        transaction, as every write of those rows, takes a Paxos ballot above the last one
+        of its partition, so a row written again after a removal (a block made again, or
+        repeated after an unblock that died before its membership delete) is never left
+        under that removal's tombstone, whatever the hosts' clocks say. The blocked-by row
+        is in the blocked user's partition, which many may block at once (a pile-on):
+        transactions there would contend and time out, so it is a plain write at this
+        host's clock, written again at every repeat. A re-block within the clock skew of
+        an unblock made by a host ahead can leave it deleted (docs/RELIABILITY.md)."""
         writes = [self._cql.execute(self._q[f"{kind}_list_add"], (actor, at, target))]
         if kind == "block":
             writes.append(self._cql.execute(self._q["blocked_by_add"], (target, actor)))
@@ -134,9 +140,9 @@ class RelationStore:
         return _utc(rows[0][0]) if rows else None
 
     async def remove(self, kind: Kind, actor: int, target: int, at: datetime) -> None:
-        """The listing rows, then the membership row, each by a lightweight transaction as
-        it was written (`write_listing`). The membership row goes last, so that a removal
-        cut short is still found (`since`) and done again by a retry."""
+        """The listing rows, then the membership row, each as it was written
+        (`write_listing`). The membership row goes last, so that a removal cut short is
+        still found (`since`) and done again by a retry."""
         deletes = [self._cql.execute(self._q[f"{kind}_list_del"], (actor, at, target))]
         if kind == "block":
             deletes.append(self._cql.execute(self._q["blocked_by_del"], (target, actor)))

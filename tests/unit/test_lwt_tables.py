@@ -49,7 +49,7 @@ def writes_by_table() -> dict[str, set[bool]]:
 
 def test_every_table_is_written_by_transactions_only_or_never() -> None:
     tables = writes_by_table()
-    assert {"follows", "refresh_tokens", "users_by_name", "blocks", "mutes", "blocked_by"} | {
+    assert {"follows", "refresh_tokens", "users_by_name", "blocks", "mutes"} | {
         "blocks_by_time",
         "mutes_by_time",
     } <= {table for table, kinds in tables.items() if kinds == {True}}
