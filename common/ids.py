@@ -52,6 +52,13 @@ class IdGenerator:
                 | self._sequence
             )
 
+    def fork(self) -> IdGenerator:
+        """A generator of its own on the same instance id and clock, for values compared only
+        among themselves (like versions): moved past a floor from a clock ahead
+        (`next_id_after`), it does not date this process's other ids in the future. Its
+        ids may equal the other generator's."""
+        return IdGenerator(self._instance, self._clock)
+
     def next_id_after(self, floor: int) -> int:
         """A new id above `floor` (an id made anywhere, by a clock ahead of this one maybe):
         this generator moves on to the millisecond after the floor's when it is not past

@@ -102,6 +102,9 @@ class Tweets:
         self._producer = producer
         self._usernames = usernames
         self._ids = ids
+        # Like versions: moved past another instance's when its clock is ahead (`set_like`),
+        # which must not date this instance's tweets in the future.
+        self._versions = ids.fork()
 
     async def create(self, author_id: int, text: str, idempotency_key: str) -> TweetRecord:
         text = normalize_text(text)
@@ -264,7 +267,7 @@ class Tweets:
         # Above the user's last acknowledged change of this tweet's like, even one made by an
         # instance whose clock is ahead of this one's: versions order the changes, and a
         # newer change with an older version would be dropped as stale everywhere.
-        version = self._ids.next_id_after(max(stored.version, last))
+        version = self._versions.next_id_after(max(stored.version, last))
         event = LikeEvent(tweet_id=tweet_id, user_id=user_id, liked=liked, version=version)
         await self._producer.send(TOPIC_LIKES, str(tweet_id).encode(), event.encode())
         # After the acknowledgement (a like Kafka refused must not show), for read-your-writes:

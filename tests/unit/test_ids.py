@@ -49,3 +49,11 @@ def test_an_id_after_a_floor_from_a_clock_ahead_is_above_it_and_unique() -> None
     past = IdGenerator(3, clock_ms=lambda: CHIRP_EPOCH_MS + 5_000)
     assert id_time_ms(past.next_id_after(min_id_at_ms(CHIRP_EPOCH_MS + 10))) == CHIRP_EPOCH_MS + 5_000
     assert id_time_ms(past.next_id_after(-1)) == CHIRP_EPOCH_MS + 5_000
+
+
+def test_a_fork_moved_past_a_floor_leaves_the_generator_it_came_from_where_it_was() -> None:
+    ahead = IdGenerator(900, clock_ms=lambda: CHIRP_EPOCH_MS + 9_000).next_id()
+    gen = IdGenerator(2, clock_ms=lambda: CHIRP_EPOCH_MS + 5_000)
+    versions = gen.fork()
+    assert versions.next_id_after(ahead) > ahead
+    assert id_time_ms(gen.next_id()) == CHIRP_EPOCH_MS + 5_000  # tweets keep this clock's time
