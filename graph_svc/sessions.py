@@ -217,6 +217,9 @@ class Sessions:
         return max(1, math.ceil(span.total_seconds()))
 
 
+# Tries of a refresh token's insert whose outcome is unknown (`CqlSessionStore.add_refresh_token`).
+TOKEN_INSERT_TRIES = 3
+
 STATEMENTS = {
     "write_chain": "INSERT INTO session_chains (user_id, chain_id, created_at) VALUES (?, ?, ?) USING TTL ?",
     "chain": "SELECT created_at, revoked FROM session_chains WHERE user_id = ? AND chain_id = ?",
@@ -273,15 +276,20 @@ class CqlSessionStore:
 
     async def add_refresh_token(self, token_hash: bytes, record: RefreshRecord, ttl_seconds: int) -> None:
         """A lightweight transaction, so the driver does not retry it: one whose outcome
-        is unknown (a timeout, its connection closed) is asked again here. The hash is
-        random, so a row already under it is this call's own, applied the first time. A
-        failure would fail a refresh after it retired the presented token, and the
-        client's retry with that token would revoke the session."""
+        is unknown (a timeout, its connection closed) is asked again here, up to
+        TOKEN_INSERT_TRIES in all; Paxos finishes a proposal still in flight before a new
+        one reads the row. The hash is random, so a row already under it is this call's
+        own, applied by an earlier try. A failure would fail a refresh after it retired
+        the presented token, and the client's retry with that token would revoke the
+        session."""
         params = (token_hash, record.chain_id, record.user_id, record.expires_at, ttl_seconds)
-        try:
-            rows = await self._cql.execute(self._q["add_token"], params)
-        except (WriteTimeout, OperationTimedOut, ConnectionShutdown):
-            rows = await self._cql.execute(self._q["add_token"], params)
+        for tries_left in range(TOKEN_INSERT_TRIES - 1, -1, -1):
+            try:
+                rows = await self._cql.execute(self._q["add_token"], params)
+                break
+            except (WriteTimeout, OperationTimedOut, ConnectionShutdown):
+                if not tries_left:
+                    raise
         if not rows[0][0] and getattr(rows[0], "chain_id", None) != record.chain_id:
             raise RuntimeError("a refresh token hash is already taken by another session")
 

@@ -66,15 +66,15 @@ Applied = namedtuple("Applied", ["applied", "chain_id"])
 
 
 class TokenSession:
-    """The refresh token's insert: the first try fails with `error` (after being applied),
-    the next finds the row, with `chain_id`."""
+    """The refresh token's insert: the first `failing` tries fail with `error` (the first
+    after being applied), the next finds the row, with `chain_id`."""
 
-    def __init__(self, error: Exception, chain_id: int) -> None:
-        self.error, self.chain_id, self.tries = error, chain_id, 0
+    def __init__(self, error: Exception, chain_id: int, failing: int = 1) -> None:
+        self.error, self.chain_id, self.failing, self.tries = error, chain_id, failing, 0
 
     async def execute(self, statement: str, params: Any = None) -> list[Any]:
         self.tries += 1
-        if self.tries == 1:
+        if self.tries <= self.failing:
             raise self.error
         return [Applied(False, self.chain_id)]
 
@@ -95,3 +95,14 @@ async def test_a_refresh_token_insert_of_unknown_outcome_is_asked_again_and_foun
     assert session.tries == 2
     with pytest.raises(RuntimeError):  # a row under the hash that is not this session's
         await token_store(TokenSession(error, chain_id=6)).add_refresh_token(b"h" * 32, RECORD, 60)
+
+
+@pytest.mark.parametrize("error", UNSURE, ids=lambda e: type(e).__name__)
+async def test_a_refresh_token_insert_is_tried_three_times_in_all(error: Exception) -> None:
+    session = TokenSession(error, chain_id=RECORD.chain_id, failing=2)
+    await token_store(session).add_refresh_token(b"h" * 32, RECORD, 60)
+    assert session.tries == 3
+    with pytest.raises(type(error)):
+        await token_store(TokenSession(error, chain_id=RECORD.chain_id, failing=3)).add_refresh_token(
+            b"h" * 32, RECORD, 60
+        )
