@@ -4,6 +4,7 @@ min.insync.replicas above its replicas."""
 
 from __future__ import annotations
 
+import pytest
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -48,3 +49,27 @@ def test_min_insync_replicas_is_never_raised_above_an_existing_topics_replicas()
         topic.partitions[number] = partition
     assert topics.capped_min_isr("t", 2, topic) == 2
     assert topics.capped_min_isr("t", 3, topic) == 2  # one partition has two replicas
+
+
+def min_insync_replicas(admin: AdminClient, name: str) -> int:
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    return int(admin.describe_configs([resource])[resource].result(timeout=10)["min.insync.replicas"].value)
+
+
+def test_the_topics_step_keeps_min_insync_replicas_within_each_topics_replicas(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    admin = AdminClient({"bootstrap.servers": KAFKA})
+    partitions = admin.list_topics(TOPIC_LIKES, timeout=10).topics[TOPIC_LIKES].partitions.values()
+    replicas = min(len(p.replicas) for p in partitions)
+    before = min_insync_replicas(admin, TOPIC_LIKES)
+    # One more than the topic can have in sync: every acks=all write to it would be refused.
+    monkeypatch.setenv("CHIRP_KAFKA_MIN_ISR", str(replicas + 1))
+    monkeypatch.setenv("CHIRP_KAFKA_REPLICATION", str(replicas))
+    try:
+        assert topics.main() == 0
+        assert min_insync_replicas(admin, TOPIC_LIKES) == replicas
+    finally:
+        monkeypatch.undo()
+        assert topics.main() == 0  # the topology's own setting again
+    assert min_insync_replicas(admin, TOPIC_LIKES) == before
