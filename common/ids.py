@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from common.errors import Unavailable
+
 CHIRP_EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z
 INSTANCE_BITS = 10
 SEQUENCE_BITS = 12
@@ -29,6 +31,7 @@ class IdGenerator:
         self._clock = clock_ms
         self._last_ms = -1
         self._sequence = 0
+        self._limit_ms: int | None = None  # no id in a later millisecond (`allow_until`)
         self._lock = threading.Lock()
 
     def next_id(self) -> int:
@@ -36,21 +39,43 @@ class IdGenerator:
             clock = self._clock()
             # A clock that steps back must not reuse ids: stay on the last millisecond.
             now = max(clock, self._last_ms)
+            sequence = 0
             if now == self._last_ms:
-                self._sequence = (self._sequence + 1) & MAX_SEQUENCE
-                if self._sequence == 0:
+                sequence = (self._sequence + 1) & MAX_SEQUENCE
+                if sequence == 0:
                     # A full millisecond: wait for the next one while the clock is on it, but
                     # while it is behind (stepped back), take the next one at once. Waiting
                     # would hold the event loop until the clock caught up, seconds maybe.
                     now = self._wait_next_ms(now) if clock >= now else now + 1
-            else:
-                self._sequence = 0
-            self._last_ms = now
+            if self._limit_ms is not None and now > self._limit_ms:
+                raise Unavailable("ids are not reserved this far ahead; try again")
+            self._last_ms, self._sequence = now, sequence
             return (
                 ((now - CHIRP_EPOCH_MS) << (INSTANCE_BITS + SEQUENCE_BITS))
                 | (self._instance << SEQUENCE_BITS)
                 | self._sequence
             )
+
+    @property
+    def last_ms(self) -> int:
+        """The millisecond of the last id made (or of the floor started from)."""
+        return self._last_ms
+
+    def clock_ms(self) -> int:
+        return self._clock()
+
+    def start_after(self, floor_ms: int) -> None:
+        """Make every later id in a millisecond after `floor_ms` (ids made up to then
+        elsewhere, by a predecessor on this instance id maybe)."""
+        with self._lock:
+            if floor_ms >= self._last_ms:
+                self._last_ms, self._sequence = floor_ms, MAX_SEQUENCE  # the next id is in a later ms
+
+    def allow_until(self, limit_ms: int) -> None:
+        """Make no id in a millisecond after `limit_ms` (ids reserved up to there,
+        common/id_reservations.py); a later call only moves the limit on."""
+        with self._lock:
+            self._limit_ms = limit_ms if self._limit_ms is None else max(self._limit_ms, limit_ms)
 
     def fork(self) -> IdGenerator:
         """A generator of its own on the same instance id and clock, for values compared only
@@ -63,10 +88,8 @@ class IdGenerator:
         """A new id above `floor` (an id made anywhere, by a clock ahead of this one maybe):
         this generator moves on to the millisecond after the floor's when it is not past
         it already, so the id is above the floor and still unique among its own."""
-        with self._lock:
-            floor_ms = id_time_ms(floor)
-            if floor >= 0 and floor_ms >= self._last_ms:
-                self._last_ms, self._sequence = floor_ms, MAX_SEQUENCE  # the next id is in a later ms
+        if floor >= 0:
+            self.start_after(id_time_ms(floor))
         return self.next_id()
 
     def _wait_next_ms(self, current: int) -> int:

@@ -11,6 +11,7 @@ from common import server
 from common.cache import connect_redis
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.hidden import HiddenInvalidator, RedisHiddenStore
+from common.id_reservations import IdReservations
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS, AsyncProducer, BatchConsumer
 from common.limits import LoginGuard, RedisCounters, UserLimits
@@ -47,6 +48,8 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     await session_store.prepare()
     # One generator for every id this process makes: two with the same instance id could repeat an id.
     ids = IdGenerator(common.instance_id)
+    id_reservations = IdReservations(cql, common.instance_id, ids)
+    await id_reservations.start()
     # Not a probe: rate limits lose nothing while Redis is down (common/limits.py); blocks and
     # mutes answer 503 then (they must invalidate the hidden-author cache, common/hidden.py),
     # and every other call keeps working.
@@ -111,7 +114,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
         probes=[cql.ping],
         close=close,
         dependency_errors=CQL_UNAVAILABLE_ERRORS,
-        background=[outbox.relay_forever, counts.run_forever],
+        background=[outbox.relay_forever, counts.run_forever, id_reservations.renew_forever],
     )
     await serve(common, wiring)
 

@@ -9,6 +9,7 @@ from common import server
 from common.cache import connect_redis
 from common.clients import Peers
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
+from common.id_reservations import IdReservations
 from common.ids import IdGenerator
 from common.kafka import KAFKA_UNAVAILABLE_ERRORS, AsyncProducer
 from common.limits import RedisCounters, UserLimits
@@ -34,6 +35,9 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     await outbox.prepare()
     store = TweetStore(cql, outbox)
     await store.prepare()
+    ids = IdGenerator(common.instance_id)
+    id_reservations = IdReservations(cql, common.instance_id, ids)
+    await id_reservations.start()
     peers = Peers(graph_target=cfg.graph_target)
     redis = connect_redis(common.redis_url)
     cache = TweetCache(
@@ -51,7 +55,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
         outbox,
         producer,
         Usernames(peers.username),
-        IdGenerator(common.instance_id),
+        ids,
         page_tokens=page_tokens,
         limits=UserLimits(RedisCounters(redis), {"post": cfg.post_limit, "like": cfg.like_limit}),
         relations=peers.relations,
@@ -84,7 +88,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
             probes=[cql.ping],
             close=close,
             dependency_errors=CQL_UNAVAILABLE_ERRORS + KAFKA_UNAVAILABLE_ERRORS,
-            background=[outbox.relay_forever],
+            background=[outbox.relay_forever, id_reservations.renew_forever],
         ),
     )
 

@@ -1,3 +1,6 @@
+import pytest
+
+from common.errors import Unavailable
 from common.ids import CHIRP_EPOCH_MS, IdGenerator, id_time_ms, min_id_at_ms
 
 
@@ -57,3 +60,29 @@ def test_a_fork_moved_past_a_floor_leaves_the_generator_it_came_from_where_it_wa
     versions = gen.fork()
     assert versions.next_id_after(ahead) > ahead
     assert id_time_ms(gen.next_id()) == CHIRP_EPOCH_MS + 5_000  # tweets keep this clock's time
+
+
+def test_ids_started_after_a_floor_ahead_of_the_clock_are_above_it() -> None:
+    gen = IdGenerator(4, clock_ms=lambda: CHIRP_EPOCH_MS + 1_000)
+    gen.start_after(CHIRP_EPOCH_MS + 5_000)
+    ids = [gen.next_id() for _ in range(5_000)]  # more than one millisecond's worth
+    assert min(ids) >= min_id_at_ms(CHIRP_EPOCH_MS + 5_001)
+    assert len(set(ids)) == 5_000 and ids == sorted(ids)
+    gen.start_after(CHIRP_EPOCH_MS + 10)  # an older floor moves nothing back
+    assert gen.next_id() > ids[-1]
+
+
+def test_no_id_is_made_past_the_limit_and_a_refused_call_uses_up_nothing() -> None:
+    now = [CHIRP_EPOCH_MS + 100]
+    gen = IdGenerator(4, clock_ms=lambda: now[0])
+    gen.allow_until(CHIRP_EPOCH_MS + 100)
+    first = gen.next_id()
+    now[0] += 1
+    with pytest.raises(Unavailable):
+        gen.next_id()
+    gen.allow_until(CHIRP_EPOCH_MS + 50)  # a limit only moves on
+    with pytest.raises(Unavailable):
+        gen.next_id()
+    gen.allow_until(CHIRP_EPOCH_MS + 101)
+    assert gen.next_id() == min_id_at_ms(CHIRP_EPOCH_MS + 101) | (4 << 12)
+    assert id_time_ms(first) == CHIRP_EPOCH_MS + 100

@@ -1,0 +1,68 @@
+"""common/id_reservations.py over the real store: a process started again on an
+instance id, with its clock behind its predecessor's, makes no id its predecessor
+made."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from common.cql import CqlSession
+from common.errors import Unavailable
+from common.id_reservations import IdReservations
+from common.ids import MAX_INSTANCE, IdGenerator, id_time_ms
+
+# Instance ids neither the local topology nor k8s/ gives a process (they stop at 255).
+TEST_INSTANCES = range(512, MAX_INSTANCE + 1)
+
+
+class Clock:
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+async def started(cql: CqlSession, instance: int, clock: Clock, ahead_ms: int = 60_000) -> IdGenerator:
+    ids = IdGenerator(instance, clock_ms=clock)
+    await IdReservations(cql, instance, ids, ahead_ms=ahead_ms).start()
+    return ids
+
+
+async def test_a_restart_on_a_clock_behind_its_predecessors_makes_none_of_its_ids(cql: CqlSession) -> None:
+    instance = random.choice(TEST_INSTANCES)
+    ahead = Clock(time.time_ns() // 1_000_000 + 30_000)  # this host's clock is 30 s ahead
+    first = await started(cql, instance, ahead)
+    made = [first.next_id() for _ in range(3)]
+    ahead.ms += 20_000  # the predecessor ran on for 20 s
+    made.append(first.next_id())
+
+    # Its successor's clock is five seconds behind the predecessor's start.
+    behind = Clock(ahead.ms - 25_000)
+    second = await started(cql, instance, behind)
+    again = [second.next_id() for _ in range(5_000)]
+    assert min(again) > max(made)
+    assert len(set(again)) == len(again)
+    # The successor's reservation (written from a clock behind) is what a third process reads.
+    third = await started(cql, instance, Clock(behind.ms))
+    assert third.next_id() > max(again)
+
+
+async def test_no_id_is_made_past_the_acknowledged_reservation(cql: CqlSession) -> None:
+    instance = random.choice(TEST_INSTANCES)
+    clock = Clock(time.time_ns() // 1_000_000)
+    ids = IdGenerator(instance, clock_ms=clock)
+    reservations = IdReservations(cql, instance, ids, ahead_ms=1_000)
+    await reservations.start()
+    start = clock.ms
+    first = ids.next_id()
+    assert id_time_ms(first) >= start
+    clock.ms = id_time_ms(first) + 1_001
+    with pytest.raises(Unavailable):
+        ids.next_id()
+    until = await reservations.reserve()
+    assert until == clock.ms + 1_000
+    assert id_time_ms(ids.next_id()) == clock.ms
