@@ -14,8 +14,11 @@ from common.errors import Unavailable
 from common.id_reservations import IdReservations
 from common.ids import MAX_INSTANCE, IdGenerator, id_time_ms
 
-# Instance ids neither the local topology nor k8s/ gives a process (they stop at 255).
-TEST_INSTANCES = range(512, MAX_INSTANCE + 1)
+# Instance ids neither the local topology nor k8s/ gives a process (they stop at 255):
+# some for tests whose clocks run ahead (their reservations stay ahead of the real clock
+# for a while), the others for tests on the real clock.
+CLOCK_AHEAD_INSTANCES = range(512, 768)
+REAL_CLOCK_INSTANCES = range(768, MAX_INSTANCE + 1)
 
 
 class Clock:
@@ -33,7 +36,7 @@ async def started(cql: CqlSession, instance: int, clock: Clock, ahead_ms: int = 
 
 
 async def test_a_restart_on_a_clock_behind_its_predecessors_makes_none_of_its_ids(cql: CqlSession) -> None:
-    instance = random.choice(TEST_INSTANCES)
+    instance = random.choice(CLOCK_AHEAD_INSTANCES)
     ahead = Clock(time.time_ns() // 1_000_000 + 30_000)  # this host's clock is 30 s ahead
     first = await started(cql, instance, ahead)
     made = [first.next_id() for _ in range(3)]
@@ -52,7 +55,7 @@ async def test_a_restart_on_a_clock_behind_its_predecessors_makes_none_of_its_id
 
 
 async def test_no_id_is_made_past_the_acknowledged_reservation(cql: CqlSession) -> None:
-    instance = random.choice(TEST_INSTANCES)
+    instance = random.choice(CLOCK_AHEAD_INSTANCES)
     clock = Clock(time.time_ns() // 1_000_000)
     ids = IdGenerator(instance, clock_ms=clock)
     reservations = IdReservations(cql, instance, ids, ahead_ms=1_000)
@@ -66,3 +69,16 @@ async def test_no_id_is_made_past_the_acknowledged_reservation(cql: CqlSession) 
     until = await reservations.reserve()
     assert until == clock.ms + 1_000
     assert id_time_ms(ids.next_id()) == clock.ms
+
+
+async def test_a_quick_restart_waits_for_its_clock_to_pass_the_reservation(cql: CqlSession) -> None:
+    """Not ahead of its clock: ids of different instances sort by when they were made."""
+    instance = random.choice(REAL_CLOCK_INSTANCES)
+    first = IdGenerator(instance)
+    await IdReservations(cql, instance, first, ahead_ms=1_000).start()
+    made = first.next_id()
+    second = IdGenerator(instance)  # started at once, on the same (right) clock
+    await IdReservations(cql, instance, second, ahead_ms=1_000).start()
+    again = second.next_id()
+    assert again > made
+    assert id_time_ms(again) <= time.time_ns() // 1_000_000
