@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import Counter, Gauge, Histogram
@@ -49,6 +49,12 @@ LAG_INTERVAL_SECONDS = 5.0
 IDLE_WAIT_SECONDS = 5.0
 FAILURES = Gauge("chirp_consumer_failing", "1 while the worker's last batch failed.", ["group"])
 COMMIT_FAILURES = Counter("chirp_consumer_commit_failures_total", "Offset commits the broker refused.", ["group"])
+SKIPPED_EVENTS = Counter(
+    "chirp_consumer_skipped_total",
+    "Events a worker skipped for good: malformed, of a type it does not know, or naming a user who does not exist.",
+    ["group", "reason"],
+)
+SKIP_REASONS = ("malformed", "unknown_type", "not_found")
 # Commit refusals that mean the group is changing hands (a rebalance, the coordinator
 # moving): the next commit, or the partition's next owner, takes over.
 MEMBERSHIP_CHANGING = frozenset(
@@ -133,6 +139,8 @@ class ConsumerLoop:
         commit_interval_seconds: float = 0.0,
     ) -> None:
         self.group = group
+        for reason in SKIP_REASONS:  # at 0 from the start, so the alert's increase() sees the first skip
+            SKIPPED_EVENTS.labels(group, reason)
         self._factory = consumer_factory
         self.consumer = consumer_factory()
         self._apply = apply
@@ -268,3 +276,14 @@ class ConsumerLoop:
                 log.warning("commit at close failed: %r", exc)
             self._uncommitted.clear()
         self.consumer.close()
+
+
+def skip_event(
+    group: str, reason: Literal["malformed", "unknown_type", "not_found"], what: str, **context: object
+) -> None:
+    """Log and count an event skipped for good (ChirpConsumerSkippingEvents): applied again
+    it would fail the same way and hold back every event after it in its partition, but
+    its effect is lost, so someone must look (a producer of a newer schema deployed before
+    its consumers, a bug)."""
+    log.error("skipping %s", what, extra={"group": group, "reason": reason, **context})
+    SKIPPED_EVENTS.labels(group, reason).inc()

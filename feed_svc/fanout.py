@@ -31,6 +31,7 @@ returning reader.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -43,7 +44,8 @@ import grpc
 from confluent_kafka import Message
 from prometheus_client import Counter, Histogram
 
-from common.worker import apply_each
+from common.events import MALFORMED, event_int
+from common.worker import apply_each, skip_event
 from feed_svc.activity import ActiveReaders
 from feed_svc.cache import FeedCache
 from feed_svc.store import CelebrityStore
@@ -66,10 +68,11 @@ PUSHED = Histogram(
 )
 SKIPPED = Counter("chirp_fanout_skipped_total", "Timeline entries not pushed: the follower stopped reading.")
 EVENTS = Counter("chirp_fanout_events_total", "Events handled by the fan-out worker.", ["type"])
+GROUP = "chirp-fanout"
 
-# The fields each event the worker acts on must carry, as integers. An event without
-# them is skipped (logged): failing on it would fail its batch, and every batch after,
-# for good.
+# The events the worker acts on and the fields each must carry, as positive integers.
+# Any other event is skipped (logged and counted): failing on it would fail its batch,
+# and every batch after, for good.
 EVENT_FIELDS = {
     "tweet_created": ("tweet_id", "author_id", "created_at_ms"),
     "tweet_deleted": ("tweet_id", "author_id"),
@@ -121,13 +124,17 @@ class Fanout:
         work from starving the request path where they share machines."""
         by_key: dict[tuple[str, bytes], list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         for msg in messages:
+            where = {"topic": msg.topic(), "offset": msg.offset()}
             try:
                 event = json.loads(msg.value() or b"")
                 kind = event["type"]
                 for name in EVENT_FIELDS.get(kind, ()):
-                    int(event[name])
-            except (ValueError, KeyError, TypeError):
-                log.error("skipping malformed event", extra={"topic": msg.topic(), "offset": msg.offset()})
+                    event[name] = event_int(event[name])
+            except MALFORMED:
+                skip_event(GROUP, "malformed", "a malformed event", **where)
+                continue
+            if kind not in EVENT_FIELDS:
+                skip_event(GROUP, "unknown_type", "an event of a type this worker does not know", **where)
                 continue
             by_key[(str(msg.topic()), bytes(msg.key() or b""))].append((kind, event))
 
@@ -147,9 +154,13 @@ class Fanout:
                 raise
             # A user the event names does not exist: applied again, it would fail the same
             # way, and hold back every event after it in its partition for good.
-            log.warning(
-                "skipping an event that names a user who does not exist",
-                extra={"kind": kind, "event": str(event)[:200], "error": error.details()},
+            skip_event(
+                GROUP,
+                "not_found",
+                "an event that names a user who does not exist",
+                kind=kind,
+                event=str(event)[:200],
+                error=error.details(),
             )
 
     async def _handle(self, kind: str, event: dict[str, Any]) -> None:
@@ -183,7 +194,17 @@ class Fanout:
         # durable: while Redis is unavailable this raises, the batch fails and is
         # re-applied from Kafka, so the cached body stops being served once Redis is back.
         await self._cache.mark_tweet_deleted(tweet_id)
-        async for followers in self._followers(author_id):
+        first, token, count = await self._follower_page(author_id, "")
+        if count is None:
+            count = await self._follower_count(author_id)
+        if await self._pulled(author_id, count):
+            # Not pushed while pulled, and a walk of millions of followers outlasts the
+            # group's poll interval: the batch would be applied again for ever. Timelines
+            # it was pushed to before the author crossed leave it out when read (the mark).
+            return
+        if first:
+            await self._cache.remove(first, [tweet_id])
+        async for followers in self._followers(author_id, token):
             await self._cache.remove(followers, [tweet_id])
 
     async def follow(self, follower_id: int, followee_id: int) -> None:
@@ -202,8 +223,14 @@ class Fanout:
             recent = [t for t, _ in await self._recent_ids([followee_id], 0, UNFOLLOW_SWEEP)]
             await self._cache.remove([follower_id], recent)
         # Either way: an unfollow applied again after a failed backfill relies on this check.
-        if await self._follower_count(followee_id) < self._demote_below and await self._store.is_celebrity(followee_id):
+        if await self._follower_count(followee_id) < self._demote_below and await self._demoting(followee_id):
             await self._backfill(followee_id)
+
+    async def _demoting(self, author_id: int) -> bool:
+        """Marked, or its backfill begun and not finished (cut short by a kill or a
+        cancelled batch, with the author unmarked already)."""
+        marked, begun = await asyncio.gather(self._store.is_celebrity(author_id), self._store.backfill_begun(author_id))
+        return marked or begun
 
     async def _edge_is(self, follower_id: int, followee_id: int, following: bool) -> bool:
         """Whether the edge is as the event says. Events of one pair can come out of order
@@ -231,17 +258,21 @@ class Fanout:
 
         Unmarked first: a tweet handled after that is pushed as usual, and one handled
         before it was written before the recent ids are read, so the backfill has it.
+        The backfill is recorded as begun before the unmark and as done after the last
+        page: one cut short anywhere (a kill, its batch cancelled, the store down) is
+        done again when the unfollow is applied again from the last commit.
         """
+        await self._store.begin_backfill(author_id)
         await self._mark(author_id, celebrity=False)
         try:
             recent = await self._recent_ids([author_id], 0, CROSSING_BACKFILL)
             async for followers in self._followers(author_id):
                 await self._deliver(followers, recent)
         except Exception:
-            # Marked again, so readers pull it meanwhile and the unfollow, applied again
-            # from the last commit, finds it a celebrity and backfills every page anew.
+            # Marked again, so readers pull it until the unfollow, applied again, backfills.
             await self._mark(author_id, celebrity=True)
             raise
+        await self._store.end_backfill(author_id)
         log.info("author dropped below the celebrity threshold; backfilled", extra={"author_id": author_id})
 
     async def _deliver(self, followers: list[int], tweets: Sequence[tuple[int, int]]) -> int:

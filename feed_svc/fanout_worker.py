@@ -15,10 +15,8 @@ from common.server import Wiring, serve
 from common.worker import ConsumerLoop
 from feed_svc import config as feed_config
 from feed_svc.activity import ActiveReaders
-from feed_svc.fanout import Fanout
+from feed_svc.fanout import GROUP, Fanout
 from feed_svc.wiring import build
-
-GROUP = "chirp-fanout"
 
 COMMIT_INTERVAL_SECONDS = 1.0
 

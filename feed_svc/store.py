@@ -43,6 +43,9 @@ STATEMENTS = {
     "is_celebrity_old": "SELECT author_id FROM celebrities WHERE shard = 0 AND author_id = ?",
     "celebrities_old": "SELECT author_id FROM celebrities WHERE shard = 0",
     "remove_celebrity_old": "DELETE FROM celebrities WHERE shard = 0 AND author_id = ?",
+    "backfill_begun": "SELECT author_id FROM celebrity_backfills WHERE author_id = ?",
+    "begin_backfill": "INSERT INTO celebrity_backfills (author_id) VALUES (?) IF NOT EXISTS",
+    "end_backfill": "DELETE FROM celebrity_backfills WHERE author_id = ? IF EXISTS",
 }
 
 
@@ -79,3 +82,13 @@ class CelebrityStore:
         # each would leave a tombstone in the partition every registry load reads.
         if await self._cql.execute(self._q["is_celebrity_old"], (author_id,)):
             await self._cql.execute(self._q["remove_celebrity_old"], (author_id,))
+
+    async def backfill_begun(self, author_id: int) -> bool:
+        """Whether a demotion backfill of the author began and has not finished."""
+        return bool(await self._cql.execute(self._q["backfill_begun"], (author_id,)))
+
+    async def begin_backfill(self, author_id: int) -> None:
+        await self._cql.execute(self._q["begin_backfill"], (author_id,))
+
+    async def end_backfill(self, author_id: int) -> None:
+        await self._cql.execute(self._q["end_backfill"], (author_id,))

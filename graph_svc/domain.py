@@ -49,12 +49,13 @@ from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 from common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from common.events import MALFORMED, event_int
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS
 from common.limits import UNKNOWN_ADDRESS, LoginGuard, UserLimits, address_subject
 from common.outbox import Event, Outbox
 from common.pagination import PageTokens, scope, unshared_tokens
-from common.worker import apply_each
+from common.worker import apply_each, skip_event
 from graph_svc.accounts import Account, Passwords, login_key, username_key, validate_password, validate_username
 from graph_svc.relations import RelationStore, refuse_follow_across_block
 from graph_svc.sessions import Sessions, Tokens
@@ -74,6 +75,8 @@ FOLLOWING_AMONG_MAX = 1000
 _DUMMY_PASSWORD = "not-a-real-password"
 # Users recounted at once when repairing from a batch of follow events.
 REPAIR_CONCURRENCY = 16
+# graph_svc's consumer of its own follow events, which repairs counts from them (main.py).
+COUNTS_GROUP = "chirp-follow-counts"
 
 K = TypeVar("K", bound=Hashable)
 
@@ -408,11 +411,11 @@ class Graph:
             if event.get("type") not in ("follow", "unfollow"):
                 continue
             try:
-                at = datetime.fromtimestamp(int(event["followed_at_ms"]) / 1000, UTC)
-                followee, follower = int(event["followee_id"]), int(event["follower_id"])
-            except (KeyError, ValueError, TypeError, OverflowError, OSError):
+                at = datetime.fromtimestamp(event_int(event["followed_at_ms"]) / 1000, UTC)
+                followee, follower = event_int(event["followee_id"]), event_int(event["follower_id"])
+            except (*MALFORMED, OSError):
                 # Failing on it would fail this batch, and every batch after, for good.
-                log.error("skipping a malformed follow event", extra={"event": str(event)[:200]})
+                skip_event(COUNTS_GROUP, "malformed", "a malformed follow event", event=str(event)[:200])
                 continue
             followers.add((followee, follow_bucket(at)))
             following.add(follower)
@@ -432,7 +435,7 @@ class Graph:
             try:
                 events.append(json.loads(message.value() or b""))
             except ValueError:
-                log.error("skipping a malformed follow event")
+                skip_event(COUNTS_GROUP, "malformed", "a malformed follow event")
         await self.repair_counts(e for e in events if isinstance(e, dict))
 
     def _event(self, kind: str, follower: int, followee: int, at: datetime) -> Event:

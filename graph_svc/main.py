@@ -22,14 +22,12 @@ from common.server import Wiring, serve
 from common.worker import ConsumerLoop
 from graph_svc import config as graph_config
 from graph_svc.accounts import Passwords
-from graph_svc.domain import Graph
+from graph_svc.domain import COUNTS_GROUP, Graph
 from graph_svc.relations import Relations, RelationStore
 from graph_svc.service import GraphInternalService, GraphService
 from graph_svc.sessions import CqlSessionStore, Sessions
 from graph_svc.store import GraphStore
 from graph_svc.tokens import TokenSigner
-
-COUNTS_GROUP = "chirp-follow-counts"
 
 
 async def run(cfg: graph_config.GraphConfig) -> None:

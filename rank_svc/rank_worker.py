@@ -21,9 +21,8 @@ from rank_svc import config as rank_config
 from rank_svc.domain import Ranker
 from rank_svc.events import FoldingLoop, LikesConsumer
 from rank_svc.store import TrendingStore
-from rank_svc.tallies import LikeFolder, Partition
+from rank_svc.tallies import GROUP, LikeFolder, Partition
 
-GROUP = "chirp-rank"
 BATCH_SIZE = 1000
 BATCH_WAIT_SECONDS = 0.2
 

@@ -28,11 +28,14 @@ from typing import Protocol
 
 from prometheus_client import Counter
 
-from common.events import LikeEvent
+from common.events import MALFORMED, LikeEvent
 from common.ids import id_time_ms
+from common.worker import skip_event
 from rank_svc.store import HOUR_MS, Like, PartitionFold, TrendingStore, hour_of
 
 log = logging.getLogger(__name__)
+
+GROUP = "chirp-rank"
 
 # Kafka's timestamp of a like is taken a little after its version; replaying
 # from a bit before the window's first hour catches every like made in it.
@@ -118,8 +121,8 @@ class LikeFolder:
             spans[tp] = (min(low, offset), max(high, offset))
             try:
                 event = LikeEvent.decode(msg.value() or b"")
-            except (ValueError, KeyError, TypeError):
-                log.error("skipping malformed like event", extra={"partition": tp[1], "offset": offset})
+            except MALFORMED:
+                skip_event(GROUP, "malformed", "a malformed like event", partition=tp[1], offset=offset)
                 continue
             hour = hour_of(id_time_ms(event.version))
             # Older likes are out of the window; newer than next hour means a

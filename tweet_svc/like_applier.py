@@ -16,13 +16,15 @@ from confluent_kafka import Message
 from prometheus_client import Counter
 
 from common.cql import CQL_UNAVAILABLE_ERRORS
-from common.events import LikeEvent
-from common.worker import apply_each, retry_pause
+from common.events import MALFORMED, LikeEvent
+from common.worker import apply_each, retry_pause, skip_event
 from tweet_svc.cache import TweetCache
 from tweet_svc.likes import fold
 from tweet_svc.store import TweetStore
 
 log = logging.getLogger(__name__)
+
+GROUP = "chirp-like-worker"
 
 MAX_CONFLICT_RETRIES = 20
 # Tweets of one batch applied at once: each is a few reads, a conditional write and a
@@ -64,8 +66,8 @@ class LikeApplier:
         for msg in messages:
             try:
                 event = LikeEvent.decode(msg.value() or b"")
-            except (ValueError, KeyError, TypeError):
-                log.error("skipping malformed like event", extra={"offset": msg.offset()})
+            except MALFORMED:
+                skip_event(GROUP, "malformed", "a malformed like event", partition=msg.partition(), offset=msg.offset())
                 continue
             if event not in self._applied:
                 by_tweet[event.tweet_id].append(event)

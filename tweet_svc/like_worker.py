@@ -20,10 +20,8 @@ from common.server import Wiring, serve
 from common.worker import ConsumerLoop
 from tweet_svc import config as tweet_config
 from tweet_svc.cache import TweetCache
-from tweet_svc.like_applier import LikeApplier
+from tweet_svc.like_applier import GROUP, LikeApplier
 from tweet_svc.store import TweetStore
-
-GROUP = "chirp-like-worker"
 
 
 def like_loop(

@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 from cassandra import OperationTimedOut
 from confluent_kafka import Message as KafkaMessage
+from prometheus_client import REGISTRY
 
 from common.events import LikeEvent
 from common.worker import apply_each
@@ -155,7 +156,9 @@ class Message:
 def batch(tweets: int, likers: int, liked: bool = True, version: int = 0) -> list[KafkaMessage]:
     """Every tweet liked (or unliked) by `likers` users, the events at offsets from 0 on
     (a batch read again has the same offsets)."""
-    events = [LikeEvent(t, u, liked, version + 1_000 * t + u) for t in range(1, tweets + 1) for u in range(likers)]
+    events = [
+        LikeEvent(t, u, liked, version + 1_000 * t + u) for t in range(1, tweets + 1) for u in range(1, likers + 1)
+    ]
     return cast(list[KafkaMessage], [Message(e, i) for i, e in enumerate(events)])
 
 
@@ -170,6 +173,29 @@ async def test_a_timed_out_tweet_is_tried_again_and_the_batch_goes_through() -> 
     await LikeApplier(cast(TweetStore, store), None)(batch(tweets=60, likers=3))
     assert store.counts == {t: 3 for t in range(1, 61)}
     assert 1 < store.most_in_flight <= CONCURRENT_TWEETS
+
+
+class RawMessage(Message):
+    def __init__(self, raw: bytes, offset: int) -> None:
+        self._value, self._offset = raw, offset
+
+
+async def test_like_events_no_store_would_take_are_skipped_counted_and_the_rest_applied() -> None:
+    """An infinite number raised OverflowError, which escaped the check and failed the batch
+    for good; an id out of range failed in the store, batch after batch."""
+    store = SlowStore()
+    labels = {"group": like_applier.GROUP, "reason": "malformed"}
+    before = REGISTRY.get_sample_value("chirp_consumer_skipped_total", labels) or 0.0
+    poison = [
+        b'{"tweet_id":Infinity,"user_id":1,"liked":true,"version":5}',
+        b'{"tweet_id":1,"user_id":0,"liked":true,"version":5}',
+        b'{"tweet_id":1,"user_id":1,"liked":true,"version":18446744073709551616}',
+    ]
+    good = batch(tweets=2, likers=2)
+    messages = [*good, *(cast(KafkaMessage, RawMessage(raw, 100 + i)) for i, raw in enumerate(poison))]
+    await LikeApplier(cast(TweetStore, store), None)(messages)
+    assert store.counts == {1: 2, 2: 2}
+    assert REGISTRY.get_sample_value("chirp_consumer_skipped_total", labels) == before + 3
 
 
 async def test_a_write_applied_though_it_timed_out_is_not_counted_twice() -> None:
@@ -237,7 +263,9 @@ def fanout_batch(authors: int, tweets_each: int) -> list[KafkaMessage]:
     return cast(
         list[KafkaMessage],
         [
-            FakeMessage({"type": "tweet_created", "tweet_id": 100 * a + n, "author_id": a, "created_at_ms": 0})
+            FakeMessage(
+                {"type": "tweet_created", "tweet_id": 100 * a + n, "author_id": a, "created_at_ms": 1_700_000_000_000}
+            )
             for n in range(tweets_each)
             for a in range(1, authors + 1)
         ],

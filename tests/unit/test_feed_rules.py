@@ -7,6 +7,7 @@ as a story: who follows whom, who posts, what a reader's pages then hold."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import Sequence
@@ -16,9 +17,10 @@ import grpc
 import pytest
 from chirp.tweet.v1 import tweet_pb2
 from confluent_kafka import Message
+from prometheus_client import REGISTRY
 
 from common.config import ConfigError
-from common.ids import IdGenerator
+from common.ids import IdGenerator, id_time_ms
 from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS
 from common.keys import CELEBRITIES_KEY, TWEET_DELETED, TWEET_DELETED_SECONDS, feed_key, tweet_key
 from common.replica_waits import NotReplicated
@@ -43,10 +45,20 @@ class MemoryCelebrityStore:
 
     def __init__(self) -> None:
         self.registry: set[int] = set()
+        self.backfills: set[int] = set()  # begun and not finished
         self.before_set_celebrity: list[Any] = []  # hooks run as a mark or unmark starts
 
     async def is_celebrity(self, author_id: int) -> bool:
         return author_id in self.registry
+
+    async def backfill_begun(self, author_id: int) -> bool:
+        return author_id in self.backfills
+
+    async def begin_backfill(self, author_id: int) -> None:
+        self.backfills.add(author_id)
+
+    async def end_backfill(self, author_id: int) -> None:
+        self.backfills.discard(author_id)
 
     async def celebrities(self) -> set[int]:
         return set(self.registry)
@@ -249,7 +261,7 @@ class World:
 
 
 def created_event(tweet_id: int, author_id: int) -> dict[str, Any]:
-    return {"tweet_id": tweet_id, "author_id": author_id, "created_at_ms": 0}
+    return {"tweet_id": tweet_id, "author_id": author_id, "created_at_ms": id_time_ms(tweet_id)}
 
 
 def newest_first(ids: set[int] | list[int]) -> list[int]:
@@ -540,6 +552,30 @@ async def test_a_deleted_celebrity_tweet_is_marked_deleted_and_not_pulled() -> N
     assert (await world.page(READER))[0] == [kept]
 
 
+async def test_a_celebrity_tweets_delete_walks_none_of_its_followers() -> None:
+    """Never pushed, so nothing to take out; a walk of millions of followers would outlast
+    the consumer group's poll interval and be applied again for ever."""
+    world = World()
+    await world.follow(READER, NORMAL)
+    await with_followers(world, NORMAL, THRESHOLD - 2)
+    before = await world.post(NORMAL)  # pushed, then the author becomes a celebrity
+    assert world.cached(READER) == {before}
+    await with_followers(world, NORMAL, 2, first=2_000)
+    assert len(world.graph.followers(NORMAL)) == THRESHOLD + 1 > 2 * Graph.PAGE
+    pages: list[str] = []
+    real_page = world.graph.follower_page
+
+    async def counted(user_id: int, token: str) -> tuple[list[int], str, int | None]:
+        pages.append(token)
+        return await real_page(user_id, token)
+
+    world.fanout._follower_page = counted
+    await world.delete(before)
+    assert pages == [""]  # the first page, for the count
+    assert world.redis.data[tweet_key("body", before)] == TWEET_DELETED
+    assert before not in (await world.page(READER))[0]  # pushed before: left out when read
+
+
 # ---- crossing the celebrity threshold ------------------------------------------------------------
 
 
@@ -645,7 +681,7 @@ def test_a_demotion_bound_above_the_threshold_is_refused() -> None:
         feed_config.load({"CHIRP_CELEBRITY_THRESHOLD": "100", "CHIRP_CELEBRITY_DEMOTE_BELOW": "101"})
 
 
-async def backfill_failed() -> tuple[World, list[int], int]:
+async def backfill_failed(failure: BaseException | None = None) -> tuple[World, list[int], int]:
     """A reader of STAR, STAR just under the threshold with a post, and a fan's unfollow
     whose backfill failed (so its event is applied again from the last commit)."""
     world = World()
@@ -653,7 +689,7 @@ async def backfill_failed() -> tuple[World, list[int], int]:
     fans = await with_followers(world, STAR, THRESHOLD - 1)
     posted = await world.post(STAR)
     real_push = world.cache.push
-    failures = [NotReplicated("no replica acknowledged")]
+    failures = [failure or NotReplicated("no replica acknowledged")]
 
     async def push_failing_once(user_ids: Sequence[int], tweets: Sequence[int]) -> None:
         if failures:
@@ -661,7 +697,7 @@ async def backfill_failed() -> tuple[World, list[int], int]:
         await real_push(user_ids, tweets)
 
     world.cache.push = push_failing_once  # type: ignore[method-assign]
-    with pytest.raises(NotReplicated):
+    with pytest.raises(type(failures[0])):
         await world.unfollow(fans[0], STAR)
     return world, fans, posted
 
@@ -674,6 +710,17 @@ async def test_a_backfill_that_fails_leaves_the_author_marked_so_the_retry_backf
     await world.fanout.handle("unfollow", {"follower_id": fans[0], "followee_id": STAR})  # applied again
     assert STAR not in world.store.registry
     assert world.cached(READER) == {posted}
+
+
+async def test_a_backfill_cut_short_by_a_cancel_is_done_again_when_the_unfollow_is_applied_again() -> None:
+    """A cancel (another key of the batch failed, or a graceful stop) is no Exception: the
+    author stays unmarked, and only the backfill's record of having begun makes the retry
+    backfill. A kill, or a re-mark that fails with the store, leaves the same state."""
+    world, fans, posted = await backfill_failed(asyncio.CancelledError())
+    assert STAR not in world.store.registry and STAR in world.store.backfills
+    await world.fanout.handle("unfollow", {"follower_id": fans[0], "followee_id": STAR})  # applied again
+    assert world.cached(READER) == {posted}
+    assert not world.store.backfills  # done: a later unfollow does not backfill again
 
 
 async def test_an_unfollow_applied_again_after_a_refollow_still_demotes_the_author() -> None:
@@ -764,6 +811,31 @@ async def test_an_event_missing_a_field_is_skipped_and_the_rest_of_its_batch_app
     ]
     await world.fanout(cast(list[Message], batch))
     assert world.cached(READER) == {tweet}
+
+
+def skipped(reason: str) -> float:
+    return REGISTRY.get_sample_value("chirp_consumer_skipped_total", {"group": "chirp-fanout", "reason": reason}) or 0.0
+
+
+async def test_events_no_peer_or_store_would_take_are_skipped_counted_and_the_rest_applied() -> None:
+    """An id out of range failed later, in a protobuf field or a peer's check (INVALID_ARGUMENT),
+    and an infinite number (OverflowError) escaped the check: the batch failed for good."""
+    world = World()
+    world.graph.follows[READER] = {NORMAL}
+    tweet = world.tweets.create(NORMAL)
+    before = {reason: skipped(reason) for reason in ("malformed", "unknown_type")}
+    batch = [
+        Event(TOPIC_TWEETS, NORMAL, {"type": "tweet_created", **created_event(tweet, NORMAL), "author_id": 1e999}),
+        Event(TOPIC_TWEETS, NORMAL, {"type": "tweet_deleted", "tweet_id": 0, "author_id": NORMAL}),
+        Event(TOPIC_FOLLOWS, READER, {"type": "follow", "follower_id": READER, "followee_id": 1 << 64}),
+        Event(TOPIC_FOLLOWS, READER, {"type": "unfollow", "follower_id": True, "followee_id": NORMAL}),
+        Event(TOPIC_TWEETS, NORMAL, {"type": "tweet_created", **created_event(tweet, NORMAL)}),
+        Event(TOPIC_TWEETS, NORMAL, {"type": "tweet_edited", "tweet_id": tweet}),
+    ]
+    await world.fanout(cast(list[Message], batch))
+    assert world.cached(READER) == {tweet}
+    assert skipped("malformed") == before["malformed"] + 4
+    assert skipped("unknown_type") == before["unknown_type"] + 1
 
 
 async def test_a_tweet_both_pushed_and_pulled_shows_once() -> None:
