@@ -40,6 +40,12 @@ HEALTH_INTERVAL_SECONDS = 15.0
 HEALTH_RECHECK_SECONDS = 1.0
 PROBE_TIMEOUT_SECONDS = 1.5
 FAILED_PROBES_BEFORE_NOT_SERVING = 3
+# The health name a liveness probe asks for: SERVING from start to shutdown, whatever the
+# stores. "" turns NOT_SERVING while a store is down, which a restart does not fix: a
+# liveness probe on it restarted every pod after a minute of a store outage, and a pod
+# started while its store is down exits (crash loop, backing off to 5 minutes). Answered
+# on the event loop, so a hung loop still fails it.
+LIVENESS_SERVICE = "chirp.liveness"
 
 
 @dataclass
@@ -138,7 +144,10 @@ class ProbeRecord:
         return self.serving, HEALTH_INTERVAL_SECONDS if self.failures == 0 else HEALTH_RECHECK_SECONDS
 
 
-async def _watch_health(health_servicer: HealthServicer, wiring: Wiring, service: str) -> None:
+async def watch_health(health_servicer: HealthServicer, wiring: Wiring, service: str) -> None:
+    """Keep "" and the service names SERVING while the probes pass; LIVENESS_SERVICE
+    serves throughout."""
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     record = ProbeRecord()
     last: bool | None = None
     while True:
@@ -169,7 +178,7 @@ async def serve(config: CommonConfig, wiring: Wiring) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    tasks = [asyncio.create_task(_watch_health(health_servicer, wiring, config.service))]
+    tasks = [asyncio.create_task(watch_health(health_servicer, wiring, config.service))]
     tasks += [asyncio.create_task(job()) for job in wiring.background]
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)

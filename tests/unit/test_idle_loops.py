@@ -12,10 +12,13 @@ import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import grpc
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
 
 from bench import idle
 from common import kafka
@@ -26,7 +29,10 @@ from common.server import (
     FAILED_PROBES_BEFORE_NOT_SERVING,
     HEALTH_INTERVAL_SECONDS,
     HEALTH_RECHECK_SECONDS,
+    LIVENESS_SERVICE,
     ProbeRecord,
+    Wiring,
+    watch_health,
 )
 from common.worker import ConsumerLoop
 from infra import prometheus
@@ -469,3 +475,33 @@ def test_metrics_server_answers_scrapes_at_once_and_otherwise_sleeps() -> None:
     time.sleep(1.2)
     assert wakes() == before
     assert thread.daemon
+
+
+async def test_a_store_that_fails_its_probes_leaves_the_liveness_name_serving() -> None:
+    """A restart does not bring a store back: a liveness probe must not see the outage."""
+    health = HealthServicer()
+
+    async def store_down() -> bool:
+        return False
+
+    wiring = Wiring(register=lambda _: None, service_names=["chirp.x.v1.X"], probes=[store_down], close=_closed)
+    watching = asyncio.create_task(watch_health(health, wiring, "x"))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if await _status(health, "") == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+        assert await _status(health, "") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _status(health, "chirp.x.v1.X") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _status(health, LIVENESS_SERVICE) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        watching.cancel()
+
+
+async def _closed() -> None:
+    return None
+
+
+async def _status(health: HealthServicer, name: str) -> int:
+    request = health_pb2.HealthCheckRequest(service=name)
+    return int((await health.Check(request, cast(grpc.aio.ServicerContext, None))).status)
