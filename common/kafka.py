@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -36,13 +38,24 @@ IDLE_CHECK_SECONDS = 5.0
 FETCH_WAIT_MS = 2500
 
 
+def _stop_this_process() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 class AsyncProducer:
     """Idempotent producer (acks=all); `send` resolves once the broker has the record."""
 
-    def __init__(self, bootstrap: str, client_id: str, delivery_timeout_ms: int = 10000) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        client_id: str,
+        delivery_timeout_ms: int = 10000,
+        on_fatal: Callable[[], None] = _stop_this_process,
+    ) -> None:
         # Set while librdkafka reports every broker down, so callers that need
         # an acknowledgement fail at once instead of waiting out the timeout.
         self._all_down = threading.Event()
+        self._on_fatal = on_fatal
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -62,6 +75,15 @@ class AsyncProducer:
         self._poller.start()
 
     def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            # An idempotent producer's fatal error (a sequence the broker lost, say) is
+            # for good: every later send fails, while the process keeps serving and
+            # holding its outbox relay's shards, which no one then publishes. Stop it,
+            # as on SIGTERM (drain, shards handed over): the platform starts it afresh,
+            # and its unsent events wait in the outbox for a relay.
+            log.critical("the Kafka producer failed for good; stopping", extra={"error": err.str()})
+            self._on_fatal()
+            return
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._all_down.set()
             log.warning("all Kafka brokers are down")

@@ -315,6 +315,9 @@ class Outbox:
 
     async def wait_marked(self) -> None:
         """Until the marks of fast-path deliveries so far are written (before closing the CQL session)."""
+        # Reports a closing producer's flush just handed to the loop (call_soon_threadsafe)
+        # run first, or their marks are written after the session closed, and fail.
+        await asyncio.sleep(0)
         if self._mark_due is not None:
             self._mark_due.cancel()
             self._mark_gathered()

@@ -505,3 +505,21 @@ async def _closed() -> None:
 async def _status(health: HealthServicer, name: str) -> int:
     request = health_pb2.HealthCheckRequest(service=name)
     return int((await health.Check(request, cast(grpc.aio.ServicerContext, None))).status)
+
+
+def test_a_fatal_producer_error_stops_the_process_and_a_passing_one_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a fatal error every send fails for good, while the process would go on
+    holding its outbox relay's shards, publishing none of them."""
+    monkeypatch.setattr(kafka, "Producer", FakeProducer)
+    stops: list[bool] = []
+    producer = kafka.AsyncProducer("127.0.0.1:1", "test", on_fatal=lambda: stops.append(True))
+    fake: FakeProducer = producer._producer  # type: ignore[assignment]
+    try:
+        fake.error_cb(KafkaError(KafkaError._TRANSPORT, "a broker went away"))
+        assert stops == []
+        fake.error_cb(KafkaError(KafkaError._FATAL, "out of order sequence number", fatal=True))
+        assert stops == [True]
+    finally:
+        producer.close()

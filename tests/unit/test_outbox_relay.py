@@ -694,3 +694,35 @@ async def test_marks_go_in_one_request_per_ten_partitions() -> None:
     cql.requests.clear()
     await store.mark_published(events[:1])
     assert len(cql.requests) == 1 and isinstance(cql.requests[0], tuple), "a lone mark is a plain statement"
+
+
+class FlushingProducer(FakeProducer):
+    """Reports deliveries only when closed, as librdkafka's flush at shutdown does (from
+    the closing thread: the outbox's report hands them to the event loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reports: list[Any] = []
+
+    def send_nowait(self, topic: str, key: bytes, value: bytes, on_done: Any) -> None:
+        self.sent.append((topic, key, value))
+        self.reports.append(on_done)
+
+    def close(self) -> None:
+        reports, self.reports = self.reports, []
+        for on_done in reports:
+            on_done(None)
+
+
+async def test_deliveries_reported_while_the_producer_closes_are_marked_before_the_store_closes() -> None:
+    """Marked after the CQL session closed, they failed, and the relay published the
+    events again after every graceful stop."""
+    world = make_world()
+    producer = FlushingProducer()
+    outbox = Outbox(world.store, producer, settings=SETTINGS, clock_ms=world.clock)
+    events = world.write(3)
+    for event in events:
+        outbox.publish_soon(event)
+    producer.close()  # as tweet_svc's and graph_svc's close() do, before wait_marked()
+    await outbox.wait_marked()
+    assert all(world.store.published(e.event_id) for e in events)
