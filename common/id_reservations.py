@@ -9,17 +9,21 @@ acknowledged tweet's id overwrites it, a second account under a user's id signs
 in as that user.
 
 So an instance reserves, in the CQL store, the time up to which it may make ids
-(`id_reservations`, one row per instance id): a few seconds past its clock,
-moved on every second. It makes no id beyond its acknowledged reservation
-(`IdGenerator.allow_until`; past it a call fails with UNAVAILABLE, after some
-seconds of the store not answering, when writes fail too).
+(`id_reservations`, one row per instance id): RESERVE_AHEAD_MS past its clock,
+moved on every RENEW_EVERY_SECONDS. It makes no id beyond its acknowledged
+reservation (`IdGenerator.allow_until`; past it a call fails with UNAVAILABLE):
+that takes about 8 s of every renewal failing or timing out, a store outage for
+that one row.
 
 A successor waits, before its first id, until its clock passes the predecessor's
-reservation: a few seconds at most after a quick restart. A clock further behind
+reservation: up to RESERVE_AHEAD_MS after a quick restart. A clock further behind
 than that starts from the reservation instead (logged): its ids are then ahead
-of its own clock, as a running generator's are after its clock steps back. It
-never starts ahead of a clock that is right: ids from different instances sort
-by the time they were made, which the feeds rely on.
+of its own clock, as a running generator's are after its clock steps back. A
+reservation more than START_BEHIND_MAX_MS ahead is refused (the process exits):
+a clock that far behind, or a predecessor's that far ahead, needs an operator
+(its ids would be dated that far from now). Ids from different instances sort
+by the time they were made, which the feeds rely on, so no successor on a right
+clock starts ahead of it unless its predecessor's clock was ahead.
 
 A reservation is written with its own value as the write's timestamp, so the
 larger of two always wins, whatever the clocks of the hosts that wrote them; and
@@ -31,25 +35,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from common.cql import CqlSession
+from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # How far ahead of its clock (or of its last id) an instance reserves, and how often it
-# moves that on: a store that answers no reservation for about 4 s makes the instance's
-# id-making calls fail, as its writes would anyway. A successor started sooner than
-# RESERVE_AHEAD_MS after its predecessor's last reservation waits out the rest.
-RESERVE_AHEAD_MS = 5_000
-RENEW_EVERY_SECONDS = 1.0
-# A successor's clock further behind the reservation than this is not waited for.
+# moves that on. A renewal that takes longer than RENEW_TIMEOUT_SECONDS is given up (it
+# may still land: it only raises the row) and tried again after RETRY_SECONDS, so only
+# a store that takes no reservation for about RESERVE_AHEAD_MS - RENEW_EVERY_SECONDS
+# makes the instance refuse ids. A successor started sooner than RESERVE_AHEAD_MS after
+# its predecessor's last renewal waits out the rest.
+RESERVE_AHEAD_MS = 10_000
+RENEW_EVERY_SECONDS = 2.0
+RENEW_TIMEOUT_SECONDS = 1.5
+RETRY_SECONDS = 0.5
+# A successor's clock further behind the reservation than this is not waited for...
 START_WAIT_MAX_MS = RESERVE_AHEAD_MS + 1_000
+# ...and one further behind than this does not start.
+START_BEHIND_MAX_MS = 300_000
+# At start, a store that does not answer is asked again for this long (within the
+# startup probe's 120 s) before the process gives up.
+START_RETRY_SECONDS = 60.0
 
 STATEMENTS = {
     "read": "SELECT reserved_until_ms FROM id_reservations WHERE instance_id = ?",
     "reserve": "INSERT INTO id_reservations (instance_id, reserved_until_ms) VALUES (?, ?) USING TIMESTAMP ?",
 }
+
+
+class ReservationTooFarAhead(RuntimeError):
+    pass
 
 
 class IdReservations:
@@ -61,6 +82,7 @@ class IdReservations:
         ahead_ms: int = RESERVE_AHEAD_MS,
         every_seconds: float = RENEW_EVERY_SECONDS,
         start_wait_ms: int = START_WAIT_MAX_MS,
+        start_retry_seconds: float = START_RETRY_SECONDS,
     ) -> None:
         self._cql = cql
         self._instance = instance_id
@@ -68,16 +90,23 @@ class IdReservations:
         self._ahead_ms = ahead_ms
         self._every = every_seconds
         self._start_wait_ms = start_wait_ms
-        self._statements: dict[str, object] = {}
+        self._start_retry = start_retry_seconds
+        self._statements: dict[str, Any] = {}
 
     async def start(self) -> None:
         """Before the first id: start above the predecessor's reservation and make one's own."""
         for name, query in STATEMENTS.items():
             self._statements[name] = await self._cql.prepare(query)
-        rows = await self._cql.execute(self._statements["read"], (self._instance,))
+        rows = await self._asking_again(lambda: self._cql.execute(self._statements["read"], (self._instance,)))
         if rows and rows[0].reserved_until_ms is not None:
             floor = rows[0].reserved_until_ms
             behind = floor - self._ids.clock_ms()
+            if behind > START_BEHIND_MAX_MS:
+                raise ReservationTooFarAhead(
+                    f"instance {self._instance} reserved ids up to {floor} ms, {behind} ms ahead of this clock: "
+                    "fix this host's clock; if it is right, a predecessor's clock was ahead and made ids that far "
+                    "ahead, which this instance id must not make again: run the process under another instance id"
+                )
             if 0 < behind <= self._start_wait_ms:
                 await asyncio.sleep(behind / 1000)  # a quick restart: the clock passes it soon
             elif behind > 0:
@@ -86,7 +115,21 @@ class IdReservations:
                     extra={"instance_id": self._instance, "behind_ms": behind},
                 )
             self._ids.start_after(floor)  # nothing, once the clock has passed it
-        await self.reserve()
+        await self._asking_again(self.reserve)
+
+    async def _asking_again(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, asked again while the store does not answer, for up to start_retry_seconds:
+        a process started while its store is down or overloaded waits for it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._start_retry
+        while True:
+            try:
+                return await call()
+            except CQL_UNAVAILABLE_ERRORS as exc:
+                if loop.time() >= deadline:
+                    raise
+                log.warning("id reservation: the store did not answer; asking again: %r", exc)
+                await asyncio.sleep(1.0)
 
     async def reserve(self) -> int:
         """Reserve up to `ahead_ms` past the later of the clock and the last id; returns the new limit."""
@@ -96,9 +139,14 @@ class IdReservations:
         return until
 
     async def renew_forever(self) -> None:
+        """Move the reservation on every `every_seconds`, the first time at once (the
+        process may have taken a while to start serving since `start`); a renewal that
+        fails or is slow is tried again soon."""
         while True:
-            await asyncio.sleep(self._every)
+            delay = self._every
             try:
-                await self.reserve()
+                await asyncio.wait_for(self.reserve(), RENEW_TIMEOUT_SECONDS)
             except Exception as exc:  # noqa: BLE001 - keep reserving once the store is back
                 log.warning("could not move the id reservation on: %r", exc)
+                delay = RETRY_SECONDS
+            await asyncio.sleep(delay)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,10 +36,6 @@ IDLE_CHECK_SECONDS = 5.0
 FETCH_WAIT_MS = 2500
 
 
-def _stop_this_process() -> None:
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 class AsyncProducer:
     """Idempotent producer (acks=all); `send` resolves once the broker has the record."""
 
@@ -50,8 +44,10 @@ class AsyncProducer:
         bootstrap: str,
         client_id: str,
         delivery_timeout_ms: int = 10000,
-        on_fatal: Callable[[], None] = _stop_this_process,
+        on_fatal: Callable[[], None] | None = None,
     ) -> None:
+        """`on_fatal` runs (on the poll thread) after a fatal error: a service passes
+        `common.server.stop_with_failure`; without it the error is only logged."""
         # Set while librdkafka reports every broker down, so callers that need
         # an acknowledgement fail at once instead of waiting out the timeout.
         self._all_down = threading.Event()
@@ -78,11 +74,12 @@ class AsyncProducer:
         if err.fatal():
             # An idempotent producer's fatal error (a sequence the broker lost, say) is
             # for good: every later send fails, while the process keeps serving and
-            # holding its outbox relay's shards, which no one then publishes. Stop it,
-            # as on SIGTERM (drain, shards handed over): the platform starts it afresh,
-            # and its unsent events wait in the outbox for a relay.
-            log.critical("the Kafka producer failed for good; stopping", extra={"error": err.str()})
-            self._on_fatal()
+            # holding its outbox relay's shards, which no one then publishes. A service
+            # stops (drain, shards handed over) and exits with a failure, for the
+            # platform to start it afresh; its unsent events wait in the outbox.
+            log.critical("the Kafka producer failed for good", extra={"error": err.str()})
+            if self._on_fatal is not None:
+                self._on_fatal()
             return
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._all_down.set()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -161,9 +163,23 @@ async def watch_health(health_servicer: HealthServicer, wiring: Wiring, service:
         await asyncio.sleep(delay)
 
 
+_exit_status = 0
+
+
+def stop_with_failure() -> None:
+    """Stop as on SIGTERM (drain, finish in-flight calls, close clients), then exit with
+    status 1: for a failure the process cannot recover from (the platform restarts it).
+    Safe from any thread."""
+    global _exit_status
+    _exit_status = 1
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run(main: Coroutine[Any, Any, None]) -> None:
     """Run a process's main coroutine on uvloop (libuv: less event-loop overhead per call)."""
     uvloop.run(main)
+    if _exit_status:
+        sys.exit(_exit_status)
 
 
 async def serve(config: CommonConfig, wiring: Wiring) -> None:

@@ -113,6 +113,7 @@ class Fanout:
         self._threshold = celebrity_threshold
         self._demote_below = celebrity_threshold if demote_below is None else demote_below
         self._keys_at_once = keys_at_once
+        self._backfills: dict[int, asyncio.Future[None]] = {}  # running, by author (`_backfill_once`)
         self._activity = activity
         self._follows = follows
 
@@ -223,14 +224,33 @@ class Fanout:
             recent = [t for t, _ in await self._recent_ids([followee_id], 0, UNFOLLOW_SWEEP)]
             await self._cache.remove([follower_id], recent)
         # Either way: an unfollow applied again after a failed backfill relies on this check.
-        if await self._follower_count(followee_id) < self._demote_below and await self._demoting(followee_id):
-            await self._backfill(followee_id)
+        count, begun = await asyncio.gather(self._follower_count(followee_id), self._store.backfill_begun(followee_id))
+        if begun and count >= self._threshold:
+            # A backfill cut short, and followed back over the threshold since: pulled again.
+            await self._mark(followee_id, celebrity=True)
+            await self._store.end_backfill(followee_id)
+        elif begun or (count < self._demote_below and await self._store.is_celebrity(followee_id)):
+            # Begun: cut short (a kill, a cancelled batch) with the author unmarked already,
+            # whatever the count is now.
+            await self._backfill_once(followee_id)
 
-    async def _demoting(self, author_id: int) -> bool:
-        """Marked, or its backfill begun and not finished (cut short by a kill or a
-        cancelled batch, with the author unmarked already)."""
-        marked, begun = await asyncio.gather(self._store.is_celebrity(author_id), self._store.backfill_begun(author_id))
-        return marked or begun
+    async def _backfill_once(self, author_id: int) -> None:
+        """One backfill of an author at a time in this process. The unfollows that demote
+        an author come in waves, keyed by their followers and so applied side by side,
+        and each one after the first finds the backfill begun."""
+        running = self._backfills.get(author_id)
+        if running is None or running.done():
+            running = asyncio.ensure_future(self._backfill(author_id))
+            self._backfills[author_id] = running
+            running.add_done_callback(functools.partial(self._backfill_ended, author_id))
+        # A waiter cancelled (its batch failed) leaves the backfill to the others.
+        await asyncio.shield(running)
+
+    def _backfill_ended(self, author_id: int, done: asyncio.Future[None]) -> None:
+        if self._backfills.get(author_id) is done:
+            del self._backfills[author_id]
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("a demotion backfill failed: %r", done.exception(), extra={"author_id": author_id})
 
     async def _edge_is(self, follower_id: int, followee_id: int, following: bool) -> bool:
         """Whether the edge is as the event says. Events of one pair can come out of order

@@ -409,6 +409,8 @@ class Graph:
         following: set[int] = set()
         for event in events:
             if event.get("type") not in ("follow", "unfollow"):
+                # The follows topic carries nothing else: a newer producer's event.
+                skip_event(COUNTS_GROUP, "unknown_type", "a follow event of an unknown type", event=str(event)[:200])
                 continue
             try:
                 at = datetime.fromtimestamp(event_int(event["followed_at_ms"]) / 1000, UTC)
@@ -433,10 +435,14 @@ class Graph:
         events = []
         for message in messages:
             try:
-                events.append(json.loads(message.value() or b""))
+                event = json.loads(message.value() or b"")
             except ValueError:
+                event = None
+            if isinstance(event, dict):
+                events.append(event)
+            else:
                 skip_event(COUNTS_GROUP, "malformed", "a malformed follow event")
-        await self.repair_counts(e for e in events if isinstance(e, dict))
+        await self.repair_counts(events)
 
     def _event(self, kind: str, follower: int, followee: int, at: datetime) -> Event:
         return Event(

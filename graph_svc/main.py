@@ -35,7 +35,9 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     signer = TokenSigner.from_file(cfg.token_key_file, timedelta(seconds=cfg.token_ttl_seconds))
     page_tokens = PageTokens.from_file(cfg.page_token_key_file, cfg.page_token_ttl_seconds)
     cql = await CqlSession.from_config(common)
-    producer = AsyncProducer(common.kafka_bootstrap, f"graph_svc-{common.instance_id}")
+    producer = AsyncProducer(
+        common.kafka_bootstrap, f"graph_svc-{common.instance_id}", on_fatal=server.stop_with_failure
+    )
     outbox = Outbox(cql, producer)
     await outbox.prepare()
     store = GraphStore(cql, outbox)

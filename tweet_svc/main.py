@@ -29,7 +29,10 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     page_tokens = PageTokens.from_file(cfg.page_token_key_file, cfg.page_token_ttl_seconds)
     cql = await CqlSession.from_config(common)
     producer = AsyncProducer(
-        common.kafka_bootstrap, f"tweet_svc-{common.instance_id}", delivery_timeout_ms=cfg.like_ack_timeout_ms
+        common.kafka_bootstrap,
+        f"tweet_svc-{common.instance_id}",
+        delivery_timeout_ms=cfg.like_ack_timeout_ms,
+        on_fatal=server.stop_with_failure,
     )
     outbox = Outbox(cql, producer)
     await outbox.prepare()

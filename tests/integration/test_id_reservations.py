@@ -11,14 +11,15 @@ import pytest
 
 from common.cql import CqlSession
 from common.errors import Unavailable
-from common.id_reservations import IdReservations
+from common.id_reservations import IdReservations, ReservationTooFarAhead
 from common.ids import MAX_INSTANCE, IdGenerator, id_time_ms
 
 # Instance ids neither the local topology nor k8s/ gives a process (they stop at 255):
 # some for tests whose clocks run ahead (their reservations stay ahead of the real clock
 # for a while), the others for tests on the real clock.
 CLOCK_AHEAD_INSTANCES = range(512, 768)
-REAL_CLOCK_INSTANCES = range(768, MAX_INSTANCE + 1)
+REAL_CLOCK_INSTANCES = range(768, 992)
+FAR_AHEAD_INSTANCES = range(992, MAX_INSTANCE + 1)
 
 
 class Clock:
@@ -77,8 +78,20 @@ async def test_a_quick_restart_waits_for_its_clock_to_pass_the_reservation(cql: 
     first = IdGenerator(instance)
     await IdReservations(cql, instance, first, ahead_ms=1_000).start()
     made = first.next_id()
+    (row,) = await cql.execute("SELECT reserved_until_ms FROM id_reservations WHERE instance_id = %s", (instance,))
     second = IdGenerator(instance)  # started at once, on the same (right) clock
     await IdReservations(cql, instance, second, ahead_ms=1_000).start()
     again = second.next_id()
     assert again > made
-    assert id_time_ms(again) <= time.time_ns() // 1_000_000
+    assert id_time_ms(again) > row.reserved_until_ms  # it waited for its clock to pass the reservation...
+    assert id_time_ms(again) <= time.time_ns() // 1_000_000  # ...and did not start ahead of its clock
+
+
+async def test_a_reservation_far_ahead_of_the_clock_is_refused(cql: CqlSession) -> None:
+    """Made by a clock far ahead (or read by one far behind): starting from it would date
+    every id that far from now; an operator decides."""
+    instance = random.choice(FAR_AHEAD_INSTANCES)
+    now = time.time_ns() // 1_000_000
+    await started(cql, instance, Clock(now + 600_000))
+    with pytest.raises(ReservationTooFarAhead):
+        await started(cql, instance, Clock(now))

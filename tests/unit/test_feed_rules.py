@@ -723,6 +723,61 @@ async def test_a_backfill_cut_short_by_a_cancel_is_done_again_when_the_unfollow_
     assert not world.store.backfills  # done: a later unfollow does not backfill again
 
 
+async def test_a_backfill_cut_short_is_done_again_though_the_count_came_back_up_meanwhile() -> None:
+    """Followed back into the band between the bounds before the retry: the author is
+    unmarked (pushed from now on), and only the backfill gives followers its recent tweets."""
+    world = World(demote_below=THRESHOLD - 2)
+    await world.follow(READER, STAR)
+    fans = await with_followers(world, STAR, THRESHOLD - 1)
+    posted = await world.post(STAR)
+    real_push = world.cache.push
+    failures = [asyncio.CancelledError()]
+
+    async def push_failing_once(user_ids: Sequence[int], tweets: Sequence[int]) -> None:
+        if failures:
+            raise failures.pop()
+        await real_push(user_ids, tweets)
+
+    world.cache.push = push_failing_once  # type: ignore[method-assign]
+    for fan in fans[:3]:  # below the demotion bound: the third unfollow's backfill is cut short
+        world.graph.follows[fan].discard(STAR)
+    with pytest.raises(asyncio.CancelledError):
+        await world.fanout.handle("unfollow", {"follower_id": fans[2], "followee_id": STAR})
+    assert STAR not in world.store.registry
+    world.graph.follows[fans[0]].add(STAR)  # back in the band, not over the threshold
+    assert THRESHOLD - 2 <= len(world.graph.followers(STAR)) < THRESHOLD
+    await world.fanout.handle("unfollow", {"follower_id": fans[2], "followee_id": STAR})  # applied again
+    assert world.cached(READER) == {posted}
+    assert not world.store.backfills
+
+
+async def test_unfollows_that_demote_an_author_side_by_side_run_one_backfill() -> None:
+    world = World()
+    await world.follow(READER, STAR)
+    fans = await with_followers(world, STAR, THRESHOLD)
+    posted = await world.post(STAR)
+    begun: list[int] = []
+    real_begin, real_push = world.store.begin_backfill, world.cache.push
+
+    async def counted_begin(author_id: int) -> None:
+        begun.append(author_id)
+        await real_begin(author_id)
+
+    async def slow_push(user_ids: Sequence[int], tweets: Sequence[int]) -> None:
+        await asyncio.sleep(0.01)  # the backfill is still walking when the other unfollows come
+        await real_push(user_ids, tweets)
+
+    world.store.begin_backfill = counted_begin  # type: ignore[method-assign]
+    world.cache.push = slow_push  # type: ignore[method-assign]
+    for fan in fans[:3]:
+        world.graph.follows[fan].discard(STAR)
+    await asyncio.gather(
+        *(world.fanout.handle("unfollow", {"follower_id": fan, "followee_id": STAR}) for fan in fans[:3])
+    )
+    assert begun == [STAR]
+    assert world.cached(READER) == {posted}
+
+
 async def test_an_unfollow_applied_again_after_a_refollow_still_demotes_the_author() -> None:
     """The retry of a failed backfill rides on the unfollow's event; an edge made again since
     skips the sweep, not the demotion check."""

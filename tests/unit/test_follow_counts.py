@@ -26,12 +26,13 @@ from typing import Any, cast
 
 import pytest
 from cassandra import OperationTimedOut, Unavailable, WriteTimeout, WriteType
+from prometheus_client import REGISTRY
 
 from common.cql import named_rows
 from common.ids import IdGenerator
 from common.outbox import Event
 from graph_svc.accounts import Account
-from graph_svc.domain import Graph, SharedRuns
+from graph_svc.domain import COUNTS_GROUP, Graph, SharedRuns
 from graph_svc.store import STATEMENTS, GraphStore, follow_bucket
 
 
@@ -235,9 +236,19 @@ async def test_a_malformed_follow_event_is_skipped_and_the_others_repair_counts(
         {"type": "follow", "follower_id": 1},
         {"type": "unfollow", "follower_id": 1, "followee_id": "two", "followed_at_ms": 5},
         {"type": "follow", "follower_id": 1, "followee_id": 2, "followed_at_ms": 10**30},
+        {"type": "follow", "follower_id": 0, "followee_id": 2, "followed_at_ms": 5},  # no such id: CQL took it
+        {"type": "block", "follower_id": 1, "followee_id": 2, "followed_at_ms": 5},
     ]
+    before = {reason: skipped(reason) for reason in ("malformed", "unknown_type")}
     await graph.repair_counts([*bad, *good])
     assert await counts(graph, 2) == (1, 0) and await counts(graph, 1) == (0, 1)
+    assert skipped("malformed") == before["malformed"] + 4
+    assert skipped("unknown_type") == before["unknown_type"] + 1
+
+
+def skipped(reason: str) -> float:
+    labels = {"group": COUNTS_GROUP, "reason": reason}
+    return REGISTRY.get_sample_value("chirp_consumer_skipped_total", labels) or 0.0
 
 
 STEPS = ("add_edge", "write_follow_lists", "delete_follow_lists", "remove_edge", "recount_followers", None)

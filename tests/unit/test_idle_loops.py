@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -507,11 +509,10 @@ async def _status(health: HealthServicer, name: str) -> int:
     return int((await health.Check(request, cast(grpc.aio.ServicerContext, None))).status)
 
 
-def test_a_fatal_producer_error_stops_the_process_and_a_passing_one_does_not(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_fatal_producer_error_calls_on_fatal_and_a_passing_one_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
     """After a fatal error every send fails for good, while the process would go on
-    holding its outbox relay's shards, publishing none of them."""
+    holding its outbox relay's shards, publishing none of them (services pass
+    `common.server.stop_with_failure`)."""
     monkeypatch.setattr(kafka, "Producer", FakeProducer)
     stops: list[bool] = []
     producer = kafka.AsyncProducer("127.0.0.1:1", "test", on_fatal=lambda: stops.append(True))
@@ -523,3 +524,21 @@ def test_a_fatal_producer_error_stops_the_process_and_a_passing_one_does_not(
         assert stops == [True]
     finally:
         producer.close()
+
+
+def test_a_stop_with_failure_drains_as_sigterm_does_and_exits_with_status_1() -> None:
+    """A process that cannot recover (a fatal producer error) stops cleanly and says so."""
+    script = (
+        "import asyncio, signal\n"
+        "from common import server\n"
+        "async def main():\n"
+        "    stopped = asyncio.Event()\n"
+        "    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)\n"
+        "    server.stop_with_failure()\n"
+        "    await asyncio.wait_for(stopped.wait(), 5)\n"
+        "    print('drained')\n"
+        "server.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.stdout.strip() == "drained"
+    assert done.returncode == 1
