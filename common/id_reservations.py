@@ -59,8 +59,8 @@ RETRY_SECONDS = 0.5
 START_WAIT_MAX_MS = RESERVE_AHEAD_MS + 1_000
 # ...and one further behind than this does not start.
 START_BEHIND_MAX_MS = 300_000
-# At start, a store that does not answer is asked again for this long (within the
-# startup probe's 120 s) before the process gives up.
+# At start, a store that does not answer is asked again until this long after the start
+# began (with the wait above, inside the startup probe's 120 s) before the process gives up.
 START_RETRY_SECONDS = 60.0
 
 STATEMENTS = {
@@ -92,9 +92,11 @@ class IdReservations:
         self._start_wait_ms = start_wait_ms
         self._start_retry = start_retry_seconds
         self._statements: dict[str, Any] = {}
+        self._give_up_at = 0.0
 
     async def start(self) -> None:
         """Before the first id: start above the predecessor's reservation and make one's own."""
+        self._give_up_at = asyncio.get_running_loop().time() + self._start_retry
         for name, query in STATEMENTS.items():
             self._statements[name] = await self._cql.prepare(query)
         rows = await self._asking_again(lambda: self._cql.execute(self._statements["read"], (self._instance,)))
@@ -118,15 +120,15 @@ class IdReservations:
         await self._asking_again(self.reserve)
 
     async def _asking_again(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`call`, asked again while the store does not answer, for up to start_retry_seconds:
-        a process started while its store is down or overloaded waits for it."""
+        """`call`, asked again while the store does not answer, until start_retry_seconds
+        after the start began: a process started while its store is down or overloaded
+        waits for it."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._start_retry
         while True:
             try:
                 return await call()
             except CQL_UNAVAILABLE_ERRORS as exc:
-                if loop.time() >= deadline:
+                if loop.time() >= self._give_up_at:
                     raise
                 log.warning("id reservation: the store did not answer; asking again: %r", exc)
                 await asyncio.sleep(1.0)
@@ -145,7 +147,10 @@ class IdReservations:
         while True:
             delay = self._every
             try:
-                await asyncio.wait_for(self.reserve(), RENEW_TIMEOUT_SECONDS)
+                # Not asyncio.wait_for: on 3.11 it can swallow the cancel of a stop that comes
+                # as the call ends, and the loop would run on, holding the shutdown.
+                async with asyncio.timeout(RENEW_TIMEOUT_SECONDS):
+                    await self.reserve()
             except Exception as exc:  # noqa: BLE001 - keep reserving once the store is back
                 log.warning("could not move the id reservation on: %r", exc)
                 delay = RETRY_SECONDS

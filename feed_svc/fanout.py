@@ -227,8 +227,10 @@ class Fanout:
         count, begun = await asyncio.gather(self._follower_count(followee_id), self._store.backfill_begun(followee_id))
         if begun and count >= self._threshold:
             # A backfill cut short, and followed back over the threshold since: pulled again.
+            # The record stays (only a finished backfill ends it): a backfill in another
+            # worker may be under way, its unmark landing after this mark, and a kill of it
+            # must still be redone.
             await self._mark(followee_id, celebrity=True)
-            await self._store.end_backfill(followee_id)
         elif begun or (count < self._demote_below and await self._store.is_celebrity(followee_id)):
             # Begun: cut short (a kill, a cancelled batch) with the author unmarked already,
             # whatever the count is now.

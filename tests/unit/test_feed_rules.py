@@ -751,6 +751,19 @@ async def test_a_backfill_cut_short_is_done_again_though_the_count_came_back_up_
     assert not world.store.backfills
 
 
+async def test_a_backfill_cut_short_and_followed_back_over_the_threshold_is_pulled_again() -> None:
+    """Marked again, and the record kept: only a finished backfill ends it (another
+    worker's, under way, may yet be killed)."""
+    world, fans, posted = await backfill_failed(asyncio.CancelledError())
+    assert STAR not in world.store.registry
+    for fan in range(3_000, 3_003):
+        world.graph.follows.setdefault(fan, set()).add(STAR)
+    assert len(world.graph.followers(STAR)) >= THRESHOLD
+    await world.fanout.handle("unfollow", {"follower_id": fans[0], "followee_id": STAR})  # applied again
+    assert STAR in world.store.registry and STAR in world.store.backfills
+    assert (await world.page(READER))[0] == [posted]  # pulled
+
+
 async def test_unfollows_that_demote_an_author_side_by_side_run_one_backfill() -> None:
     world = World()
     await world.follow(READER, STAR)
