@@ -95,3 +95,27 @@ async def test_a_reservation_far_ahead_of_the_clock_is_refused(cql: CqlSession) 
     await started(cql, instance, Clock(now + 600_000))
     with pytest.raises(ReservationTooFarAhead):
         await started(cql, instance, Clock(now))
+
+
+async def test_a_successor_of_a_clean_stop_starts_at_once_and_its_own_crash_is_covered(cql: CqlSession) -> None:
+    """The stop's mark spares its successor the wait; the successor clears it before its
+    first id, so a crash of the successor leaves the reservation to go by again."""
+    instance = random.choice(CLOCK_AHEAD_INSTANCES)
+    now = time.time_ns() // 1_000_000
+    first = IdGenerator(instance, clock_ms=Clock(now))
+    first_reservations = IdReservations(cql, instance, first, ahead_ms=60_000)
+    await first_reservations.start()
+    made = first.next_id()
+    await first_reservations.release()
+    with pytest.raises(Unavailable):
+        first.next_id()  # no id after the mark
+
+    # Its successor, on a clock 30 s ahead: no wait for the reservation 60 s ahead.
+    ahead = Clock(now + 30_000)
+    second = await started(cql, instance, ahead)
+    again = [second.next_id() for _ in range(3)]
+    assert min(again) > made
+    assert id_time_ms(max(again)) < now + 60_000  # started at its clock, not at the reservation
+    # It crashes (no mark). A third, on the first's clock, makes none of the second's ids.
+    third = await started(cql, instance, Clock(now))
+    assert third.next_id() > max(again)

@@ -20,6 +20,8 @@ from common.ids import CHIRP_EPOCH_MS, IdGenerator
 class Row:
     def __init__(self, reserved_until_ms: int) -> None:
         self.reserved_until_ms = reserved_until_ms
+        self.stopped_at_ms: int | None = None
+        self.stopped_written: int | None = None
 
 
 class FlakyStore:
@@ -32,7 +34,7 @@ class FlakyStore:
         self.calls = 0
 
     async def prepare(self, query: str) -> str:
-        return "read" if query.startswith("SELECT") else "reserve"
+        return query.split()[0]  # SELECT, INSERT (a reservation), UPDATE (a stop's mark)
 
     async def execute(self, statement: str, params: Sequence[Any]) -> list[Row]:
         self.calls += 1
@@ -42,9 +44,10 @@ class FlakyStore:
         if self.failing:
             self.failing -= 1
             raise OperationTimedOut("no answer")
-        if statement == "read":
+        if statement == "SELECT":
             return [] if self.row is None else [Row(self.row)]
-        self.row = max(self.row or 0, params[1])
+        if statement == "INSERT":
+            self.row = max(self.row or 0, params[1])
         return []
 
 
