@@ -15,9 +15,12 @@ reservation (`IdGenerator.allow_until`; past it a call fails with UNAVAILABLE):
 that takes about 15 s of every renewal failing or timing out, a store outage for
 that one row.
 
-A process that stops cleanly records its last id's millisecond (`release`), and
-its successor starts right after it. Otherwise (a crash, a kill) a successor
-waits, before its first id, until its clock passes the predecessor's
+A process that stops cleanly records its last id's millisecond (`release`),
+with the largest reservation it asked for. Its successor trusts that mark only if
+the row's reservation is still that one, and starts right after the mark; its own
+first reservation goes above the row's, so should it crash, its successor goes
+by the reservation again, even if a late copy of the mark lands after it. Otherwise
+(a crash, a kill, a mark that did not land) a successor waits, before its first id, until its clock passes the predecessor's
 reservation: up to RESERVE_AHEAD_MS after a quick restart. A clock further behind
 than that starts from the reservation instead (logged): its ids are then ahead
 of its own clock, as a running generator's are after its clock steps back. A
@@ -69,10 +72,10 @@ START_BEHIND_MAX_MS = 300_000
 START_RETRY_SECONDS = 60.0
 
 STATEMENTS = {
-    "read": "SELECT reserved_until_ms, stopped_at_ms, writetime(stopped_at_ms) AS stopped_written "
-    "FROM id_reservations WHERE instance_id = ?",
+    "read": "SELECT reserved_until_ms, stopped_at_ms, stopped_under_ms FROM id_reservations WHERE instance_id = ?",
     "reserve": "INSERT INTO id_reservations (instance_id, reserved_until_ms) VALUES (?, ?) USING TIMESTAMP ?",
-    "stopped": "UPDATE id_reservations USING TIMESTAMP ? SET stopped_at_ms = ? WHERE instance_id = ?",
+    "stopped": "UPDATE id_reservations USING TIMESTAMP ? SET stopped_at_ms = ?, stopped_under_ms = ? "
+    "WHERE instance_id = ?",
 }
 
 
@@ -100,7 +103,8 @@ class IdReservations:
         self._start_retry = start_retry_seconds
         self._statements: dict[str, Any] = {}
         self._give_up_at = 0.0
-        self._stamp = 0  # the write time of this process's last write of `stopped_at_ms`
+        self._above = 0  # the row's reservation at start: every one this process makes is above it
+        self._highest = 0  # the largest reservation this process asked for (landed or not)
 
     async def start(self) -> None:
         """Before the first id: start above the predecessor's reservation and make one's own."""
@@ -109,16 +113,13 @@ class IdReservations:
             self._statements[name] = await self._cql.prepare(query)
         rows = await self._asking_again(lambda: self._cql.execute(self._statements["read"], (self._instance,)))
         row = rows[0] if rows else None
-        self._stamp = self._ids.clock_ms() * 1000
         floor = row.reserved_until_ms if row else None
-        if row and row.stopped_at_ms is not None:
-            # The predecessor stopped cleanly, its last id in that millisecond: no waiting
-            # out its reservation. The mark goes before this process makes any id, so a
-            # successor of this one, should it crash, goes by the reservation again.
-            floor, self._stamp = row.stopped_at_ms, max(self._stamp, row.stopped_written + 1)
-            await self._asking_again(
-                lambda: self._cql.execute(self._statements["stopped"], (self._stamp, None, self._instance))
-            )
+        if row and floor is not None:
+            self._above = floor
+            if row.stopped_at_ms is not None and row.stopped_under_ms == floor:
+                # The predecessor stopped cleanly, its last id in that millisecond, and no
+                # process reserved since: no waiting out its reservation.
+                floor = row.stopped_at_ms
         if floor is not None:
             behind = floor - self._ids.clock_ms()
             if behind > START_BEHIND_MAX_MS:
@@ -142,10 +143,12 @@ class IdReservations:
         one's millisecond, so a successor starts right after it instead of waiting out the
         reservation. A failure only leaves the successor to wait."""
         last_ms = max(self._ids.stop(), 0)
-        stamp = max(self._stamp + 1, self._ids.clock_ms() * 1000)
+        # Reservations only grow along the processes of an instance id, so this orders
+        # the marks too, whatever the clocks.
+        stamp = self._highest * 1000 + 1
         try:
             async with asyncio.timeout(RENEW_TIMEOUT_SECONDS):
-                await self._cql.execute(self._statements["stopped"], (stamp, last_ms, self._instance))
+                await self._cql.execute(self._statements["stopped"], (stamp, last_ms, self._highest, self._instance))
         except Exception as exc:  # noqa: BLE001 - the stop goes on
             log.warning("could not record this instance's last id; its successor waits: %r", exc)
 
@@ -164,8 +167,10 @@ class IdReservations:
                 await asyncio.sleep(1.0)
 
     async def reserve(self) -> int:
-        """Reserve up to `ahead_ms` past the later of the clock and the last id; returns the new limit."""
-        until = max(self._ids.clock_ms(), self._ids.last_ms) + self._ahead_ms
+        """Reserve up to `ahead_ms` past the later of the clock and the last id, and above the
+        row's reservation at start (which voids a predecessor's stop mark); returns the new limit."""
+        until = max(max(self._ids.clock_ms(), self._ids.last_ms) + self._ahead_ms, self._above + 1)
+        self._highest = max(self._highest, until)
         await self._cql.execute(self._statements["reserve"], (self._instance, until, until * 1000))
         self._ids.allow_until(until)
         return until

@@ -21,7 +21,7 @@ class Row:
     def __init__(self, reserved_until_ms: int) -> None:
         self.reserved_until_ms = reserved_until_ms
         self.stopped_at_ms: int | None = None
-        self.stopped_written: int | None = None
+        self.stopped_under_ms: int | None = None
 
 
 class FlakyStore:
