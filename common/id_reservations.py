@@ -15,12 +15,7 @@ reservation (`IdGenerator.allow_until`; past it a call fails with UNAVAILABLE):
 that takes about 15 s of every renewal failing or timing out, a store outage for
 that one row.
 
-A process that stops cleanly records its last id's millisecond (`release`),
-with the largest reservation it asked for. Its successor trusts that mark only if
-the row's reservation is still that one, and starts right after the mark; its own
-first reservation goes above the row's, so should it crash, its successor goes
-by the reservation again, even if a late copy of the mark lands after it. Otherwise
-(a crash, a kill, a mark that did not land) a successor waits, before its first id, until its clock passes the predecessor's
+A successor waits, before its first id, until its clock passes the predecessor's
 reservation: up to RESERVE_AHEAD_MS after a quick restart. A clock further behind
 than that starts from the reservation instead (logged): its ids are then ahead
 of its own clock, as a running generator's are after its clock steps back. A
@@ -55,14 +50,16 @@ T = TypeVar("T")
 # may still land: it only raises the row) and tried again after RETRY_SECONDS, so only
 # a store that takes no reservation for about RESERVE_AHEAD_MS - RENEW_EVERY_SECONDS
 # makes the instance refuse ids. A successor started sooner than RESERVE_AHEAD_MS after
-# its predecessor's last renewal waits out the rest, unless the predecessor stopped
-# cleanly and recorded its last id (`release`). A renewal is a write to every replica
+# its predecessor's last renewal waits out the rest. A renewal is a write to every replica
 # of one row: at one every 2 s, the local stack's four instances cost an idle Cassandra
 # 0.5-0.8% of a core more (docs/RELIABILITY.md, stop 48).
 RESERVE_AHEAD_MS = 20_000
 RENEW_EVERY_SECONDS = 5.0
 RENEW_TIMEOUT_SECONDS = 1.5
 RETRY_SECONDS = 0.5
+# Ids a generator ahead of its clock (started from the reservation) may make past its last
+# one: 4,096 a millisecond, more than it makes before its clock catches up.
+JUMPED_MARGIN_MS = 1_000
 # A successor's clock further behind the reservation than this is not waited for...
 START_WAIT_MAX_MS = RESERVE_AHEAD_MS + 1_000
 # ...and one further behind than this does not start.
@@ -72,10 +69,8 @@ START_BEHIND_MAX_MS = 300_000
 START_RETRY_SECONDS = 60.0
 
 STATEMENTS = {
-    "read": "SELECT reserved_until_ms, stopped_at_ms, stopped_under_ms FROM id_reservations WHERE instance_id = ?",
+    "read": "SELECT reserved_until_ms FROM id_reservations WHERE instance_id = ?",
     "reserve": "INSERT INTO id_reservations (instance_id, reserved_until_ms) VALUES (?, ?) USING TIMESTAMP ?",
-    "stopped": "UPDATE id_reservations USING TIMESTAMP ? SET stopped_at_ms = ?, stopped_under_ms = ? "
-    "WHERE instance_id = ?",
 }
 
 
@@ -103,8 +98,6 @@ class IdReservations:
         self._start_retry = start_retry_seconds
         self._statements: dict[str, Any] = {}
         self._give_up_at = 0.0
-        self._above = 0  # the row's reservation at start: every one this process makes is above it
-        self._highest = 0  # the largest reservation this process asked for (landed or not)
 
     async def start(self) -> None:
         """Before the first id: start above the predecessor's reservation and make one's own."""
@@ -112,15 +105,8 @@ class IdReservations:
         for name, query in STATEMENTS.items():
             self._statements[name] = await self._cql.prepare(query)
         rows = await self._asking_again(lambda: self._cql.execute(self._statements["read"], (self._instance,)))
-        row = rows[0] if rows else None
-        floor = row.reserved_until_ms if row else None
-        if row and floor is not None:
-            self._above = floor
-            if row.stopped_at_ms is not None and row.stopped_under_ms == floor:
-                # The predecessor stopped cleanly, its last id in that millisecond, and no
-                # process reserved since: no waiting out its reservation.
-                floor = row.stopped_at_ms
-        if floor is not None:
+        if rows and rows[0].reserved_until_ms is not None:
+            floor = rows[0].reserved_until_ms
             behind = floor - self._ids.clock_ms()
             if behind > START_BEHIND_MAX_MS:
                 raise ReservationTooFarAhead(
@@ -138,20 +124,6 @@ class IdReservations:
             self._ids.start_after(floor)  # nothing, once the clock has passed it
         await self._asking_again(self.reserve)
 
-    async def release(self) -> None:
-        """At a graceful stop, after the last call: make no more ids and record the last
-        one's millisecond, so a successor starts right after it instead of waiting out the
-        reservation. A failure only leaves the successor to wait."""
-        last_ms = max(self._ids.stop(), 0)
-        # Reservations only grow along the processes of an instance id, so this orders
-        # the marks too, whatever the clocks.
-        stamp = self._highest * 1000 + 1
-        try:
-            async with asyncio.timeout(RENEW_TIMEOUT_SECONDS):
-                await self._cql.execute(self._statements["stopped"], (stamp, last_ms, self._highest, self._instance))
-        except Exception as exc:  # noqa: BLE001 - the stop goes on
-            log.warning("could not record this instance's last id; its successor waits: %r", exc)
-
     async def _asking_again(self, call: Callable[[], Awaitable[T]]) -> T:
         """`call`, asked again while the store does not answer, until start_retry_seconds
         after the start began: a process started while its store is down or overloaded
@@ -167,10 +139,11 @@ class IdReservations:
                 await asyncio.sleep(1.0)
 
     async def reserve(self) -> int:
-        """Reserve up to `ahead_ms` past the later of the clock and the last id, and above the
-        row's reservation at start (which voids a predecessor's stop mark); returns the new limit."""
-        until = max(max(self._ids.clock_ms(), self._ids.last_ms) + self._ahead_ms, self._above + 1)
-        self._highest = max(self._highest, until)
+        """Reserve up to `ahead_ms` past the clock, or JUMPED_MARGIN_MS past the last id when
+        that is further (ids ahead of a clock that is behind); returns the new limit. Not
+        `ahead_ms` past such an id: each successor that jumped would put the next one's
+        floor another `ahead_ms` ahead of the time, for a clock that is right too."""
+        until = max(self._ids.clock_ms() + self._ahead_ms, self._ids.last_ms + JUMPED_MARGIN_MS)
         await self._cql.execute(self._statements["reserve"], (self._instance, until, until * 1000))
         self._ids.allow_until(until)
         return until

@@ -77,12 +77,6 @@ class IdGenerator:
         with self._lock:
             self._limit_ms = limit_ms if self._limit_ms is None else max(self._limit_ms, limit_ms)
 
-    def stop(self) -> int:
-        """Make no more ids (the process is stopping); returns the last id's millisecond."""
-        with self._lock:
-            self._limit_ms = self._last_ms - 1  # below any id it could still make
-            return self._last_ms
-
     def fork(self) -> IdGenerator:
         """A generator of its own on the same instance id and clock, for values compared only
         among themselves (like versions): moved past a floor from a clock ahead

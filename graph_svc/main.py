@@ -95,7 +95,6 @@ async def run(cfg: graph_config.GraphConfig) -> None:
         )
 
     async def close() -> None:
-        await id_reservations.release()  # after the last call: a successor need not wait
         counts.close()
         await redis.aclose()
         producer.close()

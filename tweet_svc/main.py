@@ -69,7 +69,6 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
         tweet_internal_pb2_grpc.add_TweetInternalServiceServicer_to_server(TweetInternalService(tweets), server)
 
     async def close() -> None:
-        await id_reservations.release()  # after the last call: a successor need not wait
         await peers.close()
         await redis.aclose()
         producer.close()

@@ -11,15 +11,14 @@ import pytest
 
 from common.cql import CqlSession
 from common.errors import Unavailable
-from common.id_reservations import IdReservations, ReservationTooFarAhead
+from common.id_reservations import JUMPED_MARGIN_MS, IdReservations, ReservationTooFarAhead
 from common.ids import MAX_INSTANCE, IdGenerator, id_time_ms
 
 # Instance ids neither the local topology nor k8s/ gives a process (they stop at 255):
 # some for tests whose clocks run ahead (their reservations stay ahead of the real clock
 # for a while), the others for tests on the real clock.
 CLOCK_AHEAD_INSTANCES = range(512, 640)
-CLEAN_STOP_INSTANCES = range(640, 704)
-VOIDED_STOP_INSTANCES = range(704, 768)
+JUMPED_INSTANCES = range(640, 768)
 REAL_CLOCK_INSTANCES = range(768, 992)
 FAR_AHEAD_INSTANCES = range(992, MAX_INSTANCE + 1)
 
@@ -99,41 +98,14 @@ async def test_a_reservation_far_ahead_of_the_clock_is_refused(cql: CqlSession) 
         await started(cql, instance, Clock(now))
 
 
-async def test_a_successor_of_a_clean_stop_starts_at_once_and_its_own_crash_is_covered(cql: CqlSession) -> None:
-    """The stop's mark spares its successor the wait; the successor's own reservation
-    voids the mark, so a crash of the successor leaves the reservation to go by again."""
-    instance = random.choice(CLEAN_STOP_INSTANCES)
+async def test_a_successor_that_started_from_the_reservation_reserves_only_a_second_past_it(cql: CqlSession) -> None:
+    """Its ids are ahead of its clock already: `ahead_ms` past them would put the next
+    successor's floor that much further ahead of the time, for a clock that is right too."""
+    instance = random.choice(JUMPED_INSTANCES)
     now = time.time_ns() // 1_000_000
-    first = IdGenerator(instance, clock_ms=Clock(now))
-    first_reservations = IdReservations(cql, instance, first, ahead_ms=60_000)
-    await first_reservations.start()
-    made = first.next_id()
-    await first_reservations.release()
-    with pytest.raises(Unavailable):
-        first.next_id()  # no id after the mark
-
-    # Its successor, on a clock 30 s ahead: no wait for the reservation 60 s ahead.
-    second = await started(cql, instance, Clock(now + 30_000))
-    again = [second.next_id() for _ in range(3)]
-    assert min(again) > made
-    assert id_time_ms(max(again)) < now + 60_000  # started at its clock, not at the reservation
-    # It crashes (no mark). A third, on the first's clock, makes none of the second's ids.
-    third = await started(cql, instance, Clock(now))
-    assert third.next_id() > max(again)
-
-
-async def test_a_clean_stops_mark_is_void_once_a_successor_on_a_clock_behind_reserved(cql: CqlSession) -> None:
-    """A successor whose clock is behind reserves no further ahead than the predecessor
-    did: its reservation must still go above, or the row would keep vouching for the mark."""
-    instance = random.choice(VOIDED_STOP_INSTANCES)
-    now = time.time_ns() // 1_000_000
-    first = IdGenerator(instance, clock_ms=Clock(now + 30_000))
-    first_reservations = IdReservations(cql, instance, first, ahead_ms=60_000)
-    await first_reservations.start()
-    first.next_id()
-    await first_reservations.release()
-    second = await started(cql, instance, Clock(now))  # trusts the mark: right after the first's last id
-    made = [second.next_id() for _ in range(3)]
-    # It crashes. A third, on its clock, makes none of its ids.
-    third = await started(cql, instance, Clock(now))
-    assert third.next_id() > max(made)
+    await started(cql, instance, Clock(now), ahead_ms=20_000)  # a right clock: reserves 20 s ahead
+    behind = await started(cql, instance, Clock(now - 60_000), ahead_ms=20_000)  # starts from the reservation
+    behind.next_id()
+    third = IdGenerator(instance, clock_ms=Clock(now))  # a right clock again, after a crash
+    await IdReservations(cql, instance, third, ahead_ms=20_000, start_wait_ms=0).start()
+    assert id_time_ms(third.next_id()) <= now + 20_000 + JUMPED_MARGIN_MS + 1

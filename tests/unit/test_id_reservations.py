@@ -20,8 +20,6 @@ from common.ids import CHIRP_EPOCH_MS, IdGenerator
 class Row:
     def __init__(self, reserved_until_ms: int) -> None:
         self.reserved_until_ms = reserved_until_ms
-        self.stopped_at_ms: int | None = None
-        self.stopped_under_ms: int | None = None
 
 
 class FlakyStore:
@@ -34,7 +32,7 @@ class FlakyStore:
         self.calls = 0
 
     async def prepare(self, query: str) -> str:
-        return query.split()[0]  # SELECT, INSERT (a reservation), UPDATE (a stop's mark)
+        return "read" if query.startswith("SELECT") else "reserve"
 
     async def execute(self, statement: str, params: Sequence[Any]) -> list[Row]:
         self.calls += 1
@@ -44,10 +42,9 @@ class FlakyStore:
         if self.failing:
             self.failing -= 1
             raise OperationTimedOut("no answer")
-        if statement == "SELECT":
+        if statement == "read":
             return [] if self.row is None else [Row(self.row)]
-        if statement == "INSERT":
-            self.row = max(self.row or 0, params[1])
+        self.row = max(self.row or 0, params[1])
         return []
 
 
