@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import Counter, Gauge, Histogram
@@ -54,7 +54,8 @@ SKIPPED_EVENTS = Counter(
     "Events a worker skipped for good: malformed, of a type it does not know, or naming a user who does not exist.",
     ["group", "reason"],
 )
-SKIP_REASONS = ("malformed", "unknown_type", "not_found")
+SkipReason = Literal["malformed", "unknown_type", "not_found"]
+SKIP_REASONS: tuple[str, ...] = get_args(SkipReason)
 # Commit refusals that mean the group is changing hands (a rebalance, the coordinator
 # moving): the next commit, or the partition's next owner, takes over.
 MEMBERSHIP_CHANGING = frozenset(
@@ -278,9 +279,7 @@ class ConsumerLoop:
         self.consumer.close()
 
 
-def skip_event(
-    group: str, reason: Literal["malformed", "unknown_type", "not_found"], what: str, **context: object
-) -> None:
+def skip_event(group: str, reason: SkipReason, what: str, **context: object) -> None:
     """Log and count an event skipped for good (ChirpConsumerSkippingEvents): applied again
     it would fail the same way and hold back every event after it in its partition, but
     its effect is lost, so someone must look (a producer of a newer schema deployed before
