@@ -68,6 +68,7 @@ class CommonConfig:
     cql_timeout_seconds: float
     cql_local_dc: str
     cql_consistency: str
+    cql_connect_wait_seconds: float
     kafka_bootstrap: str
     kafka_client_rack: str  # the zone a consumer prefers to fetch from ("" = the leader)
     redis_url: str
@@ -86,6 +87,10 @@ class CommonConfig:
 # sent and retried on another instance. The k8s manifests set 11 s, a check and
 # its timeout: there a stopped pod's address may not refuse but time out.
 DEFAULT_DRAIN_SECONDS = 2.5
+# A process starting while its CQL store does not answer waits this long for it before
+# it exits (common/cql.py CqlSession.from_config): under the 120 s the k8s startup
+# probes allow, so a pod outlives a store outage of up to this long at its start.
+DEFAULT_CQL_CONNECT_WAIT_SECONDS = 100.0
 
 
 def load_common(env: Mapping[str, str], service: str, default_port: int) -> CommonConfig:
@@ -102,6 +107,9 @@ def load_common(env: Mapping[str, str], service: str, default_port: int) -> Comm
         cql_timeout_seconds=env_float(env, "CHIRP_CQL_TIMEOUT_SECONDS", 2.0, minimum=0.01),
         cql_local_dc=env_str(env, "CHIRP_CQL_LOCAL_DC", "datacenter1"),
         cql_consistency=_consistency(env),
+        cql_connect_wait_seconds=env_float(
+            env, "CHIRP_CQL_CONNECT_WAIT_SECONDS", DEFAULT_CQL_CONNECT_WAIT_SECONDS, minimum=0.0
+        ),
         kafka_bootstrap=env_str(env, "CHIRP_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
         # May be empty: pods get it from their zone label, which older clusters do not set.
         kafka_client_rack=env.get("CHIRP_KAFKA_CLIENT_RACK", "").strip(),

@@ -135,6 +135,8 @@ def ping_query(keyspaces: Container[str]) -> str:
 PREPARE_ATTEMPTS = 6
 PREPARE_BACKOFF_SECONDS = 1.0
 RECONNECT_MAX_SECONDS = 10.0
+# How often a process starting while its store does not answer tries again (from_config).
+CONNECT_RETRY_SECONDS = 2.0
 # The driver's libev I/O thread arms one repeating timer for its earliest request
 # timer and never stops it once none is left, so an idle process went on waking
 # at the last interval armed: every 150 ms (SPECULATIVE_DELAY_SECONDS) in the
@@ -394,15 +396,30 @@ class CqlSession:
 
     @classmethod
     async def from_config(cls, common: CommonConfig) -> CqlSession:
-        """The session every service and worker opens, from its settings."""
-        return await cls.connect(
-            common.cql_hosts,
-            common.cql_port,
-            common.cql_keyspace,
-            common.cql_timeout_seconds,
-            local_dc=common.cql_local_dc,
-            consistency=common.cql_consistency,
-        )
+        """The session every service and worker opens, from its settings. A store that
+        does not answer yet (down, starting, or its keyspace not made yet) is waited for,
+        up to `common.cql_connect_wait_seconds`: a pod started during a store outage
+        then serves once the store is back, instead of exiting into a crash loop whose
+        back-off grows to 5 minutes."""
+        deadline = time.monotonic() + common.cql_connect_wait_seconds
+        while True:
+            try:
+                return await cls.connect(
+                    common.cql_hosts,
+                    common.cql_port,
+                    common.cql_keyspace,
+                    common.cql_timeout_seconds,
+                    local_dc=common.cql_local_dc,
+                    consistency=common.cql_consistency,
+                )
+            except NoHostAvailable as exc:
+                if time.monotonic() + CONNECT_RETRY_SECONDS >= deadline:
+                    raise
+                log.warning(
+                    "the CQL store does not answer yet; trying again",
+                    extra={"hosts": ",".join(common.cql_hosts), "error": str(exc)},
+                )
+                await asyncio.sleep(CONNECT_RETRY_SECONDS)
 
     @classmethod
     async def connect(

@@ -10,8 +10,10 @@ cassandra-2 through infra.stack."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,12 +26,14 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, NoHostAvailable, Op
 from cassandra.protocol import SyntaxException
 
 from common import cql as cql_policies
-from common.cql import CQL_UNAVAILABLE_ERRORS, LOCAL_DC, Batch, CqlSession
+from common.config import load_common
+from common.cql import CONNECT_RETRY_SECONDS, CQL_UNAVAILABLE_ERRORS, LOCAL_DC, Batch, CqlSession
 from common.errors import INTERNAL_MESSAGE, classify
 from common.outbox import Outbox
 from graph_svc.store import GraphStore
 from infra import migrate, stack, topology
 from tests.conftest import unique_name
+from tests.faults import Proxy
 
 KEYSPACE = "chirp"
 
@@ -63,6 +67,44 @@ async def test_a_session_for_another_dc_has_no_host_and_that_means_unavailable()
         finally:
             session.close()
     assert classify(caught.value, CQL_UNAVAILABLE_ERRORS).code == grpc.StatusCode.UNAVAILABLE
+
+
+async def _closed_proxy() -> Proxy:
+    """A proxy to the store's first node, on a port where nothing listens until its start()."""
+    proxy = Proxy(topology.cql_hosts()[0], topology.CQL_PORT)
+    await proxy.start()
+    await proxy.cut()
+    return proxy
+
+
+def _settings(port: int, wait_seconds: float) -> dict[str, str]:
+    return {"CHIRP_CQL_PORT": str(port), "CHIRP_CQL_CONNECT_WAIT_SECONDS": str(wait_seconds)}
+
+
+async def test_a_process_started_before_its_store_waits_for_it() -> None:
+    proxy = await _closed_proxy()
+    opening = asyncio.create_task(CqlSession.from_config(load_common(_settings(proxy.port, 60), "test", 0)))
+    await asyncio.sleep(2.5 * CONNECT_RETRY_SECONDS)
+    assert not opening.done(), "gave up on a store that does not answer yet"
+    await proxy.start()
+    try:
+        session = await asyncio.wait_for(opening, 30)
+        try:
+            assert await session.ping()
+            await session.execute("SELECT user_id FROM users LIMIT 1")  # in the service's keyspace
+        finally:
+            session.close()
+    finally:
+        await proxy.cut()
+
+
+async def test_a_process_gives_up_on_its_store_after_its_wait(caplog: pytest.LogCaptureFixture) -> None:
+    proxy = await _closed_proxy()
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="common.cql"), pytest.raises(NoHostAvailable):
+        await CqlSession.from_config(load_common(_settings(proxy.port, 3 * CONNECT_RETRY_SECONDS), "test", 0))
+    assert time.monotonic() - started >= 2 * CONNECT_RETRY_SECONDS
+    assert sum("does not answer yet" in r.getMessage() for r in caplog.records) >= 2
 
 
 async def test_the_consistency_setting_reaches_every_statement(monkeypatch: pytest.MonkeyPatch) -> None:
