@@ -60,6 +60,7 @@ class CommonConfig:
     service: str
     grpc_host: str
     grpc_port: int
+    grpc_max_connection_age_seconds: float
     metrics_port: int
     instance_id: int
     cql_hosts: tuple[str, ...]
@@ -87,6 +88,9 @@ class CommonConfig:
 # sent and retried on another instance. The k8s manifests set 11 s, a check and
 # its timeout: there a stopped pod's address may not refuse but time out.
 DEFAULT_DRAIN_SECONDS = 2.5
+# How long a service keeps a client's connection before asking it to dial again
+# (common/server.py MAX_CONNECTION_AGE_GRACE_SECONDS).
+DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS = 300.0
 # A process starting while its CQL store does not answer waits this long for it before
 # it exits (common/cql.py CqlSession.from_config): under the 120 s the k8s startup
 # probes allow, so a pod outlives a store outage of up to this long at its start.
@@ -99,6 +103,9 @@ def load_common(env: Mapping[str, str], service: str, default_port: int) -> Comm
         service=service,
         grpc_host=env_str(env, "CHIRP_GRPC_HOST", "127.0.0.1"),
         grpc_port=grpc_port,
+        grpc_max_connection_age_seconds=env_float(
+            env, "CHIRP_GRPC_MAX_CONNECTION_AGE_SECONDS", DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS, minimum=1.0
+        ),
         metrics_port=env_int(env, "CHIRP_METRICS_PORT", grpc_port + 1000 if grpc_port else 0),
         instance_id=env_int(env, "CHIRP_INSTANCE_ID", 0),
         cql_hosts=tuple(h.strip() for h in env_str(env, "CHIRP_CQL_HOSTS", "127.0.0.1").split(",")),

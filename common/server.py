@@ -20,7 +20,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from common.config import CommonConfig
+from common.config import DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS, CommonConfig
 from common.interceptors import ServerInterceptor
 from common.metrics import serve_metrics
 
@@ -48,6 +48,14 @@ FAILED_PROBES_BEFORE_NOT_SERVING = 3
 # started while its store is down exits (crash loop, backing off to 5 minutes). Answered
 # on the event loop, so a hung loop still fails it.
 LIVENESS_SERVICE = "chirp.liveness"
+# A client's connection is closed (GOAWAY) after its age, give or take 10%, and its
+# calls in flight get MAX_CONNECTION_AGE_GRACE_SECONDS to finish: the client dials
+# again and, in Kubernetes, resolves the headless Service again. gRPC's DNS resolver
+# resolves only when a connection drops, so without it an instance added by a scale-up
+# or a rolling update took none of its peers' internal calls until one did. Calls
+# sent as the GOAWAY comes are retried on the new connection by gRPC itself. The age
+# is CHIRP_GRPC_MAX_CONNECTION_AGE_SECONDS (common/config.py).
+MAX_CONNECTION_AGE_GRACE_SECONDS = 30.0
 
 
 @dataclass
@@ -72,11 +80,15 @@ class Served(NamedTuple):
     interceptor: ServerInterceptor
 
 
-def create_server(address: str, wiring: Wiring) -> Served:
+def create_server(
+    address: str, wiring: Wiring, max_connection_age_seconds: float = DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS
+) -> Served:
     interceptor = ServerInterceptor(wiring.dependency_errors)
     server = grpc.aio.server(
         interceptors=[interceptor],
         options=[
+            ("grpc.max_connection_age_ms", int(max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(MAX_CONNECTION_AGE_GRACE_SECONDS * 1000)),
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             # Envoy (UPSTREAM_KEEPALIVE_SECONDS) and the services' channels ping idle connections every 30 s;
@@ -185,7 +197,9 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 async def serve(config: CommonConfig, wiring: Wiring) -> None:
     """Run until SIGTERM/SIGINT, then drain: NOT_SERVING, finish in-flight, close clients."""
     serve_metrics(config.grpc_host, config.metrics_port)
-    server, port, health_servicer, interceptor = create_server(f"{config.grpc_host}:{config.grpc_port}", wiring)
+    server, port, health_servicer, interceptor = create_server(
+        f"{config.grpc_host}:{config.grpc_port}", wiring, config.grpc_max_connection_age_seconds
+    )
     await server.start()
     log.info("listening", extra={"grpc_port": port, "metrics_port": config.metrics_port})
 

@@ -4,12 +4,14 @@ graph_svc's internal reads of hidden authors as their readers' client sees them.
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from chirp.graph.v1 import graph_internal_pb2_grpc, graph_pb2, graph_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from common.clients import Peers
+from common.clients import Peers, channel
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.hidden import BLOCKERS_UNLISTED
 from common.ids import IdGenerator
@@ -160,3 +162,35 @@ async def test_peers_read_a_bounded_hidden_set_and_ask_about_the_blockers_past_i
     finally:
         await peers.close()
         await server.stop(0)
+
+
+async def test_a_connection_past_its_age_is_replaced_and_its_calls_finish() -> None:
+    """A client dials again after the server's connection age, so it resolves its
+    target again (an added instance gets calls), and a call in flight across the
+    age finishes on the old connection."""
+
+    async def peer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        await asyncio.sleep(float(request or b"0"))
+        return context.peer().encode()
+
+    handler = grpc.method_handlers_generic_handler("test.Peer", {"Get": grpc.unary_unary_rpc_method_handler(peer)})
+
+    async def close() -> None:
+        return None
+
+    wiring = Wiring(
+        register=lambda server: server.add_generic_rpc_handlers((handler,)), service_names=[], probes=[], close=close
+    )
+    served = create_server("127.0.0.1:0", wiring, max_connection_age_seconds=1.0)
+    await served.server.start()
+    try:
+        async with channel(f"127.0.0.1:{served.port}") as client:  # the services' channel settings
+            get = client.unary_unary("/test.Peer/Get", None, None)
+            first = await get(b"", timeout=2)
+            assert await get(b"", timeout=2) == first  # one connection while it is young
+            slow = asyncio.ensure_future(get(b"2.5", timeout=5))  # still running at the age
+            await asyncio.sleep(2.0)
+            assert await get(b"", timeout=2) != first
+            assert await slow == first
+    finally:
+        await served.server.stop(0)
