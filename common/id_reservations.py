@@ -29,14 +29,31 @@ A reservation is written with its own value as the write's timestamp, so the
 larger of two always wins, whatever the clocks of the hosts that wrote them; and
 the limit moves only once a write is acknowledged, so a successor's quorum read
 sees at least every reservation its predecessor made ids under.
+
+A successor of a clean stop does not wait (a rolling update would take
+RESERVE_AHEAD_MS longer per pod). Each process claims the next generation of
+its instance id at its start (`id_generations`, written only by lightweight
+transactions, so claims and records are ordered whatever the clocks). One that
+stops cleanly makes no id after `stop` begins, then records, under its
+generation and only while that is still the latest, its last id's millisecond
+and the furthest reservation it sent. A successor that claims the generation
+right after a recorded one starts above that millisecond at once, unless the
+reservation row has moved past what the record says (a process that claims no
+generation, from before them, ran since). Any other start, after a crash, a
+stop whose record did not land, or a claim whose outcome is unknown, waits for
+the reservation as above: a record vouches for one generation only, so a
+successor that crashed after trusting it is never vouched for by it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+from cassandra import ConsistencyLevel
 
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.ids import IdGenerator
@@ -68,9 +85,24 @@ START_BEHIND_MAX_MS = 300_000
 # began (with the wait above, inside the startup probe's 120 s) before the process gives up.
 START_RETRY_SECONDS = 60.0
 
+# How long a clean stop tries to record its last id before it gives up (its successor
+# then waits for the reservation).
+STOP_RECORD_TIMEOUT_SECONDS = 3.0
+
 STATEMENTS = {
     "read": "SELECT reserved_until_ms FROM id_reservations WHERE instance_id = ?",
     "reserve": "INSERT INTO id_reservations (instance_id, reserved_until_ms) VALUES (?, ?) USING TIMESTAMP ?",
+    # Read at LOCAL_SERIAL: it sees every claim and record made so far.
+    "generation": (
+        "SELECT generation, stopped_generation, stopped_last_ms, stopped_reserved_until_ms "
+        "FROM id_generations WHERE instance_id = ?"
+    ),
+    # `IF generation = null` also applies to a row that does not exist yet.
+    "claim": "UPDATE id_generations SET generation = ? WHERE instance_id = ? IF generation = ?",
+    "record_stop": (
+        "UPDATE id_generations SET stopped_generation = ?, stopped_last_ms = ?, stopped_reserved_until_ms = ? "
+        "WHERE instance_id = ? IF generation = ?"
+    ),
 }
 
 
@@ -98,15 +130,31 @@ class IdReservations:
         self._start_retry = start_retry_seconds
         self._statements: dict[str, Any] = {}
         self._give_up_at = 0.0
+        self._generation: int | None = None  # claimed at start
+        self._sent_until = 0  # the furthest reservation sent (acknowledged or not)
 
     async def start(self) -> None:
-        """Before the first id: start above the predecessor's reservation and make one's own."""
+        """Before the first id: claim the next generation, start above the predecessor's
+        last id (a clean stop) or reservation, and make one's own reservation."""
         self._give_up_at = asyncio.get_running_loop().time() + self._start_retry
         for name, query in STATEMENTS.items():
             self._statements[name] = await self._cql.prepare(query)
+        self._statements["generation"].consistency_level = ConsistencyLevel.LOCAL_SERIAL
+        stopped = await self._claim_generation()
         rows = await self._asking_again(lambda: self._cql.execute(self._statements["read"], (self._instance,)))
-        if rows and rows[0].reserved_until_ms is not None:
-            floor = rows[0].reserved_until_ms
+        reserved = rows[0].reserved_until_ms if rows else None
+        floor = reserved
+        if stopped is not None and (reserved is None or reserved <= stopped.stopped_reserved_until_ms):
+            # The predecessor stopped cleanly, and nothing reserved ids on this instance id
+            # since: its last id is the floor, not its reservation.
+            floor = stopped.stopped_last_ms
+            log.info(
+                "id reservation: the predecessor stopped cleanly; starting after its last id",
+                extra={"instance_id": self._instance, "generation": self._generation},
+            )
+        # What this process accounts for: a successor that trusts its record needs no more.
+        self._sent_until = max(self._sent_until, reserved or 0)
+        if floor is not None:
             behind = floor - self._ids.clock_ms()
             if behind > START_BEHIND_MAX_MS:
                 raise ReservationTooFarAhead(
@@ -123,6 +171,42 @@ class IdReservations:
                 )
             self._ids.start_after(floor)  # nothing, once the clock has passed it
         await self._asking_again(self.reserve)
+
+    async def _claim_generation(self) -> Any:
+        """Claim the generation after the latest; returns the latest's clean-stop record
+        when it made one, else None. A claim not applied (its outcome unknown and tried
+        again, or another process's claim first) reads again: the latest then has no
+        record of its own, and this start waits for the reservation."""
+        while True:
+            rows = await self._asking_again(
+                lambda: self._cql.execute(self._statements["generation"], (self._instance,))
+            )
+            latest = rows[0].generation if rows else None
+            params = ((latest or 0) + 1, self._instance, latest)
+            claimed = await self._asking_again(functools.partial(self._cql.execute, self._statements["claim"], params))
+            if claimed and claimed[0].applied:
+                self._generation = params[0]
+                stopped = rows[0] if rows and latest is not None and rows[0].stopped_generation == latest else None
+                return stopped
+            if asyncio.get_running_loop().time() >= self._give_up_at:
+                raise RuntimeError(f"instance {self._instance}: another process keeps claiming this instance id")
+
+    async def stop(self) -> None:
+        """After the last call that may make an id: make none from now on, and record the
+        last one's millisecond under this process's generation, so that its successor
+        starts at once. Gives up (the successor then waits) after STOP_RECORD_TIMEOUT_SECONDS."""
+        self._ids.close()
+        if self._generation is None:
+            return
+        params = (self._generation, self._ids.last_ms, self._sent_until, self._instance, self._generation)
+        try:
+            async with asyncio.timeout(STOP_RECORD_TIMEOUT_SECONDS):
+                rows = await self._cql.execute(self._statements["record_stop"], params)
+        except Exception as exc:  # noqa: BLE001 - the successor waits for the reservation instead
+            log.warning("id reservation: could not record the clean stop: %r", exc)
+            return
+        if not (rows and rows[0].applied):
+            log.warning("id reservation: another process claimed this instance id; no clean stop recorded")
 
     async def _asking_again(self, call: Callable[[], Awaitable[T]]) -> T:
         """`call`, asked again while the store does not answer, until start_retry_seconds
@@ -144,6 +228,7 @@ class IdReservations:
         `ahead_ms` past such an id: each successor that jumped would put the next one's
         floor another `ahead_ms` ahead of the time, for a clock that is right too."""
         until = max(self._ids.clock_ms() + self._ahead_ms, self._ids.last_ms + JUMPED_MARGIN_MS)
+        self._sent_until = max(self._sent_until, until)
         await self._cql.execute(self._statements["reserve"], (self._instance, until, until * 1000))
         self._ids.allow_until(until)
         return until

@@ -32,6 +32,7 @@ class IdGenerator:
         self._last_ms = -1
         self._sequence = 0
         self._limit_ms: int | None = None  # no id in a later millisecond (`allow_until`)
+        self._closed = False
         self._lock = threading.Lock()
 
     def next_id(self) -> int:
@@ -47,6 +48,8 @@ class IdGenerator:
                     # while it is behind (stepped back), take the next one at once. Waiting
                     # would hold the event loop until the clock caught up, seconds maybe.
                     now = self._wait_next_ms(now) if clock >= now else now + 1
+            if self._closed:
+                raise Unavailable("stopping; try again")
             if self._limit_ms is not None and now > self._limit_ms:
                 raise Unavailable("ids are not reserved this far ahead; try again")
             self._last_ms, self._sequence = now, sequence
@@ -76,6 +79,12 @@ class IdGenerator:
         common/id_reservations.py); a later call only moves the limit on."""
         with self._lock:
             self._limit_ms = limit_ms if self._limit_ms is None else max(self._limit_ms, limit_ms)
+
+    def close(self) -> None:
+        """Make no id from now on (a clean stop records `last_ms` as its last,
+        common/id_reservations.py)."""
+        with self._lock:
+            self._closed = True
 
     def fork(self) -> IdGenerator:
         """A generator of its own on the same instance id and clock, for values compared only

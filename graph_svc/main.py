@@ -95,6 +95,8 @@ async def run(cfg: graph_config.GraphConfig) -> None:
         )
 
     async def close() -> None:
+        # No call runs any more: record the last id, so the successor need not wait.
+        await id_reservations.stop()
         counts.close()
         await redis.aclose()
         producer.close()

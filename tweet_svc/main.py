@@ -69,6 +69,8 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
         tweet_internal_pb2_grpc.add_TweetInternalServiceServicer_to_server(TweetInternalService(tweets), server)
 
     async def close() -> None:
+        # No call runs any more: record the last id, so the successor need not wait.
+        await id_reservations.stop()
         await peers.close()
         await redis.aclose()
         producer.close()

@@ -109,3 +109,44 @@ async def test_a_successor_that_started_from_the_reservation_reserves_only_a_sec
     third = IdGenerator(instance, clock_ms=Clock(now))  # a right clock again, after a crash
     await IdReservations(cql, instance, third, ahead_ms=20_000, start_wait_ms=0).start()
     assert id_time_ms(third.next_id()) <= now + 20_000 + JUMPED_MARGIN_MS + 1
+
+
+async def _reserved(cql: CqlSession, instance: int) -> int:
+    (row,) = await cql.execute("SELECT reserved_until_ms FROM id_reservations WHERE instance_id = %s", (instance,))
+    return int(row.reserved_until_ms)
+
+
+async def test_a_successor_of_a_clean_stop_starts_at_once_above_its_last_id(cql: CqlSession) -> None:
+    instance = random.choice(REAL_CLOCK_INSTANCES)
+    first = IdGenerator(instance)
+    reservations = IdReservations(cql, instance, first, ahead_ms=20_000)
+    await reservations.start()
+    made = [first.next_id() for _ in range(3)]
+    await reservations.stop()
+    reserved = await _reserved(cql, instance)
+    second = IdGenerator(instance)
+    await IdReservations(cql, instance, second, ahead_ms=20_000).start()
+    again = second.next_id()
+    assert again > max(made)
+    assert id_time_ms(again) < reserved  # it did not wait for the reservation
+    assert id_time_ms(again) <= time.time_ns() // 1_000_000  # nor start ahead of its clock
+
+
+async def test_a_clean_stop_is_not_trusted_once_the_reservation_moved_past_it(cql: CqlSession) -> None:
+    """A process that claims no generation (a version from before them) ran after the
+    clean stop: its ids are above the record's last one, so its successor starts above its
+    reservation."""
+    instance = random.choice(CLOCK_AHEAD_INSTANCES)
+    first = IdGenerator(instance)
+    reservations = IdReservations(cql, instance, first, ahead_ms=1_000)
+    await reservations.start()
+    first.next_id()
+    await reservations.stop()
+    until = time.time_ns() // 1_000_000 + 40_000
+    await cql.execute(
+        "INSERT INTO id_reservations (instance_id, reserved_until_ms) VALUES (%s, %s) USING TIMESTAMP %s",
+        (instance, until, until * 1000),
+    )
+    second = IdGenerator(instance)
+    await IdReservations(cql, instance, second, ahead_ms=1_000, start_wait_ms=0).start()
+    assert id_time_ms(second.next_id()) > until

@@ -5,16 +5,18 @@ waits for a store that does not answer yet."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
-from cassandra import OperationTimedOut
+from cassandra import OperationTimedOut, WriteTimeout, WriteType
 
 from common.cql import CqlSession
 from common.errors import Unavailable
 from common.id_reservations import IdReservations
-from common.ids import CHIRP_EPOCH_MS, IdGenerator
+from common.ids import CHIRP_EPOCH_MS, IdGenerator, id_time_ms
 
 
 class Row:
@@ -22,19 +24,43 @@ class Row:
         self.reserved_until_ms = reserved_until_ms
 
 
+@dataclass
+class Generation:
+    generation: int | None = None
+    stopped_generation: int | None = None
+    stopped_last_ms: int | None = None
+    stopped_reserved_until_ms: int | None = None
+
+
+@dataclass
+class Applied:
+    applied: bool
+
+
+@dataclass
+class Statement:
+    name: str
+    consistency_level: int | None = None
+
+
 class FlakyStore:
-    """The two statements over one row; `failing` calls raise, `hanging` ones never answer."""
+    """The statements over one instance's rows; `failing` calls raise, `hanging` ones never
+    answer, and the next `lost_answers` claims are applied but answered with a timeout."""
 
     def __init__(self) -> None:
         self.row: int | None = None
+        self.generation = Generation()
         self.failing = 0
         self.hanging = 0
+        self.lost_answers = 0
         self.calls = 0
 
-    async def prepare(self, query: str) -> str:
-        return "read" if query.startswith("SELECT") else "reserve"
+    async def prepare(self, query: str) -> Statement:
+        names = {"SELECT reserved": "read", "INSERT": "reserve", "SELECT generation": "generation"}
+        names |= {"UPDATE id_generations SET generation": "claim", "UPDATE id_generations SET stopped": "record_stop"}
+        return Statement(next(name for start, name in names.items() if query.startswith(start)))
 
-    async def execute(self, statement: str, params: Sequence[Any]) -> list[Row]:
+    async def execute(self, statement: Statement, params: Sequence[Any]) -> list[Any]:
         self.calls += 1
         if self.hanging:
             self.hanging -= 1
@@ -42,10 +68,28 @@ class FlakyStore:
         if self.failing:
             self.failing -= 1
             raise OperationTimedOut("no answer")
-        if statement == "read":
-            return [] if self.row is None else [Row(self.row)]
-        self.row = max(self.row or 0, params[1])
-        return []
+        row = self.generation
+        match statement.name:
+            case "read":
+                return [] if self.row is None else [Row(self.row)]
+            case "reserve":
+                self.row = max(self.row or 0, params[1])
+                return []
+            case "generation":
+                return [] if row.generation is None else [dataclasses.replace(row)]
+            case "claim":
+                if row.generation != params[2]:
+                    return [Applied(False)]
+                row.generation = params[0]
+                if self.lost_answers:
+                    self.lost_answers -= 1
+                    raise WriteTimeout("CAS outcome unknown", write_type=WriteType.CAS)
+                return [Applied(True)]
+            case _:
+                if row.generation != params[4]:
+                    return [Applied(False)]
+                row.stopped_generation, row.stopped_last_ms, row.stopped_reserved_until_ms = params[:3]
+                return [Applied(True)]
 
 
 async def test_renewals_that_fail_or_hang_are_tried_again_and_ids_refused_only_past_the_reservation() -> None:
@@ -80,3 +124,61 @@ async def test_a_start_waits_for_a_store_that_does_not_answer_yet() -> None:
     store.failing = 10
     with pytest.raises(OperationTimedOut):
         await IdReservations(cast(CqlSession, store), 1, ids, start_retry_seconds=0).start()
+
+
+async def stopped_cleanly(store: FlakyStore, now: list[int]) -> IdGenerator:
+    """A process on instance 1 that made an id and stopped cleanly."""
+    first = IdGenerator(1, clock_ms=lambda: now[0])
+    reservations = IdReservations(cast(CqlSession, store), 1, first, ahead_ms=20_000)
+    await reservations.start()
+    first.next_id()
+    await reservations.stop()
+    return first
+
+
+async def test_a_clean_stop_lets_its_successor_start_at_once() -> None:
+    store = FlakyStore()
+    now = [CHIRP_EPOCH_MS + 1_000_000]
+    first = await stopped_cleanly(store, now)
+    last = first.last_ms
+    with pytest.raises(Unavailable):
+        first.next_id()  # none after the record
+
+    now[0] += 1
+    second = IdGenerator(1, clock_ms=lambda: now[0])
+    await asyncio.wait_for(IdReservations(cast(CqlSession, store), 1, second, ahead_ms=20_000).start(), 1)
+    made = second.next_id()  # at once: no wait for the 20 s reservation
+    assert id_time_ms(made) > last and id_time_ms(made) == now[0]
+
+
+async def test_a_record_vouches_for_its_own_generation_only() -> None:
+    """A successor that trusted a record and crashed, on a clock behind (its reservation
+    then stays under the record's): the next start must not trust that record again."""
+    store = FlakyStore()
+    now = [CHIRP_EPOCH_MS + 1_000_000]
+    await stopped_cleanly(store, now)
+
+    behind = IdGenerator(1, clock_ms=lambda: now[0] - 10_000)
+    await IdReservations(cast(CqlSession, store), 1, behind, ahead_ms=20_000, start_wait_ms=0).start()
+    made = [behind.next_id() for _ in range(10_000)]  # from the record on, ahead of its clock
+    assert store.row == now[0] + 20_000  # its reservation did not pass the first one's
+    # It crashes (no record of its own).
+    now[0] += 1
+    third = IdGenerator(1, clock_ms=lambda: now[0])
+    await IdReservations(cast(CqlSession, store), 1, third, ahead_ms=20_000, start_wait_ms=0).start()
+    assert third.next_id() > max(made)
+    assert store.generation.generation == 3
+
+
+async def test_a_claim_whose_outcome_is_unknown_trusts_no_record() -> None:
+    store = FlakyStore()
+    now = [CHIRP_EPOCH_MS + 1_000_000]
+    await stopped_cleanly(store, now)
+    reserved = store.row
+    assert reserved is not None
+    store.lost_answers = 1  # the claim lands, its answer does not
+    now[0] += 1
+    second = IdGenerator(1, clock_ms=lambda: now[0])
+    await IdReservations(cast(CqlSession, store), 1, second, ahead_ms=20_000, start_wait_ms=0).start()
+    assert id_time_ms(second.next_id()) > reserved  # from the reservation, not the record
+    assert store.generation.generation == 3  # the claim read again and claimed the next

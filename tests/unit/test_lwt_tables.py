@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from common import outbox_store
+from common import id_reservations, outbox_store
 from feed_svc import store as feed_store
 from graph_svc import relations, sessions
 from graph_svc import store as graph_store
@@ -21,6 +21,7 @@ from tweet_svc import store as tweet_store
 WRITE = re.compile(r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+(?:\w+\s+)?FROM)\s+(\w+)", re.IGNORECASE)
 CONDITIONAL = re.compile(r"\bIF\b", re.IGNORECASE)
 STORES = [
+    id_reservations.STATEMENTS,
     outbox_store.STATEMENTS,
     feed_store.STATEMENTS,
     relations.STATEMENTS,
