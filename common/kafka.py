@@ -43,11 +43,14 @@ class AsyncProducer:
         self,
         bootstrap: str,
         client_id: str,
+        *,
+        on_fatal: Callable[[], None] | None,
         delivery_timeout_ms: int = 10000,
-        on_fatal: Callable[[], None] | None = None,
     ) -> None:
-        """`on_fatal` runs (on the poll thread) after a fatal error: a service passes
-        `common.server.stop_with_failure`; without it the error is only logged."""
+        """`on_fatal` runs (on the poll thread) after a fatal error, after which every
+        send fails: a service passes `common.server.stop_with_failure`, so that it is
+        started afresh. Required, so that no process leaves it out by mistake; None
+        (only logged) is for tools and tests."""
         # Set while librdkafka reports every broker down, so callers that need
         # an acknowledgement fail at once instead of waiting out the timeout.
         self._all_down = threading.Event()

@@ -77,7 +77,7 @@ async def cql() -> AsyncIterator[CqlSession]:
 async def build_graph(cql: CqlSession, ids: IdGenerator, following_ids_limit: int = 10_000) -> Graph:
     """graph_svc's domain wired to the real stores, as its main.py does."""
     private_key, _ = keys.ensure_keys(ROOT / ".state" / "keys")
-    outbox = Outbox(cql, AsyncProducer(KAFKA, "tests"))
+    outbox = Outbox(cql, AsyncProducer(KAFKA, "tests", on_fatal=None))
     await outbox.prepare()
     store = GraphStore(cql, outbox)
     await store.prepare()

@@ -115,7 +115,7 @@ def topic() -> Iterator[str]:
 
 @pytest.fixture
 def producer() -> Iterator[AsyncProducer]:
-    p = AsyncProducer(KAFKA, "tests-outbox")
+    p = AsyncProducer(KAFKA, "tests-outbox", on_fatal=None)
     yield p
     p.close()
 

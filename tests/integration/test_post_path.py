@@ -101,7 +101,7 @@ async def test_one_key_posted_at_once_through_two_instances_makes_one_tweet(
     cql: CqlSession, redis: RedisClient, edge: httpx.Client
 ) -> None:
     author = new_author(edge)
-    producer = AsyncProducer(KAFKA, "tests-post-path")
+    producer = AsyncProducer(KAFKA, "tests-post-path", on_fatal=None)
     try:
         first, second = await tweets_of(cql, producer, redis, 916), await tweets_of(cql, producer, redis, 917)
         key = f"race-{secrets.token_hex(6)}"
@@ -120,7 +120,7 @@ async def test_an_unlike_after_a_like_wins_though_the_like_came_from_a_clock_ahe
     cql: CqlSession, redis: RedisClient, edge: httpx.Client
 ) -> None:
     author, fan = new_author(edge), new_author(edge)
-    producer = AsyncProducer(KAFKA, "tests-post-path")
+    producer = AsyncProducer(KAFKA, "tests-post-path", on_fatal=None)
     try:
         # Two instances a second apart: the like goes through the one ahead.
         ahead = await tweets_of(cql, producer, redis, 918, ahead_ms=1000)

@@ -269,7 +269,7 @@ def _fake_producer(
 ) -> tuple[kafka.AsyncProducer, FakeProducer]:
     monkeypatch.setattr(kafka, "Producer", FakeProducer)
     monkeypatch.setattr(kafka, "IDLE_CHECK_SECONDS", idle_check_seconds)
-    producer = kafka.AsyncProducer("127.0.0.1:1", "test")
+    producer = kafka.AsyncProducer("127.0.0.1:1", "test", on_fatal=None)
     return producer, producer._producer  # type: ignore[return-value]
 
 
