@@ -37,8 +37,13 @@ def celebrity_shard(author_id: int) -> int:
 STATEMENTS = {
     "is_celebrity": "SELECT author_id FROM celebrities_by_shard WHERE shard = ? AND author_id = ?",
     "celebrities": "SELECT author_id FROM celebrities_by_shard WHERE shard = ?",
-    "add_celebrity": "INSERT INTO celebrities_by_shard (shard, author_id) VALUES (?, ?)",
-    "remove_celebrity": "DELETE FROM celebrities_by_shard WHERE shard = ? AND author_id = ?",
+    # Lightweight transactions only: fan-out workers on several hosts mark and unmark an
+    # author, and a plain write from a host whose clock is ahead outranked a later change
+    # from one on time (an unmark outranking a mark left the author neither pulled nor
+    # pushed until its next tweet). Ballots order them whatever the clocks. A mark of an
+    # author marked already (one at each of its tweets) writes nothing.
+    "add_celebrity": "INSERT INTO celebrities_by_shard (shard, author_id) VALUES (?, ?) IF NOT EXISTS",
+    "remove_celebrity": "DELETE FROM celebrities_by_shard WHERE shard = ? AND author_id = ? IF EXISTS",
     # The single-partition table 007 replaced: read and emptied, never written.
     "is_celebrity_old": "SELECT author_id FROM celebrities WHERE shard = 0 AND author_id = ?",
     "celebrities_old": "SELECT author_id FROM celebrities WHERE shard = 0",
@@ -76,11 +81,18 @@ class CelebrityStore:
             await self._cql.execute(self._q["remove_celebrity"], (shard, author_id))
             await self._cql.execute(self._q["remove_celebrity_old"], (author_id,))
             return
-        # Written before the old row goes, so a concurrent load never misses the author.
-        await self._cql.execute(self._q["add_celebrity"], (shard, author_id))
-        # Marks repeat at every celebrity tweet: delete only a row that is there, or
-        # each would leave a tombstone in the partition every registry load reads.
-        if await self._cql.execute(self._q["is_celebrity_old"], (author_id,)):
+        # Marks repeat at every celebrity tweet and follow: a mark already there is read,
+        # not written again (a transaction each would contend on the shard's partition),
+        # and the old row is deleted only when it is there, or each would leave a
+        # tombstone in the partition every registry load reads.
+        new, old = await asyncio.gather(
+            self._cql.execute(self._q["is_celebrity"], (shard, author_id)),
+            self._cql.execute(self._q["is_celebrity_old"], (author_id,)),
+        )
+        if not new:
+            # Written before the old row goes, so a concurrent load never misses the author.
+            await self._cql.execute(self._q["add_celebrity"], (shard, author_id))
+        if old:
             await self._cql.execute(self._q["remove_celebrity_old"], (author_id,))
 
     async def backfill_begun(self, author_id: int) -> bool:
