@@ -244,6 +244,17 @@ def profile_for(query: str) -> object:
     return EXEC_PROFILE_DEFAULT
 
 
+_SERIAL_LEVELS = (ConsistencyLevel.SERIAL, ConsistencyLevel.LOCAL_SERIAL)
+
+
+def _profile_of(statement: Any) -> object:
+    """`profile_for` its text, but never speculative for a read at a serial consistency:
+    each copy would be a Paxos round of its own, competing with the first on the partition."""
+    if getattr(statement, "consistency_level", None) in _SERIAL_LEVELS:
+        return EXEC_PROFILE_DEFAULT
+    return profile_for(_query_text(statement))
+
+
 def is_idempotent(query: str) -> bool:
     """Whether running `query` twice leaves the same state as running it once."""
     if is_read(query):
@@ -497,7 +508,7 @@ class CqlSession:
             statement,
             params,
             timeout=deadlines.timeout(self._timeout_of(statement)),
-            execution_profile=profile_for(_query_text(statement)),
+            execution_profile=_profile_of(statement),
             paging_state=paging_state,
         )
         loop = asyncio.get_running_loop()

@@ -36,7 +36,7 @@ its instance id at its start (`id_generations`, written only by lightweight
 transactions, so claims and records are ordered whatever the clocks). One that
 stops cleanly makes no id after `stop` begins, then records, under its
 generation and only while that is still the latest, its last id's millisecond
-and the furthest reservation it sent. A successor that claims the generation
+and the furthest reservation acknowledged to it. A successor that claims the generation
 right after a recorded one starts above that millisecond at once, unless the
 reservation row has moved past what the record says (a process that claims no
 generation, from before them, ran since). Any other start, after a crash, a
@@ -88,6 +88,8 @@ START_RETRY_SECONDS = 60.0
 # How long a clean stop tries to record its last id before it gives up (its successor
 # then waits for the reservation).
 STOP_RECORD_TIMEOUT_SECONDS = 3.0
+# A claim not applied is tried again after this long.
+CLAIM_RETRY_SECONDS = 0.2
 
 STATEMENTS = {
     "read": "SELECT reserved_until_ms FROM id_reservations WHERE instance_id = ?",
@@ -131,7 +133,11 @@ class IdReservations:
         self._statements: dict[str, Any] = {}
         self._give_up_at = 0.0
         self._generation: int | None = None  # claimed at start
-        self._sent_until = 0  # the furthest reservation sent (acknowledged or not)
+        # The furthest reservation acknowledged, or read at start: what this process's
+        # clean-stop record vouches for. Not one only sent: a process of a version from before
+        # generations that starts from the acknowledged one reserves a second past it, which
+        # could be below a reservation sent and lost, and the record would then cover its ids.
+        self._acked_until = 0
 
     async def start(self) -> None:
         """Before the first id: claim the next generation, start above the predecessor's
@@ -152,8 +158,7 @@ class IdReservations:
                 "id reservation: the predecessor stopped cleanly; starting after its last id",
                 extra={"instance_id": self._instance, "generation": self._generation},
             )
-        # What this process accounts for: a successor that trusts its record needs no more.
-        self._sent_until = max(self._sent_until, reserved or 0)
+        self._acked_until = max(self._acked_until, reserved or 0)
         if floor is not None:
             behind = floor - self._ids.clock_ms()
             if behind > START_BEHIND_MAX_MS:
@@ -189,7 +194,8 @@ class IdReservations:
                 stopped = rows[0] if rows and latest is not None and rows[0].stopped_generation == latest else None
                 return stopped
             if asyncio.get_running_loop().time() >= self._give_up_at:
-                raise RuntimeError(f"instance {self._instance}: another process keeps claiming this instance id")
+                raise RuntimeError(f"instance {self._instance}: could not claim a generation of this instance id")
+            await asyncio.sleep(CLAIM_RETRY_SECONDS)
 
     async def stop(self) -> None:
         """After the last call that may make an id: make none from now on, and record the
@@ -198,7 +204,7 @@ class IdReservations:
         self._ids.close()
         if self._generation is None:
             return
-        params = (self._generation, self._ids.last_ms, self._sent_until, self._instance, self._generation)
+        params = (self._generation, self._ids.last_ms, self._acked_until, self._instance, self._generation)
         try:
             async with asyncio.timeout(STOP_RECORD_TIMEOUT_SECONDS):
                 rows = await self._cql.execute(self._statements["record_stop"], params)
@@ -228,9 +234,9 @@ class IdReservations:
         `ahead_ms` past such an id: each successor that jumped would put the next one's
         floor another `ahead_ms` ahead of the time, for a clock that is right too."""
         until = max(self._ids.clock_ms() + self._ahead_ms, self._ids.last_ms + JUMPED_MARGIN_MS)
-        self._sent_until = max(self._sent_until, until)
         await self._cql.execute(self._statements["reserve"], (self._instance, until, until * 1000))
         self._ids.allow_until(until)
+        self._acked_until = max(self._acked_until, until)
         return until
 
     async def renew_forever(self) -> None:

@@ -223,11 +223,13 @@ async def serve(config: CommonConfig, wiring: Wiring) -> None:
     interceptor.start_draining()
     await health_servicer.enter_graceful_shutdown()
     await asyncio.sleep(config.drain_seconds)
+    await server.stop(config.shutdown_grace_seconds)
+    # After the calls in flight: they may need what the background keeps up (the id
+    # reservation's renewals: a call late in the grace was refused its ids).
     for task in tasks:
         task.cancel()
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-    await server.stop(config.shutdown_grace_seconds)
     await wiring.close()
     log.info("stopped")

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from common.config import DEFAULT_DRAIN_SECONDS
+from common.cql import CqlSession
 from common.interceptors import IMMEDIATE_HEALTH_CHECK_FAIL_HEADER
 from infra import stack, topology
 from tests import faults
@@ -112,6 +113,23 @@ def test_a_draining_instance_leaves_the_edge_at_its_first_answer(edge: httpx.Cli
     assert set(statuses) == {200}, statuses
     # Gone before the stack starts it again.
     faults.wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 30, f"{victim.name} to stop")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", ["graph_svc", "tweet_svc"])
+async def test_a_stopped_id_maker_records_its_last_id_for_its_successor(
+    service: str, cql: CqlSession, restore_after: None
+) -> None:
+    """graph_svc and tweet_svc, stopped as a rollout stops them (SIGTERM), record their last
+    id under their generation (common/id_reservations.py), so their successors start at once."""
+    victim = topology.instances(next(svc for svc in topology.SERVICES if svc.name == service))[1]
+    query = "SELECT generation, stopped_generation, stopped_last_ms FROM id_generations WHERE instance_id = %s"
+    (before,) = await cql.execute(query, (victim.instance_id,))
+    faults.stop(victim.name)  # waits until it exited
+    (after,) = await cql.execute(query, (victim.instance_id,))
+    assert after.generation == before.generation
+    assert after.stopped_generation == before.generation
+    assert after.stopped_last_ms is not None
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from cassandra import (
     WriteTimeout,
     WriteType,
 )
-from cassandra.cluster import NoHostAvailable
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, NoHostAvailable
 from cassandra.connection import ConnectionBusy, ConnectionException, ConnectionShutdown
 from cassandra.pool import NoConnectionsAvailable
 from cassandra.protocol import (
@@ -338,6 +338,15 @@ def test_only_point_and_slice_reads_speculate() -> None:
         "SELECT release_version FROM system.local",
     ):
         assert cql.profile_for(query) != cql.READ_PROFILE, query
+
+
+def test_a_read_at_a_serial_consistency_does_not_speculate() -> None:
+    """Each speculative copy would be a Paxos round competing with the first."""
+    read = SimpleStatement("SELECT a FROM t WHERE k = %s")
+    assert cql._profile_of(read) == cql.READ_PROFILE
+    for level in (ConsistencyLevel.LOCAL_SERIAL, ConsistencyLevel.SERIAL):
+        read.consistency_level = level
+        assert cql._profile_of(read) == EXEC_PROFILE_DEFAULT
 
 
 def test_profiles_use_the_configured_dc_and_consistency() -> None:

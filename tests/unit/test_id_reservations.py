@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
-from cassandra import OperationTimedOut, WriteTimeout, WriteType
+from cassandra import ConsistencyLevel, OperationTimedOut, WriteTimeout, WriteType
 
+from common import id_reservations
 from common.cql import CqlSession
 from common.errors import Unavailable
 from common.id_reservations import IdReservations
@@ -53,6 +54,7 @@ class FlakyStore:
         self.failing = 0
         self.hanging = 0
         self.lost_answers = 0
+        self.hanging_records = False
         self.calls = 0
 
     async def prepare(self, query: str) -> Statement:
@@ -76,6 +78,7 @@ class FlakyStore:
                 self.row = max(self.row or 0, params[1])
                 return []
             case "generation":
+                assert statement.consistency_level == ConsistencyLevel.LOCAL_SERIAL  # sees every claim
                 return [] if row.generation is None else [dataclasses.replace(row)]
             case "claim":
                 if row.generation != params[2]:
@@ -86,6 +89,8 @@ class FlakyStore:
                     raise WriteTimeout("CAS outcome unknown", write_type=WriteType.CAS)
                 return [Applied(True)]
             case _:
+                if self.hanging_records:
+                    await asyncio.sleep(3600)
                 if row.generation != params[4]:
                     return [Applied(False)]
                 row.stopped_generation, row.stopped_last_ms, row.stopped_reserved_until_ms = params[:3]
@@ -182,3 +187,46 @@ async def test_a_claim_whose_outcome_is_unknown_trusts_no_record() -> None:
     await IdReservations(cast(CqlSession, store), 1, second, ahead_ms=20_000, start_wait_ms=0).start()
     assert id_time_ms(second.next_id()) > reserved  # from the reservation, not the record
     assert store.generation.generation == 3  # the claim read again and claimed the next
+
+
+async def test_a_record_vouches_only_for_reservations_acknowledged() -> None:
+    """A renewal sent and lost is not vouched for: a process of a version from before
+    generations that started from the acknowledged reservation reserved a second past it
+    (below the lost one), and its ids are above the record's last one."""
+    store = FlakyStore()
+    now = [CHIRP_EPOCH_MS + 1_000_000]
+    first = IdGenerator(1, clock_ms=lambda: now[0])
+    reservations = IdReservations(cast(CqlSession, store), 1, first, ahead_ms=20_000)
+    await reservations.start()
+    first.next_id()
+    acknowledged = store.row
+    assert acknowledged is not None
+    now[0] += 5_000
+    store.failing = 1
+    with pytest.raises(OperationTimedOut):
+        await reservations.reserve()  # sent, never landed
+    await reservations.stop()
+    store.row = acknowledged + 1_000  # the older version's reservation, and its ids below it
+    now[0] += 1
+    second = IdGenerator(1, clock_ms=lambda: now[0])
+    await IdReservations(cast(CqlSession, store), 1, second, ahead_ms=20_000, start_wait_ms=0).start()
+    assert id_time_ms(second.next_id()) > acknowledged + 1_000
+
+
+async def test_a_stop_whose_record_does_not_land_leaves_its_successor_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(id_reservations, "STOP_RECORD_TIMEOUT_SECONDS", 0.05)
+    store = FlakyStore()
+    now = [CHIRP_EPOCH_MS + 1_000_000]
+    first = IdGenerator(1, clock_ms=lambda: now[0])
+    reservations = IdReservations(cast(CqlSession, store), 1, first, ahead_ms=20_000)
+    await reservations.start()
+    first.next_id()
+    store.hanging_records = True
+    await asyncio.wait_for(reservations.stop(), 1)  # given up, not hung
+    assert store.generation.stopped_generation is None
+    now[0] += 1
+    second = IdGenerator(1, clock_ms=lambda: now[0])
+    await IdReservations(cast(CqlSession, store), 1, second, ahead_ms=20_000, start_wait_ms=0).start()
+    assert id_time_ms(second.next_id()) > now[0] + 20_000 - 2  # from the reservation
