@@ -10,8 +10,8 @@ claim and again on every repeat, so a retry repairs a block or mute a crash
 cut short; a removal deletes the listing rows, then the membership row, so a
 retry finds a removal a crash cut short and finishes it. The actor's rows are
 written by lightweight transactions only, which Paxos ballots order whatever
-the clocks of the hosts sending them; `blocked_by` by plain writes dated by
-the block's transaction (`RelationStore.write_listing` says why).
+the clocks of the hosts sending them; `blocked_by` by plain writes
+(`RelationStore.write_listing` says why).
 
 A block then removes the follows in both directions through graph_svc's own
 unfollow (`Follows.remove_follow`), so counts, events and the fan-out's
@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
-from cassandra import ConsistencyLevel
 from cassandra.query import PreparedStatement
 
 from common.cql import CqlSession, in_lists, prepare_all
@@ -71,13 +70,9 @@ _TABLES: dict[Kind, tuple[str, str, str, str, str]] = {
 def _statements() -> dict[str, str]:
     statements = {
         # The actor's rows are written and deleted by lightweight transactions, the blocked
-        # user's `blocked_by` row by plain writes dated by the block's own transaction
-        # (`write_listing`, `remove`).
-        "block_written": "SELECT WRITETIME(blocked_at) FROM blocks WHERE blocker_id = ? AND blocked_id = ?",
-        # The membership row written again as it is, for a later ballot (`write_listing`).
-        "block_touch": "UPDATE blocks SET blocked_at = ? WHERE blocker_id = ? AND blocked_id = ? IF EXISTS",
-        "blocked_by_add": "INSERT INTO blocked_by (blocked_id, blocker_id) VALUES (?, ?) USING TIMESTAMP ?",
-        "blocked_by_del": "DELETE FROM blocked_by USING TIMESTAMP ? WHERE blocked_id = ? AND blocker_id = ?",
+        # user's `blocked_by` row by plain writes (`write_listing`, `remove`).
+        "blocked_by_add": "INSERT INTO blocked_by (blocked_id, blocker_id) VALUES (?, ?)",
+        "blocked_by_del": "DELETE FROM blocked_by WHERE blocked_id = ? AND blocker_id = ?",
         "blocked_by_first": "SELECT blocker_id FROM blocked_by WHERE blocked_id = ? LIMIT ?",
         "blocked_by_among": "SELECT blocker_id FROM blocked_by WHERE blocked_id = ? AND blocker_id IN ?",
     }
@@ -117,8 +112,6 @@ class RelationStore:
 
     async def prepare(self) -> None:
         self._q = await prepare_all(self._cql, STATEMENTS)
-        # Sees a block's transaction once it is decided, wherever it was coordinated.
-        self._q["block_written"].consistency_level = ConsistencyLevel.LOCAL_SERIAL
 
     async def claim(self, kind: Kind, actor: int, target: int, at: datetime) -> datetime:
         """The relation's time: `at` when it is new, else the one it began with."""
@@ -134,27 +127,13 @@ class RelationStore:
         repeated after an unblock that died before its membership delete) is never left
         under that removal's tombstone, whatever the hosts' clocks say. The blocked-by row
         is in the blocked user's partition, which many may block at once (a pile-on):
-        transactions there would contend and time out, so it is a plain write, written
-        again at every repeat. It is dated by the block's membership row, whose time is
-        its last transaction's ballot: an unblock deletes it a microsecond after that
-        (`remove`), and the membership row is written again first (a transaction of the
-        actor's partition), so a block made again, or repeated after an unblock that died
-        before its membership delete, dates it past that delete whatever the hosts'
-        clocks say. (Dated by the host's clock, a re-block within the clock skew of an
-        unblock made by a host ahead was left deleted.) No membership row: the block was
-        undone since; nothing to write."""
+        transactions there would contend and time out, so it is a plain write at this
+        host's clock, written again at every repeat. A re-block within the clock skew of
+        an unblock made by a host ahead can leave it deleted (docs/RELIABILITY.md)."""
         writes = [self._cql.execute(self._q[f"{kind}_list_add"], (actor, at, target))]
         if kind == "block":
-            touched = await self._cql.execute(self._q["block_touch"], (at, actor, target))
-            written = await self._block_written(actor, target) if touched and touched[0].applied else None
-            if written is not None:
-                writes.append(self._cql.execute(self._q["blocked_by_add"], (target, actor, written)))
+            writes.append(self._cql.execute(self._q["blocked_by_add"], (target, actor)))
         await asyncio.gather(*writes)
-
-    async def _block_written(self, blocker: int, blocked: int) -> int | None:
-        """When (the ballot's microseconds) the block's membership row was claimed."""
-        rows = await self._cql.execute(self._q["block_written"], (blocker, blocked))
-        return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def since(self, kind: Kind, actor: int, target: int) -> datetime | None:
         rows = await self._cql.execute(self._q[f"{kind}_since"], (actor, target))
@@ -165,8 +144,8 @@ class RelationStore:
         (`write_listing`). The membership row goes last, so that a removal cut short is
         still found (`since`) and done again by a retry."""
         deletes = [self._cql.execute(self._q[f"{kind}_list_del"], (actor, at, target))]
-        if kind == "block" and (written := await self._block_written(actor, target)) is not None:
-            deletes.append(self._cql.execute(self._q["blocked_by_del"], (written + 1, target, actor)))
+        if kind == "block":
+            deletes.append(self._cql.execute(self._q["blocked_by_del"], (target, actor)))
         await asyncio.gather(*deletes)
         await self._cql.execute(self._q[f"{kind}_del"], (actor, target))
 
