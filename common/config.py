@@ -92,9 +92,11 @@ DEFAULT_DRAIN_SECONDS = 2.5
 # (common/server.py MAX_CONNECTION_AGE_GRACE_SECONDS).
 DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS = 300.0
 # A process starting while its CQL store does not answer waits this long for it before
-# it exits (common/cql.py CqlSession.from_config): under the 120 s the k8s startup
-# probes allow, so a pod outlives a store outage of up to this long at its start.
-DEFAULT_CQL_CONNECT_WAIT_SECONDS = 100.0
+# it exits (common/cql.py CqlSession.from_config), so a pod outlives a store outage of
+# up to this long at its start. With a last attempt of up to 15 s (three contact points
+# that drop packets) and the id reservation's wait (up to 21 s), inside the 120 s the k8s
+# startup probes allow.
+DEFAULT_CQL_CONNECT_WAIT_SECONDS = 80.0
 
 
 def load_common(env: Mapping[str, str], service: str, default_port: int) -> CommonConfig:

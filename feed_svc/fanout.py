@@ -230,7 +230,7 @@ class Fanout:
             # The record stays (only a finished backfill ends it): a backfill in another
             # worker may be under way, its unmark landing after this mark, and a kill of it
             # must still be redone.
-            await self._mark(followee_id, celebrity=True)
+            await self._mark(followee_id, celebrity=True, read_first=False)
         elif begun or (count < self._demote_below and await self._store.is_celebrity(followee_id)):
             # Begun: cut short (a kill, a cancelled batch) with the author unmarked already,
             # whatever the count is now.
@@ -292,7 +292,7 @@ class Fanout:
                 await self._deliver(followers, recent)
         except Exception:
             # Marked again, so readers pull it until the unfollow, applied again, backfills.
-            await self._mark(author_id, celebrity=True)
+            await self._mark(author_id, celebrity=True, read_first=False)
             raise
         await self._store.end_backfill(author_id)
         log.info("author dropped below the celebrity threshold; backfilled", extra={"author_id": author_id})
@@ -308,9 +308,9 @@ class Fanout:
             await self._cache.push(readers, [t for t, _ in tweets])
         return len(readers)
 
-    async def _mark(self, author_id: int, celebrity: bool) -> None:
+    async def _mark(self, author_id: int, celebrity: bool, read_first: bool = True) -> None:
         """The registry readers consult: durable in CQL, served from Redis."""
-        await self._store.set_celebrity(author_id, celebrity)
+        await self._store.set_celebrity(author_id, celebrity, read_first)
         await self._cache.mark_celebrity(author_id, celebrity)
 
     async def _followers(self, author_id: int, after: str | None = None) -> AsyncIterator[list[int]]:

@@ -75,7 +75,11 @@ class CelebrityStore:
         pages = await asyncio.gather(*reads, self._cql.execute(self._q["celebrities_old"]))
         return {r.author_id for rows in pages for r in rows}
 
-    async def set_celebrity(self, author_id: int, celebrity: bool) -> None:
+    async def set_celebrity(self, author_id: int, celebrity: bool, read_first: bool = True) -> None:
+        """`read_first=False` for a mark that undoes an unmark which may have failed: a
+        quorum read does not see a transaction accepted but not decided (an unmark that
+        timed out), which the next transaction on the partition decides first; the mark's
+        own transaction then lands after it."""
         shard = celebrity_shard(author_id)
         if not celebrity:
             await self._cql.execute(self._q["remove_celebrity"], (shard, author_id))
@@ -89,7 +93,7 @@ class CelebrityStore:
             self._cql.execute(self._q["is_celebrity"], (shard, author_id)),
             self._cql.execute(self._q["is_celebrity_old"], (author_id,)),
         )
-        if not new:
+        if not new or not read_first:
             # Written before the old row goes, so a concurrent load never misses the author.
             await self._cql.execute(self._q["add_celebrity"], (shard, author_id))
         if old:

@@ -47,6 +47,9 @@ class MemoryCelebrityStore:
         self.registry: set[int] = set()
         self.backfills: set[int] = set()  # begun and not finished
         self.before_set_celebrity: list[Any] = []  # hooks run as a mark or unmark starts
+        # Marks that undo an unmark which may have failed: transactions whatever a read says
+        # (feed_svc/store.py `set_celebrity`).
+        self.unread_marks: list[int] = []
 
     async def is_celebrity(self, author_id: int) -> bool:
         return author_id in self.registry
@@ -63,9 +66,11 @@ class MemoryCelebrityStore:
     async def celebrities(self) -> set[int]:
         return set(self.registry)
 
-    async def set_celebrity(self, author_id: int, celebrity: bool) -> None:
+    async def set_celebrity(self, author_id: int, celebrity: bool, read_first: bool = True) -> None:
         for hook in list(self.before_set_celebrity):
             await hook(author_id, celebrity)
+        if celebrity and not read_first:
+            self.unread_marks.append(author_id)
         if celebrity:
             self.registry.add(author_id)
         else:
@@ -707,6 +712,7 @@ async def test_a_backfill_that_fails_leaves_the_author_marked_so_the_retry_backf
     stayed unmarked, the retry would find no celebrity and skip the backfill for good."""
     world, fans, posted = await backfill_failed()
     assert STAR in world.store.registry  # still pulled meanwhile
+    assert world.store.unread_marks == [STAR]
     await world.fanout.handle("unfollow", {"follower_id": fans[0], "followee_id": STAR})  # applied again
     assert STAR not in world.store.registry
     assert world.cached(READER) == {posted}
@@ -761,6 +767,7 @@ async def test_a_backfill_cut_short_and_followed_back_over_the_threshold_is_pull
     assert len(world.graph.followers(STAR)) >= THRESHOLD
     await world.fanout.handle("unfollow", {"follower_id": fans[0], "followee_id": STAR})  # applied again
     assert STAR in world.store.registry and STAR in world.store.backfills
+    assert world.store.unread_marks == [STAR]
     assert (await world.page(READER))[0] == [posted]  # pulled
 
 
