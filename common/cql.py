@@ -47,6 +47,7 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any, TypeVar
 
 from cassandra import (
+    AuthenticationFailed,
     ConsistencyLevel,
     OperationTimedOut,
     RateLimitReached,
@@ -424,8 +425,9 @@ class CqlSession:
                     consistency=common.cql_consistency,
                 )
             except NoHostAvailable as exc:
-                if time.monotonic() + CONNECT_RETRY_SECONDS >= deadline:
-                    raise
+                refused = any(isinstance(e, AuthenticationFailed) for e in (exc.errors or {}).values())
+                if refused or time.monotonic() + CONNECT_RETRY_SECONDS >= deadline:
+                    raise  # bad credentials do not get better with waiting
                 log.warning(
                     "the CQL store does not answer yet; trying again",
                     extra={"hosts": ",".join(common.cql_hosts), "error": str(exc)},
