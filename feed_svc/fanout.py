@@ -114,6 +114,7 @@ class Fanout:
         self._demote_below = celebrity_threshold if demote_below is None else demote_below
         self._keys_at_once = keys_at_once
         self._backfills: dict[int, asyncio.Future[None]] = {}  # running, by author (`_backfill_once`)
+        self._marks: dict[int, asyncio.Future[None]] = {}  # running, by author (`_mark`)
         self._activity = activity
         self._follows = follows
 
@@ -249,8 +250,7 @@ class Fanout:
         await asyncio.shield(running)
 
     def _backfill_ended(self, author_id: int, done: asyncio.Future[None]) -> None:
-        if self._backfills.get(author_id) is done:
-            del self._backfills[author_id]
+        _forget(self._backfills, author_id, done)
         if not done.cancelled() and done.exception() is not None:
             log.warning("a demotion backfill failed: %r", done.exception(), extra={"author_id": author_id})
 
@@ -309,7 +309,25 @@ class Fanout:
         return len(readers)
 
     async def _mark(self, author_id: int, celebrity: bool, read_first: bool = True) -> None:
-        """The registry readers consult: durable in CQL, served from Redis."""
+        """The registry readers consult: durable in CQL, served from Redis.
+
+        One plain mark per author at a time in this process: when an author crosses the
+        threshold, every event in flight for it finds it unmarked, and each mark would be
+        a transaction on the same registry partition, contending until some time out. The
+        others wait for the one under way (its failure is theirs)."""
+        if celebrity and read_first:
+            running = self._marks.get(author_id)
+            if running is None or running.done():
+                running = asyncio.ensure_future(self._write_mark(author_id, True, True))
+                self._marks[author_id] = running
+                running.add_done_callback(functools.partial(_forget, self._marks, author_id))
+            await asyncio.shield(running)
+            return
+        await self._write_mark(author_id, celebrity, read_first)
+
+    async def _write_mark(self, author_id: int, celebrity: bool, read_first: bool) -> None:
+        if not celebrity:
+            self._marks.pop(author_id, None)  # a mark wanted after this unmark runs anew
         await self._store.set_celebrity(author_id, celebrity, read_first)
         await self._cache.mark_celebrity(author_id, celebrity)
 
@@ -325,3 +343,12 @@ class Fanout:
                 yield ids
             if not token:
                 return
+
+
+def _forget(running: dict[int, asyncio.Future[None]], key: int, done: asyncio.Future[None]) -> None:
+    """A single flight's done-callback: the key's entry goes, unless a newer run took it; its
+    outcome is retrieved (its waiters, all cancelled maybe, get it too)."""
+    if running.get(key) is done:
+        del running[key]
+    if not done.cancelled():
+        done.exception()

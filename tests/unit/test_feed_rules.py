@@ -798,6 +798,27 @@ async def test_unfollows_that_demote_an_author_side_by_side_run_one_backfill() -
     assert world.cached(READER) == {posted}
 
 
+async def test_follows_that_make_an_author_a_celebrity_side_by_side_run_one_mark() -> None:
+    """Each finds the author unmarked; one transaction on its registry partition, not one each."""
+    world = World()
+    await with_followers(world, STAR, THRESHOLD - 1)
+    marks: list[int] = []
+
+    async def slow_mark(author_id: int, celebrity: bool) -> None:
+        marks.append(author_id)
+        await asyncio.sleep(0.01)  # the mark is still under way when the other follows come
+
+    world.store.before_set_celebrity.append(slow_mark)
+    new_fans = range(5_000, 5_003)
+    for fan in new_fans:
+        world.graph.follows.setdefault(fan, set()).add(STAR)
+    await asyncio.gather(
+        *(world.fanout.handle("follow", {"follower_id": fan, "followee_id": STAR}) for fan in new_fans)
+    )
+    assert marks == [STAR]
+    assert STAR in world.store.registry
+
+
 async def test_an_unfollow_applied_again_after_a_refollow_still_demotes_the_author() -> None:
     """The retry of a failed backfill rides on the unfollow's event; an edge made again since
     skips the sweep, not the demotion check."""
