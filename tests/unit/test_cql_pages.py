@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cassandra.query import BatchStatement, BatchType
+from cassandra import ConsistencyLevel
+from cassandra.cluster import EXEC_PROFILE_DEFAULT
+from cassandra.query import BatchStatement, BatchType, SimpleStatement
 
-from common.cql import LOGGED_BATCH_TIMEOUT_SECONDS, CqlSession
+from common.cql import LOGGED_BATCH_TIMEOUT_SECONDS, READ_PROFILE, CqlSession
 
 Rows = list[tuple[Any, ...]]
 
@@ -88,11 +90,13 @@ class TimedDriver:
 
     def __init__(self) -> None:
         self.timeouts: list[float] = []
+        self.profiles: list[object] = []
 
     def execute_async(
         self, statement: Any, params: Any, timeout: float, execution_profile: object, paging_state: bytes | None
     ) -> Answer:
         self.timeouts.append(timeout)
+        self.profiles.append(execution_profile)
         return Answer([], None)
 
 
@@ -107,3 +111,14 @@ async def test_a_logged_batch_has_room_for_another_batchlog_pick() -> None:
     # A longer default is kept.
     await CqlSession(None, driver, 5.0).execute(logged)
     assert driver.timeouts[-1] == 5.0
+
+
+async def test_a_read_at_a_serial_consistency_is_sent_without_speculation() -> None:
+    """Each speculative copy of a serial read would be a Paxos round of its own."""
+    driver = TimedDriver()
+    session = CqlSession(None, driver, 2.0)
+    read = SimpleStatement("SELECT a FROM t WHERE k = 1")
+    await session.execute(read)
+    read.consistency_level = ConsistencyLevel.LOCAL_SERIAL
+    await session.execute(read)
+    assert driver.profiles == [READ_PROFILE, EXEC_PROFILE_DEFAULT]
