@@ -106,7 +106,7 @@ def load_common(env: Mapping[str, str], service: str, default_port: int) -> Comm
         grpc_host=env_str(env, "CHIRP_GRPC_HOST", "127.0.0.1"),
         grpc_port=grpc_port,
         grpc_max_connection_age_seconds=env_float(
-            env, "CHIRP_GRPC_MAX_CONNECTION_AGE_SECONDS", DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS, minimum=1.0
+            env, "CHIRP_GRPC_MAX_CONNECTION_AGE_SECONDS", DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS, minimum=0.0
         ),
         metrics_port=env_int(env, "CHIRP_METRICS_PORT", grpc_port + 1000 if grpc_port else 0),
         instance_id=env_int(env, "CHIRP_INSTANCE_ID", 0),

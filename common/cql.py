@@ -53,6 +53,7 @@ from cassandra import (
     RateLimitReached,
     ReadTimeout,
     Unavailable,
+    UnresolvableContactPoints,
     WriteTimeout,
     WriteType,
 )
@@ -409,7 +410,8 @@ class CqlSession:
     @classmethod
     async def from_config(cls, common: CommonConfig) -> CqlSession:
         """The session every service and worker opens, from its settings. A store that
-        does not answer yet (down, starting, or its keyspace not made yet) is waited for,
+        does not answer yet (down, starting, its keyspace not made yet, or its names not
+        resolving yet) is waited for,
         up to `common.cql_connect_wait_seconds`: a pod started during a store outage
         then serves once the store is back, instead of exiting into a crash loop whose
         back-off grows to 5 minutes."""
@@ -424,8 +426,11 @@ class CqlSession:
                     local_dc=common.cql_local_dc,
                     consistency=common.cql_consistency,
                 )
-            except NoHostAvailable as exc:
-                refused = any(isinstance(e, AuthenticationFailed) for e in (exc.errors or {}).values())
+            # A contact point's name may not resolve yet either: a headless Service's names
+            # appear with its first ready pod (a fresh install).
+            except (NoHostAvailable, UnresolvableContactPoints) as exc:
+                errors = exc.errors if isinstance(exc, NoHostAvailable) else None
+                refused = any(isinstance(e, AuthenticationFailed) for e in (errors or {}).values())
                 if refused or time.monotonic() + CONNECT_RETRY_SECONDS >= deadline:
                     raise  # bad credentials do not get better with waiting
                 log.warning(

@@ -84,11 +84,17 @@ def create_server(
     address: str, wiring: Wiring, max_connection_age_seconds: float = DEFAULT_GRPC_MAX_CONNECTION_AGE_SECONDS
 ) -> Served:
     interceptor = ServerInterceptor(wiring.dependency_errors)
+    aging: list[tuple[str, int]] = []
+    if max_connection_age_seconds > 0:  # 0: connections never age
+        aging = [
+            # gRPC's option is a C int: past 2^31 - 1 ms (24.8 days) it would not be taken.
+            ("grpc.max_connection_age_ms", min(int(max_connection_age_seconds * 1000), 2**31 - 1)),
+            ("grpc.max_connection_age_grace_ms", int(MAX_CONNECTION_AGE_GRACE_SECONDS * 1000)),
+        ]
     server = grpc.aio.server(
         interceptors=[interceptor],
         options=[
-            ("grpc.max_connection_age_ms", int(max_connection_age_seconds * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(MAX_CONNECTION_AGE_GRACE_SECONDS * 1000)),
+            *aging,
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             # Envoy (UPSTREAM_KEEPALIVE_SECONDS) and the services' channels ping idle connections every 30 s;

@@ -164,10 +164,8 @@ async def test_peers_read_a_bounded_hidden_set_and_ask_about_the_blockers_past_i
         await server.stop(0)
 
 
-async def test_a_connection_past_its_age_is_replaced_and_its_calls_finish() -> None:
-    """A client dials again after the server's connection age, so it resolves its
-    target again (an added instance gets calls), and a call in flight across the
-    age finishes on the old connection."""
+async def _peer_server(max_connection_age_seconds: float) -> Served:
+    """A server whose one method answers, after the number of seconds asked, with the caller's address."""
 
     async def peer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         await asyncio.sleep(float(request or b"0"))
@@ -181,8 +179,16 @@ async def test_a_connection_past_its_age_is_replaced_and_its_calls_finish() -> N
     wiring = Wiring(
         register=lambda server: server.add_generic_rpc_handlers((handler,)), service_names=[], probes=[], close=close
     )
-    served = create_server("127.0.0.1:0", wiring, max_connection_age_seconds=1.0)
+    served = create_server("127.0.0.1:0", wiring, max_connection_age_seconds=max_connection_age_seconds)
     await served.server.start()
+    return served
+
+
+async def test_a_connection_past_its_age_is_replaced_and_its_calls_finish() -> None:
+    """A client dials again after the server's connection age, so it resolves its
+    target again (an added instance gets calls), and a call in flight across the
+    age finishes on the old connection."""
+    served = await _peer_server(1.0)
     try:
         async with channel(f"127.0.0.1:{served.port}") as client:  # the services' channel settings
             get = client.unary_unary("/test.Peer/Get", None, None)
@@ -192,5 +198,17 @@ async def test_a_connection_past_its_age_is_replaced_and_its_calls_finish() -> N
             await asyncio.sleep(2.0)
             assert await get(b"", timeout=2) != first
             assert await slow == first
+    finally:
+        await served.server.stop(0)
+
+
+async def test_a_connection_age_of_zero_keeps_connections() -> None:
+    served = await _peer_server(0)
+    try:
+        async with channel(f"127.0.0.1:{served.port}") as client:
+            get = client.unary_unary("/test.Peer/Get", None, None)
+            first = await get(b"", timeout=2)
+            await asyncio.sleep(1.5)
+            assert await get(b"", timeout=2) == first
     finally:
         await served.server.stop(0)

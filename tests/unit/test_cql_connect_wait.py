@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cassandra import AuthenticationFailed
+from cassandra import AuthenticationFailed, UnresolvableContactPoints
 from cassandra.cluster import NoHostAvailable
 
 from common import cql
@@ -28,15 +28,22 @@ async def test_bad_credentials_are_not_waited_for(monkeypatch: pytest.MonkeyPatc
     assert len(attempts) == 1
 
 
-async def test_a_store_that_does_not_answer_is_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        NoHostAvailable("Unable to connect", {"127.0.0.1:9042": ConnectionRefusedError(111, "refused")}),
+        UnresolvableContactPoints({"scylla-client.chirp.svc.cluster.local": []}),  # no pod ready yet
+    ],
+)
+async def test_a_store_that_does_not_answer_is_asked_again(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
     attempts: list[int] = []
 
     async def down(*_args: Any, **_kwargs: Any) -> CqlSession:
         attempts.append(1)
-        raise NoHostAvailable("Unable to connect", {"127.0.0.1:9042": ConnectionRefusedError(111, "refused")})
+        raise error
 
     monkeypatch.setattr(cql, "CONNECT_RETRY_SECONDS", 0.01)
     monkeypatch.setattr(CqlSession, "connect", down)
-    with pytest.raises(NoHostAvailable):
+    with pytest.raises(type(error)):
         await CqlSession.from_config(load_common({"CHIRP_CQL_CONNECT_WAIT_SECONDS": "0.2"}, "test", 0))
     assert len(attempts) > 2
