@@ -411,10 +411,9 @@ class CqlSession:
     async def from_config(cls, common: CommonConfig) -> CqlSession:
         """The session every service and worker opens, from its settings. A store that
         does not answer yet (down, starting, its keyspace not made yet, or its names not
-        resolving yet) is waited for,
-        up to `common.cql_connect_wait_seconds`: a pod started during a store outage
-        then serves once the store is back, instead of exiting into a crash loop whose
-        back-off grows to 5 minutes."""
+        resolving yet) is waited for, up to `common.cql_connect_wait_seconds`: a pod
+        started during a store outage then serves once the store is back, instead of
+        exiting into a crash loop whose back-off grows to 5 minutes."""
         deadline = time.monotonic() + common.cql_connect_wait_seconds
         while True:
             try:

@@ -37,6 +37,8 @@ class IdGenerator:
 
     def next_id(self) -> int:
         with self._lock:
+            if self._closed:
+                raise Unavailable("stopping; try again")
             clock = self._clock()
             # A clock that steps back must not reuse ids: stay on the last millisecond.
             now = max(clock, self._last_ms)
@@ -48,8 +50,6 @@ class IdGenerator:
                     # while it is behind (stepped back), take the next one at once. Waiting
                     # would hold the event loop until the clock caught up, seconds maybe.
                     now = self._wait_next_ms(now) if clock >= now else now + 1
-            if self._closed:
-                raise Unavailable("stopping; try again")
             if self._limit_ms is not None and now > self._limit_ms:
                 raise Unavailable("ids are not reserved this far ahead; try again")
             self._last_ms, self._sequence = now, sequence
