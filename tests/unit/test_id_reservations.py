@@ -131,12 +131,18 @@ async def test_a_start_waits_for_a_store_that_does_not_answer_yet() -> None:
         await IdReservations(cast(CqlSession, store), 1, ids, start_retry_seconds=0).start()
 
 
+async def running(store: FlakyStore, now: list[int]) -> tuple[IdGenerator, IdReservations]:
+    """A process on instance 1 that started (reserving 20 s ahead) and made an id."""
+    ids = IdGenerator(1, clock_ms=lambda: now[0])
+    reservations = IdReservations(cast(CqlSession, store), 1, ids, ahead_ms=20_000)
+    await reservations.start()
+    ids.next_id()
+    return ids, reservations
+
+
 async def stopped_cleanly(store: FlakyStore, now: list[int]) -> IdGenerator:
     """A process on instance 1 that made an id and stopped cleanly."""
-    first = IdGenerator(1, clock_ms=lambda: now[0])
-    reservations = IdReservations(cast(CqlSession, store), 1, first, ahead_ms=20_000)
-    await reservations.start()
-    first.next_id()
+    first, reservations = await running(store, now)
     await reservations.stop()
     return first
 
@@ -195,10 +201,7 @@ async def test_a_record_vouches_only_for_reservations_acknowledged() -> None:
     (below the lost one), and its ids are above the record's last one."""
     store = FlakyStore()
     now = [CHIRP_EPOCH_MS + 1_000_000]
-    first = IdGenerator(1, clock_ms=lambda: now[0])
-    reservations = IdReservations(cast(CqlSession, store), 1, first, ahead_ms=20_000)
-    await reservations.start()
-    first.next_id()
+    _, reservations = await running(store, now)
     acknowledged = store.row
     assert acknowledged is not None
     now[0] += 5_000
@@ -219,10 +222,7 @@ async def test_a_stop_whose_record_does_not_land_leaves_its_successor_waiting(
     monkeypatch.setattr(id_reservations, "STOP_RECORD_TIMEOUT_SECONDS", 0.05)
     store = FlakyStore()
     now = [CHIRP_EPOCH_MS + 1_000_000]
-    first = IdGenerator(1, clock_ms=lambda: now[0])
-    reservations = IdReservations(cast(CqlSession, store), 1, first, ahead_ms=20_000)
-    await reservations.start()
-    first.next_id()
+    _, reservations = await running(store, now)
     store.hanging_records = True
     await asyncio.wait_for(reservations.stop(), 1)  # given up, not hung
     assert store.generation.stopped_generation is None
