@@ -5,6 +5,10 @@ graph_svc's internal reads of hidden authors as their readers' client sees them.
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import subprocess
+import sys
 
 import grpc
 from chirp.graph.v1 import graph_internal_pb2_grpc, graph_pb2, graph_pb2_grpc
@@ -19,6 +23,7 @@ from common.interceptors import IMMEDIATE_HEALTH_CHECK_FAIL
 from common.server import Served, Wiring, check_probes, create_server
 from graph_svc.relations import Relations, RelationStore
 from graph_svc.service import GraphInternalService, GraphService
+from infra import stack
 from tests.conftest import build_graph, unique_name
 
 SERVICE = "chirp.graph.v1.GraphService"
@@ -212,3 +217,59 @@ async def test_a_connection_age_of_zero_keeps_connections() -> None:
             assert await get(b"", timeout=2) == first
     finally:
         await served.server.stop(0)
+
+
+SERVES_THROUGH_SHUTDOWN = """
+import asyncio
+import grpc
+from common import server
+from common.config import load_common
+
+async def main(port):
+    alive = [True]
+
+    async def background():
+        try:
+            await asyncio.Event().wait()
+        finally:
+            alive[0] = False
+
+    async def slow(request, context):
+        await asyncio.sleep(1.5)
+        return b"alive" if alive[0] else b"cancelled"
+
+    handler = grpc.method_handlers_generic_handler("test.Slow", {"Get": grpc.unary_unary_rpc_method_handler(slow)})
+
+    async def close():
+        return None
+
+    env = {"CHIRP_GRPC_PORT": port, "CHIRP_METRICS_PORT": "0", "CHIRP_DRAIN_SECONDS": "0.2"}
+    wiring = server.Wiring(
+        register=lambda s: s.add_generic_rpc_handlers((handler,)),
+        service_names=[], probes=[], close=close, background=[background],
+    )
+    await server.serve(load_common(env, "test", 0), wiring)
+
+import sys
+server.run(main(sys.argv[1]))
+"""
+
+
+async def test_background_tasks_run_until_the_calls_in_flight_at_a_stop_finish() -> None:
+    """A call may need what the background keeps up (the id reservation's renewals): a
+    SIGTERM during a call cancels the background only after the call ended."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-c", SERVES_THROUGH_SHUTDOWN, str(port)], cwd=stack.ROOT)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as client:
+            await asyncio.wait_for(client.channel_ready(), 20)
+            call = asyncio.ensure_future(client.unary_unary("/test.Slow/Get", None, None)(b"", timeout=10))
+            await asyncio.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            assert await call == b"alive"
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
