@@ -241,18 +241,7 @@ class Fanout:
         """One backfill of an author at a time in this process. The unfollows that demote
         an author come in waves, keyed by their followers and so applied side by side,
         and each one after the first finds the backfill begun."""
-        running = self._backfills.get(author_id)
-        if running is None or running.done():
-            running = asyncio.ensure_future(self._backfill(author_id))
-            self._backfills[author_id] = running
-            running.add_done_callback(functools.partial(self._backfill_ended, author_id))
-        # A waiter cancelled (its batch failed) leaves the backfill to the others.
-        await asyncio.shield(running)
-
-    def _backfill_ended(self, author_id: int, done: asyncio.Future[None]) -> None:
-        _forget(self._backfills, author_id, done)
-        if not done.cancelled() and done.exception() is not None:
-            log.warning("a demotion backfill failed: %r", done.exception(), extra={"author_id": author_id})
+        await _one_at_a_time(self._backfills, author_id, lambda: self._backfill(author_id), _log_backfill_failure)
 
     async def _edge_is(self, follower_id: int, followee_id: int, following: bool) -> bool:
         """Whether the edge is as the event says. Events of one pair can come out of order
@@ -316,12 +305,7 @@ class Fanout:
         a transaction on the same registry partition, contending until some time out. The
         others wait for the one under way (its failure is theirs)."""
         if celebrity and read_first:
-            running = self._marks.get(author_id)
-            if running is None or running.done():
-                running = asyncio.ensure_future(self._write_mark(author_id, True, True))
-                self._marks[author_id] = running
-                running.add_done_callback(functools.partial(_forget, self._marks, author_id))
-            await asyncio.shield(running)
+            await _one_at_a_time(self._marks, author_id, lambda: self._write_mark(author_id, True, True))
             return
         await self._write_mark(author_id, celebrity, read_first)
 
@@ -345,10 +329,37 @@ class Fanout:
                 return
 
 
-def _forget(running: dict[int, asyncio.Future[None]], key: int, done: asyncio.Future[None]) -> None:
-    """A single flight's done-callback: the key's entry goes, unless a newer run took it; its
-    outcome is retrieved (its waiters, all cancelled maybe, get it too)."""
+async def _one_at_a_time(
+    running: dict[int, asyncio.Future[None]],
+    key: int,
+    start: Callable[[], Awaitable[None]],
+    on_failure: Callable[[int, BaseException], None] | None = None,
+) -> None:
+    """One run of `start()` per key at a time in this process: a caller while one is under way
+    waits for it (its failure is theirs). Shielded: a waiter cancelled (its batch failed)
+    leaves the run to the others."""
+    run = running.get(key)
+    if run is None or run.done():
+        run = asyncio.ensure_future(start())
+        running[key] = run
+        run.add_done_callback(functools.partial(_ended, running, key, on_failure))
+    await asyncio.shield(run)
+
+
+def _ended(
+    running: dict[int, asyncio.Future[None]],
+    key: int,
+    on_failure: Callable[[int, BaseException], None] | None,
+    done: asyncio.Future[None],
+) -> None:
+    """The key's entry goes, unless a newer run took it; the outcome is retrieved (its
+    waiters, all cancelled maybe, may not)."""
     if running.get(key) is done:
         del running[key]
-    if not done.cancelled():
-        done.exception()
+    failure = None if done.cancelled() else done.exception()
+    if failure is not None and on_failure is not None:
+        on_failure(key, failure)
+
+
+def _log_backfill_failure(author_id: int, failure: BaseException) -> None:
+    log.warning("a demotion backfill failed: %r", failure, extra={"author_id": author_id})

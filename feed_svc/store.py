@@ -89,11 +89,11 @@ class CelebrityStore:
         # not written again (a transaction each would contend on the shard's partition),
         # and the old row is deleted only when it is there, or each would leave a
         # tombstone in the partition every registry load reads.
-        new, old = await asyncio.gather(
-            self._cql.execute(self._q["is_celebrity"], (shard, author_id)),
-            self._cql.execute(self._q["is_celebrity_old"], (author_id,)),
-        )
-        if not new or not read_first:
+        reads = [self._cql.execute(self._q["is_celebrity_old"], (author_id,))]
+        if read_first:
+            reads.append(self._cql.execute(self._q["is_celebrity"], (shard, author_id)))
+        old, *new = await asyncio.gather(*reads)
+        if not (new and new[0]):
             # Written before the old row goes, so a concurrent load never misses the author.
             await self._cql.execute(self._q["add_celebrity"], (shard, author_id))
         if old:
