@@ -55,6 +55,7 @@ from redis.exceptions import (
     MasterDownError,
     MaxConnectionsError,
     MovedError,
+    OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
@@ -269,6 +270,12 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
 POOL_EXHAUSTED = Counter(
     "chirp_redis_pool_exhausted_total",
     "Redis commands that found no connection free within the pool wait (this process saturated, not Redis down).",
+)
+
+
+REDIS_FULL = Counter(
+    "chirp_redis_full_total",
+    "Redis commands refused because Redis reached its memory limit and may not evict (the state Redis is full).",
 )
 
 
@@ -799,7 +806,7 @@ class Tolerant:
     def __init__(self, client: object = None) -> None:
         self.down_until = 0.0  # read-path calls skip Redis until then
         self.node_scoped = isinstance(client, RedisCluster)
-        self.warned_at = -RETRY_AFTER_SECONDS  # the last "unavailable" warning (node-scoped)
+        self.warned_at = -RETRY_AFTER_SECONDS  # the last warning: full, or a node unavailable
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -830,6 +837,16 @@ def tolerant(miss: Callable[[], Any] = _nothing, unavailable: str = "serving rea
             except MaxConnectionsError:
                 # This process waited for a connection in vain (PoolExhausted) or a
                 # node's pool was full: Redis itself answers, so only this call misses.
+                return miss()
+            except OutOfMemoryError as exc:
+                # A Redis that may not evict (the state Redis, infra/topology.py) is at its
+                # memory limit: it refuses writes at once and still answers reads, so only
+                # this call misses; the alert ChirpRedisFull says so.
+                REDIS_FULL.inc()
+                now = time.monotonic()
+                if now >= self.warned_at + RETRY_AFTER_SECONDS:
+                    self.warned_at = now
+                    log.warning("Redis is full and may not evict; %s: %r", unavailable, exc)
                 return miss()
             except REDIS_UNAVAILABLE_ERRORS as exc:
                 now = time.monotonic()

@@ -73,6 +73,7 @@ class CommonConfig:
     kafka_bootstrap: str
     kafka_client_rack: str  # the zone a consumer prefers to fetch from ("" = the leader)
     redis_url: str
+    redis_state_url: str  # counters and tallies: a Redis that never evicts (infra/topology.py)
     log_level: str
     drain_seconds: float
     shutdown_grace_seconds: float
@@ -123,6 +124,7 @@ def load_common(env: Mapping[str, str], service: str, default_port: int) -> Comm
         # May be empty: pods get it from their zone label, which older clusters do not set.
         kafka_client_rack=env.get("CHIRP_KAFKA_CLIENT_RACK", "").strip(),
         redis_url=env_str(env, "CHIRP_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        redis_state_url=env_str(env, "CHIRP_REDIS_STATE_URL", "redis://127.0.0.1:6390/0"),
         log_level=env_str(env, "CHIRP_LOG_LEVEL", "INFO").upper(),
         drain_seconds=env_float(env, "CHIRP_DRAIN_SECONDS", DEFAULT_DRAIN_SECONDS),
         shutdown_grace_seconds=env_float(env, "CHIRP_SHUTDOWN_GRACE_SECONDS", 10.0),

@@ -50,11 +50,12 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     ids = IdGenerator(common.instance_id)
     id_reservations = IdReservations(cql, common.instance_id, ids)
     await id_reservations.start()
-    # Not a probe: rate limits lose nothing while Redis is down (common/limits.py); blocks and
-    # mutes answer 503 then (they must invalidate the hidden-author cache, common/hidden.py),
-    # and every other call keeps working.
+    # Neither is a probe: rate limits lose nothing while their Redis is down (common/limits.py);
+    # blocks and mutes answer 503 while the cache is (they must invalidate the hidden-author
+    # cache, common/hidden.py), and every other call keeps working.
     redis = connect_redis(common.redis_url)
-    counters = RedisCounters(redis)
+    state_redis = connect_redis(common.redis_state_url)  # counters: never evicted
+    counters = RedisCounters(state_redis)
     limits = UserLimits(counters, {"follow": cfg.follow_limit, "signup": cfg.signup_limit})
     graph = Graph(
         store,
@@ -99,6 +100,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
         await id_reservations.stop()
         counts.close()
         await redis.aclose()
+        await state_redis.aclose()
         producer.close()
         # Mark what the fast path delivered while closing, and hand the relay's
         # shards over now rather than when their leases expire.

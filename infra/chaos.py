@@ -4,7 +4,7 @@ of every service and worker, then restart every component one at a time;
 afterwards check every acknowledged write.
 
     CHIRP_TOPOLOGY=cluster make up && make chaos
-    python -m infra.chaos [--rate 12] [--users 24] [--down 10] [--only cassandra,redis] [--no-rolling] [--rolling-scope all|one]
+    python -m infra.chaos [--rate 12] [--users 24] [--down 10] [--only cassandra,redis,redis_state] [--no-rolling] [--rolling-scope all|one]
 
 Set-up leaves the cluster busy for a while, so the load first runs until a
 few seconds of it are nearly all answered (at most 3 minutes; the warm-up is
@@ -122,10 +122,12 @@ def kafka_whole() -> bool:
     return True
 
 
-def redis_roles() -> dict[str, str]:
-    """Component name -> "master" or "slave", as node 1 sees the cluster (failed nodes left out)."""
+def redis_roles(kind: str = "redis") -> dict[str, str]:
+    """Component name -> "master" or "slave", as a live node of the cluster of `kind` (the
+    cache's, or the state Redis's) sees it (failed nodes left out)."""
+    nodes = {node.port: node.name for node in topology.redis_nodes(kind)}
     reply = subprocess.run(
-        ["redis-cli", "-h", topology.HOST, "-p", str(_live_redis_port()), "cluster", "nodes"],
+        ["redis-cli", "-h", topology.HOST, "-p", str(_live_redis_port(kind)), "cluster", "nodes"],
         capture_output=True,
         text=True,
         timeout=5,
@@ -137,23 +139,23 @@ def redis_roles() -> dict[str, str]:
         if len(parts) < 3 or "fail" in parts[2]:
             continue
         port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
-        role = "master" if "master" in parts[2] else "slave"
-        roles[f"redis-{port - topology.REDIS_PORT + 1}"] = role
+        roles[nodes[port]] = "master" if "master" in parts[2] else "slave"
     return roles
 
 
-def _live_redis_port() -> int:
-    for node in topology.redis_nodes():
+def _live_redis_port(kind: str) -> int:
+    nodes = topology.redis_nodes(kind)
+    for node in nodes:
         if stack._redis_ready(node.port):
             return node.port
-    return topology.REDIS_PORT
+    return nodes[0].port
 
 
-def redis_whole() -> bool:
+def redis_whole(kind: str = "redis") -> bool:
     """Every slot served, all six nodes healthy: three primaries, each with a replica."""
     try:
-        roles = redis_roles()
-        return redis_cluster.whole() and len(roles) == 6 and list(roles.values()).count("master") == 3
+        roles = redis_roles(kind)
+        return redis_cluster.whole(kind) and len(roles) == 6 and list(roles.values()).count("master") == 3
     except (OSError, subprocess.SubprocessError, ValueError):
         return False
 
@@ -177,7 +179,14 @@ def groups_whole() -> bool:
 
 
 def whole() -> bool:
-    return services_whole() and redis_whole() and kafka_whole() and cassandra_whole() and groups_whole()
+    return (
+        services_whole()
+        and redis_whole()
+        and redis_whole("redis_state")
+        and kafka_whole()
+        and cassandra_whole()
+        and groups_whole()
+    )
 
 
 async def wait_whole(check: Callable[[], bool] = whole) -> float:
@@ -193,8 +202,8 @@ async def wait_whole(check: Callable[[], bool] = whole) -> float:
 # ---- faults --------------------------------------------------------------------------
 
 
-def redis_primary() -> str:
-    return sorted(name for name, role in redis_roles().items() if role == "master")[0]
+def redis_primary(kind: str = "redis") -> str:
+    return sorted(name for name, role in redis_roles(kind).items() if role == "master")[0]
 
 
 async def kill_and_restart(names: list[str], down_s: float) -> tuple[float, float, float]:
@@ -224,7 +233,7 @@ def _redis_cli(port: int, *args: str) -> str:
 
 
 def _failover_to_replica(name: str) -> None:
-    port = topology.REDIS_PORT + int(name.rsplit("-", 1)[1]) - 1
+    port = topology.store_node(name).port
     nodes = [line.split() for line in _redis_cli(port, "cluster", "nodes").splitlines() if line.strip()]
     me = next(fields[0] for fields in nodes if "myself" in fields[2])
     replica = next(int(f[1].split("@")[0].rsplit(":", 1)[1]) for f in nodes if f[3] == me and "fail" not in f[2])
@@ -233,11 +242,12 @@ def _failover_to_replica(name: str) -> None:
 
 async def redis_handover(name: str) -> None:
     """Before a primary restarts gracefully, its replica takes over (CLUSTER FAILOVER), as an SRE would."""
-    if (await asyncio.to_thread(redis_roles)).get(name) != "master":
+    kind = topology.store_node(name).kind
+    if (await asyncio.to_thread(redis_roles, kind)).get(name) != "master":
         return
     await asyncio.to_thread(_failover_to_replica, name)
     deadline = time.monotonic() + 30
-    while (await asyncio.to_thread(redis_roles)).get(name) != "slave":
+    while (await asyncio.to_thread(redis_roles, kind)).get(name) != "slave":
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name}'s replica did not take over")
         await asyncio.sleep(0.2)
@@ -249,7 +259,7 @@ async def rolling_restart(names: list[str]) -> tuple[float, float, float]:
     started = time.monotonic()
     slowest_start = slowest_whole = 0.0
     for name in names:
-        if name.startswith("redis-"):
+        if name.startswith(("redis-", "redis_state-")):
             await redis_handover(name)
         await asyncio.to_thread(stack.stop, name)
         restarted_at = time.monotonic()
@@ -395,6 +405,9 @@ async def run(args: argparse.Namespace) -> int:
         if chosen("redis"):
             primary = redis_primary()
             await suite.fault(f"SIGKILL Redis primary ({primary})", lambda: kill_and_restart([primary], args.down))
+        if chosen("redis_state"):
+            state = redis_primary("redis_state")
+            await suite.fault(f"SIGKILL state Redis primary ({state})", lambda: kill_and_restart([state], args.down))
         if chosen("services"):
             victims = [topology.instances(svc)[-1].name for svc in (*topology.SERVICES, *topology.WORKERS)]
             await suite.fault(
@@ -567,7 +580,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=float(os.environ.get("CHAOS_RATE", "12")))
     parser.add_argument("--users", type=int, default=24)
     parser.add_argument("--down", type=float, default=10.0, help="seconds each killed component stays down")
-    parser.add_argument("--only", default="", help="comma-separated subset of cassandra,kafka,redis,services")
+    parser.add_argument(
+        "--only", default="", help="comma-separated subset of cassandra,kafka,redis,redis_state,services"
+    )
     parser.add_argument("--no-rolling", dest="rolling", action="store_false")
     parser.add_argument(
         "--rolling-scope",

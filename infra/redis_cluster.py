@@ -1,7 +1,10 @@
 """Join the local Redis nodes into one Redis Cluster (3 primaries, 3 replicas).
 
-    python -m infra.redis_cluster create   # once; a no-op when already joined
-    python -m infra.redis_cluster wait     # until every slot is served
+    python -m infra.redis_cluster create [redis_state]   # once; a no-op when already joined
+    python -m infra.redis_cluster wait [redis_state]     # until every slot is served
+
+Without an argument, the cache's cluster; with "redis_state", the state Redis's
+(infra/topology.py).
 
 Nodes remember the cluster in their nodes.conf, so a restarted node rejoins by
 itself; `create` only acts on nodes that know no cluster yet.
@@ -31,18 +34,19 @@ def cluster_info(port: int) -> dict[str, str]:
     return {key: value for key, value in fields}
 
 
-def whole() -> bool:
+def whole(kind: str = "redis") -> bool:
     """Every slot assigned and served, and every node known, as node 1 sees it."""
-    info = cluster_info(topology.redis_nodes()[0].port)
+    nodes = topology.redis_nodes(kind)
+    info = cluster_info(nodes[0].port)
     return (
         info.get("cluster_state") == "ok"
         and info.get("cluster_slots_ok") == str(SLOTS)
-        and info.get("cluster_known_nodes") == str(len(topology.redis_nodes()))
+        and info.get("cluster_known_nodes") == str(len(nodes))
     )
 
 
-def create() -> int:
-    nodes = topology.redis_nodes()
+def create(kind: str = "redis") -> int:
+    nodes = topology.redis_nodes(kind)
     if int(cluster_info(nodes[0].port).get("cluster_known_nodes", "1")) == 1:
         subprocess.run(
             [
@@ -57,25 +61,28 @@ def create() -> int:
             check=True,
             timeout=60,
         )
-    return wait()
+    return wait(kind)
 
 
-def wait() -> int:
+def wait(kind: str = "redis") -> int:
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
-        if whole():
+        if whole(kind):
             return 0
         time.sleep(0.5)
-    print(f"the Redis Cluster is not whole after {WAIT_SECONDS:.0f}s: {cluster_info(topology.redis_nodes()[0].port)}")
+    print(
+        f"the Redis Cluster is not whole after {WAIT_SECONDS:.0f}s: {cluster_info(topology.redis_nodes(kind)[0].port)}"
+    )
     return 1
 
 
 def main() -> int:
     commands = {"create": create, "wait": wait}
-    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+    kinds = ("redis", "redis_state")
+    if len(sys.argv) not in (2, 3) or sys.argv[1] not in commands or sys.argv[2:3] not in ([], *([k] for k in kinds)):
         print(__doc__, file=sys.stderr)
         return 2
-    return commands[sys.argv[1]]()
+    return commands[sys.argv[1]](*sys.argv[2:3])
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ RUN, LOGS, CONF, KEYS = STATE / "run", STATE / "logs", STATE / "conf", STATE / "
 PYTHON = sys.executable
 VENV_BIN = Path(sys.executable).parent
 
-INFRA_KINDS = ("redis", "cassandra", "kafka")
+INFRA_KINDS = ("redis", "redis_state", "cassandra", "kafka")
 EDGE = ("edge_sidecar", "envoy", "prometheus")  # stopped first, by `down`
 STORE_STOP_TIMEOUT = 60.0  # a Cassandra node or Kafka broker shutting down cleanly
 KILL_WAIT_S = 30.0  # a SIGKILLed process is gone long before this
@@ -169,6 +169,7 @@ def _service_env() -> dict[str, str]:
         "CHIRP_CQL_HOSTS": ",".join(topology.cql_hosts()),
         "CHIRP_KAFKA_BOOTSTRAP": topology.kafka_bootstrap(),
         "CHIRP_REDIS_URL": topology.redis_url(),
+        "CHIRP_REDIS_STATE_URL": topology.state_redis_url(),
     }
     for svc in topology.SERVICES:
         targets = ",".join(f"{topology.HOST}:{inst.port}" for inst in topology.instances(svc))
@@ -274,7 +275,7 @@ def _store_components() -> list[Component]:
     redis_clustered = len(topology.redis_nodes()) > 1
     comps = []
     for node in nodes:
-        if node.kind == "redis":
+        if node.kind in ("redis", "redis_state"):
             comps.append(
                 Component(
                     name=node.name,
@@ -282,7 +283,7 @@ def _store_components() -> list[Component]:
                     ready=functools.partial(_redis_ready, node.port),
                     timeout=20,
                     # A changed config file restarts the server (it reloads its RDB snapshot).
-                    fingerprint=_redis_fingerprint(redis_clustered),
+                    fingerprint=_redis_fingerprint(node, redis_clustered),
                     where=node.address,
                 )
             )
@@ -336,8 +337,15 @@ def _redis_conf(clustered: bool) -> Path:
     return ROOT / "infra" / "redis" / ("redis-cluster.conf" if clustered else "redis.conf")
 
 
-def _redis_fingerprint(clustered: bool) -> str:
-    return hashlib.sha256(_redis_conf(clustered).read_bytes()).hexdigest()[:16]
+# The state Redis (infra/topology.py) is the cache's configuration with these last, so
+# they win: it never evicts (a write past the limit is refused), and its counters are
+# small, so a lower limit is reached only by a flood of subjects.
+STATE_REDIS_SETTINGS = ("--maxmemory-policy", "noeviction", "--maxmemory", "256mb")
+
+
+def _redis_fingerprint(node: topology.StoreNode, clustered: bool) -> str:
+    settings = " ".join(STATE_REDIS_SETTINGS if node.kind == "redis_state" else ()).encode()
+    return hashlib.sha256(_redis_conf(clustered).read_bytes() + settings).hexdigest()[:16]
 
 
 def _redis_argv(node: topology.StoreNode, clustered: bool) -> list[str]:
@@ -348,6 +356,7 @@ def _redis_argv(node: topology.StoreNode, clustered: bool) -> list[str]:
         str(_data(node.name)),
         "--port",
         str(node.port),
+        *(STATE_REDIS_SETTINGS if node.kind == "redis_state" else ()),
     ]
 
 
@@ -582,6 +591,7 @@ def _start_all(comps: list[Component]) -> None:
 def _prepare_stores() -> None:
     if len(topology.redis_nodes()) > 1:
         _run_step("redis-cluster", [PYTHON, "-m", "infra.redis_cluster", "create"])
+        _run_step("redis-state-cluster", [PYTHON, "-m", "infra.redis_cluster", "create", "redis_state"])
     hosts = ",".join(topology.cql_hosts())
     _run_step("migrate", [PYTHON, "-m", "infra.migrate", "--hosts", hosts, "--replication", topology.cql_replication()])
     _run_step("topics", [PYTHON, "-m", "infra.topics"])

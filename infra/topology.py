@@ -4,11 +4,18 @@ nodes come from.
 Two topologies, chosen by CHIRP_TOPOLOGY when the stack is brought up and
 recorded in .state/topology so later commands (down, status, tests) follow it:
 
-- ``single`` (default): one Cassandra, one Kafka, one Redis on 127.0.0.1.
+- ``single`` (default): one Cassandra, one Kafka, one Redis on 127.0.0.1, and
+  one state Redis (below) on 127.0.0.1:6390.
 - ``cluster``: three Cassandra nodes on 127.0.0.1/.2/.3 (keyspace at
   NetworkTopologyStrategy RF 3), three Kafka nodes in KRaft (each broker and
   controller) on the same three addresses (topics at RF 3, min.insync.replicas
-  2), and a Redis Cluster of 3 primaries and 3 replicas on 127.0.0.1:6379-6384.
+  2), a Redis Cluster of 3 primaries and 3 replicas on 127.0.0.1:6379-6384, and
+  a state Redis Cluster laid out the same on 127.0.0.1:6390-6395.
+
+Two Redis stores: the cache (timelines, tweet and list caches: evicts the
+least recently used key when full) and the state Redis (rate-limit and login
+counters, trending tallies: never evicts; a write that would pass its memory
+limit is refused instead), since a counter evicted alone is lost silently.
 
 Only one topology runs at a time: the first cluster node uses the single
 node's addresses and ports.
@@ -31,6 +38,7 @@ CASSANDRA_STORAGE_PORT = 7000
 KAFKA_PORT = 9092
 KAFKA_CONTROLLER_PORT = 9093
 REDIS_PORT = 6379
+STATE_REDIS_PORT = 6390  # the state Redis (below): 6390-6395 on the cluster topology
 METRICS_OFFSET = 1000  # an instance's /metrics port is its gRPC port + 1000
 
 SINGLE, CLUSTER = "single", "cluster"
@@ -86,7 +94,7 @@ class Instance:
 class StoreNode:
     """One process of a store: a Cassandra node, a Kafka node or a Redis node."""
 
-    kind: str  # cassandra | kafka | redis
+    kind: str  # cassandra | kafka | redis | redis_state
     name: str  # component name: "cassandra" alone, "cassandra-2" in a cluster
     host: str
     port: int
@@ -165,14 +173,24 @@ def kafka_nodes() -> list[StoreNode]:
     return [StoreNode("kafka", f"kafka-{i}", h, KAFKA_PORT, i) for i, h in enumerate(CLUSTER_HOSTS, 1)]
 
 
-def redis_nodes() -> list[StoreNode]:
+def redis_nodes(kind: str = "redis") -> list[StoreNode]:
+    """The cache Redis's nodes, or the state Redis's (kind "redis_state")."""
+    port = STATE_REDIS_PORT if kind == "redis_state" else REDIS_PORT
     if not is_cluster():
-        return [StoreNode("redis", "redis", HOST, REDIS_PORT, 1)]
-    return [StoreNode("redis", f"redis-{i}", HOST, REDIS_PORT + i - 1, i) for i in range(1, REDIS_CLUSTER_NODES + 1)]
+        return [StoreNode(kind, kind, HOST, port, 1)]
+    return [StoreNode(kind, f"{kind}-{i}", HOST, port + i - 1, i) for i in range(1, REDIS_CLUSTER_NODES + 1)]
+
+
+def state_redis_nodes() -> list[StoreNode]:
+    return redis_nodes("redis_state")
 
 
 def store_nodes() -> list[StoreNode]:
-    return [*redis_nodes(), *cassandra_nodes(), *kafka_nodes()]
+    return [*redis_nodes(), *state_redis_nodes(), *cassandra_nodes(), *kafka_nodes()]
+
+
+def store_node(name: str) -> StoreNode:
+    return next(node for node in store_nodes() if node.name == name)
 
 
 def cql_hosts() -> list[str]:
@@ -183,12 +201,16 @@ def kafka_bootstrap() -> str:
     return ",".join(node.address for node in kafka_nodes())
 
 
-def redis_url() -> str:
+def redis_url(kind: str = "redis") -> str:
     """One URL for a standalone Redis; a comma-separated list of nodes means a Redis Cluster."""
-    nodes = redis_nodes()
+    nodes = redis_nodes(kind)
     if len(nodes) == 1:
         return f"redis://{nodes[0].address}/0"
     return ",".join(f"redis://{node.address}" for node in nodes)
+
+
+def state_redis_url() -> str:
+    return redis_url("redis_state")
 
 
 def _env_int(name: str, default: int, minimum: int) -> int:

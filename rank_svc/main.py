@@ -19,7 +19,10 @@ from rank_svc.store import TrendingStore, TweetCacheReader
 
 async def run(cfg: rank_config.RankConfig) -> None:
     redis = connect_redis(cfg.common.redis_url)
-    store = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours)
+    # The tallies and the computed list are in the state Redis (never evicted); tweets and
+    # hidden-author sets in the cache.
+    state_redis = connect_redis(cfg.common.redis_state_url)
+    store = TrendingStore(state_redis, cfg.window_hours, cfg.half_life_hours)
     cache = TweetCacheReader(redis)
     trending = TrendingCopy(
         with_current_state(store.load, cache.tweets), min(READ_REFRESH_SECONDS, cfg.interval_seconds)
@@ -40,11 +43,12 @@ async def run(cfg: rank_config.RankConfig) -> None:
 
     async def serving() -> bool:
         # With a copy to serve, a Redis outage does not stop this instance.
-        return trending.has_copy() or await redis_ping(redis)
+        return trending.has_copy() or await redis_ping(state_redis)
 
     async def close() -> None:
         await peers.close()
         await redis.aclose()
+        await state_redis.aclose()
 
     await serve(
         cfg.common,

@@ -29,7 +29,7 @@ BATCH_WAIT_SECONDS = 0.2
 
 async def run(cfg: rank_config.RankConfig) -> None:
     common = cfg.common
-    redis = connect_redis(common.redis_url)
+    redis = connect_redis(common.redis_state_url)  # the tallies: never evicted
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
     store = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours)
     ranker = Ranker(store, peers.batch_tweets, peers.users, cfg.follower_weight)

@@ -31,6 +31,7 @@ KAFKA = topology.kafka_bootstrap()
 
 EDGE_URL = f"http://{topology.HOST}:{topology.EDGE_PORT}"
 REDIS_URL = topology.redis_url()
+STATE_REDIS_URL = topology.state_redis_url()  # counters and tallies: never evicted
 # `make test` starts the stack with these (see TEST_ENV in the Makefile).
 CELEBRITY_THRESHOLD = int(os.environ.get("CHIRP_CELEBRITY_THRESHOLD", "10000"))
 CELEBRITY_DEMOTE_BELOW = int(os.environ.get("CHIRP_CELEBRITY_DEMOTE_BELOW", "9000"))
@@ -58,13 +59,23 @@ async def redis() -> AsyncIterator[RedisClient]:
     await client.aclose()
 
 
-@pytest.fixture(scope="module")
-def rds() -> Iterator[Redis]:
-    """A synchronous client of the stack's standalone Redis, for tests that look at keys directly."""
-    client = Redis.from_url(REDIS_URL, decode_responses=True)
+def _sync_client(url: str) -> Iterator[Redis]:
+    client = Redis.from_url(url, decode_responses=True)
     client.ping()  # raises (fails the test) when Redis is down
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def rds() -> Iterator[Redis]:
+    """A synchronous client of the stack's standalone Redis, for tests that look at keys directly."""
+    yield from _sync_client(REDIS_URL)
+
+
+@pytest.fixture(scope="module")
+def state_rds() -> Iterator[Redis]:
+    """The same, of the stack's standalone state Redis (rate-limit counters, trending tallies)."""
+    yield from _sync_client(STATE_REDIS_URL)
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     await id_reservations.start()
     peers = Peers(graph_target=cfg.graph_target)
     redis = connect_redis(common.redis_url)
+    state_redis = connect_redis(common.redis_state_url)  # counters: never evicted
     cache = TweetCache(
         redis,
         cfg.tweet_cache_seconds,
@@ -60,7 +61,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
         Usernames(peers.username),
         ids,
         page_tokens=page_tokens,
-        limits=UserLimits(RedisCounters(redis), {"post": cfg.post_limit, "like": cfg.like_limit}),
+        limits=UserLimits(RedisCounters(state_redis), {"post": cfg.post_limit, "like": cfg.like_limit}),
         relations=peers.relations,
     )
 
@@ -73,6 +74,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
         await id_reservations.stop()
         await peers.close()
         await redis.aclose()
+        await state_redis.aclose()
         producer.close()
         # Mark what the fast path delivered while closing, and hand the relay's
         # shards over now rather than when their leases expire.

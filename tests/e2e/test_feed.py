@@ -29,6 +29,7 @@ from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, group_offsets
 from common.keys import feed_key, tweet_key
 from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
 from infra import topology
+from rank_svc.store import TrendingKeys
 from tests.conftest import (
     CELEBRITY_DEMOTE_BELOW,
     CELEBRITY_THRESHOLD,
@@ -559,6 +560,24 @@ def test_trending_ranks_by_likes_and_drops_deleted_tweets(edge: httpx.Client) ->
     eventually(lambda: no_rank_copy_has(hot["tweet_id"]), bool, "a deleted tweet stayed in trending", TRENDING_DEADLINE)
     for _ in range(4):
         assert hot["tweet_id"] not in [t["tweet_id"] for t in trending(edge, limit=100)]
+
+
+def test_trending_tallies_are_in_the_state_redis_and_outlive_a_cache_flush(
+    edge: httpx.Client, rds: redis.Redis, state_rds: redis.Redis
+) -> None:
+    """The tallies are state, not a cache: they are kept by the state Redis, which never
+    evicts, so neither an eviction nor a flush of the cache can drop one tweet's likers
+    alone (a later unlike would then go uncounted)."""
+    author, *likers = new_accounts(edge, 3, "ts")
+    tweet = post_tweet(edge, author, "tallied")
+    for liker in likers:
+        like(edge, liker, tweet["tweet_id"])
+    key = TrendingKeys().likers(int(tweet["tweet_id"]))
+    eventually(lambda: state_rds.hlen(key), lambda n: n == 2, "the likes were never folded", TRENDING_DEADLINE)
+    assert not rds.exists(key)
+    assert state_rds.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    assert rds.flushall() is True
+    assert sorted(state_rds.hkeys(key)) == sorted(str(liker.user_id) for liker in likers)
 
 
 def test_trending_limits(edge: httpx.Client) -> None:

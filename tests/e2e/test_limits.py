@@ -1,6 +1,6 @@
 """Rate limits through Envoy, as a client meets them: failed logins lock an account
 (known or not) with 429 and a Retry-After header, and a user posting past their
-limit gets the same. Counters live in shared Redis, so they hold whichever
+limit gets the same. Counters live in the shared state Redis, so they hold whichever
 instance answers. Guessing from one client address does not lock the owner out
 from another: shown through a private edge that believes one proxy hop of
 X-Forwarded-For (the shared edge sees every test at 127.0.0.1). Addresses are
@@ -16,7 +16,10 @@ from dataclasses import replace
 
 import httpx
 import pytest
+import redis
 
+from common.keys import limit_key
+from common.limits import account_subject
 from tests.conftest import unique_name
 from tests.e2e.test_users import assert_error
 from tests.edge import private_edge, render
@@ -88,6 +91,20 @@ def test_an_unknown_username_is_locked_exactly_like_a_real_one(edge: httpx.Clien
     for body in (real, unknown):
         body["details"] = [d for d in body["details"] if not d["@type"].endswith("RetryInfo")]
     assert real == unknown
+
+
+def test_a_lockout_outlives_a_flush_of_the_cache_redis(
+    edge: httpx.Client, rds: redis.Redis, state_rds: redis.Redis
+) -> None:
+    """Failed logins are counted in the state Redis, which never evicts: no eviction or
+    flush of the cache gives a password guesser a fresh allowance."""
+    name = sign_up(edge)
+    locked_out(edge, name)
+    key = limit_key("login_account", account_subject(name))
+    assert int(state_rds.get(key) or 0) == LOGIN_FAILURES
+    assert not rds.exists(key)
+    assert rds.flushall() is True
+    assert_error(login(edge, name, PASSWORD), 429, 8)
 
 
 def test_posting_past_the_per_user_limit_is_429_with_retry_after(edge: httpx.Client) -> None:

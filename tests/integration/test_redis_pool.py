@@ -20,7 +20,7 @@ import asyncio
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ class Probe(Tolerant):
 
 
 class Server:
-    def __init__(self, port: int, directory: Path, cluster: bool = False) -> None:
+    def __init__(self, port: int, directory: Path, cluster: bool = False, settings: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: this test starts its own")
@@ -83,6 +83,7 @@ class Server:
         ]
         if cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf"]
+        args += settings
         self.port = port
         self.log = (directory / f"redis-{port}.log").open("wb")
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)

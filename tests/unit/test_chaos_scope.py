@@ -20,4 +20,4 @@ def test_rolling_order_by_scope(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [n for n in every if n in one] == one  # same order: stores first
     kinds = {n.rsplit("-", 1)[0] for n in every}
     assert sorted(n.rsplit("-", 1)[0] for n in one) == sorted(kinds)
-    assert {"cassandra", "kafka", "redis", "feed_svc", "fanout_worker"} <= kinds
+    assert {"cassandra", "kafka", "redis", "redis_state", "feed_svc", "fanout_worker"} <= kinds

@@ -9,8 +9,11 @@ PDB per workload, headless Services for per-request balancing, settings that
 the services' own config loaders accept, Envoy's config generated from
 envoy/render.py (and accepted by `envoy --mode validate`), and stores laid out
 across three zones: Scylla racks (RF 3, LOCAL_QUORUM), Kafka rack awareness
-(RF 3, min ISR 2), a Redis Cluster of 3 primaries and 3 replicas (its
-membership script run against a fake redis-cli).
+(RF 3, min ISR 2), and two Redis Clusters of 3 primaries and 3 replicas each
+(their membership script run against a fake redis-cli): the cache
+(allkeys-lru) and the state Redis for counters and tallies (noeviction, its
+own URL setting), generated from the cache's manifest by
+infra/k8s_redis_state.py, neither selecting the other's pods.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -36,7 +40,7 @@ from common.server import LIVENESS_SERVICE
 from common.worker import IDLE_WAIT_SECONDS
 from feed_svc import config as feed_config
 from graph_svc import config as graph_config
-from infra import keys, topology
+from infra import k8s_redis_state, keys, topology
 from rank_svc import config as rank_config
 from tweet_svc import config as tweet_config
 
@@ -448,74 +452,121 @@ def test_likes_outlive_the_trending_window_the_rank_worker_replays() -> None:
     assert "log.retention.bytes" not in KAFKA_CONFIG
 
 
-REDIS_CONFIG: dict[str, str] = _one("ConfigMap", "redis-cluster")["data"]
-REDIS_SETS = [
-    o
-    for o in OBJECTS
-    if o["kind"] == "StatefulSet" and o["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "redis"
-]
-REDIS_PODS: dict[str, Obj] = {
-    f"{s['metadata']['name']}-{i}": s for s in REDIS_SETS for i in range(s["spec"]["replicas"])
-}
+@dataclass(frozen=True)
+class RedisStore:
+    """One Redis Cluster of the manifests: the cache, or the state Redis (counters and tallies)."""
+
+    name: str  # app.kubernetes.io/name of its pods, and its PDB's and NetworkPolicy's name
+    configmap: str  # redis.conf, shards, cluster.sh
+    headless: str
+    job: str  # joins the nodes (cluster.sh create)
+    url_setting: str  # the CHIRP_* setting that lists its nodes
+    url_field: str  # the same in CommonConfig
+    file: str  # under k8s/
+
+    def config(self) -> dict[str, str]:
+        data: dict[str, str] = _one("ConfigMap", self.configmap)["data"]
+        return data
+
+    def sets(self) -> list[Obj]:
+        return [
+            o
+            for o in OBJECTS
+            if o["kind"] == "StatefulSet"
+            and o["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == self.name
+        ]
+
+    def pods(self) -> dict[str, Obj]:
+        return {f"{s['metadata']['name']}-{i}": s for s in self.sets() for i in range(s["spec"]["replicas"])}
+
+    def conf(self) -> dict[str, str]:
+        lines = (line.split(None, 1) for line in self.config()["redis.conf"].splitlines())
+        return {words[0]: words[1] for words in lines if len(words) == 2 and not words[0].startswith("#")}
+
+    def shards(self) -> list[tuple[str, str]]:
+        """cluster.sh's shards: (first primary, its replica), as host:port."""
+        lines = [line.split() for line in self.config()["shards"].splitlines() if line.strip() and line[0] != "#"]
+        assert all(len(words) == 2 for words in lines)
+        return [(words[0], words[1]) for words in lines]
+
+    def pod_at(self, address: str) -> str:
+        """The pod a host:port of the shards file or the URL setting names."""
+        (headless,) = {s["spec"]["serviceName"] for s in self.sets()}
+        match = re.fullmatch(rf"([a-z0-9-]+)\.{re.escape(_fqdn(headless))}:(\d+)", address)
+        assert match, address
+        pod = match.group(1)
+        assert int(match.group(2)) == _ports(_main_container(self.pods()[pod]))["redis"]
+        return pod
+
+    def zone(self, pod: str) -> str:
+        return _zone_of(self.pods()[pod]["spec"]["template"]["spec"]["affinity"])
+
+    def pod_labels(self) -> list[Mapping[str, str]]:
+        return [s["spec"]["template"]["metadata"]["labels"] for s in self.sets()]
 
 
-def _redis_conf() -> dict[str, str]:
-    lines = (line.split(None, 1) for line in REDIS_CONFIG["redis.conf"].splitlines())
-    return {words[0]: words[1] for words in lines if len(words) == 2 and not words[0].startswith("#")}
+CACHE_REDIS = RedisStore(
+    name="redis",
+    configmap="redis-cluster",
+    headless="redis-headless",
+    job="redis-cluster-create",
+    url_setting="CHIRP_REDIS_URL",
+    url_field="redis_url",
+    file="stores/redis.yaml",
+)
+# Rate-limit and login counters, trending tallies: never evicted (common/config.py redis_state_url).
+STATE_REDIS = RedisStore(
+    name="redis-state",
+    configmap="redis-state-cluster",
+    headless="redis-state-headless",
+    job="redis-state-cluster-create",
+    url_setting="CHIRP_REDIS_STATE_URL",
+    url_field="redis_state_url",
+    file="stores/redis-state.yaml",
+)
+REDIS_STORES = [CACHE_REDIS, STATE_REDIS]
+redis_stores = pytest.mark.parametrize("store", REDIS_STORES, ids=lambda s: s.name)
 
 
-def _redis_shards() -> list[tuple[str, str]]:
-    """cluster.sh's shards: (first primary, its replica), as host:port."""
-    lines = [line.split() for line in REDIS_CONFIG["shards"].splitlines() if line.strip() and line[0] != "#"]
-    assert all(len(words) == 2 for words in lines)
-    return [(words[0], words[1]) for words in lines]
+def _other(store: RedisStore) -> RedisStore:
+    (other,) = [s for s in REDIS_STORES if s is not store]
+    return other
 
 
-def _redis_pod_at(address: str) -> str:
-    """The pod a host:port of the shards file or CHIRP_REDIS_URL names."""
-    (headless,) = {s["spec"]["serviceName"] for s in REDIS_SETS}
-    match = re.fullmatch(rf"([a-z0-9-]+)\.{re.escape(_fqdn(headless))}:(\d+)", address)
-    assert match, address
-    pod = match.group(1)
-    assert int(match.group(2)) == _ports(_main_container(REDIS_PODS[pod]))["redis"]
-    return pod
-
-
-def _redis_zone(pod: str) -> str:
-    return _zone_of(REDIS_PODS[pod]["spec"]["template"]["spec"]["affinity"])
-
-
-def test_redis_cluster_has_three_primaries_and_three_replicas_in_three_zones() -> None:
-    assert len(REDIS_PODS) == 6
-    conf = _redis_conf()
+@redis_stores
+def test_redis_cluster_has_three_primaries_and_three_replicas_in_three_zones(store: RedisStore) -> None:
+    pods = store.pods()
+    assert len(pods) == 6
+    conf = store.conf()
     assert conf["cluster-enabled"] == "yes"
     # nodes.conf (the node's identity in the cluster) on the pod's volume.
     assert not conf["cluster-config-file"].startswith("/")
-    for redis in REDIS_SETS:
+    for redis in store.sets():
         template = redis["spec"]["template"]
         (data,) = [m for m in _main_container(redis)["volumeMounts"] if m["mountPath"] == conf["dir"]]
         assert data["name"] in {c["metadata"]["name"] for c in redis["spec"]["volumeClaimTemplates"]}
-        assert redis["spec"]["serviceName"] == "redis-headless"
+        assert redis["spec"]["serviceName"] == store.headless
         assert _selects(redis["spec"]["selector"], template["metadata"]["labels"])
     # The same three zones as the Scylla racks, two nodes in each.
-    zones = [_redis_zone(pod) for pod in REDIS_PODS]
+    zones = [store.zone(pod) for pod in pods]
     assert sorted(zones) == sorted(SCYLLA_ZONES * 2)
-    shards = _redis_shards()
+    shards = store.shards()
     assert len(shards) == 3
-    members = [_redis_pod_at(node) for shard in shards for node in shard]
-    assert sorted(members) == sorted(REDIS_PODS), "every node in exactly one shard"
+    members = [store.pod_at(node) for shard in shards for node in shard]
+    assert sorted(members) == sorted(pods), "every node in exactly one shard"
     for primary, replica in shards:
-        assert _redis_zone(_redis_pod_at(primary)) != _redis_zone(_redis_pod_at(replica))
+        assert store.zone(store.pod_at(primary)) != store.zone(store.pod_at(replica))
     # One first primary per zone: losing a zone leaves 2 of 3 primaries, the majority a failover needs.
-    assert len({_redis_zone(_redis_pod_at(primary)) for primary, _ in shards}) == 3
+    assert len({store.zone(store.pod_at(primary)) for primary, _ in shards}) == 3
 
 
-def test_redis_nodes_are_reachable_by_name_from_chirp_and_each_other() -> None:
-    service = _one("Service", "redis-headless")
+@redis_stores
+def test_redis_nodes_are_reachable_by_name_from_chirp_and_each_other(store: RedisStore) -> None:
+    service = _one("Service", store.headless)
     assert service["spec"]["clusterIP"] == "None"
     # Nodes look each other up before they are ready.
     assert service["spec"]["publishNotReadyAddresses"] is True
-    for redis in REDIS_SETS:
+    for redis in store.sets():
         labels = redis["spec"]["template"]["metadata"]["labels"]
         assert _selects({"matchLabels": service["spec"]["selector"]}, labels)
         container = _main_container(redis)
@@ -525,52 +576,164 @@ def test_redis_nodes_are_reachable_by_name_from_chirp_and_each_other() -> None:
         env = _container_env(container, labels) | {"POD_NAME": f"{redis['metadata']['name']}-0"}
         command = [_expand(word, env) for word in container["command"]]
         announced = command[command.index("--cluster-announce-hostname") + 1]
-        assert _redis_pod_at(f"{announced}:{_ports(container)['redis']}") == env["POD_NAME"]
-    assert _redis_conf()["cluster-preferred-endpoint-type"] == "hostname"
-    policy = _one("NetworkPolicy", "redis")
+        assert store.pod_at(f"{announced}:{_ports(container)['redis']}") == env["POD_NAME"]
+    assert store.conf()["cluster-preferred-endpoint-type"] == "hostname"
+    policy = _one("NetworkPolicy", store.name)
     rules = {(p["port"], json.dumps(r["from"], sort_keys=True)) for r in policy["spec"]["ingress"] for p in r["ports"]}
     from_chirp = json.dumps([{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "chirp"}}}], sort_keys=True)
-    from_redis = json.dumps([{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis"}}}], sort_keys=True)
-    assert rules == {("redis", from_chirp), ("cluster-bus", from_redis)}
+    from_own = json.dumps([{"podSelector": {"matchLabels": {"app.kubernetes.io/name": store.name}}}], sort_keys=True)
+    assert rules == {("redis", from_chirp), ("cluster-bus", from_own)}
+    # As the policies add up: every Chirp pod (and the Job) reaches the redis port, no one
+    # else; the cluster bus only from this cluster's nodes, not from the other cluster's.
+    chirp = [labels for labels in _pod_labels().values() if labels.get("app.kubernetes.io/part-of") == "chirp"]
+    chirp.append(_one("Job", store.job)["spec"]["template"]["metadata"]["labels"])
+    for target in store.pod_labels():
+        assert all(_reaches(source, target, "redis") for source in chirp)
+        assert not _reaches(None, target, "redis")
+        assert not _reaches({"app.kubernetes.io/name": "intruder"}, target, "redis")
+        assert all(_reaches(source, target, "cluster-bus") for source in store.pod_labels())
+        assert not any(_reaches(source, target, "cluster-bus") for source in _other(store).pod_labels())
+        assert not any(_reaches(source, target, "cluster-bus") for source in chirp if source not in store.pod_labels())
 
 
-def test_redis_url_lists_every_node_so_clients_speak_cluster() -> None:
-    url = CONFIG["CHIRP_REDIS_URL"]
+@redis_stores
+def test_redis_url_lists_every_node_so_clients_speak_cluster(store: RedisStore) -> None:
+    url = CONFIG[store.url_setting]
     # Several nodes make connect_redis build the cluster client (it connects on first use).
     assert isinstance(cache.connect_redis(url), RedisCluster)
-    nodes = [_redis_pod_at(f"{host}:{port}") for host, port in cache.cluster_nodes(url)]
-    assert sorted(nodes) == sorted(REDIS_PODS)
-    assert graph_config.load(CONFIG).common.redis_url == url
+    nodes = [store.pod_at(f"{host}:{port}") for host, port in cache.cluster_nodes(url)]
+    assert sorted(nodes) == sorted(store.pods())
+    # Every service's loader takes it as this cluster's URL.
+    for load in CONFIG_LOADERS.values():
+        assert getattr(load(CONFIG).common, store.url_field) == url
 
 
-def test_redis_disruption_budget_takes_one_node_at_a_time() -> None:
-    for redis in REDIS_SETS:
+def test_the_cache_and_the_state_redis_are_apart() -> None:
+    cache_url, state_url = CONFIG["CHIRP_REDIS_URL"], CONFIG["CHIRP_REDIS_STATE_URL"]
+    assert not set(cache.cluster_nodes(cache_url)) & set(cache.cluster_nodes(state_url))
+    common = graph_config.load(CONFIG).common
+    assert common.redis_url == cache_url
+    assert common.redis_state_url == state_url
+
+
+def test_only_the_cache_redis_evicts() -> None:
+    """The cache makes room by evicting the least recently used key; the state Redis must not
+    (an evicted counter or tally is lost silently): at its limit it refuses the write."""
+    assert {s.name: s.conf()["maxmemory-policy"] for s in REDIS_STORES} == {
+        "redis": "allkeys-lru",
+        "redis-state": "noeviction",
+    }
+
+
+def _selectors(obj: Obj) -> Iterator[Obj]:
+    """The pod selectors of a Redis object: whom it serves, owns, budgets, spreads apart or admits."""
+    spec = obj["spec"]
+    if obj["kind"] == "Service":
+        yield {"matchLabels": spec["selector"]}
+    elif obj["kind"] == "PodDisruptionBudget":
+        yield spec["selector"]
+    elif obj["kind"] == "StatefulSet":
+        yield spec["selector"]
+        anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+        for term in anti.get("requiredDuringSchedulingIgnoredDuringExecution", []):
+            yield term["labelSelector"]
+        for weighted in anti.get("preferredDuringSchedulingIgnoredDuringExecution", []):
+            yield weighted["podAffinityTerm"]["labelSelector"]
+    elif obj["kind"] == "NetworkPolicy":
+        yield spec["podSelector"]
+        for rule in spec["ingress"]:
+            if "cluster-bus" in {p["port"] for p in rule["ports"]}:
+                yield from (peer["podSelector"] for peer in rule["from"])
+
+
+@redis_stores
+def test_redis_cluster_objects_select_only_their_own_pods(store: RedisStore) -> None:
+    """The two clusters share a layout but nothing else: a Service, PDB, anti-affinity or
+    NetworkPolicy of one that selected the other's pods would mix their nodes."""
+    own = [doc for doc in yaml.safe_load_all((K8S / store.file).read_text()) if doc is not None]
+    assert {o["metadata"]["name"] for o in own if o["kind"] == "StatefulSet"} == {
+        s["metadata"]["name"] for s in store.sets()
+    }
+    objects = [o for o in own if o["kind"] in {"Service", "PodDisruptionBudget", "StatefulSet"}]
+    objects.append(_one("NetworkPolicy", store.name))
+    selectors = [(o, s) for o in objects for s in _selectors(o)]
+    # A headless Service, a PDB, two per StatefulSet (its own, anti-affinity), two of the policy.
+    assert len(selectors) == 1 + 1 + 2 * len(store.sets()) + 2
+    for obj, selector in selectors:
+        assert any(_matches(selector, labels) for labels in store.pod_labels()), _id(obj)
+        assert not any(_matches(selector, labels) for labels in _other(store).pod_labels()), _id(obj)
+    # No object name in common: kind/name is unique over the whole kustomization as well.
+    other_file = [doc for doc in yaml.safe_load_all((K8S / _other(store).file).read_text()) if doc is not None]
+    assert not {_id(o) for o in own} & {_id(o) for o in other_file}
+
+
+def test_state_redis_manifest_is_generated_from_the_caches_manifest() -> None:
+    rendered = k8s_redis_state.render((K8S / CACHE_REDIS.file).read_text())
+    assert rendered == (K8S / STATE_REDIS.file).read_text(), "stale: run .venv/bin/python -m infra.k8s_redis_state"
+    written, read = k8s_redis_state.OUT, k8s_redis_state.SOURCE  # by `python -m infra.k8s_redis_state`
+    assert (written, read) == (K8S / STATE_REDIS.file, K8S / CACHE_REDIS.file)
+    assert rendered.startswith("# GENERATED by infra/k8s_redis_state.py from k8s/stores/redis.yaml")
+
+
+def test_state_redis_renderer_fails_when_a_substitution_no_longer_applies() -> None:
+    source = k8s_redis_state.SOURCE.read_text()
+    for changed in (
+        source.replace("maxmemory-policy allkeys-lru", "maxmemory-policy allkeys-lfu"),
+        source.replace("# Redis Cluster:", "# Cache:", 1),
+        source.replace("appendonly no", "appendonly yes"),
+        source.replace("  serviceName: redis-headless", "  serviceName: redis-nodes"),
+        # A fourth zone, or a Redis container sized apart from the others.
+        source.replace(
+            "            requests:\n              cpu:",
+            "            requests:\n              gpu: 1\n              cpu:",
+            1,
+        ),
+    ):
+        with pytest.raises(ValueError, match=r"redis\.yaml"):
+            k8s_redis_state.render(changed)
+    # The state Redis keeps its own size when the cache is resized.
+    resized = source.replace("maxmemory 2gb", "maxmemory 3gb").replace("memory: 4Gi", "memory: 6Gi")
+    resized = resized.replace("container's 4Gi", "container's 6Gi").replace("storage: 20Gi", "storage: 40Gi")
+    assert resized != source
+    assert k8s_redis_state.render(resized) == k8s_redis_state.render(source)
+    # A cache object or selector no substitution knows would collide with the cache's or select its pods.
+    exporter = "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: redis-exporter\n"
+    flow = "---\nspec:\n  selector: {app.kubernetes.io/name: redis}\n"
+    for added in (exporter, flow):
+        with pytest.raises(ValueError, match="cache names left"):
+            k8s_redis_state.render(source + added)
+
+
+@redis_stores
+def test_redis_disruption_budget_takes_one_node_at_a_time(store: RedisStore) -> None:
+    for redis in store.sets():
         labels = redis["spec"]["template"]["metadata"]["labels"]
         budgets = [p for p in _find("PodDisruptionBudget") if _selects(p["spec"]["selector"], labels)]
         assert [b["spec"] for b in budgets] == [
-            {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "redis"}}}
+            {"maxUnavailable": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": store.name}}}
         ]
 
 
-def test_redis_membership_runs_from_a_job_and_the_pods_lifecycle_hooks() -> None:
+@redis_stores
+def test_redis_membership_runs_from_a_job_and_the_pods_lifecycle_hooks(store: RedisStore) -> None:
     config_mount = "/etc/redis"
 
     def assert_mounts_scripts(pod: Obj, container: Obj) -> None:
         (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == config_mount]
         (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-        assert volume["configMap"]["name"] == "redis-cluster"
+        assert volume["configMap"]["name"] == store.configmap
 
-    job = _one("Job", "redis-cluster-create")
+    job = _one("Job", store.job)
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["command"] == ["/bin/sh", f"{config_mount}/cluster.sh", "create"]
     assert_mounts_scripts(pod, container)
     _assert_hardened(pod, container, writable_tmp=False, uid=999)
     assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"] == "chirp"  # NetworkPolicy
-    for redis in REDIS_SETS:
+    for redis in store.sets():
         pod = redis["spec"]["template"]["spec"]
         container = _main_container(redis)
-        assert container["image"] == _main_container(_one("Job", "redis-cluster-create"))["image"]
+        assert container["image"] == _main_container(_one("Job", store.job))["image"]
         assert container["command"][:2] == ["redis-server", f"{config_mount}/redis.conf"]
         assert_mounts_scripts(pod, container)
         hooks = container["lifecycle"]
@@ -664,18 +827,18 @@ print(f"{hosts[sys.argv[2]]}    {sys.argv[2]}")
 
 
 class FakeRedisNodes:
-    """The six Redis pods as a fake redis-cli sees them, each at its own IP, port 6379."""
+    """The six pods of a Redis Cluster as a fake redis-cli sees them, each at its own IP, port 6379."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, store: RedisStore) -> None:
         self.tmp = tmp_path
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
         for name, source in {"redis-cli": FAKE_REDIS_CLI, "getent": FAKE_GETENT}.items():
             (bin_dir / name).write_text(f"#!{sys.executable} -S\n{source}")
             (bin_dir / name).chmod(0o755)
-        (tmp_path / "shards").write_text(REDIS_CONFIG["shards"])
-        (tmp_path / "cluster.sh").write_text(REDIS_CONFIG["cluster.sh"])
-        self.shards = _redis_shards()
+        (tmp_path / "shards").write_text(store.config()["shards"])
+        (tmp_path / "cluster.sh").write_text(store.config()["cluster.sh"])
+        self.shards = store.shards()
         names = [node for shard in self.shards for node in shard]
         self.hosts = {name.rsplit(":", 1)[0]: f"10.0.0.{i}" for i, name in enumerate(names, 1)}
         self.ip_port = {name: f"{self.hosts[name.rsplit(':', 1)[0]]}:{name.rsplit(':', 1)[1]}" for name in names}
@@ -713,8 +876,11 @@ class FakeRedisNodes:
             self.node(replica).update(joined=True, master=self.node(primary)["id"])
 
 
-def test_cluster_script_creates_three_shards_with_the_replica_each_shard_names(tmp_path: Path) -> None:
-    fake = FakeRedisNodes(tmp_path)
+@redis_stores
+def test_cluster_script_creates_three_shards_with_the_replica_each_shard_names(
+    tmp_path: Path, store: RedisStore
+) -> None:
+    fake = FakeRedisNodes(tmp_path, store)
     changes = fake.run("create")
     primaries = [fake.ip_port[p] for p, _ in fake.shards]
     assert changes[0] == ["create", *primaries]
@@ -725,8 +891,11 @@ def test_cluster_script_creates_three_shards_with_the_replica_each_shard_names(t
     assert fake.run("create") == [], "a whole cluster is left as it is"
 
 
-def test_cluster_script_adds_a_node_that_lost_its_volume_under_its_shards_new_primary(tmp_path: Path) -> None:
-    fake = FakeRedisNodes(tmp_path)
+@redis_stores
+def test_cluster_script_adds_a_node_that_lost_its_volume_under_its_shards_new_primary(
+    tmp_path: Path, store: RedisStore
+) -> None:
+    fake = FakeRedisNodes(tmp_path, store)
     fake.whole_cluster()
     primary, replica = fake.shards[0]
     # The primary's pod came back with an empty volume: its replica took over, its old id lingers.
@@ -741,8 +910,9 @@ def test_cluster_script_adds_a_node_that_lost_its_volume_under_its_shards_new_pr
     assert forgotten == sorted(fake.ip_port.values()), "every node forgets the old id"
 
 
-def test_cluster_script_rejoin_meets_every_peer_only_once_in_a_cluster(tmp_path: Path) -> None:
-    fake = FakeRedisNodes(tmp_path)
+@redis_stores
+def test_cluster_script_rejoin_meets_every_peer_only_once_in_a_cluster(tmp_path: Path, store: RedisStore) -> None:
+    fake = FakeRedisNodes(tmp_path, store)
     first, _ = fake.shards[0]
     assert fake.run("rejoin", first) == [], "a node that knows no cluster stays empty for create"
     fake.whole_cluster()
@@ -750,8 +920,11 @@ def test_cluster_script_rejoin_meets_every_peer_only_once_in_a_cluster(tmp_path:
     assert sorted(met) == sorted(fake.ip_port.values())
 
 
-def test_cluster_script_handover_makes_the_replica_primary_before_the_primary_stops(tmp_path: Path) -> None:
-    fake = FakeRedisNodes(tmp_path)
+@redis_stores
+def test_cluster_script_handover_makes_the_replica_primary_before_the_primary_stops(
+    tmp_path: Path, store: RedisStore
+) -> None:
+    fake = FakeRedisNodes(tmp_path, store)
     fake.whole_cluster()
     primary, replica = fake.shards[1]
     assert fake.run("handover", replica) == [], "a replica has nothing to hand over"
@@ -1264,12 +1437,14 @@ def _bytes(quantity: str) -> int:
     return int(quantity)
 
 
-def test_redis_leaves_room_under_its_memory_limit_for_a_forked_snapshot_or_resync() -> None:
+@redis_stores
+def test_redis_leaves_room_under_its_memory_limit_for_a_forked_snapshot_or_resync(store: RedisStore) -> None:
     """A snapshot (`save`) and a replica's full resync fork the process: the fork's
     copy-on-write pages and the replica's output buffer are not counted in maxmemory."""
-    conf = _redis_conf()
+    conf = store.conf()
     assert conf["save"] != '""'  # snapshots on: the room is needed
-    for redis in REDIS_SETS:
+    assert store.sets()
+    for redis in store.sets():
         limit = _bytes(_main_container(redis)["resources"]["limits"]["memory"])
         assert _bytes(conf["maxmemory"]) <= 0.6 * limit
 

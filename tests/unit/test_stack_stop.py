@@ -97,7 +97,8 @@ def test_down_stops_the_edge_then_every_service_then_each_store(run_dir: Path, m
     """By name, from the pid files: an instance beyond today's count and a Kafka broker of
     the other topology (the single one runs now) are stopped with their kind."""
     monkeypatch.setenv("CHIRP_TOPOLOGY", "single")
-    running = ["redis", "cassandra", "kafka", "kafka-3", "feed_svc-0", "feed_svc-7", "graph_svc-0", "envoy"]
+    running = ["redis", "redis_state", "redis_state-4", "cassandra", "kafka", "kafka-3"]
+    running += ["feed_svc-0", "feed_svc-7", "graph_svc-0", "envoy"]
     for name in running:
         (run_dir / f"{name}.json").write_text("{}")
     waves: list[dict[str, float]] = []
@@ -113,6 +114,7 @@ def test_down_stops_the_edge_then_every_service_then_each_store(run_dir: Path, m
         ["feed_svc-0", "feed_svc-7", "graph_svc-0"],
         ["kafka", "kafka-3"],
         ["cassandra"],
+        ["redis_state", "redis_state-4"],
         ["redis"],
     ]
     assert waves[2] == {"kafka": stack.STORE_STOP_TIMEOUT, "kafka-3": stack.STORE_STOP_TIMEOUT}

@@ -218,5 +218,28 @@ def test_the_single_redis_runs_its_timer_at_hz_2_and_a_changed_config_restarts_i
     assert settings("redis-cluster.conf").get("hz", "10") == "10"
     monkeypatch.setenv("CHIRP_TOPOLOGY", "single")
     (redis,) = [c for c in stack.components(prepare=False) if c.name == "redis"]
-    assert redis.fingerprint == stack._redis_fingerprint(False)
-    assert stack._redis_fingerprint(False) != stack._redis_fingerprint(True)
+    (node,) = topology.redis_nodes()
+    assert redis.fingerprint == stack._redis_fingerprint(node, False)
+    assert stack._redis_fingerprint(node, False) != stack._redis_fingerprint(node, True)
+
+
+@pytest.mark.parametrize("chosen", [topology.SINGLE, topology.CLUSTER])
+def test_the_state_redis_is_the_caches_config_that_never_evicts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, chosen: str
+) -> None:
+    """Counters and tallies go to a Redis of their own (CHIRP_REDIS_STATE_URL): the cache's
+    configuration with noeviction last on the command line (the last setting wins), as
+    many nodes as the cache on ports of its own; the cache keeps evicting."""
+    monkeypatch.setenv("CHIRP_TOPOLOGY", chosen)
+    monkeypatch.setattr(stack, "_data", lambda name: tmp_path / name)
+    comps = {c.name: c for c in stack.components(prepare=False)}
+    cache, state = topology.redis_nodes(), topology.state_redis_nodes()
+    assert len(state) == len(cache) and not {n.port for n in state} & {n.port for n in cache}
+    for node in state:
+        argv = comps[node.name].argv()
+        assert argv[-4:] == ["--maxmemory-policy", "noeviction", "--maxmemory", "256mb"]
+        assert comps[node.name].fingerprint != comps[cache[0].name].fingerprint  # a change restarts it
+    for node in cache:
+        assert "noeviction" not in comps[node.name].argv()
+    assert topology.state_redis_url().count("redis://") == len(state)
+    assert all(f":{node.port}" in topology.state_redis_url() for node in state)
