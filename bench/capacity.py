@@ -59,6 +59,9 @@ TIER_OF_COMPONENT = {
     "cassandra": "ScyllaDB",
     "kafka": "Kafka",
     "redis": "Redis Cluster",
+    # The state Redis (counters, trending tallies): a Redis Cluster of its own in production,
+    # sized here with the cache's tier.
+    "redis_state": "Redis Cluster",
 }
 # Monitoring is sized apart from the request path.
 IGNORED_COMPONENTS = frozenset({"prometheus"})
@@ -293,7 +296,7 @@ def plan(inputs: Inputs) -> Plan:
             return replicas / v["measured_rf"] * v["scylla_cpu_factor"]
         if component == "kafka":
             return v["rf"] / v["measured_rf"]
-        if component == "redis" and is_write:
+        if component in ("redis", "redis_state") and is_write:
             return 1.0 + v["redis_replicas"]
         return 1.0
 

@@ -808,6 +808,15 @@ class Tolerant:
         self.node_scoped = isinstance(client, RedisCluster)
         self.warned_at = -RETRY_AFTER_SECONDS  # the last warning: full, or a node unavailable
 
+    def full(self, exc: OutOfMemoryError, doing: str) -> None:
+        """Redis refused a write for memory: counted for the alert ChirpRedisFull, and
+        logged at most once a RETRY_AFTER_SECONDS with what the caller does instead."""
+        REDIS_FULL.inc()
+        now = time.monotonic()
+        if now >= self.warned_at + RETRY_AFTER_SECONDS:
+            self.warned_at = now
+            log.warning("Redis is full and may not evict; %s: %r", doing, exc)
+
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -841,12 +850,8 @@ def tolerant(miss: Callable[[], Any] = _nothing, unavailable: str = "serving rea
             except OutOfMemoryError as exc:
                 # A Redis that may not evict (the state Redis, infra/topology.py) is at its
                 # memory limit: it refuses writes at once and still answers reads, so only
-                # this call misses; the alert ChirpRedisFull says so.
-                REDIS_FULL.inc()
-                now = time.monotonic()
-                if now >= self.warned_at + RETRY_AFTER_SECONDS:
-                    self.warned_at = now
-                    log.warning("Redis is full and may not evict; %s: %r", unavailable, exc)
+                # this call misses.
+                self.full(exc, unavailable)
                 return miss()
             except REDIS_UNAVAILABLE_ERRORS as exc:
                 now = time.monotonic()

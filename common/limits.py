@@ -32,6 +32,13 @@ refusal is the same 429 with the same message for all three counters: a
 lockout tells nothing about the account. While Redis cannot answer, logins
 are counted in each instance's memory instead (the limits then hold per
 instance), so an outage does not open the door to unlimited guessing.
+
+The counters live in the state Redis (CHIRP_REDIS_STATE_URL), which never
+evicts: a counter evicted inside its window would forgive silently. When it
+is full it refuses the INCR but still answers reads: each limit then counts
+what Redis holds plus the hits this instance could not store (`RedisCounters`
+keeps them), so an account locked there stays locked, and every limit holds,
+per instance, on top of the shared count.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import grpc
+from redis.exceptions import OutOfMemoryError
 
 from common.cache import RedisClient, Tolerant, tolerant
 from common.errors import ResourceExhausted
@@ -148,8 +156,9 @@ class Counters(Protocol):
     async def give_back(self, keys: Sequence[str]) -> None: ...
 
 
-# What the limits do while Redis cannot answer, for the log line `tolerant` writes then.
+# What the limits do while Redis cannot answer, or is full, for the log lines then.
 WITHOUT_REDIS = "per-user limits fail open and failed logins are counted in each instance"
+WHILE_FULL = "each instance counts the hits Redis refused on top of what it holds"
 
 
 # A give-back to a counter whose window ended meanwhile would make it anew at -1, with
@@ -158,31 +167,56 @@ GIVE_BACK_SCRIPT = "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call
 
 
 class RedisCounters(Tolerant):
-    """Counters in shared Redis; answer None while Redis is unreachable (and for a second after)."""
+    """Counters in shared Redis; answer None while Redis is unreachable (and for a second after).
+    While Redis is full, what it holds plus the hits this process kept (see the module docstring)."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, overflow: LocalCounters | None = None) -> None:
         super().__init__(redis)
         self._redis = redis
+        self._overflow = overflow or LocalCounters()
 
     @tolerant(unavailable=WITHOUT_REDIS)
     async def hit(self, keys: Sequence[tuple[str, int]]) -> list[Hit] | None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key, window_ms in keys:
-                pipe.incr(key)
-                pipe.pexpire(key, window_ms, nx=True)
-                pipe.pttl(key)
-            replies = await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, window_ms in keys:
+                    pipe.incr(key)
+                    pipe.pexpire(key, window_ms, nx=True)
+                    pipe.pttl(key)
+                replies = await pipe.execute()
+        except OutOfMemoryError as exc:
+            return await self._hit_while_full(keys, exc)
         return [
             Hit(int(replies[i]), _remaining(int(replies[i + 2]), window_ms))
             for i, (_, window_ms) in zip(range(0, len(replies), 3), keys, strict=True)
         ]
 
+    async def _hit_while_full(self, keys: Sequence[tuple[str, int]], exc: OutOfMemoryError) -> list[Hit]:
+        """Redis refused to count (full, and it may not evict): each count is what it holds
+        plus this process's own hits, and the window lasts until both have ended. (On a
+        cluster, a shard with room may have counted its keys too: that errs toward refusing.)"""
+        self.full(exc, WHILE_FULL)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, _ in keys:
+                pipe.get(key)
+                pipe.pttl(key)
+            replies = await pipe.execute()
+        kept = await self._overflow.hit(keys) or []
+        return [
+            Hit(int(replies[2 * n] or 0) + own.count, max(int(replies[2 * n + 1]), own.remaining_ms))
+            for n, own in enumerate(kept)
+        ]
+
     @tolerant(unavailable=WITHOUT_REDIS)
     async def give_back(self, keys: Sequence[str]) -> None:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.eval(GIVE_BACK_SCRIPT, 1, key)
-            await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.eval(GIVE_BACK_SCRIPT, 1, key)
+                await pipe.execute()
+        except OutOfMemoryError as exc:  # the hit may have been kept here; a key this process kept none of is left
+            self.full(exc, WHILE_FULL)
+            await self._overflow.give_back(keys)
 
 
 def _remaining(pttl: int, window_ms: int) -> int:

@@ -138,8 +138,9 @@ def redis_roles(kind: str = "redis") -> dict[str, str]:
         parts = line.split()
         if len(parts) < 3 or "fail" in parts[2]:
             continue
-        port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
-        roles[nodes[port]] = "master" if "master" in parts[2] else "slave"
+        name = nodes.get(int(parts[1].split("@")[0].rsplit(":", 1)[1] or 0))
+        if name is not None:  # not a node still shaking hands (":0@0")
+            roles[name] = "master" if "master" in parts[2] else "slave"
     return roles
 
 

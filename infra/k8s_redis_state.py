@@ -136,9 +136,13 @@ POLICY = (
 )
 
 # The state Redis's own size, whatever the cache's: the cache's rule (maxmemory at
-# most half the container's memory limit, as a snapshot or a full resync forks) at
-# half the cache's size, since counters and tallies are small keys. The cpu limit
-# stays the cache's (room for a snapshot's fork next to the main thread).
+# most half the container's memory limit, as a snapshot or a full resync forks). The
+# counters are small and last a window (minutes). The tallies are not: every {rk}: key
+# is in one hash slot, so on one shard, and each (tweet, liker) pair takes about 100 B
+# for 50 h after the tweet's last like: 1gb holds a 48 h window at about 60 likes/s.
+# Past that the folds are refused (ChirpRedisFull) and trending stands still; a shard
+# more does not help them (docs/RELIABILITY.md, stop 50). The cpu limit stays the
+# cache's (room for a snapshot's fork next to the main thread).
 MEMORY = "2Gi"  # the container's request and limit
 MAXMEMORY = "1gb"
 MAXMEMORY_UNSAFE = "1.5gb"  # redis.conf's comment: where a resync could pass the limit

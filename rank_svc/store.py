@@ -21,8 +21,9 @@ from typing import Any, Literal
 
 from chirp.rank.v1 import rank_pb2
 from chirp.tweet.v1 import tweet_pb2
+from redis.exceptions import OutOfMemoryError
 
-from common.cache import REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolerant
+from common.cache import REDIS_FULL, REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolerant
 from common.replica_waits import REPLICA_ACK_MS, ReplicaWaits
 from common.tweet_cache import CachedTweets, parse_reads, queue_reads
 from rank_svc.score import hour_weight
@@ -264,9 +265,15 @@ class TrendingStore:
     async def _eval_durably(self, keys: list[str], args: list[str | int]) -> list[Any]:
         # The fold's script and the WAIT for its primary's replica go out in one pipeline
         # (common/replica_waits.py): WAIT counts only its own connection's writes.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.eval(FOLD_SCRIPT, len(keys), *keys, *args)
-            (lost,) = await self._waits.execute(pipe, [self.keys.slot])
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.eval(FOLD_SCRIPT, len(keys), *keys, *args)
+                (lost,) = await self._waits.execute(pipe, [self.keys.slot])
+        except OutOfMemoryError:
+            # The state Redis is full (it never evicts): the batch fails and is applied
+            # again; counted for the alert ChirpRedisFull.
+            REDIS_FULL.inc()
+            raise
         return list(lost)
 
     async def replicas(self) -> int:

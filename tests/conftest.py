@@ -59,6 +59,14 @@ async def redis() -> AsyncIterator[RedisClient]:
     await client.aclose()
 
 
+@pytest.fixture
+async def state_redis() -> AsyncIterator[RedisClient]:
+    """The same, of the stack's state Redis (rate-limit counters, trending tallies)."""
+    client = connect_redis(STATE_REDIS_URL)
+    yield client
+    await client.aclose()
+
+
 def _sync_client(url: str) -> Iterator[Redis]:
     client = Redis.from_url(url, decode_responses=True)
     client.ping()  # raises (fails the test) when Redis is down

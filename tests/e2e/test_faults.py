@@ -136,6 +136,8 @@ async def test_a_stopped_id_maker_records_its_last_id_for_its_successor(
 def test_redis_down_feed_from_cql_trending_from_last_copy_writes_show_then_recovers(
     edge: httpx.Client, restore_after: None
 ) -> None:
+    """Both Redis stores down: the cache (feeds, tweets, like counts) and the state Redis
+    (trending's list and tallies, rate-limit counters: limits fail open meanwhile)."""
     author_id, author = account(edge)
     _, reader = account(edge)
     assert edge.post(f"/v1/users/{author_id}/follow", headers=reader).status_code == 200
@@ -158,6 +160,7 @@ def test_redis_down_feed_from_cql_trending_from_last_copy_writes_show_then_recov
     faults.wait_for(lambda: every_rank_copy_has(tweet["tweet_id"]), 30, "every rank_svc copy to hold the liked tweet")
 
     faults.stop("redis")
+    faults.stop("redis_state")
     feed = edge.get("/v1/feed", headers=reader)
     assert feed.status_code == 200, feed.text
     assert tweet["tweet_id"] in [t["tweet_id"] for t in feed.json()["tweets"]]

@@ -1,5 +1,4 @@
-"""Rate-limit counters against the real state Redis (and a private one that is full),
-and failed-login limits per client
+"""Rate-limit counters against the real state Redis, and failed-login limits per client
 address against the running graph_svc instances, called on their service ports
 with the client-address metadata the edge sets (through the shared edge every
 test comes from one address). Addresses are drawn from 198.18.0.0/15
@@ -12,26 +11,21 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import cast
 
 import grpc
 import pytest
 from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
-from redis.exceptions import OutOfMemoryError
 
-from common.cache import REDIS_FULL, TIMEOUT_SECONDS, cluster_nodes, connect_redis
+from common.cache import TIMEOUT_SECONDS, cluster_nodes, connect_redis
 from common.errors import ResourceExhausted
 from common.keys import limit_key
-from common.limits import CLIENT_ADDRESS_HEADER, Action, Limit, LoginGuard, LoginLimits, RedisCounters, UserLimits
+from common.limits import CLIENT_ADDRESS_HEADER, Action, Limit, RedisCounters, UserLimits
 from infra import topology
 from tests.conftest import STATE_REDIS_URL as REDIS_URL
 from tests.conftest import unique_name
 from tests.e2e.test_limits import fresh_address
 from tests.faults import Proxy
-from tests.integration.test_redis_pool import Server
-
-FULL_PORT = 6482  # a private redis-server, full (test_redis_pool uses 6481, 6484, 6485)
 
 PASSWORD = "correct horse"
 LOGIN_FAILURES = int(os.environ.get("CHIRP_LIMIT_LOGIN_FAILURES", "5"))
@@ -63,34 +57,6 @@ async def test_redis_counters_count_per_window_and_heal_a_counter_without_ttl() 
         for k in (key, bare):
             await redis.delete(k)
         await redis.aclose()
-
-
-async def test_a_full_state_redis_costs_no_login_limit(tmp_path: Path) -> None:
-    """A Redis that may not evict refuses a write past its memory limit (OOM). Failed logins
-    are then counted in this process, as while Redis is down: still refused past the limit,
-    never an error; and the refusals are counted for the alert (chirp_redis_full_total)."""
-    server = Server(FULL_PORT, tmp_path, settings=("--maxmemory-policy", "noeviction"))
-    observer = await server.client()
-    redis = connect_redis(f"redis://127.0.0.1:{FULL_PORT}/0")
-    try:
-        used = int((await observer.info("memory"))["used_memory"])
-        await observer.config_set("maxmemory", used + 1_000_000)
-        with pytest.raises(OutOfMemoryError):
-            for n in range(100):
-                await observer.set(f"fill:{n}", b"x" * 100_000)
-        keys = await observer.dbsize()
-        guard = LoginGuard(RedisCounters(redis), LoginLimits(60.0, 3, 0, 0))
-        refused_before = REDIS_FULL._value.get()
-        for _ in range(3):
-            await guard.begin("someone", "198.18.0.1")  # three wrong passwords
-        with pytest.raises(ResourceExhausted):
-            await guard.begin("someone", "198.18.0.1")
-        assert REDIS_FULL._value.get() >= refused_before + 4
-        assert await observer.dbsize() == keys  # Redis took none of it
-    finally:
-        await redis.aclose()
-        await observer.aclose()
-        server.stop()
 
 
 async def test_a_hit_whose_reply_comes_too_late_is_not_sent_again() -> None:

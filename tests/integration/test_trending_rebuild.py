@@ -35,10 +35,11 @@ FIRST_HOUR = hour_of(NOW_MS) - WINDOW + 1
 
 
 @pytest.fixture
-async def store(redis: RedisClient) -> AsyncIterator[TrendingStore]:
-    store = TrendingStore(redis, WINDOW, 6.0, TrendingKeys(f"rank-test-{secrets.token_hex(4)}"))
+async def store(state_redis: RedisClient) -> AsyncIterator[TrendingStore]:
+    """In the state Redis, as the rank worker's (a namespace of the test's own)."""
+    store = TrendingStore(state_redis, WINDOW, 6.0, TrendingKeys(f"rank-test-{secrets.token_hex(4)}"))
     yield store
-    await delete_namespace(redis, store)
+    await delete_namespace(state_redis, store)
 
 
 @pytest.fixture
@@ -131,8 +132,9 @@ async def fold_until(
 
 
 async def test_replay_counts_once_and_a_lost_tally_is_rebuilt_from_kafka(
-    redis: RedisClient, store: TrendingStore, topic: str
+    state_redis: RedisClient, store: TrendingStore, topic: str
 ) -> None:
+    redis = state_redis
     events = likes(400)
     ends = produce(topic, events)
     assert sorted(ends) == list(range(PARTITIONS))
@@ -172,14 +174,14 @@ async def test_replay_counts_once_and_a_lost_tally_is_rebuilt_from_kafka(
     assert await store.tallies(FIRST_HOUR) == want
 
 
-async def test_the_stack_redis_takes_the_fold_as_one_slot(redis: RedisClient, store: TrendingStore) -> None:
+async def test_the_stack_redis_takes_the_fold_as_one_slot(store: TrendingStore) -> None:
     """Every trending key shares one slot, so the fold (a script over ~60 keys) and
     the decayed union run on a Redis Cluster too; WAIT goes to that slot's primary."""
     keys = [store.keys.likes(FIRST_HOUR + h) for h in range(WINDOW + 1)]
     keys += [store.keys.folded("t", 0), store.keys.likers(1), store.keys.decayed, store.keys.trending]
     assert len({key_slot(k.encode()) for k in keys}) == 1
     replicas = await store.replicas()
-    assert replicas == (1 if len(topology.redis_nodes()) > 1 else 0)
+    assert replicas == (1 if len(topology.state_redis_nodes()) > 1 else 0)
     hour = hour_of(NOW_MS)
     lost = await store.fold(
         [PartitionFold("t", 0, 0, 1, "start")], [Like(0, 1, 10, min_id_at_ms(NOW_MS), True, hour)], FIRST_HOUR
