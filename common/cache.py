@@ -585,6 +585,17 @@ def connect_redis(
     )
 
 
+def connect_state_redis(state_url: str, cache_url: str) -> RedisClient:
+    """The state Redis's client (CHIRP_REDIS_STATE_URL: counters and trending tallies, in a
+    Redis that never evicts). Naming the cache there brings its eviction back: said at start."""
+    if state_url == cache_url:
+        log.warning(
+            "CHIRP_REDIS_STATE_URL is the cache's CHIRP_REDIS_URL: rate-limit counters and trending "
+            "tallies can be evicted there; give them a Redis with maxmemory-policy noeviction"
+        )
+    return connect_redis(state_url)
+
+
 class ReadBatch:
     """Records read commands queued as on a redis-py pipeline (the few the read path
     uses, same signatures), for `run_reads` to send without the pipeline's layers."""

@@ -8,7 +8,7 @@ import grpc
 from chirp.graph.v1 import graph_internal_pb2, graph_internal_pb2_grpc, graph_pb2, graph_pb2_grpc
 
 from common import server
-from common.cache import connect_redis
+from common.cache import connect_redis, connect_state_redis
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.hidden import HiddenInvalidator, RedisHiddenStore
 from common.id_reservations import IdReservations
@@ -54,7 +54,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     # blocks and mutes answer 503 while the cache is (they must invalidate the hidden-author
     # cache, common/hidden.py), and every other call keeps working.
     redis = connect_redis(common.redis_url)
-    state_redis = connect_redis(common.redis_state_url)  # counters: never evicted
+    state_redis = connect_state_redis(common.redis_state_url, common.redis_url)  # counters: never evicted
     counters = RedisCounters(state_redis)
     limits = UserLimits(counters, {"follow": cfg.follow_limit, "signup": cfg.signup_limit})
     graph = Graph(

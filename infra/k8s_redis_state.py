@@ -122,9 +122,9 @@ POLICY = (
         "    maxmemory-policy allkeys-lru\n",
         "    # noeviction: counters and tallies are state, and a key evicted alone is\n"
         "    # lost silently (a limit reset, a tally short). At maxmemory a write is\n"
-        "    # refused (OOM) rather than a key evicted: the services then count failed\n"
-        "    # logins in process memory and let other limited actions through (fail\n"
-        "    # open), and the alert ChirpRedisFull fires.\n"
+        "    # refused (OOM) rather than a key evicted: each limit then counts what it\n"
+        "    # holds plus the hits each pod kept in memory, a fold is applied again\n"
+        "    # later, and the alert ChirpRedisFull fires (ChirpRedisStateAlmostFull at 80%).\n"
         "    maxmemory-policy noeviction\n",
     ),
     literal(

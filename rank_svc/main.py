@@ -6,7 +6,7 @@ import grpc
 from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
 
 from common import server
-from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_redis, redis_ping
+from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_redis, connect_state_redis, redis_ping
 from common.clients import Peers
 from common.hidden import HiddenAuthorsCache, RedisHiddenStore
 from common.logs import setup_logging
@@ -21,7 +21,7 @@ async def run(cfg: rank_config.RankConfig) -> None:
     redis = connect_redis(cfg.common.redis_url)
     # The tallies and the computed list are in the state Redis (never evicted); tweets and
     # hidden-author sets in the cache.
-    state_redis = connect_redis(cfg.common.redis_state_url)
+    state_redis = connect_state_redis(cfg.common.redis_state_url, cfg.common.redis_url)
     store = TrendingStore(state_redis, cfg.window_hours, cfg.half_life_hours)
     cache = TweetCacheReader(redis)
     trending = TrendingCopy(

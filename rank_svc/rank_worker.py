@@ -11,11 +11,12 @@ import socket
 from collections.abc import Callable
 
 from common import server
-from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_redis, redis_ping
+from common.cache import REDIS_UNAVAILABLE_ERRORS, connect_state_redis, redis_ping
 from common.clients import Peers
 from common.kafka import TOPIC_LIKES
 from common.logs import setup_logging
 from common.priority import lower_priority
+from common.redis_memory import MemoryWatch
 from common.server import Wiring, serve
 from rank_svc import config as rank_config
 from rank_svc.domain import Ranker
@@ -29,7 +30,8 @@ BATCH_WAIT_SECONDS = 0.2
 
 async def run(cfg: rank_config.RankConfig) -> None:
     common = cfg.common
-    redis = connect_redis(common.redis_state_url)  # the tallies: never evicted
+    redis = connect_state_redis(common.redis_state_url, common.redis_url)  # the tallies: never evicted
+    memory = MemoryWatch(common.redis_state_url)  # how close it is to refusing writes
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
     store = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours)
     ranker = Ranker(store, peers.batch_tweets, peers.users, cfg.follower_weight)
@@ -54,6 +56,7 @@ async def run(cfg: rank_config.RankConfig) -> None:
         loop.close()
         await peers.close()
         await redis.aclose()
+        await memory.close()
 
     await serve(
         common,
@@ -63,7 +66,7 @@ async def run(cfg: rank_config.RankConfig) -> None:
             probes=[lambda: redis_ping(redis)],
             close=close,
             dependency_errors=REDIS_UNAVAILABLE_ERRORS,
-            background=[loop.run_forever, recompute_forever],
+            background=[loop.run_forever, recompute_forever, memory.run_forever],
         ),
     )
 

@@ -6,7 +6,7 @@ import grpc
 from chirp.tweet.v1 import tweet_internal_pb2, tweet_internal_pb2_grpc, tweet_pb2, tweet_pb2_grpc
 
 from common import server
-from common.cache import connect_redis
+from common.cache import connect_redis, connect_state_redis
 from common.clients import Peers
 from common.cql import CQL_UNAVAILABLE_ERRORS, CqlSession
 from common.id_reservations import IdReservations
@@ -43,7 +43,7 @@ async def run(cfg: tweet_config.TweetConfig) -> None:
     await id_reservations.start()
     peers = Peers(graph_target=cfg.graph_target)
     redis = connect_redis(common.redis_url)
-    state_redis = connect_redis(common.redis_state_url)  # counters: never evicted
+    state_redis = connect_state_redis(common.redis_state_url, common.redis_url)  # counters: never evicted
     cache = TweetCache(
         redis,
         cfg.tweet_cache_seconds,

@@ -80,3 +80,18 @@ def test_services_and_workers_export_domain_metrics_after_traffic(edge: httpx.Cl
         "chirp_consumer_lag_messages{group=chirp-fanout}",
         "chirp_consumer_lag_messages{group=chirp-like-worker}",
     } <= groups
+
+
+def test_rank_workers_export_how_full_each_state_redis_node_is() -> None:
+    """The early warning before the state Redis refuses writes (ChirpRedisStateAlmostFull):
+    every rank worker reads each state Redis node's used memory over its limit."""
+    nodes = {node.address for node in topology.state_redis_nodes()}
+    rank = next(w for w in topology.WORKERS if w.name == "rank_worker")
+    for inst in topology.instances(rank):
+        ratios = {
+            name: value
+            for name, value in scrape(inst.metrics_port).items()
+            if name.startswith("chirp_redis_state_memory_used_ratio{")
+        }
+        assert set(ratios) == {f"chirp_redis_state_memory_used_ratio{{node={node}}}" for node in nodes}
+        assert all(0.0 < ratio < 1.0 for ratio in ratios.values()), ratios

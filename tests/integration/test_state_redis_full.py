@@ -3,10 +3,12 @@ Redis, infra/topology.py) set a megabyte past its memory limit: it refuses every
 that needs memory and still answers reads. Nothing acknowledged lives there, and no
 limit is lost: failed logins count what it holds plus what this process keeps, and a
 trending fold fails whole (its batch is applied again). Each refusal is counted for the
-alert ChirpRedisFull (chirp_redis_full_total)."""
+alert ChirpRedisFull (chirp_redis_full_total); how full it is, for the alert before it
+(ChirpRedisStateAlmostFull)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from redis.exceptions import OutOfMemoryError
 from common.cache import RedisClient, connect_redis
 from common.errors import ResourceExhausted
 from common.limits import LoginGuard, LoginLimits, RedisCounters
+from common.redis_memory import MemoryWatch
 from rank_svc.store import Like, PartitionFold, TrendingStore, hour_of
 from tests.integration.test_redis_pool import Server
 
@@ -58,6 +61,12 @@ def refusals() -> float:
     return REGISTRY.get_sample_value("chirp_redis_full_total") or 0.0
 
 
+def used(node: str) -> float:
+    value = REGISTRY.get_sample_value("chirp_redis_state_memory_used_ratio", {"node": node})
+    assert value is not None, f"no ratio for {node}"
+    return value
+
+
 async def test_failed_logins_count_on_top_of_what_a_full_redis_holds(
     private: tuple[RedisClient, aioredis.Redis],
 ) -> None:
@@ -93,3 +102,19 @@ async def test_a_fold_into_a_full_redis_fails_whole_and_is_counted(
         )
     assert refusals() == before + 1
     assert await observer.keys("{rk}:*") == []  # nothing of the batch applied
+
+
+async def test_the_memory_watch_reads_how_full_each_node_is(private: tuple[RedisClient, aioredis.Redis]) -> None:
+    _, observer = private
+    node, down = f"127.0.0.1:{FULL_PORT}", "127.0.0.1:1"  # nothing listens on port 1
+    watch = MemoryWatch(f"redis://{node},redis://{down}")
+    try:
+        await observer.config_set("maxmemory", 1_000_000_000)
+        await watch.read_once()
+        assert 0.0 < used(node) < 0.01
+        await fill(observer)
+        await watch.read_once()
+        assert used(node) > 1.0
+        assert math.isnan(used(down))
+    finally:
+        await watch.close()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
 
-from common import kafka
+from common import cache, kafka
 from infra import jvm, stack, topology
 from rank_svc import events
 
@@ -243,3 +244,13 @@ def test_the_state_redis_is_the_caches_config_that_never_evicts(
         assert "noeviction" not in comps[node.name].argv()
     assert topology.state_redis_url().count("redis://") == len(state)
     assert all(f":{node.port}" in topology.state_redis_url() for node in state)
+
+
+def test_a_state_redis_url_naming_the_cache_is_said_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    """Counters and tallies in the cache would be evicted again: the services say so."""
+    cache_url = "redis://127.0.0.1:6379/0"
+    with caplog.at_level(logging.WARNING, logger="common.cache"):
+        cache.connect_state_redis("redis://127.0.0.1:6390/0", cache_url)
+        assert not caplog.records
+        cache.connect_state_redis(cache_url, cache_url)
+    assert "CHIRP_REDIS_STATE_URL is the cache's" in caplog.text
