@@ -585,12 +585,17 @@ def connect_redis(
     )
 
 
+def _named_nodes(url: str) -> set[tuple[str, int]]:
+    parts = (urlsplit(part.strip()) for part in url.split(","))
+    return {((part.hostname or "").lower(), part.port or 6379) for part in parts}
+
+
 def connect_state_redis(state_url: str, cache_url: str) -> RedisClient:
     """The state Redis's client (CHIRP_REDIS_STATE_URL: counters and trending tallies, in a
     Redis that never evicts). Naming the cache there brings its eviction back: said at start."""
-    if state_url == cache_url:
+    if _named_nodes(state_url) & _named_nodes(cache_url):
         log.warning(
-            "CHIRP_REDIS_STATE_URL is the cache's CHIRP_REDIS_URL: rate-limit counters and trending "
+            "CHIRP_REDIS_STATE_URL names a node of the cache's CHIRP_REDIS_URL: rate-limit counters and trending "
             "tallies can be evicted there; give them a Redis with maxmemory-policy noeviction"
         )
     return connect_redis(state_url)

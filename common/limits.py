@@ -37,8 +37,9 @@ The counters live in the state Redis (CHIRP_REDIS_STATE_URL), which never
 evicts: a counter evicted inside its window would forgive silently. When it
 is full it refuses the INCR but still answers reads: each limit then counts
 what Redis holds plus the hits this instance could not store (`RedisCounters`
-keeps them), so an account locked there stays locked, and every limit holds,
-per instance, on top of the shared count.
+keeps them until their window ends, and gives back there first), so an
+account locked there stays locked, and every limit holds, per instance, on
+top of the shared count.
 """
 
 from __future__ import annotations
@@ -168,7 +169,12 @@ GIVE_BACK_SCRIPT = "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call
 
 class RedisCounters(Tolerant):
     """Counters in shared Redis; answer None while Redis is unreachable (and for a second after).
-    While Redis is full, what it holds plus the hits this process kept (see the module docstring)."""
+
+    While Redis is full, the hits it refused are kept in `overflow` (this process's memory),
+    and every count is what Redis holds plus what is kept, full or not, until the kept hits'
+    window ends: a Redis that fills and empties in turn neither forgives nor counts twice. A
+    give-back goes where its subject's hits are kept first (the module docstring).
+    `overflow` is also what LoginGuard falls back to while Redis is down: pass the same one."""
 
     def __init__(self, redis: RedisClient, overflow: LocalCounters | None = None) -> None:
         super().__init__(redis)
@@ -187,9 +193,13 @@ class RedisCounters(Tolerant):
         except OutOfMemoryError as exc:
             return await self._hit_while_full(keys, exc)
         return [
-            Hit(int(replies[i]), _remaining(int(replies[i + 2]), window_ms))
-            for i, (_, window_ms) in zip(range(0, len(replies), 3), keys, strict=True)
+            self._with_kept(key, int(replies[i]), _remaining(int(replies[i + 2]), window_ms))
+            for i, (key, window_ms) in zip(range(0, len(replies), 3), keys, strict=True)
         ]
+
+    def _with_kept(self, key: str, count: int, remaining_ms: int) -> Hit:
+        kept, kept_ms = self._overflow.kept(key)
+        return Hit(count + kept, max(remaining_ms, kept_ms)) if kept else Hit(count, remaining_ms)
 
     async def _hit_while_full(self, keys: Sequence[tuple[str, int]], exc: OutOfMemoryError) -> list[Hit]:
         """Redis refused to count (full, and it may not evict): each count is what it holds
@@ -209,14 +219,20 @@ class RedisCounters(Tolerant):
 
     @tolerant(unavailable=WITHOUT_REDIS)
     async def give_back(self, keys: Sequence[str]) -> None:
+        # Where the subject's hits are kept first: a give-back to Redis for a key it never
+        # held (it was full) would be lost, and the hit kept here counted for good.
+        kept = [key for key in keys if self._overflow.kept(key)[0] > 0]
+        await self._overflow.give_back(kept)
+        rest = [key for key in keys if key not in kept]
+        if not rest:
+            return
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys:
+                for key in rest:
                     pipe.eval(GIVE_BACK_SCRIPT, 1, key)
                 await pipe.execute()
-        except OutOfMemoryError as exc:  # the hit may have been kept here; a key this process kept none of is left
+        except OutOfMemoryError as exc:  # the DECR refused: that hit stays counted until its window ends
             self.full(exc, WHILE_FULL)
-            await self._overflow.give_back(keys)
 
 
 def _remaining(pttl: int, window_ms: int) -> int:
@@ -249,7 +265,13 @@ class LocalCounters:
         for key in keys:
             if key in self._counts:
                 count, ends = self._counts[key]
-                self._counts[key] = (count - 1, ends)
+                self._counts[key] = (max(0, count - 1), ends)
+
+    def kept(self, key: str) -> tuple[int, int]:
+        """(count, ms until its window ends) of `key`, without a hit; (0, 0) once it ended."""
+        count, ends = self._counts.get(key, (0, 0.0))
+        now = self._clock()
+        return (count, math.ceil((ends - now) * 1000)) if ends > now and count > 0 else (0, 0)
 
     def _evict(self, now: float) -> None:
         if len(self._counts) <= self._max_keys:

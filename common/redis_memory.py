@@ -1,13 +1,20 @@
-"""How full the state Redis is, before it refuses writes.
+"""How full the state Redis is, before it refuses writes, and whether it evicts.
 
 The state Redis never evicts (infra/topology.py): at its memory limit it refuses
 writes (ChirpRedisFull). Each rank worker, its main writer, reads every node's
-used memory and limit (INFO memory) every POLL_SECONDS and exports their ratio,
-`chirp_redis_state_memory_used_ratio{node}`, for the alert
-ChirpRedisStateAlmostFull. Every node listed in CHIRP_REDIS_STATE_URL is read
-over a connection of its own (replicas too: a replica as full as its primary
-says the same), so a failover does not change what is read. A node that does
-not answer reads NaN (no alert on it; ChirpRedisUnavailable covers it).
+INFO memory every POLL_SECONDS and exports, per node:
+- `chirp_redis_state_memory_used_ratio`: used memory over maxmemory, for the
+  alert ChirpRedisStateAlmostFull; NaN while the node does not answer, and when
+  it has no limit (maxmemory 0);
+- `chirp_redis_state_evicts`: 1 when its maxmemory-policy is not noeviction (a
+  state URL that names an evicting Redis), for the alert ChirpRedisStateEvicts.
+
+Every node listed in CHIRP_REDIS_STATE_URL is read at once, over a connection of
+its own made from its URL (credentials, TLS and db as given), with no retry and
+a short timeout, so one node that does not answer delays no other. Replicas are
+read too: a replica as full as its primary says the same, and a failover changes
+nothing in what is read. Reading is never an error of the worker: whatever goes
+wrong reads NaN.
 """
 
 from __future__ import annotations
@@ -15,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from prometheus_client import Gauge
-from redis.exceptions import RedisError
-
-from common.cache import cluster_nodes
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 log = logging.getLogger(__name__)
 
@@ -29,30 +36,47 @@ TIMEOUT_SECONDS = 2.0
 
 MEMORY_USED = Gauge(
     "chirp_redis_state_memory_used_ratio",
-    "The state Redis node's used memory over its maxmemory (it refuses writes past 1); NaN while unread.",
+    "The state Redis node's used memory over its maxmemory (it refuses writes past 1); NaN while unread or unlimited.",
     ["node"],
 )
+EVICTS = Gauge(
+    "chirp_redis_state_evicts",
+    "1 when the state Redis node's maxmemory-policy is not noeviction (its counters and tallies can be evicted).",
+    ["node"],
+)
+
+
+def _node(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 6379}"
 
 
 class MemoryWatch:
     def __init__(self, url: str, interval_seconds: float = POLL_SECONDS) -> None:
         self._interval = interval_seconds
         self._clients = {
-            f"{host}:{port}": aioredis.Redis(
-                host=host, port=port, socket_timeout=TIMEOUT_SECONDS, socket_connect_timeout=TIMEOUT_SECONDS
+            _node(part.strip()): aioredis.Redis.from_url(
+                part.strip(),
+                socket_timeout=TIMEOUT_SECONDS,
+                socket_connect_timeout=TIMEOUT_SECONDS,
+                retry=Retry(NoBackoff(), 0),
             )
-            for host, port in cluster_nodes(url)
+            for part in url.split(",")
         }
 
     async def read_once(self) -> None:
-        for node, client in self._clients.items():
-            try:
-                info = await client.info("memory")
-                limit = int(info["maxmemory"])
-                MEMORY_USED.labels(node).set(int(info["used_memory"]) / limit if limit else 0.0)
-            except (RedisError, OSError, KeyError, ValueError) as exc:
-                MEMORY_USED.labels(node).set(math.nan)
-                log.debug("could not read the memory of %s: %r", node, exc)
+        await asyncio.gather(*(self._read(node, client) for node, client in self._clients.items()))
+
+    async def _read(self, node: str, client: aioredis.Redis) -> None:
+        try:
+            info = await asyncio.wait_for(client.info("memory"), TIMEOUT_SECONDS * 2)
+            limit = int(info["maxmemory"])
+            MEMORY_USED.labels(node).set(int(info["used_memory"]) / limit if limit else math.nan)
+            EVICTS.labels(node).set(0.0 if info.get("maxmemory_policy") == "noeviction" else 1.0)
+        except Exception as exc:  # noqa: BLE001 - monitoring: whatever fails reads NaN, never stops the worker
+            MEMORY_USED.labels(node).set(math.nan)
+            EVICTS.labels(node).set(math.nan)
+            log.debug("could not read the memory of %s: %r", node, exc)
 
     async def run_forever(self) -> None:
         while True:

@@ -14,7 +14,7 @@ from common.hidden import HiddenInvalidator, RedisHiddenStore
 from common.id_reservations import IdReservations
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS, AsyncProducer, BatchConsumer
-from common.limits import LoginGuard, RedisCounters, UserLimits
+from common.limits import LocalCounters, LoginGuard, RedisCounters, UserLimits
 from common.logs import setup_logging
 from common.outbox import Outbox
 from common.pagination import PageTokens
@@ -55,7 +55,9 @@ async def run(cfg: graph_config.GraphConfig) -> None:
     # cache, common/hidden.py), and every other call keeps working.
     redis = connect_redis(common.redis_url)
     state_redis = connect_state_redis(common.redis_state_url, common.redis_url)  # counters: never evicted
-    counters = RedisCounters(state_redis)
+    # One count in memory: the hits a full Redis refused, and the logins counted while it is down.
+    kept = LocalCounters()
+    counters = RedisCounters(state_redis, overflow=kept)
     limits = UserLimits(counters, {"follow": cfg.follow_limit, "signup": cfg.signup_limit})
     graph = Graph(
         store,
@@ -66,7 +68,7 @@ async def run(cfg: graph_config.GraphConfig) -> None:
         following_ids_limit=cfg.following_list_limit,
         page_tokens=page_tokens,
         limits=limits,
-        logins=LoginGuard(counters, cfg.login_limits),
+        logins=LoginGuard(counters, cfg.login_limits, fallback=kept),
         blocks=relation_store,
         sessions=Sessions(session_store, signer, ids, timedelta(seconds=cfg.refresh_ttl_seconds)),
     )

@@ -87,11 +87,19 @@ def test_rank_workers_export_how_full_each_state_redis_node_is() -> None:
     every rank worker reads each state Redis node's used memory over its limit."""
     nodes = {node.address for node in topology.state_redis_nodes()}
     rank = next(w for w in topology.WORKERS if w.name == "rank_worker")
+
+    def read(port: int, metric: str) -> dict[str, float]:
+        return {name: value for name, value in scrape(port).items() if name.startswith(metric + "{")}
+
     for inst in topology.instances(rank):
-        ratios = {
-            name: value
-            for name, value in scrape(inst.metrics_port).items()
-            if name.startswith("chirp_redis_state_memory_used_ratio{")
-        }
+        ratios: dict[str, float] = {}
+
+        def all_read(port: int = inst.metrics_port, found: dict[str, float] = ratios) -> bool:
+            found.update(read(port, "chirp_redis_state_memory_used_ratio"))
+            return bool(found) and all(0.0 < ratio < 1.0 for ratio in found.values())
+
+        # Read every 30 s: NaN for a while after a node came back (the fault tests stop it).
+        faults.wait_for(all_read, 45, "every state node's memory to be read", interval=1.0)
         assert set(ratios) == {f"chirp_redis_state_memory_used_ratio{{node={node}}}" for node in nodes}
-        assert all(0.0 < ratio < 1.0 for ratio in ratios.values()), ratios
+        evicts = read(inst.metrics_port, "chirp_redis_state_evicts")
+        assert evicts == {f"chirp_redis_state_evicts{{node={node}}}": 0.0 for node in nodes}

@@ -20,7 +20,7 @@ from redis.exceptions import OutOfMemoryError
 
 from common.cache import RedisClient, connect_redis
 from common.errors import ResourceExhausted
-from common.limits import LoginGuard, LoginLimits, RedisCounters
+from common.limits import Limit, LoginGuard, LoginLimits, RedisCounters, UserLimits
 from common.redis_memory import MemoryWatch
 from rank_svc.store import Like, PartitionFold, TrendingStore, hour_of
 from tests.integration.test_redis_pool import Server
@@ -86,6 +86,33 @@ async def test_failed_logins_count_on_top_of_what_a_full_redis_holds(
     assert await observer.get(key) == b"2"  # Redis took nothing more
 
 
+async def test_logins_that_succeed_while_redis_is_full_are_given_back(
+    private: tuple[RedisClient, aioredis.Redis],
+) -> None:
+    """A success is no failure, full or not: six good logins in a row from one address are
+    never refused by a limit of five (the give-back of a hit Redis never held would be lost
+    on Redis, which has no such key, and the hit kept in memory counted for good)."""
+    client, observer = private
+    guard = LoginGuard(RedisCounters(client), LoginLimits(60.0, 5, 50, 200))
+    await fill(observer)
+    for _ in range(6):
+        attempt = await guard.begin("owner", "198.18.0.2")
+        await guard.give_back(attempt)  # the password was right
+
+
+async def test_per_user_limits_hold_on_a_full_redis(private: tuple[RedisClient, aioredis.Redis]) -> None:
+    """Posting past the limit is refused though Redis counts nothing: the hits are kept here."""
+    client, observer = private
+    limits = UserLimits(RedisCounters(client), {"post": Limit(3, 60.0)})
+    await limits.take("post", 7)  # counted in Redis
+    await fill(observer)
+    for _ in range(2):
+        await limits.take("post", 7)
+    with pytest.raises(ResourceExhausted):
+        await limits.take("post", 7)
+    assert await observer.get("rl:post:7") == b"1"
+
+
 async def test_a_fold_into_a_full_redis_fails_whole_and_is_counted(
     private: tuple[RedisClient, aioredis.Redis],
 ) -> None:
@@ -116,5 +143,9 @@ async def test_the_memory_watch_reads_how_full_each_node_is(private: tuple[Redis
         await watch.read_once()
         assert used(node) > 1.0
         assert math.isnan(used(down))
+        assert REGISTRY.get_sample_value("chirp_redis_state_evicts", {"node": node}) == 0.0
+        await observer.config_set("maxmemory-policy", "allkeys-lru")  # a state URL naming a cache
+        await watch.read_once()
+        assert REGISTRY.get_sample_value("chirp_redis_state_evicts", {"node": node}) == 1.0
     finally:
         await watch.close()

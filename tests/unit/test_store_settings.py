@@ -252,5 +252,5 @@ def test_a_state_redis_url_naming_the_cache_is_said_at_start(caplog: pytest.LogC
     with caplog.at_level(logging.WARNING, logger="common.cache"):
         cache.connect_state_redis("redis://127.0.0.1:6390/0", cache_url)
         assert not caplog.records
-        cache.connect_state_redis(cache_url, cache_url)
-    assert "CHIRP_REDIS_STATE_URL is the cache's" in caplog.text
+        cache.connect_state_redis("redis://127.0.0.1:6379", "redis://127.0.0.1:6380,redis://127.0.0.1:6379")
+    assert "CHIRP_REDIS_STATE_URL names a node of the cache's" in caplog.text
