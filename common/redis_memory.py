@@ -5,7 +5,7 @@ writes (ChirpRedisFull). Each rank worker, its main writer, reads every node's
 INFO memory every POLL_SECONDS and exports, per node:
 - `chirp_redis_state_memory_used_ratio`: used memory over maxmemory, for the
   alert ChirpRedisStateAlmostFull; NaN while the node does not answer, and when
-  it has no limit (maxmemory 0);
+  it has no limit (maxmemory 0): ChirpRedisStateNodeUnread when no worker reads it;
 - `chirp_redis_state_evicts`: 1 when its maxmemory-policy is not noeviction (a
   state URL that names an evicting Redis), for the alert ChirpRedisStateEvicts.
 
