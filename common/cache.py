@@ -585,9 +585,14 @@ def connect_redis(
     )
 
 
+def named_node(url: str) -> tuple[str, int]:
+    """(host, port) of one `redis://` URL, whatever else it carries (credentials, db, TLS)."""
+    part = urlsplit(url.strip())
+    return (part.hostname or "").lower(), part.port or 6379
+
+
 def _named_nodes(url: str) -> set[tuple[str, int]]:
-    parts = (urlsplit(part.strip()) for part in url.split(","))
-    return {((part.hostname or "").lower(), part.port or 6379) for part in parts}
+    return {named_node(part) for part in url.split(",")}
 
 
 def connect_state_redis(state_url: str, cache_url: str) -> RedisClient:

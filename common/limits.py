@@ -270,8 +270,10 @@ class LocalCounters:
     def kept(self, key: str) -> tuple[int, int]:
         """(count, ms until its window ends) of `key`, without a hit; (0, 0) once it ended."""
         count, ends = self._counts.get(key, (0, 0.0))
+        if count <= 0:
+            return 0, 0
         now = self._clock()
-        return (count, math.ceil((ends - now) * 1000)) if ends > now and count > 0 else (0, 0)
+        return (count, math.ceil((ends - now) * 1000)) if ends > now else (0, 0)
 
     def _evict(self, now: float) -> None:
         if len(self._counts) <= self._max_keys:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from prometheus_client import Gauge
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from common.cache import named_node
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,11 @@ EVICTS = Gauge(
 )
 
 
-def _node(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 6379}"
-
-
 class MemoryWatch:
     def __init__(self, url: str, interval_seconds: float = POLL_SECONDS) -> None:
         self._interval = interval_seconds
         self._clients = {
-            _node(part.strip()): aioredis.Redis.from_url(
+            "{}:{}".format(*named_node(part)): aioredis.Redis.from_url(
                 part.strip(),
                 socket_timeout=TIMEOUT_SECONDS,
                 socket_connect_timeout=TIMEOUT_SECONDS,

@@ -344,8 +344,12 @@ def _redis_conf(clustered: bool) -> Path:
 STATE_REDIS_SETTINGS = ("--maxmemory-policy", "noeviction", "--maxmemory", "256mb")
 
 
+def _redis_settings(node: topology.StoreNode) -> tuple[str, ...]:
+    return STATE_REDIS_SETTINGS if node.kind == "redis_state" else ()
+
+
 def _redis_fingerprint(node: topology.StoreNode, clustered: bool) -> str:
-    settings = " ".join(STATE_REDIS_SETTINGS if node.kind == "redis_state" else ()).encode()
+    settings = " ".join(_redis_settings(node)).encode()
     return hashlib.sha256(_redis_conf(clustered).read_bytes() + settings).hexdigest()[:16]
 
 
@@ -357,7 +361,7 @@ def _redis_argv(node: topology.StoreNode, clustered: bool) -> list[str]:
         str(_data(node.name)),
         "--port",
         str(node.port),
-        *(STATE_REDIS_SETTINGS if node.kind == "redis_state" else ()),
+        *_redis_settings(node),
     ]
 
 
