@@ -139,7 +139,8 @@ POLICY = (
 # most half the container's memory limit, as a snapshot or a full resync forks). The
 # counters are small and last a window (minutes). The tallies are not: every {rk}: key
 # is in one hash slot, so on one shard, and each (tweet, liker) pair takes about 100 B
-# for 50 h after the tweet's last like: 1gb holds a 48 h window at about 60 likes/s.
+# for 49 to 60 h after its like (rank_svc/store.py LIKERS_BUCKET_HOURS): 1gb holds a
+# 48 h window at about 50 likes/s.
 # Past that the folds are refused (ChirpRedisFull) and trending stands still; a shard
 # more does not help them (docs/RELIABILITY.md, stop 50). The cpu limit stays the
 # cache's (room for a snapshot's fork next to the main thread).

@@ -32,6 +32,9 @@ from rank_svc.score import hour_weight
 # hides some authors still gets a full list.
 MAX_TRENDING = 200
 HOUR_MS = 3_600_000
+# Likers are kept per tweet and per 12 hours of their events' time, each such hash expiring a
+# window after its last hour: a tweet liked without pause keeps only its recent likers.
+LIKERS_BUCKET_HOURS = 12
 
 
 def hour_of(unix_ms: int) -> int:
@@ -63,8 +66,14 @@ class TrendingKeys:
         """Net likes per tweet for likes made in that hour (a sorted set)."""
         return f"{self.slot}:likes:{hour}"
 
-    def likers(self, tweet_id: int) -> str:
-        """user id -> "liked:version:hour" of the newest event folded (a hash)."""
+    def likers(self, tweet_id: int, bucket: int) -> str:
+        """user id -> "liked:version:hour" of the newest event folded, for events of the
+        bucket's hours (hour // LIKERS_BUCKET_HOURS == bucket; a hash)."""
+        return f"{self.slot}:likers:{tweet_id}:{bucket}"
+
+    def unbucketed_likers(self, tweet_id: int) -> str:
+        """The one likers hash per tweet folds wrote before the buckets: read and emptied by
+        folds until it expires (its TTL was the window and 2 hours from its last write)."""
         return f"{self.slot}:likers:{tweet_id}"
 
     def folded(self, topic: str, partition: int) -> str:
@@ -133,10 +142,17 @@ class Like:
 # any delivery order and any number of replays give the same tallies.
 # Versions are compared as decimal strings: Lua numbers are doubles and
 # Snowflake ids need 63 bits; so each likers entry also keeps its hour.
+# A (tweet, user)'s entry is in the likers hash of its event's bucket
+# (LIKERS_BUCKET_HOURS), moved when a newer event is folded. An entry older
+# than the window's first hour may go: every event no newer than it is older
+# than the window too (an event's hour is its version's), so it is never
+# folded again. So each bucket's hash expires with the tally of the bucket's
+# last hour, an hour after the window's start has passed that hour.
 # KEYS: the window's hourly tallies (oldest first), one marker per partition,
-# one likers hash per tweet. ARGV: first_hour, hours, partitions, tweets,
-# window, likers_ttl; (first, next, mode) per partition; the tweet ids; then
-# (partition no, tweet no, user, version, liked, hour) per like.
+# then per tweet the likers hashes of the window's buckets (oldest first) and
+# its unbucketed one. ARGV: first_hour, hours, partitions, tweets, window,
+# first_bucket, buckets, bucket_hours; (first, next, mode) per partition; the
+# tweet ids; then (partition no, tweet no, user, version, liked, hour) per like.
 # Returns the numbers of the partitions found lost (their likes not folded).
 FOLD_SCRIPT = """
 local first_hour = tonumber(ARGV[1])
@@ -144,7 +160,10 @@ local hours = tonumber(ARGV[2])
 local nparts = tonumber(ARGV[3])
 local ntweets = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
-local likers_ttl = tonumber(ARGV[6])
+local first_bucket = tonumber(ARGV[6])
+local nbuckets = tonumber(ARGV[7])
+local bucket_hours = tonumber(ARGV[8])
+local per_tweet = nbuckets + 1
 
 local function newer(a, b)
   if #a ~= #b then return #a > #b end
@@ -163,7 +182,7 @@ end
 
 local open = {}
 local lost = {}
-local at = 7
+local at = 9
 for p = 1, nparts do
   local key = KEYS[hours + p]
   local first, nxt, mode = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), ARGV[at + 2]
@@ -191,25 +210,34 @@ local last_hour = first_hour + hours - 1
 while at <= #ARGV do
   if open[tonumber(ARGV[at])] then
     local t = tonumber(ARGV[at + 1])
-    local likers = KEYS[hours + nparts + t]
+    local base = hours + nparts + (t - 1) * per_tweet
     local user, version, liked, hour = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], tonumber(ARGV[at + 5])
-    local newest = redis.call('HGET', likers, user)
-    local apply = true
-    if newest then
-      local was_liked, was_version, was_hour = string.match(newest, '^(%d):(%d+):(%d+)$')
-      was_hour = tonumber(was_hour)
-      if not newer(version, was_version) then
-        apply = false
-      elseif was_liked == '1' and was_hour >= first_hour and was_hour <= last_hour then
-        tally(was_hour, tweets[t], -1)
+    local holders = {}
+    local was_liked, was_version, was_hour = nil, nil, nil
+    for k = base + 1, base + per_tweet do
+      local entry = redis.call('HGET', KEYS[k], user)
+      if entry then
+        holders[#holders + 1] = k
+        local l, v, h = string.match(entry, '^(%d):(%d+):(%d+)$')
+        if was_version == nil or newer(v, was_version) then
+          was_liked, was_version, was_hour = l, v, tonumber(h)
+        end
       end
     end
-    if apply then
+    if was_version == nil or newer(version, was_version) then
+      if was_liked == '1' and was_hour >= first_hour and was_hour <= last_hour then
+        tally(was_hour, tweets[t], -1)
+      end
       if liked == '1' then
         tally(hour, tweets[t], 1)
       end
-      redis.call('HSET', likers, user, liked .. ':' .. version .. ':' .. hour)
-      redis.call('EXPIRE', likers, likers_ttl)
+      local bucket = math.floor(hour / bucket_hours)
+      local target = base + bucket - first_bucket + 1
+      for _, k in ipairs(holders) do
+        if k ~= target then redis.call('HDEL', KEYS[k], user) end
+      end
+      redis.call('HSET', KEYS[target], user, liked .. ':' .. version .. ':' .. hour)
+      redis.call('EXPIREAT', KEYS[target], ((bucket + 1) * bucket_hours + window) * 3600)
     end
   end
   at = at + 6
@@ -244,14 +272,18 @@ class TrendingStore:
         if not parts:
             return set()
         hours = self._window + 1
+        first_bucket = first_hour // LIKERS_BUCKET_HOURS
+        buckets = range(first_bucket, (first_hour + hours - 1) // LIKERS_BUCKET_HOURS + 1)
         tweets = sorted({like.tweet_id for like in likes})
         tweet_no = {tweet_id: n for n, tweet_id in enumerate(tweets, 1)}
         keys = [
             *(self.keys.likes(first_hour + h) for h in range(hours)),
             *(self.keys.folded(p.topic, p.partition) for p in parts),
-            *(self.keys.likers(t) for t in tweets),
         ]
-        args: list[str | int] = [first_hour, hours, len(parts), len(tweets), self._window, (self._window + 2) * 3600]
+        for t in tweets:
+            keys += [*(self.keys.likers(t, b) for b in buckets), self.keys.unbucketed_likers(t)]
+        args: list[str | int] = [first_hour, hours, len(parts), len(tweets), self._window]
+        args += [first_bucket, len(buckets), LIKERS_BUCKET_HOURS]
         for p in parts:
             args += [p.first, p.next, p.mode]
         args += tweets

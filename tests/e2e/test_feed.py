@@ -572,12 +572,22 @@ def test_trending_tallies_are_in_the_state_redis_and_outlive_a_cache_flush(
     tweet = post_tweet(edge, author, "tallied")
     for liker in likers:
         like(edge, liker, tweet["tweet_id"])
-    key = TrendingKeys().likers(int(tweet["tweet_id"]))
-    eventually(lambda: state_rds.hlen(key), lambda n: n == 2, "the likes were never folded", TRENDING_DEADLINE)
-    assert not rds.exists(key)
+    pattern = TrendingKeys().unbucketed_likers(int(tweet["tweet_id"])).replace("{", "[{]") + ":*"
+
+    def folded_likers(r: redis.Redis) -> list[str]:
+        """The users in the tweet's likers hashes (one per bucket of hours)."""
+        return sorted(str(user) for key in r.scan_iter(match=pattern) for user in r.hkeys(key))
+
+    eventually(
+        lambda: folded_likers(state_rds),
+        lambda users: len(users) == 2,
+        "the likes were never folded",
+        TRENDING_DEADLINE,
+    )
+    assert folded_likers(rds) == []
     assert state_rds.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
     assert rds.flushall() is True
-    assert sorted(state_rds.hkeys(key)) == sorted(str(liker.user_id) for liker in likers)
+    assert folded_likers(state_rds) == sorted(str(liker.user_id) for liker in likers)
 
 
 def test_trending_limits(edge: httpx.Client) -> None:

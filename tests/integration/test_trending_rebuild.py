@@ -178,7 +178,13 @@ async def test_the_stack_redis_takes_the_fold_as_one_slot(store: TrendingStore) 
     """Every trending key shares one slot, so the fold (a script over ~60 keys) and
     the decayed union run on a Redis Cluster too; WAIT goes to that slot's primary."""
     keys = [store.keys.likes(FIRST_HOUR + h) for h in range(WINDOW + 1)]
-    keys += [store.keys.folded("t", 0), store.keys.likers(1), store.keys.decayed, store.keys.trending]
+    keys += [
+        store.keys.folded("t", 0),
+        store.keys.likers(1, 0),
+        store.keys.unbucketed_likers(1),
+        store.keys.decayed,
+        store.keys.trending,
+    ]
     assert len({key_slot(k.encode()) for k in keys}) == 1
     replicas = await store.replicas()
     assert replicas == (1 if len(topology.state_redis_nodes()) > 1 else 0)

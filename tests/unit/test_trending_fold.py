@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -37,6 +37,7 @@ from rank_svc.domain import Ranker
 from rank_svc.reads import TrendingCopy, with_current_state
 from rank_svc.store import (
     HOUR_MS,
+    LIKERS_BUCKET_HOURS,
     Like,
     PartitionFold,
     TrendingKeys,
@@ -353,6 +354,72 @@ async def test_likes_older_than_the_window_are_not_counted(store: TrendingStore)
     topic.produce([event(1, 10, True, WINDOW - 0.4), event(1, 11, True, WINDOW - 0.8)])
     await consume(folder_for(store), Consumer(topic, [0]))
     assert await store.tallies(FIRST_HOUR) == {FIRST_HOUR: {1: 1}}
+
+
+# ---- likers: kept per bucket of hours, so bounded by the window ------------------------------
+
+
+async def likers_of(redis: aioredis.Redis, store: TrendingStore, tweet_id: int) -> dict[str, dict[bytes, bytes]]:
+    """Every likers hash the tweet has, bucketed or not: key -> user -> entry."""
+    unbucketed = store.keys.unbucketed_likers(tweet_id)
+    keys = [unbucketed, *[k.decode() async for k in redis.scan_iter(match=unbucketed.replace("{", "[{]") + ":*")]]
+    found: dict[str, dict[bytes, bytes]] = {}
+    for key in keys:
+        if entries := await redis.hgetall(key):
+            found[key] = cast(dict[bytes, bytes], entries)
+    return found
+
+
+async def test_a_liker_moves_to_its_newest_events_bucket_which_expires_with_its_hours(
+    redis: aioredis.Redis, store: TrendingStore
+) -> None:
+    """A bucket's hash is not kept alive by later likes of the tweet: it expires with the
+    tally of its last hour. One hash per tweet, renewed at every like, kept every liker of
+    a tweet liked without pause (and filled the state Redis, which never evicts)."""
+    earlier = hour_of(NOW_MS - 30 * HOUR_MS)
+    old_bucket, now_bucket = earlier // LIKERS_BUCKET_HOURS, NOW_HOUR // LIKERS_BUCKET_HOURS
+    old_key, now_key = store.keys.likers(1, old_bucket), store.keys.likers(1, now_bucket)
+    ends_at = ((old_bucket + 1) * LIKERS_BUCKET_HOURS + WINDOW) * 3600
+
+    await fold_directly(store, [event(1, 10, True, 30)])
+    assert list(await likers_of(redis, store, 1)) == [old_key]
+    assert await redis.expiretime(old_key) == ends_at
+
+    await fold_directly(store, [event(1, 11, True, 0.5)])  # another liker, now
+    assert await redis.expiretime(old_key) == ends_at
+    assert await redis.expiretime(now_key) == ((now_bucket + 1) * LIKERS_BUCKET_HOURS + WINDOW) * 3600
+    assert await store.tallies(FIRST_HOUR) == {earlier: {1: 1}, NOW_HOUR: {1: 1}}
+
+    await fold_directly(store, [event(1, 10, False, 0.2)])  # the first liker takes it back
+    assert await store.tallies(FIRST_HOUR) == {NOW_HOUR: {1: 1}}
+    held = await likers_of(redis, store, 1)
+    assert list(held) == [now_key] and sorted(held[now_key]) == [b"10", b"11"]
+    assert held[now_key][b"10"].startswith(b"0:")
+    await fold_directly(store, [event(1, 10, True, 30)])  # the first like delivered again
+    assert await store.tallies(FIRST_HOUR) == {NOW_HOUR: {1: 1}}
+
+
+async def test_likers_kept_in_the_unbucketed_hash_of_earlier_folds_still_count(
+    redis: aioredis.Redis, store: TrendingStore
+) -> None:
+    """Folds before the buckets kept one hash per tweet: a like recorded there is not
+    counted again when delivered again, and an unlike after the upgrade takes it back."""
+    liked = event(1, 10, True, 5)
+    hour = hour_of(id_time_ms(liked.version))
+    unbucketed = store.keys.unbucketed_likers(1)
+    # What the previous fold script left for this like.
+    await redis.zadd(store.keys.likes(hour), {"1": 1})
+    await redis.hset(unbucketed, "10", f"1:{liked.version}:{hour}")
+    await redis.expire(unbucketed, (WINDOW + 2) * 3600)
+
+    await fold_directly(store, [liked])
+    assert await store.tallies(FIRST_HOUR) == {hour: {1: 1}}
+    assert list(await likers_of(redis, store, 1)) == [unbucketed]
+
+    await fold_directly(store, [event(1, 10, False, 1)])
+    assert await store.tallies(FIRST_HOUR) == {}
+    held = await likers_of(redis, store, 1)
+    assert list(held) == [store.keys.likers(1, hour_of(NOW_MS - HOUR_MS) // LIKERS_BUCKET_HOURS)]
 
 
 # ---- rebuilding from the topic ---------------------------------------------------------------
