@@ -139,6 +139,21 @@ PREPARE_BACKOFF_SECONDS = 1.0
 RECONNECT_MAX_SECONDS = 10.0
 # How often a process starting while its store does not answer tries again (from_config).
 CONNECT_RETRY_SECONDS = 2.0
+
+
+class UnknownDataCenter(Exception):
+    """The store answered, and none of its nodes is in the data center named as local:
+    a setting to correct (CHIRP_CQL_LOCAL_DC), not an outage to wait out."""
+
+
+def _refused_credentials(exc: NoHostAvailable) -> bool:
+    # The driver gives the errors per host as a dict when no node answered, and as a
+    # list of the hosts' addresses when nodes answered and no pool came up (the keyspace
+    # does not exist yet, or no node is in the local data center).
+    errors = exc.errors.values() if isinstance(exc.errors, dict) else ()
+    return any(isinstance(e, AuthenticationFailed) for e in errors)
+
+
 # The driver's libev I/O thread arms one repeating timer for its earliest request
 # timer and never stops it once none is left, so an idle process went on waking
 # at the last interval armed: every 150 ms (SPECULATIVE_DELAY_SECONDS) in the
@@ -428,8 +443,7 @@ class CqlSession:
             # A contact point's name may not resolve yet either: a headless Service's names
             # appear with its first ready pod (a fresh install).
             except (NoHostAvailable, UnresolvableContactPoints) as exc:
-                errors = exc.errors if isinstance(exc, NoHostAvailable) else None
-                refused = any(isinstance(e, AuthenticationFailed) for e in (errors or {}).values())
+                refused = isinstance(exc, NoHostAvailable) and _refused_credentials(exc)
                 if refused or time.monotonic() + CONNECT_RETRY_SECONDS >= deadline:
                     raise  # bad credentials do not get better with waiting
                 log.warning(
@@ -462,8 +476,15 @@ class CqlSession:
         loop = asyncio.get_running_loop()
         try:
             session = await loop.run_in_executor(None, cluster.connect, keyspace)
-        except BaseException:
+        except BaseException as exc:
+            # The nodes the store told of (their data centers come from its own tables).
+            known = {h.datacenter for h in cluster.metadata.all_hosts() if h.datacenter}
             cluster.shutdown()  # its threads and connections, or the process never exits
+            if isinstance(exc, NoHostAvailable) and known and local_dc not in known:
+                raise UnknownDataCenter(
+                    f"no node of the CQL store is in the local data center {local_dc!r} (CHIRP_CQL_LOCAL_DC); "
+                    f"its nodes are in {', '.join(sorted(known))}"
+                ) from exc
             raise
         cluster.connection_class.sessions.add(session)
         keep_a_timer_pending(cluster.connection_class)

@@ -27,7 +27,7 @@ from cassandra.protocol import SyntaxException
 
 from common import cql as cql_policies
 from common.config import load_common
-from common.cql import CONNECT_RETRY_SECONDS, CQL_UNAVAILABLE_ERRORS, LOCAL_DC, Batch, CqlSession
+from common.cql import CONNECT_RETRY_SECONDS, CQL_UNAVAILABLE_ERRORS, LOCAL_DC, Batch, CqlSession, UnknownDataCenter
 from common.errors import INTERNAL_MESSAGE, classify
 from common.outbox import Outbox
 from graph_svc.store import GraphStore
@@ -59,14 +59,40 @@ async def test_the_probe_reads_a_virtual_table_of_the_store(cql: CqlSession) -> 
     assert row.value
 
 
-async def test_a_session_for_another_dc_has_no_host_and_that_means_unavailable() -> None:
-    with pytest.raises(NoHostAvailable) as caught:
-        session = await _connect(local_dc="no-such-dc")
+async def test_a_local_dc_no_node_is_in_is_refused_at_once_not_waited_for(caplog: pytest.LogCaptureFixture) -> None:
+    """A wrong CHIRP_CQL_LOCAL_DC leaves the driver no host to use: a setting to correct,
+    so the process stops at its first attempt and says what the store's DCs are (it
+    crashed on the driver's list of hosts before, and was meant to wait 80 s)."""
+    settings = {"CHIRP_CQL_LOCAL_DC": "no-such-dc", "CHIRP_CQL_CONNECT_WAIT_SECONDS": "60"}
+    with caplog.at_level(logging.WARNING, logger="common.cql"), pytest.raises(UnknownDataCenter) as caught:
+        await CqlSession.from_config(load_common(settings, "test", 0))
+    assert "'no-such-dc'" in str(caught.value) and f"its nodes are in {LOCAL_DC}" in str(caught.value)
+    assert not [r for r in caplog.records if "does not answer yet" in r.getMessage()]
+
+
+async def test_a_process_started_before_its_keyspace_is_made_waits_for_it(cql: CqlSession) -> None:
+    """A fresh install: the store answers before the migration made the keyspace. The
+    driver then names the hosts in a list, not a dict of errors."""
+    keyspace = f"wait_{secrets.token_hex(4)}"
+    settings = {"CHIRP_CQL_KEYSPACE": keyspace, "CHIRP_CQL_CONNECT_WAIT_SECONDS": "60"}
+    opening = asyncio.create_task(CqlSession.from_config(load_common(settings, "test", 0)))
+    try:
+        await asyncio.sleep(2.5 * CONNECT_RETRY_SECONDS)
+        assert not opening.done(), (
+            f"gave up on a keyspace not made yet: {opening.exception() if opening.done() else ''}"
+        )
+        await cql.execute(
+            f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'NetworkTopologyStrategy', '{LOCAL_DC}': 1}}"
+        )
+        session = await asyncio.wait_for(opening, 30)
         try:
-            await session.execute("SELECT user_id FROM users LIMIT 1")
+            assert session._session.keyspace == keyspace
+            assert await session.ping()
         finally:
             session.close()
-    assert classify(caught.value, CQL_UNAVAILABLE_ERRORS).code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        opening.cancel()
+        await cql.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
 
 
 async def _closed_proxy() -> Proxy:
