@@ -137,12 +137,12 @@ POLICY = (
 
 # The state Redis's own size, whatever the cache's: the cache's rule (maxmemory at
 # most half the container's memory limit, as a snapshot or a full resync forks). The
-# counters are small and last a window (minutes). The tallies are not: every {rk}: key
-# is in one hash slot, so on one shard, and each (tweet, liker) pair takes about 100 B
-# for 49 to 60 h after its like (rank_svc/store.py LIKERS_BUCKET_HOURS): 1gb holds a
-# 48 h window at about 50 likes/s.
+# counters are small and last a window (minutes). The tallies are not: each (tweet,
+# user) takes about 100 B for 48 to 60 h after each like or unlike (rank_svc/store.py
+# LIKERS_BUCKET_HOURS), spread over the primaries by the tallies' 12 shards (4 a
+# primary): the three primaries' 1gb each hold a 48 h window at about 150 likes/s.
 # Past that the folds are refused (ChirpRedisFull) and trending stands still; a shard
-# more does not help them (docs/RELIABILITY.md, stop 50). The cpu limit stays the
+# more takes some of the tallies' shards (docs/RELIABILITY.md, stop 51). The cpu limit stays the
 # cache's (room for a snapshot's fork next to the main thread).
 MEMORY = "2Gi"  # the container's request and limit
 MAXMEMORY = "1gb"

@@ -340,7 +340,7 @@ def _redis_conf(clustered: bool) -> Path:
 # The state Redis (infra/topology.py) is the cache's configuration with these last, so
 # they win: it never evicts (a write past the limit is refused). 256 MB hold the
 # counters and the trending tallies of a 48 h window at about 13 likes/s (about 100 B
-# per tweet and liker for 49 to 60 h), far above what the tests and benchmarks here make.
+# per tweet and user for 48 to 60 h), far above what the tests and benchmarks here make.
 STATE_REDIS_SETTINGS = ("--maxmemory-policy", "noeviction", "--maxmemory", "256mb")
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.config import CommonConfig, env_float, env_int, graph_target, load_common, tweet_target
+from rank_svc.store import DEFAULT_TALLY_SHARDS
 
 DEFAULT_PORT = 50081
 
@@ -20,6 +21,8 @@ class RankConfig:
     half_life_hours: float
     window_hours: int
     follower_weight: float
+    # The tallies' shards of tweets, each one Redis Cluster slot (rank_svc/store.py).
+    tally_shards: int
     graph_target: str
     tweet_target: str
 
@@ -31,6 +34,7 @@ def load(env: Mapping[str, str] = os.environ) -> RankConfig:
         half_life_hours=env_float(env, "CHIRP_RANK_HALF_LIFE_HOURS", 6.0, minimum=0.1),
         window_hours=env_int(env, "CHIRP_RANK_WINDOW_HOURS", 48, minimum=1),
         follower_weight=env_float(env, "CHIRP_RANK_FOLLOWER_WEIGHT", 0.25),
+        tally_shards=env_int(env, "CHIRP_RANK_TALLY_SHARDS", DEFAULT_TALLY_SHARDS, minimum=1),
         graph_target=graph_target(env),
         tweet_target=tweet_target(env),
     )

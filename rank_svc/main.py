@@ -14,7 +14,7 @@ from common.server import Wiring, serve
 from rank_svc import config as rank_config
 from rank_svc.reads import READ_REFRESH_SECONDS, TrendingCopy, ViewerLikes, with_current_state
 from rank_svc.service import RankService
-from rank_svc.store import TrendingStore, TweetCacheReader
+from rank_svc.store import TrendingKeys, TrendingStore, TweetCacheReader
 
 
 async def run(cfg: rank_config.RankConfig) -> None:
@@ -22,7 +22,7 @@ async def run(cfg: rank_config.RankConfig) -> None:
     # The tallies and the computed list are in the state Redis (never evicted); tweets and
     # hidden-author sets in the cache.
     state_redis = connect_state_redis(cfg.common.redis_state_url, cfg.common.redis_url)
-    store = TrendingStore(state_redis, cfg.window_hours, cfg.half_life_hours)
+    store = TrendingStore(state_redis, cfg.window_hours, cfg.half_life_hours, TrendingKeys(shards=cfg.tally_shards))
     cache = TweetCacheReader(redis)
     trending = TrendingCopy(
         with_current_state(store.load, cache.tweets), min(READ_REFRESH_SECONDS, cfg.interval_seconds)

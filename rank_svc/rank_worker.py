@@ -21,7 +21,7 @@ from common.server import Wiring, serve
 from rank_svc import config as rank_config
 from rank_svc.domain import Ranker
 from rank_svc.events import FoldingLoop, LikesConsumer
-from rank_svc.store import TrendingStore
+from rank_svc.store import TrendingKeys, TrendingStore
 from rank_svc.tallies import GROUP, LikeFolder, Partition
 
 BATCH_SIZE = 1000
@@ -33,7 +33,7 @@ async def run(cfg: rank_config.RankConfig) -> None:
     redis = connect_state_redis(common.redis_state_url, common.redis_url)  # the tallies: never evicted
     memory = MemoryWatch(common.redis_state_url)  # how close it is to refusing writes
     peers = Peers(graph_target=cfg.graph_target, tweet_target=cfg.tweet_target)
-    store = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours)
+    store = TrendingStore(redis, cfg.window_hours, cfg.half_life_hours, TrendingKeys(shards=cfg.tally_shards))
     ranker = Ranker(store, peers.batch_tweets, peers.users, cfg.follower_weight)
     holder = f"{socket.gethostname()}-{common.instance_id}"
 

@@ -3,18 +3,25 @@ events into, one fold marker per likes-topic partition, the recompute lease
 and the computed list; and, read only, viewers' like flags in tweet_svc's cache
 (TweetCacheReader).
 
-Every key is built by `TrendingKeys`, under one hash tag (`{rk}`), so on a
-Redis Cluster they all live in one hash slot: the fold script and the
-ZUNIONSTORE over the window's hours touch many keys in one command, which a
-cluster allows only within a slot. One slot (one shard) for all of trending is
-acceptable: only the rank workers write it, a batch at a time, and requests
-never read the tallies: each rank_svc instance reads the computed list about
-once a second into a process-local copy and serves every request from that.
+Every key is built by `TrendingKeys`. The tallies are split by tweet into
+`CHIRP_RANK_TALLY_SHARDS` shards, each under its own hash tag (`{rk:<shards>:<n>}`),
+so on a Redis Cluster each shard is one hash slot and the shards spread over the
+primaries: the fold script and the ZUNIONSTORE over the window's hours touch many
+keys in one command, which a cluster allows only within a slot, and every key
+one tweet's likes touch is in its shard. One slot for all of trending put every
+fold's work and every liker on one primary, which no number of shards could
+lift. A batch is folded into every shard (each keeps its own marker per
+partition, so each finds its own loss), in one pipeline. The recompute lease, the
+epochs and the computed list are under `{rk}`: requests never read the tallies;
+each rank_svc instance reads the list about once a second into a process-local
+copy and serves every request from that.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,6 +39,9 @@ from rank_svc.score import hour_weight
 # hides some authors still gets a full list.
 MAX_TRENDING = 200
 HOUR_MS = 3_600_000
+# 12 spread evenly over 3 primaries whose slots are split evenly (4 each), as the local and
+# Kubernetes clusters are; 8 would put half of them on one.
+DEFAULT_TALLY_SHARDS = 12
 # Likers are kept per tweet and per 12 hours of their events' time, each such hash expiring a
 # window after its last hour: a tweet liked without pause keeps only its recent likers.
 LIKERS_BUCKET_HOURS = 12
@@ -57,32 +67,48 @@ return 1
 
 
 class TrendingKeys:
-    """Every trending key, all under one hash tag (see the module docstring)."""
+    """Every trending key (see the module docstring): per shard of tweets the tallies,
+    likers, markers and scratch; under the namespace's own tag the lease and the list.
+    The shard count is in the shards' tags, so a new count starts from no marker: every
+    partition is then refolded into the new shards, as after any loss."""
 
-    def __init__(self, namespace: str = "rk") -> None:
+    def __init__(self, namespace: str = "rk", shards: int = DEFAULT_TALLY_SHARDS) -> None:
+        if shards < 1:
+            raise ValueError("trending needs at least one tally shard")
+        self.namespace = namespace
+        self.shards = shards
         self.slot = "{" + namespace + "}"
+        self._shard_slots = ["{" + f"{namespace}:{shards}:{n}" + "}" for n in range(shards)]
 
-    def likes(self, hour: int) -> str:
-        """Net likes per tweet for likes made in that hour (a sorted set)."""
-        return f"{self.slot}:likes:{hour}"
+    @property
+    def pattern(self) -> str:
+        """A SCAN pattern of every key of the namespace."""
+        return "[{]" + self.namespace + "[}:]*"
+
+    def shard_of(self, tweet_id: int) -> int:
+        # A hash, not the id modulo: the low bits of Snowflake ids made at low rates are
+        # mostly the same (a sequence number at 0).
+        return zlib.crc32(str(tweet_id).encode()) % self.shards
+
+    def shard_slot(self, shard: int) -> str:
+        """The shard's hash tag, itself a key in its slot (to find its primary)."""
+        return self._shard_slots[shard]
+
+    def likes(self, shard: int, hour: int) -> str:
+        """Net likes per tweet of the shard for likes made in that hour (a sorted set)."""
+        return f"{self._shard_slots[shard]}:likes:{hour}"
 
     def likers(self, tweet_id: int, bucket: int) -> str:
         """user id -> "liked:version:hour" of the newest event folded, for events of the
         bucket's hours (hour // LIKERS_BUCKET_HOURS == bucket; a hash)."""
-        return f"{self.slot}:likers:{tweet_id}:{bucket}"
+        return f"{self._shard_slots[self.shard_of(tweet_id)]}:likers:{tweet_id}:{bucket}"
 
-    def unbucketed_likers(self, tweet_id: int) -> str:
-        """The one likers hash per tweet folds wrote before the buckets: read and emptied by
-        folds until it expires (its TTL was the window and 2 hours from its last write)."""
-        return f"{self.slot}:likers:{tweet_id}"
+    def folded(self, shard: int, topic: str, partition: int) -> str:
+        """The partition's next offset to fold into the shard: every like before it is in its tallies."""
+        return f"{self._shard_slots[shard]}:folded:{topic}:{partition}"
 
-    def folded(self, topic: str, partition: int) -> str:
-        """The partition's next offset to fold: every like before it is in the tallies."""
-        return f"{self.slot}:folded:{topic}:{partition}"
-
-    @property
-    def decayed(self) -> str:
-        return f"{self.slot}:decayed"
+    def decayed(self, shard: int) -> str:
+        return f"{self._shard_slots[shard]}:decayed"
 
     @property
     def lock(self) -> str:
@@ -147,10 +173,13 @@ class Like:
 # than the window's first hour may go: every event no newer than it is older
 # than the window too (an event's hour is its version's), so it is never
 # folded again. So each bucket's hash expires with the tally of the bucket's
-# last hour, an hour after the window's start has passed that hour.
+# last hour, an hour after the window's start has passed that hour. The bucket
+# after the window's last is read too: an entry another rank worker put there,
+# its clock up to 12 hours ahead, still outranks a replay of an older event.
+# One call per shard, with that shard's keys and likes.
 # KEYS: the window's hourly tallies (oldest first), one marker per partition,
-# then per tweet the likers hashes of the window's buckets (oldest first) and
-# its unbucketed one. ARGV: first_hour, hours, partitions, tweets, window,
+# then per tweet the likers hashes of the window's buckets and the one after
+# (oldest first). ARGV: first_hour, hours, partitions, tweets, window,
 # first_bucket, buckets, bucket_hours; (first, next, mode) per partition; the
 # tweet ids; then (partition no, tweet no, user, version, liked, hour) per like.
 # Returns the numbers of the partitions found lost (their likes not folded).
@@ -163,7 +192,7 @@ local window = tonumber(ARGV[5])
 local first_bucket = tonumber(ARGV[6])
 local nbuckets = tonumber(ARGV[7])
 local bucket_hours = tonumber(ARGV[8])
-local per_tweet = nbuckets + 1
+local per_tweet = nbuckets
 
 local function newer(a, b)
   if #a ~= #b then return #a > #b end
@@ -264,71 +293,99 @@ class TrendingStore:
     async def fold(self, parts: Sequence[PartitionFold], likes: Sequence[Like], first_hour: int) -> set[int]:
         """Fold `likes` into the tallies of hours first_hour..first_hour+window (each
         like's hour must be among them); returns the indexes of `parts` whose
-        tallies were lost (their likes were not folded: rebuild them).
+        tallies were lost in any shard (their likes were not folded there: rebuild them).
 
-        When the slot's primary has replicas, returns only once one of them has
-        the fold (WAIT), so a failover right after cannot lose what the caller
-        commits next; raises NotReplicated otherwise."""
+        Every shard gets every part, with or without likes of its tweets, so each
+        shard's markers keep up. When a shard's primary has replicas, returns only
+        once one of them has the fold (WAIT), so a failover right after cannot lose
+        what the caller commits next; raises NotReplicated otherwise."""
         if not parts:
             return set()
         hours = self._window + 1
+        for like in likes:
+            if not first_hour <= like.hour < first_hour + hours:
+                raise ValueError(f"like of hour {like.hour} is outside {first_hour}..{first_hour + hours - 1}")
+        by_shard: list[list[Like]] = [[] for _ in range(self.keys.shards)]
+        for like in likes:
+            by_shard[self.keys.shard_of(like.tweet_id)].append(like)
+        calls = [self._fold_call(shard, parts, shard_likes, first_hour) for shard, shard_likes in enumerate(by_shard)]
+        lost = await self._eval_durably(calls)
+        return {int(p) - 1 for shard_lost in lost for p in shard_lost}
+
+    def _fold_call(
+        self, shard: int, parts: Sequence[PartitionFold], likes: Sequence[Like], first_hour: int
+    ) -> tuple[list[str], list[str | int]]:
+        """One shard's FOLD_SCRIPT keys and arguments."""
+        hours = self._window + 1
         first_bucket = first_hour // LIKERS_BUCKET_HOURS
-        buckets = range(first_bucket, (first_hour + hours - 1) // LIKERS_BUCKET_HOURS + 1)
+        buckets = range(first_bucket, (first_hour + hours - 1) // LIKERS_BUCKET_HOURS + 2)
         tweets = sorted({like.tweet_id for like in likes})
         tweet_no = {tweet_id: n for n, tweet_id in enumerate(tweets, 1)}
         keys = [
-            *(self.keys.likes(first_hour + h) for h in range(hours)),
-            *(self.keys.folded(p.topic, p.partition) for p in parts),
+            *(self.keys.likes(shard, first_hour + h) for h in range(hours)),
+            *(self.keys.folded(shard, p.topic, p.partition) for p in parts),
         ]
         for t in tweets:
-            keys += [*(self.keys.likers(t, b) for b in buckets), self.keys.unbucketed_likers(t)]
+            keys += [self.keys.likers(t, b) for b in buckets]
         args: list[str | int] = [first_hour, hours, len(parts), len(tweets), self._window]
         args += [first_bucket, len(buckets), LIKERS_BUCKET_HOURS]
         for p in parts:
             args += [p.first, p.next, p.mode]
         args += tweets
         for like in likes:
-            if not first_hour <= like.hour < first_hour + hours:
-                raise ValueError(f"like of hour {like.hour} is outside {first_hour}..{first_hour + hours - 1}")
             args += [like.part + 1, tweet_no[like.tweet_id], like.user_id, like.version, int(like.liked), like.hour]
-        lost = await self._eval_durably(keys, args)
-        return {int(p) - 1 for p in lost}
+        return keys, args
 
-    async def _eval_durably(self, keys: list[str], args: list[str | int]) -> list[Any]:
-        # The fold's script and the WAIT for its primary's replica go out in one pipeline
-        # (common/replica_waits.py): WAIT counts only its own connection's writes.
+    async def _eval_durably(self, calls: Sequence[tuple[list[str], list[str | int]]]) -> list[list[Any]]:
+        # Every shard's script and the WAIT for each primary's replica go out in one
+        # pipeline (common/replica_waits.py): WAIT counts only its own connection's writes.
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.eval(FOLD_SCRIPT, len(keys), *keys, *args)
-                (lost,) = await self._waits.execute(pipe, [self.keys.slot])
+                for keys, args in calls:
+                    pipe.eval(FOLD_SCRIPT, len(keys), *keys, *args)
+                replies = await self._waits.execute(pipe, self._shard_slots)
         except OutOfMemoryError:
             # The state Redis is full (it never evicts): the batch fails and is applied
             # again; counted for the alert ChirpRedisFull.
             REDIS_FULL.inc()
             raise
-        return list(lost)
+        return [list(lost) for lost in replies]
+
+    @property
+    def _shard_slots(self) -> list[str]:
+        return [self.keys.shard_slot(n) for n in range(self.keys.shards)]
 
     async def replicas(self) -> int:
-        """Replicas of the primary holding the trending slot (0 on a standalone Redis)."""
-        return await self._waits.replicas(self.keys.slot)
+        """Replicas of the primaries holding the tally shards, of the one with fewest
+        (0 on a standalone Redis)."""
+        return min([await self._waits.replicas(slot) for slot in self._shard_slots])
 
     async def tallies(self, first_hour: int) -> dict[int, dict[int, int]]:
         """hour -> tweet -> net likes, over the window from `first_hour` (for checks and tests)."""
         found: dict[int, dict[int, int]] = {}
         for hour in range(first_hour, first_hour + self._window + 1):
-            rows = await self._redis.zrange(self.keys.likes(hour), 0, -1, withscores=True)
-            if rows:
-                found[hour] = {int(row[0]): int(row[1]) for row in rows}
-        return found
+            for shard in range(self.keys.shards):
+                rows = await self._redis.zrange(self.keys.likes(shard, hour), 0, -1, withscores=True)
+                found.setdefault(hour, {}).update({int(row[0]): int(row[1]) for row in rows})
+        return {hour: tweets for hour, tweets in found.items() if tweets}
 
     async def decayed_top(self, limit: int, now_ms: int | None = None) -> list[tuple[int, float]]:
-        """Top tweets by time-decayed likes, summed by Redis over the window's hours."""
+        """Top tweets by time-decayed likes, summed by Redis over the window's hours in
+        each shard; a tweet's likes are all in its shard, so the shards' tops merged are
+        the top of all."""
         now_hour = hour_of(now_ms if now_ms is not None else int(time.time() * 1000))
-        weights = {self.keys.likes(now_hour - age): hour_weight(age, self._half_life) for age in range(self._window)}
+        tops = await asyncio.gather(*(self._decayed_top(shard, limit, now_hour) for shard in range(self.keys.shards)))
+        merged = sorted((row for top in tops for row in top), key=lambda row: (row[1], row[0]), reverse=True)
+        return merged[:limit]
+
+    async def _decayed_top(self, shard: int, limit: int, now_hour: int) -> list[tuple[int, float]]:
+        weights = {
+            self.keys.likes(shard, now_hour - age): hour_weight(age, self._half_life) for age in range(self._window)
+        }
         # Likes stamped by a clock a little ahead of this one count as current.
-        weights[self.keys.likes(now_hour + 1)] = 1.0
-        await self._redis.zunionstore(self.keys.decayed, weights)
-        rows = await self._redis.zrevrange(self.keys.decayed, 0, limit - 1, withscores=True)
+        weights[self.keys.likes(shard, now_hour + 1)] = 1.0
+        await self._redis.zunionstore(self.keys.decayed(shard), weights)
+        rows = await self._redis.zrevrange(self.keys.decayed(shard), 0, limit - 1, withscores=True)
         return [(int(row[0]), float(row[1])) for row in rows]
 
     async def acquire_turn(self, holder: str, seconds: float) -> bool:

@@ -29,7 +29,7 @@ from common.kafka import TOPIC_FOLLOWS, TOPIC_TWEETS, group_offsets
 from common.keys import feed_key, tweet_key
 from feed_svc.fanout_worker import GROUP as FANOUT_GROUP
 from infra import topology
-from rank_svc.store import TrendingKeys
+from rank_svc.store import DEFAULT_TALLY_SHARDS, TrendingKeys
 from tests.conftest import (
     CELEBRITY_DEMOTE_BELOW,
     CELEBRITY_THRESHOLD,
@@ -572,7 +572,8 @@ def test_trending_tallies_are_in_the_state_redis_and_outlive_a_cache_flush(
     tweet = post_tweet(edge, author, "tallied")
     for liker in likers:
         like(edge, liker, tweet["tweet_id"])
-    pattern = TrendingKeys().unbucketed_likers(int(tweet["tweet_id"])).replace("{", "[{]") + ":*"
+    keys = TrendingKeys(shards=DEFAULT_TALLY_SHARDS)
+    pattern = keys.likers(int(tweet["tweet_id"]), 0).removesuffix(":0").replace("{", "[{]") + ":*"
 
     def folded_likers(r: redis.Redis) -> list[str]:
         """The users in the tweet's likers hashes (one per bucket of hours)."""

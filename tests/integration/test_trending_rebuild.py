@@ -53,7 +53,7 @@ def topic() -> Iterator[str]:
 
 
 async def delete_namespace(redis: RedisClient, store: TrendingStore) -> int:
-    keys = [key async for key in redis.scan_iter(match=f"{store.keys.slot}:*", count=1000)]
+    keys = [key async for key in redis.scan_iter(match=store.keys.pattern, count=1000)]
     for key in keys:
         await redis.delete(key)
     return len(keys)
@@ -125,8 +125,12 @@ async def fold_until(
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         await loop.run_once()
-        markers = {p: await redis.get(store.keys.folded(topic, p)) for p in ends}
-        if all(marker == str(end).encode() for (p, end), marker in zip(ends.items(), markers.values(), strict=True)):
+        markers = {
+            (shard, p): await redis.get(store.keys.folded(shard, topic, p))
+            for shard in range(store.keys.shards)
+            for p in ends
+        }
+        if all(marker == str(ends[p]).encode() for (_, p), marker in markers.items()):
             return
     raise AssertionError(f"never folded to the ends {ends}: markers {markers}")
 
@@ -174,18 +178,14 @@ async def test_replay_counts_once_and_a_lost_tally_is_rebuilt_from_kafka(
     assert await store.tallies(FIRST_HOUR) == want
 
 
-async def test_the_stack_redis_takes_the_fold_as_one_slot(store: TrendingStore) -> None:
-    """Every trending key shares one slot, so the fold (a script over ~60 keys) and
-    the decayed union run on a Redis Cluster too; WAIT goes to that slot's primary."""
-    keys = [store.keys.likes(FIRST_HOUR + h) for h in range(WINDOW + 1)]
-    keys += [
-        store.keys.folded("t", 0),
-        store.keys.likers(1, 0),
-        store.keys.unbucketed_likers(1),
-        store.keys.decayed,
-        store.keys.trending,
-    ]
+async def test_the_stack_redis_takes_the_fold_one_slot_per_shard(store: TrendingStore) -> None:
+    """Each shard's keys share one slot, so its fold (a script over ~60 keys) and
+    decayed union run on a Redis Cluster too; WAIT goes to each shard's primary."""
+    shard = store.keys.shard_of(1)
+    keys = [store.keys.likes(shard, FIRST_HOUR + h) for h in range(WINDOW + 1)]
+    keys += [store.keys.folded(shard, "t", 0), store.keys.likers(1, 0), store.keys.decayed(shard)]
     assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert len({key_slot(store.keys.shard_slot(n).encode()) for n in range(store.keys.shards)}) == store.keys.shards
     replicas = await store.replicas()
     assert replicas == (1 if len(topology.state_redis_nodes()) > 1 else 0)
     hour = hour_of(NOW_MS)

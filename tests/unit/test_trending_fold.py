@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from chirp.graph.v1 import graph_pb2
 from chirp.tweet.v1 import tweet_pb2
 from prometheus_client import REGISTRY
+from redis.crc import key_slot
 
 from common.errors import Unavailable
 from common.events import LikeEvent
@@ -151,7 +152,7 @@ def store(redis: aioredis.Redis) -> TrendingStore:
 
 async def lose_everything(redis: aioredis.Redis, store: TrendingStore) -> None:
     """What Redis restarting without its data does to the tallies (only this test's keys)."""
-    keys = [key async for key in redis.scan_iter(match=store.keys.slot.replace("{", "[{]") + ":*")]
+    keys = [key async for key in redis.scan_iter(match=store.keys.pattern)]
     assert keys
     await redis.delete(*keys)
 
@@ -360,9 +361,9 @@ async def test_likes_older_than_the_window_are_not_counted(store: TrendingStore)
 
 
 async def likers_of(redis: aioredis.Redis, store: TrendingStore, tweet_id: int) -> dict[str, dict[bytes, bytes]]:
-    """Every likers hash the tweet has, bucketed or not: key -> user -> entry."""
-    unbucketed = store.keys.unbucketed_likers(tweet_id)
-    keys = [unbucketed, *[k.decode() async for k in redis.scan_iter(match=unbucketed.replace("{", "[{]") + ":*")]]
+    """Every likers hash the tweet has: key -> user -> entry."""
+    pattern = store.keys.likers(tweet_id, 0).removesuffix(":0").replace("{", "[{]") + ":*"
+    keys = [k.decode() async for k in redis.scan_iter(match=pattern)]
     found: dict[str, dict[bytes, bytes]] = {}
     for key in keys:
         if entries := await redis.hgetall(key):
@@ -399,27 +400,18 @@ async def test_a_liker_moves_to_its_newest_events_bucket_which_expires_with_its_
     assert await store.tallies(FIRST_HOUR) == {NOW_HOUR: {1: 1}}
 
 
-async def test_likers_kept_in_the_unbucketed_hash_of_earlier_folds_still_count(
-    redis: aioredis.Redis, store: TrendingStore
-) -> None:
-    """Folds before the buckets kept one hash per tweet: a like recorded there is not
-    counted again when delivered again, and an unlike after the upgrade takes it back."""
-    liked = event(1, 10, True, 5)
-    hour = hour_of(id_time_ms(liked.version))
-    unbucketed = store.keys.unbucketed_likers(1)
-    # What the previous fold script left for this like.
-    await redis.zadd(store.keys.likes(hour), {"1": 1})
-    await redis.hset(unbucketed, "10", f"1:{liked.version}:{hour}")
-    await redis.expire(unbucketed, (WINDOW + 2) * 3600)
-
-    await fold_directly(store, [liked])
-    assert await store.tallies(FIRST_HOUR) == {hour: {1: 1}}
-    assert list(await likers_of(redis, store, 1)) == [unbucketed]
-
-    await fold_directly(store, [event(1, 10, False, 1)])
+async def test_an_entry_a_worker_ahead_put_in_the_next_bucket_outranks_a_replay(store: TrendingStore) -> None:
+    """A rank worker whose clock is ahead folds a newer event into a bucket past this
+    worker's window: this worker still reads it, so a replay of an older like adds nothing."""
+    ahead_hour = ((NOW_HOUR + 1) // LIKERS_BUCKET_HOURS + 1) * LIKERS_BUCKET_HOURS
+    unliked = LikeEvent(1, 10, False, version(ahead_hour * HOUR_MS + 60_000, 0))
+    await store.fold(
+        [PartitionFold(TOPIC, 0, 0, 1, "start")],
+        [Like(0, 1, 10, unliked.version, False, ahead_hour)],
+        ahead_hour - WINDOW,
+    )
+    await fold_directly(store, [event(1, 10, True, 0.5)])  # an older like, delivered again
     assert await store.tallies(FIRST_HOUR) == {}
-    held = await likers_of(redis, store, 1)
-    assert list(held) == [store.keys.likers(1, hour_of(NOW_MS - HOUR_MS) // LIKERS_BUCKET_HOURS)]
 
 
 # ---- rebuilding from the topic ---------------------------------------------------------------
@@ -468,8 +460,9 @@ async def test_rebuild_after_loss_equals_the_tally_before(redis: aioredis.Redis,
         for p, offset in consumer.seeks[earlier:]:
             # Rewound to the window's first like, not to the start of the topic.
             assert offset == await consumer.offset_at(TOPIC, p, window_start) > 0
-    markers = [await redis.get(store.keys.folded(TOPIC, p)) for p in range(3)]
-    assert markers == [str(len(log)).encode() for log in topic.logs]
+    for shard in range(store.keys.shards):
+        markers = [await redis.get(store.keys.folded(shard, TOPIC, p)) for p in range(3)]
+        assert markers == [str(len(log)).encode() for log in topic.logs]
 
 
 async def test_a_restored_older_snapshot_is_found_and_rebuilt(redis: aioredis.Redis, store: TrendingStore) -> None:
@@ -477,7 +470,7 @@ async def test_a_restored_older_snapshot_is_found_and_rebuilt(redis: aioredis.Re
     consumer = Consumer(topic, [0])
     folder = folder_for(store)
     await consume(folder, consumer)
-    keys = [key async for key in redis.scan_iter(match=store.keys.slot.replace("{", "[{]") + ":*")]
+    keys = [key async for key in redis.scan_iter(match=store.keys.pattern)]
     snapshot = {key: await redis.dump(key) for key in keys}
 
     topic.produce([event(7, 300 + n, True, 0.2, n) for n in range(5)])
@@ -554,6 +547,70 @@ async def test_a_quiet_partition_with_nothing_in_the_window_is_marked_without_a_
     assert await store.tallies(FIRST_HOUR) == {NOW_HOUR: {1: 1}}
 
 
+# ---- shards of tweets ------------------------------------------------------------------------
+
+
+def slot_of_shard(store: TrendingStore, shard: int) -> int:
+    return key_slot(store.keys.shard_slot(shard).encode())
+
+
+async def test_a_tweets_keys_are_all_in_its_shards_slot_and_the_shards_spread(
+    redis: aioredis.Redis, store: TrendingStore
+) -> None:
+    """The fold is one script per shard, so every key it touches must be in the shard's
+    slot; one slot for all of trending put all of it on one Redis primary."""
+    topic = busy_topic(2, seed=5)
+    await consume(folder_for(store), Consumer(topic, [0, 1]))
+    assert await store.tallies(FIRST_HOUR) == expected_tallies(topic.events)
+    used = set()
+    for shard in range(store.keys.shards):
+        for hour in range(FIRST_HOUR, NOW_HOUR + 2):
+            for member in await redis.zrange(store.keys.likes(shard, hour), 0, -1):
+                assert isinstance(member, bytes) and store.keys.shard_of(int(member)) == shard
+                used.add(shard)
+    assert len(used) >= store.keys.shards // 2
+    assert len({slot_of_shard(store, n) for n in range(store.keys.shards)}) == store.keys.shards
+    async for key in redis.scan_iter(match=store.keys.pattern):
+        name = key.decode()
+        if ":likers:" in name:
+            tweet_id = int(name.split(":likers:")[1].split(":")[0])
+            assert key_slot(key) == slot_of_shard(store, store.keys.shard_of(tweet_id))
+
+
+async def test_one_shard_lost_alone_is_found_and_rebuilt(redis: aioredis.Redis, store: TrendingStore) -> None:
+    """A failover that dropped one primary's writes loses the shards on it only: their
+    markers are gone, so each partition is refolded (the other shards take the replay
+    as the replay it is)."""
+    topic = busy_topic(2, seed=6)
+    consumer = Consumer(topic, [0, 1])
+    folder = folder_for(store)
+    await consume(folder, consumer)
+    want = expected_tallies(topic.events)
+    lost = store.keys.shard_of(next(iter(want[max(want)])))
+    pattern = store.keys.shard_slot(lost).replace("{", "[{]") + ":*"
+    await redis.delete(*[key async for key in redis.scan_iter(match=pattern)])
+    assert await store.tallies(FIRST_HOUR) != want
+    rewinds = REWINDS._value.get()
+    await consume(folder, consumer)  # quiet partitions: the check finds the loss
+    assert REWINDS._value.get() - rewinds == 2
+    assert await store.tallies(FIRST_HOUR) == want
+
+
+async def test_the_top_is_merged_from_every_shards_top(store: TrendingStore) -> None:
+    """The four most liked tweets are the top four, wherever they are: two of them in one
+    shard (its own top must not be cut to one), the others in other shards, and fewer
+    likes on tweets spread over every shard."""
+    shard_of = store.keys.shard_of
+    first = 1
+    second = next(t for t in range(2, 1000) if shard_of(t) == shard_of(first))
+    others = [t for t in range(2, 1000) if shard_of(t) != shard_of(first)][:2]
+    likes = {first: 20, others[0]: 19, others[1]: 18, second: 17}
+    likes |= {t: 1 + t % 10 for t in range(1000, 1000 + 4 * store.keys.shards)}
+    await fold_directly(store, [event(t, u, True, 0.2, u) for t, n in likes.items() for u in range(n)])
+    top = await store.decayed_top(4, NOW_MS)
+    assert top == [(first, 20.0), (others[0], 19.0), (others[1], 18.0), (second, 17.0)]
+
+
 # ---- durable before commit: WAIT for a replica ----------------------------------------------
 
 
@@ -575,7 +632,9 @@ async def test_a_fold_waits_for_the_replica_and_fails_when_none_acknowledges(por
         assert await store.replicas() == 1
         await fold_directly(store, [event(1, 10, True, 0.1)])
         replica = aioredis.Redis(host="127.0.0.1", port=follower.port)
-        assert await replica.zscore(store.keys.likes(NOW_HOUR), "1") == 1.0  # on the replica once fold returned
+        assert (
+            await replica.zscore(store.keys.likes(store.keys.shard_of(1), NOW_HOUR), "1") == 1.0
+        )  # on the replica once fold returned
         await replica.aclose()
 
         os.kill(follower.process.pid, signal.SIGSTOP)  # connected, but acknowledges nothing
@@ -608,6 +667,7 @@ async def test_recompute_ranks_decayed_likes_lifted_by_followers_and_drops_delet
     async def users(ids: Sequence[int]) -> list[graph_pb2.User]:
         return [graph_pb2.User(user_id=i, follower_count=1_000_000 if i == 12 else 0) for i in ids]
 
+    assert len({store.keys.shard_of(t) for t in (1, 2, 3, 4)}) == 4  # merged across shards
     assert await Ranker(store, batch_tweets, users, 0.25).recompute() == 3
     assert [t.tweet_id for t in await store.load()] == [1, 3, 2]
 
