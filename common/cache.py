@@ -43,7 +43,7 @@ import hiredis
 import redis.asyncio as aioredis
 from prometheus_client import Counter
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, PipelineStrategy, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, NodesManager, PipelineStrategy, RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -358,6 +358,27 @@ _IN_FLIGHT: ContextVar[bool] = ContextVar("chirp_redis_in_flight", default=False
 T = TypeVar("T")
 
 
+class _NodesManager(NodesManager):
+    """redis-py's, with a cluster whose slots are not all assigned yet (its membership
+    Job still to run, on a fresh install) read as down: redis-py raises an IndexError
+    when no slot is assigned, and a KeyError for a slot missing from its map, which
+    callers would take for bugs."""
+
+    __slots__ = ()  # NodesManager's own: QueueingRedisCluster swaps the class of the one made
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().initialize(*args, **kwargs)
+        except IndexError as exc:
+            raise ClusterDownError("no slot of the Redis Cluster is assigned yet") from exc
+
+    def get_node_from_slot(self, slot: int, *args: Any, **kwargs: Any) -> ClusterNode:
+        try:
+            return super().get_node_from_slot(slot, *args, **kwargs)
+        except KeyError as exc:
+            raise SlotNotCoveredError(f"slot {slot} is not assigned to a node of the Redis Cluster") from exc
+
+
 class QueueingRedisCluster(RedisCluster):
     """The cluster client's nodes raise MaxConnectionsError at once when full, and
     redis-py 8.1 offers no blocking pool for them; so commands and pipelines wait
@@ -373,6 +394,7 @@ class QueueingRedisCluster(RedisCluster):
 
     def __init__(self, *args: Any, in_flight: int, wait_seconds: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.nodes_manager.__class__ = _NodesManager  # made by RedisCluster.__init__, which takes no class
         self._slots = asyncio.Semaphore(in_flight)
         self._wait_seconds = wait_seconds
         self._refreshing: asyncio.Task[None] | None = None
@@ -582,6 +604,11 @@ def connect_redis(
         # The servers decide whether a shard without a primary stops the others
         # (cluster-require-full-coverage); the client keeps serving the slots it can.
         require_full_coverage=False,
+        # Always ask the nodes named here for the slot map. redis-py otherwise replaces
+        # them with the nodes the last map named: a map read before the cluster was
+        # made (a client started before its membership Job) names none, and the
+        # client could never connect again.
+        dynamic_startup_nodes=False,
     )
 
 

@@ -47,14 +47,15 @@ class AsyncProducer:
         on_fatal: Callable[[], None] | None,
         delivery_timeout_ms: int = 10000,
     ) -> None:
-        """`on_fatal` runs (on the poll thread) after a fatal error, after which every
-        send fails: a service passes `common.server.stop_with_failure`, so that it is
-        started afresh. Required, so that no process leaves it out by mistake; None
-        (only logged) is for tools and tests."""
+        """`on_fatal` runs once after a fatal error (on the thread that met it), after
+        which every send fails: a service passes `common.server.stop_with_failure`, so
+        that it is started afresh. Required, so that no process leaves it out by
+        mistake; None (only logged) is for tools and tests."""
         # Set while librdkafka reports every broker down, so callers that need
         # an acknowledgement fail at once instead of waiting out the timeout.
         self._all_down = threading.Event()
         self._on_fatal = on_fatal
+        self._failed = threading.Event()
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -74,19 +75,40 @@ class AsyncProducer:
         self._poller.start()
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.fatal():
-            # An idempotent producer's fatal error (a sequence the broker lost, say) is
-            # for good: every later send fails, while the process keeps serving and
-            # holding its outbox relay's shards, which no one then publishes. A service
-            # stops (drain, shards handed over) and exits with a failure, for the
-            # platform to start it afresh; its unsent events wait in the outbox.
-            log.critical("the Kafka producer failed for good", extra={"error": err.str()})
-            if self._on_fatal is not None:
-                self._on_fatal()
+        if err.fatal():  # confluent-kafka raises these from poll() instead (`_serve`)
+            self._fatal(err)
             return
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._all_down.set()
             log.warning("all Kafka brokers are down")
+
+    def _fatal(self, err: KafkaError) -> None:
+        # An idempotent producer's fatal error (a sequence the broker lost, say) is
+        # for good: every later send fails, while the process keeps serving and
+        # holding its outbox relay's shards, which no one then publishes. A service
+        # stops (drain, shards handed over) and exits with a failure, for the
+        # platform to start it afresh; its unsent events wait in the outbox.
+        if self._failed.is_set():
+            return
+        self._failed.set()
+        log.critical("the Kafka producer failed for good", extra={"error": err.str()})
+        if self._on_fatal is not None:
+            self._on_fatal()
+
+    def _serve(self, timeout: float) -> None:
+        """poll(): delivery reports and client events. A fatal error never reaches
+        `error_cb`: confluent-kafka raises it, as a KafkaException, from the poll() (or
+        flush()) that serves it, and from every produce() after it."""
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            self._fatal_if_so(exc)
+            raise
+
+    def _fatal_if_so(self, exc: KafkaException) -> None:
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, KafkaError) and (err.fatal() or err.code() == KafkaError._FATAL):
+            self._fatal(err)
 
     def _poll(self) -> None:
         # poll() returns as soon as a delivery report is served. len() counts the
@@ -94,17 +116,21 @@ class AsyncProducer:
         # a produce counts itself before it sets `_produced`, and the count is read
         # after the event is cleared, so no record waits for IDLE_CHECK_SECONDS.
         while not self._stop.is_set():
-            if len(self._producer):
-                self._producer.poll(POLL_IDLE_SECONDS)
-                continue
-            self._produced.wait(IDLE_CHECK_SECONDS)
-            self._produced.clear()
-            self._producer.poll(0)
+            try:
+                if len(self._producer):
+                    self._serve(POLL_IDLE_SECONDS)
+                    continue
+                self._produced.wait(IDLE_CHECK_SECONDS)
+                self._produced.clear()
+                self._serve(0)
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive it: sends wait on its reports
+                log.error("serving the Kafka producer's events failed", extra={"error": repr(exc)})
+                self._stop.wait(POLL_IDLE_SECONDS)
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
         # An idle poll thread serves client events only every IDLE_CHECK_SECONDS:
         # serve any queued now (ALL_BROKERS_DOWN), so a send after an outage fails fast.
-        self._producer.poll(0)
+        self._serve(0)
         if self._all_down.is_set() and not await self.ping():
             raise KafkaException(KafkaError(KafkaError._ALL_BROKERS_DOWN, "all brokers are down"))
         self._all_down.clear()
@@ -114,13 +140,19 @@ class AsyncProducer:
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             loop.call_soon_threadsafe(_settle, done, err)
 
-        self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-        self._produced.set()
+        self._produce(topic, key, value, on_delivery)
         await done
 
     def send_nowait(self, topic: str, key: bytes, value: bytes, on_done: Any) -> None:
         """Queue a record; `on_done(err)` runs on the poll thread once it is settled."""
-        self._producer.produce(topic, value=value, key=key, on_delivery=lambda err, _msg: on_done(err))
+        self._produce(topic, key, value, lambda err, _msg: on_done(err))
+
+    def _produce(self, topic: str, key: bytes, value: bytes, on_delivery: Any) -> None:
+        try:
+            self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        except KafkaException as exc:
+            self._fatal_if_so(exc)
+            raise
         self._produced.set()
 
     def reachable(self, timeout: float = 0.5) -> bool:
@@ -134,7 +166,10 @@ class AsyncProducer:
         return await asyncio.get_running_loop().run_in_executor(None, self.reachable)
 
     def close(self, timeout: float = 5.0) -> None:
-        self._producer.flush(timeout)
+        try:
+            self._producer.flush(timeout)
+        except KafkaException as exc:  # a fatal error served here: nothing more will be sent
+            log.warning("flushing the Kafka producer failed", extra={"error": repr(exc)})
         self._stop.set()
         self._produced.set()
         self._poller.join(POLL_IDLE_SECONDS + 1.0)

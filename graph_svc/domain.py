@@ -221,8 +221,10 @@ class Graph:
             session = await self._check_password(username, password)
         except Unauthenticated:
             raise
-        except Exception:
-            await self._logins.give_back(attempt)  # an outage is not a wrong password
+        except BaseException:
+            # An outage is not a wrong password, nor is a check cut short (the call's
+            # deadline, the client gone: asyncio.CancelledError), which told no one anything.
+            await asyncio.shield(self._logins.give_back(attempt))
             raise
         await self._logins.give_back(attempt)
         return session
@@ -285,8 +287,8 @@ class Graph:
         attempt = await self._logins.begin(username_key(account.username), client_address)
         try:
             right = 0 < len(old_password) <= 1024 and await self._passwords.verify(account.password_hash, old_password)
-        except Exception:
-            await self._logins.give_back(attempt)
+        except BaseException:  # an outage, or a check cut short (see sign_in)
+            await asyncio.shield(self._logins.give_back(attempt))
             raise
         if not right:
             raise Unauthenticated(WRONG_PASSWORD)

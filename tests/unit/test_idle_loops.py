@@ -226,7 +226,9 @@ async def _nothing(messages: Sequence[Any]) -> None:
 
 class FakeProducer:
     """What AsyncProducer uses of confluent-kafka's Producer: produce() queues a
-    record, poll() serves its delivery report at once, len() counts what is queued."""
+    record, poll() serves its delivery report at once, len() counts what is queued.
+    As confluent-kafka does, poll() raises a fatal error (KafkaException) instead of
+    passing it to error_cb, and produce() raises `refuse` when it is set."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.queued: list[Any] = []
@@ -235,8 +237,11 @@ class FakeProducer:
         self.error_cb = config["error_cb"]
         self.errors: list[KafkaError] = []  # client events not yet served
         self.reachable = True
+        self.refuse: KafkaException | None = None
 
     def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+        if self.refuse is not None:
+            raise self.refuse
         with self.lock:
             self.queued.append(on_delivery)
 
@@ -246,6 +251,8 @@ class FakeProducer:
             served, self.queued = self.queued, []
             errors, self.errors = self.errors, []
         for err in errors:
+            if err.fatal():
+                raise KafkaException(err)
             self.error_cb(err)
         for on_delivery in served:
             on_delivery(None, None)
@@ -509,18 +516,61 @@ async def _status(health: HealthServicer, name: str) -> int:
     return int((await health.Check(request, cast(grpc.aio.ServicerContext, None))).status)
 
 
-def test_a_fatal_producer_error_calls_on_fatal_and_a_passing_one_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+def _served(fake: FakeProducer, producer: kafka.AsyncProducer) -> None:
+    """Wake the idle poll thread and wait until it served the queued client events."""
+    producer._produced.set()
+    for _ in range(500):
+        if not fake.errors:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the poll thread never served the events")
+
+
+def test_a_fatal_producer_error_calls_on_fatal_once_and_a_passing_one_does_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """After a fatal error every send fails for good, while the process would go on
     holding its outbox relay's shards, publishing none of them (services pass
-    `common.server.stop_with_failure`)."""
+    `common.server.stop_with_failure`). confluent-kafka raises the error from the poll
+    that serves it (it never reaches error_cb): the poll thread must catch it and live."""
     monkeypatch.setattr(kafka, "Producer", FakeProducer)
     stops: list[bool] = []
     producer = kafka.AsyncProducer("127.0.0.1:1", "test", on_fatal=lambda: stops.append(True))
     fake: FakeProducer = producer._producer  # type: ignore[assignment]
     try:
-        fake.error_cb(KafkaError(KafkaError._TRANSPORT, "a broker went away"))
+        fake.errors.append(KafkaError(KafkaError._TRANSPORT, "a broker went away"))
+        _served(fake, producer)
         assert stops == []
-        fake.error_cb(KafkaError(KafkaError._FATAL, "out of order sequence number", fatal=True))
+        fake.errors.append(KafkaError(KafkaError._FATAL, "out of order sequence number", fatal=True))
+        _served(fake, producer)
+        for _ in range(100):
+            if stops:
+                break
+            time.sleep(0.01)
+        assert stops == [True]
+        assert producer._poller.is_alive()
+        fake.refuse = KafkaException(KafkaError(KafkaError._FATAL, "fatal error"))
+        with pytest.raises(KafkaException):
+            producer.send_nowait("t", b"k", b"v", lambda err: None)
+        assert stops == [True]  # once
+    finally:
+        producer.close()
+
+
+def test_a_produce_refused_as_fatal_calls_on_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first to meet the fatal error may be a send: its produce() is refused."""
+    monkeypatch.setattr(kafka, "Producer", FakeProducer)
+    stops: list[bool] = []
+    producer = kafka.AsyncProducer("127.0.0.1:1", "test", on_fatal=lambda: stops.append(True))
+    fake: FakeProducer = producer._producer  # type: ignore[assignment]
+    try:
+        fake.refuse = KafkaException(KafkaError(KafkaError._QUEUE_FULL, "queue full"))
+        with pytest.raises(KafkaException):
+            producer.send_nowait("t", b"k", b"v", lambda err: None)
+        assert stops == []
+        fake.refuse = KafkaException(KafkaError(KafkaError._FATAL, "fatal error"))
+        with pytest.raises(KafkaException):
+            producer.send_nowait("t", b"k", b"v", lambda err: None)
         assert stops == [True]
     finally:
         producer.close()

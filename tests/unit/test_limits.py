@@ -279,6 +279,28 @@ async def test_sign_in_gives_an_attempt_back_when_the_store_fails() -> None:
         await graph.sign_in("alice", "wrong horse", "10.0.0.1")
 
 
+async def test_a_login_cut_short_is_not_a_failed_login() -> None:
+    """A call that ends before its password is checked (its deadline, the client gone)
+    is cancelled: it told no one anything, so it must not count towards a lockout."""
+    graph, store = await graph_with(LoginGuard(LocalCounters(Clock()), LOGINS))
+    hung = asyncio.Event()
+
+    async def slow(key: str) -> int | None:
+        await hung.wait()
+        return None
+
+    store.user_id_by_name = slow  # type: ignore[method-assign]
+    for _ in range(10):
+        login = asyncio.create_task(graph.sign_in("alice", "correct horse", "10.0.0.1"))
+        await asyncio.sleep(0.01)
+        login.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await login
+    del store.user_id_by_name
+    with pytest.raises(Unauthenticated):  # checked, not refused: nothing was counted
+        await graph.sign_in("alice", "wrong horse", "10.0.0.1")
+
+
 # ---- the 429 itself ----------------------------------------------------------------------
 
 
