@@ -56,6 +56,7 @@ class AsyncProducer:
         self._all_down = threading.Event()
         self._on_fatal = on_fatal
         self._failed = threading.Event()
+        self._failing = threading.Lock()  # the poll thread and the event loop may both meet it
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -88,9 +89,10 @@ class AsyncProducer:
         # holding its outbox relay's shards, which no one then publishes. A service
         # stops (drain, shards handed over) and exits with a failure, for the
         # platform to start it afresh; its unsent events wait in the outbox.
-        if self._failed.is_set():
-            return
-        self._failed.set()
+        with self._failing:
+            if self._failed.is_set():
+                return
+            self._failed.set()
         log.critical("the Kafka producer failed for good", extra={"error": err.str()})
         if self._on_fatal is not None:
             self._on_fatal()

@@ -139,12 +139,15 @@ class ReplicaWaits:
         if not isinstance(self._redis, RedisCluster):
             return {key: None for key in keys}
         owners: dict[str, ClusterNode | None] = {}
+        reread = False
         for key in keys:
             node = self._primary_of(key)
-            if node is None:
+            if node is None and not reread:
                 # After a failover the client may have dropped the slot: read the map again,
-                # once (RedisCluster.initialize() does nothing once the client is set up).
+                # once a call (RedisCluster.initialize() does nothing once the client is set
+                # up; a fold names a slot per trending shard).
                 await self._redis.nodes_manager.initialize()
+                reread = True
                 node = self._primary_of(key)
             if node is None:
                 raise NotReplicated(f"no primary is known for {key!r}")

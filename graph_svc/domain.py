@@ -52,7 +52,7 @@ from common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDe
 from common.events import MALFORMED, event_int
 from common.ids import IdGenerator
 from common.kafka import TOPIC_FOLLOWS
-from common.limits import UNKNOWN_ADDRESS, LoginGuard, UserLimits, address_subject
+from common.limits import UNKNOWN_ADDRESS, LoginAttempt, LoginGuard, UserLimits, address_subject
 from common.outbox import Event, Outbox
 from common.pagination import PageTokens, scope, unshared_tokens
 from common.worker import apply_each, skip_event
@@ -221,13 +221,21 @@ class Graph:
             session = await self._check_password(username, password)
         except Unauthenticated:
             raise
-        except BaseException:
+        except (Exception, asyncio.CancelledError):
             # An outage is not a wrong password, nor is a check cut short (the call's
             # deadline, the client gone: asyncio.CancelledError), which told no one anything.
-            await asyncio.shield(self._logins.give_back(attempt))
+            await self._give_back_anyway(attempt)
             raise
         await self._logins.give_back(attempt)
         return session
+
+    async def _give_back_anyway(self, attempt: LoginAttempt) -> None:
+        """The give-back of an attempt whose check failed or was cut short: shielded from a
+        second cancellation, and never in the place of the error that ended the check."""
+        try:
+            await asyncio.shield(self._logins.give_back(attempt))
+        except Exception as exc:  # noqa: BLE001 - the check's own error is the one to raise
+            log.warning("a login attempt could not be given back", extra={"error": repr(exc)})
 
     async def _check_password(self, username: str, password: str) -> Session:
         if not username or not password or len(password) > 1024:
@@ -287,8 +295,8 @@ class Graph:
         attempt = await self._logins.begin(username_key(account.username), client_address)
         try:
             right = 0 < len(old_password) <= 1024 and await self._passwords.verify(account.password_hash, old_password)
-        except BaseException:  # an outage, or a check cut short (see sign_in)
-            await asyncio.shield(self._logins.give_back(attempt))
+        except (Exception, asyncio.CancelledError):  # an outage, or a check cut short (see sign_in)
+            await self._give_back_anyway(attempt)
             raise
         if not right:
             raise Unauthenticated(WRONG_PASSWORD)

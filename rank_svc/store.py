@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from chirp.rank.v1 import rank_pb2
 from chirp.tweet.v1 import tweet_pb2
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import OutOfMemoryError
 
 from common.cache import REDIS_FULL, REDIS_UNAVAILABLE_ERRORS, RedisClient, Tolerant, tolerant
@@ -39,9 +40,11 @@ from rank_svc.score import hour_weight
 # hides some authors still gets a full list.
 MAX_TRENDING = 200
 HOUR_MS = 3_600_000
-# 12 spread evenly over 3 primaries whose slots are split evenly (4 each), as the local and
-# Kubernetes clusters are; 8 would put half of them on one.
+# Shard n's tag is chosen to hash into the n-th of `shards` equal ranges of slots, so the
+# shards spread over primaries that split the slots evenly (as the local and Kubernetes
+# clusters do) as evenly as their counts allow: 12 evenly over 1, 2, 3, 4, 6 or 12.
 DEFAULT_TALLY_SHARDS = 12
+MAX_TALLY_SHARDS = 1024  # 16 slots a shard; finding each tag costs about `shards` hashes
 # Likers are kept per tweet and per 12 hours of their events' time, each such hash expiring a
 # window after its last hour: a tweet liked without pause keeps only its recent likers.
 LIKERS_BUCKET_HOURS = 12
@@ -66,6 +69,18 @@ return 1
 """
 
 
+def _tag_in_range(base: str, n: int, shards: int) -> str:
+    """`base`, with the first suffix that puts it in the n-th of `shards` equal ranges of
+    the cluster's slots (tags that differ only at the end hash close together: twelve
+    plain ones fell into four narrow bands). The same in every process."""
+    low, high = n * REDIS_CLUSTER_HASH_SLOTS // shards, (n + 1) * REDIS_CLUSTER_HASH_SLOTS // shards
+    for suffix in range(100_000):
+        tag = f"{base}:{suffix}"
+        if low <= key_slot(tag.encode()) < high:
+            return tag
+    raise ValueError(f"no tag for shard {n} of {shards}: use fewer shards")
+
+
 class TrendingKeys:
     """Every trending key (see the module docstring): per shard of tweets the tallies,
     likers, markers and scratch; under the namespace's own tag the lease and the list.
@@ -73,12 +88,12 @@ class TrendingKeys:
     partition is then refolded into the new shards, as after any loss."""
 
     def __init__(self, namespace: str = "rk", shards: int = DEFAULT_TALLY_SHARDS) -> None:
-        if shards < 1:
-            raise ValueError("trending needs at least one tally shard")
+        if not 1 <= shards <= MAX_TALLY_SHARDS:
+            raise ValueError(f"trending needs 1 to {MAX_TALLY_SHARDS} tally shards, not {shards}")
         self.namespace = namespace
         self.shards = shards
         self.slot = "{" + namespace + "}"
-        self._shard_slots = ["{" + f"{namespace}:{shards}:{n}" + "}" for n in range(shards)]
+        self._shard_slots = ["{" + _tag_in_range(f"{namespace}:{shards}:{n}", n, shards) + "}" for n in range(shards)]
 
     @property
     def pattern(self) -> str:

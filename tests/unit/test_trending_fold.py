@@ -577,6 +577,23 @@ async def test_a_tweets_keys_are_all_in_its_shards_slot_and_the_shards_spread(
             assert key_slot(key) == slot_of_shard(store, store.keys.shard_of(tweet_id))
 
 
+@pytest.mark.parametrize("shards", [1, 2, 3, 5, 8, 12, 16, 24, 64])
+def test_the_shards_spread_evenly_over_primaries_that_split_the_slots_evenly(shards: int) -> None:
+    """Each shard's tag hashes into its own equal range of slots: P primaries splitting the
+    slots evenly (as `redis-cli --cluster create` does) hold shards/P each when P divides
+    the count. Plain tags differing only at the end hashed into a few narrow bands (12 of
+    them put none on two of six primaries)."""
+    keys = TrendingKeys("rk", shards)
+    slots = [key_slot(keys.shard_slot(n).encode()) for n in range(shards)]
+    assert slots == sorted(slots)
+    for primaries in range(1, shards + 1):
+        if shards % primaries == 0:
+            ranges = [(p * 16384 // primaries, (p + 1) * 16384 // primaries) for p in range(primaries)]
+            held = [sum(low <= slot < high for slot in slots) for low, high in ranges]
+            assert held == [shards // primaries] * primaries
+    assert keys.shard_slot(0) == TrendingKeys("rk", shards).shard_slot(0)  # the same in every process
+
+
 async def test_one_shard_lost_alone_is_found_and_rebuilt(redis: aioredis.Redis, store: TrendingStore) -> None:
     """A failover that dropped one primary's writes loses the shards on it only: their
     markers are gone, so each partition is refolded (the other shards take the replay
