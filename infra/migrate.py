@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from cassandra import ConsistencyLevel, InvalidRequest, Unavailable
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.connection import ConnectionException
 
 CQL_DIR = Path(__file__).resolve().parent / "cql"
 FILE_RE = re.compile(r"(\d{3})_[a-z0-9_]+\.cql")
@@ -127,6 +128,10 @@ def _asking_again(
             sleep(1.0)
 
 
+# How the driver says a USE failed on some pools (cassandra/cluster.py, ResponseFuture).
+POOL_KEYSPACE_FAILED = "Failed to set keyspace on all hosts"
+
+
 def use_keyspace(
     session: Session,
     keyspace: str,
@@ -136,10 +141,14 @@ def use_keyspace(
     """USE the keyspace. On a cluster that has just started, a keyspace just created
     may not have reached the node a statement goes to: the driver's wait for schema
     agreement covers only the nodes it already knows to be up. Such a node answers
-    that the keyspace does not exist; ask again, waiting for agreement, until it has."""
+    that the keyspace does not exist; ask again, waiting for agreement, until it has.
+    The coordinator's answer is an InvalidRequest; when the coordinator has it and
+    another node does not, the driver's USE on that node's pool fails and comes back
+    as a ConnectionException naming that InvalidRequest."""
 
     def not_there_yet(exc: Exception) -> str | None:
-        if not isinstance(exc, InvalidRequest) or "does not exist" not in str(exc):
+        on_a_pool = isinstance(exc, ConnectionException) and str(exc).startswith(POOL_KEYSPACE_FAILED)
+        if not (isinstance(exc, InvalidRequest) or on_a_pool) or "does not exist" not in str(exc):
             return None
         session.cluster.control_connection.wait_for_schema_agreement(wait_time=5.0)
         return f"keyspace {keyspace} not yet on every node ({exc}); waiting for schema agreement"

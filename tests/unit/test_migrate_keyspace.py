@@ -9,8 +9,9 @@ from typing import Any, cast
 import pytest
 from cassandra import InvalidRequest, Unavailable
 from cassandra.cluster import NoHostAvailable, Session
+from cassandra.connection import ConnectionException
 
-from infra.migrate import execute_at_quorum, use_keyspace
+from infra.migrate import POOL_KEYSPACE_FAILED, execute_at_quorum, use_keyspace
 
 
 class Agreement:
@@ -25,9 +26,10 @@ class Agreement:
 class LaggingSession:
     """A session whose first `missing` USEs reach a node without the keyspace."""
 
-    def __init__(self, missing: int, error: str = "Keyspace 'chirp' does not exist") -> None:
+    def __init__(self, missing: int, error: str = "Keyspace 'chirp' does not exist", on_a_pool: bool = False) -> None:
         self.missing = missing
         self.error = error
+        self.on_a_pool = on_a_pool
         self.uses = 0
         self.cluster: Any = type("C", (), {})()
         self.cluster.control_connection = Agreement()
@@ -35,7 +37,10 @@ class LaggingSession:
     def set_keyspace(self, keyspace: str) -> None:
         self.uses += 1
         if self.uses <= self.missing:
-            raise InvalidRequest(f'Error from server: code=2200 [Invalid query] message="{self.error}"')
+            refused = InvalidRequest(f'Error from server: code=2200 [Invalid query] message="{self.error}"')
+            if self.on_a_pool:  # the coordinator had it; the driver's USE on another node's pool did not
+                raise ConnectionException(f"{POOL_KEYSPACE_FAILED}: {{'127.0.0.2:9042': {refused!r}}}")
+            raise refused
 
 
 def test_use_is_asked_again_until_the_keyspace_reaches_the_node() -> None:
@@ -43,6 +48,21 @@ def test_use_is_asked_again_until_the_keyspace_reaches_the_node() -> None:
     use_keyspace(cast(Session, session), "chirp", sleep=lambda s: None)
     assert session.uses == 3
     assert session.cluster.control_connection.waits == 2
+
+
+def test_a_node_behind_the_coordinator_is_waited_for_too() -> None:
+    """The driver sets the keyspace on every node's pool after the coordinator's USE: a
+    node without it fails that step, reported as a ConnectionException."""
+    session = LaggingSession(missing=2, on_a_pool=True)
+    use_keyspace(cast(Session, session), "chirp", sleep=lambda s: None)
+    assert session.uses == 3
+
+
+def test_another_connection_failure_is_not_retried() -> None:
+    session = LaggingSession(missing=1, error="Keyspace 'chirp' is unreadable", on_a_pool=True)
+    with pytest.raises(ConnectionException):
+        use_keyspace(cast(Session, session), "chirp", sleep=lambda s: None)
+    assert session.uses == 1
 
 
 def test_it_gives_up_after_its_time_and_raises() -> None:
