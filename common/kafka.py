@@ -36,6 +36,13 @@ IDLE_CHECK_SECONDS = 5.0
 FETCH_WAIT_MS = 2500
 
 
+def is_fatal(error: KafkaError) -> bool:
+    """A client error it cannot recover from. confluent-kafka marks `fatal()` only on what
+    it raises from a producer's poll(); a consumer's fatal error comes as a message's
+    error, with the code _FATAL and `fatal()` False."""
+    return bool(error.fatal()) or error.code() == KafkaError._FATAL
+
+
 class AsyncProducer:
     """Idempotent producer (acks=all); `send` resolves once the broker has the record."""
 
@@ -109,7 +116,7 @@ class AsyncProducer:
 
     def _fatal_if_so(self, exc: KafkaException) -> None:
         err = exc.args[0] if exc.args else None
-        if isinstance(err, KafkaError) and (err.fatal() or err.code() == KafkaError._FATAL):
+        if isinstance(err, KafkaError) and is_fatal(err):
             self._fatal(err)
 
     def _poll(self) -> None:
@@ -238,7 +245,7 @@ class BatchConsumer:
             error = msg.error()
             if error is None:
                 good.append(msg)
-            elif error.fatal():
+            elif is_fatal(error):
                 # The client is dead for good: it would hand out nothing from now
                 # on, so the caller must build a new one.
                 raise KafkaException(error)
@@ -258,8 +265,13 @@ class BatchConsumer:
             key = (str(msg.topic()), int(msg.partition() or 0))
             latest[key] = max(latest.get(key, -1), msg.offset() or 0)
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
-        if offsets:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+        if not offsets:
+            return
+        # A commit refused for every partition raises; one refused for some of them returns
+        # each partition with its own error (librdkafka's OffsetCommit handling).
+        for tp in self._consumer.commit(offsets=offsets, asynchronous=False) or []:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
 
     def rewind(self) -> None:
         """Move each assigned partition back to its last committed offset (the start,

@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
+from urllib.parse import unquote
 
 import grpc
 from redis.exceptions import OutOfMemoryError
@@ -105,8 +106,9 @@ def client_address(context: grpc.aio.ServicerContext) -> str:
 
 
 def _peer_host(peer: str) -> str:
-    # gRPC peers read "ipv4:10.0.0.1:5000" or "ipv6:[::1]:5000".
-    kind, _, rest = peer.partition(":")
+    # gRPC peers read "ipv4:10.0.0.1:5000" or "ipv6:%5B::1%5D:5000" (a URI: the brackets
+    # percent-encoded).
+    kind, _, rest = unquote(peer).partition(":")
     if kind == "ipv4":
         return rest.rsplit(":", 1)[0]
     if kind == "ipv6":

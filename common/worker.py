@@ -23,7 +23,7 @@ from typing import Literal, TypeVar, get_args
 from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import Counter, Gauge, Histogram
 
-from common.kafka import BatchConsumer
+from common.kafka import BatchConsumer, is_fatal
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class ConsumerLoop:
         member pauses for that); a new client when this one failed for good or
         cannot rewind."""
         error = _kafka_error(failure)
-        if error is None or not error.fatal():
+        if error is None or not is_fatal(error):
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.consumer.rewind)
                 return

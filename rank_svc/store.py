@@ -4,13 +4,13 @@ and the computed list; and, read only, viewers' like flags in tweet_svc's cache
 (TweetCacheReader).
 
 Every key is built by `TrendingKeys`. The tallies are split by tweet into
-`CHIRP_RANK_TALLY_SHARDS` shards, each under its own hash tag (`{rk:<shards>:<n>}`),
+`CHIRP_RANK_TALLY_SHARDS` shards, each under its own hash tag (`{rk:<shards>:<n>:<s>}`),
 so on a Redis Cluster each shard is one hash slot and the shards spread over the
 primaries: the fold script and the ZUNIONSTORE over the window's hours touch many
 keys in one command, which a cluster allows only within a slot, and every key
 one tweet's likes touch is in its shard. One slot for all of trending put every
-fold's work and every liker on one primary, which no number of shards could
-lift. A batch is folded into every shard (each keeps its own marker per
+fold's work and every liker on one primary, which no number of Redis shards
+could lift. A batch is folded into every shard (each keeps its own marker per
 partition, so each finds its own loss), in one pipeline. The recompute lease, the
 epochs and the computed list are under `{rk}`: requests never read the tallies;
 each rank_svc instance reads the list about once a second into a process-local

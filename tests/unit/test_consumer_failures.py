@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from common import worker
 from common.kafka import BatchConsumer
@@ -48,7 +48,8 @@ def consumer_with(records: list[Record]) -> BatchConsumer:
 async def test_a_fatal_client_error_is_raised_so_the_worker_builds_a_new_client() -> None:
     # A client librdkafka gave up on hands out nothing ever again, and a worker
     # that only logged it would look idle while its partitions went unread.
-    fatal = KafkaError(KafkaError._FATAL, "the client can go on no more", fatal=True)
+    # As a consumer gets it: a message's error with the code _FATAL, `fatal()` False.
+    fatal = KafkaError(KafkaError._FATAL, "the client can go on no more")
     consumer = consumer_with([Record(), Record(fatal)])
     with pytest.raises(KafkaException):
         await consumer.poll_batch(10, 0.1)
@@ -150,7 +151,7 @@ async def failing_once(loop: ConsumerLoop, error: Exception, monkeypatch: pytest
 @pytest.mark.parametrize(
     ("failure", "rewind_error"),
     [
-        (KafkaException(KafkaError(KafkaError._FATAL, "gone", fatal=True)), None),  # the client failed for good
+        (KafkaException(KafkaError(KafkaError._FATAL, "gone")), None),  # the client failed for good
         (TimeoutError("store overloaded"), KafkaException(KafkaError(KafkaError._STATE))),  # it cannot rewind
     ],
 )
@@ -180,6 +181,49 @@ class RefusingCommits(FailingConsumer):
         self.commits.append(list(messages))
         if self.error is not None:
             raise KafkaException(self.error)
+
+
+class PartlyRefusing(Client):
+    """confluent_kafka.Consumer's synchronous commit when the broker refused some of the
+    partitions: no exception, each partition returned with its own error."""
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[Answer]:
+        assert asynchronous is False
+        refused = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+        return [Answer(tp.topic, tp.partition, refused if tp.topic == "b" else None) for tp in offsets]
+
+
+class Answer:
+    """A committed partition as the commit returns it (TopicPartition's `error` is set
+    only by librdkafka)."""
+
+    def __init__(self, topic: str, partition: int, error: KafkaError | None) -> None:
+        self.topic, self.partition, self.error = topic, partition, error
+
+
+class Committed:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._at = (topic, partition, offset)
+
+    def topic(self) -> str:
+        return self._at[0]
+
+    def partition(self) -> int:
+        return self._at[1]
+
+    def offset(self) -> int:
+        return self._at[2]
+
+
+def test_a_commit_refused_for_some_partitions_raises() -> None:
+    """librdkafka raises only when every partition's commit was refused: one refused for
+    some would otherwise pass as committed, and those partitions be read again for good."""
+    consumer = consumer_with([])
+    consumer._consumer = PartlyRefusing([])  # type: ignore[assignment]
+    with pytest.raises(KafkaException) as refused:
+        consumer.commit_now([Committed("a", 0, 5), Committed("b", 0, 7)])  # type: ignore[list-item]
+    assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    consumer.commit_now([Committed("a", 0, 6)])  # type: ignore[list-item]
 
 
 async def test_a_commit_refused_for_good_fails_the_batch() -> None:
@@ -213,7 +257,7 @@ async def test_a_refused_commit_leaves_the_batch_applied_and_the_worker_going_on
 
 
 async def test_a_fatal_commit_error_fails_the_batch() -> None:
-    consumer = RefusingCommits(KafkaError(KafkaError._FATAL, "fenced", fatal=True))
+    consumer = RefusingCommits(KafkaError(KafkaError._FATAL, "fenced"))
 
     async def apply(messages: Sequence[Any]) -> None:
         pass
