@@ -293,7 +293,7 @@ def _event(row: Any) -> StoredEvent:
 
 
 def _all_owned_by(rows: list[Any], owner: str, shards: Sequence[int]) -> bool:
-    """A driver retry of an acquire that had applied reads back "not applied"
-    with us as the owner of every shard: that is success."""
+    """An acquire asked again after one that had in fact applied (its answer lost)
+    reads back "not applied" with us as the owner of every shard: that is success."""
     owners = {getattr(r, "shard", None): getattr(r, "owner", None) for r in rows}
     return all(owners.get(shard) == owner for shard in shards)

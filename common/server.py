@@ -73,6 +73,24 @@ class Wiring:
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=tuple)
 
 
+# Every gRPC server's options but the connection age (services only).
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    # Envoy (UPSTREAM_KEEPALIVE_SECONDS) and the services' channels (common/clients.py) ping
+    # idle connections every 30 s; gRPC's default (a ping at most every 5 min without data,
+    # two strikes) answered that with GOAWAY "too many pings", failing calls in flight.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_ping_strikes", 0),
+    # The edge forwards up to 16 KiB of client headers plus its own (the
+    # original path again, identity, request id); gRPC's defaults (8 KiB
+    # soft, 16 KiB hard) would refuse some of those calls at random.
+    ("grpc.max_metadata_size", 64 * 1024),
+    ("grpc.absolute_max_metadata_size", 64 * 1024),
+)
+
+
 class Served(NamedTuple):
     server: grpc.aio.Server
     port: int
@@ -91,25 +109,7 @@ def create_server(
             ("grpc.max_connection_age_ms", min(int(max_connection_age_seconds * 1000), 2**31 - 1)),
             ("grpc.max_connection_age_grace_ms", int(MAX_CONNECTION_AGE_GRACE_SECONDS * 1000)),
         ]
-    server = grpc.aio.server(
-        interceptors=[interceptor],
-        options=[
-            *aging,
-            ("grpc.so_reuseport", 0),
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            # Envoy (UPSTREAM_KEEPALIVE_SECONDS) and the services' channels ping idle connections every 30 s;
-            # gRPC's default (a ping at most every 5 min without data, two strikes)
-            # answered that with GOAWAY "too many pings", failing calls in flight.
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            ("grpc.http2.max_ping_strikes", 0),
-            # The edge forwards up to 16 KiB of client headers plus its own (the
-            # original path again, identity, request id); gRPC's defaults (8 KiB
-            # soft, 16 KiB hard) would refuse some of those calls at random.
-            ("grpc.max_metadata_size", 64 * 1024),
-            ("grpc.absolute_max_metadata_size", 64 * 1024),
-        ],
-    )
+    server = grpc.aio.server(interceptors=[interceptor], options=[*aging, *SERVER_OPTIONS])
     wiring.register(server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common import clients
 from common.logs import setup_logging
-from common.server import add_reflection, run
+from common.server import SERVER_OPTIONS, add_reflection, run
 from infra import topology
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
 async def serve(options: Options) -> None:
     # Channels connect on the first Check and make no calls of their own: idle costs nothing.
     channels = {name: [clients.channel(target) for target in targets] for name, targets in options.targets.items()}
-    server = grpc.aio.server()
+    # The services' options: Envoy pings this server too (envoy/render.py), which gRPC's
+    # defaults answer with GOAWAY "too many pings" on an idle connection.
+    server = grpc.aio.server(options=list(SERVER_OPTIONS))
     health_pb2_grpc.add_HealthServicer_to_server(EdgeHealth(channels), server)
     add_reflection(server, (*PUBLIC_SERVICES, health.SERVICE_NAME), public_pool())
     address = f"{options.host}:{options.port}"

@@ -35,12 +35,12 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML is pinned in requirements.lock; no stubs installed
 from redis.asyncio.cluster import RedisCluster
 
-from common import cache, kafka
+from common import cache, cql, kafka
 from common.server import LIVENESS_SERVICE
 from common.worker import IDLE_WAIT_SECONDS
 from feed_svc import config as feed_config
 from graph_svc import config as graph_config
-from infra import k8s_redis_state, keys, topology
+from infra import jvm, k8s_redis_state, keys, topology
 from rank_svc import config as rank_config
 from tweet_svc import config as tweet_config
 
@@ -348,6 +348,18 @@ def test_scylla_has_one_rack_per_zone_in_the_datacenter_the_services_use() -> No
     hosts = CONFIG["CHIRP_CQL_HOSTS"].split(",")
     assert set(hosts) <= set(members)
     assert {members[h] for h in hosts} == {rack["name"] for rack in racks}
+
+
+def test_scylla_answers_a_write_timeout_while_the_client_can_still_retry() -> None:
+    """A WriteTimeout the server sends after the client's own timeout is never retried:
+    Scylla's default (2 s) left no room, the local cluster runs 1 s (infra/jvm.py)."""
+    names = {rack["scyllaConfig"] for rack in SCYLLA_DC["racks"]}
+    assert len(names) == 1
+    overrides = yaml.safe_load(_one("ConfigMap", names.pop())["data"]["scylla.yaml"])
+    write_ms = overrides["write_request_timeout_in_ms"]
+    assert write_ms == int(jvm.CLUSTER_WRITE_TIMEOUT.removesuffix("ms"))
+    client_ms = graph_config.load(CONFIG).common.cql_timeout_seconds * 1000
+    assert 2 * write_ms <= cql.LOGGED_BATCH_TIMEOUT_SECONDS * 1000 and write_ms < client_ms
 
 
 def test_keyspace_has_three_replicas_in_the_local_dc_read_and_written_at_local_quorum() -> None:
