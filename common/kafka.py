@@ -83,9 +83,7 @@ class AsyncProducer:
         self._poller.start()
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.fatal():  # confluent-kafka raises these from poll() instead (`_serve`)
-            self._fatal(err)
-            return
+        # Never a fatal error: confluent-kafka raises those from poll() instead (`_serve`).
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._all_down.set()
             log.warning("all Kafka brokers are down")

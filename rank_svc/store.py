@@ -93,7 +93,10 @@ class TrendingKeys:
         self.namespace = namespace
         self.shards = shards
         self.slot = "{" + namespace + "}"
-        self._shard_slots = ["{" + _tag_in_range(f"{namespace}:{shards}:{n}", n, shards) + "}" for n in range(shards)]
+        # Each shard's hash tag, itself a key in its slot (to find its primary).
+        self.shard_slots = tuple(
+            "{" + _tag_in_range(f"{namespace}:{shards}:{n}", n, shards) + "}" for n in range(shards)
+        )
 
     @property
     def pattern(self) -> str:
@@ -105,25 +108,21 @@ class TrendingKeys:
         # mostly the same (a sequence number at 0).
         return zlib.crc32(str(tweet_id).encode()) % self.shards
 
-    def shard_slot(self, shard: int) -> str:
-        """The shard's hash tag, itself a key in its slot (to find its primary)."""
-        return self._shard_slots[shard]
-
     def likes(self, shard: int, hour: int) -> str:
         """Net likes per tweet of the shard for likes made in that hour (a sorted set)."""
-        return f"{self._shard_slots[shard]}:likes:{hour}"
+        return f"{self.shard_slots[shard]}:likes:{hour}"
 
     def likers(self, tweet_id: int, bucket: int) -> str:
         """user id -> "liked:version:hour" of the newest event folded, for events of the
         bucket's hours (hour // LIKERS_BUCKET_HOURS == bucket; a hash)."""
-        return f"{self._shard_slots[self.shard_of(tweet_id)]}:likers:{tweet_id}:{bucket}"
+        return f"{self.shard_slots[self.shard_of(tweet_id)]}:likers:{tweet_id}:{bucket}"
 
     def folded(self, shard: int, topic: str, partition: int) -> str:
         """The partition's next offset to fold into the shard: every like before it is in its tallies."""
-        return f"{self._shard_slots[shard]}:folded:{topic}:{partition}"
+        return f"{self.shard_slots[shard]}:folded:{topic}:{partition}"
 
     def decayed(self, shard: int) -> str:
-        return f"{self._shard_slots[shard]}:decayed"
+        return f"{self.shard_slots[shard]}:decayed"
 
     @property
     def lock(self) -> str:
@@ -207,7 +206,6 @@ local window = tonumber(ARGV[5])
 local first_bucket = tonumber(ARGV[6])
 local nbuckets = tonumber(ARGV[7])
 local bucket_hours = tonumber(ARGV[8])
-local per_tweet = nbuckets
 
 local function newer(a, b)
   if #a ~= #b then return #a > #b end
@@ -254,11 +252,11 @@ local last_hour = first_hour + hours - 1
 while at <= #ARGV do
   if open[tonumber(ARGV[at])] then
     local t = tonumber(ARGV[at + 1])
-    local base = hours + nparts + (t - 1) * per_tweet
+    local base = hours + nparts + (t - 1) * nbuckets
     local user, version, liked, hour = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], tonumber(ARGV[at + 5])
     local holders = {}
     local was_liked, was_version, was_hour = nil, nil, nil
-    for k = base + 1, base + per_tweet do
+    for k = base + 1, base + nbuckets do
       local entry = redis.call('HGET', KEYS[k], user)
       if entry then
         holders[#holders + 1] = k
@@ -358,7 +356,7 @@ class TrendingStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for keys, args in calls:
                     pipe.eval(FOLD_SCRIPT, len(keys), *keys, *args)
-                replies = await self._waits.execute(pipe, self._shard_slots)
+                replies = await self._waits.execute(pipe, self.keys.shard_slots)
         except OutOfMemoryError:
             # The state Redis is full (it never evicts): the batch fails and is applied
             # again; counted for the alert ChirpRedisFull.
@@ -366,14 +364,10 @@ class TrendingStore:
             raise
         return [list(lost) for lost in replies]
 
-    @property
-    def _shard_slots(self) -> list[str]:
-        return [self.keys.shard_slot(n) for n in range(self.keys.shards)]
-
     async def replicas(self) -> int:
         """Replicas of the primaries holding the tally shards, of the one with fewest
         (0 on a standalone Redis)."""
-        return min([await self._waits.replicas(slot) for slot in self._shard_slots])
+        return min([await self._waits.replicas(slot) for slot in self.keys.shard_slots])
 
     async def tallies(self, first_hour: int) -> dict[int, dict[int, int]]:
         """hour -> tweet -> net likes, over the window from `first_hour` (for checks and tests)."""

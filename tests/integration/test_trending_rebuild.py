@@ -185,7 +185,7 @@ async def test_the_stack_redis_takes_the_fold_one_slot_per_shard(store: Trending
     keys = [store.keys.likes(shard, FIRST_HOUR + h) for h in range(WINDOW + 1)]
     keys += [store.keys.folded(shard, "t", 0), store.keys.likers(1, 0), store.keys.decayed(shard)]
     assert len({key_slot(k.encode()) for k in keys}) == 1
-    assert len({key_slot(store.keys.shard_slot(n).encode()) for n in range(store.keys.shards)}) == store.keys.shards
+    assert len({key_slot(slot.encode()) for slot in store.keys.shard_slots}) == store.keys.shards
     replicas = await store.replicas()
     assert replicas == (1 if len(topology.state_redis_nodes()) > 1 else 0)
     hour = hour_of(NOW_MS)

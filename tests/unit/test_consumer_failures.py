@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from common import worker
 from common.kafka import BatchConsumer
 from common.worker import RETRY_PAUSE_MAX_SECONDS, ConsumerLoop, retry_pause
+from tests.unit.test_idle_loops import Msg
 
 
 class Record:
@@ -190,7 +191,7 @@ class PartlyRefusing(Client):
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[Answer]:
         assert asynchronous is False
         refused = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
-        return [Answer(tp.topic, tp.partition, refused if tp.topic == "b" else None) for tp in offsets]
+        return [Answer(tp.topic, tp.partition, refused if tp.partition == 1 else None) for tp in offsets]
 
 
 class Answer:
@@ -201,29 +202,15 @@ class Answer:
         self.topic, self.partition, self.error = topic, partition, error
 
 
-class Committed:
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._at = (topic, partition, offset)
-
-    def topic(self) -> str:
-        return self._at[0]
-
-    def partition(self) -> int:
-        return self._at[1]
-
-    def offset(self) -> int:
-        return self._at[2]
-
-
 def test_a_commit_refused_for_some_partitions_raises() -> None:
     """librdkafka raises only when every partition's commit was refused: one refused for
     some would otherwise pass as committed, and those partitions be read again for good."""
     consumer = consumer_with([])
     consumer._consumer = PartlyRefusing([])  # type: ignore[assignment]
     with pytest.raises(KafkaException) as refused:
-        consumer.commit_now([Committed("a", 0, 5), Committed("b", 0, 7)])  # type: ignore[list-item]
+        consumer.commit_now([Msg(0, 5), Msg(1, 7)])  # type: ignore[list-item]
     assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
-    consumer.commit_now([Committed("a", 0, 6)])  # type: ignore[list-item]
+    consumer.commit_now([Msg(0, 6)])  # type: ignore[list-item]
 
 
 async def test_a_commit_refused_for_good_fails_the_batch() -> None:

@@ -551,7 +551,7 @@ async def test_a_quiet_partition_with_nothing_in_the_window_is_marked_without_a_
 
 
 def slot_of_shard(store: TrendingStore, shard: int) -> int:
-    return key_slot(store.keys.shard_slot(shard).encode())
+    return key_slot(store.keys.shard_slots[shard].encode())
 
 
 async def test_a_tweets_keys_are_all_in_its_shards_slot_and_the_shards_spread(
@@ -584,14 +584,14 @@ def test_the_shards_spread_evenly_over_primaries_that_split_the_slots_evenly(sha
     the count. Plain tags differing only at the end hashed into a few narrow bands (12 of
     them put none on two of six primaries)."""
     keys = TrendingKeys("rk", shards)
-    slots = [key_slot(keys.shard_slot(n).encode()) for n in range(shards)]
+    slots = [key_slot(slot.encode()) for slot in keys.shard_slots]
     assert slots == sorted(slots)
     for primaries in range(1, shards + 1):
         if shards % primaries == 0:
             ranges = [(p * 16384 // primaries, (p + 1) * 16384 // primaries) for p in range(primaries)]
             held = [sum(low <= slot < high for slot in slots) for low, high in ranges]
             assert held == [shards // primaries] * primaries
-    assert keys.shard_slot(0) == TrendingKeys("rk", shards).shard_slot(0)  # the same in every process
+    assert keys.shard_slots[0] == TrendingKeys("rk", shards).shard_slots[0]  # the same in every process
 
 
 async def test_one_shard_lost_alone_is_found_and_rebuilt(redis: aioredis.Redis, store: TrendingStore) -> None:
@@ -604,7 +604,7 @@ async def test_one_shard_lost_alone_is_found_and_rebuilt(redis: aioredis.Redis, 
     await consume(folder, consumer)
     want = expected_tallies(topic.events)
     lost = store.keys.shard_of(next(iter(want[max(want)])))
-    pattern = store.keys.shard_slot(lost).replace("{", "[{]") + ":*"
+    pattern = store.keys.shard_slots[lost].replace("{", "[{]") + ":*"
     await redis.delete(*[key async for key in redis.scan_iter(match=pattern)])
     assert await store.tallies(FIRST_HOUR) != want
     rewinds = REWINDS._value.get()
