@@ -18,3 +18,9 @@ def timeout(default: float) -> float:
     if deadline is None:
         return default
     return max(0.001, min(default, deadline - time.monotonic()))
+
+
+def remaining() -> float | None:
+    """Seconds the incoming call has left (negative once past), or None: no deadline."""
+    deadline = _deadline_var.get()
+    return None if deadline is None else deadline - time.monotonic()

@@ -23,6 +23,13 @@ from common.metrics import GRPC_HANDLED, GRPC_LATENCY
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+# What the edge allows this try, in milliseconds: Envoy's router sends it with every
+# try (the route's timeout left, or its per-try timeout when the try is not hedged).
+# Envoy sends no grpc-timeout of its own (only with the deprecated max_grpc_timeout),
+# so without it a call from the edge would have no deadline here: its own calls and
+# statements would take their full defaults after the edge gave up, and its expiry
+# would show as CANCELLED. A direct caller's deadline is used as it is.
+EDGE_TIMEOUT_HEADER = "x-envoy-expected-rq-timeout-ms"
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 # A call that took longer than this is logged with the stages its handler marked
@@ -49,6 +56,17 @@ _UNPARSABLE = object()
 # only until a response has started. The edge strips it from what clients see.
 IMMEDIATE_HEALTH_CHECK_FAIL_HEADER = "x-envoy-immediate-health-check-fail"
 IMMEDIATE_HEALTH_CHECK_FAIL = ((IMMEDIATE_HEALTH_CHECK_FAIL_HEADER, "true"),)
+
+
+def _time_left(context: grpc.aio.ServicerContext) -> float | None:
+    """Seconds the call has: its gRPC deadline or the edge's allowance, the shorter."""
+    remaining: float | None = context.time_remaining()
+    allowed = metadata_value(context, EDGE_TIMEOUT_HEADER)
+    if allowed is not None and allowed.isascii() and allowed.isdigit():
+        edge = int(allowed) / 1000
+        if remaining is None or edge < remaining:
+            return edge
+    return remaining
 
 
 def _tolerant(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -144,7 +162,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             request_id = metadata_value(context, REQUEST_ID_HEADER) or new_request_id()
             request_id_var.set(request_id)
-            deadlines.set_deadline(context.time_remaining())
+            deadlines.set_deadline(_time_left(context))
             marks = stages.begin()
             code = grpc.StatusCode.OK
             try:
@@ -162,7 +180,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                         # gRPC ended the call under its handler: the deadline passed, or the
                         # client cancelled (the edge, when a hedged try answered first or its
                         # timeout ran out; every call, when the server stops). Not a success.
-                        remaining = context.time_remaining()
+                        remaining = deadlines.remaining()
                         expired = remaining is not None and remaining <= DEADLINE_SLACK_SECONDS
                         code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                         raise

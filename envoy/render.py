@@ -92,6 +92,18 @@ RETRY_AFTER_S = 1
 # dead or hung instance (or a quiet one that finished its drain first) at the
 # second, and a restarted one back at the next.
 HEALTH_CHECK_SECONDS = 10
+# A check that fails to connect or times out (a dead or hung instance) counts once of
+# the two it takes to mark the instance down (one NOT_SERVING is enough); the second
+# comes this soon after the first instead of a whole interval later.
+HEALTH_RECHECK_SECONDS = 1
+HEALTH_CHECK_TIMEOUT_SECONDS = 1
+# How long outlier detection takes an instance out (longer at each repeat): longer
+# than the checks need to mark a dead one down (a check at most an interval after
+# its death, the recheck, each up to its timeout). With 10 s, a killed instance came
+# back into rotation before its second check: least-request balancing favours an
+# instance with no calls in flight, so each try picked the dead one again, and a
+# feed read failed all three (a fresh-clone fault run of 13197e6).
+EJECTION_SECONDS = 15
 # The longest an Envoy thread may go without returning to its event loop before
 # the watchdog counts a miss (its check runs this often).
 WATCHDOG_MISS_SECONDS = 1
@@ -536,7 +548,12 @@ def _on_other_hosts() -> dict[str, Any]:
                 ),
             }
         ],
-        "host_selection_retry_max_attempts": 3,
+        # The balancer picks again while it picks a tried instance, up to this many
+        # times, then sends the retry to its last pick. Least-request favours an
+        # instance with no calls in flight, as a dead one that refuses them at once:
+        # of two it picks the dead one 3 times in 4, so with 3 (4 picks) a retry went
+        # back to it one time in 3; with 16, one in 130 (a pick is cheap).
+        "host_selection_retry_max_attempts": 16,
     }
 
 
@@ -613,7 +630,7 @@ def _routes(settings: EdgeSettings) -> list[dict[str, Any]]:
 # connections cost about 0.3% of a core (docs/BENCHMARKS.md, "A quieter idle
 # stack"). The pings find a connection that died without a reset (an instance
 # whose host vanished) within this and the 2 s timeout; by then the health checks
-# (two failed, HEALTH_CHECK_SECONDS apart) and outlier detection have taken the
+# (two failed, HEALTH_RECHECK_SECONDS apart) and outlier detection have taken the
 # instance out of rotation anyway.
 UPSTREAM_KEEPALIVE_SECONDS = 30
 
@@ -689,8 +706,9 @@ def _cluster(svc: topology.Service, settings: EdgeSettings, name: str, max_reque
         # takes an instance out at the next check (HEALTH_CHECK_SECONDS).
         "health_checks": [
             {
-                "timeout": "1s",
+                "timeout": f"{HEALTH_CHECK_TIMEOUT_SECONDS}s",
                 "interval": f"{HEALTH_CHECK_SECONDS}s",
+                "unhealthy_edge_interval": f"{HEALTH_RECHECK_SECONDS}s",
                 # Envoy's default checks a cluster that never carried a request once a
                 # minute: a fresh stack would look cheaper idle than one that served
                 # traffic, and an instance that failed its first check would wait a
@@ -710,7 +728,7 @@ def _cluster(svc: topology.Service, settings: EdgeSettings, name: str, max_reque
             "consecutive_local_origin_failure": 2,
             "enforcing_consecutive_local_origin_failure": 100,
             "interval": "2s",
-            "base_ejection_time": "10s",
+            "base_ejection_time": f"{EJECTION_SECONDS}s",
             "max_ejection_percent": 50,
         },
         "circuit_breakers": {

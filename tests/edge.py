@@ -43,18 +43,27 @@ class Edge:
 
 
 @contextmanager
-def private_edge(tmp: Path, settings: Any) -> Iterator[str]:
+def private_edge(tmp: Path, settings: Any, upstream_ports: dict[str, list[int]] | None = None) -> Iterator[str]:
     """Yields the base URL of an edge built from `settings` (a render.EdgeSettings)."""
-    with private_edge_with_log(tmp, settings) as edge:
+    with private_edge_with_log(tmp, settings, upstream_ports) as edge:
         yield edge.base
 
 
 @contextmanager
-def private_edge_with_log(tmp: Path, settings: Any) -> Iterator[Edge]:
-    """As `private_edge`, for tests that also read what the edge logged."""
+def private_edge_with_log(
+    tmp: Path, settings: Any, upstream_ports: dict[str, list[int]] | None = None
+) -> Iterator[Edge]:
+    """As `private_edge`, for tests that also read what the edge logged.
+    `upstream_ports` sends a cluster (by name) to other ports than its service's
+    instances: a test's own server standing in for them."""
     config = tmp / "envoy.json"
     jwks = (stack.KEYS / "jwks.json").read_text()
-    config.write_text(json.dumps(render.build(jwks, settings)))
+    built = render.build(jwks, settings)
+    for cluster in built["static_resources"]["clusters"]:
+        ports = (upstream_ports or {}).get(cluster["name"])
+        if ports is not None:
+            cluster["load_assignment"] = render._static_endpoints(cluster["name"], ports)
+    config.write_text(json.dumps(built))
     log_path = tmp / "envoy.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(

@@ -21,6 +21,7 @@ from tests import faults
 from tests.conftest import unique_name
 from tests.e2e.test_feed import every_rank_copy_has
 from tests.e2e.test_users import assert_error
+from tests.edge import render
 
 
 def account(edge: httpx.Client) -> tuple[int, dict[str, str]]:
@@ -87,6 +88,44 @@ def test_killing_an_instance_under_load_keeps_99_percent_success(edge: httpx.Cli
     assert ok >= 0.99, f"success {ok:.3%}: {sorted(set(statuses))}"
     flags = host_flags(victim.service.name, victim.port)
     assert "failed_active_hc" in flags or "failed_outlier_check" in flags, flags
+
+
+@pytest.mark.slow
+def test_an_instance_killed_for_good_is_marked_down_before_its_ejection_ends(
+    edge: httpx.Client, restore_after: None
+) -> None:
+    """SIGKILL one graph_svc instance and keep it dead past its outlier ejection,
+    reading through the edge all along: the edge's health checks mark it down
+    (failed_active_hc) before the ejection ends, so it never comes back into rotation
+    dead, and no read fails. (With a 10 s ejection and the second check 10 s after
+    the first it came back first, and a read whose three tries all went to it failed.)"""
+    user_id, _ = account(edge)
+    graph = topology.SERVICES[0]
+    victim = topology.instances(graph)[1]
+    faults.wait_for(lambda: host_flags(graph.name, victim.port) == "healthy", 30, f"the edge to route to {victim.name}")
+    pid = int(json.loads((stack.RUN / f"{victim.name}.json").read_text())["pid"])
+    marked_after: list[float] = []
+    killed_at = time.monotonic() + 1.0
+
+    def killer_and_watcher() -> None:
+        time.sleep(max(0.0, killed_at - time.monotonic()))
+        os.kill(pid, signal.SIGKILL)
+        while not marked_after and time.monotonic() < killed_at + 25:
+            if "failed_active_hc" in host_flags(graph.name, victim.port):
+                marked_after.append(time.monotonic() - killed_at)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=killer_and_watcher)
+    watcher.start()
+    ejected_for = float(render.EJECTION_SECONDS)
+    statuses = steady_load(lambda c: c.get(f"/v1/users/{user_id}").status_code, rate=40, seconds=ejected_for + 5)
+    watcher.join()
+    assert len(statuses) > 600
+    assert set(statuses) == {200}, {code: statuses.count(code) for code in set(statuses)}
+    marked_within = (
+        render.HEALTH_CHECK_SECONDS + render.HEALTH_RECHECK_SECONDS + 2 * render.HEALTH_CHECK_TIMEOUT_SECONDS
+    )
+    assert marked_after and marked_after[0] <= marked_within + 0.5 < ejected_for, marked_after
 
 
 @pytest.mark.slow

@@ -12,7 +12,8 @@ from typing import Any, cast
 import grpc
 import pytest
 
-from common.interceptors import ServerInterceptor
+from common import deadlines
+from common.interceptors import EDGE_TIMEOUT_HEADER, ServerInterceptor
 from tests.unit.test_interceptor_reuse import SERVICE, Aborted, Context, Details, call, continuation
 from tests.unit.test_interceptor_reuse import handled as handled_by_method
 
@@ -20,8 +21,8 @@ METHOD = "Ended"
 
 
 class TimedContext(Context):
-    def __init__(self, remaining: float | None) -> None:
-        super().__init__()
+    def __init__(self, remaining: float | None, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(metadata)
         self.remaining = remaining
 
     def time_remaining(self) -> float:
@@ -38,7 +39,7 @@ def handled(code: str) -> float:
     return handled_by_method(code, METHOD)
 
 
-async def _cancelled_by_grpc(remaining: float | None) -> None:
+async def _cancelled_by_grpc(remaining: float | None, metadata: tuple[tuple[str, str], ...] = ()) -> None:
     running = asyncio.Event()
 
     async def stall(request: Any, context: Any) -> str:
@@ -47,7 +48,7 @@ async def _cancelled_by_grpc(remaining: float | None) -> None:
         return "late"
 
     handler = await _handler(stall)
-    task = asyncio.create_task(call(handler, "x", TimedContext(remaining)))
+    task = asyncio.create_task(call(handler, "x", TimedContext(remaining, metadata)))
     await running.wait()
     task.cancel()  # as gRPC cancels a call's task
     with pytest.raises(asyncio.CancelledError):
@@ -80,3 +81,39 @@ async def test_a_cancelled_load_the_call_awaited_is_answered_unavailable() -> No
         await call(handler, "x", context)
     assert context.aborted == grpc.StatusCode.UNAVAILABLE
     assert handled("UNAVAILABLE") - before == 1
+
+
+@pytest.mark.parametrize(
+    ("remaining", "allowed", "expected"),
+    [
+        (None, "300", 0.3),  # a REST call from the edge: its allowance is the deadline
+        (5.0, "300", 0.3),  # the shorter of the two
+        (0.2, "2000", 0.2),
+        (None, None, None),  # no deadline anywhere: every outgoing call its own default
+        (None, "-5", None),  # not a count of milliseconds: ignored
+        (None, "3e2", None),
+        (None, "\u0663\u0660\u0660", None),  # digits, not ASCII ones
+    ],
+)
+async def test_the_call_deadline_is_the_grpc_one_or_the_edges_allowance_whichever_is_shorter(
+    remaining: float | None, allowed: str | None, expected: float | None
+) -> None:
+    seen: list[float | None] = []
+
+    async def note(request: Any, context: Any) -> str:
+        seen.append(deadlines.remaining())
+        return "ok"
+
+    metadata = () if allowed is None else ((EDGE_TIMEOUT_HEADER, allowed),)
+    await call(await _handler(note), "x", TimedContext(remaining, metadata))
+    (left,) = seen
+    if expected is None:
+        assert left is None
+    else:
+        assert left is not None and expected - 0.05 < left <= expected
+
+
+async def test_a_call_cancelled_as_the_edges_allowance_ran_out_is_counted_deadline_exceeded() -> None:
+    before = handled("DEADLINE_EXCEEDED")
+    await _cancelled_by_grpc(None, ((EDGE_TIMEOUT_HEADER, "0"),))
+    assert handled("DEADLINE_EXCEEDED") - before == 1

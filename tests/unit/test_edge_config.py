@@ -146,6 +146,32 @@ def test_clusters_have_health_checks_outlier_detection_and_a_retry_budget() -> N
         assert 0 < budget <= 100
 
 
+def _seconds(duration: str) -> float:
+    return float(duration.removesuffix("s"))
+
+
+def test_a_dead_instance_is_marked_down_before_its_ejection_ends_and_retries_avoid_it() -> None:
+    """Outlier detection takes a dead instance out at its first failed calls; the
+    health checks must mark it down before that ends, or it comes back into rotation
+    dead. And a retry picks again while it picks a tried instance: least-request
+    favours a dead one (no calls in flight), 3 times in 4 of two instances."""
+    for cluster in _config()["static_resources"]["clusters"]:
+        if "health_checks" not in cluster:
+            continue
+        (check,) = cluster["health_checks"]
+        assert check["unhealthy_threshold"] == 2, cluster["name"]
+        # The first failure at most an interval after the death, the second a recheck
+        # later, each up to its timeout.
+        marked_down_within = (
+            _seconds(check["interval"]) + _seconds(check["unhealthy_edge_interval"]) + 2 * _seconds(check["timeout"])
+        )
+        assert _seconds(cluster["outlier_detection"]["base_ejection_time"]) > marked_down_within, cluster["name"]
+    for path, entries in _routes().items():
+        for route in entries:
+            picks = route["route"]["retry_policy"]["host_selection_retry_max_attempts"] + 1
+            assert (3 / 4) ** picks < 0.01, path  # a retry sent back to the dead one
+
+
 def test_path_field_regexes_catch_every_override_and_only_those() -> None:
     patterns = [re.compile(m["string_match"]["safe_regex"]["regex"]) for m in render.path_field_in_query()]
 
