@@ -346,10 +346,14 @@ def local_replies() -> list[LocalReply]:
         LocalReply(_status_is(413), 413, 3, "request body is larger than the limit"),
         LocalReply(_status_is(414), 414, 3, "the URL is too long"),
         LocalReply(_status_is(431), 431, 3, f"request headers are larger than {MAX_HEADERS_KB} KiB"),
+        # Before the overflow below: Envoy also flags UO a try it could not retry or
+        # hedge because the retry budget was spent, and when that call then times out
+        # it is a timeout (504, DEADLINE_EXCEEDED), not a shed to come back from in a
+        # second (503 with Retry-After; UNAVAILABLE, which gRPC clients retry).
+        LocalReply(_status_is(504), 504, 4, "the service did not answer in time"),
         # The circuit breaker's limit (EdgeSettings.max_requests): shed at once, never retried.
         LocalReply(_flag("UO"), 503, 14, "the service is over capacity, try again in a second", retry_after=True),
         LocalReply(_status_is(503), 503, 14, "the service is unavailable, try again shortly", retry_after=True),
-        LocalReply(_status_is(504), 504, 4, "the service did not answer in time"),
         # The connection's request or idle timeout: the client was too slow sending it.
         LocalReply(_status_is(408), 408, 4, "the request was not received in time"),
         *(LocalReply(_status_is(status), None, code, body) for status, code in LOCAL_REPLY_CODES.items()),
@@ -725,7 +729,12 @@ def _cluster(svc: topology.Service, settings: EdgeSettings, name: str, max_reque
             "consecutive_gateway_failure": 3,
             "enforcing_consecutive_gateway_failure": 100,
             "split_external_local_origin_errors": True,
-            "consecutive_local_origin_failure": 2,
+            # Refused connections and timeouts, with no call started on the instance
+            # between them. A hedged read's per-try timeout counts too, though its try
+            # keeps going and may well answer: at 2, two slow reads on a busy instance
+            # (cold caches, a store node away) ejected it and sent everything to the
+            # other. A dead one reaches 5 within milliseconds under any traffic.
+            "consecutive_local_origin_failure": 5,
             "enforcing_consecutive_local_origin_failure": 100,
             "interval": "2s",
             "base_ejection_time": f"{EJECTION_SECONDS}s",

@@ -7,8 +7,10 @@ here, which records what each call arrived with."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from dataclasses import replace
 
 import grpc
@@ -25,29 +27,42 @@ SETTINGS = replace(render.EdgeSettings(), listen_port=PORT, admin_port=ADMIN)
 
 
 class StandIn(rank_pb2_grpc.RankServiceServicer):
+    """Answers ListTrending after `delay_s`, recording what each call arrived with."""
+
     def __init__(self) -> None:
         self.seen: list[tuple[dict[str, str], float | None]] = []
+        self.delay_s = 0.0
 
     def ListTrending(
         self, request: rank_pb2.ListTrendingRequest, context: grpc.ServicerContext
     ) -> rank_pb2.ListTrendingResponse:
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
         self.seen.append((metadata, context.time_remaining()))
+        time.sleep(self.delay_s)
         return rank_pb2.ListTrendingResponse()
 
 
-@pytest.fixture(scope="module")
-def stand_in() -> Iterator[StandIn]:
+@contextmanager
+def serving(port: int) -> Iterator[StandIn]:
+    """A stand-in rank_svc instance on `port`, SERVING to the edge's health checks."""
     servicer = StandIn()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
+    server = grpc.server(futures.ThreadPoolExecutor(16))
     rank_pb2_grpc.add_RankServiceServicer_to_server(servicer, server)
     checks = health.HealthServicer()
     checks.set("chirp.rank.v1.RankService", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
-    server.add_insecure_port(f"127.0.0.1:{UPSTREAM}")
+    server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
-    yield servicer
-    server.stop(None)
+    try:
+        yield servicer
+    finally:
+        server.stop(None)
+
+
+@pytest.fixture(scope="module")
+def stand_in() -> Iterator[StandIn]:
+    with serving(UPSTREAM) as servicer:
+        yield servicer
 
 
 @pytest.fixture(scope="module")
