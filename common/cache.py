@@ -180,9 +180,11 @@ POOL_WAIT_SECONDS = TIMEOUT_SECONDS
 # Per cluster node beyond MAX_CONNECTIONS: the topology refresh (one at a time per
 # client) asks a node outside the in-flight bound and must never find it full.
 CLUSTER_SPARE_CONNECTIONS = 2
-# One retry: a single cluster command is sent again once, after the topology is read
-# again (which finds a replica promoted in a failover); a standalone connection once,
-# after a connection error. Pipelines on a cluster are not retried (_QueueingClusterPipeline).
+# One retry: a single cluster command is sent again once, after a connection error and
+# the topology read again (which finds a replica promoted in a failover); a standalone
+# connection once, after a connection error. Never after a timeout: the command may have
+# been applied (QueueingRedisCluster.ERRORS_ALLOW_RETRY). Pipelines on a cluster are not
+# retried (_QueueingClusterPipeline).
 # More would only hold a request while a node is away; the read path falls back to the
 # CQL store instead, and workers re-apply their batch.
 RETRIES = 1
@@ -388,9 +390,12 @@ class QueueingRedisCluster(RedisCluster):
 
     A command that meets a node skipped now (NodeUnreachable) is retried as one that
     met a refused connection is: once, after the topology is read again, which finds a
-    replica promoted meanwhile (redis-py retries only errors of exactly its listed types)."""
+    replica promoted meanwhile (redis-py retries only errors of exactly its listed types).
+    One whose reply did not come in time is not: redis-py sends it again, and a rate-limit
+    INCR or the rank worker's lease (SET NX) was applied twice; its caller sees the timeout,
+    as on a standalone Redis (STANDALONE_RETRY_ON)."""
 
-    ERRORS_ALLOW_RETRY = (*RedisCluster.ERRORS_ALLOW_RETRY, NodeUnreachable)  # type: ignore[assignment]
+    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError, NodeUnreachable)  # type: ignore[assignment]
 
     def __init__(self, *args: Any, in_flight: int, wait_seconds: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -604,6 +609,11 @@ def connect_redis(
         # The servers decide whether a shard without a primary stops the others
         # (cluster-require-full-coverage); the client keeps serving the slots it can.
         require_full_coverage=False,
+        # A MOVED (a slot's new owner: every failover, CLUSTER FAILOVER at each rolling
+        # restart) updates that slot's owner. redis-py's default also closes every
+        # connection of the client at every fifth one, those of commands in flight on
+        # every node included, which then failed or were sent again.
+        reinitialize_steps=0,
         # Always ask the nodes named here for the slot map. redis-py otherwise replaces
         # them with the nodes the last map named: a map read before the cluster was
         # made (a client started before its membership Job) names none, and the
@@ -746,6 +756,13 @@ async def _exchange(connection: AbstractConnection, commands: Sequence[tuple[str
     cost about 4 µs, where it cost 9 (before _read_replies)."""
     packed = pack_reads(commands)
     replies: list[Any] = []
+    if not connection.is_connected:
+        # Connected, its handshake read, under the connection's own timeouts and not the
+        # one below: cancelled by that one, a connect or handshake that timed out was no
+        # redis error, so a cluster node that accepts connections and never answers (a
+        # stopped process, a lost network) was never skipped (_NodeGuardedConnection),
+        # and every read of its keys waited out the whole timeout.
+        await connection.connect()
     try:
         async with asyncio.timeout(connection.socket_timeout):
             # The timeout above covers the write: no second one, and so no task, for it.

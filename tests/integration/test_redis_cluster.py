@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.cache import (
     REDIS_UNAVAILABLE_ERRORS,
@@ -32,6 +33,7 @@ from common.cache import (
     connect_redis,
     redis_ping,
     run_reads,
+    unanswered,
 )
 from common.ids import IdGenerator
 from common.keys import TWEET_DELETED, feed_key, tweet_key
@@ -348,3 +350,97 @@ async def test_replica_waits_read_the_slot_map_again_when_it_has_no_owner_for_a_
     rc.nodes_manager.slots_cache.pop(slot)
     assert await waits.replicas(key) == 1  # its primary, found again, and that primary's replica
     assert rc.get_node_from_key(key) is not None
+
+
+async def test_redirections_leave_the_commands_in_flight_alone(rc: RedisCluster) -> None:
+    """A MOVED updates the slot's owner and nothing else: redis-py's default closed every
+    connection of the client at every fifth one (each failover, each rolling restart's
+    hand-over), and a command in flight on any node was cut and sent again."""
+    client = connect_redis(cluster_url())
+    assert isinstance(client, RedisCluster)
+    await client.initialize()
+    keys = [feed_key("timeline", u) for u in ids(918, KEYS_PER_TEST)]
+    blocked = keys[0]
+    home = primaries_of(rc, [blocked])
+    moved = next(k for k in keys if primaries_of(rc, [k]).isdisjoint(home))
+    owner = client.nodes_manager.get_node_from_slot(key_slot(moved.encode()))
+    wrong = next(n for n in client.get_primaries() if n.name != owner.name)
+    node = rc.nodes_manager.get_node_from_slot(key_slot(blocked.encode()))
+
+    async def waiting_clients() -> set[int]:
+        clients = await rc.client_list(target_nodes=node)
+        return {int(c["id"]) for c in clients if c.get("cmd") == "blpop"}
+
+    async def blpop() -> Any:
+        return await client.blpop([blocked], timeout=10)
+
+    waiting = asyncio.create_task(blpop())
+    try:
+        deadline = time.monotonic() + 5
+        while not (before := await waiting_clients()):
+            assert time.monotonic() < deadline, "the BLPOP never reached its node"
+            await asyncio.sleep(0.05)
+        for _ in range(6):
+            client.nodes_manager.slots_cache[key_slot(moved.encode())] = [wrong]  # as before a failover
+            assert await client.get(moved) is None  # MOVED by `wrong`, then answered by its owner
+            assert client.nodes_manager.get_node_from_slot(key_slot(moved.encode())).name == owner.name
+        assert await waiting_clients() == before, "the command in flight was cut and sent again"
+        await rc.rpush(blocked, "x")
+        assert tuple(await waiting) == (blocked.encode(), b"x")
+    finally:
+        waiting.cancel()
+        await delete(rc, [blocked])
+        await client.aclose()
+
+
+# INCRs its key, then keeps the node busy past the client's 0.5 s timeout.
+SLOW_INCR = """
+redis.call('INCR', KEYS[1])
+local t0 = redis.call('TIME')
+repeat
+  local t = redis.call('TIME')
+until (t[1] - t0[1]) * 1000000 + (t[2] - t0[2]) > 800000
+return 1
+"""
+
+
+async def test_a_command_whose_reply_timed_out_is_not_sent_again(rc: RedisCluster) -> None:
+    """It may have been applied: sent again, a rate-limit INCR counted twice and the rank
+    worker's lease (SET NX) was refused to the instance that took it."""
+    client = connect_redis(cluster_url())
+    key = feed_key("timeline", ids(919, 1)[0])
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await client.eval(SLOW_INCR, 1, key)
+        await asyncio.sleep(2.0)  # a copy sent again would have run by now
+        assert await rc.get(key) == b"1"
+    finally:
+        await delete(rc, [key])
+        await client.aclose()
+
+
+async def test_reads_alone_skip_a_node_that_accepts_connections_and_never_answers(
+    rc: RedisCluster, proxied: Proxied
+) -> None:
+    """A read that times out costs that read alone (a slow reply is not a dead node), and
+    its connection is closed; the next read's connect then times out in its handshake,
+    which skips the node, so later reads of its keys fail at once rather than each
+    waiting out the timeout (as a node that refuses connections is skipped)."""
+    client, proxy, victim = proxied.client, proxied.primary, proxied.victim
+    keys = [tweet_key("body", t) for t in ids(920, KEYS_PER_TEST)]
+    on_victim = {k for k in keys if primaries_of(rc, [k]) == {victim.name}}
+    assert on_victim
+
+    def queue(pipe: Any) -> None:
+        for key in keys:
+            pipe.get(key)
+
+    assert not any(unanswered(r) for r in await run_reads(client, queue))  # connected through the proxy
+    proxy.stall()
+    for _ in range(2):
+        await run_reads(client, queue)
+    started = time.monotonic()
+    replies = await run_reads(client, queue)
+    elapsed = time.monotonic() - started
+    assert {k for k, r in zip(keys, replies, strict=True) if isinstance(r, NodeUnreachable)} == on_victim
+    assert elapsed < 0.25, f"a read of a skipped node's keys took {elapsed:.2f} s"
