@@ -341,10 +341,15 @@ class LoginLimits:
 
 @dataclass(frozen=True)
 class LoginAttempt:
-    """An attempt counted as a failure until given back."""
+    """An attempt counted as a failure until given back: each step's keys with the
+    counters that counted them (Redis for the first, this instance's for the second
+    when Redis stopped answering in between: a state shard away on a cluster)."""
 
-    keys: tuple[str, ...]
-    counters: Counters
+    counted: tuple[tuple[Counters, tuple[str, ...]], ...]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(key for _, keys in self.counted for key in keys)
 
 
 class LoginGuard:
@@ -376,7 +381,7 @@ class LoginGuard:
         # and lock the owner out from elsewhere, even for the moment before a give-back.
         steps = [[(key, cap) for key, cap in step if cap > 0] for step in (pair, wider)]
         counters = self._counters
-        counted: list[tuple[str, int]] = []
+        counted: list[tuple[Counters, tuple[str, ...]]] = []
         for step in (step for step in steps if step):
             hits = await counters.hit([(key, window_ms) for key, _ in step])
             if hits is None:  # Redis unreachable: this instance's own counts from here on
@@ -385,13 +390,18 @@ class LoginGuard:
             over = [hit for hit, (_, cap) in zip(hits, step, strict=True) if hit.count > cap]
             if over:
                 # A refused attempt is no failure: give back what it added under the limits.
-                under = [key for hit, (key, cap) in zip(hits, step, strict=True) if hit.count <= cap]
-                await counters.give_back([key for key, _ in counted] + under)
+                under = tuple(key for hit, (key, cap) in zip(hits, step, strict=True) if hit.count <= cap)
+                await self.give_back(LoginAttempt((*counted, (counters, under))))
                 raise ResourceExhausted(LOGIN_REFUSED, retry_after_seconds(max(h.remaining_ms for h in over)))
-            counted += step
-        return LoginAttempt(tuple(key for key, _ in counted), counters)
+            counted.append((counters, tuple(key for key, _ in step)))
+        return LoginAttempt(tuple(counted))
 
     async def give_back(self, attempt: LoginAttempt) -> None:
-        """The attempt was not a wrong password (it succeeded, or something else failed)."""
-        if attempt.keys:
-            await attempt.counters.give_back(attempt.keys)
+        """The attempt was not a wrong password (it succeeded, or something else failed):
+        each key given back to the counters that counted it. (All to the last step's, a
+        pair counted in Redis before it stopped answering stayed counted there: a user who
+        logged in five times while a state shard was away was refused with the right
+        password.)"""
+        for counters, keys in attempt.counted:
+            if keys:
+                await counters.give_back(keys)

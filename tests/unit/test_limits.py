@@ -211,6 +211,30 @@ async def test_logins_are_counted_in_memory_while_redis_is_down() -> None:
     assert down.calls == 6
 
 
+class FailingAfter(LocalCounters):
+    """Counters that answer `answers` hits, then cannot (a state shard lost between the
+    two steps of a login's count, on a cluster)."""
+
+    def __init__(self, answers: int) -> None:
+        super().__init__(Clock())
+        self.answers = answers
+
+    async def hit(self, keys: Sequence[tuple[str, int]]) -> list[Hit] | None:
+        self.answers -= 1
+        return await super().hit(keys) if self.answers >= 0 else None
+
+
+async def test_a_login_is_given_back_to_the_counters_that_counted_each_step() -> None:
+    shared = FailingAfter(answers=1)  # the (account, address) step counted there, the wider one not
+    guard = LoginGuard(shared, LOGINS, fallback=LocalCounters(Clock()))
+    attempt = await guard.begin("alice", "10.0.0.1")
+    await guard.give_back(attempt)
+    assert all(shared.kept(key) == (0, 0) for key in attempt.keys)
+    for _ in range(LOGINS.per_account_address + 1):  # the owner logging in again and again
+        shared.answers = 1
+        await guard.give_back(await guard.begin("alice", "10.0.0.1"))
+
+
 async def test_odd_usernames_are_counted_under_a_bounded_key() -> None:
     counters = LocalCounters(Clock())
     guard = LoginGuard(counters, LOGINS)
