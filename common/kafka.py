@@ -262,7 +262,13 @@ class BatchConsumer:
         for msg in messages:
             key = (str(msg.topic()), int(msg.partition() or 0))
             latest[key] = max(latest.get(key, -1), msg.offset() or 0)
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items()]
+        # Only partitions this member still holds: a batch can span a rebalance (two
+        # consume() calls, or offsets kept for a commit interval), and librdkafka commits
+        # a revoked partition's offset all the same, over its new owner's newer one, so
+        # that events were applied again after the next move. Nothing is revoked while
+        # this runs: revocations are served inside consume().
+        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in latest.items() if (t, p) in assigned]
         if not offsets:
             return
         # A commit refused for every partition raises; one refused for some of them returns

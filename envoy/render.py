@@ -336,7 +336,8 @@ def local_replies() -> list[LocalReply]:
                    400, 3, "a query parameter may not name a field of the URL path"),
         LocalReply(_all(_status_is(403), _cel(f"size(request.path) > {MAX_URL_BYTES}")), 414, 3,
                    f"the URL is longer than {MAX_URL_BYTES} bytes"),
-        # A gRPC client asked for a method the edge does not serve: UNIMPLEMENTED, as a server would say.
+        # A gRPC client asked for a method the edge does not serve: UNIMPLEMENTED, as a server would
+        # say. (Without a token it is refused first, UNAUTHENTICATED: jwt_authn runs before the router.)
         LocalReply(_flag("NR"), 404, 5, "no such endpoint", grpc_code=12),
         LocalReply(_status_is(429), 429, 8, "rate limit exceeded, slow down"),
         # jwt_authn answers 403 for a token it does not accept (wrong audience):
@@ -457,10 +458,12 @@ def _transcoder() -> dict[str, Any]:
                 "always_print_enums_as_ints": False,
             },
             convert_grpc_status=True,
-            # Strict: a query parameter may not override a path field (DELETE
-            # /v1/tweets/1?tweet_id=2), nor a body field collide with one; an
-            # unknown parameter or a non-gRPC call to no REST route (a gRPC path
-            # sent as JSON) is refused here instead of reaching a service.
+            # Strict: a body field may not collide with a path field; an unknown
+            # parameter or a non-gRPC call to no REST route (a gRPC path sent as
+            # JSON) is refused here instead of reaching a service. (A query
+            # parameter naming a path field, DELETE /v1/tweets/1?tweet_id=2, is
+            # refused by the RBAC policy path_field_in_query: these options let it
+            # through.)
             request_validation_options={
                 "reject_unknown_method": True,
                 "reject_unknown_query_parameters": True,
@@ -616,7 +619,7 @@ def _routes(settings: EdgeSettings) -> list[dict[str, Any]]:
         )
     }
     # Health checks are unary and answered within the sidecar's INSTANCE_TIMEOUT_S:
-    # a stuck sidecar is a 504, not the 408 of the connection's 30 s (which blames the client).
+    # a stuck sidecar is a 504 within 2 s, not one at Envoy's default 15 s route timeout.
     routes += [
         {
             "match": {"prefix": prefix},

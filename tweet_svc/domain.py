@@ -272,6 +272,9 @@ class Tweets:
         await self._producer.send(TOPIC_LIKES, str(tweet_id).encode(), event.encode())
         # After the acknowledgement (a like Kafka refused must not show), for read-your-writes:
         # the worker writes the same cell again when it folds the event (tweet_svc/viewer.py).
+        # A send that timed out (CHIRP_LIKE_ACK_TIMEOUT_MS) is answered UNAVAILABLE but may
+        # have been written (librdkafka cannot tell): then it is applied, as the retry the
+        # caller is told to make would have been.
         await self._store.record_user_like(user_id, tweet_id, liked, event.version)
         await self._cache.record_liked(user_id, tweet_id, event.version, liked)  # feed_svc reads flags there
         count = await self._cache.acknowledged_like(tweet_id, user_id, event.version, liked, stored_count or 0, stored)

@@ -188,8 +188,17 @@ class PartlyRefusing(Client):
     """confluent_kafka.Consumer's synchronous commit when the broker refused some of the
     partitions: no exception, each partition returned with its own error."""
 
+    def __init__(self, records: list[Record], assigned: tuple[int, ...] = (0, 1)) -> None:
+        super().__init__(records)
+        self.assigned = assigned
+        self.committed: list[tuple[int, int]] = []
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("t", p) for p in self.assigned]
+
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[Answer]:
         assert asynchronous is False
+        self.committed += [(tp.partition, tp.offset) for tp in offsets]
         refused = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
         return [Answer(tp.topic, tp.partition, refused if tp.partition == 1 else None) for tp in offsets]
 
@@ -211,6 +220,16 @@ def test_a_commit_refused_for_some_partitions_raises() -> None:
         consumer.commit_now([Msg(0, 5), Msg(1, 7)])  # type: ignore[list-item]
     assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
     consumer.commit_now([Msg(0, 6)])  # type: ignore[list-item]
+
+
+def test_a_partition_moved_to_another_member_is_not_committed() -> None:
+    """A batch read before a rebalance may hold a partition revoked since: its offset
+    committed would overwrite the new owner's newer one (librdkafka does not check)."""
+    consumer = consumer_with([])
+    client = PartlyRefusing([], assigned=(0, 2))
+    consumer._consumer = client  # type: ignore[assignment]
+    consumer.commit_now([Msg(0, 5), Msg(3, 9), Msg(2, 7)])  # type: ignore[list-item]
+    assert sorted(client.committed) == [(0, 6), (2, 8)]
 
 
 async def test_a_commit_refused_for_good_fails_the_batch() -> None:
