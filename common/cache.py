@@ -244,7 +244,9 @@ def _skipped_error(host: str, port: int | str) -> NodeUnreachable:
 
 class _NodeGuardedConnection(Connection):
     """A cluster node's connection: connecting to a node skipped now fails at once,
-    and a failed connect (refused, timed out, no answer to the handshake) skips it."""
+    and a failed connect (refused, timed out, no answer to the handshake) skips it.
+    A timeout there is NodeUnreachable: nothing was sent yet, so the command may be
+    retried (QueueingRedisCluster retries no timeout)."""
 
     async def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
         if self.is_connected:
@@ -253,9 +255,12 @@ class _NodeGuardedConnection(Connection):
             raise _skipped_error(self.host, self.port)
         try:
             await super().connect_check_health(check_health, retry_socket_connect)
-        except (RedisConnectionError, RedisTimeoutError):
+        except RedisConnectionError:
             _node_failed(self.host, self.port)
             raise
+        except RedisTimeoutError as exc:
+            _node_failed(self.host, self.port)
+            raise _skipped_error(self.host, self.port) from exc
 
 
 def cluster_nodes(url: str) -> list[tuple[str, int]]:
@@ -391,9 +396,10 @@ class QueueingRedisCluster(RedisCluster):
     A command that meets a node skipped now (NodeUnreachable) is retried as one that
     met a refused connection is: once, after the topology is read again, which finds a
     replica promoted meanwhile (redis-py retries only errors of exactly its listed types).
-    One whose reply did not come in time is not: redis-py sends it again, and a rate-limit
-    INCR or the rank worker's lease (SET NX) was applied twice; its caller sees the timeout,
-    as on a standalone Redis (STANDALONE_RETRY_ON)."""
+    One whose reply did not come in time is not: redis-py sent it again, and the rank
+    worker's lease (SET NX) was refused to the instance that took it, its epoch INCR
+    counted twice; its caller sees the timeout, as on a standalone Redis
+    (STANDALONE_RETRY_ON)."""
 
     ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError, NodeUnreachable)  # type: ignore[assignment]
 

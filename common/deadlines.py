@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from contextvars import ContextVar
 
@@ -24,3 +25,13 @@ def remaining() -> float | None:
     """Seconds the incoming call has left (negative once past), or None: no deadline."""
     deadline = _deadline_var.get()
     return None if deadline is None else deadline - time.monotonic()
+
+
+def shared() -> contextvars.Context:
+    """A copy of this context without the deadline, for a task whose work other callers
+    share (a load they join, a run queued behind another): with the first caller's
+    deadline it would end for all of them at that caller's time, or start with it spent
+    (every statement then given a millisecond). Each caller still stops waiting at its own."""
+    context = contextvars.copy_context()
+    context.run(_deadline_var.set, None)
+    return context

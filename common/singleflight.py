@@ -41,6 +41,8 @@ from typing import Generic, TypeVar
 
 from prometheus_client import Counter, Gauge
 
+from common import deadlines
+
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
@@ -162,9 +164,10 @@ class SingleFlight(Generic[K, V]):
             finally:
                 self._forget(flight)
 
-        # The task copies this caller's context (request id, deadline): the load's store
-        # calls get what the first caller has left, no more than anyone waiting has.
-        flight: _Flight[K, V] = _Flight(keys, asyncio.create_task(guarded()))
+        # The task copies this caller's context (its request id) but not its deadline: a
+        # load that waited for a slot, or that later callers joined, would end for all of
+        # them at the first caller's time. Each caller stops waiting at its own.
+        flight: _Flight[K, V] = _Flight(keys, asyncio.create_task(guarded(), context=deadlines.shared()))
         flight.task.add_done_callback(_retrieve)
         for key in keys:
             self._flights[key] = flight

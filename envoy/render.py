@@ -94,15 +94,18 @@ RETRY_AFTER_S = 1
 HEALTH_CHECK_SECONDS = 10
 # A check that fails to connect or times out (a dead or hung instance) counts once of
 # the two it takes to mark the instance down (one NOT_SERVING is enough); the second
-# comes this soon after the first instead of a whole interval later.
-HEALTH_RECHECK_SECONDS = 1
+# comes this soon after the first instead of a whole interval later. An instance
+# marked down is checked this often too, so it is back within it once it answers.
+# (The two checks and their timeouts span 4 s: an instance whose loop a busy machine
+# stalls for less is not taken out.)
+HEALTH_RECHECK_SECONDS = 2
 HEALTH_CHECK_TIMEOUT_SECONDS = 1
 # How long outlier detection takes an instance out (longer at each repeat): longer
 # than the checks need to mark a dead one down (a check at most an interval after
-# its death, the recheck, each up to its timeout). With 10 s, a killed instance came
-# back into rotation before its second check: least-request balancing favours an
-# instance with no calls in flight, so each try picked the dead one again, and a
-# feed read failed all three (a fresh-clone fault run of 13197e6).
+# its death, the recheck, each up to its timeout: 14 s). With 10 s, a killed
+# instance came back into rotation before its second check: least-request
+# balancing favours an instance with no calls in flight, so each try picked the dead
+# one again, and a feed read failed all three (a fresh-clone fault run of 13197e6).
 EJECTION_SECONDS = 15
 # The longest an Envoy thread may go without returning to its event loop before
 # the watchdog counts a miss (its check runs this often).
@@ -716,6 +719,7 @@ def _cluster(svc: topology.Service, settings: EdgeSettings, name: str, max_reque
                 "timeout": f"{HEALTH_CHECK_TIMEOUT_SECONDS}s",
                 "interval": f"{HEALTH_CHECK_SECONDS}s",
                 "unhealthy_edge_interval": f"{HEALTH_RECHECK_SECONDS}s",
+                "unhealthy_interval": f"{HEALTH_RECHECK_SECONDS}s",
                 # Envoy's default checks a cluster that never carried a request once a
                 # minute: a fresh stack would look cheaper idle than one that served
                 # traffic, and an instance that failed its first check would wait a
@@ -736,7 +740,7 @@ def _cluster(svc: topology.Service, settings: EdgeSettings, name: str, max_reque
             # between them. A hedged read's per-try timeout counts too, though its try
             # keeps going and may well answer: at 2, two slow reads on a busy instance
             # (cold caches, a store node away) ejected it and sent everything to the
-            # other. A dead one reaches 5 within milliseconds under any traffic.
+            # other. A dead one reaches 5 at its first five calls (each retried).
             "consecutive_local_origin_failure": 5,
             "enforcing_consecutive_local_origin_failure": 100,
             "interval": "2s",

@@ -37,13 +37,14 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
 from confluent_kafka import Message
 from prometheus_client import Counter, Histogram
 
+from common import deadlines
 from common.events import MALFORMED, event_int
 from common.worker import apply_each, skip_event
 from feed_svc.activity import ActiveReaders
@@ -332,7 +333,7 @@ class Fanout:
 async def _one_at_a_time(
     running: dict[int, asyncio.Future[None]],
     key: int,
-    start: Callable[[], Awaitable[None]],
+    start: Callable[[], Coroutine[Any, Any, None]],
     on_failure: Callable[[int, BaseException], None] | None = None,
 ) -> None:
     """One run of `start()` per key at a time in this process: a caller while one is under way
@@ -340,7 +341,7 @@ async def _one_at_a_time(
     leaves the run to the others."""
     run = running.get(key)
     if run is None or run.done():
-        run = asyncio.ensure_future(start())
+        run = asyncio.get_running_loop().create_task(start(), context=deadlines.shared())
         running[key] = run
         run.add_done_callback(functools.partial(_ended, running, key, on_failure))
     await asyncio.shield(run)

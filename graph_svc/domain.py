@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
+from common import deadlines
 from common.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from common.events import MALFORMED, event_int
 from common.ids import IdGenerator
@@ -96,7 +97,8 @@ class SharedRuns(Generic[K]):
     async def __call__(self, key: K) -> None:
         upcoming = self._next.get(key)
         if upcoming is None:
-            upcoming = asyncio.ensure_future(self._after(key, self._running.get(key)))
+            after = self._after(key, self._running.get(key))
+            upcoming = asyncio.get_running_loop().create_task(after, context=deadlines.shared())
             upcoming.add_done_callback(_retrieve)
             self._next[key] = upcoming
         # Shielded: a caller giving up (its deadline) does not cancel the others' run.

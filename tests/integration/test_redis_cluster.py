@@ -356,7 +356,7 @@ async def test_redirections_leave_the_commands_in_flight_alone(rc: RedisCluster)
     """A MOVED updates the slot's owner and nothing else: redis-py's default closed every
     connection of the client at every fifth one (each failover, each rolling restart's
     hand-over), and a command in flight on any node was cut and sent again."""
-    client = connect_redis(cluster_url())
+    client = connect_redis(cluster_url(), timeout_seconds=15)  # a BLPOP reads within the socket timeout
     assert isinstance(client, RedisCluster)
     await client.initialize()
     keys = [feed_key("timeline", u) for u in ids(918, KEYS_PER_TEST)]
@@ -405,8 +405,8 @@ return 1
 
 
 async def test_a_command_whose_reply_timed_out_is_not_sent_again(rc: RedisCluster) -> None:
-    """It may have been applied: sent again, a rate-limit INCR counted twice and the rank
-    worker's lease (SET NX) was refused to the instance that took it."""
+    """It may have been applied: sent again, the rank worker's lease (SET NX) was refused
+    to the instance that took it, and its epoch INCR counted twice."""
     client = connect_redis(cluster_url())
     key = feed_key("timeline", ids(919, 1)[0])
     try:

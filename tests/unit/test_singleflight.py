@@ -11,9 +11,12 @@ from typing import Any, cast
 
 import pytest
 
+from common import deadlines
 from common.hidden import HiddenAuthorsCache, Read, new_token
 from common.ids import IdGenerator
 from common.singleflight import BackgroundRefresh, Rebuilds, SingleFlight
+from feed_svc.fanout import _one_at_a_time as fanout_one_at_a_time
+from graph_svc.domain import SharedRuns
 from tests.faults import wait_for_async
 from tweet_svc.cache import TweetCache
 from tweet_svc.domain import Tweets
@@ -441,3 +444,26 @@ async def test_a_set_the_read_script_finds_near_its_end_is_loaded_again_after_th
 
     await wait_for_async(reloaded, 5.0, "the set to be loaded again")
     assert asked == [5]
+
+
+async def test_shared_work_runs_without_the_first_callers_deadline() -> None:
+    """A load others join, and a run queued behind another, carry no caller's deadline:
+    with the first one's spent (it waited for a slot, or the run before it), every
+    statement would get a millisecond and fail for all who joined."""
+    seen: list[float | None] = []
+
+    async def load(keys: list[int]) -> dict[int, str]:
+        seen.append(deadlines.remaining())
+        return {k: "v" for k in keys}
+
+    async def run(key: str) -> None:
+        seen.append(deadlines.remaining())
+
+    async def caller() -> None:
+        deadlines.set_deadline(0.0)  # spent by the time the shared work starts
+        await SingleFlight[int, str]("test", Rebuilds(1)).load_many([1], load)
+        await SharedRuns[str](run)("k")
+        await fanout_one_at_a_time({}, 1, lambda: run("k"))
+
+    await asyncio.create_task(caller())
+    assert seen == [None, None, None]
