@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
+from collections.abc import Coroutine
 from contextvars import ContextVar
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _deadline_var: ContextVar[float | None] = ContextVar("deadline", default=None)
 
@@ -27,11 +32,12 @@ def remaining() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-def shared() -> contextvars.Context:
-    """A copy of this context without the deadline, for a task whose work other callers
-    share (a load they join, a run queued behind another): with the first caller's
-    deadline it would end for all of them at that caller's time, or start with it spent
-    (every statement then given a millisecond). Each caller still stops waiting at its own."""
+def shared_task(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """`work` in a task of its own, in a copy of this context without the deadline: work
+    other callers share (a load they join, a run queued behind another) would, with the
+    first caller's deadline, end for all of them at that caller's time, or start with it
+    spent (every statement then given a millisecond). Each caller still stops waiting at
+    its own. The request id and the rest of the context are kept."""
     context = contextvars.copy_context()
     context.run(_deadline_var.set, None)
-    return context
+    return asyncio.get_running_loop().create_task(work, context=context)

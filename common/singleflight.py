@@ -167,7 +167,7 @@ class SingleFlight(Generic[K, V]):
         # The task copies this caller's context (its request id) but not its deadline: a
         # load that waited for a slot, or that later callers joined, would end for all of
         # them at the first caller's time. Each caller stops waiting at its own.
-        flight: _Flight[K, V] = _Flight(keys, asyncio.create_task(guarded(), context=deadlines.shared()))
+        flight: _Flight[K, V] = _Flight(keys, deadlines.shared_task(guarded()))
         flight.task.add_done_callback(_retrieve)
         for key in keys:
             self._flights[key] = flight

@@ -341,7 +341,7 @@ async def _one_at_a_time(
     leaves the run to the others."""
     run = running.get(key)
     if run is None or run.done():
-        run = asyncio.get_running_loop().create_task(start(), context=deadlines.shared())
+        run = deadlines.shared_task(start())
         running[key] = run
         run.add_done_callback(functools.partial(_ended, running, key, on_failure))
     await asyncio.shield(run)

@@ -97,8 +97,7 @@ class SharedRuns(Generic[K]):
     async def __call__(self, key: K) -> None:
         upcoming = self._next.get(key)
         if upcoming is None:
-            after = self._after(key, self._running.get(key))
-            upcoming = asyncio.get_running_loop().create_task(after, context=deadlines.shared())
+            upcoming = deadlines.shared_task(self._after(key, self._running.get(key)))
             upcoming.add_done_callback(_retrieve)
             self._next[key] = upcoming
         # Shielded: a caller giving up (its deadline) does not cancel the others' run.

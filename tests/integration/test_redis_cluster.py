@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -290,6 +290,31 @@ async def test_a_failing_node_makes_only_its_keys_miss(rc: RedisCluster, proxied
         await delete(rc, bodies + counts)
 
 
+async def blocking_pop(
+    rc: RedisCluster, client: RedisCluster, key: str
+) -> tuple[asyncio.Task[Any], Callable[[], Awaitable[set[int]]]]:
+    """A BLPOP of `key` through `client`, returned once its node shows it waiting, and
+    how to read the ids of the clients in BLPOP on that node (the same id: the same
+    connection, not a command sent again)."""
+    node = rc.nodes_manager.get_node_from_slot(key_slot(key.encode()))
+
+    async def waiting_clients() -> set[int]:
+        clients = await rc.client_list(target_nodes=node)
+        return {int(c["id"]) for c in clients if c.get("cmd") == "blpop"}
+
+    async def blpop() -> Any:
+        return await client.blpop([key], timeout=10)
+
+    waiting = asyncio.create_task(blpop())
+    deadline = time.monotonic() + 5
+    while not await waiting_clients():
+        if time.monotonic() >= deadline:
+            waiting.cancel()
+            raise AssertionError("the BLPOP never reached its node")
+        await asyncio.sleep(0.05)
+    return waiting, waiting_clients
+
+
 async def test_a_failing_node_leaves_the_commands_in_flight_on_the_others_alone(
     rc: RedisCluster, proxied: Proxied
 ) -> None:
@@ -305,21 +330,9 @@ async def test_a_failing_node_leaves_the_commands_in_flight_on_the_others_alone(
     on_victim = [k for k in keys if primaries_of(rc, [k]) == {victim.name}]
     assert len(elsewhere) > 1 and on_victim
     blocked = elsewhere[1]
-    node = rc.nodes_manager.get_node_from_slot(key_slot(blocked.encode()))
-
-    async def waiting_clients() -> set[int]:
-        clients = await rc.client_list(target_nodes=node)
-        return {int(c["id"]) for c in clients if c.get("cmd") == "blpop"}
-
-    async def blpop() -> Any:
-        return await client.blpop([blocked], timeout=10)
-
-    waiting = asyncio.create_task(blpop())
+    waiting, waiting_clients = await blocking_pop(rc, client, blocked)
     try:
-        deadline = time.monotonic() + 5
-        while not (before := await waiting_clients()):
-            assert time.monotonic() < deadline, "the BLPOP never reached its node"
-            await asyncio.sleep(0.05)
+        before = await waiting_clients()
         await proxied.primary.cut()
         async with client.pipeline(transaction=False) as pipe:
             pipe.set(elsewhere[0], "1", px=60_000)
@@ -365,21 +378,9 @@ async def test_redirections_leave_the_commands_in_flight_alone(rc: RedisCluster)
     moved = next(k for k in keys if primaries_of(rc, [k]).isdisjoint(home))
     owner = client.nodes_manager.get_node_from_slot(key_slot(moved.encode()))
     wrong = next(n for n in client.get_primaries() if n.name != owner.name)
-    node = rc.nodes_manager.get_node_from_slot(key_slot(blocked.encode()))
-
-    async def waiting_clients() -> set[int]:
-        clients = await rc.client_list(target_nodes=node)
-        return {int(c["id"]) for c in clients if c.get("cmd") == "blpop"}
-
-    async def blpop() -> Any:
-        return await client.blpop([blocked], timeout=10)
-
-    waiting = asyncio.create_task(blpop())
+    waiting, waiting_clients = await blocking_pop(rc, client, blocked)
     try:
-        deadline = time.monotonic() + 5
-        while not (before := await waiting_clients()):
-            assert time.monotonic() < deadline, "the BLPOP never reached its node"
-            await asyncio.sleep(0.05)
+        before = await waiting_clients()
         for _ in range(6):
             client.nodes_manager.slots_cache[key_slot(moved.encode())] = [wrong]  # as before a failover
             assert await client.get(moved) is None  # MOVED by `wrong`, then answered by its owner
