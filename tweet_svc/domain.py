@@ -264,17 +264,22 @@ class Tweets:
             self._store.like_states(tweet_id, [user_id]), self._store.user_like_version(user_id, tweet_id)
         )
         stored = rows.get(user_id, NEVER)
-        # Above the user's last acknowledged change of this tweet's like, even one made by an
-        # instance whose clock is ahead of this one's: versions order the changes, and a
-        # newer change with an older version would be dropped as stale everywhere.
+        # Above the user's last change of this tweet's like that may have been sent, even
+        # one made by an instance whose clock is ahead of this one's: versions order the
+        # changes, and a newer change with an older version would be dropped as stale
+        # everywhere.
         version = self._versions.next_id_after(max(stored.version, last))
         event = LikeEvent(tweet_id=tweet_id, user_id=user_id, liked=liked, version=version)
+        # A send that timed out (CHIRP_LIKE_ACK_TIMEOUT_MS) is answered UNAVAILABLE but may
+        # have been written (librdkafka cannot tell): then it is applied, as the retry the
+        # caller is told to make would have been. Its version is claimed before the send,
+        # since nothing else records it until the worker folds it: without the claim, an
+        # unlike right after it on an instance whose clock is behind was versioned below
+        # it, and the like won.
+        await self._store.claim_like_version(user_id, tweet_id, version)
         await self._producer.send(TOPIC_LIKES, str(tweet_id).encode(), event.encode())
         # After the acknowledgement (a like Kafka refused must not show), for read-your-writes:
         # the worker writes the same cell again when it folds the event (tweet_svc/viewer.py).
-        # A send that timed out (CHIRP_LIKE_ACK_TIMEOUT_MS) is answered UNAVAILABLE but may
-        # have been written (librdkafka cannot tell): then it is applied, as the retry the
-        # caller is told to make would have been.
         await self._store.record_user_like(user_id, tweet_id, liked, event.version)
         await self._cache.record_liked(user_id, tweet_id, event.version, liked)  # feed_svc reads flags there
         count = await self._cache.acknowledged_like(tweet_id, user_id, event.version, liked, stored_count or 0, stored)

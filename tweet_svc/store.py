@@ -68,6 +68,9 @@ STATEMENTS = {
     "set_user_like": "UPDATE user_likes USING TIMESTAMP ? SET state = ? WHERE user_id = ? AND tweet_id = ?",
     "user_likes_among": "SELECT tweet_id, state FROM user_likes WHERE user_id = ? AND tweet_id IN ?",
     "user_like": "SELECT state FROM user_likes WHERE user_id = ? AND tweet_id = ?",
+    # A like's version before its event is sent (`claim_like_version`), the newest kept.
+    "claim_like": "UPDATE like_claims USING TIMESTAMP ? SET version = ? WHERE user_id = ? AND tweet_id = ?",
+    "like_claim": "SELECT version FROM like_claims WHERE user_id = ? AND tweet_id = ?",
     "set_count": "UPDATE tweet_likes SET like_count = ? WHERE tweet_id = ? IF like_count = ?",
     "set_like": "UPDATE tweet_likes SET liked = ?, version = ? WHERE tweet_id = ? AND user_id = ? IF version = ?",
     "claim_key": "INSERT INTO idempotency_keys (user_id, key, tweet_id) VALUES (?, ?, ?) IF NOT EXISTS",
@@ -248,11 +251,24 @@ class TweetStore:
             self._q["set_user_like"], (write_time_us(version), encode_state(liked, version), user_id, tweet_id)
         )
 
+    async def claim_like_version(self, user_id: int, tweet_id: int, version: int) -> None:
+        """Records `version` as given to a change of this like before its event is sent:
+        one that timed out may have been written all the same (infra/cql/015_like_claims.cql)."""
+        await self._cql.execute(self._q["claim_like"], (write_time_us(version), version, user_id, tweet_id))
+
     async def user_like_version(self, user_id: int, tweet_id: int) -> int:
-        """The version of the user's last acknowledged like or unlike of this tweet (each is
-        written to `user_likes` before it is acknowledged); -1 for none."""
-        rows = await self._cql.execute(self._q["user_like"], (user_id, tweet_id))
-        return decode_version(rows[0].state) if rows else -1
+        """The version of the user's last like or unlike of this tweet that may have been
+        sent: claimed before its event was sent, and written to `user_likes` before it was
+        acknowledged (a like acknowledged before claims were written has only that); -1
+        for none."""
+        acknowledged, claimed = await asyncio.gather(
+            self._cql.execute(self._q["user_like"], (user_id, tweet_id)),
+            self._cql.execute(self._q["like_claim"], (user_id, tweet_id)),
+        )
+        return max(
+            decode_version(acknowledged[0].state) if acknowledged else -1,
+            int(claimed[0].version) if claimed else -1,
+        )
 
     async def record_user_likes(self, tweet_id: int, states: dict[int, LikeState]) -> None:
         """`record_user_like` for several users (partitions differ: one write each, no batch)."""

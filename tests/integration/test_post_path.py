@@ -1,6 +1,7 @@
 """tweet_svc's post path against the real stores: the batch a post writes, one
 Idempotency-Key posted at once through two processes' worth of tweet_svc, and a
-like then an unlike through two instances whose clocks disagree."""
+like then an unlike through two instances whose clocks disagree, the like's send
+timed out yet written or acknowledged."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from common.cache import RedisClient
 from common.cql import CqlSession
+from common.events import LikeEvent
 from common.ids import IdGenerator, id_time_ms
-from common.kafka import TOPIC_TWEETS, AsyncProducer
+from common.kafka import TOPIC_LIKES, TOPIC_TWEETS, AsyncProducer
 from common.outbox import Event, Outbox
 from tests.conftest import KAFKA, unique_name
 from tweet_svc.cache import TweetCache
@@ -37,6 +41,24 @@ class RecordingCql:
         if hasattr(statement, "_statements_and_parameters"):
             self.batches.append([query_id for _, query_id, _ in statement._statements_and_parameters])
         return await self._cql.execute(statement, params)
+
+
+class LikeSends(AsyncProducer):
+    """The real producer, keeping the like events it sends; with `ack_lost`, each send
+    is written and then fails as one whose acknowledgement timed out does (librdkafka
+    cannot tell such a send from one never written)."""
+
+    def __init__(self, name: str, ack_lost: bool = False) -> None:
+        super().__init__(KAFKA, name, on_fatal=None)
+        self.likes: list[LikeEvent] = []
+        self._ack_lost = ack_lost
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        await super().send(topic, key, value)
+        if topic == TOPIC_LIKES:
+            self.likes.append(LikeEvent.decode(value))
+        if self._ack_lost:
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out"))
 
 
 def new_author(edge: httpx.Client) -> int:
@@ -138,3 +160,37 @@ async def test_an_unlike_after_a_like_wins_though_the_like_came_from_a_clock_ahe
         assert await ahead.liked_by(fan, [tweet]) == {tweet}
     finally:
         producer.close()
+
+
+async def test_an_unlike_after_a_like_that_timed_out_yet_was_written_wins_on_a_clock_behind(
+    cql: CqlSession, redis: RedisClient, edge: httpx.Client
+) -> None:
+    author, fan = new_author(edge), new_author(edge)
+    timed_out, answered = LikeSends("tests-like-ack-lost", ack_lost=True), LikeSends("tests-like-acked")
+    try:
+        ahead = await tweets_of(cql, timed_out, redis, 920, ahead_ms=2000)
+        behind = await tweets_of(cql, answered, redis, 921)
+        tweet = (await behind.create(author, "liked (not known), then not", "")).tweet_id
+        # Answered UNAVAILABLE (503, "not known"), yet on Kafka: the worker will fold it.
+        with pytest.raises(KafkaException):
+            await ahead.set_like(fan, tweet, liked=True)
+        assert await behind.liked_by(fan, [tweet]) == set()  # never acknowledged: not shown
+        assert await behind.set_like(fan, tweet, liked=False) == 0  # acknowledged
+        (like,), (unlike,) = timed_out.likes, answered.likes
+        # Versioned above the like whose send timed out, though this clock is 2 s behind its.
+        assert unlike.version > like.version, (like, unlike)
+        # And once the worker has folded both, the unlike stands.
+        store = TweetStore(cql, Outbox(cql, None))
+        await store.prepare()
+        deadline = time.monotonic() + 30
+        while True:
+            count, rows = await store.like_states(tweet, [fan])
+            if (fan in rows and rows[fan].version >= like.version) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert rows[fan].version == unlike.version and not rows[fan].liked, rows
+        assert count == 0
+        assert await ahead.liked_by(fan, [tweet]) == set()
+    finally:
+        timed_out.close()
+        answered.close()
