@@ -143,7 +143,10 @@ RETRYABLE = {
 # Calls that check a password or a refresh token: each route gets a bucket of the
 # login size (a per-route filter config is a bucket of its own, so they are not shared).
 LOGIN_METHODS = {"CreateSession", "CreateUser", "RefreshSession", "ChangePassword"}
+# Calls that post: one bucket of the post size for all their routes (CreateTweet has
+# two, with and without an Idempotency-Key), as a descriptor of the edge-wide filter.
 POST_METHODS = {"CreateTweet"}
+POST_DESCRIPTOR = {"key": "chirp_limit", "value": "post"}
 SLOW_METHODS = {"CreateUser", "CreateSession", "ChangePassword"}  # argon2id on purpose
 SERVICE_DESCRIPTORS = {
     "chirp.graph.v1.GraphService": graph_pb2.DESCRIPTOR.services_by_name["GraphService"],
@@ -534,6 +537,41 @@ def _rate_limit(rps: int) -> dict[str, Any]:
     )
 
 
+def _edge_rate_limit(settings: EdgeSettings) -> dict[str, Any]:
+    """The default bucket, and the post bucket, which every posting route's calls take
+    from (and only from it): a route's own filter config would be a bucket of its own, so
+    a client alternating CreateTweet's two routes was let through twice `post_rps`. The
+    rule matches the gRPC path (REST calls have been transcoded to it by here) with or
+    without a query, which the routes' path match ignores."""
+    config = _rate_limit(settings.default_rps)
+    paths = "|".join(
+        re.escape(f"/{svc.grpc_service}/{method}")
+        for svc in topology.SERVICES
+        for method in SERVICE_DESCRIPTORS[svc.grpc_service].methods_by_name
+        if method in POST_METHODS
+    )
+    config.update(
+        descriptors=[{"entries": [POST_DESCRIPTOR], "token_bucket": _bucket(settings.post_rps)}],
+        always_consume_default_token_bucket=False,
+        rate_limits=[
+            {
+                "actions": [
+                    {
+                        "header_value_match": {
+                            "descriptor_key": POST_DESCRIPTOR["key"],
+                            "descriptor_value": POST_DESCRIPTOR["value"],
+                            "headers": [
+                                {"name": ":path", "string_match": {"safe_regex": {"regex": f"^({paths})(\\?.*)?$"}}}
+                            ],
+                        }
+                    }
+                ]
+            }
+        ],
+    )
+    return config
+
+
 def _retry_policy(per_try_timeout_s: float) -> dict[str, Any]:
     return {
         "retry_on": "unavailable,reset,connect-failure,refused-stream",
@@ -589,8 +627,6 @@ def _route(svc: topology.Service, method: str, settings: EdgeSettings) -> list[d
     route: dict[str, Any] = {"match": {"path": path}, "route": action}
     if method in LOGIN_METHODS:
         route["typed_per_filter_config"] = {"envoy.filters.http.local_ratelimit": _rate_limit(settings.login_rps)}
-    if method in POST_METHODS:
-        route["typed_per_filter_config"] = {"envoy.filters.http.local_ratelimit": _rate_limit(settings.post_rps)}
     action["retry_policy"] = _retry_policy(timeout / 2) if method in RETRYABLE else _unsent_retry_policy()
     if not write:
         # A read past its per-try timeout is slow, not lost (a cold read: the follow list,
@@ -909,7 +945,7 @@ def build(jwks: str, settings: EdgeSettings | None = None) -> dict[str, Any]:
             },
             _compressor(),
             _transcoder(),
-            {"name": "envoy.filters.http.local_ratelimit", "typed_config": _rate_limit(settings.default_rps)},
+            {"name": "envoy.filters.http.local_ratelimit", "typed_config": _edge_rate_limit(settings)},
             _jwt_authn(jwks),
             router,
         ],

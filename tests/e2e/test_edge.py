@@ -6,6 +6,7 @@ tiny limits, so the shared edge's limits never disturb other tests."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -48,6 +49,34 @@ def test_login_is_rate_limited_with_429_and_json_body(limited_edge: str, edge: h
     assert "rate limit" in str(body["message"])
     assert limited.headers["retry-after"] == "1"
     # Reads on the same edge are not throttled by the login bucket.
+    assert httpx.get(f"{limited_edge}/v1/feed/trending", timeout=10).status_code == 200
+
+
+def test_both_routes_of_a_post_take_from_one_bucket(limited_edge: str, edge: httpx.Client) -> None:
+    """CreateTweet has a route for calls with an Idempotency-Key and one for calls
+    without: alternating them must not double the edge's post limit."""
+    name = unique_name()
+    edge.post("/v1/users", json={"username": name, "password": "correct horse"}).raise_for_status()
+    token = edge.post("/v1/sessions", json={"username": name, "password": "correct horse"}).json()["access_token"]
+    replies = []
+    with httpx.Client(base_url=limited_edge, timeout=10) as raw:
+        started = time.monotonic()
+        for i in range(16):
+            headers = {"authorization": f"Bearer {token}"}
+            if i % 2:
+                headers[render.IDEMPOTENCY_HEADER] = f"bucket-{name}-{i}"
+            replies.append(raw.post("/v1/tweets", json={"text": f"post {i}"}, headers=headers))
+        elapsed = time.monotonic() - started
+    # The edge's refusals (tweet_svc's per-user limit says "too many posts").
+    refused = [r for r in replies if r.status_code == 429 and "rate limit exceeded" in r.json()["message"]]
+    # One bucket of 4 (twice post_rps) and 2 more at each 1 s fill, of which `elapsed`
+    # spans at most int(elapsed) + 1; two buckets let through 8 before the first fill.
+    most = 2 * LIMITED.post_rps + LIMITED.post_rps * (int(elapsed) + 1)
+    assert len(replies) - len(refused) <= most, (elapsed, [r.status_code for r in replies])
+    assert refused, [r.status_code for r in replies]
+    assert_error(refused[0], 429, 8)
+    assert refused[0].headers["retry-after"] == "1"
+    # Other calls on the same edge take from the default bucket, not the post one.
     assert httpx.get(f"{limited_edge}/v1/feed/trending", timeout=10).status_code == 200
 
 

@@ -245,3 +245,25 @@ def test_a_health_check_times_out_as_504_and_reflection_streams_do_not() -> None
     for prefix, route in by_prefix.items():
         assert route["cluster"] == render.SIDECAR_CLUSTER
         assert route["timeout"] == ("2s" if prefix == "/grpc.health.v1.Health/" else "0s"), prefix
+
+
+def test_every_post_route_and_only_those_takes_from_the_post_bucket() -> None:
+    limit = next(f for f in _hcm()["http_filters"] if f["name"] == "envoy.filters.http.local_ratelimit")
+    config = limit["typed_config"]
+    assert config["always_consume_default_token_bucket"] is False  # a post takes from its bucket only
+    (rule,) = config["rate_limits"]
+    (action,) = rule["actions"]
+    (header,) = action["header_value_match"]["headers"]
+    assert header["name"] == ":path"
+    regex = re.compile(header["string_match"]["safe_regex"]["regex"])
+    posts = [p for p, routes in _routes().items() if p.rsplit("/", 1)[1] in render.POST_METHODS]
+    assert len(posts) == 1 and len(_routes()[posts[0]]) == 2  # with and without an Idempotency-Key
+    for path, routes in _routes().items():
+        post = path in posts
+        # A query is ignored by the routes' path match: it must be by the rule too.
+        assert bool(regex.match(path)) is post and bool(regex.match(path + "?x=1")) is post, path
+        # No route of its own: its own filter config would be a bucket of its own.
+        assert not post or all("typed_per_filter_config" not in r for r in routes)
+    (descriptor,) = config["descriptors"]
+    assert descriptor["entries"] == [{"key": "chirp_limit", "value": "post"}]
+    assert descriptor["token_bucket"]["tokens_per_fill"] == SETTINGS.post_rps
