@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,6 +35,45 @@ IDLE_CHECK_SECONDS = 5.0
 # `offsets_for_times`, an uncached watermark), which must stay well inside
 # their own timeouts (half of the 5 s in rank_svc/events.py).
 FETCH_WAIT_MS = 2500
+
+
+# librdkafka's line for a partition whose committed offset is no longer on the broker
+# (`rd_kafka_offset_reset`, WARNING, facility OFFSET): retention removed it before the
+# group read that far, or the log was truncated. It goes on from the earliest offset
+# kept (auto.offset.reset), and what lay between is never read. Its only other trace.
+OFFSET_RESET_LINE = re.compile(
+    r"(?P<topic>\S+) \[(?P<partition>\d+)\]: offset reset \(at offset (?P<at>\d+)\b.*Offset out of range"
+)
+# (topic, partition, the committed offset it left, events never read: None where it
+# moved back, as after a topic was made again).
+OffsetReset = tuple[str, int, int, int | None]
+
+
+class ClientLog:
+    """librdkafka's log lines, passed to this process's log (confluent-kafka's `logger`:
+    they are then served only within the consumer's calls, in their thread); an offset
+    reset past what the broker keeps is also noted for `BatchConsumer` to report."""
+
+    def __init__(self) -> None:
+        self._log = logging.getLogger("librdkafka")
+        self._lock = threading.Lock()
+        self._resets: list[tuple[str, int, int]] = []
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        try:
+            text = msg % args if args else msg
+            self._log.log(level, text)
+            found = OFFSET_RESET_LINE.search(text)
+            if found:
+                with self._lock:
+                    self._resets.append((found["topic"], int(found["partition"]), int(found["at"])))
+        except Exception:  # raised here, it would fail the consume() serving it
+            log.exception("handling a librdkafka log line failed")
+
+    def take_resets(self) -> list[tuple[str, int, int]]:
+        with self._lock:
+            resets, self._resets = self._resets, []
+        return resets
 
 
 def is_fatal(error: KafkaError) -> bool:
@@ -209,6 +249,10 @@ class BatchConsumer:
         partitions move is applied again by their new owner, which idempotent
         applies absorb."""
         rack_config = {"client.rack": rack} if rack else {}
+        self._client_log = ClientLog()
+        # Partitions reset past retention whose first offset kept is not known yet.
+        self._resets: list[tuple[str, int, int]] = []
+        self.on_reset: Callable[[OffsetReset], None] | None = None
         self._consumer = Consumer(
             {
                 **rack_config,
@@ -224,7 +268,8 @@ class BatchConsumer:
                 # A batch may hold a large fan-out (minutes in push-everything
                 # mode); past this the member is dropped and its batch re-applied.
                 "max.poll.interval.ms": 300000,
-            }
+            },
+            logger=self._client_log,
         )
         self._consumer.subscribe(list(topics))
         # Held by the thread blocked in consume(): close() waits for it, since a
@@ -236,8 +281,13 @@ class BatchConsumer:
             return self._consumer.consume(max_messages, wait_seconds)
 
     async def poll_batch(self, max_messages: int, wait_seconds: float) -> list[Message]:
+        """The next batch; `on_reset` hears of each partition reset past what the broker
+        keeps (`OFFSET_RESET_LINE`), once the offset it went on from is known."""
         loop = asyncio.get_running_loop()
         messages = await loop.run_in_executor(None, self._consume, max_messages, wait_seconds)
+        for reset in self._settle_resets(messages):
+            if self.on_reset is not None:
+                self.on_reset(reset)
         good = []
         for msg in messages:
             error = msg.error()
@@ -250,6 +300,31 @@ class BatchConsumer:
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consume error: %s", error)
         return good
+
+    def _settle_resets(self, messages: Sequence[Message]) -> list[OffsetReset]:
+        """Resets whose new offset is known: the low watermark from the fetches that
+        followed (not yet known when the line is logged), or the first message read."""
+        self._resets += self._client_log.take_resets()
+        settled, pending = [], []
+        for topic, partition, at in self._resets:
+            first = next((m.offset() for m in messages if m.topic() == topic and m.partition() == partition), None)
+            try:
+                low, _high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:  # no longer assigned: the first offset kept is not known here
+                low = -1
+            went_on = low if low >= 0 else first
+            if went_on is None:
+                pending.append((topic, partition, at))
+                continue
+            skipped = went_on - at if went_on > at else None
+            settled.append((topic, partition, at, skipped))
+            where = {"topic": topic, "partition": partition, "committed": at, "went_on_from": went_on}
+            if skipped is None:  # the log starts below the committed offset: made again, or truncated
+                log.error("offset reset: events read again from the start of the log", extra=where)
+            else:
+                log.error("offset reset past what the broker keeps: events never read", extra=where)
+        self._resets = pending
+        return settled
 
     async def commit(self, messages: Sequence[Message]) -> None:
         """Commit the offsets after `messages`, synchronously (the writes are done)."""

@@ -23,7 +23,7 @@ from typing import Literal, TypeVar, get_args
 from confluent_kafka import KafkaError, KafkaException, Message
 from prometheus_client import Counter, Gauge, Histogram
 
-from common.kafka import BatchConsumer, is_fatal
+from common.kafka import BatchConsumer, OffsetReset, is_fatal
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,11 @@ FAILURES = Gauge("chirp_consumer_failing", "1 while the worker's last batch fail
 COMMIT_FAILURES = Counter("chirp_consumer_commit_failures_total", "Offset commits the broker refused.", ["group"])
 SKIPPED_EVENTS = Counter(
     "chirp_consumer_skipped_total",
-    "Events a worker skipped for good: malformed, of a type it does not know, or naming a user who does not exist.",
+    "Events a worker skipped for good: malformed, of a type it does not know, naming a user who does not exist,"
+    " or removed by retention before it read them.",
     ["group", "reason"],
 )
-SkipReason = Literal["malformed", "unknown_type", "not_found"]
+SkipReason = Literal["malformed", "unknown_type", "not_found", "retention"]
 SKIP_REASONS: tuple[str, ...] = get_args(SkipReason)
 # Commit refusals that mean the group is changing hands (a rebalance, the coordinator
 # moving): the next commit, or the partition's next owner, takes over.
@@ -143,7 +144,7 @@ class ConsumerLoop:
         for reason in SKIP_REASONS:  # at 0 from the start, so the alert's increase() sees the first skip
             SKIPPED_EVENTS.labels(group, reason)
         self._factory = consumer_factory
-        self.consumer = consumer_factory()
+        self.consumer = self._made_consumer()
         self._apply = apply
         self._batch_size = batch_size
         self._wait = batch_wait_seconds
@@ -267,7 +268,21 @@ class ConsumerLoop:
             except Exception as exc:  # noqa: BLE001 - e.g. a partition just assigned; a new client will do
                 log.warning("could not rewind, building a new client: %r", exc)
         self.consumer.close()
-        self.consumer = self._factory()
+        self.consumer = self._made_consumer()
+
+    def _made_consumer(self) -> BatchConsumer:
+        consumer = self._factory()
+        consumer.on_reset = self._reset_past_retention
+        return consumer
+
+    def _reset_past_retention(self, reset: OffsetReset) -> None:
+        """A partition's committed offset was no longer on the broker: the events from it
+        to the earliest one kept are never applied (a group stopped for longer than the
+        topic's retention, or that far behind)."""
+        topic, partition, committed, skipped = reset
+        if skipped:
+            where = {"topic": topic, "partition": partition, "offset": committed}
+            skip_events(self.group, "retention", f"{skipped} events removed before they were read", skipped, where)
 
     def close(self) -> None:
         if self._uncommitted:  # what was applied since the last commit is not applied again
@@ -284,5 +299,10 @@ def skip_event(group: str, reason: SkipReason, what: str, **context: object) -> 
     it would fail the same way and hold back every event after it in its partition, but
     its effect is lost, so someone must look (a producer of a newer schema deployed before
     its consumers, a bug)."""
+    skip_events(group, reason, what, 1, context)
+
+
+def skip_events(group: str, reason: SkipReason, what: str, count: int, context: dict[str, object]) -> None:
+    """`skip_event` for `count` events at once (removed by retention before they were read)."""
     log.error("skipping %s", what, extra={"group": group, "reason": reason, **context})
-    SKIPPED_EVENTS.labels(group, reason).inc()
+    SKIPPED_EVENTS.labels(group, reason).inc(count)

@@ -1,7 +1,8 @@
 """A worker group keeps every partition owned when a member is killed and comes back
 (common/kafka.py BatchConsumer, on the real Kafka): members in processes of their
 own, one SIGKILLed and started again under the same name, as a crashed worker is.
-And a member rewound after a failed batch reads it again from its last commit."""
+And a member rewound after a failed batch reads it again from its last commit, and a
+group whose committed offset the broker no longer keeps counts what it never read."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import REGISTRY
 
 from common.kafka import BatchConsumer
+from common.worker import ConsumerLoop
 from infra.groups import unassigned
 from tests.conftest import KAFKA
 
@@ -114,6 +117,44 @@ async def test_a_rewound_member_reads_again_from_its_last_commit(topic: str) -> 
         assert again == [b"2", b"3", b"4"]  # from the commit on, once each
     finally:
         consumer.close()
+
+
+async def test_events_removed_before_the_group_read_them_are_counted_as_skipped(topic: str) -> None:
+    """Retention (here: records deleted below offset 8) removed events past the group's
+    committed offset 3: the group goes on from 8, and the 5 events it never read are
+    logged and counted (ChirpConsumerSkippingEvents), where librdkafka only logs a line."""
+    producer = Producer({"bootstrap.servers": KAFKA})
+    for n in range(10):
+        producer.produce(topic, str(n).encode(), partition=0)
+    assert producer.flush(10) == 0
+    group = f"chirp-test-retention-{uuid.uuid4().hex[:8]}"
+    first = BatchConsumer(KAFKA, group, [topic], "before")
+    try:
+        deadline = time.monotonic() + 60
+        while not first.assignment_ready() and time.monotonic() < deadline:
+            await first.poll_batch(1, 0.5)
+        first.rewind()  # to the start: nothing committed yet
+        await first.commit(_read(topic, [2]))  # read up to offset 3, then the group stopped
+    finally:
+        first.close()
+    admin = AdminClient({"bootstrap.servers": KAFKA})
+    (deleted,) = admin.delete_records([TopicPartition(topic, 0, 8)]).values()
+    assert deleted.result(timeout=30).low_watermark == 8
+
+    applied: list[bytes] = []
+
+    async def apply(messages: Any) -> None:
+        applied.extend(m.value() for m in messages if m.partition() == 0)
+
+    loop = ConsumerLoop(group, lambda: BatchConsumer(KAFKA, group, [topic], "after"), apply, 100, 0.2, 0.5)
+    try:
+        deadline = time.monotonic() + 60
+        while len(applied) < 2 and time.monotonic() < deadline:
+            await loop.run_once()
+        assert applied == [b"8", b"9"]
+        assert REGISTRY.get_sample_value("chirp_consumer_skipped_total", {"group": group, "reason": "retention"}) == 5
+    finally:
+        loop.close()
 
 
 def _read(topic: str, offsets: list[int]) -> list[Any]:
