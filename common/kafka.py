@@ -44,15 +44,18 @@ FETCH_WAIT_MS = 2500
 OFFSET_RESET_LINE = re.compile(
     r"(?P<topic>\S+) \[(?P<partition>\d+)\]: offset reset \(at offset (?P<at>\d+)\b.*Offset out of range"
 )
-# (topic, partition, the committed offset it left, events never read: None where it
-# moved back, as after a topic was made again).
+# (topic, partition, where its fetch stood, events never read: None where the log
+# starts below it, as after a topic was made again). A stopped group's fetch starts at
+# its committed offset.
 OffsetReset = tuple[str, int, int, int | None]
 
 
 class ClientLog:
-    """librdkafka's log lines, passed to this process's log (confluent-kafka's `logger`:
-    they are then served only within the consumer's calls, in their thread); an offset
-    reset past what the broker keeps is also noted for `BatchConsumer` to report."""
+    """librdkafka's log lines, passed to this process's log; an offset reset past what
+    the broker keeps is also noted for `BatchConsumer` to report. As confluent-kafka's
+    `logger`, they are served only within the consumer's own calls (consume(), close()),
+    in their thread: a consumer's lines wait while a batch is applied, and any after its
+    close are lost (they went to stderr at once before). Producers log as before."""
 
     def __init__(self) -> None:
         self._log = logging.getLogger("librdkafka")
@@ -303,23 +306,32 @@ class BatchConsumer:
 
     def _settle_resets(self, messages: Sequence[Message]) -> list[OffsetReset]:
         """Resets whose new offset is known: the low watermark from the fetches that
-        followed (not yet known when the line is logged), or the first message read."""
+        followed (the failed fetch leaves it unknown), or the first message read from at
+        least where the fetch stood (a group reading behind has messages from below it
+        queued still). A reset of a partition this member no longer holds is dropped."""
         self._resets += self._client_log.take_resets()
+        if not self._resets:
+            return []
+        assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
         settled, pending = [], []
         for topic, partition, at in self._resets:
-            first = next((m.offset() for m in messages if m.topic() == topic and m.partition() == partition), None)
-            try:
-                low, _high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            except KafkaException:  # no longer assigned: the first offset kept is not known here
-                low = -1
+            if (topic, partition) not in assigned:
+                log.error(
+                    "offset reset of a partition no longer held: how many events were never read is not known",
+                    extra={"topic": topic, "partition": partition, "fetch_position": at},
+                )
+                continue
+            read = (m.offset() for m in messages if m.topic() == topic and m.partition() == partition)
+            first = next((o for o in read if o is not None and o >= at), None)
+            low, _high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             went_on = low if low >= 0 else first
             if went_on is None:
                 pending.append((topic, partition, at))
                 continue
             skipped = went_on - at if went_on > at else None
             settled.append((topic, partition, at, skipped))
-            where = {"topic": topic, "partition": partition, "committed": at, "went_on_from": went_on}
-            if skipped is None:  # the log starts below the committed offset: made again, or truncated
+            where = {"topic": topic, "partition": partition, "fetch_position": at, "went_on_from": went_on}
+            if skipped is None:  # the log starts below where the fetch stood: made again, or truncated
                 log.error("offset reset: events read again from the start of the log", extra=where)
             else:
                 log.error("offset reset past what the broker keeps: events never read", extra=where)

@@ -144,6 +144,7 @@ class ConsumerLoop:
         for reason in SKIP_REASONS:  # at 0 from the start, so the alert's increase() sees the first skip
             SKIPPED_EVENTS.labels(group, reason)
         self._factory = consumer_factory
+        self._gaps_counted: set[tuple[str, int, int]] = set()
         self.consumer = self._made_consumer()
         self._apply = apply
         self._batch_size = batch_size
@@ -278,10 +279,12 @@ class ConsumerLoop:
     def _reset_past_retention(self, reset: OffsetReset) -> None:
         """A partition's committed offset was no longer on the broker: the events from it
         to the earliest one kept are never applied (a group stopped for longer than the
-        topic's retention, or that far behind)."""
-        topic, partition, committed, skipped = reset
-        if skipped:
-            where = {"topic": topic, "partition": partition, "offset": committed}
+        topic's retention, or that far behind). Counted once: a batch that fails before its
+        commit goes back to the same offset, and is reset from it again."""
+        topic, partition, at, skipped = reset
+        if skipped and (topic, partition, at) not in self._gaps_counted:
+            self._gaps_counted.add((topic, partition, at))
+            where = {"topic": topic, "partition": partition, "offset": at}
             skip_events(self.group, "retention", f"{skipped} events removed before they were read", skipped, where)
 
     def close(self) -> None:
