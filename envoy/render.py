@@ -147,6 +147,16 @@ LOGIN_METHODS = {"CreateSession", "CreateUser", "RefreshSession", "ChangePasswor
 # two, with and without an Idempotency-Key), as a descriptor of the edge-wide filter.
 POST_METHODS = {"CreateTweet"}
 POST_DESCRIPTOR = {"key": "chirp_limit", "value": "post"}
+# Retries (and hedges) in flight per cluster: (percent of its requests in flight and
+# queued, floor). With at most 32 of each (`max_requests`), a tenth is at most 6: the floor
+# decides. feed_svc and rank_svc keep 3, which bounds what hedges add to an overload of
+# their reads (issue 14's overload step). The two clusters that take the writes get 10: a
+# store node lost fails the writes in flight on it together (a follow's lightweight
+# transaction answers UNAVAILABLE after about 2 s), and past 3 the rest failed on their one
+# try (7 follows and an unfollow in a fault run). Their hedged reads (a user, a tweet, a
+# user's tweets) may then have 10 hedges in flight too. The argon2 cluster keeps 3.
+READ_RETRY_BUDGET = (10.0, 3)
+RETRY_BUDGETS = {"graph_svc": (10.0, 10), "tweet_svc": (10.0, 10)}
 SLOW_METHODS = {"CreateUser", "CreateSession", "ChangePassword"}  # argon2id on purpose
 SERVICE_DESCRIPTORS = {
     "chirp.graph.v1.GraphService": graph_pb2.DESCRIPTOR.services_by_name["GraphService"],
@@ -577,7 +587,7 @@ def _retry_policy(per_try_timeout_s: float) -> dict[str, Any]:
         "retry_on": "unavailable,reset,connect-failure,refused-stream",
         # Two retries, on other instances: one was not enough for a follow whose LWT
         # hit contention or a node being replaced (UNAVAILABLE twice, then a 503 to the
-        # client). The retry budget (10% of requests in flight) keeps them from
+        # client). The retry budget (RETRY_BUDGETS) keeps them from
         # amplifying an overload, and an overflow is never retried.
         "num_retries": 2,
         "per_try_timeout": f"{per_try_timeout_s}s",
@@ -741,6 +751,7 @@ def _clusters(settings: EdgeSettings) -> list[dict[str, Any]]:
 
 
 def _cluster(svc: topology.Service, settings: EdgeSettings, name: str, max_requests: int) -> dict[str, Any]:
+    budget_percent, floor = RETRY_BUDGETS.get(name, READ_RETRY_BUDGET)
     return {
         "name": name,
         "type": "STATIC",
@@ -792,10 +803,10 @@ def _cluster(svc: topology.Service, settings: EdgeSettings, name: str, max_reque
                     # at once: a 503 with Retry-After (local_replies, flag UO).
                     "max_pending_requests": max_requests,
                     "max_requests": max_requests,
-                    # Retries in flight at most a tenth of the requests in flight
-                    # (3 when nearly idle): an overload cannot be amplified by
-                    # more than that, and an overflow is never retried.
-                    "retry_budget": {"budget_percent": {"value": 10.0}, "min_retry_concurrency": 3},
+                    # Retries (and hedges) in flight at most a share of the requests in
+                    # flight, with a floor for when few are (RETRY_BUDGETS): an overload
+                    # cannot be amplified by more than that, and an overflow is never retried.
+                    "retry_budget": {"budget_percent": {"value": budget_percent}, "min_retry_concurrency": floor},
                 }
             ]
         },

@@ -201,7 +201,7 @@ async def test_an_unlike_after_a_like_that_timed_out_yet_was_written_wins_on_a_c
             await asyncio.sleep(0.2)
         assert rows[fan].version == unlike.version and not rows[fan].liked, rows
         assert count == 0
-        assert await ahead.liked_by(fan, [tweet]) == set()
+        assert await ahead.liked_by(fan, [tweet]) == set() == await behind.liked_by(fan, [tweet])
     finally:
         timed_out.close()
         answered.close()

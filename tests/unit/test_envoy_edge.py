@@ -100,6 +100,8 @@ def test_service_clusters_shed_past_max_requests_and_retries_cannot_amplify() ->
         [limits] = clusters[svc.name]["circuit_breakers"]["thresholds"]
         assert limits["max_requests"] == limits["max_pending_requests"] == 3
         assert limits["retry_budget"]["budget_percent"]["value"] <= 10
+        # A floor of retries in flight, never more than the requests the breaker lets in.
+        assert limits["retry_budget"]["min_retry_concurrency"] <= SETTINGS.max_requests
     assert SETTINGS.max_requests == 32
     routes = _hcm()["route_config"]["virtual_hosts"][0]["routes"]
     retried = [r["route"]["retry_policy"] for r in routes if "retry_policy" in r.get("route", {})]
