@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import grpc
 import httpx
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from infra import stack
 from tests import faults
@@ -86,3 +90,38 @@ def private_edge_with_log(
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+@contextmanager
+def stand_ins(
+    ports: list[int], grpc_service: str, add_servicer: Callable[[grpc.Server], None], workers: int = 16
+) -> Iterator[None]:
+    """A test's own gRPC server on each of `ports`, for a private edge's cluster to point
+    at (`upstream_ports`): `add_servicer` adds the stand-in servicer, and each answers the
+    edge's health checks for `grpc_service` SERVING."""
+    servers = []
+    try:
+        for port in ports:
+            server = grpc.server(futures.ThreadPoolExecutor(workers))
+            add_servicer(server)
+            checks = health.HealthServicer()
+            checks.set(grpc_service, health_pb2.HealthCheckResponse.SERVING)
+            health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+            server.add_insecure_port(f"127.0.0.1:{port}")
+            server.start()
+            servers.append(server)
+        yield
+    finally:
+        for server in servers:
+            server.stop(None)
+
+
+def cluster_stat(admin_port: int, cluster: str, name: str) -> int:
+    """A counter of one of a private edge's clusters (0 before it first counts)."""
+    prefix = f"cluster.{cluster}."
+    text = httpx.get(f"http://127.0.0.1:{admin_port}/stats", params={"filter": f"^{re.escape(prefix)}"}, timeout=5).text
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == prefix + name:
+            return int(value)
+    return 0

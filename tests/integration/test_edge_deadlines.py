@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -17,10 +16,9 @@ import grpc
 import httpx
 import pytest
 from chirp.rank.v1 import rank_pb2, rank_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common.interceptors import EDGE_TIMEOUT_HEADER
-from tests.edge import private_edge, render
+from tests.edge import private_edge, render, stand_ins
 
 PORT, ADMIN, UPSTREAM = 18482, 19943, 18483
 SETTINGS = replace(render.EdgeSettings(), listen_port=PORT, admin_port=ADMIN)
@@ -46,17 +44,12 @@ class StandIn(rank_pb2_grpc.RankServiceServicer):
 def serving(port: int) -> Iterator[StandIn]:
     """A stand-in rank_svc instance on `port`, SERVING to the edge's health checks."""
     servicer = StandIn()
-    server = grpc.server(futures.ThreadPoolExecutor(16))
-    rank_pb2_grpc.add_RankServiceServicer_to_server(servicer, server)
-    checks = health.HealthServicer()
-    checks.set("chirp.rank.v1.RankService", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    try:
+    with stand_ins(
+        [port],
+        "chirp.rank.v1.RankService",
+        lambda server: rank_pb2_grpc.add_RankServiceServicer_to_server(servicer, server),
+    ):
         yield servicer
-    finally:
-        server.stop(None)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from dataclasses import replace
 import httpx
 import pytest
 
-from tests.edge import private_edge, render
+from tests.edge import cluster_stat, private_edge, render
 from tests.integration.test_edge_deadlines import StandIn, serving
 
 PORT, ADMIN, SLOW, FAST = 18484, 19945, 18485, 18486
@@ -39,12 +39,7 @@ def _reads_at_once(base: str, count: int) -> list[httpx.Response]:
 
 
 def _stat(name: str) -> int:
-    text = httpx.get(f"http://127.0.0.1:{ADMIN}/stats?filter=^cluster\\.rank_svc\\.", timeout=5).text
-    for line in text.splitlines():
-        key, _, value = line.partition(": ")
-        if key == f"cluster.rank_svc.{name}":
-            return int(value)
-    return 0
+    return cluster_stat(ADMIN, "rank_svc", name)
 
 
 def test_reads_slow_on_one_instance_are_hedged_to_the_other_which_is_not_ejected(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -20,10 +19,9 @@ import grpc
 import httpx
 import pytest
 from chirp.graph.v1 import graph_pb2, graph_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tests.conftest import unique_name
-from tests.edge import private_edge, render
+from tests.edge import cluster_stat, private_edge, render, stand_ins
 
 PORT, ADMIN, FIRST, SECOND = 18487, 19947, 18488, 18489
 SETTINGS = replace(render.EdgeSettings(), listen_port=PORT, admin_port=ADMIN)
@@ -61,21 +59,13 @@ class FailsFirstTries(graph_pb2_grpc.GraphServiceServicer):
 @contextmanager
 def serving(ports: list[int]) -> Iterator[FailsFirstTries]:
     servicer = FailsFirstTries()  # type: ignore[abstract]  # FollowUser alone is called
-    servers = []
-    for port in ports:
-        server = grpc.server(futures.ThreadPoolExecutor(32))
-        graph_pb2_grpc.add_GraphServiceServicer_to_server(servicer, server)
-        checks = health.HealthServicer()
-        checks.set("chirp.graph.v1.GraphService", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(checks, server)
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        server.start()
-        servers.append(server)
-    try:
+    with stand_ins(
+        ports,
+        "chirp.graph.v1.GraphService",
+        lambda server: graph_pb2_grpc.add_GraphServiceServicer_to_server(servicer, server),
+        workers=32,
+    ):
         yield servicer
-    finally:
-        for server in servers:
-            server.stop(None)
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +78,6 @@ def stand_in() -> Iterator[FailsFirstTries]:
 def edge_base(stand_in: FailsFirstTries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with private_edge(tmp_path_factory.mktemp("write_retries"), SETTINGS, {"graph_svc": [FIRST, SECOND]}) as base:
         yield base
-
-
-def _stat(name: str) -> int:
-    text = httpx.get(f"http://127.0.0.1:{ADMIN}/stats?filter=^cluster\\.graph_svc\\.", timeout=5).text
-    for line in text.splitlines():
-        key, _, value = line.partition(": ")
-        if key == f"cluster.graph_svc.{name}":
-            return int(value)
-    return 0
 
 
 def test_follows_failed_together_are_all_retried(stand_in: FailsFirstTries, edge_base: str, edge: httpx.Client) -> None:
@@ -113,4 +94,4 @@ def test_follows_failed_together_are_all_retried(stand_in: FailsFirstTries, edge
             replies = list(pool.map(follow, range(AT_ONCE)))
     assert [r.status_code for r in replies] == [200] * AT_ONCE, [r.text for r in replies]
     assert stand_in.retried == AT_ONCE
-    assert _stat("upstream_rq_retry_overflow") == 0
+    assert cluster_stat(ADMIN, "graph_svc", "upstream_rq_retry_overflow") == 0
